@@ -1,0 +1,147 @@
+"""The registration API: ``create_app()`` and its middlewares."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from relay import appkeys as k
+from relay import logs
+from relay.appkeys import Lifecycle
+from relay.auth import Authenticator
+from relay.constants import MAX_BODY_BYTES
+from relay.crypto import SecretBox
+from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from relay.problems import ProblemError
+from relay.redis_client import connect
+from relay.routes import setup_routes
+from relay.settings import Settings
+from relay.ssrf import CallbackPolicy
+from relay.store import Store
+from relay.views import PRINCIPAL
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logs.get("relay.api")
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id, log one line per request, count it in the metrics."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers["X-Request-Id"] = request_id
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        HTTP_REQUESTS.labels(name, request.method, str(status)).inc()
+        HTTP_LATENCY.labels(name).observe(elapsed)
+        if name not in ("/healthz", "/readyz", "/metrics"):
+            log.info(
+                "request",
+                method=request.method,
+                path=name,
+                status=status,
+                ms=round(elapsed * 1000, 2),
+            )
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every error as problem+json; Redis trouble is 503, never a hang or a 500."""
+    try:
+        return await handler(request)
+    except ProblemError:
+        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        slug = {413: "too-large", 404: "not-found", 405: "method-not-allowed"}.get(exc.status)
+        detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        if exc.status == 413:
+            detail = f"the body must be at most {MAX_BODY_BYTES} bytes"
+        raise ProblemError(
+            exc.status, exc.reason, detail or exc.reason, slug=slug, headers=_keep(exc)
+        ) from None
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+        log.error("redis unavailable", error=type(exc).__name__)
+        raise ProblemError(
+            503,
+            "Service unavailable",
+            "the relay's storage is unreachable; try again shortly",
+            slug="unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
+    except Exception:
+        log.exception("unhandled error")
+        raise ProblemError(
+            500, "Internal error", "the relay failed to handle this request", slug="internal"
+        ) from None
+
+
+def _keep(exc: web.HTTPException) -> dict[str, str]:
+    return {h: v for h, v in exc.headers.items() if h in ("Allow", "Retry-After")}
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every ``/v1`` route needs a Bearer key of RELAY_API_KEYS; the rest is public."""
+    if not request.path.startswith("/v1/") and request.path != "/v1":
+        return await handler(request)
+    who = request.app[k.AUTH].authenticate(request.headers.get("Authorization"))
+    if who is None:
+        raise ProblemError(
+            401,
+            "Unauthorized",
+            "send Authorization: Bearer <API key>",
+            slug="unauthorized",
+            headers={"WWW-Authenticate": 'Bearer realm="clip-relay"'},
+        )
+    request[PRINCIPAL] = who
+    structlog.contextvars.bind_contextvars(tenant=who.tenant)
+    return await handler(request)
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    redis = connect(app[k.SETTINGS].redis_url)
+    app[k.REDIS] = redis
+    app[k.STORE] = Store(redis)
+    yield
+    await redis.aclose()
+
+
+async def _drain(app: web.Application) -> None:
+    app[k.LIFECYCLE].draining = True
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The registration API application for *settings*."""
+    app = web.Application(
+        middlewares=[observe, problems, authenticate], client_max_size=MAX_BODY_BYTES
+    )
+    app[k.SETTINGS] = settings
+    app[k.AUTH] = Authenticator(settings.api_keys)
+    app[k.POLICY] = CallbackPolicy(settings.callback_allow)
+    app[k.SECRET_BOX] = SecretBox(settings.secrets_key)
+    app[k.LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.append(_redis_ctx)
+    app.on_shutdown.append(_drain)
+    setup_routes(app)
+    return app

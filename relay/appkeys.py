@@ -1,0 +1,30 @@
+"""Typed keys for everything the API application holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from relay.auth import Authenticator
+from relay.crypto import SecretBox
+from relay.settings import Settings
+from relay.ssrf import CallbackPolicy
+from relay.store import Store
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Whether the API is draining (stopping): /readyz then fails so traffic moves away."""
+
+    draining: bool = False
+
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+STORE = web.AppKey("store", Store)
+POLICY = web.AppKey("policy", CallbackPolicy)
+AUTH = web.AppKey("auth", Authenticator)
+SECRET_BOX = web.AppKey("secret_box", SecretBox)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

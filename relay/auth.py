@@ -1,0 +1,46 @@
+"""API keys: held as SHA-256 digests, compared in constant time, mapped to tenants."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from relay.settings import ApiKey
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the tenant, and a non-secret id of the key (for rate limits, logs)."""
+
+    tenant: str
+    key_id: str
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer <key>`` against RELAY_API_KEYS."""
+
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self._entries = [
+            (hashlib.sha256(k.key.encode()).digest(), Principal(k.tenant, _key_id(k.key)))
+            for k in keys
+        ]
+
+    def authenticate(self, header: str | None) -> Principal | None:
+        """The principal for an Authorization header value, or None."""
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        found: Principal | None = None
+        for stored, principal in self._entries:  # no early exit: same time for every key
+            if hmac.compare_digest(stored, digest):
+                found = principal
+        return found
+
+
+def _key_id(key: str) -> str:
+    return hashlib.sha256(b"key-id:" + key.encode()).hexdigest()[:12]

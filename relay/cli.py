@@ -1,0 +1,80 @@
+"""``clip-relay``: one command for every process of the relay."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from relay import __version__, logs
+from relay.settings import ConfigError, Settings, load
+
+COMMANDS = {
+    "api": "run the registration API (aiohttp) on RELAY_HOST:RELAY_PORT",
+    "worker": "run the arq worker: polling, clip fetching, deliveries, retries",
+    "upstream-sim": "run a ScaleReach API simulator (with fault injection)",
+    "receiver": "run a webhook receiver that verifies signatures and prints events",
+    "demo": "run the whole stack on an embedded Redis, one watch round trip, then exit",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clip-relay",
+        description="Webhook relay for the ScaleReach video-clipping API. "
+        "Configuration comes from environment variables (see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"clip-relay {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, text in COMMANDS.items():
+        sub.add_parser(
+            name, help=text, description=text, add_help=name in ("api", "worker", "demo")
+        )
+    return parser
+
+
+def _settings(command: str) -> Settings:
+    settings = load()
+    if command == "api":
+        settings.require_api()
+    if command == "worker":
+        settings.require_worker()
+    logs.setup(settings.log_format)
+    logs.register_secrets([settings.scalereach_api_key, settings.secrets_key])
+    logs.register_secrets(k.key for k in settings.api_keys)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clip-relay`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("upstream-sim", "receiver"):
+        # tools with their own options
+        if argv[0] == "upstream-sim":
+            from relay import upstream_sim
+
+            return upstream_sim.main(argv[1:])
+        from relay import receiver
+
+        return receiver.main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args.command)
+    except ConfigError as exc:
+        print(f"clip-relay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "api":
+        from relay.server import run_api
+
+        return run_api(settings)
+    if args.command == "worker":
+        from workers.worker import run
+
+        return run(settings)
+    from relay.demo import run_demo
+
+    return run_demo()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Names and fixed values shared by the API and the worker: one place for all of them."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+# --- Redis key layout (every key the relay writes starts with PREFIX) ---------------------
+PREFIX: Final = "cr:"
+WATCH_KEY: Final = PREFIX + "w:{}"  # hash: one watch
+WATCH_ATTEMPTS_KEY: Final = PREFIX + "w:{}:att"  # list: delivery attempt records (newest last)
+VIDEO_KEY: Final = PREFIX + "v:{}"  # hash: poll state of one upstream video
+VIDEO_WATCHES_KEY: Final = PREFIX + "v:{}:w"  # set: watches still waiting on this video
+EVENT_KEY: Final = PREFIX + "e:{}"  # string: the body of one event (orjson)
+TENANT_INDEX_KEY: Final = PREFIX + "t:{}:w"  # zset: a tenant's watches by creation time
+TENANT_VIDEO_INDEX_KEY: Final = PREFIX + "t:{}:v:{}:w"  # zset: a tenant's watches of a video
+IDEMPOTENCY_KEY: Final = PREFIX + "idem:{}:{}"  # string: tenant + Idempotency-Key -> watch
+POLL_SCHEDULE_KEY: Final = PREFIX + "sched:poll"  # zset: video id -> next poll (ms)
+DELIVERY_SCHEDULE_KEY: Final = PREFIX + "sched:delivery"  # zset: watch id -> next attempt (ms)
+UPSTREAM_RATE_KEY: Final = PREFIX + "up:rate:{}"  # string: requests granted in one second
+UPSTREAM_PAUSE_KEY: Final = PREFIX + "up:pause"  # string: upstream paused until (ms)
+RATE_LIMIT_KEY: Final = PREFIX + "rl:{}:{}"  # string: API requests of a key in one second
+ARQ_QUEUE: Final = PREFIX + "arq:queue"
+ARQ_HEALTH_KEY: Final = PREFIX + "arq:health"
+
+# --- watch lifecycle ----------------------------------------------------------------------
+WatchStatus = Literal["watching", "delivering", "delivered", "failed", "disabled", "cancelled"]
+WATCH_STATUSES: Final[tuple[str, ...]] = (
+    "watching",
+    "delivering",
+    "delivered",
+    "failed",
+    "disabled",
+    "cancelled",
+)
+EventType = Literal["clips.ready", "video.failed", "watch.expired"]
+EVENT_TYPES: Final[tuple[str, ...]] = ("clips.ready", "video.failed", "watch.expired")
+
+# --- upstream vocabulary (UPSTREAM.md) ----------------------------------------------------
+VIDEO_FINAL_OK: Final = frozenset({"completed"})
+VIDEO_FINAL_BAD: Final = frozenset({"failed", "error", "expired"})
+VIDEO_FINAL: Final = VIDEO_FINAL_OK | VIDEO_FINAL_BAD
+CLIP_DELIVERABLE: Final = frozenset({"completed", "ready", "exported"})
+CLIP_FINAL: Final = CLIP_DELIVERABLE | frozenset({"failed"})
+NOT_FOUND_STATUS: Final = "not_found"
+NOT_FOUND_POLLS: Final = 3  # 404s in a row before a video counts as unknown
+
+# --- fixed limits ---------------------------------------------------------------------------
+MAX_BODY_BYTES: Final = 64 * 1024
+MAX_METADATA_BYTES: Final = 4 * 1024
+MAX_CALLBACK_URL: Final = 2048
+MAX_ATTEMPTS_KEPT: Final = 200  # attempt records kept per watch
+RESPONSE_BODY_KEPT: Final = 1024  # bytes of a receiver's answer kept per attempt
+IDEMPOTENCY_TTL: Final = 24 * 3600
+RETRY_AFTER_CAP: Final = 3600.0
+UPSTREAM_BACKOFF_CAP: Final = 300.0  # seconds: longest gap between polls of a failing video
+AUTH_ERROR_LOG_EVERY: Final = 3600.0  # seconds: 401/402/403 logged once per video per hour
+JITTER: Final = 0.2  # +-20 % on retry delays
+SIGNATURE_TOLERANCE: Final = 300  # seconds, for verify()

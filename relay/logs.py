@@ -1,0 +1,93 @@
+"""Logging: structlog everywhere, stdlib loggers (arq, aiohttp) routed through the same chain.
+
+JSON lines (serialized by orjson) in containers, a console renderer on a terminal. Context
+such as ``request_id``, ``watch_id``, ``video_id`` and ``event_id`` is bound with
+``structlog.contextvars`` and lands on every line logged inside that context.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+_secrets: set[str] = set()
+REDACTED = "[redacted]"
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Never let these values reach a log line, whatever logs them (defence in depth)."""
+    _secrets.update(v for v in values if v and len(v) >= 6)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: replace registered secret values wherever they appear."""
+    if not _secrets:
+        return event_dict
+    for key, value in event_dict.items():
+        event_dict[key] = _scrub(value)
+    return event_dict
+
+
+def _orjson_dumps(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def setup(fmt: str = "json", level: int = logging.INFO) -> None:
+    """Configure structlog and the stdlib root logger once per process."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact,
+    ]
+    renderer: Any
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # one line per request is the API's own job; aiohttp's access log would double it
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def get(name: str) -> structlog.stdlib.BoundLogger:
+    """A logger for module *name*."""
+    return structlog.stdlib.get_logger(name)

@@ -1,0 +1,67 @@
+"""Prometheus metrics of the API and the worker (each process exposes its own registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "relay_http_requests_total",
+    "API requests by route, method and status.",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "relay_http_request_duration_seconds",
+    "API request latency.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+WATCHES = Gauge(
+    "relay_watches", "Watches by status (sampled from Redis).", ["status"], registry=REGISTRY
+)
+UPSTREAM_REQUESTS = Counter(
+    "relay_upstream_requests_total",
+    "Requests to ScaleReach by endpoint, outcome and HTTP status.",
+    ["endpoint", "outcome", "code"],
+    registry=REGISTRY,
+)
+UPSTREAM_RATE_LIMITED = Counter(
+    "relay_upstream_rate_limited_total",
+    "429 answers from ScaleReach.",
+    registry=REGISTRY,
+)
+UPSTREAM_WAIT = Counter(
+    "relay_upstream_wait_seconds_total",
+    "Seconds spent waiting for the shared upstream request budget or a Retry-After pause.",
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "relay_deliveries_total",
+    "Delivery attempts by outcome (ok, retry, failed, disabled).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+DELIVERY_LATENCY = Histogram(
+    "relay_delivery_duration_seconds",
+    "Duration of one delivery attempt.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+    registry=REGISTRY,
+)
+NOTIFY_LATENCY = Histogram(
+    "relay_notify_latency_seconds",
+    "From the relay seeing the video final to the receiver's 2xx (first success).",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "relay_queue_depth", "Members of a schedule (poll, delivery).", ["queue"], registry=REGISTRY
+)
+
+
+def exposition() -> bytes:
+    """The registry in Prometheus text format."""
+    return generate_latest(REGISTRY)

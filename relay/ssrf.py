@@ -1,0 +1,137 @@
+"""Where callbacks may go: the SSRF policy, checked at registration and at connect time.
+
+A callback host must resolve only to public unicast addresses unless RELAY_CALLBACK_ALLOW
+opens it. Numeric host forms that C resolvers accept (``2130706433``, ``0x7f.1``, ``127.1``)
+are read the way a resolver would read them. At delivery time :class:`SafeResolver` hands
+aiohttp only addresses that passed the check, so the connection goes to the address that
+was checked (no second lookup for DNS rebinding to exploit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
+
+from relay.constants import MAX_CALLBACK_URL
+from relay.settings import CallbackAllow
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_METADATA = {
+    ipaddress.ip_address("169.254.169.254"),
+    ipaddress.ip_address("fd00:ec2::254"),
+    ipaddress.ip_address("100.100.100.200"),
+}
+
+
+class CallbackRefused(ValueError):
+    """The callback URL is not allowed; the message says why (safe to show the caller)."""
+
+
+def literal_ip(host: str) -> IPAddress | None:
+    """The address a host string denotes by itself, in any form a resolver accepts."""
+    h = host.strip("[]")
+    try:
+        return ipaddress.ip_address(h)
+    except ValueError:
+        pass
+    if h and all(ch in "0123456789abcdefxABCDEFX." for ch in h):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(h))
+        except OSError:
+            return None
+    return None
+
+
+class CallbackPolicy:
+    """Decides whether a callback URL or address may be reached."""
+
+    def __init__(self, allow: CallbackAllow) -> None:
+        self._allow = allow
+
+    def host_allowed(self, host: str) -> bool:
+        """A host name opened by RELAY_CALLBACK_ALLOW (its addresses are then not checked)."""
+        return host.lower().rstrip(".") in self._allow.hosts
+
+    def ip_allowed(self, ip: IPAddress) -> bool:
+        """A public unicast address, or one inside an allowed network."""
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self._allow.networks):
+            return True
+        if ip in _METADATA or ip.is_multicast or ip.is_unspecified:
+            return False
+        return ip.is_global
+
+    def parse(self, url: str) -> URL:
+        """Check a callback URL's form; :class:`CallbackRefused` names what is wrong."""
+        if len(url) > MAX_CALLBACK_URL:
+            raise CallbackRefused(f"must be at most {MAX_CALLBACK_URL} characters")
+        try:
+            parsed = URL(url)
+        except (ValueError, TypeError):
+            raise CallbackRefused("is not a URL") from None
+        if parsed.scheme not in ("http", "https") or not parsed.is_absolute():
+            raise CallbackRefused("must be an absolute http or https URL")
+        if not parsed.raw_host:
+            raise CallbackRefused("has no host")
+        return parsed
+
+    def check_literal(self, url: URL) -> bool:
+        """For a URL whose host is an address literal: may it be reached? None-literal: True."""
+        host = url.raw_host or ""
+        if self.host_allowed(host):
+            return True
+        ip = literal_ip(host)
+        return ip is None or self.ip_allowed(ip)
+
+    async def check(self, url: str) -> URL:
+        """Full check at registration: form, then every address the host resolves to."""
+        parsed = self.parse(url)
+        host = parsed.raw_host or ""
+        if self.host_allowed(host):
+            return parsed
+        ip = literal_ip(host)
+        if ip is not None:
+            if not self.ip_allowed(ip):
+                raise CallbackRefused("points to a private, loopback or reserved address")
+            return parsed
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, parsed.port or 443, type=socket.SOCK_STREAM
+            )
+        except (OSError, UnicodeError):
+            raise CallbackRefused("host name does not resolve") from None
+        addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+        if not addresses or not all(self.ip_allowed(a) for a in addresses):
+            raise CallbackRefused("host resolves to a private, loopback or reserved address")
+        return parsed
+
+
+class SafeResolver(AbstractResolver):
+    """An aiohttp resolver that drops every address the policy refuses."""
+
+    def __init__(self, policy: CallbackPolicy, inner: AbstractResolver | None = None) -> None:
+        self._policy = policy
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Resolve, then keep only allowed addresses; OSError when none is left."""
+        results = await self._inner.resolve(host, port, family)
+        if self._policy.host_allowed(host):
+            return results
+        kept = [r for r in results if self._policy.ip_allowed(ipaddress.ip_address(r["host"]))]
+        if not kept:
+            raise OSError(f"callback host {host} resolves only to refused addresses")
+        return kept
+
+    async def close(self, *args: Any) -> None:
+        """Close the wrapped resolver."""
+        await self._inner.close()

@@ -1,0 +1,628 @@
+"""The relay's state in Redis: watches, videos, schedules, events and attempt records.
+
+The API and the worker share this module; neither touches Redis keys directly. Every
+transition that other replicas may race with runs as one Lua script (:mod:`relay.scripts`).
+
+Layout (see :mod:`relay.constants`): a watch is a hash; a video being watched is a hash plus
+a set of the watches still waiting on it; two sorted sets schedule the work -- video ids by
+next poll time and watch ids by next delivery attempt. A claimed member's score is pushed to
+a lease deadline, so work held by a worker that dies becomes due again by itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from arq.constants import job_key_prefix as ARQ_JOB_PREFIX
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+
+from relay import constants as c
+from relay import scripts
+from relay.serializer import dumps as arq_dumps
+
+EXPIRE_JOB = "expire_watch"
+
+
+def now_ms() -> int:
+    """Wall-clock time in integer milliseconds (the unit of every stored time)."""
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class SecretEntry:
+    """One signing secret of a watch, sealed; ``expires_ms`` 0 means current."""
+
+    sealed: str = field(repr=False)
+    expires_ms: int = 0
+
+
+@dataclass(slots=True)
+class Watch:
+    """A watch as stored. Field names follow the API's camelCase where they are exposed."""
+
+    id: str
+    tenant: str
+    video_id: str
+    callback_url: str
+    min_score: float = 0.0
+    max_score: float | None = None
+    favorited_only: bool = False
+    sort_by: str = "score"
+    sort_order: str = "desc"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    secrets: list[SecretEntry] = field(default_factory=list, repr=False)
+    status: str = "watching"
+    video_status: str | None = None
+    video_progress: float | None = None
+    last_event_type: str | None = None
+    created_ms: int = 0
+    updated_ms: int = 0
+    delivered_ms: int | None = None
+    last_error: str | None = None
+    event_id: str = ""
+    event_type: str = ""
+    attempt: int = 0
+    final_ms: int | None = None
+    clips_ms: int | None = None
+
+    def to_hash(self) -> dict[str, str]:
+        """The hash fields written when the watch is created."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "videoId": self.video_id,
+            "callbackUrl": self.callback_url,
+            "minScore": repr(self.min_score),
+            "maxScore": "" if self.max_score is None else repr(self.max_score),
+            "favoritedOnly": "1" if self.favorited_only else "0",
+            "sortBy": self.sort_by,
+            "sortOrder": self.sort_order,
+            "metadata": orjson.dumps(self.metadata).decode(),
+            "secrets": _dump_secrets(self.secrets),
+            "status": self.status,
+            "videoStatus": self.video_status or "",
+            "videoProgress": "" if self.video_progress is None else repr(self.video_progress),
+            "lastEventType": self.last_event_type or "",
+            "createdAt": str(self.created_ms),
+            "updatedAt": str(self.updated_ms),
+            "deliveredAt": "",
+            "lastError": "",
+            "eventId": "",
+            "eventType": "",
+            "attempt": "0",
+            "finalAt": "",
+            "clipsAt": "",
+        }
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> Watch:
+        """Rebuild a watch from its hash (as returned by HGETALL with decoded responses)."""
+        return cls(
+            id=h["id"],
+            tenant=h["tenant"],
+            video_id=h["videoId"],
+            callback_url=h["callbackUrl"],
+            min_score=float(h["minScore"]),
+            max_score=_opt_float(h.get("maxScore", "")),
+            favorited_only=h.get("favoritedOnly") == "1",
+            sort_by=h.get("sortBy", "score"),
+            sort_order=h.get("sortOrder", "desc"),
+            metadata=orjson.loads(h.get("metadata") or "{}"),
+            secrets=_load_secrets(h.get("secrets", "[]")),
+            status=h["status"],
+            video_status=h.get("videoStatus") or None,
+            video_progress=_opt_float(h.get("videoProgress", "")),
+            last_event_type=h.get("lastEventType") or None,
+            created_ms=int(h["createdAt"]),
+            updated_ms=int(h.get("updatedAt") or h["createdAt"]),
+            delivered_ms=_opt_int(h.get("deliveredAt", "")),
+            last_error=h.get("lastError") or None,
+            event_id=h.get("eventId", ""),
+            event_type=h.get("eventType", ""),
+            attempt=int(h.get("attempt") or 0),
+            final_ms=_opt_int(h.get("finalAt", "")),
+            clips_ms=_opt_int(h.get("clipsAt", "")),
+        )
+
+    def signing_secrets(self, at_ms: int) -> list[SecretEntry]:
+        """The secrets that sign at *at_ms*: the current one and any still in its grace."""
+        return [s for s in self.secrets if s.expires_ms == 0 or s.expires_ms > at_ms]
+
+
+def _opt_float(raw: str) -> float | None:
+    return float(raw) if raw else None
+
+
+def _opt_int(raw: str) -> int | None:
+    return int(raw) if raw else None
+
+
+def _dump_secrets(entries: Sequence[SecretEntry]) -> str:
+    return orjson.dumps([[s.sealed, s.expires_ms] for s in entries]).decode()
+
+
+def _load_secrets(raw: str) -> list[SecretEntry]:
+    return [SecretEntry(str(sealed), int(exp)) for sealed, exp in orjson.loads(raw or "[]")]
+
+
+@dataclass(slots=True)
+class VideoState:
+    """Poll state of one upstream video, shared by all the watches on it."""
+
+    video_id: str
+    phase: str = "poll"  # poll: status checks; render: completed, waiting for clips
+    status: str = ""
+    progress: float | None = None
+    errors: int = 0  # consecutive failed polls (5xx, timeouts, auth), for backoff
+    not_found: int = 0  # consecutive 404s
+    auth_logged_ms: int = 0
+    completed_ms: int = 0  # when `completed` was first seen
+
+    @classmethod
+    def from_hash(cls, video_id: str, h: dict[str, str]) -> VideoState:
+        """Rebuild from a hash; an empty hash is a video seen for the first time."""
+        return cls(
+            video_id=video_id,
+            phase=h.get("phase") or "poll",
+            status=h.get("status", ""),
+            progress=_opt_float(h.get("progress", "")),
+            errors=int(h.get("errors") or 0),
+            not_found=int(h.get("notFound") or 0),
+            auth_logged_ms=int(h.get("authLoggedAt") or 0),
+            completed_ms=int(h.get("completedAt") or 0),
+        )
+
+    def to_hash(self) -> dict[str, str]:
+        """Hash fields to write."""
+        return {
+            "phase": self.phase,
+            "status": self.status,
+            "progress": "" if self.progress is None else repr(self.progress),
+            "errors": str(self.errors),
+            "notFound": str(self.not_found),
+            "authLoggedAt": str(self.auth_logged_ms),
+            "completedAt": str(self.completed_ms),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A final event for one watch, ready to be scheduled."""
+
+    watch_id: str
+    event_id: str
+    event_type: str
+    body: bytes
+    video_status: str = ""
+    clips_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """The outcome of one delivery attempt, to be recorded."""
+
+    watch_id: str
+    event_id: str
+    outcome: str  # ok | retry | failed | disabled
+    record: dict[str, Any]
+    attempt: int
+    next_due_ms: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing."""
+
+    watches: list[Watch]
+    next_cursor: str | None
+
+
+class CursorError(ValueError):
+    """A listing cursor that this relay did not hand out."""
+
+
+def encode_cursor(score: int, member: str) -> str:
+    """An opaque cursor pointing just after (*score*, *member*) in newest-first order."""
+    return base64.urlsafe_b64encode(f"{score}:{member}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Inverse of :func:`encode_cursor`; :class:`CursorError` when malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, member = raw.split(":", 1)
+        if not member.startswith("wat_"):
+            raise ValueError
+        return int(score), member
+    except (ValueError, UnicodeDecodeError):
+        raise CursorError("not a cursor returned by this API") from None
+
+
+class Store:
+    """Redis access for the relay. One instance per process, shared by all tasks."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._claim = redis.register_script(scripts.CLAIM)
+        self._finalize = redis.register_script(scripts.FINALIZE)
+        self._release_video = redis.register_script(scripts.RELEASE_VIDEO)
+        self._settle = redis.register_script(scripts.SETTLE_ATTEMPT)
+        self._cancel = redis.register_script(scripts.CANCEL)
+        self._redeliver = redis.register_script(scripts.REDELIVER)
+        self._rotate = redis.register_script(scripts.ROTATE_KEYS)
+        self._tokens = redis.register_script(scripts.UPSTREAM_TOKENS)
+        self._rate_hit = redis.register_script(scripts.RATE_HIT)
+
+    # --- watches: API side --------------------------------------------------------------
+
+    async def create_watch(self, watch: Watch, *, expire_after_s: float) -> None:
+        """Store a new watch, index it, schedule its video's poll and its expiry timer.
+
+        One MULTI transaction: a watch is either fully registered or not at all. The expiry
+        timer is an arq job written in arq's own format so that it joins the same transaction.
+        """
+        wid = watch.id
+        job_id = f"expire:{wid}"
+        defer_ms = int(expire_after_s * 1000)
+        due_ms = watch.created_ms + defer_ms
+        job = serialize_job(EXPIRE_JOB, (wid,), {}, 1, watch.created_ms, serializer=arq_dumps)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(c.WATCH_KEY.format(wid), mapping=watch.to_hash())
+        pipe.zadd(c.TENANT_INDEX_KEY.format(watch.tenant), {wid: watch.created_ms})
+        pipe.zadd(
+            c.TENANT_VIDEO_INDEX_KEY.format(watch.tenant, watch.video_id),
+            {wid: watch.created_ms},
+        )
+        pipe.sadd(c.VIDEO_WATCHES_KEY.format(watch.video_id), wid)
+        # NX: a video already on the schedule keeps its slot (and a claimed one its lease)
+        pipe.zadd(c.POLL_SCHEDULE_KEY, {watch.video_id: watch.created_ms}, nx=True)
+        # arq keeps a job's data for a day past its run time (arq's default `expires`)
+        pipe.psetex(ARQ_JOB_PREFIX + job_id, defer_ms + 86_400_000, job)
+        pipe.zadd(c.ARQ_QUEUE, {job_id: due_ms})
+        await pipe.execute()
+
+    async def get_watch(self, watch_id: str) -> Watch | None:
+        """The watch, or None."""
+        h = await self.redis.hgetall(c.WATCH_KEY.format(watch_id))  # type: ignore[misc]
+        return Watch.from_hash(h) if h else None
+
+    async def get_watches(self, watch_ids: Sequence[str]) -> list[Watch | None]:
+        """Several watches in one round trip, in the order asked."""
+        if not watch_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for wid in watch_ids:
+            pipe.hgetall(c.WATCH_KEY.format(wid))
+        rows = await pipe.execute()
+        return [Watch.from_hash(h) if h else None for h in rows]
+
+    async def list_watches(
+        self,
+        tenant: str,
+        *,
+        video_id: str | None,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+        scan_cap: int = 1000,
+    ) -> Page:
+        """A tenant's watches, newest first, optionally filtered, one page at a time."""
+        key = (
+            c.TENANT_VIDEO_INDEX_KEY.format(tenant, video_id)
+            if video_id
+            else c.TENANT_INDEX_KEY.format(tenant)
+        )
+        last = decode_cursor(cursor) if cursor else None
+        chunk = max(limit * 2, 20)
+        found: list[Watch] = []
+        scanned = 0
+        exhausted = False
+        while len(found) < limit and scanned < scan_cap and not exhausted:
+            batch = await self._index_after(key, last, chunk)
+            exhausted = len(batch) < chunk
+            watches = await self.get_watches([m for m, _ in batch])
+            for (member, score), w in zip(batch, watches, strict=True):
+                scanned += 1
+                last = (score, member)
+                if w is not None and (status is None or w.status == status):
+                    found.append(w)
+                    if len(found) == limit:
+                        exhausted = exhausted and (member, score) == batch[-1]
+                        break
+        next_cursor = None
+        if last is not None and not exhausted and await self._index_after(key, last, 1):
+            next_cursor = encode_cursor(*last)
+        return Page(found, next_cursor)
+
+    async def _index_after(
+        self, key: str, after: tuple[int, str] | None, count: int
+    ) -> list[tuple[str, int]]:
+        """Members of an index zset strictly after *after* in (score desc, member desc)."""
+        if after is None:
+            rows = await self.redis.zrevrangebyscore(
+                key, "+inf", "-inf", start=0, num=count, withscores=True
+            )
+            return [(m, int(s)) for m, s in rows]
+        score, member = after
+        same = await self.redis.zrangebyscore(key, score, score)
+        out = sorted((m for m in same if m < member), reverse=True)[:count]
+        rows = [(m, score) for m in out]
+        if len(rows) < count:
+            more = await self.redis.zrevrangebyscore(
+                key, f"({score}", "-inf", start=0, num=count - len(rows), withscores=True
+            )
+            rows.extend((m, int(s)) for m, s in more)
+        return rows
+
+    async def cancel_watch(self, watch: Watch) -> None:
+        """Cancel: nothing is delivered afterwards (an attempt already on the wire may land)."""
+        await self._cancel(
+            keys=[
+                c.WATCH_KEY.format(watch.id),
+                c.DELIVERY_SCHEDULE_KEY,
+                c.VIDEO_WATCHES_KEY.format(watch.video_id),
+            ],
+            args=[watch.id, now_ms()],
+        )
+
+    async def redeliver(self, watch_id: str) -> str | None:
+        """Start a new attempt series for the watch's last event. Returns 'ok' or the
+        status that has nothing to redeliver (None: no such watch)."""
+        result = await self._redeliver(
+            keys=[c.WATCH_KEY.format(watch_id), c.DELIVERY_SCHEDULE_KEY],
+            args=[watch_id, now_ms()],
+        )
+        return str(result) if result else None
+
+    async def rotate_secret(
+        self, watch_id: str, new_sealed: str, grace_s: float
+    ) -> list[SecretEntry] | None:
+        """Put a new secret first; the current one keeps signing for *grace_s* seconds."""
+        now = now_ms()
+        raw = await self._rotate(
+            keys=[c.WATCH_KEY.format(watch_id)], args=[new_sealed, now, now + int(grace_s * 1000)]
+        )
+        return _load_secrets(raw) if raw else None
+
+    async def attempts(self, watch_id: str) -> list[dict[str, Any]]:
+        """Every recorded delivery attempt of a watch, oldest first."""
+        rows = await self.redis.lrange(c.WATCH_ATTEMPTS_KEY.format(watch_id), 0, -1)  # type: ignore[misc]
+        return [orjson.loads(r) for r in rows]
+
+    # --- idempotency -------------------------------------------------------------------
+
+    async def idempotency_reserve(
+        self, tenant: str, key_hash: str, fingerprint: str, watch_id: str
+    ) -> dict[str, str] | None:
+        """Reserve an Idempotency-Key for a new watch. None when reserved; otherwise the
+        earlier reservation (``fp`` and ``watchId``)."""
+        rkey = c.IDEMPOTENCY_KEY.format(tenant, key_hash)
+        value = orjson.dumps({"fp": fingerprint, "watchId": watch_id})
+        if await self.redis.set(rkey, value, nx=True, ex=c.IDEMPOTENCY_TTL):
+            return None
+        raw = await self.redis.get(rkey)
+        if raw is None:  # expired in between: reserve again
+            return await self.idempotency_reserve(tenant, key_hash, fingerprint, watch_id)
+        earlier: dict[str, str] = orjson.loads(raw)
+        return earlier
+
+    async def idempotency_release(self, tenant: str, key_hash: str) -> None:
+        """Drop a reservation whose watch could not be created."""
+        await self.redis.delete(c.IDEMPOTENCY_KEY.format(tenant, key_hash))
+
+    # --- rate limit --------------------------------------------------------------------
+
+    async def rate_hit(self, key_id: str) -> int:
+        """Count a request of API key *key_id* in the current second; returns the count."""
+        second = int(time.time())
+        return int(await self._rate_hit(keys=[c.RATE_LIMIT_KEY.format(key_id, second)]))
+
+    # --- schedules: worker side --------------------------------------------------------
+
+    async def claim(self, schedule: str, *, limit: int, lease_s: float) -> list[str]:
+        """Claim up to *limit* due members of *schedule* for *lease_s* seconds."""
+        now = now_ms()
+        members = await self._claim(keys=[schedule], args=[now, now + int(lease_s * 1000), limit])
+        return [str(m) for m in members]
+
+    async def next_due_ms(self, schedule: str) -> int | None:
+        """Score of the earliest member of *schedule*, or None when it is empty."""
+        rows = await self.redis.zrange(schedule, 0, 0, withscores=True)
+        return int(rows[0][1]) if rows else None
+
+    async def schedule_size(self, schedule: str) -> int:
+        """Number of members of a schedule (queue depth)."""
+        return int(await self.redis.zcard(schedule))
+
+    # --- videos ------------------------------------------------------------------------
+
+    async def load_videos(self, video_ids: Sequence[str]) -> list[tuple[VideoState, list[str]]]:
+        """Poll state and waiting watch ids of several videos, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for vid in video_ids:
+            pipe.hgetall(c.VIDEO_KEY.format(vid))
+            pipe.smembers(c.VIDEO_WATCHES_KEY.format(vid))
+        rows = await pipe.execute()
+        out = []
+        for i, vid in enumerate(video_ids):
+            out.append((VideoState.from_hash(vid, rows[2 * i]), sorted(rows[2 * i + 1])))
+        return out
+
+    async def save_videos(
+        self,
+        updates: Iterable[tuple[VideoState, int | None, Sequence[str], bool]],
+    ) -> None:
+        """Write poll results in one round trip.
+
+        Each update is (state, next poll ms or None to leave the schedule alone, watch ids,
+        whether the status/progress the watches show changed).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        now = str(now_ms())
+        n = 0
+        for state, next_ms, watch_ids, changed in updates:
+            n += 1
+            pipe.hset(c.VIDEO_KEY.format(state.video_id), mapping=state.to_hash())
+            if next_ms is not None:
+                pipe.zadd(c.POLL_SCHEDULE_KEY, {state.video_id: next_ms}, xx=True)
+            if changed:
+                fields = {
+                    "videoStatus": state.status,
+                    "videoProgress": "" if state.progress is None else repr(state.progress),
+                    "updatedAt": now,
+                }
+                for wid in watch_ids:
+                    pipe.hset(c.WATCH_KEY.format(wid), mapping=fields)
+        if n:
+            await pipe.execute()
+
+    async def drop_video(self, video_id: str) -> None:
+        """Stop polling a video nobody waits on any more (unless one registered just now)."""
+        await self._release_video(
+            keys=[
+                c.VIDEO_WATCHES_KEY.format(video_id),
+                c.POLL_SCHEDULE_KEY,
+                c.VIDEO_KEY.format(video_id),
+            ],
+            args=[video_id, now_ms()],
+        )
+
+    async def finalize(
+        self, video_id: str, events: Sequence[NewEvent], *, release_ids: Sequence[str] | None
+    ) -> int:
+        """Create final events for watches of one video and schedule their delivery.
+
+        Idempotent: a watch that already has its event keeps it. With *release_ids* (the
+        watches that were considered), the video stops being polled unless a watch registered
+        meanwhile. Returns the number of events created.
+        """
+        now = now_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        vkey = c.VIDEO_WATCHES_KEY.format(video_id)
+        for ev in events:
+            await self._finalize(
+                keys=[
+                    c.WATCH_KEY.format(ev.watch_id),
+                    c.EVENT_KEY.format(ev.event_id),
+                    c.DELIVERY_SCHEDULE_KEY,
+                    vkey,
+                ],
+                args=[
+                    ev.watch_id,
+                    ev.event_id,
+                    ev.event_type,
+                    ev.body,
+                    now,
+                    now,
+                    "" if ev.clips_ms is None else ev.clips_ms,
+                    ev.video_status,
+                ],
+                client=pipe,
+            )
+        if release_ids is not None:
+            await self._release_video(
+                keys=[vkey, c.POLL_SCHEDULE_KEY, c.VIDEO_KEY.format(video_id)],
+                args=[video_id, now, *release_ids],
+                client=pipe,
+            )
+        results = await pipe.execute()
+        return sum(1 for r in results[: len(events)] if r == 1)
+
+    # --- deliveries --------------------------------------------------------------------
+
+    async def load_deliveries(self, watch_ids: Sequence[str]) -> list[tuple[Watch, bytes] | None]:
+        """Watches and their current event bodies, for a claimed batch (two round trips)."""
+        watches = await self.get_watches(watch_ids)
+        ids = [w.event_id for w in watches if w is not None and w.event_id]
+        bodies = await self.redis.mget([c.EVENT_KEY.format(e) for e in ids]) if ids else []
+        by_event = dict(zip(ids, bodies, strict=True))
+        out: list[tuple[Watch, bytes] | None] = []
+        for w in watches:
+            body = by_event.get(w.event_id) if w is not None else None
+            out.append((w, body.encode()) if w is not None and body is not None else None)
+        return out
+
+    async def unschedule(self, watch_ids: Sequence[str]) -> None:
+        """Take deliveries off the schedule (watches that have nothing to send)."""
+        if watch_ids:
+            await self.redis.zrem(c.DELIVERY_SCHEDULE_KEY, *watch_ids)
+
+    async def defer(self, watch_id: str, due_ms: int) -> None:
+        """Move a claimed delivery to *due_ms* without recording an attempt."""
+        await self.redis.zadd(c.DELIVERY_SCHEDULE_KEY, {watch_id: due_ms}, xx=True)
+
+    async def replace_event_body(
+        self, watch_id: str, event_id: str, body: bytes, clips_ms: int
+    ) -> None:
+        """Store a rebuilt event body (fresh clip links) for the same event id."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(c.EVENT_KEY.format(event_id), body)
+        pipe.hset(c.WATCH_KEY.format(watch_id), "clipsAt", str(clips_ms))
+        await pipe.execute()
+
+    async def settle(self, results: Sequence[AttemptResult]) -> list[str]:
+        """Record attempts and move each watch on, in one round trip."""
+        if not results:
+            return []
+        now = now_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        for r in results:
+            await self._settle(
+                keys=[
+                    c.WATCH_KEY.format(r.watch_id),
+                    c.WATCH_ATTEMPTS_KEY.format(r.watch_id),
+                    c.DELIVERY_SCHEDULE_KEY,
+                ],
+                args=[
+                    r.watch_id,
+                    r.event_id,
+                    r.outcome,
+                    orjson.dumps(r.record),
+                    r.next_due_ms,
+                    now,
+                    r.attempt,
+                    r.last_error,
+                    c.MAX_ATTEMPTS_KEPT,
+                ],
+                client=pipe,
+            )
+        return [str(s) for s in await pipe.execute()]
+
+    async def expire(self, watch_id: str, body_for: Any) -> bool:
+        """Give a still-watching watch its ``watch.expired`` event; False if it had one."""
+        watch = await self.get_watch(watch_id)
+        if watch is None or watch.status != "watching" or watch.event_id:
+            return False
+        event: NewEvent = body_for(watch)
+        created = await self.finalize(watch.video_id, [event], release_ids=None)
+        return created == 1
+
+    # --- upstream budget ---------------------------------------------------------------
+
+    async def upstream_tokens(self, want: int, rps: float) -> int:
+        """Take up to *want* upstream requests from this second's budget, shared by every
+        worker. Returns the number granted, or minus the milliseconds left of a pause."""
+        granted = await self._tokens(
+            keys=[c.UPSTREAM_RATE_KEY.format(""), c.UPSTREAM_PAUSE_KEY],
+            args=[max(int(rps), 1), want, now_ms()],
+        )
+        return int(granted)
+
+    async def upstream_paused_until(self) -> int:
+        """Until when (ms) a 429 paused every request to the upstream (0: not paused)."""
+        raw = await self.redis.get(c.UPSTREAM_PAUSE_KEY)
+        return int(raw) if raw else 0
+
+    async def pause_upstream(self, until_ms: int) -> None:
+        """Pause all workers' upstream requests until *until_ms* (keeps the later pause)."""
+        ttl = max(until_ms - now_ms(), 1)
+        current = await self.upstream_paused_until()
+        if until_ms > current:
+            await self.redis.set(c.UPSTREAM_PAUSE_KEY, str(until_ms), px=ttl)

@@ -1,0 +1,289 @@
+"""Request handlers of the registration API. Thin: parse, call the store, shape the answer."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from relay import appkeys as k
+from relay.auth import Principal
+from relay.constants import WATCH_STATUSES
+from relay.events import iso_ms
+from relay.ids import new_watch_id
+from relay.metrics import exposition
+from relay.models import WatchCreate
+from relay.problems import ProblemError, field_errors, invalid, not_found
+from relay.signing import generate_secret
+from relay.ssrf import CallbackRefused
+from relay.store import CursorError, SecretEntry, Watch, now_ms
+
+PRINCIPAL = "principal"  # request key set by the auth middleware
+MAX_IDEMPOTENCY_KEY = 255
+MAX_LIMIT = 100
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response serialized by orjson."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def principal(request: web.Request) -> Principal:
+    """The authenticated caller (set by the auth middleware)."""
+    p: Principal = request[PRINCIPAL]
+    return p
+
+
+def watch_json(w: Watch) -> dict[str, Any]:
+    """A watch as the API shows it (schema: :class:`relay.models.WatchOut`)."""
+    return {
+        "id": w.id,
+        "videoId": w.video_id,
+        "callbackUrl": w.callback_url,
+        "minScore": w.min_score,
+        "maxScore": w.max_score,
+        "favoritedOnly": w.favorited_only,
+        "sortBy": w.sort_by,
+        "sortOrder": w.sort_order,
+        "metadata": w.metadata,
+        "status": w.status,
+        "videoStatus": w.video_status,
+        "videoProgress": w.video_progress,
+        "lastEventType": w.last_event_type,
+        "createdAt": iso_ms(w.created_ms),
+        "updatedAt": iso_ms(w.updated_ms),
+        "deliveredAt": iso_ms(w.delivered_ms) if w.delivered_ms else None,
+        "lastError": w.last_error,
+    }
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON; 415/400 problems for anything else."""
+    ctype = request.content_type
+    if request.body_exists and ctype != "application/json" and not ctype.endswith("+json"):
+        raise ProblemError(
+            415, "Unsupported media type", "send the body as application/json", slug="media-type"
+        )
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProblemError(
+            400, "Malformed JSON", f"the body is not valid JSON: {exc}", slug="malformed-json"
+        ) from None
+
+
+async def _own_watch(request: web.Request) -> Watch:
+    watch = await request.app[k.STORE].get_watch(request.match_info["watch_id"])
+    if watch is None or watch.tenant != principal(request).tenant:
+        raise not_found()
+    return watch
+
+
+def _fingerprint(body: Any) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def create_watch(request: web.Request) -> web.Response:
+    """``POST /v1/watches``."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise invalid([{"field": "body", "message": "must be a JSON object"}])
+    try:
+        spec = WatchCreate.model_validate(body)
+    except ValidationError as exc:
+        raise invalid(field_errors(exc)) from None
+    app = request.app
+    try:
+        await app[k.POLICY].check(spec.callback_url)
+    except CallbackRefused as exc:
+        raise invalid([{"field": "callbackUrl", "message": str(exc)}]) from None
+
+    who = principal(request)
+    store = app[k.STORE]
+    watch_id = new_watch_id()
+    idem_key = request.headers.get("Idempotency-Key")
+    idem_hash = ""
+    if idem_key is not None:
+        if not 1 <= len(idem_key) <= MAX_IDEMPOTENCY_KEY:
+            raise invalid(
+                [
+                    {
+                        "field": "Idempotency-Key",
+                        "message": f"must be 1-{MAX_IDEMPOTENCY_KEY} characters",
+                    }
+                ]
+            )
+        idem_hash = hashlib.sha256(idem_key.encode()).hexdigest()
+        earlier = await store.idempotency_reserve(
+            who.tenant, idem_hash, _fingerprint(body), watch_id
+        )
+        if earlier is not None:
+            if earlier["fp"] != _fingerprint(body):
+                raise ProblemError(
+                    409,
+                    "Idempotency key reused",
+                    "this Idempotency-Key was used with a different body",
+                    slug="idempotency-conflict",
+                )
+            existing = await store.get_watch(earlier["watchId"])
+            if existing is not None and existing.tenant == who.tenant:
+                return _created(request, existing, status=200)
+            watch_id = earlier["watchId"]  # reserved but never created: create it now
+
+    secret = spec.secret or generate_secret()
+    now = now_ms()
+    watch = Watch(
+        id=watch_id,
+        tenant=who.tenant,
+        video_id=spec.video_id,
+        callback_url=spec.callback_url,
+        min_score=float(spec.min_score),
+        max_score=None if spec.max_score is None else float(spec.max_score),
+        favorited_only=spec.favorited_only,
+        sort_by=spec.sort_by,
+        sort_order=spec.sort_order,
+        metadata=spec.metadata or {},
+        created_ms=now,
+        updated_ms=now,
+    )
+    watch.secrets = [SecretEntry(app[k.SECRET_BOX].seal(secret), 0)]
+    try:
+        await store.create_watch(watch, expire_after_s=app[k.SETTINGS].watch_timeout)
+    except BaseException:
+        if idem_hash:
+            await store.idempotency_release(who.tenant, idem_hash)
+        raise
+    return _created(request, watch, status=201)
+
+
+def _created(request: web.Request, watch: Watch, *, status: int) -> web.Response:
+    data = watch_json(watch)
+    data["secret"] = request.app[k.SECRET_BOX].open(watch.secrets[0].sealed)
+    location = str(request.app.router["watch"].url_for(watch_id=watch.id))
+    return json_response(data, status=status, headers={"Location": location})
+
+
+async def get_watch(request: web.Request) -> web.Response:
+    """``GET /v1/watches/{id}``."""
+    return json_response(watch_json(await _own_watch(request)))
+
+
+async def list_watches(request: web.Request) -> web.Response:
+    """``GET /v1/watches?videoId=&status=&limit=&cursor=``."""
+    q = request.query
+    errors = []
+    unknown = sorted(set(q) - {"videoId", "status", "limit", "cursor"})
+    errors += [{"field": name, "message": "unknown query parameter"} for name in unknown]
+    limit = 20
+    if "limit" in q:
+        try:
+            limit = int(q["limit"])
+            if not 1 <= limit <= MAX_LIMIT:
+                raise ValueError
+        except ValueError:
+            errors.append({"field": "limit", "message": f"must be a whole number 1-{MAX_LIMIT}"})
+    status = q.get("status")
+    if status is not None and status not in WATCH_STATUSES:
+        errors.append({"field": "status", "message": "must be one of " + ", ".join(WATCH_STATUSES)})
+    video_id = q.get("videoId")
+    if video_id is not None:
+        try:
+            _check_video_id(video_id)
+        except ValueError as exc:
+            errors.append({"field": "videoId", "message": str(exc)})
+    if errors:
+        raise invalid(errors)
+    try:
+        page = await request.app[k.STORE].list_watches(
+            principal(request).tenant,
+            video_id=video_id,
+            status=status,
+            limit=limit,
+            cursor=q.get("cursor"),
+        )
+    except CursorError as exc:
+        raise invalid([{"field": "cursor", "message": str(exc)}]) from None
+    return json_response(
+        {"data": [watch_json(w) for w in page.watches], "nextCursor": page.next_cursor}
+    )
+
+
+def _check_video_id(value: str) -> None:
+    if not 1 <= len(value) <= 128 or not all(
+        ch.isascii() and (ch.isalnum() or ch in "_-") for ch in value
+    ):
+        raise ValueError("must be 1-128 characters of A-Z, a-z, 0-9, _ and -")
+
+
+async def cancel_watch(request: web.Request) -> web.Response:
+    """``DELETE /v1/watches/{id}``: nothing is delivered afterwards."""
+    watch = await _own_watch(request)
+    await request.app[k.STORE].cancel_watch(watch)
+    return web.Response(status=204)
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    """``GET /v1/watches/{id}/deliveries``: every attempt, oldest first."""
+    watch = await _own_watch(request)
+    return json_response({"data": await request.app[k.STORE].attempts(watch.id)})
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    """``POST /v1/watches/{id}/redeliver``: the last event again, same webhook-id."""
+    watch = await _own_watch(request)
+    result = await request.app[k.STORE].redeliver(watch.id)
+    if result != "ok":
+        raise ProblemError(
+            409,
+            "Nothing to redeliver",
+            f"the watch is {result}: only delivered, failed or disabled watches are redelivered",
+            slug="not-redeliverable",
+        )
+    fresh = await request.app[k.STORE].get_watch(watch.id)
+    return json_response(watch_json(fresh or watch), status=202)
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    """``POST /v1/watches/{id}/rotate-secret``: a new secret; the old one signs on for
+    RELAY_SECRET_GRACE seconds."""
+    watch = await _own_watch(request)
+    app = request.app
+    secret = generate_secret()
+    entries = await app[k.STORE].rotate_secret(
+        watch.id, app[k.SECRET_BOX].seal(secret), app[k.SETTINGS].secret_grace
+    )
+    if entries is None:
+        raise not_found()
+    previous = max((s.expires_ms for s in entries[1:]), default=0)
+    return json_response(
+        {"secret": secret, "previousSecretExpiresAt": iso_ms(previous) if previous else None}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: Redis answers and the process is not draining."""
+    if request.app[k.LIFECYCLE].draining:
+        return json_response({"status": "draining"}, status=503)
+    try:
+        await request.app[k.REDIS].ping()
+    except Exception:  # any failure means not ready; the reason is logged by the client
+        return json_response({"status": "unavailable"}, status=503)
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition."""
+    return web.Response(body=exposition(), content_type="text/plain", charset="utf-8")

@@ -1,0 +1,1 @@
+"""The arq worker of clip-relay: polling, clip fetching, deliveries and retries."""

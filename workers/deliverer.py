@@ -1,0 +1,270 @@
+"""The deliverer: sends due events to callbacks, signed, and moves each watch on.
+
+Claimed watches are loaded in one round trip, attempts run concurrently (bounded by
+RELAY_DELIVERY_CONCURRENCY), and their outcomes are recorded in batches by a flusher, so the
+cost per webhook is one HTTP request plus a share of a pipeline.
+
+Outcome of an attempt (SPEC.md "Delivery"): any 2xx is success; 410 disables the watch;
+everything else (3xx, 4xx, 5xx, timeouts, refused connections, TLS and DNS errors, a callback
+the SSRF policy refuses) is retried on RELAY_RETRY_SCHEDULE with +-20 % jitter, and a 429 or
+503 with Retry-After waits at least that long (capped at an hour). When the schedule is
+exhausted the watch is ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import aiohttp
+from yarl import URL
+
+from relay import constants as c
+from relay import events, logs
+from relay.clips import Clip
+from relay.crypto import SecretBox
+from relay.metrics import DELIVERIES, DELIVERY_LATENCY, NOTIFY_LATENCY
+from relay.settings import Settings
+from relay.signing import secret_bytes, sign_headers
+from relay.ssrf import CallbackPolicy
+from relay.store import AttemptResult, Store, Watch, now_ms
+from relay.upstream import UpstreamClient, retry_after_seconds
+from workers.pump import Pump
+from workers.ratelimit import UpstreamGate
+
+log = logs.get("workers.deliverer")
+REFRESH_RETRY_S = 30.0  # a delivery whose clip links could not be refreshed waits this long
+
+
+def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float | None:
+    """Seconds until the next attempt after failed attempt number *attempt* (1-based), or
+    None when the schedule is exhausted."""
+    if attempt > len(schedule):
+        return None
+    delay = schedule[attempt - 1] * random.uniform(1 - c.JITTER, 1 + c.JITTER)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, c.RETRY_AFTER_CAP))
+    return delay
+
+
+class Deliverer(Pump):
+    """Claims due deliveries and performs them."""
+
+    schedule = c.DELIVERY_SCHEDULE_KEY
+    name = "deliverer"
+
+    def __init__(
+        self,
+        store: Store,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        *,
+        policy: CallbackPolicy,
+        box: SecretBox,
+        upstream: UpstreamClient,
+        gate: UpstreamGate,
+    ) -> None:
+        super().__init__(
+            store, concurrency=settings.delivery_concurrency, lease_s=settings.lease, batch=512
+        )
+        self.session = session
+        self.settings = settings
+        self.policy = policy
+        self.box = box
+        self.upstream = upstream
+        self.gate = gate
+        self.timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout)
+        self.sent = 0
+        self._results: list[AttemptResult] = []
+        self._flush_now = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._key_bytes = lru_cache(maxsize=20_000)(self._open_secret)
+
+    def start(self) -> None:
+        """Start claiming and the result flusher."""
+        super().start()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="deliverer-flush")
+
+    async def stop(self, grace_s: float) -> None:
+        """Finish attempts in flight (up to *grace_s*), then record every outcome."""
+        await super().stop(grace_s)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._flush()
+
+    async def work(self, members: Sequence[str], release: Callable[[], None]) -> None:
+        """Deliver a claimed batch."""
+        loaded = await self.store.load_deliveries(members)
+        idle = [
+            wid
+            for wid, item in zip(members, loaded, strict=True)
+            if item is None or item[0].status != "delivering"
+        ]
+        await self.store.unschedule(idle)
+        for _ in idle:
+            release()
+        due = [item for item in loaded if item is not None and item[0].status == "delivering"]
+        due = await self._refresh_links(due, release)
+        await asyncio.gather(*(self._attempt(w, body, release) for w, body in due))
+
+    async def _refresh_links(
+        self, items: list[tuple[Watch, bytes]], release: Callable[[], None]
+    ) -> list[tuple[Watch, bytes]]:
+        """Rebuild ``clips.ready`` bodies whose signed links are getting old (one clips
+        request per video)."""
+        limit = now_ms() - int(self.settings.link_refresh * 1000)
+        stale: dict[str, list[int]] = defaultdict(list)
+        for i, (w, _) in enumerate(items):
+            if w.event_type == "clips.ready" and w.clips_ms is not None and w.clips_ms < limit:
+                stale[w.video_id].append(i)
+        if not stale:
+            return items
+        out = list(items)
+        skip: set[int] = set()
+        for video_id, positions in stale.items():
+            clips = await self._fresh_clips(video_id)
+            fetched = now_ms()
+            for i in positions:
+                w, body = items[i]
+                if clips is None:
+                    # no fresh links to be had now: try again soon, no attempt spent
+                    await self.store.defer(w.id, fetched + int(REFRESH_RETRY_S * 1000))
+                    skip.add(i)
+                    release()
+                    continue
+                new = events.clips_ready_body(w, clips, events.event_timestamp_ms(body))
+                await self.store.replace_event_body(w.id, w.event_id, new, fetched)
+                out[i] = (w, new)
+            log.info(
+                "clip links refreshed",
+                video_id=video_id,
+                watches=len(positions),
+                ok=clips is not None,
+            )
+        return [item for i, item in enumerate(out) if i not in skip]
+
+    async def _fresh_clips(self, video_id: str) -> list[Clip] | None:
+        await self.gate.acquire()
+        reply = await self.upstream.clips(video_id)
+        return reply.clips if reply.kind == "ok" else None
+
+    def _open_secret(self, sealed: str) -> bytes:
+        return secret_bytes(self.box.open(sealed))
+
+    async def _attempt(self, w: Watch, body: bytes, release: Callable[[], None]) -> None:
+        attempt = w.attempt + 1
+        started = time.time()
+        code: int | None = None
+        error: str | None = None
+        answer = ""
+        retry_after: float | None = None
+        try:
+            url = URL(w.callback_url)
+            if not self.policy.check_literal(url):
+                raise PermissionError("callback address refused by the SSRF policy")
+            keys = [self._key_bytes(s.sealed) for s in w.signing_secrets(int(started * 1000))]
+            headers = sign_headers(keys, w.event_id, int(started), body)
+            headers["User-Agent"] = "clip-relay/1"
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            ) as resp:
+                code = resp.status
+                answer = (await resp.content.read(c.RESPONSE_BODY_KEPT)).decode(errors="replace")
+                if code in (429, 503):
+                    retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+        except TimeoutError:
+            error = "timeout"
+        except aiohttp.ClientConnectorCertificateError:
+            error = "tls: certificate rejected"
+        except aiohttp.ClientSSLError as exc:
+            error = f"tls: {exc}"[:200]
+        except aiohttp.ClientConnectorDNSError:
+            error = "dns: host not resolved"
+        except aiohttp.ClientConnectorError as exc:
+            error = f"connect: {exc.os_error.strerror or exc.os_error}"[:200]
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:200]
+        finally:
+            release()
+        latency = time.time() - started
+        DELIVERY_LATENCY.observe(latency)
+        record = {
+            "eventId": w.event_id,
+            "eventType": w.event_type,
+            "attempt": attempt,
+            "at": events.iso_ms(int(started * 1000)),
+            "statusCode": code,
+            "error": error,
+            "latencyMs": round(latency * 1000, 2),
+            "responseBody": answer or None,
+        }
+        self._record(w, attempt, code, error, retry_after, record)
+
+    def _record(
+        self,
+        w: Watch,
+        attempt: int,
+        code: int | None,
+        error: str | None,
+        retry_after: float | None,
+        record: dict[str, object],
+    ) -> None:
+        last_error = ""
+        next_ms = 0
+        if code is not None and 200 <= code < 300:
+            outcome = "ok"
+            if w.final_ms and w.delivered_ms is None:  # first success of this event
+                NOTIFY_LATENCY.observe(max(now_ms() - w.final_ms, 0) / 1000)
+        elif code == 410:
+            outcome, last_error = "disabled", "HTTP 410 Gone: watch disabled"
+        else:
+            last_error = error or f"HTTP {code}"
+            delay = retry_delay(self.settings.retry_schedule, attempt, retry_after)
+            if delay is None:
+                outcome = "failed"
+            else:
+                outcome, next_ms = "retry", now_ms() + int(delay * 1000)
+        DELIVERIES.labels(outcome).inc()
+        self.sent += 1
+        log.info(
+            "delivery attempt",
+            watch_id=w.id,
+            video_id=w.video_id,
+            event_id=w.event_id,
+            event_type=w.event_type,
+            attempt=attempt,
+            status_code=code,
+            error=error,
+            outcome=outcome,
+            latency_ms=record["latencyMs"],
+        )
+        self._results.append(
+            AttemptResult(w.id, w.event_id, outcome, record, attempt, next_ms, last_error)
+        )
+        if len(self._results) >= 256:
+            self._flush_now.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), timeout=0.005)
+            self._flush_now.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._results:
+            return
+        batch, self._results = self._results, []
+        try:
+            await self.store.settle(batch)
+        except Exception as exc:
+            # Redis away: keep the outcomes and try again (the claims' leases are long)
+            log.warning("recording attempts failed", error=type(exc).__name__, pending=len(batch))
+            self._results = batch + self._results
+            await asyncio.sleep(0.5)

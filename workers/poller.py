@@ -1,0 +1,212 @@
+"""The poller: one poll loop per video, shared by every watch on it.
+
+A video is a member of the poll schedule while some watch waits on it. Each claimed video
+goes through a small state machine:
+
+- phase ``poll``: ask ``/status``. Not final: poll again after RELAY_POLL_INTERVAL.
+  ``failed``/``error``/``expired``, or three 404s in a row: ``video.failed`` to every watch.
+  ``completed``: switch to phase ``render`` and look at the clips straight away.
+- phase ``render``: ask ``/clips`` (once for all watches). While a clip that passes some
+  watch's filters is still rendering, look again after the poll interval, until
+  RELAY_RENDER_TIMEOUT after ``completed``; then ``clips.ready`` to every watch, each with
+  its own filtered and ordered clips.
+
+Upstream trouble never stops a video: 429 pauses every worker for Retry-After; 5xx,
+timeouts, garbage and 401/402/403 back off exponentially (capped) and try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from relay import constants as c
+from relay import events, logs
+from relay.clips import pending
+from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
+from relay.settings import Settings
+from relay.store import NewEvent, Store, VideoState, now_ms
+from relay.upstream import Reply, UpstreamClient
+from workers.pump import Pump
+from workers.ratelimit import UpstreamGate
+
+log = logs.get("workers.poller")
+
+
+@dataclass(slots=True)
+class Step:
+    """What one poll decided for a video."""
+
+    state: VideoState
+    watch_ids: Sequence[str]
+    next_ms: int | None = None  # poll again then
+    events: list[NewEvent] | None = None  # final: these events, and stop polling
+    changed: bool = False  # watches should show the new status/progress
+    dropped: bool = False  # nobody waits on the video any more: nothing to write
+
+
+class Poller(Pump):
+    """Claims due videos and polls them."""
+
+    schedule = c.POLL_SCHEDULE_KEY
+    name = "poller"
+
+    def __init__(
+        self, store: Store, upstream: UpstreamClient, gate: UpstreamGate, settings: Settings
+    ) -> None:
+        super().__init__(
+            store, concurrency=settings.poll_concurrency, lease_s=settings.lease, batch=256
+        )
+        self.upstream = upstream
+        self.gate = gate
+        self.settings = settings
+        self.polls = 0  # status/clips requests made (for benchmarks and tests)
+
+    async def work(self, members: Sequence[str], release: Callable[[], None]) -> None:
+        """Poll a batch of videos; write every result back in one round trip."""
+        loaded = await self.store.load_videos(members)
+        steps = await asyncio.gather(*(self._step(st, ids, release) for st, ids in loaded))
+        await self.store.save_videos(
+            (s.state, s.next_ms, s.watch_ids, s.changed)
+            for s in steps
+            if s.events is None and not s.dropped
+        )
+        for s in steps:
+            if s.events is not None:
+                await self._finish(s)
+
+    async def _step(
+        self, state: VideoState, watch_ids: Sequence[str], release: Callable[[], None]
+    ) -> Step:
+        try:
+            if not watch_ids:
+                # every watch was cancelled or expired: stop polling (drop_video re-checks)
+                await self.store.drop_video(state.video_id)
+                return Step(state, watch_ids, dropped=True)
+            if state.phase == "render":
+                return await self._clips(state, watch_ids)
+            return await self._status(state, watch_ids)
+        finally:
+            release()
+
+    async def _request(self, endpoint: str, video_id: str) -> Reply:
+        await self.gate.acquire()
+        self.polls += 1
+        call = self.upstream.clips if endpoint == "clips" else self.upstream.status
+        reply = await call(video_id)
+        UPSTREAM_REQUESTS.labels(endpoint, reply.kind, str(reply.http_status or 0)).inc()
+        return reply
+
+    async def _status(self, state: VideoState, watch_ids: Sequence[str]) -> Step:
+        reply = await self._request("status", state.video_id)
+        if reply.kind != "ok" or reply.video is None:
+            return await self._trouble(state, watch_ids, reply)
+        video = reply.video
+        before = (state.status, state.progress)
+        if state.errors:
+            log.info("upstream recovered", video_id=state.video_id, after_errors=state.errors)
+        state.errors = state.not_found = 0
+        state.status = video.status
+        state.progress = video.progress if video.progress is not None else state.progress
+        changed = (state.status, state.progress) != before
+        if state.status != before[0]:
+            log.info("video status", video_id=state.video_id, status=state.status)
+        if video.status in c.VIDEO_FINAL_BAD:
+            error = video.error_message or f"video {video.status}"
+            return await self._final_failed(state, watch_ids, video.status, error)
+        if video.status in c.VIDEO_FINAL_OK:
+            state.phase = "render"
+            state.completed_ms = now_ms()
+            step = await self._clips(state, watch_ids)
+            step.changed = step.changed or changed
+            return step
+        return Step(state, watch_ids, next_ms=self._next(), changed=changed)
+
+    async def _clips(self, state: VideoState, watch_ids: Sequence[str]) -> Step:
+        reply = await self._request("clips", state.video_id)
+        if reply.kind != "ok":
+            return await self._trouble(state, watch_ids, reply)
+        state.errors = 0
+        watches = [w for w in await self.store.get_watches(watch_ids) if w is not None]
+        now = now_ms()
+        waiting = pending(reply.clips, (events.watch_filter(w) for w in watches))
+        deadline = state.completed_ms + int(self.settings.render_timeout * 1000)
+        if waiting and now < deadline:
+            return Step(state, watch_ids, next_ms=min(self._next(), deadline))
+        if waiting:
+            log.warning(
+                "render timeout: undeliverable clips left out",
+                video_id=state.video_id,
+                clips=waiting,
+            )
+        return Step(
+            state,
+            watch_ids,
+            events=[events.clips_ready(w, reply.clips, now, now) for w in watches],
+        )
+
+    async def _final_failed(
+        self, state: VideoState, watch_ids: Sequence[str], video_status: str, error: str
+    ) -> Step:
+        watches = [w for w in await self.store.get_watches(watch_ids) if w is not None]
+        now = now_ms()
+        return Step(
+            state,
+            watch_ids,
+            events=[events.video_failed(w, video_status, error, now) for w in watches],
+        )
+
+    async def _trouble(self, state: VideoState, watch_ids: Sequence[str], reply: Reply) -> Step:
+        vid = state.video_id
+        if reply.kind == "not_found":
+            state.not_found += 1
+            if state.not_found >= c.NOT_FOUND_POLLS:
+                log.info("video not found", video_id=vid, polls=state.not_found)
+                state.status = c.NOT_FOUND_STATUS
+                return await self._final_failed(
+                    state, watch_ids, c.NOT_FOUND_STATUS, "video not found"
+                )
+            return Step(state, watch_ids, next_ms=self._next())
+        if reply.kind == "rate_limited":
+            wait = reply.retry_after if reply.retry_after is not None else self._interval()
+            UPSTREAM_RATE_LIMITED.inc()
+            log.warning("upstream rate limited", video_id=vid, retry_after=wait)
+            await self.gate.pause(wait)
+            return Step(state, watch_ids, next_ms=now_ms() + int(wait * 1000) + 1)
+        state.errors += 1
+        if reply.kind == "auth":
+            now = now_ms()
+            if now - state.auth_logged_ms >= c.AUTH_ERROR_LOG_EVERY * 1000:
+                state.auth_logged_ms = now
+                log.error(
+                    "upstream refused the API key",
+                    video_id=vid,
+                    http_status=reply.http_status,
+                    detail=reply.detail,
+                )
+        elif state.errors == 1:
+            log.warning("upstream error", video_id=vid, detail=reply.detail)
+        return Step(state, watch_ids, next_ms=self._next(backoff=state.errors))
+
+    async def _finish(self, step: Step) -> None:
+        """Create final events for every watch of the video and stop polling it."""
+        vid = step.state.video_id
+        created = await self.store.finalize(vid, step.events or [], release_ids=step.watch_ids)
+        log.info(
+            "video final",
+            video_id=vid,
+            status=step.state.status,
+            watches=len(step.watch_ids),
+            events=created,
+        )
+
+    def _interval(self) -> float:
+        return self.settings.poll_interval
+
+    def _next(self, backoff: int = 0) -> int:
+        delay = self._interval()
+        if backoff:
+            delay = max(delay, min(delay * 2 ** min(backoff, 16), c.UPSTREAM_BACKOFF_CAP))
+        return int((time.time() + delay) * 1000)

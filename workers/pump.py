@@ -1,0 +1,130 @@
+"""A pump: claims due members of a schedule zset in batches and works on them concurrently.
+
+The poller and the deliverer are pumps. Claiming moves a member's score to a lease deadline,
+so a worker that dies mid-work loses its claims after the lease and another worker takes
+them up. ``stop()`` stops claiming and waits (up to a grace period) for work in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+from relay import logs
+from relay.store import Store
+
+log = logs.get("workers.pump")
+
+
+class Pump:
+    """Base class: subclasses implement :meth:`work` for a batch of claimed members."""
+
+    schedule: str = ""
+    name: str = "pump"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        concurrency: int,
+        lease_s: float,
+        batch: int = 256,
+        idle_s: float = 0.05,
+    ) -> None:
+        self.store = store
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.batch = batch
+        self.idle_s = idle_s
+        self.inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def work(self, members: Sequence[str], release: Callable[[], None]) -> None:
+        """Handle one claimed batch. Call *release* as each member is finished to free its
+        slot early; slots not released are freed when the batch returns."""
+        raise NotImplementedError
+
+    def _free(self, n: int) -> None:
+        self.inflight -= n
+        self._capacity.set()
+
+    def start(self) -> None:
+        """Start claiming in the background."""
+        self._runner = asyncio.create_task(self._run(), name=f"{self.name}-pump")
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming, give work in flight up to *grace_s* seconds, then cancel it."""
+        self._stopping.set()
+        self._capacity.set()
+        if self._runner is not None:
+            await self._runner
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("stopped with work in flight", pump=self.name, cancelled=len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            free = self.concurrency - self.inflight
+            if free <= 0:
+                self._capacity.clear()
+                await self._capacity.wait()
+                continue
+            try:
+                members = await self.store.claim(
+                    self.schedule, limit=min(free, self.batch), lease_s=self.lease_s
+                )
+            except Exception as exc:  # Redis away: keep trying, never die
+                log.warning("claim failed", pump=self.name, error=f"{type(exc).__name__}: {exc}")
+                await self._sleep(1.0)
+                continue
+            if not members:
+                await self._sleep(await self._idle_for())
+                continue
+            self.inflight += len(members)
+            task = asyncio.create_task(self._guard(members))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, members: Sequence[str]) -> None:
+        held = len(members)
+
+        def release() -> None:
+            nonlocal held
+            if held > 0:
+                held -= 1
+                self._free(1)
+
+        try:
+            await self.work(members, release)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # the claims stay leased: the members come back after the lease
+            log.exception("batch failed", pump=self.name, size=len(members))
+        finally:
+            if held:
+                self._free(held)
+
+    async def _idle_for(self) -> float:
+        try:
+            due = await self.store.next_due_ms(self.schedule)
+        except Exception:
+            return 1.0
+        if due is None:
+            return self.idle_s
+        return min(max(due / 1000 - time.time(), 0.0), self.idle_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)

@@ -1,0 +1,198 @@
+"""``clip-relay worker``: an arq worker that also runs the poll and delivery pumps.
+
+arq runs the process: signals, its health-check key, the expiry jobs. ``startup`` opens
+the shared resources and starts the pumps; ``shutdown`` stops them, giving attempts in
+flight RELAY_SHUTDOWN_GRACE seconds. A small HTTP server on RELAY_METRICS_PORT answers
+``/healthz`` (for Kubernetes probes) and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from arq import Worker
+from arq.worker import func
+
+from relay import constants as c
+from relay import logs
+from relay.crypto import SecretBox
+from relay.metrics import QUEUE_DEPTH, exposition
+from relay.redis_client import arq_settings, connect
+from relay.serializer import dumps, loads
+from relay.settings import Settings
+from relay.ssrf import CallbackPolicy, SafeResolver
+from relay.store import EXPIRE_JOB, Store
+from relay.upstream import UpstreamClient
+from workers.deliverer import Deliverer
+from workers.jobs import STORE, expire_watch
+from workers.poller import Poller
+from workers.ratelimit import UpstreamGate
+
+log = logs.get("workers.worker")
+SETTINGS = "settings"
+RUNTIME = "runtime"
+HEALTH_INTERVAL = 10  # seconds between arq health-check writes (arq's default is an hour)
+GAUGE_INTERVAL = 5.0
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What a running worker holds, closed in reverse order at shutdown."""
+
+    store: Store
+    poller: Poller
+    deliverer: Deliverer
+    sessions: tuple[aiohttp.ClientSession, ...]
+    metrics_runner: web.AppRunner | None
+    gauges: asyncio.Task[None]
+    started: float
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Open Redis and HTTP sessions, start the pumps and the metrics server."""
+    settings: Settings = ctx[SETTINGS]
+    redis = connect(settings.redis_url)
+    store = Store(redis)
+    policy = CallbackPolicy(settings.callback_allow)
+    upstream_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=settings.poll_concurrency * 2, ttl_dns_cache=60),
+        raise_for_status=False,
+    )
+    # callbacks get their own session: its resolver enforces the SSRF policy per connection
+    callback_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=settings.delivery_concurrency,
+            limit_per_host=0,
+            resolver=SafeResolver(policy),
+            ttl_dns_cache=10,
+        ),
+        raise_for_status=False,
+    )
+    upstream = UpstreamClient(
+        upstream_session,
+        settings.scalereach_base_url,
+        settings.scalereach_api_key,
+        settings.upstream_timeout,
+    )
+    gate = UpstreamGate(store, settings.upstream_rps)
+    poller = Poller(store, upstream, gate, settings)
+    deliverer = Deliverer(
+        store,
+        callback_session,
+        settings,
+        policy=policy,
+        box=SecretBox(settings.secrets_key),
+        upstream=upstream,
+        gate=gate,
+    )
+    poller.start()
+    deliverer.start()
+    runner = await _metrics_server(settings, ctx)
+    ctx[STORE] = store
+    ctx[RUNTIME] = Runtime(
+        store,
+        poller,
+        deliverer,
+        (upstream_session, callback_session),
+        runner,
+        asyncio.create_task(_gauges(store)),
+        time.time(),
+    )
+    log.info(
+        "worker started",
+        poll_interval=settings.poll_interval,
+        upstream=settings.scalereach_base_url,
+        metrics_port=settings.metrics_port,
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Stop claiming work; finish what is in flight within the grace; close everything."""
+    rt: Runtime | None = ctx.get(RUNTIME)
+    if rt is None:
+        return
+    grace = ctx[SETTINGS].shutdown_grace
+    log.info("worker stopping", grace_s=grace)
+    await asyncio.gather(rt.poller.stop(grace), rt.deliverer.stop(grace))
+    rt.gauges.cancel()
+    for session in rt.sessions:
+        await session.close()
+    if rt.metrics_runner is not None:
+        await rt.metrics_runner.cleanup()
+    await rt.store.redis.aclose()
+    log.info("worker stopped", polls=rt.poller.polls, attempts=rt.deliverer.sent)
+
+
+async def _gauges(store: Store) -> None:
+    while True:
+        try:
+            pipe = store.redis.pipeline(transaction=False)
+            pipe.zcard(c.POLL_SCHEDULE_KEY)
+            pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
+            polls, deliveries = await pipe.execute()
+            QUEUE_DEPTH.labels("poll").set(polls)
+            QUEUE_DEPTH.labels("delivery").set(deliveries)
+        except Exception as exc:
+            log.debug("gauges failed", error=type(exc).__name__)
+        await asyncio.sleep(GAUGE_INTERVAL)
+
+
+async def _metrics_server(settings: Settings, ctx: dict[str, Any]) -> web.AppRunner | None:
+    async def healthz(_: web.Request) -> web.Response:
+        rt: Runtime | None = ctx.get(RUNTIME)
+        try:
+            if rt is not None:
+                await rt.store.redis.ping()
+        except Exception:
+            return web.json_response({"status": "unavailable"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=exposition(), content_type="text/plain", charset="utf-8")
+
+    if settings.metrics_port == 0:
+        return None
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.metrics_port)
+    await site.start()
+    return runner
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """The arq ``Worker`` keyword arguments for *settings* (WorkerSettings, as a function
+    because the values come from the environment at start)."""
+    return {
+        "functions": [func(expire_watch, name=EXPIRE_JOB, max_tries=5)],
+        "queue_name": c.ARQ_QUEUE,
+        "redis_settings": arq_settings(settings.redis_url),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "ctx": {SETTINGS: settings},
+        "job_serializer": dumps,
+        "job_deserializer": loads,
+        "health_check_interval": HEALTH_INTERVAL,
+        "health_check_key": c.ARQ_HEALTH_KEY,
+        "job_timeout": 10,  # expiry jobs are a few Redis calls; keeps crash takeover < 30 s
+        "keep_result": 60,
+        "max_jobs": 50,
+        "poll_delay": 0.25,
+    }
+
+
+def run(settings: Settings) -> int:
+    """Run the worker until SIGINT/SIGTERM."""
+    worker = Worker(**worker_options(settings))
+    worker.run()
+    return 0
+
+
+__all__ = ["Runtime", "run", "shutdown", "startup", "worker_options"]
