@@ -24,7 +24,6 @@ from relay.routes import setup_routes
 from relay.settings import Settings
 from relay.ssrf import CallbackPolicy
 from relay.store import Store
-from relay.views import PRINCIPAL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logs.get("relay.api")
@@ -114,7 +113,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             slug="unauthorized",
             headers={"WWW-Authenticate": 'Bearer realm="clip-relay"'},
         )
-    request[PRINCIPAL] = who
+    request[k.PRINCIPAL] = who
     structlog.contextvars.bind_contextvars(tenant=who.tenant)
     return await handler(request)
 

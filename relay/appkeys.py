@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from redis.asyncio import Redis
 
-from relay.auth import Authenticator
+from relay.auth import Authenticator, Principal
 from relay.crypto import SecretBox
 from relay.settings import Settings
 from relay.ssrf import CallbackPolicy
@@ -28,3 +28,4 @@ POLICY = web.AppKey("policy", CallbackPolicy)
 AUTH = web.AppKey("auth", Authenticator)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware

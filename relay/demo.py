@@ -23,7 +23,7 @@ from relay.redis_server import RedisServer
 from relay.signing import generate_secret
 from relay.stack import Ports, Proc, relay_env, spawn, wait_http
 
-DEMO_VIDEO = {
+DEMO_VIDEO: dict[str, Any] = {
     "title": "Keynote: the moment everything changed",
     "timeline": [
         {"status": "pending", "progress": 0, "after": 0},
@@ -54,12 +54,12 @@ def _bar(progress: float | None, width: int = 30) -> str:
 
 
 async def _progress(
-    http: aiohttp.ClientSession, api: str, key: str, watch_ids: list[str], timeout: float
+    http: aiohttp.ClientSession, api: str, key: str, watch_ids: list[str], within: float
 ) -> list[dict[str, Any]]:
     """Show the first watch's view of the video until every watch is final."""
     tty = sys.stdout.isatty()
     last = None
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     headers = {"Authorization": f"Bearer {key}"}
     while time.monotonic() < deadline:
         watches = []
@@ -116,8 +116,10 @@ async def _demo(workdir: Path) -> int:
         for url, proc in ((f"{upstream_url}/_sim/stats", procs[0]), (f"{api}/healthz", procs[1])):
             await asyncio.to_thread(wait_http, url, 20.0, proc.popen)
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{ports.metrics}/healthz", 20.0)
-        print(f"stack up: redis :{redis.port}, upstream-sim :{ports.upstream}, api :{ports.api}, "
-              f"receiver :{ports.receiver} (logs in {workdir})")
+        print(
+            f"stack up: redis :{redis.port}, upstream-sim :{ports.upstream}, api :{ports.api}, "
+            f"receiver :{ports.receiver} (logs in {workdir})"
+        )
 
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{upstream_url}/_sim/videos", json=DEMO_VIDEO) as resp:
@@ -143,7 +145,7 @@ async def _demo(workdir: Path) -> int:
                     watch = await resp.json()
                 watch_ids.append(watch["id"])
                 print(f"watch {watch['id']}: minScore {threshold:g} -> {body['callbackUrl']}")
-            watches = await _progress(http, api, api_key, watch_ids, timeout=60)
+            watches = await _progress(http, api, api_key, watch_ids, within=60)
         await receiver.wait_for(len(watch_ids), timeout=10)
         return _report(receiver, watches)
     finally:
@@ -172,8 +174,10 @@ def _report(receiver: rcv.Receiver, watches: list[dict[str, Any]]) -> int:
         scores = [c["score"] for c in clips]
         verdict = "ok" if scores == expected else f"WRONG (expected {expected})"
         ok = ok and scores == expected
-        print(f"watch {w['id']} (minScore {threshold:g}): status {w['status']}, "
-              f"{len(clips)} clips, scores {scores} -> {verdict}")
+        print(
+            f"watch {w['id']} (minScore {threshold:g}): status {w['status']}, "
+            f"{len(clips)} clips, scores {scores} -> {verdict}"
+        )
     print("both events verified (Standard Webhooks signatures)" if ok else "demo FAILED")
     return 0 if ok else 1
 
@@ -187,5 +191,7 @@ def run_demo() -> int:
             print(f"demo failed: {exc}", file=sys.stderr)
             for log in sorted(Path(tmp).glob("*.log")):
                 print(f"--- {log.name} (last lines)", file=sys.stderr)
-                print("\n".join(log.read_text(errors="replace").splitlines()[-15:]), file=sys.stderr)
+                print(
+                    "\n".join(log.read_text(errors="replace").splitlines()[-15:]), file=sys.stderr
+                )
             return 1

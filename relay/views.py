@@ -21,7 +21,6 @@ from relay.signing import generate_secret
 from relay.ssrf import CallbackRefused
 from relay.store import CursorError, SecretEntry, Watch, now_ms
 
-PRINCIPAL = "principal"  # request key set by the auth middleware
 MAX_IDEMPOTENCY_KEY = 255
 MAX_LIMIT = 100
 
@@ -37,8 +36,7 @@ def json_response(
 
 def principal(request: web.Request) -> Principal:
     """The authenticated caller (set by the auth middleware)."""
-    p: Principal = request[PRINCIPAL]
-    return p
+    return request[k.PRINCIPAL]
 
 
 def watch_json(w: Watch) -> dict[str, Any]:

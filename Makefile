@@ -1,0 +1,36 @@
+# clip-relay — every command sets itself up: `make demo`, `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint fmt bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/clip-relay demo
+
+lint: install
+	$(BIN)/ruff check relay workers tests bench
+	$(BIN)/ruff format --check relay workers tests bench
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff format relay workers tests bench
+	$(BIN)/ruff check --fix relay workers tests bench
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

