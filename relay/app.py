@@ -115,6 +115,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         )
     request[k.PRINCIPAL] = who
     structlog.contextvars.bind_contextvars(tenant=who.tenant)
+    limit = request.app[k.SETTINGS].rate_limit
+    if await request.app[k.STORE].rate_hit(who.key_id) > limit:
+        raise ProblemError(
+            429,
+            "Too many requests",
+            f"this API key may make {limit:g} requests per second",
+            slug="rate-limited",
+            headers={"Retry-After": "1"},
+        )
     return await handler(request)
 
 

@@ -424,3 +424,15 @@ async def test_responses_match_documented_models(api: Client) -> None:
     adapter = TypeAdapter(WatchOut)
     got = await (await api.get(f"/v1/watches/{created['id']}", headers=auth())).json()
     adapter.validate_python(got)
+
+
+async def test_rate_limit_per_key(make_api: ApiFactory) -> None:
+    api = await make_api(rate_limit=5)
+    codes = [(await api.get("/v1/watches", headers=auth())).status for _ in range(12)]
+    assert codes.count(429) >= 1 and codes[:5] == [200] * 5
+    resp = await api.get("/v1/watches", headers=auth())
+    if resp.status == 429:
+        data = await problem(resp, 429)
+        assert resp.headers["Retry-After"] == "1" and "5" in data["detail"]
+    # another key has its own budget
+    assert (await api.get("/v1/watches", headers=auth(TENANT_B_KEY))).status == 200

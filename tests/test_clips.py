@@ -1,0 +1,455 @@
+"""Clip selection (relay/clips.py), event bodies (relay/events.py) and ids (relay/ids.py)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.clips import (
+    Clip,
+    ClipFilter,
+    is_deliverable,
+    is_settled,
+    number,
+    parse_clips,
+    pending,
+)
+from relay.events import (
+    clips_ready,
+    clips_ready_body,
+    event_timestamp_ms,
+    iso,
+    video_failed,
+    watch_expired,
+)
+from relay.ids import event_id, new_watch_id
+from relay.store import Watch
+
+AT_MS = 1_795_860_000_000  # 2026-11-28T10:00:00Z
+RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+
+
+def clip(cid: str, score: Any = 50, **fields: Any) -> Clip:
+    """A deliverable clip unless *fields* say otherwise."""
+    out: Clip = {
+        "id": cid,
+        "score": score,
+        "duration": 30,
+        "status": "completed",
+        "downloadUrl": f"https://cdn.example/{cid}.mp4",
+        "thumbnailUrl": f"https://cdn.example/{cid}.jpg",
+        "favorited": False,
+    }
+    out.update(fields)
+    return out
+
+
+def ids(clips: list[Clip]) -> list[str]:
+    return [c["id"] for c in clips]
+
+
+def watch(**overrides: Any) -> Watch:
+    base: dict[str, Any] = {
+        "id": "wat_" + "a" * 24,
+        "tenant": "acme",
+        "video_id": "vid_1",
+        "callback_url": "https://hooks.example/cb",
+    }
+    base.update(overrides)
+    return Watch(**base)
+
+
+# --- number ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(80, 80.0), (79.5, 79.5), (0, 0.0), (True, None), (False, None), ("80", None), (None, None)],
+)
+def test_number(value: Any, expected: float | None) -> None:
+    assert number(value) == expected
+
+
+# --- ClipFilter.passes --------------------------------------------------------------------
+
+
+def test_min_score_is_inclusive() -> None:
+    f = ClipFilter(min_score=80)
+    assert f.passes(clip("a", 80))
+    assert f.passes(clip("b", 80.0))
+    assert f.passes(clip("c", 95))
+    assert not f.passes(clip("d", 79.999))
+
+
+def test_max_score_is_inclusive() -> None:
+    f = ClipFilter(min_score=20, max_score=60)
+    assert f.passes(clip("a", 60))
+    assert f.passes(clip("b", 20))
+    assert not f.passes(clip("c", 60.01))
+    assert not f.passes(clip("d", 19.9))
+
+
+def test_min_equals_max() -> None:
+    f = ClipFilter(min_score=70, max_score=70)
+    assert f.passes(clip("a", 70))
+    assert not f.passes(clip("b", 71))
+
+
+def test_default_filter_takes_every_scored_clip() -> None:
+    f = ClipFilter()
+    assert f.passes(clip("a", 0))
+    assert f.passes(clip("b", 100))
+
+
+def test_bool_and_missing_scores_are_not_numbers() -> None:
+    f = ClipFilter()
+    assert not f.passes(clip("a", True))
+    assert not f.passes(clip("b", False))
+    assert not f.passes(clip("c", "90"))
+    assert not f.passes(clip("d", None))
+    no_score = clip("e")
+    del no_score["score"]
+    assert not f.passes(no_score)
+
+
+def test_favorited_only() -> None:
+    f = ClipFilter(favorited_only=True)
+    assert f.passes(clip("a", favorited=True))
+    assert not f.passes(clip("b", favorited=False))
+    assert not f.passes(clip("c", favorited="true"))
+    assert not f.passes(clip("d", favorited=1))
+    no_flag = clip("e")
+    del no_flag["favorited"]
+    assert not f.passes(no_flag)
+    assert ClipFilter().passes(clip("f", favorited=False))
+
+
+# --- deliverability -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["completed", "ready", "exported"])
+def test_final_good_statuses_are_deliverable(status: str) -> None:
+    assert is_deliverable(clip("a", status=status))
+    assert is_settled(clip("a", status=status))
+
+
+@pytest.mark.parametrize("status", ["detected", "generating", "failed", "weird", None])
+def test_other_statuses_are_not_deliverable(status: str | None) -> None:
+    assert not is_deliverable(clip("a", status=status))
+
+
+@pytest.mark.parametrize("status", ["completed", "ready", "exported"])
+def test_final_status_without_download_url_is_not_deliverable(status: str) -> None:
+    c = clip("a", status=status, downloadUrl=None)
+    assert not is_deliverable(c)
+    assert not is_settled(c)  # still rendering: the URL will come
+    missing = clip("b", status=status)
+    del missing["downloadUrl"]
+    assert not is_deliverable(missing)
+
+
+def test_settled() -> None:
+    assert is_settled(clip("a", status="failed", downloadUrl=None))
+    assert not is_settled(clip("b", status="detected", downloadUrl=None))
+    assert not is_settled(clip("c", status="generating", downloadUrl=None))
+
+
+def test_select_drops_undeliverable_clips() -> None:
+    clips = [
+        clip("ok-completed", 90),
+        clip("ok-ready", 85, status="ready"),
+        clip("ok-exported", 80, status="exported"),
+        clip("detected", 99, status="detected", downloadUrl=None),
+        clip("generating", 98, status="generating", downloadUrl=None),
+        clip("failed", 97, status="failed", downloadUrl=None),
+        clip("no-url", 96, downloadUrl=None),
+    ]
+    assert ids(ClipFilter().select(clips)) == ["ok-completed", "ok-ready", "ok-exported"]
+
+
+# --- ClipFilter.select: filters and order -------------------------------------------------
+
+
+def test_select_filters_by_score_range_and_favourite() -> None:
+    clips = [
+        clip("a", 95, favorited=True),
+        clip("b", 80, favorited=False),
+        clip("c", 79, favorited=True),
+        clip("d", 60, favorited=True),
+        clip("e", 90, favorited=True),
+    ]
+    assert ids(ClipFilter(min_score=80).select(clips)) == ["a", "e", "b"]
+    assert ids(ClipFilter(min_score=60, max_score=90).select(clips)) == ["e", "b", "c", "d"]
+    assert ids(ClipFilter(min_score=80, favorited_only=True).select(clips)) == ["a", "e"]
+
+
+def test_sort_by_score_desc_is_the_default() -> None:
+    clips = [clip("a", 10), clip("b", 90), clip("c", 50.5)]
+    assert ids(ClipFilter().select(clips)) == ["b", "c", "a"]
+
+
+def test_sort_by_score_asc() -> None:
+    clips = [clip("a", 10), clip("b", 90), clip("c", 50.5)]
+    assert ids(ClipFilter(sort_order="asc").select(clips)) == ["a", "c", "b"]
+
+
+def test_sort_by_duration() -> None:
+    clips = [clip("a", 10, duration=45), clip("b", 90, duration=12.5), clip("c", 50, duration=30)]
+    assert ids(ClipFilter(sort_by="duration").select(clips)) == ["a", "c", "b"]
+    assert ids(ClipFilter(sort_by="duration", sort_order="asc").select(clips)) == ["b", "c", "a"]
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_clips_without_the_sort_key_go_last(order: str) -> None:
+    no_duration = clip("none", 99)
+    del no_duration["duration"]
+    clips = [
+        clip("str", 98, duration="30"),
+        no_duration,
+        clip("short", 10, duration=5),
+        clip("bool", 97, duration=True),
+        clip("long", 20, duration=50),
+    ]
+    got = ids(ClipFilter(sort_by="duration", sort_order=order).select(clips))
+    expected_head = ["short", "long"] if order == "asc" else ["long", "short"]
+    assert got[:2] == expected_head
+    assert sorted(got[2:]) == ["bool", "none", "str"]
+
+
+def test_equal_keys_keep_upstream_order() -> None:
+    clips = [clip("x", 70), clip("y", 70), clip("z", 70)]
+    assert ids(ClipFilter().select(clips)) == ["x", "y", "z"]
+    assert ids(ClipFilter(sort_order="asc").select(clips)) == ["x", "y", "z"]
+
+
+def test_select_passes_clip_objects_through_untouched() -> None:
+    hooks_obj = {"question": "What happened?", "statement": "This changed everything"}
+    hooks_list = ["Nobody expected it", "Wait for it"]
+    emotions_obj = {"primary": "surprise", "intensity": 0.7}
+    emotions_list = ["joy", "anticipation"]
+    a = clip("a", 90, hooks=hooks_obj, emotions=emotions_list, extraField={"nested": [1, 2]})
+    b = clip("b", 80, hooks=hooks_list, emotions=emotions_obj, count=None)
+    before = orjson.dumps([a, b])
+    chosen = ClipFilter().select([b, a])
+    assert chosen[0] is a
+    assert chosen[1] is b
+    assert chosen[0]["hooks"] is hooks_obj
+    assert chosen[0]["emotions"] is emotions_list
+    assert chosen[1]["hooks"] is hooks_list
+    assert chosen[1]["emotions"] is emotions_obj
+    assert orjson.dumps([a, b]) == before  # nothing was changed
+
+
+def test_select_of_nothing() -> None:
+    assert ClipFilter(min_score=50).select([]) == []
+    assert ClipFilter(min_score=50).select([clip("a", 10)]) == []
+
+
+# --- pending ------------------------------------------------------------------------------
+
+
+def test_pending_counts_only_clips_some_filter_wants() -> None:
+    clips = [
+        clip("r1", 90, status="generating", downloadUrl=None),  # wanted by high
+        clip("r2", 30, status="detected", downloadUrl=None),  # wanted by low only
+        clip("r3", 10, status="detected", downloadUrl=None),  # wanted by nobody
+        clip("r4", 95, downloadUrl=None),  # completed, no URL yet: still rendering
+        clip("done", 99),  # deliverable: settled
+        clip("failed", 99, status="failed", downloadUrl=None),  # settled
+    ]
+    high = ClipFilter(min_score=80)
+    low = ClipFilter(min_score=20, max_score=40)
+    assert pending(clips, [high]) == 2
+    assert pending(clips, [low]) == 1
+    assert pending(clips, [high, low]) == 3
+    assert pending(clips, [ClipFilter()]) == 4
+    assert pending(clips, []) == 0
+    assert pending(clips, iter([high, low])) == 3  # any iterable
+    fav = ClipFilter(favorited_only=True)
+    assert pending(clips, [fav]) == 0
+
+
+# --- parse_clips --------------------------------------------------------------------------
+
+
+def test_parse_clips() -> None:
+    a, b = clip("a"), clip("b")
+    assert parse_clips({"videoId": "v", "clips": [a, b], "count": 99}) == [a, b]
+    assert parse_clips({"videoId": "v", "clips": [a, "junk", 3, None, b]}) == [a, b]
+    assert parse_clips({"videoId": "v"}) == []
+    assert parse_clips({"videoId": "v", "clips": None}) == []
+    got = parse_clips({"clips": [a]})
+    assert got[0] is a
+
+
+@pytest.mark.parametrize("payload", [[], "clips", None, 3])
+def test_parse_clips_needs_an_object(payload: Any) -> None:
+    with pytest.raises(ValueError, match="not an object"):
+        parse_clips(payload)
+
+
+@pytest.mark.parametrize("clips", [{"a": 1}, "list", 5])
+def test_parse_clips_needs_a_list(clips: Any) -> None:
+    with pytest.raises(ValueError, match="clip list"):
+        parse_clips({"clips": clips})
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+def body_of(raw: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(raw)
+    return data
+
+
+def test_clips_ready_body() -> None:
+    w = watch(min_score=80)
+    clips = [
+        clip("low", 50),
+        clip("top", 95, hooks=["x", "y"]),
+        clip("mid", 80, hooks={"question": "q", "statement": "s"}),
+        clip("rendering", 99, status="generating", downloadUrl=None),
+    ]
+    event = clips_ready(w, clips, AT_MS, AT_MS - 5000)
+    assert event.watch_id == w.id
+    assert event.event_type == "clips.ready"
+    assert event.event_id == event_id(w.id, "clips.ready")
+    assert event.video_status == "completed"
+    assert event.clips_ms == AT_MS - 5000
+    body = body_of(event.body)
+    assert set(body) == {"type", "timestamp", "data"}
+    assert body["type"] == "clips.ready"
+    assert body["timestamp"] == "2026-11-28T10:00:00Z"
+    assert RFC3339_Z.match(body["timestamp"])
+    data = body["data"]
+    assert data["watchId"] == w.id
+    assert data["videoId"] == "vid_1"
+    assert data["minScore"] == 80
+    assert [c["id"] for c in data["clips"]] == ["top", "mid"]
+    assert data["clips"][0] == clips[1]  # exactly as the upstream gave it
+    assert data["clips"][1]["hooks"] == {"question": "q", "statement": "s"}
+    assert data["count"] == len(data["clips"]) == 2
+    assert data["metadata"] == {}
+    assert "maxScore" not in data
+
+
+def test_clips_ready_body_default_min_score_and_empty() -> None:
+    data = body_of(clips_ready_body(watch(), [], AT_MS))["data"]
+    assert data["minScore"] == 0
+    assert data["clips"] == []
+    assert data["count"] == 0
+    assert data["metadata"] == {}
+
+
+def test_clips_ready_body_applies_every_watch_option() -> None:
+    w = watch(
+        min_score=10,
+        max_score=60,
+        favorited_only=True,
+        sort_by="duration",
+        sort_order="asc",
+        metadata={"job": 42, "tags": ["a"]},
+    )
+    clips = [
+        clip("a", 50, duration=40, favorited=True),
+        clip("b", 55, duration=20, favorited=True),
+        clip("c", 30, duration=10, favorited=False),
+        clip("d", 61, duration=5, favorited=True),
+        clip("e", 60, duration=30, favorited=True, status="ready"),
+    ]
+    data = body_of(clips_ready_body(w, clips, AT_MS))["data"]
+    assert [c["id"] for c in data["clips"]] == ["b", "e", "a"]
+    assert data["count"] == 3
+    assert data["metadata"] == {"job": 42, "tags": ["a"]}
+    assert data["minScore"] == 10
+    assert data["maxScore"] == 60
+
+
+def test_count_ignores_the_upstream_count() -> None:
+    # the upstream's `count` is not len(clips); the event's is
+    payload = {"videoId": "vid_1", "clips": [clip("a", 90), clip("b", 20)], "count": 17}
+    data = body_of(clips_ready_body(watch(min_score=50), parse_clips(payload), AT_MS))["data"]
+    assert data["count"] == 1
+
+
+def test_video_failed_body() -> None:
+    w = watch(metadata={"k": "v"})
+    event = video_failed(w, "failed", "transcription failed", AT_MS)
+    assert event.event_type == "video.failed"
+    assert event.event_id == event_id(w.id, "video.failed")
+    assert event.video_status == "failed"
+    body = body_of(event.body)
+    assert body["type"] == "video.failed"
+    assert body["timestamp"] == "2026-11-28T10:00:00Z"
+    data = body["data"]
+    assert data["watchId"] == w.id
+    assert data["videoId"] == "vid_1"
+    assert data["metadata"] == {"k": "v"}
+    assert data["videoStatus"] == "failed"
+    assert data["error"] == "transcription failed"
+
+
+def test_video_failed_not_found() -> None:
+    data = body_of(video_failed(watch(), "not_found", "video not found", AT_MS).body)["data"]
+    assert data["videoStatus"] == "not_found"
+    assert data["error"] == "video not found"
+    assert data["metadata"] == {}
+
+
+def test_watch_expired_body() -> None:
+    w = watch(video_status="analyzing", video_progress=70.0)
+    event = watch_expired(w, AT_MS + 1234)
+    assert event.event_type == "watch.expired"
+    assert event.event_id == event_id(w.id, "watch.expired")
+    body = body_of(event.body)
+    assert body["type"] == "watch.expired"
+    assert body["timestamp"] == "2026-11-28T10:00:01Z"
+    data = body["data"]
+    assert data["watchId"] == w.id
+    assert data["videoId"] == "vid_1"
+    assert data["metadata"] == {}
+    assert data["videoStatus"] == "analyzing"
+    assert data["videoProgress"] == 70
+
+
+def test_timestamps() -> None:
+    assert iso(AT_MS) == "2026-11-28T10:00:00Z"
+    assert iso(0) == "1970-01-01T00:00:00Z"
+    stamp = body_of(clips_ready_body(watch(), [], AT_MS + 999))["timestamp"]
+    parsed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert int(parsed.timestamp() * 1000) == AT_MS
+    assert event_timestamp_ms(clips_ready_body(watch(), [], AT_MS)) == AT_MS
+
+
+# --- ids ----------------------------------------------------------------------------------
+
+
+def test_event_id_is_deterministic_and_distinct() -> None:
+    w1, w2 = "wat_" + "a" * 24, "wat_" + "b" * 24
+    assert event_id(w1, "clips.ready") == event_id(w1, "clips.ready")
+    all_ids = {
+        event_id(w, t) for w in (w1, w2) for t in ("clips.ready", "video.failed", "watch.expired")
+    }
+    assert len(all_ids) == 6
+    for eid in all_ids:
+        assert re.fullmatch(r"evt_[0-9a-z]{24}", eid), eid
+
+
+def test_events_of_a_watch_keep_their_id_across_rebuilds() -> None:
+    w = watch()
+    first = clips_ready(w, [clip("a")], AT_MS, AT_MS)
+    again = clips_ready(w, [clip("a"), clip("b")], AT_MS + 60_000, AT_MS + 60_000)
+    assert first.event_id == again.event_id
+    assert first.event_id != video_failed(w, "failed", "x", AT_MS).event_id
+    assert first.event_id != clips_ready(watch(id="wat_" + "c" * 24), [], AT_MS, AT_MS).event_id
+
+
+def test_new_watch_id_format() -> None:
+    seen = {new_watch_id() for _ in range(500)}
+    assert len(seen) == 500
+    for wid in seen:
+        assert re.fullmatch(r"wat_[0-9a-z]{24}", wid), wid
