@@ -124,6 +124,13 @@ def _schedule(raw: str) -> tuple[float, ...]:
     return tuple(_float(p, positive=False) for p in parts)
 
 
+def _token(raw: str) -> str:
+    # a key travels in an HTTP header: printable ASCII, no spaces (never echo the value)
+    if not raw.isascii() or not raw.isprintable() or any(ch.isspace() for ch in raw):
+        raise ValueError("must be printable ASCII without spaces")
+    return raw
+
+
 def _api_keys(raw: str) -> tuple[ApiKey, ...]:
     keys: list[ApiKey] = []
     for n, part in enumerate(p.strip() for p in raw.split(",")):
@@ -133,6 +140,10 @@ def _api_keys(raw: str) -> tuple[ApiKey, ...]:
         if not sep or not tenant.strip() or not key.strip():
             # never echo the value: it holds secrets
             raise ValueError(f"entry {n + 1} is not of the form name:key")
+        try:
+            _token(key.strip())
+        except ValueError as exc:
+            raise ValueError(f"entry {n + 1}: the key {exc}") from None
         keys.append(ApiKey(tenant.strip(), key.strip()))
     if len({k.key for k in keys}) != len(keys):
         raise ValueError("the same key is given twice")
@@ -197,7 +208,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 
     read("REDIS_URL", "redis_url", _redis_url)
     read("SCALEREACH_BASE_URL", "scalereach_base_url", _url)
-    read("SCALEREACH_API_KEY", "scalereach_api_key", str)
+    read("SCALEREACH_API_KEY", "scalereach_api_key", _token)
     read("RELAY_API_KEYS", "api_keys", _api_keys)
     read("RELAY_HOST", "host", str)
     read("RELAY_PORT", "port", _port)

@@ -29,6 +29,23 @@ _METADATA = {
 }
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for or tunnels to, if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if any(ip in net for net in _NAT64) or (ip in _V4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 class CallbackRefused(ValueError):
     """The callback URL is not allowed; the message says why (safe to show the caller)."""
 
@@ -59,13 +76,16 @@ class CallbackPolicy:
         return host.lower().rstrip(".") in self._allow.hosts
 
     def ip_allowed(self, ip: IPAddress) -> bool:
-        """A public unicast address, or one inside an allowed network."""
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if any(ip in net for net in self._allow.networks):
+        """A public unicast address, or one inside an allowed network. An IPv6 address that
+        carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is judged by both."""
+        inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+        nets = self._allow.networks
+        if any(ip in n for n in nets) or (inner is not None and any(inner in n for n in nets)):
             return True
         if ip in _METADATA or ip.is_multicast or ip.is_unspecified:
             return False
+        if inner is not None:  # judged by where it really leads
+            return self.ip_allowed(inner)
         return ip.is_global
 
     def parse(self, url: str) -> URL:

@@ -129,10 +129,11 @@ class UpstreamClient:
                     return Reply("rate_limited", code, "rate limited", retry_after=wait)
                 if code in (401, 402, 403):
                     return Reply("auth", code, _error_text(body))
-                return Reply("error", code, f"HTTP {code}: {_error_text(body)}")
+                wait = retry_after_seconds(resp.headers.get("Retry-After")) if code == 503 else None
+                return Reply("error", code, f"HTTP {code}: {_error_text(body)}", retry_after=wait)
         except TimeoutError:
             return Reply("error", None, "timeout")
-        except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
+        except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError, ValueError) as exc:
             return Reply("error", None, f"{type(exc).__name__}: {exc}"[:200])
 
 

@@ -33,7 +33,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def upstream_key(sim: Sim) -> str:
     """The key the simulator accepts (conftest's UPSTREAM_KEY)."""
-    key: str = sim.server.app[STATE].api_key
+    key: str = sim.app[STATE].api_key
     return key
 
 

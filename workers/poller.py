@@ -188,7 +188,10 @@ class Poller(Pump):
                 )
         elif state.errors == 1:
             log.warning("upstream error", video_id=vid, detail=reply.detail)
-        return Step(state, watch_ids, next_ms=self._next(backoff=state.errors))
+        next_ms = self._next(backoff=state.errors)
+        if reply.retry_after is not None:  # a 503 that says when to come back
+            next_ms = max(next_ms, now_ms() + int(reply.retry_after * 1000))
+        return Step(state, watch_ids, next_ms=next_ms)
 
     async def _finish(self, step: Step) -> None:
         """Create final events for every watch of the video and stop polling it."""

@@ -1005,7 +1005,7 @@ def test_overlays_differ_as_intended(rendered: dict[str, list[dict[str, Any]]]) 
 
 
 def test_json6902_and_merge_helpers() -> None:
-    obj = {"a": {"b": [1, 2]}, "c": [{"name": "x", "v": 1}]}
+    obj: dict[str, Any] = {"a": {"b": [1, 2]}, "c": [{"name": "x", "v": 1}]}
     apply_json6902(
         obj,
         [

@@ -1,0 +1,303 @@
+"""The callback SSRF policy (relay/ssrf.py).
+
+Only address literals and ``localhost`` (from /etc/hosts) are checked here: nothing resolves a
+real internet name and nothing connects anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+
+import pytest
+
+from relay.constants import MAX_CALLBACK_URL
+from relay.settings import CallbackAllow
+from relay.ssrf import CallbackPolicy, CallbackRefused, SafeResolver, literal_ip
+
+EMPTY = CallbackPolicy(CallbackAllow())
+LOCAL = CallbackPolicy(
+    CallbackAllow(
+        networks=(ipaddress.ip_network("127.0.0.1/32"),), hosts=frozenset({"internal.svc"})
+    )
+)
+
+
+@pytest.fixture
+async def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the policy tries to resolve a name through the running loop."""
+    loop = asyncio.get_running_loop()
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"unexpected name resolution: {args!r}")
+
+    monkeypatch.setattr(loop, "getaddrinfo", refuse)
+
+
+REFUSED_LITERALS = [
+    "http://127.0.0.1/",
+    "https://127.0.0.1:8443/hook",
+    "http://10.0.0.1/",
+    "http://10.255.255.254/x",
+    "http://172.16.0.1/",
+    "http://172.31.255.1/",
+    "http://192.168.1.10/",
+    "http://169.254.169.254/latest/meta-data",
+    "http://169.254.1.1/",
+    "http://100.100.100.200/",  # Alibaba metadata
+    "http://[fd00:ec2::254]/",
+    "http://[fe80::1]/",
+    "http://[fc00::1]/",
+    "http://100.64.0.1/",
+    "http://[::1]/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://[::ffff:10.0.0.1]/",
+    "http://2130706433/",
+    "http://0x7f000001/",
+    "http://0x7f.1/",
+    "http://0177.0.0.1/",
+    "http://127.1/",
+    "http://127.000.000.001/",
+    "http://0251.0376.0251.0376/",  # 169.254.169.254 in octal
+    "http://0.0.0.0/",
+    "http://0/",
+    "http://[::]/",
+    "http://224.0.0.1/",
+    "http://239.255.255.250/",
+    "http://[ff02::1]/",
+    "http://255.255.255.255/",
+    "http://192.0.2.1/",  # documentation range
+    "http://198.18.0.1/",  # benchmarking range
+    "http://240.0.0.1/",  # reserved
+    "http://user:pw@127.0.0.1/",
+    "http://93.184.216.34@127.0.0.1/",  # the host is what follows the @
+]
+
+
+@pytest.mark.parametrize("url", REFUSED_LITERALS)
+async def test_private_and_special_literals_refused(url: str, no_dns: None) -> None:
+    with pytest.raises(CallbackRefused, match="private, loopback or reserved"):
+        await EMPTY.check(url)
+
+
+async def test_localhost_refused() -> None:
+    # resolves through /etc/hosts to loopback
+    with pytest.raises(CallbackRefused, match="resolves to a private"):
+        await EMPTY.check("http://localhost/")
+    with pytest.raises(CallbackRefused):
+        await EMPTY.check("http://LOCALHOST:8080/hook")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:6379/_INFO",
+        "javascript:alert(1)",
+        "ws://93.184.216.34/",
+        "/hook",
+        "hook",
+        "//example.com/hook",
+        "example.com/hook",
+        "",
+        "http:///nohost",
+    ],
+)
+async def test_non_http_and_relative_urls_refused(url: str, no_dns: None) -> None:
+    with pytest.raises(CallbackRefused):
+        await EMPTY.check(url)
+
+
+async def test_overlong_url_refused(no_dns: None) -> None:
+    base = "http://93.184.216.34/"
+    url = base + "a" * (MAX_CALLBACK_URL + 1 - len(base))
+    assert len(url) == MAX_CALLBACK_URL + 1
+    with pytest.raises(CallbackRefused, match=str(MAX_CALLBACK_URL)):
+        await EMPTY.check(url)
+    just_fits = url[:-1]
+    assert len(just_fits) == MAX_CALLBACK_URL
+    assert str(await EMPTY.check(just_fits)) == just_fits
+    assert MAX_CALLBACK_URL == 2048
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://93.184.216.34/hook",
+        "https://93.184.216.34:8443/hooks/clips?x=1",
+        "HTTP://93.184.216.34/hook",
+        "http://[2606:2800:220:1:248:1893:25c8:1946]/hook",
+        "http://[::ffff:93.184.216.34]/hook",
+        "http://1572395042/hook",  # 93.184.216.34 as one number
+        "http://127.0.0.1@93.184.216.34/hook",
+    ],
+)
+async def test_public_literals_accepted(url: str, no_dns: None) -> None:
+    parsed = await EMPTY.check(url)
+    assert parsed.scheme in ("http", "https")
+    assert parsed.is_absolute()
+
+
+async def test_refusal_messages_are_safe_to_show() -> None:
+    with pytest.raises(CallbackRefused) as info:
+        await EMPTY.check("http://169.254.169.254/latest/meta-data?token=abc")
+    assert "abc" not in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+# --- RELAY_CALLBACK_ALLOW -----------------------------------------------------------------
+
+
+async def test_allowed_network(no_dns: None) -> None:
+    assert str(await LOCAL.check("http://127.0.0.1:8080/hook")) == "http://127.0.0.1:8080/hook"
+    await LOCAL.check("http://[::ffff:127.0.0.1]/hook")  # the same address, mapped
+    for url in ("http://127.0.0.2/", "http://127.1.0.1/", "http://10.0.0.1/", "http://[::1]/"):
+        with pytest.raises(CallbackRefused):
+            await LOCAL.check(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://internal.svc/hook",
+        "https://internal.svc:8443/x",
+        "http://INTERNAL.SVC/",
+        "http://internal.svc./",
+    ],
+)
+async def test_allowed_host_is_not_resolved(url: str, no_dns: None) -> None:
+    await LOCAL.check(url)
+
+
+async def test_allowed_host_is_exact(no_dns: None) -> None:
+    # a different name is resolved as usual: here it would have to go through DNS
+    with pytest.raises(AssertionError, match="unexpected name resolution"):
+        await LOCAL.check("http://evil.internal.svc/hook")
+
+
+async def test_allow_does_not_open_other_schemes(no_dns: None) -> None:
+    with pytest.raises(CallbackRefused):
+        await LOCAL.check("ftp://internal.svc/")
+    with pytest.raises(CallbackRefused):
+        await LOCAL.check("gopher://127.0.0.1/")
+
+
+def test_ip_allowed_and_host_allowed() -> None:
+    ip = ipaddress.ip_address
+    assert EMPTY.ip_allowed(ip("93.184.216.34"))
+    assert not EMPTY.ip_allowed(ip("127.0.0.1"))
+    assert not EMPTY.ip_allowed(ip("::ffff:10.1.2.3"))
+    assert LOCAL.ip_allowed(ip("127.0.0.1"))
+    assert LOCAL.ip_allowed(ip("::ffff:127.0.0.1"))
+    assert not LOCAL.ip_allowed(ip("127.0.0.2"))
+    assert LOCAL.host_allowed("internal.svc")
+    assert LOCAL.host_allowed("Internal.Svc.")
+    assert not LOCAL.host_allowed("internal.svc.evil.com")
+    assert not EMPTY.host_allowed("internal.svc")
+
+
+def test_metadata_refused_even_if_a_network_seems_to_allow_it() -> None:
+    # an explicit CIDR wins, metadata addresses only fall to the default rule
+    wide = CallbackPolicy(CallbackAllow(networks=(ipaddress.ip_network("169.254.0.0/16"),)))
+    assert wide.ip_allowed(ipaddress.ip_address("169.254.169.254"))
+    assert not EMPTY.ip_allowed(ipaddress.ip_address("169.254.169.254"))
+
+
+def test_check_literal() -> None:
+    assert not EMPTY.check_literal(EMPTY.parse("http://127.1/"))
+    assert EMPTY.check_literal(EMPTY.parse("http://93.184.216.34/"))
+    assert EMPTY.check_literal(EMPTY.parse("http://example.com/"))  # not a literal
+    assert LOCAL.check_literal(LOCAL.parse("http://127.0.0.1/"))
+    assert LOCAL.check_literal(LOCAL.parse("http://internal.svc/"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[64:ff9b::a00:1]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[64:ff9b::7f00:1]/",
+        "http://[::127.0.0.1]/",
+        "http://[2002:7f00:1::]/",
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+    ],
+)
+async def test_nat64_embedded_private_addresses_refused(url: str, no_dns: None) -> None:
+    with pytest.raises(CallbackRefused):
+        await EMPTY.check(url)
+
+
+# --- literal_ip ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0177.0.0.01", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("0", "0.0.0.0"),
+        ("0XA9.0xFE.0xa9.0xfe", "169.254.169.254"),
+        ("[::1]", "::1"),
+        ("::1", "::1"),
+        ("[::ffff:127.0.0.1]", "::ffff:7f00:1"),
+        ("fd00:ec2::254", "fd00:ec2::254"),
+    ],
+)
+def test_literal_ip(host: str, expected: str) -> None:
+    assert literal_ip(host) == ipaddress.ip_address(expected)
+
+
+@pytest.mark.parametrize(
+    "host", ["example.com", "localhost", "", "1.2.3.4.5", "256.0.0.1", "0x", "abc", "dead.beef"]
+)
+def test_literal_ip_not_a_literal(host: str) -> None:
+    assert literal_ip(host) is None
+
+
+# --- SafeResolver -------------------------------------------------------------------------
+
+
+async def test_safe_resolver_refuses_loopback() -> None:
+    resolver = SafeResolver(EMPTY)
+    try:
+        with pytest.raises(OSError, match="refused"):
+            await resolver.resolve("localhost", 80)
+        with pytest.raises(OSError, match="refused"):
+            await resolver.resolve("localhost", 80, socket.AF_UNSPEC)
+        with pytest.raises(OSError, match="refused"):
+            await resolver.resolve("127.0.0.1", 80)
+    finally:
+        await resolver.close()
+
+
+async def test_safe_resolver_keeps_only_allowed_addresses() -> None:
+    resolver = SafeResolver(LOCAL)
+    try:
+        for family in (socket.AF_INET, socket.AF_UNSPEC):
+            results = await resolver.resolve("localhost", 8080, family)
+            assert results
+            assert {r["host"] for r in results} == {"127.0.0.1"}
+            assert all(r["port"] == 8080 for r in results)
+    finally:
+        await resolver.close()
+
+
+async def test_safe_resolver_allowed_host_unfiltered() -> None:
+    policy = CallbackPolicy(CallbackAllow(hosts=frozenset({"localhost"})))
+    resolver = SafeResolver(policy)
+    try:
+        results = await resolver.resolve("localhost", 80)
+        assert {r["host"] for r in results} == {"127.0.0.1"}
+    finally:
+        await resolver.close()
