@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from relay import appkeys as k
+from relay import jsonbody
 from relay.auth import Principal
 from relay.constants import WATCH_STATUSES
 from relay.events import iso_ms
@@ -70,11 +71,13 @@ async def read_json(request: web.Request) -> Any:
             415, "Unsupported media type", "send the body as application/json", slug="media-type"
         )
     raw = await request.read()
+    if not raw.strip():
+        raise ProblemError(400, "Malformed JSON", "the body is empty", slug="malformed-json")
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        return jsonbody.loads(raw)
+    except jsonbody.BadJSON as exc:
         raise ProblemError(
-            400, "Malformed JSON", f"the body is not valid JSON: {exc}", slug="malformed-json"
+            400, "Malformed JSON", f"the body is not acceptable JSON: {exc}", slug="malformed-json"
         ) from None
 
 

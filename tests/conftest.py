@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from arq import Worker
 from redis.asyncio import Redis
 
 from relay import upstream_sim
@@ -22,6 +21,7 @@ from relay.receiver import create_app as create_receiver_app
 from relay.redis_client import connect
 from relay.redis_server import RedisServer
 from relay.settings import CallbackAllow, Settings
+from workers.worker import RelayWorker as Worker
 from workers.worker import worker_options
 
 UPSTREAM_KEY = "sr_live_" + "ab12" * 12

@@ -17,6 +17,8 @@ import aiohttp
 from aiohttp import web
 from arq import Worker
 from arq.worker import func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import constants as c
 from relay import logs
@@ -188,11 +190,26 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+class RelayWorker(Worker):
+    """arq's Worker, made to ride out a Redis outage instead of exiting on the first error.
+
+    The pumps already retry on their own; this keeps arq's own poll loop (expiry jobs and
+    the health key) alive until Redis is back.
+    """
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("redis unavailable; retrying", error=type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+
 def run(settings: Settings) -> int:
     """Run the worker until SIGINT/SIGTERM."""
-    worker = Worker(**worker_options(settings))
+    worker = RelayWorker(**worker_options(settings))
     worker.run()
     return 0
 
 
-__all__ = ["Runtime", "run", "shutdown", "startup", "worker_options"]
+__all__ = ["RelayWorker", "Runtime", "run", "shutdown", "startup", "worker_options"]
