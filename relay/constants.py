@@ -18,6 +18,7 @@ POLL_SCHEDULE_KEY: Final = PREFIX + "sched:poll"  # zset: video id -> next poll 
 DELIVERY_SCHEDULE_KEY: Final = PREFIX + "sched:delivery"  # zset: watch id -> next attempt (ms)
 UPSTREAM_RATE_KEY: Final = PREFIX + "up:rate:{}"  # string: requests granted in one second
 UPSTREAM_PAUSE_KEY: Final = PREFIX + "up:pause"  # string: upstream paused until (ms)
+WATCH_COUNTS_KEY: Final = PREFIX + "stats:watches"  # hash: status -> number of watches
 RATE_LIMIT_KEY: Final = PREFIX + "rl:{}:{}"  # string: API requests of a key in one second
 ARQ_QUEUE: Final = PREFIX + "arq:queue"
 ARQ_HEALTH_KEY: Final = PREFIX + "arq:health"

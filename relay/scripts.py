@@ -17,8 +17,8 @@ return due
 """
 
 # Give a watch its final event, once. KEYS: watch hash, event body, delivery schedule,
-# the video's watch set. ARGV: watch id, event id, event type, body, due ms, now ms,
-# clips-fetched ms ('' if none), video status.
+# the video's watch set, the status counters. ARGV: watch id, event id, event type, body,
+# due ms, now ms, clips-fetched ms ('' if none), video status.
 # Returns 1 when the event was created, 0 when the watch already had one or is not watching.
 FINALIZE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'watching' then
@@ -28,6 +28,8 @@ end
 if redis.call('HGET', KEYS[1], 'eventId') ~= '' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'delivering', 'eventId', ARGV[2], 'eventType', ARGV[3],
   'attempt', 0, 'updatedAt', ARGV[6], 'finalAt', ARGV[6], 'clipsAt', ARGV[7])
+redis.call('HINCRBY', KEYS[5], 'watching', -1)
+redis.call('HINCRBY', KEYS[5], 'delivering', 1)
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'videoStatus', ARGV[8]) end
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[1])
@@ -51,8 +53,9 @@ return 0
 """
 
 # Record one delivery attempt and move the watch on. KEYS: watch hash, attempts list,
-# delivery schedule. ARGV: watch id, event id, outcome (ok|retry|failed|disabled), record,
-# next due ms, now ms, attempt number, last error, attempts kept.
+# delivery schedule, the status counters. ARGV: watch id, event id, outcome
+# (ok|retry|failed|disabled), record, next due ms, now ms, attempt number, last error,
+# attempts kept.
 # Returns the status the watch has afterwards.
 SETTLE_ATTEMPT = """
 redis.call('RPUSH', KEYS[2], ARGV[4])
@@ -69,23 +72,29 @@ if outcome == 'retry' then
   return 'delivering'
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'delivering', -1)
 if outcome == 'ok' then
   redis.call('HSET', KEYS[1], 'status', 'delivered', 'deliveredAt', ARGV[6],
     'lastEventType', redis.call('HGET', KEYS[1], 'eventType'))
+  redis.call('HINCRBY', KEYS[4], 'delivered', 1)
   return 'delivered'
 end
 redis.call('HSET', KEYS[1], 'status', outcome,
   'lastEventType', redis.call('HGET', KEYS[1], 'eventType'))
+redis.call('HINCRBY', KEYS[4], outcome, 1)
 return outcome
 """
 
-# Cancel a watch. KEYS: watch hash, delivery schedule, the video's watch set.
+# Cancel a watch. KEYS: watch hash, delivery schedule, the video's watch set, the status
+# counters.
 # ARGV: watch id, now ms. Returns the previous status (false if there is no watch).
 CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status ~= 'cancelled' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updatedAt', ARGV[2])
+  redis.call('HINCRBY', KEYS[4], status, -1)
+  redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
@@ -93,8 +102,8 @@ return status
 """
 
 # Send a watch's last event again as a new series of attempts (same event id).
-# KEYS: watch hash, delivery schedule. ARGV: watch id, now ms.
-# Returns 1, or an error string for a watch in a state that has nothing to redeliver.
+# KEYS: watch hash, delivery schedule, the status counters. ARGV: watch id, now ms.
+# Returns 'ok', or the status for a watch in a state that has nothing to redeliver.
 REDELIVER = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
@@ -103,6 +112,8 @@ if status ~= 'delivered' and status ~= 'failed' and status ~= 'disabled' then
 end
 redis.call('HSET', KEYS[1], 'status', 'delivering', 'attempt', 0, 'lastError', '',
   'updatedAt', ARGV[2])
+redis.call('HINCRBY', KEYS[3], status, -1)
+redis.call('HINCRBY', KEYS[3], 'delivering', 1)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 'ok'
 """

@@ -286,6 +286,7 @@ class Store:
         # arq keeps a job's data for a day past its run time (arq's default `expires`)
         pipe.psetex(ARQ_JOB_PREFIX + job_id, defer_ms + 86_400_000, job)
         pipe.zadd(c.ARQ_QUEUE, {job_id: due_ms})
+        pipe.hincrby(c.WATCH_COUNTS_KEY, "watching", 1)
         await pipe.execute()
 
     async def get_watch(self, watch_id: str) -> Watch | None:
@@ -368,6 +369,7 @@ class Store:
                 c.WATCH_KEY.format(watch.id),
                 c.DELIVERY_SCHEDULE_KEY,
                 c.VIDEO_WATCHES_KEY.format(watch.video_id),
+                c.WATCH_COUNTS_KEY,
             ],
             args=[watch.id, now_ms()],
         )
@@ -376,7 +378,7 @@ class Store:
         """Start a new attempt series for the watch's last event. Returns 'ok' or the
         status that has nothing to redeliver (None: no such watch)."""
         result = await self._redeliver(
-            keys=[c.WATCH_KEY.format(watch_id), c.DELIVERY_SCHEDULE_KEY],
+            keys=[c.WATCH_KEY.format(watch_id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
             args=[watch_id, now_ms()],
         )
         return str(result) if result else None
@@ -395,6 +397,11 @@ class Store:
         """Every recorded delivery attempt of a watch, oldest first."""
         rows = await self.redis.lrange(c.WATCH_ATTEMPTS_KEY.format(watch_id), 0, -1)  # type: ignore[misc]
         return [orjson.loads(r) for r in rows]
+
+    async def watch_counts(self) -> dict[str, int]:
+        """Number of watches in each status (kept by the transition scripts)."""
+        raw = await self.redis.hgetall(c.WATCH_COUNTS_KEY)  # type: ignore[misc]
+        return {status: int(raw.get(status, 0)) for status in c.WATCH_STATUSES}
 
     # --- idempotency -------------------------------------------------------------------
 
@@ -513,6 +520,7 @@ class Store:
                     c.EVENT_KEY.format(ev.event_id),
                     c.DELIVERY_SCHEDULE_KEY,
                     vkey,
+                    c.WATCH_COUNTS_KEY,
                 ],
                 args=[
                     ev.watch_id,
@@ -579,6 +587,7 @@ class Store:
                     c.WATCH_KEY.format(r.watch_id),
                     c.WATCH_ATTEMPTS_KEY.format(r.watch_id),
                     c.DELIVERY_SCHEDULE_KEY,
+                    c.WATCH_COUNTS_KEY,
                 ],
                 args=[
                     r.watch_id,

@@ -10,18 +10,19 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from relay import appkeys as k
-from relay import jsonbody
+from relay import jsonbody, logs
 from relay.auth import Principal
 from relay.constants import WATCH_STATUSES
 from relay.events import iso_ms
 from relay.ids import new_watch_id
-from relay.metrics import exposition
+from relay.metrics import WATCHES, exposition
 from relay.models import WatchCreate
 from relay.problems import ProblemError, field_errors, invalid, not_found
 from relay.signing import generate_secret
 from relay.ssrf import CallbackRefused
 from relay.store import CursorError, SecretEntry, Watch, now_ms
 
+log = logs.get("relay.views")
 MAX_IDEMPOTENCY_KEY = 255
 MAX_LIMIT = 100
 
@@ -286,5 +287,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition."""
+    """Prometheus exposition (watch counts read from Redis, when it answers)."""
+    try:
+        for status, n in (await request.app[k.STORE].watch_counts()).items():
+            WATCHES.labels(status).set(n)
+    except Exception as exc:  # the other series are still worth serving
+        log.warning("watch counts unavailable", error=type(exc).__name__)
     return web.Response(body=exposition(), content_type="text/plain", charset="utf-8")

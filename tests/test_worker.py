@@ -468,3 +468,24 @@ async def test_upstream_auth_errors_keep_the_watch_alive(
     w = await register(api, receiver, vid)
     got = await wait_watch(api, w["id"])
     assert got["lastEventType"] == "clips.ready"
+
+
+async def test_status_counts_follow_every_transition(
+    api: Client, worker: Any, sim: Client, receiver: Rec
+) -> None:
+    receiver[0].script("/gone", [410])
+    vid = await sim_video(sim)
+    ok = await register(api, receiver, vid, "/ok")
+    gone = await register(api, receiver, vid, "/gone")
+    waiting = await register(
+        api, receiver, await sim_video(sim, timeline=[{"status": "analyzing", "after": 0}])
+    )
+    cancelled = await register(api, receiver, "some_other_video")
+    await api.delete(f"/v1/watches/{cancelled['id']}", headers=auth())
+    await wait_watch(api, ok["id"])
+    await wait_watch(api, gone["id"])
+    metrics = await (await api.get("/metrics")).text()
+    expected = {"delivered": 1, "disabled": 1, "watching": 1, "cancelled": 1, "delivering": 0}
+    for status, n in expected.items():
+        assert f'relay_watches{{status="{status}"}} {float(n)}' in metrics, status
+    assert (await wait_watch(api, waiting["id"], ("watching",)))["status"] == "watching"

@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from relay import constants as c
 from relay import logs
 from relay.crypto import SecretBox
-from relay.metrics import QUEUE_DEPTH, exposition
+from relay.metrics import QUEUE_DEPTH, WATCHES, exposition
 from relay.redis_client import arq_settings, connect
 from relay.serializer import dumps, loads
 from relay.settings import Settings
@@ -136,9 +136,13 @@ async def _gauges(store: Store) -> None:
             pipe = store.redis.pipeline(transaction=False)
             pipe.zcard(c.POLL_SCHEDULE_KEY)
             pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
-            polls, deliveries = await pipe.execute()
+            pipe.zcard(c.ARQ_QUEUE)
+            polls, deliveries, timers = await pipe.execute()
             QUEUE_DEPTH.labels("poll").set(polls)
             QUEUE_DEPTH.labels("delivery").set(deliveries)
+            QUEUE_DEPTH.labels("arq").set(timers)
+            for status, n in (await store.watch_counts()).items():
+                WATCHES.labels(status).set(n)
         except Exception as exc:
             log.debug("gauges failed", error=type(exc).__name__)
         await asyncio.sleep(GAUGE_INTERVAL)
