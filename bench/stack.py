@@ -1,0 +1,237 @@
+"""The benchmark's stack: real processes on loopback, started with :mod:`relay.stack`.
+
+One Redis-protocol server (the product's ``config/redis.conf``: AOF, ``appendfsync
+everysec``), one upstream simulator, one receiver sink (``clip-relay receiver``, its own
+process, verifying every signature), one API and one worker. The worker is restarted per
+scenario because its poll interval and budgets are read from the environment at start;
+between scenarios Redis is flushed, the simulator reset and the receiver emptied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from redis.asyncio import Redis
+
+from relay.redis_server import RedisServer, free_port
+from relay.signing import generate_secret
+from relay.stack import Ports, Proc, relay_env, spawn, wait_http
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_CONF = ROOT / "config" / "redis.conf"
+TENANT = "bench"
+
+# What every relay process of the benchmark gets; scenarios add their own on top.
+COMMON_ENV: dict[str, str] = {
+    "RELAY_RATE_LIMIT": "1000000",  # the registration run would hit the default 50/s
+    "RELAY_UPSTREAM_RPS": "5000",  # the polling run schedules 1,000/s
+    "RELAY_SHUTDOWN_GRACE": "2",
+    "RELAY_CALLBACK_ALLOW": "127.0.0.1/32",
+    "LOG_FORMAT": "json",
+}
+
+
+@dataclass
+class Stack:
+    """The running processes and how to reach them."""
+
+    workdir: Path
+    redis: RedisServer
+    ports: Ports
+    upstream_key: str
+    api_key: str
+    secret: str
+    procs: dict[str, Proc] = field(default_factory=dict)
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    # --- addresses -----------------------------------------------------------------------
+
+    @property
+    def api(self) -> str:
+        """Base URL of the API."""
+        return f"http://127.0.0.1:{self.ports.api}"
+
+    @property
+    def sim(self) -> str:
+        """Base URL of the upstream simulator."""
+        return f"http://127.0.0.1:{self.ports.upstream}"
+
+    @property
+    def receiver(self) -> str:
+        """Base URL of the receiver sink."""
+        return f"http://127.0.0.1:{self.ports.receiver}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers of an authenticated API request."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def worker(self) -> Proc:
+        """The worker process."""
+        return self.procs["worker"]
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, workdir: Path) -> Stack:
+        """Start Redis, the simulator, the receiver and the API (the worker comes per
+        scenario, see :meth:`start_worker`)."""
+        redis_dir = workdir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        redis = RedisServer.start(workdir=redis_dir, config=REDIS_CONF)
+        stack = cls(
+            workdir=workdir,
+            redis=redis,
+            ports=Ports(),
+            upstream_key="sr_live_" + secrets.token_hex(24),
+            api_key="bench_" + secrets.token_urlsafe(18),
+            secret=generate_secret(),
+        )
+        try:
+            stack._start_tools()
+            stack.procs["api"] = spawn("api", ["api"], stack.relay_env({}), workdir)
+            wait_http(f"{stack.api}/healthz", 20.0, stack.procs["api"].popen)
+        except BaseException:
+            stack.stop()
+            raise
+        return stack
+
+    def _start_tools(self) -> None:
+        self.procs["upstream-sim"] = spawn(
+            "upstream-sim",
+            ["upstream-sim", "--port", str(self.ports.upstream), "--api-key", self.upstream_key],
+            {},
+            self.workdir,
+        )
+        self.procs["receiver"] = spawn(
+            "receiver",
+            ["receiver", "--port", str(self.ports.receiver), "--quiet"],
+            {"RECEIVER_SECRETS": self.secret},
+            self.workdir,
+        )
+        wait_http(f"{self.sim}/_sim/stats", 20.0, self.procs["upstream-sim"].popen)
+        wait_http(f"{self.receiver}/_events", 20.0, self.procs["receiver"].popen)
+
+    def relay_env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        """The environment of an API or worker process of this stack."""
+        return relay_env(
+            self.redis.url,
+            self.sim,
+            api_keys=f"{TENANT}:{self.api_key}",
+            upstream_key=self.upstream_key,
+            port=self.ports.api,
+            metrics_port=self.ports.metrics,
+            extra={**COMMON_ENV, **extra},
+        )
+
+    def start_worker(self, extra: Mapping[str, str]) -> Proc:
+        """(Re)start the worker with *extra* on top of the common environment."""
+        self.stop_worker()
+        self.ports.metrics = free_port()
+        self.worker_env = self.relay_env(extra)
+        proc = spawn("worker", ["worker"], self.worker_env, self.workdir)
+        self.procs["worker"] = proc
+        wait_http(f"http://127.0.0.1:{self.ports.metrics}/healthz", 30.0, proc.popen)
+        return proc
+
+    def stop_worker(self) -> None:
+        """Stop the worker if it runs."""
+        proc = self.procs.pop("worker", None)
+        if proc is not None:
+            proc.stop(timeout=15)
+
+    def stop(self) -> None:
+        """Stop every process (worker first, Redis last)."""
+        self.stop_worker()
+        for name in ("api", "receiver", "upstream-sim"):
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                proc.stop(timeout=15)
+        self.redis.stop()
+
+    # --- state between scenarios -----------------------------------------------------------
+
+    def redis_client(self) -> Redis:
+        """A Redis client (str values) for checks; the caller closes it."""
+        return Redis.from_url(self.redis.url, decode_responses=True)
+
+    async def reset(self, http: aiohttp.ClientSession) -> None:
+        """Empty Redis, the simulator and the receiver (run with the worker stopped)."""
+        redis = self.redis_client()
+        try:
+            await redis.flushall()
+        finally:
+            await redis.aclose()
+        await (await http.post(f"{self.sim}/_sim/reset")).release()
+        await self.clear_events(http)
+
+    async def clear_events(self, http: aiohttp.ClientSession) -> None:
+        """Forget what the receiver recorded."""
+        await (await http.delete(f"{self.receiver}/_events")).release()
+
+    async def events(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        """What the receiver recorded: ``{"events": [...], "unique", "duplicates"}``."""
+        async with http.get(f"{self.receiver}/_events") as resp:
+            data: dict[str, Any] = orjson.loads(await resp.read())
+            return data
+
+    async def event_count(self, http: aiohttp.ClientSession) -> int:
+        """How many distinct webhook ids the receiver recorded (reads the whole record)."""
+        return int((await self.events(http))["unique"])
+
+    async def wait_events(self, http: aiohttp.ClientSession, count: int, timeout: float) -> bool:
+        """Wait until *count* distinct events arrived (False on timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.event_count(http) >= count:
+                return True
+            await asyncio.sleep(0.25)
+        return False
+
+    async def sim_log(
+        self, http: aiohttp.ClientSession, since: float
+    ) -> list[tuple[float, str, str, int]]:
+        """The simulator's request log since *since*: ``(at, path, video_id, status)``."""
+        async with http.get(f"{self.sim}/_sim/stats", params={"since": repr(since)}) as resp:
+            data = orjson.loads(await resp.read())
+        return [(float(a), str(p), str(v), int(s)) for a, p, v, s in data["log"]]
+
+    def worker_log_lines(self, event: str) -> list[dict[str, Any]]:
+        """Parsed JSON log lines of the worker whose ``event`` is *event*."""
+        out = []
+        needle = f'"{event}"'
+        for line in self.worker.log_text().splitlines():
+            if needle in line:
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if row.get("event") == event:
+                    out.append(row)
+        return out
+
+
+def log_time(row: Mapping[str, Any]) -> float:
+    """The Unix time of a structlog JSON line (its ISO ``timestamp``)."""
+    return datetime.fromisoformat(str(row["timestamp"])).timestamp()
+
+
+def pid_of(proc: Proc) -> int:
+    """The pid of a stack process (for psutil and py-spy)."""
+    return proc.pid
+
+
+def workdir_default() -> Path:
+    """Where logs go when no directory is given."""
+    return Path(os.environ.get("TMPDIR", "/tmp")) / "clip-relay-bench"

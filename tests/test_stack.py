@@ -1,0 +1,150 @@
+"""The real commands as an operator runs them: `clip-relay api`, `worker`, `upstream-sim`
+and `demo` as processes, configured only by environment variables."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from relay.receiver import Receiver
+from relay.redis_server import RedisServer
+from relay.stack import Ports, Proc, relay_env, spawn, wait_http
+
+UPSTREAM_KEY = "sr_live_" + "cd34" * 12
+API_KEY = "stack-test-key-42"
+
+
+@dataclass
+class Stack:
+    """A running stack of processes."""
+
+    api: str
+    upstream: str
+    metrics: str
+    procs: list[Proc]
+
+
+@pytest.fixture
+async def stack(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Stack]:
+    ports = Ports()
+    upstream = f"http://127.0.0.1:{ports.upstream}"
+    procs = [
+        spawn(
+            "upstream-sim",
+            ["upstream-sim", "--port", str(ports.upstream), "--api-key", UPSTREAM_KEY],
+            {},
+            tmp_path,
+        )
+    ]
+    env = relay_env(
+        redis_server.url,
+        upstream,
+        api_keys=f"stack:{API_KEY}",
+        upstream_key=UPSTREAM_KEY,
+        port=ports.api,
+        metrics_port=ports.metrics,
+        extra={"RELAY_POLL_INTERVAL": "0.2", "RELAY_SHUTDOWN_GRACE": "3"},
+    )
+    procs.append(spawn("api", ["api"], env, tmp_path))
+    procs.append(spawn("worker", ["worker"], env, tmp_path))
+    api = f"http://127.0.0.1:{ports.api}"
+    metrics = f"http://127.0.0.1:{ports.metrics}"
+    await asyncio.to_thread(wait_http, upstream + "/_sim/stats", 20, procs[0].popen)
+    await asyncio.to_thread(wait_http, api + "/healthz", 20, procs[1].popen)
+    await asyncio.to_thread(wait_http, metrics + "/healthz", 20, procs[2].popen)
+    yield Stack(api, upstream, metrics, procs)
+    for proc in procs:
+        if proc.alive():
+            proc.stop(timeout=10)
+
+
+async def _round_trip(stack: Stack, receiver_url: str, rec: Receiver) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(stack.upstream + "/_sim/videos", json={}) as resp:
+            video_id = (await resp.json())["id"]
+        async with http.post(
+            stack.api + "/v1/watches",
+            json={"videoId": video_id, "callbackUrl": receiver_url + "/hook", "minScore": 50},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as resp:
+            assert resp.status == 201
+            watch: dict[str, Any] = await resp.json()
+        rec.add_secret(watch["secret"])
+        await rec.wait_for(1, timeout=15)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            async with http.get(
+                f"{stack.api}/v1/watches/{watch['id']}",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            ) as resp:
+                watch = await resp.json()
+            if watch["status"] == "delivered":
+                return watch
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"not delivered: {watch}")
+
+
+async def test_metrics_and_logs_after_a_round_trip(
+    stack: Stack, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    watch = await _round_trip(stack, url, rec)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(stack.api + "/metrics") as resp:
+            api_metrics = await resp.text()
+        async with http.get(stack.metrics + "/metrics") as resp:
+            worker_metrics = await resp.text()
+    for series in (
+        'relay_http_requests_total{method="POST",route="/v1/watches",status="201"}',
+        "relay_http_request_duration_seconds_bucket",
+        'relay_watches{status="delivered"}',
+    ):
+        assert series in api_metrics, series
+    for series in (
+        'relay_upstream_requests_total{code="200",endpoint="status",outcome="ok"}',
+        'relay_upstream_requests_total{code="200",endpoint="clips",outcome="ok"}',
+        'relay_deliveries_total{outcome="ok"} 1.0',
+        "relay_delivery_duration_seconds_count 1.0",
+        "relay_notify_latency_seconds_count 1.0",
+        'relay_queue_depth{queue="poll"}',
+        "relay_upstream_rate_limited_total",
+    ):
+        assert series in worker_metrics, series
+
+    for proc in stack.procs[1:]:
+        assert proc.stop(timeout=15) == 0, proc.log_text()[-2000:]
+    worker_lines = [orjson.loads(line) for line in stack.procs[2].log_text().splitlines()]
+    attempts = [line for line in worker_lines if line["event"] == "delivery attempt"]
+    assert len(attempts) == 1
+    (attempt,) = attempts
+    assert attempt["watch_id"] == watch["id"] and attempt["video_id"] == watch["videoId"]
+    assert attempt["event_id"].startswith("evt_") and attempt["level"] == "info"
+    assert any(line.get("logger", "").startswith("arq") for line in worker_lines)
+    api_lines = [orjson.loads(line) for line in stack.procs[1].log_text().splitlines()]
+    assert all("request_id" in line for line in api_lines if line["event"] == "request")
+    for text in (stack.procs[1].log_text(), stack.procs[2].log_text()):
+        assert API_KEY not in text and UPSTREAM_KEY not in text
+
+
+def test_demo_exits_zero_with_two_verified_events() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "both events verified" in result.stdout
+    assert result.stdout.count("clips.ready") == 2
+    assert result.stdout.count("-> ok") == 2
