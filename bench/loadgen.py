@@ -4,8 +4,8 @@
 
 - ``url``, ``concurrency``; ``count`` (requests) or ``duration`` (seconds);
 - ``mode``:
-  - ``raw``: POST the first of ``bodies`` again and again with fixed ``headers`` (the
-    plain aiohttp ceiling: no per-request work beyond the POST);
+  - ``presigned``: POST ``bodies`` in turn, each with its ``headers_list`` entry, made
+    beforehand (the plain aiohttp ceiling: no per-request work beyond the POST);
   - ``signed``: for every request, serialize one of ``events`` with orjson, sign it
     (Standard Webhooks, ``secret``) with a fresh ``webhook-id`` and POST it (the floor of
     what a deliverer must do per webhook: orjson + HMAC + one POST);
@@ -39,9 +39,9 @@ def _requester(spec: dict[str, Any]) -> Request:
     """Build the function that makes request number *i*: ``(body, headers)``."""
     mode = spec["mode"]
     headers: dict[str, str] = spec.get("headers", {})
-    if mode == "raw":
-        body = spec["bodies"][0].encode()
-        return lambda _i: (body, headers)
+    if mode == "presigned":
+        pairs = [(b.encode(), h) for b, h in zip(spec["bodies"], spec["headers_list"], strict=True)]
+        return lambda i: pairs[i % len(pairs)]
     if mode == "bodies":
         bodies = [b.encode() for b in spec["bodies"]]
         return lambda i: (bodies[i % len(bodies)], headers)

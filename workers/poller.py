@@ -63,11 +63,20 @@ class Poller(Pump):
         self.gate = gate
         self.settings = settings
         self.polls = 0  # status/clips requests made (for benchmarks and tests)
+        self.on_events: Callable[[], None] = lambda: None  # new events exist (wakes delivery)
 
     async def work(self, members: Sequence[str], release: Callable[[], None]) -> None:
         """Poll a batch of videos; write every result back in one round trip."""
         loaded = await self.store.load_videos(members)
-        steps = await asyncio.gather(*(self._step(st, ids, release) for st, ids in loaded))
+        results = await asyncio.gather(
+            *(self._step(st, ids, release) for st, ids in loaded), return_exceptions=True
+        )
+        steps: list[Step] = []
+        for (state, _), result in zip(loaded, results, strict=True):
+            if isinstance(result, Step):
+                steps.append(result)
+            else:  # that video's claim stays leased: it is polled again after the lease
+                log.error("poll failed", video_id=state.video_id, error=repr(result)[:300])
         await self.store.save_videos(
             (s.state, s.next_ms, s.watch_ids, s.changed)
             for s in steps
@@ -197,6 +206,8 @@ class Poller(Pump):
         """Create final events for every watch of the video and stop polling it."""
         vid = step.state.video_id
         created = await self.store.finalize(vid, step.events or [], release_ids=step.watch_ids)
+        if created:
+            self.on_events()
         log.info(
             "video final",
             video_id=vid,

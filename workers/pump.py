@@ -41,6 +41,7 @@ class Pump:
         self.inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # set to end an idle sleep early
         self._capacity = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
@@ -48,6 +49,10 @@ class Pump:
         """Handle one claimed batch. Call *release* as each member is finished to free its
         slot early; slots not released are freed when the batch returns."""
         raise NotImplementedError
+
+    def wake(self) -> None:
+        """New work was just scheduled: look for it now rather than after the idle sleep."""
+        self._wake.set()
 
     def _free(self, n: int) -> None:
         self.inflight -= n
@@ -60,6 +65,7 @@ class Pump:
     async def stop(self, grace_s: float) -> None:
         """Stop claiming, give work in flight up to *grace_s* seconds, then cancel it."""
         self._stopping.set()
+        self._wake.set()
         self._capacity.set()
         if self._runner is not None:
             await self._runner
@@ -124,7 +130,8 @@ class Pump:
         return min(max(due / 1000 - time.time(), 0.0), self.idle_s)
 
     async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        if seconds > 0 and not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        if not self._stopping.is_set():
+            self._wake.clear()

@@ -1,0 +1,237 @@
+"""Scenario 1 (fan-out) and 5 (cost per delivery).
+
+One video, 2,000 watches with thresholds spread over 0-100, the receiver sink answering
+204. The video turns ``completed``; the relay fetches the clips once and delivers 2,000
+signed ``clips.ready`` events. Measured per run:
+
+- deliveries/s from "clips fetched" (the simulator's log of the clips request) to the last
+  2xx (the receiver's record);
+- the worker's CPU time per delivered webhook, from the switch to the last attempt recorded;
+
+and in the same run, against the same receiver, at the same concurrency and with the very
+bodies the relay delivered (2,000 of them, sent three times over):
+
+- ``raw``: an aiohttp POST loop of pre-signed bodies (the plain client ceiling);
+- ``signed``: orjson + HMAC + POST per body (also the CPU floor per webhook).
+
+Correctness: every watch got exactly one verified event with exactly the clips scoring at
+least its ``minScore``, in score order, its watch is ``delivered`` and its attempt is
+recorded in the relay's attempt log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from common import Checks, CpuMeter
+from relay.signing import secret_bytes, sign_headers
+from stack import Stack, log_time
+from tools import create_videos, loadgen, register, sim_clips, switch_status
+
+WATCHES = 2000
+CONCURRENCY = 64  # the relay's RELAY_DELIVERY_CONCURRENCY and the baseline's
+BASELINE_ROUNDS = 3  # the baseline sends the delivered bodies this many times over
+WORKER_ENV = {"RELAY_POLL_INTERVAL": "0.5", "RELAY_DELIVERY_CONCURRENCY": str(CONCURRENCY)}
+
+
+@dataclass
+class FanoutRun:
+    """What one run measured."""
+
+    rate: float = 0.0  # deliveries/s, clips fetched -> last 2xx
+    raw_rate: float = 0.0
+    signed_rate: float = 0.0
+    cpu_us: float = 0.0  # worker CPU per delivery
+    floor_us: float = 0.0  # orjson + HMAC + POST per webhook, in one process
+    raw_client_us: float = 0.0  # CPU per POST of the raw loop
+    body_bytes: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def threshold(i: int) -> float:
+    """The minScore of watch *i*: evenly spread over 0-100."""
+    return round(i * 100 / (WATCHES - 1), 3)
+
+
+async def run_once(stack: Stack, http: aiohttp.ClientSession, rep: int, checks: Checks) -> FanoutRun:
+    """One fan-out run plus its baselines."""
+    (video_id,) = await create_videos(http, stack.sim, f"fan{rep}", 1)
+    callback = f"{stack.receiver}/hooks/fanout"
+    bodies = [
+        {
+            "videoId": video_id,
+            "callbackUrl": callback,
+            "minScore": threshold(i),
+            "secret": stack.secret,
+            "metadata": {"bench": "fanout", "i": i},
+        }
+        for i in range(WATCHES)
+    ]
+    watches = await register(http, stack.api, stack.auth, bodies)
+    min_score = {w["id"]: w["minScore"] for w in watches}
+    await asyncio.sleep(1.5)  # the video is polled (processing) at least once more
+    await stack.clear_events(http)
+
+    meter = CpuMeter(stack.worker.pid)
+    meter.start()
+    t_switch = await switch_status(http, stack.sim, video_id)
+    arrived = await stack.wait_events(http, WATCHES, timeout=180)
+    checks.expect(arrived, f"fanout run {rep}: not every event arrived within 180 s")
+    settled = await _wait_settled(stack, list(min_score), timeout=30)
+    cpu = meter.used()
+    checks.expect(settled, f"fanout run {rep}: not every watch reached 'delivered'")
+
+    record = await stack.events(http)
+    events: list[dict[str, Any]] = record["events"]
+    clips = await sim_clips(http, stack.sim, video_id)
+    _verify(events, min_score, clips, checks, rep)
+    await _verify_attempt_log(stack, list(min_score), checks, rep)
+
+    log = await stack.sim_log(http, t_switch - 1)
+    t_clips = min(a for a, p, v, s in log if v == video_id and p == "clips" and s == 200)
+    t_status = min(
+        (a for a, p, v, s in log if v == video_id and p == "status" and a >= t_switch),
+        default=t_clips,
+    )
+    received = sorted(e["receivedAt"] for e in events)
+    finals = [log_time(r) for r in stack.worker_log_lines("video final") if r["video_id"] == video_id]
+    t_final = finals[-1] if finals else float("nan")
+    run = FanoutRun(
+        rate=len(received) / (received[-1] - t_clips),
+        cpu_us=cpu / max(len(received), 1) * 1e6,
+        phases={
+            "switch_to_status_poll_s": t_status - t_switch,
+            "clips_fetched_to_events_created_s": t_final - t_clips,
+            "events_created_to_first_2xx_s": received[0] - t_final,
+            "first_to_last_2xx_s": received[-1] - received[0],
+            "clips_fetched_to_last_2xx_s": received[-1] - t_clips,
+        },
+    )
+    delivered = [orjson.dumps(e["event"]) for e in events]
+    run.body_bytes = statistics.fmean(len(b) for b in delivered)
+    await _baselines(stack, http, rep, events, delivered, run)
+    await stack.clear_events(http)
+    return run
+
+
+async def _baselines(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    rep: int,
+    events: list[dict[str, Any]],
+    delivered: list[bytes],
+    run: FanoutRun,
+) -> None:
+    """The raw and the signed POST loop, same sink, same concurrency, same bodies."""
+    url = f"{stack.receiver}/hooks/baseline"
+    key = [secret_bytes(stack.secret)]
+    now = int(time.time())
+    presigned = [
+        (b, sign_headers(key, f"evt_raw_{rep}_{i}", now, b)) for i, b in enumerate(delivered)
+    ]
+    count = len(delivered) * BASELINE_ROUNDS
+    raw = await loadgen(
+        {
+            "mode": "presigned",
+            "url": url,
+            "concurrency": CONCURRENCY,
+            "count": count,
+            "bodies": [b.decode() for b, _ in presigned],
+            "headers_list": [h for _, h in presigned],
+        }
+    )
+    await stack.clear_events(http)
+    signed = await loadgen(
+        {
+            "mode": "signed",
+            "url": url,
+            "concurrency": CONCURRENCY,
+            "count": count,
+            "events": [e["event"] for e in events],
+            "secret": stack.secret,
+            "run": str(rep),
+        }
+    )
+    await stack.clear_events(http)
+    run.raw_rate = raw["rps"]
+    run.raw_client_us = raw["cpu_us_per_req"]
+    run.signed_rate = signed["rps"]
+    run.floor_us = signed["cpu_us_per_req"]
+
+
+async def _wait_settled(stack: Stack, watch_ids: list[str], timeout: float) -> bool:
+    """Wait until every watch is ``delivered`` (its attempt recorded)."""
+    redis = stack.redis_client()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pipe = redis.pipeline(transaction=False)
+            for wid in watch_ids:
+                pipe.hget(f"cr:w:{wid}", "status")
+            statuses = await pipe.execute()
+            if all(s == "delivered" for s in statuses):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+    finally:
+        await redis.aclose()
+
+
+def _verify(
+    events: list[dict[str, Any]],
+    min_score: dict[str, float],
+    clips: list[dict[str, Any]],
+    checks: Checks,
+    rep: int,
+) -> None:
+    """Each watch: one verified clips.ready with exactly the clips scoring >= minScore."""
+    by_watch: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        by_watch.setdefault(e["event"]["data"]["watchId"], []).append(e)
+    checks.expect(
+        set(by_watch) == set(min_score),
+        f"fanout run {rep}: events for {len(by_watch)} watches, expected {len(min_score)}",
+    )
+    wrong = 0
+    for wid, got in by_watch.items():
+        threshold_ = min_score.get(wid)
+        data = got[0]["event"]["data"]
+        expected = sorted(
+            ((c["score"], c["id"]) for c in clips if threshold_ is not None and c["score"] >= threshold_),
+            reverse=True,
+        )
+        ids = [c["id"] for c in data["clips"]]
+        scores = [c["score"] for c in data["clips"]]
+        ok = (
+            got[0]["event"]["type"] == "clips.ready"
+            and sorted(ids) == sorted(i for _, i in expected)
+            and scores == sorted(scores, reverse=True)
+            and data["count"] == len(ids)
+            and all(c.get("downloadUrl") for c in data["clips"])
+            and got[0]["status"] == 204
+        )
+        wrong += not ok
+    checks.expect(wrong == 0, f"fanout run {rep}: {wrong} watches got the wrong clips")
+    dupes = len(events) - len(by_watch)
+    checks.expect(dupes == 0, f"fanout run {rep}: {dupes} duplicate deliveries")
+
+
+async def _verify_attempt_log(stack: Stack, watch_ids: list[str], checks: Checks, rep: int) -> None:
+    """Every watch has exactly one recorded attempt, a 204."""
+    redis = stack.redis_client()
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for wid in watch_ids:
+            pipe.lrange(f"cr:w:{wid}:att", 0, -1)
+        logs = await pipe.execute()
+    finally:
+        await redis.aclose()
+    bad = sum(1 for rows in logs if len(rows) != 1 or orjson.loads(rows[0])["statusCode"] != 204)
+    checks.expect(bad == 0, f"fanout run {rep}: {bad} watches without exactly one 204 attempt")
