@@ -34,6 +34,7 @@ from common import Checks, CpuMeter
 from relay.signing import secret_bytes, sign_headers
 from stack import Stack, log_time
 from tools import create_videos, loadgen, register, sim_clips, switch_status
+from verify import verify_attempt_log, verify_events, wait_delivered
 
 WATCHES = 2000
 CONCURRENCY = 64  # the relay's RELAY_DELIVERY_CONCURRENCY and the baseline's
@@ -84,15 +85,16 @@ async def run_once(stack: Stack, http: aiohttp.ClientSession, rep: int, checks: 
     t_switch = await switch_status(http, stack.sim, video_id)
     arrived = await stack.wait_events(http, WATCHES, timeout=180)
     checks.expect(arrived, f"fanout run {rep}: not every event arrived within 180 s")
-    settled = await _wait_settled(stack, list(min_score), timeout=30)
+    settled = await wait_delivered(stack, list(min_score), timeout=30)
     cpu = meter.used()
     checks.expect(settled, f"fanout run {rep}: not every watch reached 'delivered'")
 
     record = await stack.events(http)
     events: list[dict[str, Any]] = record["events"]
     clips = await sim_clips(http, stack.sim, video_id)
-    _verify(events, min_score, clips, checks, rep)
-    await _verify_attempt_log(stack, list(min_score), checks, rep)
+    expect = {wid: (score, clips) for wid, score in min_score.items()}
+    verify_events(events, expect, checks, f"fanout run {rep}")
+    await verify_attempt_log(stack, list(min_score), checks, f"fanout run {rep}")
 
     log = await stack.sim_log(http, t_switch - 1)
     t_clips = min(a for a, p, v, s in log if v == video_id and p == "clips" and s == 200)
@@ -166,72 +168,3 @@ async def _baselines(
     run.floor_us = signed["cpu_us_per_req"]
 
 
-async def _wait_settled(stack: Stack, watch_ids: list[str], timeout: float) -> bool:
-    """Wait until every watch is ``delivered`` (its attempt recorded)."""
-    redis = stack.redis_client()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pipe = redis.pipeline(transaction=False)
-            for wid in watch_ids:
-                pipe.hget(f"cr:w:{wid}", "status")
-            statuses = await pipe.execute()
-            if all(s == "delivered" for s in statuses):
-                return True
-            await asyncio.sleep(0.05)
-        return False
-    finally:
-        await redis.aclose()
-
-
-def _verify(
-    events: list[dict[str, Any]],
-    min_score: dict[str, float],
-    clips: list[dict[str, Any]],
-    checks: Checks,
-    rep: int,
-) -> None:
-    """Each watch: one verified clips.ready with exactly the clips scoring >= minScore."""
-    by_watch: dict[str, list[dict[str, Any]]] = {}
-    for e in events:
-        by_watch.setdefault(e["event"]["data"]["watchId"], []).append(e)
-    checks.expect(
-        set(by_watch) == set(min_score),
-        f"fanout run {rep}: events for {len(by_watch)} watches, expected {len(min_score)}",
-    )
-    wrong = 0
-    for wid, got in by_watch.items():
-        threshold_ = min_score.get(wid)
-        data = got[0]["event"]["data"]
-        expected = sorted(
-            ((c["score"], c["id"]) for c in clips if threshold_ is not None and c["score"] >= threshold_),
-            reverse=True,
-        )
-        ids = [c["id"] for c in data["clips"]]
-        scores = [c["score"] for c in data["clips"]]
-        ok = (
-            got[0]["event"]["type"] == "clips.ready"
-            and sorted(ids) == sorted(i for _, i in expected)
-            and scores == sorted(scores, reverse=True)
-            and data["count"] == len(ids)
-            and all(c.get("downloadUrl") for c in data["clips"])
-            and got[0]["status"] == 204
-        )
-        wrong += not ok
-    checks.expect(wrong == 0, f"fanout run {rep}: {wrong} watches got the wrong clips")
-    dupes = len(events) - len(by_watch)
-    checks.expect(dupes == 0, f"fanout run {rep}: {dupes} duplicate deliveries")
-
-
-async def _verify_attempt_log(stack: Stack, watch_ids: list[str], checks: Checks, rep: int) -> None:
-    """Every watch has exactly one recorded attempt, a 204."""
-    redis = stack.redis_client()
-    try:
-        pipe = redis.pipeline(transaction=False)
-        for wid in watch_ids:
-            pipe.lrange(f"cr:w:{wid}:att", 0, -1)
-        logs = await pipe.execute()
-    finally:
-        await redis.aclose()
-    bad = sum(1 for rows in logs if len(rows) != 1 or orjson.loads(rows[0])["statusCode"] != 204)
-    checks.expect(bad == 0, f"fanout run {rep}: {bad} watches without exactly one 204 attempt")

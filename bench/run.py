@@ -1,6 +1,439 @@
-"""Benchmarks: see issue 3 (performance at scale). Not written yet."""
+"""``make bench``: the relay's performance at scale (issue 3), on loopback, real processes.
 
+Starts a Redis-protocol server (the product's redis.conf: AOF everysec), the upstream
+simulator, a receiver sink (``clip-relay receiver``, verifying every signature), the API and
+one worker, then runs the scenarios, each with its baseline measured in the same run:
+
+1. fan-out: one video, 2,000 watches, deliveries/s vs an aiohttp POST loop to the same sink;
+2. registration: ``POST /v1/watches`` at concurrency 64 vs orjson.loads + one Redis SET;
+3. polling at scale: 10,000 videos, interval 10 s: polls/s, lateness, worker CPU/RSS, Redis;
+4. time to notify: 100 videos completing at random moments, interval 1 s;
+5. cost per delivery: worker CPU per webhook vs orjson + HMAC + POST in one process.
+
+Prints a table (median of the runs, min-max, baseline, ratio, target, met?) and writes
+``bench/results.json``. Exits 1 when a correctness check fails (an event missing, unverified,
+duplicated or with the wrong clips; a video not polled); timing targets are only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
-print("make bench: the benchmark suite is issue 3's work and is not written yet")
-sys.exit(0)
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+import aiohttp  # noqa: E402
+import orjson  # noqa: E402
+
+import fanout  # noqa: E402
+import notify  # noqa: E402
+import polling  # noqa: E402
+import registration  # noqa: E402
+from common import Checks, Figure, percentile, render_table, results_json  # noqa: E402
+from stack import Stack  # noqa: E402
+
+SCENARIOS = ("fanout", "notify", "registration", "polling")
+RESULTS = HERE / "results.json"
+
+
+class Profiler:
+    """Optional py-spy recordings of the worker and the API, one pair per scenario."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = out
+        self._running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, scenario: str, pids: dict[str, int]) -> None:
+        """Record each of *pids* (name -> pid) until :meth:`stop`."""
+        if self.out is None or shutil.which("py-spy") is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name, pid in pids.items():
+            target = self.out / f"{scenario}-{name}.svg"
+            self._running.append(
+                subprocess.Popen(
+                    ["py-spy", "record", "--pid", str(pid), "-o", str(target), "--rate", "200"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+
+    def stop(self) -> None:
+        """Stop the recordings (py-spy writes its file on SIGINT)."""
+        for proc in self._running:
+            proc.send_signal(signal.SIGINT)
+        for proc in self._running:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._running.clear()
+
+
+async def _fresh_worker(stack: Stack, http: aiohttp.ClientSession, env: dict[str, str]) -> None:
+    """Stop the worker, empty everything, start a worker with *env*."""
+    await asyncio.to_thread(stack.stop_worker)
+    await stack.reset(http)
+    await asyncio.to_thread(stack.start_worker, env)
+
+
+def _ge(x: float) -> Callable[[float], bool]:
+    return lambda v: v >= x
+
+
+def _le(x: float) -> Callable[[float], bool]:
+    return lambda v: v <= x
+
+
+async def run_fanout(
+    stack: Stack, http: aiohttp.ClientSession, reps: int, checks: Checks, prof: Profiler
+) -> tuple[list[Figure], dict[str, Any]]:
+    """Scenarios 1 and 5."""
+    await _fresh_worker(stack, http, fanout.WORKER_ENV)
+    prof.start("fanout", {"worker": stack.worker.pid})
+    runs = []
+    try:
+        for rep in range(reps):
+            runs.append(await fanout.run_once(stack, http, rep, checks))
+            print(f"  fanout run {rep}: {runs[-1].rate:,.0f}/s (raw {runs[-1].raw_rate:,.0f}/s)")
+    finally:
+        prof.stop()
+    figures = [
+        Figure(
+            "fanout_deliveries_per_s",
+            "1 fan-out deliveries/s (clips fetched -> last 2xx)",
+            "1/s",
+            [r.rate for r in runs],
+            ">= 0.5x raw POST (goal 0.7x)",
+            _ge(0.5),
+            baseline=[r.raw_rate for r in runs],
+            baseline_label="raw POST",
+            target_on_ratio=True,
+        ),
+        Figure(
+            "fanout_vs_signed_post",
+            "1 fan-out vs orjson+HMAC+POST loop",
+            "1/s",
+            [r.rate for r in runs],
+            "(info)",
+            baseline=[r.signed_rate for r in runs],
+            baseline_label="signed POST",
+        ),
+        Figure(
+            "cost_worker_cpu_us_per_delivery",
+            "5 worker CPU per delivery",
+            "us",
+            [r.cpu_us for r in runs],
+            "(info: vs floor)",
+            baseline=[r.floor_us for r in runs],
+            baseline_label="orjson+HMAC+POST",
+        ),
+    ]
+    detail = {
+        "runs": [asdict(r) for r in runs],
+        "watches": fanout.WATCHES,
+        "concurrency": fanout.CONCURRENCY,
+        "baseline_requests": fanout.WATCHES * fanout.BASELINE_ROUNDS,
+    }
+    return figures, detail
+
+
+async def run_notify(
+    stack: Stack, http: aiohttp.ClientSession, reps: int, checks: Checks, prof: Profiler
+) -> tuple[list[Figure], dict[str, Any]]:
+    """Scenario 4."""
+    await _fresh_worker(stack, http, notify.WORKER_ENV)
+    prof.start("notify", {"worker": stack.worker.pid})
+    runs = []
+    try:
+        for rep in range(reps):
+            runs.append(await notify.run_once(stack, http, rep, checks))
+            print(f"  notify run {rep}: p50 {runs[-1].p50:.3f} s, p99 {runs[-1].p99:.3f} s")
+    finally:
+        prof.stop()
+    pooled = [x for r in runs for x in r.latencies]
+    figures = [
+        Figure(
+            "notify_p50_s",
+            "4 time to notify p50",
+            "s",
+            [r.p50 for r in runs],
+            "<= 0.7 s",
+            _le(0.7),
+        ),
+        Figure(
+            "notify_p99_s",
+            "4 time to notify p99",
+            "s",
+            [r.p99 for r in runs],
+            "<= 1.3 s",
+            _le(1.3),
+        ),
+    ]
+    detail = {
+        "videos_per_run": notify.VIDEOS,
+        "pooled_p50_s": percentile(pooled, 50),
+        "pooled_p99_s": percentile(pooled, 99),
+        "pooled_max_s": max(pooled, default=math.nan),
+        "pooled_min_s": min(pooled, default=math.nan),
+    }
+    return figures, detail
+
+
+async def run_registration(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    reps: int,
+    checks: Checks,
+    prof: Profiler,
+    workdir: Path,
+) -> tuple[list[Figure], dict[str, Any]]:
+    """Scenario 2."""
+    await _fresh_worker(stack, http, {})
+    prof.start("registration", {"api": stack.procs["api"].pid})
+    try:
+        runs, load_name = await registration.run_all(stack, http, reps, workdir, checks)
+    finally:
+        prof.stop()
+    for n, r in enumerate(runs):
+        print(f"  registration run {n}: {r.api_rps:,.0f}/s p99 {r.api_p99:.1f} ms "
+              f"(baseline {r.base_rps:,.0f}/s)")
+    figures = [
+        Figure(
+            "registration_per_s",
+            "2 registrations/s (c=64)",
+            "1/s",
+            [r.api_rps for r in runs],
+            ">= 0.5x baseline",
+            _ge(0.5),
+            baseline=[r.base_rps for r in runs],
+            baseline_label="loads+SET",
+            target_on_ratio=True,
+        ),
+        Figure(
+            "registration_p99_ms",
+            "2 registration p99",
+            "ms",
+            [r.api_p99 for r in runs],
+            "<= 50 ms",
+            _le(50),
+            baseline=[r.base_p99 for r in runs],
+            baseline_label="loads+SET",
+        ),
+        Figure(
+            "registration_p50_ms",
+            "2 registration p50",
+            "ms",
+            [r.api_p50 for r in runs],
+            "(info)",
+            baseline=[r.base_p50 for r in runs],
+            baseline_label="loads+SET",
+        ),
+        Figure(
+            "loadgen_ceiling_per_s",
+            f"2 {load_name} alone (204 handler)",
+            "1/s",
+            [r.client_rps for r in runs],
+            "(info)",
+        ),
+        Figure(
+            "python_client_ceiling_per_s",
+            "2 aiohttp client alone (204 handler)",
+            "1/s",
+            [r.py_client_rps for r in runs],
+            "(info)",
+        ),
+    ]
+    return figures, {"load_generator": load_name, "runs": [r.raw for r in runs]}
+
+
+async def run_polling(
+    stack: Stack, http: aiohttp.ClientSession, reps: int, checks: Checks, prof: Profiler
+) -> tuple[list[Figure], dict[str, Any]]:
+    """Scenario 3."""
+    await _fresh_worker(stack, http, polling.WORKER_ENV)
+    setup = await polling.setup(stack, http)
+    print(f"  polling: {polling.VIDEOS} watches registered at {setup.register_rps:,.0f}/s")
+    prof.start("polling", {"worker": stack.worker.pid})
+    windows = []
+    try:
+        for n in range(reps):
+            windows.append(await polling.window(stack, http, n, checks))
+            w = windows[-1]
+            print(f"  polling window {n}: {w.rate:,.0f} polls/s, p99 late {w.late_p99:.3f} s, "
+                  f"cpu {w.cpu_cores:.2f}, rss {w.rss_mb:.0f} MB")
+    finally:
+        prof.stop()
+    scheduled = polling.VIDEOS / polling.INTERVAL
+    figures = [
+        Figure(
+            "polling_polls_per_s",
+            "3 status polls/s (scheduled 1,000/s)",
+            "1/s",
+            [w.rate for w in windows],
+            ">= 0.95x scheduled",
+            _ge(0.95),
+            baseline=[scheduled] * len(windows),
+            baseline_label="scheduled",
+            target_on_ratio=True,
+        ),
+        Figure(
+            "polling_lateness_p99_s",
+            "3 poll lateness p99",
+            "s",
+            [w.late_p99 for w in windows],
+            "<= 1 s",
+            _le(1.0),
+        ),
+        Figure(
+            "polling_lateness_p50_s",
+            "3 poll lateness p50",
+            "s",
+            [w.late_p50 for w in windows],
+            "(info)",
+        ),
+        Figure(
+            "polling_worker_cpu_cores",
+            "3 worker CPU",
+            "cores",
+            [w.cpu_cores for w in windows],
+            "<= 0.5",
+            _le(0.5),
+        ),
+        Figure(
+            "polling_worker_rss_mb",
+            "3 worker peak RSS",
+            "MB",
+            [w.rss_mb for w in windows],
+            "<= 200 MB",
+            _le(200),
+        ),
+        Figure(
+            "polling_redis_bytes_per_video",
+            "3 Redis used_memory per video",
+            "B",
+            [setup.redis_bytes_per_video],
+            "<= 2048 B",
+            _le(2048),
+            note="measured once: after registering 10,000 watches and the first poll wave",
+        ),
+    ]
+    detail = {
+        "videos": polling.VIDEOS,
+        "interval_s": polling.INTERVAL,
+        "window_s": polling.WINDOW,
+        "register_rps": setup.register_rps,
+        "windows": [asdict(w) for w in windows],
+    }
+    return figures, detail
+
+
+async def _main(args: argparse.Namespace, workdir: Path) -> int:
+    started = time.monotonic()
+    checks = Checks()
+    prof = Profiler(Path(args.profile) if args.profile else None)
+    print(f"starting the stack (logs in {workdir})", flush=True)
+    stack = await asyncio.to_thread(Stack.start, workdir)
+    figures: list[Figure] = []
+    details: dict[str, Any] = {}
+    try:
+        connector = aiohttp.TCPConnector(limit=128)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for name in args.only:
+                print(f"scenario {name}", flush=True)
+                t0 = time.monotonic()
+                if name == "fanout":
+                    figs, detail = await run_fanout(stack, http, args.reps, checks, prof)
+                elif name == "notify":
+                    figs, detail = await run_notify(stack, http, args.reps, checks, prof)
+                elif name == "registration":
+                    figs, detail = await run_registration(
+                        stack, http, args.reps, checks, prof, workdir
+                    )
+                else:
+                    figs, detail = await run_polling(stack, http, args.reps, checks, prof)
+                detail["wall_s"] = round(time.monotonic() - t0, 1)
+                figures += figs
+                details[name] = detail
+    finally:
+        await asyncio.to_thread(stack.stop)
+    wall = time.monotonic() - started
+    _report(figures, details, checks, wall, args)
+    return 1 if checks.failures else 0
+
+
+def _report(
+    figures: list[Figure],
+    details: dict[str, Any],
+    checks: Checks,
+    wall: float,
+    args: argparse.Namespace,
+) -> None:
+    print()
+    print(render_table(figures))
+    print()
+    results = results_json(figures)
+    results["meta"] = {
+        "wall_s": round(wall, 1),
+        "reps": args.reps,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    results["details"] = details
+    results["checks"] = {"passed": checks.passed, "failures": checks.failures}
+    RESULTS.write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2)
+    )
+    if "fanout" in details:
+        phases = details["fanout"]["runs"]
+        keys = phases[0]["phases"].keys() if phases else []
+        for k in keys:
+            vals = [r["phases"][k] for r in phases]
+            print(f"fan-out phase {k}: median {statistics.median(vals):.3f} s")
+    print(f"results written to {RESULTS}")
+    print(f"correctness: {checks.passed} checks passed, {len(checks.failures)} failed")
+    for failure in checks.failures:
+        print(f"  FAILED: {failure}")
+    print(f"wall time: {wall:.0f} s")
+
+
+def main() -> int:
+    """Parse the options and run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="runs per scenario (default 3)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SCENARIOS,
+        default=list(SCENARIOS),
+        help="run only these scenarios",
+    )
+    parser.add_argument("--profile", metavar="DIR", help="py-spy flame graphs (perturbs timing)")
+    parser.add_argument("--keep-logs", metavar="DIR", help="keep the processes' logs here")
+    args = parser.parse_args()
+    if args.keep_logs:
+        workdir = Path(args.keep_logs)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(_main(args, workdir))
+    with tempfile.TemporaryDirectory(prefix="clip-relay-bench-") as tmp:
+        return asyncio.run(_main(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

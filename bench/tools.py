@@ -188,7 +188,7 @@ async def wrk(
     the same result keys as :func:`loadgen` (``rps``, ``p50_ms``, ``p99_ms``...)."""
     script = WRK_SCRIPT % {
         "bodies": ", ".join(_lua_string(b.decode()) for b in bodies),
-        "headers": ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()),
+        "headers": ", ".join(f"[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
         "path": path,
     }
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:

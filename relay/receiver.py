@@ -93,6 +93,32 @@ class _Answer:
     retry_after: float | None = None
 
 
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
+# One recorded delivery, kept compact: a tuple of immutable scalars (and tuples of them) is
+# untracked by the cyclic garbage collector after its first pass, so thousands of stored
+# deliveries add nothing to the collector's work while a benchmark is running.
+# (webhook_id, timestamp, path, body, received_at, raw_headers, status)
+_Record = tuple[str, int, str, bytes, float, RawHeaders, int]
+
+
+def _decode_headers(raw: RawHeaders) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("utf-8", "replace") for k, v in raw}
+
+
+def _materialize(record: _Record, event: dict[str, Any] | None = None) -> ReceivedEvent:
+    webhook_id, timestamp, path, body, received_at, raw_headers, status = record
+    return ReceivedEvent(
+        webhook_id=webhook_id,
+        timestamp=timestamp,
+        path=path,
+        event=orjson.loads(body) if event is None else event,
+        received_at=received_at,
+        attempt_headers=_decode_headers(raw_headers),
+        status=status,
+    )
+
+
 @dataclass(slots=True)
 class _Waiter:
     count: int
@@ -104,6 +130,10 @@ class Receiver:
 
     :func:`create_app` builds the aiohttp application around one instance; tests drive the
     same instance directly (``script``, ``wait_for``, ``events``).
+
+    Deliveries are stored compactly (raw body and headers) and turned into
+    :class:`ReceivedEvent` objects only when :attr:`events` is read (or at once when a printer
+    is set), which keeps the sink cheap under a benchmark's load.
     """
 
     def __init__(
@@ -119,12 +149,13 @@ class Receiver:
         ``verify_signatures=False`` records unsigned or badly signed deliveries too;
         ``default_status`` answers POSTs whose path has no script left."""
         _check_status(default_status)
-        self.events: list[ReceivedEvent] = []
         self.printer = printer
         self.verify_signatures = verify_signatures
         self.default_status = default_status
         self._keys: list[bytes] = []
         self._ids: set[str] = set()
+        self._records: list[_Record] = []
+        self._events: list[ReceivedEvent] = []  # self._records[: len(self._events)], parsed
         self._scripts: dict[str, deque[_Answer]] = {}
         self._waiters: list[_Waiter] = []
         self._anonymous = 0
@@ -171,10 +202,44 @@ class Receiver:
 
     def reset(self) -> None:
         """Forget every recorded event (secrets, scripts and waiters stay)."""
-        self.events.clear()
+        self._records = []
+        self._events = []
         self._ids.clear()
 
     # --- what arrived -----------------------------------------------------------------------
+
+    @property
+    def events(self) -> list[ReceivedEvent]:
+        """Every verified delivery in arrival order, duplicates included (treat as read-only)."""
+        if len(self._events) < len(self._records):
+            self._events.extend(_materialize(r) for r in self._records[len(self._events) :])
+        return self._events
+
+    def events_json(self) -> bytes:
+        """Return the ``GET /_events`` document, serialized (bodies are embedded as sent)."""
+        materialized = len(self._events)
+        events = [ev.to_json() for ev in self._events]
+        for webhook_id, timestamp, path, body, received_at, raw, status in self._records[
+            materialized:
+        ]:
+            events.append(
+                {
+                    "webhookId": webhook_id,
+                    "timestamp": timestamp,
+                    "path": path,
+                    "event": orjson.Fragment(body),
+                    "receivedAt": received_at,
+                    "attemptHeaders": _decode_headers(raw),
+                    "status": status,
+                }
+            )
+        return orjson.dumps(
+            {"events": events, "unique": len(self._ids), "duplicates": self.duplicates()}
+        )
+
+    def received(self) -> int:
+        """Return how many deliveries were recorded, duplicates included."""
+        return len(self._records)
 
     def unique_ids(self) -> set[str]:
         """Return the distinct ``webhook-id`` values recorded so far."""
@@ -182,7 +247,7 @@ class Receiver:
 
     def duplicates(self) -> int:
         """Return how many recorded deliveries repeated an already seen ``webhook-id``."""
-        return len(self.events) - len(self._ids)
+        return len(self._records) - len(self._ids)
 
     async def wait_for(self, count: int, timeout: float) -> None:  # noqa: ASYNC109 - API
         """Wait until ``count`` distinct webhook ids have arrived; :class:`TimeoutError` after
@@ -204,18 +269,24 @@ class Receiver:
 
     # --- request handling (used by create_app) ------------------------------------------------
 
-    def record(self, event: ReceivedEvent) -> None:
-        """Record one delivery, wake the waiters it satisfies and print it if asked."""
-        self.events.append(event)
-        if event.webhook_id not in self._ids:
-            self._ids.add(event.webhook_id)
+    def _record(self, record: _Record, event: dict[str, Any]) -> None:
+        """Record one delivery (``event`` is its parsed body), wake the waiters it satisfies
+        and print it if asked."""
+        self._records.append(record)
+        webhook_id = record[0]
+        if webhook_id not in self._ids:
+            self._ids.add(webhook_id)
             if self._waiters:
                 unique = len(self._ids)
                 for waiter in self._waiters:
                     if unique >= waiter.count:
                         waiter.done.set()
         if self.printer is not None:
-            self.printer(event)
+            pending = self._records[len(self._events) : -1]
+            self._events.extend(_materialize(r) for r in pending)
+            received = _materialize(record, event)
+            self._events.append(received)
+            self.printer(received)
 
     def next_answer(self, path: str) -> _Answer | None:
         """Pop the next scripted answer for ``path``, or None when none is left."""
@@ -260,7 +331,8 @@ def _problem(status: int, title: str, detail: str) -> web.Response:
 
 
 def _format_seconds(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:.3f}".rstrip("0")
+    """``7`` for whole seconds, ``0.25`` for fractions (to the microsecond)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -287,19 +359,11 @@ async def _handle_delivery(request: web.Request) -> web.StreamResponse:
     if not isinstance(event, dict):
         return _problem(400, "Bad Request", "webhook body must be a JSON object")
 
-    answer = receiver.next_answer(request.path)
+    path = request.path
+    answer = receiver.next_answer(path)
     status = receiver.default_status if answer is None else answer.status
-    receiver.record(
-        ReceivedEvent(
-            webhook_id=webhook_id,
-            timestamp=timestamp,
-            path=request.path,
-            event=event,
-            received_at=time.time(),
-            attempt_headers={k.lower(): v for k, v in request.headers.items()},
-            status=status,
-        )
-    )
+    record = (webhook_id, timestamp, path, body, time.time(), request.raw_headers, status)
+    receiver._record(record, event)
     if answer is None:
         return web.Response(status=status)
     if answer.delay:
@@ -312,13 +376,8 @@ async def _handle_delivery(request: web.Request) -> web.StreamResponse:
 
 
 async def _handle_events(request: web.Request) -> web.Response:
-    receiver = request.app[RECEIVER_KEY]
-    body = {
-        "events": [ev.to_json() for ev in receiver.events],
-        "unique": len(receiver.unique_ids()),
-        "duplicates": receiver.duplicates(),
-    }
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    body = request.app[RECEIVER_KEY].events_json()
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _handle_reset(request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ import pytest
 import requests
 import schemathesis
 from aiohttp import web
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from schemathesis import Case
 from schemathesis.specs.openapi import checks as oa
 
@@ -100,7 +100,7 @@ schema = schemathesis.openapi.from_dict(document())
 
 @schema.parametrize()
 @settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     derandomize=True,
@@ -112,6 +112,98 @@ def test_every_route_conforms(case: Case, fuzz_api: str) -> None:
 
 
 def test_served_document_is_the_generated_one(fuzz_api: str) -> None:
+    """The schema fuzzed above is byte for byte what ``GET /openapi.json`` serves."""
     resp = requests.get(f"{fuzz_api}/openapi.json", timeout=10)
     assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("application/json")
     assert resp.json() == document()
+
+
+def _loopback_callback(case: Case) -> Case:
+    if isinstance(case.body, dict):
+        case.body["callbackUrl"] = CALLBACK
+    return case
+
+
+CREATE = schema["/v1/watches"]["POST"]
+# rules the JSON Schema cannot say; a valid-by-schema body may still break them (422)
+CROSS_FIELD = {"maxScore", "secret", "metadata"}
+
+
+@given(case=CREATE.as_strategy().map(_loopback_callback))
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
+def test_valid_registrations_are_created(case: Case, fuzz_api: str) -> None:
+    """Schema-valid bodies with an allowed callback: 201 (or 200/409 for a reused
+    Idempotency-Key), and only cross-field rules may still refuse them."""
+    resp = case.call_and_validate(base_url=fuzz_api, headers=AUTH, checks=CHECKS, timeout=10)
+    assert resp.status_code in (200, 201, 409, 422), resp.text
+    if resp.status_code == 422:
+        fields = {e["field"].split(".")[0] for e in resp.json()["errors"]}
+        assert fields <= CROSS_FIELD, resp.text
+
+
+def _case(path: str, method: str, **kwargs: Any) -> Case:
+    return schema[path][method].Case(**kwargs)
+
+
+def test_routes_on_real_watches_conform(fuzz_api: str) -> None:
+    """Every route on watches that exist (success answers too), and on another tenant's."""
+    ids = []
+    for n in range(3):
+        case = _case(
+            "/v1/watches",
+            "POST",
+            body={"videoId": f"fz{n}", "callbackUrl": CALLBACK, "metadata": {"n": n}},
+            media_type="application/json",
+        )
+        resp = case.call_and_validate(base_url=fuzz_api, headers=AUTH, checks=CHECKS)
+        assert resp.status_code == 201
+        ids.append(resp.json()["id"])
+    other = {"Authorization": f"Bearer {TENANT_B_KEY}"}
+    routes = [
+        ("/v1/watches/{watch_id}", "GET", 200),
+        ("/v1/watches/{watch_id}/deliveries", "GET", 200),
+        ("/v1/watches/{watch_id}/rotate-secret", "POST", 200),
+        ("/v1/watches/{watch_id}/redeliver", "POST", 409),
+        ("/v1/watches/{watch_id}", "DELETE", 204),
+    ]
+    for path, method, expected in routes:
+        for wid in ids:
+            theirs = _case(path, method, path_parameters={"watch_id": wid})
+            resp = theirs.call_and_validate(base_url=fuzz_api, headers=other, checks=CHECKS)
+            assert resp.status_code == 404, (path, method, resp.text)
+            mine = _case(path, method, path_parameters={"watch_id": wid})
+            resp = mine.call_and_validate(base_url=fuzz_api, headers=AUTH, checks=CHECKS)
+            assert resp.status_code == expected, (path, method, resp.text)
+    cursor = None
+    seen: list[str] = []
+    while True:
+        query = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        resp = _case("/v1/watches", "GET", query=query).call_and_validate(
+            base_url=fuzz_api, headers=AUTH, checks=CHECKS
+        )
+        assert resp.status_code == 200
+        page = resp.json()
+        seen += [w["id"] for w in page["data"]]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert set(ids) <= set(seen)
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        resp = _case(path, "GET").call_and_validate(base_url=fuzz_api, checks=CHECKS)
+        assert resp.status_code == 200
+
+
+def test_api_still_healthy_after_fuzzing(fuzz_api: str) -> None:
+    """Nothing the fuzzer sent left the API or its Redis unwell."""
+    assert requests.get(f"{fuzz_api}/healthz", timeout=5).status_code == 200
+    ready = requests.get(f"{fuzz_api}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json() == {"status": "ok"}
+    listed = requests.get(f"{fuzz_api}/v1/watches?limit=1", headers=AUTH, timeout=5)
+    assert listed.status_code == 200

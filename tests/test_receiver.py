@@ -187,6 +187,7 @@ async def test_retry_after_on_429_and_503(aiohttp_client: ClientFactory) -> None
     receiver = Receiver([SECRET])
     receiver.script("/limited", [429], retry_after=7)
     receiver.script("/down", [503, 503], retry_after=0.5)
+    receiver.script("/zero", [429], retry_after=0)
     client = await _client(aiohttp_client, receiver)
 
     status, headers, _ = await _deliver(client, "evt_1", path="/limited")
@@ -198,6 +199,8 @@ async def test_retry_after_on_429_and_503(aiohttp_client: ClientFactory) -> None
     status, headers, _ = await _deliver(client, "evt_2", path="/down")
     assert status == 204
     assert "Retry-After" not in headers
+    status, headers, _ = await _deliver(client, "evt_3", path="/zero")
+    assert (status, headers["Retry-After"]) == (429, "0")
 
 
 async def test_script_delay(aiohttp_client: ClientFactory) -> None:
@@ -278,6 +281,18 @@ async def test_events_endpoint_and_reset(aiohttp_client: ClientFactory) -> None:
     assert isinstance(first["timestamp"], int)
     assert isinstance(first["receivedAt"], float)
 
+    # Events already read as objects and events not read yet are listed the same way.
+    assert [e.webhook_id for e in receiver.events] == ["evt_1", "evt_1", "evt_2"]
+    await _deliver(client, "evt_3", path="/hooks/c")
+    async with client.get("/_events") as resp:
+        again = await resp.json()
+    assert again["events"][:3] == data["events"]
+    assert again["events"][3]["event"] == _event()
+    assert again["events"][3]["path"] == "/hooks/c"
+    assert (again["unique"], again["duplicates"]) == (3, 1)
+    assert receiver.events[3].webhook_id == "evt_3"
+    assert receiver.received() == 4
+
     async with client.delete("/_events") as resp:
         assert resp.status == 204
     assert receiver.events == []
@@ -347,10 +362,14 @@ async def test_without_verification_unsigned_posts_are_recorded(
 async def test_printer_gets_each_recorded_event(aiohttp_client: ClientFactory) -> None:
     printed: list[ReceivedEvent] = []
     receiver = Receiver([SECRET], printer=printed.append)
+    receiver.script("/hooks/a", [500])
     client = await _client(aiohttp_client, receiver)
     await _deliver(client, "evt_1")
     await _deliver(client, "evt_bad", secrets=(OTHER_SECRET,))
-    assert [e.webhook_id for e in printed] == ["evt_1"]
+    await _deliver(client, "evt_2")
+    assert [(e.webhook_id, e.status) for e in printed] == [("evt_1", 500), ("evt_2", 204)]
+    assert printed[0].event == _event()
+    assert receiver.events == printed
 
 
 def test_format_event_lists_the_clips() -> None:
