@@ -1,34 +1,111 @@
-"""Redis connections with explicit timeouts, so nothing hangs while Redis is away."""
+"""Redis connections with explicit timeouts, so nothing hangs while Redis is away.
+
+``REDIS_URL`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, or a Sentinel URL:
+``redis+sentinel://[[user]:password@]host:26379[,host2:26379…]/master-name[/db]``
+(arq supports a single Redis or Sentinel, not Redis Cluster).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
 
 from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SOCKET_TIMEOUT = 3.0
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """Where a Sentinel URL points: the sentinels, the master's name, the database."""
+
+    hosts: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel(url: str) -> SentinelTarget:
+    """Read a ``redis+sentinel://`` URL; ValueError (never echoing a password) otherwise."""
+    if not url.startswith(SENTINEL_SCHEME):
+        raise ValueError("not a redis+sentinel:// URL")
+    rest = url[len(SENTINEL_SCHEME) :]
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, _, pw = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(pw) or None
+    hosts = []
+    for part in hostlist.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("sentinels must be given as host:port[,host:port...]")
+        hosts.append((host.strip("[]"), int(port)))
+    segments = [s for s in path.split("/") if s]
+    if not segments or len(segments) > 2:
+        raise ValueError("expected /master-name[/db] after the sentinels")
+    if len(segments) == 2 and not segments[1].isdigit():
+        raise ValueError("the database must be a number")
+    db = int(segments[1]) if len(segments) == 2 else 0
+    return SentinelTarget(tuple(hosts), unquote(segments[0]), db, username, password)
+
+
+def _options(timeout: float) -> dict[str, object]:
+    return {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
 
 
 def connect(url: str, *, timeout: float = SOCKET_TIMEOUT) -> Redis:
-    """A client for *url* (``redis://``, ``rediss://``, ``unix://``) returning str values."""
-    client: Redis = Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    """A client for *url* returning str values (through Sentinel for a Sentinel URL)."""
+    if url.startswith(SENTINEL_SCHEME):
+        target = parse_sentinel(url)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.hosts),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        master: Redis = sentinel.master_for(
+            target.master,
+            redis_class=Redis,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **_options(timeout),  # type: ignore[arg-type]
+        )
+        return master
+    client: Redis = Redis.from_url(url, **_options(timeout))  # type: ignore[arg-type]
     return client
 
 
 def arq_settings(url: str) -> RedisSettings:
     """arq's connection settings for the same Redis."""
-    settings = RedisSettings.from_dsn(url)
+    if url.startswith(SENTINEL_SCHEME):
+        target = parse_sentinel(url)
+        settings = RedisSettings(
+            host=list(target.hosts),
+            sentinel=True,
+            sentinel_master=target.master,
+            database=target.db,
+            username=target.username,
+            password=target.password,
+        )
+    else:
+        settings = RedisSettings.from_dsn(url)
     settings.conn_timeout = int(SOCKET_TIMEOUT)
     settings.conn_retries = 60
     settings.conn_retry_delay = 1

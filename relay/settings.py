@@ -172,8 +172,13 @@ def _url(raw: str) -> str:
 
 
 def _redis_url(raw: str) -> str:
+    from relay.redis_client import SENTINEL_SCHEME, parse_sentinel
+
+    if raw.startswith(SENTINEL_SCHEME):
+        parse_sentinel(raw)
+        return raw
     if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        raise ValueError("expected a redis://, rediss://, unix:// or redis+sentinel:// URL")
     return raw
 
 
