@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import appkeys as k
-from relay import logs
+from relay import httpserver, logs
 from relay.appkeys import Lifecycle
 from relay.auth import Authenticator
 from relay.constants import MAX_BODY_BYTES
@@ -26,13 +27,15 @@ from relay.ssrf import CallbackPolicy
 from relay.store import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 log = logs.get("relay.api")
 
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id, log one line per request, count it in the metrics."""
-    request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
@@ -104,12 +107,13 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     """Every ``/v1`` route needs a Bearer key of RELAY_API_KEYS; the rest is public."""
     if not request.path.startswith("/v1/") and request.path != "/v1":
         return await handler(request)
-    who = request.app[k.AUTH].authenticate(request.headers.get("Authorization"))
+    given = request.headers.getall("Authorization", [])
+    who = request.app[k.AUTH].authenticate(given[0]) if len(given) == 1 else None
     if who is None:
         raise ProblemError(
             401,
             "Unauthorized",
-            "send Authorization: Bearer <API key>",
+            "send one Authorization: Bearer <API key> header",
             slug="unauthorized",
             headers={"WWW-Authenticate": 'Bearer realm="clip-relay"'},
         )
@@ -149,6 +153,7 @@ def create_app(settings: Settings) -> web.Application:
     app[k.POLICY] = CallbackPolicy(settings.callback_allow)
     app[k.SECRET_BOX] = SecretBox(settings.secrets_key)
     app[k.LIFECYCLE] = Lifecycle()
+    httpserver.install(app)
     app.cleanup_ctx.append(_redis_ctx)
     app.on_shutdown.append(_drain)
     setup_routes(app)

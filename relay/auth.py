@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from relay.settings import ApiKey
+
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +35,10 @@ class Authenticator:
         if not header:
             return None
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        digest = hashlib.sha256(token.strip().encode()).digest()
+        token = token.strip(" \t")
+        if scheme.lower() != "bearer" or not _TOKEN.fullmatch(token):
+            return None  # keys are printable ASCII without spaces (settings enforce it)
+        digest = hashlib.sha256(token.encode()).digest()
         found: Principal | None = None
         for stored, principal in self._entries:  # no early exit: same time for every key
             if hmac.compare_digest(stored, digest):

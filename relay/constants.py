@@ -6,11 +6,14 @@ from typing import Final, Literal
 
 # --- Redis key layout (every key the relay writes starts with PREFIX) ---------------------
 PREFIX: Final = "cr:"
-WATCH_KEY: Final = PREFIX + "w:{}"  # hash: one watch
+WATCH_PREFIX: Final = PREFIX + "w:"
+WATCH_KEY: Final = WATCH_PREFIX + "{}"  # hash: one watch
 WATCH_ATTEMPTS_KEY: Final = PREFIX + "w:{}:att"  # list: delivery attempt records (newest last)
-VIDEO_KEY: Final = PREFIX + "v:{}"  # hash: poll state of one upstream video
+VIDEO_PREFIX: Final = PREFIX + "v:"
+VIDEO_KEY: Final = VIDEO_PREFIX + "{}"  # hash: poll state of one upstream video
 VIDEO_WATCHES_KEY: Final = PREFIX + "v:{}:w"  # set: watches still waiting on this video
-EVENT_KEY: Final = PREFIX + "e:{}"  # string: the body of one event (orjson)
+EVENT_PREFIX: Final = PREFIX + "e:"
+EVENT_KEY: Final = EVENT_PREFIX + "{}"  # string: the body of one event (orjson)
 TENANT_INDEX_KEY: Final = PREFIX + "t:{}:w"  # zset: a tenant's watches by creation time
 TENANT_VIDEO_INDEX_KEY: Final = PREFIX + "t:{}:v:{}:w"  # zset: a tenant's watches of a video
 IDEMPOTENCY_KEY: Final = PREFIX + "idem:{}:{}"  # string: tenant + Idempotency-Key -> watch
@@ -47,6 +50,8 @@ NOT_FOUND_POLLS: Final = 3  # 404s in a row before a video counts as unknown
 
 # --- fixed limits ---------------------------------------------------------------------------
 MAX_BODY_BYTES: Final = 64 * 1024
+# an Idempotency-Key: 1-255 characters, no control characters (documented in the OpenAPI)
+IDEMPOTENCY_KEY_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,255}$"
 MAX_METADATA_BYTES: Final = 4 * 1024
 MAX_CALLBACK_URL: Final = 2048
 MAX_ATTEMPTS_KEPT: Final = 200  # attempt records kept per watch

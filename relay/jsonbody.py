@@ -75,5 +75,9 @@ def loads(body: bytes) -> Any:
         )
     except BadJSON:
         raise
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
+        if "int_max_str_digits" in str(exc):
+            raise BadJSON("a number has too many digits") from None
         raise BadJSON(str(exc)[:200]) from None
+    except RecursionError:
+        raise BadJSON(f"nested deeper than {MAX_DEPTH} levels") from None

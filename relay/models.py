@@ -62,8 +62,9 @@ class WatchCreate(_Model):
             raise ValueError(f"must be nested at most {MAX_METADATA_DEPTH} levels deep")
         try:
             size = len(orjson.dumps(value))
-        except (TypeError, orjson.JSONEncodeError):
-            raise ValueError("must be JSON-serializable") from None
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            reason = "integers must fit in 64 bits" if "Integer" in str(exc) else str(exc)
+            raise ValueError(f"cannot be stored: {reason}") from None
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON, not {size}")
         return value

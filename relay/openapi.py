@@ -10,7 +10,12 @@ from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
 from relay import __version__
-from relay.constants import EVENT_TYPES, MAX_BODY_BYTES, WATCH_STATUSES
+from relay.constants import (
+    EVENT_TYPES,
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_BODY_BYTES,
+    WATCH_STATUSES,
+)
 from relay.models import (
     DeliveryList,
     Health,
@@ -97,7 +102,7 @@ def document() -> dict[str, Any]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
                     }
                 ],
                 requestBody={

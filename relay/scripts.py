@@ -5,15 +5,41 @@ Each script is small and does one transition; the Python wrappers live in :mod:`
 
 from __future__ import annotations
 
-# Claim up to ARGV[3] members of a schedule zset that are due (score <= ARGV[1]) by moving
-# their score to the lease deadline ARGV[2]. A worker that dies holding a claim loses it when
-# the lease passes: the member is due again and another worker claims it.
-CLAIM = """
+# Claim up to ARGV[3] due deliveries (score <= ARGV[1]) by moving their score to the lease
+# deadline ARGV[2]: a worker that dies holding a claim loses it when the lease passes, and
+# another worker claims the member again. Returns, for each, the watch hash and the current
+# event's body, so a batch costs one round trip. KEYS: the delivery schedule. ARGV: now ms,
+# lease deadline ms, limit, watch key prefix, event key prefix.
+# (It reads keys derived from the claimed members, as only a single Redis or Sentinel
+# allows -- which is also all that arq supports.)
+CLAIM_DELIVERIES = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
 for i = 1, #due do
   redis.call('ZADD', KEYS[1], ARGV[2], due[i])
+  local watch = redis.call('HGETALL', ARGV[4] .. due[i])
+  local body = false
+  for j = 1, #watch, 2 do
+    if watch[j] == 'eventId' and watch[j + 1] ~= '' then
+      body = redis.call('GET', ARGV[5] .. watch[j + 1])
+    end
+  end
+  out[i] = {due[i], watch, body}
 end
-return due
+return out
+"""
+
+# Claim due videos and return, for each, its poll state and waiting watches.
+# KEYS: the poll schedule. ARGV: now ms, lease deadline ms, limit, video key prefix.
+CLAIM_VIDEOS = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for i = 1, #due do
+  redis.call('ZADD', KEYS[1], ARGV[2], due[i])
+  out[i] = {due[i], redis.call('HGETALL', ARGV[4] .. due[i]),
+            redis.call('SMEMBERS', ARGV[4] .. due[i] .. ':w')}
+end
+return out
 """
 
 # Give a watch its final event, once. KEYS: watch hash, event body, delivery schedule,

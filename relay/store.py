@@ -250,7 +250,8 @@ class Store:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._claim = redis.register_script(scripts.CLAIM)
+        self._claim_deliveries = redis.register_script(scripts.CLAIM_DELIVERIES)
+        self._claim_videos = redis.register_script(scripts.CLAIM_VIDEOS)
         self._finalize = redis.register_script(scripts.FINALIZE)
         self._release_video = redis.register_script(scripts.RELEASE_VIDEO)
         self._settle = redis.register_script(scripts.SETTLE_ATTEMPT)
@@ -433,11 +434,34 @@ class Store:
 
     # --- schedules: worker side --------------------------------------------------------
 
-    async def claim(self, schedule: str, *, limit: int, lease_s: float) -> list[str]:
-        """Claim up to *limit* due members of *schedule* for *lease_s* seconds."""
+    async def claim_deliveries(
+        self, *, limit: int, lease_s: float
+    ) -> list[tuple[str, Watch | None, bytes | None]]:
+        """Claim due deliveries for *lease_s* seconds: (watch id, watch, event body) each."""
         now = now_ms()
-        members = await self._claim(keys=[schedule], args=[now, now + int(lease_s * 1000), limit])
-        return [str(m) for m in members]
+        rows = await self._claim_deliveries(
+            keys=[c.DELIVERY_SCHEDULE_KEY],
+            args=[now, now + int(lease_s * 1000), limit, c.WATCH_PREFIX, c.EVENT_PREFIX],
+        )
+        out: list[tuple[str, Watch | None, bytes | None]] = []
+        for member, flat, body in rows:
+            h = dict(zip(flat[::2], flat[1::2], strict=True))
+            out.append((member, Watch.from_hash(h) if h else None, body.encode() if body else None))
+        return out
+
+    async def claim_videos(
+        self, *, limit: int, lease_s: float
+    ) -> list[tuple[VideoState, list[str]]]:
+        """Claim due videos for *lease_s* seconds: (poll state, waiting watch ids) each."""
+        now = now_ms()
+        rows = await self._claim_videos(
+            keys=[c.POLL_SCHEDULE_KEY],
+            args=[now, now + int(lease_s * 1000), limit, c.VIDEO_PREFIX],
+        )
+        return [
+            (VideoState.from_hash(vid, dict(zip(flat[::2], flat[1::2], strict=True))), sorted(ids))
+            for vid, flat, ids in rows
+        ]
 
     async def next_due_ms(self, schedule: str) -> int | None:
         """Score of the earliest member of *schedule*, or None when it is empty."""
@@ -449,18 +473,6 @@ class Store:
         return int(await self.redis.zcard(schedule))
 
     # --- videos ------------------------------------------------------------------------
-
-    async def load_videos(self, video_ids: Sequence[str]) -> list[tuple[VideoState, list[str]]]:
-        """Poll state and waiting watch ids of several videos, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for vid in video_ids:
-            pipe.hgetall(c.VIDEO_KEY.format(vid))
-            pipe.smembers(c.VIDEO_WATCHES_KEY.format(vid))
-        rows = await pipe.execute()
-        out = []
-        for i, vid in enumerate(video_ids):
-            out.append((VideoState.from_hash(vid, rows[2 * i]), sorted(rows[2 * i + 1])))
-        return out
 
     async def save_videos(
         self,
@@ -544,18 +556,6 @@ class Store:
         return sum(1 for r in results[: len(events)] if r == 1)
 
     # --- deliveries --------------------------------------------------------------------
-
-    async def load_deliveries(self, watch_ids: Sequence[str]) -> list[tuple[Watch, bytes] | None]:
-        """Watches and their current event bodies, for a claimed batch (two round trips)."""
-        watches = await self.get_watches(watch_ids)
-        ids = [w.event_id for w in watches if w is not None and w.event_id]
-        bodies = await self.redis.mget([c.EVENT_KEY.format(e) for e in ids]) if ids else []
-        by_event = dict(zip(ids, bodies, strict=True))
-        out: list[tuple[Watch, bytes] | None] = []
-        for w in watches:
-            body = by_event.get(w.event_id) if w is not None else None
-            out.append((w, body.encode()) if w is not None and body is not None else None)
-        return out
 
     async def unschedule(self, watch_ids: Sequence[str]) -> None:
         """Take deliveries off the schedule (watches that have nothing to send)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from relay import appkeys as k
 from relay import jsonbody, logs
 from relay.auth import Principal
-from relay.constants import WATCH_STATUSES
+from relay.constants import IDEMPOTENCY_KEY_PATTERN, WATCH_STATUSES
 from relay.events import iso_ms
 from relay.ids import new_watch_id
 from relay.metrics import WATCHES, exposition
@@ -24,6 +25,9 @@ from relay.store import CursorError, SecretEntry, Watch, now_ms
 
 log = logs.get("relay.views")
 MAX_IDEMPOTENCY_KEY = 255
+WATCH_ID = re.compile(r"wat_[a-z0-9]{24}")
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+LIST_PARAMS = ("videoId", "status", "limit", "cursor")
 MAX_LIMIT = 100
 
 
@@ -71,7 +75,14 @@ async def read_json(request: web.Request) -> Any:
         raise ProblemError(
             415, "Unsupported media type", "send the body as application/json", slug="media-type"
         )
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPException:
+        raise
+    except Exception:  # a body that cannot be read as sent (bad gzip, broken chunking)
+        raise ProblemError(
+            400, "Unreadable body", "the body could not be read as sent", slug="unreadable-body"
+        ) from None
     if not raw.strip():
         raise ProblemError(400, "Malformed JSON", "the body is empty", slug="malformed-json")
     try:
@@ -83,7 +94,10 @@ async def read_json(request: web.Request) -> Any:
 
 
 async def _own_watch(request: web.Request) -> Watch:
-    watch = await request.app[k.STORE].get_watch(request.match_info["watch_id"])
+    watch_id = request.match_info["watch_id"]
+    if not WATCH_ID.fullmatch(watch_id):
+        raise not_found()  # never let a path segment name another Redis key
+    watch = await request.app[k.STORE].get_watch(watch_id)
     if watch is None or watch.tenant != principal(request).tenant:
         raise not_found()
     return watch
@@ -114,16 +128,13 @@ async def create_watch(request: web.Request) -> web.Response:
     idem_key = request.headers.get("Idempotency-Key")
     idem_hash = ""
     if idem_key is not None:
-        if not 1 <= len(idem_key) <= MAX_IDEMPOTENCY_KEY:
-            raise invalid(
-                [
-                    {
-                        "field": "Idempotency-Key",
-                        "message": f"must be 1-{MAX_IDEMPOTENCY_KEY} characters",
-                    }
-                ]
-            )
-        idem_hash = hashlib.sha256(idem_key.encode()).hexdigest()
+        try:
+            if not IDEMPOTENCY_KEY.fullmatch(idem_key):
+                raise ValueError
+            idem_hash = hashlib.sha256(idem_key.encode()).hexdigest()
+        except ValueError:  # UnicodeEncodeError too: bytes that were not UTF-8
+            message = f"must be 1-{MAX_IDEMPOTENCY_KEY} UTF-8 characters, no control characters"
+            raise invalid([{"field": "Idempotency-Key", "message": message}]) from None
         earlier = await store.idempotency_reserve(
             who.tenant, idem_hash, _fingerprint(body), watch_id
         )
@@ -147,8 +158,8 @@ async def create_watch(request: web.Request) -> web.Response:
         tenant=who.tenant,
         video_id=spec.video_id,
         callback_url=spec.callback_url,
-        min_score=float(spec.min_score),
-        max_score=None if spec.max_score is None else float(spec.max_score),
+        min_score=float(spec.min_score) + 0.0,  # + 0.0: no -0.0 in stored state
+        max_score=None if spec.max_score is None else float(spec.max_score) + 0.0,
         favorited_only=spec.favorited_only,
         sort_by=spec.sort_by,
         sort_order=spec.sort_order,
@@ -182,15 +193,19 @@ async def list_watches(request: web.Request) -> web.Response:
     """``GET /v1/watches?videoId=&status=&limit=&cursor=``."""
     q = request.query
     errors = []
-    unknown = sorted(set(q) - {"videoId", "status", "limit", "cursor"})
+    unknown = sorted(set(q) - set(LIST_PARAMS))
     errors += [{"field": name, "message": "unknown query parameter"} for name in unknown]
+    errors += [
+        {"field": name, "message": "given more than once"}
+        for name in LIST_PARAMS
+        if len(q.getall(name, [])) > 1
+    ]
     limit = 20
     if "limit" in q:
-        try:
-            limit = int(q["limit"])
-            if not 1 <= limit <= MAX_LIMIT:
-                raise ValueError
-        except ValueError:
+        raw = q["limit"]
+        if raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= MAX_LIMIT:
+            limit = int(raw)
+        else:
             errors.append({"field": "limit", "message": f"must be a whole number 1-{MAX_LIMIT}"})
     status = q.get("status")
     if status is not None and status not in WATCH_STATUSES:

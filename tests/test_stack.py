@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from relay.receiver import Receiver
 from relay.redis_server import RedisServer
@@ -35,7 +36,8 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(redis_server: RedisServer, redis: Redis, tmp_path: Path) -> AsyncIterator[Stack]:
+    # `redis` flushes the database: a stack starts from nothing another test left behind
     ports = Ports()
     upstream = f"http://127.0.0.1:{ports.upstream}"
     procs = [

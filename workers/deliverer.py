@@ -52,7 +52,10 @@ def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | No
     return delay
 
 
-class Deliverer(Pump):
+Claimed = tuple[str, Watch | None, bytes | None]
+
+
+class Deliverer(Pump[Claimed]):
     """Claims due deliveries and performs them."""
 
     schedule = c.DELIVERY_SCHEDULE_KEY
@@ -98,18 +101,21 @@ class Deliverer(Pump):
             await asyncio.gather(self._flusher, return_exceptions=True)
         await self._flush()
 
-    async def work(self, members: Sequence[str], release: Callable[[], None]) -> None:
+    async def claim(self, limit: int) -> Sequence[Claimed]:
+        """Claim due deliveries with their watches and event bodies."""
+        return await self.store.claim_deliveries(limit=limit, lease_s=self.lease_s)
+
+    async def work(self, items: Sequence[Claimed], release: Callable[[], None]) -> None:
         """Deliver a claimed batch."""
-        loaded = await self.store.load_deliveries(members)
-        idle = [
-            wid
-            for wid, item in zip(members, loaded, strict=True)
-            if item is None or item[0].status != "delivering"
-        ]
+        due: list[tuple[Watch, bytes]] = []
+        idle: list[str] = []
+        for wid, watch, body in items:
+            if watch is None or body is None or watch.status != "delivering":
+                idle.append(wid)  # cancelled, or nothing to send: off the schedule
+                release()
+            else:
+                due.append((watch, body))
         await self.store.unschedule(idle)
-        for _ in idle:
-            release()
-        due = [item for item in loaded if item is not None and item[0].status == "delivering"]
         due = await self._refresh_links(due, release)
         await asyncio.gather(*(self._attempt(w, body, release) for w, body in due))
 

@@ -47,7 +47,10 @@ class Step:
     dropped: bool = False  # nobody waits on the video any more: nothing to write
 
 
-class Poller(Pump):
+Claimed = tuple[VideoState, list[str]]
+
+
+class Poller(Pump[Claimed]):
     """Claims due videos and polls them."""
 
     schedule = c.POLL_SCHEDULE_KEY
@@ -65,9 +68,13 @@ class Poller(Pump):
         self.polls = 0  # status/clips requests made (for benchmarks and tests)
         self.on_events: Callable[[], None] = lambda: None  # new events exist (wakes delivery)
 
-    async def work(self, members: Sequence[str], release: Callable[[], None]) -> None:
+    async def claim(self, limit: int) -> Sequence[Claimed]:
+        """Claim due videos with their poll state and waiting watches."""
+        return await self.store.claim_videos(limit=limit, lease_s=self.lease_s)
+
+    async def work(self, items: Sequence[Claimed], release: Callable[[], None]) -> None:
         """Poll a batch of videos; write every result back in one round trip."""
-        loaded = await self.store.load_videos(members)
+        loaded = items
         results = await asyncio.gather(
             *(self._step(st, ids, release) for st, ids in loaded), return_exceptions=True
         )

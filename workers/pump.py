@@ -1,8 +1,9 @@
 """A pump: claims due members of a schedule zset in batches and works on them concurrently.
 
-The poller and the deliverer are pumps. Claiming moves a member's score to a lease deadline,
-so a worker that dies mid-work loses its claims after the lease and another worker takes
-them up. ``stop()`` stops claiming and waits (up to a grace period) for work in flight.
+The poller and the deliverer are pumps. Claiming moves a member's score to a lease deadline
+(and returns what the work needs in the same round trip), so a worker that dies mid-work
+loses its claims after the lease and another worker takes them up. ``stop()`` stops
+claiming and waits (up to a grace period) for the work in flight.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 from relay import logs
 from relay.store import Store
 
 log = logs.get("workers.pump")
+T = TypeVar("T")
 
 
-class Pump:
-    """Base class: subclasses implement :meth:`work` for a batch of claimed members."""
+class Pump(Generic[T]):
+    """Base class: subclasses implement :meth:`claim` and :meth:`work`."""
 
     schedule: str = ""
     name: str = "pump"
@@ -38,6 +41,10 @@ class Pump:
         self.lease_s = lease_s
         self.batch = batch
         self.idle_s = idle_s
+        # while work is in flight, claim only once this many slots are free: a claim is a
+        # round trip, and claiming one item per freed slot would spend more time claiming
+        # than working
+        self.min_claim = max(1, min(batch, concurrency // 4))
         self.inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -45,18 +52,18 @@ class Pump:
         self._capacity = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
-    async def work(self, members: Sequence[str], release: Callable[[], None]) -> None:
-        """Handle one claimed batch. Call *release* as each member is finished to free its
+    async def claim(self, limit: int) -> Sequence[T]:
+        """Claim up to *limit* due items for the lease."""
+        raise NotImplementedError
+
+    async def work(self, items: Sequence[T], release: Callable[[], None]) -> None:
+        """Handle one claimed batch. Call *release* as each item is finished to free its
         slot early; slots not released are freed when the batch returns."""
         raise NotImplementedError
 
     def wake(self) -> None:
         """New work was just scheduled: look for it now rather than after the idle sleep."""
         self._wake.set()
-
-    def _free(self, n: int) -> None:
-        self.inflight -= n
-        self._capacity.set()
 
     def start(self) -> None:
         """Start claiming in the background."""
@@ -77,31 +84,33 @@ class Pump:
                 log.warning("stopped with work in flight", pump=self.name, cancelled=len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
 
+    def _free(self, n: int) -> None:
+        self.inflight -= n
+        self._capacity.set()
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
             free = self.concurrency - self.inflight
-            if free <= 0:
+            if free < (self.min_claim if self.inflight else 1):
                 self._capacity.clear()
                 await self._capacity.wait()
                 continue
             try:
-                members = await self.store.claim(
-                    self.schedule, limit=min(free, self.batch), lease_s=self.lease_s
-                )
+                items = await self.claim(min(free, self.batch))
             except Exception as exc:  # Redis away: keep trying, never die
                 log.warning("claim failed", pump=self.name, error=f"{type(exc).__name__}: {exc}")
                 await self._sleep(1.0)
                 continue
-            if not members:
+            if not items:
                 await self._sleep(await self._idle_for())
                 continue
-            self.inflight += len(members)
-            task = asyncio.create_task(self._guard(members))
+            self.inflight += len(items)
+            task = asyncio.create_task(self._guard(items))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _guard(self, members: Sequence[str]) -> None:
-        held = len(members)
+    async def _guard(self, items: Sequence[T]) -> None:
+        held = len(items)
 
         def release() -> None:
             nonlocal held
@@ -110,12 +119,12 @@ class Pump:
                 self._free(1)
 
         try:
-            await self.work(members, release)
+            await self.work(items, release)
         except asyncio.CancelledError:
             raise
         except Exception:
-            # the claims stay leased: the members come back after the lease
-            log.exception("batch failed", pump=self.name, size=len(members))
+            # the claims stay leased: the items come back after the lease
+            log.exception("batch failed", pump=self.name, size=len(items))
         finally:
             if held:
                 self._free(held)
