@@ -29,7 +29,8 @@ async def register(request: web.Request) -> web.Response:
     wid = "wat_" + secrets.token_hex(12)
     await request.app[REDIS].set(f"bench:base:{wid}", body)
     return web.Response(
-        status=201, body=orjson.dumps({"id": wid, "videoId": data.get("videoId")}),
+        status=201,
+        body=orjson.dumps({"id": wid, "videoId": data.get("videoId")}),
         content_type="application/json",
     )
 

@@ -8,10 +8,17 @@ make ``bench/run.py`` exit non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
+import signal
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -218,3 +225,85 @@ class CpuMeter:
     def used(self) -> float:
         """CPU seconds since :meth:`start`."""
         return self.cpu() - self._cpu0
+
+
+def _busy() -> float:
+    """CPU seconds the whole machine spent busy so far (all cores)."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
+class CpuSet:
+    """CPU seconds of several named processes over one interval (cores = CPU s / wall s).
+
+    Also counts the harness itself and ``other``: what the rest of the machine used
+    meanwhile (other people's tests, say), which makes a window's figures less reliable.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.meters = {name: CpuMeter(pid) for name, pid in pids.items()}
+        self.meters["harness"] = CpuMeter(os.getpid())
+        self._t0 = 0.0
+        self._busy0 = 0.0
+
+    def start(self) -> None:
+        """Start counting."""
+        self._t0 = time.monotonic()
+        self._busy0 = _busy()
+        for m in self.meters.values():
+            m.start()
+
+    def cores(self) -> dict[str, float]:
+        """Cores used by each process since :meth:`start`, and by all ``other`` processes."""
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        out = {name: m.used() / wall for name, m in self.meters.items()}
+        out["other"] = max((_busy() - self._busy0) / wall - sum(out.values()), 0.0)
+        return {name: round(v, 3) for name, v in out.items()}
+
+
+class Profiler:
+    """Optional py-spy recordings (collapsed stacks) of processes during measured windows."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = out
+        self._running: list[subprocess.Popen[bytes]] = []
+
+    @contextlib.contextmanager
+    def window(self, label: str, pids: dict[str, int]) -> Iterator[None]:
+        """Record each of *pids* (name -> pid) while the block runs."""
+        self.start(label, pids)
+        try:
+            yield
+        finally:
+            self.stop()
+
+    def start(self, label: str, pids: dict[str, int]) -> None:
+        """Record each of *pids* (name -> pid) until :meth:`stop`."""
+        if self.out is None or shutil.which("py-spy") is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name, pid in pids.items():
+            target = self.out / f"{label}-{name}.folded"
+            args = ["record", "--pid", str(pid), "-o", str(target), "--rate", "200"]
+            self._running.append(
+                subprocess.Popen(
+                    ["py-spy", *args, "--format", "raw"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+
+    def stop(self) -> None:
+        """Stop the recordings (py-spy writes its file on SIGINT)."""
+        for proc in self._running:
+            proc.send_signal(signal.SIGINT)
+        for proc in self._running:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._running.clear()
+
+
+PROFILER = Profiler(None)
+"""The run's profiler; ``run.py --profile DIR`` sets its ``out``."""

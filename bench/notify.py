@@ -13,7 +13,6 @@ import random
 from dataclasses import dataclass, field
 
 import aiohttp
-
 from common import Checks, percentile
 from stack import Stack
 from tools import create_videos, register, sim_clips, switch_status
@@ -33,7 +32,9 @@ class NotifyRun:
     latencies: list[float] = field(default_factory=list)
 
 
-async def run_once(stack: Stack, http: aiohttp.ClientSession, rep: int, checks: Checks) -> NotifyRun:
+async def run_once(
+    stack: Stack, http: aiohttp.ClientSession, rep: int, checks: Checks
+) -> NotifyRun:
     """One run: register, let polling settle, switch at random moments, wait, measure."""
     videos = await create_videos(http, stack.sim, f"ntf{rep}", VIDEOS)
     bodies = [
@@ -57,7 +58,7 @@ async def run_once(stack: Stack, http: aiohttp.ClientSession, rep: int, checks: 
         switched[vid] = await switch_status(http, stack.sim, vid)
 
     await asyncio.gather(*(complete_later(v) for v in videos))
-    arrived = await stack.wait_events(http, VIDEOS, timeout=60)
+    arrived = await stack.wait_events(http, VIDEOS, within=60)
     checks.expect(arrived, f"notify run {rep}: not every event arrived within 60 s")
     events = (await stack.events(http))["events"]
     clips = {v: await sim_clips(http, stack.sim, v) for v in videos}

@@ -17,13 +17,13 @@ Correctness: every video is polled in every window, and every poll was answered 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
-
-from common import Checks, CpuMeter, percentile
+from common import Checks, CpuMeter, CpuSet, percentile
 from stack import Stack
 from tools import create_videos, register
 
@@ -46,6 +46,8 @@ class PollWindow:
     rss_mb: float
     videos_polled: int
     bad_answers: int
+    cores: dict[str, float] = field(default_factory=dict)  # per process over the window
+    redis_calls_per_poll: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,13 +93,18 @@ async def setup(stack: Stack, http: aiohttp.ClientSession) -> PollSetup:
 async def window(stack: Stack, http: aiohttp.ClientSession, n: int, checks: Checks) -> PollWindow:
     """Measure one window of WINDOW seconds."""
     meter = CpuMeter(stack.worker.pid)
+    cpus = CpuSet(stack.pids())
+    await stack.reset_redis_stats()
     meter.start()
+    cpus.start()
     t0 = time.time()
     while time.time() < t0 + WINDOW:
         await asyncio.sleep(1.0)
         meter.sample()
     t1 = time.time()
     cpu = meter.used()
+    cores = cpus.cores()
+    calls = await stack.redis_calls()
     log = await stack.sim_log(http, t0 - INTERVAL * 3)
     by_video: dict[str, list[float]] = defaultdict(list)
     in_window = 0
@@ -114,7 +121,7 @@ async def window(stack: Stack, http: aiohttp.ClientSession, n: int, checks: Chec
     for times in by_video.values():
         times.sort()
         hit = False
-        for prev, cur in zip(times, times[1:], strict=False):
+        for prev, cur in itertools.pairwise(times):
             if t0 <= cur < t1:
                 lateness.append(cur - prev - INTERVAL)
                 hit = True
@@ -130,4 +137,10 @@ async def window(stack: Stack, http: aiohttp.ClientSession, n: int, checks: Chec
         rss_mb=meter.peak_rss / 2**20,
         videos_polled=polled,
         bad_answers=bad,
+        cores=cores,
+        redis_calls_per_poll={
+            k: round(v / max(in_window, 1), 2)
+            for k, v in sorted(calls.items())
+            if v >= in_window / 10
+        },
     )

@@ -15,11 +15,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+from common import PROFILER, Checks, CpuSet
+from stack import HERE, TENANT, Stack, spawn_script
+from tools import create_videos, have_wrk, loadgen, wrk
 
-from common import Checks
 from relay.redis_server import free_port
-from stack import TENANT, Stack
-from tools import BaselineServer, create_videos, have_wrk, loadgen, wrk
+from relay.stack import wait_port
 
 CONCURRENCY = 64
 SECONDS = 5.0
@@ -53,9 +54,7 @@ class Load:
     ) -> dict[str, Any]:
         """POST *bodies* in turn to *url* + *path* for *seconds* at the concurrency."""
         if have_wrk():
-            return await wrk(
-                url, path, bodies, headers, concurrency=CONCURRENCY, duration=seconds
-            )
+            return await wrk(url, path, bodies, headers, concurrency=CONCURRENCY, duration=seconds)
         return await python_load(url + path, bodies, headers, seconds)
 
 
@@ -97,22 +96,37 @@ async def run_all(
     ]
     json_headers = {"Content-Type": "application/json"}
     load = Load()
-    base = BaselineServer.start(free_port(), stack.redis.url, workdir)
-    base_url = f"http://127.0.0.1:{base.port}"
+    port = free_port()
+    base = spawn_script(
+        "baseline-server",
+        HERE / "baseline_server.py",
+        ["--port", str(port), "--redis", stack.redis.url],
+        {},
+        workdir,
+    )
+    wait_port(port)
+    base_url = f"http://127.0.0.1:{port}"
     runs: list[RegistrationRun] = []
     total = 0
     try:
         for rep in range(reps):
             run = RegistrationRun()
-            api = await load.run(
-                stack.api, "/v1/watches", bodies, {**json_headers, **stack.auth}, SECONDS
-            )
+            cpus = CpuSet(stack.pids() | {"baseline": base.pid})  # other: incl. the load
+            cpus.start()
+            with PROFILER.window(f"registration-{rep}", {"api": stack.procs["api"].pid}):
+                api = await load.run(
+                    stack.api, "/v1/watches", bodies, {**json_headers, **stack.auth}, SECONDS
+                )
+            api["cores"] = cpus.cores()
             total += api["requests"]
             checks.expect(
                 api["non_2xx"] == 0 and api["errors"] == 0,
                 f"registration run {rep}: {api['non_2xx']} non-2xx, {api['errors']} errors",
             )
+            cpus = CpuSet(stack.pids() | {"baseline": base.pid})
+            cpus.start()
             b = await load.run(base_url, "/watches", bodies, json_headers, SECONDS)
+            b["cores"] = cpus.cores()
             client = await load.run(base_url, "/trivial", bodies, json_headers, CLIENT_SECONDS)
             py = await python_load(f"{base_url}/trivial", bodies, json_headers, CLIENT_SECONDS)
             run.api_rps, run.api_p50, run.api_p99 = api["rps"], api["p50_ms"], api["p99_ms"]
@@ -121,13 +135,11 @@ async def run_all(
             run.raw = {"api": api, "baseline": b, "client": client, "python_client": py}
             runs.append(run)
     finally:
-        base.stop()
+        base.stop(timeout=10)
     redis = stack.redis_client()
     try:
         created = int(await redis.zcard(f"cr:t:{TENANT}:w"))
     finally:
         await redis.aclose()
-    checks.expect(
-        created >= total, f"registration: {created} watches stored, {total} answered 201"
-    )
+    checks.expect(created >= total, f"registration: {created} watches stored, {total} answered 201")
     return runs, load.name

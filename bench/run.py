@@ -1,8 +1,9 @@
 """``make bench``: the relay's performance at scale (issue 3), on loopback, real processes.
 
 Starts a Redis-protocol server (the product's redis.conf: AOF everysec), the upstream
-simulator, a receiver sink (``clip-relay receiver``, verifying every signature), the API and
-one worker, then runs the scenarios, each with its baseline measured in the same run:
+simulator, a receiver sink (``bench/sink.py``, its own process, verifying every signature),
+the API and one worker, then runs the scenarios, each with its baseline measured in the same
+run:
 
 1. fan-out: one video, 2,000 watches, deliveries/s vs an aiohttp POST loop to the same sink;
 2. registration: ``POST /v1/watches`` at concurrency 64 vs orjson.loads + one Redis SET;
@@ -22,10 +23,7 @@ import asyncio
 import math
 import os
 import platform
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,51 +36,16 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import aiohttp  # noqa: E402
-import orjson  # noqa: E402
-
 import fanout  # noqa: E402
 import notify  # noqa: E402
+import orjson  # noqa: E402
 import polling  # noqa: E402
 import registration  # noqa: E402
-from common import Checks, Figure, percentile, render_table, results_json  # noqa: E402
+from common import PROFILER, Checks, Figure, percentile, render_table, results_json  # noqa: E402
 from stack import Stack  # noqa: E402
 
 SCENARIOS = ("fanout", "notify", "registration", "polling")
 RESULTS = HERE / "results.json"
-
-
-class Profiler:
-    """Optional py-spy recordings of the worker and the API, one pair per scenario."""
-
-    def __init__(self, out: Path | None) -> None:
-        self.out = out
-        self._running: list[subprocess.Popen[bytes]] = []
-
-    def start(self, scenario: str, pids: dict[str, int]) -> None:
-        """Record each of *pids* (name -> pid) until :meth:`stop`."""
-        if self.out is None or shutil.which("py-spy") is None:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        for name, pid in pids.items():
-            target = self.out / f"{scenario}-{name}.svg"
-            self._running.append(
-                subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(pid), "-o", str(target), "--rate", "200"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-
-    def stop(self) -> None:
-        """Stop the recordings (py-spy writes its file on SIGINT)."""
-        for proc in self._running:
-            proc.send_signal(signal.SIGINT)
-        for proc in self._running:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self._running.clear()
 
 
 async def _fresh_worker(stack: Stack, http: aiohttp.ClientSession, env: dict[str, str]) -> None:
@@ -101,18 +64,17 @@ def _le(x: float) -> Callable[[float], bool]:
 
 
 async def run_fanout(
-    stack: Stack, http: aiohttp.ClientSession, reps: int, checks: Checks, prof: Profiler
+    stack: Stack, http: aiohttp.ClientSession, reps: int, checks: Checks
 ) -> tuple[list[Figure], dict[str, Any]]:
     """Scenarios 1 and 5."""
     await _fresh_worker(stack, http, fanout.WORKER_ENV)
-    prof.start("fanout", {"worker": stack.worker.pid})
+    await fanout.run_once(
+        stack, http, "warmup", checks, count=fanout.WARMUP_WATCHES, baselines=False
+    )
     runs = []
-    try:
-        for rep in range(reps):
-            runs.append(await fanout.run_once(stack, http, rep, checks))
-            print(f"  fanout run {rep}: {runs[-1].rate:,.0f}/s (raw {runs[-1].raw_rate:,.0f}/s)")
-    finally:
-        prof.stop()
+    for rep in range(reps):
+        runs.append(await fanout.run_once(stack, http, str(rep), checks))
+        print(f"  fanout run {rep}: {runs[-1].rate:,.0f}/s (raw {runs[-1].raw_rate:,.0f}/s)")
     figures = [
         Figure(
             "fanout_deliveries_per_s",
@@ -154,18 +116,15 @@ async def run_fanout(
 
 
 async def run_notify(
-    stack: Stack, http: aiohttp.ClientSession, reps: int, checks: Checks, prof: Profiler
+    stack: Stack, http: aiohttp.ClientSession, reps: int, checks: Checks
 ) -> tuple[list[Figure], dict[str, Any]]:
     """Scenario 4."""
     await _fresh_worker(stack, http, notify.WORKER_ENV)
-    prof.start("notify", {"worker": stack.worker.pid})
     runs = []
-    try:
-        for rep in range(reps):
+    for rep in range(reps):
+        with PROFILER.window(f"notify-{rep}", {"worker": stack.worker.pid}):
             runs.append(await notify.run_once(stack, http, rep, checks))
-            print(f"  notify run {rep}: p50 {runs[-1].p50:.3f} s, p99 {runs[-1].p99:.3f} s")
-    finally:
-        prof.stop()
+        print(f"  notify run {rep}: p50 {runs[-1].p50:.3f} s, p99 {runs[-1].p99:.3f} s")
     pooled = [x for r in runs for x in r.latencies]
     figures = [
         Figure(
@@ -200,19 +159,16 @@ async def run_registration(
     http: aiohttp.ClientSession,
     reps: int,
     checks: Checks,
-    prof: Profiler,
     workdir: Path,
 ) -> tuple[list[Figure], dict[str, Any]]:
     """Scenario 2."""
     await _fresh_worker(stack, http, {})
-    prof.start("registration", {"api": stack.procs["api"].pid})
-    try:
-        runs, load_name = await registration.run_all(stack, http, reps, workdir, checks)
-    finally:
-        prof.stop()
+    runs, load_name = await registration.run_all(stack, http, reps, workdir, checks)
     for n, r in enumerate(runs):
-        print(f"  registration run {n}: {r.api_rps:,.0f}/s p99 {r.api_p99:.1f} ms "
-              f"(baseline {r.base_rps:,.0f}/s)")
+        print(
+            f"  registration run {n}: {r.api_rps:,.0f}/s p99 {r.api_p99:.1f} ms "
+            f"(baseline {r.base_rps:,.0f}/s)"
+        )
     figures = [
         Figure(
             "registration_per_s",
@@ -263,22 +219,21 @@ async def run_registration(
 
 
 async def run_polling(
-    stack: Stack, http: aiohttp.ClientSession, reps: int, checks: Checks, prof: Profiler
+    stack: Stack, http: aiohttp.ClientSession, reps: int, checks: Checks
 ) -> tuple[list[Figure], dict[str, Any]]:
     """Scenario 3."""
     await _fresh_worker(stack, http, polling.WORKER_ENV)
     setup = await polling.setup(stack, http)
     print(f"  polling: {polling.VIDEOS} watches registered at {setup.register_rps:,.0f}/s")
-    prof.start("polling", {"worker": stack.worker.pid})
     windows = []
-    try:
-        for n in range(reps):
+    for n in range(reps):
+        with PROFILER.window(f"polling-{n}", {"worker": stack.worker.pid}):
             windows.append(await polling.window(stack, http, n, checks))
-            w = windows[-1]
-            print(f"  polling window {n}: {w.rate:,.0f} polls/s, p99 late {w.late_p99:.3f} s, "
-                  f"cpu {w.cpu_cores:.2f}, rss {w.rss_mb:.0f} MB")
-    finally:
-        prof.stop()
+        w = windows[-1]
+        print(
+            f"  polling window {n}: {w.rate:,.0f} polls/s, p99 late {w.late_p99:.3f} s, "
+            f"cpu {w.cpu_cores:.2f}, rss {w.rss_mb:.0f} MB"
+        )
     scheduled = polling.VIDEOS / polling.INTERVAL
     figures = [
         Figure(
@@ -346,7 +301,7 @@ async def run_polling(
 async def _main(args: argparse.Namespace, workdir: Path) -> int:
     started = time.monotonic()
     checks = Checks()
-    prof = Profiler(Path(args.profile) if args.profile else None)
+    PROFILER.out = Path(args.profile) if args.profile else None
     print(f"starting the stack (logs in {workdir})", flush=True)
     stack = await asyncio.to_thread(Stack.start, workdir)
     figures: list[Figure] = []
@@ -358,15 +313,13 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
                 print(f"scenario {name}", flush=True)
                 t0 = time.monotonic()
                 if name == "fanout":
-                    figs, detail = await run_fanout(stack, http, args.reps, checks, prof)
+                    figs, detail = await run_fanout(stack, http, args.reps, checks)
                 elif name == "notify":
-                    figs, detail = await run_notify(stack, http, args.reps, checks, prof)
+                    figs, detail = await run_notify(stack, http, args.reps, checks)
                 elif name == "registration":
-                    figs, detail = await run_registration(
-                        stack, http, args.reps, checks, prof, workdir
-                    )
+                    figs, detail = await run_registration(stack, http, args.reps, checks, workdir)
                 else:
-                    figs, detail = await run_polling(stack, http, args.reps, checks, prof)
+                    figs, detail = await run_polling(stack, http, args.reps, checks)
                 detail["wall_s"] = round(time.monotonic() - t0, 1)
                 figures += figs
                 details[name] = detail
@@ -397,20 +350,34 @@ def _report(
     }
     results["details"] = details
     results["checks"] = {"passed": checks.passed, "failures": checks.failures}
-    RESULTS.write_bytes(
-        orjson.dumps(results, option=orjson.OPT_INDENT_2)
-    )
+    RESULTS.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if "fanout" in details:
         phases = details["fanout"]["runs"]
         keys = phases[0]["phases"].keys() if phases else []
         for k in keys:
             vals = [r["phases"][k] for r in phases]
             print(f"fan-out phase {k}: median {statistics.median(vals):.3f} s")
+    for name, load in _background(details).items():
+        print(f"{name}: cores used outside the bench's processes, median {load:.2f}")
     print(f"results written to {RESULTS}")
     print(f"correctness: {checks.passed} checks passed, {len(checks.failures)} failed")
     for failure in checks.failures:
         print(f"  FAILED: {failure}")
     print(f"wall time: {wall:.0f} s")
+
+
+def _background(details: dict[str, Any]) -> dict[str, float]:
+    """Median 'other' cores (other processes on the machine) per scenario's windows."""
+    found: dict[str, list[float]] = {}
+    if "fanout" in details:
+        found["fan-out"] = [r["cores"]["other"] for r in details["fanout"]["runs"]]
+    if "registration" in details:
+        found["registration (incl. load generator)"] = [
+            r["api"]["cores"]["other"] for r in details["registration"]["runs"]
+        ]
+    if "polling" in details:
+        found["polling"] = [w["cores"]["other"] for w in details["polling"]["windows"]]
+    return {k: statistics.median(v) for k, v in found.items() if v}
 
 
 def main() -> int:
@@ -424,7 +391,11 @@ def main() -> int:
         default=list(SCENARIOS),
         help="run only these scenarios",
     )
-    parser.add_argument("--profile", metavar="DIR", help="py-spy flame graphs (perturbs timing)")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy collapsed stacks, one file per scenario and process (perturbs timing)",
+    )
     parser.add_argument("--keep-logs", metavar="DIR", help="keep the processes' logs here")
     args = parser.parse_args()
     if args.keep_logs:

@@ -137,9 +137,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     secrets = [s for s in os.environ.get("SINK_SECRETS", "").split(",") if s]
-    web.run_app(
-        create_app(secrets), host="127.0.0.1", port=args.port, access_log=None, print=None
-    )
+    web.run_app(create_app(secrets), host="127.0.0.1", port=args.port, access_log=None, print=None)
     return 0
 
 

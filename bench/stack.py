@@ -1,18 +1,19 @@
 """The benchmark's stack: real processes on loopback, started with :mod:`relay.stack`.
 
 One Redis-protocol server (the product's ``config/redis.conf``: AOF, ``appendfsync
-everysec``), one upstream simulator, one receiver sink (``clip-relay receiver``, its own
-process, verifying every signature), one API and one worker. The worker is restarted per
+everysec``), one upstream simulator, one receiver sink (``bench/sink.py``, its own process,
+verifying every signature like ``clip-relay receiver`` but parsing bodies only afterwards),
+one API and one worker. The worker is restarted per
 scenario because its poll interval and budgets are read from the environment at start;
 between scenarios Redis is flushed, the simulator reset and the receiver emptied.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
-import time
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +28,8 @@ from relay.redis_server import RedisServer, free_port
 from relay.signing import generate_secret
 from relay.stack import Ports, Proc, relay_env, spawn, wait_http
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 REDIS_CONF = ROOT / "config" / "redis.conf"
 TENANT = "bench"
 
@@ -114,10 +116,11 @@ class Stack:
             {},
             self.workdir,
         )
-        self.procs["receiver"] = spawn(
-            "receiver",
-            ["receiver", "--port", str(self.ports.receiver), "--quiet"],
-            {"RECEIVER_SECRETS": self.secret},
+        self.procs["receiver"] = spawn_script(
+            "sink",
+            HERE / "sink.py",
+            ["--port", str(self.ports.receiver)],
+            {"SINK_SECRETS": self.secret},
             self.workdir,
         )
         wait_http(f"{self.sim}/_sim/stats", 20.0, self.procs["upstream-sim"].popen)
@@ -160,6 +163,29 @@ class Stack:
                 proc.stop(timeout=15)
         self.redis.stop()
 
+    def pids(self) -> dict[str, int]:
+        """Process ids of the stack (for CPU accounting)."""
+        out = {name: proc.pid for name, proc in self.procs.items()}
+        out["redis"] = self.redis.process.pid
+        return out
+
+    async def reset_redis_stats(self) -> None:
+        """``CONFIG RESETSTAT``: zero Redis's per-command counters."""
+        redis = self.redis_client()
+        try:
+            await redis.config_resetstat()
+        finally:
+            await redis.aclose()
+
+    async def redis_calls(self) -> dict[str, int]:
+        """Calls per command since the last reset (``INFO commandstats``)."""
+        redis = self.redis_client()
+        try:
+            stats = await redis.info("commandstats")
+        finally:
+            await redis.aclose()
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
     # --- state between scenarios -----------------------------------------------------------
 
     def redis_client(self) -> Redis:
@@ -186,18 +212,15 @@ class Stack:
             data: dict[str, Any] = orjson.loads(await resp.read())
             return data
 
-    async def event_count(self, http: aiohttp.ClientSession) -> int:
-        """How many distinct webhook ids the receiver recorded (reads the whole record)."""
-        return int((await self.events(http))["unique"])
-
-    async def wait_events(self, http: aiohttp.ClientSession, count: int, timeout: float) -> bool:
-        """Wait until *count* distinct events arrived (False on timeout)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await self.event_count(http) >= count:
-                return True
-            await asyncio.sleep(0.25)
-        return False
+    async def wait_events(self, http: aiohttp.ClientSession, count: int, within: float) -> bool:
+        """Wait until *count* distinct events arrived (False after *within* seconds); a
+        long-poll, so the sink does no extra work meanwhile."""
+        params = {"count": str(count), "timeout": repr(within)}
+        client_timeout = aiohttp.ClientTimeout(total=within + 10)
+        async with http.get(
+            f"{self.receiver}/_wait", params=params, timeout=client_timeout
+        ) as resp:
+            return resp.status == 200
 
     async def sim_log(
         self, http: aiohttp.ClientSession, since: float
@@ -222,6 +245,23 @@ class Stack:
         return out
 
 
+def spawn_script(
+    name: str, script: Path, args: list[str], env: Mapping[str, str], log_dir: Path
+) -> Proc:
+    """Start ``python <script> <args>`` (a bench tool) like :func:`relay.stack.spawn`."""
+    log_path = log_dir / f"{name}.log"
+    log = log_path.open("ab")
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    popen = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env={**base, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    return Proc(name, popen, log_path, log)
+
+
 def log_time(row: Mapping[str, Any]) -> float:
     """The Unix time of a structlog JSON line (its ISO ``timestamp``)."""
     return datetime.fromisoformat(str(row["timestamp"])).timestamp()
@@ -230,8 +270,3 @@ def log_time(row: Mapping[str, Any]) -> float:
 def pid_of(proc: Proc) -> int:
     """The pid of a stack process (for psutil and py-spy)."""
     return proc.pid
-
-
-def workdir_default() -> Path:
-    """Where logs go when no directory is given."""
-    return Path(os.environ.get("TMPDIR", "/tmp")) / "clip-relay-bench"

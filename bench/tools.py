@@ -5,25 +5,25 @@ registration baseline server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
-from relay.stack import wait_http
-
 HERE = Path(__file__).resolve().parent
 PROCESSING: dict[str, Any] = {"timeline": [{"status": "processing", "progress": 42, "after": 0}]}
 
 
-async def create_videos(http: aiohttp.ClientSession, sim: str, prefix: str, count: int) -> list[str]:
+async def create_videos(
+    http: aiohttp.ClientSession, sim: str, prefix: str, count: int
+) -> list[str]:
     """Create *count* simulated videos that stay ``processing`` until switched."""
     body = {"count": count, "prefix": prefix, "template": PROCESSING}
     async with http.post(f"{sim}/_sim/videos/bulk", json=body) as resp:
@@ -76,12 +76,20 @@ async def register(
 # --- separate processes -------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def temp_file(data: bytes, suffix: str) -> Iterator[str]:
+    """A temporary file holding *data*, removed afterwards; yields its path."""
+    with tempfile.NamedTemporaryFile("wb", suffix=suffix, delete=False) as f:
+        f.write(data)
+    try:
+        yield f.name
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+
+
 async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     """Run ``bench/loadgen.py`` with *spec* in its own process; its JSON result."""
-    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
-        f.write(orjson.dumps(spec))
-        path = f.name
-    try:
+    with temp_file(orjson.dumps(spec), ".json") as path:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(HERE / "loadgen.py"),
@@ -90,53 +98,10 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
             stderr=subprocess.PIPE,
         )
         out, err = await proc.communicate()
-    finally:
-        Path(path).unlink(missing_ok=True)
     if proc.returncode != 0:
         raise RuntimeError(f"loadgen failed ({proc.returncode}): {err.decode()[-2000:]}")
     result: dict[str, Any] = orjson.loads(out.splitlines()[-1])
     return result
-
-
-@dataclass
-class BaselineServer:
-    """The registration baseline (``bench/baseline_server.py``) in its own process."""
-
-    port: int
-    popen: subprocess.Popen[bytes]
-
-    @classmethod
-    def start(cls, port: int, redis_url: str, log_dir: Path) -> BaselineServer:
-        """Start it and wait until it answers."""
-        log = (log_dir / "baseline-server.log").open("ab")
-        popen = subprocess.Popen(
-            [sys.executable, str(HERE / "baseline_server.py"), "--port", str(port)]
-            + ["--redis", redis_url],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        server = cls(port, popen)
-        wait_port_http(f"http://127.0.0.1:{port}/trivial", popen)
-        return server
-
-    def stop(self) -> None:
-        """Stop it (SIGTERM, then SIGKILL)."""
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-
-
-def wait_port_http(url: str, popen: subprocess.Popen[bytes]) -> None:
-    """Wait until *url* answers at all (any status; POST-only routes answer 405 to GET)."""
-    try:
-        wait_http(url, 15.0, popen)
-    except TimeoutError as exc:
-        if "405" not in str(exc):
-            raise
 
 
 WRK_SCRIPT = """
@@ -188,13 +153,12 @@ async def wrk(
     the same result keys as :func:`loadgen` (``rps``, ``p50_ms``, ``p99_ms``...)."""
     script = WRK_SCRIPT % {
         "bodies": ", ".join(_lua_string(b.decode()) for b in bodies),
-        "headers": ", ".join(f"[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
+        "headers": ", ".join(
+            f"[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()
+        ),
         "path": path,
     }
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-        script_path = f.name
-    try:
+    with temp_file(script.encode(), ".lua") as script_path:
         proc = await asyncio.create_subprocess_exec(
             "wrk",
             "-t1",
@@ -209,8 +173,6 @@ async def wrk(
             stderr=subprocess.PIPE,
         )
         out, err = await proc.communicate()
-    finally:
-        Path(script_path).unlink(missing_ok=True)
     line = next((ln for ln in out.decode().splitlines() if ln.startswith("WRKJSON ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {out.decode()} {err.decode()}")

@@ -46,6 +46,16 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+def _logger_field(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Name the logger ``logger`` whichever way it was given (see :func:`get`)."""
+    name = event_dict.pop("logger_name", None)
+    if name is not None:
+        event_dict["logger"] = name
+    return event_dict
+
+
 def _orjson_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
@@ -63,6 +73,7 @@ def setup(fmt: str = "json", level: int = logging.INFO) -> None:
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        _logger_field,
         redact,
     ]
     renderer: Any
@@ -101,5 +112,9 @@ def setup(fmt: str = "json", level: int = logging.INFO) -> None:
 
 
 def get(name: str) -> Any:
-    """A logger for module *name* (its lines carry ``logger``: *name*)."""
-    return structlog.get_logger(name).bind(logger=name)
+    """A logger for module *name* (its lines carry ``logger``: *name*).
+
+    Lazy: it is assembled at its first use, so module-level loggers created before
+    :func:`setup` still get the configured pipeline.
+    """
+    return structlog.get_logger(logger_name=name)

@@ -150,3 +150,18 @@ def test_demo_exits_zero_with_two_verified_events() -> None:
     assert "both events verified" in result.stdout
     assert result.stdout.count("clips.ready") == 2
     assert result.stdout.count("-> ok") == 2
+
+
+def test_module_loggers_follow_setup_even_when_imported_first() -> None:
+    code = (
+        "import workers.deliverer, relay.app\n"  # module-level loggers exist before setup
+        "from relay import logs\n"
+        "logs.setup('json')\n"
+        "workers.deliverer.log.info('probe', n=1)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    line = orjson.loads(result.stderr.strip().splitlines()[-1])
+    assert line["event"] == "probe" and line["logger"] == "workers.deliverer"
+    assert result.stdout == ""
