@@ -20,6 +20,7 @@ from relay.constants import MAX_BODY_BYTES
 from relay.crypto import SecretBox
 from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from relay.problems import ProblemError
+from relay.ratelimit import RateLimiter
 from relay.redis_client import connect
 from relay.routes import setup_routes
 from relay.settings import Settings
@@ -119,8 +120,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         )
     request[k.PRINCIPAL] = who
     structlog.contextvars.bind_contextvars(tenant=who.tenant)
-    limit = request.app[k.SETTINGS].rate_limit
-    if await request.app[k.STORE].rate_hit(who.key_id) > limit:
+    if not request.app[k.RATE_LIMITER].allow(who.key_id):
+        limit = request.app[k.SETTINGS].rate_limit
         raise ProblemError(
             429,
             "Too many requests",
@@ -134,8 +135,11 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = connect(app[k.SETTINGS].redis_url)
     app[k.REDIS] = redis
-    app[k.STORE] = Store(redis)
+    app[k.STORE] = store = Store(redis)
+    app[k.RATE_LIMITER] = limiter = RateLimiter(store, app[k.SETTINGS].rate_limit)
+    limiter.start()
     yield
+    await limiter.stop()
     await redis.aclose()
 
 

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from relay.auth import Authenticator, Principal
 from relay.crypto import SecretBox
+from relay.ratelimit import RateLimiter
 from relay.settings import Settings
 from relay.ssrf import CallbackPolicy
 from relay.store import Store
@@ -28,4 +29,5 @@ POLICY = web.AppKey("policy", CallbackPolicy)
 AUTH = web.AppKey("auth", Authenticator)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware

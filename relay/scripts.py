@@ -5,6 +5,29 @@ Each script is small and does one transition; the Python wrappers live in :mod:`
 
 from __future__ import annotations
 
+# Register a watch: the hash, the tenant's indexes, the video's waiting set, the video's
+# poll (NX: a video already scheduled keeps its slot, a claimed one its lease), the expiry
+# timer as an arq job, the status counter. The tenant indexes are ordered by Redis' clock.
+# KEYS: watch hash, tenant index, tenant-video index, video watch set, poll schedule, arq job
+# key, arq queue, status counters.
+# ARGV: watch id, spec JSON, secrets JSON, created ms, video id, job bytes, job ttl ms,
+# job due ms, job id.
+CREATE_WATCH = """
+redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'secrets', ARGV[3], 'status', 'watching',
+  'eventId', '')
+-- listing order: Redis' clock in microseconds, one clock for every API replica
+local t = redis.call('TIME')
+local order = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZADD', KEYS[2], order, ARGV[1])
+redis.call('ZADD', KEYS[3], order, ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], 'NX', ARGV[4], ARGV[5])
+redis.call('SET', KEYS[6], ARGV[6], 'PX', ARGV[7])
+redis.call('ZADD', KEYS[7], ARGV[8], ARGV[9])
+redis.call('HINCRBY', KEYS[8], 'watching', 1)
+return 1
+"""
+
 # Claim up to ARGV[3] due deliveries (score <= ARGV[1]) by moving their score to the lease
 # deadline ARGV[2]: a worker that dies holding a claim loses it when the lease passes, and
 # another worker claims the member again. Returns, for each, the watch hash and the current
@@ -180,11 +203,4 @@ if grant <= 0 then return 0 end
 redis.call('INCRBY', key, grant)
 redis.call('PEXPIRE', key, 2000)
 return grant
-"""
-
-# Count one API request of a key in the current second. KEYS: key. Returns the count.
-RATE_HIT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], 2000) end
-return n
 """

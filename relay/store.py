@@ -71,56 +71,51 @@ class Watch:
     final_ms: int | None = None
     clips_ms: int | None = None
 
-    def to_hash(self) -> dict[str, str]:
-        """The hash fields written when the watch is created."""
-        return {
-            "id": self.id,
-            "tenant": self.tenant,
-            "videoId": self.video_id,
-            "callbackUrl": self.callback_url,
-            "minScore": repr(self.min_score),
-            "maxScore": "" if self.max_score is None else repr(self.max_score),
-            "favoritedOnly": "1" if self.favorited_only else "0",
-            "sortBy": self.sort_by,
-            "sortOrder": self.sort_order,
-            "metadata": orjson.dumps(self.metadata).decode(),
-            "secrets": _dump_secrets(self.secrets),
-            "status": self.status,
-            "videoStatus": self.video_status or "",
-            "videoProgress": "" if self.video_progress is None else repr(self.video_progress),
-            "lastEventType": self.last_event_type or "",
-            "createdAt": str(self.created_ms),
-            "updatedAt": str(self.updated_ms),
-            "deliveredAt": "",
-            "lastError": "",
-            "eventId": "",
-            "eventType": "",
-            "attempt": "0",
-            "finalAt": "",
-            "clipsAt": "",
-        }
+    def spec_json(self) -> bytes:
+        """The registration, which never changes: one field of the watch hash."""
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "tenant": self.tenant,
+                "videoId": self.video_id,
+                "callbackUrl": self.callback_url,
+                "minScore": self.min_score,
+                "maxScore": self.max_score,
+                "favoritedOnly": self.favorited_only,
+                "sortBy": self.sort_by,
+                "sortOrder": self.sort_order,
+                "metadata": self.metadata,
+                "createdAt": self.created_ms,
+            }
+        )
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Watch:
-        """Rebuild a watch from its hash (as returned by HGETALL with decoded responses)."""
+        """Rebuild a watch from its hash (as returned by HGETALL with decoded responses).
+
+        The hash holds the registration as one JSON field (``spec``) and each field that
+        changes on its own (status, the current event, ...); absent ones are unset.
+        """
+        spec = orjson.loads(h["spec"])
+        created = spec["createdAt"]
         return cls(
-            id=h["id"],
-            tenant=h["tenant"],
-            video_id=h["videoId"],
-            callback_url=h["callbackUrl"],
-            min_score=float(h["minScore"]),
-            max_score=_opt_float(h.get("maxScore", "")),
-            favorited_only=h.get("favoritedOnly") == "1",
-            sort_by=h.get("sortBy", "score"),
-            sort_order=h.get("sortOrder", "desc"),
-            metadata=orjson.loads(h.get("metadata") or "{}"),
+            id=spec["id"],
+            tenant=spec["tenant"],
+            video_id=spec["videoId"],
+            callback_url=spec["callbackUrl"],
+            min_score=spec["minScore"],
+            max_score=spec["maxScore"],
+            favorited_only=spec["favoritedOnly"],
+            sort_by=spec["sortBy"],
+            sort_order=spec["sortOrder"],
+            metadata=spec["metadata"],
             secrets=_load_secrets(h.get("secrets", "[]")),
             status=h["status"],
             video_status=h.get("videoStatus") or None,
             video_progress=_opt_float(h.get("videoProgress", "")),
             last_event_type=h.get("lastEventType") or None,
-            created_ms=int(h["createdAt"]),
-            updated_ms=int(h.get("updatedAt") or h["createdAt"]),
+            created_ms=created,
+            updated_ms=int(h.get("updatedAt") or created),
             delivered_ms=_opt_int(h.get("deliveredAt", "")),
             last_error=h.get("lastError") or None,
             event_id=h.get("eventId", ""),
@@ -250,6 +245,7 @@ class Store:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._create = redis.register_script(scripts.CREATE_WATCH)
         self._claim_deliveries = redis.register_script(scripts.CLAIM_DELIVERIES)
         self._claim_videos = redis.register_script(scripts.CLAIM_VIDEOS)
         self._finalize = redis.register_script(scripts.FINALIZE)
@@ -259,36 +255,43 @@ class Store:
         self._redeliver = redis.register_script(scripts.REDELIVER)
         self._rotate = redis.register_script(scripts.ROTATE_KEYS)
         self._tokens = redis.register_script(scripts.UPSTREAM_TOKENS)
-        self._rate_hit = redis.register_script(scripts.RATE_HIT)
 
     # --- watches: API side --------------------------------------------------------------
 
     async def create_watch(self, watch: Watch, *, expire_after_s: float) -> None:
         """Store a new watch, index it, schedule its video's poll and its expiry timer.
 
-        One MULTI transaction: a watch is either fully registered or not at all. The expiry
-        timer is an arq job written in arq's own format so that it joins the same transaction.
+        One script, so a watch is either fully registered or not at all, in one round trip.
+        The expiry timer is an arq job written in arq's own format (and serializer).
         """
         wid = watch.id
         job_id = f"expire:{wid}"
         defer_ms = int(expire_after_s * 1000)
-        due_ms = watch.created_ms + defer_ms
         job = serialize_job(EXPIRE_JOB, (wid,), {}, 1, watch.created_ms, serializer=arq_dumps)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(c.WATCH_KEY.format(wid), mapping=watch.to_hash())
-        pipe.zadd(c.TENANT_INDEX_KEY.format(watch.tenant), {wid: watch.created_ms})
-        pipe.zadd(
-            c.TENANT_VIDEO_INDEX_KEY.format(watch.tenant, watch.video_id),
-            {wid: watch.created_ms},
+        await self._create(
+            keys=[
+                c.WATCH_KEY.format(wid),
+                c.TENANT_INDEX_KEY.format(watch.tenant),
+                c.TENANT_VIDEO_INDEX_KEY.format(watch.tenant, watch.video_id),
+                c.VIDEO_WATCHES_KEY.format(watch.video_id),
+                c.POLL_SCHEDULE_KEY,
+                ARQ_JOB_PREFIX + job_id,
+                c.ARQ_QUEUE,
+                c.WATCH_COUNTS_KEY,
+            ],
+            args=[
+                wid,
+                watch.spec_json(),
+                _dump_secrets(watch.secrets),
+                watch.created_ms,
+                watch.video_id,
+                job,
+                # arq keeps a job's data for a day past its run time (arq's `expires`)
+                defer_ms + 86_400_000,
+                watch.created_ms + defer_ms,
+                job_id,
+            ],
         )
-        pipe.sadd(c.VIDEO_WATCHES_KEY.format(watch.video_id), wid)
-        # NX: a video already on the schedule keeps its slot (and a claimed one its lease)
-        pipe.zadd(c.POLL_SCHEDULE_KEY, {watch.video_id: watch.created_ms}, nx=True)
-        # arq keeps a job's data for a day past its run time (arq's default `expires`)
-        pipe.psetex(ARQ_JOB_PREFIX + job_id, defer_ms + 86_400_000, job)
-        pipe.zadd(c.ARQ_QUEUE, {job_id: due_ms})
-        pipe.hincrby(c.WATCH_COUNTS_KEY, "watching", 1)
-        await pipe.execute()
 
     async def get_watch(self, watch_id: str) -> Watch | None:
         """The watch, or None."""
@@ -427,10 +430,15 @@ class Store:
 
     # --- rate limit --------------------------------------------------------------------
 
-    async def rate_hit(self, key_id: str) -> int:
-        """Count a request of API key *key_id* in the current second; returns the count."""
-        second = int(time.time())
-        return int(await self._rate_hit(keys=[c.RATE_LIMIT_KEY.format(key_id, second)]))
+    async def rate_add(self, second: int, counts: dict[str, int]) -> dict[str, int]:
+        """Add API requests per key id to the counters of *second*; return the totals."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key_id, n in counts.items():
+            key = c.RATE_LIMIT_KEY.format(key_id, second)
+            pipe.incrby(key, n)
+            pipe.pexpire(key, 2000)
+        replies = await pipe.execute()
+        return {key_id: int(replies[2 * i]) for i, key_id in enumerate(counts)}
 
     # --- schedules: worker side --------------------------------------------------------
 

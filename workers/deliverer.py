@@ -33,6 +33,7 @@ from relay.settings import Settings
 from relay.signing import secret_bytes, sign_headers
 from relay.ssrf import CallbackPolicy
 from relay.store import AttemptResult, Store, Watch, now_ms
+from relay.tasks import finish
 from relay.upstream import UpstreamClient, retry_after_seconds
 from workers.pump import Pump
 from workers.ratelimit import UpstreamGate
@@ -97,8 +98,8 @@ class Deliverer(Pump[Claimed]):
         """Finish attempts in flight (up to *grace_s*), then record every outcome."""
         await super().stop(grace_s)
         if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flush_now.set()
+            await finish(self._flusher, 5.0)
         await self._flush()
 
     async def claim(self, limit: int) -> Sequence[Claimed]:
@@ -257,7 +258,7 @@ class Deliverer(Pump[Claimed]):
             self._flush_now.set()
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), timeout=0.005)
             self._flush_now.clear()

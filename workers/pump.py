@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from relay import logs
 from relay.store import Store
+from relay.tasks import finish, finish_all
 
 log = logs.get("workers.pump")
 T = TypeVar("T")
@@ -75,14 +76,12 @@ class Pump(Generic[T]):
         self._wake.set()
         self._capacity.set()
         if self._runner is not None:
-            await self._runner
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("stopped with work in flight", pump=self.name, cancelled=len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
+            await finish(self._runner, grace_s)
+        in_flight = len(self._tasks)
+        if in_flight:
+            await finish_all(list(self._tasks), grace_s)
+            if self._tasks:
+                log.warning("stopped with work in flight", pump=self.name, batches=in_flight)
 
     def _free(self, n: int) -> None:
         self.inflight -= n

@@ -29,6 +29,7 @@ from relay.serializer import dumps, loads
 from relay.settings import Settings
 from relay.ssrf import CallbackPolicy, SafeResolver
 from relay.store import EXPIRE_JOB, Store
+from relay.tasks import finish
 from relay.upstream import UpstreamClient
 from workers.deliverer import Deliverer
 from workers.jobs import STORE, expire_watch
@@ -123,6 +124,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     log.info("worker stopping", grace_s=grace)
     await asyncio.gather(rt.poller.stop(grace), rt.deliverer.stop(grace))
     rt.gauges.cancel()
+    await finish(rt.gauges, 1.0)
     for session in rt.sessions:
         await session.close()
     if rt.metrics_runner is not None:

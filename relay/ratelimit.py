@@ -1,0 +1,78 @@
+"""RELAY_RATE_LIMIT: requests per second per API key, across every API replica.
+
+Counting in Redis on every request would cost a round trip each. Instead each replica counts
+locally and adds its counts to a shared per-second counter in Redis every
+:data:`SYNC_EVERY` seconds (one pipelined round trip for all keys), learning the total of
+all replicas in the same reply. A request is allowed while the last known total plus this
+replica's unsynced count stays within the limit: exact with one replica, and with several
+off by at most what the others admitted in the last sync interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+
+from relay import logs
+from relay.store import Store
+from relay.tasks import finish
+
+log = logs.get("relay.ratelimit")
+SYNC_EVERY = 0.05
+STOP_WAIT = 15.0  # longer than a sync that retries against an unreachable Redis
+
+
+class RateLimiter:
+    """Fixed one-second windows per API key id."""
+
+    def __init__(self, store: Store, limit: float) -> None:
+        self._store = store
+        self._limit = limit
+        self._second = 0
+        self._known: dict[str, int] = {}  # totals of all replicas, as of the last sync
+        self._unsynced: Counter[str] = Counter()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def allow(self, key_id: str) -> bool:
+        """Count a request of *key_id*; False when it is over the limit (not counted)."""
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._known.clear()
+            self._unsynced.clear()
+        if self._known.get(key_id, 0) + self._unsynced[key_id] + 1 > self._limit:
+            return False
+        self._unsynced[key_id] += 1
+        return True
+
+    async def sync(self) -> None:
+        """Add this replica's counts to the shared counters and learn the totals."""
+        if not self._unsynced:
+            return
+        second, counts = self._second, dict(self._unsynced)
+        self._unsynced.clear()
+        totals = await self._store.rate_add(second, counts)
+        if second == self._second:
+            self._known.update(totals)
+
+    def start(self) -> None:
+        """Sync in the background."""
+        self._task = asyncio.create_task(self._loop(), name="rate-limit-sync")
+
+    async def stop(self) -> None:
+        """Stop syncing: the loop ends after the sync in progress (never cancelled midway)."""
+        self._stopping.set()
+        if self._task is not None:
+            await finish(self._task, STOP_WAIT)
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SYNC_EVERY)
+            try:
+                await self.sync()
+            except Exception as exc:  # Redis away: requests fail on their own; keep going
+                log.warning("rate limit sync failed", error=type(exc).__name__)
