@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -28,6 +29,7 @@ from relay.ssrf import CallbackPolicy
 from relay.store import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_DEADLINE = 5.0  # seconds: a request that needs longer (Redis hung) is a 503
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 log = logs.get("relay.api")
 
@@ -70,7 +72,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer every error as problem+json; Redis trouble is 503, never a hang or a 500."""
     try:
-        return await handler(request)
+        async with asyncio.timeout(REQUEST_DEADLINE):
+            return await handler(request)
     except ProblemError:
         raise
     except web.HTTPException as exc:
@@ -83,7 +86,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         raise ProblemError(
             exc.status, exc.reason, detail or exc.reason, slug=slug, headers=_keep(exc)
         ) from None
-    except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
         log.error("redis unavailable", error=type(exc).__name__)
         raise ProblemError(
             503,

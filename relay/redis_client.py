@@ -64,7 +64,9 @@ def _options(timeout: float) -> dict[str, object]:
         "decode_responses": True,
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "health_check_interval": 15,
+        # no health check: in redis-py 5 it can loop on a hung server while holding the
+        # pool's lock; requests have their own deadline instead (relay.app)
+        "health_check_interval": 0,
         "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }

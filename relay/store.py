@@ -248,6 +248,7 @@ class Store:
         self._create = redis.register_script(scripts.CREATE_WATCH)
         self._claim_deliveries = redis.register_script(scripts.CLAIM_DELIVERIES)
         self._claim_videos = redis.register_script(scripts.CLAIM_VIDEOS)
+        self._extend = redis.register_script(scripts.EXTEND_CLAIMS)
         self._finalize = redis.register_script(scripts.FINALIZE)
         self._release_video = redis.register_script(scripts.RELEASE_VIDEO)
         self._settle = redis.register_script(scripts.SETTLE_ATTEMPT)
@@ -444,18 +445,33 @@ class Store:
 
     async def claim_deliveries(
         self, *, limit: int, lease_s: float
-    ) -> list[tuple[str, Watch | None, bytes | None]]:
-        """Claim due deliveries for *lease_s* seconds: (watch id, watch, event body) each."""
+    ) -> list[tuple[str, Watch | None, bytes | None, int]]:
+        """Claim due deliveries for *lease_s* seconds: (watch id, watch, event body, lease
+        deadline ms) each. The deadline is the claim's token (:meth:`extend_claims`)."""
         now = now_ms()
+        deadline = now + int(lease_s * 1000)
         rows = await self._claim_deliveries(
             keys=[c.DELIVERY_SCHEDULE_KEY],
-            args=[now, now + int(lease_s * 1000), limit, c.WATCH_PREFIX, c.EVENT_PREFIX],
+            args=[now, deadline, limit, c.WATCH_PREFIX, c.EVENT_PREFIX],
         )
-        out: list[tuple[str, Watch | None, bytes | None]] = []
+        out: list[tuple[str, Watch | None, bytes | None, int]] = []
         for member, flat, body in rows:
             h = dict(zip(flat[::2], flat[1::2], strict=True))
-            out.append((member, Watch.from_hash(h) if h else None, body.encode() if body else None))
+            watch = Watch.from_hash(h) if h else None
+            out.append((member, watch, body.encode() if body else None, deadline))
         return out
+
+    async def extend_claims(
+        self, schedule: str, members: Sequence[str], deadline_ms: int, lease_s: float
+    ) -> set[str]:
+        """Extend the claims on *members* made with *deadline_ms* that nobody has taken
+        over since; returns those (the others belong to another worker now)."""
+        if not members:
+            return set()
+        ours = await self._extend(
+            keys=[schedule], args=[deadline_ms, now_ms() + int(lease_s * 1000), *members]
+        )
+        return {str(m) for m in ours}
 
     async def claim_videos(
         self, *, limit: int, lease_s: float

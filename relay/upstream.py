@@ -7,7 +7,9 @@ It never raises for what the upstream answers: every call returns a :class:`Repl
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import aiohttp
@@ -41,14 +43,25 @@ class Reply:
     raw: bytes = b""
 
 
-def retry_after_seconds(value: str | None, default: float | None = None) -> float | None:
-    """A ``Retry-After`` header in seconds (delta-seconds form), capped; *default* if absent."""
+def retry_after_seconds(
+    value: str | None, default: float | None = None, *, now: float | None = None
+) -> float | None:
+    """A ``Retry-After`` header in seconds, capped at an hour; *default* when absent or
+    unreadable. Both forms of RFC 9110: delta-seconds and an HTTP-date."""
     if value is None:
         return default
+    text = value.strip()
     try:
-        seconds = float(value.strip())
+        seconds = float(text)
     except ValueError:
-        return default
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return default
+        if when.tzinfo is None:
+            return default
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        seconds = max(seconds, 0.0)
     if seconds != seconds or seconds < 0:
         return default
     return min(seconds, RETRY_AFTER_CAP)

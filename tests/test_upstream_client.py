@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -346,6 +348,14 @@ async def test_clips_rate_limited(sim: Sim, client: UpstreamClient) -> None:
 # --- Retry-After parsing ------------------------------------------------------------------
 
 
+def test_retry_after_http_date_in_the_future() -> None:
+    now = 1_800_000_000.0
+    header = format_datetime(datetime.fromtimestamp(now + 120, UTC), usegmt=True)
+    assert retry_after_seconds(header, now=now) == 120.0
+    far = format_datetime(datetime.fromtimestamp(now + 86_400, UTC), usegmt=True)
+    assert retry_after_seconds(far, now=now) == 3600.0  # capped
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -359,7 +369,8 @@ async def test_clips_rate_limited(sim: Sim, client: UpstreamClient) -> None:
         ("nan", None),
         ("", None),
         (None, None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # an HTTP-date in the past: now
+        ("Wed, 21 Oct 2015 07:28", None),
     ],
 )
 def test_retry_after_seconds(value: str | None, expected: float | None) -> None:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -36,7 +35,7 @@ from relay.store import AttemptResult, Store, Watch, now_ms
 from relay.tasks import finish
 from relay.upstream import UpstreamClient, retry_after_seconds
 from workers.pump import Pump
-from workers.ratelimit import UpstreamGate
+from workers.ratelimit import Paused, UpstreamGate
 
 log = logs.get("workers.deliverer")
 REFRESH_RETRY_S = 30.0  # a delivery whose clip links could not be refreshed waits this long
@@ -53,7 +52,7 @@ def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | No
     return delay
 
 
-Claimed = tuple[str, Watch | None, bytes | None]
+Claimed = tuple[str, Watch | None, bytes | None, int]  # id, watch, body, lease deadline
 
 
 class Deliverer(Pump[Claimed]):
@@ -110,54 +109,64 @@ class Deliverer(Pump[Claimed]):
         """Deliver a claimed batch."""
         due: list[tuple[Watch, bytes]] = []
         idle: list[str] = []
-        for wid, watch, body in items:
+        deadline = items[0][3] if items else 0
+        for wid, watch, body, _ in items:
             if watch is None or body is None or watch.status != "delivering":
                 idle.append(wid)  # cancelled, or nothing to send: off the schedule
                 release()
             else:
                 due.append((watch, body))
         await self.store.unschedule(idle)
-        due = await self._refresh_links(due, release)
+        due = await self._refresh_links(due, deadline, release)
         await asyncio.gather(*(self._attempt(w, body, release) for w, body in due))
 
     async def _refresh_links(
-        self, items: list[tuple[Watch, bytes]], release: Callable[[], None]
+        self, items: list[tuple[Watch, bytes]], deadline: int, release: Callable[[], None]
     ) -> list[tuple[Watch, bytes]]:
-        """Rebuild ``clips.ready`` bodies whose signed links are getting old (one clips
-        request per video)."""
+        """Rebuild ``clips.ready`` bodies whose signed links are getting old: one clips
+        request per video, all at once. Fetching can take a while, so afterwards the batch's
+        claims are extended -- and what another worker took over meanwhile is not sent.
+        A video whose clips could not be had keeps its deliveries for a later try, with no
+        attempt spent."""
         limit = now_ms() - int(self.settings.link_refresh * 1000)
-        stale: dict[str, list[int]] = defaultdict(list)
-        for i, (w, _) in enumerate(items):
-            if w.event_type == "clips.ready" and w.clips_ms is not None and w.clips_ms < limit:
-                stale[w.video_id].append(i)
+        stale = {
+            w.video_id
+            for w, _ in items
+            if w.event_type == "clips.ready" and w.clips_ms is not None and w.clips_ms < limit
+        }
         if not stale:
             return items
-        out = list(items)
-        skip: set[int] = set()
-        for video_id, positions in stale.items():
-            clips = await self._fresh_clips(video_id)
-            fetched = now_ms()
-            for i in positions:
-                w, body = items[i]
-                if clips is None:
-                    # no fresh links to be had now: try again soon, no attempt spent
-                    await self.store.defer(w.id, fetched + int(REFRESH_RETRY_S * 1000))
-                    skip.add(i)
-                    release()
-                    continue
+        fetched = dict(
+            zip(stale, await asyncio.gather(*(self._fresh_clips(v) for v in stale)), strict=True)
+        )
+        ours = await self.store.extend_claims(
+            self.schedule, [w.id for w, _ in items], deadline, self.lease_s
+        )
+        now = now_ms()
+        out: list[tuple[Watch, bytes]] = []
+        for w, body in items:
+            refresh = w.video_id in stale and w.event_type == "clips.ready"
+            clips = fetched.get(w.video_id)
+            if w.id not in ours:  # taken over by another worker: it sends this one
+                release()
+            elif refresh and clips is None:
+                await self.store.defer(w.id, now + int(REFRESH_RETRY_S * 1000))
+                release()
+            elif refresh and clips is not None:
                 new = events.clips_ready_body(w, clips, events.event_timestamp_ms(body))
-                await self.store.replace_event_body(w.id, w.event_id, new, fetched)
-                out[i] = (w, new)
-            log.info(
-                "clip links refreshed",
-                video_id=video_id,
-                watches=len(positions),
-                ok=clips is not None,
-            )
-        return [item for i, item in enumerate(out) if i not in skip]
+                await self.store.replace_event_body(w.id, w.event_id, new, now)
+                out.append((w, new))
+            else:
+                out.append((w, body))
+        for video_id in stale:
+            log.info("clip links refreshed", video_id=video_id, ok=fetched[video_id] is not None)
+        return out
 
     async def _fresh_clips(self, video_id: str) -> list[Clip] | None:
-        await self.gate.acquire()
+        try:
+            await self.gate.acquire(max_pause=self.lease_s / 3)
+        except Paused:
+            return None
         reply = await self.upstream.clips(video_id)
         return reply.clips if reply.kind == "ok" else None
 

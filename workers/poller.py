@@ -30,7 +30,7 @@ from relay.settings import Settings
 from relay.store import NewEvent, Store, VideoState, now_ms
 from relay.upstream import Reply, UpstreamClient
 from workers.pump import Pump
-from workers.ratelimit import UpstreamGate
+from workers.ratelimit import Paused, UpstreamGate
 
 log = logs.get("workers.poller")
 
@@ -69,7 +69,10 @@ class Poller(Pump[Claimed]):
         self.on_events: Callable[[], None] = lambda: None  # new events exist (wakes delivery)
 
     async def claim(self, limit: int) -> Sequence[Claimed]:
-        """Claim due videos with their poll state and waiting watches."""
+        """Claim due videos with their poll state and waiting watches (none while the
+        upstream is paused by a 429: claims would only expire while waiting)."""
+        if self.gate.paused_until > time.time():
+            return []
         return await self.store.claim_videos(limit=limit, lease_s=self.lease_s)
 
     async def work(self, items: Sequence[Claimed], release: Callable[[], None]) -> None:
@@ -97,18 +100,24 @@ class Poller(Pump[Claimed]):
         self, state: VideoState, watch_ids: Sequence[str], release: Callable[[], None]
     ) -> Step:
         try:
-            if not watch_ids:
-                # every watch was cancelled or expired: stop polling (drop_video re-checks)
-                await self.store.drop_video(state.video_id)
-                return Step(state, watch_ids, dropped=True)
-            if state.phase == "render":
-                return await self._clips(state, watch_ids)
-            return await self._status(state, watch_ids)
+            return await self._poll(state, watch_ids)
+        except Paused as paused:  # poll it when the pause is over, not twice then
+            return Step(state, watch_ids, next_ms=int(paused.until * 1000) + 1)
         finally:
             release()
 
+    async def _poll(self, state: VideoState, watch_ids: Sequence[str]) -> Step:
+        if not watch_ids:
+            # every watch was cancelled or expired: stop polling (drop_video re-checks)
+            await self.store.drop_video(state.video_id)
+            return Step(state, watch_ids, dropped=True)
+        if state.phase == "render":
+            return await self._clips(state, watch_ids)
+        return await self._status(state, watch_ids)
+
     async def _request(self, endpoint: str, video_id: str) -> Reply:
-        await self.gate.acquire()
+        # a claim must not outlive its lease waiting for a 429 pause to end
+        await self.gate.acquire(max_pause=self.lease_s / 3)
         self.polls += 1
         call = self.upstream.clips if endpoint == "clips" else self.upstream.status
         reply = await call(video_id)

@@ -2,7 +2,8 @@
 
 Tokens are taken from Redis a few at a time and spent locally within the same second, so a
 busy worker makes one Redis round trip per handful of upstream requests, not one each. A 429
-from the upstream pauses every worker until its Retry-After has passed.
+from the upstream pauses every worker until its Retry-After has passed; a caller holding a
+lease does not sleep through a long pause (:class:`Paused`), it reschedules its work.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ import time
 
 from relay.metrics import UPSTREAM_WAIT
 from relay.store import Store
+
+
+class Paused(Exception):
+    """The upstream is paused (a 429) until :attr:`until` (epoch seconds)."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(f"upstream paused until {until:.3f}")
+        self.until = until
 
 
 class UpstreamGate:
@@ -24,29 +33,41 @@ class UpstreamGate:
         self._tokens = 0
         self._second = -1
         self._lock = asyncio.Lock()
+        self.paused_until = 0.0  # as last learnt from Redis (epoch seconds)
 
-    async def acquire(self) -> None:
-        """Wait for one request's worth of the shared budget (and for any 429 pause)."""
+    async def acquire(self, *, max_pause: float = float("inf")) -> None:
+        """Wait for one request's worth of the shared budget. A 429 pause longer than
+        *max_pause* raises :class:`Paused` instead of waiting it out."""
         async with self._lock:
             waited = 0.0
-            while True:
-                now = time.time()
-                second = int(now)
-                if second == self._second and self._tokens > 0:
-                    self._tokens -= 1
-                    break
-                granted = await self._store.upstream_tokens(self._chunk, self._rps)
-                if granted > 0:
-                    self._second, self._tokens = second, granted - 1
-                    break
-                # budget spent (0) or paused (-ms): sleep to the next second or the pause end
-                pause = -granted / 1000 if granted < 0 else (second + 1) - now + 0.001
-                waited += pause
-                await asyncio.sleep(pause)
-            if waited:
-                UPSTREAM_WAIT.inc(waited)
+            try:
+                while True:
+                    now = time.time()
+                    if self.paused_until > now + max_pause:
+                        raise Paused(self.paused_until)
+                    second = int(now)
+                    if second == self._second and self._tokens > 0:
+                        self._tokens -= 1
+                        return
+                    granted = await self._store.upstream_tokens(self._chunk, self._rps)
+                    if granted > 0:
+                        self._second, self._tokens = second, granted - 1
+                        return
+                    if granted < 0:  # paused: -ms left
+                        self.paused_until = now - granted / 1000
+                        if -granted / 1000 > max_pause:
+                            raise Paused(self.paused_until)
+                        pause = -granted / 1000
+                    else:  # this second's budget is spent
+                        pause = (second + 1) - now + 0.001
+                    waited += pause
+                    await asyncio.sleep(pause)
+            finally:
+                if waited:
+                    UPSTREAM_WAIT.inc(waited)
 
     async def pause(self, seconds: float) -> None:
         """Pause every worker's upstream requests for *seconds* (after a 429)."""
         self._tokens = 0
-        await self._store.pause_upstream(int((time.time() + seconds) * 1000))
+        self.paused_until = max(self.paused_until, time.time() + seconds)
+        await self._store.pause_upstream(int(self.paused_until * 1000))

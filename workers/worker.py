@@ -66,6 +66,10 @@ async def startup(ctx: dict[str, Any]) -> None:
         connector=aiohttp.TCPConnector(limit=settings.poll_concurrency * 2, ttl_dns_cache=60),
         raise_for_status=False,
     )
+    # aiohttp silently re-sends an idempotent request once when the connection drops; each
+    # send must spend a token of the shared RELAY_UPSTREAM_RPS budget, so no silent re-send
+    # (the next poll tries again). aiohttp's own test client turns it off the same way.
+    upstream_session._retry_connection = False
     # callbacks get their own session: its resolver enforces the SSRF policy per connection
     callback_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import RESULTS, ChaosRedis, Stack
+from relay.redis_server import free_port
+from relay.stack import spawn, wait_http
+from tests.chaos.harness import RESULTS, UPSTREAM_KEY, ChaosRedis, Stack
 
 
 @pytest.fixture(scope="session")
@@ -21,11 +23,27 @@ def chaos_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosRedis
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def chaos_sim_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One simulator process for the session (each test resets it)."""
+    port = free_port()
+    args = ["upstream-sim", "--port", str(port), "--api-key", UPSTREAM_KEY]
+    sim = spawn("sim", args, {}, tmp_path_factory.mktemp("chaos-sim"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/_sim/stats", 20, sim.popen)
+        yield url
+    finally:
+        sim.kill()
+
+
 @pytest.fixture
-async def stack(chaos_redis: ChaosRedis, tmp_path: Path) -> AsyncIterator[Stack]:
-    """Simulator process and receiver on a flushed chaos Redis; tests start API and workers."""
+async def stack(
+    chaos_redis: ChaosRedis, chaos_sim_url: str, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """Receiver, the reset simulator and a flushed chaos Redis; tests start API and workers."""
     s = Stack(chaos_redis, tmp_path / "logs")
-    await s.start()
+    await s.start(chaos_sim_url)
     yield s
     await s.close()
 

@@ -3,10 +3,11 @@
 - :class:`ChaosRedis` is the suite's own Redis-protocol server, started with
   ``config/redis.conf`` (AOF, ``appendfsync everysec``) on a port and data directory that stay
   the same across restarts, so a test can SIGKILL, SIGTERM, SIGSTOP and start it again.
-- :class:`Stack` runs the upstream simulator, API and worker processes
-  (``relay.stack.spawn`` + ``relay.stack.relay_env``), a verifying receiver in the test's event
-  loop (with extra answers a receiver may give: long bodies, redirects, HTTP-date Retry-After),
-  an HTTP session and a Redis client to observe the relay's state.
+- :class:`Stack` runs API and worker processes (``relay.stack.spawn`` +
+  ``relay.stack.relay_env``) against an upstream simulator process (the session's, reset, or
+  one of its own), a verifying receiver in the test's event loop (plus answers a receiver may
+  give that it has no script for: long bodies, redirects, HTTP-date Retry-After), an HTTP
+  session and a Redis client to observe the relay's state.
 - :func:`wait_until` polls a condition with a deadline; :func:`report` prints one line per
   scenario (events due, delivered, duplicates, lost, time to recover) and keeps it for the
   terminal summary.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -30,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -66,24 +67,28 @@ FAST_ENV: dict[str, str] = {
 }
 
 RESULTS: list[str] = []  # one line per scenario, printed again in the terminal summary
+_STACKS = itertools.count(1)  # numbers the stacks of a session (simulated video ids)
 
 
 # --- waiting --------------------------------------------------------------------------------
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[bool]],
+    condition: Callable[[], Awaitable[bool] | bool],
     timeout: float,
     *,
     interval: float = 0.05,
     what: str = "condition",
 ) -> float:
-    """Poll *condition* until it holds; return when it did (``time.time()``).
+    """Poll *condition* (sync or async) until it holds; return when it did (``time.time()``).
 
     AssertionError naming *what* after *timeout* seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        if await condition():
+        held = condition()
+        if not isinstance(held, bool):
+            held = await held
+        if held:
             return time.time()
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached within {timeout:g} s")
@@ -113,16 +118,6 @@ def tail(proc: Proc, lines: int = 25) -> str:
     return "\n".join(proc.log_text().splitlines()[-lines:])
 
 
-def log_lines(proc: Proc) -> list[dict[str, Any]]:
-    """A process's JSON log lines (other lines, e.g. tracebacks, are skipped)."""
-    out = []
-    for line in proc.log_text().splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(orjson.JSONDecodeError):
-                out.append(orjson.loads(line))
-    return out
-
-
 # --- reporting --------------------------------------------------------------------------------
 
 
@@ -138,7 +133,9 @@ def report(
 ) -> str:
     """Print (and keep) one scenario line: events due, delivered, duplicates, lost, recovery."""
     rec = "-" if recover_s is None else f"{recover_s:.2f}s"
-    more = "".join(f" {k}={v:.2f}" if isinstance(v, float) else f" {k}={v}" for k, v in extra.items())
+    more = "".join(
+        f" {k}={v:.2f}" if isinstance(v, float) else f" {k}={v}" for k, v in extra.items()
+    )
     line = (
         f"[chaos] {scenario:<24} due={due} delivered={delivered} duplicates={duplicates} "
         f"lost={lost} recover={rec}{more}"
@@ -236,7 +233,7 @@ class Tally:
         return {w: ids for w, ids in self.ids_by_watch.items() if len(ids) > 1}
 
 
-# --- the stack --------------------------------------------------------------------------------------
+# --- the stack ----------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -254,7 +251,7 @@ Special = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(slots=True)
 class Hit:
-    """A delivery answered by a special receiver route."""
+    """A request answered by a special receiver route (any method)."""
 
     path: str
     webhook_id: str
@@ -267,9 +264,9 @@ class Stack:
 
     redis: ChaosRedis
     log_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
     url_ttl: float = 3600.0
     procs: dict[str, Proc] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # process name -> command
     api_ports: dict[str, int] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     receiver: Receiver = field(default_factory=lambda: Receiver([SECRET]))
@@ -281,11 +278,13 @@ class Stack:
     _db: Redis | None = None
     _runner: web.AppRunner | None = None
     _seq: int = 0
+    serial: int = field(default_factory=lambda: next(_STACKS))
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    async def start(self) -> Stack:
-        """Flush the chaos Redis, start the simulator process and the receiver."""
+    async def start(self, sim_url: str | None = None) -> Stack:
+        """Flush the chaos Redis, start the receiver, and use the simulator at *sim_url*
+        (reset) or start one of its own."""
         await asyncio.to_thread(self.redis.ensure)
         await self.db.flushall()
         app = receiver_app(self.receiver)
@@ -295,21 +294,36 @@ class Stack:
         port = free_port()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self.receiver_url = f"http://127.0.0.1:{port}"
-        sim_port = free_port()
-        args = ["upstream-sim", "--port", str(sim_port), "--api-key", UPSTREAM_KEY]
-        sim = spawn("sim", [*args, "--url-ttl", str(self.url_ttl)], {}, self.log_dir)
-        self.procs["sim"] = sim
-        self.sim_url = f"http://127.0.0.1:{sim_port}"
-        await wait_http(f"{self.sim_url}/_sim/stats", 20, sim)
+        if sim_url is None:
+            await self.start_sim(free_port())
+        else:
+            self.sim_url = sim_url
+            async with self.http.post(f"{sim_url}/_sim/reset") as resp:
+                assert resp.status == 204
         return self
 
+    async def start_sim(self, port: int, url_ttl: float | None = None) -> None:
+        """Start a simulator process of this stack's own on *port* (before the API and the
+        workers); its signed links live *url_ttl* seconds."""
+        if url_ttl is not None:
+            self.url_ttl = url_ttl
+        old = self.procs.get("sim")
+        if old is not None and old.alive():
+            old.kill()
+        args = ["upstream-sim", "--port", str(port), "--api-key", UPSTREAM_KEY]
+        sim = spawn("sim", [*args, "--url-ttl", str(self.url_ttl)], {}, self.log_dir)
+        self.procs["sim"] = sim
+        self.sim_url = f"http://127.0.0.1:{port}"
+        await wait_http(f"{self.sim_url}/_sim/stats", 20, sim)
+
     async def close(self) -> None:
-        """Stop every process still running, the receiver and the clients."""
+        """SIGKILL every process still running (tests stop gracefully what they check);
+        close the receiver and the clients."""
         for proc in self.procs.values():
             if proc.alive():
-                await asyncio.to_thread(proc.stop, 5)
-            elif not proc._log.closed:
-                proc._log.close()
+                proc.kill()
+            else:
+                proc.stop(timeout=0)  # already exited: reap it, close its log
         if self._http is not None:
             await self._http.close()
         if self._db is not None:
@@ -335,7 +349,7 @@ class Stack:
     def _env(self, name: str, extra: Mapping[str, str | None]) -> dict[str, str]:
         port = self.api_ports.setdefault(name, free_port())
         metrics = self.metrics_ports.setdefault(name, free_port())
-        merged: dict[str, str | None] = {**FAST_ENV, **self.env, **extra}
+        merged: dict[str, str | None] = {**FAST_ENV, **extra}
         return relay_env(
             self.redis.url,
             self.sim_url,
@@ -348,10 +362,12 @@ class Stack:
 
     def _spawn(self, name: str, command: str, extra: Mapping[str, str | None]) -> Proc:
         old = self.procs.get(name)
-        if old is not None and old.alive():
-            raise AssertionError(f"{name} is still running")
+        if old is not None:
+            assert not old.alive(), f"{name} is still running"
+            old.stop(timeout=0)  # reap it, close its log (the new one appends to the file)
         proc = spawn(name, [command], self._env(name, extra), self.log_dir)
         self.procs[name] = proc
+        self.kinds[name] = command
         return proc
 
     async def start_api(self, name: str = "api", **extra: str | None) -> Proc:
@@ -390,12 +406,21 @@ class Stack:
             proc.kill()
         return code, time.monotonic() - started
 
+    async def quiesce(self, timeout: float = 15.0) -> None:
+        """SIGTERM every running worker and wait for it: what they had in flight has landed,
+        so counting what the receiver got is final (a late duplicate cannot arrive later)."""
+        names = [n for n, k in self.kinds.items() if k == "worker" and self.procs[n].alive()]
+        results = await asyncio.gather(*(self.terminate(n, timeout) for n in names))
+        for name, (code, _) in zip(names, results, strict=True):
+            assert code == 0, f"{name} exited with {code}:\n{tail(self.procs[name])}"
+
     # --- the simulator --------------------------------------------------------------------
 
     async def videos(self, count: int, **template: Any) -> list[str]:
-        """Create *count* simulated videos from one template; returns their ids."""
+        """Create *count* simulated videos from one template; returns their ids (unique in
+        the session: a shared simulator may still log a previous test's requests)."""
         self._seq += 1
-        body = {"count": count, "prefix": f"v{self._seq}", "template": template}
+        body = {"count": count, "prefix": f"s{self.serial}v{self._seq}", "template": template}
         async with self.http.post(f"{self.sim_url}/_sim/videos/bulk", json=body) as resp:
             assert resp.status == 201, await resp.text()
             ids: list[str] = (await resp.json())["ids"]
@@ -408,7 +433,7 @@ class Stack:
             return str((await resp.json())["id"])
 
     async def fault(self, kind: str, **options: Any) -> None:
-        """Inject a simulator fault (``path``, ``videoId``, ``times``, ``retryAfter``, ``delay``)."""
+        """Inject a simulator fault (options: path, videoId, times, retryAfter, delay)."""
         async with self.http.post(
             f"{self.sim_url}/_sim/faults", json={"kind": kind, **options}
         ) as resp:
@@ -435,16 +460,18 @@ class Stack:
         path: str = "/hooks/a",
         api: str | Sequence[str] = "api",
         concurrency: int = 16,
+        base: str | None = None,
         **fields: Any,
     ) -> list[Registered]:
-        """Register one watch per video id (repeat ids for several); spread over *api*."""
+        """Register one watch per video id (repeat ids for several), calling back
+        ``base + path`` (default: the receiver); spread over the *api* processes."""
         apis = [api] if isinstance(api, str) else list(api)
         sem = asyncio.Semaphore(concurrency)
 
         async def one(n: int, vid: str) -> Registered:
             body = {
                 "videoId": vid,
-                "callbackUrl": self.receiver_url + path,
+                "callbackUrl": (base or self.receiver_url) + path,
                 "secret": SECRET,
                 **fields,
             }
@@ -509,19 +536,23 @@ class Stack:
                 f"{dict(list(stuck.items())[:5])} (logs: {self.log_dir})"
             ) from None
 
-    async def leased(self) -> dict[tuple[str, str], float]:
-        """Members of both schedules held under a lease right now: (schedule, member) -> score."""
-        now_ms = time.time() * 1000
+    async def ahead(self, beyond_s: float = 0.0) -> dict[tuple[str, str], float]:
+        """Members of both schedules whose score is later than now + *beyond_s*:
+        (schedule, member) -> score. A claimed member's score is its lease deadline, so with
+        *beyond_s* above the poll interval and retry gaps these are the claims; with 0 they
+        are the claims and everything scheduled for later."""
+        horizon = (time.time() + beyond_s) * 1000
         out: dict[tuple[str, str], float] = {}
         for key in (c.POLL_SCHEDULE_KEY, c.DELIVERY_SCHEDULE_KEY):
             for member, score in await self.db.zrangebyscore(
-                key, f"({now_ms}", "+inf", withscores=True
+                key, f"({horizon}", "+inf", withscores=True
             ):
                 out[(key, member)] = score
         return out
 
     async def taken_over(self, held: Mapping[tuple[str, str], float]) -> bool:
-        """Whether every member held by a dead worker was claimed again (new lease) or is done."""
+        """Whether every member of *held* (see :meth:`ahead`) was claimed again (its score
+        moved) or is done (gone from its schedule)."""
         for (key, member), score in held.items():
             now = await self.db.zscore(key, member)
             if now is not None and now == score:
@@ -530,13 +561,13 @@ class Stack:
 
     # --- the receiver ---------------------------------------------------------------------------
 
-    def tally(self, watch_ids: Iterable[str]) -> Tally:
-        """What the receiver got for these watches."""
+    def tally(self, watch_ids: Iterable[str], *, since: int = 0) -> Tally:
+        """What the receiver got for these watches (from its *since*-th recorded POST on)."""
         wanted = set(watch_ids)
         ids_by_watch: dict[str, set[str]] = defaultdict(set)
         ok: Counter[str] = Counter()
         hits: Counter[str] = Counter()
-        for ev in self.receiver.events:
+        for ev in self.receiver.events[since:]:
             wid = ev.event.get("data", {}).get("watchId")
             if wid not in wanted:
                 continue
@@ -551,6 +582,15 @@ class Stack:
         wanted = set(watch_ids)
         return len({e.event["data"]["watchId"] for e in self.receiver.events} & wanted)
 
+    async def listen(self, port: int) -> None:
+        """Let the receiver also answer on *port* (e.g. one that refused connections so far)."""
+        assert self._runner is not None
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+
+    async def attempts(self, watch_id: str) -> int:
+        """How many delivery attempts are recorded for a watch."""
+        return int(await self.db.llen(c.WATCH_ATTEMPTS_KEY.format(watch_id)))  # type: ignore[misc]
+
     async def has_received(self, watch_ids: Iterable[str], count: int) -> bool:
         """Whether at least *count* of these watches got a recorded delivery."""
         return self.received(watch_ids) >= count
@@ -560,7 +600,7 @@ class Stack:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         special = self.special.get(request.path)
-        if special is None or request.method != "POST":
+        if special is None:
             return await handler(request)
         self.special_hits.append(
             Hit(request.path, request.headers.get("webhook-id", ""), time.time())

@@ -9,14 +9,16 @@ held (its leases) is taken up within 30 s.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from relay import constants as c
 from relay.settings import Settings
-from tests.chaos.harness import Registered, Stack, report, wait_until
+from tests.chaos.harness import FAST_ENV, Registered, Stack, report, wait_until
 
 TAKEOVER_LIMIT = 30.0  # SPEC: work held by a worker that died is taken up within 30 s
 COMPLETED_AT = [{"status": "analyzing", "progress": 40, "after": 0}]
@@ -32,7 +34,7 @@ class Crash:
     """What one kill left behind and how the stack recovered from it."""
 
     killed_at: float
-    held: dict[tuple[str, str], float]  # schedule members leased or scheduled at the kill
+    held: dict[tuple[str, str], float]  # schedule members claimed or scheduled at the kill
     inflight: set[str]  # watches whose delivery had reached the receiver, not yet recorded
     statuses: dict[str, str | None]  # of the stage's watches right after the kill
     takeover_s: float = 0.0
@@ -48,26 +50,46 @@ async def kill_when(
     what: str,
     restart: bool = True,
     timeout: float = 60.0,
-    **env: str | None,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+    env: Mapping[str, str | None] | None = None,
+    attempt_s: float = 2.0,
 ) -> Crash:
-    """Wait for *moment*, SIGKILL *worker*, start it again (unless not *restart*), then
-    measure the takeover of everything it held and the time until every watch is final."""
+    """Wait for *moment*, SIGKILL *worker*, start it again (unless not *restart*), run
+    *meanwhile*, then measure the takeover of everything the dead worker held and the time
+    until every watch is final. *attempt_s*: the delivery timeout (for what was in flight)."""
     await wait_until(moment, 20, interval=0.002, what=f"{what}: the moment to kill")
     killed_at = stack.kill(worker)
-    held = await stack.leased()
-    statuses = await stack.statuses(watch_ids)
-    wanted = set(watch_ids)
-    received = {e.event["data"]["watchId"] for e in stack.receiver.events} & wanted
-    inflight = {w for w in received if statuses[w] == "delivering"}
-    crash = Crash(killed_at, held, inflight, statuses)
+    crash = await aftermath(stack, killed_at, watch_ids, attempt_s)
+    held = crash.held
     if restart:
-        await stack.start_worker(worker, **env)
-    took = await wait_until(
-        lambda: stack.taken_over(held), TAKEOVER_LIMIT + 10, what=f"{what}: takeover"
-    )
-    crash.takeover_s = took - killed_at
+        await stack.start_worker(worker, **(env or {}))
+    if meanwhile is not None:
+        await meanwhile()
+    crash.takeover_s = await taken_over_at(stack, held) - killed_at
     crash.recover_s = await stack.wait_final(watch_ids, timeout) - killed_at
     return crash
+
+
+async def aftermath(
+    stack: Stack, killed_at: float, watch_ids: Sequence[str], attempt_s: float
+) -> Crash:
+    """What a kill at *killed_at* left: the schedule members held, and the deliveries that
+    were in flight (reached the receiver within one attempt's time, not yet recorded)."""
+    held = await stack.ahead()
+    statuses = await stack.statuses(watch_ids)
+    wanted = set(watch_ids)
+    recent = {
+        e.event["data"]["watchId"]
+        for e in stack.receiver.events
+        if e.received_at > killed_at - attempt_s - 1.0
+    }
+    inflight = {w for w in recent & wanted if statuses[w] == "delivering"}
+    return Crash(killed_at, held, inflight, statuses)
+
+
+async def taken_over_at(stack: Stack, held: dict[tuple[str, str], float]) -> float:
+    """When everything in *held* was claimed again or finished."""
+    return await wait_until(lambda: stack.taken_over(held), TAKEOVER_LIMIT + 10, what="takeover")
 
 
 def check(stack: Stack, name: str, regs: Sequence[Registered], crashes: Sequence[Crash]) -> None:
@@ -97,7 +119,7 @@ def check(stack: Stack, name: str, regs: Sequence[Registered], crashes: Sequence
 
 
 async def test_worker_killed_at_each_stage(stack: Stack) -> None:
-    """mid-poll, mid-clip-fetch, mid-fan-out and mid-delivery, 540 watches in all;
+    """mid-poll, mid-clip-fetch, mid-fan-out and mid-delivery, 600 watches in all;
     RELAY_LEASE=3 s (delivery and upstream timeouts 2 s)."""
     await stack.start_api()
     await stack.start_worker("w")
@@ -110,12 +132,14 @@ async def test_worker_killed_at_each_stage(stack: Stack) -> None:
     regs = await stack.register(vids * 2)
     since = time.time()
 
-    async def polls_in_flight() -> bool:
-        leased = await stack.leased()
-        return all((c.POLL_SCHEDULE_KEY, v) in leased for v in vids)
+    async def polls_in_flight() -> bool:  # claimed: leased 3 s ahead, a re-poll is 0.5 s
+        claimed = await stack.ahead(1.0)
+        return all((c.POLL_SCHEDULE_KEY, v) in claimed for v in vids)
 
     cr = await kill_when(stack, "w", [r.id for r in regs], polls_in_flight, what="mid-poll")
-    answered_late = [e for e in await stack.sim_log(since) if e[0] > cr.killed_at and e[1] == "status"]
+    answered_late = [
+        e for e in await stack.sim_log(since) if e[0] > cr.killed_at and e[1] == "status"
+    ]
     check(stack, "kill -9 mid-poll", regs, [cr])
     assert answered_late, "no status request was in flight at the kill"
     all_regs += regs
@@ -129,8 +153,8 @@ async def test_worker_killed_at_each_stage(stack: Stack) -> None:
 
     async def clips_in_flight() -> bool:
         asked = {e[2] for e in await stack.sim_log(since) if e[1] == "status"}
-        leased = await stack.leased()
-        return asked >= set(vids) and all((c.POLL_SCHEDULE_KEY, v) in leased for v in vids)
+        claimed = await stack.ahead(1.0)
+        return asked >= set(vids) and all((c.POLL_SCHEDULE_KEY, v) in claimed for v in vids)
 
     cr = await kill_when(stack, "w", [r.id for r in regs], clips_in_flight, what="mid-clip-fetch")
     check(stack, "kill -9 mid-clip-fetch", regs, [cr])
@@ -170,89 +194,146 @@ async def test_worker_killed_at_each_stage(stack: Stack) -> None:
     all_regs += regs
     crashes.append(cr)
 
+    await stack.quiesce()  # late copies would land now: count after this
     check(stack, "kill -9 all stages", all_regs, crashes)
 
 
 async def test_workers_killed_at_random_moments(stack: Stack) -> None:
-    """Two workers, one of them SIGKILLed and restarted every 0.5-1.5 s (6 kills) while
+    """Two workers, one of them SIGKILLed and restarted every 0.3-1 s (6 kills) while
     240 watches go through polling, fan-out, flaky deliveries, failures and expiry."""
     rng = random.Random(4)
-    await stack.start_api(RELAY_WATCH_TIMEOUT="8")
-    await stack.start_worker("w1")
-    await stack.start_worker("w2")
+    env = {"RELAY_RETRY_SCHEDULE": "0.3,0.5,0.5,1,1,1,1,1,1,1"}  # 11 tries: all 5xx is rare
+    await stack.start_api(RELAY_WATCH_TIMEOUT="5")
+    await stack.start_worker("w1", **env)
+    await stack.start_worker("w2", **env)
     vids: list[str] = []
-    for n in range(10):  # completions spread over 0.5 .. 5 s
-        vids += await stack.videos(15, timeline=timeline(0.5 + n * 0.5))
+    for n in range(10):  # completions spread over 0.5 .. 3.2 s
+        vids += await stack.videos(15, timeline=timeline(0.5 + n * 0.3))
     failing = await stack.videos(10, timeline=timeline(2.0, "failed"))
-    never = await stack.videos(10, timeline=COMPLETED_AT)  # watch.expired after 8 s
+    never = await stack.videos(10, timeline=COMPLETED_AT)  # watch.expired after 5 s
     targets = vids + vids[:50] + failing + never + [f"missing-{n}" for n in range(20)]
     paths = [f"/flaky/{n}" for n in range(3)]
-    for n, path in enumerate(paths):  # each path: its own mix of 500s and delays
-        codes = [rng.choice([204, 204, 204, 200, 500, 503]) for _ in range(400)]
-        stack.receiver.script(path, codes, delay=0.25 * n)
+    for n, path in enumerate(paths):  # each path: its own mix of 5xx and delays, then 204s
+        codes = [rng.choice([204, 204, 204, 200, 500, 503]) for _ in range(150)]
+        stack.receiver.script(path, codes + [204] * 250, delay=0.25 * n)
     regs: list[Registered] = []
     for n, path in enumerate(paths):
         regs += await stack.register(targets[n::3], path=path)
     ids = [r.id for r in regs]
 
     crashes: list[Crash] = []
+    takeovers: list[asyncio.Task[float]] = []
     started = time.time()
     for n in range(6):
         victim = ("w1", "w2")[n % 2]
-        await asyncio.sleep(rng.uniform(0.5, 1.5))  # the random moment itself
-        killed_at = stack.kill(victim)
-        st = await stack.statuses(ids)
-        received = {e.event["data"]["watchId"] for e in stack.receiver.events}
-        inflight = {w for w in ids if w in received and st[w] == "delivering"}
-        crashes.append(Crash(killed_at, await stack.leased(), inflight, st))
-        await stack.start_worker(victim)
-    last_kill = crashes[-1].killed_at
+        await asyncio.sleep(rng.uniform(0.3, 1.0))  # the random moment itself
+        cr = await aftermath(stack, stack.kill(victim), ids, 2.0)
+        crashes.append(cr)
+        takeovers.append(asyncio.create_task(taken_over_at(stack, cr.held)))
+        await stack.start_worker(victim, **env)
     done = await stack.wait_final(ids, 60)
-    for cr in crashes:
-        cr.recover_s = done - cr.killed_at
-        cr.takeover_s = 0.0
-    # the takeover after the last kill, measured on what was scheduled or leased then
-    took = await wait_until(lambda: stack.taken_over(crashes[-1].held), 5) - last_kill
-    crashes[-1].takeover_s = took
+    for cr, took in zip(crashes, await asyncio.gather(*takeovers), strict=True):
+        cr.takeover_s, cr.recover_s = took - cr.killed_at, done - cr.killed_at
+    await stack.quiesce()
     check(stack, "kill -9 random x6", regs, crashes)
     st = await stack.statuses(ids)
-    assert set(st.values()) <= {"delivered", "failed"}, st
-    print(f"        run took {done - started:.1f} s; final statuses {sorted(set(st.values()))}")
+    assert set(st.values()) == {"delivered"}, st
+    types = Counter(e.event["type"] for e in stack.receiver.events if 200 <= e.status < 300)
+    assert set(types) == {"clips.ready", "video.failed", "watch.expired"}, types
+    print(f"        run took {done - started:.1f} s; events delivered (2xx) by type: {types}")
 
 
-async def test_default_lease_takeover_within_30s(stack: Stack) -> None:
+async def test_default_lease_takeover_and_replicas(stack: Stack) -> None:
     """With the product's default lease (25 s; delivery 15 s, upstream 10 s), work held by
-    a SIGKILLed worker -- polls and deliveries on the wire -- is taken up within 30 s."""
-    defaults = Settings()
-    assert defaults.lease == 25.0
+    a SIGKILLed worker -- 40 polls and 40 deliveries on the wire -- is taken up within 30 s.
+    While it waits out the lease, two APIs and two workers serve 200 new watches (two per
+    video, registered through different APIs): no video polled twice in one interval, one
+    clips fetch per video, no event delivered twice."""
+    assert Settings().lease == 25.0
     product_defaults: dict[str, str | None] = {
         "RELAY_LEASE": None,
         "RELAY_DELIVERY_TIMEOUT": None,
         "RELAY_UPSTREAM_TIMEOUT": None,
     }
-    await stack.start_api()
+    interval = float(FAST_ENV["RELAY_POLL_INTERVAL"])
+    await stack.start_api("api1")
+    await stack.start_api("api2")
     await stack.start_worker("w1", **product_defaults)
-    # 40 deliveries held 8 s by the receiver and 40 status polls held 8 s by the simulator
+    # 40 deliveries held 3 s by the receiver and 40 status polls held 3 s by the simulator
     done_vids = await stack.videos(40, timeline=timeline(0))
-    stack.receiver.script("/slow", [204] * len(done_vids), delay=8)
-    deliveries = await stack.register(done_vids, path="/slow")
+    stack.receiver.script("/slow", [204] * len(done_vids), delay=3)
+    deliveries = await stack.register(done_vids, path="/slow", api="api1")
     await wait_until(
         lambda: stack.has_received([r.id for r in deliveries], 40), 15, what="on the wire"
     )
     slow_vids = await stack.videos(40, timeline=timeline(0))
-    await stack.fault("slow", path="status", delay=8, times=len(slow_vids))
-    polls = await stack.register(slow_vids)
+    for vid in slow_vids:
+        await stack.fault("slow", path="status", videoId=vid, delay=3, times=1)
+    polls = await stack.register(slow_vids, api="api1")
     regs = deliveries + polls
     ids = [r.id for r in regs]
 
     async def polls_claimed() -> bool:
-        leased = await stack.leased()
-        return all((c.POLL_SCHEDULE_KEY, v) in leased for v in slow_vids)
+        claimed = await stack.ahead(10.0)  # leased 25 s ahead
+        return all((c.POLL_SCHEDULE_KEY, v) in claimed for v in slow_vids)
+
+    replicas: list[Registered] = []
+    replica_vids: list[str] = []
+
+    async def two_apis_two_workers() -> None:
+        await stack.start_worker("w2", **product_defaults)
+        since = time.time()
+        for n in range(4):  # completions spread over 1.5 .. 3 s
+            replica_vids.extend(await stack.videos(25, timeline=timeline(1.5 + n * 0.5)))
+        pairs = [v for v in replica_vids for _ in (1, 2)]  # the two of a video: two APIs
+        replicas.extend(await stack.register(pairs, path="/b", api=["api1", "api2"]))
+        done = await stack.wait_final([r.id for r in replicas], 20)
+        log = [e for e in await stack.sim_log(since) if e[2] in set(replica_vids)]
+        by_video: dict[str, list[float]] = defaultdict(list)
+        clips: Counter[str] = Counter()
+        for t, path, vid, _ in log:
+            if path == "status":
+                by_video[vid].append(t)
+            else:
+                clips[vid] += 1
+        doubles = [
+            (vid, b - a)
+            for vid, times in by_video.items()
+            for a, b in itertools.pairwise(sorted(times))
+            if b - a < interval * 0.9
+        ]
+        tally = stack.tally(r.id for r in replicas)
+        report(
+            "2 APIs + 2 workers",
+            due=len(replicas),
+            delivered=tally.delivered,
+            duplicates=tally.duplicates,
+            lost=tally.lost,
+            recover_s=done - since,
+            videos=len(replica_vids),
+            status_polls=sum(len(t) for t in by_video.values()),
+            double_polls=len(doubles),
+            clips_fetches=sum(clips.values()),
+        )
+        assert tally.lost == 0 and tally.duplicates == 0
+        assert not doubles, f"polled twice within {interval} s: {doubles[:5]}"
+        assert set(clips) == set(replica_vids) and set(clips.values()) == {1}, clips
 
     cr = await kill_when(
-        stack, "w1", ids, polls_claimed, what="default lease", timeout=60, **product_defaults
+        stack,
+        "w1",
+        ids,
+        polls_claimed,
+        what="default lease",
+        timeout=60,
+        meanwhile=two_apis_two_workers,
+        env=product_defaults,
+        attempt_s=Settings().delivery_timeout,
     )
     held = {k: v for k, v in cr.held.items() if v / 1000 > cr.killed_at + 10}
     assert len(held) >= 80, f"the dead worker held {len(held)} members, expected 80"
+    await stack.quiesce()
     check(stack, "kill -9, default lease", regs, [cr])
     assert cr.takeover_s > 10, "taken up before the lease ran out?"
+    replica_tally = stack.tally(r.id for r in replicas)
+    assert replica_tally.duplicates == 0 and replica_tally.lost == 0
