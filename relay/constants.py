@@ -8,7 +8,8 @@ from typing import Final, Literal
 PREFIX: Final = "cr:"
 WATCH_PREFIX: Final = PREFIX + "w:"
 WATCH_KEY: Final = WATCH_PREFIX + "{}"  # hash: one watch
-WATCH_ATTEMPTS_KEY: Final = PREFIX + "w:{}:att"  # list: delivery attempt records (newest last)
+WATCH_ATTEMPTS_SUFFIX: Final = ":att"
+WATCH_ATTEMPTS_KEY: Final = WATCH_KEY + WATCH_ATTEMPTS_SUFFIX  # list: attempt records
 VIDEO_PREFIX: Final = PREFIX + "v:"
 VIDEO_KEY: Final = VIDEO_PREFIX + "{}"  # hash: poll state of one upstream video
 VIDEO_WATCHES_KEY: Final = PREFIX + "v:{}:w"  # set: watches still waiting on this video

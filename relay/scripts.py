@@ -79,25 +79,31 @@ end
 return out
 """
 
-# Give a watch its final event, once. KEYS: watch hash, event body, delivery schedule,
-# the video's watch set, the status counters. ARGV: watch id, event id, event type, body,
-# due ms, now ms, clips-fetched ms ('' if none), video status.
-# Returns 1 when the event was created, 0 when the watch already had one or is not watching.
+# Give watches of one video their final event, once each. KEYS: delivery schedule, the
+# video's watch set, status counters. ARGV: watch key prefix, event key prefix, now ms, then
+# per watch: watch id, event id, event type, body, clips-fetched ms ('' if none), video
+# status ('' to leave it). A watch that is not watching, or already has its event, is left
+# alone (and leaves the video's set). Returns the number of events created.
 FINALIZE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'watching' then
-  redis.call('SREM', KEYS[4], ARGV[1])
-  return 0
+local created = 0
+for i = 4, #ARGV, 6 do
+  local wid = ARGV[i]
+  local watch = ARGV[1] .. wid
+  if redis.call('HGET', watch, 'status') == 'watching'
+      and redis.call('HGET', watch, 'eventId') == '' then
+    redis.call('HSET', watch, 'status', 'delivering', 'eventId', ARGV[i + 1],
+      'eventType', ARGV[i + 2], 'attempt', 0, 'updatedAt', ARGV[3], 'finalAt', ARGV[3],
+      'clipsAt', ARGV[i + 4])
+    if ARGV[i + 5] ~= '' then redis.call('HSET', watch, 'videoStatus', ARGV[i + 5]) end
+    redis.call('SET', ARGV[2] .. ARGV[i + 1], ARGV[i + 3])
+    redis.call('ZADD', KEYS[1], 'NX', ARGV[3], wid)
+    redis.call('HINCRBY', KEYS[3], 'watching', -1)
+    redis.call('HINCRBY', KEYS[3], 'delivering', 1)
+    created = created + 1
+  end
+  redis.call('SREM', KEYS[2], wid)
 end
-if redis.call('HGET', KEYS[1], 'eventId') ~= '' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'delivering', 'eventId', ARGV[2], 'eventType', ARGV[3],
-  'attempt', 0, 'updatedAt', ARGV[6], 'finalAt', ARGV[6], 'clipsAt', ARGV[7])
-redis.call('HINCRBY', KEYS[5], 'watching', -1)
-redis.call('HINCRBY', KEYS[5], 'delivering', 1)
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'videoStatus', ARGV[8]) end
-redis.call('SET', KEYS[2], ARGV[4])
-redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
-return 1
+return created
 """
 
 # After a video's final fan-out: drop the watches that were served from the video's set and
@@ -115,37 +121,39 @@ redis.call('DEL', KEYS[3])
 return 0
 """
 
-# Record one delivery attempt and move the watch on. KEYS: watch hash, attempts list,
-# delivery schedule, the status counters. ARGV: watch id, event id, outcome
-# (ok|retry|failed|disabled), record, next due ms, now ms, attempt number, last error,
-# attempts kept.
-# Returns the status the watch has afterwards.
-SETTLE_ATTEMPT = """
-redis.call('RPUSH', KEYS[2], ARGV[4])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'delivering' or redis.call('HGET', KEYS[1], 'eventId') ~= ARGV[2] then
-  if status ~= 'delivering' then redis.call('ZREM', KEYS[3], ARGV[1]) end
-  return status
+# Record delivery attempts and move each watch on. KEYS: delivery schedule, status counters.
+# ARGV: watch key prefix, attempts key suffix, now ms, attempts kept, then per attempt:
+# watch id, event id, outcome (ok|retry|failed|disabled), record, next due ms, attempt
+# number, last error. Returns the status each watch has afterwards.
+SETTLE = """
+local statuses = {}
+for i = 5, #ARGV, 7 do
+  local wid, outcome = ARGV[i], ARGV[i + 2]
+  local watch = ARGV[1] .. wid
+  local attempts = watch .. ARGV[2]
+  redis.call('RPUSH', attempts, ARGV[i + 3])
+  redis.call('LTRIM', attempts, -tonumber(ARGV[4]), -1)
+  local status = redis.call('HGET', watch, 'status')
+  if status ~= 'delivering' or redis.call('HGET', watch, 'eventId') ~= ARGV[i + 1] then
+    if status ~= 'delivering' then redis.call('ZREM', KEYS[1], wid) end
+  else
+    redis.call('HSET', watch, 'attempt', ARGV[i + 5], 'updatedAt', ARGV[3],
+      'lastError', ARGV[i + 6])
+    if outcome == 'retry' then
+      redis.call('ZADD', KEYS[1], ARGV[i + 4], wid)
+    else
+      redis.call('ZREM', KEYS[1], wid)
+      redis.call('HINCRBY', KEYS[2], 'delivering', -1)
+      status = outcome == 'ok' and 'delivered' or outcome
+      redis.call('HSET', watch, 'status', status,
+        'lastEventType', redis.call('HGET', watch, 'eventType'))
+      if outcome == 'ok' then redis.call('HSET', watch, 'deliveredAt', ARGV[3]) end
+      redis.call('HINCRBY', KEYS[2], status, 1)
+    end
+  end
+  statuses[#statuses + 1] = status or false
 end
-local outcome = ARGV[3]
-redis.call('HSET', KEYS[1], 'attempt', ARGV[7], 'updatedAt', ARGV[6], 'lastError', ARGV[8])
-if outcome == 'retry' then
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-  return 'delivering'
-end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HINCRBY', KEYS[4], 'delivering', -1)
-if outcome == 'ok' then
-  redis.call('HSET', KEYS[1], 'status', 'delivered', 'deliveredAt', ARGV[6],
-    'lastEventType', redis.call('HGET', KEYS[1], 'eventType'))
-  redis.call('HINCRBY', KEYS[4], 'delivered', 1)
-  return 'delivered'
-end
-redis.call('HSET', KEYS[1], 'status', outcome,
-  'lastEventType', redis.call('HGET', KEYS[1], 'eventType'))
-redis.call('HINCRBY', KEYS[4], outcome, 1)
-return outcome
+return statuses
 """
 
 # Cancel a watch. KEYS: watch hash, delivery schedule, the video's watch set, the status

@@ -21,6 +21,7 @@ import orjson
 from arq.constants import job_key_prefix as ARQ_JOB_PREFIX
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
+from redis.typing import EncodableT
 
 from relay import constants as c
 from relay import scripts
@@ -251,7 +252,7 @@ class Store:
         self._extend = redis.register_script(scripts.EXTEND_CLAIMS)
         self._finalize = redis.register_script(scripts.FINALIZE)
         self._release_video = redis.register_script(scripts.RELEASE_VIDEO)
-        self._settle = redis.register_script(scripts.SETTLE_ATTEMPT)
+        self._settle = redis.register_script(scripts.SETTLE)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._redeliver = redis.register_script(scripts.REDELIVER)
         self._rotate = redis.register_script(scripts.ROTATE_KEYS)
@@ -544,31 +545,18 @@ class Store:
 
         Idempotent: a watch that already has its event keeps it. With *release_ids* (the
         watches that were considered), the video stops being polled unless a watch registered
-        meanwhile. Returns the number of events created.
+        meanwhile. One round trip. Returns the number of events created.
         """
         now = now_ms()
-        pipe = self.redis.pipeline(transaction=False)
         vkey = c.VIDEO_WATCHES_KEY.format(video_id)
+        args: list[EncodableT] = [c.WATCH_PREFIX, c.EVENT_PREFIX, now]
         for ev in events:
+            clips_ms = "" if ev.clips_ms is None else ev.clips_ms
+            args += [ev.watch_id, ev.event_id, ev.event_type, ev.body, clips_ms, ev.video_status]
+        pipe = self.redis.pipeline(transaction=False)
+        if events:
             await self._finalize(
-                keys=[
-                    c.WATCH_KEY.format(ev.watch_id),
-                    c.EVENT_KEY.format(ev.event_id),
-                    c.DELIVERY_SCHEDULE_KEY,
-                    vkey,
-                    c.WATCH_COUNTS_KEY,
-                ],
-                args=[
-                    ev.watch_id,
-                    ev.event_id,
-                    ev.event_type,
-                    ev.body,
-                    now,
-                    now,
-                    "" if ev.clips_ms is None else ev.clips_ms,
-                    ev.video_status,
-                ],
-                client=pipe,
+                keys=[c.DELIVERY_SCHEDULE_KEY, vkey, c.WATCH_COUNTS_KEY], args=args, client=pipe
             )
         if release_ids is not None:
             await self._release_video(
@@ -577,7 +565,7 @@ class Store:
                 client=pipe,
             )
         results = await pipe.execute()
-        return sum(1 for r in results[: len(events)] if r == 1)
+        return int(results[0]) if events else 0
 
     # --- deliveries --------------------------------------------------------------------
 
@@ -600,33 +588,27 @@ class Store:
         await pipe.execute()
 
     async def settle(self, results: Sequence[AttemptResult]) -> list[str]:
-        """Record attempts and move each watch on, in one round trip."""
+        """Record attempts and move each watch on: one script call for the whole batch."""
         if not results:
             return []
-        now = now_ms()
-        pipe = self.redis.pipeline(transaction=False)
+        args: list[EncodableT] = [
+            c.WATCH_PREFIX,
+            c.WATCH_ATTEMPTS_SUFFIX,
+            now_ms(),
+            c.MAX_ATTEMPTS_KEPT,
+        ]
         for r in results:
-            await self._settle(
-                keys=[
-                    c.WATCH_KEY.format(r.watch_id),
-                    c.WATCH_ATTEMPTS_KEY.format(r.watch_id),
-                    c.DELIVERY_SCHEDULE_KEY,
-                    c.WATCH_COUNTS_KEY,
-                ],
-                args=[
-                    r.watch_id,
-                    r.event_id,
-                    r.outcome,
-                    orjson.dumps(r.record),
-                    r.next_due_ms,
-                    now,
-                    r.attempt,
-                    r.last_error,
-                    c.MAX_ATTEMPTS_KEPT,
-                ],
-                client=pipe,
-            )
-        return [str(s) for s in await pipe.execute()]
+            args += [
+                r.watch_id,
+                r.event_id,
+                r.outcome,
+                orjson.dumps(r.record),
+                r.next_due_ms,
+                r.attempt,
+                r.last_error,
+            ]
+        statuses = await self._settle(keys=[c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY], args=args)
+        return [str(s) for s in statuses]
 
     async def expire(self, watch_id: str, body_for: Any) -> bool:
         """Give a still-watching watch its ``watch.expired`` event; False if it had one."""

@@ -87,6 +87,8 @@ class Deliverer(Pump[Claimed]):
         self._flush_now = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._key_bytes = lru_cache(maxsize=20_000)(self._open_secret)
+        self._target = lru_cache(maxsize=20_000)(self._parse_target)
+        self._outcomes = {o: DELIVERIES.labels(o) for o in ("ok", "retry", "failed", "disabled")}
 
     def start(self) -> None:
         """Start claiming and the result flusher."""
@@ -173,6 +175,11 @@ class Deliverer(Pump[Claimed]):
     def _open_secret(self, sealed: str) -> bytes:
         return secret_bytes(self.box.open(sealed))
 
+    def _parse_target(self, callback_url: str) -> URL | None:
+        """The callback as a URL, or None when its address literal is refused (SSRF)."""
+        url = URL(callback_url)
+        return url if self.policy.check_literal(url) else None
+
     async def _attempt(self, w: Watch, body: bytes, release: Callable[[], None]) -> None:
         attempt = w.attempt + 1
         started = time.time()
@@ -181,8 +188,8 @@ class Deliverer(Pump[Claimed]):
         answer = ""
         retry_after: float | None = None
         try:
-            url = URL(w.callback_url)
-            if not self.policy.check_literal(url):
+            url = self._target(w.callback_url)
+            if url is None:
                 raise PermissionError("callback address refused by the SSRF policy")
             keys = [self._key_bytes(s.sealed) for s in w.signing_secrets(int(started * 1000))]
             headers = sign_headers(keys, w.event_id, int(started), body)
@@ -246,7 +253,7 @@ class Deliverer(Pump[Claimed]):
                 outcome = "failed"
             else:
                 outcome, next_ms = "retry", now_ms() + int(delay * 1000)
-        DELIVERIES.labels(outcome).inc()
+        self._outcomes[outcome].inc()
         self.sent += 1
         log.info(
             "delivery attempt",

@@ -33,6 +33,7 @@ from workers.pump import Pump
 from workers.ratelimit import Paused, UpstreamGate
 
 log = logs.get("workers.poller")
+FINALIZE_CHUNK = 200  # events created per script call
 
 
 @dataclass(slots=True)
@@ -221,9 +222,19 @@ class Poller(Pump[Claimed]):
     async def _finish(self, step: Step) -> None:
         """Create final events for every watch of the video and stop polling it."""
         vid = step.state.video_id
-        created = await self.store.finalize(vid, step.events or [], release_ids=step.watch_ids)
-        if created:
-            self.on_events()
+        evs = step.events or []
+        created = 0
+        # in chunks, waking delivery after each: the first webhooks go out while the events
+        # of a large fan-out are still being created; the last chunk releases the video
+        for start in range(0, max(len(evs), 1), FINALIZE_CHUNK):
+            last = start + FINALIZE_CHUNK >= len(evs)
+            created += await self.store.finalize(
+                vid,
+                evs[start : start + FINALIZE_CHUNK],
+                release_ids=step.watch_ids if last else None,
+            )
+            if created:
+                self.on_events()
         log.info(
             "video final",
             video_id=vid,
