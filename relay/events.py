@@ -17,7 +17,7 @@ from relay.store import NewEvent, Watch
 
 def iso(ms: int) -> str:
     """Milliseconds since the epoch as an RFC 3339 UTC timestamp (second precision)."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso_second(ms // 1000) + "Z"
 
 
 def iso_ms(ms: int) -> str:

@@ -67,7 +67,8 @@ def loads(body: bytes) -> Any:
         raise BadJSON(f"the body is not UTF-8 (byte {exc.start})") from None
     if text.startswith("\ufeff"):
         raise BadJSON("the body starts with a byte-order mark")
-    if ("[" in text or "{" in text) and _depth(text) > MAX_DEPTH:
+    opened = text.count("[") + text.count("{")  # fewer openers than the limit: no scan
+    if opened > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise BadJSON(f"nested deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(

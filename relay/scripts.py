@@ -66,6 +66,16 @@ end
 return ours
 """
 
+# The registration (spec) and status of many watches, in one reply. ARGV: watch key
+# prefix, watch ids... Returns [spec, status] per watch (nil for a missing watch).
+WATCH_SPECS = """
+local out = {}
+for i = 2, #ARGV do
+  out[i - 1] = redis.call('HMGET', ARGV[1] .. ARGV[i], 'spec', 'status')
+end
+return out
+"""
+
 # Claim due videos and return, for each, its poll state and waiting watches.
 # KEYS: the poll schedule. ARGV: now ms, lease deadline ms, limit, video key prefix.
 CLAIM_VIDEOS = """

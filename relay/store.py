@@ -250,6 +250,7 @@ class Store:
         self._claim_deliveries = redis.register_script(scripts.CLAIM_DELIVERIES)
         self._claim_videos = redis.register_script(scripts.CLAIM_VIDEOS)
         self._extend = redis.register_script(scripts.EXTEND_CLAIMS)
+        self._specs = redis.register_script(scripts.WATCH_SPECS)
         self._finalize = redis.register_script(scripts.FINALIZE)
         self._release_video = redis.register_script(scripts.RELEASE_VIDEO)
         self._settle = redis.register_script(scripts.SETTLE)
@@ -299,6 +300,18 @@ class Store:
         """The watch, or None."""
         h = await self.redis.hgetall(c.WATCH_KEY.format(watch_id))  # type: ignore[misc]
         return Watch.from_hash(h) if h else None
+
+    async def watch_specs(self, watch_ids: Sequence[str]) -> list[Watch]:
+        """The registrations and statuses of many watches (no secrets, no delivery state),
+        in one script reply: what building their events needs."""
+        if not watch_ids:
+            return []
+        rows = await self._specs(keys=[], args=[c.WATCH_PREFIX, *watch_ids])
+        return [
+            Watch.from_hash({"spec": spec, "status": status})
+            for spec, status in rows
+            if spec is not None
+        ]
 
     async def get_watches(self, watch_ids: Sequence[str]) -> list[Watch | None]:
         """Several watches in one round trip, in the order asked."""

@@ -180,7 +180,7 @@ async def create_watch(request: web.Request) -> web.Response:
 def _created(request: web.Request, watch: Watch, *, status: int) -> web.Response:
     data = watch_json(watch)
     data["secret"] = request.app[k.SECRET_BOX].open(watch.secrets[0].sealed)
-    location = str(request.app.router["watch"].url_for(watch_id=watch.id))
+    location = f"/v1/watches/{watch.id}"  # the route named "watch"
     return json_response(data, status=status, headers={"Location": location})
 
 

@@ -155,7 +155,7 @@ class Poller(Pump[Claimed]):
         if reply.kind != "ok":
             return await self._trouble(state, watch_ids, reply)
         state.errors = 0
-        watches = [w for w in await self.store.get_watches(watch_ids) if w is not None]
+        watches = await self.store.watch_specs(watch_ids)
         now = now_ms()
         waiting = pending(reply.clips, (events.watch_filter(w) for w in watches))
         deadline = state.completed_ms + int(self.settings.render_timeout * 1000)
@@ -176,7 +176,7 @@ class Poller(Pump[Claimed]):
     async def _final_failed(
         self, state: VideoState, watch_ids: Sequence[str], video_status: str, error: str
     ) -> Step:
-        watches = [w for w in await self.store.get_watches(watch_ids) if w is not None]
+        watches = await self.store.watch_specs(watch_ids)
         now = now_ms()
         return Step(
             state,
