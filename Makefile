@@ -29,7 +29,11 @@ fmt: install
 test: lint
 	$(BIN)/python -m pytest
 
+# the registration scenario drives load with wrk when it can be installed (root + apt), else
+# with bench/loadgen.py; both the relay and its baseline get the same load generator
 bench: install
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; } \
+		>/dev/null 2>&1 || echo "wrk not available: registration uses bench/loadgen.py"
 	$(BIN)/python bench/run.py
 
 clean:
