@@ -7,6 +7,8 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -44,7 +46,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        response = await answer(request, handler)
         status = response.status
         response.headers["X-Request-Id"] = request_id
         return response
@@ -56,8 +58,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        HTTP_REQUESTS.labels(name, request.method, str(status)).inc()
-        HTTP_LATENCY.labels(name).observe(elapsed)
+        _counter(name, request.method, status).inc()
+        _latency(name).observe(elapsed)
         if name not in ("/healthz", "/readyz", "/metrics"):
             log.info(
                 "request",
@@ -68,9 +70,20 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             )
 
 
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every error as problem+json; Redis trouble is 503, never a hang or a 500."""
+@lru_cache(maxsize=512)
+def _counter(route: str, method: str, status: int) -> Any:
+    return HTTP_REQUESTS.labels(route, method, str(status))
+
+
+@lru_cache(maxsize=128)
+def _latency(route: str) -> Any:
+    return HTTP_LATENCY.labels(route)
+
+
+async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run the handler within the request deadline and answer every error as problem+json:
+    Redis trouble is 503, never a hang or a 500. (Called by :func:`observe`, so that one
+    middleware layer does both.)"""
     try:
         async with asyncio.timeout(REQUEST_DEADLINE):
             return await handler(request)
@@ -152,9 +165,7 @@ async def _drain(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """The registration API application for *settings*."""
-    app = web.Application(
-        middlewares=[observe, problems, authenticate], client_max_size=MAX_BODY_BYTES
-    )
+    app = web.Application(middlewares=[observe, authenticate], client_max_size=MAX_BODY_BYTES)
     app[k.SETTINGS] = settings
     app[k.AUTH] = Authenticator(settings.api_keys)
     app[k.POLICY] = CallbackPolicy(settings.callback_allow)

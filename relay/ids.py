@@ -1,25 +1,22 @@
-"""Identifiers: random watch ids, and event ids derived from what they identify."""
+"""Identifiers: random watch ids, and event ids derived from what they identify.
+
+Both are a prefix and 24 characters of lowercase base32 (``a-z2-7``): 15 bytes, 120 bits.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 
-_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
-
-def _encode(data: bytes, length: int) -> str:
-    n = int.from_bytes(data, "big")
-    out = []
-    for _ in range(length):
-        n, r = divmod(n, 36)
-        out.append(_ALPHABET[r])
-    return "".join(out)
+def _encode(data: bytes) -> str:
+    return base64.b32encode(data[:15]).decode().lower()
 
 
 def new_watch_id() -> str:
-    """A fresh watch id, ``wat_`` + 24 base-36 characters (~124 bits)."""
-    return "wat_" + _encode(secrets.token_bytes(16), 24)
+    """A fresh watch id, ``wat_`` + 24 characters (120 random bits)."""
+    return "wat_" + _encode(secrets.token_bytes(15))
 
 
 def event_id(watch_id: str, event_type: str) -> str:
@@ -28,5 +25,4 @@ def event_id(watch_id: str, event_type: str) -> str:
     A watch gets at most one event of each type, so deriving the id makes event creation
     idempotent: a worker that dies mid fan-out and is re-run creates the same ids again.
     """
-    digest = hashlib.sha256(f"{watch_id}\x00{event_type}".encode()).digest()
-    return "evt_" + _encode(digest[:16], 24)
+    return "evt_" + _encode(hashlib.sha256(f"{watch_id}\x00{event_type}".encode()).digest())

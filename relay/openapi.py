@@ -54,7 +54,7 @@ _WATCH_ID = {
     "name": "watch_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^wat_[a-z0-9]{24}$"},
+    "schema": {"type": "string", "pattern": "^wat_[a-z2-7]{24}$"},
 }
 
 

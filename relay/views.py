@@ -25,7 +25,7 @@ from relay.store import CursorError, SecretEntry, Watch, now_ms
 
 log = logs.get("relay.views")
 MAX_IDEMPOTENCY_KEY = 255
-WATCH_ID = re.compile(r"wat_[a-z0-9]{24}")
+WATCH_ID = re.compile(r"wat_[a-z2-7]{24}")
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 LIST_PARAMS = ("videoId", "status", "limit", "cursor")
 MAX_LIMIT = 100
