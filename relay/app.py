@@ -149,7 +149,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    redis = connect(app[k.SETTINGS].redis_url)
+    # every request has a deadline (REQUEST_DEADLINE), so reads need no socket timeout
+    redis = connect(app[k.SETTINGS].redis_url, read_timeout=None)
     app[k.REDIS] = redis
     app[k.STORE] = store = Store(redis)
     app[k.RATE_LIMITER] = limiter = RateLimiter(store, app[k.SETTINGS].rate_limit)

@@ -59,10 +59,10 @@ def parse_sentinel(url: str) -> SentinelTarget:
     return SentinelTarget(tuple(hosts), unquote(segments[0]), db, username, password)
 
 
-def _options(timeout: float) -> dict[str, object]:
+def _options(timeout: float, read_timeout: float | None) -> dict[str, object]:
     return {
         "decode_responses": True,
-        "socket_timeout": timeout,
+        "socket_timeout": read_timeout,
         "socket_connect_timeout": timeout,
         # no health check: in redis-py 5 it can loop on a hung server while holding the
         # pool's lock; requests have their own deadline instead (relay.app)
@@ -72,8 +72,14 @@ def _options(timeout: float) -> dict[str, object]:
     }
 
 
-def connect(url: str, *, timeout: float = SOCKET_TIMEOUT) -> Redis:
-    """A client for *url* returning str values (through Sentinel for a Sentinel URL)."""
+def connect(
+    url: str, *, timeout: float = SOCKET_TIMEOUT, read_timeout: float | None = SOCKET_TIMEOUT
+) -> Redis:
+    """A client for *url* returning str values (through Sentinel for a Sentinel URL).
+
+    *read_timeout* None leaves reads without a socket timeout: for callers that put their own
+    deadline around each use (the API's requests), sparing redis-py's per-command timer.
+    """
     if url.startswith(SENTINEL_SCHEME):
         target = parse_sentinel(url)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
@@ -87,10 +93,10 @@ def connect(url: str, *, timeout: float = SOCKET_TIMEOUT) -> Redis:
             db=target.db,
             username=target.username,
             password=target.password,
-            **_options(timeout),  # type: ignore[arg-type]
+            **_options(timeout, read_timeout),  # type: ignore[arg-type]
         )
         return master
-    client: Redis = Redis.from_url(url, **_options(timeout))  # type: ignore[arg-type]
+    client: Redis = Redis.from_url(url, **_options(timeout, read_timeout))  # type: ignore[arg-type]
     return client
 
 
