@@ -21,7 +21,7 @@ from aiohttp import web
 from relay import receiver as rcv
 from relay.redis_server import RedisServer
 from relay.signing import generate_secret
-from relay.stack import Ports, Proc, relay_env, spawn, wait_http
+from relay.stack import LocalStack, start_local_stack
 
 DEMO_VIDEO: dict[str, Any] = {
     "title": "Keynote: the moment everything changed",
@@ -82,43 +82,28 @@ async def _progress(
 
 
 async def _demo(workdir: Path) -> int:
-    ports = Ports()
     redis = RedisServer.start()
-    procs: list[Proc] = []
+    stack: LocalStack | None = None
     upstream_key = "sr_live_" + secrets.token_hex(24)
     api_key = "demo_" + secrets.token_urlsafe(18)
     receiver = rcv.Receiver(printer=None)
     runner = web.AppRunner(rcv.create_app(receiver), access_log=None)
     try:
-        upstream_url = f"http://127.0.0.1:{ports.upstream}"
-        procs.append(
-            spawn(
-                "upstream-sim",
-                ["upstream-sim", "--port", str(ports.upstream), "--api-key", upstream_key],
-                {},
-                workdir,
-            )
-        )
-        env = relay_env(
+        stack = await asyncio.to_thread(
+            start_local_stack,
             redis.url,
-            upstream_url,
+            workdir,
             api_keys=f"demo:{api_key}",
             upstream_key=upstream_key,
-            port=ports.api,
-            metrics_port=ports.metrics,
             extra={"RELAY_POLL_INTERVAL": "0.3", "RELAY_RETRY_SCHEDULE": "0.5,1,2"},
         )
-        procs.append(spawn("api", ["api"], env, workdir))
-        procs.append(spawn("worker", ["worker"], env, workdir))
+        receiver_port = stack.ports.receiver
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", ports.receiver).start()
-        api = f"http://127.0.0.1:{ports.api}"
-        for url, proc in ((f"{upstream_url}/_sim/stats", procs[0]), (f"{api}/healthz", procs[1])):
-            await asyncio.to_thread(wait_http, url, 20.0, proc.popen)
-        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{ports.metrics}/healthz", 20.0)
+        await web.TCPSite(runner, "127.0.0.1", receiver_port).start()
+        api, upstream_url = stack.api, stack.upstream
         print(
-            f"stack up: redis :{redis.port}, upstream-sim :{ports.upstream}, api :{ports.api}, "
-            f"receiver :{ports.receiver} (logs in {workdir})"
+            f"stack up: redis :{redis.port}, upstream-sim :{stack.ports.upstream}, "
+            f"api :{stack.ports.api}, receiver :{receiver_port} (logs in {workdir})"
         )
 
         async with aiohttp.ClientSession() as http:
@@ -131,7 +116,7 @@ async def _demo(workdir: Path) -> int:
                 receiver.add_secret(secret)
                 body = {
                     "videoId": video_id,
-                    "callbackUrl": f"http://127.0.0.1:{ports.receiver}/hooks/service-{n + 1}",
+                    "callbackUrl": f"http://127.0.0.1:{receiver_port}/hooks/service-{n + 1}",
                     "minScore": threshold,
                     "secret": secret,
                     "metadata": {"service": f"service-{n + 1}"},
@@ -150,8 +135,8 @@ async def _demo(workdir: Path) -> int:
         return _report(receiver, watches)
     finally:
         await runner.cleanup()
-        for proc in reversed(procs):
-            proc.stop(timeout=15)
+        if stack is not None:
+            stack.stop()
         redis.stop()
 
 

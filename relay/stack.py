@@ -145,3 +145,75 @@ def relay_env(
     }
     env.update(extra or {})
     return env
+
+
+@dataclass
+class LocalStack:
+    """The simulator, an API and a worker as processes on loopback (see
+    :func:`start_local_stack`)."""
+
+    ports: Ports
+    procs: list[Proc]  # upstream-sim, api, worker
+
+    @property
+    def upstream(self) -> str:
+        """Base URL of the simulator."""
+        return f"http://127.0.0.1:{self.ports.upstream}"
+
+    @property
+    def api(self) -> str:
+        """Base URL of the API."""
+        return f"http://127.0.0.1:{self.ports.api}"
+
+    @property
+    def metrics(self) -> str:
+        """Base URL of the worker's health and metrics server."""
+        return f"http://127.0.0.1:{self.ports.metrics}"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop every process still running (worker and API first)."""
+        for proc in reversed(self.procs):
+            if proc.alive():
+                proc.stop(timeout=timeout)
+
+
+def start_local_stack(
+    redis_url: str,
+    log_dir: Path,
+    *,
+    api_keys: str,
+    upstream_key: str,
+    extra: Mapping[str, str] | None = None,
+) -> LocalStack:
+    """Start ``upstream-sim``, ``api`` and ``worker`` on free ports and wait until each
+    answers (blocking). On failure the processes started so far are stopped."""
+    ports = Ports()
+    stack = LocalStack(ports, [])
+    try:
+        stack.procs.append(
+            spawn(
+                "upstream-sim",
+                ["upstream-sim", "--port", str(ports.upstream), "--api-key", upstream_key],
+                {},
+                log_dir,
+            )
+        )
+        env = relay_env(
+            redis_url,
+            stack.upstream,
+            api_keys=api_keys,
+            upstream_key=upstream_key,
+            port=ports.api,
+            metrics_port=ports.metrics,
+            extra=extra,
+        )
+        stack.procs.append(spawn("api", ["api"], env, log_dir))
+        stack.procs.append(spawn("worker", ["worker"], env, log_dir))
+        sim, api, worker = stack.procs
+        wait_http(stack.upstream + "/_sim/stats", 20.0, sim.popen)
+        wait_http(stack.api + "/healthz", 20.0, api.popen)
+        wait_http(stack.metrics + "/healthz", 20.0, worker.popen)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,58 +18,30 @@ from redis.asyncio import Redis
 
 from relay.receiver import Receiver
 from relay.redis_server import RedisServer
-from relay.stack import Ports, Proc, relay_env, spawn, wait_http
+from relay.stack import LocalStack, start_local_stack
 
 UPSTREAM_KEY = "sr_live_" + "cd34" * 12
 API_KEY = "stack-test-key-42"
 
 
-@dataclass
-class Stack:
-    """A running stack of processes."""
-
-    api: str
-    upstream: str
-    metrics: str
-    procs: list[Proc]
-
-
 @pytest.fixture
-async def stack(redis_server: RedisServer, redis: Redis, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> AsyncIterator[LocalStack]:
     # `redis` flushes the database: a stack starts from nothing another test left behind
-    ports = Ports()
-    upstream = f"http://127.0.0.1:{ports.upstream}"
-    procs = [
-        spawn(
-            "upstream-sim",
-            ["upstream-sim", "--port", str(ports.upstream), "--api-key", UPSTREAM_KEY],
-            {},
-            tmp_path,
-        )
-    ]
-    env = relay_env(
+    running = await asyncio.to_thread(
+        start_local_stack,
         redis_server.url,
-        upstream,
+        tmp_path,
         api_keys=f"stack:{API_KEY}",
         upstream_key=UPSTREAM_KEY,
-        port=ports.api,
-        metrics_port=ports.metrics,
         extra={"RELAY_POLL_INTERVAL": "0.2", "RELAY_SHUTDOWN_GRACE": "3"},
     )
-    procs.append(spawn("api", ["api"], env, tmp_path))
-    procs.append(spawn("worker", ["worker"], env, tmp_path))
-    api = f"http://127.0.0.1:{ports.api}"
-    metrics = f"http://127.0.0.1:{ports.metrics}"
-    await asyncio.to_thread(wait_http, upstream + "/_sim/stats", 20, procs[0].popen)
-    await asyncio.to_thread(wait_http, api + "/healthz", 20, procs[1].popen)
-    await asyncio.to_thread(wait_http, metrics + "/healthz", 20, procs[2].popen)
-    yield Stack(api, upstream, metrics, procs)
-    for proc in procs:
-        if proc.alive():
-            proc.stop(timeout=10)
+    yield running
+    running.stop(timeout=10)
 
 
-async def _round_trip(stack: Stack, receiver_url: str, rec: Receiver) -> dict[str, Any]:
+async def _round_trip(stack: LocalStack, receiver_url: str, rec: Receiver) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http:
         async with http.post(stack.upstream + "/_sim/videos", json={}) as resp:
             video_id = (await resp.json())["id"]
@@ -97,7 +68,7 @@ async def _round_trip(stack: Stack, receiver_url: str, rec: Receiver) -> dict[st
 
 
 async def test_metrics_and_logs_after_a_round_trip(
-    stack: Stack, receiver: tuple[Receiver, str]
+    stack: LocalStack, receiver: tuple[Receiver, str]
 ) -> None:
     rec, url = receiver
     watch = await _round_trip(stack, url, rec)
