@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final
 
 # --- Redis key layout (every key the relay writes starts with PREFIX) ---------------------
 PREFIX: Final = "cr:"
@@ -28,7 +28,6 @@ ARQ_QUEUE: Final = PREFIX + "arq:queue"
 ARQ_HEALTH_KEY: Final = PREFIX + "arq:health"
 
 # --- watch lifecycle ----------------------------------------------------------------------
-WatchStatus = Literal["watching", "delivering", "delivered", "failed", "disabled", "cancelled"]
 WATCH_STATUSES: Final[tuple[str, ...]] = (
     "watching",
     "delivering",
@@ -37,22 +36,22 @@ WATCH_STATUSES: Final[tuple[str, ...]] = (
     "disabled",
     "cancelled",
 )
-EventType = Literal["clips.ready", "video.failed", "watch.expired"]
 EVENT_TYPES: Final[tuple[str, ...]] = ("clips.ready", "video.failed", "watch.expired")
 
 # --- upstream vocabulary (UPSTREAM.md) ----------------------------------------------------
 VIDEO_FINAL_OK: Final = frozenset({"completed"})
 VIDEO_FINAL_BAD: Final = frozenset({"failed", "error", "expired"})
-VIDEO_FINAL: Final = VIDEO_FINAL_OK | VIDEO_FINAL_BAD
 CLIP_DELIVERABLE: Final = frozenset({"completed", "ready", "exported"})
-CLIP_FINAL: Final = CLIP_DELIVERABLE | frozenset({"failed"})
 NOT_FOUND_STATUS: Final = "not_found"
 NOT_FOUND_POLLS: Final = 3  # 404s in a row before a video counts as unknown
 
 # --- fixed limits ---------------------------------------------------------------------------
 MAX_BODY_BYTES: Final = 64 * 1024
 # an Idempotency-Key: 1-255 characters, no control characters (documented in the OpenAPI)
-IDEMPOTENCY_KEY_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,255}$"
+MAX_IDEMPOTENCY_KEY: Final = 255
+IDEMPOTENCY_KEY_PATTERN: Final = rf"^[^\x00-\x1f\x7f]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
+# a videoId (SPEC): 1-128 of A-Z a-z 0-9 _ - (the model, the list filter and the OpenAPI)
+VIDEO_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,128}$"
 MAX_METADATA_BYTES: Final = 4 * 1024
 MAX_CALLBACK_URL: Final = 2048
 MAX_ATTEMPTS_KEPT: Final = 200  # attempt records kept per watch
@@ -62,4 +61,3 @@ RETRY_AFTER_CAP: Final = 3600.0
 UPSTREAM_BACKOFF_CAP: Final = 300.0  # seconds: longest gap between polls of a failing video
 AUTH_ERROR_LOG_EVERY: Final = 3600.0  # seconds: 401/402/403 logged once per video per hour
 JITTER: Final = 0.2  # +-20 % on retry delays
-SIGNATURE_TOLERANCE: Final = 300  # seconds, for verify()

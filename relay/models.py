@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
-from relay.constants import MAX_CALLBACK_URL, MAX_METADATA_BYTES
+from relay.constants import MAX_CALLBACK_URL, MAX_METADATA_BYTES, VIDEO_ID_PATTERN
 from relay.signing import is_valid_secret
 
 Score = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False, strict=True)]
@@ -32,9 +32,7 @@ def _depth(value: Any, limit: int) -> int:
 class WatchCreate(_Model):
     """Body of ``POST /v1/watches``."""
 
-    video_id: str = Field(
-        alias="videoId", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$", strict=True
-    )
+    video_id: str = Field(alias="videoId", pattern=VIDEO_ID_PATTERN, strict=True)
     callback_url: str = Field(alias="callbackUrl", min_length=1, max_length=MAX_CALLBACK_URL)
     min_score: Score = Field(0.0, alias="minScore")
     max_score: Score | None = Field(None, alias="maxScore")

@@ -14,6 +14,7 @@ from relay.constants import (
     EVENT_TYPES,
     IDEMPOTENCY_KEY_PATTERN,
     MAX_BODY_BYTES,
+    VIDEO_ID_PATTERN,
     WATCH_STATUSES,
 )
 from relay.models import (
@@ -120,10 +121,7 @@ def document() -> dict[str, Any]:
                     {
                         "name": "videoId",
                         "in": "query",
-                        "schema": {
-                            "type": "string",
-                            "pattern": "^[A-Za-z0-9_-]{1,128}$",
-                        },
+                        "schema": {"type": "string", "pattern": VIDEO_ID_PATTERN},
                     },
                     {"name": "status", "in": "query", "schema": {"enum": list(WATCH_STATUSES)}},
                     {

@@ -220,6 +220,16 @@ redis.call('HSET', KEYS[1], 'secrets', encoded, 'updatedAt', ARGV[2])
 return encoded
 """
 
+# Pause every worker's upstream requests until ARGV[1] (ms), keeping a later pause already
+# set. KEYS: the pause key. ARGV: until ms, now ms.
+PAUSE_UPSTREAM = """
+local pause_end = tonumber(ARGV[1])
+if pause_end > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], pause_end, 'PX', math.max(pause_end - tonumber(ARGV[2]), 1))
+end
+return 0
+"""
+
 # Take up to ARGV[2] tokens from the upstream budget of the current second (ARGV[1] = cap,
 # ARGV[3] = now ms). KEYS: the rate key prefix, the pause key (set after a 429).
 # Returns the number granted (0 when this second's budget is spent), or minus the

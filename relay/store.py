@@ -159,6 +159,7 @@ class VideoState:
     not_found: int = 0  # consecutive 404s
     auth_logged_ms: int = 0
     completed_ms: int = 0  # when `completed` was first seen
+    loaded: dict[str, str] = field(default_factory=dict, repr=False)  # the hash as read
 
     @classmethod
     def from_hash(cls, video_id: str, h: dict[str, str]) -> VideoState:
@@ -172,6 +173,7 @@ class VideoState:
             not_found=int(h.get("notFound") or 0),
             auth_logged_ms=int(h.get("authLoggedAt") or 0),
             completed_ms=int(h.get("completedAt") or 0),
+            loaded=h,
         )
 
     def to_hash(self) -> dict[str, str]:
@@ -251,6 +253,7 @@ class Store:
         self._claim_videos = redis.register_script(scripts.CLAIM_VIDEOS)
         self._extend = redis.register_script(scripts.EXTEND_CLAIMS)
         self._specs = redis.register_script(scripts.WATCH_SPECS)
+        self._pause = redis.register_script(scripts.PAUSE_UPSTREAM)
         self._finalize = redis.register_script(scripts.FINALIZE)
         self._release_video = redis.register_script(scripts.RELEASE_VIDEO)
         self._settle = redis.register_script(scripts.SETTLE)
@@ -506,12 +509,6 @@ class Store:
         rows = await self.redis.zrange(schedule, 0, 0, withscores=True)
         return int(rows[0][1]) if rows else None
 
-    async def schedule_size(self, schedule: str) -> int:
-        """Number of members of a schedule (queue depth)."""
-        return int(await self.redis.zcard(schedule))
-
-    # --- videos ------------------------------------------------------------------------
-
     async def save_videos(
         self,
         updates: Iterable[tuple[VideoState, int | None, Sequence[str], bool]],
@@ -526,17 +523,19 @@ class Store:
         n = 0
         for state, next_ms, watch_ids, changed in updates:
             n += 1
-            pipe.hset(c.VIDEO_KEY.format(state.video_id), mapping=state.to_hash())
+            fields = state.to_hash()
+            if fields != state.loaded:  # most polls change nothing but the schedule
+                pipe.hset(c.VIDEO_KEY.format(state.video_id), mapping=fields)
             if next_ms is not None:
                 pipe.zadd(c.POLL_SCHEDULE_KEY, {state.video_id: next_ms}, xx=True)
             if changed:
-                fields = {
+                shown = {
                     "videoStatus": state.status,
                     "videoProgress": "" if state.progress is None else repr(state.progress),
                     "updatedAt": now,
                 }
                 for wid in watch_ids:
-                    pipe.hset(c.WATCH_KEY.format(wid), mapping=fields)
+                    pipe.hset(c.WATCH_KEY.format(wid), mapping=shown)
         if n:
             await pipe.execute()
 
@@ -587,17 +586,24 @@ class Store:
         if watch_ids:
             await self.redis.zrem(c.DELIVERY_SCHEDULE_KEY, *watch_ids)
 
-    async def defer(self, watch_id: str, due_ms: int) -> None:
-        """Move a claimed delivery to *due_ms* without recording an attempt."""
-        await self.redis.zadd(c.DELIVERY_SCHEDULE_KEY, {watch_id: due_ms}, xx=True)
+    async def defer(self, watch_ids: Sequence[str], due_ms: int) -> None:
+        """Move claimed deliveries to *due_ms* without recording an attempt."""
+        if watch_ids:
+            await self.redis.zadd(
+                c.DELIVERY_SCHEDULE_KEY, dict.fromkeys(watch_ids, due_ms), xx=True
+            )
 
-    async def replace_event_body(
-        self, watch_id: str, event_id: str, body: bytes, clips_ms: int
+    async def replace_event_bodies(
+        self, rebuilt: Sequence[tuple[str, str, bytes]], clips_ms: int
     ) -> None:
-        """Store a rebuilt event body (fresh clip links) for the same event id."""
+        """Store rebuilt event bodies (fresh clip links), each for the same event id:
+        (watch id, event id, body) each, in one round trip."""
+        if not rebuilt:
+            return
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(c.EVENT_KEY.format(event_id), body)
-        pipe.hset(c.WATCH_KEY.format(watch_id), "clipsAt", str(clips_ms))
+        for watch_id, event_id, body in rebuilt:
+            pipe.set(c.EVENT_KEY.format(event_id), body)
+            pipe.hset(c.WATCH_KEY.format(watch_id), "clipsAt", str(clips_ms))
         await pipe.execute()
 
     async def settle(self, results: Sequence[AttemptResult]) -> list[str]:
@@ -643,14 +649,6 @@ class Store:
         )
         return int(granted)
 
-    async def upstream_paused_until(self) -> int:
-        """Until when (ms) a 429 paused every request to the upstream (0: not paused)."""
-        raw = await self.redis.get(c.UPSTREAM_PAUSE_KEY)
-        return int(raw) if raw else 0
-
     async def pause_upstream(self, until_ms: int) -> None:
         """Pause all workers' upstream requests until *until_ms* (keeps the later pause)."""
-        ttl = max(until_ms - now_ms(), 1)
-        current = await self.upstream_paused_until()
-        if until_ms > current:
-            await self.redis.set(c.UPSTREAM_PAUSE_KEY, str(until_ms), px=ttl)
+        await self._pause(keys=[c.UPSTREAM_PAUSE_KEY], args=[until_ms, now_ms()])

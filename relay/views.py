@@ -13,7 +13,12 @@ from pydantic import ValidationError
 from relay import appkeys as k
 from relay import jsonbody, logs
 from relay.auth import Principal
-from relay.constants import IDEMPOTENCY_KEY_PATTERN, WATCH_STATUSES
+from relay.constants import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_IDEMPOTENCY_KEY,
+    VIDEO_ID_PATTERN,
+    WATCH_STATUSES,
+)
 from relay.events import iso_ms
 from relay.ids import new_watch_id
 from relay.metrics import WATCHES, exposition
@@ -24,9 +29,9 @@ from relay.ssrf import CallbackRefused
 from relay.store import CursorError, SecretEntry, Watch, now_ms
 
 log = logs.get("relay.views")
-MAX_IDEMPOTENCY_KEY = 255
 WATCH_ID = re.compile(r"wat_[a-z2-7]{24}")
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
 LIST_PARAMS = ("videoId", "status", "limit", "cursor")
 MAX_LIMIT = 100
 
@@ -211,11 +216,9 @@ async def list_watches(request: web.Request) -> web.Response:
     if status is not None and status not in WATCH_STATUSES:
         errors.append({"field": "status", "message": "must be one of " + ", ".join(WATCH_STATUSES)})
     video_id = q.get("videoId")
-    if video_id is not None:
-        try:
-            _check_video_id(video_id)
-        except ValueError as exc:
-            errors.append({"field": "videoId", "message": str(exc)})
+    if video_id is not None and not VIDEO_ID.fullmatch(video_id):
+        message = "must be 1-128 characters of A-Z, a-z, 0-9, _ and -"
+        errors.append({"field": "videoId", "message": message})
     if errors:
         raise invalid(errors)
     try:
@@ -231,13 +234,6 @@ async def list_watches(request: web.Request) -> web.Response:
     return json_response(
         {"data": [watch_json(w) for w in page.watches], "nextCursor": page.next_cursor}
     )
-
-
-def _check_video_id(value: str) -> None:
-    if not 1 <= len(value) <= 128 or not all(
-        ch.isascii() and (ch.isalnum() or ch in "_-") for ch in value
-    ):
-        raise ValueError("must be 1-128 characters of A-Z, a-z, 0-9, _ and -")
 
 
 async def cancel_watch(request: web.Request) -> web.Response:

@@ -146,20 +146,24 @@ class Deliverer(Pump[Claimed]):
         )
         now = now_ms()
         out: list[tuple[Watch, bytes]] = []
+        later: list[str] = []
+        rebuilt: list[tuple[str, str, bytes]] = []
         for w, body in items:
             refresh = w.video_id in stale and w.event_type == "clips.ready"
             clips = fetched.get(w.video_id)
             if w.id not in ours:  # taken over by another worker: it sends this one
                 release()
             elif refresh and clips is None:
-                await self.store.defer(w.id, now + int(REFRESH_RETRY_S * 1000))
+                later.append(w.id)
                 release()
             elif refresh and clips is not None:
                 new = events.clips_ready_body(w, clips, events.event_timestamp_ms(body))
-                await self.store.replace_event_body(w.id, w.event_id, new, now)
+                rebuilt.append((w.id, w.event_id, new))
                 out.append((w, new))
             else:
                 out.append((w, body))
+        await self.store.defer(later, now + int(REFRESH_RETRY_S * 1000))
+        await self.store.replace_event_bodies(rebuilt, now)
         for video_id in stale:
             log.info("clip links refreshed", video_id=video_id, ok=fetched[video_id] is not None)
         return out

@@ -9,7 +9,6 @@ flight RELAY_SHUTDOWN_GRACE seconds. A small HTTP server on RELAY_METRICS_PORT a
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +52,6 @@ class Runtime:
     sessions: tuple[aiohttp.ClientSession, ...]
     metrics_runner: web.AppRunner | None
     gauges: asyncio.Task[None]
-    started: float
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -109,7 +107,6 @@ async def startup(ctx: dict[str, Any]) -> None:
         (upstream_session, callback_session),
         runner,
         asyncio.create_task(_gauges(store)),
-        time.time(),
     )
     log.info(
         "worker started",
