@@ -6,9 +6,12 @@ a clip, so extra fields and odd shapes (``hooks`` as a list, say) pass through u
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from relay.constants import CLIP_DELIVERABLE
 
@@ -36,13 +39,73 @@ class ClipFilter:
 
     def select(self, clips: Iterable[Clip]) -> list[Clip]:
         """The deliverable clips that pass, in the watch's order."""
-        chosen = [c for c in clips if is_deliverable(c) and self.passes(c)]
-        key = "duration" if self.sort_by == "duration" else "score"
-        # a clip without a usable value sorts last whatever the order
-        present = [c for c in chosen if number(c.get(key)) is not None]
-        absent = [c for c in chosen if number(c.get(key)) is None]
-        present.sort(key=lambda c: number(c.get(key)) or 0.0, reverse=self.sort_order != "asc")
-        return present + absent
+        return ordered([c for c in clips if is_deliverable(c) and self.passes(c)], self)
+
+
+def ordered(clips: Sequence[Clip], f: ClipFilter) -> list[Clip]:
+    """*clips* in the order *f* asks for; a clip without a usable value sorts last whatever
+    the order. The sort is stable, so ordering commutes with filtering."""
+    key = "duration" if f.sort_by == "duration" else "score"
+    present = [c for c in clips if number(c.get(key)) is not None]
+    absent = [c for c in clips if number(c.get(key)) is None]
+    present.sort(key=lambda c: number(c.get(key)) or 0.0, reverse=f.sort_order != "asc")
+    return present + absent
+
+
+class ClipSet:
+    """One video's clips prepared for many watches (a fan-out to thousands of watches
+    selects from the same few clips).
+
+    Deliverability is judged once, the deliverable clips are sorted once per order, a
+    score-ordered selection is one bisect of that order (clips of a score range are
+    contiguous in it), and each distinct selection is serialized once: watches whose
+    thresholds fall between the same two clips share one JSON fragment.
+    """
+
+    __slots__ = ("_deliverable", "_json", "_orders", "_scores", "clips")
+
+    def __init__(self, clips: Sequence[Clip]) -> None:
+        self.clips = list(clips)
+        self._deliverable = [c for c in self.clips if is_deliverable(c)]
+        self._orders: dict[tuple[str, str], list[Clip]] = {}
+        self._scores: dict[str, list[float]] = {}  # per score order: its keys, ascending
+        self._json: dict[tuple[int, ...], orjson.Fragment] = {}
+
+    def select(self, f: ClipFilter) -> list[Clip]:
+        """What ``f.select(self.clips)`` returns."""
+        order = (f.sort_by, f.sort_order)
+        ready = self._orders.get(order)
+        if ready is None:
+            ready = self._orders[order] = ordered(self._deliverable, f)
+        if f.sort_by == "duration":
+            return [c for c in ready if f.passes(c)]
+        # score order: the clips with a score come first, monotonic in it, and only they
+        # can pass -- the passing ones are the slice of [min_score, max_score]
+        keys = self._scores.get(f.sort_order)
+        if keys is None:
+            sign = 1.0 if f.sort_order == "asc" else -1.0
+            scored = (number(c.get("score")) for c in ready)
+            keys = self._scores[f.sort_order] = [sign * x for x in scored if x is not None]
+        if f.sort_order == "asc":
+            lo = bisect_left(keys, f.min_score)
+            hi = len(keys) if f.max_score is None else bisect_right(keys, f.max_score)
+        else:
+            lo = 0 if f.max_score is None else bisect_left(keys, -f.max_score)
+            hi = bisect_right(keys, -f.min_score)
+        chosen = ready[lo:hi]
+        if f.favorited_only:
+            return [c for c in chosen if c.get("favorited") is True]
+        return chosen
+
+    def select_json(self, f: ClipFilter) -> tuple[orjson.Fragment, int]:
+        """:meth:`select` serialized (shared by every filter that selects the same clips),
+        and how many clips that is."""
+        chosen = self.select(f)
+        key = tuple(map(id, chosen))
+        fragment = self._json.get(key)
+        if fragment is None:
+            fragment = self._json[key] = orjson.Fragment(orjson.dumps(chosen))
+        return fragment, len(chosen)
 
 
 def number(value: Any) -> float | None:

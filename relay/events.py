@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from relay.clips import Clip, ClipFilter
+from relay.clips import Clip, ClipFilter, ClipSet
 from relay.ids import event_id
 from relay.store import NewEvent, Watch
 
@@ -44,17 +44,19 @@ def _base(w: Watch) -> dict[str, Any]:
     return {"watchId": w.id, "videoId": w.video_id, "metadata": w.metadata}
 
 
-def clips_ready_body(w: Watch, clips: Sequence[Clip], at_ms: int) -> bytes:
-    """``clips.ready`` for one watch: its filtered, ordered clips."""
-    chosen = watch_filter(w).select(clips)
+def clips_ready_body(w: Watch, clips: ClipSet | Sequence[Clip], at_ms: int) -> bytes:
+    """``clips.ready`` for one watch: its filtered, ordered clips. Pass a :class:`ClipSet`
+    when many watches of one video are served from the same clips."""
+    prepared = clips if isinstance(clips, ClipSet) else ClipSet(clips)
+    chosen, count = prepared.select_json(watch_filter(w))
     data = _base(w)
-    data.update({"minScore": w.min_score, "clips": chosen, "count": len(chosen)})
+    data.update({"minScore": w.min_score, "clips": chosen, "count": count})
     if w.max_score is not None:
         data["maxScore"] = w.max_score
     return _body("clips.ready", at_ms, data)
 
 
-def clips_ready(w: Watch, clips: Sequence[Clip], at_ms: int, clips_ms: int) -> NewEvent:
+def clips_ready(w: Watch, clips: ClipSet | Sequence[Clip], at_ms: int, clips_ms: int) -> NewEvent:
     """The ``clips.ready`` event of a watch."""
     return NewEvent(
         w.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from relay.clips import (
     Clip,
     ClipFilter,
+    ClipSet,
     is_deliverable,
     is_settled,
     number,
@@ -61,6 +63,70 @@ def watch(**overrides: Any) -> Watch:
     }
     base.update(overrides)
     return Watch(**base)
+
+
+# --- ClipSet: the prepared selection a fan-out uses ---------------------------------------
+
+SCORES: list[Any] = [0, 10, 10, 35.5, 50, 50, 79.999, 80, 99, 100, None, True, "90", -5, 120]
+
+
+def random_clips(rng: random.Random, n: int) -> list[Clip]:
+    """Clips with every awkward score shape (ties, floats, missing, bools, strings, out of
+    range), mixed statuses, missing links, favourites and durations."""
+    out = []
+    for i in range(n):
+        extra: dict[str, Any] = {
+            "duration": rng.choice([5, 30, 30, 61.5, None, "x"]),
+            "favorited": rng.choice([True, False, None, "yes"]),
+            "status": rng.choice(["completed", "ready", "exported", "generating", "failed"]),
+        }
+        if rng.random() < 0.1:
+            extra["downloadUrl"] = None
+        out.append(clip(f"c{i}", rng.choice(SCORES), **extra))
+    return out
+
+
+def random_filter(rng: random.Random) -> ClipFilter:
+    low = rng.choice([0, 0, 10, 35.5, 50, 80, 100, rng.uniform(0, 100)])
+    high = rng.choice([None, None, low, 50, 99, 100, rng.uniform(low, 100)])
+    return ClipFilter(
+        min_score=low,
+        max_score=high if high is None or high >= low else None,
+        favorited_only=rng.random() < 0.3,
+        sort_by=rng.choice(["score", "duration"]),
+        sort_order=rng.choice(["asc", "desc"]),
+    )
+
+
+def test_clip_set_selects_exactly_what_the_filter_does() -> None:
+    """The bisected, shared selection equals ClipFilter.select -- same clips, same order,
+    same bytes -- for every filter, whatever the clips look like."""
+    rng = random.Random(20261201)
+    for _ in range(300):
+        clips = random_clips(rng, rng.randint(0, 25))
+        prepared = ClipSet(clips)
+        for _ in range(30):
+            f = random_filter(rng)
+            expected = f.select(clips)
+            assert prepared.select(f) == expected, f
+            fragment, count = prepared.select_json(f)
+            assert orjson.dumps({"c": fragment}) == orjson.dumps({"c": expected})
+            assert count == len(expected)
+
+
+def test_clip_set_shares_one_fragment_per_selection() -> None:
+    clips = [clip("a", 90), clip("b", 70), clip("c", 40)]
+    prepared = ClipSet(clips)
+    first, n = prepared.select_json(ClipFilter(min_score=41))
+    again, m = prepared.select_json(ClipFilter(min_score=69.5))  # the same two clips
+    assert first is again and n == m == 2
+    assert prepared.select_json(ClipFilter(min_score=71))[0] is not first
+
+
+def test_clips_ready_body_from_a_clip_set_is_the_same_body() -> None:
+    clips = [clip("a", 90), clip("b", 70, favorited=True), clip("c", 40)]
+    for w in (watch(min_score=50), watch(min_score=0, sort_order="asc"), watch(max_score=80)):
+        assert clips_ready_body(w, ClipSet(clips), AT_MS) == clips_ready_body(w, clips, AT_MS)
 
 
 # --- number ------------------------------------------------------------------------------
