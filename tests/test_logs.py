@@ -1,0 +1,136 @@
+"""Log processors (relay/logs.py): secrets never reach a line, timestamps as structlog's own."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+import structlog
+
+from relay import logs
+
+API_KEY = "sr_live_" + "ab12" * 12
+TENANT_KEY = "key-tenant-a-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "_secrets", ())
+    logs.register_secrets([API_KEY, TENANT_KEY, "", "short"])  # empty and short ones ignored
+
+
+class Leaky:
+    """An object orjson would render with str(): its text carries a secret."""
+
+    def __str__(self) -> str:
+        return f"<client key={API_KEY}>"
+
+
+def test_register_secrets_ignores_empty_and_short_values() -> None:
+    assert logs._secrets == tuple(sorted([API_KEY, TENANT_KEY]))
+
+
+def test_redact_replaces_secrets_wherever_they_are() -> None:
+    line: dict[str, Any] = {
+        "event": f"calling with {API_KEY}",
+        "header": f"Bearer {TENANT_KEY}",
+        "nested": {"list": [f"x{API_KEY}y", 3, None], "n": 5},
+        "pair": ("a", TENANT_KEY),
+        "object": Leaky(),
+        "count": 3,
+        "ratio": 0.5,
+        "flag": True,
+        "none": None,
+    }
+    out = logs.redact(None, "info", line)
+    assert out["event"] == "calling with [redacted]"
+    assert out["header"] == "Bearer [redacted]"
+    assert out["nested"] == {"list": ["x[redacted]y", 3, None], "n": 5}
+    assert out["pair"] == ["a", "[redacted]"]
+    assert out["object"] == "<client key=[redacted]>"
+    assert (out["count"], out["ratio"], out["flag"], out["none"]) == (3, 0.5, True, None)
+
+
+def test_redact_leaves_clean_lines_as_they_are() -> None:
+    line: dict[str, Any] = {"event": "delivery attempt", "watch_id": "wat_x", "attempt": 1}
+    assert logs.redact(None, "info", dict(line)) == line
+
+
+def test_timestamp_is_rfc3339_utc_with_microseconds_like_structlogs() -> None:
+    ours = logs.timestamp(None, "info", {})["timestamp"]
+    theirs = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"]
+    shape = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+    assert shape.match(ours) and shape.match(theirs)
+    parsed = datetime.fromisoformat(ours.replace("Z", "+00:00"))
+    assert abs(parsed.timestamp() - time.time()) < 1
+    assert parsed.tzinfo == UTC
+
+
+def test_timestamp_follows_the_clock_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    moments = [1_795_860_000.25, 1_795_860_000.5, 1_795_860_001.000001, 1_795_860_001.9999996]
+    clock = iter(moments)
+    monkeypatch.setattr(logs.time, "time", lambda: next(clock))
+    stamps = [logs.timestamp(None, "info", {})["timestamp"] for _ in moments]
+    assert stamps == [
+        "2026-11-28T10:00:00.250000Z",
+        "2026-11-28T10:00:00.500000Z",
+        "2026-11-28T10:00:01.000001Z",
+        "2026-11-28T10:00:02.000000Z",  # rounds up into the next second
+    ]
+    # the same instant as datetime renders it (always with six digits)
+    for at, stamp in zip(moments, stamps, strict=True):
+        rendered = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds")
+        assert rendered.replace("+00:00", "Z") == stamp
+
+
+@pytest.fixture
+def out(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
+    """Where logs.setup(..., stream=out) writes; structlog and the root logger restored."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(logs._Output, "stream", None)
+    yield io.BytesIO()
+    structlog.configure(**saved)
+    root.handlers[:], root.level = handlers, level
+
+
+ROW = {"watch_id": "wat_1", "video_id": "vid_1", "attempt": 2, "error": f"bad {API_KEY}"}
+
+
+def test_lines_write_what_info_writes_in_one_go(out: io.BytesIO) -> None:
+    logs.setup("json", stream=out)
+    logs.get("workers.deliverer").info("delivery attempt", **ROW)
+    single = out.getvalue()
+    out.seek(0)
+    out.truncate()
+    logs.lines("workers.deliverer", "delivery attempt", [dict(ROW), dict(ROW, attempt=3)])
+    batch = out.getvalue()
+    assert batch.endswith(b"\n") and batch.count(b"\n") == 2
+    first, second = (orjson.loads(line) for line in batch.splitlines())
+    expected = orjson.loads(single)
+    for line in (first, second):
+        assert line.keys() == expected.keys()  # the same fields, in the same order
+        assert line.pop("timestamp") and line["error"] == "bad [redacted]"
+    expected.pop("timestamp")
+    assert first == expected and second == {**expected, "attempt": 3}
+
+
+def test_lines_follow_the_level(out: io.BytesIO) -> None:
+    logs.setup("json", level=logging.WARNING, stream=out)
+    logs.lines("workers.deliverer", "delivery attempt", [dict(ROW)])
+    assert out.getvalue() == b""
+
+
+def test_lines_on_a_console_go_through_structlog(out: io.BytesIO) -> None:
+    logs.setup("console", stream=out)
+    logs.lines("workers.deliverer", "delivery attempt", [dict(ROW)])
+    text = out.getvalue().decode()
+    assert "delivery attempt" in text and "wat_1" in text and API_KEY not in text
