@@ -264,8 +264,9 @@ class CpuSet:
 class Profiler:
     """Optional py-spy recordings (collapsed stacks) of processes during measured windows."""
 
-    def __init__(self, out: Path | None) -> None:
+    def __init__(self, out: Path | None, rate: int = 200) -> None:
         self.out = out
+        self.rate = rate  # samples per second
         self._running: list[subprocess.Popen[bytes]] = []
 
     @contextlib.contextmanager
@@ -284,7 +285,7 @@ class Profiler:
         self.out.mkdir(parents=True, exist_ok=True)
         for name, pid in pids.items():
             target = self.out / f"{label}-{name}.folded"
-            args = ["record", "--pid", str(pid), "-o", str(target), "--rate", "200"]
+            args = ["record", "--pid", str(pid), "-o", str(target), "--rate", str(self.rate)]
             self._running.append(
                 subprocess.Popen(
                     ["py-spy", *args, "--format", "raw"],

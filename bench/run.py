@@ -302,6 +302,7 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
     started = time.monotonic()
     checks = Checks()
     PROFILER.out = Path(args.profile) if args.profile else None
+    PROFILER.rate = args.profile_rate
     print(f"starting the stack (logs in {workdir})", flush=True)
     stack = await asyncio.to_thread(Stack.start, workdir)
     figures: list[Figure] = []
@@ -395,6 +396,9 @@ def main() -> int:
         "--profile",
         metavar="DIR",
         help="py-spy collapsed stacks, one file per scenario and process (perturbs timing)",
+    )
+    parser.add_argument(
+        "--profile-rate", type=int, default=200, metavar="HZ", help="py-spy samples per second"
     )
     parser.add_argument("--keep-logs", metavar="DIR", help="keep the processes' logs here")
     args = parser.parse_args()

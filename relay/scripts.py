@@ -1,6 +1,9 @@
 """Lua scripts: every state change that must be atomic across API and worker replicas.
 
 Each script is small and does one transition; the Python wrappers live in :mod:`relay.store`.
+Per-item work is as few calls as the transition allows; schedule changes and status counters
+are applied once per call. Lua's ``unpack`` takes at most ~8,000 values, so callers keep
+batches well below that (:data:`relay.store.SCRIPT_BATCH`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,12 @@ return 1
 # allows -- which is also all that arq supports.)
 CLAIM_DELIVERIES = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+if #due == 0 then return {} end
 local out = {}
+local leased = {}
 for i = 1, #due do
-  redis.call('ZADD', KEYS[1], ARGV[2], due[i])
+  leased[2 * i - 1] = ARGV[2]
+  leased[2 * i] = due[i]
   local watch = redis.call('HGETALL', ARGV[4] .. due[i])
   local body = false
   for j = 1, #watch, 2 do
@@ -49,6 +55,7 @@ for i = 1, #due do
   end
   out[i] = {due[i], watch, body}
 end
+redis.call('ZADD', KEYS[1], unpack(leased))
 return out
 """
 
@@ -80,40 +87,79 @@ return out
 # KEYS: the poll schedule. ARGV: now ms, lease deadline ms, limit, video key prefix.
 CLAIM_VIDEOS = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
+if #due == 0 then return {} end
+local out, leased = {}, {}
 for i = 1, #due do
-  redis.call('ZADD', KEYS[1], ARGV[2], due[i])
+  leased[2 * i - 1] = ARGV[2]
+  leased[2 * i] = due[i]
   out[i] = {due[i], redis.call('HGETALL', ARGV[4] .. due[i]),
             redis.call('SMEMBERS', ARGV[4] .. due[i] .. ':w')}
 end
+redis.call('ZADD', KEYS[1], unpack(leased))
 return out
 """
 
 # Give watches of one video their final event, once each. KEYS: delivery schedule, the
-# video's watch set, status counters. ARGV: watch key prefix, event key prefix, now ms, then
-# per watch: watch id, event id, event type, body, clips-fetched ms ('' if none), video
-# status ('' to leave it). A watch that is not watching, or already has its event, is left
-# alone (and leaves the video's set). Returns the number of events created.
+# video's watch set, status counters. ARGV: watch key prefix, event key prefix, now ms, the
+# event type, clips-fetched ms ('' if none), video status ('' to leave it) -- the same for
+# every event of a call -- then per watch: watch id, event id, body. A watch that is not
+# watching, or already has its event, is left alone (and leaves the video's set). Returns
+# the positions (1-based) of the events created.
 FINALIZE = """
-local created = 0
-for i = 4, #ARGV, 6 do
+local created, scheduled, served = {}, {}, {}
+local n = 0
+for i = 7, #ARGV, 3 do
+  n = n + 1
   local wid = ARGV[i]
   local watch = ARGV[1] .. wid
-  if redis.call('HGET', watch, 'status') == 'watching'
-      and redis.call('HGET', watch, 'eventId') == '' then
-    redis.call('HSET', watch, 'status', 'delivering', 'eventId', ARGV[i + 1],
-      'eventType', ARGV[i + 2], 'attempt', 0, 'updatedAt', ARGV[3], 'finalAt', ARGV[3],
-      'clipsAt', ARGV[i + 4])
-    if ARGV[i + 5] ~= '' then redis.call('HSET', watch, 'videoStatus', ARGV[i + 5]) end
-    redis.call('SET', ARGV[2] .. ARGV[i + 1], ARGV[i + 3])
-    redis.call('ZADD', KEYS[1], 'NX', ARGV[3], wid)
-    redis.call('HINCRBY', KEYS[3], 'watching', -1)
-    redis.call('HINCRBY', KEYS[3], 'delivering', 1)
-    created = created + 1
+  local h = redis.call('HMGET', watch, 'status', 'eventId')
+  if h[1] == 'watching' and h[2] == '' then
+    local fields = {'status', 'delivering', 'eventId', ARGV[i + 1], 'eventType', ARGV[4],
+      'attempt', 0, 'updatedAt', ARGV[3], 'finalAt', ARGV[3], 'clipsAt', ARGV[5]}
+    if ARGV[6] ~= '' then
+      fields[15] = 'videoStatus'
+      fields[16] = ARGV[6]
+    end
+    redis.call('HSET', watch, unpack(fields))
+    redis.call('SET', ARGV[2] .. ARGV[i + 1], ARGV[i + 2])
+    created[#created + 1] = n
+    scheduled[#scheduled + 1] = ARGV[3]
+    scheduled[#scheduled + 1] = wid
   end
-  redis.call('SREM', KEYS[2], wid)
+  served[n] = wid
 end
+if #scheduled > 0 then
+  redis.call('ZADD', KEYS[1], 'NX', unpack(scheduled))
+  redis.call('HINCRBY', KEYS[3], 'watching', -#created)
+  redis.call('HINCRBY', KEYS[3], 'delivering', #created)
+end
+if n > 0 then redis.call('SREM', KEYS[2], unpack(served)) end
 return created
+"""
+
+# Claim deliveries whose event the caller already holds (its poller just created them), so
+# nothing is read back but what may have changed since: the attempt count and the secrets
+# (a rotation). A member is claimed as CLAIM_DELIVERIES would claim it -- due, and still
+# delivering that same event -- by moving its score to the lease deadline; anything else
+# (claimed by another worker, cancelled, another event) is left alone.
+# KEYS: the delivery schedule. ARGV: now ms, lease deadline ms, watch key prefix, then per
+# delivery: watch id, event id. Returns {watch id, attempt, secrets} for each claimed one.
+CLAIM_KNOWN = """
+local out, leased = {}, {}
+local now = tonumber(ARGV[1])
+for i = 4, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= now then
+    local h = redis.call('HMGET', ARGV[3] .. ARGV[i], 'status', 'eventId', 'attempt', 'secrets')
+    if h[1] == 'delivering' and h[2] == ARGV[i + 1] then
+      leased[#leased + 1] = ARGV[2]
+      leased[#leased + 1] = ARGV[i]
+      out[#out + 1] = {ARGV[i], h[3], h[4]}
+    end
+  end
+end
+if #leased > 0 then redis.call('ZADD', KEYS[1], unpack(leased)) end
+return out
 """
 
 # After a video's final fan-out: drop the watches that were served from the video's set and
@@ -132,36 +178,55 @@ return 0
 """
 
 # Record delivery attempts and move each watch on. KEYS: delivery schedule, status counters.
-# ARGV: watch key prefix, attempts key suffix, now ms, attempts kept, then per attempt:
-# watch id, event id, outcome (ok|retry|failed|disabled), record, next due ms, attempt
-# number, last error. Returns the status each watch has afterwards.
+# ARGV: watch key prefix, attempts key suffix, now ms, attempts kept, then per attempt: watch
+# id, the outcome as a JSON array [event id, outcome (ok|retry|failed|disabled), next due ms,
+# attempt number, last error], the attempt record. Returns the status each watch has
+# afterwards.
 SETTLE = """
-local statuses = {}
-for i = 5, #ARGV, 7 do
-  local wid, outcome = ARGV[i], ARGV[i + 2]
+local statuses, due, gone, counts = {}, {}, {}, {}
+local kept = tonumber(ARGV[4])
+for i = 5, #ARGV, 3 do
+  local wid = ARGV[i]
+  local eid, outcome, next_due, attempt, last_error = unpack(cjson.decode(ARGV[i + 1]))
   local watch = ARGV[1] .. wid
   local attempts = watch .. ARGV[2]
-  redis.call('RPUSH', attempts, ARGV[i + 3])
-  redis.call('LTRIM', attempts, -tonumber(ARGV[4]), -1)
-  local status = redis.call('HGET', watch, 'status')
-  if status ~= 'delivering' or redis.call('HGET', watch, 'eventId') ~= ARGV[i + 1] then
-    if status ~= 'delivering' then redis.call('ZREM', KEYS[1], wid) end
+  if redis.call('RPUSH', attempts, ARGV[i + 2]) > kept then
+    redis.call('LTRIM', attempts, -kept, -1)
+  end
+  local h = redis.call('HMGET', watch, 'status', 'eventId', 'eventType')
+  local status = h[1]
+  if status ~= 'delivering' or h[2] ~= eid then
+    -- cancelled, or already moved on: only a watch that stopped delivering leaves
+    if status ~= 'delivering' then gone[wid], due[wid] = true, nil end
+  elseif outcome == 'retry' then
+    redis.call('HSET', watch, 'attempt', attempt, 'updatedAt', ARGV[3], 'lastError', last_error)
+    gone[wid], due[wid] = nil, next_due
   else
-    redis.call('HSET', watch, 'attempt', ARGV[i + 5], 'updatedAt', ARGV[3],
-      'lastError', ARGV[i + 6])
-    if outcome == 'retry' then
-      redis.call('ZADD', KEYS[1], ARGV[i + 4], wid)
-    else
-      redis.call('ZREM', KEYS[1], wid)
-      redis.call('HINCRBY', KEYS[2], 'delivering', -1)
-      status = outcome == 'ok' and 'delivered' or outcome
-      redis.call('HSET', watch, 'status', status,
-        'lastEventType', redis.call('HGET', watch, 'eventType'))
-      if outcome == 'ok' then redis.call('HSET', watch, 'deliveredAt', ARGV[3]) end
-      redis.call('HINCRBY', KEYS[2], status, 1)
+    status = outcome == 'ok' and 'delivered' or outcome
+    local fields = {'attempt', attempt, 'updatedAt', ARGV[3], 'lastError', last_error,
+      'status', status, 'lastEventType', h[3]}
+    if outcome == 'ok' then
+      fields[11] = 'deliveredAt'
+      fields[12] = ARGV[3]
     end
+    redis.call('HSET', watch, unpack(fields))
+    gone[wid], due[wid] = true, nil
+    counts['delivering'] = (counts['delivering'] or 0) - 1
+    counts[status] = (counts[status] or 0) + 1
   end
   statuses[#statuses + 1] = status or false
+end
+-- the schedule and the counters change once per call (per watch, the last change counts)
+local zadd, zrem = {}, {}
+for wid, at in pairs(due) do
+  zadd[#zadd + 1] = at
+  zadd[#zadd + 1] = wid
+end
+for wid in pairs(gone) do zrem[#zrem + 1] = wid end
+if #zadd > 0 then redis.call('ZADD', KEYS[1], unpack(zadd)) end
+if #zrem > 0 then redis.call('ZREM', KEYS[1], unpack(zrem)) end
+for status, delta in pairs(counts) do
+  if delta ~= 0 then redis.call('HINCRBY', KEYS[2], status, delta) end
 end
 return statuses
 """

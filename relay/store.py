@@ -28,6 +28,7 @@ from relay import scripts
 from relay.serializer import dumps as arq_dumps
 
 EXPIRE_JOB = "expire_watch"
+SCRIPT_BATCH = 1000  # items per script call, at most (Lua's unpack limit, see relay.scripts)
 
 
 def now_ms() -> int:
@@ -126,6 +127,18 @@ class Watch:
             clips_ms=_opt_int(h.get("clipsAt", "")),
         )
 
+    def begin_event(self, event: NewEvent, at_ms: int) -> None:
+        """Take on *event* as FINALIZE records it, for a watch held in memory (a fan-out
+        hands the watches it just gave events to the deliverer without reading them back)."""
+        self.status = "delivering"
+        self.event_id = event.event_id
+        self.event_type = event.event_type
+        self.attempt = 0
+        self.updated_ms = self.final_ms = at_ms
+        self.clips_ms = event.clips_ms
+        if event.video_status:
+            self.video_status = event.video_status
+
     def signing_secrets(self, at_ms: int) -> list[SecretEntry]:
         """The secrets that sign at *at_ms*: the current one and any still in its grace."""
         return [s for s in self.secrets if s.expires_ms == 0 or s.expires_ms > at_ms]
@@ -201,6 +214,11 @@ class NewEvent:
     clips_ms: int | None = None
 
 
+DeliveryClaim = tuple[str, Watch | None, bytes | None, int]
+"""A claimed delivery: watch id, the watch (None: gone), its event's body (None: no event),
+and the claim's lease deadline in ms -- the claim's token (:meth:`Store.extend_claims`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
     """The outcome of one delivery attempt, to be recorded."""
@@ -250,6 +268,7 @@ class Store:
         self.redis = redis
         self._create = redis.register_script(scripts.CREATE_WATCH)
         self._claim_deliveries = redis.register_script(scripts.CLAIM_DELIVERIES)
+        self._claim_known = redis.register_script(scripts.CLAIM_KNOWN)
         self._claim_videos = redis.register_script(scripts.CLAIM_VIDEOS)
         self._extend = redis.register_script(scripts.EXTEND_CLAIMS)
         self._specs = redis.register_script(scripts.WATCH_SPECS)
@@ -460,35 +479,58 @@ class Store:
 
     # --- schedules: worker side --------------------------------------------------------
 
-    async def claim_deliveries(
-        self, *, limit: int, lease_s: float
-    ) -> list[tuple[str, Watch | None, bytes | None, int]]:
-        """Claim due deliveries for *lease_s* seconds: (watch id, watch, event body, lease
-        deadline ms) each. The deadline is the claim's token (:meth:`extend_claims`)."""
+    async def claim_deliveries(self, *, limit: int, lease_s: float) -> list[DeliveryClaim]:
+        """Claim due deliveries for *lease_s* seconds, each with its watch and event body."""
         now = now_ms()
         deadline = now + int(lease_s * 1000)
         rows = await self._claim_deliveries(
             keys=[c.DELIVERY_SCHEDULE_KEY],
             args=[now, deadline, limit, c.WATCH_PREFIX, c.EVENT_PREFIX],
         )
-        out: list[tuple[str, Watch | None, bytes | None, int]] = []
+        out: list[DeliveryClaim] = []
         for member, flat, body in rows:
             h = dict(zip(flat[::2], flat[1::2], strict=True))
             watch = Watch.from_hash(h) if h else None
             out.append((member, watch, body.encode() if body else None, deadline))
         return out
 
+    async def claim_known(
+        self, held: Sequence[tuple[Watch, bytes]], *, lease_s: float
+    ) -> list[DeliveryClaim]:
+        """Claim deliveries whose watch and event body the caller holds already (each watch
+        after :meth:`Watch.begin_event`), exactly as :meth:`claim_deliveries` would claim
+        them -- due, and still delivering that event -- reading back only the attempt count
+        and the secrets. What is not claimed is somebody else's, or no longer due."""
+        if not held:
+            return []
+        now = now_ms()
+        deadline = now + int(lease_s * 1000)
+        args: list[EncodableT] = [now, deadline, c.WATCH_PREFIX]
+        for w, _ in held:
+            args += [w.id, w.event_id]
+        rows = await self._claim_known(keys=[c.DELIVERY_SCHEDULE_KEY], args=args)
+        claimed = {wid: (attempt, secrets) for wid, attempt, secrets in rows}
+        out: list[DeliveryClaim] = []
+        for w, body in held:
+            got = claimed.get(w.id)
+            if got is not None:
+                w.attempt = int(got[0] or 0)
+                w.secrets = _load_secrets(got[1])
+                out.append((w.id, w, body, deadline))
+        return out
+
     async def extend_claims(
         self, schedule: str, members: Sequence[str], deadline_ms: int, lease_s: float
-    ) -> set[str]:
+    ) -> tuple[set[str], int]:
         """Extend the claims on *members* made with *deadline_ms* that nobody has taken
-        over since; returns those (the others belong to another worker now)."""
+        over since, to *lease_s* from now: returns those (the others belong to another
+        worker now) and their new deadline, the claims' new token. With *lease_s* 0 the
+        claims are handed back: due at once, for any worker."""
+        new_deadline = now_ms() + int(lease_s * 1000)
         if not members:
-            return set()
-        ours = await self._extend(
-            keys=[schedule], args=[deadline_ms, now_ms() + int(lease_s * 1000), *members]
-        )
-        return {str(m) for m in ours}
+            return set(), new_deadline
+        ours = await self._extend(keys=[schedule], args=[deadline_ms, new_deadline, *members])
+        return {str(m) for m in ours}, new_deadline
 
     async def claim_videos(
         self, *, limit: int, lease_s: float
@@ -552,32 +594,47 @@ class Store:
 
     async def finalize(
         self, video_id: str, events: Sequence[NewEvent], *, release_ids: Sequence[str] | None
-    ) -> int:
+    ) -> tuple[list[NewEvent], int]:
         """Create final events for watches of one video and schedule their delivery.
 
-        Idempotent: a watch that already has its event keeps it. With *release_ids* (the
-        watches that were considered), the video stops being polled unless a watch registered
-        meanwhile. One round trip. Returns the number of events created.
+        The events of one call share their type, video status and clips time. Idempotent:
+        a watch that already has its event keeps it. With *release_ids* (the watches that
+        were considered), the video stops being polled unless a watch registered meanwhile.
+        Returns the events created and the time they were recorded (ms).
         """
         now = now_ms()
         vkey = c.VIDEO_WATCHES_KEY.format(video_id)
-        args: list[EncodableT] = [c.WATCH_PREFIX, c.EVENT_PREFIX, now]
-        for ev in events:
-            clips_ms = "" if ev.clips_ms is None else ev.clips_ms
-            args += [ev.watch_id, ev.event_id, ev.event_type, ev.body, clips_ms, ev.video_status]
-        pipe = self.redis.pipeline(transaction=False)
+        created: list[NewEvent] = []
+        if len(events) > SCRIPT_BATCH:
+            raise ValueError(f"at most {SCRIPT_BATCH} events per finalize call")
         if events:
-            await self._finalize(
-                keys=[c.DELIVERY_SCHEDULE_KEY, vkey, c.WATCH_COUNTS_KEY], args=args, client=pipe
+            first = events[0]
+            shared = (first.event_type, first.clips_ms, first.video_status)
+            args: list[EncodableT] = [
+                c.WATCH_PREFIX,
+                c.EVENT_PREFIX,
+                now,
+                first.event_type,
+                "" if first.clips_ms is None else first.clips_ms,
+                first.video_status,
+            ]
+            for ev in events:
+                if (ev.event_type, ev.clips_ms, ev.video_status) != shared:
+                    raise ValueError("the events of one finalize call must be alike")
+                # a memoryview goes to the socket as it is: no copy of the body while packing
+                args += [ev.watch_id, ev.event_id, memoryview(ev.body)]
+            # (two script calls rather than one pipeline: a pipeline of scripts costs an
+            # extra SCRIPT EXISTS round trip, and the two need not be atomic together)
+            made = await self._finalize(
+                keys=[c.DELIVERY_SCHEDULE_KEY, vkey, c.WATCH_COUNTS_KEY], args=args
             )
+            created = [events[i - 1] for i in made]
         if release_ids is not None:
             await self._release_video(
                 keys=[vkey, c.POLL_SCHEDULE_KEY, c.VIDEO_KEY.format(video_id)],
                 args=[video_id, now, *release_ids],
-                client=pipe,
             )
-        results = await pipe.execute()
-        return int(results[0]) if events else 0
+        return created, now
 
     # --- deliveries --------------------------------------------------------------------
 
@@ -607,27 +664,21 @@ class Store:
         await pipe.execute()
 
     async def settle(self, results: Sequence[AttemptResult]) -> list[str]:
-        """Record attempts and move each watch on: one script call for the whole batch."""
-        if not results:
-            return []
-        args: list[EncodableT] = [
-            c.WATCH_PREFIX,
-            c.WATCH_ATTEMPTS_SUFFIX,
-            now_ms(),
-            c.MAX_ATTEMPTS_KEPT,
-        ]
-        for r in results:
-            args += [
-                r.watch_id,
-                r.event_id,
-                r.outcome,
-                orjson.dumps(r.record),
-                r.next_due_ms,
-                r.attempt,
-                r.last_error,
+        """Record attempts and move each watch on: one script call per batch."""
+        statuses: list[str] = []
+        for start in range(0, len(results), SCRIPT_BATCH):
+            args: list[EncodableT] = [
+                c.WATCH_PREFIX,
+                c.WATCH_ATTEMPTS_SUFFIX,
+                now_ms(),
+                c.MAX_ATTEMPTS_KEPT,
             ]
-        statuses = await self._settle(keys=[c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY], args=args)
-        return [str(s) for s in statuses]
+            for r in results[start : start + SCRIPT_BATCH]:
+                outcome = [r.event_id, r.outcome, r.next_due_ms, r.attempt, r.last_error]
+                args += [r.watch_id, orjson.dumps(outcome), orjson.dumps(r.record)]
+            got = await self._settle(keys=[c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY], args=args)
+            statuses += [str(s) for s in got]
+        return statuses
 
     async def expire(self, watch_id: str, body_for: Any) -> bool:
         """Give a still-watching watch its ``watch.expired`` event; False if it had one."""
@@ -635,8 +686,8 @@ class Store:
         if watch is None or watch.status != "watching" or watch.event_id:
             return False
         event: NewEvent = body_for(watch)
-        created = await self.finalize(watch.video_id, [event], release_ids=None)
-        return created == 1
+        created, _ = await self.finalize(watch.video_id, [event], release_ids=None)
+        return bool(created)
 
     # --- upstream budget ---------------------------------------------------------------
 

@@ -1,8 +1,14 @@
 """The deliverer: sends due events to callbacks, signed, and moves each watch on.
 
-Claimed watches are loaded in one round trip, attempts run concurrently (bounded by
-RELAY_DELIVERY_CONCURRENCY), and their outcomes are recorded in batches by a flusher, so the
-cost per webhook is one HTTP request plus a share of a pipeline.
+Lanes -- RELAY_DELIVERY_CONCURRENCY coroutines -- send the attempts, one at a time each, taking
+jobs from a local queue. The claim loop (a :class:`Pump`) keeps that queue filled: first with
+the events this worker's poller just created (offered with their watches and bodies, so
+they are claimed without being read back), then with whatever is due in the schedule (retries,
+other workers' fan-outs, work of a worker that died). Outcomes are recorded in batches by a
+flusher, so the cost per webhook is one HTTP request plus a share of two script calls.
+
+A queued job holds a claim whose lease must outlast its attempt: a lane renews a claim that is
+getting old before it sends, and skips a job another worker has taken over meanwhile.
 
 Outcome of an attempt (SPEC.md "Delivery"): any 2xx is success; 410 disables the watch;
 everything else (3xx, 4xx, 5xx, timeouts, refused connections, TLS and DNS errors, a callback
@@ -17,7 +23,9 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import aiohttp
@@ -31,14 +39,17 @@ from relay.metrics import DELIVERIES, DELIVERY_LATENCY, NOTIFY_LATENCY
 from relay.settings import Settings
 from relay.signing import secret_bytes, sign_headers
 from relay.ssrf import CallbackPolicy
-from relay.store import AttemptResult, Store, Watch, now_ms
-from relay.tasks import finish
+from relay.store import AttemptResult, DeliveryClaim, NewEvent, Store, Watch, now_ms
+from relay.tasks import finish, finish_all
 from relay.upstream import UpstreamClient, retry_after_seconds
 from workers.pump import Pump
 from workers.ratelimit import Paused, UpstreamGate
 
-log = logs.get("workers.deliverer")
+log_name = "workers.deliverer"
+log = logs.get(log_name)
 REFRESH_RETRY_S = 30.0  # a delivery whose clip links could not be refreshed waits this long
+OFFERED_BYTES = 32 * 2**20  # event bodies held for claiming without a read-back, at most
+LEASE_MARGIN_S = 1.0  # a claim must outlast an attempt by this much, or it is renewed first
 
 
 def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float | None:
@@ -52,10 +63,38 @@ def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | No
     return delay
 
 
-Claimed = tuple[str, Watch | None, bytes | None, int]  # id, watch, body, lease deadline
+@dataclass(slots=True)
+class Job:
+    """One claimed delivery waiting for a lane."""
+
+    watch: Watch
+    body: bytes
+    deadline: int  # the claim's lease deadline (ms), its token
+    done: Callable[[], None]  # the attempt is over (or skipped): frees the claim's slot
 
 
-class Deliverer(Pump[Claimed]):
+class _Batch:
+    """The jobs of one claimed batch: :meth:`wait` returns when a lane has finished each."""
+
+    __slots__ = ("_future", "_left", "_release")
+
+    def __init__(self, size: int, release: Callable[[], None]) -> None:
+        self._left = size
+        self._release = release
+        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done(self) -> None:
+        self._release()
+        self._left -= 1
+        if self._left == 0 and not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self) -> None:
+        if self._left:
+            await self._future
+
+
+class Deliverer(Pump[DeliveryClaim]):
     """Claims due deliveries and performs them."""
 
     schedule = c.DELIVERY_SCHEDULE_KEY
@@ -72,9 +111,10 @@ class Deliverer(Pump[Claimed]):
         upstream: UpstreamClient,
         gate: UpstreamGate,
     ) -> None:
-        super().__init__(
-            store, concurrency=settings.delivery_concurrency, lease_s=settings.lease, batch=512
-        )
+        # claims run up to a lane's worth ahead of the lanes, so no lane waits for a claim
+        lanes = settings.delivery_concurrency
+        super().__init__(store, concurrency=2 * lanes, lease_s=settings.lease, batch=512)
+        self.lanes = lanes
         self.session = session
         self.settings = settings
         self.policy = policy
@@ -83,7 +123,15 @@ class Deliverer(Pump[Claimed]):
         self.gate = gate
         self.timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout)
         self.sent = 0
+        self._jobs: deque[Job] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()  # a parked lane's wake-up
+        self._lane_tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._offered: deque[tuple[Watch, bytes]] = deque()
+        self._offered_bytes = 0
+        self._margin_ms = int((settings.delivery_timeout + LEASE_MARGIN_S) * 1000)
         self._results: list[AttemptResult] = []
+        self._lines: list[dict[str, object]] = []  # a log line per attempt, written per flush
         self._flush_now = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._key_bytes = lru_cache(maxsize=20_000)(self._open_secret)
@@ -91,24 +139,54 @@ class Deliverer(Pump[Claimed]):
         self._outcomes = {o: DELIVERIES.labels(o) for o in ("ok", "retry", "failed", "disabled")}
 
     def start(self) -> None:
-        """Start claiming and the result flusher."""
+        """Start the lanes, claiming and the result flusher."""
+        self._lane_tasks = [
+            asyncio.create_task(self._lane(), name=f"deliverer-lane-{i}") for i in range(self.lanes)
+        ]
         super().start()
         self._flusher = asyncio.create_task(self._flush_loop(), name="deliverer-flush")
 
     async def stop(self, grace_s: float) -> None:
-        """Finish attempts in flight (up to *grace_s*), then record every outcome."""
+        """Stop claiming; finish the attempts in flight and those queued (up to *grace_s*);
+        hand back the claims of jobs never started; record every outcome."""
         await super().stop(grace_s)
+        self._closing = True
+        unsent, self._jobs = list(self._jobs), deque()
+        for job in unsent:
+            job.done()
+        self._wake_lanes(len(self._idle))
+        await finish_all(self._lane_tasks, 0.5)
+        await self._hand_back(unsent)
         if self._flusher is not None:
             self._flush_now.set()
             await finish(self._flusher, 5.0)
         await self._flush()
 
-    async def claim(self, limit: int) -> Sequence[Claimed]:
-        """Claim due deliveries with their watches and event bodies."""
+    def offer(self, created: Sequence[tuple[Watch, NewEvent]], at_ms: int) -> None:
+        """Events this worker has just created (at *at_ms*), with their watches: claimed
+        from here without reading them back. They are due in the schedule all the same, so
+        any worker may take them first; what is offered beyond the memory cap is left to
+        the schedule alone."""
+        for w, ev in created:
+            if self._offered_bytes + len(ev.body) > OFFERED_BYTES:
+                break
+            w.begin_event(ev, at_ms)
+            self._offered.append((w, ev.body))
+            self._offered_bytes += len(ev.body)
+        self.wake()
+
+    async def claim(self, limit: int) -> Sequence[DeliveryClaim]:
+        """Claim deliveries: the offered ones first, then any due in the schedule."""
+        if self._offered:
+            held = [self._offered.popleft() for _ in range(min(limit, len(self._offered)))]
+            self._offered_bytes -= sum(len(body) for _, body in held)
+            claimed = await self.store.claim_known(held, lease_s=self.lease_s)
+            if claimed or self._offered:
+                return claimed
         return await self.store.claim_deliveries(limit=limit, lease_s=self.lease_s)
 
-    async def work(self, items: Sequence[Claimed], release: Callable[[], None]) -> None:
-        """Deliver a claimed batch."""
+    async def work(self, items: Sequence[DeliveryClaim], release: Callable[[], None]) -> None:
+        """Queue a claimed batch for the lanes; return when all of it is done."""
         due: list[tuple[Watch, bytes]] = []
         idle: list[str] = []
         deadline = items[0][3] if items else 0
@@ -119,17 +197,69 @@ class Deliverer(Pump[Claimed]):
             else:
                 due.append((watch, body))
         await self.store.unschedule(idle)
-        due = await self._refresh_links(due, deadline, release)
-        await asyncio.gather(*(self._attempt(w, body, release) for w, body in due))
+        due, deadline = await self._refresh_links(due, deadline, release)
+        if not due:
+            return
+        batch = _Batch(len(due), release)
+        self._jobs.extend(Job(w, body, deadline, batch.done) for w, body in due)
+        self._wake_lanes(len(due))
+        await batch.wait()
+
+    def _wake_lanes(self, n: int) -> None:
+        while n > 0 and self._idle:
+            wake = self._idle.popleft()
+            if not wake.done():
+                wake.set_result(None)
+                n -= 1
+
+    async def _lane(self) -> None:
+        """Send queued jobs one after another, until the deliverer closes."""
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            if not self._jobs:
+                parked = loop.create_future()
+                self._idle.append(parked)
+                await parked
+                continue
+            job = self._jobs.popleft()
+            try:
+                if job.deadline - now_ms() < self._margin_ms and not await self._renew(job):
+                    continue  # taken over by another worker: it sends this one
+                await self._attempt(job.watch, job.body)
+            except Exception:  # the claim stays leased: the delivery comes back after it
+                log.exception("delivery failed", watch_id=job.watch.id)
+            finally:
+                job.done()
+
+    async def _renew(self, job: Job) -> bool:
+        """Extend a job's claim before an attempt could outlive it; False when it is no
+        longer ours."""
+        ours, deadline = await self.store.extend_claims(
+            self.schedule, [job.watch.id], job.deadline, self.lease_s
+        )
+        job.deadline = deadline
+        return job.watch.id in ours
+
+    async def _hand_back(self, jobs: Sequence[Job]) -> None:
+        """Make the claims of jobs that were never started due again at once, for the next
+        worker (instead of after their lease)."""
+        by_deadline: dict[int, list[str]] = {}
+        for job in jobs:
+            by_deadline.setdefault(job.deadline, []).append(job.watch.id)
+        try:
+            for deadline, members in by_deadline.items():
+                await self.store.extend_claims(self.schedule, members, deadline, 0)
+        except Exception as exc:  # Redis away: the leases run out by themselves
+            log.warning("handing back claims failed", error=type(exc).__name__)
 
     async def _refresh_links(
         self, items: list[tuple[Watch, bytes]], deadline: int, release: Callable[[], None]
-    ) -> list[tuple[Watch, bytes]]:
+    ) -> tuple[list[tuple[Watch, bytes]], int]:
         """Rebuild ``clips.ready`` bodies whose signed links are getting old: one clips
         request per video, all at once. Fetching can take a while, so afterwards the batch's
         claims are extended -- and what another worker took over meanwhile is not sent.
         A video whose clips could not be had keeps its deliveries for a later try, with no
-        attempt spent."""
+        attempt spent. Returns what to send and the claims' deadline from now on."""
         limit = now_ms() - int(self.settings.link_refresh * 1000)
         stale = {
             w.video_id
@@ -137,11 +267,11 @@ class Deliverer(Pump[Claimed]):
             if w.event_type == "clips.ready" and w.clips_ms is not None and w.clips_ms < limit
         }
         if not stale:
-            return items
+            return items, deadline
         fetched = dict(
             zip(stale, await asyncio.gather(*(self._fresh_clips(v) for v in stale)), strict=True)
         )
-        ours = await self.store.extend_claims(
+        ours, deadline = await self.store.extend_claims(
             self.schedule, [w.id for w, _ in items], deadline, self.lease_s
         )
         now = now_ms()
@@ -166,7 +296,7 @@ class Deliverer(Pump[Claimed]):
         await self.store.replace_event_bodies(rebuilt, now)
         for video_id in stale:
             log.info("clip links refreshed", video_id=video_id, ok=fetched[video_id] is not None)
-        return out
+        return out, deadline
 
     async def _fresh_clips(self, video_id: str) -> list[Clip] | None:
         try:
@@ -184,7 +314,7 @@ class Deliverer(Pump[Claimed]):
         url = URL(callback_url)
         return url if self.policy.check_literal(url) else None
 
-    async def _attempt(self, w: Watch, body: bytes, release: Callable[[], None]) -> None:
+    async def _attempt(self, w: Watch, body: bytes) -> None:
         attempt = w.attempt + 1
         started = time.time()
         code: int | None = None
@@ -217,8 +347,6 @@ class Deliverer(Pump[Claimed]):
             error = f"connect: {exc.os_error.strerror or exc.os_error}"[:200]
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:200]
-        finally:
-            release()
         latency = time.time() - started
         DELIVERY_LATENCY.observe(latency)
         record = {
@@ -259,20 +387,21 @@ class Deliverer(Pump[Claimed]):
                 outcome, next_ms = "retry", now_ms() + int(delay * 1000)
         self._outcomes[outcome].inc()
         self.sent += 1
-        log.info(
-            "delivery attempt",
-            watch_id=w.id,
-            video_id=w.video_id,
-            event_id=w.event_id,
-            event_type=w.event_type,
-            attempt=attempt,
-            status_code=code,
-            error=error,
-            outcome=outcome,
-            latency_ms=record["latencyMs"],
-        )
         self._results.append(
             AttemptResult(w.id, w.event_id, outcome, record, attempt, next_ms, last_error)
+        )
+        self._lines.append(
+            {
+                "watch_id": w.id,
+                "video_id": w.video_id,
+                "event_id": w.event_id,
+                "event_type": w.event_type,
+                "attempt": attempt,
+                "status_code": code,
+                "error": error,
+                "outcome": outcome,
+                "latency_ms": record["latencyMs"],
+            }
         )
         if len(self._results) >= 256:
             self._flush_now.set()
@@ -285,6 +414,11 @@ class Deliverer(Pump[Claimed]):
             await self._flush()
 
     async def _flush(self) -> None:
+        """Record the attempts made since the last flush (one script call), after logging
+        one line for each."""
+        if self._lines:
+            lines, self._lines = self._lines, []
+            logs.lines(log_name, "delivery attempt", lines)
         if not self._results:
             return
         batch, self._results = self._results, []

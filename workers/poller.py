@@ -24,16 +24,30 @@ from dataclasses import dataclass
 
 from relay import constants as c
 from relay import events, logs
-from relay.clips import pending
+from relay.clips import ClipSet, is_settled, pending
 from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
-from relay.store import NewEvent, Store, VideoState, now_ms
+from relay.store import NewEvent, Store, VideoState, Watch, now_ms
 from relay.upstream import Reply, UpstreamClient
 from workers.pump import Pump
 from workers.ratelimit import Paused, UpstreamGate
 
 log = logs.get("workers.poller")
-FINALIZE_CHUNK = 200  # events created per script call
+FINALIZE_CHUNK = 200  # watches loaded, given their events and handed on per round, at most
+FIRST_CHUNK = 32  # the first rounds are smaller (doubling), so delivery starts at once
+
+Created = Callable[[Sequence[tuple[Watch, NewEvent]], int], None]
+"""Called with the events a fan-out round created (and when): the worker's deliverer."""
+
+
+@dataclass(slots=True)
+class Final:
+    """A video's final outcome: how to make each waiting watch's event. The events are
+    made a chunk at a time, so the first webhooks leave while a large fan-out is still
+    being created."""
+
+    make: Callable[[Watch, int], NewEvent]  # (watch, at ms) -> its event
+    loaded: dict[str, Watch] | None = None  # the watches, when deciding needed them already
 
 
 @dataclass(slots=True)
@@ -43,7 +57,7 @@ class Step:
     state: VideoState
     watch_ids: Sequence[str]
     next_ms: int | None = None  # poll again then
-    events: list[NewEvent] | None = None  # final: these events, and stop polling
+    final: Final | None = None  # give every watch its event, and stop polling
     changed: bool = False  # watches should show the new status/progress
     dropped: bool = False  # nobody waits on the video any more: nothing to write
 
@@ -67,7 +81,7 @@ class Poller(Pump[Claimed]):
         self.gate = gate
         self.settings = settings
         self.polls = 0  # status/clips requests made (for benchmarks and tests)
-        self.on_events: Callable[[], None] = lambda: None  # new events exist (wakes delivery)
+        self.on_events: Created = lambda created, at_ms: None  # (the deliverer's offer)
 
     async def claim(self, limit: int) -> Sequence[Claimed]:
         """Claim due videos with their poll state and waiting watches (none while the
@@ -91,11 +105,11 @@ class Poller(Pump[Claimed]):
         await self.store.save_videos(
             (s.state, s.next_ms, s.watch_ids, s.changed)
             for s in steps
-            if s.events is None and not s.dropped
+            if s.final is None and not s.dropped
         )
         for s in steps:
-            if s.events is not None:
-                await self._finish(s)
+            if s.final is not None:
+                await self._finish(s, s.final)
 
     async def _step(
         self, state: VideoState, watch_ids: Sequence[str], release: Callable[[], None]
@@ -155,34 +169,36 @@ class Poller(Pump[Claimed]):
         if reply.kind != "ok":
             return await self._trouble(state, watch_ids, reply)
         state.errors = 0
-        watches = await self.store.watch_specs(watch_ids)
-        now = now_ms()
-        waiting = pending(reply.clips, (events.watch_filter(w) for w in watches))
-        deadline = state.completed_ms + int(self.settings.render_timeout * 1000)
-        if waiting and now < deadline:
-            return Step(state, watch_ids, next_ms=min(self._next(), deadline))
-        if waiting:
-            log.warning(
-                "render timeout: undeliverable clips left out",
-                video_id=state.video_id,
-                clips=waiting,
-            )
-        return Step(
-            state,
-            watch_ids,
-            events=[events.clips_ready(w, reply.clips, now, now) for w in watches],
-        )
+        fetched = now_ms()
+        clips = ClipSet(reply.clips)
+        loaded = None
+        if not all(is_settled(clip) for clip in clips.clips):
+            # something still renders: wait for it if any watch's filters would pass it
+            watches = await self.store.watch_specs(watch_ids)
+            waiting = pending(clips.clips, (events.watch_filter(w) for w in watches))
+            deadline = state.completed_ms + int(self.settings.render_timeout * 1000)
+            if waiting and now_ms() < deadline:
+                return Step(state, watch_ids, next_ms=min(self._next(), deadline))
+            if waiting:
+                log.warning(
+                    "render timeout: undeliverable clips left out",
+                    video_id=state.video_id,
+                    clips=waiting,
+                )
+            loaded = {w.id: w for w in watches}
+
+        def make(w: Watch, at_ms: int) -> NewEvent:
+            return events.clips_ready(w, clips, at_ms, fetched)
+
+        return Step(state, watch_ids, final=Final(make, loaded))
 
     async def _final_failed(
         self, state: VideoState, watch_ids: Sequence[str], video_status: str, error: str
     ) -> Step:
-        watches = await self.store.watch_specs(watch_ids)
-        now = now_ms()
-        return Step(
-            state,
-            watch_ids,
-            events=[events.video_failed(w, video_status, error, now) for w in watches],
-        )
+        def make(w: Watch, at_ms: int) -> NewEvent:
+            return events.video_failed(w, video_status, error, at_ms)
+
+        return Step(state, watch_ids, final=Final(make))
 
     async def _trouble(self, state: VideoState, watch_ids: Sequence[str], reply: Reply) -> Step:
         vid = state.video_id
@@ -219,27 +235,43 @@ class Poller(Pump[Claimed]):
             next_ms = max(next_ms, now_ms() + int(reply.retry_after * 1000))
         return Step(state, watch_ids, next_ms=next_ms)
 
-    async def _finish(self, step: Step) -> None:
-        """Create final events for every watch of the video and stop polling it."""
+    async def _finish(self, step: Step, final: Final) -> None:
+        """Give every watch of the video its final event and stop polling it.
+
+        A chunk at a time, doubling from FIRST_CHUNK: load the watches (unless loaded), make
+        their events, create them (one script call), hand them to the deliverer -- so
+        delivery starts after a small first chunk, not after the whole fan-out. The last
+        chunk releases the video. Idempotent
+        all the way: a worker that dies in between leaves the video claimed, and whoever
+        polls it next creates only the events still missing.
+        """
         vid = step.state.video_id
-        evs = step.events or []
-        created = 0
-        # in chunks, waking delivery after each: the first webhooks go out while the events
-        # of a large fan-out are still being created; the last chunk releases the video
-        for start in range(0, max(len(evs), 1), FINALIZE_CHUNK):
-            last = start + FINALIZE_CHUNK >= len(evs)
-            created += await self.store.finalize(
-                vid,
-                evs[start : start + FINALIZE_CHUNK],
-                release_ids=step.watch_ids if last else None,
-            )
-            if created:
-                self.on_events()
+        ids = step.watch_ids
+        created = start = 0
+        size = FIRST_CHUNK
+        while True:
+            chunk = ids[start : start + size]
+            start += size
+            size = min(size * 2, FINALIZE_CHUNK)
+            if final.loaded is None:
+                watches = await self.store.watch_specs(chunk)
+            else:
+                watches = [final.loaded[w] for w in chunk if w in final.loaded]
+            at = now_ms()
+            made = [final.make(w, at) for w in watches]
+            last = start >= len(ids)
+            new, at = await self.store.finalize(vid, made, release_ids=ids if last else None)
+            if new:
+                by_id = {w.id: w for w in watches}
+                self.on_events([(by_id[ev.watch_id], ev) for ev in new], at)
+                created += len(new)
+            if last:
+                break
         log.info(
             "video final",
             video_id=vid,
             status=step.state.status,
-            watches=len(step.watch_ids),
+            watches=len(ids),
             events=created,
         )
 

@@ -95,7 +95,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         upstream=upstream,
         gate=gate,
     )
-    poller.on_events = deliverer.wake
+    poller.on_events = deliverer.offer
     poller.start()
     deliverer.start()
     runner = await _metrics_server(settings, ctx)
