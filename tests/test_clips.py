@@ -514,6 +514,19 @@ def test_events_of_a_watch_keep_their_id_across_rebuilds() -> None:
     assert first.event_id != clips_ready(watch(id="wat_" + "c" * 24), [], AT_MS, AT_MS).event_id
 
 
+def test_id_encoding_is_rfc4648_base32_lower_case() -> None:
+    """The table-driven encoder writes what base64.b32encode writes (ids stay stable)."""
+    import base64
+    import hashlib
+
+    from relay.ids import _encode
+
+    for i in range(5000):
+        digest = hashlib.sha256(str(i).encode()).digest()
+        assert _encode(digest) == base64.b32encode(digest[:15]).decode().lower()
+    assert _encode(bytes(15)) == "a" * 24 and _encode(b"\xff" * 15) == "7" * 24
+
+
 def test_new_watch_id_format() -> None:
     seen = {new_watch_id() for _ in range(500)}
     assert len(seen) == 500

@@ -20,7 +20,6 @@ exhausted the watch is ``failed``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import deque
@@ -50,6 +49,9 @@ log = logs.get(log_name)
 REFRESH_RETRY_S = 30.0  # a delivery whose clip links could not be refreshed waits this long
 OFFERED_BYTES = 32 * 2**20  # event bodies held for claiming without a read-back, at most
 LEASE_MARGIN_S = 1.0  # a claim must outlast an attempt by this much, or it is renewed first
+CLAIM_AHEAD = 4  # deliveries claimed per lane, at most: the one in flight and three queued
+FLUSH_BATCH = 256  # outcomes recorded per script call, at most
+FLUSH_EVERY_S = 0.005  # an outcome waits this long for others to be recorded with it
 
 
 def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float | None:
@@ -111,9 +113,10 @@ class Deliverer(Pump[DeliveryClaim]):
         upstream: UpstreamClient,
         gate: UpstreamGate,
     ) -> None:
-        # claims run up to a lane's worth ahead of the lanes, so no lane waits for a claim
+        # claims run up to three lanes' worth ahead of the lanes: under load a claim's answer
+        # takes a few loop turns of milliseconds each to reach them, and none should wait
         lanes = settings.delivery_concurrency
-        super().__init__(store, concurrency=2 * lanes, lease_s=settings.lease, batch=512)
+        super().__init__(store, concurrency=CLAIM_AHEAD * lanes, lease_s=settings.lease, batch=512)
         self.lanes = lanes
         self.session = session
         self.settings = settings
@@ -133,6 +136,7 @@ class Deliverer(Pump[DeliveryClaim]):
         self._results: list[AttemptResult] = []
         self._lines: list[dict[str, object]] = []  # a log line per attempt, written per flush
         self._flush_now = asyncio.Event()
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._key_bytes = lru_cache(maxsize=20_000)(self._open_secret)
         self._target = lru_cache(maxsize=20_000)(self._parse_target)
@@ -403,19 +407,30 @@ class Deliverer(Pump[DeliveryClaim]):
                 "latency_ms": record["latencyMs"],
             }
         )
-        if len(self._results) >= 256:
-            self._flush_now.set()
+        self._flush_soon()
 
     async def _flush_loop(self) -> None:
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), timeout=0.005)
+            await self._flush_now.wait()
             self._flush_now.clear()
             await self._flush()
+
+    def _flush_soon(self) -> None:
+        """Have the flusher record what is pending: at once for a full batch, else within
+        FLUSH_EVERY_S (a timer, armed only while something waits)."""
+        if len(self._results) >= FLUSH_BATCH:
+            self._flush_now.set()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                FLUSH_EVERY_S, self._flush_now.set
+            )
 
     async def _flush(self) -> None:
         """Record the attempts made since the last flush (one script call), after logging
         one line for each."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if self._lines:
             lines, self._lines = self._lines, []
             logs.lines(log_name, "delivery attempt", lines)
@@ -429,3 +444,4 @@ class Deliverer(Pump[DeliveryClaim]):
             log.warning("recording attempts failed", error=type(exc).__name__, pending=len(batch))
             self._results = batch + self._results
             await asyncio.sleep(0.5)
+            self._flush_now.set()

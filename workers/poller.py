@@ -238,35 +238,38 @@ class Poller(Pump[Claimed]):
     async def _finish(self, step: Step, final: Final) -> None:
         """Give every watch of the video its final event and stop polling it.
 
-        A chunk at a time, doubling from FIRST_CHUNK: load the watches (unless loaded), make
-        their events, create them (one script call), hand them to the deliverer -- so
-        delivery starts after a small first chunk, not after the whole fan-out. The last
-        chunk releases the video. Idempotent
-        all the way: a worker that dies in between leaves the video claimed, and whoever
-        polls it next creates only the events still missing.
+        A chunk at a time, doubling from FIRST_CHUNK: load the watches (unless loaded; the
+        next chunk's load runs while this one is made and created), make their events,
+        create them (one script call), hand them to the deliverer -- so delivery starts
+        after a small first chunk, not after the whole fan-out. The last chunk releases the
+        video. Idempotent all the way: a worker that dies in between leaves the video
+        claimed, and whoever polls it next creates only the events still missing.
         """
         vid = step.state.video_id
         ids = step.watch_ids
-        created = start = 0
-        size = FIRST_CHUNK
-        while True:
-            chunk = ids[start : start + size]
-            start += size
-            size = min(size * 2, FINALIZE_CHUNK)
-            if final.loaded is None:
-                watches = await self.store.watch_specs(chunk)
-            else:
-                watches = [final.loaded[w] for w in chunk if w in final.loaded]
-            at = now_ms()
-            made = [final.make(w, at) for w in watches]
-            last = start >= len(ids)
-            new, at = await self.store.finalize(vid, made, release_ids=ids if last else None)
-            if new:
-                by_id = {w.id: w for w in watches}
-                self.on_events([(by_id[ev.watch_id], ev) for ev in new], at)
-                created += len(new)
-            if last:
-                break
+        chunks: list[Sequence[str]] = []
+        start, size = 0, FIRST_CHUNK
+        while start < len(ids) or not chunks:
+            chunks.append(ids[start : start + size])
+            start, size = start + size, min(size * 2, FINALIZE_CHUNK)
+        created = 0
+        loading = self._load(final, chunks[0])
+        try:
+            for n in range(len(chunks)):
+                watches = await loading
+                last = n == len(chunks) - 1
+                if not last:
+                    loading = self._load(final, chunks[n + 1])
+                at = now_ms()
+                made = [final.make(w, at) for w in watches]
+                new, at = await self.store.finalize(vid, made, release_ids=ids if last else None)
+                if new:
+                    by_id = {w.id: w for w in watches}
+                    self.on_events([(by_id[ev.watch_id], ev) for ev in new], at)
+                    created += len(new)
+        finally:
+            if not loading.done():
+                loading.cancel()
         log.info(
             "video final",
             video_id=vid,
@@ -274,6 +277,14 @@ class Poller(Pump[Claimed]):
             watches=len(ids),
             events=created,
         )
+
+    def _load(self, final: Final, chunk: Sequence[str]) -> asyncio.Future[list[Watch]]:
+        """The watches of *chunk*, loading in the background (or already loaded)."""
+        if final.loaded is None:
+            return asyncio.ensure_future(self.store.watch_specs(chunk))
+        future: asyncio.Future[list[Watch]] = asyncio.get_running_loop().create_future()
+        future.set_result([final.loaded[w] for w in chunk if w in final.loaded])
+        return future
 
     def _interval(self) -> float:
         return self.settings.poll_interval
