@@ -49,8 +49,14 @@ def clips_ready_body(w: Watch, clips: ClipSet | Sequence[Clip], at_ms: int) -> b
     when many watches of one video are served from the same clips."""
     prepared = clips if isinstance(clips, ClipSet) else ClipSet(clips)
     chosen, count = prepared.select_json(watch_filter(w))
-    data = _base(w)
-    data.update({"minScore": w.min_score, "clips": chosen, "count": count})
+    data = {
+        "watchId": w.id,
+        "videoId": w.video_id,
+        "metadata": w.metadata,
+        "minScore": w.min_score,
+        "clips": chosen,
+        "count": count,
+    }
     if w.max_score is not None:
         data["maxScore"] = w.max_score
     return _body("clips.ready", at_ms, data)

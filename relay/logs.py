@@ -26,6 +26,8 @@ class _Output:
 
     stream: Any = None  # a binary stream, in JSON mode
     level = logging.INFO
+
+
 # values of these types are rendered as they are and can carry no secret; anything else
 # (a string, a container, an object that orjson renders with str()) is checked
 _PLAIN: frozenset[type] = frozenset({int, float, bool, type(None)})

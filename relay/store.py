@@ -210,9 +210,9 @@ class VideoState:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewEvent:
-    """A final event for one watch, ready to be scheduled."""
+    """A final event for one watch, ready to be scheduled (one per watch of a fan-out)."""
 
     watch_id: str
     event_id: str
