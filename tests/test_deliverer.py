@@ -41,6 +41,14 @@ def store(redis: Redis) -> Store:
 
 
 @pytest.fixture
+def hook(receiver: tuple[Receiver, str]) -> tuple[Receiver, str]:
+    """The verifying receiver, knowing the watches' secret, and its base URL."""
+    rec, _ = receiver
+    rec.add_secret(SECRET)
+    return receiver
+
+
+@pytest.fixture
 async def make_deliverer(store: Store, settings: Settings) -> AsyncIterator[DelivererFactory]:
     """Start deliverers (lanes, claim loop, flusher) as the worker does; stopped after."""
     made: list[tuple[Deliverer, aiohttp.ClientSession]] = []
@@ -99,12 +107,9 @@ async def wait_settled(store: Store, n: int, timeout: float = 10) -> dict[str, i
 
 
 async def test_offered_events_are_delivered_without_a_read_back(
-    store: Store,
-    receiver: tuple[Receiver, str],
-    make_deliverer: callable,  # type: ignore[valid-type]
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
-    rec, base = receiver
-    rec.add_secret(SECRET)
+    rec, base = hook
     d = await make_deliverer()
     created = await created_events(store, base, 40)
     reads = []
@@ -127,12 +132,9 @@ async def test_offered_events_are_delivered_without_a_read_back(
 
 
 async def test_offers_taken_by_another_worker_are_left_to_it(
-    store: Store,
-    receiver: tuple[Receiver, str],
-    make_deliverer: callable,  # type: ignore[valid-type]
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
-    rec, base = receiver
-    rec.add_secret(SECRET)
+    rec, base = hook
     created = await created_events(store, base, 10)
     taken = {w.id for w, _, _ in created[:4]}
     await store.redis.zadd(c.DELIVERY_SCHEDULE_KEY, dict.fromkeys(taken, now_ms() + 60_000))
@@ -146,14 +148,11 @@ async def test_offers_taken_by_another_worker_are_left_to_it(
 
 
 async def test_a_queued_job_whose_claim_was_taken_over_is_not_sent(
-    store: Store,
-    receiver: tuple[Receiver, str],
-    make_deliverer: callable,  # type: ignore[valid-type]
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
     """With a lease no longer than an attempt, every queued job renews its claim first;
     the renewal fails for the one another worker took over meanwhile."""
-    rec, base = receiver
-    rec.add_secret(SECRET)
+    rec, base = hook
     rec.script("/slow", [204], delay=0.5)
     d = await make_deliverer(delivery_concurrency=1, lease=2.5, delivery_timeout=2)
     slow = await created_events(store, base, 1, path="/slow")
@@ -174,12 +173,9 @@ async def test_a_queued_job_whose_claim_was_taken_over_is_not_sent(
 
 
 async def test_stop_hands_back_the_claims_of_jobs_never_started(
-    store: Store,
-    receiver: tuple[Receiver, str],
-    make_deliverer: callable,  # type: ignore[valid-type]
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
-    rec, base = receiver
-    rec.add_secret(SECRET)
+    rec, base = hook
     rec.script("/hook", [204] * 5, delay=1.5)
     d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=2)
     created = await created_events(store, base, 5)

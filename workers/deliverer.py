@@ -44,8 +44,8 @@ from relay.upstream import UpstreamClient, retry_after_seconds
 from workers.pump import Pump
 from workers.ratelimit import Paused, UpstreamGate
 
-log_name = "workers.deliverer"
-log = logs.get(log_name)
+LOG_NAME = "workers.deliverer"
+log = logs.get(LOG_NAME)
 REFRESH_RETRY_S = 30.0  # a delivery whose clip links could not be refreshed waits this long
 OFFERED_BYTES = 32 * 2**20  # event bodies held for claiming without a read-back, at most
 LEASE_MARGIN_S = 1.0  # a claim must outlast an attempt by this much, or it is renewed first
@@ -433,7 +433,7 @@ class Deliverer(Pump[DeliveryClaim]):
             self._flush_timer = None
         if self._lines:
             lines, self._lines = self._lines, []
-            logs.lines(log_name, "delivery attempt", lines)
+            logs.lines(LOG_NAME, "delivery attempt", lines)
         if not self._results:
             return
         batch, self._results = self._results, []
