@@ -26,6 +26,7 @@ class _Output:
 
     stream: Any = None  # a binary stream, in JSON mode
     level = logging.INFO
+    processors: tuple[Any, ...] = ()  # the chain every line passes, as setup() made it
 
 
 # values of these types are rendered as they are and can carry no secret; anything else
@@ -132,6 +133,7 @@ def setup(fmt: str = "json", level: int = logging.INFO, stream: BinaryIO | None 
     binary = sys.stderr.buffer if stream is None else stream
     text = sys.stderr if stream is None else io.TextIOWrapper(stream, write_through=True)
     _Output.stream, _Output.level = (None if fmt == "console" else binary), level
+    _Output.processors = tuple(shared)
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=text.isatty())
         structlog.configure(
@@ -183,12 +185,11 @@ def lines(name: str, event: str, rows: Iterable[dict[str, Any]]) -> None:
         return
     rendered = []
     for row in rows:
+        row["logger_name"] = name  # as get(name) binds it
         row["event"] = event
-        structlog.contextvars.merge_contextvars(None, "info", row)
-        row["level"] = "info"
-        timestamp(None, "info", row)
-        row["logger"] = name
-        rendered.append(orjson.dumps(redact(None, "info", row), default=str))
+        for processor in _Output.processors:
+            row = processor(None, "info", row)
+        rendered.append(orjson.dumps(row, default=str))
     if rendered:
         rendered.append(b"")
         _Output.stream.write(b"\n".join(rendered))
