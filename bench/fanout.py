@@ -11,7 +11,10 @@ signed ``clips.ready`` events. Measured per run:
 and in the same run, against the same receiver, at the same concurrency and with the very
 bodies the relay delivered (2,000 of them, sent three times over):
 
-- ``raw``: an aiohttp POST loop of pre-signed bodies (the plain client ceiling);
+- ``raw``: an aiohttp POST loop of pre-signed bodies (the plain client ceiling, the
+  issue's baseline);
+- ``relay client``: the same loop through the relay's own webhook client (the ceiling of the
+  transport the relay really uses; for information);
 - ``signed``: orjson + HMAC + POST per body (also the CPU floor per webhook).
 
 Correctness: every watch got exactly one verified event with exactly the clips scoring at
@@ -50,9 +53,11 @@ class FanoutRun:
     rate: float = 0.0  # deliveries/s, clips fetched -> last 2xx
     raw_rate: float = 0.0
     signed_rate: float = 0.0
+    relay_client_rate: float = 0.0  # the raw loop through the relay's own HTTP client
     cpu_us: float = 0.0  # worker CPU per delivery
     floor_us: float = 0.0  # orjson + HMAC + POST per webhook, in one process
     raw_client_us: float = 0.0  # CPU per POST of the raw loop
+    relay_client_us: float = 0.0  # CPU per POST of the raw loop through the relay's client
     body_bytes: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     cores: dict[str, float] = field(default_factory=dict)  # per process, switch -> settled
@@ -164,16 +169,17 @@ async def _baselines(
         (b, sign_headers(key, f"evt_raw_{rep}_{i}", now, b)) for i, b in enumerate(delivered)
     ]
     count = len(delivered) * BASELINE_ROUNDS
-    raw = await loadgen(
-        {
-            "mode": "presigned",
-            "url": url,
-            "concurrency": CONCURRENCY,
-            "count": count,
-            "bodies": [b.decode() for b, _ in presigned],
-            "headers_list": [h for _, h in presigned],
-        }
-    )
+    raw_spec = {
+        "mode": "presigned",
+        "url": url,
+        "concurrency": CONCURRENCY,
+        "count": count,
+        "bodies": [b.decode() for b, _ in presigned],
+        "headers_list": [h for _, h in presigned],
+    }
+    raw = await loadgen(raw_spec)
+    await stack.clear_events(http)
+    own = await loadgen({**raw_spec, "client": "relay"})
     await stack.clear_events(http)
     signed = await loadgen(
         {
@@ -190,4 +196,6 @@ async def _baselines(
     run.raw_rate = raw["rps"]
     run.raw_client_us = raw["cpu_us_per_req"]
     run.signed_rate = signed["rps"]
+    run.relay_client_rate = own["rps"]
+    run.relay_client_us = own["cpu_us_per_req"]
     run.floor_us = signed["cpu_us_per_req"]

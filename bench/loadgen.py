@@ -1,4 +1,4 @@
-"""A closed-loop aiohttp POST load generator, run as its own process.
+"""A closed-loop POST load generator, run as its own process.
 
 ``python bench/loadgen.py SPEC.json`` prints one JSON object with the results. The spec:
 
@@ -9,7 +9,9 @@
   - ``signed``: for every request, serialize one of ``events`` with orjson, sign it
     (Standard Webhooks, ``secret``) with a fresh ``webhook-id`` and POST it (the floor of
     what a deliverer must do per webhook: orjson + HMAC + one POST);
-  - ``bodies``: POST ``bodies`` in turn with fixed ``headers`` (the registration load).
+  - ``bodies``: POST ``bodies`` in turn with fixed ``headers`` (the registration load);
+- ``client``: ``aiohttp`` (default: one ``ClientSession``) or ``relay`` (the relay's own
+  :class:`relay.webhook_client.WebhookClient`, loopback allowed).
 
 Every mode first sends ``concurrency`` unmeasured requests to open the connections. The
 result has ``requests``, ``elapsed``, ``rps``, ``p50_ms``, ``p99_ms``, ``statuses`` and the
@@ -19,20 +21,27 @@ process CPU time per measured request (``cpu_us_per_req``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import itertools
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
+from relay.settings import CallbackAllow
 from relay.signing import secret_bytes, sign_headers
+from relay.ssrf import CallbackPolicy
+from relay.webhook_client import Target, WebhookClient, WebhookError
 
 Request = Callable[[int], tuple[bytes, dict[str, str]]]
+Post = Callable[[bytes, dict[str, str]], Awaitable[int]]
 
 
 def _requester(spec: dict[str, Any]) -> Request:
@@ -60,6 +69,33 @@ def _requester(spec: dict[str, Any]) -> Request:
     raise ValueError(f"unknown mode {mode!r}")
 
 
+@contextlib.asynccontextmanager
+async def _poster(client: str, url: str, concurrency: int) -> AsyncIterator[Post]:
+    """``post(body, headers) -> status`` through the chosen client, open while in use."""
+    if client == "relay":
+        allow = CallbackAllow(networks=(ipaddress.ip_network("127.0.0.0/8"),))
+        hooks = WebhookClient(CallbackPolicy(allow), timeout=60.0, max_idle=concurrency)
+        target = Target.of(URL(url))
+
+        async def relay_post(body: bytes, headers: dict[str, str]) -> int:
+            return (await hooks.post(target, headers.items(), body)).status
+
+        try:
+            yield relay_post
+        finally:
+            await hooks.close()
+        return
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def aiohttp_post(body: bytes, headers: dict[str, str]) -> int:
+            async with http.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        yield aiohttp_post
+
+
 async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     url: str = spec["url"]
     concurrency: int = spec["concurrency"]
@@ -69,17 +105,15 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     counter = itertools.count()
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with _poster(spec.get("client", "aiohttp"), url, concurrency) as post:
 
         async def one(i: int, measure: bool) -> None:
             body, headers = make(i)
             t0 = time.perf_counter()
-            async with http.post(url, data=body, headers=headers) as resp:
-                await resp.read()
-                if measure:
-                    latencies.append(time.perf_counter() - t0)
-                    statuses[resp.status] += 1
+            status = await post(body, headers)
+            if measure:
+                latencies.append(time.perf_counter() - t0)
+                statuses[status] += 1
 
         await asyncio.gather(*(one(-1 - i, False) for i in range(concurrency)))
         deadline = time.perf_counter() + duration if duration else None
@@ -93,7 +127,7 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
                     return
                 try:
                     await one(i, True)
-                except (aiohttp.ClientError, OSError) as exc:
+                except (aiohttp.ClientError, WebhookError, OSError) as exc:
                     statuses[-1] += 1
                     print(f"loadgen: {type(exc).__name__}: {exc}", file=sys.stderr)
 

@@ -87,14 +87,25 @@ async def run_fanout(
             baseline_label="raw POST",
             target_on_ratio=True,
         ),
-        Figure(
-            "fanout_vs_signed_post",
-            "1 fan-out vs orjson+HMAC+POST loop",
-            "1/s",
-            [r.rate for r in runs],
-            "(info)",
-            baseline=[r.signed_rate for r in runs],
-            baseline_label="signed POST",
+        *(
+            Figure(
+                key,
+                f"1 fan-out vs {what}",
+                "1/s",
+                [r.rate for r in runs],
+                "(info)",
+                baseline=[getattr(r, attr) for r in runs],
+                baseline_label=label,
+            )
+            for key, what, attr, label in (
+                ("fanout_vs_signed_post", "orjson+HMAC+POST loop", "signed_rate", "signed POST"),
+                (
+                    "fanout_vs_relay_client_post",
+                    "the raw loop on the relay's own HTTP client",
+                    "relay_client_rate",
+                    "relay-client POST",
+                ),
+            )
         ),
         Figure(
             "cost_worker_cpu_us_per_delivery",

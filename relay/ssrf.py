@@ -2,9 +2,9 @@
 
 A callback host must resolve only to public unicast addresses unless RELAY_CALLBACK_ALLOW
 opens it. Numeric host forms that C resolvers accept (``2130706433``, ``0x7f.1``, ``127.1``)
-are read the way a resolver would read them. At delivery time :class:`SafeResolver` hands
-aiohttp only addresses that passed the check, so the connection goes to the address that
-was checked (no second lookup for DNS rebinding to exploit).
+are read the way a resolver would read them. At delivery time :meth:`CallbackPolicy.resolve`
+gives the webhook client only addresses that pass the check, and the connection goes to the
+address that was checked (no second lookup for DNS rebinding to exploit).
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from relay.constants import MAX_CALLBACK_URL
 from relay.settings import CallbackAllow
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+SockAddr = tuple[str, int] | tuple[str, int, int, int]
 _METADATA = {
     ipaddress.ip_address("169.254.169.254"),
     ipaddress.ip_address("fd00:ec2::254"),
@@ -132,26 +130,24 @@ class CallbackPolicy:
             raise CallbackRefused("host resolves to a private, loopback or reserved address")
         return parsed
 
-
-class SafeResolver(AbstractResolver):
-    """An aiohttp resolver that drops every address the policy refuses."""
-
-    def __init__(self, policy: CallbackPolicy, inner: AbstractResolver | None = None) -> None:
-        self._policy = policy
-        self._inner = inner or DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Resolve, then keep only allowed addresses; OSError when none is left."""
-        results = await self._inner.resolve(host, port, family)
-        if self._policy.host_allowed(host):
-            return results
-        kept = [r for r in results if self._policy.ip_allowed(ipaddress.ip_address(r["host"]))]
-        if not kept:
-            raise OSError(f"callback host {host} resolves only to refused addresses")
-        return kept
-
-    async def close(self, *args: Any) -> None:
-        """Close the wrapped resolver."""
-        await self._inner.close()
+    async def resolve(self, host: str, port: int) -> list[tuple[int, SockAddr]]:
+        """Where a connection to *host*:*port* may go: (family, socket address) pairs, only
+        allowed ones. :class:`CallbackRefused` when none is left, OSError when the name does
+        not resolve."""
+        ip = literal_ip(host)
+        if ip is not None:
+            if not (self.host_allowed(host) or self.ip_allowed(ip)):
+                raise CallbackRefused("points to a private, loopback or reserved address")
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            return [(family, (str(ip), port))]
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        out: list[tuple[int, SockAddr]] = []
+        for family, _, _, _, sockaddr in infos:
+            addr = str(sockaddr[0])
+            if self.host_allowed(host) or self.ip_allowed(ipaddress.ip_address(addr.split("%")[0])):
+                out.append((int(family), sockaddr))  # type: ignore[arg-type]
+        if not out:
+            raise CallbackRefused("resolves only to private, loopback or reserved addresses")
+        return out

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -25,8 +24,9 @@ from relay.crypto import SecretBox
 from relay.receiver import Receiver
 from relay.settings import Settings
 from relay.signing import generate_secret
-from relay.ssrf import CallbackPolicy, SafeResolver
+from relay.ssrf import CallbackPolicy
 from relay.store import SecretEntry, Store, Watch, now_ms
+from relay.webhook_client import WebhookClient
 from workers.deliverer import Deliverer
 
 CLIPS = [{"id": "a", "score": 90, "status": "completed", "downloadUrl": "https://cdn/a"}]
@@ -51,26 +51,24 @@ def hook(receiver: tuple[Receiver, str]) -> tuple[Receiver, str]:
 @pytest.fixture
 async def make_deliverer(store: Store, settings: Settings) -> AsyncIterator[DelivererFactory]:
     """Start deliverers (lanes, claim loop, flusher) as the worker does; stopped after."""
-    made: list[tuple[Deliverer, aiohttp.ClientSession]] = []
+    made: list[tuple[Deliverer, WebhookClient]] = []
 
     async def start(**overrides: Any) -> Deliverer:
         s = dataclasses.replace(settings, **overrides)
         policy = CallbackPolicy(s.callback_allow)
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=SafeResolver(policy), limit_per_host=0)
-        )
+        client = WebhookClient(policy, timeout=s.delivery_timeout)
         upstream: Any = None  # no clip links get old here: the upstream is never asked
         d = Deliverer(
-            store, session, s, policy=policy, box=SecretBox(""), upstream=upstream, gate=upstream
+            store, client, s, policy=policy, box=SecretBox(""), upstream=upstream, gate=upstream
         )
         d.start()
-        made.append((d, session))
+        made.append((d, client))
         return d
 
     yield start
-    for d, session in made:
+    for d, client in made:
         await d.stop(1.0)
-        await session.close()
+        await client.close()
 
 
 async def created_events(

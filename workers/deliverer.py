@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import aiohttp
 from yarl import URL
 
 from relay import constants as c
@@ -41,6 +40,7 @@ from relay.ssrf import CallbackPolicy
 from relay.store import AttemptResult, DeliveryClaim, NewEvent, Store, Watch, now_ms
 from relay.tasks import finish, finish_all
 from relay.upstream import UpstreamClient, retry_after_seconds
+from relay.webhook_client import Target, WebhookClient, WebhookError
 from workers.pump import Pump
 from workers.ratelimit import Paused, UpstreamGate
 
@@ -105,7 +105,7 @@ class Deliverer(Pump[DeliveryClaim]):
     def __init__(
         self,
         store: Store,
-        session: aiohttp.ClientSession,
+        client: WebhookClient,
         settings: Settings,
         *,
         policy: CallbackPolicy,
@@ -118,13 +118,12 @@ class Deliverer(Pump[DeliveryClaim]):
         lanes = settings.delivery_concurrency
         super().__init__(store, concurrency=CLAIM_AHEAD * lanes, lease_s=settings.lease, batch=512)
         self.lanes = lanes
-        self.session = session
+        self.client = client
         self.settings = settings
         self.policy = policy
         self.box = box
         self.upstream = upstream
         self.gate = gate
-        self.timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout)
         self.sent = 0
         self._jobs: deque[Job] = deque()
         self._idle: deque[asyncio.Future[None]] = deque()  # a parked lane's wake-up
@@ -313,10 +312,11 @@ class Deliverer(Pump[DeliveryClaim]):
     def _open_secret(self, sealed: str) -> bytes:
         return secret_bytes(self.box.open(sealed))
 
-    def _parse_target(self, callback_url: str) -> URL | None:
-        """The callback as a URL, or None when its address literal is refused (SSRF)."""
+    def _parse_target(self, callback_url: str) -> Target | None:
+        """The callback prepared for sending, or None when its address literal is refused
+        (SSRF)."""
         url = URL(callback_url)
-        return url if self.policy.check_literal(url) else None
+        return Target.of(url) if self.policy.check_literal(url) else None
 
     async def _attempt(self, w: Watch, body: bytes) -> None:
         attempt = w.attempt + 1
@@ -326,30 +326,21 @@ class Deliverer(Pump[DeliveryClaim]):
         answer = ""
         retry_after: float | None = None
         try:
-            url = self._target(w.callback_url)
-            if url is None:
-                raise PermissionError("callback address refused by the SSRF policy")
+            target = self._target(w.callback_url)
+            if target is None:
+                raise WebhookError("refused: callback address refused by the SSRF policy")
             keys = [self._key_bytes(s.sealed) for s in w.signing_secrets(int(started * 1000))]
             headers = sign_headers(keys, w.event_id, int(started), body)
-            headers["User-Agent"] = "clip-relay/1"
-            async with self.session.post(
-                url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
-            ) as resp:
-                code = resp.status
-                answer = (await resp.content.read(c.RESPONSE_BODY_KEPT)).decode(errors="replace")
-                if code in (429, 503):
-                    retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+            reply = await self.client.post(target, headers.items(), body)
+            code = reply.status
+            answer = reply.body.decode(errors="replace")
+            if code in (429, 503):
+                retry_after = retry_after_seconds(reply.retry_after)
         except TimeoutError:
             error = "timeout"
-        except aiohttp.ClientConnectorCertificateError:
-            error = "tls: certificate rejected"
-        except aiohttp.ClientSSLError as exc:
-            error = f"tls: {exc}"[:200]
-        except aiohttp.ClientConnectorDNSError:
-            error = "dns: host not resolved"
-        except aiohttp.ClientConnectorError as exc:
-            error = f"connect: {exc.os_error.strerror or exc.os_error}"[:200]
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except WebhookError as exc:
+            error = str(exc)
+        except (OSError, ValueError) as exc:  # e.g. a callback URL that cannot be sent
             error = f"{type(exc).__name__}: {exc}"[:200]
         latency = time.time() - started
         DELIVERY_LATENCY.observe(latency)

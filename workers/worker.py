@@ -26,10 +26,11 @@ from relay.metrics import QUEUE_DEPTH, WATCHES, exposition
 from relay.redis_client import arq_settings, connect
 from relay.serializer import dumps, loads
 from relay.settings import Settings
-from relay.ssrf import CallbackPolicy, SafeResolver
+from relay.ssrf import CallbackPolicy
 from relay.store import EXPIRE_JOB, Store
 from relay.tasks import finish
 from relay.upstream import UpstreamClient
+from relay.webhook_client import WebhookClient
 from workers.deliverer import Deliverer
 from workers.jobs import STORE, expire_watch
 from workers.poller import Poller
@@ -49,13 +50,15 @@ class Runtime:
     store: Store
     poller: Poller
     deliverer: Deliverer
-    sessions: tuple[aiohttp.ClientSession, ...]
+    upstream_session: aiohttp.ClientSession
+    callbacks: WebhookClient
     metrics_runner: web.AppRunner | None
     gauges: asyncio.Task[None]
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """Open Redis and HTTP sessions, start the pumps and the metrics server."""
+    """Open Redis, the upstream session and the webhook client; start the pumps and the
+    metrics server."""
     settings: Settings = ctx[SETTINGS]
     redis = connect(settings.redis_url)
     store = Store(redis)
@@ -68,15 +71,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     # send must spend a token of the shared RELAY_UPSTREAM_RPS budget, so no silent re-send
     # (the next poll tries again). aiohttp's own test client turns it off the same way.
     upstream_session._retry_connection = False
-    # callbacks get their own session: its resolver enforces the SSRF policy per connection
-    callback_session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=settings.delivery_concurrency,
-            limit_per_host=0,
-            resolver=SafeResolver(policy),
-            ttl_dns_cache=10,
-        ),
-        raise_for_status=False,
+    # callbacks get their own client: it connects only to addresses the SSRF policy allows
+    callbacks = WebhookClient(
+        policy,
+        timeout=settings.delivery_timeout,
+        max_idle=2 * settings.delivery_concurrency,
     )
     upstream = UpstreamClient(
         upstream_session,
@@ -88,7 +87,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     poller = Poller(store, upstream, gate, settings)
     deliverer = Deliverer(
         store,
-        callback_session,
+        callbacks,
         settings,
         policy=policy,
         box=SecretBox(settings.secrets_key),
@@ -104,7 +103,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         store,
         poller,
         deliverer,
-        (upstream_session, callback_session),
+        upstream_session,
+        callbacks,
         runner,
         asyncio.create_task(_gauges(store)),
     )
@@ -126,8 +126,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await asyncio.gather(rt.poller.stop(grace), rt.deliverer.stop(grace))
     rt.gauges.cancel()
     await finish(rt.gauges, 1.0)
-    for session in rt.sessions:
-        await session.close()
+    await rt.upstream_session.close()
+    await rt.callbacks.close()
     if rt.metrics_runner is not None:
         await rt.metrics_runner.cleanup()
     await rt.store.redis.aclose()
