@@ -23,14 +23,18 @@ What it does:
 - redirects are not followed (SPEC: a 3xx is a failed attempt); no cookies, no proxies.
 
 Failures raise :class:`WebhookError` whose message is the attempt's recorded ``error``
-(``connect: ...``, ``dns: ...``, ``tls: ...``, ``http: ...``), or :class:`TimeoutError`
-when ``timeout`` seconds pass first.
+(``connect: ...``, ``dns: ...``, ``tls: ...``, ``http: ...``, ``refused: ...``), or
+:class:`TimeoutError` when ``timeout`` seconds pass first -- connecting, sending and the
+answer all count. Waiting requests are timed by one watchdog that ticks every
+``WATCHDOG_TICK_S`` at most, instead of a timer per request (that timer cost as much as
+parsing the answer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import os
 import ssl
@@ -49,6 +53,7 @@ MAX_DRAIN = 64 * 1024  # bodies up to this size are read to their end to keep th
 DNS_TTL_S = 10.0
 IDLE_S = 15.0  # an idle keep-alive connection is closed after this long
 DNS_CACHE_MAX = 10_000
+WATCHDOG_TICK_S = 0.1  # how late, at most, a request's timeout is noticed
 MAX_LINE = 4096  # a chunk-size or trailer line
 _CHUNK_SIZE, _CHUNK_END, _TRAILERS = -1, -2, -3  # where a chunked body's parser stands
 
@@ -107,6 +112,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.reused = False
+        self.deadline = 0.0  # loop time by which the answer must be in
         self._buf = bytearray()
         self._body = bytearray()
         self._answer: asyncio.Future[Answer] | None = None
@@ -171,6 +177,12 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         """The last answer was read completely and the connection may carry another."""
         return not self.closed and self._keep_alive and not self._buf
+
+    def expire(self) -> None:
+        """The request's time is up: fail it with TimeoutError and close."""
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(TimeoutError())
+        self.close()
 
     def close(self) -> None:
         """Close the connection at once."""
@@ -354,6 +366,9 @@ class WebhookClient:
         self._dns: dict[tuple[str, int], tuple[float, list[Address]]] = {}
         self._swept = time.monotonic()
         self.connections_made = 0  # for tests and metrics: new TCP connections
+        self._in_flight: set[_Connection] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._tick = min(WATCHDOG_TICK_S, max(timeout / 20, 0.005))
 
     async def post(self, target: Target, headers: Iterable[tuple[str, str]], body: bytes) -> Answer:
         """POST *body* to *target* with *headers* (names and values from the relay itself,
@@ -363,19 +378,41 @@ class WebhookClient:
         lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
         lines.append(body)
         payload = b"".join(lines)
-        async with asyncio.timeout(self.timeout):
-            conn = await self._acquire(target)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        conn = self._take_idle(target.origin) or await self._connect_by(target, deadline)
+        try:
             try:
-                try:
-                    answer = await conn.send(payload)
-                except _Stale:  # closed by the server while idle: once more, on a new one
-                    conn = await self._connect(target)
-                    answer = await conn.send(payload)
-            except BaseException:  # timed out, cancelled or failed: never reused
-                conn.close()
-                raise
+                answer = await self._exchange(conn, payload, deadline)
+            except _Stale:  # closed by the server while idle: once more, on a new one
+                conn = await self._connect_by(target, deadline)
+                answer = await self._exchange(conn, payload, deadline)
+        except BaseException:  # timed out, cancelled or failed: never reused
+            conn.close()
+            raise
         self._release(target.origin, conn)
         return answer
+
+    async def _exchange(self, conn: _Connection, payload: bytes, deadline: float) -> Answer:
+        """Send one request on *conn* and wait for its answer, until *deadline* at most (the
+        watchdog fails it then: one shared timer instead of one per request)."""
+        answer = conn.send(payload)
+        conn.deadline = deadline
+        self._in_flight.add(conn)
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="webhook-client-watchdog")
+        try:
+            return await answer
+        finally:
+            self._in_flight.discard(conn)
+
+    async def _watch(self) -> None:
+        """Fail the requests whose deadline has passed, every tick."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._tick)
+            now = loop.time()
+            for conn in [c for c in self._in_flight if c.deadline <= now]:
+                conn.expire()
 
     @property
     def idle_connections(self) -> int:
@@ -383,7 +420,12 @@ class WebhookClient:
         return self._idle_count
 
     async def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection; stop the watchdog."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
@@ -392,11 +434,12 @@ class WebhookClient:
 
     # --- the pool -----------------------------------------------------------------------------
 
-    async def _acquire(self, target: Target) -> _Connection:
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        """A live idle connection to *origin*, if there is one."""
         now = time.monotonic()
         if now - self._swept > self.idle_s:
             self._sweep(now)
-        conns = self._idle.get(target.origin)
+        conns = self._idle.get(origin)
         while conns:
             conn = conns.pop()
             self._idle_count -= 1
@@ -404,7 +447,7 @@ class WebhookClient:
                 conn.reused = True
                 return conn
             conn.close()
-        return await self._connect(target)
+        return None
 
     def _release(self, origin: Origin, conn: _Connection) -> None:
         if not conn.reusable or self._idle_count >= self.max_idle:
@@ -429,6 +472,10 @@ class WebhookClient:
                 del self._idle[origin]
 
     # --- connecting -----------------------------------------------------------------------
+
+    async def _connect_by(self, target: Target, deadline: float) -> _Connection:
+        async with asyncio.timeout_at(deadline):
+            return await self._connect(target)
 
     async def _connect(self, target: Target) -> _Connection:
         scheme, host, port = target.origin

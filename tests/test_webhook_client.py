@@ -368,10 +368,32 @@ async def test_timeout_closes_the_connection(
 
     url = await scripted(handle)
     client = WebhookClient(LOCAL, timeout=0.3)
-    with pytest.raises(TimeoutError):
-        await client.post(target(url), HEADERS, BODY)
-    await asyncio.wait_for(closed.wait(), 2.0)
-    assert client.idle_connections == 0
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.post(target(url), HEADERS, BODY)
+        assert 0.3 <= loop.time() - started < 0.6
+        await asyncio.wait_for(closed.wait(), 2.0)
+        assert client.idle_connections == 0
+    finally:
+        await client.close()
+
+
+async def test_timeout_counts_the_tls_handshake(
+    scripted: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never answers the handshake
+        writer.close()
+
+    url = (await scripted(handle)).replace("http://", "https://")
+    client = WebhookClient(LOCAL, timeout=0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.post(target(url), HEADERS, BODY), 2.0)
+    finally:
+        await client.close()
 
 
 # --- connecting ---------------------------------------------------------------------------
