@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from yarl import URL
 
 from relay.constants import RESPONSE_BODY_KEPT
-from relay.ssrf import CallbackPolicy, CallbackRefused
+from relay.ssrf import CallbackPolicy, CallbackRefused, SockAddr
 
 USER_AGENT = "clip-relay/1"
 MAX_HEAD = 64 * 1024  # bytes of status line and headers an answer may have
@@ -58,7 +58,7 @@ MAX_LINE = 4096  # a chunk-size or trailer line
 _CHUNK_SIZE, _CHUNK_END, _TRAILERS = -1, -2, -3  # where a chunked body's parser stands
 
 Origin = tuple[str, str, int]  # scheme, host, port
-Address = tuple[int, tuple[str, int] | tuple[str, int, int, int]]  # family, sockaddr
+Address = tuple[int, SockAddr]  # family, socket address
 
 
 class WebhookError(Exception):
@@ -178,10 +178,10 @@ class _Connection(asyncio.Protocol):
         """The last answer was read completely and the connection may carry another."""
         return not self.closed and self._keep_alive and not self._buf
 
-    def expire(self) -> None:
-        """The request's time is up: fail it with TimeoutError and close."""
+    def abort(self, exc: Exception) -> None:
+        """Fail the request in flight with *exc* and close."""
         if self._answer is not None and not self._answer.done():
-            self._answer.set_exception(TimeoutError())
+            self._answer.set_exception(exc)
         self.close()
 
     def close(self) -> None:
@@ -412,7 +412,7 @@ class WebhookClient:
             await asyncio.sleep(self._tick)
             now = loop.time()
             for conn in [c for c in self._in_flight if c.deadline <= now]:
-                conn.expire()
+                conn.abort(TimeoutError())
 
     @property
     def idle_connections(self) -> int:
@@ -420,7 +420,9 @@ class WebhookClient:
         return self._idle_count
 
     async def close(self) -> None:
-        """Close every idle connection; stop the watchdog."""
+        """Close every connection (a request still waiting fails); stop the watchdog."""
+        for conn in list(self._in_flight):
+            conn.abort(WebhookError("http: client closed"))
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -461,10 +463,12 @@ class WebhookClient:
         self._swept = now
         for origin in list(self._idle):
             conns = self._idle[origin]
-            live = [c for c in conns if not c.closed and now - c.idle_since < self.idle_s]
-            for c in conns:
-                if c not in live:
-                    c.close()
+            live: list[_Connection] = []
+            for conn in conns:
+                if not conn.closed and now - conn.idle_since < self.idle_s:
+                    live.append(conn)
+                else:
+                    conn.close()
             self._idle_count -= len(conns) - len(live)
             if live:
                 self._idle[origin] = live

@@ -396,6 +396,23 @@ async def test_timeout_counts_the_tls_handshake(
         await client.close()
 
 
+async def test_close_fails_a_waiting_request(
+    scripted: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()
+        writer.close()
+
+    url = await scripted(handle)
+    client = WebhookClient(LOCAL, timeout=5.0)
+    waiting = asyncio.create_task(client.post(target(url), HEADERS, BODY))
+    await asyncio.sleep(0.1)
+    await client.close()
+    with pytest.raises(WebhookError, match="client closed"):
+        await asyncio.wait_for(waiting, 1.0)
+
+
 # --- connecting ---------------------------------------------------------------------------
 
 
