@@ -291,6 +291,9 @@ async def test_redelivery_of_final_watches(stack: Stack) -> None:
         assert status == 202 and body["status"] == "delivering", body
     await wait_until(lambda: len(stack.receiver.events) >= before + 3, 10, what="redeliveries")
     killed_at = stack.kill("w")
+    # what the dead worker had sent may still sit in the receiver's socket buffers: whatever
+    # is recorded shortly after the kill was on the wire at the kill
+    await asyncio.sleep(0.3)
     on_the_wire = {e.event["data"]["watchId"] for e in stack.receiver.events[before:]}
     await stack.start_worker("w", RELAY_RETRY_SCHEDULE="0.2,0.2")
     done = await stack.wait_final(ids, 20)
