@@ -57,6 +57,11 @@ NOTIFY_LATENCY = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
     registry=REGISTRY,
 )
+CALLBACK_CONNECTIONS = Counter(
+    "relay_callback_connections_opened_total",
+    "TCP (or TLS) connections opened to receivers; kept-alive connections are reused.",
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "relay_queue_depth", "Members of a schedule (poll, delivery).", ["queue"], registry=REGISTRY
 )

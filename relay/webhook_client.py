@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from yarl import URL
 
 from relay.constants import RESPONSE_BODY_KEPT
+from relay.metrics import CALLBACK_CONNECTIONS
 from relay.ssrf import CallbackPolicy, CallbackRefused, SockAddr
 
 USER_AGENT = "clip-relay/1"
@@ -507,6 +508,7 @@ class WebhookClient:
                 last = exc
                 continue
             self.connections_made += 1
+            CALLBACK_CONNECTIONS.inc()
             return conn
         assert last is not None
         reason = os.strerror(last.errno) if last.errno else str(last)

@@ -88,6 +88,7 @@ async def test_metrics_and_logs_after_a_round_trip(
         'relay_upstream_requests_total{code="200",endpoint="clips",outcome="ok"}',
         'relay_deliveries_total{outcome="ok"} 1.0',
         "relay_delivery_duration_seconds_count 1.0",
+        "relay_callback_connections_opened_total 1.0",
         "relay_notify_latency_seconds_count 1.0",
         'relay_queue_depth{queue="poll"}',
         "relay_upstream_rate_limited_total",
