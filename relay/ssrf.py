@@ -100,14 +100,6 @@ class CallbackPolicy:
             raise CallbackRefused("has no host")
         return parsed
 
-    def check_literal(self, url: URL) -> bool:
-        """For a URL whose host is an address literal: may it be reached? None-literal: True."""
-        host = url.raw_host or ""
-        if self.host_allowed(host):
-            return True
-        ip = literal_ip(host)
-        return ip is None or self.ip_allowed(ip)
-
     async def check(self, url: str) -> URL:
         """Full check at registration: form, then every address the host resolves to."""
         parsed = self.parse(url)
@@ -143,10 +135,11 @@ class CallbackPolicy:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
+        opened = self.host_allowed(host)
         out: list[tuple[int, SockAddr]] = []
         for family, _, _, _, sockaddr in infos:
-            addr = str(sockaddr[0])
-            if self.host_allowed(host) or self.ip_allowed(ipaddress.ip_address(addr.split("%")[0])):
+            addr = str(sockaddr[0]).split("%", 1)[0]
+            if opened or self.ip_allowed(ipaddress.ip_address(addr)):
                 out.append((int(family), sockaddr))  # type: ignore[arg-type]
         if not out:
             raise CallbackRefused("resolves only to private, loopback or reserved addresses")

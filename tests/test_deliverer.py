@@ -22,7 +22,7 @@ from relay import events
 from relay.clips import ClipSet
 from relay.crypto import SecretBox
 from relay.receiver import Receiver
-from relay.settings import Settings
+from relay.settings import CallbackAllow, Settings
 from relay.signing import generate_secret
 from relay.ssrf import CallbackPolicy
 from relay.store import SecretEntry, Store, Watch, now_ms
@@ -58,9 +58,7 @@ async def make_deliverer(store: Store, settings: Settings) -> AsyncIterator[Deli
         policy = CallbackPolicy(s.callback_allow)
         client = WebhookClient(policy, timeout=s.delivery_timeout)
         upstream: Any = None  # no clip links get old here: the upstream is never asked
-        d = Deliverer(
-            store, client, s, policy=policy, box=SecretBox(""), upstream=upstream, gate=upstream
-        )
+        d = Deliverer(store, client, s, box=SecretBox(""), upstream=upstream, gate=upstream)
         d.start()
         made.append((d, client))
         return d
@@ -187,3 +185,24 @@ async def test_stop_hands_back_the_claims_of_jobs_never_started(
     leased = [m for m, s in scores.items() if s > stopped_at + 10_000]
     assert len(due_now) == 4, scores  # handed back: the next worker takes them at once
     assert len(leased) == 1  # the cut attempt may have reached the receiver: its lease runs
+
+
+async def test_a_callback_the_policy_now_refuses_is_retried_unsent(
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    rec, base = hook
+    d = await make_deliverer(callback_allow=CallbackAllow())  # loopback no longer opened
+    created = await created_events(store, base, 3)
+    d.offer([(w, ev) for w, ev, _ in created], created[0][2])
+    deadline = time.monotonic() + 5
+    ids = [w.id for w, _, _ in created]
+    while time.monotonic() < deadline:
+        if all(await asyncio.gather(*(store.attempts(i) for i in ids))):
+            break
+        await asyncio.sleep(0.02)
+    for w, _, _ in created:
+        (attempt,) = await store.attempts(w.id)
+        assert attempt["statusCode"] is None
+        assert attempt["error"].startswith("refused: callback ")
+    assert rec.received() == 0
+    assert (await store.watch_counts())["delivering"] == 3  # retried later, not failed

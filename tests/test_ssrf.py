@@ -207,12 +207,11 @@ def test_metadata_refused_even_if_a_network_seems_to_allow_it() -> None:
     assert not EMPTY.ip_allowed(ipaddress.ip_address("169.254.169.254"))
 
 
-def test_check_literal() -> None:
-    assert not EMPTY.check_literal(EMPTY.parse("http://127.1/"))
-    assert EMPTY.check_literal(EMPTY.parse("http://93.184.216.34/"))
-    assert EMPTY.check_literal(EMPTY.parse("http://example.com/"))  # not a literal
-    assert LOCAL.check_literal(LOCAL.parse("http://127.0.0.1/"))
-    assert LOCAL.check_literal(LOCAL.parse("http://internal.svc/"))
+async def test_resolve_literals_without_dns(no_dns: None) -> None:
+    with pytest.raises(CallbackRefused):
+        await EMPTY.resolve("127.1", 80)
+    assert await EMPTY.resolve("93.184.216.34", 80) == [(socket.AF_INET, ("93.184.216.34", 80))]
+    assert await LOCAL.resolve("127.0.0.1", 80) == [(socket.AF_INET, ("127.0.0.1", 80))]
 
 
 @pytest.mark.parametrize(

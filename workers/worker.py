@@ -89,7 +89,6 @@ async def startup(ctx: dict[str, Any]) -> None:
         store,
         callbacks,
         settings,
-        policy=policy,
         box=SecretBox(settings.secrets_key),
         upstream=upstream,
         gate=gate,
