@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from relay.redis_client import connect
+from relay.store.connection import connect
 
 REDIS = web.AppKey("redis", Redis)
 

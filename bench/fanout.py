@@ -37,7 +37,7 @@ from stack import Stack, log_time
 from tools import create_videos, loadgen, register, sim_clips, switch_status
 from verify import verify_attempt_log, verify_events, wait_delivered
 
-from relay.signing import secret_bytes, sign_headers
+from relay.domain.signing import secret_bytes, sign_headers
 
 WATCHES = 2000
 WARMUP_WATCHES = 500  # an unmeasured first run: connections, caches, code paths

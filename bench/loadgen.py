@@ -11,7 +11,7 @@
     what a deliverer must do per webhook: orjson + HMAC + one POST);
   - ``bodies``: POST ``bodies`` in turn with fixed ``headers`` (the registration load);
 - ``client``: ``aiohttp`` (default: one ``ClientSession``) or ``relay`` (the relay's own
-  :class:`relay.webhook_client.WebhookClient`, loopback allowed).
+  :class:`relay.http.webhook.WebhookClient`, loopback allowed).
 
 Every mode first sends ``concurrency`` unmeasured requests to open the connections. The
 result has ``requests``, ``elapsed``, ``rps``, ``p50_ms``, ``p99_ms``, ``statuses`` and the
@@ -35,10 +35,10 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from relay.domain.signing import secret_bytes, sign_headers
+from relay.http.ssrf import CallbackPolicy
+from relay.http.webhook import Target, WebhookClient, WebhookError
 from relay.settings import CallbackAllow
-from relay.signing import secret_bytes, sign_headers
-from relay.ssrf import CallbackPolicy
-from relay.webhook_client import Target, WebhookClient, WebhookError
 
 Request = Callable[[int], tuple[bytes, dict[str, str]]]
 Post = Callable[[bytes, dict[str, str]], Awaitable[int]]

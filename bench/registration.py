@@ -19,8 +19,8 @@ from common import PROFILER, Checks, CpuSet
 from stack import HERE, TENANT, Stack, spawn_script
 from tools import create_videos, have_wrk, loadgen, wrk
 
-from relay.redis_server import free_port
-from relay.stack import wait_port
+from relay.devtools.embedded_redis import free_port
+from relay.devtools.stack import wait_port
 
 CONCURRENCY = 64
 SECONDS = 5.0

@@ -3,7 +3,7 @@
 ``python bench/sink.py --port P`` with the accepted secrets in ``SINK_SECRETS``
 (comma-separated ``whsec_...``).
 
-Every ``POST`` is verified with :func:`relay.signing.verify_keys` (the Standard Webhooks
+Every ``POST`` is verified with :func:`relay.domain.signing.verify_keys` (the Standard Webhooks
 check ``clip-relay receiver`` does: headers, 5-minute timestamp window, HMAC-SHA256) and
 answered 401 when it fails; a verified delivery is recorded as (webhook id, arrival time,
 path, raw body) and answered 204. Unlike ``clip-relay receiver`` it parses the bodies only
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from relay.signing import WebhookVerificationError, secret_bytes, verify_keys
+from relay.domain.signing import WebhookVerificationError, secret_bytes, verify_keys
 
 
 @dataclass

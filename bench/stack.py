@@ -1,4 +1,4 @@
-"""The benchmark's stack: real processes on loopback, started with :mod:`relay.stack`.
+"""The benchmark's stack: real processes on loopback, started with :mod:`relay.devtools.stack`.
 
 One Redis-protocol server (the product's ``config/redis.conf``: AOF, ``appendfsync
 everysec``), one upstream simulator, one receiver sink (``bench/sink.py``, its own process,
@@ -24,9 +24,9 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from relay.redis_server import RedisServer, free_port
-from relay.signing import generate_secret
-from relay.stack import Ports, Proc, relay_env, spawn, wait_http
+from relay.devtools.embedded_redis import RedisServer, free_port
+from relay.devtools.stack import Ports, Proc, relay_env, spawn, wait_http
+from relay.domain.signing import generate_secret
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -248,7 +248,7 @@ class Stack:
 def spawn_script(
     name: str, script: Path, args: list[str], env: Mapping[str, str], log_dir: Path
 ) -> Proc:
-    """Start ``python <script> <args>`` (a bench tool) like :func:`relay.stack.spawn`."""
+    """Start ``python <script> <args>`` (a bench tool) like :func:`relay.devtools.stack.spawn`."""
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
     base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}

@@ -51,10 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("upstream-sim", "receiver"):
         # tools with their own options
         if argv[0] == "upstream-sim":
-            from relay import upstream_sim
+            from relay.devtools import upstream_sim
 
             return upstream_sim.main(argv[1:])
-        from relay import receiver
+        from relay.devtools import receiver
 
         return receiver.main(argv[1:])
     args = _parser().parse_args(argv)
@@ -64,14 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clip-relay: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "api":
-        from relay.server import run_api
+        from relay.api.serve import run_api
 
         return run_api(settings)
     if args.command == "worker":
         from workers.worker import run
 
         return run(settings)
-    from relay.demo import run_demo
+    from relay.devtools.demo import run_demo
 
     return run_demo()
 

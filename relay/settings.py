@@ -172,7 +172,7 @@ def _url(raw: str) -> str:
 
 
 def _redis_url(raw: str) -> str:
-    from relay.redis_client import SENTINEL_SCHEME, parse_sentinel
+    from relay.store.connection import SENTINEL_SCHEME, parse_sentinel
 
     if raw.startswith(SENTINEL_SCHEME):
         parse_sentinel(raw)
@@ -191,7 +191,9 @@ def _log_format(raw: str) -> Literal["json", "console"]:
 
 
 def _secrets_key(raw: str) -> str:
-    from relay.crypto import check_key  # local: keeps cryptography off the import path of tools
+    from relay.domain.crypto import (
+        check_key,  # local: keeps cryptography off the import path of tools
+    )
 
     check_key(raw)
     return raw

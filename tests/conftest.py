@@ -14,13 +14,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from relay import upstream_sim
-from relay.app import create_app
-from relay.receiver import Receiver
-from relay.receiver import create_app as create_receiver_app
-from relay.redis_client import connect
-from relay.redis_server import RedisServer
+from relay.api.app import create_app
+from relay.devtools import upstream_sim
+from relay.devtools.embedded_redis import RedisServer
+from relay.devtools.receiver import Receiver
+from relay.devtools.receiver import create_app as create_receiver_app
 from relay.settings import CallbackAllow, Settings
+from relay.store.connection import connect
 from workers.worker import RelayWorker as Worker
 from workers.worker import worker_options
 

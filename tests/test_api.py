@@ -9,9 +9,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import TypeAdapter
 
-from relay.models import DeliveryList, WatchCreated, WatchList, WatchOut
-from relay.openapi import document
-from relay.signing import generate_secret, is_valid_secret
+from relay.api.models import DeliveryList, WatchCreated, WatchList, WatchOut
+from relay.api.openapi import document
+from relay.domain.signing import generate_secret, is_valid_secret
 from tests.conftest import TENANT_B_KEY, ApiFactory, auth
 
 Client = TestClient[web.Request, web.Application]
@@ -382,7 +382,7 @@ async def test_health_and_ready(api: Client) -> None:
 
 
 async def test_ready_fails_without_redis(make_api: ApiFactory) -> None:
-    from relay.redis_server import free_port
+    from relay.devtools.embedded_redis import free_port
 
     api = await make_api(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     resp = await api.get("/readyz")

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.clips import (
+from relay.domain.clips import (
     Clip,
     ClipFilter,
     ClipSet,
@@ -20,7 +20,7 @@ from relay.clips import (
     parse_clips,
     pending,
 )
-from relay.events import (
+from relay.domain.events import (
     clips_ready,
     clips_ready_body,
     event_timestamp_ms,
@@ -28,8 +28,8 @@ from relay.events import (
     video_failed,
     watch_expired,
 )
-from relay.ids import event_id, new_watch_id
-from relay.store import Watch
+from relay.domain.ids import event_id, new_watch_id
+from relay.store.gateway import Watch
 
 AT_MS = 1_795_860_000_000  # 2026-11-28T10:00:00Z
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
@@ -519,7 +519,7 @@ def test_id_encoding_is_rfc4648_base32_lower_case() -> None:
     import base64
     import hashlib
 
-    from relay.ids import _encode
+    from relay.domain.ids import _encode
 
     for i in range(5000):
         digest = hashlib.sha256(str(i).encode()).digest()

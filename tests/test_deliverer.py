@@ -18,15 +18,15 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import constants as c
-from relay import events
-from relay.clips import ClipSet
-from relay.crypto import SecretBox
-from relay.receiver import Receiver
+from relay.devtools.receiver import Receiver
+from relay.domain import events
+from relay.domain.clips import ClipSet
+from relay.domain.crypto import SecretBox
+from relay.domain.signing import generate_secret
+from relay.http.ssrf import CallbackPolicy
+from relay.http.webhook import WebhookClient
 from relay.settings import CallbackAllow, Settings
-from relay.signing import generate_secret
-from relay.ssrf import CallbackPolicy
-from relay.store import SecretEntry, Store, Watch, now_ms
-from relay.webhook_client import WebhookClient
+from relay.store.gateway import SecretEntry, Store, Watch, now_ms
 from workers.deliverer import Deliverer
 
 CLIPS = [{"id": "a", "score": 90, "status": "completed", "downloadUrl": "https://cdn/a"}]

@@ -4,7 +4,7 @@ The API runs in a background thread on a loopback port (real HTTP, real valkey-s
 NO worker, so a generated callback URL is at most stored, never called. RELAY_CALLBACK_ALLOW
 opens only 127.0.0.1/32: generated callback URLs are nearly all refused (422).
 
-The schema is the document ``GET /openapi.json`` serves (``relay.openapi.document()``,
+The schema is the document ``GET /openapi.json`` serves (``relay.api.openapi.document()``,
 checked equal to the served one below); it is loaded at import because schemathesis'
 lazy ``from_fixture`` loader does not work with pytest 9 (it sets ``request.node._nodeid``).
 Examples are derandomized so CI is reproducible; run with ``derandomize=False`` to explore.
@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import Case as _Case
 from schemathesis.specs.openapi import checks as oa
 
-from relay.app import create_app
-from relay.openapi import document
-from relay.redis_server import RedisServer
+from relay.api.app import create_app
+from relay.api.openapi import document
+from relay.devtools.embedded_redis import RedisServer
 from relay.settings import ApiKey, CallbackAllow, Settings
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY
 

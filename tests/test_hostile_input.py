@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from relay.receiver import Receiver
-from relay.store import encode_cursor, now_ms
+from relay.devtools.receiver import Receiver
+from relay.store.gateway import encode_cursor, now_ms
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, WorkerFactory, auth
 
 Client = TestClient[web.Request, web.Application]

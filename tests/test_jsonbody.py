@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.jsonbody import MAX_DEPTH, BadJSON, loads
+from relay.api.jsonbody import MAX_DEPTH, BadJSON, loads
 
 
 def test_plain_json_parses() -> None:

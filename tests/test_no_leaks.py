@@ -1,6 +1,7 @@
 """No secret leaks: a whole stack of real processes, known secret values, failing paths.
 
-``relay.stack.spawn`` starts the simulator, a receiver, two APIs (JSON and console logs), and
+``relay.devtools.stack.spawn`` starts the simulator, a receiver, two APIs (JSON and console
+logs), and
 a worker on one real Redis-protocol server. Secrets in play: the upstream key, two tenant
 API keys, the Fernet key of RELAY_SECRETS_KEY, a webhook secret given at registration, a
 generated one, a rotated one, and secrets sent in requests that are refused. The flow takes
@@ -28,9 +29,9 @@ import pytest
 import redis as redis_sync
 from cryptography.fernet import Fernet
 
-from relay.redis_server import RedisServer, free_port
-from relay.signing import generate_secret, verify
-from relay.stack import Proc, relay_env, spawn, wait_http
+from relay.devtools.embedded_redis import RedisServer, free_port
+from relay.devtools.stack import Proc, relay_env, spawn, wait_http
+from relay.domain.signing import generate_secret, verify
 
 CALLBACK_PATH = "/hooks/one"
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from relay.receiver import ReceivedEvent, Receiver, create_app, format_event, main
-from relay.signing import generate_secret, secret_bytes, sign_headers
+from relay.devtools.receiver import ReceivedEvent, Receiver, create_app, format_event, main
+from relay.domain.signing import generate_secret, secret_bytes, sign_headers
 
 SECRET = generate_secret()
 OTHER_SECRET = generate_secret()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from arq.connections import create_pool
 
-from relay.redis_client import arq_settings, connect, parse_sentinel
-from relay.redis_server import RedisServer, free_port, server_binary
+from relay.devtools.embedded_redis import RedisServer, free_port, server_binary
 from relay.settings import ConfigError, load
+from relay.store.connection import arq_settings, connect, parse_sentinel
 
 
 def test_parse_sentinel_url() -> None:

@@ -1,7 +1,8 @@
 """Secrets at rest: webhook secrets sealed in Redis (RELAY_SECRETS_KEY), API keys held only
 as digests and compared without early exit.
 
-Unit tests of :class:`relay.crypto.SecretBox` and :class:`relay.auth.Authenticator`, then the
+Unit tests of :class:`relay.domain.crypto.SecretBox` and
+:class:`relay.api.auth.Authenticator`, then the
 real thing: the API on a real valkey-server seals what it stores, and an in-process arq
 worker still signs deliveries that a real receiver verifies.
 """
@@ -21,12 +22,12 @@ from aiohttp.test_utils import TestClient
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
 
-from relay import appkeys as k
-from relay.auth import Authenticator
-from relay.crypto import SEALED_PREFIX, SecretBox
-from relay.receiver import Receiver
+from relay.api import appkeys as k
+from relay.api.auth import Authenticator
+from relay.devtools.receiver import Receiver
+from relay.domain.crypto import SEALED_PREFIX, SecretBox
+from relay.domain.signing import generate_secret, verify
 from relay.settings import ApiKey, ConfigError, Settings, load
-from relay.signing import generate_secret, verify
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, ApiFactory, WorkerFactory, auth
 
 Client = TestClient[web.Request, web.Application]

@@ -7,8 +7,8 @@ import dataclasses
 
 import aiohttp
 
-from relay.redis_server import free_port
-from relay.server import serve
+from relay.api.serve import serve
+from relay.devtools.embedded_redis import free_port
 from relay.settings import Settings
 
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import standardwebhooks
 
-from relay.signing import (
+from relay.domain.signing import (
     SECRET_PREFIX,
     WebhookVerificationError,
     generate_secret,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from relay.constants import MAX_CALLBACK_URL
+from relay.http.ssrf import CallbackPolicy, CallbackRefused, literal_ip
 from relay.settings import CallbackAllow
-from relay.ssrf import CallbackPolicy, CallbackRefused, literal_ip
 
 EMPTY = CallbackPolicy(CallbackAllow())
 LOCAL = CallbackPolicy(

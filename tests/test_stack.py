@@ -16,9 +16,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from relay.receiver import Receiver
-from relay.redis_server import RedisServer
-from relay.stack import LocalStack, start_local_stack
+from relay.devtools.embedded_redis import RedisServer
+from relay.devtools.receiver import Receiver
+from relay.devtools.stack import LocalStack, start_local_stack
 
 UPSTREAM_KEY = "sr_live_" + "cd34" * 12
 API_KEY = "stack-test-key-42"
@@ -126,7 +126,7 @@ def test_demo_exits_zero_with_two_verified_events() -> None:
 
 def test_module_loggers_follow_setup_even_when_imported_first() -> None:
     code = (
-        "import workers.deliverer, relay.app\n"  # module-level loggers exist before setup
+        "import workers.deliverer, relay.api.app\n"  # module-level loggers exist before setup
         "from relay import logs\n"
         "logs.setup('json')\n"
         "workers.deliverer.log.info('probe', n=1)\n"

@@ -15,9 +15,9 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import constants as c
-from relay import events
-from relay.clips import ClipSet
-from relay.store import (
+from relay.domain import events
+from relay.domain.clips import ClipSet
+from relay.store.gateway import (
     SCRIPT_BATCH,
     AttemptResult,
     NewEvent,

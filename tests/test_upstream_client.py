@@ -14,7 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.constants import RETRY_AFTER_CAP
-from relay.upstream import (
+from relay.devtools.upstream_sim import STATE
+from relay.http.upstream import (
     Reply,
     UpstreamClient,
     VideoStatus,
@@ -22,7 +23,6 @@ from relay.upstream import (
     parse_status,
     retry_after_seconds,
 )
-from relay.upstream_sim import STATE
 
 Sim = TestClient[web.Request, web.Application]
 

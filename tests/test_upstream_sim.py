@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from relay.upstream_sim import STATE, create_app, main
+from relay.devtools.upstream_sim import STATE, create_app, main
 
 KEY = "sr_live_" + "ab" * 24
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -916,7 +916,7 @@ async def test_main_serves(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "SCALEREACH_API_KEY": KEY, "PYTHONPATH": str(root)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "relay.upstream_sim", "--port", str(port)],
+        [sys.executable, "-m", "relay.devtools.upstream_sim", "--port", str(port)],
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,

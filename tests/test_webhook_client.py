@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from yarl import URL
 
+from relay.http.ssrf import CallbackPolicy
+from relay.http.webhook import MAX_DRAIN, Target, WebhookClient, WebhookError
 from relay.settings import CallbackAllow
-from relay.ssrf import CallbackPolicy
-from relay.webhook_client import MAX_DRAIN, Target, WebhookClient, WebhookError
 
 LOCAL = CallbackPolicy(CallbackAllow(networks=(ipaddress.ip_network("127.0.0.1/32"),)))
 HEADERS = [("webhook-id", "evt_1"), ("content-type", "application/json")]

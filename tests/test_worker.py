@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from relay.receiver import Receiver
-from relay.signing import verify
+from relay.devtools.receiver import Receiver
+from relay.domain.signing import verify
 from tests.conftest import ApiFactory, WorkerFactory, auth
 
 Client = TestClient[web.Request, web.Application]
@@ -263,7 +263,7 @@ async def test_schedule_exhausted_fails_with_last_error(
 async def test_unreachable_callback_is_retried_and_recorded(
     api: Client, worker: Any, sim: Client, receiver: Rec
 ) -> None:
-    from relay.redis_server import free_port
+    from relay.devtools.embedded_redis import free_port
 
     vid = await sim_video(sim)
     resp = await api.post(

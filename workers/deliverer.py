@@ -30,18 +30,19 @@ from functools import lru_cache
 from yarl import URL
 
 from relay import constants as c
-from relay import events, logs
-from relay.clips import Clip
-from relay.crypto import SecretBox
+from relay import logs
+from relay.domain import events
+from relay.domain.clips import Clip
+from relay.domain.crypto import SecretBox
+from relay.domain.signing import secret_bytes, sign_headers
+from relay.http.upstream import UpstreamClient, retry_after_seconds
+from relay.http.webhook import Target, WebhookClient, WebhookError
 from relay.metrics import DELIVERIES, DELIVERY_LATENCY, NOTIFY_LATENCY
 from relay.settings import Settings
-from relay.signing import secret_bytes, sign_headers
-from relay.store import AttemptResult, DeliveryClaim, NewEvent, Store, Watch, now_ms
+from relay.store.gateway import AttemptResult, DeliveryClaim, NewEvent, Store, Watch, now_ms
 from relay.tasks import finish, finish_all
-from relay.upstream import UpstreamClient, retry_after_seconds
-from relay.webhook_client import Target, WebhookClient, WebhookError
 from workers.pump import Pump
-from workers.ratelimit import Paused, UpstreamGate
+from workers.upstream_budget import Paused, UpstreamGate
 
 LOG_NAME = "workers.deliverer"
 log = logs.get(LOG_NAME)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay import events, logs
-from relay.store import NewEvent, Store, Watch, now_ms
+from relay import logs
+from relay.domain import events
+from relay.store.gateway import NewEvent, Store, Watch, now_ms
 
 log = logs.get("workers.jobs")
 STORE = "store"  # ctx key

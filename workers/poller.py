@@ -23,14 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay import constants as c
-from relay import events, logs
-from relay.clips import ClipSet, is_settled, pending
+from relay import logs
+from relay.domain import events
+from relay.domain.clips import ClipSet, is_settled, pending
+from relay.http.upstream import Reply, UpstreamClient
 from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
-from relay.store import NewEvent, Store, VideoState, Watch, now_ms
-from relay.upstream import Reply, UpstreamClient
+from relay.store.gateway import NewEvent, Store, VideoState, Watch, now_ms
 from workers.pump import Pump
-from workers.ratelimit import Paused, UpstreamGate
+from workers.upstream_budget import Paused, UpstreamGate
 
 log = logs.get("workers.poller")
 FINALIZE_CHUNK = 200  # watches loaded, given their events and handed on per round, at most

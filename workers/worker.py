@@ -21,20 +21,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import constants as c
 from relay import logs
-from relay.crypto import SecretBox
+from relay.domain.crypto import SecretBox
+from relay.http.ssrf import CallbackPolicy
+from relay.http.upstream import UpstreamClient
+from relay.http.webhook import WebhookClient
 from relay.metrics import QUEUE_DEPTH, WATCHES, exposition
-from relay.redis_client import arq_settings, connect
-from relay.serializer import dumps, loads
 from relay.settings import Settings
-from relay.ssrf import CallbackPolicy
-from relay.store import EXPIRE_JOB, Store
+from relay.store.connection import arq_settings, connect
+from relay.store.gateway import EXPIRE_JOB, Store
+from relay.store.serializer import dumps, loads
 from relay.tasks import finish
-from relay.upstream import UpstreamClient
-from relay.webhook_client import WebhookClient
 from workers.deliverer import Deliverer
 from workers.jobs import STORE, expire_watch
 from workers.poller import Poller
-from workers.ratelimit import UpstreamGate
+from workers.upstream_budget import UpstreamGate
 
 log = logs.get("workers.worker")
 SETTINGS = "settings"

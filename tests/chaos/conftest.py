@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.redis_server import free_port
-from relay.stack import spawn, wait_http
+from relay.devtools.embedded_redis import free_port
+from relay.devtools.stack import spawn, wait_http
 from tests.chaos.harness import RESULTS, UPSTREAM_KEY, ChaosRedis, Stack
 
 

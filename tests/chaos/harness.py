@@ -3,8 +3,9 @@
 - :class:`ChaosRedis` is the suite's own Redis-protocol server, started with
   ``config/redis.conf`` (AOF, ``appendfsync everysec``) on a port and data directory that stay
   the same across restarts, so a test can SIGKILL, SIGTERM, SIGSTOP and start it again.
-- :class:`Stack` runs API and worker processes (``relay.stack.spawn`` +
-  ``relay.stack.relay_env``) against an upstream simulator process (the session's, reset, or
+- :class:`Stack` runs API and worker processes (``relay.devtools.stack.spawn`` +
+  ``relay.devtools.stack.relay_env``) against an upstream simulator process (the session's,
+  reset, or
   one of its own), a verifying receiver in the test's event loop (plus answers a receiver may
   give that it has no script for: long bodies, redirects, HTTP-date Retry-After), an HTTP
   session and a Redis client to observe the relay's state.
@@ -36,11 +37,11 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from relay import constants as c
-from relay.receiver import Receiver
-from relay.receiver import create_app as receiver_app
-from relay.redis_client import connect
-from relay.redis_server import RedisServer, free_port
-from relay.stack import Proc, relay_env, spawn
+from relay.devtools.embedded_redis import RedisServer, free_port
+from relay.devtools.receiver import Receiver
+from relay.devtools.receiver import create_app as receiver_app
+from relay.devtools.stack import Proc, relay_env, spawn
+from relay.store.connection import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_CONF = ROOT / "config" / "redis.conf"

@@ -8,7 +8,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from relay import constants as c
-from relay.redis_server import free_port
+from relay.devtools.embedded_redis import free_port
 from tests.chaos.harness import Stack, report, wait_until
 
 COMPLETED = [{"status": "completed", "after": 0}]

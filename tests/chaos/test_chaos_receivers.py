@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from relay import constants as c
-from relay.redis_server import free_port
+from relay.devtools.embedded_redis import free_port
 from tests.chaos.harness import Registered, Special, Stack, report, wait_until
 
 COMPLETED = [{"status": "completed", "after": 0}]

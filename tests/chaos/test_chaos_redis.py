@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from relay.redis_client import SOCKET_TIMEOUT
+from relay.store.connection import SOCKET_TIMEOUT
 from tests.chaos.harness import AUTH, SECRET, Registered, Stack, report, wait_until
 
 AOF_WINDOW = 1.0  # appendfsync everysec: what a crash may lose

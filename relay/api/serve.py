@@ -13,12 +13,12 @@ import signal
 
 from aiohttp import web
 
-from relay import appkeys as k
 from relay import logs
-from relay.app import create_app
+from relay.api import appkeys as k
+from relay.api.app import create_app
 from relay.settings import Settings
 
-log = logs.get("relay.server")
+log = logs.get("relay.api.serve")
 MAX_DRAIN_DELAY = 5.0
 
 

@@ -1,5 +1,5 @@
 """The API's request and response models. They validate requests and they generate the
-OpenAPI document (:mod:`relay.openapi`), so the two can never disagree."""
+OpenAPI document (:mod:`relay.api.openapi`), so the two can never disagree."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from relay.constants import MAX_CALLBACK_URL, MAX_METADATA_BYTES, VIDEO_ID_PATTERN
-from relay.signing import is_valid_secret
+from relay.domain.signing import is_valid_secret
 
 Score = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False, strict=True)]
 MAX_METADATA_DEPTH = 8

@@ -35,7 +35,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from relay.signing import (
+from relay.domain.signing import (
     HEADER_ID,
     HEADER_TIMESTAMP,
     WebhookVerificationError,

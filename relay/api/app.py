@@ -15,20 +15,21 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from relay import appkeys as k
-from relay import httpserver, logs
-from relay.appkeys import Lifecycle
-from relay.auth import Authenticator
+from relay import logs
+from relay.api import appkeys as k
+from relay.api import early_errors as httpserver
+from relay.api.appkeys import Lifecycle
+from relay.api.auth import Authenticator
+from relay.api.problems import ProblemError
+from relay.api.routes import setup_routes
+from relay.api.throttle import RateLimiter
 from relay.constants import MAX_BODY_BYTES
-from relay.crypto import SecretBox
+from relay.domain.crypto import SecretBox
+from relay.http.ssrf import CallbackPolicy
 from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from relay.problems import ProblemError
-from relay.ratelimit import RateLimiter
-from relay.redis_client import connect
-from relay.routes import setup_routes
 from relay.settings import Settings
-from relay.ssrf import CallbackPolicy
-from relay.store import Store
+from relay.store.connection import connect
+from relay.store.gateway import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_DEADLINE = 5.0  # seconds: a request that needs longer (Redis hung) is a 503

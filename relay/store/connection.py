@@ -65,7 +65,7 @@ def _options(timeout: float, read_timeout: float | None) -> dict[str, object]:
         "socket_timeout": read_timeout,
         "socket_connect_timeout": timeout,
         # no health check: in redis-py 5 it can loop on a hung server while holding the
-        # pool's lock; requests have their own deadline instead (relay.app)
+        # pool's lock; requests have their own deadline instead (relay.api.app)
         "health_check_interval": 0,
         "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],

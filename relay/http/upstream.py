@@ -15,8 +15,8 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from relay.clips import Clip, number, parse_clips
 from relay.constants import RETRY_AFTER_CAP
+from relay.domain.clips import Clip, number, parse_clips
 
 ReplyKind = Literal["ok", "not_found", "rate_limited", "auth", "error"]
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from aiohttp import web
 from redis.asyncio import Redis
 
-from relay.auth import Authenticator, Principal
-from relay.crypto import SecretBox
-from relay.ratelimit import RateLimiter
+from relay.api.auth import Authenticator, Principal
+from relay.api.throttle import RateLimiter
+from relay.domain.crypto import SecretBox
+from relay.http.ssrf import CallbackPolicy
 from relay.settings import Settings
-from relay.ssrf import CallbackPolicy
-from relay.store import Store
+from relay.store.gateway import Store
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ What it does:
 - one request at a time per connection, kept alive and reused per origin (scheme, host,
   port); idle connections are closed after ``idle_s`` and at most ``max_idle`` are kept;
 - the host is resolved (cached ``dns_ttl`` seconds) and only addresses the
-  :class:`~relay.ssrf.CallbackPolicy` allows are connected to -- the address checked is the
+  :class:`~relay.http.ssrf.CallbackPolicy` allows are connected to -- the address checked is the
   address used, so DNS rebinding gains nothing;
 - ``https`` with the system's trust store (or a given context), hostname checked;
 - a request sent on a reused connection that the server had closed meanwhile (no byte of an
@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from yarl import URL
 
 from relay.constants import RESPONSE_BODY_KEPT
+from relay.http.ssrf import CallbackPolicy, CallbackRefused, SockAddr
 from relay.metrics import CALLBACK_CONNECTIONS
-from relay.ssrf import CallbackPolicy, CallbackRefused, SockAddr
 
 USER_AGENT = "clip-relay/1"
 MAX_HEAD = 64 * 1024  # bytes of status line and headers an answer may have

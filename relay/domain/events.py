@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 
-from relay.clips import Clip, ClipFilter, ClipSet
-from relay.ids import event_id
-from relay.store import NewEvent, Watch
+from relay.domain.clips import Clip, ClipFilter, ClipSet
+from relay.domain.ids import event_id
+from relay.store.gateway import NewEvent, Watch
 
 
 def iso(ms: int) -> str:

@@ -10,25 +10,26 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from relay import appkeys as k
-from relay import jsonbody, logs
-from relay.auth import Principal
+from relay import logs
+from relay.api import appkeys as k
+from relay.api import jsonbody
+from relay.api.auth import Principal
+from relay.api.models import WatchCreate
+from relay.api.problems import ProblemError, field_errors, invalid, not_found
 from relay.constants import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_IDEMPOTENCY_KEY,
     VIDEO_ID_PATTERN,
     WATCH_STATUSES,
 )
-from relay.events import iso_ms
-from relay.ids import new_watch_id
+from relay.domain.events import iso_ms
+from relay.domain.ids import new_watch_id
+from relay.domain.signing import generate_secret
+from relay.http.ssrf import CallbackRefused
 from relay.metrics import WATCHES, exposition
-from relay.models import WatchCreate
-from relay.problems import ProblemError, field_errors, invalid, not_found
-from relay.signing import generate_secret
-from relay.ssrf import CallbackRefused
-from relay.store import CursorError, SecretEntry, Watch, now_ms
+from relay.store.gateway import CursorError, SecretEntry, Watch, now_ms
 
-log = logs.get("relay.views")
+log = logs.get("relay.api.views")
 WATCH_ID = re.compile(r"wat_[a-z2-7]{24}")
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
@@ -51,7 +52,7 @@ def principal(request: web.Request) -> Principal:
 
 
 def watch_json(w: Watch) -> dict[str, Any]:
-    """A watch as the API shows it (schema: :class:`relay.models.WatchOut`)."""
+    """A watch as the API shows it (schema: :class:`relay.api.models.WatchOut`)."""
     return {
         "id": w.id,
         "videoId": w.video_id,

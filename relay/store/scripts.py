@@ -1,9 +1,10 @@
 """Lua scripts: every state change that must be atomic across API and worker replicas.
 
-Each script is small and does one transition; the Python wrappers live in :mod:`relay.store`.
+Each script is small and does one transition; the Python wrappers live in
+:mod:`relay.store.gateway`.
 Per-item work is as few calls as the transition allows; schedule changes and status counters
 are applied once per call. Lua's ``unpack`` takes at most ~8,000 values, so callers keep
-batches well below that (:data:`relay.store.SCRIPT_BATCH`).
+batches well below that (:data:`relay.store.gateway.SCRIPT_BATCH`).
 """
 
 from __future__ import annotations

@@ -10,14 +10,7 @@ from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
 from relay import __version__
-from relay.constants import (
-    EVENT_TYPES,
-    IDEMPOTENCY_KEY_PATTERN,
-    MAX_BODY_BYTES,
-    VIDEO_ID_PATTERN,
-    WATCH_STATUSES,
-)
-from relay.models import (
+from relay.api.models import (
     DeliveryList,
     Health,
     Problem,
@@ -26,6 +19,13 @@ from relay.models import (
     WatchCreated,
     WatchList,
     WatchOut,
+)
+from relay.constants import (
+    EVENT_TYPES,
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_BODY_BYTES,
+    VIDEO_ID_PATTERN,
+    WATCH_STATUSES,
 )
 
 REF = "#/components/schemas/{model}"

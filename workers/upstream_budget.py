@@ -12,7 +12,7 @@ import asyncio
 import time
 
 from relay.metrics import UPSTREAM_WAIT
-from relay.store import Store
+from relay.store.gateway import Store
 
 
 class Paused(Exception):

@@ -17,7 +17,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from relay import logs
-from relay.problems import CONTENT_TYPE, PROBLEM_TYPE
+from relay.api.problems import CONTENT_TYPE, PROBLEM_TYPE
 
 log = logs.get("relay.http")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay import openapi, views
+from relay.api import openapi, views
 
 
 def setup_routes(app: web.Application) -> None:

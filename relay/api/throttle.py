@@ -16,10 +16,10 @@ import time
 from collections import Counter
 
 from relay import logs
-from relay.store import Store
+from relay.store.gateway import Store
 from relay.tasks import finish
 
-log = logs.get("relay.ratelimit")
+log = logs.get("relay.api.throttle")
 SYNC_EVERY = 0.05
 STOP_WAIT = 15.0  # longer than a sync that retries against an unreachable Redis
 

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import receiver as rcv
-from relay.redis_server import RedisServer
-from relay.signing import generate_secret
-from relay.stack import LocalStack, start_local_stack
+from relay.devtools import receiver as rcv
+from relay.devtools.embedded_redis import RedisServer
+from relay.devtools.stack import LocalStack, start_local_stack
+from relay.domain.signing import generate_secret
 
 DEMO_VIDEO: dict[str, Any] = {
     "title": "Keynote: the moment everything changed",

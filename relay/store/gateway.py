@@ -1,7 +1,7 @@
 """The relay's state in Redis: watches, videos, schedules, events and attempt records.
 
 The API and the worker share this module; neither touches Redis keys directly. Every
-transition that other replicas may race with runs as one Lua script (:mod:`relay.scripts`).
+transition that other replicas may race with runs as one Lua script (:mod:`relay.store.scripts`).
 
 Layout (see :mod:`relay.constants`): a watch is a hash; a video being watched is a hash plus
 a set of the watches still waiting on it; two sorted sets schedule the work -- video ids by
@@ -24,11 +24,11 @@ from redis.asyncio import Redis
 from redis.typing import EncodableT
 
 from relay import constants as c
-from relay import scripts
-from relay.serializer import dumps as arq_dumps
+from relay.store import scripts
+from relay.store.serializer import dumps as arq_dumps
 
 EXPIRE_JOB = "expire_watch"
-SCRIPT_BATCH = 1000  # items per script call, at most (Lua's unpack limit, see relay.scripts)
+SCRIPT_BATCH = 1000  # items per script call, at most (Lua's unpack limit, see relay.store.scripts)
 
 
 def now_ms() -> int:
