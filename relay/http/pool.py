@@ -1,0 +1,249 @@
+"""Connections to receivers: keep-alive per origin, made only to addresses the policy allows.
+
+- one request at a time per connection, kept alive and reused per origin (scheme, host,
+  port); idle connections are closed after ``idle_s`` and at most ``max_idle`` are kept;
+- the host is resolved (cached ``dns_ttl`` seconds) and only addresses the
+  :class:`~relay.http.ssrf.CallbackPolicy` allows are connected to -- the address checked is the
+  address used, so DNS rebinding gains nothing;
+- ``https`` with the system's trust store (or a given context), hostname checked;
+- a reused connection that the server had closed meanwhile (no byte of an answer came back)
+  fails its request with :class:`Stale`, so that the client sends it once more on a new one.
+
+:class:`ConnectionPool` is the base class of :class:`~relay.http.webhook.WebhookClient`, for the
+same reason the parser is the connection's base class: the client's hot path reaches the pool
+with no extra attribute lookup or call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import ssl
+import time
+
+from relay.http.ssrf import CallbackPolicy, CallbackRefused, SockAddr
+from relay.http.wire import Answer, AnswerReader, Origin, Target, WebhookError
+from relay.metrics import CALLBACK_CONNECTIONS
+
+DNS_TTL_S = 10.0
+IDLE_S = 15.0  # an idle keep-alive connection is closed after this long
+DNS_CACHE_MAX = 10_000
+
+Address = tuple[int, SockAddr]  # family, socket address
+
+
+class Stale(Exception):
+    """A reused connection turned out closed before anything came back."""
+
+
+class Connection(AnswerReader, asyncio.Protocol):
+    """One keep-alive connection; parses the answer to the one request in flight."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(keep)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.reused = False
+        self.deadline = 0.0  # loop time by which the answer must be in
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        fut = self._answer
+        if fut is None or fut.done():
+            return
+        if self._head_done and self._length is None and not self._chunked:
+            self._finish()  # a body that runs until the connection closes
+        elif self._got_bytes or not self.reused:
+            fut.set_exception(WebhookError("http: connection closed before a full answer"))
+        else:
+            fut.set_exception(Stale())
+
+    def data_received(self, data: bytes) -> None:
+        if self._answer is None or self._answer.done():
+            self.close()  # nothing was asked: the connection is out of step
+            return
+        self._got_bytes = True
+        self._buf += data
+        try:
+            self._parse()
+        except WebhookError as exc:
+            self._keep_alive = False
+            if not self._answer.done():
+                self._answer.set_exception(exc)
+            self.close()
+
+    # --- use --------------------------------------------------------------------------------
+
+    def send(self, payload: bytes) -> asyncio.Future[Answer]:
+        """Write one request; the future resolves with its answer."""
+        assert self.transport is not None
+        self._reset()
+        self._answer = asyncio.get_running_loop().create_future()
+        self.transport.write(payload)
+        return self._answer
+
+    @property
+    def reusable(self) -> bool:
+        """The last answer was read completely and the connection may carry another."""
+        return not self.closed and self._keep_alive and not self._buf
+
+    def abort(self, exc: Exception) -> None:
+        """Fail the request in flight with *exc* and close."""
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection at once."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per origin, and new ones to checked addresses."""
+
+    def __init__(
+        self,
+        policy: CallbackPolicy,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        keep: int,
+        max_idle: int,
+        idle_s: float,
+        dns_ttl: float,
+    ) -> None:
+        self.policy = policy
+        self.keep = keep
+        self.max_idle = max_idle
+        self.idle_s = idle_s
+        self.dns_ttl = dns_ttl
+        self._ssl = ssl_context
+        self._idle: dict[Origin, list[Connection]] = {}
+        self._idle_count = 0
+        self._dns: dict[tuple[str, int], tuple[float, list[Address]]] = {}
+        self._swept = time.monotonic()
+        self.connections_made = 0  # for tests and metrics: new TCP connections
+
+    @property
+    def idle_connections(self) -> int:
+        """Keep-alive connections waiting in the pool."""
+        return self._idle_count
+
+    def close_idle(self) -> None:
+        """Close every idle connection."""
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+        self._idle_count = 0
+
+    # --- the pool -----------------------------------------------------------------------------
+
+    def _take_idle(self, origin: Origin) -> Connection | None:
+        """A live idle connection to *origin*, if there is one."""
+        now = time.monotonic()
+        if now - self._swept > self.idle_s:
+            self._sweep(now)
+        conns = self._idle.get(origin)
+        while conns:
+            conn = conns.pop()
+            self._idle_count -= 1
+            if not conn.closed and now - conn.idle_since < self.idle_s:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
+    def _release(self, origin: Origin, conn: Connection) -> None:
+        if not conn.reusable or self._idle_count >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(origin, []).append(conn)
+        self._idle_count += 1
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
+        for origin in list(self._idle):
+            conns = self._idle[origin]
+            live: list[Connection] = []
+            for conn in conns:
+                if not conn.closed and now - conn.idle_since < self.idle_s:
+                    live.append(conn)
+                else:
+                    conn.close()
+            self._idle_count -= len(conns) - len(live)
+            if live:
+                self._idle[origin] = live
+            else:
+                del self._idle[origin]
+
+    # --- connecting -----------------------------------------------------------------------
+
+    async def _connect_by(self, target: Target, deadline: float) -> Connection:
+        async with asyncio.timeout_at(deadline):
+            return await self._connect(target)
+
+    async def _connect(self, target: Target) -> Connection:
+        scheme, host, port = target.origin
+        addresses = await self._resolve(host, port)
+        loop = asyncio.get_running_loop()
+        context = None
+        if scheme == "https":
+            context = self._ssl or _default_context()
+        last: OSError | None = None
+        for family, sockaddr in addresses:
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: Connection(self.keep),
+                    sockaddr[0],
+                    sockaddr[1],
+                    family=family,
+                    ssl=context,
+                    server_hostname=target.server_hostname if context else None,
+                )
+            except ssl.SSLCertVerificationError:
+                raise WebhookError("tls: certificate rejected") from None
+            except ssl.SSLError as exc:
+                raise WebhookError(f"tls: {exc.reason or exc}"[:200]) from None
+            except OSError as exc:
+                last = exc
+                continue
+            self.connections_made += 1
+            CALLBACK_CONNECTIONS.inc()
+            return conn
+        assert last is not None
+        reason = os.strerror(last.errno) if last.errno else str(last)
+        raise WebhookError(f"connect: {reason}"[:200])
+
+    async def _resolve(self, host: str, port: int) -> list[Address]:
+        key = (host, port)
+        now = time.monotonic()
+        hit = self._dns.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            addresses = await self.policy.resolve(host, port)
+        except CallbackRefused as exc:
+            raise WebhookError(f"refused: callback {exc}") from None
+        except (OSError, UnicodeError):
+            raise WebhookError("dns: host not resolved") from None
+        if len(self._dns) >= DNS_CACHE_MAX:
+            self._dns.clear()
+        self._dns[key] = (now + self.dns_ttl, addresses)
+        return addresses
+
+
+@functools.cache
+def _default_context() -> ssl.SSLContext:
+    """The system's trust store, loaded once per process (on the first https callback)."""
+    return ssl.create_default_context()
