@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/clip-relay demo
 
+# lint-imports: the import contracts of pyproject.toml (docs/architecture.md)
 lint: install
 	$(BIN)/ruff check relay workers tests bench
 	$(BIN)/ruff format --check relay workers tests bench
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 fmt: install
@@ -37,4 +39,4 @@ bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache
