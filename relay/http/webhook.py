@@ -4,7 +4,7 @@ A delivery is always the same request -- ``POST``, a few fixed headers, a body o
 its outcome needs only the status, the ``Retry-After`` header and the start of the answer.
 aiohttp's general client spends about 80 us of CPU per such request (tracing, cookies,
 redirects, multidict headers, stream readers); this one spends about 30, and at fan-out that
-difference is most of what a webhook costs the worker (README "Performance").
+difference is most of what a webhook costs the worker (docs/performance.md).
 
 The client is built from three parts, one module each:
 

@@ -12,7 +12,7 @@ A delivery is always the same request -- ``POST``, a few fixed headers, a body o
 (:class:`relay.http.pool.Connection`) rather than a set of functions over a buffer: parsing
 works on the connection's own buffers and state, and a base class keeps it in its own module
 without one more call, allocation or attribute lookup per request (the client's hot path,
-README "Performance").
+docs/performance.md).
 """
 
 from __future__ import annotations
