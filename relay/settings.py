@@ -208,8 +208,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True,
         case_sensitive=True,  # REDIS_URL, not redis_url
-        validate_by_alias=True,  # the environment: by variable name
-        validate_by_name=True,  # code and tests: Settings(port=0)
+        # the environment by variable name (the alias), code and tests by field: Settings(port=0)
+        populate_by_name=True,
         extra="forbid",
         validate_default=False,  # the defaults are right as written ("" = no key)
     )
