@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clip-relay: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "api":
-        from relay.api.serve import run_api
+        from relay.api.serving import run_api
 
         return run_api(settings)
     if args.command == "worker":

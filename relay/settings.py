@@ -1,8 +1,14 @@
 """Typed configuration, read from the environment once at start.
 
-Every variable of SPEC.md's configuration table is a field here. A missing or malformed value
-raises :class:`ConfigError` with a one-line message naming the variable; the CLI prints that
-line and exits with status 2.
+Every variable of SPEC.md's configuration table is a field of :class:`Settings`, a
+``pydantic-settings`` model: the field's ``validation_alias`` is the variable's name, its
+annotation says how the variable's text is parsed. :func:`load` is the one door to the
+environment: a missing or malformed value raises :class:`ConfigError` with a one-line message
+naming the variable (the CLI prints that line and exits with status 2), never the value.
+
+``Settings(...)`` built in code reads no environment (tests construct it from defaults plus
+what they pass); values given that way are checked for their type only, the environment's text
+is parsed strictly.
 """
 
 from __future__ import annotations
@@ -12,9 +18,16 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Annotated, Literal
 
-T = TypeVar("T")
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -39,51 +52,12 @@ class CallbackAllow:
     hosts: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """All of the relay's configuration. Durations are seconds (floats)."""
-
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    scalereach_base_url: str = "https://api.scalereach.ai"
-    scalereach_api_key: str = field(default="", repr=False)
-    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
-    host: str = "0.0.0.0"
-    port: int = 8080
-    callback_allow: CallbackAllow = CallbackAllow()
-    poll_interval: float = 10.0
-    watch_timeout: float = 21600.0
-    retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
-    delivery_timeout: float = 15.0
-    render_timeout: float = 1800.0
-    upstream_rps: float = 20.0
-    shutdown_grace: float = 20.0
-    rate_limit: float = 50.0
-    secret_grace: float = 86400.0
-    secrets_key: str = field(default="", repr=False)
-    log_format: Literal["json", "console"] = "json"
-    # Beyond SPEC's table: knobs operators and tests need.
-    metrics_port: int = 9100  # worker's /metrics and /healthz
-    upstream_timeout: float = 10.0  # one request to ScaleReach
-    link_refresh: float = 2700.0  # clips older than this are fetched again before an attempt
-    delivery_concurrency: int = 128  # attempts in flight per worker
-    poll_concurrency: int = 64  # upstream requests in flight per worker
-    lease: float = 25.0  # a claimed poll/delivery is taken up again after this (crashes)
-
-    def require_api(self) -> None:
-        """Check what `clip-relay api` cannot run without."""
-        if not self.api_keys:
-            raise ConfigError("RELAY_API_KEYS: at least one name:key pair is required")
-
-    def require_worker(self) -> None:
-        """Check what `clip-relay worker` cannot run without."""
-        if not self.scalereach_api_key:
-            raise ConfigError("SCALEREACH_API_KEY: required by the worker")
+# --- parsers of the environment's text: each raises ValueError with a short reason -----------
+# A reason never repeats a secret's value: pydantic's own error text would (``input_value``),
+# so load() builds ConfigError from these reasons alone.
 
 
-# --- parsers: each raises ValueError with a short reason -------------------------------------
-
-
-def _float(raw: str, *, minimum: float = 0.0, positive: bool = True) -> float:
+def _float(raw: str, *, positive: bool = True) -> float:
     try:
         value = float(raw)
     except ValueError:
@@ -92,9 +66,13 @@ def _float(raw: str, *, minimum: float = 0.0, positive: bool = True) -> float:
         raise ValueError("expected a finite number")
     if positive and value <= 0:
         raise ValueError("must be greater than 0")
-    if value < minimum:
-        raise ValueError(f"must be at least {minimum}")
+    if value < 0:
+        raise ValueError("must be at least 0.0")
     return value
+
+
+def _pause(raw: str) -> float:
+    return _float(raw, positive=False)
 
 
 def _port(raw: str) -> int:
@@ -121,7 +99,7 @@ def _schedule(raw: str) -> tuple[float, ...]:
     parts = [p.strip() for p in raw.split(",") if p.strip()]
     if not parts:
         raise ValueError("expected comma-separated delays in seconds")
-    return tuple(_float(p, positive=False) for p in parts)
+    return tuple(_pause(p) for p in parts)
 
 
 def _token(raw: str) -> str:
@@ -182,12 +160,10 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
-def _log_format(raw: str) -> Literal["json", "console"]:
-    if raw == "json":
-        return "json"
-    if raw == "console":
-        return "console"
-    raise ValueError("expected 'json' or 'console'")
+def _log_format(raw: str) -> str:
+    if raw not in ("json", "console"):
+        raise ValueError("expected 'json' or 'console'")
+    return raw
 
 
 def _secrets_key(raw: str) -> str:
@@ -199,49 +175,156 @@ def _secrets_key(raw: str) -> str:
     return raw
 
 
+def _text(parse: Callable[[str], object]) -> BeforeValidator:
+    """Parse the environment's text with *parse*; values given in code go to the type check."""
+
+    def validate(value: object) -> object:
+        return parse(value) if isinstance(value, str) else value
+
+    return BeforeValidator(validate)
+
+
+# The field types: what a variable holds and how its text is read.
+Seconds = Annotated[float, _text(_float)]  # > 0
+Pause = Annotated[float, _text(_pause)]  # >= 0
+Port = Annotated[int, _text(_port)]  # 0..65535
+Count = Annotated[int, _text(_count)]  # >= 1
+# comma-separated lists: NoDecode, so pydantic-settings hands over the plain string (not JSON)
+Schedule = Annotated[tuple[float, ...], NoDecode, _text(_schedule)]
+ApiKeys = Annotated[tuple[ApiKey, ...], NoDecode, _text(_api_keys)]
+Allow = Annotated[CallbackAllow, NoDecode, _text(_allow)]
+
+
+def _default_log_format() -> Literal["json", "console"]:
+    return "console" if sys.stderr.isatty() else "json"
+
+
+class Settings(BaseSettings):
+    """All of the relay's configuration. Durations are seconds (floats).
+
+    Fields are in the order load() reports the first malformed variable in.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,  # REDIS_URL, not redis_url
+        # the environment by variable name (the alias), code and tests by field: Settings(port=0)
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=False,  # the defaults are right as written ("" = no key)
+    )
+
+    redis_url: Annotated[str, _text(_redis_url)] = Field(
+        "redis://127.0.0.1:6379/0", validation_alias="REDIS_URL"
+    )
+    scalereach_base_url: Annotated[str, _text(_url)] = Field(
+        "https://api.scalereach.ai", validation_alias="SCALEREACH_BASE_URL"
+    )
+    scalereach_api_key: Annotated[str, _text(_token)] = Field(
+        "", validation_alias="SCALEREACH_API_KEY", repr=False
+    )
+    api_keys: ApiKeys = Field((), validation_alias="RELAY_API_KEYS", repr=False)
+    host: str = Field("0.0.0.0", validation_alias="RELAY_HOST")
+    port: Port = Field(8080, validation_alias="RELAY_PORT")
+    callback_allow: Allow = Field(CallbackAllow(), validation_alias="RELAY_CALLBACK_ALLOW")
+    poll_interval: Seconds = Field(10.0, validation_alias="RELAY_POLL_INTERVAL")
+    watch_timeout: Seconds = Field(21600.0, validation_alias="RELAY_WATCH_TIMEOUT")
+    retry_schedule: Schedule = Field(
+        (5, 300, 1800, 7200, 18000, 36000, 36000), validation_alias="RELAY_RETRY_SCHEDULE"
+    )
+    delivery_timeout: Seconds = Field(15.0, validation_alias="RELAY_DELIVERY_TIMEOUT")
+    render_timeout: Pause = Field(1800.0, validation_alias="RELAY_RENDER_TIMEOUT")
+    upstream_rps: Seconds = Field(20.0, validation_alias="RELAY_UPSTREAM_RPS")
+    shutdown_grace: Pause = Field(20.0, validation_alias="RELAY_SHUTDOWN_GRACE")
+    rate_limit: Seconds = Field(50.0, validation_alias="RELAY_RATE_LIMIT")
+    secret_grace: Pause = Field(86400.0, validation_alias="RELAY_SECRET_GRACE")
+    secrets_key: Annotated[str, _text(_secrets_key)] = Field(
+        "", validation_alias="RELAY_SECRETS_KEY", repr=False
+    )
+    # Beyond SPEC's table: knobs operators and tests need.
+    metrics_port: Port = Field(9100, validation_alias="RELAY_METRICS_PORT")  # worker's /metrics
+    upstream_timeout: Seconds = Field(10.0, validation_alias="RELAY_UPSTREAM_TIMEOUT")
+    # clips older than this are fetched again before an attempt
+    link_refresh: Seconds = Field(2700.0, validation_alias="RELAY_LINK_REFRESH")
+    # attempts in flight per worker; upstream requests in flight per worker
+    delivery_concurrency: Count = Field(128, validation_alias="RELAY_DELIVERY_CONCURRENCY")
+    poll_concurrency: Count = Field(64, validation_alias="RELAY_POLL_CONCURRENCY")
+    # a claimed poll/delivery is taken up again after this (crashes)
+    lease: Seconds = Field(25.0, validation_alias="RELAY_LEASE")
+    # json when stderr is not a TTY, console on a terminal
+    log_format: Annotated[Literal["json", "console"], _text(_log_format)] = Field(
+        default_factory=_default_log_format, validation_alias="LOG_FORMAT"
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_the_timeouts(self) -> Settings:
+        if self.lease <= self.delivery_timeout or self.lease <= self.upstream_timeout:
+            raise ConfigError(
+                "RELAY_LEASE: must be longer than RELAY_DELIVERY_TIMEOUT and RELAY_UPSTREAM_TIMEOUT"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what the constructor is given: load() reads the environment through
+        # _Environment and passes it in, so that Settings(...) in code never picks up
+        # the process environment and every malformed value goes through ConfigError.
+        return (init_settings,)
+
+    def require_api(self) -> None:
+        """Check what `clip-relay api` cannot run without."""
+        if not self.api_keys:
+            raise ConfigError("RELAY_API_KEYS: at least one name:key pair is required")
+
+    def require_worker(self) -> None:
+        """Check what `clip-relay worker` cannot run without."""
+        if not self.scalereach_api_key:
+            raise ConfigError("SCALEREACH_API_KEY: required by the worker")
+
+
+_VARIABLES = {name: str(f.validation_alias) for name, f in Settings.model_fields.items()}
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``.
+
+    Only the relay's variables are read; values are stripped and blank ones count as unset.
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        known = set(_VARIABLES.values())
+        self._given = {k: v.strip() for k, v in env.items() if k in known and v.strip()}
+        super().__init__(Settings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # the hook pydantic-settings' own .env source overrides to supply its variables
+        return self._given
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read settings from *env* (default: the process environment)."""
-    env = os.environ if env is None else env
-    values: dict[str, object] = {}
+    values = _Environment(os.environ if env is None else env)()
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        message = _first_problem(exc)
+    # raised outside the except block: the ConfigError carries no ValidationError (whose text
+    # and errors() hold the rejected input, a secret for some variables) as cause or context
+    raise ConfigError(message)
 
-    def read(name: str, attr: str, parse: Callable[[str], object]) -> None:
-        raw = env.get(name)
-        if raw is None or raw.strip() == "":
-            return
-        try:
-            values[attr] = parse(raw.strip())
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
 
-    read("REDIS_URL", "redis_url", _redis_url)
-    read("SCALEREACH_BASE_URL", "scalereach_base_url", _url)
-    read("SCALEREACH_API_KEY", "scalereach_api_key", _token)
-    read("RELAY_API_KEYS", "api_keys", _api_keys)
-    read("RELAY_HOST", "host", str)
-    read("RELAY_PORT", "port", _port)
-    read("RELAY_CALLBACK_ALLOW", "callback_allow", _allow)
-    read("RELAY_POLL_INTERVAL", "poll_interval", _float)
-    read("RELAY_WATCH_TIMEOUT", "watch_timeout", _float)
-    read("RELAY_RETRY_SCHEDULE", "retry_schedule", _schedule)
-    read("RELAY_DELIVERY_TIMEOUT", "delivery_timeout", _float)
-    read("RELAY_RENDER_TIMEOUT", "render_timeout", lambda r: _float(r, positive=False))
-    read("RELAY_UPSTREAM_RPS", "upstream_rps", _float)
-    read("RELAY_SHUTDOWN_GRACE", "shutdown_grace", lambda r: _float(r, positive=False))
-    read("RELAY_RATE_LIMIT", "rate_limit", _float)
-    read("RELAY_SECRET_GRACE", "secret_grace", lambda r: _float(r, positive=False))
-    read("RELAY_SECRETS_KEY", "secrets_key", _secrets_key)
-    read("RELAY_METRICS_PORT", "metrics_port", _port)
-    read("RELAY_UPSTREAM_TIMEOUT", "upstream_timeout", _float)
-    read("RELAY_LINK_REFRESH", "link_refresh", _float)
-    read("RELAY_DELIVERY_CONCURRENCY", "delivery_concurrency", _count)
-    read("RELAY_POLL_CONCURRENCY", "poll_concurrency", _count)
-    read("RELAY_LEASE", "lease", _float)
-    if "log_format" not in values:
-        values["log_format"] = "console" if sys.stderr.isatty() else "json"
-    read("LOG_FORMAT", "log_format", _log_format)
-    settings = Settings(**values)  # type: ignore[arg-type]
-    if settings.lease <= settings.delivery_timeout or settings.lease <= settings.upstream_timeout:
-        raise ConfigError(
-            "RELAY_LEASE: must be longer than RELAY_DELIVERY_TIMEOUT and RELAY_UPSTREAM_TIMEOUT"
-        )
-    return settings
+def _first_problem(exc: ValidationError) -> str:
+    """`NAME: reason` for the first error, built without the rejected input."""
+    error = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+    reason = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a rule across variables: its message names them
+        return reason
+    where = str(error["loc"][0])
+    return f"{_VARIABLES.get(where, where)}: {reason}"

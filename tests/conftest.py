@@ -4,7 +4,6 @@ loopback for the upstream simulator, the receiver and the API, and an in-process
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -15,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from relay.api.app import create_app
+from relay.api.serving import AppRunner
 from relay.devtools import upstream_sim
 from relay.devtools.embedded_redis import RedisServer
 from relay.devtools.receiver import Receiver
@@ -97,6 +97,14 @@ def _keys() -> tuple[Any, ...]:
     return (ApiKey("tenant-a", TENANT_A_KEY), ApiKey("tenant-b", TENANT_B_KEY))
 
 
+class ApiTestServer(TestServer):
+    """aiohttp's TestServer serving the API as ``clip-relay api`` does: through
+    relay.api.serving's AppRunner (problem answers for what aiohttp rejects before routing)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return AppRunner(self.app, **kwargs)
+
+
 ApiFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
@@ -106,8 +114,8 @@ async def make_api(redis: Redis, settings: Settings) -> AsyncIterator[ApiFactory
     clients: list[TestClient[web.Request, web.Application]] = []
 
     async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
-        app = create_app(dataclasses.replace(settings, **overrides))
-        client = TestClient(TestServer(app, host="127.0.0.1"))
+        app = create_app(settings.model_copy(update=overrides))
+        client = TestClient(ApiTestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client
@@ -132,7 +140,7 @@ async def make_worker(redis: Redis, settings: Settings) -> AsyncIterator[WorkerF
     running: list[tuple[Worker, asyncio.Task[None]]] = []
 
     async def start(**overrides: Any) -> Worker:
-        options = worker_options(dataclasses.replace(settings, **overrides))
+        options = worker_options(settings.model_copy(update=overrides))
         worker = Worker(**options, handle_signals=False)
         task = asyncio.create_task(worker.main())
         running.append((worker, task))

@@ -9,7 +9,6 @@ never started back to the schedule at once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -54,7 +53,7 @@ async def make_deliverer(store: Store, settings: Settings) -> AsyncIterator[Deli
     made: list[tuple[Deliverer, WebhookClient]] = []
 
     async def start(**overrides: Any) -> Deliverer:
-        s = dataclasses.replace(settings, **overrides)
+        s = settings.model_copy(update=overrides)
         policy = CallbackPolicy(s.callback_allow)
         client = WebhookClient(policy, timeout=s.delivery_timeout)
         upstream: Any = None  # no clip links get old here: the upstream is never asked

@@ -29,6 +29,7 @@ from schemathesis.specs.openapi import checks as oa
 
 from relay.api.app import create_app
 from relay.api.openapi import document
+from relay.api.serving import AppRunner
 from relay.devtools.embedded_redis import RedisServer
 from relay.settings import ApiKey, CallbackAllow, Settings
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY
@@ -63,7 +64,7 @@ class ThreadedApi:
         self.url = fut.result(timeout=15)
 
     async def _start(self) -> str:
-        self.runner = web.AppRunner(create_app(self.settings), access_log=None)
+        self.runner = AppRunner(create_app(self.settings), access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

@@ -17,7 +17,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import logs
 from relay.api import appkeys as k
-from relay.api import early_errors as httpserver
 from relay.api.appkeys import Lifecycle
 from relay.api.auth import Authenticator
 from relay.api.problems import ProblemError
@@ -173,7 +172,6 @@ def create_app(settings: Settings) -> web.Application:
     app[k.POLICY] = CallbackPolicy(settings.callback_allow)
     app[k.SECRET_BOX] = SecretBox(settings.secrets_key)
     app[k.LIFECYCLE] = Lifecycle()
-    httpserver.install(app)
     app.cleanup_ctx.append(_redis_ctx)
     app.on_shutdown.append(_drain)
     setup_routes(app)
