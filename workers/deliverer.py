@@ -33,13 +33,16 @@ from relay import constants as c
 from relay import logs
 from relay.domain import events
 from relay.domain.clips import Clip
+from relay.domain.clock import now_ms
 from relay.domain.crypto import SecretBox
+from relay.domain.delivery import AttemptResult, DeliveryClaim, NewEvent
 from relay.domain.signing import secret_bytes, sign_headers
+from relay.domain.watch import Watch
 from relay.http.upstream import UpstreamClient, retry_after_seconds
 from relay.http.webhook import Target, WebhookClient, WebhookError
 from relay.metrics import DELIVERIES, DELIVERY_LATENCY, NOTIFY_LATENCY
 from relay.settings import Settings
-from relay.store.gateway import AttemptResult, DeliveryClaim, NewEvent, Store, Watch, now_ms
+from relay.store import Store
 from relay.tasks import finish, finish_all
 from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
@@ -181,23 +184,24 @@ class Deliverer(Pump[DeliveryClaim]):
         if self._offered:
             held = [self._offered.popleft() for _ in range(min(limit, len(self._offered)))]
             self._offered_bytes -= sum(len(body) for _, body in held)
-            claimed = await self.store.claim_known(held, lease_s=self.lease_s)
+            claimed = await self.store.deliveries.claim_known(held, lease_s=self.lease_s)
             if claimed or self._offered:
                 return claimed
-        return await self.store.claim_deliveries(limit=limit, lease_s=self.lease_s)
+        return await self.store.deliveries.claim(limit=limit, lease_s=self.lease_s)
 
     async def work(self, items: Sequence[DeliveryClaim], release: Callable[[], None]) -> None:
         """Queue a claimed batch for the lanes; return when all of it is done."""
         due: list[tuple[Watch, bytes]] = []
         idle: list[str] = []
-        deadline = items[0][3] if items else 0
-        for wid, watch, body, _ in items:
+        deadline = items[0].deadline_ms if items else 0
+        for item in items:
+            watch, body = item.watch, item.body
             if watch is None or body is None or watch.status != "delivering":
-                idle.append(wid)  # cancelled, or nothing to send: off the schedule
+                idle.append(item.watch_id)  # cancelled, or nothing to send: off the schedule
                 release()
             else:
                 due.append((watch, body))
-        await self.store.unschedule(idle)
+        await self.store.deliveries.unschedule(idle)
         due, deadline = await self._refresh_links(due, deadline, release)
         if not due:
             return
@@ -235,8 +239,8 @@ class Deliverer(Pump[DeliveryClaim]):
     async def _renew(self, job: Job) -> bool:
         """Extend a job's claim before an attempt could outlive it; False when it is no
         longer ours."""
-        ours, deadline = await self.store.extend_claims(
-            self.schedule, [job.watch.id], job.deadline, self.lease_s
+        ours, deadline = await self.store.deliveries.extend(
+            [job.watch.id], job.deadline, self.lease_s
         )
         job.deadline = deadline
         return job.watch.id in ours
@@ -249,7 +253,7 @@ class Deliverer(Pump[DeliveryClaim]):
             by_deadline.setdefault(job.deadline, []).append(job.watch.id)
         try:
             for deadline, members in by_deadline.items():
-                await self.store.extend_claims(self.schedule, members, deadline, 0)
+                await self.store.deliveries.extend(members, deadline, 0)
         except Exception as exc:  # Redis away: the leases run out by themselves
             log.warning("handing back claims failed", error=type(exc).__name__)
 
@@ -272,8 +276,8 @@ class Deliverer(Pump[DeliveryClaim]):
         fetched = dict(
             zip(stale, await asyncio.gather(*(self._fresh_clips(v) for v in stale)), strict=True)
         )
-        ours, deadline = await self.store.extend_claims(
-            self.schedule, [w.id for w, _ in items], deadline, self.lease_s
+        ours, deadline = await self.store.deliveries.extend(
+            [w.id for w, _ in items], deadline, self.lease_s
         )
         now = now_ms()
         out: list[tuple[Watch, bytes]] = []
@@ -293,8 +297,8 @@ class Deliverer(Pump[DeliveryClaim]):
                 out.append((w, new))
             else:
                 out.append((w, body))
-        await self.store.defer(later, now + int(REFRESH_RETRY_S * 1000))
-        await self.store.replace_event_bodies(rebuilt, now)
+        await self.store.deliveries.defer(later, now + int(REFRESH_RETRY_S * 1000))
+        await self.store.deliveries.replace_bodies(rebuilt, now)
         for video_id in stale:
             log.info("clip links refreshed", video_id=video_id, ok=fetched[video_id] is not None)
         return out, deadline
@@ -423,7 +427,7 @@ class Deliverer(Pump[DeliveryClaim]):
             return
         batch, self._results = self._results, []
         try:
-            await self.store.settle(batch)
+            await self.store.deliveries.settle(batch)
         except Exception as exc:
             # Redis away: keep the outcomes and try again (the claims' leases are long)
             log.warning("recording attempts failed", error=type(exc).__name__, pending=len(batch))
