@@ -30,7 +30,7 @@ from relay.http.ssrf import CallbackPolicy
 from relay.http.webhook import WebhookClient
 from relay.settings import CallbackAllow, Settings
 from relay.store import Store
-from workers.deliverer import Deliverer
+from workers.delivery import Deliverer
 
 CLIPS = [{"id": "a", "score": 90, "status": "completed", "downloadUrl": "https://cdn/a"}]
 SECRET = generate_secret()
@@ -161,7 +161,7 @@ async def test_a_queued_job_whose_claim_was_taken_over_is_not_sent(
     # one lane claims two at a time: the slow one is on the wire, the next one is queued
     await asyncio.sleep(0.2)
     victim = rest[0][0].id
-    assert victim in {job.watch.id for job in d._jobs}
+    assert victim in {job.watch.id for job in d.claimer.jobs}
     theirs = now_ms() + 60_000
     await store.redis.zadd(c.DELIVERY_SCHEDULE_KEY, {victim: theirs})
     await wait_settled(store, 3)

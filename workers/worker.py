@@ -31,7 +31,7 @@ from relay.store import EXPIRE_JOB, Store
 from relay.store.connection import arq_settings, connect
 from relay.store.serializer import dumps, loads
 from relay.tasks import finish
-from workers.deliverer import Deliverer
+from workers.delivery import Deliverer
 from workers.jobs import STORE, expire_watch
 from workers.poller import Poller
 from workers.upstream_budget import UpstreamGate
