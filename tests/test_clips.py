@@ -29,7 +29,7 @@ from relay.domain.events import (
     watch_expired,
 )
 from relay.domain.ids import event_id, new_watch_id
-from relay.store.gateway import Watch
+from relay.domain.watch import Watch
 
 AT_MS = 1_795_860_000_000  # 2026-11-28T10:00:00Z
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")

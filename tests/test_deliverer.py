@@ -1,4 +1,4 @@
-"""The deliverer's lanes and claims (workers/deliverer.py) on a real Redis and a real receiver.
+"""The deliverer's lanes and claims (workers/delivery/) on a real Redis and a real receiver.
 
 The worker tests cover every delivery outcome end to end; these pin what only the deliverer
 decides: events offered by this worker's poller are sent without being read back, a queued
@@ -20,17 +20,20 @@ from relay import constants as c
 from relay.devtools.receiver import Receiver
 from relay.domain import events
 from relay.domain.clips import ClipSet
+from relay.domain.clock import now_ms
 from relay.domain.crypto import SecretBox
+from relay.domain.delivery import NewEvent
 from relay.domain.signing import generate_secret
+from relay.domain.watch import SecretEntry, Watch
 from relay.http.ssrf import CallbackPolicy
 from relay.http.webhook import WebhookClient
 from relay.settings import CallbackAllow, Settings
-from relay.store.gateway import SecretEntry, Store, Watch, now_ms
-from workers.deliverer import Deliverer
+from relay.store import Store
+from workers.delivery import Deliverer
 
 CLIPS = [{"id": "a", "score": 90, "status": "completed", "downloadUrl": "https://cdn/a"}]
 SECRET = generate_secret()
-Created = list[tuple[Watch, events.NewEvent, int]]
+Created = list[tuple[Watch, NewEvent, int]]
 DelivererFactory = Callable[..., Awaitable[Deliverer]]
 
 
@@ -83,11 +86,11 @@ async def created_events(
         )
         for i in range(n)
     ]
-    await asyncio.gather(*(store.create_watch(w, expire_after_s=3600) for w in watches))
-    specs = await store.watch_specs([w.id for w in watches])
+    await asyncio.gather(*(store.watches.create(w, expire_after_s=3600) for w in watches))
+    specs = await store.watches.specs([w.id for w in watches])
     at = now_ms()
     made = [events.clips_ready(w, ClipSet(CLIPS), at, at) for w in specs]
-    created, at = await store.finalize(video, made, release_ids=None)
+    created, at = await store.deliveries.finalize(video, made)
     by_id = {w.id: w for w in specs}
     return [(by_id[ev.watch_id], ev, at) for ev in created]
 
@@ -95,7 +98,7 @@ async def created_events(
 async def wait_settled(store: Store, n: int, timeout: float = 10) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
-        counts = await store.watch_counts()
+        counts = await store.watches.counts()
         if counts["delivered"] + counts["failed"] >= n or time.monotonic() > deadline:
             return counts
         await asyncio.sleep(0.02)
@@ -108,21 +111,21 @@ async def test_offered_events_are_delivered_without_a_read_back(
     d = await make_deliverer()
     created = await created_events(store, base, 40)
     reads = []
-    read_back = store.claim_deliveries
+    read_back = store.deliveries.claim
 
     async def counting(**kw: Any) -> Any:
         got = await read_back(**kw)
         reads.extend(got)
         return got
 
-    store.claim_deliveries = counting  # type: ignore[assignment,method-assign]
+    store.deliveries.claim = counting  # type: ignore[assignment,method-assign]
     for w, ev, at in created:
         d.offer([(w, ev)], at)
     counts = await wait_settled(store, 40)
     assert counts["delivered"] == 40
     assert rec.received() == 40 and rec.duplicates() == 0
     assert reads == []  # every one claimed as offered, none read back from Redis
-    attempt = (await store.attempts(created[0][0].id))[0]
+    attempt = (await store.watches.attempts(created[0][0].id))[0]
     assert attempt["statusCode"] == 204 and attempt["attempt"] == 1
 
 
@@ -139,7 +142,7 @@ async def test_offers_taken_by_another_worker_are_left_to_it(
     await asyncio.sleep(0.2)
     got = {e.event["data"]["watchId"] for e in rec.events}
     assert got == {w.id for w, _, _ in created} - taken
-    assert (await store.watch_counts())["delivering"] == 4  # still the other worker's
+    assert (await store.watches.counts())["delivering"] == 4  # still the other worker's
 
 
 async def test_a_queued_job_whose_claim_was_taken_over_is_not_sent(
@@ -157,7 +160,7 @@ async def test_a_queued_job_whose_claim_was_taken_over_is_not_sent(
     # one lane claims two at a time: the slow one is on the wire, the next one is queued
     await asyncio.sleep(0.2)
     victim = rest[0][0].id
-    assert victim in {job.watch.id for job in d._jobs}
+    assert victim in {job.watch.id for job in d.claimer.jobs}
     theirs = now_ms() + 60_000
     await store.redis.zadd(c.DELIVERY_SCHEDULE_KEY, {victim: theirs})
     await wait_settled(store, 3)
@@ -196,12 +199,12 @@ async def test_a_callback_the_policy_now_refuses_is_retried_unsent(
     deadline = time.monotonic() + 5
     ids = [w.id for w, _, _ in created]
     while time.monotonic() < deadline:
-        if all(await asyncio.gather(*(store.attempts(i) for i in ids))):
+        if all(await asyncio.gather(*(store.watches.attempts(i) for i in ids))):
             break
         await asyncio.sleep(0.02)
     for w, _, _ in created:
-        (attempt,) = await store.attempts(w.id)
+        (attempt,) = await store.watches.attempts(w.id)
         assert attempt["statusCode"] is None
         assert attempt["error"].startswith("refused: callback ")
     assert rec.received() == 0
-    assert (await store.watch_counts())["delivering"] == 3  # retried later, not failed
+    assert (await store.watches.counts())["delivering"] == 3  # retried later, not failed

@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from relay.devtools.receiver import Receiver
-from relay.store.gateway import encode_cursor, now_ms
+from relay.domain.clock import now_ms
+from relay.store.watches import encode_cursor
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, WorkerFactory, auth
 
 Client = TestClient[web.Request, web.Application]

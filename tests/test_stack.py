@@ -126,10 +126,10 @@ def test_demo_exits_zero_with_two_verified_events() -> None:
 
 def test_module_loggers_follow_setup_even_when_imported_first() -> None:
     code = (
-        "import workers.deliverer, relay.api.app\n"  # module-level loggers exist before setup
+        "import workers.delivery.logger, relay.api.app\n"  # module-level loggers exist before setup
         "from relay import logs\n"
         "logs.setup('json')\n"
-        "workers.deliverer.log.info('probe', n=1)\n"
+        "workers.delivery.logger.log.info('probe', n=1)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

@@ -10,7 +10,10 @@ from typing import Any
 
 from relay import logs
 from relay.domain import events
-from relay.store.gateway import NewEvent, Store, Watch, now_ms
+from relay.domain.clock import now_ms
+from relay.domain.delivery import NewEvent
+from relay.domain.watch import Watch
+from relay.store import Store
 
 log = logs.get("workers.jobs")
 STORE = "store"  # ctx key
@@ -23,10 +26,10 @@ async def expire_watch(ctx: dict[str, Any], watch_id: str) -> bool:
     """
     store: Store = ctx[STORE]
 
-    def body_for(w: Watch) -> NewEvent:
+    def expired(w: Watch) -> NewEvent:
         return events.watch_expired(w, now_ms())
 
-    created = await store.expire(watch_id, body_for)
+    created = await store.deliveries.expire(watch_id, expired)
     if created:
         log.info("watch expired", watch_id=watch_id)
     return created

@@ -26,10 +26,14 @@ from relay import constants as c
 from relay import logs
 from relay.domain import events
 from relay.domain.clips import ClipSet, is_settled, pending
+from relay.domain.clock import now_ms
+from relay.domain.delivery import NewEvent
+from relay.domain.video import VideoState
+from relay.domain.watch import Watch
 from relay.http.upstream import Reply, UpstreamClient
 from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
-from relay.store.gateway import NewEvent, Store, VideoState, Watch, now_ms
+from relay.store import Store
 from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
 
@@ -89,7 +93,7 @@ class Poller(Pump[Claimed]):
         upstream is paused by a 429: claims would only expire while waiting)."""
         if self.gate.paused_until > time.time():
             return []
-        return await self.store.claim_videos(limit=limit, lease_s=self.lease_s)
+        return await self.store.videos.claim(limit=limit, lease_s=self.lease_s)
 
     async def work(self, items: Sequence[Claimed], release: Callable[[], None]) -> None:
         """Poll a batch of videos; write every result back in one round trip."""
@@ -103,7 +107,7 @@ class Poller(Pump[Claimed]):
                 steps.append(result)
             else:  # that video's claim stays leased: it is polled again after the lease
                 log.error("poll failed", video_id=state.video_id, error=repr(result)[:300])
-        await self.store.save_videos(
+        await self.store.videos.save(
             (s.state, s.next_ms, s.watch_ids, s.changed)
             for s in steps
             if s.final is None and not s.dropped
@@ -124,8 +128,8 @@ class Poller(Pump[Claimed]):
 
     async def _poll(self, state: VideoState, watch_ids: Sequence[str]) -> Step:
         if not watch_ids:
-            # every watch was cancelled or expired: stop polling (drop_video re-checks)
-            await self.store.drop_video(state.video_id)
+            # every watch was cancelled or expired: stop polling (videos.drop re-checks)
+            await self.store.videos.drop(state.video_id)
             return Step(state, watch_ids, dropped=True)
         if state.phase == "render":
             return await self._clips(state, watch_ids)
@@ -175,7 +179,7 @@ class Poller(Pump[Claimed]):
         loaded = None
         if not all(is_settled(clip) for clip in clips.clips):
             # something still renders: wait for it if any watch's filters would pass it
-            watches = await self.store.watch_specs(watch_ids)
+            watches = await self.store.watches.specs(watch_ids)
             waiting = pending(clips.clips, (events.watch_filter(w) for w in watches))
             deadline = state.completed_ms + int(self.settings.render_timeout * 1000)
             if waiting and now_ms() < deadline:
@@ -263,7 +267,11 @@ class Poller(Pump[Claimed]):
                     loading = self._load(final, chunks[n + 1])
                 at = now_ms()
                 made = [final.make(w, at) for w in watches]
-                new, at = await self.store.finalize(vid, made, release_ids=ids if last else None)
+                new, at = await self.store.deliveries.finalize(vid, made)
+                if last:
+                    # (two script calls rather than one pipeline: a pipeline of scripts costs
+                    # an extra SCRIPT EXISTS round trip, and the two need not be atomic together)
+                    await self.store.videos.release(vid, ids, at)
                 if new:
                     by_id = {w.id: w for w in watches}
                     self.on_events([(by_id[ev.watch_id], ev) for ev in new], at)
@@ -282,7 +290,7 @@ class Poller(Pump[Claimed]):
     def _load(self, final: Final, chunk: Sequence[str]) -> asyncio.Future[list[Watch]]:
         """The watches of *chunk*, loading in the background (or already loaded)."""
         if final.loaded is None:
-            return asyncio.ensure_future(self.store.watch_specs(chunk))
+            return asyncio.ensure_future(self.store.watches.specs(chunk))
         future: asyncio.Future[list[Watch]] = asyncio.get_running_loop().create_future()
         future.set_result([final.loaded[w] for w in chunk if w in final.loaded])
         return future

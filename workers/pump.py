@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from relay import logs
-from relay.store.gateway import Store
+from relay.store import Store
 from relay.tasks import finish, finish_all
 
 log = logs.get("workers.pump")

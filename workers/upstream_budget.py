@@ -12,7 +12,7 @@ import asyncio
 import time
 
 from relay.metrics import UPSTREAM_WAIT
-from relay.store.gateway import Store
+from relay.store.limits import Limits
 
 
 class Paused(Exception):
@@ -26,8 +26,8 @@ class Paused(Exception):
 class UpstreamGate:
     """``await gate.acquire()`` before each upstream request."""
 
-    def __init__(self, store: Store, rps: float, *, chunk: int = 64) -> None:
-        self._store = store
+    def __init__(self, limits: Limits, rps: float, *, chunk: int = 64) -> None:
+        self._limits = limits
         self._rps = rps
         self._chunk = max(1, min(chunk, int(rps // 10)))
         self._tokens = 0
@@ -49,7 +49,7 @@ class UpstreamGate:
                     if second == self._second and self._tokens > 0:
                         self._tokens -= 1
                         return
-                    granted = await self._store.upstream_tokens(self._chunk, self._rps)
+                    granted = await self._limits.upstream_tokens(self._chunk, self._rps)
                     if granted > 0:
                         self._second, self._tokens = second, granted - 1
                         return
@@ -70,4 +70,4 @@ class UpstreamGate:
         """Pause every worker's upstream requests for *seconds* (after a 429)."""
         self._tokens = 0
         self.paused_until = max(self.paused_until, time.time() + seconds)
-        await self._store.pause_upstream(int(self.paused_until * 1000))
+        await self._limits.pause_upstream(int(self.paused_until * 1000))

@@ -27,11 +27,11 @@ from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
 from relay.metrics import QUEUE_DEPTH, WATCHES, exposition
 from relay.settings import Settings
+from relay.store import EXPIRE_JOB, Store
 from relay.store.connection import arq_settings, connect
-from relay.store.gateway import EXPIRE_JOB, Store
 from relay.store.serializer import dumps, loads
 from relay.tasks import finish
-from workers.deliverer import Deliverer
+from workers.delivery import Deliverer
 from workers.jobs import STORE, expire_watch
 from workers.poller import Poller
 from workers.upstream_budget import UpstreamGate
@@ -83,7 +83,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         settings.scalereach_api_key,
         settings.upstream_timeout,
     )
-    gate = UpstreamGate(store, settings.upstream_rps)
+    gate = UpstreamGate(store.limits, settings.upstream_rps)
     poller = Poller(store, upstream, gate, settings)
     deliverer = Deliverer(
         store,
@@ -144,7 +144,7 @@ async def _gauges(store: Store) -> None:
             QUEUE_DEPTH.labels("poll").set(polls)
             QUEUE_DEPTH.labels("delivery").set(deliveries)
             QUEUE_DEPTH.labels("arq").set(timers)
-            for status, n in (await store.watch_counts()).items():
+            for status, n in (await store.watches.counts()).items():
                 WATCHES.labels(status).set(n)
         except Exception as exc:
             log.debug("gauges failed", error=type(exc).__name__)

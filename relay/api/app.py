@@ -27,8 +27,8 @@ from relay.domain.crypto import SecretBox
 from relay.http.ssrf import CallbackPolicy
 from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from relay.settings import Settings
+from relay.store import Store
 from relay.store.connection import connect
-from relay.store.gateway import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_DEADLINE = 5.0  # seconds: a request that needs longer (Redis hung) is a 503
@@ -153,7 +153,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = connect(app[k.SETTINGS].redis_url, read_timeout=None)
     app[k.REDIS] = redis
     app[k.STORE] = store = Store(redis)
-    app[k.RATE_LIMITER] = limiter = RateLimiter(store, app[k.SETTINGS].rate_limit)
+    app[k.RATE_LIMITER] = limiter = RateLimiter(store.limits, app[k.SETTINGS].rate_limit)
     limiter.start()
     yield
     await limiter.stop()

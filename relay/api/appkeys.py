@@ -12,7 +12,7 @@ from relay.api.throttle import RateLimiter
 from relay.domain.crypto import SecretBox
 from relay.http.ssrf import CallbackPolicy
 from relay.settings import Settings
-from relay.store.gateway import Store
+from relay.store import Store
 
 
 @dataclass(slots=True)

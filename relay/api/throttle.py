@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 from relay import logs
-from relay.store.gateway import Store
+from relay.store.limits import Limits
 from relay.tasks import finish
 
 log = logs.get("relay.api.throttle")
@@ -27,8 +27,8 @@ STOP_WAIT = 15.0  # longer than a sync that retries against an unreachable Redis
 class RateLimiter:
     """Fixed one-second windows per API key id."""
 
-    def __init__(self, store: Store, limit: float) -> None:
-        self._store = store
+    def __init__(self, limits: Limits, limit: float) -> None:
+        self._limits = limits
         self._limit = limit
         self._second = 0
         self._known: dict[str, int] = {}  # totals of all replicas, as of the last sync
@@ -54,7 +54,7 @@ class RateLimiter:
             return
         second, counts = self._second, dict(self._unsynced)
         self._unsynced.clear()
-        totals = await self._store.rate_add(second, counts)
+        totals = await self._limits.rate_add(second, counts)
         if second == self._second:
             self._known.update(totals)
 

@@ -22,12 +22,14 @@ from relay.constants import (
     VIDEO_ID_PATTERN,
     WATCH_STATUSES,
 )
+from relay.domain.clock import now_ms
 from relay.domain.events import iso_ms
 from relay.domain.ids import new_watch_id
 from relay.domain.signing import generate_secret
+from relay.domain.watch import SecretEntry, Watch
 from relay.http.ssrf import CallbackRefused
 from relay.metrics import WATCHES, exposition
-from relay.store.gateway import CursorError, SecretEntry, Watch, now_ms
+from relay.store import CursorError
 
 log = logs.get("relay.api.views")
 WATCH_ID = re.compile(r"wat_[a-z2-7]{24}")
@@ -103,7 +105,7 @@ async def _own_watch(request: web.Request) -> Watch:
     watch_id = request.match_info["watch_id"]
     if not WATCH_ID.fullmatch(watch_id):
         raise not_found()  # never let a path segment name another Redis key
-    watch = await request.app[k.STORE].get_watch(watch_id)
+    watch = await request.app[k.STORE].watches.get(watch_id)
     if watch is None or watch.tenant != principal(request).tenant:
         raise not_found()
     return watch
@@ -141,7 +143,7 @@ async def create_watch(request: web.Request) -> web.Response:
         except ValueError:  # UnicodeEncodeError too: bytes that were not UTF-8
             message = f"must be 1-{MAX_IDEMPOTENCY_KEY} UTF-8 characters, no control characters"
             raise invalid([{"field": "Idempotency-Key", "message": message}]) from None
-        earlier = await store.idempotency_reserve(
+        earlier = await store.limits.idempotency_reserve(
             who.tenant, idem_hash, _fingerprint(body), watch_id
         )
         if earlier is not None:
@@ -152,7 +154,7 @@ async def create_watch(request: web.Request) -> web.Response:
                     "this Idempotency-Key was used with a different body",
                     slug="idempotency-conflict",
                 )
-            existing = await store.get_watch(earlier["watchId"])
+            existing = await store.watches.get(earlier["watchId"])
             if existing is not None and existing.tenant == who.tenant:
                 return _created(request, existing, status=200)
             watch_id = earlier["watchId"]  # reserved but never created: create it now
@@ -175,10 +177,10 @@ async def create_watch(request: web.Request) -> web.Response:
     )
     watch.secrets = [SecretEntry(app[k.SECRET_BOX].seal(secret), 0)]
     try:
-        await store.create_watch(watch, expire_after_s=app[k.SETTINGS].watch_timeout)
+        await store.watches.create(watch, expire_after_s=app[k.SETTINGS].watch_timeout)
     except BaseException:
         if idem_hash:
-            await store.idempotency_release(who.tenant, idem_hash)
+            await store.limits.idempotency_release(who.tenant, idem_hash)
         raise
     return _created(request, watch, status=201)
 
@@ -223,7 +225,7 @@ async def list_watches(request: web.Request) -> web.Response:
     if errors:
         raise invalid(errors)
     try:
-        page = await request.app[k.STORE].list_watches(
+        page = await request.app[k.STORE].watches.page(
             principal(request).tenant,
             video_id=video_id,
             status=status,
@@ -240,20 +242,20 @@ async def list_watches(request: web.Request) -> web.Response:
 async def cancel_watch(request: web.Request) -> web.Response:
     """``DELETE /v1/watches/{id}``: nothing is delivered afterwards."""
     watch = await _own_watch(request)
-    await request.app[k.STORE].cancel_watch(watch)
+    await request.app[k.STORE].watches.cancel(watch)
     return web.Response(status=204)
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
     """``GET /v1/watches/{id}/deliveries``: every attempt, oldest first."""
     watch = await _own_watch(request)
-    return json_response({"data": await request.app[k.STORE].attempts(watch.id)})
+    return json_response({"data": await request.app[k.STORE].watches.attempts(watch.id)})
 
 
 async def redeliver(request: web.Request) -> web.Response:
     """``POST /v1/watches/{id}/redeliver``: the last event again, same webhook-id."""
     watch = await _own_watch(request)
-    result = await request.app[k.STORE].redeliver(watch.id)
+    result = await request.app[k.STORE].watches.redeliver(watch.id)
     if result != "ok":
         raise ProblemError(
             409,
@@ -261,7 +263,7 @@ async def redeliver(request: web.Request) -> web.Response:
             f"the watch is {result}: only delivered, failed or disabled watches are redelivered",
             slug="not-redeliverable",
         )
-    fresh = await request.app[k.STORE].get_watch(watch.id)
+    fresh = await request.app[k.STORE].watches.get(watch.id)
     return json_response(watch_json(fresh or watch), status=202)
 
 
@@ -271,7 +273,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     watch = await _own_watch(request)
     app = request.app
     secret = generate_secret()
-    entries = await app[k.STORE].rotate_secret(
+    entries = await app[k.STORE].watches.rotate_secret(
         watch.id, app[k.SECRET_BOX].seal(secret), app[k.SETTINGS].secret_grace
     )
     if entries is None:
@@ -301,7 +303,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition (watch counts read from Redis, when it answers)."""
     try:
-        for status, n in (await request.app[k.STORE].watch_counts()).items():
+        for status, n in (await request.app[k.STORE].watches.counts()).items():
             WATCHES.labels(status).set(n)
     except Exception as exc:  # the other series are still worth serving
         log.warning("watch counts unavailable", error=type(exc).__name__)

@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 
 from relay.domain.clips import Clip, ClipFilter, ClipSet
+from relay.domain.delivery import NewEvent
 from relay.domain.ids import event_id
-from relay.store.gateway import NewEvent, Watch
+from relay.domain.watch import Watch
 
 
 def iso(ms: int) -> str:

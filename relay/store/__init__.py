@@ -1,1 +1,59 @@
-"""relay/store"""
+"""The relay's state in Redis: one :class:`Store` composing a part per aggregate.
+
+The API and the worker share this package; nothing else touches Redis keys (their layout is
+in :mod:`relay.constants`). Every transition that other replicas may race with runs as one
+Lua script (``commands/<name>.lua``, loaded by :mod:`relay.store.scripts`).
+
+Layout: a watch is a hash; a video being watched is a hash plus a set of the watches still
+waiting on it; two sorted sets schedule the work -- video ids by next poll time and watch
+ids by next delivery attempt. A claimed member's score is pushed to a lease deadline, so
+work held by a worker that dies becomes due again by itself.
+
+- ``store.watches`` (:mod:`relay.store.watches`): register, read, list, cancel, redeliver,
+  rotate secrets, attempt records, counts per status;
+- ``store.videos`` (:mod:`relay.store.videos`): the poll schedule and each video's state;
+- ``store.deliveries`` (:mod:`relay.store.deliveries`): final events, the delivery schedule
+  and its claims, attempt outcomes;
+- ``store.limits`` (:mod:`relay.store.limits`): the upstream budget, the API rate counters,
+  idempotency reservations.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from relay.store.deliveries import Deliveries
+from relay.store.limits import Limits
+from relay.store.scripts import SCRIPT_BATCH
+from relay.store.videos import Videos
+from relay.store.watches import EXPIRE_JOB, CursorError, Page, Watches
+
+__all__ = [
+    "EXPIRE_JOB",
+    "SCRIPT_BATCH",
+    "CursorError",
+    "Deliveries",
+    "Limits",
+    "Page",
+    "Store",
+    "Videos",
+    "Watches",
+]
+
+
+class Store:
+    """Redis access for the relay, one part per aggregate on one connection. One instance
+    per process, shared by all tasks."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.watches = Watches(redis)
+        self.videos = Videos(redis)
+        self.deliveries = Deliveries(redis, self.watches)
+        self.limits = Limits(redis)
+
+    async def next_due_ms(self, schedule: str) -> int | None:
+        """Score of the earliest member of *schedule* (the poll or the delivery schedule),
+        or None when it is empty."""
+        rows = await self.redis.zrange(schedule, 0, 0, withscores=True)
+        return int(rows[0][1]) if rows else None

@@ -1,0 +1,63 @@
+"""A watch: one registration of a callback for one video, and its signing secrets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relay.domain.delivery import NewEvent
+
+
+@dataclass(slots=True)
+class SecretEntry:
+    """One signing secret of a watch, sealed; ``expires_ms`` 0 means current."""
+
+    sealed: str = field(repr=False)
+    expires_ms: int = 0
+
+
+@dataclass(slots=True)
+class Watch:
+    """A watch as stored. Field names follow the API's camelCase where they are exposed."""
+
+    id: str
+    tenant: str
+    video_id: str
+    callback_url: str
+    min_score: float = 0.0
+    max_score: float | None = None
+    favorited_only: bool = False
+    sort_by: str = "score"
+    sort_order: str = "desc"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    secrets: list[SecretEntry] = field(default_factory=list, repr=False)
+    status: str = "watching"
+    video_status: str | None = None
+    video_progress: float | None = None
+    last_event_type: str | None = None
+    created_ms: int = 0
+    updated_ms: int = 0
+    delivered_ms: int | None = None
+    last_error: str | None = None
+    event_id: str = ""
+    event_type: str = ""
+    attempt: int = 0
+    final_ms: int | None = None
+    clips_ms: int | None = None
+
+    def begin_event(self, event: NewEvent, at_ms: int) -> None:
+        """Take on *event* as finalize.lua records it, for a watch held in memory (a fan-out
+        hands the watches it just gave events to the deliverer without reading them back)."""
+        self.status = "delivering"
+        self.event_id = event.event_id
+        self.event_type = event.event_type
+        self.attempt = 0
+        self.updated_ms = self.final_ms = at_ms
+        self.clips_ms = event.clips_ms
+        if event.video_status:
+            self.video_status = event.video_status
+
+    def signing_secrets(self, at_ms: int) -> list[SecretEntry]:
+        """The secrets that sign at *at_ms*: the current one and any still in its grace."""
+        return [s for s in self.secrets if s.expires_ms == 0 or s.expires_ms > at_ms]

@@ -1,0 +1,14 @@
+-- Send a watch's last event again as a new series of attempts (same event id).
+-- KEYS: watch hash, delivery schedule, the status counters. ARGV: watch id, now ms.
+-- Returns 'ok', or the status for a watch in a state that has nothing to redeliver.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if status ~= 'delivered' and status ~= 'failed' and status ~= 'disabled' then
+  return status
+end
+redis.call('HSET', KEYS[1], 'status', 'delivering', 'attempt', 0, 'lastError', '',
+  'updatedAt', ARGV[2])
+redis.call('HINCRBY', KEYS[3], status, -1)
+redis.call('HINCRBY', KEYS[3], 'delivering', 1)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 'ok'

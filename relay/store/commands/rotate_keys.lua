@@ -1,0 +1,18 @@
+-- Rotate a watch's signing secret. KEYS: watch hash. ARGV: new sealed secret, now ms, when
+-- the current secret stops signing (ms). Secrets whose grace has passed are dropped.
+-- Returns the new secrets list (JSON), or false when there is no such watch.
+local raw = redis.call('HGET', KEYS[1], 'secrets')
+if not raw then return false end
+local now = tonumber(ARGV[2])
+local out = {{ARGV[1], 0}}
+for _, s in ipairs(cjson.decode(raw)) do
+  local e = tonumber(s[2])
+  if e == 0 then
+    table.insert(out, {s[1], tonumber(ARGV[3])})
+  elseif e > now then
+    table.insert(out, {s[1], e})
+  end
+end
+local encoded = cjson.encode(out)
+redis.call('HSET', KEYS[1], 'secrets', encoded, 'updatedAt', ARGV[2])
+return encoded

@@ -1,0 +1,68 @@
+"""The limits shared by every replica through Redis: the upstream request budget and its 429
+pause, the API's per-key request counters, and the Idempotency-Key reservations."""
+
+from __future__ import annotations
+
+import orjson
+from redis.asyncio import Redis
+
+from relay import constants as c
+from relay.domain.clock import now_ms
+from relay.store import scripts
+
+
+class Limits:
+    """``store.limits``: counters and reservations with a short life."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._tokens = scripts.register(redis, "upstream_tokens")
+        self._pause = scripts.register(redis, "pause_upstream")
+
+    # --- upstream budget ---------------------------------------------------------------
+
+    async def upstream_tokens(self, want: int, rps: float) -> int:
+        """Take up to *want* upstream requests from this second's budget, shared by every
+        worker. Returns the number granted, or minus the milliseconds left of a pause."""
+        granted = await self._tokens(
+            keys=[c.UPSTREAM_RATE_KEY.format(""), c.UPSTREAM_PAUSE_KEY],
+            args=[max(int(rps), 1), want, now_ms()],
+        )
+        return int(granted)
+
+    async def pause_upstream(self, until_ms: int) -> None:
+        """Pause all workers' upstream requests until *until_ms* (keeps the later pause)."""
+        await self._pause(keys=[c.UPSTREAM_PAUSE_KEY], args=[until_ms, now_ms()])
+
+    # --- API rate limit ----------------------------------------------------------------
+
+    async def rate_add(self, second: int, counts: dict[str, int]) -> dict[str, int]:
+        """Add API requests per key id to the counters of *second*; return the totals."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key_id, n in counts.items():
+            key = c.RATE_LIMIT_KEY.format(key_id, second)
+            pipe.incrby(key, n)
+            pipe.pexpire(key, 2000)
+        replies = await pipe.execute()
+        return {key_id: int(replies[2 * i]) for i, key_id in enumerate(counts)}
+
+    # --- idempotency -------------------------------------------------------------------
+
+    async def idempotency_reserve(
+        self, tenant: str, key_hash: str, fingerprint: str, watch_id: str
+    ) -> dict[str, str] | None:
+        """Reserve an Idempotency-Key for a new watch. None when reserved; otherwise the
+        earlier reservation (``fp`` and ``watchId``)."""
+        rkey = c.IDEMPOTENCY_KEY.format(tenant, key_hash)
+        value = orjson.dumps({"fp": fingerprint, "watchId": watch_id})
+        if await self.redis.set(rkey, value, nx=True, ex=c.IDEMPOTENCY_TTL):
+            return None
+        raw = await self.redis.get(rkey)
+        if raw is None:  # expired in between: reserve again
+            return await self.idempotency_reserve(tenant, key_hash, fingerprint, watch_id)
+        earlier: dict[str, str] = orjson.loads(raw)
+        return earlier
+
+    async def idempotency_release(self, tenant: str, key_hash: str) -> None:
+        """Drop a reservation whose watch could not be created."""
+        await self.redis.delete(c.IDEMPOTENCY_KEY.format(tenant, key_hash))

@@ -1,0 +1,230 @@
+"""The watches in Redis: register, read (one, many, their registrations alone), list,
+cancel, redeliver, rotate a secret, the attempt records and the count per status.
+
+Each transition that other replicas may race with is one Lua script (``commands/*.lua``).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from arq.constants import job_key_prefix as ARQ_JOB_PREFIX
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+
+from relay import constants as c
+from relay.domain.clock import now_ms
+from relay.domain.watch import SecretEntry, Watch
+from relay.store import scripts
+from relay.store.codec import (
+    dump_secrets,
+    load_secrets,
+    spec_json,
+    watch_from_hash,
+    watch_from_spec,
+)
+from relay.store.serializer import dumps as arq_dumps
+
+EXPIRE_JOB = "expire_watch"  # the arq job that gives a watch its watch.expired (workers.jobs)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing."""
+
+    watches: list[Watch]
+    next_cursor: str | None
+
+
+class CursorError(ValueError):
+    """A listing cursor that this relay did not hand out."""
+
+
+def encode_cursor(score: int, member: str) -> str:
+    """An opaque cursor pointing just after (*score*, *member*) in newest-first order."""
+    return base64.urlsafe_b64encode(f"{score}:{member}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Inverse of :func:`encode_cursor`; :class:`CursorError` when malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, member = raw.split(":", 1)
+        if not member.startswith("wat_"):
+            raise ValueError
+        return int(score), member
+    except (ValueError, UnicodeDecodeError):
+        raise CursorError("not a cursor returned by this API") from None
+
+
+class Watches:
+    """``store.watches``: the watch hashes, the tenants' indexes and the status counters."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._create = scripts.register(redis, "create_watch")
+        self._specs = scripts.register(redis, "watch_specs")
+        self._cancel = scripts.register(redis, "cancel")
+        self._redeliver = scripts.register(redis, "redeliver")
+        self._rotate = scripts.register(redis, "rotate_keys")
+
+    async def create(self, watch: Watch, *, expire_after_s: float) -> None:
+        """Store a new watch, index it, schedule its video's poll and its expiry timer.
+
+        One script, so a watch is either fully registered or not at all, in one round trip.
+        The expiry timer is an arq job written in arq's own format (and serializer).
+        """
+        wid = watch.id
+        job_id = f"expire:{wid}"
+        defer_ms = int(expire_after_s * 1000)
+        job = serialize_job(EXPIRE_JOB, (wid,), {}, 1, watch.created_ms, serializer=arq_dumps)
+        await self._create(
+            keys=[
+                c.WATCH_KEY.format(wid),
+                c.TENANT_INDEX_KEY.format(watch.tenant),
+                c.TENANT_VIDEO_INDEX_KEY.format(watch.tenant, watch.video_id),
+                c.VIDEO_WATCHES_KEY.format(watch.video_id),
+                c.POLL_SCHEDULE_KEY,
+                ARQ_JOB_PREFIX + job_id,
+                c.ARQ_QUEUE,
+                c.WATCH_COUNTS_KEY,
+            ],
+            args=[
+                wid,
+                spec_json(watch),
+                dump_secrets(watch.secrets),
+                watch.created_ms,
+                watch.video_id,
+                job,
+                # arq keeps a job's data for a day past its run time (arq's `expires`)
+                defer_ms + 86_400_000,
+                watch.created_ms + defer_ms,
+                job_id,
+            ],
+        )
+
+    async def get(self, watch_id: str) -> Watch | None:
+        """The watch, or None."""
+        h = await self.redis.hgetall(c.WATCH_KEY.format(watch_id))  # type: ignore[misc]
+        return watch_from_hash(h) if h else None
+
+    async def specs(self, watch_ids: Sequence[str]) -> list[Watch]:
+        """The registrations and statuses of many watches (no secrets, no delivery state),
+        in one script reply: what building their events needs."""
+        if not watch_ids:
+            return []
+        rows = await self._specs(keys=[], args=[c.WATCH_PREFIX, *watch_ids])
+        return [watch_from_spec(spec, status) for spec, status in rows if spec is not None]
+
+    async def get_many(self, watch_ids: Sequence[str]) -> list[Watch | None]:
+        """Several watches in one round trip, in the order asked."""
+        if not watch_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for wid in watch_ids:
+            pipe.hgetall(c.WATCH_KEY.format(wid))
+        rows = await pipe.execute()
+        return [watch_from_hash(h) if h else None for h in rows]
+
+    async def page(
+        self,
+        tenant: str,
+        *,
+        video_id: str | None,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+        scan_cap: int = 1000,
+    ) -> Page:
+        """A tenant's watches, newest first, optionally filtered, one page at a time."""
+        key = (
+            c.TENANT_VIDEO_INDEX_KEY.format(tenant, video_id)
+            if video_id
+            else c.TENANT_INDEX_KEY.format(tenant)
+        )
+        last = decode_cursor(cursor) if cursor else None
+        chunk = max(limit * 2, 20)
+        found: list[Watch] = []
+        scanned = 0
+        exhausted = False
+        while len(found) < limit and scanned < scan_cap and not exhausted:
+            batch = await self._index_after(key, last, chunk)
+            exhausted = len(batch) < chunk
+            watches = await self.get_many([m for m, _ in batch])
+            for (member, score), w in zip(batch, watches, strict=True):
+                scanned += 1
+                last = (score, member)
+                if w is not None and (status is None or w.status == status):
+                    found.append(w)
+                    if len(found) == limit:
+                        exhausted = exhausted and (member, score) == batch[-1]
+                        break
+        next_cursor = None
+        if last is not None and not exhausted and await self._index_after(key, last, 1):
+            next_cursor = encode_cursor(*last)
+        return Page(found, next_cursor)
+
+    async def _index_after(
+        self, key: str, after: tuple[int, str] | None, count: int
+    ) -> list[tuple[str, int]]:
+        """Members of an index zset strictly after *after* in (score desc, member desc)."""
+        if after is None:
+            rows = await self.redis.zrevrangebyscore(
+                key, "+inf", "-inf", start=0, num=count, withscores=True
+            )
+            return [(m, int(s)) for m, s in rows]
+        score, member = after
+        same = await self.redis.zrangebyscore(key, score, score)
+        out = sorted((m for m in same if m < member), reverse=True)[:count]
+        rows = [(m, score) for m in out]
+        if len(rows) < count:
+            more = await self.redis.zrevrangebyscore(
+                key, f"({score}", "-inf", start=0, num=count - len(rows), withscores=True
+            )
+            rows.extend((m, int(s)) for m, s in more)
+        return rows
+
+    async def cancel(self, watch: Watch) -> None:
+        """Cancel: nothing is delivered afterwards (an attempt already on the wire may land)."""
+        await self._cancel(
+            keys=[
+                c.WATCH_KEY.format(watch.id),
+                c.DELIVERY_SCHEDULE_KEY,
+                c.VIDEO_WATCHES_KEY.format(watch.video_id),
+                c.WATCH_COUNTS_KEY,
+            ],
+            args=[watch.id, now_ms()],
+        )
+
+    async def redeliver(self, watch_id: str) -> str | None:
+        """Start a new attempt series for the watch's last event. Returns 'ok' or the
+        status that has nothing to redeliver (None: no such watch)."""
+        result = await self._redeliver(
+            keys=[c.WATCH_KEY.format(watch_id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
+            args=[watch_id, now_ms()],
+        )
+        return str(result) if result else None
+
+    async def rotate_secret(
+        self, watch_id: str, new_sealed: str, grace_s: float
+    ) -> list[SecretEntry] | None:
+        """Put a new secret first; the current one keeps signing for *grace_s* seconds."""
+        now = now_ms()
+        raw = await self._rotate(
+            keys=[c.WATCH_KEY.format(watch_id)], args=[new_sealed, now, now + int(grace_s * 1000)]
+        )
+        return load_secrets(raw) if raw else None
+
+    async def attempts(self, watch_id: str) -> list[dict[str, Any]]:
+        """Every recorded delivery attempt of a watch, oldest first."""
+        rows = await self.redis.lrange(c.WATCH_ATTEMPTS_KEY.format(watch_id), 0, -1)  # type: ignore[misc]
+        return [orjson.loads(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        """Number of watches in each status (kept by the transition scripts)."""
+        raw = await self.redis.hgetall(c.WATCH_COUNTS_KEY)  # type: ignore[misc]
+        return {status: int(raw.get(status, 0)) for status in c.WATCH_STATUSES}

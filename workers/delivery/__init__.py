@@ -1,0 +1,29 @@
+"""The deliverer: sends due events to callbacks, signed, and moves each watch on.
+
+Three stages, composed by :class:`~workers.delivery.deliverer.Deliverer`:
+
+- **claim** (:mod:`workers.delivery.claim`): a :class:`~workers.pump.Pump` keeps a local
+  queue of jobs filled -- first with the events this worker's poller just created (offered
+  with their watches and bodies, so they are claimed without being read back), then with
+  whatever is due in the schedule (retries, other workers' fan-outs, work of a worker that
+  died). Clip links that are getting old are refreshed first (:mod:`workers.delivery.links`).
+- **send** (:mod:`workers.delivery.send`): lanes -- RELAY_DELIVERY_CONCURRENCY coroutines --
+  take the jobs one at a time each, sign and POST the body, and classify the outcome.
+- **settle** (:mod:`workers.delivery.settle`): a flusher records the outcomes in batches, so
+  the cost per webhook is one HTTP request plus a share of two script calls.
+
+A queued job holds a claim whose lease must outlast its attempt: a lane renews a claim that is
+getting old before it sends, and skips a job another worker has taken over meanwhile.
+
+Outcome of an attempt (SPEC.md "Delivery"): any 2xx is success; 410 disables the watch;
+everything else (3xx, 4xx, 5xx, timeouts, refused connections, TLS and DNS errors, a callback
+the SSRF policy refuses) is retried on RELAY_RETRY_SCHEDULE with +-20 % jitter, and a 429 or
+503 with Retry-After waits at least that long (capped at an hour). When the schedule is
+exhausted the watch is ``failed``.
+"""
+
+from __future__ import annotations
+
+from workers.delivery.deliverer import Deliverer
+
+__all__ = ["Deliverer"]

@@ -1,0 +1,112 @@
+"""The :class:`Deliverer`: claim -> send -> settle composed, and the lanes that run them.
+
+Lanes -- RELAY_DELIVERY_CONCURRENCY coroutines -- send the attempts, one at a time each,
+taking jobs from the claimer's queue (see :mod:`workers.delivery` for the whole path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from relay.domain.clock import now_ms
+from relay.domain.crypto import SecretBox
+from relay.domain.delivery import NewEvent
+from relay.domain.watch import Watch
+from relay.http.upstream import UpstreamClient
+from relay.http.webhook import WebhookClient
+from relay.settings import Settings
+from relay.store import Store
+from relay.tasks import finish_all
+from workers.delivery.claim import Claimer
+from workers.delivery.links import LinkRefresher
+from workers.delivery.logger import log
+from workers.delivery.send import Sender
+from workers.delivery.settle import Settler
+from workers.upstream_budget import UpstreamGate
+
+LEASE_MARGIN_S = 1.0  # a claim must outlast an attempt by this much, or it is renewed first
+
+
+class Deliverer:
+    """Claims due deliveries and performs them."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: WebhookClient,
+        settings: Settings,
+        *,
+        box: SecretBox,
+        upstream: UpstreamClient,
+        gate: UpstreamGate,
+    ) -> None:
+        self.lanes = settings.delivery_concurrency
+        self.settler = Settler(store)
+        self.sender = Sender(client, settings, box=box, settler=self.settler)
+        links = LinkRefresher(store, settings, upstream=upstream, gate=gate)
+        self.claimer = Claimer(store, lanes=self.lanes, lease_s=settings.lease, links=links)
+        self._lane_tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._margin_ms = int((settings.delivery_timeout + LEASE_MARGIN_S) * 1000)
+
+    @property
+    def sent(self) -> int:
+        """Attempts made so far."""
+        return self.sender.sent
+
+    def offer(self, created: Sequence[tuple[Watch, NewEvent]], at_ms: int) -> None:
+        """Events this worker has just created, with their watches: see
+        :meth:`~workers.delivery.claim.Claimer.offer`."""
+        self.claimer.offer(created, at_ms)
+
+    def wake(self) -> None:
+        """New deliveries were just scheduled: look for them now."""
+        self.claimer.wake()
+
+    def start(self) -> None:
+        """Start the lanes, claiming and the result flusher."""
+        self._lane_tasks = [
+            asyncio.create_task(self._lane(), name=f"deliverer-lane-{i}") for i in range(self.lanes)
+        ]
+        self.claimer.start()
+        self.settler.start()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; finish the attempts in flight and those queued (up to *grace_s*);
+        hand back the claims of jobs never started; record every outcome."""
+        self.settler.wind_down()  # as ever: the flusher stops with the claiming
+        await self.claimer.stop(grace_s)
+        self._closing = True
+        jobs = self.claimer.jobs
+        unsent = list(jobs)
+        jobs.clear()
+        for job in unsent:
+            job.done()
+        self.claimer.wake_lanes(len(self.claimer.idle))
+        await finish_all(self._lane_tasks, 0.5)
+        await self.claimer.hand_back(unsent)
+        await self.settler.stop()
+
+    async def _lane(self) -> None:
+        """Send queued jobs one after another, until the deliverer closes."""
+        loop = asyncio.get_running_loop()
+        claimer = self.claimer
+        jobs, idle = claimer.jobs, claimer.idle
+        attempt = self.sender.attempt
+        margin_ms = self._margin_ms
+        while not self._closing:
+            if not jobs:
+                parked = loop.create_future()
+                idle.append(parked)
+                await parked
+                continue
+            job = jobs.popleft()
+            try:
+                if job.deadline - now_ms() < margin_ms and not await claimer.renew(job):
+                    continue  # taken over by another worker: it sends this one
+                await attempt(job.watch, job.body)
+            except Exception:  # the claim stays leased: the delivery comes back after it
+                log.exception("delivery failed", watch_id=job.watch.id)
+            finally:
+                job.done()

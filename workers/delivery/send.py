@@ -1,0 +1,136 @@
+"""One delivery attempt: the callback target, the signature headers, the POST, and the
+outcome -- success, disabled (410), a retry at its jittered delay, or failed."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+
+from yarl import URL
+
+from relay import constants as c
+from relay.domain import events
+from relay.domain.clock import now_ms
+from relay.domain.crypto import SecretBox
+from relay.domain.delivery import AttemptResult
+from relay.domain.signing import secret_bytes, sign_headers
+from relay.domain.watch import Watch
+from relay.http.upstream import retry_after_seconds
+from relay.http.webhook import Target, WebhookClient, WebhookError
+from relay.metrics import DELIVERIES, DELIVERY_LATENCY, NOTIFY_LATENCY
+from relay.settings import Settings
+from workers.delivery.settle import Settler
+
+
+def retry_delay(schedule: Sequence[float], attempt: int, retry_after: float | None) -> float | None:
+    """Seconds until the next attempt after failed attempt number *attempt* (1-based), or
+    None when the schedule is exhausted."""
+    if attempt > len(schedule):
+        return None
+    delay = schedule[attempt - 1] * random.uniform(1 - c.JITTER, 1 + c.JITTER)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, c.RETRY_AFTER_CAP))
+    return delay
+
+
+class Sender:
+    """Sends one attempt at a time per caller (a lane) and hands its outcome to settle."""
+
+    def __init__(
+        self, client: WebhookClient, settings: Settings, *, box: SecretBox, settler: Settler
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.box = box
+        self.settler = settler
+        self.sent = 0
+        self._key_bytes = lru_cache(maxsize=20_000)(self._open_secret)
+        self._target = lru_cache(maxsize=20_000)(self._parse_target)
+        self._outcomes = {o: DELIVERIES.labels(o) for o in ("ok", "retry", "failed", "disabled")}
+
+    def _open_secret(self, sealed: str) -> bytes:
+        return secret_bytes(self.box.open(sealed))
+
+    def _parse_target(self, callback_url: str) -> Target:
+        """The callback prepared for sending (its addresses are checked by the client)."""
+        return Target.of(URL(callback_url))
+
+    async def attempt(self, w: Watch, body: bytes) -> None:
+        """POST *body* to the watch's callback, signed; its outcome goes to the settler."""
+        attempt = w.attempt + 1
+        started = time.time()
+        code: int | None = None
+        error: str | None = None
+        answer = ""
+        retry_after: float | None = None
+        try:
+            target = self._target(w.callback_url)
+            keys = [self._key_bytes(s.sealed) for s in w.signing_secrets(int(started * 1000))]
+            headers = sign_headers(keys, w.event_id, int(started), body)
+            reply = await self.client.post(target, headers.items(), body)
+            code = reply.status
+            answer = reply.body.decode(errors="replace")
+            if code in (429, 503):
+                retry_after = retry_after_seconds(reply.retry_after)
+        except TimeoutError:
+            error = "timeout"
+        except WebhookError as exc:
+            error = str(exc)
+        except (OSError, ValueError) as exc:  # e.g. a callback URL that cannot be sent
+            error = f"{type(exc).__name__}: {exc}"[:200]
+        latency = time.time() - started
+        DELIVERY_LATENCY.observe(latency)
+        record = {
+            "eventId": w.event_id,
+            "eventType": w.event_type,
+            "attempt": attempt,
+            "at": events.iso_ms(int(started * 1000)),
+            "statusCode": code,
+            "error": error,
+            "latencyMs": round(latency * 1000, 2),
+            "responseBody": answer or None,
+        }
+        self._record(w, attempt, code, error, retry_after, record)
+
+    def _record(
+        self,
+        w: Watch,
+        attempt: int,
+        code: int | None,
+        error: str | None,
+        retry_after: float | None,
+        record: dict[str, object],
+    ) -> None:
+        last_error = ""
+        next_ms = 0
+        if code is not None and 200 <= code < 300:
+            outcome = "ok"
+            if w.final_ms and w.delivered_ms is None:  # first success of this event
+                NOTIFY_LATENCY.observe(max(now_ms() - w.final_ms, 0) / 1000)
+        elif code == 410:
+            outcome, last_error = "disabled", "HTTP 410 Gone: watch disabled"
+        else:
+            last_error = error or f"HTTP {code}"
+            delay = retry_delay(self.settings.retry_schedule, attempt, retry_after)
+            if delay is None:
+                outcome = "failed"
+            else:
+                outcome, next_ms = "retry", now_ms() + int(delay * 1000)
+        self._outcomes[outcome].inc()
+        self.sent += 1
+        self.settler.add(
+            AttemptResult(w.id, w.event_id, outcome, record, attempt, next_ms, last_error),
+            {
+                "watch_id": w.id,
+                "video_id": w.video_id,
+                "event_id": w.event_id,
+                "event_type": w.event_type,
+                "attempt": attempt,
+                "status_code": code,
+                "error": error,
+                "outcome": outcome,
+                "latency_ms": record["latencyMs"],
+            },
+        )

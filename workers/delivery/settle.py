@@ -1,0 +1,84 @@
+"""Recording the outcomes of attempts: a flusher writes them in batches (one script call
+each) and logs one line per attempt, so no attempt waits on Redis to be recorded."""
+
+from __future__ import annotations
+
+import asyncio
+
+from relay import logs
+from relay.domain.delivery import AttemptResult
+from relay.store import Store
+from relay.tasks import finish
+from workers.delivery.logger import LOG_NAME, log
+
+FLUSH_BATCH = 256  # outcomes recorded per script call, at most
+FLUSH_EVERY_S = 0.005  # an outcome waits this long for others to be recorded with it
+
+
+class Settler:
+    """Holds outcomes until the flusher records them (``store.deliveries.settle``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._results: list[AttemptResult] = []
+        self._lines: list[dict[str, object]] = []  # a log line per attempt, written per flush
+        self._flush_now = asyncio.Event()
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._winding_down = False
+
+    def add(self, result: AttemptResult, line: dict[str, object]) -> None:
+        """Record *result* soon, and log *line* with it: the flusher records what is
+        pending at once for a full batch, else within FLUSH_EVERY_S (a timer, armed only
+        while something waits)."""
+        self._results.append(result)
+        self._lines.append(line)
+        if len(self._results) >= FLUSH_BATCH:
+            self._flush_now.set()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                FLUSH_EVERY_S, self._flush_now.set
+            )
+
+    def start(self) -> None:
+        """Start the flusher."""
+        self._flusher = asyncio.create_task(self._flush_loop(), name="deliverer-flush")
+
+    def wind_down(self) -> None:
+        """The deliverer is stopping: the flusher ends after its next flush, and what is
+        added afterwards waits for :meth:`stop`."""
+        self._winding_down = True
+
+    async def stop(self) -> None:
+        """End the flusher and record everything still pending."""
+        if self._flusher is not None:
+            self._flush_now.set()
+            await finish(self._flusher, 5.0)
+        await self.flush()
+
+    async def _flush_loop(self) -> None:
+        while not self._winding_down:
+            await self._flush_now.wait()
+            self._flush_now.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Record the attempts made since the last flush (one script call), after logging
+        one line for each."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._lines:
+            lines, self._lines = self._lines, []
+            logs.lines(LOG_NAME, "delivery attempt", lines)
+        if not self._results:
+            return
+        batch, self._results = self._results, []
+        try:
+            await self.store.deliveries.settle(batch)
+        except Exception as exc:
+            # Redis away: keep the outcomes and try again (the claims' leases are long)
+            log.warning("recording attempts failed", error=type(exc).__name__, pending=len(batch))
+            self._results = batch + self._results
+            await asyncio.sleep(0.5)
+            self._flush_now.set()
