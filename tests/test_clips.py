@@ -1,4 +1,5 @@
-"""Clip selection (relay/clips.py), event bodies (relay/events.py) and ids (relay/ids.py)."""
+"""Clip selection (relay/domain/clips.py), event bodies (relay/domain/events.py) and ids
+(relay/domain/ids.py)."""
 
 from __future__ import annotations
 

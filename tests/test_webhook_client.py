@@ -1,4 +1,4 @@
-"""The webhook HTTP client (relay/webhook_client.py) against real servers on loopback.
+"""The webhook HTTP client (relay/http/) against real servers on loopback.
 
 Well-behaved receivers are aiohttp servers; the edge cases of HTTP/1.1 (answers without a
 length, interim answers, chunk extensions, a keep-alive connection the server drops, broken
