@@ -7,8 +7,8 @@ environment: a missing or malformed value raises :class:`ConfigError` with a one
 naming the variable (the CLI prints that line and exits with status 2), never the value.
 
 ``Settings(...)`` built in code reads no environment (tests construct it from defaults plus
-what they pass); values given that way are checked for their type only, the environment's text
-is parsed strictly.
+what they pass); text given that way is parsed as the environment's is, other values are checked
+for their type only. Its ValidationError repeats no value either.
 """
 
 from __future__ import annotations
@@ -212,6 +212,7 @@ class Settings(BaseSettings):
         populate_by_name=True,
         extra="forbid",
         validate_default=False,  # the defaults are right as written ("" = no key)
+        hide_input_in_errors=True,  # a ValidationError never repeats a value (secrets)
     )
 
     redis_url: Annotated[str, _text(_redis_url)] = Field(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from relay.settings import ApiKey, CallbackAllow, ConfigError, Settings, load
 
@@ -68,6 +69,22 @@ def test_secrets_are_not_in_repr() -> None:
     assert "cd" * 24 not in text
     assert "very-secret-key-1" not in text
     assert FERNET_KEY not in text
+
+
+def test_settings_built_in_code_never_echo_a_secret_in_errors() -> None:
+    """Settings(...) in code (tests, tools) raises pydantic's ValidationError, not ConfigError:
+    its text must not repeat the values given either (a model-level error carries them all)."""
+    secret = "sr_live_" + "ef" * 24
+    for kwargs in (
+        {"scalereach_api_key": secret, "lease": 1},  # the cross-variable rule fails
+        {"scalereach_api_key": secret + " x"},  # the key itself is malformed
+        {"api_keys": (ApiKey("acme", secret),), "port": "not a port"},
+    ):
+        with pytest.raises(ValidationError) as info:
+            Settings(**kwargs)
+        text = str(info.value) + repr(info.value)
+        # pydantic shortens long inputs in its text ('sr_l...efef'): look for any piece
+        assert not any(secret[i : i + 8] in text for i in range(len(secret) - 7)), text
 
 
 # --- every variable parsed -------------------------------------------------------------
