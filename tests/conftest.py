@@ -4,7 +4,9 @@ loopback for the upstream simulator, the receiver and the API, and an in-process
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -166,3 +168,21 @@ async def worker(make_worker: WorkerFactory) -> Worker:
 def auth(key: str = TENANT_A_KEY) -> dict[str, str]:
     """Authorization header for a tenant key."""
     return {"Authorization": f"Bearer {key}"}
+
+
+async def eventually(
+    check: Callable[[], Any], *, timeout: float = 5.0, every: float = 0.01, what: str = "it"
+) -> Any:
+    """Call *check* (plain or async) until it returns something truthy, and return that;
+    an AssertionError naming *what* once *timeout* seconds have passed. For "eventually"
+    rules: give a generous timeout, the call returns as soon as the condition holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout} s for {what}")
+        await asyncio.sleep(every)

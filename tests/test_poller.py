@@ -1,0 +1,387 @@
+"""The poller (workers/poller.py) against the ScaleReach simulator and a real Redis.
+
+A poller runs on its own (no deliverer): watches are stored as the API stores them, the
+events a fan-out creates are what the poller hands to ``on_events``, and what reached the
+upstream is the simulator's request log (each request with the simulator's clock, the same
+wall clock as the poller's). Each test pins one rule; its docstring names it. Time rules are
+checked on the log: a gap between two polls can only be longer than the rule's, so a loaded
+machine makes the tests slower, not flaky.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from relay import constants as c
+from relay.domain.clock import now_ms
+from relay.domain.delivery import NewEvent
+from relay.domain.watch import SecretEntry, Watch
+from relay.http.upstream import UpstreamClient
+from relay.settings import Settings
+from relay.store import Store
+from tests.conftest import eventually
+from workers.poller import Poller
+from workers.upstream_budget import UpstreamGate
+
+Client = TestClient[web.Request, web.Application]
+INTERVAL = 0.1
+
+
+class Fanout:
+    """What a poller handed on: every created event, with when it was created."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, tuple[NewEvent, int]] = {}
+
+    def offer(self, created: Sequence[tuple[Watch, NewEvent]], at_ms: int) -> None:
+        for watch, event in created:
+            assert watch.id not in self.events, f"two events for {watch.id}"
+            self.events[watch.id] = (event, at_ms)
+
+    def body(self, watch_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = orjson.loads(self.events[watch_id][0].body)
+        return data
+
+
+PollerFactory = Callable[..., Awaitable[tuple[Poller, Fanout]]]
+
+
+@pytest.fixture
+def store(redis: Redis) -> Store:
+    return Store(redis)
+
+
+@pytest.fixture
+async def make_poller(store: Store, settings: Settings) -> AsyncIterator[PollerFactory]:
+    """Start pollers (settings overridable) on the simulator; stopped after the test."""
+    session = aiohttp.ClientSession()
+    pollers: list[Poller] = []
+
+    async def start(**overrides: Any) -> tuple[Poller, Fanout]:
+        s = settings.model_copy(update={"poll_interval": INTERVAL, **overrides})
+        upstream = UpstreamClient(
+            session, s.scalereach_base_url, s.scalereach_api_key, s.upstream_timeout
+        )
+        poller = Poller(store, upstream, UpstreamGate(store.limits, s.upstream_rps), s)
+        fanout = Fanout()
+        poller.on_events = fanout.offer
+        poller.start()
+        pollers.append(poller)
+        return poller, fanout
+
+    yield start
+    for poller in pollers:
+        await poller.stop(1.0)
+    await session.close()
+
+
+async def sim_video(sim: Client, **spec: Any) -> str:
+    resp = await sim.post("/_sim/videos", json=spec)
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["id"])
+
+
+async def fault(sim: Client, **spec: Any) -> None:
+    resp = await sim.post("/_sim/faults", json=spec)
+    assert resp.status == 201, await resp.text()
+
+
+async def requests(sim: Client, video_id: str, path: str = "status") -> list[tuple[float, int]]:
+    """(simulator time, HTTP status) of each request the upstream got for the video."""
+    stats = await (await sim.get("/_sim/stats")).json()
+    return [(at, status) for at, p, vid, status in stats["log"] if vid == video_id and p == path]
+
+
+async def watch(store: Store, video_id: str, n: int = 1, **spec: Any) -> list[Watch]:
+    """Register *n* watches of the video as the API does (schedules its poll)."""
+    watches = []
+    for _ in range(n):
+        w = Watch(
+            id=f"wat_{video_id}_{len(watches)}_{time.monotonic_ns()}",
+            tenant="acme",
+            video_id=video_id,
+            callback_url="http://127.0.0.1:9/hook",
+            secrets=[SecretEntry("whsec_unused")],
+            created_ms=now_ms(),
+            **spec,
+        )
+        await store.watches.create(w, expire_after_s=3600)
+        watches.append(w)
+    return watches
+
+
+def gaps(log: list[tuple[float, int]]) -> list[float]:
+    return [b[0] - a[0] for a, b in itertools.pairwise(log)]
+
+
+async def scheduled(store: Store, video_id: str) -> float | None:
+    got: float | None = await store.redis.zscore(c.POLL_SCHEDULE_KEY, video_id)
+    return got
+
+
+ANALYZING = [{"status": "analyzing", "progress": 40, "after": 0}]
+
+
+async def test_one_poll_per_video_per_interval_however_many_watches(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: a video is polled once per RELAY_POLL_INTERVAL however many watches wait on it
+    -- also while more register (a new watch does not pull its video's poll forward) -- and
+    a non-final status schedules the next poll one interval on."""
+    interval = 0.2
+    vid = await sim_video(sim, timeline=ANALYZING)
+    await make_poller(poll_interval=interval)
+    await watch(store, vid, 5)
+    await eventually(lambda: requests(sim, vid), what="the first poll")
+    for _ in range(12):  # a dozen more watches over a few intervals
+        await watch(store, vid)
+        await asyncio.sleep(0.05)
+    log = await eventually(lambda: _at_least(requests(sim, vid), 5), timeout=10, what="five polls")
+    assert min(gaps(log)) >= interval - 0.002, gaps(log)
+    assert await store.redis.scard(c.VIDEO_WATCHES_KEY.format(vid)) == 17
+    assert await requests(sim, vid, "clips") == []
+
+
+async def _at_least(log: Awaitable[list[tuple[float, int]]], n: int) -> list[tuple[float, int]]:
+    got = await log
+    return got if len(got) >= n else []
+
+
+async def test_an_unknown_status_counts_as_still_processing(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: a status the relay does not know is not final: the video stays polled and its
+    watches keep waiting (showing that status) until a final one comes."""
+    vid = await sim_video(sim, timeline=[{"status": "transcoding_v2", "progress": 30}])
+    watches = await watch(store, vid, 2)
+    _, fanout = await make_poller()
+    await eventually(lambda: _at_least(requests(sim, vid), 3), what="three polls")
+    assert fanout.events == {}
+    for w in watches:
+        got = await store.watches.get(w.id)
+        assert got is not None
+        assert (got.status, got.video_status) == ("watching", "transcoding_v2")
+    assert await scheduled(store, vid) is not None
+    await sim.post(f"/_sim/videos/{vid}/status", json={"status": "completed"})
+    await eventually(lambda: len(fanout.events) == 2, what="clips.ready after completed")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the poller writes videoStatus/videoProgress to the watches only when the "
+    "status or progress changes, so a watch joining a video already polled shows null "
+    "(and its watch.expired carries null) until the upstream status changes",
+)
+async def test_a_watch_joining_a_polled_video_shows_the_status_seen(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule (SPEC: a watch's ``videoStatus`` is the "last upstream status seen"): a watch
+    registered on a video that is already being polled shows the status the next poll sees,
+    changed or not."""
+    vid = await sim_video(sim, timeline=ANALYZING)
+    await make_poller()
+    (first,) = await watch(store, vid)
+    await eventually(lambda: _video_status(store, first.id), what="the first watch's status")
+    (late,) = await watch(store, vid)
+    polls = len(await requests(sim, vid))
+    await eventually(lambda: _at_least(requests(sim, vid), polls + 2), what="two more polls")
+    assert await _video_status(store, late.id) == "analyzing"
+
+
+async def _video_status(store: Store, watch_id: str) -> str | None:
+    got = await store.watches.get(watch_id)
+    return None if got is None else got.video_status
+
+
+CLIPS = [{"score": s, "title": f"clip {s}"} for s in (95, 85, 70, 50, 20)]
+
+
+async def test_completed_fetches_the_clips_once_for_every_watch(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: ``completed`` moves the video to the render phase: its clips are fetched once
+    for all its watches, each watch gets ``clips.ready`` with the clips its own filters pass,
+    and the video leaves the poll schedule."""
+    vid = await sim_video(
+        sim,
+        timeline=[*ANALYZING, {"status": "completed", "after": 0.3}],
+        clips=CLIPS,
+    )
+    _, fanout = await make_poller()
+    watches = [w for i in range(10) for w in await watch(store, vid, 2, min_score=i * 10.0)]
+    await eventually(lambda: len(fanout.events) == 20, timeout=10, what="20 events")
+    for w in watches:
+        body = fanout.body(w.id)
+        assert body["type"] == "clips.ready"
+        assert [clip["score"] for clip in body["data"]["clips"]] == [
+            s for s in (95, 85, 70, 50, 20) if s >= w.min_score
+        ]
+    assert len(await requests(sim, vid, "clips")) == 1
+    assert await scheduled(store, vid) is None
+    polls = len(await requests(sim, vid))
+    await asyncio.sleep(4 * INTERVAL)
+    assert len(await requests(sim, vid)) == polls  # polling stopped
+    assert len(await requests(sim, vid, "clips")) == 1
+
+
+async def test_rendering_clips_hold_the_event_until_rendered_or_render_timeout(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: after ``completed``, a clip some watch's filters pass that is still rendering
+    holds the event back (a clip no filter passes does not), until it renders or until
+    RELAY_RENDER_TIMEOUT after ``completed``; then the event leaves without it."""
+    render_timeout = 2.5
+    completes = [*ANALYZING, {"status": "completed", "after": 0.1}]
+    began = time.time()
+    soon = await sim_video(
+        sim,
+        timeline=completes,
+        clips=[
+            {"score": 90, "renderAfter": 0.6},
+            {"score": 85},
+            {"score": 10, "renderAfter": 60},  # no watch wants it
+        ],
+    )
+    never = await sim_video(sim, timeline=completes, clips=[{"score": 90, "renderAfter": 60}])
+    _, fanout = await make_poller(render_timeout=render_timeout)
+    (w_soon,) = await watch(store, soon, min_score=80)
+    (w_never,) = await watch(store, never, min_score=80)
+
+    await eventually(lambda: w_soon.id in fanout.events, timeout=10, what="the rendered clips")
+    clips = fanout.body(w_soon.id)["data"]["clips"]
+    assert [clip["score"] for clip in clips] == [90, 85]
+    assert all(clip["status"] == "completed" and clip["downloadUrl"] for clip in clips)
+    # ...not held back until the render timeout by the clip nobody wants
+    assert fanout.events[w_soon.id][1] < (began + 0.1 + render_timeout) * 1000
+
+    await eventually(lambda: w_never.id in fanout.events, timeout=10, what="the render timeout")
+    assert fanout.body(w_never.id)["data"]["clips"] == []
+    assert fanout.events[w_never.id][1] >= (began + 0.1 + render_timeout) * 1000
+    assert len(await requests(sim, never, "clips")) >= 2  # looked again meanwhile
+
+
+async def test_failed_error_and_expired_give_every_watch_video_failed(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: ``failed``, ``error`` and ``expired`` are final: every watch of the video gets
+    ``video.failed`` with that status and the upstream's error, and polling stops."""
+    _, fanout = await make_poller()
+    videos = {}
+    for status in ("failed", "error", "expired"):
+        vid = await sim_video(
+            sim, timeline=[*ANALYZING, {"status": status, "after": 0.1}], errorMessage=status
+        )
+        videos[vid] = (status, await watch(store, vid, 2))
+    await eventually(lambda: len(fanout.events) == 6, timeout=10, what="six video.failed")
+    for vid, (status, watches) in videos.items():
+        for w in watches:
+            body = fanout.body(w.id)
+            assert body["type"] == "video.failed"
+            assert body["data"]["videoStatus"] == status
+            assert body["data"]["error"] == status
+        assert await scheduled(store, vid) is None
+        assert await requests(sim, vid, "clips") == []
+
+
+async def test_a_video_fails_after_three_404s_in_a_row_only(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: a video is unknown (``video.failed``, status ``not_found``) after 404 on three
+    polls in a row -- not before the third, and not for 404s broken up by an answer."""
+    _, fanout = await make_poller()
+    known = await sim_video(sim, timeline=ANALYZING)
+    await fault(sim, kind="404", path="status", videoId=known, times=2)
+    (w_known,) = await watch(store, known)
+    (w_unknown,) = await watch(store, "no_such_video")
+
+    await eventually(lambda: w_unknown.id in fanout.events, timeout=10, what="not_found")
+    body = fanout.body(w_unknown.id)
+    assert body["type"] == "video.failed"
+    assert (body["data"]["videoStatus"], body["data"]["error"]) == ("not_found", "video not found")
+    assert [s for _, s in await requests(sim, "no_such_video")] == [404, 404, 404]
+
+    log = await eventually(lambda: _at_least(requests(sim, known), 3), what="two 404s, then 200")
+    assert [s for _, s in log[:3]] == [404, 404, 200]
+    await fault(sim, kind="404", path="status", videoId=known, times=2)
+    log = await eventually(
+        lambda: _ends_after_404s(requests(sim, known), 4), what="two more 404s, then 200"
+    )
+    statuses = "".join("x" if s == 404 else "." for _, s in log)
+    assert statuses.startswith("xx.") and statuses.count("x") == 4 and "xxx" not in statuses
+    assert w_known.id not in fanout.events
+    await asyncio.sleep(2 * INTERVAL)
+    assert [s for _, s in await requests(sim, "no_such_video")] == [404, 404, 404]  # stopped
+
+
+async def _ends_after_404s(
+    log: Awaitable[list[tuple[float, int]]], n: int
+) -> list[tuple[float, int]]:
+    got = await log
+    return got if sum(s == 404 for _, s in got) == n and got[-1][1] == 200 else []
+
+
+async def test_a_429_pauses_all_polling_until_retry_after(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: a 429 pauses the upstream for its Retry-After: neither that video nor any other
+    is polled during the pause, and polling resumes when it ends."""
+    limited = await sim_video(sim, timeline=ANALYZING)
+    other = await sim_video(sim, timeline=ANALYZING)
+    await make_poller()
+    await watch(store, limited)
+    await watch(store, other)
+    await eventually(lambda: requests(sim, other), what="polling")
+    await fault(sim, kind="429", path="status", videoId=limited, retryAfter=1)
+    log = await eventually(
+        lambda: _after_429(requests(sim, limited)), timeout=10, what="a poll after the 429"
+    )
+    limited_at = next(at for at, status in log if status == 429)
+    resumed = [at for at, _ in log if at > limited_at]
+    assert resumed[0] >= limited_at + 1.0
+    await eventually(
+        lambda: _at_least(_since(requests(sim, other), limited_at + 1.0), 1),
+        what="the other video polled after the pause",
+    )
+    others = [at for at, _ in await requests(sim, other)]
+    # requests already on their way when the 429 came back may land just after it
+    assert not [at for at in others if limited_at + 0.25 < at < limited_at + 0.99], others
+
+
+async def _after_429(log: Awaitable[list[tuple[float, int]]]) -> list[tuple[float, int]]:
+    got = await log
+    statuses = [s for _, s in got]
+    return got if 429 in statuses and statuses[-1] != 429 else []
+
+
+async def _since(log: Awaitable[list[tuple[float, int]]], at: float) -> list[tuple[float, int]]:
+    return [(t, s) for t, s in await log if t >= at]
+
+
+async def test_5xx_backs_off_exponentially_and_recovers(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: a 5xx does not fail the video: each error in a row doubles the gap to the next
+    poll (2, 4, 8 intervals); the first good answer brings back the normal interval."""
+    vid = await sim_video(sim, timeline=ANALYZING)
+    for kind in ("500", "502", "503"):
+        await fault(sim, kind=kind, path="status", videoId=vid)
+    _, fanout = await make_poller()
+    await watch(store, vid)
+    log = await eventually(lambda: _at_least(requests(sim, vid), 5), timeout=10, what="5 polls")
+    assert [s for _, s in log[:5]] == [500, 502, 503, 200, 200]
+    after_errors = gaps(log)[:4]
+    for gap, intervals in zip(after_errors, (2, 4, 8), strict=False):
+        assert gap >= intervals * INTERVAL - 0.002, after_errors
+    assert after_errors[3] < 8 * INTERVAL, after_errors  # back to the interval
+    assert fanout.events == {}
