@@ -186,3 +186,12 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"still waiting after {timeout} s for {what}")
         await asyncio.sleep(every)
+
+
+async def early_in_a_second(latest: float = 0.5) -> int:
+    """Wait (if need be) until at most *latest* seconds into a second; that second. For
+    rules about one-second windows, so a test does not straddle two of them."""
+    now = time.time()
+    if now % 1 > latest:
+        await asyncio.sleep(1 - now % 1 + 0.01)
+    return int(time.time())

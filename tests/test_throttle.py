@@ -18,7 +18,7 @@ from relay import constants as c
 from relay.api.throttle import SYNC_EVERY, RateLimiter
 from relay.store import Store
 from relay.store.limits import Limits
-from tests.conftest import eventually
+from tests.conftest import early_in_a_second, eventually
 
 
 @pytest.fixture
@@ -36,14 +36,6 @@ class CountingLimits:
     async def rate_add(self, second: int, counts: dict[str, int]) -> dict[str, int]:
         self.syncs += 1
         return await self._store.rate_add(second, counts)
-
-
-async def early_in_a_second(latest: float = 0.5) -> int:
-    """Wait (if need be) until at most *latest* seconds into a second; that second."""
-    now = time.time()
-    if now % 1 > latest:
-        await asyncio.sleep(1 - now % 1 + 0.01)
-    return int(time.time())
 
 
 def admitted(limiter: RateLimiter, key: str, tries: int) -> int:

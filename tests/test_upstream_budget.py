@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from relay import constants as c
 from relay.store import Store
 from relay.store.limits import Limits
+from tests.conftest import early_in_a_second
 from workers.upstream_budget import Paused, UpstreamGate
 
 
@@ -38,14 +39,6 @@ class CountingLimits:
 
     async def pause_upstream(self, until_ms: int) -> None:
         await self._store.pause_upstream(until_ms)
-
-
-async def early_in_a_second(latest: float = 0.5) -> int:
-    """Wait (if need be) until at most *latest* seconds into a second; that second."""
-    now = time.time()
-    if now % 1 > latest:
-        await asyncio.sleep(1 - now % 1 + 0.01)
-    return int(time.time())
 
 
 async def test_two_gates_together_never_exceed_rps_in_any_second(store: Store) -> None:
