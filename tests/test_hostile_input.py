@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from relay.devtools.receiver import Receiver
 from relay.domain.clock import now_ms
-from relay.store.watches import encode_cursor
+from relay.domain.listing import encode_cursor
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, WorkerFactory, auth
 
 Client = TestClient[web.Request, web.Application]

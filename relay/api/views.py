@@ -25,11 +25,11 @@ from relay.constants import (
 from relay.domain.clock import now_ms
 from relay.domain.events import iso_ms
 from relay.domain.ids import new_watch_id
+from relay.domain.listing import CursorError
 from relay.domain.signing import generate_secret
 from relay.domain.watch import SecretEntry, Watch
 from relay.http.ssrf import CallbackRefused
 from relay.metrics import WATCHES, exposition
-from relay.store import CursorError
 
 log = logs.get("relay.api.views")
 WATCH_ID = re.compile(r"wat_[a-z2-7]{24}")

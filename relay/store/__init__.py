@@ -26,15 +26,13 @@ from relay.store.deliveries import Deliveries
 from relay.store.limits import Limits
 from relay.store.scripts import SCRIPT_BATCH
 from relay.store.videos import Videos
-from relay.store.watches import EXPIRE_JOB, CursorError, Page, Watches
+from relay.store.watches import EXPIRE_JOB, Watches
 
 __all__ = [
     "EXPIRE_JOB",
     "SCRIPT_BATCH",
-    "CursorError",
     "Deliveries",
     "Limits",
-    "Page",
     "Store",
     "Videos",
     "Watches",

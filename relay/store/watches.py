@@ -6,9 +6,7 @@ Each transition that other replicas may race with is one Lua script (``commands/
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,6 +16,7 @@ from redis.asyncio import Redis
 
 from relay import constants as c
 from relay.domain.clock import now_ms
+from relay.domain.listing import Page, decode_cursor, encode_cursor
 from relay.domain.watch import SecretEntry, Watch
 from relay.store import scripts
 from relay.store.codec import (
@@ -30,35 +29,6 @@ from relay.store.codec import (
 from relay.store.serializer import dumps as arq_dumps
 
 EXPIRE_JOB = "expire_watch"  # the arq job that gives a watch its watch.expired (workers.jobs)
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a listing."""
-
-    watches: list[Watch]
-    next_cursor: str | None
-
-
-class CursorError(ValueError):
-    """A listing cursor that this relay did not hand out."""
-
-
-def encode_cursor(score: int, member: str) -> str:
-    """An opaque cursor pointing just after (*score*, *member*) in newest-first order."""
-    return base64.urlsafe_b64encode(f"{score}:{member}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    """Inverse of :func:`encode_cursor`; :class:`CursorError` when malformed."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, member = raw.split(":", 1)
-        if not member.startswith("wat_"):
-            raise ValueError
-        return int(score), member
-    except (ValueError, UnicodeDecodeError):
-        raise CursorError("not a cursor returned by this API") from None
 
 
 class Watches:
