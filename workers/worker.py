@@ -3,7 +3,7 @@
 arq runs the process: signals, its health-check key, the expiry jobs. ``startup`` opens
 the shared resources and starts the pumps; ``shutdown`` stops them, giving attempts in
 flight RELAY_SHUTDOWN_GRACE seconds. A small HTTP server on RELAY_METRICS_PORT answers
-``/healthz`` (for Kubernetes probes) and ``/metrics``.
+``/healthz`` (for Kubernetes probes) and ``/metrics`` (:mod:`workers.health`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from relay.domain.crypto import SecretBox
 from relay.http.ssrf import CallbackPolicy
 from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
-from relay.metrics import QUEUE_DEPTH, WATCHES, exposition
 from relay.settings import Settings
 from relay.store import EXPIRE_JOB, Store
 from relay.store.connection import arq_settings, connect
 from relay.store.serializer import dumps, loads
 from relay.tasks import finish
+from workers import health
 from workers.delivery import Deliverer
 from workers.jobs import STORE, expire_watch
 from workers.poller import Poller
@@ -40,7 +40,6 @@ log = logs.get("workers.worker")
 SETTINGS = "settings"
 RUNTIME = "runtime"
 HEALTH_INTERVAL = 10  # seconds between arq health-check writes (arq's default is an hour)
-GAUGE_INTERVAL = 5.0
 
 
 @dataclass(slots=True)
@@ -96,7 +95,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     poller.on_events = deliverer.offer
     poller.start()
     deliverer.start()
-    runner = await _metrics_server(settings, ctx)
+    runner = await health.serve(settings, store)
     ctx[STORE] = store
     ctx[RUNTIME] = Runtime(
         store,
@@ -105,7 +104,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         upstream_session,
         callbacks,
         runner,
-        asyncio.create_task(_gauges(store)),
+        asyncio.create_task(health.gauges(store)),
     )
     log.info(
         "worker started",
@@ -131,49 +130,6 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await rt.metrics_runner.cleanup()
     await rt.store.redis.aclose()
     log.info("worker stopped", polls=rt.poller.polls, attempts=rt.deliverer.sent)
-
-
-async def _gauges(store: Store) -> None:
-    while True:
-        try:
-            pipe = store.redis.pipeline(transaction=False)
-            pipe.zcard(c.POLL_SCHEDULE_KEY)
-            pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
-            pipe.zcard(c.ARQ_QUEUE)
-            polls, deliveries, timers = await pipe.execute()
-            QUEUE_DEPTH.labels("poll").set(polls)
-            QUEUE_DEPTH.labels("delivery").set(deliveries)
-            QUEUE_DEPTH.labels("arq").set(timers)
-            for status, n in (await store.watches.counts()).items():
-                WATCHES.labels(status).set(n)
-        except Exception as exc:
-            log.debug("gauges failed", error=type(exc).__name__)
-        await asyncio.sleep(GAUGE_INTERVAL)
-
-
-async def _metrics_server(settings: Settings, ctx: dict[str, Any]) -> web.AppRunner | None:
-    async def healthz(_: web.Request) -> web.Response:
-        rt: Runtime | None = ctx.get(RUNTIME)
-        try:
-            if rt is not None:
-                await rt.store.redis.ping()
-        except Exception:
-            return web.json_response({"status": "unavailable"}, status=503)
-        return web.json_response({"status": "ok"})
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=exposition(), content_type="text/plain", charset="utf-8")
-
-    if settings.metrics_port == 0:
-        return None
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.metrics_port)
-    await site.start()
-    return runner
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""The worker's own small HTTP server on RELAY_METRICS_PORT: ``/healthz`` (for Kubernetes
+probes; it checks Redis) and ``/metrics``, with the queue-depth and watch-count gauges kept
+fresh in the background."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from relay import constants as c
+from relay import logs
+from relay.metrics import QUEUE_DEPTH, WATCHES, exposition
+from relay.settings import Settings
+from relay.store import Store
+
+log = logs.get("workers.worker")
+GAUGE_INTERVAL = 5.0
+
+
+async def gauges(store: Store) -> None:
+    """Refresh the queue-depth and watch-count gauges every GAUGE_INTERVAL seconds, forever."""
+    while True:
+        try:
+            pipe = store.redis.pipeline(transaction=False)
+            pipe.zcard(c.POLL_SCHEDULE_KEY)
+            pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
+            pipe.zcard(c.ARQ_QUEUE)
+            polls, deliveries, timers = await pipe.execute()
+            QUEUE_DEPTH.labels("poll").set(polls)
+            QUEUE_DEPTH.labels("delivery").set(deliveries)
+            QUEUE_DEPTH.labels("arq").set(timers)
+            for status, n in (await store.watches.counts()).items():
+                WATCHES.labels(status).set(n)
+        except Exception as exc:
+            log.debug("gauges failed", error=type(exc).__name__)
+        await asyncio.sleep(GAUGE_INTERVAL)
+
+
+async def serve(settings: Settings, store: Store) -> web.AppRunner | None:
+    """Start the server on RELAY_METRICS_PORT (None when it is 0: off); the caller cleans
+    the runner up at shutdown, before it closes Redis."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        try:
+            await store.redis.ping()
+        except Exception:
+            return web.json_response({"status": "unavailable"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=exposition(), content_type="text/plain", charset="utf-8")
+
+    if settings.metrics_port == 0:
+        return None
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.metrics_port)
+    await site.start()
+    return runner
