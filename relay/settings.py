@@ -18,12 +18,11 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
-    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -274,9 +273,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Only what the constructor is given: load() reads the environment through
-        # _Environment and passes it in, so that Settings(...) in code never picks up
-        # the process environment and every malformed value goes through ConfigError.
+        # Only what the constructor is given: load() reads the environment and passes it
+        # in, so that Settings(...) in code never picks up the process environment and every
+        # malformed value goes through ConfigError.
         return (init_settings,)
 
     def require_api(self) -> None:
@@ -291,27 +290,19 @@ class Settings(BaseSettings):
 
 
 _VARIABLES = {name: str(f.validation_alias) for name, f in Settings.model_fields.items()}
-
-
-class _Environment(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping instead of ``os.environ``.
-
-    Only the relay's variables are read; values are stripped and blank ones count as unset.
-    """
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        known = set(_VARIABLES.values())
-        self._given = {k: v.strip() for k, v in env.items() if k in known and v.strip()}
-        super().__init__(Settings)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        # the hook pydantic-settings' own .env source overrides to supply its variables
-        return self._given
+_NAMES = frozenset(_VARIABLES.values())
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read settings from *env* (default: the process environment)."""
-    values = _Environment(os.environ if env is None else env)()
+    # only the relay's variables; values stripped, blank ones unset. They reach Settings as
+    # constructor values (by their variable names, the fields' aliases): the one source
+    # settings_customise_sources keeps, so no private hook of pydantic-settings is needed
+    values: dict[str, Any] = {
+        name: value.strip()
+        for name, value in (os.environ if env is None else env).items()
+        if name in _NAMES and value.strip()
+    }
     try:
         return Settings(**values)
     except ValidationError as exc:
