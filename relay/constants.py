@@ -7,16 +7,18 @@ from typing import Final
 # --- Redis key layout (every key the relay writes starts with PREFIX) ---------------------
 PREFIX: Final = "cr:"
 WATCH_PREFIX: Final = PREFIX + "w:"
-WATCH_KEY: Final = WATCH_PREFIX + "{}"  # hash: one watch
-WATCH_ATTEMPTS_SUFFIX: Final = ":att"
-WATCH_ATTEMPTS_KEY: Final = WATCH_KEY + WATCH_ATTEMPTS_SUFFIX  # list: attempt records
+WATCH_KEY: Final = WATCH_PREFIX + "{}"  # hash: one watch, its event state, its attempt records
 VIDEO_PREFIX: Final = PREFIX + "v:"
 VIDEO_KEY: Final = VIDEO_PREFIX + "{}"  # hash: poll state of one upstream video
 VIDEO_WATCHES_KEY: Final = PREFIX + "v:{}:w"  # set: watches still waiting on this video
-EVENT_PREFIX: Final = PREFIX + "e:"
-EVENT_KEY: Final = EVENT_PREFIX + "{}"  # string: the body of one event (orjson)
+SOURCE_PREFIX: Final = PREFIX + "src:"
+SOURCE_KEY: Final = SOURCE_PREFIX + "{}"  # hash: a video's clips, shared by its events (refs)
+TENANTS_KEY: Final = PREFIX + "tenants"  # set: every tenant that registered a watch
 TENANT_INDEX_KEY: Final = PREFIX + "t:{}:w"  # zset: a tenant's watches by creation time
 TENANT_VIDEO_INDEX_KEY: Final = PREFIX + "t:{}:v:{}:w"  # zset: a tenant's watches of a video
+TENANT_PREFIX: Final = PREFIX + "t:"
+TENANT_FINAL_KEY: Final = TENANT_PREFIX + "{}:s:{}"  # zset: a tenant's watches in a final status
+TENANT_COUNTS_KEY: Final = TENANT_PREFIX + "{}:n"  # hash: a tenant's watches per status
 IDEMPOTENCY_KEY: Final = PREFIX + "idem:{}:{}"  # string: tenant + Idempotency-Key -> watch
 POLL_SCHEDULE_KEY: Final = PREFIX + "sched:poll"  # zset: video id -> next poll (ms)
 DELIVERY_SCHEDULE_KEY: Final = PREFIX + "sched:delivery"  # zset: watch id -> next attempt (ms)
@@ -36,6 +38,7 @@ WATCH_STATUSES: Final[tuple[str, ...]] = (
     "disabled",
     "cancelled",
 )
+FINAL_STATUSES: Final[tuple[str, ...]] = ("delivered", "failed", "disabled", "cancelled")
 EVENT_TYPES: Final[tuple[str, ...]] = ("clips.ready", "video.failed", "watch.expired")
 
 # --- upstream vocabulary (UPSTREAM.md) ----------------------------------------------------

@@ -21,13 +21,13 @@ from relay.domain.clips import (
     parse_clips,
     pending,
 )
+from relay.domain.delivery import FinalEvent
 from relay.domain.events import (
-    clips_ready,
+    body,
     clips_ready_body,
-    event_timestamp_ms,
     iso,
-    video_failed,
-    watch_expired,
+    video_failed_body,
+    watch_expired_body,
 )
 from relay.domain.ids import event_id, new_watch_id
 from relay.domain.watch import Watch
@@ -381,18 +381,19 @@ def test_clips_ready_body() -> None:
         clip("mid", 80, hooks={"question": "q", "statement": "s"}),
         clip("rendering", 99, status="generating", downloadUrl=None),
     ]
-    event = clips_ready(w, clips, AT_MS, AT_MS - 5000)
-    assert event.watch_id == w.id
-    assert event.event_type == "clips.ready"
-    assert event.event_id == event_id(w.id, "clips.ready")
-    assert event.video_status == "completed"
-    assert event.clips_ms == AT_MS - 5000
-    body = body_of(event.body)
-    assert set(body) == {"type", "timestamp", "data"}
-    assert body["type"] == "clips.ready"
-    assert body["timestamp"] == "2026-11-28T10:00:00Z"
-    assert RFC3339_Z.match(body["timestamp"])
-    data = body["data"]
+    w.begin_event(
+        FinalEvent("clips.ready", AT_MS, video_status="completed", clips_ms=AT_MS - 5000),
+        event_id(w.id, "clips.ready"),
+    )
+    assert w.event_id == event_id(w.id, "clips.ready")
+    assert w.video_status == "completed"
+    assert w.clips_ms == AT_MS - 5000
+    made = body_of(body(w, ClipSet(clips)))
+    assert set(made) == {"type", "timestamp", "data"}
+    assert made["type"] == "clips.ready"
+    assert made["timestamp"] == "2026-11-28T10:00:00Z"
+    assert RFC3339_Z.match(made["timestamp"])
+    data = made["data"]
     assert data["watchId"] == w.id
     assert data["videoId"] == "vid_1"
     assert data["minScore"] == 80
@@ -445,14 +446,17 @@ def test_count_ignores_the_upstream_count() -> None:
 
 def test_video_failed_body() -> None:
     w = watch(metadata={"k": "v"})
-    event = video_failed(w, "failed", "transcription failed", AT_MS)
-    assert event.event_type == "video.failed"
-    assert event.event_id == event_id(w.id, "video.failed")
-    assert event.video_status == "failed"
-    body = body_of(event.body)
-    assert body["type"] == "video.failed"
-    assert body["timestamp"] == "2026-11-28T10:00:00Z"
-    data = body["data"]
+    w.begin_event(
+        FinalEvent(
+            "video.failed", AT_MS, video_status="failed", video_error="transcription failed"
+        ),
+        event_id(w.id, "video.failed"),
+    )
+    made = body_of(body(w, None))
+    assert made == body_of(video_failed_body(w, "failed", "transcription failed", AT_MS))
+    assert made["type"] == "video.failed"
+    assert made["timestamp"] == "2026-11-28T10:00:00Z"
+    data = made["data"]
     assert data["watchId"] == w.id
     assert data["videoId"] == "vid_1"
     assert data["metadata"] == {"k": "v"}
@@ -461,7 +465,7 @@ def test_video_failed_body() -> None:
 
 
 def test_video_failed_not_found() -> None:
-    data = body_of(video_failed(watch(), "not_found", "video not found", AT_MS).body)["data"]
+    data = body_of(video_failed_body(watch(), "not_found", "video not found", AT_MS))["data"]
     assert data["videoStatus"] == "not_found"
     assert data["error"] == "video not found"
     assert data["metadata"] == {}
@@ -469,13 +473,12 @@ def test_video_failed_not_found() -> None:
 
 def test_watch_expired_body() -> None:
     w = watch(video_status="analyzing", video_progress=70.0)
-    event = watch_expired(w, AT_MS + 1234)
-    assert event.event_type == "watch.expired"
-    assert event.event_id == event_id(w.id, "watch.expired")
-    body = body_of(event.body)
-    assert body["type"] == "watch.expired"
-    assert body["timestamp"] == "2026-11-28T10:00:01Z"
-    data = body["data"]
+    w.begin_event(FinalEvent("watch.expired", AT_MS + 1234), event_id(w.id, "watch.expired"))
+    made = body_of(body(w, None))
+    assert made == body_of(watch_expired_body(w, AT_MS + 1234))
+    assert made["type"] == "watch.expired"
+    assert made["timestamp"] == "2026-11-28T10:00:01Z"
+    data = made["data"]
     assert data["watchId"] == w.id
     assert data["videoId"] == "vid_1"
     assert data["metadata"] == {}
@@ -489,7 +492,29 @@ def test_timestamps() -> None:
     stamp = body_of(clips_ready_body(watch(), [], AT_MS + 999))["timestamp"]
     parsed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert int(parsed.timestamp() * 1000) == AT_MS
-    assert event_timestamp_ms(clips_ready_body(watch(), [], AT_MS)) == AT_MS
+
+
+def test_a_body_is_the_same_bytes_whenever_it_is_built() -> None:
+    """A body is built from the watch and the video's stored clips document: every build
+    (each retry, on any worker) gives the same bytes, and only new clips change it."""
+    clips = [clip("a", 90, hooks={"q": 1.5e-7}), clip("b", 70, favorited=True), clip("c", 40)]
+    doc = ClipSet(clips).doc()
+    w = watch(min_score=50, metadata={"k": [1, 2.5, None]})
+    w.begin_event(FinalEvent("clips.ready", AT_MS, clips_ms=AT_MS), event_id(w.id, "clips.ready"))
+    first = body(w, ClipSet.from_doc(doc))
+    assert body(w, ClipSet.from_doc(doc)) == first == body(w, ClipSet(clips))
+    assert ClipSet.from_doc(doc).doc() == doc
+    fresh = [{**c, "downloadUrl": c["downloadUrl"] + "?fresh"} for c in clips]
+    assert body(w, ClipSet(fresh)) != first
+
+
+def test_a_body_needs_an_event() -> None:
+    with pytest.raises(ValueError, match="no event"):
+        body(watch(), None)
+    w = watch()
+    w.begin_event(FinalEvent("clips.ready", AT_MS), event_id(w.id, "clips.ready"))
+    with pytest.raises(ValueError, match="clips"):
+        body(w, None)
 
 
 # --- ids ----------------------------------------------------------------------------------
@@ -506,13 +531,11 @@ def test_event_id_is_deterministic_and_distinct() -> None:
         assert re.fullmatch(r"evt_[0-9a-z]{24}", eid), eid
 
 
-def test_events_of_a_watch_keep_their_id_across_rebuilds() -> None:
+def test_an_event_id_depends_on_the_watch_and_the_type_only() -> None:
     w = watch()
-    first = clips_ready(w, [clip("a")], AT_MS, AT_MS)
-    again = clips_ready(w, [clip("a"), clip("b")], AT_MS + 60_000, AT_MS + 60_000)
-    assert first.event_id == again.event_id
-    assert first.event_id != video_failed(w, "failed", "x", AT_MS).event_id
-    assert first.event_id != clips_ready(watch(id="wat_" + "c" * 24), [], AT_MS, AT_MS).event_id
+    w.begin_event(FinalEvent("clips.ready", AT_MS), event_id(w.id, "clips.ready"))
+    assert w.event_id == event_id(w.id, "clips.ready") != event_id(w.id, "video.failed")
+    assert w.event_id != event_id("wat_" + "c" * 24, "clips.ready")
 
 
 def test_id_encoding_is_rfc4648_base32_lower_case() -> None:

@@ -1,9 +1,11 @@
 """The deliverer's lanes and claims (workers/delivery/) on a real Redis and a real receiver.
 
 The worker tests cover every delivery outcome end to end; these pin what only the deliverer
-decides: events offered by this worker's poller are sent without being read back, a queued
-job whose claim another worker took over is not sent, and a stop hands the claims of jobs it
-never started back to the schedule at once.
+decides: events its poller claimed as it created them are sent without being read back, a
+queued job whose claim another worker took over is not sent, a stop hands the claims of
+jobs it never started back to the schedule at once, bodies are the same bytes on every
+retry unless the clip links were refreshed, and a fan-out cut between two chunks by a dead
+worker is finished by another without an event made twice or a watch left without one.
 """
 
 from __future__ import annotations
@@ -13,27 +15,36 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from relay import constants as c
+from relay.devtools.embedded_redis import RedisServer
 from relay.devtools.receiver import Receiver
-from relay.domain import events
 from relay.domain.clips import ClipSet
 from relay.domain.clock import now_ms
 from relay.domain.crypto import SecretBox
-from relay.domain.delivery import NewEvent
+from relay.domain.delivery import DeliveryClaim, FinalEvent
+from relay.domain.ids import event_id
 from relay.domain.signing import generate_secret
 from relay.domain.watch import SecretEntry, Watch
 from relay.http.ssrf import CallbackPolicy
+from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
 from relay.settings import CallbackAllow, Settings
 from relay.store import Store
+from tests.conftest import WorkerFactory
 from workers.delivery import Deliverer
+from workers.poller import Poller
+from workers.upstream_budget import UpstreamGate
 
 CLIPS = [{"id": "a", "score": 90, "status": "completed", "downloadUrl": "https://cdn/a"}]
 SECRET = generate_secret()
-Created = list[tuple[Watch, NewEvent, int]]
+Created = list[DeliveryClaim]
 DelivererFactory = Callable[..., Awaitable[Deliverer]]
 
 
@@ -72,9 +83,16 @@ async def make_deliverer(store: Store, settings: Settings) -> AsyncIterator[Deli
 
 
 async def created_events(
-    store: Store, base: str, n: int, *, path: str = "/hook", video: str = "vid_1"
+    store: Store,
+    base: str,
+    n: int,
+    *,
+    path: str = "/hook",
+    video: str = "vid_1",
+    deliverer: Deliverer | None = None,
 ) -> Created:
-    """*n* watches of *video* whose clips.ready was just created (by "our poller")."""
+    """*n* watches of *video* whose clips.ready was just created -- and claimed -- by "our
+    poller" (which hands the video's clips to *deliverer*, as the worker's poller does)."""
     watches = [
         Watch(
             id=f"wat_{video}_{i:04d}",
@@ -87,12 +105,23 @@ async def created_events(
         for i in range(n)
     ]
     await asyncio.gather(*(store.watches.create(w, expire_after_s=3600) for w in watches))
-    specs = await store.watches.specs([w.id for w in watches])
     at = now_ms()
-    made = [events.clips_ready(w, ClipSet(CLIPS), at, at) for w in specs]
-    created, at = await store.deliveries.finalize(video, made)
-    by_id = {w.id: w for w in specs}
-    return [(by_id[ev.watch_id], ev, at) for ev in created]
+    clips = ClipSet(CLIPS)
+    event = FinalEvent("clips.ready", at, "completed", clips_doc=clips.doc(), clips_ms=at)
+    if deliverer is not None:
+        deliverer.keep_clips(video, at, ClipSet.from_doc(event.clips_doc))
+    lease_s = 30.0 if deliverer is None else deliverer.claimer.lease_s
+    return await store.deliveries.finalize(
+        video, event, [w.id for w in watches], claim=n, lease_s=lease_s
+    )
+
+
+async def sim_video(sim: TestClient[web.Request, web.Application], **spec: Any) -> str:
+    """A simulator video, completed at once unless *spec* says otherwise."""
+    spec.setdefault("timeline", [{"status": "completed", "after": 0}])
+    resp = await sim.post("/_sim/videos", json=spec)
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["id"])
 
 
 async def wait_settled(store: Store, n: int, timeout: float = 10) -> dict[str, int]:
@@ -107,42 +136,63 @@ async def wait_settled(store: Store, n: int, timeout: float = 10) -> dict[str, i
 async def test_offered_events_are_delivered_without_a_read_back(
     store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
+    """What the poller claimed as it created the events goes to the lanes as it is: no
+    claim, and no read of the video's clips (the poller handed them over)."""
     rec, base = hook
     d = await make_deliverer()
-    created = await created_events(store, base, 40)
-    reads = []
-    read_back = store.deliveries.claim
+    reads: list[Any] = []
+    read_back, read_clips = store.deliveries.claim, store.deliveries.clips_doc
 
     async def counting(**kw: Any) -> Any:
         got = await read_back(**kw)
         reads.extend(got)
         return got
 
-    store.deliveries.claim = counting  # type: ignore[assignment,method-assign]
-    for w, ev, at in created:
-        d.offer([(w, ev)], at)
+    async def clips_read(video_id: str) -> Any:
+        reads.append(video_id)
+        return await read_clips(video_id)
+
+    store.deliveries.claim = counting  # type: ignore[method-assign]
+    store.deliveries.clips_doc = clips_read  # type: ignore[method-assign]
+    created = await created_events(store, base, 40, deliverer=d)
+    for claim in created:
+        d.offer([claim])
     counts = await wait_settled(store, 40)
     assert counts["delivered"] == 40
     assert rec.received() == 40 and rec.duplicates() == 0
-    assert reads == []  # every one claimed as offered, none read back from Redis
-    attempt = (await store.watches.attempts(created[0][0].id))[0]
+    assert reads == []  # every one sent as claimed, nothing read back from Redis
+    w = created[0].watch
+    assert w is not None
+    attempt = (await store.watches.attempts(w))[0]
     assert attempt["statusCode"] == 204 and attempt["attempt"] == 1
 
 
-async def test_offers_taken_by_another_worker_are_left_to_it(
+async def test_what_a_fan_out_did_not_claim_is_sent_by_any_worker(
     store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
+    """A fan-out claims only what its deliverer has room for; another worker claims the
+    rest from the schedule and builds their bodies from the video's stored clips (one read
+    per video): every event arrives once, with the clips its filters pass."""
     rec, base = hook
-    created = await created_events(store, base, 10)
-    taken = {w.id for w, _, _ in created[:4]}
-    await store.redis.zadd(c.DELIVERY_SCHEDULE_KEY, dict.fromkeys(taken, now_ms() + 60_000))
-    d = await make_deliverer()
-    d.offer([(w, ev) for w, ev, _ in created], created[0][2])
-    await wait_settled(store, 6)
-    await asyncio.sleep(0.2)
-    got = {e.event["data"]["watchId"] for e in rec.events}
-    assert got == {w.id for w, _, _ in created} - taken
-    assert (await store.watches.counts())["delivering"] == 4  # still the other worker's
+    mine = await make_deliverer()
+    created = await created_events(store, base, 30, deliverer=mine)
+    handed = created[:10]
+    await store.deliveries.extend([c.watch_id for c in created[10:]], created[0].deadline_ms, 0)
+    reads: list[str] = []
+    read_clips = store.deliveries.clips_doc
+
+    async def clips_read(video_id: str) -> Any:
+        reads.append(video_id)
+        return await read_clips(video_id)
+
+    store.deliveries.clips_doc = clips_read  # type: ignore[method-assign]
+    await make_deliverer()  # another worker
+    mine.offer(handed)
+    assert (await wait_settled(store, 30))["delivered"] == 30
+    await asyncio.sleep(0.1)
+    assert rec.received() == 30 and rec.duplicates() == 0
+    assert reads == ["vid_1"]  # the other worker read the clips once
+    assert {e.event["data"]["clips"][0]["id"] for e in rec.events} == {"a"}
 
 
 async def test_a_queued_job_whose_claim_was_taken_over_is_not_sent(
@@ -153,13 +203,13 @@ async def test_a_queued_job_whose_claim_was_taken_over_is_not_sent(
     rec, base = hook
     rec.script("/slow", [204], delay=0.5)
     d = await make_deliverer(delivery_concurrency=1, lease=2.5, delivery_timeout=2)
-    slow = await created_events(store, base, 1, path="/slow")
-    await asyncio.sleep(0.01)
-    rest = await created_events(store, base, 3, video="vid_2")
-    d.offer([(w, ev) for w, ev, _ in slow + rest], slow[0][2])
-    # one lane claims two at a time: the slow one is on the wire, the next one is queued
+    slow = await created_events(store, base, 1, path="/slow", deliverer=d)
+    rest = await created_events(store, base, 3, video="vid_2", deliverer=d)
+    d.offer(slow)
+    d.offer(rest)
+    # one lane claims up to four at a time: the slow one is on the wire, the next queued
     await asyncio.sleep(0.2)
-    victim = rest[0][0].id
+    victim = rest[0].watch_id
     assert victim in {job.watch.id for job in d.claimer.jobs}
     theirs = now_ms() + 60_000
     await store.redis.zadd(c.DELIVERY_SCHEDULE_KEY, {victim: theirs})
@@ -176,8 +226,8 @@ async def test_stop_hands_back_the_claims_of_jobs_never_started(
     rec, base = hook
     rec.script("/hook", [204] * 5, delay=1.5)
     d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=2)
-    created = await created_events(store, base, 5)
-    d.offer([(w, ev) for w, ev, _ in created], created[0][2])
+    created = await created_events(store, base, 5, deliverer=d)
+    d.offer(created)
     await asyncio.sleep(0.3)  # one on the wire, four queued
     stopped_at = now_ms()
     await d.stop(0.2)  # shorter than the attempt on the wire: it is cut
@@ -194,17 +244,138 @@ async def test_a_callback_the_policy_now_refuses_is_retried_unsent(
 ) -> None:
     rec, base = hook
     d = await make_deliverer(callback_allow=CallbackAllow())  # loopback no longer opened
-    created = await created_events(store, base, 3)
-    d.offer([(w, ev) for w, ev, _ in created], created[0][2])
+    created = await created_events(store, base, 3, deliverer=d)
+    d.offer(created)
     deadline = time.monotonic() + 5
-    ids = [w.id for w, _, _ in created]
+    watches = [cl.watch for cl in created if cl.watch is not None]
     while time.monotonic() < deadline:
-        if all(await asyncio.gather(*(store.watches.attempts(i) for i in ids))):
+        if all(await asyncio.gather(*(store.watches.attempts(w) for w in watches))):
             break
         await asyncio.sleep(0.02)
-    for w, _, _ in created:
-        (attempt,) = await store.watches.attempts(w.id)
+    for w in watches:
+        (attempt,) = await store.watches.attempts(w)
         assert attempt["statusCode"] is None
         assert attempt["error"].startswith("refused: callback ")
     assert rec.received() == 0
     assert (await store.watches.counts())["delivering"] == 3  # retried later, not failed
+
+
+# --- bodies: the same bytes on every retry, fresh links after a refresh --------------------
+
+
+async def test_every_retry_sends_the_same_bytes_until_the_links_are_refreshed(
+    store: Store,
+    sim: TestClient[web.Request, web.Application],
+    hook: tuple[Receiver, str],
+    make_worker: WorkerFactory,
+) -> None:
+    """A body is built from the watch and the video's stored clips wherever it is sent:
+    every retry carries the same bytes (and the same ``webhook-id``); a retry made more than
+    RELAY_LINK_REFRESH after the clips were fetched fetches them again, and that attempt
+    and those after it carry the refreshed links -- the rest of the body unchanged."""
+    rec, base = hook
+    rec.script("/flaky", [500, 500, 500, 204])
+    vid = await sim_video(sim, clips=[{"score": 90}, {"score": 70}])
+    await make_worker(retry_schedule=(0.2, 1.6, 0.2), link_refresh=1.0)
+    w = Watch(
+        id="wat_" + "r" * 24,
+        tenant="acme",
+        video_id=vid,
+        callback_url=base + "/flaky",
+        secrets=[SecretEntry(SECRET)],
+        created_ms=now_ms(),
+    )
+    await store.watches.create(w, expire_after_s=3600)
+    await wait_settled(store, 1, timeout=20)
+    sent = rec.bodies("/flaky")
+    assert [status for _, _, status in sent] == [500, 500, 500, 204]
+    assert {webhook_id for webhook_id, _, _ in sent} == {event_id(w.id, "clips.ready")}
+    first, second, third, fourth = (body for _, body, _ in sent)
+    assert first == second  # a plain retry: byte for byte
+    assert third == fourth  # after the refresh: the refreshed body, again byte for byte
+    assert third != first
+    old, new = orjson.loads(first), orjson.loads(third)
+    urls = [clip.pop("downloadUrl") for clip in old["data"]["clips"]]
+    fresh = [clip.pop("downloadUrl") for clip in new["data"]["clips"]]
+    assert all(a != b for a, b in zip(urls, fresh, strict=True))
+    for clip in (*old["data"]["clips"], *new["data"]["clips"]):
+        clip.pop("thumbnailUrl", None)
+    assert old == new  # only the links changed: same timestamp, clips, metadata
+
+
+# --- a fan-out cut short between two chunks -----------------------------------------------
+
+
+async def test_a_fan_out_cut_between_chunks_is_finished_by_another_worker(
+    redis_server: RedisServer,
+    store: Store,
+    settings: Settings,
+    sim: TestClient[web.Request, web.Application],
+    hook: tuple[Receiver, str],
+    make_worker: WorkerFactory,
+) -> None:
+    """A worker dies between two chunks of a video's fan-out (here: it stops for good
+    inside its third finalize call, holding the video's claim and the events it claimed
+    for itself). Another worker takes the video over after the lease, creates only the
+    events still missing, and sends the dead worker's claimed ones after their lease: every
+    watch gets its event exactly once, with one event id each."""
+    rec, base = hook
+    n = 500  # chunks of 32, 64, 128, 200, 76
+    vid = await sim_video(sim, clips=[{"score": 90}])
+    watches = [
+        Watch(
+            id=f"wat_cut_{i:04d}",
+            tenant="acme",
+            video_id=vid,
+            callback_url=base + "/hook",
+            secrets=[SecretEntry(SECRET)],
+            created_ms=now_ms(),
+        )
+        for i in range(n)
+    ]
+    for start in range(0, n, 100):
+        await asyncio.gather(
+            *(store.watches.create(w, expire_after_s=3600) for w in watches[start : start + 100])
+        )
+    # the worker that dies: a poller whose deliverer is gone with it
+    dead_redis = Redis.from_url(redis_server.url, decode_responses=True)
+    dead_store = Store(dead_redis)
+    frozen = asyncio.Event()
+    real = dead_store.deliveries.finalize
+    calls = 0
+
+    async def finalize(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            frozen.set()
+            await asyncio.Event().wait()  # dead from here on
+        return await real(*args, **kwargs)
+
+    dead_store.deliveries.finalize = finalize  # type: ignore[method-assign]
+    session = aiohttp.ClientSession()
+    upstream = UpstreamClient(
+        session, settings.scalereach_base_url, settings.scalereach_api_key, 2.0
+    )
+    dead = Poller(dead_store, upstream, UpstreamGate(dead_store.limits, 1000), settings)
+    lost: list[str] = []
+    dead.on_events = lambda claims: lost.extend(cl.watch_id for cl in claims)
+    dead.room = lambda: 50  # it had room for some, and claimed them as it created them
+    dead.start()
+    try:
+        await asyncio.wait_for(frozen.wait(), 10)
+        counts = await store.watches.counts()
+        assert counts["delivering"] == 32 + 64 and counts["watching"] == n - 96
+        assert len(lost) == 32 + 50
+        await make_worker()  # takes over after the lease (3 s here)
+        await rec.wait_for(n, 30)
+        await asyncio.sleep(0.3)
+    finally:
+        await dead.stop(0.1)
+        await session.close()
+        await dead_redis.aclose()
+    assert rec.received() == n and rec.duplicates() == 0
+    assert rec.unique_ids() == {event_id(w.id, "clips.ready") for w in watches}
+    counts = await store.watches.counts()
+    assert counts["delivered"] == n and counts["watching"] == counts["delivering"] == 0
+    assert await store.redis.hget(c.SOURCE_KEY.format(vid), "refs") == str(n)  # type: ignore[misc]

@@ -24,8 +24,10 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from relay import constants as c
+from relay.domain import events
+from relay.domain.clips import ClipSet
 from relay.domain.clock import now_ms
-from relay.domain.delivery import NewEvent
+from relay.domain.delivery import DeliveryClaim
 from relay.domain.watch import SecretEntry, Watch
 from relay.http.upstream import UpstreamClient
 from relay.settings import Settings
@@ -39,18 +41,26 @@ INTERVAL = 0.1
 
 
 class Fanout:
-    """What a poller handed on: every created event, with when it was created."""
+    """What a poller handed on (it claims every event it creates here): every created
+    event's watch, with when the event was made, and the clips the bodies are built from."""
 
     def __init__(self) -> None:
-        self.events: dict[str, tuple[NewEvent, int]] = {}
+        self.events: dict[str, tuple[Watch, int]] = {}
+        self.clips: dict[str, ClipSet] = {}
 
-    def offer(self, created: Sequence[tuple[Watch, NewEvent]], at_ms: int) -> None:
-        for watch, event in created:
+    def offer(self, claims: Sequence[DeliveryClaim]) -> None:
+        for claim in claims:
+            watch = claim.watch
+            assert watch is not None and claim.deadline_ms
             assert watch.id not in self.events, f"two events for {watch.id}"
-            self.events[watch.id] = (event, at_ms)
+            self.events[watch.id] = (watch, watch.final_ms or 0)
+
+    def keep_clips(self, video_id: str, fetched_ms: int, clips: ClipSet) -> None:
+        self.clips[video_id] = clips
 
     def body(self, watch_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = orjson.loads(self.events[watch_id][0].body)
+        watch = self.events[watch_id][0]
+        data: dict[str, Any] = orjson.loads(events.body(watch, self.clips.get(watch.video_id)))
         return data
 
 
@@ -76,6 +86,8 @@ async def make_poller(store: Store, settings: Settings) -> AsyncIterator[PollerF
         poller = Poller(store, upstream, UpstreamGate(store.limits, s.upstream_rps), s)
         fanout = Fanout()
         poller.on_events = fanout.offer
+        poller.on_clips = fanout.keep_clips
+        poller.room = lambda: 1_000_000
         poller.start()
         pollers.append(poller)
         return poller, fanout
@@ -177,12 +189,6 @@ async def test_an_unknown_status_counts_as_still_processing(
     await eventually(lambda: len(fanout.events) == 2, what="clips.ready after completed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the poller writes videoStatus/videoProgress to the watches only when the "
-    "status or progress changes, so a watch joining a video already polled shows null "
-    "(and its watch.expired carries null) until the upstream status changes",
-)
 async def test_a_watch_joining_a_polled_video_shows_the_status_seen(
     store: Store, sim: Client, make_poller: PollerFactory
 ) -> None:

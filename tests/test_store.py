@@ -1,24 +1,25 @@
 """The store's claim and fan-out primitives (relay/store/, its commands/*.lua) on a real Redis.
 
-The worker tests drive these end to end; here each rule is pinned on its own: a delivery
-held in memory is claimed exactly when a read-back claim would claim it, a claim's deadline is
-its token, and event creation is idempotent.
+The worker tests drive these end to end; here each rule is pinned on its own: a fan-out
+claims for its worker exactly what it was told to and schedules the rest, a claim's
+deadline is its token, event creation is idempotent, a video's clips are stored once, a
+watch (with its attempt records) stays one compact hash, and the per-tenant counts and
+indexes follow every transition.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
-import orjson
 import pytest
 from redis.asyncio import Redis
 
 from relay import constants as c
-from relay.domain import events
+from relay.domain import attempts, events
 from relay.domain.clips import ClipSet
 from relay.domain.clock import now_ms
-from relay.domain.delivery import AttemptResult, NewEvent
+from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent
+from relay.domain.ids import event_id
 from relay.domain.watch import SecretEntry, Watch
 from relay.store import SCRIPT_BATCH, Store
 
@@ -28,12 +29,14 @@ CLIPS = [
 ]
 
 
-async def registered(store: Store, n: int, video: str = "vid_1") -> list[Watch]:
+async def registered(
+    store: Store, n: int, video: str = "vid_1", tenant: str = "acme"
+) -> list[Watch]:
     """*n* watches of *video*, stored as the API stores them."""
     watches = [
         Watch(
-            id=f"wat_{video}_{i:04d}",
-            tenant="acme",
+            id=f"wat_{video}_{tenant}_{i:04d}",
+            tenant=tenant,
             video_id=video,
             callback_url="http://127.0.0.1:9/hook",
             min_score=float(i % 100),
@@ -47,22 +50,24 @@ async def registered(store: Store, n: int, video: str = "vid_1") -> list[Watch]:
     return watches
 
 
-async def fan_out(store: Store, watches: list[Watch]) -> tuple[list[tuple[Watch, bytes]], int]:
-    """Create every watch's clips.ready as the poller does; the created ones, as held in
-    memory by the deliverer after an offer."""
-    specs = await store.watches.specs([w.id for w in watches])
-    by_id = {w.id: w for w in specs}
-    clips = ClipSet(CLIPS)
-    held: list[tuple[Watch, bytes]] = []
-    at = now_ms()
-    for start in range(0, len(specs), 200):
-        made = [events.clips_ready(w, clips, at, at) for w in specs[start : start + 200]]
-        created, at = await store.deliveries.finalize(watches[0].video_id, made)
-        for ev in created:
-            w = by_id[ev.watch_id]
-            w.begin_event(ev, at)
-            held.append((w, ev.body))
-    return held, at
+def clips_ready(at: int | None = None) -> FinalEvent:
+    at = now_ms() if at is None else at
+    doc = ClipSet(CLIPS).doc()
+    return FinalEvent("clips.ready", at, video_status="completed", clips_doc=doc, clips_ms=at)
+
+
+async def fan_out(
+    store: Store, watches: list[Watch], *, claim: int = 0, event: FinalEvent | None = None
+) -> list[DeliveryClaim]:
+    """Give every watch its clips.ready as the poller does, in chunks of 200."""
+    event = event or clips_ready()
+    made: list[DeliveryClaim] = []
+    ids = [w.id for w in watches]
+    for start in range(0, len(ids), 200):
+        made += await store.deliveries.finalize(
+            watches[0].video_id, event, ids[start : start + 200], claim=claim, lease_s=30
+        )
+    return made
 
 
 @pytest.fixture
@@ -72,72 +77,56 @@ def store(redis: Redis) -> Store:
 
 async def test_finalize_returns_what_it_created_and_is_idempotent(store: Store) -> None:
     watches = await registered(store, 5)
-    held, _ = await fan_out(store, watches)
-    assert len(held) == 5
-    again, _ = await fan_out(store, watches)  # a second worker, or a re-run after a crash
-    assert again == []
+    made = await fan_out(store, watches)
+    assert [m.watch_id for m in made] == [w.id for w in watches]
+    assert await fan_out(store, watches) == []  # a second worker, or a re-run after a crash
     counts = await store.watches.counts()
     assert counts["delivering"] == 5 and counts["watching"] == 0
+    assert (await store.watches.tenant_counts("acme"))["delivering"] == 5
     stored = await store.watches.get(watches[0].id)
     assert stored is not None and stored.status == "delivering"
-    assert stored.event_id == held[0][0].event_id == events.event_id(watches[0].id, "clips.ready")
-
-
-async def test_finalize_refuses_events_that_are_not_alike(store: Store) -> None:
-    a = NewEvent("wat_a", "evt_a", "clips.ready", b"{}", "completed", 1)
-    b = NewEvent("wat_b", "evt_b", "video.failed", b"{}", "failed")
-    with pytest.raises(ValueError, match="alike"):
-        await store.deliveries.finalize("vid_1", [a, b])
+    assert made[0].watch is not None
+    assert stored.event_id == made[0].watch.event_id == event_id(watches[0].id, "clips.ready")
+    assert await store.redis.scard(c.VIDEO_WATCHES_KEY.format("vid_1")) == 0
     with pytest.raises(ValueError, match="at most"):
-        await store.deliveries.finalize("vid_1", [a] * (SCRIPT_BATCH + 1))
+        await store.deliveries.finalize("vid_1", clips_ready(), ["w"] * (SCRIPT_BATCH + 1))
 
 
-async def test_begin_event_matches_what_finalize_stored(store: Store) -> None:
-    """A watch handed over in memory looks exactly like the same watch read back."""
-    held, _ = await fan_out(store, await registered(store, 1))
-    mine, body = held[0]
-    [claim] = await store.deliveries.claim(limit=10, lease_s=30)
-    read, read_body = claim.watch, claim.body
-    assert read is not None and read_body == body
-    for name in ("id", "status", "event_id", "event_type", "attempt", "final_ms", "clips_ms"):
-        assert getattr(mine, name) == getattr(read, name), name
-
-
-async def test_claim_known_claims_what_a_read_back_claim_would(store: Store) -> None:
+async def test_finalize_claims_what_it_is_told_and_schedules_the_rest(store: Store) -> None:
+    """The poller claims as many events as its deliverer has room for (sent without a
+    read-back); the others are due at once for any worker. Every id of the call leaves the
+    video's waiting set, even one with no watch behind it."""
     watches = await registered(store, 6)
-    held, _ = await fan_out(store, watches)
-    w_taken, w_cancelled, w_rotated = held[0][0], held[1][0], held[2][0]
-    # another worker claims one (its score is its lease deadline now)
-    await store.redis.zadd(c.DELIVERY_SCHEDULE_KEY, {w_taken.id: now_ms() + 30_000})
-    # one is cancelled, one has its secret rotated since the offer
-    await store.watches.cancel(w_cancelled)
-    await store.watches.rotate_secret(w_rotated.id, "whsec_new_one", 60)
-
-    claimed = await store.deliveries.claim_known(held, lease_s=30)
-    got = {cl.watch_id: (cl.watch, cl.body, cl.deadline_ms) for cl in claimed}
-    assert set(got) == {w.id for w, _ in held} - {w_taken.id, w_cancelled.id}
-    w, _, deadline = got[w_rotated.id]
-    assert w is not None and [s.sealed for s in w.secrets] == ["whsec_new_one", "whsec_secret_2"]
-    # claimed as a read-back claim claims: the score is the lease deadline, nothing is due
-    assert await store.deliveries.claim(limit=10, lease_s=30) == []
-    assert await store.redis.zscore(c.DELIVERY_SCHEDULE_KEY, w_rotated.id) == deadline
-    # and claiming again finds nothing due
-    assert await store.deliveries.claim_known(held, lease_s=30) == []
+    await store.redis.sadd(c.VIDEO_WATCHES_KEY.format("vid_1"), "wat_gone")
+    ids = [w.id for w in watches] + ["wat_gone"]
+    before = now_ms()
+    made = await store.deliveries.finalize("vid_1", clips_ready(), ids, claim=4, lease_s=30)
+    assert [m.deadline_ms > before + 20_000 for m in made] == [True] * 4 + [False] * 2
+    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert sorted(m for m, s in scores.items() if s <= now_ms()) == sorted(ids[4:6])
+    assert await store.redis.scard(c.VIDEO_WATCHES_KEY.format("vid_1")) == 0
+    # what is due is claimed by anyone; what was claimed is not
+    claimed = await store.deliveries.claim(limit=10, lease_s=30)
+    assert sorted(cl.watch_id for cl, _ in claimed) == sorted(ids[4:6])
 
 
-async def test_claim_known_skips_a_watch_on_another_event(store: Store) -> None:
-    held, _ = await fan_out(store, await registered(store, 1))
-    w, body = held[0]
-    stale = dataclasses.replace(w, event_id="evt_" + "x" * 24)
-    assert await store.deliveries.claim_known([(stale, body)], lease_s=30) == []
-    assert len(await store.deliveries.claim_known([(w, body)], lease_s=30)) == 1
+async def test_a_fan_out_watch_matches_the_same_watch_read_back(store: Store) -> None:
+    """A watch handed over in memory looks exactly like the same watch claimed from Redis
+    (so its body is the same bytes, whoever builds it)."""
+    (mine,) = [m.watch for m in await fan_out(store, await registered(store, 1))]
+    [(claim, fetched)] = await store.deliveries.claim(limit=10, lease_s=30)
+    read = claim.watch
+    assert mine is not None and read is not None
+    read.clips_ms = fetched
+    assert read == mine
+    clips = ClipSet.from_doc(ClipSet(CLIPS).doc())
+    assert events.body(read, clips) == events.body(mine, clips)
 
 
 async def test_a_claims_deadline_is_its_token(store: Store) -> None:
-    held, _ = await fan_out(store, await registered(store, 3))
-    claimed = await store.deliveries.claim_known(held, lease_s=30)
-    ids = [cl.watch_id for cl in claimed]
-    deadline = claimed[0].deadline_ms
+    made = await fan_out(store, await registered(store, 3), claim=3)
+    ids = [m.watch_id for m in made]
+    deadline = made[0].deadline_ms
     ours, renewed = await store.deliveries.extend(ids, deadline, 60)
     assert ours == set(ids) and renewed > deadline
     # the old token no longer works: somebody holding it lost the claim
@@ -147,44 +136,140 @@ async def test_a_claims_deadline_is_its_token(store: Store) -> None:
     back, _ = await store.deliveries.extend(ids[:2], renewed, 0)
     assert back == set(ids[:2])
     again = await store.deliveries.claim(limit=10, lease_s=30)
-    assert sorted(cl.watch_id for cl in again) == sorted(ids[:2])
+    assert sorted(cl.watch_id for cl, _ in again) == sorted(ids[:2])
+
+
+async def test_a_videos_clips_are_stored_once_with_a_reference_per_event(store: Store) -> None:
+    """One clips document per video, whatever the fan-out: written by the first chunk that
+    creates an event, referenced by each event; a refresh replaces it only with a newer
+    fetch, and never creates one nobody refers to."""
+    watches = await registered(store, 450)
+    event = clips_ready()
+    await fan_out(store, watches, event=event)
+    key = c.SOURCE_KEY.format("vid_1")
+    stored = await store.redis.hgetall(key)  # type: ignore[misc]
+    assert stored == {"doc": event.clips_doc.decode(), "at": str(event.clips_ms), "refs": "450"}
+    assert await store.deliveries.clips_doc("vid_1") == (event.clips_doc, event.clips_ms)
+    assert not await store.deliveries.refresh_clips("vid_1", b"[]", (event.clips_ms or 0) - 1)
+    assert await store.deliveries.refresh_clips("vid_1", b"[1]", (event.clips_ms or 0) + 1)
+    assert await store.deliveries.clips_doc("vid_1") == (b"[1]", (event.clips_ms or 0) + 1)
+    assert not await store.deliveries.refresh_clips("vid_none", b"[]", now_ms())
+    assert not await store.redis.exists(c.SOURCE_KEY.format("vid_none"))
+    # nothing per watch holds a body
+    assert [k async for k in store.redis.scan_iter("cr:e:*")] == []
+
+
+async def test_a_fan_out_where_nothing_is_created_stores_no_clips(store: Store) -> None:
+    watches = await registered(store, 2)
+    for w in watches:
+        await store.watches.cancel(w)
+    assert await fan_out(store, watches) == []
+    assert not await store.redis.exists(c.SOURCE_KEY.format("vid_1"))
 
 
 async def test_settle_in_several_script_calls_moves_every_watch_on(store: Store) -> None:
     n = SCRIPT_BATCH + 5
-    held, _ = await fan_out(store, await registered(store, n, video="big"))
+    made = await fan_out(store, await registered(store, n, video="big"))
     later = now_ms() + 60_000
     results = [
         AttemptResult(
-            w.id,
-            w.event_id,
+            m.watch_id,
+            "clips.ready",
             "retry" if i % 2 else "ok",
-            {"eventId": w.event_id, "attempt": 1, "statusCode": 500 if i % 2 else 204},
+            attempts.record(1, now_ms(), 500 if i % 2 else 204, None, 1.5, None),
             1,
             later if i % 2 else 0,
             "HTTP 500" if i % 2 else "",
         )
-        for i, (w, _) in enumerate(held)
+        for i, m in enumerate(made)
     ]
     statuses = await store.deliveries.settle(results)
     assert statuses == ["delivering" if i % 2 else "delivered" for i in range(n)]
     counts = await store.watches.counts()
     assert counts["delivered"] == (n + 1) // 2 and counts["delivering"] == n // 2
+    assert await store.watches.tenant_counts("acme") == {**counts}
     scheduled = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
-    assert set(scheduled) == {w.id for i, (w, _) in enumerate(held) if i % 2}
+    assert set(scheduled) == {m.watch_id for i, m in enumerate(made) if i % 2}
     assert set(scheduled.values()) == {later}
-    retried = await store.watches.get(held[1][0].id)
+    delivered = c.TENANT_FINAL_KEY.format("acme", "delivered")
+    assert await store.redis.zcard(delivered) == (n + 1) // 2
+    retried = await store.watches.get(made[1].watch_id)
     assert retried is not None and retried.last_error == "HTTP 500" and retried.attempt == 1
-    record = await store.watches.attempts(held[0][0].id)
-    assert record == [orjson.loads(orjson.dumps(results[0].record))]
+    first = made[0].watch
+    assert first is not None
+    (record,) = await store.watches.attempts(first)
+    assert record["eventId"] == first.event_id and record["eventType"] == "clips.ready"
+    assert (record["attempt"], record["statusCode"], record["latencyMs"]) == (1, 204, 1.5)
 
 
 async def test_settle_keeps_the_newest_attempt_records(store: Store) -> None:
-    held, _ = await fan_out(store, await registered(store, 1))
-    w = held[0][0]
+    (made,) = await fan_out(store, await registered(store, 1))
+    w = made.watch
+    assert w is not None
     for n in range(c.MAX_ATTEMPTS_KEPT + 3):
-        result = AttemptResult(w.id, w.event_id, "retry", {"n": n}, n + 1, now_ms() + 1000)
-        await store.deliveries.settle([result])
-    kept = await store.watches.attempts(w.id)
+        rec = attempts.record(n + 1, now_ms(), 500, None, 1.0, f"n{n}")
+        await store.deliveries.settle(
+            [AttemptResult(w.id, "clips.ready", "retry", rec, n + 1, now_ms() + 1000)]
+        )
+    kept = await store.watches.attempts(w)
     assert len(kept) == c.MAX_ATTEMPTS_KEPT
-    assert kept[0] == {"n": 3} and kept[-1] == {"n": c.MAX_ATTEMPTS_KEPT + 2}
+    assert kept[0]["responseBody"] == "n3" and kept[-1]["attempt"] == c.MAX_ATTEMPTS_KEPT + 3
+
+
+async def test_a_watch_is_one_compact_hash_through_its_life(store: Store) -> None:
+    """Registered, given its event and delivered (a 2xx attempt recorded), a watch with an
+    ordinary callback URL is one listpack-encoded hash: no event body, no attempt list."""
+    (w,) = await registered(store, 1)
+    key = c.WATCH_KEY.format(w.id)
+    assert await store.redis.object("encoding", key) == "listpack"
+    await fan_out(store, [w])
+    rec = attempts.record(1, now_ms(), 204, None, 3.25, None)
+    await store.deliveries.settle([AttemptResult(w.id, "clips.ready", "ok", rec, 1)])
+    assert await store.redis.object("encoding", key) == "listpack"
+    owned = {k async for k in store.redis.scan_iter(f"*{w.id}*")}
+    assert owned == {key}
+    got = await store.watches.get(w.id)
+    assert got is not None and got.status == "delivered" and got.delivered_ms
+
+
+async def test_cancel_and_redeliver_keep_the_tenant_counts_and_indexes(store: Store) -> None:
+    a, b, other = await registered(store, 3)
+    await fan_out(store, [a, b])
+    rec = attempts.record(1, now_ms(), 500, None, 1.0, None)
+    await store.deliveries.settle(
+        [
+            AttemptResult(a.id, "clips.ready", "failed", rec, 1, 0, "HTTP 500"),
+            AttemptResult(b.id, "clips.ready", "ok", rec, 1),
+        ]
+    )
+    failed = c.TENANT_FINAL_KEY.format("acme", "failed")
+    assert await store.redis.zrange(failed, 0, -1) == [a.id]
+    assert await store.watches.redeliver(a.id) == "ok"
+    assert await store.redis.zcard(failed) == 0
+    await store.watches.cancel(b)
+    await store.watches.cancel(other)
+    assert await store.redis.zcard(c.TENANT_FINAL_KEY.format("acme", "delivered")) == 0
+    cancelled = await store.redis.zrange(c.TENANT_FINAL_KEY.format("acme", "cancelled"), 0, -1)
+    assert sorted(cancelled) == sorted([b.id, other.id])
+    assert await store.watches.tenant_counts("acme") == {
+        "watching": 0,
+        "delivering": 1,
+        "delivered": 0,
+        "failed": 0,
+        "disabled": 0,
+        "cancelled": 2,
+    }
+    assert await store.watches.counts() == await store.watches.tenant_counts("acme")
+
+
+async def test_a_watch_shows_its_videos_last_status_until_its_own(store: Store) -> None:
+    (w,) = await registered(store, 1)
+    await store.redis.hset(
+        c.VIDEO_KEY.format("vid_1"), mapping={"status": "analyzing", "progress": "40.0"}
+    )  # type: ignore[misc]
+    got = await store.watches.get(w.id)
+    assert got is not None and (got.video_status, got.video_progress) == ("analyzing", 40.0)
+    await store.watches.cancel(w)
+    await store.redis.delete(c.VIDEO_KEY.format("vid_1"))
+    got = await store.watches.get(w.id)
+    assert got is not None and (got.video_status, got.video_progress) == ("analyzing", 40.0)

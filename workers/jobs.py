@@ -9,10 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from relay import logs
-from relay.domain import events
 from relay.domain.clock import now_ms
-from relay.domain.delivery import NewEvent
-from relay.domain.watch import Watch
 from relay.store import Store
 
 log = logs.get("workers.jobs")
@@ -25,11 +22,7 @@ async def expire_watch(ctx: dict[str, Any], watch_id: str) -> bool:
     Idempotent: a watch that already has its final event, or was cancelled, is left alone.
     """
     store: Store = ctx[STORE]
-
-    def expired(w: Watch) -> NewEvent:
-        return events.watch_expired(w, now_ms())
-
-    created = await store.deliveries.expire(watch_id, expired)
+    created = await store.deliveries.expire(watch_id, now_ms())
     if created:
         log.info("watch expired", watch_id=watch_id)
     return created

@@ -20,16 +20,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relay import constants as c
 from relay import logs
 from relay.domain import events
 from relay.domain.clips import ClipSet, is_settled, pending
 from relay.domain.clock import now_ms
-from relay.domain.delivery import NewEvent
+from relay.domain.delivery import DeliveryClaim, FinalEvent
 from relay.domain.video import VideoState
-from relay.domain.watch import Watch
 from relay.http.upstream import Reply, UpstreamClient
 from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
@@ -38,21 +37,23 @@ from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
 
 log = logs.get("workers.poller")
-FINALIZE_CHUNK = 200  # watches loaded, given their events and handed on per round, at most
+FINALIZE_CHUNK = 200  # watches given their events and handed on per round, at most
 FIRST_CHUNK = 32  # the first rounds are smaller (doubling), so delivery starts at once
 
-Created = Callable[[Sequence[tuple[Watch, NewEvent]], int], None]
-"""Called with the events a fan-out round created (and when): the worker's deliverer."""
+Created = Callable[[Sequence[DeliveryClaim]], None]
+"""Called with the events a fan-out round created and claimed for this worker: the
+deliverer's offer."""
 
 
 @dataclass(slots=True)
 class Final:
-    """A video's final outcome: how to make each waiting watch's event. The events are
-    made a chunk at a time, so the first webhooks leave while a large fan-out is still
-    being created."""
+    """A video's final outcome: the event every waiting watch gets. The events are made a
+    chunk at a time, so the first webhooks leave while a large fan-out is still being
+    created."""
 
-    make: Callable[[Watch, int], NewEvent]  # (watch, at ms) -> its event
-    loaded: dict[str, Watch] | None = None  # the watches, when deciding needed them already
+    event: FinalEvent
+    clips: ClipSet | None = None  # clips.ready: the clips its bodies are built from
+    watch_ids: Sequence[str] | None = None  # the waiting watches, when deciding read them
 
 
 @dataclass(slots=True)
@@ -60,14 +61,12 @@ class Step:
     """What one poll decided for a video."""
 
     state: VideoState
-    watch_ids: Sequence[str]
     next_ms: int | None = None  # poll again then
     final: Final | None = None  # give every watch its event, and stop polling
-    changed: bool = False  # watches should show the new status/progress
     dropped: bool = False  # nobody waits on the video any more: nothing to write
 
 
-Claimed = tuple[VideoState, list[str]]
+Claimed = tuple[VideoState, int]  # a video's poll state, and how many watches wait on it
 
 
 class Poller(Pump[Claimed]):
@@ -86,7 +85,9 @@ class Poller(Pump[Claimed]):
         self.gate = gate
         self.settings = settings
         self.polls = 0  # status/clips requests made (for benchmarks and tests)
-        self.on_events: Created = lambda created, at_ms: None  # (the deliverer's offer)
+        self.on_events: Created = lambda claims: None  # (the deliverer's offer)
+        self.room: Callable[[], int] = lambda: 0  # claims the deliverer can take now
+        self.on_clips: Callable[[str, int, ClipSet], None] = lambda vid, at, clips: None
 
     async def claim(self, limit: int) -> Sequence[Claimed]:
         """Claim due videos with their poll state and waiting watches (none while the
@@ -97,43 +98,38 @@ class Poller(Pump[Claimed]):
 
     async def work(self, items: Sequence[Claimed], release: Callable[[], None]) -> None:
         """Poll a batch of videos; write every result back in one round trip."""
-        loaded = items
         results = await asyncio.gather(
-            *(self._step(st, ids, release) for st, ids in loaded), return_exceptions=True
+            *(self._step(st, waiting, release) for st, waiting in items), return_exceptions=True
         )
         steps: list[Step] = []
-        for (state, _), result in zip(loaded, results, strict=True):
+        for (state, _), result in zip(items, results, strict=True):
             if isinstance(result, Step):
                 steps.append(result)
             else:  # that video's claim stays leased: it is polled again after the lease
                 log.error("poll failed", video_id=state.video_id, error=repr(result)[:300])
         await self.store.videos.save(
-            (s.state, s.next_ms, s.watch_ids, s.changed)
-            for s in steps
-            if s.final is None and not s.dropped
+            (s.state, s.next_ms) for s in steps if s.final is None and not s.dropped
         )
         for s in steps:
             if s.final is not None:
                 await self._finish(s, s.final)
 
-    async def _step(
-        self, state: VideoState, watch_ids: Sequence[str], release: Callable[[], None]
-    ) -> Step:
+    async def _step(self, state: VideoState, waiting: int, release: Callable[[], None]) -> Step:
         try:
-            return await self._poll(state, watch_ids)
+            return await self._poll(state, waiting)
         except Paused as paused:  # poll it when the pause is over, not twice then
-            return Step(state, watch_ids, next_ms=int(paused.until * 1000) + 1)
+            return Step(state, next_ms=int(paused.until * 1000) + 1)
         finally:
             release()
 
-    async def _poll(self, state: VideoState, watch_ids: Sequence[str]) -> Step:
-        if not watch_ids:
-            # every watch was cancelled or expired: stop polling (videos.drop re-checks)
-            await self.store.videos.drop(state.video_id)
-            return Step(state, watch_ids, dropped=True)
+    async def _poll(self, state: VideoState, waiting: int) -> Step:
+        if not waiting:
+            # every watch was cancelled or expired: stop polling (release re-checks)
+            await self.store.videos.release(state.video_id)
+            return Step(state, dropped=True)
         if state.phase == "render":
-            return await self._clips(state, watch_ids)
-        return await self._status(state, watch_ids)
+            return await self._clips(state)
+        return await self._status(state)
 
     async def _request(self, endpoint: str, video_id: str) -> Reply:
         # a claim must not outlive its lease waiting for a 429 pause to end
@@ -144,84 +140,90 @@ class Poller(Pump[Claimed]):
         UPSTREAM_REQUESTS.labels(endpoint, reply.kind, str(reply.http_status or 0)).inc()
         return reply
 
-    async def _status(self, state: VideoState, watch_ids: Sequence[str]) -> Step:
+    async def _status(self, state: VideoState) -> Step:
         reply = await self._request("status", state.video_id)
         if reply.kind != "ok" or reply.video is None:
-            return await self._trouble(state, watch_ids, reply)
+            return await self._trouble(state, reply)
         video = reply.video
-        before = (state.status, state.progress)
+        before = state.status
         if state.errors:
             log.info("upstream recovered", video_id=state.video_id, after_errors=state.errors)
         state.errors = state.not_found = 0
         state.status = video.status
         state.progress = video.progress if video.progress is not None else state.progress
-        changed = (state.status, state.progress) != before
-        if state.status != before[0]:
+        if state.status != before:
             log.info("video status", video_id=state.video_id, status=state.status)
         if video.status in c.VIDEO_FINAL_BAD:
             error = video.error_message or f"video {video.status}"
-            return await self._final_failed(state, watch_ids, video.status, error)
+            return self._final_failed(state, video.status, error)
         if video.status in c.VIDEO_FINAL_OK:
             state.phase = "render"
             state.completed_ms = now_ms()
-            step = await self._clips(state, watch_ids)
-            step.changed = step.changed or changed
-            return step
-        return Step(state, watch_ids, next_ms=self._next(), changed=changed)
+            return await self._clips(state)
+        return Step(state, next_ms=self._next())
 
-    async def _clips(self, state: VideoState, watch_ids: Sequence[str]) -> Step:
+    async def _clips(self, state: VideoState) -> Step:
         reply = await self._request("clips", state.video_id)
         if reply.kind != "ok":
-            return await self._trouble(state, watch_ids, reply)
+            return await self._trouble(state, reply)
         state.errors = 0
         fetched = now_ms()
         clips = ClipSet(reply.clips)
-        loaded = None
+        watch_ids = None
         if not all(is_settled(clip) for clip in clips.clips):
             # something still renders: wait for it if any watch's filters would pass it
-            watches = await self.store.watches.specs(watch_ids)
-            waiting = pending(clips.clips, (events.watch_filter(w) for w in watches))
+            watch_ids = await self.store.videos.waiting(state.video_id)
+            filters = []
+            for start in range(0, len(watch_ids), FINALIZE_CHUNK):
+                chunk = watch_ids[start : start + FINALIZE_CHUNK]
+                filters += [events.watch_filter(w) for w in await self.store.watches.specs(chunk)]
+            waiting = pending(clips.clips, filters)
             deadline = state.completed_ms + int(self.settings.render_timeout * 1000)
             if waiting and now_ms() < deadline:
-                return Step(state, watch_ids, next_ms=min(self._next(), deadline))
+                return Step(state, next_ms=min(self._next(), deadline))
             if waiting:
                 log.warning(
                     "render timeout: undeliverable clips left out",
                     video_id=state.video_id,
                     clips=waiting,
                 )
-            loaded = {w.id: w for w in watches}
+        # the bodies are built from the stored document, so every build gives the same bytes
+        doc = clips.doc()
+        event = FinalEvent(
+            "clips.ready",
+            fetched,
+            video_status=state.status,
+            video_progress=state.progress,
+            clips_doc=doc,
+            clips_ms=fetched,
+        )
+        return Step(state, final=Final(event, ClipSet.from_doc(doc), watch_ids))
 
-        def make(w: Watch, at_ms: int) -> NewEvent:
-            return events.clips_ready(w, clips, at_ms, fetched)
+    def _final_failed(self, state: VideoState, video_status: str, error: str) -> Step:
+        event = FinalEvent(
+            "video.failed",
+            now_ms(),
+            video_status=video_status,
+            video_progress=state.progress,
+            video_error=error,
+        )
+        return Step(state, final=Final(event))
 
-        return Step(state, watch_ids, final=Final(make, loaded))
-
-    async def _final_failed(
-        self, state: VideoState, watch_ids: Sequence[str], video_status: str, error: str
-    ) -> Step:
-        def make(w: Watch, at_ms: int) -> NewEvent:
-            return events.video_failed(w, video_status, error, at_ms)
-
-        return Step(state, watch_ids, final=Final(make))
-
-    async def _trouble(self, state: VideoState, watch_ids: Sequence[str], reply: Reply) -> Step:
+    async def _trouble(self, state: VideoState, reply: Reply) -> Step:
         vid = state.video_id
         if reply.kind == "not_found":
             state.not_found += 1
             if state.not_found >= c.NOT_FOUND_POLLS:
                 log.info("video not found", video_id=vid, polls=state.not_found)
                 state.status = c.NOT_FOUND_STATUS
-                return await self._final_failed(
-                    state, watch_ids, c.NOT_FOUND_STATUS, "video not found"
-                )
-            return Step(state, watch_ids, next_ms=self._next())
+                return self._final_failed(state, c.NOT_FOUND_STATUS, "video not found")
+            return Step(state, next_ms=self._next())
         if reply.kind == "rate_limited":
             wait = reply.retry_after if reply.retry_after is not None else self._interval()
             UPSTREAM_RATE_LIMITED.inc()
             log.warning("upstream rate limited", video_id=vid, retry_after=wait)
             await self.gate.pause(wait)
-            return Step(state, watch_ids, next_ms=now_ms() + int(wait * 1000) + 1)
+            return Step(state, next_ms=now_ms() + int(wait * 1000) + 1)
         state.errors += 1
         if reply.kind == "auth":
             now = now_ms()
@@ -238,47 +240,46 @@ class Poller(Pump[Claimed]):
         next_ms = self._next(backoff=state.errors)
         if reply.retry_after is not None:  # a 503 that says when to come back
             next_ms = max(next_ms, now_ms() + int(reply.retry_after * 1000))
-        return Step(state, watch_ids, next_ms=next_ms)
+        return Step(state, next_ms=next_ms)
 
     async def _finish(self, step: Step, final: Final) -> None:
         """Give every watch of the video its final event and stop polling it.
 
-        A chunk at a time, doubling from FIRST_CHUNK: load the watches (unless loaded; the
-        next chunk's load runs while this one is made and created), make their events,
-        create them (one script call), hand them to the deliverer -- so delivery starts
+        A chunk at a time, doubling from FIRST_CHUNK: one script call gives the chunk's
+        watches their event, claims as many as this worker's deliverer has room for (they
+        go to it without a read-back; the rest are due for any worker) -- so delivery starts
         after a small first chunk, not after the whole fan-out. The last chunk releases the
         video. Idempotent all the way: a worker that dies in between leaves the video
         claimed, and whoever polls it next creates only the events still missing.
         """
         vid = step.state.video_id
-        ids = step.watch_ids
-        chunks: list[Sequence[str]] = []
-        start, size = 0, FIRST_CHUNK
-        while start < len(ids) or not chunks:
-            chunks.append(ids[start : start + size])
-            start, size = start + size, min(size * 2, FINALIZE_CHUNK)
+        ids = final.watch_ids
+        if ids is None:
+            ids = await self.store.videos.waiting(vid)
+        if final.clips is not None and final.event.clips_ms is not None:
+            self.on_clips(vid, final.event.clips_ms, final.clips)
+        event = final.event
         created = 0
-        loading = self._load(final, chunks[0])
-        try:
-            for n in range(len(chunks)):
-                watches = await loading
-                last = n == len(chunks) - 1
-                if not last:
-                    loading = self._load(final, chunks[n + 1])
-                at = now_ms()
-                made = [final.make(w, at) for w in watches]
-                new, at = await self.store.deliveries.finalize(vid, made)
-                if last:
-                    # (two script calls rather than one pipeline: a pipeline of scripts costs
-                    # an extra SCRIPT EXISTS round trip, and the two need not be atomic together)
-                    await self.store.videos.release(vid, ids, at)
-                if new:
-                    by_id = {w.id: w for w in watches}
-                    self.on_events([(by_id[ev.watch_id], ev) for ev in new], at)
-                    created += len(new)
-        finally:
-            if not loading.done():
-                loading.cancel()
+        start, size = 0, FIRST_CHUNK
+        while start < len(ids) or start == 0:
+            chunk = ids[start : start + size]
+            start, size = start + size, min(size * 2, FINALIZE_CHUNK)
+            room = min(self.room(), len(chunk))
+            made = await self.store.deliveries.finalize(
+                vid, event, chunk, claim=room, lease_s=self.lease_s
+            )
+            if made and event.clips_doc:
+                event = replace(event, clips_doc=b"")  # stored: later chunks add references
+            if start >= len(ids):
+                # (two script calls rather than one pipeline: a pipeline of scripts costs an
+                # extra SCRIPT EXISTS round trip, and the two need not be atomic together)
+                await self.store.videos.release(vid, event.at_ms)
+            claimed = [m for m in made if m.deadline_ms]
+            if claimed:
+                self.on_events(claimed)
+            created += len(made)
+            if not chunk:
+                break
         log.info(
             "video final",
             video_id=vid,
@@ -286,14 +287,6 @@ class Poller(Pump[Claimed]):
             watches=len(ids),
             events=created,
         )
-
-    def _load(self, final: Final, chunk: Sequence[str]) -> asyncio.Future[list[Watch]]:
-        """The watches of *chunk*, loading in the background (or already loaded)."""
-        if final.loaded is None:
-            return asyncio.ensure_future(self.store.watches.specs(chunk))
-        future: asyncio.Future[list[Watch]] = asyncio.get_running_loop().create_future()
-        future.set_result([final.loaded[w] for w in chunk if w in final.loaded])
-        return future
 
     def _interval(self) -> float:
         return self.settings.poll_interval

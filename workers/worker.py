@@ -93,6 +93,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         gate=gate,
     )
     poller.on_events = deliverer.offer
+    poller.room = deliverer.room
+    poller.on_clips = deliverer.keep_clips
     poller.start()
     deliverer.start()
     runner = await health.serve(settings, store)

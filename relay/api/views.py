@@ -249,7 +249,7 @@ async def cancel_watch(request: web.Request) -> web.Response:
 async def list_deliveries(request: web.Request) -> web.Response:
     """``GET /v1/watches/{id}/deliveries``: every attempt, oldest first."""
     watch = await _own_watch(request)
-    return json_response({"data": await request.app[k.STORE].watches.attempts(watch.id)})
+    return json_response({"data": await request.app[k.STORE].watches.attempts(watch)})
 
 
 async def redeliver(request: web.Request) -> web.Response:

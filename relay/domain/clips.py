@@ -72,6 +72,16 @@ class ClipSet:
         self._scores: dict[str, list[float]] = {}  # per score order: its keys, ascending
         self._json: dict[tuple[int, ...], orjson.Fragment] = {}
 
+    @classmethod
+    def from_doc(cls, doc: bytes | str) -> ClipSet:
+        """The clips of a stored document (:meth:`doc`)."""
+        return cls(orjson.loads(doc))
+
+    def doc(self) -> bytes:
+        """The deliverable clips as one JSON document, stored once per video: every body
+        of the video's fan-out is built from it (nothing else of the clips reaches one)."""
+        return orjson.dumps(self._deliverable)
+
     def select(self, f: ClipFilter) -> list[Clip]:
         """What ``f.select(self.clips)`` returns."""
         order = (f.sort_by, f.sort_order)

@@ -3,38 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from relay.domain.watch import Watch
 
 
 @dataclass(slots=True)
-class NewEvent:
-    """A final event for one watch, ready to be scheduled (one per watch of a fan-out)."""
+class FinalEvent:
+    """A video's final outcome, as every waiting watch's event gets it: one type, one time.
 
-    watch_id: str
-    event_id: str
+    Nothing per watch is kept: each watch's body is built from its registration and this
+    (:func:`relay.domain.events.body`), the same bytes whenever it is built. For
+    ``clips.ready`` the video's deliverable clips are one shared document
+    (:meth:`relay.domain.clips.ClipSet.doc`), stored once per video.
+    """
+
     event_type: str
-    body: bytes
-    video_status: str = ""
-    clips_ms: int | None = None
-
-
-class EventMaker(Protocol):
-    """Makes the event of a watch (e.g. its ``watch.expired``, with the time it is made)."""
-
-    def __call__(self, watch: Watch, /) -> NewEvent: ...
+    at_ms: int  # the event's timestamp
+    video_status: str = ""  # '' : the video's last seen status (watch.expired)
+    video_progress: float | None = None
+    video_error: str = ""  # video.failed: why
+    clips_doc: bytes = b""  # clips.ready: the deliverable clips (JSON)
+    clips_ms: int | None = None  # clips.ready: when they were fetched
 
 
 # not frozen: a frozen dataclass's __init__ costs ~0.4 us more than this one, once per
 # delivery on the deliverer's tuned hot path; nothing changes a claim once it is made
 @dataclass(slots=True)
 class DeliveryClaim:
-    """A claimed delivery, as a claim script returns it."""
+    """A claimed delivery, as a claim script (or a fan-out that claims) returns it."""
 
     watch_id: str
     watch: Watch | None  # None: the watch is gone
-    body: bytes | None  # its current event's body; None: no event
     deadline_ms: int  # the claim's lease deadline, its token (``store.deliveries.extend``)
 
 
@@ -43,9 +42,9 @@ class AttemptResult:
     """The outcome of one delivery attempt, to be recorded."""
 
     watch_id: str
-    event_id: str
+    event_type: str  # the event attempted (a watch has one final event of one type)
     outcome: str  # ok | retry | failed | disabled
-    record: dict[str, Any]
+    record: bytes  # the attempt record (:func:`relay.domain.attempts.record`)
     attempt: int
     next_due_ms: int = 0
     last_error: str = ""

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from relay.domain.clips import Clip, ClipFilter, ClipSet
-from relay.domain.delivery import NewEvent
-from relay.domain.ids import event_id
 from relay.domain.watch import Watch
 
 
@@ -63,41 +60,31 @@ def clips_ready_body(w: Watch, clips: ClipSet | Sequence[Clip], at_ms: int) -> b
     return _body("clips.ready", at_ms, data)
 
 
-def clips_ready(w: Watch, clips: ClipSet | Sequence[Clip], at_ms: int, clips_ms: int) -> NewEvent:
-    """The ``clips.ready`` event of a watch."""
-    return NewEvent(
-        w.id,
-        event_id(w.id, "clips.ready"),
-        "clips.ready",
-        clips_ready_body(w, clips, at_ms),
-        video_status="completed",
-        clips_ms=clips_ms,
-    )
-
-
-def video_failed(w: Watch, video_status: str, error: str, at_ms: int) -> NewEvent:
-    """The ``video.failed`` event of a watch."""
+def video_failed_body(w: Watch, video_status: str, error: str, at_ms: int) -> bytes:
+    """``video.failed`` for one watch."""
     data = _base(w)
     data.update({"videoStatus": video_status, "error": error})
-    return NewEvent(
-        w.id,
-        event_id(w.id, "video.failed"),
-        "video.failed",
-        _body("video.failed", at_ms, data),
-        video_status=video_status,
-    )
+    return _body("video.failed", at_ms, data)
 
 
-def watch_expired(w: Watch, at_ms: int) -> NewEvent:
-    """The ``watch.expired`` event of a watch."""
+def watch_expired_body(w: Watch, at_ms: int) -> bytes:
+    """``watch.expired`` for one watch: the video's last seen status and progress."""
     data = _base(w)
     data.update({"videoStatus": w.video_status, "videoProgress": w.video_progress})
-    return NewEvent(
-        w.id, event_id(w.id, "watch.expired"), "watch.expired", _body("watch.expired", at_ms, data)
-    )
+    return _body("watch.expired", at_ms, data)
 
 
-def event_timestamp_ms(body: bytes) -> int:
-    """The creation time written in an event body (for rebuilding it with fresh links)."""
-    ts = orjson.loads(body)["timestamp"]
-    return int(datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() * 1000)
+def body(w: Watch, clips: ClipSet | None) -> bytes:
+    """The body of the watch's current event, from its registration, its event state and,
+    for ``clips.ready``, the video's clips: the same bytes whenever it is built (until the
+    clips are fetched again for fresh links)."""
+    at = w.final_ms or 0
+    if w.event_type == "clips.ready":
+        if clips is None:
+            raise ValueError("a clips.ready body needs the video's clips")
+        return clips_ready_body(w, clips, at)
+    if w.event_type == "video.failed":
+        return video_failed_body(w, w.video_status or "", w.video_error or "", at)
+    if w.event_type == "watch.expired":
+        return watch_expired_body(w, at)
+    raise ValueError(f"no event to build for watch {w.id} ({w.event_type!r})")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from relay.domain.delivery import NewEvent
+    from relay.domain.delivery import FinalEvent
 
 
 @dataclass(slots=True)
@@ -35,6 +35,7 @@ class Watch:
     status: str = "watching"
     video_status: str | None = None
     video_progress: float | None = None
+    video_error: str | None = None  # video.failed: why (part of its event)
     last_event_type: str | None = None
     created_ms: int = 0
     updated_ms: int = 0
@@ -43,20 +44,22 @@ class Watch:
     event_id: str = ""
     event_type: str = ""
     attempt: int = 0
-    final_ms: int | None = None
-    clips_ms: int | None = None
+    final_ms: int | None = None  # when its event was made: the event's timestamp
+    clips_ms: int | None = None  # clips.ready: when the clips its body carries were fetched
 
-    def begin_event(self, event: NewEvent, at_ms: int) -> None:
-        """Take on *event* as finalize.lua records it, for a watch held in memory (a fan-out
-        hands the watches it just gave events to the deliverer without reading them back)."""
+    def begin_event(self, event: FinalEvent, event_id: str) -> None:
+        """Take on *event* (whose id for this watch is *event_id*) as finalize.lua records
+        it, for a watch a fan-out read as it gave it the event."""
         self.status = "delivering"
-        self.event_id = event.event_id
+        self.event_id = event_id
         self.event_type = event.event_type
         self.attempt = 0
-        self.updated_ms = self.final_ms = at_ms
+        self.updated_ms = self.final_ms = event.at_ms
         self.clips_ms = event.clips_ms
         if event.video_status:
             self.video_status = event.video_status
+            self.video_progress = event.video_progress
+        self.video_error = event.video_error or None
 
     def signing_secrets(self, at_ms: int) -> list[SecretEntry]:
         """The secrets that sign at *at_ms*: the current one and any still in its grace."""

@@ -4,9 +4,11 @@ The API and the worker share this package; nothing else touches Redis keys (thei
 in :mod:`relay.constants`). Every transition that other replicas may race with runs as one
 Lua script (``commands/<name>.lua``, loaded by :mod:`relay.store.scripts`).
 
-Layout: a watch is a hash; a video being watched is a hash plus a set of the watches still
-waiting on it; two sorted sets schedule the work -- video ids by next poll time and watch
-ids by next delivery attempt. A claimed member's score is pushed to a lease deadline, so
+Layout (docs/architecture.md, "Redis data model"): a watch is one hash (its registration,
+event state and attempt records); a video being watched is a hash plus a set of the watches
+still waiting on it; a video's clips, once fetched, are one document shared by its events;
+two sorted sets schedule the work -- video ids by next poll time and watch ids by next
+delivery attempt. A claimed member's score is pushed to a lease deadline, so
 work held by a worker that dies becomes due again by itself.
 
 - ``store.watches`` (:mod:`relay.store.watches`): register, read, list, cancel, redeliver,
@@ -47,7 +49,7 @@ class Store:
         self.redis = redis
         self.watches = Watches(redis)
         self.videos = Videos(redis)
-        self.deliveries = Deliveries(redis, self.watches)
+        self.deliveries = Deliveries(redis)
         self.limits = Limits(redis)
 
     async def next_due_ms(self, schedule: str) -> int | None:

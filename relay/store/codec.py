@@ -1,8 +1,12 @@
 """How the domain types are laid out in Redis: the watch hash and the video hash.
 
-A watch hash holds the registration as one JSON field (``spec``), which never changes, and
-each field that changes on its own (status, the current event, ...); the signing secrets
-are one JSON field of sealed secrets. A video hash holds its poll state.
+A watch is one hash of short fields, so Redis keeps it as a compact listpack (every value
+under 64 bytes, as a registration with a callback URL of ordinary length has): the
+registration (one field each), the signing secrets (sealed, one JSON field), the event
+state, and the attempt records (``#<n>``, see :mod:`relay.domain.attempts`). Its event's
+id is derived from the watch id and the event type; its body is built from the fields and,
+for ``clips.ready``, the video's clips document (``cr:src:<video>``), stored once per video.
+A video hash holds its poll state.
 """
 
 from __future__ import annotations
@@ -11,71 +15,125 @@ from collections.abc import Sequence
 
 import orjson
 
+from relay.domain.ids import event_id
 from relay.domain.video import VideoState
 from relay.domain.watch import SecretEntry, Watch
 
+# the watch hash's fields, in the order HMGET reads them (the scripts take this list)
+FIELDS: tuple[str, ...] = (
+    "tenant",
+    "video",
+    "url",
+    "min",
+    "max",
+    "fav",
+    "sortBy",
+    "order",
+    "meta",
+    "created",
+    "secrets",
+    "status",
+    "updated",
+    "event",  # the event type ('' before the final event)
+    "attempt",
+    "finalAt",
+    "vStatus",
+    "vProgress",
+    "vError",
+    "lastType",
+    "deliveredAt",
+    "lastError",
+)
+RECORD_PREFIX = "#"  # attempt records: '#1', '#2', ... (the last MAX_ATTEMPTS_KEPT)
+RECORDS_FIELD = "n"  # attempt records written so far
 
-def spec_json(w: Watch) -> bytes:
-    """The registration, which never changes: one field of the watch hash."""
-    return orjson.dumps(
-        {
-            "id": w.id,
-            "tenant": w.tenant,
-            "videoId": w.video_id,
-            "callbackUrl": w.callback_url,
-            "minScore": w.min_score,
-            "maxScore": w.max_score,
-            "favoritedOnly": w.favorited_only,
-            "sortBy": w.sort_by,
-            "sortOrder": w.sort_order,
-            "metadata": w.metadata,
-            "createdAt": w.created_ms,
-        }
-    )
+
+def registration(w: Watch) -> list[str]:
+    """The fields a new watch is written with: (name, value) pairs, flat."""
+    return [
+        "tenant",
+        w.tenant,
+        "video",
+        w.video_id,
+        "url",
+        w.callback_url,
+        "min",
+        repr(float(w.min_score)),
+        "max",
+        "" if w.max_score is None else repr(float(w.max_score)),
+        "fav",
+        "1" if w.favorited_only else "",
+        "sortBy",
+        w.sort_by,
+        "order",
+        w.sort_order,
+        "meta",
+        orjson.dumps(w.metadata).decode(),
+        "created",
+        str(w.created_ms),
+        "secrets",
+        dump_secrets(w.secrets),
+        "status",
+        "watching",
+    ]
 
 
-def watch_from_spec(spec_json: str, status: str) -> Watch:
-    """A watch from its registration (the ``spec`` field) and status alone: what making
-    its event needs."""
-    spec = orjson.loads(spec_json)
-    created = spec["createdAt"]
+def watch_from_fields(watch_id: str, v: Sequence[str | None]) -> Watch | None:
+    """A watch from its hash's :data:`FIELDS` (as HMGET returns them); None when it has
+    none (no such watch)."""
+    (
+        tenant,
+        video,
+        url,
+        lo,
+        hi,
+        fav,
+        sort_by,
+        order,
+        meta,
+        created,
+        secrets,
+        status,
+        updated,
+        event,
+        attempt,
+        final_at,
+        v_status,
+        v_progress,
+        v_error,
+        last_type,
+        delivered_at,
+        last_error,
+    ) = v
+    if not status or tenant is None:
+        return None
+    created_ms = int(created or 0)
     return Watch(
-        id=spec["id"],
-        tenant=spec["tenant"],
-        video_id=spec["videoId"],
-        callback_url=spec["callbackUrl"],
-        min_score=spec["minScore"],
-        max_score=spec["maxScore"],
-        favorited_only=spec["favoritedOnly"],
-        sort_by=spec["sortBy"],
-        sort_order=spec["sortOrder"],
-        metadata=spec["metadata"],
+        id=watch_id,
+        tenant=tenant,
+        video_id=video or "",
+        callback_url=url or "",
+        min_score=float(lo or 0),
+        max_score=float(hi) if hi else None,
+        favorited_only=fav == "1",
+        sort_by=sort_by or "score",
+        sort_order=order or "desc",
+        metadata=orjson.loads(meta) if meta else {},
+        secrets=load_secrets(secrets or "[]"),
         status=status,
-        created_ms=created,
-        updated_ms=created,
+        video_status=v_status or None,
+        video_progress=float(v_progress) if v_progress else None,
+        video_error=v_error or None,
+        last_event_type=last_type or None,
+        created_ms=created_ms,
+        updated_ms=int(updated) if updated else created_ms,
+        delivered_ms=int(delivered_at) if delivered_at else None,
+        last_error=last_error or None,
+        event_id=event_id(watch_id, event) if event else "",
+        event_type=event or "",
+        attempt=int(attempt or 0),
+        final_ms=int(final_at) if final_at else None,
     )
-
-
-def watch_from_hash(h: dict[str, str]) -> Watch:
-    """Rebuild a watch from its hash (as returned by HGETALL with decoded responses).
-
-    The hash holds the registration as one JSON field (``spec``) and each field that
-    changes on its own (status, the current event, ...); absent ones are unset.
-    """
-    w = watch_from_spec(h["spec"], h["status"])
-    w.secrets = load_secrets(h.get("secrets", "[]"))
-    w.video_status = h.get("videoStatus") or None
-    w.video_progress = _opt_float(h.get("videoProgress", ""))
-    w.last_event_type = h.get("lastEventType") or None
-    w.updated_ms = int(h.get("updatedAt") or w.created_ms)
-    w.delivered_ms = _opt_int(h.get("deliveredAt", ""))
-    w.last_error = h.get("lastError") or None
-    w.event_id = h.get("eventId", "")
-    w.event_type = h.get("eventType", "")
-    w.attempt = int(h.get("attempt") or 0)
-    w.final_ms = _opt_int(h.get("finalAt", ""))
-    w.clips_ms = _opt_int(h.get("clipsAt", ""))
-    return w
 
 
 def dump_secrets(entries: Sequence[SecretEntry]) -> str:
@@ -119,7 +177,3 @@ def video_hash(state: VideoState) -> dict[str, str]:
 
 def _opt_float(raw: str) -> float | None:
     return float(raw) if raw else None
-
-
-def _opt_int(raw: str) -> int | None:
-    return int(raw) if raw else None

@@ -1,129 +1,154 @@
-"""The deliveries: create each watch's final event, claim due deliveries (with their watch and
-body), extend or hand back claims, reschedule, rebuild bodies, record attempts.
+"""The deliveries: give watches their final event, claim due deliveries, extend or hand
+back claims, reschedule, keep a video's clips document, record attempts.
 
 The delivery schedule is a sorted set of watch ids by next attempt (ms). A claimed member's
 score is pushed to a lease deadline -- the claim's token -- so a delivery held by a worker
-that dies becomes due again by itself.
+that dies becomes due again by itself. No event body is stored: the worker builds it from
+the watch and, for ``clips.ready``, the video's clips document (:func:`relay.domain.events.body`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import orjson
+from arq.constants import job_key_prefix as ARQ_JOB_PREFIX
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
 from relay import constants as c
 from relay.domain.clock import now_ms
-from relay.domain.delivery import AttemptResult, DeliveryClaim, EventMaker, NewEvent
-from relay.domain.watch import Watch
+from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent
+from relay.domain.ids import event_id
 from relay.store import scripts
-from relay.store.codec import load_secrets, watch_from_hash
+from relay.store.codec import FIELDS, watch_from_fields
 from relay.store.scripts import SCRIPT_BATCH
-from relay.store.watches import Watches
+
+SETTLE_BATCH = 256  # attempts recorded per script call, at most (~1 ms of Redis)
 
 
 class Deliveries:
     """``store.deliveries``: the events, the delivery schedule and the attempt records."""
 
-    def __init__(self, redis: Redis, watches: Watches) -> None:
+    def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._watches = watches
         self._finalize = scripts.register(redis, "finalize")
         self._claim = scripts.register(redis, "claim_deliveries")
-        self._claim_known = scripts.register(redis, "claim_known")
         self._extend = scripts.register(redis, "extend_claims")
         self._settle = scripts.register(redis, "settle")
+        self._refresh = scripts.register(redis, "refresh_source")
 
     async def finalize(
-        self, video_id: str, events: Sequence[NewEvent]
-    ) -> tuple[list[NewEvent], int]:
-        """Create final events for watches of one video and schedule their delivery.
+        self,
+        video_id: str,
+        event: FinalEvent,
+        watch_ids: Sequence[str],
+        *,
+        claim: int = 0,
+        lease_s: float = 0.0,
+    ) -> list[DeliveryClaim]:
+        """Give the watches of *watch_ids* (of one video) *event* and schedule its delivery;
+        every one of them leaves the video's waiting set.
 
-        The events of one call share their type, video status and clips time. Idempotent:
-        a watch that already has its event keeps it. Returns the events created and the time
-        they were recorded (ms). (Stopping the video's polls after its last fan-out chunk is
-        :meth:`relay.store.videos.Videos.release`, given that time.)
+        Idempotent: a watch that is no longer watching, or has its event, is left alone.
+        The first *claim* events created are claimed for the caller for *lease_s* (it sends
+        them without reading them back); the others are due at once, for any worker.
+        Returns the events created, each as a claim with its watch (the claim's deadline 0
+        when it is only scheduled).
         """
-        now = now_ms()
-        if len(events) > SCRIPT_BATCH:
-            raise ValueError(f"at most {SCRIPT_BATCH} events per finalize call")
-        if not events:
-            return [], now
-        first = events[0]
-        shared = (first.event_type, first.clips_ms, first.video_status)
-        args: list[EncodableT] = [
-            c.WATCH_PREFIX,
-            c.EVENT_PREFIX,
-            now,
-            first.event_type,
-            "" if first.clips_ms is None else first.clips_ms,
-            first.video_status,
-        ]
-        for ev in events:
-            if (ev.event_type, ev.clips_ms, ev.video_status) != shared:
-                raise ValueError("the events of one finalize call must be alike")
-            # a memoryview goes to the socket as it is: no copy of the body while packing
-            args += [ev.watch_id, ev.event_id, memoryview(ev.body)]
-        made = await self._finalize(
+        if len(watch_ids) > SCRIPT_BATCH:
+            raise ValueError(f"at most {SCRIPT_BATCH} watches per finalize call")
+        if not watch_ids:
+            return []
+        deadline = now_ms() + int(lease_s * 1000) if claim else 0
+        rows = await self._finalize(
             keys=[
                 c.DELIVERY_SCHEDULE_KEY,
                 c.VIDEO_WATCHES_KEY.format(video_id),
                 c.WATCH_COUNTS_KEY,
+                c.SOURCE_KEY.format(video_id),
+                c.VIDEO_KEY.format(video_id),
+                c.ARQ_QUEUE,
             ],
-            args=args,
+            args=[
+                c.WATCH_PREFIX,
+                event.at_ms,
+                event.event_type,
+                deadline,
+                claim,
+                event.video_status,
+                "" if event.video_progress is None else repr(event.video_progress),
+                event.video_error,
+                # a memoryview goes to the socket as it is: no copy while packing
+                memoryview(event.clips_doc),
+                "" if event.clips_ms is None else event.clips_ms,
+                ARQ_JOB_PREFIX,
+                c.TENANT_PREFIX,
+                len(FIELDS),
+                *FIELDS,
+                *watch_ids,
+            ],
         )
-        return [events[i - 1] for i in made], now
+        out: list[DeliveryClaim] = []
+        for n, (position, values) in enumerate(rows):
+            wid = watch_ids[position - 1]
+            w = watch_from_fields(wid, values)
+            if w is None:  # (cannot be: it was just read as watching)
+                continue
+            w.begin_event(event, event_id(wid, event.event_type))
+            out.append(DeliveryClaim(wid, w, deadline if n < claim else 0))
+        return out
 
-    async def expire(self, watch_id: str, make_event: EventMaker) -> bool:
-        """Give a still-watching watch its ``watch.expired`` event (made by *make_event*);
-        False if it had one."""
-        watch = await self._watches.get(watch_id)
-        if watch is None or watch.status != "watching" or watch.event_id:
+    async def expire(self, watch_id: str, at_ms: int) -> bool:
+        """Give a still-watching watch its ``watch.expired`` event; False if it had one."""
+        watch = await self.redis.hmget(  # type: ignore[misc]
+            c.WATCH_KEY.format(watch_id), ["status", "event", "video"]
+        )
+        status, event, video_id = watch
+        if status != "watching" or event:
             return False
-        created, _ = await self.finalize(watch.video_id, [make_event(watch)])
-        return bool(created)
+        made = await self.finalize(video_id, FinalEvent("watch.expired", at_ms), [watch_id])
+        return bool(made)
 
-    async def claim(self, *, limit: int, lease_s: float) -> list[DeliveryClaim]:
-        """Claim due deliveries for *lease_s* seconds, each with its watch and event body."""
+    async def claim(self, *, limit: int, lease_s: float) -> list[tuple[DeliveryClaim, int]]:
+        """Claim due deliveries for *lease_s* seconds, each with its watch and when its
+        video's clips document was fetched (0: none)."""
         now = now_ms()
         deadline = now + int(lease_s * 1000)
         rows = await self._claim(
             keys=[c.DELIVERY_SCHEDULE_KEY],
-            args=[now, deadline, limit, c.WATCH_PREFIX, c.EVENT_PREFIX],
+            args=[
+                now,
+                deadline,
+                limit,
+                c.WATCH_PREFIX,
+                c.SOURCE_PREFIX,
+                len(FIELDS),
+                *FIELDS,
+            ],
         )
-        out: list[DeliveryClaim] = []
-        for member, flat, body in rows:
-            h = dict(zip(flat[::2], flat[1::2], strict=True))
-            watch = watch_from_hash(h) if h else None
-            out.append(DeliveryClaim(member, watch, body.encode() if body else None, deadline))
+        out: list[tuple[DeliveryClaim, int]] = []
+        for member, values, fetched in rows:
+            watch = watch_from_fields(member, values)
+            out.append((DeliveryClaim(member, watch, deadline), int(fetched or 0)))
         return out
 
-    async def claim_known(
-        self, held: Sequence[tuple[Watch, bytes]], *, lease_s: float
-    ) -> list[DeliveryClaim]:
-        """Claim deliveries whose watch and event body the caller holds already (each watch
-        after :meth:`Watch.begin_event`), exactly as :meth:`claim` would claim them -- due,
-        and still delivering that event -- reading back only the attempt count and the
-        secrets. What is not claimed is somebody else's, or no longer due."""
-        if not held:
-            return []
-        now = now_ms()
-        deadline = now + int(lease_s * 1000)
-        args: list[EncodableT] = [now, deadline, c.WATCH_PREFIX]
-        for w, _ in held:
-            args += [w.id, w.event_id]
-        rows = await self._claim_known(keys=[c.DELIVERY_SCHEDULE_KEY], args=args)
-        claimed = {wid: (attempt, secrets) for wid, attempt, secrets in rows}
-        out: list[DeliveryClaim] = []
-        for w, body in held:
-            got = claimed.get(w.id)
-            if got is not None:
-                w.attempt = int(got[0] or 0)
-                w.secrets = load_secrets(got[1])
-                out.append(DeliveryClaim(w.id, w, body, deadline))
-        return out
+    async def clips_doc(self, video_id: str) -> tuple[bytes, int] | None:
+        """A video's clips document and when it was fetched, or None."""
+        doc, at = await self.redis.hmget(  # type: ignore[misc]
+            c.SOURCE_KEY.format(video_id), ["doc", "at"]
+        )
+        if doc is None or at is None:
+            return None
+        return (doc.encode() if isinstance(doc, str) else doc), int(at)
+
+    async def refresh_clips(self, video_id: str, doc: bytes, fetched_ms: int) -> bool:
+        """Store a video's clips fetched again (fresh links) as its clips document: every
+        later attempt of its events carries them. False when a newer one is stored (or no
+        event uses the video's clips)."""
+        stored = await self._refresh(
+            keys=[c.SOURCE_KEY.format(video_id)], args=[memoryview(doc), fetched_ms]
+        )
+        return bool(stored)
 
     async def extend(
         self, watch_ids: Sequence[str], deadline_ms: int, lease_s: float
@@ -152,32 +177,26 @@ class Deliveries:
                 c.DELIVERY_SCHEDULE_KEY, dict.fromkeys(watch_ids, due_ms), xx=True
             )
 
-    async def replace_bodies(
-        self, rebuilt: Sequence[tuple[str, str, bytes]], clips_ms: int
-    ) -> None:
-        """Store rebuilt event bodies (fresh clip links), each for the same event id:
-        (watch id, event id, body) each, in one round trip."""
-        if not rebuilt:
-            return
-        pipe = self.redis.pipeline(transaction=True)
-        for watch_id, event_id, body in rebuilt:
-            pipe.set(c.EVENT_KEY.format(event_id), body)
-            pipe.hset(c.WATCH_KEY.format(watch_id), "clipsAt", str(clips_ms))
-        await pipe.execute()
-
     async def settle(self, results: Sequence[AttemptResult]) -> list[str]:
         """Record attempts and move each watch on: one script call per batch."""
         statuses: list[str] = []
-        for start in range(0, len(results), SCRIPT_BATCH):
+        for start in range(0, len(results), SETTLE_BATCH):
             args: list[EncodableT] = [
                 c.WATCH_PREFIX,
-                c.WATCH_ATTEMPTS_SUFFIX,
                 now_ms(),
                 c.MAX_ATTEMPTS_KEPT,
+                c.TENANT_PREFIX,
             ]
-            for r in results[start : start + SCRIPT_BATCH]:
-                outcome = [r.event_id, r.outcome, r.next_due_ms, r.attempt, r.last_error]
-                args += [r.watch_id, orjson.dumps(outcome), orjson.dumps(r.record)]
+            for r in results[start : start + SETTLE_BATCH]:
+                args += [
+                    r.watch_id,
+                    r.event_type,
+                    r.outcome,
+                    r.next_due_ms,
+                    r.attempt,
+                    r.last_error,
+                    r.record,
+                ]
             got = await self._settle(keys=[c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY], args=args)
             statuses += [str(s) for s in got]
         return statuses

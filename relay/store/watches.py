@@ -1,5 +1,5 @@
-"""The watches in Redis: register, read (one, many, their registrations alone), list,
-cancel, redeliver, rotate a secret, the attempt records and the count per status.
+"""The watches in Redis: register, read (one or many), list, cancel, redeliver, rotate a
+secret, the attempt records and the count per status.
 
 Each transition that other replicas may race with is one Lua script (``commands/*.lua``).
 """
@@ -9,22 +9,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from arq.constants import job_key_prefix as ARQ_JOB_PREFIX
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from relay import constants as c
+from relay.domain import attempts
 from relay.domain.clock import now_ms
 from relay.domain.listing import Page, decode_cursor, encode_cursor
 from relay.domain.watch import SecretEntry, Watch
 from relay.store import scripts
 from relay.store.codec import (
-    dump_secrets,
+    FIELDS,
+    RECORD_PREFIX,
     load_secrets,
-    spec_json,
-    watch_from_hash,
-    watch_from_spec,
+    registration,
+    watch_from_fields,
 )
 from relay.store.serializer import dumps as arq_dumps
 
@@ -37,7 +37,7 @@ class Watches:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._create = scripts.register(redis, "create_watch")
-        self._specs = scripts.register(redis, "watch_specs")
+        self._read = scripts.register(redis, "read_watches")
         self._cancel = scripts.register(redis, "cancel")
         self._redeliver = scripts.register(redis, "redeliver")
         self._rotate = scripts.register(redis, "rotate_keys")
@@ -62,11 +62,11 @@ class Watches:
                 ARQ_JOB_PREFIX + job_id,
                 c.ARQ_QUEUE,
                 c.WATCH_COUNTS_KEY,
+                c.TENANT_COUNTS_KEY.format(watch.tenant),
+                c.TENANTS_KEY,
             ],
             args=[
                 wid,
-                spec_json(watch),
-                dump_secrets(watch.secrets),
                 watch.created_ms,
                 watch.video_id,
                 job,
@@ -74,31 +74,31 @@ class Watches:
                 defer_ms + 86_400_000,
                 watch.created_ms + defer_ms,
                 job_id,
+                watch.tenant,
+                *registration(watch),
             ],
         )
 
     async def get(self, watch_id: str) -> Watch | None:
         """The watch, or None."""
-        h = await self.redis.hgetall(c.WATCH_KEY.format(watch_id))  # type: ignore[misc]
-        return watch_from_hash(h) if h else None
-
-    async def specs(self, watch_ids: Sequence[str]) -> list[Watch]:
-        """The registrations and statuses of many watches (no secrets, no delivery state),
-        in one script reply: what building their events needs."""
-        if not watch_ids:
-            return []
-        rows = await self._specs(keys=[], args=[c.WATCH_PREFIX, *watch_ids])
-        return [watch_from_spec(spec, status) for spec, status in rows if spec is not None]
+        return (await self.get_many([watch_id]))[0]
 
     async def get_many(self, watch_ids: Sequence[str]) -> list[Watch | None]:
-        """Several watches in one round trip, in the order asked."""
+        """Several watches in one round trip, in the order asked (a watch still watching
+        shows its video's last seen status)."""
         if not watch_ids:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for wid in watch_ids:
-            pipe.hgetall(c.WATCH_KEY.format(wid))
-        rows = await pipe.execute()
-        return [watch_from_hash(h) if h else None for h in rows]
+        rows = await self._read(
+            keys=[], args=[c.WATCH_PREFIX, c.VIDEO_PREFIX, len(FIELDS), *FIELDS, *watch_ids]
+        )
+        return [
+            watch_from_fields(wid, row) if row else None
+            for wid, row in zip(watch_ids, rows, strict=True)
+        ]
+
+    async def specs(self, watch_ids: Sequence[str]) -> list[Watch]:
+        """The watches of *watch_ids* that exist (what building their events needs)."""
+        return [w for w in await self.get_many(watch_ids) if w is not None]
 
     async def page(
         self,
@@ -166,8 +166,9 @@ class Watches:
                 c.DELIVERY_SCHEDULE_KEY,
                 c.VIDEO_WATCHES_KEY.format(watch.video_id),
                 c.WATCH_COUNTS_KEY,
+                c.VIDEO_KEY.format(watch.video_id),
             ],
-            args=[watch.id, now_ms()],
+            args=[watch.id, now_ms(), c.TENANT_PREFIX],
         )
 
     async def redeliver(self, watch_id: str) -> str | None:
@@ -175,7 +176,7 @@ class Watches:
         status that has nothing to redeliver (None: no such watch)."""
         result = await self._redeliver(
             keys=[c.WATCH_KEY.format(watch_id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
-            args=[watch_id, now_ms()],
+            args=[watch_id, now_ms(), c.TENANT_PREFIX],
         )
         return str(result) if result else None
 
@@ -189,10 +190,20 @@ class Watches:
         )
         return load_secrets(raw) if raw else None
 
-    async def attempts(self, watch_id: str) -> list[dict[str, Any]]:
-        """Every recorded delivery attempt of a watch, oldest first."""
-        rows = await self.redis.lrange(c.WATCH_ATTEMPTS_KEY.format(watch_id), 0, -1)  # type: ignore[misc]
-        return [orjson.loads(r) for r in rows]
+    async def attempts(self, watch: Watch) -> list[dict[str, Any]]:
+        """Every recorded delivery attempt of a watch (the last MAX_ATTEMPTS_KEPT), oldest
+        first."""
+        h = await self.redis.hgetall(c.WATCH_KEY.format(watch.id))  # type: ignore[misc]
+        records = sorted(
+            (int(k[len(RECORD_PREFIX) :]), v) for k, v in h.items() if k.startswith(RECORD_PREFIX)
+        )
+        event_type = h.get("event") or watch.event_type
+        return [attempts.expand(watch.id, event_type, raw) for _, raw in records]
+
+    async def tenant_counts(self, tenant: str) -> dict[str, int]:
+        """Number of a tenant's watches in each status."""
+        raw = await self.redis.hgetall(c.TENANT_COUNTS_KEY.format(tenant))  # type: ignore[misc]
+        return {status: int(raw.get(status, 0)) for status in c.WATCH_STATUSES}
 
     async def counts(self) -> dict[str, int]:
         """Number of watches in each status (kept by the transition scripts)."""

@@ -590,7 +590,7 @@ class Stack:
 
     async def attempts(self, watch_id: str) -> int:
         """How many delivery attempts are recorded for a watch."""
-        return int(await self.db.llen(c.WATCH_ATTEMPTS_KEY.format(watch_id)))  # type: ignore[misc]
+        return int(await self.db.hget(c.WATCH_KEY.format(watch_id), "n") or 0)  # type: ignore[misc]
 
     async def has_received(self, watch_ids: Iterable[str], count: int) -> bool:
         """Whether at least *count* of these watches got a recorded delivery."""

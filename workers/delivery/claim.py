@@ -1,5 +1,6 @@
-"""Claiming deliveries and queueing them for the lanes: the offers of this worker's poller
-first, then whatever is due; renewing a claim before a late attempt, handing claims back.
+"""Claiming deliveries and queueing them for the lanes: what this worker's poller claimed as
+it created the events first, then whatever is due; renewing a claim before a late attempt,
+handing claims back.
 
 A queued :class:`Job` holds a claim; its lease deadline is the claim's token
 (:meth:`relay.store.deliveries.Deliveries.extend`).
@@ -13,14 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay import constants as c
-from relay.domain.delivery import DeliveryClaim, NewEvent
+from relay.domain.delivery import DeliveryClaim
 from relay.domain.watch import Watch
 from relay.store import Store
+from workers.delivery.bodies import Bodies
 from workers.delivery.links import LinkRefresher
 from workers.delivery.logger import log
 from workers.pump import Pump
 
-OFFERED_BYTES = 32 * 2**20  # event bodies held for claiming without a read-back, at most
+CLAIM_BATCH = 200  # deliveries claimed per script call, at most (~1 ms of Redis)
 CLAIM_AHEAD = 4  # deliveries claimed per lane, at most: the one in flight and three queued
 
 
@@ -29,7 +31,6 @@ class Job:
     """One claimed delivery waiting for a lane."""
 
     watch: Watch
-    body: bytes
     deadline: int  # the claim's lease deadline (ms), its token
     done: Callable[[], None]  # the attempt is over (or skipped): frees the claim's slot
 
@@ -62,57 +63,70 @@ class Claimer(Pump[DeliveryClaim]):
     schedule = c.DELIVERY_SCHEDULE_KEY
     name = "deliverer"
 
-    def __init__(self, store: Store, *, lanes: int, lease_s: float, links: LinkRefresher) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        lanes: int,
+        lease_s: float,
+        links: LinkRefresher,
+        bodies: Bodies,
+    ) -> None:
         # claims run up to three lanes' worth ahead of the lanes: under load a claim's answer
         # takes a few loop turns of milliseconds each to reach them, and none should wait
-        super().__init__(store, concurrency=CLAIM_AHEAD * lanes, lease_s=lease_s, batch=512)
+        super().__init__(store, concurrency=CLAIM_AHEAD * lanes, lease_s=lease_s, batch=CLAIM_BATCH)
         self.links = links
+        self.bodies = bodies
         self.jobs: deque[Job] = deque()
         self.idle: deque[asyncio.Future[None]] = deque()  # a parked lane's wake-up
-        self._offered: deque[tuple[Watch, bytes]] = deque()
-        self._offered_bytes = 0
+        self._offered: deque[DeliveryClaim] = deque()
 
-    def offer(self, created: Sequence[tuple[Watch, NewEvent]], at_ms: int) -> None:
-        """Events this worker has just created (at *at_ms*), with their watches: claimed
-        from here without reading them back. They are due in the schedule all the same, so
-        any worker may take them first; what is offered beyond the memory cap is left to
-        the schedule alone."""
-        for w, ev in created:
-            if self._offered_bytes + len(ev.body) > OFFERED_BYTES:
-                break
-            w.begin_event(ev, at_ms)
-            self._offered.append((w, ev.body))
-            self._offered_bytes += len(ev.body)
+    def room(self) -> int:
+        """How many more claims this worker can take now (a fan-out claims that many of
+        the events it creates for it; the rest are due for any worker)."""
+        return max(self.concurrency - self.inflight - len(self._offered), 0)
+
+    def offer(self, claims: Sequence[DeliveryClaim]) -> None:
+        """Deliveries this worker's poller claimed as it created them: queued from here
+        without a read-back."""
+        self._offered.extend(claims)
         self.wake()
 
     async def claim(self, limit: int) -> Sequence[DeliveryClaim]:
         """Claim deliveries: the offered ones first, then any due in the schedule."""
-        if self._offered:
-            held = [self._offered.popleft() for _ in range(min(limit, len(self._offered)))]
-            self._offered_bytes -= sum(len(body) for _, body in held)
-            claimed = await self.store.deliveries.claim_known(held, lease_s=self.lease_s)
-            if claimed or self._offered:
-                return claimed
-        return await self.store.deliveries.claim(limit=limit, lease_s=self.lease_s)
+        offered = self._offered
+        if offered:
+            # one batch, one claim token: the claims of one fan-out round
+            token = offered[0].deadline_ms
+            out: list[DeliveryClaim] = []
+            while offered and len(out) < limit and offered[0].deadline_ms == token:
+                out.append(offered.popleft())
+            return out
+        rows = await self.store.deliveries.claim(limit=limit, lease_s=self.lease_s)
+        for item, fetched in rows:
+            if item.watch is not None:
+                item.watch.clips_ms = fetched or None
+        return [item for item, _ in rows]
 
     async def work(self, items: Sequence[DeliveryClaim], release: Callable[[], None]) -> None:
         """Queue a claimed batch for the lanes; return when all of it is done."""
-        due: list[tuple[Watch, bytes]] = []
+        due: list[Watch] = []
         idle: list[str] = []
         deadline = items[0].deadline_ms if items else 0
         for item in items:
-            watch, body = item.watch, item.body
-            if watch is None or body is None or watch.status != "delivering":
+            watch = item.watch
+            if watch is None or not watch.event_type or watch.status != "delivering":
                 idle.append(item.watch_id)  # cancelled, or nothing to send: off the schedule
                 release()
             else:
-                due.append((watch, body))
+                due.append(watch)
         await self.store.deliveries.unschedule(idle)
-        due, deadline = await self.links.refresh(due, deadline, release)
+        missing = await self.bodies.load(due)
+        due, deadline = await self.links.refresh(due, deadline, release, missing)
         if not due:
             return
         batch = Batch(len(due), release)
-        self.jobs.extend(Job(w, body, deadline, batch.done) for w, body in due)
+        self.jobs.extend(Job(w, deadline, batch.done) for w in due)
         self.wake_lanes(len(due))
         await batch.wait()
 
@@ -133,12 +147,18 @@ class Claimer(Pump[DeliveryClaim]):
         job.deadline = deadline
         return job.watch.id in ours
 
-    async def hand_back(self, jobs: Sequence[Job]) -> None:
-        """Make the claims of jobs that were never started due again at once, for the next
-        worker (instead of after their lease)."""
+    def take_offered(self) -> list[DeliveryClaim]:
+        """The offered claims not yet queued (the deliverer is stopping)."""
+        left = list(self._offered)
+        self._offered.clear()
+        return left
+
+    async def hand_back(self, claims: Sequence[tuple[str, int]]) -> None:
+        """Make claims -- (watch id, deadline) each -- of jobs that were never started due
+        again at once, for the next worker (instead of after their lease)."""
         by_deadline: dict[int, list[str]] = {}
-        for job in jobs:
-            by_deadline.setdefault(job.deadline, []).append(job.watch.id)
+        for watch_id, deadline in claims:
+            by_deadline.setdefault(deadline, []).append(watch_id)
         try:
             for deadline, members in by_deadline.items():
                 await self.store.deliveries.extend(members, deadline, 0)

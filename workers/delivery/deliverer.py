@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from relay.domain.clips import ClipSet
 from relay.domain.clock import now_ms
 from relay.domain.crypto import SecretBox
-from relay.domain.delivery import NewEvent
-from relay.domain.watch import Watch
+from relay.domain.delivery import DeliveryClaim
 from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
 from relay.settings import Settings
 from relay.store import Store
 from relay.tasks import finish_all
+from workers.delivery.bodies import Bodies
 from workers.delivery.claim import Claimer
 from workers.delivery.links import LinkRefresher
 from workers.delivery.logger import log
@@ -44,8 +45,11 @@ class Deliverer:
         self.lanes = settings.delivery_concurrency
         self.settler = Settler(store)
         self.sender = Sender(client, settings, box=box, settler=self.settler)
-        links = LinkRefresher(store, settings, upstream=upstream, gate=gate)
-        self.claimer = Claimer(store, lanes=self.lanes, lease_s=settings.lease, links=links)
+        self.bodies = Bodies(store)
+        links = LinkRefresher(store, settings, upstream=upstream, gate=gate, bodies=self.bodies)
+        self.claimer = Claimer(
+            store, lanes=self.lanes, lease_s=settings.lease, links=links, bodies=self.bodies
+        )
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._margin_ms = int((settings.delivery_timeout + LEASE_MARGIN_S) * 1000)
@@ -55,10 +59,19 @@ class Deliverer:
         """Attempts made so far."""
         return self.sender.sent
 
-    def offer(self, created: Sequence[tuple[Watch, NewEvent]], at_ms: int) -> None:
-        """Events this worker has just created, with their watches: see
+    def offer(self, claims: Sequence[DeliveryClaim]) -> None:
+        """Deliveries this worker's poller claimed as it created them: see
         :meth:`~workers.delivery.claim.Claimer.offer`."""
-        self.claimer.offer(created, at_ms)
+        self.claimer.offer(claims)
+
+    def room(self) -> int:
+        """How many claims this worker can take now."""
+        return self.claimer.room()
+
+    def keep_clips(self, video_id: str, fetched_ms: int, clips: ClipSet) -> None:
+        """A video's clips as this worker's poller just stored them: its bodies are built
+        from these without reading them back."""
+        self.bodies.put(video_id, fetched_ms, clips)
 
     def wake(self) -> None:
         """New deliveries were just scheduled: look for them now."""
@@ -85,7 +98,9 @@ class Deliverer:
             job.done()
         self.claimer.wake_lanes(len(self.claimer.idle))
         await finish_all(self._lane_tasks, 0.5)
-        await self.claimer.hand_back(unsent)
+        never = [(job.watch.id, job.deadline) for job in unsent]
+        never += [(cl.watch_id, cl.deadline_ms) for cl in self.claimer.take_offered()]
+        await self.claimer.hand_back(never)
         await self.settler.stop()
 
     async def _lane(self) -> None:
@@ -94,6 +109,7 @@ class Deliverer:
         claimer = self.claimer
         jobs, idle = claimer.jobs, claimer.idle
         attempt = self.sender.attempt
+        build = self.bodies.build
         margin_ms = self._margin_ms
         while not self._closing:
             if not jobs:
@@ -105,7 +121,7 @@ class Deliverer:
             try:
                 if job.deadline - now_ms() < margin_ms and not await claimer.renew(job):
                     continue  # taken over by another worker: it sends this one
-                await attempt(job.watch, job.body)
+                await attempt(job.watch, build(job.watch))
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)
             finally:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from yarl import URL
 
 from relay import constants as c
-from relay.domain import events
+from relay.domain import attempts
 from relay.domain.clock import now_ms
 from relay.domain.crypto import SecretBox
 from relay.domain.delivery import AttemptResult
@@ -82,17 +82,11 @@ class Sender:
             error = f"{type(exc).__name__}: {exc}"[:200]
         latency = time.time() - started
         DELIVERY_LATENCY.observe(latency)
-        record = {
-            "eventId": w.event_id,
-            "eventType": w.event_type,
-            "attempt": attempt,
-            "at": events.iso_ms(int(started * 1000)),
-            "statusCode": code,
-            "error": error,
-            "latencyMs": round(latency * 1000, 2),
-            "responseBody": answer or None,
-        }
-        self._record(w, attempt, code, error, retry_after, record)
+        latency_ms = round(latency * 1000, 2)
+        record = attempts.record(
+            attempt, int(started * 1000), code, error, latency_ms, answer or None
+        )
+        self._record(w, attempt, code, error, retry_after, record, latency_ms)
 
     def _record(
         self,
@@ -101,7 +95,8 @@ class Sender:
         code: int | None,
         error: str | None,
         retry_after: float | None,
-        record: dict[str, object],
+        record: bytes,
+        latency_ms: float,
     ) -> None:
         last_error = ""
         next_ms = 0
@@ -121,7 +116,7 @@ class Sender:
         self._outcomes[outcome].inc()
         self.sent += 1
         self.settler.add(
-            AttemptResult(w.id, w.event_id, outcome, record, attempt, next_ms, last_error),
+            AttemptResult(w.id, w.event_type, outcome, record, attempt, next_ms, last_error),
             {
                 "watch_id": w.id,
                 "video_id": w.video_id,
@@ -131,6 +126,6 @@ class Sender:
                 "status_code": code,
                 "error": error,
                 "outcome": outcome,
-                "latency_ms": record["latencyMs"],
+                "latency_ms": latency_ms,
             },
         )

@@ -206,6 +206,15 @@ class Receiver:
         """Return how many deliveries were recorded, duplicates included."""
         return len(self._records)
 
+    def bodies(self, path: str | None = None) -> list[tuple[str, bytes, int]]:
+        """Return (``webhook-id``, body as received, status answered) of each delivery, in
+        order, optionally only those to *path*."""
+        return [
+            (webhook_id, body, status)
+            for webhook_id, _, p, body, _, _, status in self._records
+            if path is None or p == path
+        ]
+
     def unique_ids(self) -> set[str]:
         """Return the distinct ``webhook-id`` values recorded so far."""
         return set(self._ids)

@@ -14,5 +14,5 @@ for _, s in ipairs(cjson.decode(raw)) do
   end
 end
 local encoded = cjson.encode(out)
-redis.call('HSET', KEYS[1], 'secrets', encoded, 'updatedAt', ARGV[2])
+redis.call('HSET', KEYS[1], 'secrets', encoded, 'updated', ARGV[2])
 return encoded

@@ -1,0 +1,42 @@
+"""Attempt records: what ``GET /v1/watches/{id}/deliveries`` lists, stored compactly.
+
+A record is a JSON array ``[attempt, at ms, status code, error, latency ms, answer]``: about
+40 bytes for a 2xx without a body, so it fits in the watch's hash next to its state (a
+watch has one final event, so its id and type are the watch's own).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from relay.domain.events import iso_ms
+from relay.domain.ids import event_id
+
+
+def record(
+    attempt: int,
+    at_ms: int,
+    status_code: int | None,
+    error: str | None,
+    latency_ms: float,
+    answer: str | None,
+) -> bytes:
+    """One attempt, as stored."""
+    return orjson.dumps([attempt, at_ms, status_code, error, latency_ms, answer])
+
+
+def expand(watch_id: str, event_type: str, raw: bytes | str) -> dict[str, Any]:
+    """A stored record as the API shows it."""
+    attempt, at_ms, code, error, latency, answer = orjson.loads(raw)[:6]
+    return {
+        "eventId": event_id(watch_id, event_type),
+        "eventType": event_type,
+        "attempt": attempt,
+        "at": iso_ms(at_ms),
+        "statusCode": code,
+        "error": error,
+        "latencyMs": latency,
+        "responseBody": answer,
+    }
