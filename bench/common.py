@@ -78,7 +78,7 @@ class Figure:
     ``samples`` has one value per run. ``baseline`` (same run, same receiver, concurrency
     and body size) is optional; when given, ``ratios`` are the per-run quotients
     ``sample / baseline``. ``check`` decides whether the target is met from the median
-    (of the ratio when ``target_on_ratio``).
+    (of the ratio when ``target_on_ratio``), or from every sample when ``check_all``.
     """
 
     key: str
@@ -91,6 +91,7 @@ class Figure:
     baseline_label: str = ""
     target_on_ratio: bool = False
     note: str = ""
+    check_all: bool = False  # the target holds for every sample, not only the median
 
     @property
     def summary(self) -> Summary:
@@ -110,6 +111,10 @@ class Figure:
         """Whether the target is met (None: no target to check)."""
         if self.check is None:
             return None
+        if self.check_all:
+            chosen = self.ratio if self.target_on_ratio and self.ratio else self.summary
+            values = chosen.runs
+            return bool(values) and all(not math.isnan(v) and self.check(v) for v in values)
         value = self.ratio.median if self.target_on_ratio and self.ratio else self.summary.median
         return False if math.isnan(value) else self.check(value)
 

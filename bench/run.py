@@ -9,7 +9,10 @@ run:
 2. registration: ``POST /v1/watches`` at concurrency 64 vs orjson.loads + one Redis SET;
 3. polling at scale: 10,000 videos, interval 10 s: polls/s, lateness, worker CPU/RSS, Redis;
 4. time to notify: 100 videos completing at random moments, interval 1 s;
-5. cost per delivery: worker CPU per webhook vs orjson + HMAC + POST in one process.
+5. cost per delivery: worker CPU per webhook vs orjson + HMAC + POST in one process;
+13. scale: 20,000 watches on 1 and on 8 videos through 1, 2 and 4 workers to two light
+    receivers: deliveries/s, Redis CPU, commands, slow log and memory per delivery/watch, the
+    API's GET p99 during the fan-out (``bench/scale.py``; one run per configuration).
 
 Prints a table (median of the runs, min-max, baseline, ratio, target, met?) and writes
 ``bench/results.json``. Exits 1 when a correctness check fails (an event missing, unverified,
@@ -41,10 +44,11 @@ import notify  # noqa: E402
 import orjson  # noqa: E402
 import polling  # noqa: E402
 import registration  # noqa: E402
+import scale  # noqa: E402
 from common import PROFILER, Checks, Figure, percentile, render_table, results_json  # noqa: E402
 from stack import Stack  # noqa: E402
 
-SCENARIOS = ("fanout", "notify", "registration", "polling")
+SCENARIOS = ("fanout", "notify", "registration", "polling", "scale")
 RESULTS = HERE / "results.json"
 
 
@@ -309,6 +313,134 @@ async def run_polling(
     return figures, detail
 
 
+async def run_scale(
+    stack: Stack, http: aiohttp.ClientSession, checks: Checks, args: argparse.Namespace
+) -> tuple[list[Figure], dict[str, Any]]:
+    """Scenario 13: one run per configuration (workers x videos), ``--reps`` not used."""
+    runs = await scale.run_all(
+        stack,
+        http,
+        checks,
+        watches=args.scale_watches,
+        worker_counts=tuple(args.scale_workers),
+        video_counts=tuple(args.scale_videos),
+    )
+    configs = ", ".join(r.label for r in runs)
+    across = f"one sample per configuration ({configs})"
+    figures: list[Figure] = []
+    for r in runs:
+        one = next((b for b in runs if b.videos == r.videos and b.workers == 1), None)
+        headline = r.videos == 1 and r.workers == 4 and one is not None
+        figures.append(
+            Figure(
+                f"scale_deliveries_per_s_{r.videos}v_{r.workers}w",
+                f"13 scale deliveries/s, {r.label}",
+                "1/s",
+                [r.rate],
+                ">= 0.9x 1 worker" if headline else "(info)",
+                _ge(0.9) if headline else None,
+                baseline=[one.rate] if one is not None and r.workers > 1 else None,
+                baseline_label="1 worker",
+                target_on_ratio=headline,
+            )
+        )
+    figures += [
+        Figure(
+            f"scale_redis_cpu_us_per_delivery_{r.videos}v_{r.workers}w",
+            f"13 scale Redis CPU per delivery, {r.label}",
+            "us",
+            [r.redis_cpu_us],
+            "<= 12 us (goal 10)",
+            _le(12),
+        )
+        for r in runs
+    ]
+    figures += [
+        Figure(
+            "scale_redis_commands_per_delivery",
+            "13 scale Redis commands per delivery",
+            "1",
+            [r.redis_cmds for r in runs],
+            "(info)",
+            note=across,
+        ),
+        Figure(
+            "scale_redis_slow_commands",
+            "13 scale Redis commands > 1 ms (per config)",
+            "1",
+            [float(r.slow_count) for r in runs],
+            "<= 10, every config",
+            _le(10),
+            note=across,
+            check_all=True,
+        ),
+        Figure(
+            "scale_redis_slowest_ms",
+            "13 scale slowest Redis command",
+            "ms",
+            [r.slow_max_ms for r in runs],
+            "<= 5 ms, every config",
+            _le(5),
+            note=across,
+            check_all=True,
+        ),
+        Figure(
+            "scale_redis_bytes_per_watch_registered",
+            "13 scale Redis used_memory per watch, registered",
+            "B",
+            [r.bytes_registered for r in runs],
+            "(info)",
+            note=across,
+        ),
+        Figure(
+            "scale_redis_bytes_per_watch_with_event",
+            "13 scale Redis used_memory per watch, with its event",
+            "B",
+            [r.bytes_with_event for r in runs],
+            "<= 1,500 B, every config",
+            _le(1500),
+            note=across,
+            check_all=True,
+        ),
+        Figure(
+            "scale_api_get_p99_ms",
+            "13 scale API GET p99 during fan-out",
+            "ms",
+            [r.get_p99_fanout_ms for r in runs],
+            "<= 2x rest (goal), every config",
+            _le(2),
+            baseline=[r.get_p99_rest_ms for r in runs],
+            baseline_label="at rest",
+            target_on_ratio=True,
+            note=across,
+            check_all=True,
+        ),
+        Figure(
+            "scale_worker_cpu_us_per_delivery",
+            "13 scale worker CPU per delivery (all workers)",
+            "us",
+            [r.worker_cpu_us for r in runs],
+            "(info)",
+            note=across,
+        ),
+        Figure(
+            "scale_worker_cpu_s",
+            "13 scale worker CPU, all workers, window",
+            "s",
+            [r.worker_cpu_s for r in runs],
+            "(info)",
+            note=across,
+        ),
+    ]
+    detail = {
+        "watches": args.scale_watches,
+        "worker_env": scale.WORKER_ENV,
+        "configurations": [r.label for r in runs],
+        "runs": [asdict(r) for r in runs],
+    }
+    return figures, detail
+
+
 async def _main(args: argparse.Namespace, workdir: Path) -> int:
     started = time.monotonic()
     checks = Checks()
@@ -330,6 +462,8 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
                     figs, detail = await run_notify(stack, http, args.reps, checks)
                 elif name == "registration":
                     figs, detail = await run_registration(stack, http, args.reps, checks, workdir)
+                elif name == "scale":
+                    figs, detail = await run_scale(stack, http, checks, args)
                 else:
                     figs, detail = await run_polling(stack, http, args.reps, checks)
                 detail["wall_s"] = round(time.monotonic() - t0, 1)
@@ -369,6 +503,10 @@ def _report(
         for k in keys:
             vals = [r["phases"][k] for r in phases]
             print(f"fan-out phase {k}: median {statistics.median(vals):.3f} s")
+    if "scale" in details:
+        runs = [scale.ScaleRun(**r) for r in details["scale"]["runs"]]
+        print(scale.render(runs))
+        print()
     for name, load in _background(details).items():
         print(f"{name}: cores used outside the bench's processes, median {load:.2f}")
     print(f"results written to {RESULTS}")
@@ -412,6 +550,30 @@ def main() -> int:
         "--profile-rate", type=int, default=200, metavar="HZ", help="py-spy samples per second"
     )
     parser.add_argument("--keep-logs", metavar="DIR", help="keep the processes' logs here")
+    parser.add_argument(
+        "--scale-watches",
+        type=int,
+        default=int(os.environ.get("BENCH_SCALE_WATCHES", scale.WATCHES)),
+        metavar="N",
+        help=f"watches per scale configuration (default {scale.WATCHES:,}; "
+        "env BENCH_SCALE_WATCHES)",
+    )
+    parser.add_argument(
+        "--scale-workers",
+        type=int,
+        nargs="+",
+        default=list(scale.WORKER_COUNTS),
+        metavar="N",
+        help="worker counts of the scale scenario (default 1 2 4)",
+    )
+    parser.add_argument(
+        "--scale-videos",
+        type=int,
+        nargs="+",
+        default=list(scale.VIDEO_COUNTS),
+        metavar="V",
+        help="video counts of the scale scenario (default 1 8)",
+    )
     args = parser.parse_args()
     if args.keep_logs:
         workdir = Path(args.keep_logs)

@@ -3,9 +3,12 @@
 One Redis-protocol server (the product's ``config/redis.conf``: AOF, ``appendfsync
 everysec``), one upstream simulator, one receiver sink (``bench/sink.py``, its own process,
 verifying every signature like ``clip-relay receiver`` but parsing bodies only afterwards),
-one API and one worker. The worker is restarted per
-scenario because its poll interval and budgets are read from the environment at start;
-between scenarios Redis is flushed, the simulator reset and the receiver emptied.
+one API and one or more workers (each its own ``clip-relay worker`` process with its own
+``RELAY_METRICS_PORT``). The workers are restarted per scenario because their poll interval
+and budgets are read from the environment at start; between scenarios Redis is flushed, the
+simulator reset and the receiver emptied. A scenario may add processes of its own (the scale
+scenario's recorders, :meth:`Stack.start_script`); :meth:`Stack.stop` stops every process
+the stack started, by pid.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -80,8 +84,13 @@ class Stack:
 
     @property
     def worker(self) -> Proc:
-        """The worker process."""
+        """The (first) worker process."""
         return self.procs["worker"]
+
+    @property
+    def workers(self) -> list[Proc]:
+        """Every worker process, the first first."""
+        return [p for name, p in self.procs.items() if _is_worker(name)]
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -126,42 +135,76 @@ class Stack:
         wait_http(f"{self.sim}/_sim/stats", 20.0, self.procs["upstream-sim"].popen)
         wait_http(f"{self.receiver}/_events", 20.0, self.procs["receiver"].popen)
 
-    def relay_env(self, extra: Mapping[str, str]) -> dict[str, str]:
-        """The environment of an API or worker process of this stack."""
+    def relay_env(self, extra: Mapping[str, str], metrics_port: int = 0) -> dict[str, str]:
+        """The environment of an API or worker process of this stack (*metrics_port*: the
+        worker's, default the stack's)."""
         return relay_env(
             self.redis.url,
             self.sim,
             api_keys=f"{TENANT}:{self.api_key}",
             upstream_key=self.upstream_key,
             port=self.ports.api,
-            metrics_port=self.ports.metrics,
+            metrics_port=metrics_port or self.ports.metrics,
             extra={**COMMON_ENV, **extra},
         )
 
     def start_worker(self, extra: Mapping[str, str]) -> Proc:
-        """(Re)start the worker with *extra* on top of the common environment."""
+        """(Re)start one worker with *extra* on top of the common environment."""
+        return self.start_workers(1, extra)[0]
+
+    def start_workers(self, count: int, extra: Mapping[str, str]) -> list[Proc]:
+        """(Re)start *count* workers (``worker``, ``worker-2``...), each its own process with
+        its own metrics port, and wait until each answers ``/healthz``. When one does not
+        come up, the ones started are stopped and the error raised."""
         self.stop_worker()
-        self.ports.metrics = free_port()
         self.worker_env = self.relay_env(extra)
-        proc = spawn("worker", ["worker"], self.worker_env, self.workdir)
-        self.procs["worker"] = proc
-        wait_http(f"http://127.0.0.1:{self.ports.metrics}/healthz", 30.0, proc.popen)
-        return proc
+        started: list[tuple[Proc, int]] = []
+        try:
+            for n in range(count):
+                name = "worker" if n == 0 else f"worker-{n + 1}"
+                port = free_port()
+                if n == 0:
+                    self.ports.metrics = port
+                proc = spawn(name, ["worker"], self.relay_env(extra, port), self.workdir)
+                self.procs[name] = proc
+                started.append((proc, port))
+            for proc, port in started:
+                wait_http(f"http://127.0.0.1:{port}/healthz", 30.0, proc.popen)
+        except BaseException:
+            self.stop_worker()
+            raise
+        return [proc for proc, _ in started]
 
     def stop_worker(self) -> None:
-        """Stop the worker if it runs."""
-        proc = self.procs.pop("worker", None)
+        """Stop every worker that runs (all at once: each gets its shutdown grace)."""
+        names = [name for name in self.procs if _is_worker(name)]
+        _stop_all([self.procs.pop(name) for name in names])
+
+    def start_script(self, name: str, script: Path, args: list[str]) -> Proc:
+        """Start a bench tool ``python <script> <args>`` as a process of this stack (stopped
+        by :meth:`stop_script` or :meth:`stop`)."""
+        self.stop_script(name)
+        proc = spawn_script(name, script, args, {}, self.workdir)
+        self.procs[name] = proc
+        return proc
+
+    def stop_script(self, name: str) -> None:
+        """Stop the process *name* if it runs."""
+        proc = self.procs.pop(name, None)
         if proc is not None:
             proc.stop(timeout=15)
 
     def stop(self) -> None:
-        """Stop every process (worker first, Redis last)."""
-        self.stop_worker()
-        for name in ("api", "receiver", "upstream-sim"):
-            proc = self.procs.pop(name, None)
-            if proc is not None:
-                proc.stop(timeout=15)
-        self.redis.stop()
+        """Stop every process the stack started (workers first, Redis last)."""
+        try:
+            self.stop_worker()
+            rest = [self.procs.pop(name) for name in list(self.procs) if name != "upstream-sim"]
+            _stop_all(rest)
+            sim = self.procs.pop("upstream-sim", None)
+            if sim is not None:
+                sim.stop(timeout=15)
+        finally:
+            self.redis.stop()
 
     def pids(self) -> dict[str, int]:
         """Process ids of the stack (for CPU accounting)."""
@@ -243,6 +286,18 @@ class Stack:
                 if row.get("event") == event:
                     out.append(row)
         return out
+
+
+def _is_worker(name: str) -> bool:
+    return name == "worker" or name.startswith("worker-")
+
+
+def _stop_all(procs: list[Proc]) -> None:
+    """Stop *procs* concurrently (SIGTERM, then SIGKILL after 15 s), each by its pid."""
+    if not procs:
+        return
+    with ThreadPoolExecutor(max_workers=len(procs)) as pool:
+        list(pool.map(lambda p: p.stop(timeout=15), procs))
 
 
 def spawn_script(
