@@ -7,10 +7,12 @@ from typing import Final
 # --- Redis key layout (every key the relay writes starts with PREFIX) ---------------------
 PREFIX: Final = "cr:"
 WATCH_PREFIX: Final = PREFIX + "w:"
-WATCH_KEY: Final = WATCH_PREFIX + "{}"  # hash: one watch, its event state, its attempt records
+WATCH_KEY: Final = WATCH_PREFIX + "{}"  # hash: a watch's state, secrets and attempt records
+REGISTRATION_SUFFIX: Final = ":r"
+REGISTRATION_KEY: Final = WATCH_KEY + REGISTRATION_SUFFIX  # string: a watch's registration (JSON)
 VIDEO_PREFIX: Final = PREFIX + "v:"
 VIDEO_KEY: Final = VIDEO_PREFIX + "{}"  # hash: poll state of one upstream video
-VIDEO_WATCHES_KEY: Final = PREFIX + "v:{}:w"  # set: watches still waiting on this video
+VIDEO_WATCHES_KEY: Final = PREFIX + "v:{}:w"  # hash: watches still waiting on it -> tenant
 SOURCE_PREFIX: Final = PREFIX + "src:"
 SOURCE_KEY: Final = SOURCE_PREFIX + "{}"  # hash: a video's clips, shared by its events (refs)
 TENANTS_KEY: Final = PREFIX + "tenants"  # set: every tenant that registered a watch
@@ -22,6 +24,7 @@ TENANT_COUNTS_KEY: Final = TENANT_PREFIX + "{}:n"  # hash: a tenant's watches pe
 IDEMPOTENCY_KEY: Final = PREFIX + "idem:{}:{}"  # string: tenant + Idempotency-Key -> watch
 POLL_SCHEDULE_KEY: Final = PREFIX + "sched:poll"  # zset: video id -> next poll (ms)
 DELIVERY_SCHEDULE_KEY: Final = PREFIX + "sched:delivery"  # zset: watch id -> next attempt (ms)
+EXPIRY_SCHEDULE_KEY: Final = PREFIX + "sched:expiry"  # zset: watching watch id -> expiry (ms)
 UPSTREAM_RATE_KEY: Final = PREFIX + "up:rate:{}"  # string: requests granted in one second
 UPSTREAM_PAUSE_KEY: Final = PREFIX + "up:pause"  # string: upstream paused until (ms)
 WATCH_COUNTS_KEY: Final = PREFIX + "stats:watches"  # hash: status -> number of watches

@@ -111,9 +111,10 @@ async def created_events(
     if deliverer is not None:
         deliverer.keep_clips(video, at, ClipSet.from_doc(event.clips_doc))
     lease_s = 30.0 if deliverer is None else deliverer.claimer.lease_s
-    return await store.deliveries.finalize(
+    _, claimed = await store.deliveries.finalize(
         video, event, [w.id for w in watches], claim=n, lease_s=lease_s
     )
+    return claimed
 
 
 async def sim_video(sim: TestClient[web.Request, web.Application], **spec: Any) -> str:

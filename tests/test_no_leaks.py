@@ -455,8 +455,8 @@ def _every_value(client: Any) -> Iterator[tuple[bytes, bytes]]:
 def test_nothing_in_redis_is_pickled(run: Run) -> None:
     client: Any = redis_sync.Redis.from_url(run.redis_url)
     try:
-        keys = list(client.scan_iter(count=1000))
-        assert any(k.startswith(b"arq:job:") or k.startswith(b"arq:result:") for k in keys), keys
+        # (the relay queues no arq jobs any more -- expiries are a schedule of their own --
+        # but a job a previous version queued, or arq's own keys, must be JSON all the same)
         for key, value in _every_value(client):
             assert not value.startswith(b"\x80"), f"{key!r} holds a pickle"
             if key.startswith((b"arq:job:", b"arq:result:")):

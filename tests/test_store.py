@@ -50,6 +50,31 @@ async def registered(
     return watches
 
 
+def result(
+    claim: DeliveryClaim,
+    outcome: str,
+    record: bytes,
+    *,
+    attempt: int = 1,
+    record_no: int = 1,
+    next_due_ms: int = 0,
+    last_error: str = "",
+) -> AttemptResult:
+    """The outcome of an attempt made under *claim*."""
+    return AttemptResult(
+        claim.watch_id,
+        "acme",
+        "clips.ready",
+        claim.deadline_ms,
+        outcome,
+        record_no,
+        record,
+        attempt,
+        next_due_ms,
+        last_error,
+    )
+
+
 def clips_ready(at: int | None = None) -> FinalEvent:
     at = now_ms() if at is None else at
     doc = ClipSet(CLIPS).doc()
@@ -57,17 +82,32 @@ def clips_ready(at: int | None = None) -> FinalEvent:
 
 
 async def fan_out(
-    store: Store, watches: list[Watch], *, claim: int = 0, event: FinalEvent | None = None
+    store: Store, watches: list[Watch], *, claim: int | None = None, event: FinalEvent | None = None
 ) -> list[DeliveryClaim]:
-    """Give every watch its clips.ready as the poller does, in chunks of 200."""
+    """Give every watch its clips.ready as the poller does, in chunks of 200: the claims
+    (all of them, unless *claim* says how many per chunk), or the ones created (deadline 0)."""
     event = event or clips_ready()
     made: list[DeliveryClaim] = []
     ids = [w.id for w in watches]
     for start in range(0, len(ids), 200):
-        made += await store.deliveries.finalize(
-            watches[0].video_id, event, ids[start : start + 200], claim=claim, lease_s=30
+        chunk = ids[start : start + 200]
+        n, claimed = await store.deliveries.finalize(
+            watches[0].video_id,
+            event,
+            chunk,
+            claim=len(chunk) if claim is None else claim,
+            lease_s=30,
         )
+        made += claimed
+        if claim == 0:
+            made += [DeliveryClaim(w, None, 0) for w in chunk][:n]
     return made
+
+
+async def fan_out_deadline(store: Store, watch_id: str) -> int:
+    score = await store.redis.zscore(c.DELIVERY_SCHEDULE_KEY, watch_id)
+    assert score is not None
+    return int(score)
 
 
 @pytest.fixture
@@ -87,24 +127,24 @@ async def test_finalize_returns_what_it_created_and_is_idempotent(store: Store) 
     assert stored is not None and stored.status == "delivering"
     assert made[0].watch is not None
     assert stored.event_id == made[0].watch.event_id == event_id(watches[0].id, "clips.ready")
-    assert await store.redis.scard(c.VIDEO_WATCHES_KEY.format("vid_1")) == 0
+    assert await store.redis.hlen(c.VIDEO_WATCHES_KEY.format("vid_1")) == 0  # type: ignore[misc]
     with pytest.raises(ValueError, match="at most"):
         await store.deliveries.finalize("vid_1", clips_ready(), ["w"] * (SCRIPT_BATCH + 1))
 
 
 async def test_finalize_claims_what_it_is_told_and_schedules_the_rest(store: Store) -> None:
     """The poller claims as many events as its deliverer has room for (sent without a
-    read-back); the others are due at once for any worker. Every id of the call leaves the
-    video's waiting set, even one with no watch behind it."""
+    read-back); the others are due at once for any worker. An id that does not wait on the
+    video (no such watch, or cancelled) gets nothing."""
     watches = await registered(store, 6)
-    await store.redis.sadd(c.VIDEO_WATCHES_KEY.format("vid_1"), "wat_gone")
     ids = [w.id for w in watches] + ["wat_gone"]
     before = now_ms()
-    made = await store.deliveries.finalize("vid_1", clips_ready(), ids, claim=4, lease_s=30)
-    assert [m.deadline_ms > before + 20_000 for m in made] == [True] * 4 + [False] * 2
+    n, made = await store.deliveries.finalize("vid_1", clips_ready(), ids, claim=4, lease_s=30)
+    assert n == 6 and [m.watch_id for m in made] == ids[:4]
+    assert all(m.deadline_ms > before + 20_000 for m in made)
     scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
     assert sorted(m for m, s in scores.items() if s <= now_ms()) == sorted(ids[4:6])
-    assert await store.redis.scard(c.VIDEO_WATCHES_KEY.format("vid_1")) == 0
+    assert await store.redis.hlen(c.VIDEO_WATCHES_KEY.format("vid_1")) == 0  # type: ignore[misc]
     # what is due is claimed by anyone; what was claimed is not
     claimed = await store.deliveries.claim(limit=10, lease_s=30)
     assert sorted(cl.watch_id for cl, _ in claimed) == sorted(ids[4:6])
@@ -114,9 +154,11 @@ async def test_a_fan_out_watch_matches_the_same_watch_read_back(store: Store) ->
     """A watch handed over in memory looks exactly like the same watch claimed from Redis
     (so its body is the same bytes, whoever builds it)."""
     (mine,) = [m.watch for m in await fan_out(store, await registered(store, 1))]
+    assert mine is not None
+    await store.deliveries.extend([mine.id], (await fan_out_deadline(store, mine.id)), 0)
     [(claim, fetched)] = await store.deliveries.claim(limit=10, lease_s=30)
     read = claim.watch
-    assert mine is not None and read is not None
+    assert read is not None
     read.clips_ms = fetched
     assert read == mine
     clips = ClipSet.from_doc(ClipSet(CLIPS).doc())
@@ -157,6 +199,7 @@ async def test_a_videos_clips_are_stored_once_with_a_reference_per_event(store: 
     assert not await store.redis.exists(c.SOURCE_KEY.format("vid_none"))
     # nothing per watch holds a body
     assert [k async for k in store.redis.scan_iter("cr:e:*")] == []
+    assert stored["refs"] == "450"
 
 
 async def test_a_fan_out_where_nothing_is_created_stores_no_clips(store: Store) -> None:
@@ -172,14 +215,12 @@ async def test_settle_in_several_script_calls_moves_every_watch_on(store: Store)
     made = await fan_out(store, await registered(store, n, video="big"))
     later = now_ms() + 60_000
     results = [
-        AttemptResult(
-            m.watch_id,
-            "clips.ready",
+        result(
+            m,
             "retry" if i % 2 else "ok",
             attempts.record(1, now_ms(), 500 if i % 2 else 204, None, 1.5, None),
-            1,
-            later if i % 2 else 0,
-            "HTTP 500" if i % 2 else "",
+            next_due_ms=later if i % 2 else 0,
+            last_error="HTTP 500" if i % 2 else "",
         )
         for i, m in enumerate(made)
     ]
@@ -209,42 +250,43 @@ async def test_settle_keeps_the_newest_attempt_records(store: Store) -> None:
     for n in range(c.MAX_ATTEMPTS_KEPT + 3):
         rec = attempts.record(n + 1, now_ms(), 500, None, 1.0, f"n{n}")
         await store.deliveries.settle(
-            [AttemptResult(w.id, "clips.ready", "retry", rec, n + 1, now_ms() + 1000)]
+            [
+                result(
+                    made, "retry", rec, attempt=n + 1, record_no=n + 1, next_due_ms=made.deadline_ms
+                )
+            ]
         )
     kept = await store.watches.attempts(w)
     assert len(kept) == c.MAX_ATTEMPTS_KEPT
     assert kept[0]["responseBody"] == "n3" and kept[-1]["attempt"] == c.MAX_ATTEMPTS_KEPT + 3
 
 
-async def test_a_watch_is_one_compact_hash_through_its_life(store: Store) -> None:
-    """Registered, given its event and delivered (a 2xx attempt recorded), a watch with an
-    ordinary callback URL is one listpack-encoded hash: no event body, no attempt list."""
+async def test_a_watch_is_two_compact_keys_through_its_life(store: Store) -> None:
+    """Registered, given its event and delivered (a 2xx attempt recorded), a watch is its
+    registration string and a listpack-encoded state hash: no event body, no attempt list."""
     (w,) = await registered(store, 1)
     key = c.WATCH_KEY.format(w.id)
     assert await store.redis.object("encoding", key) == "listpack"
-    await fan_out(store, [w])
+    (made,) = await fan_out(store, [w])
     rec = attempts.record(1, now_ms(), 204, None, 3.25, None)
-    await store.deliveries.settle([AttemptResult(w.id, "clips.ready", "ok", rec, 1)])
+    await store.deliveries.settle([result(made, "ok", rec)])
     assert await store.redis.object("encoding", key) == "listpack"
     owned = {k async for k in store.redis.scan_iter(f"*{w.id}*")}
-    assert owned == {key}
+    assert owned == {key, c.REGISTRATION_KEY.format(w.id)}
     got = await store.watches.get(w.id)
     assert got is not None and got.status == "delivered" and got.delivered_ms
 
 
 async def test_cancel_and_redeliver_keep_the_tenant_counts_and_indexes(store: Store) -> None:
     a, b, other = await registered(store, 3)
-    await fan_out(store, [a, b])
+    made_a, made_b = await fan_out(store, [a, b])
     rec = attempts.record(1, now_ms(), 500, None, 1.0, None)
     await store.deliveries.settle(
-        [
-            AttemptResult(a.id, "clips.ready", "failed", rec, 1, 0, "HTTP 500"),
-            AttemptResult(b.id, "clips.ready", "ok", rec, 1),
-        ]
+        [result(made_a, "failed", rec, last_error="HTTP 500"), result(made_b, "ok", rec)]
     )
     failed = c.TENANT_FINAL_KEY.format("acme", "failed")
     assert await store.redis.zrange(failed, 0, -1) == [a.id]
-    assert await store.watches.redeliver(a.id) == "ok"
+    assert await store.watches.redeliver(a) == "ok"
     assert await store.redis.zcard(failed) == 0
     await store.watches.cancel(b)
     await store.watches.cancel(other)

@@ -25,11 +25,11 @@ async def gauges(store: Store) -> None:
             pipe = store.redis.pipeline(transaction=False)
             pipe.zcard(c.POLL_SCHEDULE_KEY)
             pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
-            pipe.zcard(c.ARQ_QUEUE)
+            pipe.zcard(c.EXPIRY_SCHEDULE_KEY)
             polls, deliveries, timers = await pipe.execute()
             QUEUE_DEPTH.labels("poll").set(polls)
             QUEUE_DEPTH.labels("delivery").set(deliveries)
-            QUEUE_DEPTH.labels("arq").set(timers)
+            QUEUE_DEPTH.labels("expiry").set(timers)
             for status, n in (await store.watches.counts()).items():
                 WATCHES.labels(status).set(n)
         except Exception as exc:

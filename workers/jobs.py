@@ -1,7 +1,8 @@
-"""arq jobs: durable, deduplicated, deferred work.
+"""arq jobs: what a previous version queued in arq.
 
-The hot paths (polls, deliveries) are batched pumps; arq holds what is rare and must not be
-lost: each watch's expiry timer, written by the API in the same transaction as the watch.
+Polls, deliveries and expiries are batched pumps on schedules of their own (an expiry was an
+arq job until the expiry schedule, :mod:`workers.expirer`): this runs the expiry timers
+that version queued, so an upgrade loses none of them.
 """
 
 from __future__ import annotations

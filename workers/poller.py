@@ -265,7 +265,7 @@ class Poller(Pump[Claimed]):
             chunk = ids[start : start + size]
             start, size = start + size, min(size * 2, FINALIZE_CHUNK)
             room = min(self.room(), len(chunk))
-            made = await self.store.deliveries.finalize(
+            made, claimed = await self.store.deliveries.finalize(
                 vid, event, chunk, claim=room, lease_s=self.lease_s
             )
             if made and event.clips_doc:
@@ -274,10 +274,9 @@ class Poller(Pump[Claimed]):
                 # (two script calls rather than one pipeline: a pipeline of scripts costs an
                 # extra SCRIPT EXISTS round trip, and the two need not be atomic together)
                 await self.store.videos.release(vid, event.at_ms)
-            claimed = [m for m in made if m.deadline_ms]
             if claimed:
                 self.on_events(claimed)
-            created += len(made)
+            created += made
             if not chunk:
                 break
         log.info(

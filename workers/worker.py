@@ -32,6 +32,7 @@ from relay.store.serializer import dumps, loads
 from relay.tasks import finish
 from workers import health
 from workers.delivery import Deliverer
+from workers.expirer import Expirer
 from workers.jobs import STORE, expire_watch
 from workers.poller import Poller
 from workers.upstream_budget import UpstreamGate
@@ -49,6 +50,7 @@ class Runtime:
     store: Store
     poller: Poller
     deliverer: Deliverer
+    expirer: Expirer
     upstream_session: aiohttp.ClientSession
     callbacks: WebhookClient
     metrics_runner: web.AppRunner | None
@@ -95,14 +97,17 @@ async def startup(ctx: dict[str, Any]) -> None:
     poller.on_events = deliverer.offer
     poller.room = deliverer.room
     poller.on_clips = deliverer.keep_clips
+    expirer = Expirer(store, lease_s=settings.lease)
     poller.start()
     deliverer.start()
+    expirer.start()
     runner = await health.serve(settings, store)
     ctx[STORE] = store
     ctx[RUNTIME] = Runtime(
         store,
         poller,
         deliverer,
+        expirer,
         upstream_session,
         callbacks,
         runner,
@@ -123,7 +128,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         return
     grace = ctx[SETTINGS].shutdown_grace
     log.info("worker stopping", grace_s=grace)
-    await asyncio.gather(rt.poller.stop(grace), rt.deliverer.stop(grace))
+    await asyncio.gather(rt.poller.stop(grace), rt.deliverer.stop(grace), rt.expirer.stop(grace))
     rt.gauges.cancel()
     await finish(rt.gauges, 1.0)
     await rt.upstream_session.close()

@@ -255,7 +255,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def redeliver(request: web.Request) -> web.Response:
     """``POST /v1/watches/{id}/redeliver``: the last event again, same webhook-id."""
     watch = await _own_watch(request)
-    result = await request.app[k.STORE].watches.redeliver(watch.id)
+    result = await request.app[k.STORE].watches.redeliver(watch)
     if result != "ok":
         raise ProblemError(
             409,

@@ -42,8 +42,11 @@ class AttemptResult:
     """The outcome of one delivery attempt, to be recorded."""
 
     watch_id: str
+    tenant: str
     event_type: str  # the event attempted (a watch has one final event of one type)
+    claim_ms: int  # the claim it was made under (its lease deadline, the claim's token)
     outcome: str  # ok | retry | failed | disabled
+    record_no: int  # the record's number among the watch's attempt records
     record: bytes  # the attempt record (:func:`relay.domain.attempts.record`)
     attempt: int
     next_due_ms: int = 0

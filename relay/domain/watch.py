@@ -43,7 +43,8 @@ class Watch:
     last_error: str | None = None
     event_id: str = ""
     event_type: str = ""
-    attempt: int = 0
+    attempt: int = 0  # attempts made of the current series
+    records: int = 0  # attempt records written so far (they are numbered on)
     final_ms: int | None = None  # when its event was made: the event's timestamp
     clips_ms: int | None = None  # clips.ready: when the clips its body carries were fetched
 
@@ -54,7 +55,8 @@ class Watch:
         self.event_id = event_id
         self.event_type = event.event_type
         self.attempt = 0
-        self.updated_ms = self.final_ms = event.at_ms
+        self.updated_ms = max(self.updated_ms, event.at_ms)
+        self.final_ms = event.at_ms
         self.clips_ms = event.clips_ms
         if event.video_status:
             self.video_status = event.video_status

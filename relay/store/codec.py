@@ -1,12 +1,12 @@
-"""How the domain types are laid out in Redis: the watch hash and the video hash.
+"""How the domain types are laid out in Redis: a watch's two keys and the video hash.
 
-A watch is one hash of short fields, so Redis keeps it as a compact listpack (every value
-under 64 bytes, as a registration with a callback URL of ordinary length has): the
-registration (one field each), the signing secrets (sealed, one JSON field), the event
-state, and the attempt records (``#<n>``, see :mod:`relay.domain.attempts`). Its event's
-id is derived from the watch id and the event type; its body is built from the fields and,
-for ``clips.ready``, the video's clips document (``cr:src:<video>``), stored once per video.
-A video hash holds its poll state.
+A watch is its registration, one JSON string written once (``cr:w:<id>:r``), and a small
+hash of what changes (``cr:w:<id>``), every value short so Redis keeps it as a compact
+listpack: its status, its sealed signing secrets, its event (``ev``: type, time, the
+video's status and progress then, in one field), its attempt count and records (``#<n>``,
+see :mod:`relay.domain.attempts`), its last error. The event's id is derived from the watch
+id and its type; its body is built from these and, for ``clips.ready``, the video's clips
+document (``cr:src:<video>``, once per video). A video hash holds its poll state.
 """
 
 from __future__ import annotations
@@ -19,125 +19,133 @@ from relay.domain.ids import event_id
 from relay.domain.video import VideoState
 from relay.domain.watch import SecretEntry, Watch
 
-# the watch hash's fields, in the order HMGET reads them (the scripts take this list)
-FIELDS: tuple[str, ...] = (
-    "tenant",
-    "video",
-    "url",
-    "min",
-    "max",
-    "fav",
-    "sortBy",
-    "order",
-    "meta",
-    "created",
-    "secrets",
+# the state hash's fields a watch is read with (HMGET, in this order)
+STATE_FIELDS: tuple[str, ...] = (
     "status",
+    "secrets",
     "updated",
-    "event",  # the event type ('' before the final event)
-    "attempt",
-    "finalAt",
-    "vStatus",
-    "vProgress",
+    "ev",
     "vError",
+    "attempt",
+    "n",
+    "lastError",
     "lastType",
     "deliveredAt",
-    "lastError",
+    "vSeen",  # a watch cancelled before its event: the video's progress|status then
 )
+# what sending needs of a claimed watch's state (its status is ``delivering``: a watch on
+# the delivery schedule is delivering, every transition keeps the two together)
+CLAIM_FIELDS: tuple[str, ...] = ("ev", "attempt", "n", "secrets", "vError", "deliveredAt")
 RECORD_PREFIX = "#"  # attempt records: '#1', '#2', ... (the last MAX_ATTEMPTS_KEPT)
-RECORDS_FIELD = "n"  # attempt records written so far
 
 
-def registration(w: Watch) -> list[str]:
-    """The fields a new watch is written with: (name, value) pairs, flat."""
-    return [
-        "tenant",
-        w.tenant,
-        "video",
-        w.video_id,
-        "url",
-        w.callback_url,
-        "min",
-        repr(float(w.min_score)),
-        "max",
-        "" if w.max_score is None else repr(float(w.max_score)),
-        "fav",
-        "1" if w.favorited_only else "",
-        "sortBy",
-        w.sort_by,
-        "order",
-        w.sort_order,
-        "meta",
-        orjson.dumps(w.metadata).decode(),
-        "created",
-        str(w.created_ms),
-        "secrets",
-        dump_secrets(w.secrets),
-        "status",
-        "watching",
-    ]
-
-
-def watch_from_fields(watch_id: str, v: Sequence[str | None]) -> Watch | None:
-    """A watch from its hash's :data:`FIELDS` (as HMGET returns them); None when it has
-    none (no such watch)."""
-    (
-        tenant,
-        video,
-        url,
-        lo,
-        hi,
-        fav,
-        sort_by,
-        order,
-        meta,
-        created,
-        secrets,
-        status,
-        updated,
-        event,
-        attempt,
-        final_at,
-        v_status,
-        v_progress,
-        v_error,
-        last_type,
-        delivered_at,
-        last_error,
-    ) = v
-    if not status or tenant is None:
-        return None
-    created_ms = int(created or 0)
-    return Watch(
-        id=watch_id,
-        tenant=tenant,
-        video_id=video or "",
-        callback_url=url or "",
-        min_score=float(lo or 0),
-        max_score=float(hi) if hi else None,
-        favorited_only=fav == "1",
-        sort_by=sort_by or "score",
-        sort_order=order or "desc",
-        metadata=orjson.loads(meta) if meta else {},
-        secrets=load_secrets(secrets or "[]"),
-        status=status,
-        video_status=v_status or None,
-        video_progress=float(v_progress) if v_progress else None,
-        video_error=v_error or None,
-        last_event_type=last_type or None,
-        created_ms=created_ms,
-        updated_ms=int(updated) if updated else created_ms,
-        delivered_ms=int(delivered_at) if delivered_at else None,
-        last_error=last_error or None,
-        event_id=event_id(watch_id, event) if event else "",
-        event_type=event or "",
-        attempt=int(attempt or 0),
-        final_ms=int(final_at) if final_at else None,
+def registration_json(w: Watch) -> bytes:
+    """The registration, which never changes: the watch's ``:r`` string."""
+    return orjson.dumps(
+        {
+            "tenant": w.tenant,
+            "videoId": w.video_id,
+            "callbackUrl": w.callback_url,
+            "minScore": w.min_score,
+            "maxScore": w.max_score,
+            "favoritedOnly": w.favorited_only,
+            "sortBy": w.sort_by,
+            "sortOrder": w.sort_order,
+            "metadata": w.metadata,
+            "createdAt": w.created_ms,
+        }
     )
 
 
+def event_field(event_type: str, at_ms: int, video_status: str, progress: str) -> str:
+    """The ``ev`` field: the event type, its time, and the video's status and progress."""
+    return f"{event_type}|{at_ms}|{progress}|{video_status}"
+
+
+def watch_from_registration(watch_id: str, reg: str | bytes) -> Watch:
+    """A watch from its registration alone (status ``watching``, nothing else set)."""
+    spec = orjson.loads(reg)
+    created = spec["createdAt"]
+    return Watch(
+        id=watch_id,
+        tenant=spec["tenant"],
+        video_id=spec["videoId"],
+        callback_url=spec["callbackUrl"],
+        min_score=spec["minScore"],
+        max_score=spec["maxScore"],
+        favorited_only=spec["favoritedOnly"],
+        sort_by=spec["sortBy"],
+        sort_order=spec["sortOrder"],
+        metadata=spec["metadata"],
+        created_ms=created,
+        updated_ms=created,
+    )
+
+
+def apply_event(w: Watch, ev: str | None, video_error: str | None) -> None:
+    """Set the watch's event from its ``ev`` field (nothing when it has none)."""
+    if not ev:
+        return
+    event_type, at, progress, video_status = ev.split("|", 3)
+    w.event_type = event_type
+    w.event_id = event_id(w.id, event_type)
+    w.final_ms = int(at)
+    w.video_status = video_status or None
+    w.video_progress = float(progress) if progress else None
+    w.video_error = video_error or None
+
+
+def watch_from_state(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -> Watch:
+    """A watch from its registration and its state's :data:`STATE_FIELDS`."""
+    (
+        status,
+        secrets,
+        updated,
+        ev,
+        v_error,
+        attempt,
+        _records,
+        last_error,
+        last_type,
+        delivered_at,
+        seen,
+    ) = v
+    w = watch_from_registration(watch_id, reg)
+    w.status = status or "watching"
+    w.secrets = load_secrets(secrets or "[]")
+    apply_event(w, ev, v_error)
+    w.attempt = int(attempt or 0)
+    w.last_error = last_error or None
+    w.last_event_type = last_type or None
+    w.delivered_ms = int(delivered_at) if delivered_at else None
+    w.updated_ms = max(int(updated or 0), w.final_ms or 0, w.created_ms)
+    if seen:
+        progress, video_status = seen.split("|", 1)
+        show_video(w, video_status, progress)
+    return w
+
+
+def show_video(w: Watch, status: str | None, progress: str | None) -> None:
+    """A watch without an event of its own shows the video's last seen status."""
+    w.video_status = status or None
+    w.video_progress = float(progress) if progress else None
+
+
+def claimed_watch(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -> Watch:
+    """A claimed watch from its registration and its state's :data:`CLAIM_FIELDS`."""
+    ev, attempt, records, secrets, v_error, delivered_at = v
+    w = watch_from_registration(watch_id, reg)
+    w.delivered_ms = int(delivered_at) if delivered_at else None
+    w.status = "delivering"
+    apply_event(w, ev, v_error)
+    w.attempt = int(attempt or 0)
+    w.records = int(records or 0)
+    w.secrets = load_secrets(secrets or "[]")
+    return w
+
+
 def dump_secrets(entries: Sequence[SecretEntry]) -> str:
-    """The ``secrets`` field of a watch hash: [sealed, expires ms] per secret."""
+    """The ``secrets`` field of a watch's state: [sealed, expires ms] per secret."""
     return orjson.dumps([[s.sealed, s.expires_ms] for s in entries]).decode()
 
 

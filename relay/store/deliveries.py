@@ -11,16 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from arq.constants import job_key_prefix as ARQ_JOB_PREFIX
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
 from relay import constants as c
 from relay.domain.clock import now_ms
 from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent
-from relay.domain.ids import event_id
 from relay.store import scripts
-from relay.store.codec import FIELDS, watch_from_fields
+from relay.store.codec import (
+    CLAIM_FIELDS,
+    apply_event,
+    claimed_watch,
+    load_secrets,
+    watch_from_registration,
+)
 from relay.store.scripts import SCRIPT_BATCH
 
 SETTLE_BATCH = 256  # attempts recorded per script call, at most (~1 ms of Redis)
@@ -36,6 +40,7 @@ class Deliveries:
         self._extend = scripts.register(redis, "extend_claims")
         self._settle = scripts.register(redis, "settle")
         self._refresh = scripts.register(redis, "refresh_source")
+        self._claim_due = scripts.register(redis, "claim_due")
 
     async def finalize(
         self,
@@ -45,20 +50,20 @@ class Deliveries:
         *,
         claim: int = 0,
         lease_s: float = 0.0,
-    ) -> list[DeliveryClaim]:
+    ) -> tuple[int, list[DeliveryClaim]]:
         """Give the watches of *watch_ids* (of one video) *event* and schedule its delivery;
-        every one of them leaves the video's waiting set.
+        every one of them stops waiting on the video.
 
-        Idempotent: a watch that is no longer watching, or has its event, is left alone.
-        The first *claim* events created are claimed for the caller for *lease_s* (it sends
-        them without reading them back); the others are due at once, for any worker.
-        Returns the events created, each as a claim with its watch (the claim's deadline 0
-        when it is only scheduled).
+        Idempotent: a watch no longer waiting on the video (it has its event, or was
+        cancelled) is left alone. The first *claim* events created are claimed for the
+        caller for *lease_s* and returned with their watches (it sends them without reading
+        them back); the others are due at once, for any worker. Returns how many events
+        were created, and the claims.
         """
         if len(watch_ids) > SCRIPT_BATCH:
             raise ValueError(f"at most {SCRIPT_BATCH} watches per finalize call")
         if not watch_ids:
-            return []
+            return 0, []
         deadline = now_ms() + int(lease_s * 1000) if claim else 0
         rows = await self._finalize(
             keys=[
@@ -67,7 +72,7 @@ class Deliveries:
                 c.WATCH_COUNTS_KEY,
                 c.SOURCE_KEY.format(video_id),
                 c.VIDEO_KEY.format(video_id),
-                c.ARQ_QUEUE,
+                c.EXPIRY_SCHEDULE_KEY,
             ],
             args=[
                 c.WATCH_PREFIX,
@@ -81,33 +86,31 @@ class Deliveries:
                 # a memoryview goes to the socket as it is: no copy while packing
                 memoryview(event.clips_doc),
                 "" if event.clips_ms is None else event.clips_ms,
-                ARQ_JOB_PREFIX,
                 c.TENANT_PREFIX,
-                len(FIELDS),
-                *FIELDS,
+                c.REGISTRATION_SUFFIX,
                 *watch_ids,
             ],
         )
+        ev, created, claimed = rows[0], int(rows[1]), rows[2:]
         out: list[DeliveryClaim] = []
-        for n, (position, values) in enumerate(rows):
-            wid = watch_ids[position - 1]
-            w = watch_from_fields(wid, values)
-            if w is None:  # (cannot be: it was just read as watching)
-                continue
-            w.begin_event(event, event_id(wid, event.event_type))
-            out.append(DeliveryClaim(wid, w, deadline if n < claim else 0))
-        return out
+        for wid, reg, secrets in claimed:
+            w = watch_from_registration(wid, reg)
+            w.status = "delivering"
+            apply_event(w, ev, event.video_error)
+            w.clips_ms = event.clips_ms
+            w.secrets = load_secrets(secrets)
+            out.append(DeliveryClaim(wid, w, deadline))
+        return created, out
 
     async def expire(self, watch_id: str, at_ms: int) -> bool:
-        """Give a still-watching watch its ``watch.expired`` event; False if it had one."""
-        watch = await self.redis.hmget(  # type: ignore[misc]
-            c.WATCH_KEY.format(watch_id), ["status", "event", "video"]
-        )
-        status, event, video_id = watch
-        if status != "watching" or event:
+        """Give a watch still waiting on its video its ``watch.expired``; False if it was
+        not (it has its event, or was cancelled)."""
+        reg = await self.redis.get(c.REGISTRATION_KEY.format(watch_id))
+        if reg is None:
             return False
-        made = await self.finalize(video_id, FinalEvent("watch.expired", at_ms), [watch_id])
-        return bool(made)
+        video_id = watch_from_registration(watch_id, reg).video_id
+        created, _ = await self.finalize(video_id, FinalEvent("watch.expired", at_ms), [watch_id])
+        return created > 0
 
     async def claim(self, *, limit: int, lease_s: float) -> list[tuple[DeliveryClaim, int]]:
         """Claim due deliveries for *lease_s* seconds, each with its watch and when its
@@ -121,16 +124,29 @@ class Deliveries:
                 deadline,
                 limit,
                 c.WATCH_PREFIX,
+                c.REGISTRATION_SUFFIX,
                 c.SOURCE_PREFIX,
-                len(FIELDS),
-                *FIELDS,
+                *CLAIM_FIELDS,
             ],
         )
         out: list[tuple[DeliveryClaim, int]] = []
-        for member, values, fetched in rows:
-            watch = watch_from_fields(member, values)
+        for member, reg, state, fetched in rows:
+            watch = claimed_watch(member, reg, state) if reg else None
             out.append((DeliveryClaim(member, watch, deadline), int(fetched or 0)))
         return out
+
+    async def claim_expiries(self, *, limit: int, lease_s: float) -> list[str]:
+        """Claim up to *limit* watches whose expiry is due, for *lease_s* seconds."""
+        now = now_ms()
+        got = await self._claim_due(
+            keys=[c.EXPIRY_SCHEDULE_KEY], args=[now, now + int(lease_s * 1000), limit]
+        )
+        return [str(m) for m in got]
+
+    async def unschedule_expiries(self, watch_ids: Sequence[str]) -> None:
+        """Take watches off the expiry schedule (they have their event, or are gone)."""
+        if watch_ids:
+            await self.redis.zrem(c.EXPIRY_SCHEDULE_KEY, *watch_ids)
 
     async def clips_doc(self, video_id: str) -> tuple[bytes, int] | None:
         """A video's clips document and when it was fetched, or None."""
@@ -190,11 +206,14 @@ class Deliveries:
             for r in results[start : start + SETTLE_BATCH]:
                 args += [
                     r.watch_id,
+                    r.claim_ms,
+                    r.tenant,
                     r.event_type,
                     r.outcome,
                     r.next_due_ms,
                     r.attempt,
                     r.last_error,
+                    r.record_no,
                     r.record,
                 ]
             got = await self._settle(keys=[c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY], args=args)

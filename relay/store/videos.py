@@ -1,9 +1,9 @@
 """The videos being polled: claim due ones, write poll results, stop polling one.
 
-A video being watched is a hash (its poll state) plus a set of the watches still waiting on
-it (read only when the video is final, a chunk at a time), and a member of the poll
-schedule (video id -> next poll, ms). A claimed member's score is pushed to a lease
-deadline, so a video held by a worker that dies becomes due again.
+A video being watched is a hash (its poll state) plus a hash of the watches still waiting
+on it (watch id -> tenant; read only when the video is final, a chunk at a time), and a
+member of the poll schedule (video id -> next poll, ms). A claimed member's score is pushed
+to a lease deadline, so a video held by a worker that dies becomes due again.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from relay.domain.video import VideoState
 from relay.store import scripts
 from relay.store.codec import video_from_hash, video_hash
 
-SCAN_COUNT = 1000  # members per SSCAN call
+SCAN_COUNT = 1000  # entries per HSCAN call
 
 
 class Videos:
@@ -42,12 +42,12 @@ class Videos:
         ]
 
     async def waiting(self, video_id: str) -> list[str]:
-        """The watches waiting on a video, sorted (SSCAN: each call bounded, however many)."""
+        """The watches waiting on a video, sorted (HSCAN: each call bounded, however many)."""
         ids: set[str] = set()
         cursor = 0
         key = c.VIDEO_WATCHES_KEY.format(video_id)
         while True:
-            cursor, batch = await self.redis.sscan(key, cursor, count=SCAN_COUNT)
+            cursor, batch = await self.redis.hscan(key, cursor, count=SCAN_COUNT)
             ids.update(batch)
             if cursor == 0:
                 return sorted(ids)

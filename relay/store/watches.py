@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from arq.constants import job_key_prefix as ARQ_JOB_PREFIX
-from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from relay import constants as c
@@ -20,15 +18,17 @@ from relay.domain.listing import Page, decode_cursor, encode_cursor
 from relay.domain.watch import SecretEntry, Watch
 from relay.store import scripts
 from relay.store.codec import (
-    FIELDS,
     RECORD_PREFIX,
+    STATE_FIELDS,
+    dump_secrets,
     load_secrets,
-    registration,
-    watch_from_fields,
+    registration_json,
+    show_video,
+    watch_from_registration,
+    watch_from_state,
 )
-from relay.store.serializer import dumps as arq_dumps
 
-EXPIRE_JOB = "expire_watch"  # the arq job that gives a watch its watch.expired (workers.jobs)
+EXPIRE_JOB = "expire_watch"  # the arq job of watch.expired before the expiry schedule
 
 
 class Watches:
@@ -43,39 +43,32 @@ class Watches:
         self._rotate = scripts.register(redis, "rotate_keys")
 
     async def create(self, watch: Watch, *, expire_after_s: float) -> None:
-        """Store a new watch, index it, schedule its video's poll and its expiry timer.
+        """Store a new watch, index it, schedule its video's poll and its expiry.
 
         One script, so a watch is either fully registered or not at all, in one round trip.
-        The expiry timer is an arq job written in arq's own format (and serializer).
         """
         wid = watch.id
-        job_id = f"expire:{wid}"
-        defer_ms = int(expire_after_s * 1000)
-        job = serialize_job(EXPIRE_JOB, (wid,), {}, 1, watch.created_ms, serializer=arq_dumps)
         await self._create(
             keys=[
+                c.REGISTRATION_KEY.format(wid),
                 c.WATCH_KEY.format(wid),
                 c.TENANT_INDEX_KEY.format(watch.tenant),
                 c.TENANT_VIDEO_INDEX_KEY.format(watch.tenant, watch.video_id),
                 c.VIDEO_WATCHES_KEY.format(watch.video_id),
                 c.POLL_SCHEDULE_KEY,
-                ARQ_JOB_PREFIX + job_id,
-                c.ARQ_QUEUE,
+                c.EXPIRY_SCHEDULE_KEY,
                 c.WATCH_COUNTS_KEY,
                 c.TENANT_COUNTS_KEY.format(watch.tenant),
                 c.TENANTS_KEY,
             ],
             args=[
                 wid,
+                registration_json(watch),
+                dump_secrets(watch.secrets),
                 watch.created_ms,
                 watch.video_id,
-                job,
-                # arq keeps a job's data for a day past its run time (arq's `expires`)
-                defer_ms + 86_400_000,
-                watch.created_ms + defer_ms,
-                job_id,
                 watch.tenant,
-                *registration(watch),
+                watch.created_ms + int(expire_after_s * 1000),
             ],
         )
 
@@ -84,21 +77,35 @@ class Watches:
         return (await self.get_many([watch_id]))[0]
 
     async def get_many(self, watch_ids: Sequence[str]) -> list[Watch | None]:
-        """Several watches in one round trip, in the order asked (a watch still watching
+        """Several watches in one round trip, in the order asked (a watch without an event
         shows its video's last seen status)."""
         if not watch_ids:
             return []
-        rows = await self._read(
-            keys=[], args=[c.WATCH_PREFIX, c.VIDEO_PREFIX, len(FIELDS), *FIELDS, *watch_ids]
-        )
-        return [
-            watch_from_fields(wid, row) if row else None
-            for wid, row in zip(watch_ids, rows, strict=True)
+        args: list[str | int] = [
+            c.WATCH_PREFIX,
+            c.REGISTRATION_SUFFIX,
+            c.VIDEO_PREFIX,
+            len(STATE_FIELDS),
+            *STATE_FIELDS,
         ]
+        args += watch_ids
+        rows = await self._read(keys=[], args=args)
+        out: list[Watch | None] = []
+        for wid, row in zip(watch_ids, rows, strict=True):
+            if not row:
+                out.append(None)
+                continue
+            reg, state, video = row
+            w = watch_from_state(wid, reg, state)
+            if video and not w.event_type and w.video_status is None:
+                show_video(w, video[0], video[1])
+            out.append(w)
+        return out
 
     async def specs(self, watch_ids: Sequence[str]) -> list[Watch]:
-        """The watches of *watch_ids* that exist (what building their events needs)."""
-        return [w for w in await self.get_many(watch_ids) if w is not None]
+        """The registrations of the watches of *watch_ids* that exist (their filters)."""
+        regs = await self.redis.mget([c.REGISTRATION_KEY.format(w) for w in watch_ids])
+        return [watch_from_registration(w, r) for w, r in zip(watch_ids, regs, strict=True) if r]
 
     async def page(
         self,
@@ -167,16 +174,17 @@ class Watches:
                 c.VIDEO_WATCHES_KEY.format(watch.video_id),
                 c.WATCH_COUNTS_KEY,
                 c.VIDEO_KEY.format(watch.video_id),
+                c.EXPIRY_SCHEDULE_KEY,
             ],
-            args=[watch.id, now_ms(), c.TENANT_PREFIX],
+            args=[watch.id, now_ms(), c.TENANT_PREFIX, watch.tenant],
         )
 
-    async def redeliver(self, watch_id: str) -> str | None:
+    async def redeliver(self, watch: Watch) -> str | None:
         """Start a new attempt series for the watch's last event. Returns 'ok' or the
         status that has nothing to redeliver (None: no such watch)."""
         result = await self._redeliver(
-            keys=[c.WATCH_KEY.format(watch_id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
-            args=[watch_id, now_ms(), c.TENANT_PREFIX],
+            keys=[c.WATCH_KEY.format(watch.id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
+            args=[watch.id, now_ms(), c.TENANT_PREFIX, watch.tenant],
         )
         return str(result) if result else None
 
@@ -197,7 +205,7 @@ class Watches:
         records = sorted(
             (int(k[len(RECORD_PREFIX) :]), v) for k, v in h.items() if k.startswith(RECORD_PREFIX)
         )
-        event_type = h.get("event") or watch.event_type
+        event_type = (h.get("ev") or "").split("|", 1)[0] or watch.event_type
         return [attempts.expand(watch.id, event_type, raw) for _, raw in records]
 
     async def tenant_counts(self, tenant: str) -> dict[str, int]:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from relay import constants as c
@@ -185,8 +186,9 @@ async def test_receiver_answers(stack: Stack) -> None:
     assert schedule[1] * 0.8 - 1 <= gap <= schedule[1] * 1.2 + 1, gap
     assert gap > ARQ_DAY_S
     event_id = recs[0]["eventId"]
-    (video_id,) = await stack.db.hmget(c.WATCH_KEY.format(tw.id), ["video"])  # type: ignore[misc]
-    for key in (c.WATCH_KEY.format(tw.id), c.SOURCE_KEY.format(video_id)):
+    registration = c.REGISTRATION_KEY.format(tw.id)
+    video_id = orjson.loads(await stack.db.get(registration))["videoId"]
+    for key in (c.WATCH_KEY.format(tw.id), registration, c.SOURCE_KEY.format(video_id)):
         assert await stack.db.pttl(key) == -1, f"{key} would expire before its next attempt"
     queued = await stack.db.zrange(c.ARQ_QUEUE, 0, -1)
     assert all(job.startswith("expire:") for job in queued), queued  # deliveries: not arq jobs

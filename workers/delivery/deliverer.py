@@ -121,7 +121,7 @@ class Deliverer:
             try:
                 if job.deadline - now_ms() < margin_ms and not await claimer.renew(job):
                     continue  # taken over by another worker: it sends this one
-                await attempt(job.watch, build(job.watch))
+                await attempt(job.watch, build(job.watch), job.deadline)
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)
             finally:

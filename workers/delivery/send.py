@@ -57,8 +57,9 @@ class Sender:
         """The callback prepared for sending (its addresses are checked by the client)."""
         return Target.of(URL(callback_url))
 
-    async def attempt(self, w: Watch, body: bytes) -> None:
-        """POST *body* to the watch's callback, signed; its outcome goes to the settler."""
+    async def attempt(self, w: Watch, body: bytes, claim_ms: int) -> None:
+        """POST *body* to the watch's callback, signed; its outcome (under the claim whose
+        token is *claim_ms*) goes to the settler."""
         attempt = w.attempt + 1
         started = time.time()
         code: int | None = None
@@ -86,7 +87,7 @@ class Sender:
         record = attempts.record(
             attempt, int(started * 1000), code, error, latency_ms, answer or None
         )
-        self._record(w, attempt, code, error, retry_after, record, latency_ms)
+        self._record(w, attempt, code, error, retry_after, record, latency_ms, claim_ms)
 
     def _record(
         self,
@@ -97,6 +98,7 @@ class Sender:
         retry_after: float | None,
         record: bytes,
         latency_ms: float,
+        claim_ms: int,
     ) -> None:
         last_error = ""
         next_ms = 0
@@ -116,7 +118,18 @@ class Sender:
         self._outcomes[outcome].inc()
         self.sent += 1
         self.settler.add(
-            AttemptResult(w.id, w.event_type, outcome, record, attempt, next_ms, last_error),
+            AttemptResult(
+                w.id,
+                w.tenant,
+                w.event_type,
+                claim_ms,
+                outcome,
+                w.records + 1,
+                record,
+                attempt,
+                next_ms,
+                last_error,
+            ),
             {
                 "watch_id": w.id,
                 "video_id": w.video_id,

@@ -8,7 +8,7 @@ for i = 1, #due do
   leased[2 * i - 1] = ARGV[2]
   leased[2 * i] = due[i]
   out[i] = {due[i], redis.call('HGETALL', ARGV[4] .. due[i]),
-            redis.call('SCARD', ARGV[4] .. due[i] .. ':w')}
+            redis.call('HLEN', ARGV[4] .. due[i] .. ':w')}
 end
 redis.call('ZADD', KEYS[1], unpack(leased))
 return out

@@ -1,30 +1,31 @@
--- Read watches: the hash fields asked for, in order, per watch (false for a missing one).
--- A watch without a video status of its own (it is still watching, or was cancelled before
--- the video was seen) shows its video's, read once per video per call.
--- ARGV: watch key prefix, video key prefix, number of fields, the fields (they include
--- 'video', 'vStatus' and 'vProgress'), then the watch ids.
-local nf = tonumber(ARGV[3])
-local fields = {unpack(ARGV, 4, 3 + nf)}
-local iv, is, ip
-for i = 1, nf do
-  if fields[i] == 'video' then iv = i elseif fields[i] == 'vStatus' then is = i
-  elseif fields[i] == 'vProgress' then ip = i end
-end
+-- Read watches: per watch, its registration and its state's fields asked for (false for a
+-- missing watch). A watch without an event yet also gets its video's last seen status and
+-- progress, read once per video per call (a video id is [A-Za-z0-9_-], so the registration's
+-- JSON holds it as written).
+-- ARGV: watch key prefix, registration key suffix, video key prefix, number of fields, the
+-- fields (with 'ev'), then the watch ids.
+local nf = tonumber(ARGV[4])
+local fields = {unpack(ARGV, 5, 4 + nf)}
+local iev
+for i = 1, nf do if fields[i] == 'ev' then iev = i end end
 local videos, out = {}, {}
-for i = 4 + nf, #ARGV do
-  local h = redis.call('HMGET', ARGV[1] .. ARGV[i], unpack(fields))
-  if not h[iv] then
+for i = 5 + nf, #ARGV do
+  local key = ARGV[1] .. ARGV[i]
+  local reg = redis.call('GET', key .. ARGV[2])
+  if not reg then
     out[#out + 1] = false
   else
-    if not h[is] or h[is] == '' then
-      local v = videos[h[iv]]
+    local h = redis.call('HMGET', key, unpack(fields))
+    local v = false
+    if not h[iev] then
+      local video = string.match(reg, '"videoId":"([^"]*)"')
+      v = videos[video]
       if not v then
-        v = redis.call('HMGET', ARGV[2] .. h[iv], 'status', 'progress')
-        videos[h[iv]] = v
+        v = redis.call('HMGET', ARGV[3] .. video, 'status', 'progress')
+        videos[video] = v
       end
-      h[is], h[ip] = v[1], v[2]
     end
-    out[#out + 1] = h
+    out[#out + 1] = {reg, h, v}
   end
 end
 return out

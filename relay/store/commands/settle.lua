@@ -1,53 +1,56 @@
 -- Record delivery attempts and move each watch on. KEYS: delivery schedule, status counters.
 -- ARGV: watch key prefix, now ms, attempt records kept, tenant key prefix, then per attempt:
--- watch id, event type, outcome (ok|retry|failed|disabled), next due ms, attempt number,
--- last error, the attempt record. The record goes into the watch's hash ('#<n>', the oldest
--- beyond those kept dropped) with its state change: one read and one write per attempt.
--- A final watch joins its tenant's index of that status. Returns the status each watch has
--- afterwards.
+-- watch id, its claim's deadline (the token), tenant, event type, outcome (ok|retry|failed|
+-- disabled), next due ms, attempt number, last error, record number, the attempt record.
+-- A claim still held (the schedule's score is its token) is a watch still delivering that
+-- event: its record ('#<n>', the oldest beyond those kept dropped) and state change are one
+-- write. Otherwise (cancelled, redelivered, taken over) only the record is kept, if the
+-- watch is still there. A final watch joins its tenant's index of that status.
+-- Returns the status each watch has afterwards.
+local n = (#ARGV - 4) / 10
+local members = {}
+for k = 1, n do members[k] = ARGV[5 + (k - 1) * 10] end
+local held = redis.call('ZMSCORE', KEYS[1], unpack(members))
 local statuses, due, gone, counts, finals = {}, {}, {}, {}, {}
 local now, kept = ARGV[2], tonumber(ARGV[3])
-for i = 5, #ARGV, 7 do
-  local wid, etype, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local watch = ARGV[1] .. wid
-  local h = redis.call('HMGET', watch, 'status', 'event', 'n', 'tenant')
-  local status = h[1]
-  if not status then
-    gone[wid], due[wid] = true, nil  -- the watch is gone: nothing to record
-  else
-    local seq = tonumber(h[3] or '0') + 1
-    local fields = {'n', seq, '#' .. seq, ARGV[i + 6]}
-    if status ~= 'delivering' or h[2] ~= etype then
-      -- cancelled, or already moved on: only a watch that stopped delivering leaves
-      if status ~= 'delivering' then gone[wid], due[wid] = true, nil end
+for k = 1, n do
+  local i = 5 + (k - 1) * 10
+  local wid, tenant, etype, outcome = ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local key = ARGV[1] .. wid
+  local status, seq
+  if held[k] and tonumber(held[k]) == tonumber(ARGV[i + 1]) then
+    status, seq = 'delivering', tonumber(ARGV[i + 8])
+    local fields = {'n', seq, '#' .. seq, ARGV[i + 9], 'attempt', ARGV[i + 6],
+      'updated', now, 'lastError', ARGV[i + 7]}
+    if outcome == 'retry' then
+      gone[wid], due[wid] = nil, ARGV[i + 5]
     else
-      local k = #fields
-      fields[k + 1], fields[k + 2] = 'attempt', ARGV[i + 4]
-      fields[k + 3], fields[k + 4] = 'updated', now
-      fields[k + 5], fields[k + 6] = 'lastError', ARGV[i + 5]
-      if outcome == 'retry' then
-        gone[wid], due[wid] = nil, ARGV[i + 3]
-      else
-        status = outcome == 'ok' and 'delivered' or outcome
-        fields[k + 7], fields[k + 8] = 'status', status
-        fields[k + 9], fields[k + 10] = 'lastType', etype
-        if outcome == 'ok' then fields[k + 11], fields[k + 12] = 'deliveredAt', now end
-        gone[wid], due[wid] = true, nil
-        local tenant = h[4]
-        counts[tenant] = counts[tenant] or {}
-        counts[tenant]['delivering'] = (counts[tenant]['delivering'] or 0) - 1
-        counts[tenant][status] = (counts[tenant][status] or 0) + 1
-        local index = ARGV[4] .. tenant .. ':s:' .. status
-        finals[index] = finals[index] or {}
-        local f = finals[index]
-        f[#f + 1] = now
-        f[#f + 1] = wid
-      end
+      status = outcome == 'ok' and 'delivered' or outcome
+      fields[11], fields[12] = 'status', status
+      fields[13], fields[14] = 'lastType', etype
+      if outcome == 'ok' then fields[15], fields[16] = 'deliveredAt', now end
+      gone[wid], due[wid] = true, nil
+      counts[tenant] = counts[tenant] or {}
+      counts[tenant]['delivering'] = (counts[tenant]['delivering'] or 0) - 1
+      counts[tenant][status] = (counts[tenant][status] or 0) + 1
+      local index = ARGV[4] .. tenant .. ':s:' .. status
+      finals[index] = finals[index] or {}
+      local f = finals[index]
+      f[#f + 1] = now
+      f[#f + 1] = wid
     end
-    redis.call('HSET', watch, unpack(fields))
-    if seq > kept then redis.call('HDEL', watch, '#' .. (seq - kept)) end
+    redis.call('HSET', key, unpack(fields))
+  else
+    -- not ours any more: keep the record if the watch is there, change nothing else
+    local h = redis.call('HMGET', key, 'status', 'n')
+    status = h[1]
+    if status then
+      seq = tonumber(h[2] or '0') + 1
+      redis.call('HSET', key, 'n', seq, '#' .. seq, ARGV[i + 9])
+    end
   end
-  statuses[#statuses + 1] = status or false
+  if seq and seq > kept then redis.call('HDEL', key, '#' .. (seq - kept)) end
+  statuses[k] = status or false
 end
 -- the schedule, the indexes and the counters change once per call
 local zadd, zrem = {}, {}
@@ -56,7 +59,7 @@ for wid, at in pairs(due) do
   zadd[#zadd + 1] = wid
 end
 for wid in pairs(gone) do zrem[#zrem + 1] = wid end
-if #zadd > 0 then redis.call('ZADD', KEYS[1], unpack(zadd)) end
+if #zadd > 0 then redis.call('ZADD', KEYS[1], 'XX', unpack(zadd)) end
 if #zrem > 0 then redis.call('ZREM', KEYS[1], unpack(zrem)) end
 for index, members in pairs(finals) do redis.call('ZADD', index, unpack(members)) end
 for tenant, deltas in pairs(counts) do
