@@ -69,9 +69,9 @@ async def wait_delivered(stack: Stack, watch_ids: list[str], within: float) -> t
         while time.monotonic() < deadline:
             pipe = redis.pipeline(transaction=False)
             for wid in watch_ids:
-                pipe.hget(f"cr:w:{wid}", "status")
+                pipe.hget(f"cr:w:{wid}", "st")  # status|attempt|... (relay.store.codec)
             polls += 1
-            if all(s == "delivered" for s in await pipe.execute()):
+            if all(s and s.startswith("delivered|") for s in await pipe.execute()):
                 return True, polls
             await asyncio.sleep(0.1)
         return False, polls
@@ -88,14 +88,15 @@ async def verify_attempt_log(
     try:
         pipe = redis.pipeline(transaction=False)
         for wid in watch_ids:
-            pipe.hget(f"cr:w:{wid}", "status")
-            pipe.hmget(f"cr:w:{wid}", ["n", "#1"])
+            pipe.hmget(f"cr:w:{wid}", ["st", "#1"])
         rows = await pipe.execute()
     finally:
         await redis.aclose()
     bad = 0
-    for status, (count, first) in zip(rows[::2], rows[1::2], strict=True):
-        # an attempt record is [attempt, at ms, status code, ...] (relay.domain.attempts)
-        ok = status == "delivered" and count == "1" and orjson.loads(first)[2] == 204
+    for st, first in rows:
+        # st is status|attempt|records|... (relay.store.codec); an attempt record is
+        # [attempt, at ms, status code, ...] (relay.domain.attempts)
+        status, _, records = (st or "||").split("|")[:3]
+        ok = status == "delivered" and records == "1" and orjson.loads(first)[2] == 204
         bad += not ok
     checks.expect(bad == 0, f"{label}: {bad} watches not delivered with exactly one 204 attempt")

@@ -51,3 +51,4 @@ class AttemptResult:
     attempt: int
     next_due_ms: int = 0
     last_error: str = ""
+    delivered_ms: int | None = None  # when the event was first delivered, if it was

@@ -19,24 +19,21 @@ from relay.domain.ids import event_id
 from relay.domain.video import VideoState
 from relay.domain.watch import SecretEntry, Watch
 
-# the state hash's fields a watch is read with (HMGET, in this order)
-STATE_FIELDS: tuple[str, ...] = (
-    "status",
-    "secrets",
-    "updated",
-    "ev",
-    "vError",
-    "attempt",
-    "n",
-    "lastError",
-    "lastType",
-    "deliveredAt",
-    "vSeen",  # a watch cancelled before its event: the video's progress|status then
-)
-# what sending needs of a claimed watch's state (its status is ``delivering``: a watch on
-# the delivery schedule is delivering, every transition keeps the two together)
-CLAIM_FIELDS: tuple[str, ...] = ("ev", "attempt", "n", "secrets", "vError", "deliveredAt")
+# The state hash: a few fields, each written whole by one transition --
+#   video    the video id (for claiming: which clips document)
+#   secrets  the sealed signing secrets, JSON (a rotation rewrites it)
+#   st       the delivery state, packed: status|attempt|n|t|deliveredAt|lastType|lastError
+#            (n: attempt records written so far; t: when it last changed, ms)
+#   ev       the event, once made: type|at|progress|videoStatus|videoError
+#   vSeen    a watch cancelled before its event: progress|videoStatus of the video then
+#   updated  when a secret was last rotated, ms
+#   #<n>     attempt record n (the last MAX_ATTEMPTS_KEPT)
+# so a fan-out writes two short fields per watch and an attempt two.
+STATE_FIELDS: tuple[str, ...] = ("st", "ev", "secrets", "vSeen", "updated")
+# what sending needs of a claimed watch's state
+CLAIM_FIELDS: tuple[str, ...] = ("st", "ev", "secrets")
 RECORD_PREFIX = "#"  # attempt records: '#1', '#2', ... (the last MAX_ATTEMPTS_KEPT)
+WATCHING = "watching|0|0|0|||"  # the delivery state of a new watch
 
 
 def registration_json(w: Watch) -> bytes:
@@ -55,11 +52,6 @@ def registration_json(w: Watch) -> bytes:
             "createdAt": w.created_ms,
         }
     )
-
-
-def event_field(event_type: str, at_ms: int, video_status: str, progress: str) -> str:
-    """The ``ev`` field: the event type, its time, and the video's status and progress."""
-    return f"{event_type}|{at_ms}|{progress}|{video_status}"
 
 
 def watch_from_registration(watch_id: str, reg: str | bytes) -> Watch:
@@ -82,64 +74,59 @@ def watch_from_registration(watch_id: str, reg: str | bytes) -> Watch:
     )
 
 
-def apply_event(w: Watch, ev: str | None, video_error: str | None) -> None:
+def apply_state(w: Watch, st: str | None) -> None:
+    """Set the watch's delivery state from its ``st`` field."""
+    if not st:
+        return
+    status, attempt, records, changed, delivered, last_type, last_error = st.split("|", 6)
+    w.status = status
+    w.attempt = int(attempt or 0)
+    w.records = int(records or 0)
+    w.updated_ms = max(w.updated_ms, int(changed or 0))
+    w.delivered_ms = int(delivered) if delivered else None
+    w.last_event_type = last_type or None
+    w.last_error = last_error or None
+
+
+def apply_event(w: Watch, ev: str | None) -> None:
     """Set the watch's event from its ``ev`` field (nothing when it has none)."""
     if not ev:
         return
-    event_type, at, progress, video_status = ev.split("|", 3)
+    event_type, at, progress, video_status, video_error = ev.split("|", 4)
     w.event_type = event_type
     w.event_id = event_id(w.id, event_type)
     w.final_ms = int(at)
-    w.video_status = video_status or None
-    w.video_progress = float(progress) if progress else None
+    w.updated_ms = max(w.updated_ms, w.final_ms)
+    show_video(w, video_status, progress)
     w.video_error = video_error or None
+
+
+def show_video(w: Watch, status: str | None, progress: str | None) -> None:
+    """The video's status and progress as the watch shows them."""
+    w.video_status = status or None
+    w.video_progress = float(progress) if progress else None
 
 
 def watch_from_state(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -> Watch:
     """A watch from its registration and its state's :data:`STATE_FIELDS`."""
-    (
-        status,
-        secrets,
-        updated,
-        ev,
-        v_error,
-        attempt,
-        _records,
-        last_error,
-        last_type,
-        delivered_at,
-        seen,
-    ) = v
+    st, ev, secrets, seen, updated = v
     w = watch_from_registration(watch_id, reg)
-    w.status = status or "watching"
+    apply_state(w, st)
+    apply_event(w, ev)
     w.secrets = load_secrets(secrets or "[]")
-    apply_event(w, ev, v_error)
-    w.attempt = int(attempt or 0)
-    w.last_error = last_error or None
-    w.last_event_type = last_type or None
-    w.delivered_ms = int(delivered_at) if delivered_at else None
-    w.updated_ms = max(int(updated or 0), w.final_ms or 0, w.created_ms)
+    w.updated_ms = max(w.updated_ms, int(updated or 0))
     if seen:
         progress, video_status = seen.split("|", 1)
         show_video(w, video_status, progress)
     return w
 
 
-def show_video(w: Watch, status: str | None, progress: str | None) -> None:
-    """A watch without an event of its own shows the video's last seen status."""
-    w.video_status = status or None
-    w.video_progress = float(progress) if progress else None
-
-
 def claimed_watch(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -> Watch:
     """A claimed watch from its registration and its state's :data:`CLAIM_FIELDS`."""
-    ev, attempt, records, secrets, v_error, delivered_at = v
+    st, ev, secrets = v
     w = watch_from_registration(watch_id, reg)
-    w.delivered_ms = int(delivered_at) if delivered_at else None
-    w.status = "delivering"
-    apply_event(w, ev, v_error)
-    w.attempt = int(attempt or 0)
-    w.records = int(records or 0)
+    apply_state(w, st)
+    apply_event(w, ev)
     w.secrets = load_secrets(secrets or "[]")
     return w
 

@@ -96,7 +96,7 @@ class Deliveries:
         for wid, reg, secrets in claimed:
             w = watch_from_registration(wid, reg)
             w.status = "delivering"
-            apply_event(w, ev, event.video_error)
+            apply_event(w, ev)
             w.clips_ms = event.clips_ms
             w.secrets = load_secrets(secrets)
             out.append(DeliveryClaim(wid, w, deadline))
@@ -131,7 +131,7 @@ class Deliveries:
         )
         out: list[tuple[DeliveryClaim, int]] = []
         for member, reg, state, fetched in rows:
-            watch = claimed_watch(member, reg, state) if reg else None
+            watch = claimed_watch(member, reg, state[1:]) if reg else None  # (video first)
             out.append((DeliveryClaim(member, watch, deadline), int(fetched or 0)))
         return out
 
@@ -215,6 +215,7 @@ class Deliveries:
                     r.last_error,
                     r.record_no,
                     r.record,
+                    "" if r.delivered_ms is None else r.delivered_ms,
                 ]
             got = await self._settle(keys=[c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY], args=args)
             statuses += [str(s) for s in got]

@@ -20,6 +20,7 @@ from relay.store import scripts
 from relay.store.codec import (
     RECORD_PREFIX,
     STATE_FIELDS,
+    WATCHING,
     dump_secrets,
     load_secrets,
     registration_json,
@@ -69,6 +70,7 @@ class Watches:
                 watch.video_id,
                 watch.tenant,
                 watch.created_ms + int(expire_after_s * 1000),
+                WATCHING,
             ],
         )
 

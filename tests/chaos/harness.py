@@ -515,9 +515,11 @@ class Stack:
         """Each watch's status as stored (None: no such watch)."""
         pipe = self.db.pipeline(transaction=False)
         for wid in watch_ids:
-            pipe.hget(c.WATCH_KEY.format(wid), "status")
+            pipe.hget(c.WATCH_KEY.format(wid), "st")  # status|attempt|... (relay.store.codec)
         rows = await pipe.execute()
-        return dict(zip(watch_ids, rows, strict=True))
+        return {
+            w: st.split("|", 1)[0] if st else None for w, st in zip(watch_ids, rows, strict=True)
+        }
 
     async def all_final(self, watch_ids: Sequence[str]) -> bool:
         """Whether every watch reached a final status."""

@@ -129,6 +129,7 @@ class Sender:
                 attempt,
                 next_ms,
                 last_error,
+                w.delivered_ms,
             ),
             {
                 "watch_id": w.id,

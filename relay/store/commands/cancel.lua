@@ -2,16 +2,17 @@
 -- status counters, the video hash, the expiry schedule.
 -- ARGV: watch id, now ms, tenant key prefix, tenant. Returns the previous status (false if
 -- there is no watch). A watch that never had its event keeps the video's last status seen.
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return false end
+local st = redis.call('HGET', KEYS[1], 'st')
+if not st then return false end
+local status, rest = string.match(st, '^([^|]*)|[^|]*|[^|]*|[^|]*|(.*)$')
+local attempt, records = string.match(st, '^[^|]*|([^|]*)|([^|]*)|')
 if status ~= 'cancelled' then
+  local fields = {'st', 'cancelled|' .. attempt .. '|' .. records .. '|' .. ARGV[2] .. '|' .. rest}
   if status == 'watching' then
     local v = redis.call('HMGET', KEYS[5], 'status', 'progress')
-    redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', ARGV[2],
-      'vSeen', (v[2] or '') .. '|' .. (v[1] or ''))
-  else
-    redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated', ARGV[2])
+    fields[3], fields[4] = 'vSeen', (v[2] or '') .. '|' .. (v[1] or '')
   end
+  redis.call('HSET', KEYS[1], unpack(fields))
   local counts = ARGV[3] .. ARGV[4] .. ':n'
   redis.call('HINCRBY', KEYS[4], status, -1)
   redis.call('HINCRBY', KEYS[4], 'cancelled', 1)

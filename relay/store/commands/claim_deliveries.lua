@@ -9,7 +9,7 @@
 -- allows -- which is also all that arq supports.)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 if #due == 0 then return {} end
-local fields = {unpack(ARGV, 7)}
+local fields = {'video', unpack(ARGV, 7)}
 local out, leased, fetched = {}, {}, {}
 for i = 1, #due do
   leased[2 * i - 1] = ARGV[2]
@@ -17,13 +17,14 @@ for i = 1, #due do
   local key = ARGV[4] .. due[i]
   local reg = redis.call('GET', key .. ARGV[5])
   if reg then
-    local video = string.match(reg, '"videoId":"([^"]*)"')
+    local h = redis.call('HMGET', key, unpack(fields))
+    local video = h[1]
     local at = fetched[video]
     if at == nil then
       at = redis.call('HGET', ARGV[6] .. video, 'at')
       fetched[video] = at
     end
-    out[i] = {due[i], reg, redis.call('HMGET', key, unpack(fields)), at}
+    out[i] = {due[i], reg, h, at}
   else
     out[i] = {due[i], false, false, false}
   end

@@ -5,9 +5,10 @@
 -- KEYS: registration, state hash, tenant index, tenant-video index, the video's waiting
 -- watches, poll schedule, expiry schedule, status counters, the tenant's status counters,
 -- the set of tenants.
--- ARGV: watch id, registration JSON, secrets JSON, created ms, video id, tenant, expires ms.
+-- ARGV: watch id, registration JSON, secrets JSON, created ms, video id, tenant, expires ms,
+-- the delivery state of a new watch.
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'status', 'watching', 'secrets', ARGV[3])
+redis.call('HSET', KEYS[2], 'video', ARGV[5], 'st', ARGV[8], 'secrets', ARGV[3])
 -- listing order: Redis' clock in microseconds, one clock for every API replica
 local t = redis.call('TIME')
 local order = tonumber(t[1]) * 1000000 + tonumber(t[2])

@@ -22,7 +22,9 @@ if vstatus == '' then
   local v = redis.call('HMGET', KEYS[5], 'status', 'progress')
   vstatus, vprogress = v[1] or '', v[2] or ''
 end
-local ev = etype .. '|' .. at .. '|' .. vprogress .. '|' .. vstatus
+local ev = etype .. '|' .. at .. '|' .. vprogress .. '|' .. string.gsub(vstatus, '|', '/') ..
+  '|' .. ARGV[8]
+local st = 'delivering|0|0|' .. at .. '|||' 
 local claim, deadline = tonumber(ARGV[5]), ARGV[4]
 local out, scheduled, made, tenants = {ev, 0}, {}, {}, {}
 local n = 0
@@ -30,11 +32,7 @@ for i = 1, #ids do
   local tenant = waiting[i]
   if tenant then
     local key = ARGV[1] .. ids[i]
-    if ARGV[8] ~= '' then
-      redis.call('HSET', key, 'status', 'delivering', 'ev', ev, 'vError', ARGV[8])
-    else
-      redis.call('HSET', key, 'status', 'delivering', 'ev', ev)
-    end
+    redis.call('HSET', key, 'st', st, 'ev', ev)
     n = n + 1
     made[n] = ids[i]
     tenants[tenant] = (tenants[tenant] or 0) + 1

@@ -2,13 +2,15 @@
 -- KEYS: state hash, delivery schedule, the status counters. ARGV: watch id, now ms, tenant
 -- key prefix, tenant. Returns 'ok', or the status for a watch in a state that has nothing
 -- to redeliver.
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return false end
+local st = redis.call('HGET', KEYS[1], 'st')
+if not st then return false end
+local status, records, delivered, last_type =
+  string.match(st, '^([^|]*)|[^|]*|([^|]*)|[^|]*|([^|]*)|([^|]*)|')
 if status ~= 'delivered' and status ~= 'failed' and status ~= 'disabled' then
   return status
 end
-redis.call('HSET', KEYS[1], 'status', 'delivering', 'attempt', 0, 'lastError', '',
-  'updated', ARGV[2])
+redis.call('HSET', KEYS[1], 'st', 'delivering|0|' .. records .. '|' .. ARGV[2] .. '|' ..
+  delivered .. '|' .. last_type .. '|')
 local counts = ARGV[3] .. ARGV[4] .. ':n'
 redis.call('HINCRBY', KEYS[3], status, -1)
 redis.call('HINCRBY', KEYS[3], 'delivering', 1)

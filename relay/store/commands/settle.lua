@@ -1,34 +1,34 @@
 -- Record delivery attempts and move each watch on. KEYS: delivery schedule, status counters.
 -- ARGV: watch key prefix, now ms, attempt records kept, tenant key prefix, then per attempt:
 -- watch id, its claim's deadline (the token), tenant, event type, outcome (ok|retry|failed|
--- disabled), next due ms, attempt number, last error, record number, the attempt record.
+-- disabled), next due ms, attempt number, last error, record number, the attempt record,
+-- when the event was first delivered ('' if never).
 -- A claim still held (the schedule's score is its token) is a watch still delivering that
--- event: its record ('#<n>', the oldest beyond those kept dropped) and state change are one
--- write. Otherwise (cancelled, redelivered, taken over) only the record is kept, if the
--- watch is still there. A final watch joins its tenant's index of that status.
--- Returns the status each watch has afterwards.
-local n = (#ARGV - 4) / 10
+-- event: its record ('#<n>') and its new delivery state are one write. Otherwise
+-- (cancelled, redelivered, taken over) only the record is kept, if the watch is there.
+-- A final watch joins its tenant's index of that status. Returns each watch's status.
+local W = 11
+local n = (#ARGV - 4) / W
 local members = {}
-for k = 1, n do members[k] = ARGV[5 + (k - 1) * 10] end
+for k = 1, n do members[k] = ARGV[5 + (k - 1) * W] end
 local held = redis.call('ZMSCORE', KEYS[1], unpack(members))
 local statuses, due, gone, counts, finals = {}, {}, {}, {}, {}
 local now, kept = ARGV[2], tonumber(ARGV[3])
 for k = 1, n do
-  local i = 5 + (k - 1) * 10
+  local i = 5 + (k - 1) * W
   local wid, tenant, etype, outcome = ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local key = ARGV[1] .. wid
   local status, seq
   if held[k] and tonumber(held[k]) == tonumber(ARGV[i + 1]) then
-    status, seq = 'delivering', tonumber(ARGV[i + 8])
-    local fields = {'n', seq, '#' .. seq, ARGV[i + 9], 'attempt', ARGV[i + 6],
-      'updated', now, 'lastError', ARGV[i + 7]}
+    seq = tonumber(ARGV[i + 8])
+    local delivered, last_type = ARGV[i + 10], ''
     if outcome == 'retry' then
+      status = 'delivering'
       gone[wid], due[wid] = nil, ARGV[i + 5]
     else
       status = outcome == 'ok' and 'delivered' or outcome
-      fields[11], fields[12] = 'status', status
-      fields[13], fields[14] = 'lastType', etype
-      if outcome == 'ok' then fields[15], fields[16] = 'deliveredAt', now end
+      last_type = etype
+      if outcome == 'ok' and delivered == '' then delivered = now end
       gone[wid], due[wid] = true, nil
       counts[tenant] = counts[tenant] or {}
       counts[tenant]['delivering'] = (counts[tenant]['delivering'] or 0) - 1
@@ -39,14 +39,17 @@ for k = 1, n do
       f[#f + 1] = now
       f[#f + 1] = wid
     end
-    redis.call('HSET', key, unpack(fields))
+    local st = status .. '|' .. ARGV[i + 6] .. '|' .. seq .. '|' .. now .. '|' .. delivered ..
+      '|' .. last_type .. '|' .. ARGV[i + 7]
+    redis.call('HSET', key, 'st', st, '#' .. seq, ARGV[i + 9])
   else
     -- not ours any more: keep the record if the watch is there, change nothing else
-    local h = redis.call('HMGET', key, 'status', 'n')
-    status = h[1]
-    if status then
-      seq = tonumber(h[2] or '0') + 1
-      redis.call('HSET', key, 'n', seq, '#' .. seq, ARGV[i + 9])
+    local st = redis.call('HGET', key, 'st')
+    if st then
+      local s, a, r, rest = string.match(st, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+      status, seq = s, tonumber(r) + 1
+      redis.call('HSET', key, 'st', s .. '|' .. a .. '|' .. seq .. '|' .. rest,
+        '#' .. seq, ARGV[i + 9])
     end
   end
   if seq and seq > kept then redis.call('HDEL', key, '#' .. (seq - kept)) end
