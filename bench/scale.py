@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import math
 import os
 import random
@@ -42,7 +44,7 @@ from typing import Any
 import aiohttp
 import fanout
 from common import Checks, percentile
-from stack import HERE, Stack
+from stack import HERE, ROOT, Stack
 from tools import create_videos, register, switch_status
 
 from relay.devtools.embedded_redis import free_port
@@ -86,6 +88,7 @@ class ScaleRun:
     slow_max_ms: float = 0.0
     slow_by_cmd: dict[str, dict[str, float]] = field(default_factory=dict)
     slow_registration: int = 0  # > 1 ms during the registration (info)
+    forks: int = 0  # BGSAVE / AOF rewrite forks during the window
     worker_cpu_us: float = 0.0  # per delivery, all workers together
     worker_cpu_s: float = 0.0  # all workers together, over the window
     worker_cpu_s_each: list[float] = field(default_factory=list)
@@ -207,6 +210,15 @@ async def redis_reset_window(stack: Stack) -> None:
         await redis.aclose()
 
 
+async def redis_forks(stack: Stack) -> int:
+    """``total_forks`` (BGSAVE, AOF rewrites: the children's CPU is not the server's)."""
+    redis = stack.redis_client()
+    try:
+        return int((await redis.info("stats")).get("total_forks", 0))
+    finally:
+        await redis.aclose()
+
+
 async def redis_commandstats(stack: Stack) -> dict[str, tuple[int, int]]:
     """Per command: (calls, usec) since the last ``CONFIG RESETSTAT``."""
     redis = stack.redis_client()
@@ -217,14 +229,28 @@ async def redis_commandstats(stack: Stack) -> dict[str, tuple[int, int]]:
     return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
 
 
+@functools.cache
+def script_names() -> dict[str, str]:
+    """SHA1 -> name of every ``.lua`` file of the relay's source (the scripts it loads
+    verbatim with EVALSHA); a script built otherwise keeps its SHA1 in the report."""
+    out = {}
+    for package in ("relay", "workers"):
+        for path in sorted((ROOT / package).rglob("*.lua")):
+            out[hashlib.sha1(path.read_bytes()).hexdigest()] = path.stem  # noqa: S324
+    return out
+
+
 def _slow_name(command: str) -> str:
-    """The command's name; a script call also names its script (sha prefix or function)."""
+    """The command's name; a script call also names its script (file name, else the SHA1
+    prefix; a function's name)."""
     words = command.split()
     if not words:
         return "?"
     name = words[0].lower()
-    if name in ("evalsha", "evalsha_ro", "fcall", "fcall_ro") and len(words) > 1:
-        return f"{name} {words[1][:12]}"
+    if name in ("evalsha", "evalsha_ro") and len(words) > 1:
+        return f"{name} {script_names().get(words[1].lower(), words[1][:12])}"
+    if name in ("fcall", "fcall_ro") and len(words) > 1:
+        return f"{name} {words[1]}"
     return name
 
 
@@ -342,6 +368,7 @@ async def run_config(
     probe = Probe(stack, http, ids)
     stop = asyncio.Event()
     await redis_reset_window(stack)
+    forks0 = await redis_forks(stack)
     redis_cpu0 = proc_cpu(redis_pid)
     worker_cpu0 = [proc_cpu(pid) for pid in worker_pids]
     t_switch = time.time()
@@ -356,6 +383,7 @@ async def run_config(
     worker_cpu = [proc_cpu(pid) - c0 for pid, c0 in zip(worker_pids, worker_cpu0, strict=True)]
     calls = await redis_commandstats(stack)
     slow = await redis_slowlog(stack, t_switch)
+    run.forks = await redis_forks(stack) - forks0
     checks.expect(arrived, f"{label}: not every event arrived within {DELIVER_WITHIN:.0f} s")
 
     stats = await receivers.stats(http)
@@ -481,7 +509,8 @@ def _num(x: float, digits: int = 1) -> str:
 
 
 def render(runs: list[ScaleRun]) -> str:
-    """Every configuration side by side, then each one's top commands and slow log."""
+    """Every configuration side by side, then each one's top commands and slow log (a
+    script's usec includes the commands it ran, which also count on their own)."""
     rows: list[tuple[str, ...]] = [("scale (per configuration)", *(r.label for r in runs))]
     lines: list[tuple[str, Any]] = [
         ("deliveries/s", lambda r: _num(r.rate, 0)),
@@ -492,6 +521,7 @@ def render(runs: list[ScaleRun]) -> str:
         ("Redis commands/delivery", lambda r: _num(r.redis_cmds, 1)),
         ("Redis commands > 1 ms", lambda r: str(r.slow_count)),
         ("slowest command ms", lambda r: _num(r.slow_max_ms, 1)),
+        ("Redis forks (BGSAVE/AOF rewrite)", lambda r: str(r.forks)),
         ("worker CPU us/delivery", lambda r: _num(r.worker_cpu_us, 0)),
         ("worker CPU s (total)", lambda r: _num(r.worker_cpu_s, 1)),
         ("worker CPU s (each)", lambda r: "/".join(f"{c:.1f}" for c in r.worker_cpu_s_each)),
@@ -520,7 +550,7 @@ def render(runs: list[ScaleRun]) -> str:
         calls = ", ".join(f"{k} {v:.2f}" for k, v in r.top_calls)
         usec = ", ".join(f"{k} {v:.2f}" for k, v in r.top_usec)
         out.append(f"{r.label} top commands per delivery, by calls: {calls}")
-        out.append(f"{r.label} top commands per delivery, by usec: {usec}")
+        out.append(f"{r.label} top commands per delivery, by usec (scripts incl.): {usec}")
         if r.slow_by_cmd:
             slow = ", ".join(
                 f"{k} x{int(v['count'])} (median {v['median_ms']:.1f}, max {v['max_ms']:.1f} ms)"
