@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 import fanout
-from common import Checks, percentile
+from common import Checks, CpuSet, percentile
 from stack import HERE, ROOT, Stack
 from tools import create_videos, register, switch_status
 
@@ -74,6 +74,7 @@ class ScaleRun:
     workers: int
     videos: int
     watches: int
+    rep: int = 0
     register_s: float = 0.0
     register_rps: float = 0.0
     window_s: float = 0.0
@@ -107,11 +108,12 @@ class ScaleRun:
     get_count_rest: int = 0
     get_count_fanout: int = 0
     get_errors: int = 0
+    cores: dict[str, float] = field(default_factory=dict)  # per process over the window
 
     @property
     def label(self) -> str:
-        """``1v 4w``: videos and workers."""
-        return f"{self.videos}v {self.workers}w"
+        """``1v 4w``: videos and workers (``#2`` and on: the run)."""
+        return f"{self.videos}v {self.workers}w" + (f" #{self.rep + 1}" if self.rep else "")
 
     @property
     def get_ratio(self) -> float:
@@ -373,6 +375,8 @@ async def run_config(
     stop = asyncio.Event()
     await redis_reset_window(stack)
     forks0 = await redis_forks(stack)
+    cpus = CpuSet(stack.pids())
+    cpus.start()
     redis_cpu0 = proc_cpu(redis_pid)
     redis_child0 = proc_cpu(redis_pid, children=True)
     worker_cpu0 = [proc_cpu(pid) for pid in worker_pids]
@@ -385,6 +389,7 @@ async def run_config(
         stop.set()
         await probing
     redis_cpu = proc_cpu(redis_pid) - redis_cpu0
+    run.cores = cpus.cores()
     redis_child = proc_cpu(redis_pid, children=True) - redis_child0
     worker_cpu = [proc_cpu(pid) - c0 for pid, c0 in zip(worker_pids, worker_cpu0, strict=True)]
     calls = await redis_commandstats(stack)
@@ -481,16 +486,19 @@ async def run_all(
     watches: int = WATCHES,
     worker_counts: tuple[int, ...] = WORKER_COUNTS,
     video_counts: tuple[int, ...] = VIDEO_COUNTS,
+    reps: int = 1,
 ) -> list[ScaleRun]:
-    """Every configuration (videos outer, workers inner); the receivers and the workers
-    are stopped afterwards, also on failure."""
+    """*reps* rounds of every configuration (videos outer, workers inner); the receivers and
+    the workers are stopped afterwards, also on failure."""
     receivers = await asyncio.to_thread(Receivers.start, stack)
     runs: list[ScaleRun] = []
+    configs = [(v, w) for v in video_counts for w in worker_counts]
     try:
-        for videos in video_counts:
-            for workers in worker_counts:
+        for rep in range(reps):
+            for videos, workers in configs:
                 t0 = time.monotonic()
                 run = await run_config(stack, http, receivers, workers, videos, watches, checks)
+                run.rep = rep
                 runs.append(run)
                 print(
                     f"  scale {run.label}: {run.rate:,.0f}/s over {run.window_s:.1f} s, "
@@ -498,7 +506,8 @@ async def run_all(
                     f"workers {run.worker_cpu_us:.0f} us/delivery, "
                     f"{run.bytes_with_event:,.0f} B/watch, GET p99 "
                     f"{run.get_p99_rest_ms:.1f} -> {run.get_p99_fanout_ms:.1f} ms, "
-                    f"registered at {run.register_rps:,.0f}/s "
+                    f"registered at {run.register_rps:,.0f}/s, "
+                    f"other load {run.cores.get('other', 0):.2f} cores "
                     f"({time.monotonic() - t0:.0f} s)",
                     flush=True,
                 )
@@ -513,6 +522,12 @@ async def run_all(
 
 def _num(x: float, digits: int = 1) -> str:
     return "-" if math.isnan(x) else f"{x:,.{digits}f}"
+
+
+def _recorders(run: ScaleRun) -> float:
+    return (
+        sum(v for k, v in run.cores.items() if k.startswith("recorder")) if run.cores else math.nan
+    )
 
 
 def render(runs: list[ScaleRun]) -> str:
@@ -533,6 +548,9 @@ def render(runs: list[ScaleRun]) -> str:
         ("worker CPU us/delivery", lambda r: _num(r.worker_cpu_us, 0)),
         ("worker CPU s (total)", lambda r: _num(r.worker_cpu_s, 1)),
         ("worker CPU s (each)", lambda r: "/".join(f"{c:.1f}" for c in r.worker_cpu_s_each)),
+        ("API cores (window)", lambda r: _num(r.cores.get("api", math.nan), 2)),
+        ("recorders cores (window)", lambda r: _num(_recorders(r), 2)),
+        ("other cores (not the bench)", lambda r: _num(r.cores.get("other", math.nan), 2)),
         ("Redis B/watch registered", lambda r: _num(r.bytes_registered, 0)),
         ("Redis B/watch with event", lambda r: _num(r.bytes_with_event, 0)),
         ("API GET p99 ms rest", lambda r: _num(r.get_p99_rest_ms, 1)),
