@@ -26,6 +26,7 @@ import asyncio
 import math
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -449,6 +450,9 @@ async def run_scale(
 
 async def _main(args: argparse.Namespace, workdir: Path) -> int:
     started = time.monotonic()
+    main_task = asyncio.current_task()
+    if main_task is not None:  # SIGTERM (and SIGINT, by asyncio.run) unwind: the stack stops
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     checks = Checks()
     PROFILER.out = Path(args.profile) if args.profile else None
     PROFILER.rate = args.profile_rate
