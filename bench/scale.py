@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import math
 import os
 import random
@@ -41,8 +43,8 @@ from typing import Any
 
 import aiohttp
 import fanout
-from common import Checks, percentile
-from stack import HERE, Stack
+from common import Checks, CpuSet, percentile
+from stack import HERE, ROOT, Stack
 from tools import create_videos, register, switch_status
 
 from relay.devtools.embedded_redis import free_port
@@ -56,7 +58,7 @@ URL_LENGTH = 60  # characters of each callback URL
 # the fan-out scenario's worker: 0.5 s poll interval, delivery concurrency 64 per worker
 WORKER_ENV = dict(fanout.WORKER_ENV)
 PROBE_HZ = 20.0  # GET /v1/watches/{id}, sequential
-REST_S = 5.0  # the probe at rest, before the switch
+REST_S = 8.0  # the probe at rest, before the switch
 SETTLE_S = 1.0  # the relay settles before used_memory is read
 SLOW_US = 1000  # SLOWLOG threshold: 1 ms
 SLOWLOG_LEN = 10_000
@@ -72,6 +74,7 @@ class ScaleRun:
     workers: int
     videos: int
     watches: int
+    rep: int = 0
     register_s: float = 0.0
     register_rps: float = 0.0
     window_s: float = 0.0
@@ -86,6 +89,8 @@ class ScaleRun:
     slow_max_ms: float = 0.0
     slow_by_cmd: dict[str, dict[str, float]] = field(default_factory=dict)
     slow_registration: int = 0  # > 1 ms during the registration (info)
+    forks: int = 0  # BGSAVE / AOF rewrite forks during the window
+    redis_child_cpu_us: float = 0.0  # per delivery: its children that ended in the window
     worker_cpu_us: float = 0.0  # per delivery, all workers together
     worker_cpu_s: float = 0.0  # all workers together, over the window
     worker_cpu_s_each: list[float] = field(default_factory=list)
@@ -103,11 +108,12 @@ class ScaleRun:
     get_count_rest: int = 0
     get_count_fanout: int = 0
     get_errors: int = 0
+    cores: dict[str, float] = field(default_factory=dict)  # per process over the window
 
     @property
     def label(self) -> str:
-        """``1v 4w``: videos and workers."""
-        return f"{self.videos}v {self.workers}w"
+        """``1v 4w``: videos and workers (``#2`` and on: the run)."""
+        return f"{self.videos}v {self.workers}w" + (f" #{self.rep + 1}" if self.rep else "")
 
     @property
     def get_ratio(self) -> float:
@@ -177,12 +183,15 @@ def callback_url(base: str) -> str:
 # --- Redis and process counters (black-box) ----------------------------------------------
 
 
-def proc_cpu(pid: int) -> float:
-    """utime + stime of *pid* so far, seconds (``/proc/<pid>/stat`` fields 14 and 15)."""
+def proc_cpu(pid: int, children: bool = False) -> float:
+    """utime + stime of *pid* so far, seconds (``/proc/<pid>/stat`` fields 14 and 15); with
+    *children*, cutime + cstime instead (16 and 17: its children waited for, such as
+    Redis's BGSAVE and AOF rewrite children)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         raw = f.read()
     fields = raw[raw.rindex(b")") + 2 :].split()  # fields 3... (comm may hold spaces)
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / CLK_TCK
 
 
 async def redis_memory(stack: Stack) -> tuple[int, int]:
@@ -207,6 +216,15 @@ async def redis_reset_window(stack: Stack) -> None:
         await redis.aclose()
 
 
+async def redis_forks(stack: Stack) -> int:
+    """``total_forks`` (BGSAVE, AOF rewrites: the children's CPU is not the server's)."""
+    redis = stack.redis_client()
+    try:
+        return int((await redis.info("stats")).get("total_forks", 0))
+    finally:
+        await redis.aclose()
+
+
 async def redis_commandstats(stack: Stack) -> dict[str, tuple[int, int]]:
     """Per command: (calls, usec) since the last ``CONFIG RESETSTAT``."""
     redis = stack.redis_client()
@@ -217,14 +235,28 @@ async def redis_commandstats(stack: Stack) -> dict[str, tuple[int, int]]:
     return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
 
 
+@functools.cache
+def script_names() -> dict[str, str]:
+    """SHA1 -> name of every ``.lua`` file of the relay's source (the scripts it loads
+    verbatim with EVALSHA); a script built otherwise keeps its SHA1 in the report."""
+    out = {}
+    for package in ("relay", "workers"):
+        for path in sorted((ROOT / package).rglob("*.lua")):
+            out[hashlib.sha1(path.read_bytes()).hexdigest()] = path.stem  # noqa: S324
+    return out
+
+
 def _slow_name(command: str) -> str:
-    """The command's name; a script call also names its script (sha prefix or function)."""
+    """The command's name; a script call also names its script (file name, else the SHA1
+    prefix; a function's name)."""
     words = command.split()
     if not words:
         return "?"
     name = words[0].lower()
-    if name in ("evalsha", "evalsha_ro", "fcall", "fcall_ro") and len(words) > 1:
-        return f"{name} {words[1][:12]}"
+    if name in ("evalsha", "evalsha_ro") and len(words) > 1:
+        return f"{name} {script_names().get(words[1].lower(), words[1][:12])}"
+    if name in ("fcall", "fcall_ro") and len(words) > 1:
+        return f"{name} {words[1]}"
     return name
 
 
@@ -342,7 +374,11 @@ async def run_config(
     probe = Probe(stack, http, ids)
     stop = asyncio.Event()
     await redis_reset_window(stack)
+    forks0 = await redis_forks(stack)
+    cpus = CpuSet(stack.pids())
+    cpus.start()
     redis_cpu0 = proc_cpu(redis_pid)
+    redis_child0 = proc_cpu(redis_pid, children=True)
     worker_cpu0 = [proc_cpu(pid) for pid in worker_pids]
     t_switch = time.time()
     probing = asyncio.create_task(probe.run(stop))
@@ -353,9 +389,12 @@ async def run_config(
         stop.set()
         await probing
     redis_cpu = proc_cpu(redis_pid) - redis_cpu0
+    run.cores = cpus.cores()
+    redis_child = proc_cpu(redis_pid, children=True) - redis_child0
     worker_cpu = [proc_cpu(pid) - c0 for pid, c0 in zip(worker_pids, worker_cpu0, strict=True)]
     calls = await redis_commandstats(stack)
     slow = await redis_slowlog(stack, t_switch)
+    run.forks = await redis_forks(stack) - forks0
     checks.expect(arrived, f"{label}: not every event arrived within {DELIVER_WITHIN:.0f} s")
 
     stats = await receivers.stats(http)
@@ -367,6 +406,7 @@ async def run_config(
     n = max(run.delivered, 1)
     run.rate = run.delivered / run.window_s if run.window_s > 0 else 0.0
     run.redis_cpu_us = redis_cpu / n * 1e6
+    run.redis_child_cpu_us = redis_child / n * 1e6
     run.redis_cores = redis_cpu / run.window_s if run.window_s > 0 else 0.0
     run.worker_cpu_s = sum(worker_cpu)
     run.worker_cpu_s_each = [round(c, 2) for c in worker_cpu]
@@ -397,12 +437,8 @@ async def run_config(
     run.get_count_fanout = len(probe.latencies)
     run.get_errors = rest.errors + probe.errors
 
-    run.duplicates = sum(s["duplicates"] for s in stats)
     run.missing = watches - run.delivered
-    no_id = sum(s["noId"] for s in stats)
-    checks.expect(run.duplicates == 0, f"{label}: {run.duplicates} webhook ids delivered twice")
     checks.expect(run.missing == 0, f"{label}: {run.missing} events missing")
-    checks.expect(no_id == 0, f"{label}: {no_id} deliveries without a webhook-id")
     checks.expect(run.get_errors == 0, f"{label}: {run.get_errors} probe GETs not 200")
 
     settled = await _settle(stack, http, ids)
@@ -412,9 +448,11 @@ async def run_config(
     used, dataset = await redis_memory(stack)
     run.bytes_with_event = (used - empty) / watches
     run.dataset_bytes_with_event = (dataset - empty_dataset) / watches
-    late = await receivers.stats(http)
-    run.duplicates = sum(s["duplicates"] for s in late)  # also what came after the window
-    checks.expect(run.duplicates == 0, f"{label}: duplicates after the window")
+    late = await receivers.stats(http)  # the window's and what came after it
+    run.duplicates = sum(s["duplicates"] for s in late)
+    no_id = sum(s["noId"] for s in late)
+    checks.expect(run.duplicates == 0, f"{label}: {run.duplicates} webhook ids delivered twice")
+    checks.expect(no_id == 0, f"{label}: {no_id} deliveries without a webhook-id")
     return run
 
 
@@ -446,16 +484,19 @@ async def run_all(
     watches: int = WATCHES,
     worker_counts: tuple[int, ...] = WORKER_COUNTS,
     video_counts: tuple[int, ...] = VIDEO_COUNTS,
+    reps: int = 1,
 ) -> list[ScaleRun]:
-    """Every configuration (videos outer, workers inner); the receivers and the workers
-    are stopped afterwards, also on failure."""
+    """*reps* rounds of every configuration (videos outer, workers inner); the receivers and
+    the workers are stopped afterwards, also on failure."""
     receivers = await asyncio.to_thread(Receivers.start, stack)
     runs: list[ScaleRun] = []
+    configs = [(v, w) for v in video_counts for w in worker_counts]
     try:
-        for videos in video_counts:
-            for workers in worker_counts:
+        for rep in range(reps):
+            for videos, workers in configs:
                 t0 = time.monotonic()
                 run = await run_config(stack, http, receivers, workers, videos, watches, checks)
+                run.rep = rep
                 runs.append(run)
                 print(
                     f"  scale {run.label}: {run.rate:,.0f}/s over {run.window_s:.1f} s, "
@@ -463,7 +504,8 @@ async def run_all(
                     f"workers {run.worker_cpu_us:.0f} us/delivery, "
                     f"{run.bytes_with_event:,.0f} B/watch, GET p99 "
                     f"{run.get_p99_rest_ms:.1f} -> {run.get_p99_fanout_ms:.1f} ms, "
-                    f"registered at {run.register_rps:,.0f}/s "
+                    f"registered at {run.register_rps:,.0f}/s, "
+                    f"other load {run.cores.get('other', 0):.2f} cores "
                     f"({time.monotonic() - t0:.0f} s)",
                     flush=True,
                 )
@@ -480,8 +522,15 @@ def _num(x: float, digits: int = 1) -> str:
     return "-" if math.isnan(x) else f"{x:,.{digits}f}"
 
 
+def _recorders(run: ScaleRun) -> float:
+    return (
+        sum(v for k, v in run.cores.items() if k.startswith("recorder")) if run.cores else math.nan
+    )
+
+
 def render(runs: list[ScaleRun]) -> str:
-    """Every configuration side by side, then each one's top commands and slow log."""
+    """Every configuration side by side, then each one's top commands and slow log (a
+    script's usec includes the commands it ran, which also count on their own)."""
     rows: list[tuple[str, ...]] = [("scale (per configuration)", *(r.label for r in runs))]
     lines: list[tuple[str, Any]] = [
         ("deliveries/s", lambda r: _num(r.rate, 0)),
@@ -492,9 +541,14 @@ def render(runs: list[ScaleRun]) -> str:
         ("Redis commands/delivery", lambda r: _num(r.redis_cmds, 1)),
         ("Redis commands > 1 ms", lambda r: str(r.slow_count)),
         ("slowest command ms", lambda r: _num(r.slow_max_ms, 1)),
+        ("Redis forks (BGSAVE/AOF rewrite)", lambda r: str(r.forks)),
+        ("their CPU us/delivery (not above)", lambda r: _num(r.redis_child_cpu_us, 1)),
         ("worker CPU us/delivery", lambda r: _num(r.worker_cpu_us, 0)),
         ("worker CPU s (total)", lambda r: _num(r.worker_cpu_s, 1)),
         ("worker CPU s (each)", lambda r: "/".join(f"{c:.1f}" for c in r.worker_cpu_s_each)),
+        ("API cores (window)", lambda r: _num(r.cores.get("api", math.nan), 2)),
+        ("recorders cores (window)", lambda r: _num(_recorders(r), 2)),
+        ("other cores (not the bench)", lambda r: _num(r.cores.get("other", math.nan), 2)),
         ("Redis B/watch registered", lambda r: _num(r.bytes_registered, 0)),
         ("Redis B/watch with event", lambda r: _num(r.bytes_with_event, 0)),
         ("API GET p99 ms rest", lambda r: _num(r.get_p99_rest_ms, 1)),
@@ -520,7 +574,7 @@ def render(runs: list[ScaleRun]) -> str:
         calls = ", ".join(f"{k} {v:.2f}" for k, v in r.top_calls)
         usec = ", ".join(f"{k} {v:.2f}" for k, v in r.top_usec)
         out.append(f"{r.label} top commands per delivery, by calls: {calls}")
-        out.append(f"{r.label} top commands per delivery, by usec: {usec}")
+        out.append(f"{r.label} top commands per delivery, by usec (scripts incl.): {usec}")
         if r.slow_by_cmd:
             slow = ", ".join(
                 f"{k} x{int(v['count'])} (median {v['median_ms']:.1f}, max {v['max_ms']:.1f} ms)"

@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class Stack:
     secret: str
     procs: dict[str, Proc] = field(default_factory=dict)
     worker_env: dict[str, str] = field(default_factory=dict)
+    # starting and stopping run in threads (asyncio.to_thread); a stop waits for a start that
+    # a cancelled scenario left running, so no process it spawns is missed
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # --- addresses -----------------------------------------------------------------------
 
@@ -156,6 +160,10 @@ class Stack:
         """(Re)start *count* workers (``worker``, ``worker-2``...), each its own process with
         its own metrics port, and wait until each answers ``/healthz``. When one does not
         come up, the ones started are stopped and the error raised."""
+        with self._lock:
+            return self._start_workers(count, extra)
+
+    def _start_workers(self, count: int, extra: Mapping[str, str]) -> list[Proc]:
         self.stop_worker()
         self.worker_env = self.relay_env(extra)
         started: list[tuple[Proc, int]] = []
@@ -177,20 +185,23 @@ class Stack:
 
     def stop_worker(self) -> None:
         """Stop every worker that runs (all at once: each gets its shutdown grace)."""
-        names = [name for name in self.procs if _is_worker(name)]
-        _stop_all([self.procs.pop(name) for name in names])
+        with self._lock:
+            names = [name for name in self.procs if _is_worker(name)]
+            _stop_all([self.procs.pop(name) for name in names])
 
     def start_script(self, name: str, script: Path, args: list[str]) -> Proc:
         """Start a bench tool ``python <script> <args>`` as a process of this stack (stopped
         by :meth:`stop_script` or :meth:`stop`)."""
-        self.stop_script(name)
-        proc = spawn_script(name, script, args, {}, self.workdir)
-        self.procs[name] = proc
-        return proc
+        with self._lock:
+            self.stop_script(name)
+            proc = spawn_script(name, script, args, {}, self.workdir)
+            self.procs[name] = proc
+            return proc
 
     def stop_script(self, name: str) -> None:
         """Stop the process *name* if it runs."""
-        proc = self.procs.pop(name, None)
+        with self._lock:
+            proc = self.procs.pop(name, None)
         if proc is not None:
             proc.stop(timeout=15)
 
@@ -198,7 +209,8 @@ class Stack:
         """Stop every process the stack started (workers first, Redis last)."""
         try:
             self.stop_worker()
-            rest = [self.procs.pop(name) for name in list(self.procs) if name != "upstream-sim"]
+            with self._lock:
+                rest = [self.procs.pop(n) for n in list(self.procs) if n != "upstream-sim"]
             _stop_all(rest)
             sim = self.procs.pop("upstream-sim", None)
             if sim is not None:
