@@ -52,3 +52,10 @@ class AttemptResult:
     next_due_ms: int = 0
     last_error: str = ""
     delivered_ms: int | None = None  # when the event was first delivered, if it was
+
+    @property
+    def status(self) -> str:
+        """The watch's status after this attempt."""
+        if self.outcome == "retry":
+            return "delivering"
+        return "delivered" if self.outcome == "ok" else self.outcome

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from relay.domain.delivery import AttemptResult
 from relay.domain.ids import event_id
 from relay.domain.video import VideoState
 from relay.domain.watch import SecretEntry, Watch
@@ -129,6 +130,18 @@ def claimed_watch(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -> W
     apply_event(w, ev)
     w.secrets = load_secrets(secrets or "[]")
     return w
+
+
+def state_field(r: AttemptResult, now: int) -> str:
+    """The ``st`` field of a watch after the attempt *r* (recorded at *now*)."""
+    delivered = r.delivered_ms
+    if r.outcome == "ok" and delivered is None:
+        delivered = now
+    last_type = "" if r.outcome == "retry" else r.event_type
+    return (
+        f"{r.status}|{r.attempt}|{r.record_no}|{now}|{'' if delivered is None else delivered}"
+        f"|{last_type}|{r.last_error}"
+    )
 
 
 def dump_secrets(entries: Sequence[SecretEntry]) -> str:

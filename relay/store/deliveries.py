@@ -23,6 +23,7 @@ from relay.store.codec import (
     apply_event,
     claimed_watch,
     load_secrets,
+    state_field,
     watch_from_registration,
 )
 from relay.store.scripts import SCRIPT_BATCH
@@ -197,25 +198,16 @@ class Deliveries:
         """Record attempts and move each watch on: one script call per batch."""
         statuses: list[str] = []
         for start in range(0, len(results), SETTLE_BATCH):
-            args: list[EncodableT] = [
-                c.WATCH_PREFIX,
-                now_ms(),
-                c.MAX_ATTEMPTS_KEPT,
-                c.TENANT_PREFIX,
-            ]
+            now = now_ms()
+            args: list[EncodableT] = [c.WATCH_PREFIX, now, c.MAX_ATTEMPTS_KEPT, c.TENANT_PREFIX]
             for r in results[start : start + SETTLE_BATCH]:
                 args += [
                     r.watch_id,
                     r.claim_ms,
-                    r.tenant,
-                    r.event_type,
-                    r.outcome,
-                    r.next_due_ms,
-                    r.attempt,
-                    r.last_error,
+                    state_field(r, now),
                     r.record_no,
                     r.record,
-                    "" if r.delivered_ms is None else r.delivered_ms,
+                    f"r{r.next_due_ms}" if r.outcome == "retry" else f"{r.status}|{r.tenant}",
                 ]
             got = await self._settle(keys=[c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY], args=args)
             statuses += [str(s) for s in got]

@@ -1,13 +1,14 @@
 -- Record delivery attempts and move each watch on. KEYS: delivery schedule, status counters.
--- ARGV: watch key prefix, now ms, attempt records kept, tenant key prefix, then per attempt:
--- watch id, its claim's deadline (the token), tenant, event type, outcome (ok|retry|failed|
--- disabled), next due ms, attempt number, last error, record number, the attempt record,
--- when the event was first delivered ('' if never).
+-- ARGV: watch key prefix, now ms, attempt records kept, tenant key prefix, then per attempt
+-- (few values: each one costs Redis an allocation): watch id, its claim's deadline (the
+-- token), the watch's new delivery state (the ``st`` field), the record's number, the
+-- attempt record, and what follows -- 'r<next due ms>' for a retry, else
+-- '<final status>|<tenant>'.
 -- A claim still held (the schedule's score is its token) is a watch still delivering that
--- event: its record ('#<n>') and its new delivery state are one write. Otherwise
--- (cancelled, redelivered, taken over) only the record is kept, if the watch is there.
--- A final watch joins its tenant's index of that status. Returns each watch's status.
-local W = 11
+-- event: its new state and its record ('#<n>') are one write. Otherwise (cancelled,
+-- redelivered, taken over) only the record is kept, if the watch is there. A final watch
+-- joins its tenant's index of that status. Returns each watch's status.
+local W = 6
 local n = (#ARGV - 4) / W
 local members = {}
 for k = 1, n do members[k] = ARGV[5 + (k - 1) * W] end
@@ -16,19 +17,18 @@ local statuses, due, gone, counts, finals = {}, {}, {}, {}, {}
 local now, kept = ARGV[2], tonumber(ARGV[3])
 for k = 1, n do
   local i = 5 + (k - 1) * W
-  local wid, tenant, etype, outcome = ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local wid, next = ARGV[i], ARGV[i + 5]
   local key = ARGV[1] .. wid
   local status, seq
   if held[k] and tonumber(held[k]) == tonumber(ARGV[i + 1]) then
-    seq = tonumber(ARGV[i + 8])
-    local delivered, last_type = ARGV[i + 10], ''
-    if outcome == 'retry' then
+    seq = tonumber(ARGV[i + 3])
+    redis.call('HSET', key, 'st', ARGV[i + 2], '#' .. seq, ARGV[i + 4])
+    if string.byte(next, 1) == 114 then -- 'r': a retry
       status = 'delivering'
-      gone[wid], due[wid] = nil, ARGV[i + 5]
+      gone[wid], due[wid] = nil, string.sub(next, 2)
     else
-      status = outcome == 'ok' and 'delivered' or outcome
-      last_type = etype
-      if outcome == 'ok' and delivered == '' then delivered = now end
+      local tenant
+      status, tenant = string.match(next, '^([^|]*)|(.*)$')
       gone[wid], due[wid] = true, nil
       counts[tenant] = counts[tenant] or {}
       counts[tenant]['delivering'] = (counts[tenant]['delivering'] or 0) - 1
@@ -39,9 +39,6 @@ for k = 1, n do
       f[#f + 1] = now
       f[#f + 1] = wid
     end
-    local st = status .. '|' .. ARGV[i + 6] .. '|' .. seq .. '|' .. now .. '|' .. delivered ..
-      '|' .. last_type .. '|' .. ARGV[i + 7]
-    redis.call('HSET', key, 'st', st, '#' .. seq, ARGV[i + 9])
   else
     -- not ours any more: keep the record if the watch is there, change nothing else
     local st = redis.call('HGET', key, 'st')
@@ -49,7 +46,7 @@ for k = 1, n do
       local s, a, r, rest = string.match(st, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
       status, seq = s, tonumber(r) + 1
       redis.call('HSET', key, 'st', s .. '|' .. a .. '|' .. seq .. '|' .. rest,
-        '#' .. seq, ARGV[i + 9])
+        '#' .. seq, ARGV[i + 4])
     end
   end
   if seq and seq > kept then redis.call('HDEL', key, '#' .. (seq - kept)) end
