@@ -117,6 +117,10 @@ async def created_events(
     return claimed
 
 
+async def room_for_50(n: int, wait_s: float) -> int:
+    return min(n, 50)
+
+
 async def sim_video(sim: TestClient[web.Request, web.Application], **spec: Any) -> str:
     """A simulator video, completed at once unless *spec* says otherwise."""
     spec.setdefault("timeline", [{"status": "completed", "after": 0}])
@@ -361,7 +365,7 @@ async def test_a_fan_out_cut_between_chunks_is_finished_by_another_worker(
     dead = Poller(dead_store, upstream, UpstreamGate(dead_store.limits, 1000), settings)
     lost: list[str] = []
     dead.on_events = lambda claims: lost.extend(cl.watch_id for cl in claims)
-    dead.room = lambda: 50  # it had room for some, and claimed them as it created them
+    dead.room = room_for_50  # it had room for some, and claimed them as it created them
     dead.start()
     try:
         await asyncio.wait_for(frozen.wait(), 10)

@@ -64,6 +64,10 @@ class Fanout:
         return data
 
 
+async def take_all(n: int, wait_s: float) -> int:
+    return n
+
+
 PollerFactory = Callable[..., Awaitable[tuple[Poller, Fanout]]]
 
 
@@ -87,7 +91,7 @@ async def make_poller(store: Store, settings: Settings) -> AsyncIterator[PollerF
         fanout = Fanout()
         poller.on_events = fanout.offer
         poller.on_clips = fanout.keep_clips
-        poller.room = lambda: 1_000_000
+        poller.room = take_all
         poller.start()
         pollers.append(poller)
         return poller, fanout

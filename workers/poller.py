@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from relay import constants as c
@@ -37,8 +37,17 @@ from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
 
 log = logs.get("workers.poller")
-FINALIZE_CHUNK = 200  # watches given their events and handed on per round, at most
+FINALIZE_CHUNK = 100  # watches given their events per round, at most (~1 ms of Redis)
 FIRST_CHUNK = 32  # the first rounds are smaller (doubling), so delivery starts at once
+ROOM_WAIT_S = 0.05  # a fan-out waits this long, at most, for its deliverer to have room
+
+Room = Callable[[int, float], Awaitable[int]]
+"""How many of *n* claims this worker's deliverer can take, waiting up to a while for room."""
+
+
+async def _no_room(n: int, wait_s: float) -> int:
+    return 0
+
 
 Created = Callable[[Sequence[DeliveryClaim]], None]
 """Called with the events a fan-out round created and claimed for this worker: the
@@ -86,7 +95,7 @@ class Poller(Pump[Claimed]):
         self.settings = settings
         self.polls = 0  # status/clips requests made (for benchmarks and tests)
         self.on_events: Created = lambda claims: None  # (the deliverer's offer)
-        self.room: Callable[[], int] = lambda: 0  # claims the deliverer can take now
+        self.room: Room = _no_room  # how many claims the deliverer can take
         self.on_clips: Callable[[str, int, ClipSet], None] = lambda vid, at, clips: None
 
     async def claim(self, limit: int) -> Sequence[Claimed]:
@@ -264,7 +273,9 @@ class Poller(Pump[Claimed]):
         while start < len(ids) or start == 0:
             chunk = ids[start : start + size]
             start, size = start + size, min(size * 2, FINALIZE_CHUNK)
-            room = min(self.room(), len(chunk))
+            # a busy worker leaves the rest due for other workers; one that keeps up claims
+            # them as it creates them (no second read)
+            room = await self.room(len(chunk), ROOM_WAIT_S)
             made, claimed = await self.store.deliveries.finalize(
                 vid, event, chunk, claim=room, lease_s=self.lease_s
             )

@@ -51,6 +51,7 @@ class Pump(Generic[T]):
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # set to end an idle sleep early
         self._capacity = asyncio.Event()
+        self.freed = asyncio.Event()  # set whenever work finishes (for waiters on room)
         self._runner: asyncio.Task[None] | None = None
 
     async def claim(self, limit: int) -> Sequence[T]:
@@ -86,6 +87,7 @@ class Pump(Generic[T]):
     def _free(self, n: int) -> None:
         self.inflight -= n
         self._capacity.set()
+        self.freed.set()
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -22,7 +22,7 @@ from workers.delivery.links import LinkRefresher
 from workers.delivery.logger import log
 from workers.pump import Pump
 
-CLAIM_BATCH = 200  # deliveries claimed per script call, at most (~1 ms of Redis)
+CLAIM_BATCH = 100  # deliveries claimed per script call, at most (~1 ms of Redis)
 CLAIM_AHEAD = 4  # deliveries claimed per lane, at most: the one in flight and three queued
 
 

@@ -64,9 +64,19 @@ class Deliverer:
         :meth:`~workers.delivery.claim.Claimer.offer`."""
         self.claimer.offer(claims)
 
-    def room(self) -> int:
-        """How many claims this worker can take now."""
-        return self.claimer.room()
+    async def room(self, n: int, wait_s: float) -> int:
+        """How many of *n* claims this worker can take, waiting up to *wait_s* for room
+        for all of them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        freed = self.claimer.freed
+        while (room := self.claimer.room()) < n and (left := deadline - loop.time()) > 0:
+            freed.clear()
+            try:
+                await asyncio.wait_for(freed.wait(), left)
+            except TimeoutError:
+                break
+        return min(room, n)
 
     def keep_clips(self, video_id: str, fetched_ms: int, clips: ClipSet) -> None:
         """A video's clips as this worker's poller just stored them: its bodies are built
