@@ -592,7 +592,8 @@ class Stack:
 
     async def attempts(self, watch_id: str) -> int:
         """How many delivery attempts are recorded for a watch."""
-        return int(await self.db.hget(c.WATCH_KEY.format(watch_id), "n") or 0)  # type: ignore[misc]
+        st = await self.db.hget(c.WATCH_KEY.format(watch_id), "st")  # type: ignore[misc]
+        return int(st.split("|")[2]) if st else 0  # status|attempt|records|... (codec)
 
     async def has_received(self, watch_ids: Iterable[str], count: int) -> bool:
         """Whether at least *count* of these watches got a recorded delivery."""

@@ -1,0 +1,141 @@
+"""Redis CPU per delivery, step by step, with nothing else running: ``python bench/redis_cost.py``.
+
+The store's three steps of a delivery, driven directly (no worker, no HTTP) on a fresh Redis
+with the product's ``config/redis.conf`` (AOF) and without it: N watches of one video are
+registered; ``finalize`` gives them their events in chunks (claimed as a worker that keeps
+up claims them, or left due for the claim step); ``claim`` reads them back as another worker
+would; ``settle`` records one 2xx attempt each. Redis CPU is Δ(utime + stime) of the Redis
+process per watch, per step. This is the floor the end-to-end ``scale`` scenario adds the
+worker's and the receivers' share of the cores to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent)]
+
+from redis.asyncio import Redis  # noqa: E402
+
+from relay.devtools.embedded_redis import RedisServer  # noqa: E402
+from relay.domain import attempts  # noqa: E402
+from relay.domain.clips import ClipSet  # noqa: E402
+from relay.domain.clock import now_ms  # noqa: E402
+from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent  # noqa: E402
+from relay.domain.ids import new_watch_id  # noqa: E402
+from relay.domain.signing import generate_secret  # noqa: E402
+from relay.domain.watch import SecretEntry, Watch  # noqa: E402
+from relay.store import Store  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+REDIS_CONF = HERE.parent / "config" / "redis.conf"
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+async def run(n: int, chunk: int, claim_at_finalize: bool, config: Path | None) -> dict[str, float]:
+    """Per-step Redis CPU (us per watch) for *n* watches."""
+    server = RedisServer.start(workdir=Path(tempfile.mkdtemp()), config=config)
+    redis = Redis.from_url(server.url, decode_responses=True)
+    try:
+        store = Store(redis)
+        pid = server.process.pid
+        url = "http://127.0.0.1:8080/hook/" + "a" * 28  # ~55 characters, as in the probe
+        watches = [
+            Watch(
+                id=new_watch_id(),
+                tenant="bench",
+                video_id="vid_cost",
+                callback_url=url,
+                secrets=[SecretEntry(generate_secret())],
+                created_ms=now_ms(),
+            )
+            for _ in range(n)
+        ]
+        c0 = cpu_s(pid)
+        for start in range(0, n, 500):
+            part = watches[start : start + 500]
+            await asyncio.gather(*(store.watches.create(w, expire_after_s=21600) for w in part))
+        c1 = cpu_s(pid)
+        clips = ClipSet(
+            [
+                {
+                    "id": f"c{i}",
+                    "score": 90 - i,
+                    "status": "completed",
+                    "downloadUrl": "https://cdn/" + "x" * 120,
+                }
+                for i in range(10)
+            ]
+        )
+        at = now_ms()
+        event = FinalEvent(
+            "clips.ready", at, "completed", 100.0, clips_doc=clips.doc(), clips_ms=at
+        )
+        ids = await store.videos.waiting("vid_cost")
+        claims: list[DeliveryClaim] = []
+        for start in range(0, n, chunk):
+            part = ids[start : start + chunk]
+            _, got = await store.deliveries.finalize(
+                "vid_cost", event, part, claim=len(part) if claim_at_finalize else 0, lease_s=60
+            )
+            claims += got
+        c2 = cpu_s(pid)
+        while True:
+            rows = await store.deliveries.claim(limit=chunk, lease_s=60)
+            if not rows:
+                break
+            claims += [row for row, _ in rows]
+        c3 = cpu_s(pid)
+        record = attempts.record(1, now_ms(), 204, None, 3.2, None)
+        results = [
+            AttemptResult(cl.watch_id, "bench", "clips.ready", cl.deadline_ms, "ok", 1, record, 1)
+            for cl in claims
+        ]
+        for start in range(0, len(results), chunk):
+            await store.deliveries.settle(results[start : start + chunk])
+        c4 = cpu_s(pid)
+        used = (await redis.info("memory"))["used_memory"]
+        per = 1e6 / n
+        return {
+            "register": (c1 - c0) * per,
+            "finalize": (c2 - c1) * per,
+            "claim": (c3 - c2) * per,
+            "settle": (c4 - c3) * per,
+            "delivery": (c4 - c1) * per,
+            "bytes": used / n,
+        }
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+def main() -> None:
+    """Print the per-step figures, with and without AOF, claimed at finalize or not."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--watches", type=int, default=20_000)
+    parser.add_argument("--chunk", type=int, default=100)
+    args = parser.parse_args()
+    print(f"Redis CPU, us per watch ({args.watches:,} watches, batches of {args.chunk})")
+    print(f"{'redis':8} {'path':26} register finalize  claim settle delivery  B/watch")
+    for config, label in ((REDIS_CONF, "AOF"), (None, "no AOF")):
+        for own, path in ((True, "claimed at finalize"), (False, "claimed by another worker")):
+            f = asyncio.run(run(args.watches, args.chunk, own, config))
+            print(
+                f"{label:8} {path:26} {f['register']:8.1f} {f['finalize']:8.1f} {f['claim']:6.1f}"
+                f" {f['settle']:6.1f} {f['delivery']:8.1f} {f['bytes']:8,.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
