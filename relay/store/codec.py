@@ -31,7 +31,8 @@ from relay.domain.watch import SecretEntry, Watch
 #   #<n>     attempt record n (the last MAX_ATTEMPTS_KEPT)
 # so a fan-out writes two short fields per watch and an attempt two.
 STATE_FIELDS: tuple[str, ...] = ("st", "ev", "secrets", "vSeen", "updated")
-# what sending needs of a claimed watch's state
+# what sending needs of a claimed watch's state (its status is read too: what a cancel
+# changed between the claim and this read shows)
 CLAIM_FIELDS: tuple[str, ...] = ("st", "ev", "secrets")
 RECORD_PREFIX = "#"  # attempt records: '#1', '#2', ... (the last MAX_ATTEMPTS_KEPT)
 WATCHING = "watching|0|0|0|||"  # the delivery state of a new watch

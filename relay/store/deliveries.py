@@ -37,7 +37,6 @@ class Deliveries:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._finalize = scripts.register(redis, "finalize")
-        self._claim = scripts.register(redis, "claim_deliveries")
         self._extend = scripts.register(redis, "extend_claims")
         self._settle = scripts.register(redis, "settle")
         self._refresh = scripts.register(redis, "refresh_source")
@@ -88,18 +87,28 @@ class Deliveries:
                 memoryview(event.clips_doc),
                 "" if event.clips_ms is None else event.clips_ms,
                 c.TENANT_PREFIX,
-                c.REGISTRATION_SUFFIX,
                 *watch_ids,
             ],
         )
-        ev, created, claimed = rows[0], int(rows[1]), rows[2:]
+        ev, created, claimed = rows[0], int(rows[1]), [str(w) for w in rows[2:]]
+        if not claimed:
+            return created, []
+        # the claimed watches, read outside the script (one round trip, plain commands: a
+        # script would pass every value through Lua as well)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.mget([c.REGISTRATION_KEY.format(w) for w in claimed])
+        for wid in claimed:
+            pipe.hget(c.WATCH_KEY.format(wid), "secrets")
+        regs, *secrets_of = await pipe.execute()
         out: list[DeliveryClaim] = []
-        for wid, reg, secrets in claimed:
+        for wid, reg, secrets in zip(claimed, regs, secrets_of, strict=True):
+            if reg is None:  # gone since (it is not delivered: its claim lapses)
+                continue
             w = watch_from_registration(wid, reg)
             w.status = "delivering"
             apply_event(w, ev)
             w.clips_ms = event.clips_ms
-            w.secrets = load_secrets(secrets)
+            w.secrets = load_secrets(secrets or "[]")
             out.append(DeliveryClaim(wid, w, deadline))
         return created, out
 
@@ -114,35 +123,54 @@ class Deliveries:
         return created > 0
 
     async def claim(self, *, limit: int, lease_s: float) -> list[tuple[DeliveryClaim, int]]:
-        """Claim due deliveries for *lease_s* seconds, each with its watch and when its
-        video's clips document was fetched (0: none)."""
+        """Claim due deliveries for *lease_s* seconds, each with its watch (None: gone) and
+        when its video's clips document was fetched (0: none).
+
+        The script only leases the members; the watches are read afterwards with plain
+        commands (an MGET of the registrations and a pipeline of state reads, then one read
+        per video of its clips' time): a script would pass every value through Lua as well.
+        What changes in between (a cancel) shows in the state read; a claim still leased
+        for a watch that is gone lapses."""
+        ids, deadline = await self._claim_schedule(c.DELIVERY_SCHEDULE_KEY, limit, lease_s)
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.mget([c.REGISTRATION_KEY.format(w) for w in ids])
+        for wid in ids:
+            pipe.hmget(c.WATCH_KEY.format(wid), list(CLAIM_FIELDS))
+        regs, *states = await pipe.execute()
+        watches = [
+            claimed_watch(wid, reg, state) if reg else None
+            for wid, reg, state in zip(ids, regs, states, strict=True)
+        ]
+        videos = sorted(
+            {w.video_id for w in watches if w is not None and w.event_type == "clips.ready"}
+        )
+        fetched: dict[str, int] = {}
+        if videos:
+            pipe = self.redis.pipeline(transaction=False)
+            for video_id in videos:
+                pipe.hget(c.SOURCE_KEY.format(video_id), "at")
+            fetched = {v: int(at or 0) for v, at in zip(videos, await pipe.execute(), strict=True)}
+        return [
+            (DeliveryClaim(wid, w, deadline), fetched.get(w.video_id, 0) if w else 0)
+            for wid, w in zip(ids, watches, strict=True)
+        ]
+
+    async def _claim_schedule(
+        self, schedule: str, limit: int, lease_s: float
+    ) -> tuple[list[str], int]:
+        """Lease up to *limit* due members of *schedule* for *lease_s* seconds: the members
+        and their lease deadline, the claims' token."""
         now = now_ms()
         deadline = now + int(lease_s * 1000)
-        rows = await self._claim(
-            keys=[c.DELIVERY_SCHEDULE_KEY],
-            args=[
-                now,
-                deadline,
-                limit,
-                c.WATCH_PREFIX,
-                c.REGISTRATION_SUFFIX,
-                c.SOURCE_PREFIX,
-                *CLAIM_FIELDS,
-            ],
-        )
-        out: list[tuple[DeliveryClaim, int]] = []
-        for member, reg, state, fetched in rows:
-            watch = claimed_watch(member, reg, state[1:]) if reg else None  # (video first)
-            out.append((DeliveryClaim(member, watch, deadline), int(fetched or 0)))
-        return out
+        got = await self._claim_due(keys=[schedule], args=[now, deadline, limit])
+        return [str(m) for m in got], deadline
 
     async def claim_expiries(self, *, limit: int, lease_s: float) -> list[str]:
         """Claim up to *limit* watches whose expiry is due, for *lease_s* seconds."""
-        now = now_ms()
-        got = await self._claim_due(
-            keys=[c.EXPIRY_SCHEDULE_KEY], args=[now, now + int(lease_s * 1000), limit]
-        )
-        return [str(m) for m in got]
+        ids, _ = await self._claim_schedule(c.EXPIRY_SCHEDULE_KEY, limit, lease_s)
+        return ids
 
     async def unschedule_expiries(self, watch_ids: Sequence[str]) -> None:
         """Take watches off the expiry schedule (they have their event, or are gone)."""

@@ -9,11 +9,11 @@
 -- video hash, expiry schedule.
 -- ARGV: watch key prefix, at ms, event type, lease deadline ms, number to claim, video
 -- status ('' = the video hash's), video progress, video error, clips document ('' none),
--- clips fetched ms, tenant key prefix, registration key suffix, then the watch ids.
--- Returns {the event field, the number of events created, then per event claimed: {watch
--- id, registration, secrets}}.
+-- clips fetched ms, tenant key prefix, then the watch ids.
+-- Returns {the event field, the number of events created, then the ids of those claimed}
+-- (the caller reads the claimed watches afterwards, outside the script: one MGET).
 local at, etype = ARGV[2], ARGV[3]
-local ids = {unpack(ARGV, 13)}
+local ids = {unpack(ARGV, 12)}
 if #ids == 0 then return {false, 0} end
 local waiting = redis.call('HMGET', KEYS[2], unpack(ids))
 redis.call('HDEL', KEYS[2], unpack(ids))
@@ -38,7 +38,7 @@ for i = 1, #ids do
     tenants[tenant] = (tenants[tenant] or 0) + 1
     if n <= claim then
       scheduled[2 * n - 1] = deadline
-      out[n + 2] = {ids[i], redis.call('GET', key .. ARGV[12]), redis.call('HGET', key, 'secrets')}
+      out[n + 2] = ids[i]
     else
       scheduled[2 * n - 1] = at
     end
