@@ -182,21 +182,29 @@ async def test_a_claims_deadline_is_its_token(store: Store) -> None:
 
 
 async def test_a_videos_clips_are_stored_once_with_a_reference_per_event(store: Store) -> None:
-    """One clips document per video, whatever the fan-out: written by the first chunk that
+    """One clips document per fan-out, whatever its size: written by the first chunk that
     creates an event, referenced by each event; a refresh replaces it only with a newer
-    fetch, and never creates one nobody refers to."""
+    fetch, and never creates one nobody refers to. A later fan-out of the same video (a
+    watch registered after the first) gets a document of its own: the first one's events
+    keep their bytes."""
     watches = await registered(store, 450)
     event = clips_ready()
     await fan_out(store, watches, event=event)
-    key = c.SOURCE_KEY.format("vid_1")
+    at = event.at_ms
+    key = c.SOURCE_KEY.format("vid_1", at)
     stored = await store.redis.hgetall(key)  # type: ignore[misc]
     assert stored == {"doc": event.clips_doc.decode(), "at": str(event.clips_ms), "refs": "450"}
-    assert await store.deliveries.clips_doc("vid_1") == (event.clips_doc, event.clips_ms)
-    assert not await store.deliveries.refresh_clips("vid_1", b"[]", (event.clips_ms or 0) - 1)
-    assert await store.deliveries.refresh_clips("vid_1", b"[1]", (event.clips_ms or 0) + 1)
-    assert await store.deliveries.clips_doc("vid_1") == (b"[1]", (event.clips_ms or 0) + 1)
-    assert not await store.deliveries.refresh_clips("vid_none", b"[]", now_ms())
-    assert not await store.redis.exists(c.SOURCE_KEY.format("vid_none"))
+    assert await store.deliveries.clips_doc("vid_1", at) == (event.clips_doc, event.clips_ms)
+    assert not await store.deliveries.refresh_clips("vid_1", at, b"[]", at - 1)
+    assert await store.deliveries.refresh_clips("vid_1", at, b"[1]", at + 1)
+    assert await store.deliveries.clips_doc("vid_1", at) == (b"[1]", at + 1)
+    assert not await store.deliveries.refresh_clips("vid_none", at, b"[]", now_ms())
+    assert not await store.redis.exists(c.SOURCE_KEY.format("vid_none", at))
+    (late,) = await registered(store, 1, tenant="late")
+    later = clips_ready(at + 5)
+    await fan_out(store, [late], event=later)
+    assert await store.deliveries.clips_doc("vid_1", at) == (b"[1]", at + 1)
+    assert await store.deliveries.clips_doc("vid_1", at + 5) == (later.clips_doc, at + 5)
     # nothing per watch holds a body
     assert [k async for k in store.redis.scan_iter("cr:e:*")] == []
     assert stored["refs"] == "450"
@@ -207,7 +215,7 @@ async def test_a_fan_out_where_nothing_is_created_stores_no_clips(store: Store) 
     for w in watches:
         await store.watches.cancel(w)
     assert await fan_out(store, watches) == []
-    assert not await store.redis.exists(c.SOURCE_KEY.format("vid_1"))
+    assert [k async for k in store.redis.scan_iter(c.SOURCE_PREFIX + "*")] == []
 
 
 async def test_settle_in_several_script_calls_moves_every_watch_on(store: Store) -> None:

@@ -265,8 +265,8 @@ class Poller(Pump[Claimed]):
         ids = final.watch_ids
         if ids is None:
             ids = await self.store.videos.waiting(vid)
-        if final.clips is not None and final.event.clips_ms is not None:
-            self.on_clips(vid, final.event.clips_ms, final.clips)
+        if final.clips is not None:
+            self.on_clips(vid, final.event.at_ms, final.clips)
         event = final.event
         created = 0
         start, size = 0, FIRST_CHUNK

@@ -70,7 +70,7 @@ class Deliveries:
                 c.DELIVERY_SCHEDULE_KEY,
                 c.VIDEO_WATCHES_KEY.format(video_id),
                 c.WATCH_COUNTS_KEY,
-                c.SOURCE_KEY.format(video_id),
+                c.SOURCE_KEY.format(video_id, event.at_ms),
                 c.VIDEO_KEY.format(video_id),
                 c.EXPIRY_SCHEDULE_KEY,
             ],
@@ -143,17 +143,21 @@ class Deliveries:
             claimed_watch(wid, reg, state) if reg else None
             for wid, reg, state in zip(ids, regs, states, strict=True)
         ]
-        videos = sorted(
-            {w.video_id for w in watches if w is not None and w.event_type == "clips.ready"}
+        sources = sorted(
+            {(w.video_id, w.final_ms or 0) for w in watches if w and w.event_type == "clips.ready"}
         )
-        fetched: dict[str, int] = {}
-        if videos:
+        fetched: dict[tuple[str, int], int] = {}
+        if sources:
             pipe = self.redis.pipeline(transaction=False)
-            for video_id in videos:
-                pipe.hget(c.SOURCE_KEY.format(video_id), "at")
-            fetched = {v: int(at or 0) for v, at in zip(videos, await pipe.execute(), strict=True)}
+            for video_id, event_at in sources:
+                pipe.hget(c.SOURCE_KEY.format(video_id, event_at), "at")
+            got = await pipe.execute()
+            fetched = {src: int(at or 0) for src, at in zip(sources, got, strict=True)}
         return [
-            (DeliveryClaim(wid, w, deadline), fetched.get(w.video_id, 0) if w else 0)
+            (
+                DeliveryClaim(wid, w, deadline),
+                fetched.get((w.video_id, w.final_ms or 0), 0) if w else 0,
+            )
             for wid, w in zip(ids, watches, strict=True)
         ]
 
@@ -177,21 +181,24 @@ class Deliveries:
         if watch_ids:
             await self.redis.zrem(c.EXPIRY_SCHEDULE_KEY, *watch_ids)
 
-    async def clips_doc(self, video_id: str) -> tuple[bytes, int] | None:
-        """A video's clips document and when it was fetched, or None."""
+    async def clips_doc(self, video_id: str, event_at: int) -> tuple[bytes, int] | None:
+        """The clips document of a video's events made at *event_at*, and when those clips
+        were fetched (last), or None."""
         doc, at = await self.redis.hmget(  # type: ignore[misc]
-            c.SOURCE_KEY.format(video_id), ["doc", "at"]
+            c.SOURCE_KEY.format(video_id, event_at), ["doc", "at"]
         )
         if doc is None or at is None:
             return None
         return (doc.encode() if isinstance(doc, str) else doc), int(at)
 
-    async def refresh_clips(self, video_id: str, doc: bytes, fetched_ms: int) -> bool:
-        """Store a video's clips fetched again (fresh links) as its clips document: every
-        later attempt of its events carries them. False when a newer one is stored (or no
-        event uses the video's clips)."""
+    async def refresh_clips(
+        self, video_id: str, event_at: int, doc: bytes, fetched_ms: int
+    ) -> bool:
+        """Store a video's clips fetched again (fresh links) as the document of its events
+        made at *event_at*: every later attempt of those events carries them. False when
+        a newer fetch is stored (or no event uses that document)."""
         stored = await self._refresh(
-            keys=[c.SOURCE_KEY.format(video_id)], args=[memoryview(doc), fetched_ms]
+            keys=[c.SOURCE_KEY.format(video_id, event_at)], args=[memoryview(doc), fetched_ms]
         )
         return bool(stored)
 

@@ -34,7 +34,7 @@ class Videos:
         now = now_ms()
         rows = await self._claim(
             keys=[c.POLL_SCHEDULE_KEY],
-            args=[now, now + int(lease_s * 1000), limit, c.VIDEO_PREFIX],
+            args=[now, now + int(lease_s * 1000), limit, c.VIDEO_PREFIX, c.VIDEO_WATCHES_SUFFIX],
         )
         return [
             (video_from_hash(vid, dict(zip(flat[::2], flat[1::2], strict=True))), int(waiting))

@@ -188,7 +188,9 @@ async def test_receiver_answers(stack: Stack) -> None:
     event_id = recs[0]["eventId"]
     registration = c.REGISTRATION_KEY.format(tw.id)
     video_id = orjson.loads(await stack.db.get(registration))["videoId"]
-    for key in (c.WATCH_KEY.format(tw.id), registration, c.SOURCE_KEY.format(video_id)):
+    ev = await stack.db.hget(c.WATCH_KEY.format(tw.id), "ev")  # type|at|... (relay.store.codec)
+    clips = c.SOURCE_KEY.format(video_id, ev.split("|")[1])
+    for key in (c.WATCH_KEY.format(tw.id), registration, clips):
         assert await stack.db.pttl(key) == -1, f"{key} would expire before its next attempt"
     queued = await stack.db.zrange(c.ARQ_QUEUE, 0, -1)
     assert all(job.startswith("expire:") for job in queued), queued  # deliveries: not arq jobs

@@ -1,6 +1,7 @@
-"""Event bodies, built where they are sent: from the watch and, for ``clips.ready``, its
-video's clips document -- read from Redis once per video (and per fetch of its clips) and
-kept here, so a fan-out's thousands of bodies cost Redis one read, not one each."""
+"""Event bodies, built where they are sent: from the watch and, for ``clips.ready``, the
+clips document of its video's fan-out -- read from Redis once per fan-out (and per fetch of
+its clips) and kept here, so a fan-out's thousands of bodies cost Redis one read, not one
+each."""
 
 from __future__ import annotations
 
@@ -12,48 +13,61 @@ from relay.domain.clips import ClipSet
 from relay.domain.watch import Watch
 from relay.store import Store
 
-VIDEOS_KEPT = 256  # clips documents kept (least recently used dropped)
+DOCUMENTS_KEPT = 256  # clips documents kept (least recently used dropped)
+Source = tuple[str, int]  # a clips document: (video id, the time its events were made)
+
+
+def source_of(w: Watch) -> Source:
+    """The clips document a ``clips.ready`` watch's body is built from."""
+    return w.video_id, w.final_ms or 0
 
 
 class Bodies:
-    """The clips documents of recent videos, and the bodies built from them."""
+    """The clips documents of recent fan-outs, and the bodies built from them."""
 
-    def __init__(self, store: Store, *, kept: int = VIDEOS_KEPT) -> None:
+    def __init__(self, store: Store, *, kept: int = DOCUMENTS_KEPT) -> None:
         self.store = store
         self.kept = kept
-        self._clips: OrderedDict[str, tuple[int, ClipSet]] = OrderedDict()
+        self._clips: OrderedDict[Source, tuple[int, ClipSet]] = OrderedDict()
 
-    def put(self, video_id: str, fetched_ms: int, clips: ClipSet) -> None:
-        """Keep a video's clips as fetched at *fetched_ms* (unless newer ones are kept)."""
-        held = self._clips.get(video_id)
+    def put(self, source: Source, fetched_ms: int, clips: ClipSet) -> None:
+        """Keep a document's clips as fetched at *fetched_ms* (unless newer ones are kept)."""
+        held = self._clips.get(source)
         if held is None or held[0] <= fetched_ms:
-            self._clips[video_id] = (fetched_ms, clips)
-        self._clips.move_to_end(video_id)
+            self._clips[source] = (fetched_ms, clips)
+        self._clips.move_to_end(source)
         while len(self._clips) > self.kept:
             self._clips.popitem(last=False)
 
-    def has(self, w: Watch) -> bool:
-        """Can the body of *w*'s event be built from what is kept?"""
+    def clips(self, w: Watch) -> ClipSet | None:
+        """The clips *w*'s body is built from, if kept (fetched no earlier than its claim
+        says the stored ones were); None for an event without clips."""
         if w.event_type != "clips.ready":
-            return True
-        held = self._clips.get(w.video_id)
-        return held is not None and held[0] >= (w.clips_ms or 0)
+            return None
+        held = self._clips.get(source_of(w))
+        if held is None or held[0] < (w.clips_ms or 0):
+            return None
+        return held[1]
 
-    async def load(self, watches: Sequence[Watch]) -> set[str]:
+    async def load(self, watches: Sequence[Watch]) -> set[Source]:
         """Read the clips documents the bodies of *watches* need and are not kept (one
-        read per video). Returns the videos that have none stored (nothing to build from:
-        their clips must be fetched again)."""
-        missing: set[str] = set()
-        for video_id in {w.video_id for w in watches if not self.has(w)}:
-            stored = await self.store.deliveries.clips_doc(video_id)
+        read per document). Returns those that are not stored (nothing to build from: the
+        clips must be fetched again)."""
+        missing: set[Source] = set()
+        wanted = {source_of(w) for w in watches if w.event_type == "clips.ready"}
+        for source in wanted:
+            held = self._clips.get(source)
+            need = max((w.clips_ms or 0) for w in watches if source_of(w) == source)
+            if held is not None and held[0] >= need:
+                continue
+            stored = await self.store.deliveries.clips_doc(*source)
             if stored is None:
-                missing.add(video_id)
+                missing.add(source)
             else:
                 doc, fetched = stored
-                self.put(video_id, fetched, ClipSet.from_doc(doc))
+                self.put(source, fetched, ClipSet.from_doc(doc))
         return missing
 
-    def build(self, w: Watch) -> bytes:
-        """The body of *w*'s event (its clips, if any, loaded first: :meth:`load`)."""
-        held = self._clips.get(w.video_id) if w.event_type == "clips.ready" else None
-        return events.body(w, held[1] if held is not None else None)
+    def build(self, w: Watch, clips: ClipSet | None) -> bytes:
+        """The body of *w*'s event, from *clips* (:meth:`clips`, taken when it was queued)."""
+        return events.body(w, clips)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay import constants as c
+from relay.domain.clips import ClipSet
 from relay.domain.delivery import DeliveryClaim
 from relay.domain.watch import Watch
 from relay.store import Store
@@ -31,6 +32,7 @@ class Job:
     """One claimed delivery waiting for a lane."""
 
     watch: Watch
+    clips: ClipSet | None  # what its body is built from (clips.ready), held with the job
     deadline: int  # the claim's lease deadline (ms), its token
     done: Callable[[], None]  # the attempt is over (or skipped): frees the claim's slot
 
@@ -126,7 +128,8 @@ class Claimer(Pump[DeliveryClaim]):
         if not due:
             return
         batch = Batch(len(due), release)
-        self.jobs.extend(Job(w, deadline, batch.done) for w in due)
+        clips = self.bodies.clips
+        self.jobs.extend(Job(w, clips(w), deadline, batch.done) for w in due)
         self.wake_lanes(len(due))
         await batch.wait()
 

@@ -78,10 +78,11 @@ class Deliverer:
                 break
         return min(room, n)
 
-    def keep_clips(self, video_id: str, fetched_ms: int, clips: ClipSet) -> None:
-        """A video's clips as this worker's poller just stored them: its bodies are built
-        from these without reading them back."""
-        self.bodies.put(video_id, fetched_ms, clips)
+    def keep_clips(self, video_id: str, event_at: int, clips: ClipSet) -> None:
+        """The clips of a fan-out (its events made at *event_at*, when they were fetched) as
+        this worker's poller just stored them: its bodies are built from these without
+        reading them back."""
+        self.bodies.put((video_id, event_at), event_at, clips)
 
     def wake(self) -> None:
         """New deliveries were just scheduled: look for them now."""
@@ -131,7 +132,7 @@ class Deliverer:
             try:
                 if job.deadline - now_ms() < margin_ms and not await claimer.renew(job):
                     continue  # taken over by another worker: it sends this one
-                await attempt(job.watch, build(job.watch), job.deadline)
+                await attempt(job.watch, build(job.watch, job.clips), job.deadline)
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)
             finally:

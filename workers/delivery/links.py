@@ -1,6 +1,6 @@
-"""Fresh clip links: before a claimed batch is sent, fetch the clips again for each video
+"""Fresh clip links: before a claimed batch is sent, fetch the clips again for each fan-out
 whose stored clips document is getting old (RELAY_LINK_REFRESH) -- or is missing -- and
-store them as the video's one document, so every later attempt of its events carries them.
+store them as that document, so every later attempt of its events carries them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from relay.domain.watch import Watch
 from relay.http.upstream import UpstreamClient
 from relay.settings import Settings
 from relay.store import Store
-from workers.delivery.bodies import Bodies
+from workers.delivery.bodies import Bodies, Source, source_of
 from workers.delivery.logger import log
 from workers.upstream_budget import Paused, UpstreamGate
 
@@ -42,25 +42,29 @@ class LinkRefresher:
         self.lease_s = settings.lease
 
     async def refresh(
-        self, items: list[Watch], deadline: int, release: Callable[[], None], missing: set[str]
+        self,
+        items: list[Watch],
+        deadline: int,
+        release: Callable[[], None],
+        missing: set[Source],
     ) -> tuple[list[Watch], int]:
-        """Fetch the clips again for the videos of ``clips.ready`` deliveries whose links are
-        getting old, or whose clips document is *missing*: one clips request per video, all
-        at once. Fetching can take a while, so afterwards the batch's claims are extended --
-        and what another worker took over meanwhile is not sent. A video whose clips could
-        not be had keeps its deliveries for a later try, with no attempt spent. Returns what
-        to send and the claims' deadline from now on."""
+        """Fetch the clips again for the fan-outs of ``clips.ready`` deliveries whose links
+        are getting old, or whose clips document is *missing*: one clips request per
+        document, all at once. Fetching can take a while, so afterwards the batch's claims
+        are extended -- and what another worker took over meanwhile is not sent. A
+        document whose clips could not be had keeps its deliveries for a later try, with no
+        attempt spent. Returns what to send and the claims' deadline from now on."""
         limit = now_ms() - int(self.settings.link_refresh * 1000)
         stale = {
-            w.video_id
+            source_of(w)
             for w in items
             if w.event_type == "clips.ready"
-            and (w.video_id in missing or (w.clips_ms is not None and w.clips_ms < limit))
+            and (source_of(w) in missing or (w.clips_ms is not None and w.clips_ms < limit))
         }
         if not stale:
             return items, deadline
         fetched = dict(
-            zip(stale, await asyncio.gather(*(self._fresh(v) for v in stale)), strict=True)
+            zip(stale, await asyncio.gather(*(self._fresh(src) for src in stale)), strict=True)
         )
         ours, deadline = await self.store.deliveries.extend(
             [w.id for w in items], deadline, self.lease_s
@@ -68,25 +72,28 @@ class LinkRefresher:
         out: list[Watch] = []
         later: list[str] = []
         for w in items:
-            refresh = w.video_id in stale and w.event_type == "clips.ready"
-            got = fetched.get(w.video_id)
+            refresh = w.event_type == "clips.ready" and source_of(w) in stale
+            got = fetched.get(source_of(w)) if refresh else None
             if w.id not in ours:  # taken over by another worker: it sends this one
                 release()
             elif refresh and got is None:
                 later.append(w.id)
                 release()
             else:
-                if refresh and got is not None:
+                if got is not None:
                     w.clips_ms = got
                 out.append(w)
         await self.store.deliveries.defer(later, now_ms() + int(REFRESH_RETRY_S * 1000))
-        for video_id in stale:
-            log.info("clip links refreshed", video_id=video_id, ok=fetched[video_id] is not None)
+        for video_id, event_at in stale:
+            ok = fetched[(video_id, event_at)] is not None
+            log.info("clip links refreshed", video_id=video_id, event_at=event_at, ok=ok)
         return out, deadline
 
-    async def _fresh(self, video_id: str) -> int | None:
-        """Fetch a video's clips, store and keep them; when they were fetched (None: they
+    async def _fresh(self, source: Source) -> int | None:
+        """Fetch a video's clips, store them as the document of *source* (unless a newer
+        fetch is stored: then that one) and keep them; when they were fetched (None: they
         could not be had)."""
+        video_id, event_at = source
         try:
             await self.gate.acquire(max_pause=self.lease_s / 3)
         except Paused:
@@ -96,6 +103,9 @@ class LinkRefresher:
             return None
         fetched = now_ms()
         doc = ClipSet(reply.clips).doc()
-        await self.store.deliveries.refresh_clips(video_id, doc, fetched)
-        self.bodies.put(video_id, fetched, ClipSet.from_doc(doc))
+        if not await self.store.deliveries.refresh_clips(video_id, event_at, doc, fetched):
+            stored = await self.store.deliveries.clips_doc(video_id, event_at)
+            if stored is not None:  # a newer fetch is stored: every worker sends that one
+                doc, fetched = stored
+        self.bodies.put(source, fetched, ClipSet.from_doc(doc))
         return fetched
