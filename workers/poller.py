@@ -269,13 +269,18 @@ class Poller(Pump[Claimed]):
             self.on_clips(vid, final.event.at_ms, final.clips)
         event = final.event
         created = 0
+        wait_budget = self.lease_s / 5
         start, size = 0, FIRST_CHUNK
         while start < len(ids) or start == 0:
             chunk = ids[start : start + size]
             start, size = start + size, min(size * 2, FINALIZE_CHUNK)
             # a busy worker leaves the rest due for other workers; one that keeps up claims
             # them as it creates them (no second read)
-            room = await self.room(len(chunk), ROOM_WAIT_S)
+            waited = time.monotonic()
+            room = await self.room(len(chunk), min(ROOM_WAIT_S, wait_budget))
+            # a fan-out holds the video's lease: it waits for room a fifth of it at most in
+            # all, then the rest is for any worker
+            wait_budget -= time.monotonic() - waited
             made, claimed = await self.store.deliveries.finalize(
                 vid, event, chunk, claim=room, lease_s=self.lease_s
             )

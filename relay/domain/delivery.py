@@ -51,7 +51,8 @@ class AttemptResult:
     attempt: int
     next_due_ms: int = 0
     last_error: str = ""
-    delivered_ms: int | None = None  # when the event was first delivered, if it was
+    delivered_ms: int | None = None  # when the event was last delivered, if it was
+    last_type: str = ""  # the event type of the watch's last final status, if any
 
     @property
     def status(self) -> str:

@@ -4,12 +4,12 @@ The API and the worker share this package; nothing else touches Redis keys (thei
 in :mod:`relay.constants`). Every transition that other replicas may race with runs as one
 Lua script (``commands/<name>.lua``, loaded by :mod:`relay.store.scripts`).
 
-Layout (docs/architecture.md, "Redis data model"): a watch is one hash (its registration,
-event state and attempt records); a video being watched is a hash plus a set of the watches
-still waiting on it; a video's clips, once fetched, are one document shared by its events;
-two sorted sets schedule the work -- video ids by next poll time and watch ids by next
-delivery attempt. A claimed member's score is pushed to a lease deadline, so
-work held by a worker that dies becomes due again by itself.
+Layout (docs/architecture.md, "Redis data model"): a watch is two keys (its registration,
+and a small hash of its state, secrets and attempt records); a video being watched is a hash
+plus a hash of the watches still waiting on it; a fan-out's clips are one document shared
+by its events; three sorted sets schedule the work -- video ids by next poll time, watch
+ids by next delivery attempt and by expiry. A claimed member's score is pushed to a lease
+deadline, so work held by a worker that dies becomes due again by itself.
 
 - ``store.watches`` (:mod:`relay.store.watches`): register, read, list, cancel, redeliver,
   rotate secrets, attempt records, counts per status;
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from relay.store.deliveries import Deliveries
+from relay.store.deliveries import SETTLE_BATCH, Deliveries
 from relay.store.limits import Limits
 from relay.store.scripts import SCRIPT_BATCH
 from relay.store.videos import Videos
@@ -33,6 +33,7 @@ from relay.store.watches import EXPIRE_JOB, Watches
 __all__ = [
     "EXPIRE_JOB",
     "SCRIPT_BATCH",
+    "SETTLE_BATCH",
     "Deliveries",
     "Limits",
     "Store",

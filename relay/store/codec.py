@@ -135,10 +135,8 @@ def claimed_watch(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -> W
 
 def state_field(r: AttemptResult, now: int) -> str:
     """The ``st`` field of a watch after the attempt *r* (recorded at *now*)."""
-    delivered = r.delivered_ms
-    if r.outcome == "ok" and delivered is None:
-        delivered = now
-    last_type = "" if r.outcome == "retry" else r.event_type
+    delivered = now if r.outcome == "ok" else r.delivered_ms
+    last_type = r.last_type if r.outcome == "retry" else r.event_type
     return (
         f"{r.status}|{r.attempt}|{r.record_no}|{now}|{'' if delivered is None else delivered}"
         f"|{last_type}|{r.last_error}"

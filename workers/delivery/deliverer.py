@@ -70,7 +70,8 @@ class Deliverer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         freed = self.claimer.freed
-        while (room := self.claimer.room()) < n and (left := deadline - loop.time()) > 0:
+        enough = min(n, self.claimer.concurrency)  # more never fits, however long it waits
+        while (room := self.claimer.room()) < enough and (left := deadline - loop.time()) > 0:
             freed.clear()
             try:
                 await asyncio.wait_for(freed.wait(), left)

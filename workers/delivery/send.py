@@ -130,6 +130,7 @@ class Sender:
                 next_ms,
                 last_error,
                 w.delivered_ms,
+                w.last_event_type or "",
             ),
             {
                 "watch_id": w.id,

@@ -7,11 +7,11 @@ import asyncio
 
 from relay import logs
 from relay.domain.delivery import AttemptResult
-from relay.store import Store
+from relay.store import SETTLE_BATCH, Store
 from relay.tasks import finish
 from workers.delivery.logger import LOG_NAME, log
 
-FLUSH_BATCH = 256  # outcomes recorded per script call, at most
+FLUSH_BATCH = 256  # outcomes pending that trigger a flush at once
 FLUSH_EVERY_S = 0.005  # an outcome waits this long for others to be recorded with it
 
 
@@ -63,8 +63,8 @@ class Settler:
             await self.flush()
 
     async def flush(self) -> None:
-        """Record the attempts made since the last flush (one script call), after logging
-        one line for each."""
+        """Record the attempts made since the last flush (a script call per SETTLE_BATCH),
+        after logging one line for each."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
@@ -74,11 +74,17 @@ class Settler:
         if not self._results:
             return
         batch, self._results = self._results, []
-        try:
-            await self.store.deliveries.settle(batch)
-        except Exception as exc:
-            # Redis away: keep the outcomes and try again (the claims' leases are long)
-            log.warning("recording attempts failed", error=type(exc).__name__, pending=len(batch))
-            self._results = batch + self._results
-            await asyncio.sleep(0.5)
-            self._flush_now.set()
+        for start in range(0, len(batch), SETTLE_BATCH):
+            try:
+                await self.store.deliveries.settle(batch[start : start + SETTLE_BATCH])
+            except Exception as exc:
+                # Redis away: keep what is not recorded yet and try again (the claims'
+                # leases are long); what was recorded is not recorded twice
+                left = batch[start:]
+                log.warning(
+                    "recording attempts failed", error=type(exc).__name__, pending=len(left)
+                )
+                self._results = left + self._results
+                await asyncio.sleep(0.5)
+                self._flush_now.set()
+                return
