@@ -42,7 +42,6 @@ WATCH_STATUSES: Final[tuple[str, ...]] = (
     "disabled",
     "cancelled",
 )
-FINAL_STATUSES: Final[tuple[str, ...]] = ("delivered", "failed", "disabled", "cancelled")
 EVENT_TYPES: Final[tuple[str, ...]] = ("clips.ready", "video.failed", "watch.expired")
 
 # --- upstream vocabulary (UPSTREAM.md) ----------------------------------------------------

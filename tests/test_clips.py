@@ -368,6 +368,16 @@ def test_parse_clips_needs_a_list(clips: Any) -> None:
 # --- events -------------------------------------------------------------------------------
 
 
+def begin_event(w: Watch, event: FinalEvent, eid: str) -> None:
+    """Give *w* its event as the fan-out stores it (finalize.lua's ``ev`` field)."""
+    w.status = "delivering"
+    w.event_id, w.event_type, w.final_ms = eid, event.event_type, event.at_ms
+    w.clips_ms = event.clips_ms
+    if event.video_status:
+        w.video_status, w.video_progress = event.video_status, event.video_progress
+    w.video_error = event.video_error or None
+
+
 def body_of(raw: bytes) -> dict[str, Any]:
     data: dict[str, Any] = orjson.loads(raw)
     return data
@@ -381,7 +391,8 @@ def test_clips_ready_body() -> None:
         clip("mid", 80, hooks={"question": "q", "statement": "s"}),
         clip("rendering", 99, status="generating", downloadUrl=None),
     ]
-    w.begin_event(
+    begin_event(
+        w,
         FinalEvent("clips.ready", AT_MS, video_status="completed", clips_ms=AT_MS - 5000),
         event_id(w.id, "clips.ready"),
     )
@@ -446,7 +457,8 @@ def test_count_ignores_the_upstream_count() -> None:
 
 def test_video_failed_body() -> None:
     w = watch(metadata={"k": "v"})
-    w.begin_event(
+    begin_event(
+        w,
         FinalEvent(
             "video.failed", AT_MS, video_status="failed", video_error="transcription failed"
         ),
@@ -473,7 +485,7 @@ def test_video_failed_not_found() -> None:
 
 def test_watch_expired_body() -> None:
     w = watch(video_status="analyzing", video_progress=70.0)
-    w.begin_event(FinalEvent("watch.expired", AT_MS + 1234), event_id(w.id, "watch.expired"))
+    begin_event(w, FinalEvent("watch.expired", AT_MS + 1234), event_id(w.id, "watch.expired"))
     made = body_of(body(w, None))
     assert made == body_of(watch_expired_body(w, AT_MS + 1234))
     assert made["type"] == "watch.expired"
@@ -500,7 +512,7 @@ def test_a_body_is_the_same_bytes_whenever_it_is_built() -> None:
     clips = [clip("a", 90, hooks={"q": 1.5e-7}), clip("b", 70, favorited=True), clip("c", 40)]
     doc = ClipSet(clips).doc()
     w = watch(min_score=50, metadata={"k": [1, 2.5, None]})
-    w.begin_event(FinalEvent("clips.ready", AT_MS, clips_ms=AT_MS), event_id(w.id, "clips.ready"))
+    begin_event(w, FinalEvent("clips.ready", AT_MS, clips_ms=AT_MS), event_id(w.id, "clips.ready"))
     first = body(w, ClipSet.from_doc(doc))
     assert body(w, ClipSet.from_doc(doc)) == first == body(w, ClipSet(clips))
     assert ClipSet.from_doc(doc).doc() == doc
@@ -512,7 +524,7 @@ def test_a_body_needs_an_event() -> None:
     with pytest.raises(ValueError, match="no event"):
         body(watch(), None)
     w = watch()
-    w.begin_event(FinalEvent("clips.ready", AT_MS), event_id(w.id, "clips.ready"))
+    begin_event(w, FinalEvent("clips.ready", AT_MS), event_id(w.id, "clips.ready"))
     with pytest.raises(ValueError, match="clips"):
         body(w, None)
 
@@ -533,7 +545,7 @@ def test_event_id_is_deterministic_and_distinct() -> None:
 
 def test_an_event_id_depends_on_the_watch_and_the_type_only() -> None:
     w = watch()
-    w.begin_event(FinalEvent("clips.ready", AT_MS), event_id(w.id, "clips.ready"))
+    begin_event(w, FinalEvent("clips.ready", AT_MS), event_id(w.id, "clips.ready"))
     assert w.event_id == event_id(w.id, "clips.ready") != event_id(w.id, "video.failed")
     assert w.event_id != event_id("wat_" + "c" * 24, "clips.ready")
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from relay.domain.delivery import FinalEvent
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -47,21 +44,6 @@ class Watch:
     records: int = 0  # attempt records written so far (they are numbered on)
     final_ms: int | None = None  # when its event was made: the event's timestamp
     clips_ms: int | None = None  # clips.ready: when the clips its body carries were fetched
-
-    def begin_event(self, event: FinalEvent, event_id: str) -> None:
-        """Take on *event* (whose id for this watch is *event_id*) as finalize.lua records
-        it, for a watch a fan-out read as it gave it the event."""
-        self.status = "delivering"
-        self.event_id = event_id
-        self.event_type = event.event_type
-        self.attempt = 0
-        self.updated_ms = max(self.updated_ms, event.at_ms)
-        self.final_ms = event.at_ms
-        self.clips_ms = event.clips_ms
-        if event.video_status:
-            self.video_status = event.video_status
-            self.video_progress = event.video_progress
-        self.video_error = event.video_error or None
 
     def signing_secrets(self, at_ms: int) -> list[SecretEntry]:
         """The secrets that sign at *at_ms*: the current one and any still in its grace."""
