@@ -1,8 +1,9 @@
 """arq jobs: what a previous version queued in arq.
 
 Polls, deliveries and expiries are batched pumps on schedules of their own (an expiry was an
-arq job until the expiry schedule, :mod:`workers.expirer`): this runs the expiry timers
-that version queued, so an upgrade loses none of them.
+arq job until the expiry schedule, :mod:`workers.expirer`). The function stays registered
+so that such a job, left in arq's queue, ends quietly (it finds no watch it could expire)
+instead of failing as an unknown function.
 """
 
 from __future__ import annotations
