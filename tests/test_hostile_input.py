@@ -749,7 +749,8 @@ async def test_key_suffixes_in_path_ids_stay_404(
     sim: Client,
     receiver: tuple[Receiver, str],
 ) -> None:
-    """``wat_x:att`` names the Redis list of x's attempts: the id must not reach it."""
+    """``wat_x:r`` names the Redis key of x's registration (and ``wat_x:att`` named its
+    attempt list before the attempts moved into the watch's hash): no such id reaches a key."""
     await make_worker()
     resp = await sim.post("/_sim/videos", json={})
     vid = (await resp.json())["id"]
@@ -765,9 +766,11 @@ async def test_key_suffixes_in_path_ids_stay_404(
     assert (await attempts.json())["data"], "precondition: the watch has an attempt list"
     answers = []
     for key in (TENANT_A_KEY, TENANT_B_KEY):
-        for method, path in ROUTES:
-            resp = await api.request(method, path.format(made["id"] + ":att"), headers=auth(key))
-            answers.append((method, path, resp.status, resp.content_type))
+        for suffix in (":r", ":att"):
+            for method, path in ROUTES:
+                url = path.format(made["id"] + suffix)
+                resp = await api.request(method, url, headers=auth(key))
+                answers.append((method, path, resp.status, resp.content_type))
     await assert_healthy(api)
     if any(a[2:] != (404, PROBLEM) for a in answers):
         raise ProductBug(answers)

@@ -22,7 +22,7 @@ SCAN_COUNT = 1000  # entries per HSCAN call
 
 
 class Videos:
-    """``store.videos``: the poll schedule, the video hashes and their waiting sets."""
+    """``store.videos``: the poll schedule, the video hashes and their waiting watches."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
