@@ -313,12 +313,17 @@ async def test_cancel_and_redeliver_keep_the_tenant_counts_and_indexes(store: St
 
 
 async def test_a_watch_shows_its_videos_last_status_until_its_own(store: Store) -> None:
+    """A poll writes no watch: a watch without its own event shows the video's last status
+    and progress, and its updatedAt moves when they change; cancelled, it keeps them."""
     (w,) = await registered(store, 1)
-    await store.redis.hset(
-        c.VIDEO_KEY.format("vid_1"), mapping={"status": "analyzing", "progress": "40.0"}
-    )  # type: ignore[misc]
+    changed = w.created_ms + 60_000
+    await store.redis.hset(  # type: ignore[misc]
+        c.VIDEO_KEY.format("vid_1"),
+        mapping={"status": "analyzing", "progress": "40.0", "changedAt": str(changed)},
+    )
     got = await store.watches.get(w.id)
     assert got is not None and (got.video_status, got.video_progress) == ("analyzing", 40.0)
+    assert got.updated_ms == changed
     await store.watches.cancel(w)
     await store.redis.delete(c.VIDEO_KEY.format("vid_1"))
     got = await store.watches.get(w.id)

@@ -158,8 +158,11 @@ class Poller(Pump[Claimed]):
         if state.errors:
             log.info("upstream recovered", video_id=state.video_id, after_errors=state.errors)
         state.errors = state.not_found = 0
+        seen = (state.status, state.progress)
         state.status = video.status
         state.progress = video.progress if video.progress is not None else state.progress
+        if (state.status, state.progress) != seen:
+            state.changed_ms = now_ms()
         if state.status != before:
             log.info("video status", video_id=state.video_id, status=state.status)
         if video.status in c.VIDEO_FINAL_BAD:

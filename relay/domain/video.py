@@ -17,4 +17,5 @@ class VideoState:
     not_found: int = 0  # consecutive 404s
     auth_logged_ms: int = 0
     completed_ms: int = 0  # when `completed` was first seen
+    changed_ms: int = 0  # when the status or progress last changed (its watches' updatedAt)
     loaded: dict[str, str] = field(default_factory=dict, repr=False)  # the hash as read

@@ -165,6 +165,7 @@ def video_from_hash(video_id: str, h: dict[str, str]) -> VideoState:
         not_found=int(h.get("notFound") or 0),
         auth_logged_ms=int(h.get("authLoggedAt") or 0),
         completed_ms=int(h.get("completedAt") or 0),
+        changed_ms=int(h.get("changedAt") or 0),
         loaded=h,
     )
 
@@ -179,6 +180,7 @@ def video_hash(state: VideoState) -> dict[str, str]:
         "notFound": str(state.not_found),
         "authLoggedAt": str(state.auth_logged_ms),
         "completedAt": str(state.completed_ms),
+        "changedAt": str(state.changed_ms),
     }
 
 

@@ -99,8 +99,9 @@ class Watches:
                 continue
             reg, state, video = row
             w = watch_from_state(wid, reg, state)
-            if video and not w.event_type and w.video_status is None:
+            if video and not w.event_type and w.status == "watching":
                 show_video(w, video[0], video[1])
+                w.updated_ms = max(w.updated_ms, int(video[2] or 0))
             out.append(w)
         return out
 
