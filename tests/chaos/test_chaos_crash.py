@@ -152,9 +152,12 @@ async def test_worker_killed_at_each_stage(stack: Stack) -> None:
     regs = await stack.register(vids * 2)
 
     async def clips_in_flight() -> bool:
+        # nine in ten at least: on a loaded machine the last registrations can come after the
+        # first videos' clips requests ended (the window is the 1.5 s they hang)
         asked = {e[2] for e in await stack.sim_log(since) if e[1] == "status"}
         claimed = await stack.ahead(1.0)
-        return asked >= set(vids) and all((c.POLL_SCHEDULE_KEY, v) in claimed for v in vids)
+        held = [v for v in vids if v in asked and (c.POLL_SCHEDULE_KEY, v) in claimed]
+        return len(held) >= 0.9 * len(vids)
 
     cr = await kill_when(stack, "w", [r.id for r in regs], clips_in_flight, what="mid-clip-fetch")
     check(stack, "kill -9 mid-clip-fetch", regs, [cr])
