@@ -126,11 +126,7 @@ def watch_from_state(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -
 def claimed_watch(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -> Watch:
     """A claimed watch from its registration and its state's :data:`CLAIM_FIELDS`."""
     st, ev, secrets = v
-    w = watch_from_registration(watch_id, reg)
-    apply_state(w, st)
-    apply_event(w, ev)
-    w.secrets = load_secrets(secrets or "[]")
-    return w
+    return watch_from_state(watch_id, reg, (st, ev, secrets, None, None))
 
 
 def state_field(r: AttemptResult, now: int) -> str:

@@ -17,12 +17,11 @@ from redis.typing import EncodableT
 from relay import constants as c
 from relay.domain.clock import now_ms
 from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent
+from relay.domain.watch import Watch
 from relay.store import scripts
 from relay.store.codec import (
     CLAIM_FIELDS,
-    apply_event,
     claimed_watch,
-    load_secrets,
     state_field,
     watch_from_registration,
 )
@@ -90,26 +89,12 @@ class Deliveries:
                 *watch_ids,
             ],
         )
-        ev, created, claimed = rows[0], int(rows[1]), [str(w) for w in rows[2:]]
-        if not claimed:
-            return created, []
-        # the claimed watches, read outside the script (one round trip, plain commands: a
-        # script would pass every value through Lua as well)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.mget([c.REGISTRATION_KEY.format(w) for w in claimed])
-        for wid in claimed:
-            pipe.hget(c.WATCH_KEY.format(wid), "secrets")
-        regs, *secrets_of = await pipe.execute()
+        created, claimed = int(rows[0]), [str(w) for w in rows[1:]]
         out: list[DeliveryClaim] = []
-        for wid, reg, secrets in zip(claimed, regs, secrets_of, strict=True):
-            if reg is None:  # gone since (it is not delivered: its claim lapses)
-                continue
-            w = watch_from_registration(wid, reg)
-            w.status = "delivering"
-            apply_event(w, ev)
-            w.clips_ms = event.clips_ms
-            w.secrets = load_secrets(secrets or "[]")
-            out.append(DeliveryClaim(wid, w, deadline))
+        for wid, w in zip(claimed, await self._read_claimed(claimed), strict=True):
+            if w is not None:  # (None: gone since; it is not delivered, its claim lapses)
+                w.clips_ms = event.clips_ms
+                out.append(DeliveryClaim(wid, w, deadline))
         return created, out
 
     async def expire(self, watch_id: str, at_ms: int) -> bool:
@@ -126,23 +111,14 @@ class Deliveries:
         """Claim due deliveries for *lease_s* seconds, each with its watch (None: gone) and
         when its video's clips document was fetched (0: none).
 
-        The script only leases the members; the watches are read afterwards with plain
-        commands (an MGET of the registrations and a pipeline of state reads, then one read
-        per video of its clips' time): a script would pass every value through Lua as well.
-        What changes in between (a cancel) shows in the state read; a claim still leased
-        for a watch that is gone lapses."""
+        The script only leases the members; the watches are read afterwards
+        (:meth:`_read_claimed`), then each clips document's fetch time (one read per
+        document). What changes in between (a cancel) shows in the state read; a claim
+        still leased for a watch that is gone lapses."""
         ids, deadline = await self._claim_schedule(c.DELIVERY_SCHEDULE_KEY, limit, lease_s)
         if not ids:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.mget([c.REGISTRATION_KEY.format(w) for w in ids])
-        for wid in ids:
-            pipe.hmget(c.WATCH_KEY.format(wid), list(CLAIM_FIELDS))
-        regs, *states = await pipe.execute()
-        watches = [
-            claimed_watch(wid, reg, state) if reg else None
-            for wid, reg, state in zip(ids, regs, states, strict=True)
-        ]
+        watches = await self._read_claimed(ids)
         sources = sorted(
             {(w.video_id, w.final_ms or 0) for w in watches if w and w.event_type == "clips.ready"}
         )
@@ -159,6 +135,22 @@ class Deliveries:
                 fetched.get((w.video_id, w.final_ms or 0), 0) if w else 0,
             )
             for wid, w in zip(ids, watches, strict=True)
+        ]
+
+    async def _read_claimed(self, ids: Sequence[str]) -> list[Watch | None]:
+        """Claimed watches as sending needs them (None: gone), read with plain commands in
+        one round trip -- an MGET of the registrations and a pipeline of state reads --
+        rather than inside a script, which would pass every value through Lua as well."""
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.mget([c.REGISTRATION_KEY.format(w) for w in ids])
+        for wid in ids:
+            pipe.hmget(c.WATCH_KEY.format(wid), list(CLAIM_FIELDS))
+        regs, *states = await pipe.execute()
+        return [
+            claimed_watch(wid, reg, state) if reg else None
+            for wid, reg, state in zip(ids, regs, states, strict=True)
         ]
 
     async def _claim_schedule(

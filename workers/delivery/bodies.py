@@ -53,12 +53,15 @@ class Bodies:
         """Read the clips documents the bodies of *watches* need and are not kept (one
         read per document). Returns those that are not stored (nothing to build from: the
         clips must be fetched again)."""
+        need: dict[Source, int] = {}  # per document, the newest fetch a claim has seen
+        for w in watches:
+            if w.event_type == "clips.ready":
+                source = source_of(w)
+                need[source] = max(need.get(source, 0), w.clips_ms or 0)
         missing: set[Source] = set()
-        wanted = {source_of(w) for w in watches if w.event_type == "clips.ready"}
-        for source in wanted:
+        for source, fetched_at_least in need.items():
             held = self._clips.get(source)
-            need = max((w.clips_ms or 0) for w in watches if source_of(w) == source)
-            if held is not None and held[0] >= need:
+            if held is not None and held[0] >= fetched_at_least:
                 continue
             stored = await self.store.deliveries.clips_doc(*source)
             if stored is None:

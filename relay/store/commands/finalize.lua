@@ -10,11 +10,11 @@
 -- ARGV: watch key prefix, at ms, event type, lease deadline ms, number to claim, video
 -- status ('' = the video hash's), video progress, video error, clips document ('' none),
 -- clips fetched ms, tenant key prefix, then the watch ids.
--- Returns {the event field, the number of events created, then the ids of those claimed}
--- (the caller reads the claimed watches afterwards, outside the script: one MGET).
+-- Returns {the number of events created, then the ids of those claimed} (the caller reads
+-- the claimed watches afterwards, outside the script: one MGET and a pipeline).
 local at, etype = ARGV[2], ARGV[3]
 local ids = {unpack(ARGV, 12)}
-if #ids == 0 then return {false, 0} end
+if #ids == 0 then return {0} end
 local waiting = redis.call('HMGET', KEYS[2], unpack(ids))
 redis.call('HDEL', KEYS[2], unpack(ids))
 local vstatus, vprogress = ARGV[6], ARGV[7]
@@ -26,7 +26,7 @@ local ev = etype .. '|' .. at .. '|' .. vprogress .. '|' .. string.gsub(vstatus,
   '|' .. ARGV[8]
 local st = 'delivering|0|0|' .. at .. '|||' 
 local claim, deadline = tonumber(ARGV[5]), ARGV[4]
-local out, scheduled, made, tenants = {ev, 0}, {}, {}, {}
+local out, scheduled, made, tenants = {0}, {}, {}, {}
 local n = 0
 for i = 1, #ids do
   local tenant = waiting[i]
@@ -38,14 +38,14 @@ for i = 1, #ids do
     tenants[tenant] = (tenants[tenant] or 0) + 1
     if n <= claim then
       scheduled[2 * n - 1] = deadline
-      out[n + 2] = ids[i]
+      out[n + 1] = ids[i]
     else
       scheduled[2 * n - 1] = at
     end
     scheduled[2 * n] = ids[i]
   end
 end
-out[2] = n
+out[1] = n
 if n == 0 then return out end
 redis.call('ZADD', KEYS[1], 'NX', unpack(scheduled))
 redis.call('ZREM', KEYS[6], unpack(made))
