@@ -74,6 +74,13 @@ def _pause(raw: str) -> float:
     return _float(raw, positive=False)
 
 
+def _fraction(raw: str) -> float:
+    value = _float(raw)
+    if value > 1:
+        raise ValueError("must be a fraction, at most 1")
+    return value
+
+
 def _port(raw: str) -> int:
     try:
         value = int(raw)
@@ -186,6 +193,7 @@ def _text(parse: Callable[[str], object]) -> BeforeValidator:
 # The field types: what a variable holds and how its text is read.
 Seconds = Annotated[float, _text(_float)]  # > 0
 Pause = Annotated[float, _text(_pause)]  # >= 0
+Fraction = Annotated[float, _text(_fraction)]  # 0 < x <= 1
 Port = Annotated[int, _text(_port)]  # 0..65535
 Count = Annotated[int, _text(_count)]  # >= 1
 # comma-separated lists: NoDecode, so pydantic-settings hands over the plain string (not JSON)
@@ -241,6 +249,9 @@ class Settings(BaseSettings):
     secrets_key: Annotated[str, _text(_secrets_key)] = Field(
         "", validation_alias="RELAY_SECRETS_KEY", repr=False
     )
+    retention: Seconds = Field(604800.0, validation_alias="RELAY_RETENTION")
+    redis_high_water: Fraction = Field(0.9, validation_alias="RELAY_REDIS_HIGH_WATER")
+    tenant_max_watches: Count = Field(100000, validation_alias="RELAY_TENANT_MAX_WATCHES")
     # Beyond SPEC's table: knobs operators and tests need.
     metrics_port: Port = Field(9100, validation_alias="RELAY_METRICS_PORT")  # worker's /metrics
     upstream_timeout: Seconds = Field(10.0, validation_alias="RELAY_UPSTREAM_TIMEOUT")

@@ -40,6 +40,9 @@ def test_defaults_match_spec_table() -> None:
     assert s.rate_limit == 50
     assert s.secret_grace == 86400
     assert s.secrets_key == ""
+    assert s.retention == 604800
+    assert s.redis_high_water == 0.9
+    assert s.tenant_max_watches == 100000
     # json when stderr is not a TTY (as under pytest), console on a terminal
     assert s.log_format == ("console" if sys.stderr.isatty() else "json")
 
@@ -235,6 +238,11 @@ MALFORMED = [
     ("RELAY_DELIVERY_CONCURRENCY", "2.5"),
     ("RELAY_POLL_CONCURRENCY", "-3"),
     ("RELAY_LEASE", "abc"),
+    ("RELAY_RETENTION", "0"),
+    ("RELAY_RETENTION", "week"),
+    ("RELAY_REDIS_HIGH_WATER", "0"),
+    ("RELAY_REDIS_HIGH_WATER", "1.5"),
+    ("RELAY_TENANT_MAX_WATCHES", "0"),
 ]
 
 

