@@ -21,7 +21,7 @@ from relay.domain.clock import now_ms
 from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent
 from relay.domain.ids import event_id
 from relay.domain.watch import SecretEntry, Watch
-from relay.store import SCRIPT_BATCH, Store
+from relay.store import SCRIPT_BATCH, Store, scripts
 
 CLIPS = [
     {"id": "a", "score": 90, "status": "completed", "downloadUrl": "https://cdn/a"},
@@ -328,3 +328,33 @@ async def test_a_watch_shows_its_videos_last_status_until_its_own(store: Store) 
     await store.redis.delete(c.VIDEO_KEY.format("vid_1"))
     got = await store.watches.get(w.id)
     assert got is not None and (got.video_status, got.video_progress) == ("analyzing", 40.0)
+
+
+async def test_scripts_run_twice_change_nothing_more(store: Store) -> None:
+    """A script whose reply was lost may be sent again on a new connection: a second run of
+    registration, of recording an attempt, of a rotation and of a redelivery changes nothing.
+    Fails before issue 14: a second settle added a second attempt record, a second rotation a
+    third secret, a second registration counted the watch twice, a second redelivery
+    answered 'delivering' (a 409 for a redelivery that worked)."""
+    (w,) = await registered(store, 1)
+    assert (await store.watches.create(w, expire_after_s=3600)).outcome == "created"
+    assert (await store.watches.tenant_counts("acme"))["watching"] == 1
+    assert await store.redis.zcard(c.TENANT_INDEX_KEY.format("acme")) == 1
+    first = await store.watches.rotate_secret(w.id, "sealed-new", 60)
+    second = await store.watches.rotate_secret(w.id, "sealed-new", 60)
+    assert first is not None and second is not None and len(first) == len(second) == 2
+    (made,) = await fan_out(store, [w])
+    rec = attempts.record(1, now_ms(), 500, None, 1.0, None)
+    failed = result(made, "failed", rec, last_error="HTTP 500")
+    assert await store.deliveries.settle([failed]) == ["failed"]
+    assert await store.deliveries.settle([failed]) == ["failed"]
+    assert len(await store.watches.attempts(w)) == 1
+    assert (await store.watches.tenant_counts("acme"))["failed"] == 1
+    script = scripts.register(store.redis, "redeliver")
+    args = [w.id, now_ms(), c.TENANT_PREFIX, "acme", "request-1"]
+    keys = [c.WATCH_KEY.format(w.id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY]
+    assert await script(keys=keys, args=args) == "ok"
+    assert await script(keys=keys, args=args) == "ok"
+    assert await script(keys=keys, args=[*args[:4], "request-2"]) == "delivering"
+    counts = await store.watches.tenant_counts("acme")
+    assert counts["delivering"] == 1 and counts["failed"] == 0

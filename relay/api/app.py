@@ -13,12 +13,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import logs
 from relay.api import appkeys as k
 from relay.api.appkeys import Lifecycle
 from relay.api.auth import Authenticator
+from relay.api.backpressure import Backpressure
 from relay.api.problems import ProblemError
 from relay.api.routes import setup_routes
 from relay.api.throttle import RateLimiter
@@ -108,6 +110,16 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             slug="unavailable",
             headers={"Retry-After": "1"},
         ) from None
+    except (OutOfMemoryError, ReadOnlyError) as exc:
+        # Redis full (noeviction) or a replica after a failover: nothing was written
+        log.error("redis refused a write", error=type(exc).__name__)
+        raise ProblemError(
+            503,
+            "Service unavailable",
+            "the relay's storage cannot take writes right now; try again shortly",
+            slug="unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
     except Exception:
         log.exception("unhandled error")
         raise ProblemError(
@@ -154,6 +166,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[k.REDIS] = redis
     app[k.STORE] = store = Store(redis)
     app[k.RATE_LIMITER] = limiter = RateLimiter(store.limits, app[k.SETTINGS].rate_limit)
+    app[k.BACKPRESSURE] = Backpressure(store.limits, app[k.SETTINGS].redis_high_water)
     limiter.start()
     yield
     await limiter.stop()

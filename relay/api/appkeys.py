@@ -8,6 +8,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from relay.api.auth import Authenticator, Principal
+from relay.api.backpressure import Backpressure
 from relay.api.throttle import RateLimiter
 from relay.domain.crypto import SecretBox
 from relay.http.ssrf import CallbackPolicy
@@ -30,4 +31,5 @@ AUTH = web.AppKey("auth", Authenticator)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+BACKPRESSURE = web.AppKey("backpressure", Backpressure)
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware

@@ -97,6 +97,14 @@ def document() -> dict[str, Any]:
                     "413": _problem(f"Body larger than {MAX_BODY_BYTES} bytes."),
                     "415": _problem("Body is not JSON."),
                     "422": _problem("Invalid fields; `errors` names each."),
+                    "429": _problem(
+                        "Too many requests for this API key, or the tenant holds "
+                        "RELAY_TENANT_MAX_WATCHES live watches; see Retry-After."
+                    ),
+                    "503": _problem(
+                        "Redis unavailable, or above RELAY_REDIS_HIGH_WATER of its maxmemory; "
+                        "see Retry-After."
+                    ),
                 },
                 parameters=[
                     {

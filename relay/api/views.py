@@ -30,6 +30,7 @@ from relay.domain.signing import generate_secret
 from relay.domain.watch import SecretEntry, Watch
 from relay.http.ssrf import CallbackRefused
 from relay.metrics import WATCHES, exposition
+from relay.store.watches import Idempotency
 
 log = logs.get("relay.api.views")
 WATCH_ID = re.compile(r"wat_[a-z2-7]{24}")
@@ -132,37 +133,12 @@ async def create_watch(request: web.Request) -> web.Response:
 
     who = principal(request)
     store = app[k.STORE]
-    watch_id = new_watch_id()
-    idem_key = request.headers.get("Idempotency-Key")
-    idem_hash = ""
-    if idem_key is not None:
-        try:
-            if not IDEMPOTENCY_KEY.fullmatch(idem_key):
-                raise ValueError
-            idem_hash = hashlib.sha256(idem_key.encode()).hexdigest()
-        except ValueError:  # UnicodeEncodeError too: bytes that were not UTF-8
-            message = f"must be 1-{MAX_IDEMPOTENCY_KEY} UTF-8 characters, no control characters"
-            raise invalid([{"field": "Idempotency-Key", "message": message}]) from None
-        earlier = await store.limits.idempotency_reserve(
-            who.tenant, idem_hash, _fingerprint(body), watch_id
-        )
-        if earlier is not None:
-            if earlier["fp"] != _fingerprint(body):
-                raise ProblemError(
-                    409,
-                    "Idempotency key reused",
-                    "this Idempotency-Key was used with a different body",
-                    slug="idempotency-conflict",
-                )
-            existing = await store.watches.get(earlier["watchId"])
-            if existing is not None and existing.tenant == who.tenant:
-                return _created(request, existing, status=200)
-            watch_id = earlier["watchId"]  # reserved but never created: create it now
-
+    idempotency = _idempotency(request, body)
+    await app[k.BACKPRESSURE].check()
     secret = spec.secret or generate_secret()
     now = now_ms()
     watch = Watch(
-        id=watch_id,
+        id=new_watch_id(),
         tenant=who.tenant,
         video_id=spec.video_id,
         callback_url=spec.callback_url,
@@ -176,13 +152,56 @@ async def create_watch(request: web.Request) -> web.Response:
         updated_ms=now,
     )
     watch.secrets = [SecretEntry(app[k.SECRET_BOX].seal(secret), 0)]
-    try:
-        await store.watches.create(watch, expire_after_s=app[k.SETTINGS].watch_timeout)
-    except BaseException:
-        if idem_hash:
-            await store.limits.idempotency_release(who.tenant, idem_hash)
-        raise
+    settings = app[k.SETTINGS]
+    done = await store.watches.create(
+        watch,
+        expire_after_s=settings.watch_timeout,
+        max_live=settings.tenant_max_watches,
+        idempotency=idempotency,
+    )
+    if done.outcome == "full":
+        raise ProblemError(
+            429,
+            "Too many live watches",
+            f"this tenant holds {done.live} live watches (watching or delivering), its "
+            f"maximum of {settings.tenant_max_watches}; cancel some or wait for them to finish",
+            slug="tenant-full",
+            headers={"Retry-After": "60"},
+        )
+    if done.outcome == "exists":
+        if idempotency is None or done.prior_fp != idempotency.fingerprint:
+            raise ProblemError(
+                409,
+                "Idempotency key reused",
+                "this Idempotency-Key was used with a different body",
+                slug="idempotency-conflict",
+            )
+        existing = await store.watches.get(done.prior_id)
+        if existing is None or existing.tenant != who.tenant:  # deleted in between
+            raise ProblemError(
+                409,
+                "Idempotency key reused",
+                "the watch this Idempotency-Key made is gone; use a new key",
+                slug="idempotency-conflict",
+            )
+        return _created(request, existing, status=200)
     return _created(request, watch, status=201)
+
+
+def _idempotency(request: web.Request, body: dict[str, Any]) -> Idempotency | None:
+    """The request's Idempotency-Key, hashed, with the body's fingerprint (None: no key);
+    a malformed key is a 422 naming the header."""
+    idem_key = request.headers.get("Idempotency-Key")
+    if idem_key is None:
+        return None
+    try:
+        if not IDEMPOTENCY_KEY.fullmatch(idem_key):
+            raise ValueError
+        idem_hash = hashlib.sha256(idem_key.encode()).hexdigest()
+    except ValueError:  # UnicodeEncodeError too: bytes that were not UTF-8
+        message = f"must be 1-{MAX_IDEMPOTENCY_KEY} UTF-8 characters, no control characters"
+        raise invalid([{"field": "Idempotency-Key", "message": message}]) from None
+    return Idempotency(idem_hash, _fingerprint(body))
 
 
 def _created(request: web.Request, watch: Watch, *, status: int) -> web.Response:

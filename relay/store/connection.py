@@ -16,7 +16,6 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SOCKET_TIMEOUT = 3.0
 SENTINEL_SCHEME = "redis+sentinel://"
@@ -67,8 +66,18 @@ def _options(timeout: float, read_timeout: float | None) -> dict[str, object]:
         # no health check: in redis-py 5 it can loop on a hung server while holding the
         # pool's lock; requests have their own deadline instead (relay.api.app)
         "health_check_interval": 0,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        # retried: a connection that failed (refused, reset, closed). Not retried: a timeout,
+        # as the command may have run (or still be running) on a stalled Redis -- a script
+        # run twice could record an attempt twice or answer a redelivery that worked with a
+        # 409. The callers own that case (a pump's claims come back after the lease, an API
+        # request answers 503). A connection closed after a command was sent can still
+        # re-run it: every script is safe to run twice (docs/guarantees.md).
+        "retry": Retry(
+            ExponentialBackoff(cap=1.0, base=0.05),
+            retries=2,
+            supported_errors=(RedisConnectionError,),
+        ),
+        "retry_on_error": [RedisConnectionError],
     }
 
 

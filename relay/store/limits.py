@@ -1,9 +1,9 @@
 """The limits shared by every replica through Redis: the upstream request budget and its 429
-pause, the API's per-key request counters, and the Idempotency-Key reservations."""
+pause, the API's per-key request counters, and Redis' memory against its limit.
+(Idempotency-Key records are made with their watch: :meth:`relay.store.Watches.create`.)"""
 
 from __future__ import annotations
 
-import orjson
 from redis.asyncio import Redis
 
 from relay import constants as c
@@ -46,23 +46,9 @@ class Limits:
         replies = await pipe.execute()
         return {key_id: int(replies[2 * i]) for i, key_id in enumerate(counts)}
 
-    # --- idempotency -------------------------------------------------------------------
+    # --- memory -------------------------------------------------------------------------
 
-    async def idempotency_reserve(
-        self, tenant: str, key_hash: str, fingerprint: str, watch_id: str
-    ) -> dict[str, str] | None:
-        """Reserve an Idempotency-Key for a new watch. None when reserved; otherwise the
-        earlier reservation (``fp`` and ``watchId``)."""
-        rkey = c.IDEMPOTENCY_KEY.format(tenant, key_hash)
-        value = orjson.dumps({"fp": fingerprint, "watchId": watch_id})
-        if await self.redis.set(rkey, value, nx=True, ex=c.IDEMPOTENCY_TTL):
-            return None
-        raw = await self.redis.get(rkey)
-        if raw is None:  # expired in between: reserve again
-            return await self.idempotency_reserve(tenant, key_hash, fingerprint, watch_id)
-        earlier: dict[str, str] = orjson.loads(raw)
-        return earlier
-
-    async def idempotency_release(self, tenant: str, key_hash: str) -> None:
-        """Drop a reservation whose watch could not be created."""
-        await self.redis.delete(c.IDEMPOTENCY_KEY.format(tenant, key_hash))
+    async def memory(self) -> tuple[int, int]:
+        """Redis' ``used_memory`` and ``maxmemory`` in bytes (0: no limit)."""
+        info = await self.redis.info("memory")
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))

@@ -6,9 +6,12 @@ Each transition that other replicas may race with is one Lua script (``commands/
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import orjson
 from redis.asyncio import Redis
 
 from relay import constants as c
@@ -30,6 +33,27 @@ from relay.store.codec import (
 )
 
 EXPIRE_JOB = "expire_watch"  # the arq job of watch.expired before the expiry schedule
+NO_CAP = 2**53  # live watches a tenant may hold when no cap is given
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """An Idempotency-Key (hashed) and the fingerprint of the body it came with."""
+
+    key_hash: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What registering a watch did: ``created``; ``exists`` (an earlier watch made with the
+    same Idempotency-Key: *prior_id*, made from a body with fingerprint *prior_fp*); or
+    ``full`` (the tenant holds *live* live watches, its maximum)."""
+
+    outcome: Literal["created", "exists", "full"]
+    prior_id: str = ""
+    prior_fp: str = ""
+    live: int = 0
 
 
 class Watches:
@@ -43,36 +67,58 @@ class Watches:
         self._redeliver = scripts.register(redis, "redeliver")
         self._rotate = scripts.register(redis, "rotate_keys")
 
-    async def create(self, watch: Watch, *, expire_after_s: float) -> None:
+    async def create(
+        self,
+        watch: Watch,
+        *,
+        expire_after_s: float,
+        max_live: int = NO_CAP,
+        idempotency: Idempotency | None = None,
+    ) -> Created:
         """Store a new watch, index it, schedule its video's poll and its expiry.
 
-        One script, so a watch is either fully registered or not at all, in one round trip.
+        One script, so a watch is either fully registered or not at all, in one round trip;
+        with *idempotency*, its record is made in the same step, so concurrent requests with
+        one key make one watch. A tenant holding *max_live* live watches gets none.
         """
         wid = watch.id
-        await self._create(
-            keys=[
-                c.REGISTRATION_KEY.format(wid),
-                c.WATCH_KEY.format(wid),
-                c.TENANT_INDEX_KEY.format(watch.tenant),
-                c.TENANT_VIDEO_INDEX_KEY.format(watch.tenant, watch.video_id),
-                c.VIDEO_WATCHES_KEY.format(watch.video_id),
-                c.POLL_SCHEDULE_KEY,
-                c.EXPIRY_SCHEDULE_KEY,
-                c.WATCH_COUNTS_KEY,
-                c.TENANT_COUNTS_KEY.format(watch.tenant),
-                c.TENANTS_KEY,
-            ],
-            args=[
-                wid,
-                registration_json(watch),
-                dump_secrets(watch.secrets),
-                watch.created_ms,
-                watch.video_id,
-                watch.tenant,
-                watch.created_ms + int(expire_after_s * 1000),
-                WATCHING,
-            ],
-        )
+        keys = [
+            c.REGISTRATION_KEY.format(wid),
+            c.WATCH_KEY.format(wid),
+            c.TENANT_INDEX_KEY.format(watch.tenant),
+            c.TENANT_VIDEO_INDEX_KEY.format(watch.tenant, watch.video_id),
+            c.VIDEO_WATCHES_KEY.format(watch.video_id),
+            c.POLL_SCHEDULE_KEY,
+            c.EXPIRY_SCHEDULE_KEY,
+            c.WATCH_COUNTS_KEY,
+            c.TENANT_COUNTS_KEY.format(watch.tenant),
+            c.TENANTS_KEY,
+        ]
+        args: list[str | int | bytes] = [
+            wid,
+            registration_json(watch),
+            dump_secrets(watch.secrets),
+            watch.created_ms,
+            watch.video_id,
+            watch.tenant,
+            watch.created_ms + int(expire_after_s * 1000),
+            WATCHING,
+            max_live,
+            c.WATCH_PREFIX,
+        ]
+        if idempotency is not None:
+            keys.append(c.IDEMPOTENCY_KEY.format(watch.tenant, idempotency.key_hash))
+            record = {"fp": idempotency.fingerprint, "watchId": wid}
+            args += [orjson.dumps(record), c.IDEMPOTENCY_TTL]
+        reply = await self._create(keys=keys, args=args)
+        outcome = str(reply[0])
+        if outcome == "full":
+            return Created("full", live=int(reply[1]))
+        if outcome == "exists" and reply[1]:
+            prior = orjson.loads(reply[1])
+            if prior.get("watchId") != wid:
+                return Created("exists", prior_id=prior["watchId"], prior_fp=prior.get("fp", ""))
+        return Created("created")  # or this very watch, found by a re-run of the script
 
     async def get(self, watch_id: str) -> Watch | None:
         """The watch, or None."""
@@ -187,7 +233,7 @@ class Watches:
         status that has nothing to redeliver (None: no such watch)."""
         result = await self._redeliver(
             keys=[c.WATCH_KEY.format(watch.id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
-            args=[watch.id, now_ms(), c.TENANT_PREFIX, watch.tenant],
+            args=[watch.id, now_ms(), c.TENANT_PREFIX, watch.tenant, secrets.token_hex(8)],
         )
         return str(result) if result else None
 

@@ -2,13 +2,41 @@
 -- watches (-> tenant), the video's poll (NX: a video already scheduled keeps its slot, a
 -- claimed one its lease), its expiry, the status counters. The tenant indexes are ordered
 -- by Redis' clock.
+-- With an Idempotency-Key (KEYS[11]), the key's record and the watch are made together, so
+-- however requests with one key interleave, one of them creates and the others find it:
+-- a record naming a watch that exists wins; one naming no watch (left by a failed create of
+-- an older version) is replaced. The watch remembers its record ('idem') for retention.
+-- Safe to run twice (a client retry after a lost reply): the second run finds the watch.
 -- KEYS: registration, state hash, tenant index, tenant-video index, the video's waiting
 -- watches, poll schedule, expiry schedule, status counters, the tenant's status counters,
--- the set of tenants.
+-- the set of tenants, [idempotency record].
 -- ARGV: watch id, registration JSON, secrets JSON, created ms, video id, tenant, expires ms,
--- the delivery state of a new watch.
+-- the delivery state of a new watch, live watches the tenant may hold, watch key prefix,
+-- [idempotency record JSON, its TTL s].
+-- Returns {'created'}, {'exists', record JSON} (a watch made with this key, or this very
+-- watch on a re-run), or {'full', live} (the tenant holds its maximum of live watches).
+local idem = KEYS[11]
+if idem then
+  local prior = redis.call('GET', idem)
+  if prior then
+    local ok, rec = pcall(cjson.decode, prior)
+    if ok and type(rec) == 'table' and type(rec.watchId) == 'string' and
+        redis.call('EXISTS', ARGV[10] .. rec.watchId) == 1 then
+      return {'exists', prior}
+    end
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists', ''} end
+local live = redis.call('HMGET', KEYS[9], 'watching', 'delivering')
+local n = (tonumber(live[1]) or 0) + (tonumber(live[2]) or 0)
+if n >= tonumber(ARGV[9]) then return {'full', tostring(n)} end
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'video', ARGV[5], 'st', ARGV[8], 'secrets', ARGV[3])
+if idem then
+  redis.call('SET', idem, ARGV[11], 'EX', ARGV[12])
+  redis.call('HSET', KEYS[2], 'video', ARGV[5], 'st', ARGV[8], 'secrets', ARGV[3], 'idem', idem)
+else
+  redis.call('HSET', KEYS[2], 'video', ARGV[5], 'st', ARGV[8], 'secrets', ARGV[3])
+end
 -- listing order: Redis' clock in microseconds, one clock for every API replica
 local t = redis.call('TIME')
 local order = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -20,4 +48,4 @@ redis.call('ZADD', KEYS[7], ARGV[7], ARGV[1])
 redis.call('HINCRBY', KEYS[8], 'watching', 1)
 redis.call('HINCRBY', KEYS[9], 'watching', 1)
 redis.call('SADD', KEYS[10], ARGV[6])
-return 1
+return {'created'}

@@ -1,16 +1,20 @@
 -- Send a watch's last event again as a new series of attempts (same event id).
 -- KEYS: state hash, delivery schedule, the status counters. ARGV: watch id, now ms, tenant
--- key prefix, tenant. Returns 'ok', or the status for a watch in a state that has nothing
+-- key prefix, tenant, this request's id (kept as 'rd': a second run of the same call
+-- answers 'ok' again). Returns 'ok', or the status for a watch in a state that has nothing
 -- to redeliver.
-local st = redis.call('HGET', KEYS[1], 'st')
+local cur = redis.call('HMGET', KEYS[1], 'st', 'rd')
+local st = cur[1]
 if not st then return false end
 local status, records, delivered, last_type =
   string.match(st, '^([^|]*)|[^|]*|([^|]*)|[^|]*|([^|]*)|([^|]*)|')
+-- a second run of this very call (its reply was lost) finds its own request id
+if status == 'delivering' and cur[2] == ARGV[5] then return 'ok' end
 if status ~= 'delivered' and status ~= 'failed' and status ~= 'disabled' then
   return status
 end
 redis.call('HSET', KEYS[1], 'st', 'delivering|0|' .. records .. '|' .. ARGV[2] .. '|' ..
-  delivered .. '|' .. last_type .. '|')
+  delivered .. '|' .. last_type .. '|', 'rd', ARGV[5])
 local counts = ARGV[3] .. ARGV[4] .. ':n'
 redis.call('HINCRBY', KEYS[3], status, -1)
 redis.call('HINCRBY', KEYS[3], 'delivering', 1)

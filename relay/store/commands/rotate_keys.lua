@@ -1,11 +1,15 @@
 -- Rotate a watch's signing secret. KEYS: watch hash. ARGV: new sealed secret, now ms, when
 -- the current secret stops signing (ms). Secrets whose grace has passed are dropped.
--- Returns the new secrets list (JSON), or false when there is no such watch.
+-- Returns the new secrets list (JSON), or false when there is no such watch. Safe to run
+-- twice (a sealed secret is never sealed the same way twice).
 local raw = redis.call('HGET', KEYS[1], 'secrets')
 if not raw then return false end
 local now = tonumber(ARGV[2])
+local current = cjson.decode(raw)
+-- a second run of this very call (its reply was lost): the new secret is first already
+if current[1] and current[1][1] == ARGV[1] then return raw end
 local out = {{ARGV[1], 0}}
-for _, s in ipairs(cjson.decode(raw)) do
+for _, s in ipairs(current) do
   local e = tonumber(s[2])
   if e == 0 then
     table.insert(out, {s[1], tonumber(ARGV[3])})

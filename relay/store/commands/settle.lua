@@ -6,7 +6,8 @@
 -- '<final status>|<tenant>'.
 -- A claim still held (the schedule's score is its token) is a watch still delivering that
 -- event: its new state and its record ('#<n>') are one write. Otherwise (cancelled,
--- redelivered, taken over) only the record is kept, if the watch is there. A final watch
+-- redelivered, taken over) only the record is kept, if the watch is there and does not
+-- have it already (safe to run twice). A final watch
 -- joins its tenant's index of that status. Returns each watch's status.
 local W = 6
 local n = (#ARGV - 4) / W
@@ -44,9 +45,13 @@ for k = 1, n do
     local st = redis.call('HGET', key, 'st')
     if st then
       local s, a, r, rest = string.match(st, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-      status, seq = s, tonumber(r) + 1
-      redis.call('HSET', key, 'st', s .. '|' .. a .. '|' .. seq .. '|' .. rest,
-        '#' .. seq, ARGV[i + 4])
+      status = s
+      -- a second run of this very call (its reply was lost) finds its record last: done
+      if redis.call('HGET', key, '#' .. r) ~= ARGV[i + 4] then
+        seq = tonumber(r) + 1
+        redis.call('HSET', key, 'st', s .. '|' .. a .. '|' .. seq .. '|' .. rest,
+          '#' .. seq, ARGV[i + 4])
+      end
     end
   end
   if seq and seq > kept then redis.call('HDEL', key, '#' .. (seq - kept)) end
