@@ -9,12 +9,13 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from relay.devtools.receiver import Receiver
-from relay.domain.signing import verify
+from relay.domain.signing import WebhookVerificationError, verify
 from tests.conftest import ApiFactory, WorkerFactory, auth
 
 Client = TestClient[web.Request, web.Application]
@@ -413,6 +414,33 @@ async def test_rotated_secret_signs_beside_the_old_one(
     headers = ev.attempt_headers
     assert verify(raw, headers, old)["data"]["watchId"] == w["id"]
     assert verify(raw, headers, new)["data"]["watchId"] == w["id"]
+
+
+async def test_thirty_rotations_sign_with_three_secrets(
+    api: Client, worker: Any, sim: Client, receiver: Rec
+) -> None:
+    """A watch signs with at most three secrets (the newest and two in their grace): 30
+    rotations inside RELAY_SECRET_GRACE give 3 signatures, the newest verifying, the oldest
+    retired. Fails before issue 15: every rotation added a signature (31)."""
+    vid = await sim_video(
+        sim, timeline=[{"status": "analyzing", "after": 0}, {"status": "completed", "after": 1}]
+    )
+    w = await register(api, receiver, vid)
+    secrets = [w["secret"]]
+    for _ in range(30):
+        resp = await api.post(f"/v1/watches/{w['id']}/rotate-secret", headers=auth())
+        secrets.append((await resp.json())["secret"])
+    for s in secrets[1:]:
+        receiver[0].add_secret(s)
+    await receiver[0].wait_for(1, timeout=10)
+    ev = receiver[0].events[0]
+    assert len(ev.attempt_headers["webhook-signature"].split(" ")) == 3
+    raw = orjson.dumps(ev.event)
+    for s in secrets[-3:]:
+        assert verify(raw, ev.attempt_headers, s)["data"]["watchId"] == w["id"]
+    for s in secrets[:-3]:
+        with pytest.raises(WebhookVerificationError):
+            verify(raw, ev.attempt_headers, s)
 
 
 async def test_stale_clip_links_are_fetched_again_before_an_attempt(

@@ -1,5 +1,7 @@
 -- Rotate a watch's signing secret. KEYS: watch hash. ARGV: new sealed secret, now ms, when
--- the current secret stops signing (ms). Secrets whose grace has passed are dropped.
+-- the current secret stops signing (ms). Secrets whose grace has passed are dropped, and a
+-- watch signs with at most three (the newest and two still in their grace, newest first):
+-- a fourth rotation inside the grace retires the oldest at once.
 -- Returns the new secrets list (JSON), or false when there is no such watch. Safe to run
 -- twice (a sealed secret is never sealed the same way twice).
 local raw = redis.call('HGET', KEYS[1], 'secrets')
@@ -16,6 +18,7 @@ for _, s in ipairs(current) do
   elseif e > now then
     table.insert(out, {s[1], e})
   end
+  if #out == 3 then break end
 end
 local encoded = cjson.encode(out)
 redis.call('HSET', KEYS[1], 'secrets', encoded, 'updated', ARGV[2])
