@@ -62,6 +62,12 @@ CALLBACK_CONNECTIONS = Counter(
     "TCP (or TLS) connections opened to receivers; kept-alive connections are reused.",
     registry=REGISTRY,
 )
+DNS_LOOKUPS = Counter(
+    "relay_dns_lookups_total",
+    "Callback host name resolutions by result: resolved, cached, failed, timeout.",
+    ["result"],
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "relay_queue_depth", "Members of a schedule (poll, delivery).", ["queue"], registry=REGISTRY
 )

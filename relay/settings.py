@@ -81,6 +81,31 @@ def _fraction(raw: str) -> float:
     return value
 
 
+def _dns_servers(raw: str) -> tuple[str, ...]:
+    """``ip[:port]`` (IPv6 as ``[ip]:port``), comma-separated."""
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        host, port = part, ""
+        if part.startswith("["):
+            host, _, rest = part[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"expected [ipv6]:port, got {part!r}")
+        elif part.count(":") == 1:
+            host, port = part.split(":")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"expected an IP address, got {host!r}") from None
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"expected a port number, got {port!r}")
+        shown = f"[{ip}]" if ip.version == 6 and port else str(ip)
+        out.append(f"{shown}:{port}" if port else shown)
+    return tuple(out)
+
+
 def _port(raw: str) -> int:
     try:
         value = int(raw)
@@ -200,6 +225,7 @@ Count = Annotated[int, _text(_count)]  # >= 1
 Schedule = Annotated[tuple[float, ...], NoDecode, _text(_schedule)]
 ApiKeys = Annotated[tuple[ApiKey, ...], NoDecode, _text(_api_keys)]
 Allow = Annotated[CallbackAllow, NoDecode, _text(_allow)]
+DnsServers = Annotated[tuple[str, ...], NoDecode, _text(_dns_servers)]
 
 
 def _default_log_format() -> Literal["json", "console"]:
@@ -252,6 +278,7 @@ class Settings(BaseSettings):
     retention: Seconds = Field(604800.0, validation_alias="RELAY_RETENTION")
     redis_high_water: Fraction = Field(0.9, validation_alias="RELAY_REDIS_HIGH_WATER")
     tenant_max_watches: Count = Field(100000, validation_alias="RELAY_TENANT_MAX_WATCHES")
+    dns_servers: DnsServers = Field((), validation_alias="RELAY_DNS_SERVERS")
     # Beyond SPEC's table: knobs operators and tests need.
     metrics_port: Port = Field(9100, validation_alias="RELAY_METRICS_PORT")  # worker's /metrics
     upstream_timeout: Seconds = Field(10.0, validation_alias="RELAY_UPSTREAM_TIMEOUT")

@@ -43,6 +43,7 @@ def test_defaults_match_spec_table() -> None:
     assert s.retention == 604800
     assert s.redis_high_water == 0.9
     assert s.tenant_max_watches == 100000
+    assert s.dns_servers == ()
     # json when stderr is not a TTY (as under pytest), console on a terminal
     assert s.log_format == ("console" if sys.stderr.isatty() else "json")
 
@@ -243,6 +244,9 @@ MALFORMED = [
     ("RELAY_REDIS_HIGH_WATER", "0"),
     ("RELAY_REDIS_HIGH_WATER", "1.5"),
     ("RELAY_TENANT_MAX_WATCHES", "0"),
+    ("RELAY_DNS_SERVERS", "dns.example"),
+    ("RELAY_DNS_SERVERS", "10.0.0.1:99999"),
+    ("RELAY_DNS_SERVERS", "[::1]x"),
 ]
 
 
@@ -387,3 +391,8 @@ def test_cli_without_command_is_a_usage_error() -> None:
     proc = _run()
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_dns_servers_are_ip_and_optional_port() -> None:
+    s = load({"RELAY_DNS_SERVERS": " 127.0.0.1:5353, 10.0.0.2 ,[::1]:53,::2"})
+    assert s.dns_servers == ("127.0.0.1:5353", "10.0.0.2", "[::1]:53", "::2")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from relay.constants import MAX_CALLBACK_URL
+from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy, CallbackRefused, literal_ip
 from relay.settings import CallbackAllow
 
@@ -27,13 +28,15 @@ LOCAL = CallbackPolicy(
 
 @pytest.fixture
 async def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the test if the policy tries to resolve a name through the running loop."""
+    """Fail the test if the policy tries to resolve a name (through its resolver or the
+    running loop)."""
     loop = asyncio.get_running_loop()
 
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"unexpected name resolution: {args!r}")
 
     monkeypatch.setattr(loop, "getaddrinfo", refuse)
+    monkeypatch.setattr(Resolver, "resolve", refuse)
 
 
 REFUSED_LITERALS = [
@@ -288,5 +291,5 @@ async def test_resolve_allowed_host_unfiltered() -> None:
 
 
 async def test_resolve_unknown_name_is_an_os_error() -> None:
-    with pytest.raises(socket.gaierror):
+    with pytest.raises(OSError, match="host not resolved"):
         await LOCAL.resolve("no-such-host.invalid", 80)

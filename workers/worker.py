@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from relay import constants as c
 from relay import logs
 from relay.domain.crypto import SecretBox
+from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy
 from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
@@ -63,7 +64,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx[SETTINGS]
     redis = connect(settings.redis_url)
     store = Store(redis)
-    policy = CallbackPolicy(settings.callback_allow)
+    policy = CallbackPolicy(settings.callback_allow, Resolver(settings.dns_servers))
     upstream_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.poll_concurrency * 2, ttl_dns_cache=60),
         raise_for_status=False,

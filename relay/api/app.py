@@ -26,6 +26,7 @@ from relay.api.routes import setup_routes
 from relay.api.throttle import RateLimiter
 from relay.constants import MAX_BODY_BYTES
 from relay.domain.crypto import SecretBox
+from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy
 from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from relay.settings import Settings
@@ -182,7 +183,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[observe, authenticate], client_max_size=MAX_BODY_BYTES)
     app[k.SETTINGS] = settings
     app[k.AUTH] = Authenticator(settings.api_keys)
-    app[k.POLICY] = CallbackPolicy(settings.callback_allow)
+    app[k.POLICY] = CallbackPolicy(settings.callback_allow, Resolver(settings.dns_servers))
     app[k.SECRET_BOX] = SecretBox(settings.secrets_key)
     app[k.LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_redis_ctx)

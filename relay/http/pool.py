@@ -2,9 +2,10 @@
 
 - one request at a time per connection, kept alive and reused per origin (scheme, host,
   port); idle connections are closed after ``idle_s`` and at most ``max_idle`` are kept;
-- the host is resolved (cached ``dns_ttl`` seconds) and only addresses the
-  :class:`~relay.http.ssrf.CallbackPolicy` allows are connected to -- the address checked is the
-  address used, so DNS rebinding gains nothing;
+- the host is resolved by the policy's resolver (asynchronous, cached by the record's TTL:
+  :mod:`relay.http.dns`) and only addresses the :class:`~relay.http.ssrf.CallbackPolicy`
+  allows are connected to -- the address checked is the address used, so DNS rebinding
+  gains nothing;
 - ``https`` with the system's trust store (or a given context), hostname checked;
 - a reused connection that the server had closed meanwhile (no byte of an answer came back)
   fails its request with :class:`Stale`, so that the client sends it once more on a new one.
@@ -22,11 +23,11 @@ import os
 import ssl
 import time
 
+from relay.http.dns import NameNotResolved
 from relay.http.ssrf import CallbackPolicy, CallbackRefused, SockAddr
 from relay.http.wire import Answer, AnswerReader, Origin, Target, WebhookError
 from relay.metrics import CALLBACK_CONNECTIONS
 
-DNS_TTL_S = 10.0
 IDLE_S = 15.0  # an idle keep-alive connection is closed after this long
 DNS_CACHE_MAX = 10_000
 
@@ -119,17 +120,14 @@ class ConnectionPool:
         keep: int,
         max_idle: int,
         idle_s: float,
-        dns_ttl: float,
     ) -> None:
         self.policy = policy
         self.keep = keep
         self.max_idle = max_idle
         self.idle_s = idle_s
-        self.dns_ttl = dns_ttl
         self._ssl = ssl_context
         self._idle: dict[Origin, list[Connection]] = {}
         self._idle_count = 0
-        self._dns: dict[tuple[str, int], tuple[float, list[Address]]] = {}
         self._swept = time.monotonic()
         self.connections_made = 0  # for tests and metrics: new TCP connections
 
@@ -226,21 +224,14 @@ class ConnectionPool:
         raise WebhookError(f"connect: {reason}"[:200])
 
     async def _resolve(self, host: str, port: int) -> list[Address]:
-        key = (host, port)
-        now = time.monotonic()
-        hit = self._dns.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         try:
-            addresses = await self.policy.resolve(host, port)
+            return await self.policy.resolve(host, port)
         except CallbackRefused as exc:
             raise WebhookError(f"refused: callback {exc}") from None
+        except NameNotResolved as exc:
+            raise WebhookError(str(exc)) from None
         except (OSError, UnicodeError):
             raise WebhookError("dns: host not resolved") from None
-        if len(self._dns) >= DNS_CACHE_MAX:
-            self._dns.clear()
-        self._dns[key] = (now + self.dns_ttl, addresses)
-        return addresses
 
 
 @functools.cache

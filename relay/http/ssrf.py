@@ -9,13 +9,13 @@ address that was checked (no second lookup for DNS rebinding to exploit).
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 
 from yarl import URL
 
 from relay.constants import MAX_CALLBACK_URL
+from relay.http.dns import Resolver
 from relay.settings import CallbackAllow
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -66,8 +66,9 @@ def literal_ip(host: str) -> IPAddress | None:
 class CallbackPolicy:
     """Decides whether a callback URL or address may be reached."""
 
-    def __init__(self, allow: CallbackAllow) -> None:
+    def __init__(self, allow: CallbackAllow, resolver: Resolver | None = None) -> None:
         self._allow = allow
+        self.resolver = resolver or Resolver()
 
     def host_allowed(self, host: str) -> bool:
         """A host name opened by RELAY_CALLBACK_ALLOW (its addresses are then not checked)."""
@@ -112,35 +113,32 @@ class CallbackPolicy:
                 raise CallbackRefused("points to a private, loopback or reserved address")
             return parsed
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, parsed.port or 443, type=socket.SOCK_STREAM
-            )
+            found = await self.resolver.resolve(host)
         except (OSError, UnicodeError):
             raise CallbackRefused("host name does not resolve") from None
-        addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+        addresses = {ipaddress.ip_address(ip.split("%", 1)[0]) for _, ip in found}
         if not addresses or not all(self.ip_allowed(a) for a in addresses):
             raise CallbackRefused("host resolves to a private, loopback or reserved address")
         return parsed
 
     async def resolve(self, host: str, port: int) -> list[tuple[int, SockAddr]]:
         """Where a connection to *host*:*port* may go: (family, socket address) pairs, only
-        allowed ones. :class:`CallbackRefused` when none is left, OSError when the name does
-        not resolve."""
+        allowed ones. :class:`CallbackRefused` when none is left,
+        :class:`~relay.http.dns.NameNotResolved` (an OSError) when the name does not resolve."""
         ip = literal_ip(host)
         if ip is not None:
             if not (self.host_allowed(host) or self.ip_allowed(ip)):
                 raise CallbackRefused("points to a private, loopback or reserved address")
-            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            family = int(socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
             return [(family, (str(ip), port))]
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
+        found = await self.resolver.resolve(host)
         opened = self.host_allowed(host)
         out: list[tuple[int, SockAddr]] = []
-        for family, _, _, _, sockaddr in infos:
-            addr = str(sockaddr[0]).split("%", 1)[0]
-            if opened or self.ip_allowed(ipaddress.ip_address(addr)):
-                out.append((int(family), sockaddr))  # type: ignore[arg-type]
+        for family, addr in found:
+            if opened or self.ip_allowed(ipaddress.ip_address(addr.split("%", 1)[0])):
+                v6 = family == socket.AF_INET6
+                sockaddr: SockAddr = (addr, port, 0, 0) if v6 else (addr, port)
+                out.append((family, sockaddr))
         if not out:
             raise CallbackRefused("resolves only to private, loopback or reserved addresses")
         return out

@@ -37,7 +37,7 @@ import ssl
 from collections.abc import Iterable
 
 from relay.constants import RESPONSE_BODY_KEPT
-from relay.http.pool import DNS_TTL_S, IDLE_S, Connection, ConnectionPool, Stale
+from relay.http.pool import IDLE_S, Connection, ConnectionPool, Stale
 from relay.http.ssrf import CallbackPolicy
 from relay.http.wire import MAX_DRAIN, MAX_HEAD, Answer, Target, WebhookError
 
@@ -58,7 +58,6 @@ class WebhookClient(ConnectionPool):
         keep: int = RESPONSE_BODY_KEPT,
         max_idle: int = 256,
         idle_s: float = IDLE_S,
-        dns_ttl: float = DNS_TTL_S,
     ) -> None:
         super().__init__(
             policy,
@@ -66,7 +65,6 @@ class WebhookClient(ConnectionPool):
             keep=keep,
             max_idle=max_idle,
             idle_s=idle_s,
-            dns_ttl=dns_ttl,
         )
         self.timeout = timeout
         self._in_flight: set[Connection] = set()

@@ -66,6 +66,10 @@ CONFIG_KEYS = {
     "RELAY_DELIVERY_CONCURRENCY",
     "RELAY_POLL_CONCURRENCY",
     "RELAY_LEASE",
+    "RELAY_RETENTION",
+    "RELAY_REDIS_HIGH_WATER",
+    "RELAY_TENANT_MAX_WATCHES",
+    "RELAY_DNS_SERVERS",
 }
 PART_OF = {"app.kubernetes.io/part-of": "clip-relay"}
 

@@ -1,0 +1,177 @@
+"""Name resolution for callback hosts that cannot stall the relay.
+
+The standard library resolves through ``getaddrinfo`` in the event loop's default thread
+pool: a handful of threads shared by every origin, so one tenant's slow DNS server held
+resolution up for all, and a name that does not resolve was asked again on every attempt.
+Here resolution is asynchronous (c-ares, through ``aiodns``: no threads; ``/etc/hosts`` is
+read as the system does) with:
+
+- a bound on lookups in flight (``max_inflight``), each with its own deadline;
+- one lookup per name at a time (the callers of a name in flight wait for its answer);
+- a positive cache for the record's TTL, clamped to ``[MIN_TTL_S, MAX_TTL_S]``;
+- a negative cache of ``NEGATIVE_TTL_S`` for names that do not resolve (and for lookups that
+  time out), so a dead name costs one lookup per ten seconds, not one per attempt;
+- ``RELAY_DNS_SERVERS`` (``ip[:port]``, comma-separated) instead of the system's servers.
+
+The cache is bounded (``max_names``, oldest entry out first). c-ares' own answer cache is
+emptied every ``MAX_TTL_S`` (a new channel), so the clamp holds for long TTLs too. What the
+caller connects to is exactly what this returns, so the SSRF rule (the address checked is
+the address used) holds (:meth:`relay.http.ssrf.CallbackPolicy.resolve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiodns
+from aiodns.error import DNSError
+
+from relay.metrics import DNS_LOOKUPS
+
+MIN_TTL_S = 30.0
+MAX_TTL_S = 300.0
+NEGATIVE_TTL_S = 10.0
+LOOKUP_TIMEOUT_S = 2.0  # per try, c-ares' own timer
+LOOKUP_TRIES = 2
+MAX_INFLIGHT = 64
+MAX_NAMES = 10_000
+
+# (family, ip) pairs: the port is the caller's
+Resolved = list[tuple[int, str]]
+
+
+class NameNotResolved(OSError):
+    """The name has no address (or its lookup failed or timed out)."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    expires: float
+    addresses: Resolved | None  # None: a negative entry
+    reason: str = ""
+
+
+class Resolver:
+    """Resolves host names to addresses, asynchronously and cached (see the module)."""
+
+    def __init__(
+        self,
+        servers: Sequence[str] = (),
+        *,
+        max_inflight: int = MAX_INFLIGHT,
+        timeout_s: float = LOOKUP_TIMEOUT_S,
+        tries: int = LOOKUP_TRIES,
+        max_names: int = MAX_NAMES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.servers = list(servers)
+        self.timeout_s = timeout_s
+        self.tries = tries
+        self.max_names = max_names
+        self.clock = clock
+        self._max_inflight = max_inflight
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._channel: aiodns.DNSResolver | None = None
+        self._channel_since = 0.0
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._flights: dict[str, asyncio.Future[Resolved]] = {}
+        self.lookups = 0  # lookups sent (for tests and metrics)
+
+    async def resolve(self, host: str) -> Resolved:
+        """The (family, address) pairs of *host*; :class:`NameNotResolved` when it has none."""
+        name = host.rstrip(".").lower()
+        entry = self._cache.get(name)
+        if entry is not None:
+            if entry.expires > self.clock():
+                DNS_LOOKUPS.labels("cached").inc()
+                if entry.addresses is None:
+                    raise NameNotResolved(entry.reason)
+                return entry.addresses
+            del self._cache[name]
+        self._bind()
+        flight = self._flights.get(name)
+        if flight is None:
+            flight = asyncio.ensure_future(self._lookup(name))
+            self._flights[name] = flight
+            flight.add_done_callback(lambda _: self._flights.pop(name, None))
+        # shield: one caller giving up (its attempt's deadline) leaves the lookup to the others
+        return await asyncio.shield(flight)
+
+    def _bind(self) -> None:
+        """Lookups belong to one event loop (a process has one; tests make one per test)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._slots = asyncio.Semaphore(self._max_inflight)
+            self._channel = None
+            self._flights.clear()
+
+    async def _lookup(self, name: str) -> Resolved:
+        async with self._slots:
+            self.lookups += 1
+            try:
+                async with asyncio.timeout(self.timeout_s * self.tries + 1.0):
+                    result = await self._resolver().getaddrinfo(name, type=socket.SOCK_STREAM)
+            except TimeoutError:
+                reason = "dns: host not resolved (lookup timed out)"
+                self._remember(name, None, NEGATIVE_TTL_S, reason)
+                DNS_LOOKUPS.labels("timeout").inc()
+                raise NameNotResolved(reason) from None
+            except DNSError as exc:
+                why = str(exc.args[1] if len(exc.args) > 1 else exc).lower()
+                reason = f"dns: host not resolved ({why})"
+                self._remember(name, None, NEGATIVE_TTL_S, reason[:120])
+                DNS_LOOKUPS.labels("failed").inc()
+                raise NameNotResolved(reason[:120]) from None
+        addresses: Resolved = []
+        ttls: list[int] = []
+        for node in result.nodes:
+            ip = node.addr[0]
+            ip_text = ip.decode() if isinstance(ip, bytes) else str(ip)
+            if (int(node.family), ip_text) not in addresses:
+                addresses.append((int(node.family), ip_text))
+            ttls.append(int(node.ttl))
+        if not addresses:
+            self._remember(name, None, NEGATIVE_TTL_S, "dns: host not resolved (no address)")
+            DNS_LOOKUPS.labels("failed").inc()
+            raise NameNotResolved("dns: host not resolved (no address)")
+        ttl = min(max(float(min(ttls)), MIN_TTL_S), MAX_TTL_S)
+        self._remember(name, addresses, ttl)
+        DNS_LOOKUPS.labels("resolved").inc()
+        return addresses
+
+    def _remember(
+        self, name: str, addresses: Resolved | None, ttl: float, reason: str = ""
+    ) -> None:
+        self._cache[name] = _Entry(self.clock() + ttl, addresses, reason)
+        self._cache.move_to_end(name)
+        while len(self._cache) > self.max_names:
+            self._cache.popitem(last=False)
+
+    def _resolver(self) -> aiodns.DNSResolver:
+        # c-ares keeps answers of its own for up to their TTL (an hour at most): a channel
+        # older than MAX_TTL_S is replaced (when no lookup is using it), so no answer is
+        # used longer than the clamp says
+        now = self.clock()
+        stale = now - self._channel_since >= MAX_TTL_S and len(self._flights) <= 1
+        if self._channel is None or stale:  # made on first use, inside the running loop
+            if self._channel is not None:
+                old = self._channel
+                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(old.close()))
+            self._channel = aiodns.DNSResolver(
+                nameservers=self.servers or None, timeout=self.timeout_s, tries=self.tries
+            )
+            self._channel_since = now
+        return self._channel
+
+    async def close(self) -> None:
+        """Release the c-ares channel."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None

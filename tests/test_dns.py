@@ -1,0 +1,208 @@
+"""Name resolution that cannot stall the relay (issue 15): a DNS server of the test's own on
+loopback (``tests/dns_server.py``) answers slowly, wrongly or not at all for some names,
+while the others must resolve at once; answers are cached by TTL (clamped to 30-300 s),
+failures for 10 s, one lookup per name at a time. Real UDP, real c-ares (aiodns)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from dnslib import RCODE
+from yarl import URL
+
+from relay.http.dns import NameNotResolved, Resolver
+from relay.http.ssrf import CallbackPolicy, CallbackRefused
+from relay.http.webhook import WebhookClient
+from relay.http.wire import Target
+from relay.settings import CallbackAllow
+from tests.conftest import auth
+from tests.dns_server import DnsServer, Name
+from tests.test_worker import COMPLETE_SOON, Rec, clip, sim_video, wait_watch
+
+LOOPBACK = CallbackAllow(networks=(ipaddress.ip_network("127.0.0.1/32"),))
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def dns() -> AsyncIterator[DnsServer]:
+    server = await DnsServer(
+        {
+            "fast.test": Name(),
+            "other.test": Name(ips=("127.0.0.2",)),
+            "slow.test": Name(delay=2.5),
+            "never.test": Name(silent=True),
+            "fail.test": Name(rcode=RCODE.SERVFAIL),
+            "short.test": Name(ttl=1),
+            "long.test": Name(ttl=86400),
+            "both.test": Name(ips=("127.0.0.1", "::1")),
+        }
+    ).start()
+    yield server
+    server.close()
+
+
+async def timed(coro: Any) -> tuple[float, Any]:
+    started = time.monotonic()
+    try:
+        result = await coro
+    except Exception as exc:
+        result = exc
+    return time.monotonic() - started, result
+
+
+async def test_slow_silent_and_failing_names_do_not_delay_the_others(dns: DnsServer) -> None:
+    """One name whose server answers after 2.5 s, one that is never answered and one that
+    fails: other names resolve at once meanwhile, the failure is quick, the slow one comes,
+    the silent one times out."""
+    resolver = Resolver([dns.address], timeout_s=3.0, tries=1)
+    impatient = Resolver([dns.address], timeout_s=1.0, tries=2)
+    slow = asyncio.create_task(timed(resolver.resolve("slow.test")))
+    never = asyncio.create_task(timed(impatient.resolve("never.test")))
+    await asyncio.sleep(0.05)
+    failed = await timed(resolver.resolve("fail.test"))
+    assert isinstance(failed[1], NameNotResolved) and failed[0] < 0.5
+    for _ in range(3):
+        took, got = await timed(resolver.resolve("fast.test"))
+        assert got == [(2, "127.0.0.1")] and took < 0.5
+        took, got = await timed(impatient.resolve("other.test"))
+        assert got == [(2, "127.0.0.2")] and took < 0.5
+    assert not slow.done() and not never.done()
+    took, got = await slow
+    assert got == [(2, "127.0.0.1")] and 2.0 < took < 3.5
+    took, got = await never
+    assert isinstance(got, NameNotResolved) and "timeout" in str(got) and took < 5
+
+
+async def test_one_lookup_per_name_at_a_time(dns: DnsServer) -> None:
+    """Fifty attempts to one origin at once ask its name once."""
+    resolver = Resolver([dns.address])
+    results = await asyncio.gather(*(resolver.resolve("fast.test") for _ in range(50)))
+    assert all(r == [(2, "127.0.0.1")] for r in results)
+    assert dns.lookups("fast.test") == 1
+
+
+async def test_answers_are_kept_for_their_ttl_clamped_to_30_300_s(dns: DnsServer) -> None:
+    """A 1 s TTL is kept 30 s, a day's 300 s (then the name is asked again: c-ares' own
+    cache, which would keep it up to an hour, goes with its channel)."""
+    clock = Clock()
+    resolver = Resolver([dns.address], clock=clock)
+    await resolver.resolve("short.test")
+    await resolver.resolve("long.test")
+    clock.now += 29
+    await resolver.resolve("short.test")
+    assert resolver.lookups == 2
+    clock.now += 2
+    await resolver.resolve("short.test")
+    assert resolver.lookups == 3
+    clock.now += 268  # 299 s after the first answer
+    await resolver.resolve("long.test")
+    assert resolver.lookups == 3 and dns.lookups("long.test") == 1
+    clock.now += 2
+    await resolver.resolve("long.test")
+    assert resolver.lookups == 4 and dns.lookups("long.test") == 2
+
+
+async def test_a_name_that_does_not_resolve_is_asked_once_per_10_s(dns: DnsServer) -> None:
+    """Fails before issue 15: every attempt asked the resolver again."""
+    clock = Clock()
+    resolver = Resolver([dns.address], clock=clock)
+    for _ in range(5):
+        with pytest.raises(NameNotResolved, match="host not resolved"):
+            await resolver.resolve("fail.test")
+    assert resolver.lookups == 1
+    clock.now += 9
+    with pytest.raises(NameNotResolved):
+        await resolver.resolve("fail.test")
+    assert resolver.lookups == 1
+    clock.now += 2
+    with pytest.raises(NameNotResolved):
+        await resolver.resolve("fail.test")
+    assert resolver.lookups == 2
+
+
+async def test_lookups_in_flight_are_bounded(dns: DnsServer) -> None:
+    """At most ``max_inflight`` lookups at once: a third name waits for a free slot."""
+    resolver = Resolver([dns.address], max_inflight=2, timeout_s=5.0)
+    dns.names["slow2.test"] = Name(delay=1.0)
+    dns.names["slow.test"] = Name(delay=1.0)
+    first = asyncio.create_task(resolver.resolve("slow.test"))
+    second = asyncio.create_task(resolver.resolve("slow2.test"))
+    await asyncio.sleep(0.05)
+    took, got = await timed(resolver.resolve("fast.test"))
+    assert got == [(2, "127.0.0.1")] and took > 0.8
+    await asyncio.gather(first, second)
+
+
+async def test_both_families_and_the_ssrf_rule_on_the_address_used(dns: DnsServer) -> None:
+    """A name's every address is checked: a name resolving to loopback is refused unless
+    RELAY_CALLBACK_ALLOW opens it; what is connected to is what was checked."""
+    resolver = Resolver([dns.address])
+    assert sorted(await resolver.resolve("both.test")) == [(2, "127.0.0.1"), (10, "::1")]
+    strict = CallbackPolicy(CallbackAllow(), resolver)
+    with pytest.raises(CallbackRefused):
+        await strict.check("http://fast.test/hook")
+    with pytest.raises(CallbackRefused):
+        await strict.resolve("fast.test", 80)
+    opened = CallbackPolicy(LOOPBACK, resolver)
+    assert await opened.resolve("both.test", 8080) == [(2, ("127.0.0.1", 8080))]
+
+
+async def test_webhook_client_connects_to_the_resolved_address(dns: DnsServer) -> None:
+    hits: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        hits.append(request.headers["Host"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = WebhookClient(CallbackPolicy(LOOPBACK, Resolver([dns.address])), timeout=2.0)
+    try:
+        url = f"http://fast.test:{server.port}/hook"
+        answer = await client.post(Target.of(URL(url)), [("content-type", "text/plain")], b"x")
+        assert answer.status == 204 and hits == [f"fast.test:{server.port}"]
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_relay_dns_servers_reaches_registration_and_delivery(
+    dns: DnsServer, make_api: Any, make_worker: Any, sim: Any, receiver: Rec
+) -> None:
+    """RELAY_DNS_SERVERS is the resolver of both the API's check and the worker's attempts:
+    a callback on a name only the test's DNS server knows is accepted and delivered."""
+    rec, base = receiver
+    api = await make_api(dns_servers=(dns.address,))
+    await make_worker(dns_servers=(dns.address,))
+    vid = await sim_video(sim, timeline=COMPLETE_SOON, clips=[clip(90)])
+    url = base.replace("127.0.0.1", "hook.test") + "/named"
+    dns.names["hook.test"] = Name()
+    resp = await api.post(
+        "/v1/watches",
+        json={"videoId": vid, "callbackUrl": url},
+        headers=auth(),
+    )
+    assert resp.status == 201, await resp.text()
+    watch = await resp.json()
+    rec.add_secret(watch["secret"])
+    got = await wait_watch(api, watch["id"])
+    assert got["status"] == "delivered"
+    assert dns.lookups("hook.test") >= 1
