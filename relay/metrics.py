@@ -62,6 +62,11 @@ CALLBACK_CONNECTIONS = Counter(
     "TCP (or TLS) connections opened to receivers; kept-alive connections are reused.",
     registry=REGISTRY,
 )
+WATCHES_PURGED = Counter(
+    "relay_watches_purged_total",
+    "Watches deleted by the retention sweep (final for longer than RELAY_RETENTION).",
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "relay_queue_depth", "Members of a schedule (poll, delivery).", ["queue"], registry=REGISTRY
 )
