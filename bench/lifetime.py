@@ -66,13 +66,21 @@ class LifetimeRun:
     flow_s: float = 0.0  # first registration -> last flow watch deleted
     baseline_used: int = 0
     baseline_keys: int = 0
+    baseline_key_bytes: int = 0  # MEMORY USAGE of those keys, summed
     peak_used: int = 0
     peak_keys: int = 0
     peak_watches: int = 0  # watches held at the memory peak (flow ones)
     bytes_per_live_watch: float = 0.0  # (peak used - baseline) / watches held then
     end_used: int = 0
     end_keys: int = 0
+    end_key_bytes: int = 0
+    key_growth: dict[str, int] = field(default_factory=dict)  # keys that grew, bytes
     used_vs_baseline_pct: float = 0.0
+    # used_memory less the client connections' buffers (MEMORY STATS clients.normal): the
+    # relay's pools open more connections under load and keep them
+    data_vs_baseline_pct: float = 0.0
+    baseline_memory: dict[str, int] = field(default_factory=dict)
+    end_memory: dict[str, int] = field(default_factory=dict)
     keys_vs_baseline_pct: float = 0.0
     tail_s: float = 0.0
     tail_deleted: int = 0
@@ -102,13 +110,40 @@ async def _state(stack: Stack) -> tuple[int, int, int]:
     return int(mem["used_memory"]), int(size), sum(int(v) for v in counts.values())
 
 
-async def _keys(stack: Stack) -> int:
-    """Keys but the ephemeral ones (a SCAN: run only when the keyspace is small)."""
+async def _keys(stack: Stack) -> dict[str, int]:
+    """Keys but the ephemeral ones, each with its ``MEMORY USAGE`` (a SCAN: run only when
+    the keyspace is small)."""
     redis = stack.redis_client()
     try:
-        return len([k async for k in redis.scan_iter(count=1000) if not k.startswith(EPHEMERAL)])
+        names = [k async for k in redis.scan_iter(count=1000) if not k.startswith(EPHEMERAL)]
+        pipe = redis.pipeline(transaction=False)
+        for k in names:
+            pipe.memory_usage(k, samples=0)
+        sizes = await pipe.execute()
     finally:
         await redis.aclose()
+    return {k: int(n or 0) for k, n in zip(names, sizes, strict=True)}
+
+
+async def _memory(stack: Stack) -> dict[str, int]:
+    """The parts of ``used_memory`` that can move (``MEMORY STATS``, ``INFO clients``)."""
+    redis = stack.redis_client()
+    try:
+        stats = await redis.memory_stats()
+        clients = await redis.info("clients")
+    finally:
+        await redis.aclose()
+    db = stats.get("db.0", {})
+    return {
+        "used_memory": int(stats.get("total.allocated", 0)),
+        "clients_normal": int(stats.get("clients.normal", 0)),
+        "connected_clients": int(clients.get("connected_clients", 0)),
+        "hashtable_main": int(db.get("overhead.hashtable.main", 0)) if db else 0,
+        "hashtable_expires": int(db.get("overhead.hashtable.expires", 0)) if db else 0,
+        "aof_buffer": int(stats.get("aof.buffer", 0)),
+        "lua_caches": int(stats.get("lua.caches", 0)),
+        "dataset": int(stats.get("dataset.bytes", 0)),
+    }
 
 
 async def _purged(http: aiohttp.ClientSession, stack: Stack) -> int:
@@ -190,8 +225,14 @@ async def _run(
     await _wait_held(stack, PROBES, 60, 0.5)
     await asyncio.sleep(SETTLE_S)
     out.baseline_used = (await _state(stack))[0]
-    out.baseline_keys = await _keys(stack)
-    print(f"  lifetime baseline: {out.baseline_used:,} B, {out.baseline_keys} keys", flush=True)
+    base_keys = await _keys(stack)
+    out.baseline_keys, out.baseline_key_bytes = len(base_keys), sum(base_keys.values())
+    out.baseline_memory = await _memory(stack)
+    print(
+        f"  lifetime baseline: {out.baseline_used:,} B, {out.baseline_keys} keys "
+        f"({out.baseline_key_bytes:,} B)",
+        flush=True,
+    )
     await receivers.clear(http)
 
     rest = Probe(stack, http, probes)
@@ -264,8 +305,15 @@ async def _run(
 
     await asyncio.sleep(SETTLE_S)
     out.end_used = (await _state(stack))[0]
-    out.end_keys = await _keys(stack)
+    end_keys = await _keys(stack)
+    out.end_keys, out.end_key_bytes = len(end_keys), sum(end_keys.values())
+    grew = {k: n - base_keys.get(k, 0) for k, n in end_keys.items() if n != base_keys.get(k)}
+    out.key_growth = dict(sorted(grew.items(), key=lambda kv: -abs(kv[1]))[:10])
+    out.end_memory = await _memory(stack)
     out.used_vs_baseline_pct = (out.end_used / out.baseline_used - 1) * 100
+    base_data = out.baseline_used - out.baseline_memory["clients_normal"]
+    end_data = out.end_used - out.end_memory["clients_normal"]
+    out.data_vs_baseline_pct = (end_data / base_data - 1) * 100
     out.keys_vs_baseline_pct = (out.end_keys / out.baseline_keys - 1) * 100
     out.purged_total = await _purged(http, stack)
     peak = max(out.samples, key=lambda s: s[1], default=(0.0, 0, 0, 0))
@@ -296,6 +344,14 @@ def figures(r: LifetimeRun) -> list[Figure]:
             "14 lifetime Redis used_memory after, vs baseline",
             "%",
             [r.used_vs_baseline_pct],
+            "<= 5 %",
+            lambda v: abs(v) <= 5,
+        ),
+        Figure(
+            "lifetime_used_memory_less_clients_vs_baseline_pct",
+            "14 lifetime Redis used_memory less client buffers after, vs baseline",
+            "%",
+            [r.data_vs_baseline_pct],
             "<= 5 %",
             lambda v: abs(v) <= 5,
         ),
