@@ -151,3 +151,21 @@ async def test_two_sweepers_racing_delete_each_watch_once(store: Store) -> None:
     assert (await store.watches.counts())["delivered"] == 0
     assert (await store.watches.tenant_counts("acme"))["delivered"] == 0
     assert not [k async for k in store.redis.scan_iter(c.WATCH_PREFIX + "*")]
+
+
+async def test_an_index_that_held_many_watches_is_compact_again(store: Store) -> None:
+    """A tenant index that held 600 watches, back to 10 (the others purged), is a listpack
+    of a few hundred bytes again, not a skiplist keeping its peak-sized hash table (Redis
+    never shrinks one after ZREMs), with the same members and scores."""
+    live = await registered(store, 10, video="live")
+    watches = await registered(store, 600, video="v1")
+    index = c.TENANT_INDEX_KEY.format("acme")
+    assert await store.redis.object("encoding", index) == "skiplist"
+    await delivered(store, watches)
+    kept = {w.id: await store.redis.zscore(index, w.id) for w in live}
+    assert await purge_all(store) == 600
+    assert await store.redis.object("encoding", index) == "listpack"
+    assert dict(await store.redis.zrange(index, 0, -1, withscores=True)) == kept
+    size = await store.redis.memory_usage(index, samples=0)
+    assert size is not None and size < 2_000, size
+    assert await store.redis.object("encoding", c.EXPIRY_SCHEDULE_KEY) == "listpack"

@@ -15,6 +15,9 @@ from relay import constants as c
 from relay.store import scripts
 
 FINAL_STATUSES = ("delivered", "failed", "disabled", "cancelled")
+# a tenant's index or a schedule shrunk to this many members is rebuilt compact (Redis keeps
+# a zset's hash table at its peak size otherwise): Redis' default zset-max-listpack-entries
+COMPACT_ZSET = 128
 
 
 class Retention:
@@ -56,6 +59,7 @@ class Retention:
                 c.VIDEO_PREFIX,
                 c.VIDEO_WATCHES_SUFFIX,
                 c.SOURCE_PREFIX,
+                COMPACT_ZSET,
             ],
         )
         return int(deleted), int(read)

@@ -11,7 +11,11 @@
 -- counters, the status counters, delivery schedule, expiry schedule.
 -- ARGV: retention ms, limit, the status, watch key prefix, registration key suffix, the
 -- tenant's key prefix ('cr:t:{tenant}'), video key prefix, suffix of a video's waiting
--- watches, clips document key prefix.
+-- watches, clips document key prefix, the size of a zset rebuilt (see below).
+-- ARGV[10]: a zset this small or smaller that Redis still keeps as a skiplist is rebuilt.
+-- Redis never gives back a zset's hash table after ZREMs: a tenant index or a schedule
+-- that once held 50,000 watches would keep ~0.6 MB for good. Rebuilt (at most ARGV[10]
+-- members, the same members and scores) it is a compact listpack again.
 -- Returns {watches deleted, index members read} (members read < limit: nothing older left).
 local t = redis.call('TIME')
 local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
@@ -48,5 +52,18 @@ if n > 0 then
   redis.call('ZREM', KEYS[6], unpack(gone))
   redis.call('HINCRBY', KEYS[3], status, -n)
   redis.call('HINCRBY', KEYS[4], status, -n)
+end
+local small = tonumber(ARGV[10])
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[5], KEYS[6]}) do
+  local card = redis.call('ZCARD', key)
+  if card > 0 and card <= small and redis.call('OBJECT', 'ENCODING', key) == 'skiplist' then
+    local rows = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local args = {}
+    for i = 1, #rows, 2 do
+      args[i], args[i + 1] = rows[i + 1], rows[i]
+    end
+    redis.call('DEL', key)
+    redis.call('ZADD', key, unpack(args))
+  end
 end
 return {n, #ids}
