@@ -55,7 +55,9 @@ async def test_final_watches_age_out_and_redis_returns_to_its_baseline(stack: St
     cancelled while its video was still processing (its only watch) are 404 and unlisted a
     few seconds after 2 s; a watch whose receiver answers 500 (next retry in 10 minutes) is
     still there, delivering. Once it is cancelled too and has aged out, Redis holds the
-    same keys as after the warm-up, and the cancelled watch's video is no longer polled."""
+    same keys as after the warm-up, the cancelled watch's video is no longer polled (this
+    part held before issue 14 too: the poller releases a video nobody waits on), and the
+    worker's relay_watches_purged_total counts each watch once."""
     await stack.start_api()
     await stack.start_worker("w", **ENV)
     # warm-up: one watch through its whole life, so the tenant's own keys exist
@@ -99,6 +101,11 @@ async def test_final_watches_age_out_and_redis_returns_to_its_baseline(stack: St
     assert not [row for row in await stack.sim_log(released_at) if row[2] == waiting_vid]
     counts = await stack.db.hgetall(c.WATCH_COUNTS_KEY)  # type: ignore[misc]
     assert {int(v) for v in counts.values()} == {0}, counts
+    metrics = f"http://127.0.0.1:{stack.metrics_ports['w']}/metrics"
+    async with stack.http.get(metrics) as r:
+        text = await r.text()
+    purged = [line for line in text.splitlines() if line.startswith("relay_watches_purged_total ")]
+    assert purged and float(purged[0].split()[1]) == len(ids), purged
     tally = stack.tally(delivered)
     report(
         "retention",
