@@ -12,7 +12,11 @@ run:
 5. cost per delivery: worker CPU per webhook vs orjson + HMAC + POST in one process;
 13. scale: 20,000 watches on 1 and on 8 videos through 1, 2 and 4 workers to two light
     receivers: deliveries/s, Redis CPU, commands, slow log and memory per delivery/watch, the
-    API's GET p99 during the fan-out (``bench/scale.py``; one run per configuration).
+    API's GET p99 during the fan-out (``bench/scale.py``; one run per configuration);
+14. lifetime: 50,000 watches over 500 videos through a worker with RELAY_RETENTION=3 while
+    registrations go on: Redis memory and keys back to the warm-up baseline, bytes per live
+    watch, the sweep's Redis cost per deleted watch, the API's GET p99 while it sweeps
+    (``bench/lifetime.py``; one run).
 
 Prints a table (median of the runs, min-max, baseline, ratio, target, met?) and writes
 ``bench/results.json``. Exits 1 when a correctness check fails (an event missing, unverified,
@@ -41,6 +45,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import aiohttp  # noqa: E402
 import fanout  # noqa: E402
+import lifetime  # noqa: E402
 import notify  # noqa: E402
 import orjson  # noqa: E402
 import polling  # noqa: E402
@@ -49,7 +54,7 @@ import scale  # noqa: E402
 from common import PROFILER, Checks, Figure, percentile, render_table, results_json  # noqa: E402
 from stack import Stack  # noqa: E402
 
-SCENARIOS = ("fanout", "notify", "registration", "polling", "scale")
+SCENARIOS = ("fanout", "notify", "registration", "polling", "scale", "lifetime")
 RESULTS = HERE / "results.json"
 
 
@@ -474,6 +479,9 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
                     figs, detail = await run_registration(stack, http, args.reps, checks, workdir)
                 elif name == "scale":
                     figs, detail = await run_scale(stack, http, checks, args)
+                elif name == "lifetime":
+                    got = await lifetime.run(stack, http, checks)
+                    figs, detail = lifetime.figures(got), lifetime.detail(got)
                 else:
                     figs, detail = await run_polling(stack, http, args.reps, checks)
                 detail["wall_s"] = round(time.monotonic() - t0, 1)

@@ -30,6 +30,7 @@ UPSTREAM_RATE_KEY: Final = PREFIX + "up:rate:{}"  # string: requests granted in 
 UPSTREAM_PAUSE_KEY: Final = PREFIX + "up:pause"  # string: upstream paused until (ms)
 WATCH_COUNTS_KEY: Final = PREFIX + "stats:watches"  # hash: status -> number of watches
 RATE_LIMIT_KEY: Final = PREFIX + "rl:{}:{}"  # string: API requests of a key in one second
+SWEEP_LOCK_KEY: Final = PREFIX + "sweep:lock"  # string: the retention sweep's lock (lapses)
 ARQ_QUEUE: Final = PREFIX + "arq:queue"
 ARQ_HEALTH_KEY: Final = PREFIX + "arq:health"
 

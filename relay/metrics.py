@@ -68,6 +68,11 @@ DNS_LOOKUPS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+WATCHES_PURGED = Counter(
+    "relay_watches_purged_total",
+    "Watches deleted by the retention sweep (final for longer than RELAY_RETENTION).",
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "relay_queue_depth", "Members of a schedule (poll, delivery).", ["queue"], registry=REGISTRY
 )

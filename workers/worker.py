@@ -1,4 +1,5 @@
-"""``clip-relay worker``: an arq worker that also runs the poll and delivery pumps.
+"""``clip-relay worker``: an arq worker that also runs the poll and delivery pumps and the
+retention sweeper.
 
 arq runs the process: signals, its health-check key, the expiry jobs. ``startup`` opens
 the shared resources and starts the pumps; ``shutdown`` stops them, giving attempts in
@@ -36,6 +37,7 @@ from workers.delivery import Deliverer
 from workers.expirer import Expirer
 from workers.jobs import STORE, expire_watch
 from workers.poller import Poller
+from workers.sweeper import Sweeper
 from workers.upstream_budget import UpstreamGate
 
 log = logs.get("workers.worker")
@@ -52,6 +54,7 @@ class Runtime:
     poller: Poller
     deliverer: Deliverer
     expirer: Expirer
+    sweeper: Sweeper
     upstream_session: aiohttp.ClientSession
     callbacks: WebhookClient
     metrics_runner: web.AppRunner | None
@@ -99,9 +102,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     poller.room = deliverer.room
     poller.on_clips = deliverer.keep_clips
     expirer = Expirer(store, lease_s=settings.lease)
+    sweeper = Sweeper(store, retention_s=settings.retention)
     poller.start()
     deliverer.start()
     expirer.start()
+    sweeper.start()
     runner = await health.serve(settings, store)
     ctx[STORE] = store
     ctx[RUNTIME] = Runtime(
@@ -109,6 +114,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         poller,
         deliverer,
         expirer,
+        sweeper,
         upstream_session,
         callbacks,
         runner,
@@ -119,6 +125,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         poll_interval=settings.poll_interval,
         upstream=settings.scalereach_base_url,
         metrics_port=settings.metrics_port,
+        retention_s=settings.retention,
     )
 
 
@@ -129,7 +136,12 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         return
     grace = ctx[SETTINGS].shutdown_grace
     log.info("worker stopping", grace_s=grace)
-    await asyncio.gather(rt.poller.stop(grace), rt.deliverer.stop(grace), rt.expirer.stop(grace))
+    await asyncio.gather(
+        rt.poller.stop(grace),
+        rt.deliverer.stop(grace),
+        rt.expirer.stop(grace),
+        rt.sweeper.stop(grace),
+    )
     rt.gauges.cancel()
     await finish(rt.gauges, 1.0)
     await rt.upstream_session.close()
@@ -137,7 +149,12 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if rt.metrics_runner is not None:
         await rt.metrics_runner.cleanup()
     await rt.store.redis.aclose()
-    log.info("worker stopped", polls=rt.poller.polls, attempts=rt.deliverer.sent)
+    log.info(
+        "worker stopped",
+        polls=rt.poller.polls,
+        attempts=rt.deliverer.sent,
+        purged=rt.sweeper.purged,
+    )
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:

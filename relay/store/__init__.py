@@ -17,7 +17,9 @@ deadline, so work held by a worker that dies becomes due again by itself.
 - ``store.deliveries`` (:mod:`relay.store.deliveries`): final events, the delivery schedule
   and its claims, attempt outcomes;
 - ``store.limits`` (:mod:`relay.store.limits`): the upstream budget, the API rate counters,
-  idempotency reservations.
+  idempotency reservations;
+- ``store.retention`` (:mod:`relay.store.retention`): deleting watches final for longer than
+  RELAY_RETENTION, with everything they own.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from redis.asyncio import Redis
 
 from relay.store.deliveries import SETTLE_BATCH, Deliveries
 from relay.store.limits import Limits
+from relay.store.retention import Retention
 from relay.store.scripts import SCRIPT_BATCH
 from relay.store.videos import Videos
 from relay.store.watches import EXPIRE_JOB, Watches
@@ -36,6 +39,7 @@ __all__ = [
     "SETTLE_BATCH",
     "Deliveries",
     "Limits",
+    "Retention",
     "Store",
     "Videos",
     "Watches",
@@ -52,6 +56,7 @@ class Store:
         self.videos = Videos(redis)
         self.deliveries = Deliveries(redis)
         self.limits = Limits(redis)
+        self.retention = Retention(redis)
 
     async def next_due_ms(self, schedule: str) -> int | None:
         """Score of the earliest member of *schedule* (the poll or the delivery schedule),

@@ -1,0 +1,73 @@
+-- Retention: delete up to ARGV[2] of a tenant's watches final in one status for longer than
+-- ARGV[1] ms (by Redis' clock), each with everything it owns: its registration and state
+-- hash (attempt records live in it), its members of the tenant's indexes, any leftover
+-- member of the delivery and expiry schedules and of its video's waiting watches, its share
+-- of its clips document (deleted with the last event that uses it), its idempotency record
+-- (state field 'idem', when there is one); the status counters go down with it. A member of
+-- the final index whose watch is no longer in that status (redelivered meanwhile) only
+-- leaves the index: a watch 'watching' or 'delivering' is never touched. One call reads and
+-- removes its members atomically, so two sweepers never delete one watch twice.
+-- KEYS: the tenant's index of the status, the tenant's index of watches, the tenant's status
+-- counters, the status counters, delivery schedule, expiry schedule.
+-- ARGV: retention ms, limit, the status, watch key prefix, registration key suffix, the
+-- tenant's key prefix ('cr:t:{tenant}'), video key prefix, suffix of a video's waiting
+-- watches, clips document key prefix, the size of a zset rebuilt (see below).
+-- ARGV[10]: a zset this small or smaller that Redis still keeps as a skiplist is rebuilt.
+-- Redis never gives back a zset's hash table after ZREMs: a tenant index or a schedule
+-- that once held 50,000 watches would keep ~0.6 MB for good. Rebuilt (at most ARGV[10]
+-- members, the same members and scores) it is a compact listpack again.
+-- Returns {watches deleted, index members read} (members read < limit: nothing older left).
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then return {0, 0} end
+redis.call('ZREM', KEYS[1], unpack(ids))
+local status = ARGV[3]
+local gone = {}
+for i = 1, #ids do
+  local wid = ids[i]
+  local key = ARGV[4] .. wid
+  local h = redis.call('HMGET', key, 'st', 'video', 'ev', 'idem')
+  local st, video = h[1], h[2]
+  if st and string.match(st, '^([^|]*)|') == status then
+    gone[#gone + 1] = wid
+    redis.call('DEL', key, key .. ARGV[5])
+    redis.call('ZREM', ARGV[6] .. ':v:' .. video .. ':w', wid)
+    redis.call('HDEL', ARGV[7] .. video .. ARGV[8], wid)
+    local ev = h[3]
+    if ev then
+      local etype, at = string.match(ev, '^([^|]*)|([^|]*)|')
+      if etype == 'clips.ready' then
+        local doc = ARGV[9] .. video .. ':' .. at
+        if redis.call('HINCRBY', doc, 'refs', -1) <= 0 then redis.call('DEL', doc) end
+      end
+    end
+    if h[4] then
+      -- the record may have expired (24 h) and the key made another watch since: only its own
+      local rec = redis.call('GET', h[4])
+      if rec and string.find(rec, '"' .. wid .. '"', 1, true) then redis.call('DEL', h[4]) end
+    end
+  end
+end
+local n = #gone
+if n > 0 then
+  redis.call('ZREM', KEYS[2], unpack(gone))
+  redis.call('ZREM', KEYS[5], unpack(gone))
+  redis.call('ZREM', KEYS[6], unpack(gone))
+  redis.call('HINCRBY', KEYS[3], status, -n)
+  redis.call('HINCRBY', KEYS[4], status, -n)
+end
+local small = tonumber(ARGV[10])
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[5], KEYS[6]}) do
+  local card = redis.call('ZCARD', key)
+  if card > 0 and card <= small and redis.call('OBJECT', 'ENCODING', key) == 'skiplist' then
+    local rows = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local args = {}
+    for i = 1, #rows, 2 do
+      args[i], args[i + 1] = rows[i + 1], rows[i]
+    end
+    redis.call('DEL', key)
+    redis.call('ZADD', key, unpack(args))
+  end
+end
+return {n, #ids}

@@ -1,0 +1,171 @@
+"""Retention (issue 14, RELAY_RETENTION) in the store: ``store.retention.purge`` (the
+``purge`` script) deletes a watch final for longer than the retention with everything it owns
+-- no key or member naming it is left, the status counters stay right, a clips document
+shared by several watches goes with the last of them -- never touches a watch still
+``watching`` or ``delivering``, and two sweepers racing never delete one watch twice.
+Each test fails before issue 14: nothing was ever deleted (there was no ``purge``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from relay import constants as c
+from relay.domain import attempts
+from relay.domain.clock import now_ms
+from relay.store import Store
+from relay.store.retention import FINAL_STATUSES
+from tests.test_store import clips_ready, fan_out, registered, result
+
+
+@pytest.fixture
+def store(redis: Redis) -> Store:
+    return Store(redis)
+
+
+async def purge_all(store: Store, tenant: str = "acme", retention_ms: int = 0) -> int:
+    """Run the sweep's calls for *tenant* until nothing older than the retention is left."""
+    deleted = 0
+    for status in FINAL_STATUSES:
+        while True:
+            n, read = await store.retention.purge(
+                tenant, status, retention_ms=retention_ms, limit=7
+            )
+            deleted += n
+            if read < 7:
+                break
+    return deleted
+
+
+async def naming(redis: Redis, watch_id: str) -> list[str]:
+    """Every key whose name, or one of whose members/fields, contains *watch_id*."""
+    found = []
+    async for key in redis.scan_iter("*"):
+        if watch_id in key:
+            found.append(key)
+            continue
+        kind = await redis.type(key)
+        if kind == "zset":
+            members = await redis.zrange(key, 0, -1)
+        elif kind == "hash":
+            h = await redis.hgetall(key)  # type: ignore[misc]
+            members = [*h, *h.values()]
+        elif kind == "set":
+            members = list(await redis.smembers(key))  # type: ignore[misc]
+        elif kind == "string":
+            members = [await redis.get(key) or ""]
+        else:
+            members = []
+        if any(watch_id in m for m in members):
+            found.append(key)
+    return found
+
+
+async def delivered(store: Store, watches: list, *, at: int | None = None) -> None:
+    made = await fan_out(store, watches, event=clips_ready(at))
+    rec = attempts.record(1, now_ms(), 204, None, 1.0, None)
+    await store.deliveries.settle([result(m, "ok", rec) for m in made])
+
+
+async def test_a_purged_watch_leaves_no_key_or_member_naming_it(store: Store) -> None:
+    """Delivered, failed, cancelled while waiting, and with an idempotency record: after the
+    purge nothing in the keyspace names any of them, and every counter is back to 0."""
+    a, b = await registered(store, 2, video="v1")
+    (w,) = await registered(store, 1, video="v2")
+    await delivered(store, [a])
+    (made,) = await fan_out(store, [b])
+    rec = attempts.record(1, now_ms(), 500, None, 1.0, "no")
+    await store.deliveries.settle([result(made, "failed", rec, last_error="HTTP 500")])
+    idem = c.IDEMPOTENCY_KEY.format("acme", "f" * 64)
+    await store.redis.set(idem, "{}")
+    await store.redis.hset(c.WATCH_KEY.format(w.id), "idem", idem)  # type: ignore[misc]
+    await store.watches.cancel(w)
+    assert await purge_all(store) == 3
+    for watch in (a, b, w):
+        assert await naming(store.redis, watch.id) == [], watch.id
+        assert await store.watches.get(watch.id) is None
+    assert not await store.redis.exists(idem)
+    assert set((await store.watches.counts()).values()) == {0}
+    assert set((await store.watches.tenant_counts("acme")).values()) == {0}
+    assert not [k async for k in store.redis.scan_iter(c.SOURCE_PREFIX + "*")]
+
+
+async def test_a_shared_clips_document_goes_with_its_last_watch(store: Store) -> None:
+    """Two watches share one fan-out's clips document; purging the first keeps it (the
+    second's body is built from it), purging the second deletes it."""
+    x, y = await registered(store, 2, video="v1")
+    at = now_ms()
+    await delivered(store, [x, y], at=at)
+    doc = c.SOURCE_KEY.format("v1", at)
+    assert await store.redis.hget(doc, "refs") == "2"  # type: ignore[misc]
+    await store.watches.cancel(y)  # y moves to the cancelled index, x stays delivered
+    n, _ = await store.retention.purge("acme", "delivered", retention_ms=0, limit=10)
+    assert n == 1
+    assert await store.redis.hget(doc, "refs") == "1"  # type: ignore[misc]
+    assert await store.redis.hexists(doc, "doc")  # type: ignore[misc]
+    assert (await store.watches.get(y.id)) is not None
+    n, _ = await store.retention.purge("acme", "cancelled", retention_ms=0, limit=10)
+    assert n == 1 and not await store.redis.exists(doc)
+
+
+async def test_live_and_recent_watches_are_not_touched(store: Store) -> None:
+    """A watch still watching, one still delivering (retrying), one final for less than the
+    retention, and one redelivered (its stale final-index member read) stay as they were."""
+    waiting, retrying, recent, again = await registered(store, 4)
+    made = {m.watch_id: m for m in await fan_out(store, [retrying, recent, again])}
+    rec = attempts.record(1, now_ms(), 500, None, 1.0, None)
+    await store.deliveries.settle(
+        [
+            result(made[retrying.id], "retry", rec, next_due_ms=now_ms() + 60_000),
+            result(made[recent.id], "ok", rec),
+            result(made[again.id], "ok", rec),
+        ]
+    )
+    assert await store.watches.redeliver(again) == "ok"
+    # a stale member, as if the index had kept it: the script checks the watch's status
+    await store.redis.zadd(c.TENANT_FINAL_KEY.format("acme", "delivered"), {again.id: 1})
+    before = await store.watches.counts()
+    assert await purge_all(store, retention_ms=3_600_000) == 0
+    n, read = await store.retention.purge("acme", "delivered", retention_ms=3_600_000, limit=10)
+    assert (n, read) == (0, 0)
+    assert await purge_all(store, retention_ms=60_000) == 0  # `again` was read, not deleted
+    for w, status in ((waiting, "watching"), (retrying, "delivering"), (again, "delivering")):
+        got = await store.watches.get(w.id)
+        assert got is not None and got.status == status
+    assert (await store.watches.get(recent.id)) is not None
+    assert await store.watches.counts() == before
+
+
+async def test_two_sweepers_racing_delete_each_watch_once(store: Store) -> None:
+    """Many concurrent purge calls over 300 delivered watches: 300 deleted in all, each
+    counter decremented once (not below zero)."""
+    watches = await registered(store, 300, video="v1")
+    await delivered(store, watches)
+    calls = [
+        store.retention.purge("acme", "delivered", retention_ms=0, limit=25) for _ in range(40)
+    ]
+    got = await asyncio.gather(*calls)
+    assert sum(n for n, _ in got) == 300
+    assert (await store.watches.counts())["delivered"] == 0
+    assert (await store.watches.tenant_counts("acme"))["delivered"] == 0
+    assert not [k async for k in store.redis.scan_iter(c.WATCH_PREFIX + "*")]
+
+
+async def test_an_index_that_held_many_watches_is_compact_again(store: Store) -> None:
+    """A tenant index that held 600 watches, back to 10 (the others purged), is a listpack
+    of a few hundred bytes again, not a skiplist keeping its peak-sized hash table (Redis
+    never shrinks one after ZREMs), with the same members and scores."""
+    live = await registered(store, 10, video="live")
+    watches = await registered(store, 600, video="v1")
+    index = c.TENANT_INDEX_KEY.format("acme")
+    assert await store.redis.object("encoding", index) == "skiplist"
+    await delivered(store, watches)
+    kept = {w.id: await store.redis.zscore(index, w.id) for w in live}
+    assert await purge_all(store) == 600
+    assert await store.redis.object("encoding", index) == "listpack"
+    assert dict(await store.redis.zrange(index, 0, -1, withscores=True)) == kept
+    size = await store.redis.memory_usage(index, samples=0)
+    assert size is not None and size < 2_000, size
+    assert await store.redis.object("encoding", c.EXPIRY_SCHEDULE_KEY) == "listpack"

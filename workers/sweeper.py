@@ -1,0 +1,94 @@
+"""The sweeper: retention (RELAY_RETENTION). Deletes watches final for longer than the
+retention, with everything they own, a bounded batch per script call.
+
+Every worker runs one; a short lock (``cr:sweep:lock``, it lapses by itself) lets one sweep at
+a time, and each ``purge`` call decides per watch atomically, so two sweepers never delete
+one watch twice even without it. A sweep walks the set of tenants (``SSCAN``) and, per
+tenant, the indexes of final watches by the time they became final: members older than
+Redis' clock minus the retention, never a scan of the keyspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+from relay import logs
+from relay.metrics import WATCHES_PURGED
+from relay.store import Store
+from relay.store.retention import FINAL_STATUSES
+from relay.tasks import finish
+
+log = logs.get("workers.sweeper")
+BATCH = 50  # watches per purge call: ~0.3 ms of Redis (5-6 µs a watch, 2-core dev machine)
+INTERVAL = 1.0  # seconds between sweeps (a quarter of the retention when that is shorter)
+
+
+class Sweeper:
+    """Runs :meth:`sweep` every interval until stopped."""
+
+    def __init__(self, store: Store, *, retention_s: float, batch: int = BATCH) -> None:
+        self.store = store
+        self.retention_ms = int(retention_s * 1000)
+        self.batch = batch
+        self.interval = max(0.05, min(INTERVAL, retention_s / 4))
+        self.owner = f"{os.getpid()}-{id(self):x}"
+        self.purged = 0
+        self._stopping = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Sweep in the background."""
+        self._runner = asyncio.create_task(self._run(), name="sweeper")
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop after the script call in flight (each is bounded)."""
+        self._stopping.set()
+        if self._runner is not None:
+            await finish(self._runner, grace_s)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.sweep()
+            except Exception as exc:  # Redis away: try again next time, never die
+                log.warning("sweep failed", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
+
+    async def sweep(self) -> int:
+        """One sweep (when this worker holds the lock): the number of watches deleted."""
+        ttl = int(max(self.interval, 1.0) * 1000)
+        if not await self.store.retention.lock(self.owner, ttl):
+            return 0
+        started = time.monotonic()
+        deleted = calls = 0
+        cursor = 0
+        while not self._stopping.is_set():
+            cursor, tenants = await self.store.retention.tenants(cursor)
+            for tenant in tenants:
+                for status in FINAL_STATUSES:
+                    while not self._stopping.is_set():
+                        n, read = await self.store.retention.purge(
+                            tenant, status, retention_ms=self.retention_ms, limit=self.batch
+                        )
+                        calls += 1
+                        if n:
+                            deleted += n
+                            WATCHES_PURGED.inc(n)
+                        if read < self.batch:
+                            break
+            if cursor == 0:
+                break
+        self.purged += deleted
+        if deleted:
+            log.info(
+                "swept",
+                deleted=deleted,
+                calls=calls,
+                seconds=round(time.monotonic() - started, 3),
+                retention_s=self.retention_ms / 1000,
+            )
+        return deleted
