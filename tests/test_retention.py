@@ -79,7 +79,7 @@ async def test_a_purged_watch_leaves_no_key_or_member_naming_it(store: Store) ->
     rec = attempts.record(1, now_ms(), 500, None, 1.0, "no")
     await store.deliveries.settle([result(made, "failed", rec, last_error="HTTP 500")])
     idem = c.IDEMPOTENCY_KEY.format("acme", "f" * 64)
-    await store.redis.set(idem, "{}")
+    await store.redis.set(idem, f'{{"fp":"x","watchId":"{w.id}"}}')
     await store.redis.hset(c.WATCH_KEY.format(w.id), "idem", idem)  # type: ignore[misc]
     await store.watches.cancel(w)
     assert await purge_all(store) == 3
@@ -90,6 +90,18 @@ async def test_a_purged_watch_leaves_no_key_or_member_naming_it(store: Store) ->
     assert set((await store.watches.counts()).values()) == {0}
     assert set((await store.watches.tenant_counts("acme")).values()) == {0}
     assert not [k async for k in store.redis.scan_iter(c.SOURCE_PREFIX + "*")]
+
+
+async def test_an_idempotency_key_used_again_keeps_its_new_record(store: Store) -> None:
+    """A key's record lives 24 h; a watch kept longer may see its key make another watch.
+    Purging the old watch leaves the record that names the new one."""
+    (old,) = await registered(store, 1, video="v1")
+    idem = c.IDEMPOTENCY_KEY.format("acme", "e" * 64)
+    await store.redis.hset(c.WATCH_KEY.format(old.id), "idem", idem)  # type: ignore[misc]
+    await store.redis.set(idem, '{"fp":"x","watchId":"wat_another"}')
+    await store.watches.cancel(old)
+    assert await purge_all(store) == 1
+    assert await store.redis.get(idem) == '{"fp":"x","watchId":"wat_another"}'
 
 
 async def test_a_shared_clips_document_goes_with_its_last_watch(store: Store) -> None:
