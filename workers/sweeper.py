@@ -23,7 +23,10 @@ from relay.tasks import finish
 
 log = logs.get("workers.sweeper")
 BATCH = 50  # watches per purge call: ~0.3 ms of Redis (5-6 µs a watch, 2-core dev machine)
-INTERVAL = 1.0  # seconds between sweeps (a quarter of the retention when that is shorter)
+# seconds between sweeps: a twentieth of the retention, within [0.5 s, 60 s] -- a 7-day
+# retention sweeps once a minute (each sweep costs every tenant four script calls even when
+# nothing is due), a retention of seconds (tests, demos) twice a second
+MIN_INTERVAL, MAX_INTERVAL = 0.5, 60.0
 
 
 class Sweeper:
@@ -33,7 +36,7 @@ class Sweeper:
         self.store = store
         self.retention_ms = int(retention_s * 1000)
         self.batch = batch
-        self.interval = max(0.05, min(INTERVAL, retention_s / 4))
+        self.interval = min(max(retention_s / 20, MIN_INTERVAL), MAX_INTERVAL)
         self.owner = f"{os.getpid()}-{id(self):x}"
         self.purged = 0
         self._stopping = asyncio.Event()
