@@ -60,9 +60,9 @@ class Connection(AnswerReader, asyncio.Protocol):
         fut = self._answer
         if fut is None or fut.done():
             return
-        if self._head_done and self._length is None and not self._chunked:
-            self._finish()  # a body that runs until the connection closes
-        elif self._got_bytes or not self.reused:
+        if self._until_close():  # a body that runs until the connection closes
+            return
+        if self._got_bytes or not self.reused:
             fut.set_exception(WebhookError("http: connection closed before a full answer"))
         else:
             fut.set_exception(Stale())
@@ -72,9 +72,8 @@ class Connection(AnswerReader, asyncio.Protocol):
             self.close()  # nothing was asked: the connection is out of step
             return
         self._got_bytes = True
-        self._buf += data
         try:
-            self._parse()
+            self._feed(data)
         except WebhookError as exc:
             self._keep_alive = False
             if not self._answer.done():
@@ -94,7 +93,7 @@ class Connection(AnswerReader, asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """The last answer was read completely and the connection may carry another."""
-        return not self.closed and self._keep_alive and not self._buf
+        return not self.closed and self._keep_alive and not self._trailing
 
     def abort(self, exc: Exception) -> None:
         """Fail the request in flight with *exc* and close."""
