@@ -214,13 +214,6 @@ class Deliveries:
         if watch_ids:
             await self.redis.zrem(c.DELIVERY_SCHEDULE_KEY, *watch_ids)
 
-    async def defer(self, watch_ids: Sequence[str], due_ms: int) -> None:
-        """Move claimed deliveries to *due_ms* without recording an attempt."""
-        if watch_ids:
-            await self.redis.zadd(
-                c.DELIVERY_SCHEDULE_KEY, dict.fromkeys(watch_ids, due_ms), xx=True
-            )
-
     async def settle(self, results: Sequence[AttemptResult]) -> list[str]:
         """Record attempts and move each watch on: one script call per batch."""
         statuses: list[str] = []

@@ -1,6 +1,11 @@
 """Fresh clip links: before a claimed batch is sent, fetch the clips again for each fan-out
 whose stored clips document is getting old (RELAY_LINK_REFRESH) -- or is missing -- and
 store them as that document, so every later attempt of its events carries them.
+
+A refresh that fails (the video deleted upstream, 5xx, a timeout, the upstream paused) never
+holds a delivery back: its attempt goes ahead with the stored document, so the watch still
+moves on along its retry schedule. A 429 pauses every worker's upstream requests
+(:meth:`~workers.upstream_budget.UpstreamGate.pause`), as a 429 to a poll does.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from workers.delivery.bodies import Bodies, Source, source_of
 from workers.delivery.logger import log
 from workers.upstream_budget import Paused, UpstreamGate
 
-REFRESH_RETRY_S = 30.0  # a delivery whose clip links could not be refreshed waits this long
+# a delivery whose clips document is gone *and* could not be fetched again has no body to
+# send: its claim is kept this long, then it is due again (the only case that waits)
+REFRESH_RETRY_S = 30.0
+PAUSE_DEFAULT_S = 1.0  # a 429 without Retry-After pauses the upstream this long
 
 
 class LinkRefresher:
@@ -52,8 +60,9 @@ class LinkRefresher:
         are getting old, or whose clips document is *missing*: one clips request per
         document, all at once. Fetching can take a while, so afterwards the batch's claims
         are extended -- and what another worker took over meanwhile is not sent. A
-        document whose clips could not be had keeps its deliveries for a later try, with no
-        attempt spent. Returns what to send and the claims' deadline from now on."""
+        document whose clips could not be had is sent as stored (only a document that is
+        not stored either waits REFRESH_RETRY_S, with no attempt spent: nothing to build
+        its body from). Returns what to send and the claims' deadline from now on."""
         limit = now_ms() - int(self.settings.link_refresh * 1000)
         stale = {
             source_of(w)
@@ -76,14 +85,15 @@ class LinkRefresher:
             got = fetched.get(source_of(w)) if refresh else None
             if w.id not in ours:  # taken over by another worker: it sends this one
                 release()
-            elif refresh and got is None:
-                later.append(w.id)
+            elif refresh and got is None and source_of(w) in missing:
+                later.append(w.id)  # no clips to build its body from, stored or fetched
                 release()
             else:
                 if got is not None:
                     w.clips_ms = got
                 out.append(w)
-        await self.store.deliveries.defer(later, now_ms() + int(REFRESH_RETRY_S * 1000))
+        if later:  # (only where the claim is still ours: extending checks the token)
+            await self.store.deliveries.extend(later, deadline, REFRESH_RETRY_S)
         for video_id, event_at in stale:
             ok = fetched[(video_id, event_at)] is not None
             log.info("clip links refreshed", video_id=video_id, event_at=event_at, ok=ok)
@@ -99,6 +109,10 @@ class LinkRefresher:
         except Paused:
             return None
         reply = await self.upstream.clips(video_id)
+        if reply.kind == "rate_limited":  # every worker waits, as after a poll's 429
+            wait = reply.retry_after if reply.retry_after is not None else PAUSE_DEFAULT_S
+            log.warning("upstream rate limited", video_id=video_id, retry_after=wait)
+            await self.gate.pause(wait)
         if reply.kind != "ok":
             return None
         fetched = now_ms()
