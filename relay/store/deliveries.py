@@ -209,6 +209,14 @@ class Deliveries:
         )
         return {str(m) for m in ours}, new_deadline
 
+    async def claim_scores(self, watch_ids: Sequence[str]) -> list[float | None]:
+        """Each delivery's score in the schedule (None: off it) -- a claimed one's is its
+        claim's token: one ``ZMSCORE``."""
+        if not watch_ids:
+            return []
+        got: list[float | None] = await self.redis.zmscore(c.DELIVERY_SCHEDULE_KEY, watch_ids)
+        return got
+
     async def unschedule(self, watch_ids: Sequence[str]) -> None:
         """Take deliveries off the schedule (watches that have nothing to send)."""
         if watch_ids:

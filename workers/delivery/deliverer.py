@@ -20,6 +20,7 @@ from relay.store import Store
 from relay.tasks import finish_all
 from workers.delivery.bodies import Bodies
 from workers.delivery.claim import Claimer
+from workers.delivery.gate import ClaimGate
 from workers.delivery.links import LinkRefresher
 from workers.delivery.logger import log
 from workers.delivery.send import Sender
@@ -46,6 +47,7 @@ class Deliverer:
         self.settler = Settler(store)
         self.sender = Sender(client, settings, box=box, settler=self.settler)
         self.bodies = Bodies(store)
+        self.gate = ClaimGate(store)
         links = LinkRefresher(store, settings, upstream=upstream, gate=gate, bodies=self.bodies)
         self.claimer = Claimer(
             store, lanes=self.lanes, lease_s=settings.lease, links=links, bodies=self.bodies
@@ -123,6 +125,7 @@ class Deliverer:
         attempt = self.sender.attempt
         build = self.bodies.build
         margin_ms = self._margin_ms
+        holds = self.gate.holds
         while not self._closing:
             if not jobs:
                 parked = loop.create_future()
@@ -131,8 +134,13 @@ class Deliverer:
                 continue
             job = jobs.popleft()
             try:
-                if job.deadline - now_ms() < margin_ms and not await claimer.renew(job):
-                    continue  # taken over by another worker: it sends this one
+                # the claim must hold right before the attempt: renewing it checks that
+                # too; else the gate does (a cancelled watch is off the schedule)
+                if job.deadline - now_ms() < margin_ms:
+                    if not await claimer.renew(job):
+                        continue  # cancelled, or taken over by another worker
+                elif not await holds(job.watch.id, job.deadline):
+                    continue
                 await attempt(job.watch, build(job.watch, job.clips), job.deadline)
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)
