@@ -214,7 +214,7 @@ class Deliveries:
         claim's token: one ``ZMSCORE``."""
         if not watch_ids:
             return []
-        got: list[float | None] = await self.redis.zmscore(c.DELIVERY_SCHEDULE_KEY, watch_ids)
+        got: list[float | None] = await self.redis.zmscore(c.DELIVERY_SCHEDULE_KEY, list(watch_ids))
         return got
 
     async def unschedule(self, watch_ids: Sequence[str]) -> None:
