@@ -101,8 +101,10 @@ class Deliverer:
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; finish the attempts in flight and those queued (up to *grace_s*);
-        hand back the claims of jobs never started; record every outcome."""
-        self.settler.wind_down()  # as ever: the flusher stops with the claiming
+        hand back the claims of jobs never started; record every outcome. The flusher
+        runs on through the grace, recording outcomes as they arrive, so none waits for
+        the end of the grace while its claim's lease runs out (another worker would then
+        send it again)."""
         await self.claimer.stop(grace_s)
         self._closing = True
         jobs = self.claimer.jobs
