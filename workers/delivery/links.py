@@ -58,8 +58,9 @@ class LinkRefresher:
     ) -> tuple[list[Watch], int]:
         """Fetch the clips again for the fan-outs of ``clips.ready`` deliveries whose links
         are getting old, or whose clips document is *missing*: one clips request per
-        document, all at once. Fetching can take a while, so afterwards the batch's claims
-        are extended -- and what another worker took over meanwhile is not sent. A
+        document, all at once. Fetching can take a while (the upstream budget): the batch's
+        claims are extended every third of the lease while it lasts and once it is over --
+        and what another worker took over meanwhile is not sent. A
         document whose clips could not be had is sent as stored (only a document that is
         not stored either waits REFRESH_RETRY_S, with no attempt spent: nothing to build
         its body from). Returns what to send and the claims' deadline from now on."""
@@ -72,12 +73,20 @@ class LinkRefresher:
         }
         if not stale:
             return items, deadline
-        fetched = dict(
-            zip(stale, await asyncio.gather(*(self._fresh(src) for src in stale)), strict=True)
-        )
-        ours, deadline = await self.store.deliveries.extend(
-            [w.id for w in items], deadline, self.lease_s
-        )
+        sources = list(stale)
+        fetching = asyncio.gather(*(self._fresh(src) for src in sources))
+        held = [w.id for w in items]
+        try:
+            # a refresh can outlast the lease (waiting for the upstream budget): keep the
+            # batch's claims alive meanwhile, each extension checking they are still ours
+            while not (await asyncio.wait({fetching}, timeout=self.lease_s / 3))[0]:
+                kept, deadline = await self.store.deliveries.extend(held, deadline, self.lease_s)
+                held = [i for i in held if i in kept]
+        except BaseException:
+            fetching.cancel()
+            raise
+        fetched = dict(zip(sources, fetching.result(), strict=True))
+        ours, deadline = await self.store.deliveries.extend(held, deadline, self.lease_s)
         out: list[Watch] = []
         later: list[str] = []
         for w in items:
