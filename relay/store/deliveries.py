@@ -218,7 +218,10 @@ class Deliveries:
         return got
 
     async def unschedule(self, watch_ids: Sequence[str]) -> None:
-        """Take deliveries off the schedule (watches that have nothing to send)."""
+        """Take deliveries off the schedule (watches that have nothing to send). Needs no
+        claim check: a watch is on the schedule exactly while it is ``delivering`` (every
+        script changes both at once), and one read as not delivering after it was claimed
+        was cancelled, which no script puts back."""
         if watch_ids:
             await self.redis.zrem(c.DELIVERY_SCHEDULE_KEY, *watch_ids)
 
