@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from relay import constants as c
 from tests.chaos.harness import Stack, wait_until
 
 COMPLETED = [{"status": "completed", "after": 0}]
@@ -68,3 +69,31 @@ async def test_upstream_429_pauses_and_the_attempts_go_ahead(stack: Stack) -> No
     assert took < 5, f"the attempts waited for the pause ({took:.1f} s)"
     assert [e[3] for e in clips] == [429], f"clips asked during the pause: {clips}"
     assert "upstream rate limited" in stack.procs["w"].log_text()
+
+
+async def test_clips_gone_everywhere_still_ends_after_its_attempts(stack: Stack) -> None:
+    """Worse: the stored clips document is gone as well (and the worker restarted, so it
+    holds no copy) while the video is deleted upstream: there is no body to send, so each
+    later attempt is recorded as failed without a request ("not sent: ..."), and the watch
+    still ends ``failed`` after its scheduled attempts.
+    Fails before issue 14: such a delivery was deferred 30 s at a time, for ever."""
+    env = {**ENV, "RELAY_RETRY_SCHEDULE": "1.5,0.2,0.2"}
+    await stack.start_api()
+    await stack.start_worker("w", **env)
+    vid = await stack.video(timeline=COMPLETED)
+    stack.receiver.script("/nothing", [500] * 10)
+    ids = [r.id for r in await stack.register([vid] * 2, path="/nothing")]
+    await wait_until(lambda: stack.has_received(ids, 2), 10, what="first attempts")
+    code, _ = await stack.terminate("w", timeout=10)
+    assert code == 0
+    docs = [k async for k in stack.db.scan_iter(c.SOURCE_PREFIX + "*") if vid in k]
+    assert docs and await stack.db.delete(*docs) == len(docs)
+    await stack.fault("404", path="clips", videoId=vid, times=1000)
+    await stack.start_worker("w", **env)
+    await stack.wait_final(ids, 20)
+    assert set((await stack.statuses(ids)).values()) == {"failed"}
+    for wid in ids:
+        rows = await stack.deliveries(wid)
+        assert [r["statusCode"] for r in rows] == [500, None, None, None], rows
+        assert all(r["error"].startswith("not sent") for r in rows[1:]), rows
+    assert stack.received(ids) == 2 and len(stack.receiver.events) == 2

@@ -143,6 +143,9 @@ class Deliverer:
                         continue  # cancelled, or taken over by another worker
                 elif not await holds(job.watch.id, job.deadline):
                     continue
+                if job.gone:  # no clips to build its body from, stored or fetched
+                    self.sender.unsent(job.watch, "the video's clips are gone", job.deadline)
+                    continue
                 await attempt(job.watch, build(job.watch, job.clips), job.deadline)
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)

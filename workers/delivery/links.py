@@ -3,8 +3,9 @@ whose stored clips document is getting old (RELAY_LINK_REFRESH) -- or is missing
 store them as that document, so every later attempt of its events carries them.
 
 A refresh that fails (the video deleted upstream, 5xx, a timeout, the upstream paused) never
-holds a delivery back: its attempt goes ahead with the stored document, so the watch still
-moves on along its retry schedule. A 429 pauses every worker's upstream requests
+holds a delivery back: its attempt goes ahead with the stored document (or, with no document
+stored either, is recorded as failed without a request), so the watch still moves on along
+its retry schedule. A 429 pauses every worker's upstream requests
 (:meth:`~workers.upstream_budget.UpstreamGate.pause`), as a 429 to a poll does.
 """
 
@@ -23,9 +24,6 @@ from workers.delivery.bodies import Bodies, Source, source_of
 from workers.delivery.logger import log
 from workers.upstream_budget import Paused, UpstreamGate
 
-# a delivery whose clips document is gone *and* could not be fetched again has no body to
-# send: its claim is kept this long, then it is due again (the only case that waits)
-REFRESH_RETRY_S = 30.0
 PAUSE_DEFAULT_S = 1.0  # a 429 without Retry-After pauses the upstream this long
 
 
@@ -55,15 +53,16 @@ class LinkRefresher:
         deadline: int,
         release: Callable[[], None],
         missing: set[Source],
-    ) -> tuple[list[Watch], int]:
+    ) -> tuple[list[Watch], int, set[str]]:
         """Fetch the clips again for the fan-outs of ``clips.ready`` deliveries whose links
         are getting old, or whose clips document is *missing*: one clips request per
         document, all at once. Fetching can take a while (the upstream budget): the batch's
         claims are extended every third of the lease while it lasts and once it is over --
         and what another worker took over meanwhile is not sent. A
-        document whose clips could not be had is sent as stored (only a document that is
-        not stored either waits REFRESH_RETRY_S, with no attempt spent: nothing to build
-        its body from). Returns what to send and the claims' deadline from now on."""
+        document whose clips could not be had is sent as stored (one not stored either
+        has nothing to build a body from: its attempt is recorded as failed without a
+        request, :meth:`~workers.delivery.send.Sender.unsent`). Returns what to send, the
+        claims' deadline from now on, and the ids of those with no clips to send."""
         limit = now_ms() - int(self.settings.link_refresh * 1000)
         stale = {
             source_of(w)
@@ -72,7 +71,7 @@ class LinkRefresher:
             and (source_of(w) in missing or (w.clips_ms is not None and w.clips_ms < limit))
         }
         if not stale:
-            return items, deadline
+            return items, deadline, set()
         sources = list(stale)
         fetching = asyncio.gather(*(self._fresh(src) for src in sources))
         held = [w.id for w in items]
@@ -88,25 +87,22 @@ class LinkRefresher:
         fetched = dict(zip(sources, fetching.result(), strict=True))
         ours, deadline = await self.store.deliveries.extend(held, deadline, self.lease_s)
         out: list[Watch] = []
-        later: list[str] = []
+        gone: set[str] = set()
         for w in items:
             refresh = w.event_type == "clips.ready" and source_of(w) in stale
             got = fetched.get(source_of(w)) if refresh else None
             if w.id not in ours:  # taken over by another worker: it sends this one
                 release()
-            elif refresh and got is None and source_of(w) in missing:
-                later.append(w.id)  # no clips to build its body from, stored or fetched
-                release()
-            else:
-                if got is not None:
-                    w.clips_ms = got
-                out.append(w)
-        if later:  # (only where the claim is still ours: extending checks the token)
-            await self.store.deliveries.extend(later, deadline, REFRESH_RETRY_S)
+                continue
+            if got is not None:
+                w.clips_ms = got
+            elif refresh and source_of(w) in missing:
+                gone.add(w.id)
+            out.append(w)
         for video_id, event_at in stale:
             ok = fetched[(video_id, event_at)] is not None
             log.info("clip links refreshed", video_id=video_id, event_at=event_at, ok=ok)
-        return out, deadline
+        return out, deadline, gone
 
     async def _fresh(self, source: Source) -> int | None:
         """Fetch a video's clips, store them as the document of *source* (unless a newer
