@@ -127,7 +127,7 @@ class Deliverer:
         attempt = self.sender.attempt
         build = self.bodies.build
         margin_ms = self._margin_ms
-        holds = self.gate.holds
+        ask = self.gate.ask
         while not self._closing:
             if not jobs:
                 parked = loop.create_future()
@@ -137,16 +137,21 @@ class Deliverer:
             job = jobs.popleft()
             try:
                 # the claim must hold right before the attempt: renewing it checks that
-                # too; else the gate does (a cancelled watch is off the schedule)
+                # too; else the gate does (a cancelled watch is off the schedule), while
+                # the body is built
                 if job.deadline - now_ms() < margin_ms:
                     if not await claimer.renew(job):
                         continue  # cancelled, or taken over by another worker
-                elif not await holds(job.watch.id, job.deadline):
+                    held = None
+                else:
+                    held = ask(job.watch.id, job.deadline)
+                body = None if job.gone else build(job.watch, job.clips)
+                if held is not None and not await held:
                     continue
-                if job.gone:  # no clips to build its body from, stored or fetched
+                if body is None:  # no clips to build it from, stored or fetched
                     self.sender.unsent(job.watch, "the video's clips are gone", job.deadline)
                     continue
-                await attempt(job.watch, build(job.watch, job.clips), job.deadline)
+                await attempt(job.watch, body, job.deadline)
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)
             finally:

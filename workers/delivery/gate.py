@@ -29,14 +29,19 @@ class ClaimGate:
         self.checked = 0  # claims checked
         self.dropped = 0  # attempts not made: the claim was gone
 
-    async def holds(self, watch_id: str, token: int) -> bool:
-        """Whether the claim on *watch_id* whose token is *token* still holds; False also
-        when Redis could not tell (the claim stays leased: it comes back after the lease)."""
+    def ask(self, watch_id: str, token: int) -> asyncio.Future[bool]:
+        """Whether the claim on *watch_id* whose token is *token* still holds, soon (the
+        caller can build the body meanwhile); False also when Redis could not tell (the
+        claim stays leased: it comes back after the lease)."""
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((watch_id, token, answer))
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="deliverer-gate")
-        return await answer
+        return answer
+
+    async def holds(self, watch_id: str, token: int) -> bool:
+        """:meth:`ask`, awaited."""
+        return await self.ask(watch_id, token)
 
     async def _run(self) -> None:
         try:
