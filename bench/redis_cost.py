@@ -4,7 +4,9 @@ The store's three steps of a delivery, driven directly (no worker, no HTTP) on a
 with the product's ``config/redis.conf`` (AOF) and without it: N watches of one video are
 registered; ``finalize`` gives them their events in chunks (claimed as a worker that keeps
 up claims them, or left due for the claim step); ``claim`` reads them back as another worker
-would; ``settle`` records one 2xx attempt each. Redis CPU is Δ(utime + stime) of the Redis
+would; ``gate`` checks each claim right before its attempt (one ``ZMSCORE`` per batch of
+``--gate`` attempts starting together, :mod:`workers.delivery.gate`); ``settle`` records one
+2xx attempt each. Redis CPU is Δ(utime + stime) of the Redis
 process per watch, per step. This is the floor the end-to-end ``scale`` scenario adds the
 worker's and the receivers' share of the cores to.
 """
@@ -43,7 +45,9 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-async def run(n: int, chunk: int, claim_at_finalize: bool, config: Path | None) -> dict[str, float]:
+async def run(
+    n: int, chunk: int, claim_at_finalize: bool, config: Path | None, gate: int = 8
+) -> dict[str, float]:
     """Per-step Redis CPU (us per watch) for *n* watches."""
     server = RedisServer.start(workdir=Path(tempfile.mkdtemp()), config=config)
     redis = Redis.from_url(server.url, decode_responses=True)
@@ -97,6 +101,11 @@ async def run(n: int, chunk: int, claim_at_finalize: bool, config: Path | None) 
                 break
             claims += [row for row, _ in rows]
         c3 = cpu_s(pid)
+        for start in range(0, len(claims), gate):
+            await store.deliveries.claim_scores(
+                [cl.watch_id for cl in claims[start : start + gate]]
+            )
+        c3g = cpu_s(pid)
         record = attempts.record(1, now_ms(), 204, None, 3.2, None)
         results = [
             AttemptResult(cl.watch_id, "bench", "clips.ready", cl.deadline_ms, "ok", 1, record, 1)
@@ -104,15 +113,16 @@ async def run(n: int, chunk: int, claim_at_finalize: bool, config: Path | None) 
         ]
         for start in range(0, len(results), chunk):
             await store.deliveries.settle(results[start : start + chunk])
-        c4 = cpu_s(pid)
+        c4 = cpu_s(pid) - (c3g - c3)  # (the settle step alone)
         used = (await redis.info("memory"))["used_memory"]
         per = 1e6 / n
         return {
             "register": (c1 - c0) * per,
             "finalize": (c2 - c1) * per,
             "claim": (c3 - c2) * per,
+            "gate": (c3g - c3) * per,
             "settle": (c4 - c3) * per,
-            "delivery": (c4 - c1) * per,
+            "delivery": (c4 - c1 + c3g - c3) * per,
             "bytes": used / n,
         }
     finally:
@@ -125,15 +135,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--watches", type=int, default=20_000)
     parser.add_argument("--chunk", type=int, default=100)
+    parser.add_argument("--gate", type=int, default=8, help="attempts per claim check")
     args = parser.parse_args()
-    print(f"Redis CPU, us per watch ({args.watches:,} watches, batches of {args.chunk})")
-    print(f"{'redis':8} {'path':26} register finalize  claim settle delivery  B/watch")
+    print(
+        f"Redis CPU, us per watch ({args.watches:,} watches, batches of {args.chunk},"
+        f" claim checks of {args.gate})"
+    )
+    print(f"{'redis':8} {'path':26} register finalize  claim   gate settle delivery  B/watch")
     for config, label in ((REDIS_CONF, "AOF"), (None, "no AOF")):
         for own, path in ((True, "claimed at finalize"), (False, "claimed by another worker")):
-            f = asyncio.run(run(args.watches, args.chunk, own, config))
+            f = asyncio.run(run(args.watches, args.chunk, own, config, args.gate))
             print(
                 f"{label:8} {path:26} {f['register']:8.1f} {f['finalize']:8.1f} {f['claim']:6.1f}"
-                f" {f['settle']:6.1f} {f['delivery']:8.1f} {f['bytes']:8,.0f}"
+                f" {f['gate']:6.1f} {f['settle']:6.1f} {f['delivery']:8.1f} {f['bytes']:8,.0f}"
             )
 
 

@@ -181,6 +181,28 @@ async def test_a_claims_deadline_is_its_token(store: Store) -> None:
     assert sorted(cl.watch_id for cl, _ in again) == sorted(ids[:2])
 
 
+async def test_a_lost_claims_owner_changes_nothing_but_its_attempt_record(store: Store) -> None:
+    """Every write of a claim's owner checks the claim (issue 14): once another worker holds
+    it, the old owner's extension, hand-back and settle change neither the schedule nor the
+    watch's status -- only the record of the attempt it made is kept -- and its claim check
+    (the gate's ZMSCORE) sees a score that is not its token. (This held before issue 14
+    too: it pins the audit of the owner's writes.)"""
+    (mine,) = await fan_out(store, await registered(store, 1), claim=1)
+    wid, old = mine.watch_id, mine.deadline_ms
+    await store.deliveries.extend([wid], old, 0)  # lapsed: due for anyone
+    [(theirs, _)] = await store.deliveries.claim(limit=1, lease_s=60)
+    assert theirs.watch_id == wid and theirs.deadline_ms != old
+    assert (await store.deliveries.extend([wid], old, 60))[0] == set()
+    assert (await store.deliveries.extend([wid], old, 0))[0] == set()
+    assert await store.deliveries.claim_scores([wid]) == [theirs.deadline_ms]
+    record = attempts.record(1, now_ms(), 204, None, 1.0, None)
+    assert await store.deliveries.settle([result(mine, "ok", record)]) == ["delivering"]
+    assert await store.deliveries.claim_scores([wid]) == [theirs.deadline_ms]
+    assert (await store.watches.counts())["delivering"] == 1
+    assert mine.watch is not None
+    assert len(await store.watches.attempts(mine.watch)) == 1
+
+
 async def test_a_videos_clips_are_stored_once_with_a_reference_per_event(store: Store) -> None:
     """One clips document per fan-out, whatever its size: written by the first chunk that
     creates an event, referenced by each event; a refresh replaces it only with a newer

@@ -149,11 +149,15 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if rt.metrics_runner is not None:
         await rt.metrics_runner.cleanup()
     await rt.store.redis.aclose()
+    gate = rt.deliverer.gate
     log.info(
         "worker stopped",
         polls=rt.poller.polls,
         attempts=rt.deliverer.sent,
         purged=rt.sweeper.purged,
+        claim_checks=gate.checked,
+        claim_check_round_trips=gate.round_trips,
+        claims_gone=gate.dropped,
     )
 
 

@@ -209,17 +209,21 @@ class Deliveries:
         )
         return {str(m) for m in ours}, new_deadline
 
+    async def claim_scores(self, watch_ids: Sequence[str]) -> list[float | None]:
+        """Each delivery's score in the schedule (None: off it) -- a claimed one's is its
+        claim's token: one ``ZMSCORE``."""
+        if not watch_ids:
+            return []
+        got: list[float | None] = await self.redis.zmscore(c.DELIVERY_SCHEDULE_KEY, list(watch_ids))
+        return got
+
     async def unschedule(self, watch_ids: Sequence[str]) -> None:
-        """Take deliveries off the schedule (watches that have nothing to send)."""
+        """Take deliveries off the schedule (watches that have nothing to send). Needs no
+        claim check: a watch is on the schedule exactly while it is ``delivering`` (every
+        script changes both at once), and one read as not delivering after it was claimed
+        was cancelled, which no script puts back."""
         if watch_ids:
             await self.redis.zrem(c.DELIVERY_SCHEDULE_KEY, *watch_ids)
-
-    async def defer(self, watch_ids: Sequence[str], due_ms: int) -> None:
-        """Move claimed deliveries to *due_ms* without recording an attempt."""
-        if watch_ids:
-            await self.redis.zadd(
-                c.DELIVERY_SCHEDULE_KEY, dict.fromkeys(watch_ids, due_ms), xx=True
-            )
 
     async def settle(self, results: Sequence[AttemptResult]) -> list[str]:
         """Record attempts and move each watch on: one script call per batch."""

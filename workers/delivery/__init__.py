@@ -13,7 +13,10 @@ Three stages, composed by :class:`~workers.delivery.deliverer.Deliverer`:
   the cost per webhook is one HTTP request plus a share of two script calls.
 
 A queued job holds a claim whose lease must outlast its attempt: a lane renews a claim that is
-getting old before it sends, and skips a job another worker has taken over meanwhile.
+getting old before it sends, and otherwise checks that it still holds (the claim gate,
+:mod:`workers.delivery.gate`: one ``ZMSCORE`` for the lanes starting together); a job whose
+watch was deleted or that another worker has taken over meanwhile is skipped. Outcomes are
+recorded as they arrive, also during a stop's grace.
 
 Outcome of an attempt (SPEC.md "Delivery"): any 2xx is success; 410 disables the watch;
 everything else (3xx, 4xx, 5xx, timeouts, refused connections, TLS and DNS errors, a callback

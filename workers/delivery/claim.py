@@ -35,6 +35,7 @@ class Job:
     clips: ClipSet | None  # what its body is built from (clips.ready), held with the job
     deadline: int  # the claim's lease deadline (ms), its token
     done: Callable[[], None]  # the attempt is over (or skipped): frees the claim's slot
+    gone: bool = False  # its clips document is gone and could not be fetched again
 
 
 class Batch:
@@ -124,12 +125,12 @@ class Claimer(Pump[DeliveryClaim]):
                 due.append(watch)
         await self.store.deliveries.unschedule(idle)
         missing = await self.bodies.load(due)
-        due, deadline = await self.links.refresh(due, deadline, release, missing)
+        due, deadline, gone = await self.links.refresh(due, deadline, release, missing)
         if not due:
             return
         batch = Batch(len(due), release)
         clips = self.bodies.clips
-        self.jobs.extend(Job(w, clips(w), deadline, batch.done) for w in due)
+        self.jobs.extend(Job(w, clips(w), deadline, batch.done, w.id in gone) for w in due)
         self.wake_lanes(len(due))
         await batch.wait()
 

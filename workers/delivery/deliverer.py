@@ -20,6 +20,7 @@ from relay.store import Store
 from relay.tasks import finish_all
 from workers.delivery.bodies import Bodies
 from workers.delivery.claim import Claimer
+from workers.delivery.gate import ClaimGate
 from workers.delivery.links import LinkRefresher
 from workers.delivery.logger import log
 from workers.delivery.send import Sender
@@ -46,6 +47,7 @@ class Deliverer:
         self.settler = Settler(store)
         self.sender = Sender(client, settings, box=box, settler=self.settler)
         self.bodies = Bodies(store)
+        self.gate = ClaimGate(store)
         links = LinkRefresher(store, settings, upstream=upstream, gate=gate, bodies=self.bodies)
         self.claimer = Claimer(
             store, lanes=self.lanes, lease_s=settings.lease, links=links, bodies=self.bodies
@@ -99,8 +101,10 @@ class Deliverer:
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; finish the attempts in flight and those queued (up to *grace_s*);
-        hand back the claims of jobs never started; record every outcome."""
-        self.settler.wind_down()  # as ever: the flusher stops with the claiming
+        hand back the claims of jobs never started; record every outcome. The flusher
+        runs on through the grace, recording outcomes as they arrive, so none waits for
+        the end of the grace while its claim's lease runs out (another worker would then
+        send it again)."""
         await self.claimer.stop(grace_s)
         self._closing = True
         jobs = self.claimer.jobs
@@ -123,6 +127,7 @@ class Deliverer:
         attempt = self.sender.attempt
         build = self.bodies.build
         margin_ms = self._margin_ms
+        ask = self.gate.ask
         while not self._closing:
             if not jobs:
                 parked = loop.create_future()
@@ -131,9 +136,22 @@ class Deliverer:
                 continue
             job = jobs.popleft()
             try:
-                if job.deadline - now_ms() < margin_ms and not await claimer.renew(job):
-                    continue  # taken over by another worker: it sends this one
-                await attempt(job.watch, build(job.watch, job.clips), job.deadline)
+                # the claim must hold right before the attempt: renewing it checks that
+                # too; else the gate does (a cancelled watch is off the schedule), while
+                # the body is built
+                if job.deadline - now_ms() < margin_ms:
+                    if not await claimer.renew(job):
+                        continue  # cancelled, or taken over by another worker
+                    held = None
+                else:
+                    held = ask(job.watch.id, job.deadline)
+                body = None if job.gone else build(job.watch, job.clips)
+                if held is not None and not await held:
+                    continue
+                if body is None:  # no clips to build it from, stored or fetched
+                    self.sender.unsent(job.watch, "the video's clips are gone", job.deadline)
+                    continue
+                await attempt(job.watch, body, job.deadline)
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)
             finally:

@@ -1,6 +1,12 @@
 """Fresh clip links: before a claimed batch is sent, fetch the clips again for each fan-out
 whose stored clips document is getting old (RELAY_LINK_REFRESH) -- or is missing -- and
 store them as that document, so every later attempt of its events carries them.
+
+A refresh that fails (the video deleted upstream, 5xx, a timeout, the upstream paused) never
+holds a delivery back: its attempt goes ahead with the stored document (or, with no document
+stored either, is recorded as failed without a request), so the watch still moves on along
+its retry schedule. A 429 pauses every worker's upstream requests
+(:meth:`~workers.upstream_budget.UpstreamGate.pause`), as a 429 to a poll does.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from workers.delivery.bodies import Bodies, Source, source_of
 from workers.delivery.logger import log
 from workers.upstream_budget import Paused, UpstreamGate
 
-REFRESH_RETRY_S = 30.0  # a delivery whose clip links could not be refreshed waits this long
+PAUSE_DEFAULT_S = 1.0  # a 429 without Retry-After pauses the upstream this long
 
 
 class LinkRefresher:
@@ -47,13 +53,16 @@ class LinkRefresher:
         deadline: int,
         release: Callable[[], None],
         missing: set[Source],
-    ) -> tuple[list[Watch], int]:
+    ) -> tuple[list[Watch], int, set[str]]:
         """Fetch the clips again for the fan-outs of ``clips.ready`` deliveries whose links
         are getting old, or whose clips document is *missing*: one clips request per
-        document, all at once. Fetching can take a while, so afterwards the batch's claims
-        are extended -- and what another worker took over meanwhile is not sent. A
-        document whose clips could not be had keeps its deliveries for a later try, with no
-        attempt spent. Returns what to send and the claims' deadline from now on."""
+        document, all at once. Fetching can take a while (the upstream budget): the batch's
+        claims are extended every third of the lease while it lasts and once it is over --
+        and what another worker took over meanwhile is not sent. A
+        document whose clips could not be had is sent as stored (one not stored either
+        has nothing to build a body from: its attempt is recorded as failed without a
+        request, :meth:`~workers.delivery.send.Sender.unsent`). Returns what to send, the
+        claims' deadline from now on, and the ids of those with no clips to send."""
         limit = now_ms() - int(self.settings.link_refresh * 1000)
         stale = {
             source_of(w)
@@ -62,32 +71,38 @@ class LinkRefresher:
             and (source_of(w) in missing or (w.clips_ms is not None and w.clips_ms < limit))
         }
         if not stale:
-            return items, deadline
-        fetched = dict(
-            zip(stale, await asyncio.gather(*(self._fresh(src) for src in stale)), strict=True)
-        )
-        ours, deadline = await self.store.deliveries.extend(
-            [w.id for w in items], deadline, self.lease_s
-        )
+            return items, deadline, set()
+        sources = list(stale)
+        fetching = asyncio.gather(*(self._fresh(src) for src in sources))
+        held = [w.id for w in items]
+        try:
+            # a refresh can outlast the lease (waiting for the upstream budget): keep the
+            # batch's claims alive meanwhile, each extension checking they are still ours
+            while not (await asyncio.wait({fetching}, timeout=self.lease_s / 3))[0]:
+                kept, deadline = await self.store.deliveries.extend(held, deadline, self.lease_s)
+                held = [i for i in held if i in kept]
+        except BaseException:
+            fetching.cancel()
+            raise
+        fetched = dict(zip(sources, fetching.result(), strict=True))
+        ours, deadline = await self.store.deliveries.extend(held, deadline, self.lease_s)
         out: list[Watch] = []
-        later: list[str] = []
+        gone: set[str] = set()
         for w in items:
             refresh = w.event_type == "clips.ready" and source_of(w) in stale
             got = fetched.get(source_of(w)) if refresh else None
             if w.id not in ours:  # taken over by another worker: it sends this one
                 release()
-            elif refresh and got is None:
-                later.append(w.id)
-                release()
-            else:
-                if got is not None:
-                    w.clips_ms = got
-                out.append(w)
-        await self.store.deliveries.defer(later, now_ms() + int(REFRESH_RETRY_S * 1000))
+                continue
+            if got is not None:
+                w.clips_ms = got
+            elif refresh and source_of(w) in missing:
+                gone.add(w.id)
+            out.append(w)
         for video_id, event_at in stale:
             ok = fetched[(video_id, event_at)] is not None
             log.info("clip links refreshed", video_id=video_id, event_at=event_at, ok=ok)
-        return out, deadline
+        return out, deadline, gone
 
     async def _fresh(self, source: Source) -> int | None:
         """Fetch a video's clips, store them as the document of *source* (unless a newer
@@ -99,6 +114,10 @@ class LinkRefresher:
         except Paused:
             return None
         reply = await self.upstream.clips(video_id)
+        if reply.kind == "rate_limited":  # every worker waits, as after a poll's 429
+            wait = reply.retry_after if reply.retry_after is not None else PAUSE_DEFAULT_S
+            log.warning("upstream rate limited", video_id=video_id, retry_after=wait)
+            await self.gate.pause(wait)
         if reply.kind != "ok":
             return None
         fetched = now_ms()

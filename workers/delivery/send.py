@@ -89,6 +89,16 @@ class Sender:
         )
         self._record(w, attempt, code, error, retry_after, record, latency_ms, claim_ms)
 
+    def unsent(self, w: Watch, error: str, claim_ms: int) -> None:
+        """An attempt that could not be made -- nothing to build its body from (its clips
+        document is gone and the clips could not be fetched again): recorded as a failed
+        attempt without a request, so the watch still moves along its retry schedule to an
+        end instead of waiting for clips for ever."""
+        attempt = w.attempt + 1
+        error = f"not sent: {error}"[:200]
+        record = attempts.record(attempt, now_ms(), None, error, 0.0, None)
+        self._record(w, attempt, None, error, None, record, 0.0, claim_ms)
+
     def _record(
         self,
         w: Watch,

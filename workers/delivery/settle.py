@@ -44,13 +44,12 @@ class Settler:
         """Start the flusher."""
         self._flusher = asyncio.create_task(self._flush_loop(), name="deliverer-flush")
 
-    def wind_down(self) -> None:
-        """The deliverer is stopping: the flusher ends after its next flush, and what is
-        added afterwards waits for :meth:`stop`."""
-        self._winding_down = True
-
     async def stop(self) -> None:
-        """End the flusher and record everything still pending."""
+        """End the flusher and record everything still pending. (A stopping deliverer
+        calls this only after its last attempt: until then the flusher records outcomes as
+        they arrive, well within their claims' leases -- a lane renews a claim before an
+        attempt so that it outlasts the attempt by a second or more.)"""
+        self._winding_down = True
         if self._flusher is not None:
             self._flush_now.set()
             await finish(self._flusher, 5.0)
