@@ -48,7 +48,7 @@ class ProbePump(Pump[str]):
 
     async def claim(self, limit: int) -> Sequence[str]:
         before = now_ms()
-        rows = await self.store.videos.claim(limit=limit, lease_s=self.lease_s)
+        _, rows = await self.store.videos.claim(limit=limit, lease_s=self.lease_s)
         members = [state.video_id for state, _ in rows]
         self.claims.append((before, now_ms(), members))
         return members

@@ -49,8 +49,8 @@ class Store:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.watches = Watches(redis)
-        self.videos = Videos(redis)
         self.deliveries = Deliveries(redis)
+        self.videos = Videos(redis, self.deliveries)
         self.limits = Limits(redis)
 
     async def next_due_ms(self, schedule: str) -> int | None:
