@@ -177,6 +177,10 @@ class Deliveries:
         ids, _ = await self._claim_schedule(c.EXPIRY_SCHEDULE_KEY, limit, lease_s)
         return ids
 
+    async def claim_expiry_batch(self, *, limit: int, lease_s: float) -> tuple[list[str], int]:
+        """:meth:`claim_expiries`, with the claims' token (to hand failed ones back)."""
+        return await self._claim_schedule(c.EXPIRY_SCHEDULE_KEY, limit, lease_s)
+
     async def unschedule_expiries(self, watch_ids: Sequence[str]) -> None:
         """Take watches off the expiry schedule (they have their event, or are gone)."""
         if watch_ids:
