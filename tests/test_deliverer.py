@@ -354,6 +354,7 @@ async def test_a_fan_out_cut_between_chunks_is_finished_by_another_worker(
         calls += 1
         if calls == 3:
             frozen.set()
+            await dead.leases.stop()  # a dead worker extends no claim either
             await asyncio.Event().wait()  # dead from here on
         return await real(*args, **kwargs)
 

@@ -33,12 +33,12 @@ class CountingLimits:
         self._store = limits
         self.token_calls = 0
 
-    async def upstream_tokens(self, want: int, rps: float) -> int:
+    async def upstream_tokens(self, want: int, rps: float) -> tuple[int, int]:
         self.token_calls += 1
         return await self._store.upstream_tokens(want, rps)
 
-    async def pause_upstream(self, until_ms: int) -> None:
-        await self._store.pause_upstream(until_ms)
+    async def pause_upstream(self, pause_ms: int) -> None:
+        await self._store.pause_upstream(pause_ms)
 
 
 async def test_two_gates_together_never_exceed_rps_in_any_second(store: Store) -> None:

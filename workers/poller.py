@@ -13,6 +13,13 @@ goes through a small state machine:
 
 Upstream trouble never stops a video: 429 pauses every worker for Retry-After; 5xx,
 timeouts, garbage and 401/402/403 back off exponentially (capped) and try again.
+
+A claim of a video is a lease (its score pushed to a deadline, by Redis' clock: the claim's
+token). While the work is alive -- waiting for the upstream budget, polling, fanning out --
+one task per poller extends every claim it holds, a script call per lease/3 for all of them
+(:class:`Leases`); every write of the claim's owner (the poll's result and reschedule, the
+fan-out's chunks, the release) is made only while the video's score is still the token, so a
+poller whose claim lapsed writes nothing and stops.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from relay.http.upstream import Reply, UpstreamClient
 from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
 from relay.store import Store
+from workers.leases import Lease, LeaseLost, Leases
 from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
 
@@ -47,6 +55,10 @@ Room = Callable[[int, float], Awaitable[int]]
 
 async def _no_room(n: int, wait_s: float) -> int:
     return 0
+
+
+def _lost(got: int) -> bool:
+    return got < 0
 
 
 Created = Callable[[Sequence[DeliveryClaim]], None]
@@ -72,10 +84,10 @@ class Step:
     state: VideoState
     next_ms: int | None = None  # poll again then
     final: Final | None = None  # give every watch its event, and stop polling
-    dropped: bool = False  # nobody waits on the video any more: nothing to write
+    dropped: bool = False  # nobody waits on the video any more (or the claim was lost)
 
 
-Claimed = tuple[VideoState, int]  # a video's poll state, and how many watches wait on it
+Claimed = tuple[VideoState, int, Lease]  # poll state, how many watches wait, the claim
 
 
 class Poller(Pump[Claimed]):
@@ -97,60 +109,105 @@ class Poller(Pump[Claimed]):
         self.on_events: Created = lambda claims: None  # (the deliverer's offer)
         self.room: Room = _no_room  # how many claims the deliverer can take
         self.on_clips: Callable[[str, int, ClipSet], None] = lambda vid, at, clips: None
+        self.leases = Leases(store.videos, self.lease_s)
+
+    def start(self) -> None:
+        super().start()
+        self.leases.start()
+
+    async def stop(self, grace_s: float) -> None:
+        await super().stop(grace_s)  # the claims of work in flight are kept till it ends
+        await self.leases.stop()
 
     async def claim(self, limit: int) -> Sequence[Claimed]:
         """Claim due videos with their poll state and waiting watches (none while the
         upstream is paused by a 429: claims would only expire while waiting)."""
         if self.gate.paused_until > time.time():
             return []
-        return await self.store.videos.claim(limit=limit, lease_s=self.lease_s)
+        token, rows = await self.store.videos.claim(limit=limit, lease_s=self.lease_s)
+        return [(st, waiting, self.leases.hold(st.video_id, token)) for st, waiting in rows]
 
     async def work(self, items: Sequence[Claimed], release: Callable[[], None]) -> None:
         """Poll a batch of videos; write every result back in one round trip."""
-        results = await asyncio.gather(
-            *(self._step(st, waiting, release) for st, waiting in items), return_exceptions=True
-        )
-        steps: list[Step] = []
-        for (state, _), result in zip(items, results, strict=True):
-            if isinstance(result, Step):
-                steps.append(result)
-            else:  # that video's claim stays leased: it is polled again after the lease
-                log.error("poll failed", video_id=state.video_id, error=repr(result)[:300])
-        await self.store.videos.save(
-            (s.state, s.next_ms) for s in steps if s.final is None and not s.dropped
-        )
-        for s in steps:
-            if s.final is not None:
-                await self._finish(s, s.final)
-
-    async def _step(self, state: VideoState, waiting: int, release: Callable[[], None]) -> Step:
         try:
-            return await self._poll(state, waiting)
+            results = await asyncio.gather(
+                *(self._step(st, waiting, lease, release) for st, waiting, lease in items),
+                return_exceptions=True,
+            )
+            steps: list[tuple[Step, Lease]] = []
+            for (state, _, lease), result in zip(items, results, strict=True):
+                if isinstance(result, Step):
+                    steps.append((result, lease))
+                else:  # that video's claim stays leased: it is polled again after the lease
+                    log.error("poll failed", video_id=state.video_id, error=repr(result)[:300])
+            await self._save(
+                [(s, lease) for s, lease in steps if s.final is None and not s.dropped]
+            )
+            for s, lease in steps:
+                if s.final is not None:
+                    await self._finish(s, s.final, lease)
+        finally:
+            for _, _, lease in items:
+                self.leases.drop(lease)
+
+    async def _save(self, steps: list[tuple[Step, Lease]]) -> None:
+        """Write the polls' results, each only while its claim holds (one script call; a
+        write that crossed an extension of its claim is made again with the new token)."""
+        while steps:
+            sent = [lease.token for _, lease in steps]
+            now = now_ms()
+            lost = await self.store.videos.save(
+                (s.state, lease.token, None if s.next_ms is None else s.next_ms - now)
+                for s, lease in steps
+            )
+            again = []
+            for (s, lease), token in zip(steps, sent, strict=True):
+                if s.state.video_id not in lost:
+                    continue
+                if lease.token != token and not lease.lost:
+                    again.append((s, lease))
+                else:
+                    lease.lost = True
+                    log.warning("poll claim lost: result not written", video_id=lease.video_id)
+            steps = again
+
+    async def _step(
+        self, state: VideoState, waiting: int, lease: Lease, release: Callable[[], None]
+    ) -> Step:
+        try:
+            return await self._poll(state, waiting, lease)
         except Paused as paused:  # poll it when the pause is over, not twice then
-            return Step(state, next_ms=int(paused.until * 1000) + 1)
+            return Step(state, next_ms=now_ms() + int((paused.until - time.time()) * 1000) + 1)
+        except LeaseLost:  # another poller has the video now: nothing to write
+            return Step(state, dropped=True)
         finally:
             release()
 
-    async def _poll(self, state: VideoState, waiting: int) -> Step:
+    async def _poll(self, state: VideoState, waiting: int, lease: Lease) -> Step:
         if not waiting:
             # every watch was cancelled or expired: stop polling (release re-checks)
-            await self.store.videos.release(state.video_id)
+            await self.leases.write(
+                lease, lambda token: self.store.videos.release(lease.video_id, token), _lost
+            )
             return Step(state, dropped=True)
         if state.phase == "render":
-            return await self._clips(state)
-        return await self._status(state)
+            return await self._clips(state, lease)
+        return await self._status(state, lease)
 
-    async def _request(self, endpoint: str, video_id: str) -> Reply:
-        # a claim must not outlive its lease waiting for a 429 pause to end
+    async def _request(self, endpoint: str, lease: Lease) -> Reply:
+        # a claim must not wait out a long 429 pause (it is extended meanwhile, but the
+        # video is better rescheduled)
         await self.gate.acquire(max_pause=self.lease_s / 3)
+        lease.check()  # lost while waiting for the budget: another poller has it
+        video_id = lease.video_id
         self.polls += 1
         call = self.upstream.clips if endpoint == "clips" else self.upstream.status
         reply = await call(video_id)
         UPSTREAM_REQUESTS.labels(endpoint, reply.kind, str(reply.http_status or 0)).inc()
         return reply
 
-    async def _status(self, state: VideoState) -> Step:
-        reply = await self._request("status", state.video_id)
+    async def _status(self, state: VideoState, lease: Lease) -> Step:
+        reply = await self._request("status", lease)
         if reply.kind != "ok" or reply.video is None:
             return await self._trouble(state, reply)
         video = reply.video
@@ -171,11 +228,11 @@ class Poller(Pump[Claimed]):
         if video.status in c.VIDEO_FINAL_OK:
             state.phase = "render"
             state.completed_ms = now_ms()
-            return await self._clips(state)
+            return await self._clips(state, lease)
         return Step(state, next_ms=self._next())
 
-    async def _clips(self, state: VideoState) -> Step:
-        reply = await self._request("clips", state.video_id)
+    async def _clips(self, state: VideoState, lease: Lease) -> Step:
+        reply = await self._request("clips", lease)
         if reply.kind != "ok":
             return await self._trouble(state, reply)
         state.errors = 0
@@ -254,7 +311,7 @@ class Poller(Pump[Claimed]):
             next_ms = max(next_ms, now_ms() + int(reply.retry_after * 1000))
         return Step(state, next_ms=next_ms)
 
-    async def _finish(self, step: Step, final: Final) -> None:
+    async def _finish(self, step: Step, final: Final, lease: Lease) -> None:
         """Give every watch of the video its final event and stop polling it.
 
         A chunk at a time, doubling from FIRST_CHUNK: one script call gives the chunk's
@@ -284,15 +341,20 @@ class Poller(Pump[Claimed]):
             # a fan-out holds the video's lease: it waits for room a fifth of it at most in
             # all, then the rest is for any worker
             wait_budget -= time.monotonic() - waited
-            made, claimed = await self.store.deliveries.finalize(
-                vid, event, chunk, claim=room, lease_s=self.lease_s
+            made, claimed = await self.leases.write(
+                lease, self._finalize(vid, event, chunk, room), lambda got: got[0] < 0
             )
+            if made < 0:  # the claim lapsed: the video's new owner finishes the fan-out
+                log.warning("poll claim lost mid fan-out", video_id=vid, events=created)
+                return
             if made and event.clips_doc:
                 event = replace(event, clips_doc=b"")  # stored: later chunks add references
             if start >= len(ids):
                 # (two script calls rather than one pipeline: a pipeline of scripts costs an
                 # extra SCRIPT EXISTS round trip, and the two need not be atomic together)
-                await self.store.videos.release(vid, event.at_ms)
+                await self.leases.write(
+                    lease, lambda token: self.store.videos.release(vid, token), _lost
+                )
             if claimed:
                 self.on_events(claimed)
             created += made
@@ -306,6 +368,18 @@ class Poller(Pump[Claimed]):
             events=created,
         )
 
+    def _finalize(
+        self, vid: str, event: FinalEvent, chunk: Sequence[str], room: int
+    ) -> Callable[[int], Awaitable[tuple[int, list[DeliveryClaim]]]]:
+        """One fan-out chunk's ``finalize``, to be made under the poll claim's token."""
+
+        def call(token: int) -> Awaitable[tuple[int, list[DeliveryClaim]]]:
+            return self.store.deliveries.finalize(
+                vid, event, chunk, claim=room, lease_s=self.lease_s, poll_token=token
+            )
+
+        return call
+
     def _interval(self) -> float:
         return self.settings.poll_interval
 
@@ -313,4 +387,4 @@ class Poller(Pump[Claimed]):
         delay = self._interval()
         if backoff:
             delay = max(delay, min(delay * 2 ** min(backoff, 16), c.UPSTREAM_BACKOFF_CAP))
-        return int((time.time() + delay) * 1000)
+        return now_ms() + int(delay * 1000)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from relay import logs
+from relay.domain.clock import now_ms
 from relay.store import Store
 from relay.tasks import finish, finish_all
 
@@ -137,7 +137,8 @@ class Pump(Generic[T]):
             return 1.0
         if due is None:
             return self.idle_s
-        return min(max(due / 1000 - time.time(), 0.0), self.idle_s)
+        # (scores are Redis' clock: compared with this host's corrected to it)
+        return min(max((due - now_ms()) / 1000, 0.0), self.idle_s)
 
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0 and not self._wake.is_set():

@@ -1,7 +1,11 @@
 """The upstream request budget (RELAY_UPSTREAM_RPS), shared by every worker through Redis.
 
 Tokens are taken from Redis a few at a time and spent locally within the same second, so a
-busy worker makes one Redis round trip per handful of upstream requests, not one each. A 429
+busy worker makes one Redis round trip per handful of upstream requests, not one each. The
+seconds are Redis' (``TIME`` in the script), and a grant lives only for what is left of its
+second as Redis told it (measured on this host's monotonic clock), so a worker whose wall
+clock is off shares the same buckets as the others and never spends a second's tokens in
+another. A 429
 from the upstream pauses every worker until its Retry-After has passed; a caller holding a
 lease does not sleep through a long pause (:class:`Paused`), it reschedules its work.
 """
@@ -31,7 +35,7 @@ class UpstreamGate:
         self._rps = rps
         self._chunk = max(1, min(chunk, int(rps // 10)))
         self._tokens = 0
-        self._second = -1
+        self._until = 0.0  # (monotonic) when the tokens held end: their second is over
         self._lock = asyncio.Lock()
         self.paused_until = 0.0  # as last learnt from Redis (epoch seconds)
 
@@ -42,24 +46,24 @@ class UpstreamGate:
             waited = 0.0
             try:
                 while True:
-                    now = time.time()
-                    if self.paused_until > now + max_pause:
+                    if self.paused_until > time.time() + max_pause:
                         raise Paused(self.paused_until)
-                    second = int(now)
-                    if second == self._second and self._tokens > 0:
+                    if self._tokens > 0 and time.monotonic() < self._until:
                         self._tokens -= 1
                         return
-                    granted = await self._limits.upstream_tokens(self._chunk, self._rps)
-                    if granted > 0:
-                        self._second, self._tokens = second, granted - 1
+                    sent = time.monotonic()
+                    granted, ms = await self._limits.upstream_tokens(self._chunk, self._rps)
+                    if granted > 0:  # good for what is left of Redis' second
+                        self._until, self._tokens = sent + ms / 1000, granted - 1
                         return
-                    if granted < 0:  # paused: -ms left
-                        self.paused_until = now - granted / 1000
-                        if -granted / 1000 > max_pause:
+                    self._tokens = 0
+                    pause = ms / 1000
+                    if granted < 0:  # paused: ms left
+                        self.paused_until = time.time() + pause
+                        if pause > max_pause:
                             raise Paused(self.paused_until)
-                        pause = -granted / 1000
                     else:  # this second's budget is spent
-                        pause = (second + 1) - now + 0.001
+                        pause += 0.001
                     waited += pause
                     await asyncio.sleep(pause)
             finally:
@@ -70,4 +74,4 @@ class UpstreamGate:
         """Pause every worker's upstream requests for *seconds* (after a 429)."""
         self._tokens = 0
         self.paused_until = max(self.paused_until, time.time() + seconds)
-        await self._limits.pause_upstream(int(self.paused_until * 1000))
+        await self._limits.pause_upstream(int(seconds * 1000))

@@ -1,10 +1,41 @@
-"""The relay's clock: every stored time is integer milliseconds since the epoch."""
+"""The relay's clock: every stored time is integer milliseconds since the epoch.
+
+One clock for every replica: Redis'. Schedule scores and leases are taken from Redis' own
+clock inside the scripts (``TIME``); the times a worker still computes itself (an event's
+time, a retry's due time, a lease's remaining life) are its wall clock corrected by the
+offset to Redis' clock it learns from the scripts that return Redis' time (:func:`observe`),
+so a worker whose clock is off by seconds still agrees with the others to a few ms.
+"""
 
 from __future__ import annotations
 
 import time
 
+MAX_RTT_MS = 100  # a reply slower than this says too little about when the script ran
+
+_offset_ms = 0  # Redis' clock minus this host's, as last observed
+
+
+def local_ms() -> int:
+    """This host's wall clock in integer milliseconds (uncorrected)."""
+    return int(time.time() * 1000)
+
 
 def now_ms() -> int:
-    """Wall-clock time in integer milliseconds (the unit of every stored time)."""
-    return int(time.time() * 1000)
+    """The relay's time in integer milliseconds (the unit of every stored time): this
+    host's clock corrected to Redis' as last observed."""
+    return int(time.time() * 1000) + _offset_ms
+
+
+def observe(redis_ms: int, sent_ms: int, got_ms: int) -> None:
+    """Learn the offset to Redis' clock from a script that read it (``TIME``) at
+    *redis_ms*, sent at *sent_ms* and answered at *got_ms* (both :func:`local_ms`): the
+    script ran in between, so the midpoint is off by half the round trip at most."""
+    global _offset_ms
+    if 0 <= got_ms - sent_ms <= MAX_RTT_MS:
+        _offset_ms = redis_ms - (sent_ms + got_ms) // 2
+
+
+def offset_ms() -> int:
+    """Redis' clock minus this host's, as last observed."""
+    return _offset_ms

@@ -53,8 +53,8 @@ class Store:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.watches = Watches(redis)
-        self.videos = Videos(redis)
         self.deliveries = Deliveries(redis)
+        self.videos = Videos(redis, self.deliveries)
         self.limits = Limits(redis)
         self.retention = Retention(redis)
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.typing import EncodableT
 
 from relay import constants as c
+from relay.domain import clock
 from relay.domain.clock import now_ms
 from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent
 from relay.domain.watch import Watch
@@ -49,6 +50,7 @@ class Deliveries:
         *,
         claim: int = 0,
         lease_s: float = 0.0,
+        poll_token: int | None = None,
     ) -> tuple[int, list[DeliveryClaim]]:
         """Give the watches of *watch_ids* (of one video) *event* and schedule its delivery;
         every one of them stops waiting on the video.
@@ -58,12 +60,14 @@ class Deliveries:
         caller for *lease_s* and returned with their watches (it sends them without reading
         them back); the others are due at once, for any worker. Returns how many events
         were created, and the claims.
+
+        With *poll_token* (a poller's claim of the video: its lease deadline), nothing is
+        written once that claim is no longer the caller's; then -1 events were created.
         """
         if len(watch_ids) > SCRIPT_BATCH:
             raise ValueError(f"at most {SCRIPT_BATCH} watches per finalize call")
         if not watch_ids:
             return 0, []
-        deadline = now_ms() + int(lease_s * 1000) if claim else 0
         rows = await self._finalize(
             keys=[
                 c.DELIVERY_SCHEDULE_KEY,
@@ -72,12 +76,13 @@ class Deliveries:
                 c.SOURCE_KEY.format(video_id, event.at_ms),
                 c.VIDEO_KEY.format(video_id),
                 c.EXPIRY_SCHEDULE_KEY,
+                c.POLL_SCHEDULE_KEY,
             ],
             args=[
                 c.WATCH_PREFIX,
                 event.at_ms,
                 event.event_type,
-                deadline,
+                int(lease_s * 1000),
                 claim,
                 event.video_status,
                 "" if event.video_progress is None else repr(event.video_progress),
@@ -86,10 +91,13 @@ class Deliveries:
                 memoryview(event.clips_doc),
                 "" if event.clips_ms is None else event.clips_ms,
                 c.TENANT_PREFIX,
+                video_id,
+                "" if poll_token is None else poll_token,
                 *watch_ids,
             ],
         )
-        created, claimed = int(rows[0]), [str(w) for w in rows[1:]]
+        created, deadline = int(rows[0]), int(rows[1])
+        claimed = [str(w) for w in rows[2:]]
         out: list[DeliveryClaim] = []
         for wid, w in zip(claimed, await self._read_claimed(claimed), strict=True):
             if w is not None:  # (None: gone since; it is not delivered, its claim lapses)
@@ -156,17 +164,22 @@ class Deliveries:
     async def _claim_schedule(
         self, schedule: str, limit: int, lease_s: float
     ) -> tuple[list[str], int]:
-        """Lease up to *limit* due members of *schedule* for *lease_s* seconds: the members
-        and their lease deadline, the claims' token."""
-        now = now_ms()
-        deadline = now + int(lease_s * 1000)
-        got = await self._claim_due(keys=[schedule], args=[now, deadline, limit])
-        return [str(m) for m in got], deadline
+        """Lease up to *limit* due members of *schedule* for *lease_s* seconds (by Redis'
+        clock): the members and their lease deadline, the claims' token."""
+        lease_ms = int(lease_s * 1000)
+        sent = clock.local_ms()
+        deadline, *got = await self._claim_due(keys=[schedule], args=[lease_ms, limit])
+        clock.observe(int(deadline) - lease_ms, sent, clock.local_ms())
+        return [str(m) for m in got], int(deadline)
 
     async def claim_expiries(self, *, limit: int, lease_s: float) -> list[str]:
         """Claim up to *limit* watches whose expiry is due, for *lease_s* seconds."""
         ids, _ = await self._claim_schedule(c.EXPIRY_SCHEDULE_KEY, limit, lease_s)
         return ids
+
+    async def claim_expiry_batch(self, *, limit: int, lease_s: float) -> tuple[list[str], int]:
+        """:meth:`claim_expiries`, with the claims' token (to hand failed ones back)."""
+        return await self._claim_schedule(c.EXPIRY_SCHEDULE_KEY, limit, lease_s)
 
     async def unschedule_expiries(self, watch_ids: Sequence[str]) -> None:
         """Take watches off the expiry schedule (they have their event, or are gone)."""
@@ -198,16 +211,24 @@ class Deliveries:
         self, watch_ids: Sequence[str], deadline_ms: int, lease_s: float
     ) -> tuple[set[str], int]:
         """Extend the claims on *watch_ids* made with *deadline_ms* that nobody has taken
-        over since, to *lease_s* from now: returns those (the others belong to another
-        worker now) and their new deadline, the claims' new token. With *lease_s* 0 the
-        claims are handed back: due at once, for any worker."""
-        new_deadline = now_ms() + int(lease_s * 1000)
-        if not watch_ids:
-            return set(), new_deadline
-        ours = await self._extend(
-            keys=[c.DELIVERY_SCHEDULE_KEY], args=[deadline_ms, new_deadline, *watch_ids]
-        )
-        return {str(m) for m in ours}, new_deadline
+        over since, to *lease_s* from now (Redis' clock): returns those (the others belong
+        to another worker now) and their new deadline, the claims' new token. With *lease_s*
+        0 the claims are handed back: due at once, for any worker."""
+        return await self.extend_schedule(c.DELIVERY_SCHEDULE_KEY, watch_ids, deadline_ms, lease_s)
+
+    async def extend_schedule(
+        self, schedule: str, members: Sequence[str], token: int, lease_s: float
+    ) -> tuple[set[str], int]:
+        """Extend the claims on *members* of *schedule* (this one or the poll schedule)
+        held with *token* for *lease_s* from Redis' now (``extend_claims.lua``): those
+        still held, and their new token."""
+        lease_ms = int(lease_s * 1000)
+        if not members:
+            return set(), now_ms() + lease_ms
+        sent = clock.local_ms()
+        deadline, *ours = await self._extend(keys=[schedule], args=[token, lease_ms, *members])
+        clock.observe(int(deadline) - lease_ms, sent, clock.local_ms())
+        return {str(m) for m in ours}, int(deadline)
 
     async def claim_scores(self, watch_ids: Sequence[str]) -> list[float | None]:
         """Each delivery's score in the schedule (None: off it) -- a claimed one's is its

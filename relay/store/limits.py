@@ -7,7 +7,6 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from relay import constants as c
-from relay.domain.clock import now_ms
 from relay.store import scripts
 
 
@@ -21,18 +20,21 @@ class Limits:
 
     # --- upstream budget ---------------------------------------------------------------
 
-    async def upstream_tokens(self, want: int, rps: float) -> int:
-        """Take up to *want* upstream requests from this second's budget, shared by every
-        worker. Returns the number granted, or minus the milliseconds left of a pause."""
-        granted = await self._tokens(
+    async def upstream_tokens(self, want: int, rps: float) -> tuple[int, int]:
+        """Take up to *want* upstream requests from the budget of Redis' current second,
+        shared by every worker. Returns (granted, ms): granted > 0 with the ms left of that
+        second (the tokens' life); 0 (spent) with the ms to the next second; -1 (paused)
+        with the ms left of the pause."""
+        granted, ms = await self._tokens(
             keys=[c.UPSTREAM_RATE_KEY.format(""), c.UPSTREAM_PAUSE_KEY],
-            args=[max(int(rps), 1), want, now_ms()],
+            args=[max(int(rps), 1), want],
         )
-        return int(granted)
+        return int(granted), int(ms)
 
-    async def pause_upstream(self, until_ms: int) -> None:
-        """Pause all workers' upstream requests until *until_ms* (keeps the later pause)."""
-        await self._pause(keys=[c.UPSTREAM_PAUSE_KEY], args=[until_ms, now_ms()])
+    async def pause_upstream(self, pause_ms: int) -> None:
+        """Pause all workers' upstream requests for *pause_ms* from Redis' now (keeps a
+        later pause)."""
+        await self._pause(keys=[c.UPSTREAM_PAUSE_KEY], args=[max(pause_ms, 1)])
 
     # --- API rate limit ----------------------------------------------------------------
 

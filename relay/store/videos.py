@@ -3,20 +3,25 @@
 A video being watched is a hash (its poll state) plus a hash of the watches still waiting
 on it (watch id -> tenant; read only when the video is final, a chunk at a time), and a
 member of the poll schedule (video id -> next poll, ms). A claimed member's score is pushed
-to a lease deadline, so a video held by a worker that dies becomes due again.
+to a lease deadline (by Redis' clock), so a video held by a worker that dies becomes due
+again. That deadline is the claim's token: the claim's owner extends it while it works, and
+each of its writes (the poll's result, the fan-out's chunks, the release) is made only while
+the video's score is still its token -- a poller whose claim lapsed writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT
 
 from relay import constants as c
-from relay.domain.clock import now_ms
+from relay.domain import clock
 from relay.domain.video import VideoState
 from relay.store import scripts
 from relay.store.codec import video_from_hash, video_hash
+from relay.store.deliveries import Deliveries
 
 SCAN_COUNT = 1000  # entries per HSCAN call
 
@@ -24,22 +29,38 @@ SCAN_COUNT = 1000  # entries per HSCAN call
 class Videos:
     """``store.videos``: the poll schedule, the video hashes and their waiting watches."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, deliveries: Deliveries) -> None:
         self.redis = redis
+        self._deliveries = deliveries  # (its extend_claims serves both schedules)
         self._claim = scripts.register(redis, "claim_videos")
         self._release = scripts.register(redis, "release_video")
+        self._save = scripts.register(redis, "save_videos")
 
-    async def claim(self, *, limit: int, lease_s: float) -> list[tuple[VideoState, int]]:
-        """Claim due videos for *lease_s* seconds: (poll state, watches waiting) each."""
-        now = now_ms()
-        rows = await self._claim(
+    async def claim(
+        self, *, limit: int, lease_s: float
+    ) -> tuple[int, list[tuple[VideoState, int]]]:
+        """Claim due videos for *lease_s* seconds (Redis' clock): the claims' token (their
+        lease deadline) and (poll state, watches waiting) each."""
+        lease_ms = int(lease_s * 1000)
+        sent = clock.local_ms()
+        deadline, *rows = await self._claim(
             keys=[c.POLL_SCHEDULE_KEY],
-            args=[now, now + int(lease_s * 1000), limit, c.VIDEO_PREFIX, c.VIDEO_WATCHES_SUFFIX],
+            args=[lease_ms, limit, c.VIDEO_PREFIX, c.VIDEO_WATCHES_SUFFIX],
         )
-        return [
+        clock.observe(int(deadline) - lease_ms, sent, clock.local_ms())
+        return int(deadline), [
             (video_from_hash(vid, dict(zip(flat[::2], flat[1::2], strict=True))), int(waiting))
             for vid, flat, waiting in rows
         ]
+
+    async def extend(
+        self, video_ids: Sequence[str], token: int, lease_s: float
+    ) -> tuple[set[str], int]:
+        """Extend the claims on *video_ids* held with *token* to *lease_s* from Redis' now:
+        those still held, and their new token."""
+        return await self._deliveries.extend_schedule(
+            c.POLL_SCHEDULE_KEY, video_ids, token, lease_s
+        )
 
     async def waiting(self, video_id: str) -> list[str]:
         """The watches waiting on a video, sorted (HSCAN: each call bounded, however many)."""
@@ -52,31 +73,36 @@ class Videos:
             if cursor == 0:
                 return sorted(ids)
 
-    async def save(self, updates: Iterable[tuple[VideoState, int | None]]) -> None:
-        """Write poll results in one round trip: each is (state, next poll ms or None to
-        leave the schedule alone). The watches show the video's status from its hash."""
-        pipe = self.redis.pipeline(transaction=False)
-        n = 0
-        for state, next_ms in updates:
+    async def save(self, updates: Iterable[tuple[VideoState, int, int | None]]) -> set[str]:
+        """Write poll results in one script call: each is (state, the claim's token, the
+        delay to the next poll in ms or None to leave the schedule alone), written only
+        while the claim holds. The watches show the video's status from its hash. Returns
+        the videos whose claim was lost (nothing was written for them)."""
+        args: list[EncodableT] = [c.VIDEO_PREFIX]
+        for state, token, delay_ms in updates:
             fields = video_hash(state)
+            pairs: list[str] = []
             if fields != state.loaded:  # most polls change nothing but the schedule
-                pipe.hset(c.VIDEO_KEY.format(state.video_id), mapping=fields)
-                n += 1
-            if next_ms is not None:
-                pipe.zadd(c.POLL_SCHEDULE_KEY, {state.video_id: next_ms}, xx=True)
-                n += 1
-        if n:
-            await pipe.execute()
+                for k, v in fields.items():
+                    pairs += [k, v]
+            args += [state.video_id, token, "" if delay_ms is None else max(delay_ms, 0)]
+            args += [len(pairs) // 2, *pairs]
+        if len(args) == 1:
+            return set()
+        lost = await self._save(keys=[c.POLL_SCHEDULE_KEY], args=args)
+        return {str(v) for v in lost}
 
-    async def release(self, video_id: str, at_ms: int | None = None) -> None:
+    async def release(self, video_id: str, token: int) -> int:
         """Stop polling a video nobody waits on any more (its final fan-out took every
         watch out of its set, or they were cancelled) -- unless a watch registered
-        meanwhile: then it is polled again at once."""
-        await self._release(
+        meanwhile: then it is polled again at once. Only while the claim held with *token*
+        holds. Returns 0 (released), 1 (polled again) or -1 (the claim was lost)."""
+        got = await self._release(
             keys=[
                 c.VIDEO_WATCHES_KEY.format(video_id),
                 c.POLL_SCHEDULE_KEY,
                 c.VIDEO_KEY.format(video_id),
             ],
-            args=[video_id, now_ms() if at_ms is None else at_ms],
+            args=[video_id, token],
         )
+        return int(got)

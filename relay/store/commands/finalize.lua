@@ -1,20 +1,32 @@
 -- Give watches of one video their final event, once each, and schedule its delivery: the
--- first ARGV[5] created are claimed at once by the caller (score = its lease deadline
--- ARGV[4]), the others are due now, for any worker. A watch gets the event while it waits
--- on the video (KEYS[2], watch -> tenant: cancelling or expiring takes it out); every watch
--- of the call leaves it. Per watch only its event state is written: its body is built from
--- the watch and, for clips.ready, the video's clips document, kept once (KEYS[4]: written
--- when given and newer, with a reference per event that uses it).
+-- first ARGV[5] created are claimed at once by the caller (score = its lease deadline,
+-- Redis' clock now + ARGV[4] ms), the others are due now (Redis' clock), for any worker. A
+-- watch gets the event while it waits on the video (KEYS[2], watch -> tenant: cancelling
+-- or expiring takes it out); every watch of the call leaves it. Per watch only its event
+-- state is written: its body is built from the watch and, for clips.ready, the video's
+-- clips document, kept once (KEYS[4]: written when given and newer, with a reference per
+-- event that uses it).
+-- A poller's fan-out passes its claim of the video's poll (the lease deadline, its token):
+-- once that claim is no longer its own (lapsed and taken over, or released), it writes
+-- nothing and gets -1.
 -- KEYS: delivery schedule, the video's waiting watches, status counters, clips document,
--- video hash, expiry schedule.
--- ARGV: watch key prefix, at ms, event type, lease deadline ms, number to claim, video
--- status ('' = the video hash's), video progress, video error, clips document ('' none),
--- clips fetched ms, tenant key prefix, then the watch ids.
--- Returns {the number of events created, then the ids of those claimed} (the caller reads
--- the claimed watches afterwards, outside the script: one MGET and a pipeline).
+-- video hash, expiry schedule, poll schedule.
+-- ARGV: watch key prefix, at ms, event type, lease ms, number to claim, video status ('' =
+-- the video hash's), video progress, video error, clips document ('' none), clips fetched
+-- ms, tenant key prefix, video id, the poll claim's token ('' = none to check), then the
+-- watch ids.
+-- Returns {the number of events created (-1: not our poll claim), the claims' lease
+-- deadline, then the ids of those claimed} (the caller reads the claimed watches
+-- afterwards, outside the script: one MGET and a pipeline).
 local at, etype = ARGV[2], ARGV[3]
-local ids = {unpack(ARGV, 12)}
-if #ids == 0 then return {0} end
+local ids = {unpack(ARGV, 14)}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = now + tonumber(ARGV[4])
+if ARGV[13] ~= '' and tonumber(redis.call('ZSCORE', KEYS[7], ARGV[12])) ~= tonumber(ARGV[13]) then
+  return {-1, deadline}
+end
+if #ids == 0 then return {0, deadline} end
 local waiting = redis.call('HMGET', KEYS[2], unpack(ids))
 redis.call('HDEL', KEYS[2], unpack(ids))
 local vstatus, vprogress = ARGV[6], ARGV[7]
@@ -25,8 +37,8 @@ end
 local ev = etype .. '|' .. at .. '|' .. vprogress .. '|' .. string.gsub(vstatus, '|', '/') ..
   '|' .. ARGV[8]
 local st = 'delivering|0|0|' .. at .. '|||' 
-local claim, deadline = tonumber(ARGV[5]), ARGV[4]
-local out, scheduled, made, tenants = {0}, {}, {}, {}
+local claim = tonumber(ARGV[5])
+local out, scheduled, made, tenants = {0, deadline}, {}, {}, {}
 local n = 0
 for i = 1, #ids do
   local tenant = waiting[i]
@@ -38,9 +50,9 @@ for i = 1, #ids do
     tenants[tenant] = (tenants[tenant] or 0) + 1
     if n <= claim then
       scheduled[2 * n - 1] = deadline
-      out[n + 1] = ids[i]
+      out[n + 2] = ids[i]
     else
-      scheduled[2 * n - 1] = at
+      scheduled[2 * n - 1] = now
     end
     scheduled[2 * n] = ids[i]
   end

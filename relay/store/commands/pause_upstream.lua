@@ -1,7 +1,8 @@
--- Pause every worker's upstream requests until ARGV[1] (ms), keeping a later pause already
--- set. KEYS: the pause key. ARGV: until ms, now ms.
-local pause_end = tonumber(ARGV[1])
+-- Pause every worker's upstream requests for ARGV[1] ms from Redis' clock now, keeping a
+-- later pause already set. KEYS: the pause key (holds the pause's end, Redis ms).
+local t = redis.call('TIME')
+local pause_end = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 if pause_end > tonumber(redis.call('GET', KEYS[1]) or '0') then
-  redis.call('SET', KEYS[1], pause_end, 'PX', math.max(pause_end - tonumber(ARGV[2]), 1))
+  redis.call('SET', KEYS[1], pause_end, 'PX', math.max(tonumber(ARGV[1]), 1))
 end
 return 0

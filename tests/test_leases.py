@@ -1,0 +1,202 @@
+"""Poll claims are leases kept while their work is alive, and only their owner writes
+(workers/leases.py, workers/poller.py, relay/store/commands/{save_videos,finalize,
+release_video}.lua), on the ScaleReach simulator and a real Redis.
+
+A poller's claim of a video is its score in the poll schedule pushed to a lease deadline,
+the claim's token. The poller extends it while it waits for the shared upstream budget and
+while it fans a final event out, so no other poller polls the video meanwhile; and each of
+its writes is made only while the token is still the video's score, so a poller whose claim
+lapsed writes nothing, even after the video was released. Leases are short here (1 s or
+less) and the waits several times longer, so a loaded machine makes the tests slower, not
+flaky.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from relay import constants as c
+from relay.domain.clock import now_ms
+from relay.http.upstream import UpstreamClient
+from relay.settings import Settings
+from relay.store import Store
+from tests.conftest import eventually
+from tests.test_poller import ANALYZING, CLIPS, Client, Fanout, requests, sim_video, watch
+from tests.test_store import clips_ready
+from workers.poller import Poller
+from workers.upstream_budget import UpstreamGate
+
+PollerFactory = Callable[..., Awaitable[tuple[Poller, Fanout]]]
+Room = Callable[[int, float], Awaitable[int]]
+
+
+@pytest.fixture
+def store(redis: Redis) -> Store:
+    return Store(redis)
+
+
+@pytest.fixture
+async def make_poller(store: Store, settings: Settings) -> AsyncIterator[PollerFactory]:
+    """Start pollers (settings overridable, a room callback, extension on or off)."""
+    session = aiohttp.ClientSession()
+    pollers: list[Poller] = []
+
+    async def start(
+        room: Room | None = None, extend: bool = True, **overrides: Any
+    ) -> tuple[Poller, Fanout]:
+        s = settings.model_copy(update={"poll_interval": 30.0, **overrides})
+        upstream = UpstreamClient(session, s.scalereach_base_url, s.scalereach_api_key, 2.0)
+        poller = Poller(store, upstream, UpstreamGate(store.limits, s.upstream_rps), s)
+        leases = getattr(poller, "leases", None)  # (None before issue 14)
+        if not extend and leases is not None:  # its event loop starved: it extends nothing
+            leases.every_s = 3600.0
+        fanout = Fanout()
+        poller.on_events = fanout.offer
+        poller.on_clips = fanout.keep_clips
+
+        async def take_all(n: int, wait_s: float) -> int:
+            return n
+
+        poller.room = room or take_all
+        poller.start()
+        pollers.append(poller)
+        return poller, fanout
+
+    yield start
+    for poller in pollers:
+        await poller.stop(1.0)
+    await session.close()
+
+
+async def test_a_poll_claim_outlives_a_wait_for_the_upstream_budget(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: a poller waiting for the shared upstream budget keeps its claims: with a budget
+    of 1 request a second, a poller that claimed five videos polls the last one about 4 s
+    later, its lease is 1 s, and a second poller runs all along -- yet each video is polled
+    exactly once. Fails before issue 14: the claims lapsed while waiting for the budget and
+    the second poller (or the first, claiming again) polled those videos a second time."""
+    vids = [await sim_video(sim, timeline=ANALYZING) for _ in range(5)]
+    for vid in vids:
+        await watch(store, vid)
+    await make_poller(upstream_rps=1, lease=1.0)
+    await asyncio.sleep(0.3)  # the first poller claims all five
+    await make_poller(upstream_rps=1, lease=1.0)
+
+    async def all_polled() -> bool:
+        return all([await requests(sim, vid) for vid in vids])
+
+    await eventually(all_polled, timeout=20, what="every video polled")
+    await asyncio.sleep(2.5)  # time for a second poll of a lapsed claim
+    counts = [len(await requests(sim, vid)) for vid in vids]
+    assert counts == [1] * 5, counts
+    for vid in vids:  # the next poll is a poll interval (30 s) away, not a lease
+        score = await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid)
+        assert score is not None and score > now_ms() + 20_000
+
+
+async def test_a_poll_claim_outlives_a_long_fan_out(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: a fan-out keeps its video's claim to the end: 300 watches go out in 5 chunks,
+    each waiting 0.5 s for its deliverer's room (2.5 s in all, the lease is 1 s), while a
+    second poller runs -- the clips are fetched once, and every watch gets one event, from
+    the first poller. Fails before issue 14: the claim lapsed mid fan-out, the second poller
+    polled the video again (a second clips fetch) and finished the fan-out itself."""
+    vid = await sim_video(sim, timeline=[{"status": "completed", "after": 0}], clips=CLIPS)
+    watches = await watch(store, vid, 300)
+
+    async def slow_room(n: int, wait_s: float) -> int:
+        await asyncio.sleep(0.5)
+        return n
+
+    _, first = await make_poller(room=slow_room, lease=1.0)
+    await eventually(lambda: requests(sim, vid, "clips"), timeout=10, what="the clips fetch")
+    _, second = await make_poller(lease=1.0)
+    await eventually(
+        lambda: len(first.events) + len(second.events) >= 300, timeout=20, what="300 events"
+    )
+    await asyncio.sleep(1.5)  # time for a second poller's poll of a lapsed claim
+    assert len(await requests(sim, vid, "clips")) == 1
+    assert sorted(first.events) == sorted(w.id for w in watches) and not second.events
+    assert await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) is None  # released
+
+
+async def test_a_stale_poller_writes_nothing_after_its_claim_lapsed(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: a poller whose claim lapsed (here: its event loop starved, so it extended
+    nothing, while it waited for the upstream budget) writes nothing when its poll finally
+    answers -- not the video's state, not its next poll -- even though another poller took
+    the video over and released it meanwhile. Fails before issue 14: the stale poller wrote
+    the video's hash back after the release (and, before it, over the new owner's claim)."""
+    vid = await sim_video(sim, timeline=ANALYZING)
+    await watch(store, vid)
+    hogging = True
+
+    async def hog() -> None:  # another worker spends every second's budget (1 request)
+        while hogging:
+            await store.limits.upstream_tokens(1, 1)
+            await asyncio.sleep(0.02)
+
+    hog_task = asyncio.create_task(hog())
+    try:
+        await asyncio.sleep(0.2)
+        await make_poller(upstream_rps=1, lease=0.5, extend=False)
+        key = c.VIDEO_KEY.format(vid)
+
+        async def claimed() -> bool:
+            score = await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid)
+            return score is not None and score > now_ms() + 100
+
+        await eventually(claimed, timeout=5, what="the stale poller's claim")
+        await asyncio.sleep(1.0)  # its lease (0.5 s) lapses while it waits for the budget
+        # another poller takes the video over, then releases it (no watch waits any more)
+        await store.redis.zadd(c.POLL_SCHEDULE_KEY, {vid: now_ms() + 60_000})
+        await store.redis.hdel(
+            c.VIDEO_WATCHES_KEY.format(vid),
+            *(  # type: ignore[misc]
+                await store.redis.hkeys(c.VIDEO_WATCHES_KEY.format(vid))  # type: ignore[misc]
+            ),
+        )
+        await store.redis.zrem(c.POLL_SCHEDULE_KEY, vid)
+        await store.redis.delete(key)
+    finally:
+        hogging = False
+        await hog_task
+    await eventually(lambda: requests(sim, vid), timeout=10, what="the stale poll")
+    await asyncio.sleep(1.0)  # its write, if it made one
+    assert await store.redis.exists(key) == 0
+    assert await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) is None
+
+
+async def test_writes_under_a_stale_poll_token_change_nothing(store: Store) -> None:
+    """Rule: the poll claim's writes (save_videos, finalize with a poll token, release_video)
+    are made only while the video's score is the token they carry; with a stale token they
+    change nothing and say so. Fails before issue 14: none of them looked at the claim."""
+    vid = "vid_stale"
+    [w] = await watch(store, vid)
+    stale, _ = await store.videos.claim(limit=10, lease_s=0.05)
+    await asyncio.sleep(0.1)
+    token, [(state, waiting)] = await store.videos.claim(limit=10, lease_s=30)
+    assert waiting == 1 and token != stale
+    state.status, state.progress = "analyzing", 40.0
+    assert await store.videos.save([(state, stale, 1000)]) == {vid}
+    assert await store.redis.exists(c.VIDEO_KEY.format(vid)) == 0
+    assert await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) == token
+    made, claims = await store.deliveries.finalize(
+        vid, clips_ready(), [w.id], claim=1, lease_s=30, poll_token=stale
+    )
+    assert made == -1 and not claims
+    assert (await store.watches.get(w.id)).status == "watching"  # type: ignore[union-attr]
+    assert await store.videos.release(vid, stale) == -1
+    assert await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) == token
+    # the owner's writes go through
+    assert await store.videos.save([(state, token, 60_000)]) == set()
+    assert await store.redis.hget(c.VIDEO_KEY.format(vid), "status") == "analyzing"  # type: ignore[misc]
