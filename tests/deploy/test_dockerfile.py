@@ -234,7 +234,9 @@ def test_copied_sources_are_in_the_build_context() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     context = list(build_context())
     tops = {c.split("/")[0] for c in context}
-    assert tops <= {"pyproject.toml", "README.md", "requirements.lock", "relay", "workers"}
+    allowed = {"pyproject.toml", "README.md", "requirements.lock", "relay", "workers", "clients"}
+    assert tops <= allowed
+    assert not [c for c in context if c.startswith("clients/") and "clip_relay_client/" not in c]
     assert not [c for c in context if "__pycache__" in c or c.endswith(".pyc")]
     patterns = _ignore_patterns()
     for private in (".git/config", ".venv/bin/python", "tests/x.py", "k8s/base/x", ".env"):
