@@ -139,6 +139,8 @@ async def test_recover_rejects_bad_times_naming_the_field(api: Client) -> None:
         ({"since": "yesterday"}, "since"),
         ({"since": "2026-11-28T10:00:00"}, "since"),  # no time zone
         ({"since": 1764324000}, "since"),
+        ({"since": None}, "since"),
+        ({"since": "2026-11-28T10:00:00Z", "until": None}, "until"),
         ({"since": "2026-13-28T10:00:00Z"}, "since"),
         ({"since": "2026-11-28T10:00:00Z", "until": "2026-11-28T09:00:00+00:00"}, "until"),
         ({"since": "2026-11-28T10:00:00Z", "until": "soon"}, "until"),
@@ -221,3 +223,19 @@ async def test_ping_is_refused_for_cancelled_and_unknown_watches(
     resp = await api.post(f"/v1/watches/{w['id']}/ping", headers=auth())
     assert resp.status == 409
     assert (await resp.json())["title"] == "Watch cancelled"
+
+
+async def test_openapi_documents_recover_ping_and_the_events(api: Client) -> None:
+    """The document has both routes and a webhooks section (OpenAPI 3.1) with every event,
+    each carrying watchId, videoId and metadata and the Standard Webhooks headers."""
+    doc = await (await api.get("/openapi.json")).json()
+    assert "202" in doc["paths"]["/v1/watches/recover"]["post"]["responses"]
+    assert "202" in doc["paths"]["/v1/watches/{watch_id}/ping"]["post"]["responses"]
+    hooks = doc["webhooks"]
+    assert set(hooks) == {"clips.ready", "video.failed", "watch.expired", "watch.ping"}
+    for name, item in hooks.items():
+        schema = item["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["properties"]["type"] == {"const": name}
+        assert {"watchId", "videoId", "metadata"} <= set(schema["properties"]["data"]["required"])
+        headers = {p["name"] for p in item["post"]["parameters"]}
+        assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}

@@ -69,9 +69,9 @@ async def pings_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _time(body: dict[str, Any], name: str, errors: list[dict[str, str]]) -> int | None:
     """The field *name* as ms since the epoch (None: absent or bad, noted in *errors*)."""
-    raw = body.get(name)
-    if raw is None:
+    if name not in body:
         return None
+    raw = body[name]
     if not isinstance(raw, str) or not RFC3339.fullmatch(raw):
         errors.append({"field": name, "message": TIME_RULE})
         return None
@@ -96,9 +96,7 @@ async def recover(request: web.Request) -> web.Response:
     if "since" not in body:
         errors.append({"field": "since", "message": "is required; " + TIME_RULE})
     since = _time(body, "since", errors)
-    until = _time(body, "until", errors)
-    if until is None and "until" not in body:
-        until = now_ms() + 1  # now included
+    until = _time(body, "until", errors) if "until" in body else now_ms() + 1  # now included
     if since is not None and until is not None and until <= since:
         errors.append({"field": "until", "message": "must be later than since"})
     if errors or since is None or until is None:
