@@ -239,3 +239,18 @@ async def test_openapi_documents_recover_ping_and_the_events(api: Client) -> Non
         assert {"watchId", "videoId", "metadata"} <= set(schema["properties"]["data"]["required"])
         headers = {p["name"] for p in item["post"]["parameters"]}
         assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+
+
+async def test_a_refused_private_callback_names_relay_callback_allow(make_api: Any) -> None:
+    """Registering a callback on localhost with RELAY_CALLBACK_ALLOW empty: the 422 says
+    which variable opens it."""
+    from relay.settings import CallbackAllow
+
+    api = await make_api(callback_allow=CallbackAllow((), frozenset()))
+    for url in ("http://127.0.0.1:9000/hook", "http://localhost:9000/hook"):
+        resp = await api.post(
+            "/v1/watches", json={"videoId": "v1", "callbackUrl": url}, headers=auth()
+        )
+        assert resp.status == 422
+        (error,) = (await resp.json())["errors"]
+        assert error["field"] == "callbackUrl" and "RELAY_CALLBACK_ALLOW" in error["message"]
