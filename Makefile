@@ -44,4 +44,4 @@ bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache
+	rm -rf $(VENV) build *.egg-info clients/python/build clients/python/*.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache

@@ -49,7 +49,10 @@ def test_the_sdk_installs_into_a_clean_venv_without_the_servers_dependencies(
     httpx comes, arq, redis, structlog and cryptography do not; verify() and both clients
     import and work there."""
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "-q", str(SDK), "-w", str(wheels)], tmp_path)
+    source = tmp_path / "sdk"  # a copy: the build leaves nothing in the source tree
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
+    shutil.copytree(SDK, source, ignore=ignore)
+    _run([sys.executable, "-m", "pip", "wheel", "-q", str(source), "-w", str(wheels)], tmp_path)
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     py = str(venv / "bin" / "python")
