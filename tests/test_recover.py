@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from relay.api import appkeys as k
 from relay.devtools.receiver import Receiver
 from tests.conftest import TENANT_B_KEY, auth
 from tests.test_worker import deliveries, sim_video, wait_watch
@@ -254,3 +255,27 @@ async def test_a_refused_private_callback_names_relay_callback_allow(make_api: A
         assert resp.status == 422
         (error,) = (await resp.json())["errors"]
         assert error["field"] == "callbackUrl" and "RELAY_CALLBACK_ALLOW" in error["message"]
+
+
+async def test_recording_a_ping_twice_keeps_one_record(
+    api: Client, sim: Client, receiver: Rec
+) -> None:
+    """record_ping.lua run twice with the same record (a reply lost, the command sent again)
+    adds one record, numbered after the last; the status is untouched."""
+    from relay.domain import attempts
+
+    w = await register(api, receiver, await sim_video(sim, timeline=NEVER_DONE), "/twice")
+    watches = api.app[k.STORE].watches
+    record = attempts.ping_record(1_700_000_000_000, 204, None, 1.5, None, "evt_" + "c" * 24)
+    assert await watches.record_ping(w["id"], record) == 1
+    assert await watches.record_ping(w["id"], record) == 1
+    other = attempts.ping_record(1_700_000_001_000, 500, None, 2.5, "no", "evt_" + "d" * 24)
+    assert await watches.record_ping(w["id"], other) == 2
+    records = await deliveries(api, w["id"])
+    assert [(r["eventId"], r["statusCode"]) for r in records] == [
+        ("evt_" + "c" * 24, 204),
+        ("evt_" + "d" * 24, 500),
+    ]
+    assert await watches.record_ping("wat_" + "e" * 24, record) is None
+    got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
+    assert got["status"] == "watching"
