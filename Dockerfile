@@ -31,6 +31,7 @@ RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY relay/ relay/
 COPY workers/ workers/
+COPY clients/python/clip_relay_client/ clients/python/clip_relay_client/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && pip uninstall --yes setuptools \
     && pip check

@@ -1,5 +1,9 @@
 # clip-relay — every command sets itself up: `make demo`, `make test` work on a fresh clone.
-PYTHON ?= python3
+# the first Python >= 3.11 on PATH (python3.12, python3.11, then python3 if new enough);
+# `make PYTHON=/path/to/python3.11 ...` chooses another
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && { echo $$p; break; }; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
@@ -8,7 +12,8 @@ STAMP := $(VENV)/.installed-stamp
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	@test -n "$(PYTHON)" || { echo "clip-relay needs Python 3.11 or newer: install python3.11 (Debian/Ubuntu: apt install python3.11-venv) or run make PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -19,14 +24,14 @@ demo: install
 
 # lint-imports: the import contracts of pyproject.toml (docs/architecture.md)
 lint: install
-	$(BIN)/ruff check relay workers tests bench
-	$(BIN)/ruff format --check relay workers tests bench
+	$(BIN)/ruff check relay workers tests bench clients
+	$(BIN)/ruff format --check relay workers tests bench clients
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 fmt: install
-	$(BIN)/ruff format relay workers tests bench
-	$(BIN)/ruff check --fix relay workers tests bench
+	$(BIN)/ruff format relay workers tests bench clients
+	$(BIN)/ruff check --fix relay workers tests bench clients
 
 test: lint
 	$(BIN)/python -m pytest
@@ -39,4 +44,4 @@ bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache
+	rm -rf $(VENV) build *.egg-info clients/python/build clients/python/*.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache

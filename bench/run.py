@@ -10,6 +10,8 @@ run:
 3. polling at scale: 10,000 videos, interval 10 s: polls/s, lateness, worker CPU/RSS, Redis;
 4. time to notify: 100 videos completing at random moments, interval 1 s;
 5. cost per delivery: worker CPU per webhook vs orjson + HMAC + POST in one process;
+14. recover: 10,000 failed watches put back by one POST /v1/watches/recover: time to its
+    202, time until all are delivered, the API's GET p99 meanwhile (``bench/recover.py``);
 13. scale: 20,000 watches on 1 and on 8 videos through 1, 2 and 4 workers to two light
     receivers: deliveries/s, Redis CPU, commands, slow log and memory per delivery/watch, the
     API's GET p99 during the fan-out (``bench/scale.py``; one run per configuration);
@@ -49,12 +51,13 @@ import lifetime  # noqa: E402
 import notify  # noqa: E402
 import orjson  # noqa: E402
 import polling  # noqa: E402
+import recover  # noqa: E402
 import registration  # noqa: E402
 import scale  # noqa: E402
 from common import PROFILER, Checks, Figure, percentile, render_table, results_json  # noqa: E402
 from stack import Stack  # noqa: E402
 
-SCENARIOS = ("fanout", "notify", "registration", "polling", "scale", "lifetime")
+SCENARIOS = ("fanout", "notify", "registration", "polling", "scale", "lifetime", "recover")
 RESULTS = HERE / "results.json"
 
 
@@ -453,6 +456,35 @@ async def run_scale(
     return figures, detail
 
 
+async def run_recover(
+    stack: Stack, http: aiohttp.ClientSession, checks: Checks
+) -> tuple[list[Figure], dict[str, Any]]:
+    """Scenario 14: once (each run fails and recovers 10,000 watches)."""
+    r = await recover.run(stack, http, checks)
+    figures = [
+        Figure("recover_accepted_s", "14 recover: request -> 202", "s", [r.accepted_s], "(info)"),
+        Figure(
+            "recover_delivered_s",
+            "14 recover: request -> all delivered",
+            "s",
+            [r.delivered_s],
+            "(info)",
+        ),
+        Figure(
+            "recover_api_get_p99_ms",
+            "14 recover: API GET p99 meanwhile",
+            "ms",
+            [r.get_p99_recover_ms],
+            "<= 2x rest (goal)",
+            _le(2),
+            baseline=[r.get_p99_rest_ms],
+            baseline_label="at rest",
+            target_on_ratio=True,
+        ),
+    ]
+    return figures, asdict(r)
+
+
 async def _main(args: argparse.Namespace, workdir: Path) -> int:
     started = time.monotonic()
     main_task = asyncio.current_task()
@@ -482,6 +514,8 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
                 elif name == "lifetime":
                     got = await lifetime.run(stack, http, checks)
                     figs, detail = lifetime.figures(got), lifetime.detail(got)
+                elif name == "recover":
+                    figs, detail = await run_recover(stack, http, checks)
                 else:
                     figs, detail = await run_polling(stack, http, args.reps, checks)
                 detail["wall_s"] = round(time.monotonic() - t0, 1)

@@ -15,6 +15,8 @@ COMMANDS = {
     "upstream-sim": "run a ScaleReach API simulator (with fault injection)",
     "receiver": "run a webhook receiver that verifies signatures and prints events",
     "demo": "run the whole stack on an embedded Redis, one watch round trip, then exit",
+    "watches": "the operator CLI over the API: list, get, deliveries, redeliver, cancel, "
+    "rotate-secret, ping, recover",
 }
 
 
@@ -48,6 +50,10 @@ def _settings(command: str) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clip-relay`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "watches":  # the operator CLI: the SDK, none of the server
+        from relay.ops_cli import main as watches
+
+        return watches(argv[1:])
     if argv and argv[0] in ("upstream-sim", "receiver"):
         # tools with their own options
         if argv[0] == "upstream-sim":

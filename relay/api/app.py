@@ -22,6 +22,7 @@ from relay.api.appkeys import Lifecycle
 from relay.api.auth import Authenticator
 from relay.api.backpressure import Backpressure
 from relay.api.problems import ProblemError
+from relay.api.recovery import pings_ctx
 from relay.api.routes import setup_routes
 from relay.api.throttle import RateLimiter
 from relay.constants import MAX_BODY_BYTES
@@ -187,6 +188,7 @@ def create_app(settings: Settings) -> web.Application:
     app[k.SECRET_BOX] = SecretBox(settings.secrets_key)
     app[k.LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(pings_ctx)  # after Redis: pings in flight are recorded first
     app.on_shutdown.append(_drain)
     setup_routes(app)
     return app

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
 from relay import __version__
+from relay.api import openapi_events
 from relay.api.models import (
     DeliveryList,
     Health,
@@ -84,6 +85,7 @@ def document() -> dict[str, Any]:
         by_alias=True,
     )
     components = schemas.get("$defs", {})
+    components.update(openapi_events.SCHEMAS)
     watch_404 = {"404": _problem("No such watch for this tenant.")}
     paths: dict[str, Any] = {
         "/v1/watches": {
@@ -171,6 +173,7 @@ def document() -> dict[str, Any]:
                 {"200": _json("SecretOut", "The new secret."), **watch_404},
             ),
         },
+        **openapi_events.paths(_op, _problem, _WATCH_ID),
         "/healthz": {
             "get": {"summary": "Liveness", "responses": {"200": _json("Health", "Alive.")}}
         },
@@ -216,6 +219,7 @@ def document() -> dict[str, Any]:
             + " (Standard Webhooks signatures).",
         },
         "paths": paths,
+        "webhooks": openapi_events.webhooks(),
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

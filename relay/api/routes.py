@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api import openapi, views
+from relay.api import openapi, recovery, views
 
 
 def setup_routes(app: web.Application) -> None:
@@ -17,6 +17,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/v1/watches/{watch_id}/deliveries", views.list_deliveries)
     r.add_post("/v1/watches/{watch_id}/redeliver", views.redeliver)
     r.add_post("/v1/watches/{watch_id}/rotate-secret", views.rotate_secret)
+    r.add_post("/v1/watches/recover", recovery.recover)
+    r.add_post("/v1/watches/{watch_id}/ping", recovery.ping)
     r.add_get("/healthz", views.healthz)
     r.add_get("/readyz", views.readyz)
     r.add_get("/metrics", views.metrics)

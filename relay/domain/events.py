@@ -88,3 +88,8 @@ def body(w: Watch, clips: ClipSet | None) -> bytes:
     if w.event_type == "watch.expired":
         return watch_expired_body(w, at)
     raise ValueError(f"no event to build for watch {w.id} ({w.event_type!r})")
+
+
+def ping_body(w: Watch, at_ms: int) -> bytes:
+    """``watch.ping``: sent on request only, to check a receiver's endpoint and secret."""
+    return _body("watch.ping", at_ms, _base(w))

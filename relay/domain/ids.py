@@ -32,3 +32,9 @@ def event_id(watch_id: str, event_type: str) -> str:
     idempotent: a worker that dies mid fan-out and is re-run creates the same ids again.
     """
     return "evt_" + _encode(hashlib.sha256(f"{watch_id}\x00{event_type}".encode()).digest())
+
+
+def new_event_id() -> str:
+    """A fresh event id (``evt_`` + 120 random bits), for an event that is its own (a
+    ``watch.ping``), not derived from its watch."""
+    return "evt_" + _encode(secrets.token_bytes(15))

@@ -44,6 +44,13 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+# what a refusal at registration adds: the first callback anyone tries is on localhost
+ALLOW_HINT = (
+    "; to allow it, add its network or host name to RELAY_CALLBACK_ALLOW "
+    "(e.g. RELAY_CALLBACK_ALLOW=127.0.0.1/32)"
+)
+
+
 class CallbackRefused(ValueError):
     """The callback URL is not allowed; the message says why (safe to show the caller)."""
 
@@ -110,7 +117,9 @@ class CallbackPolicy:
         ip = literal_ip(host)
         if ip is not None:
             if not self.ip_allowed(ip):
-                raise CallbackRefused("points to a private, loopback or reserved address")
+                raise CallbackRefused(
+                    "points to a private, loopback or reserved address" + ALLOW_HINT
+                )
             return parsed
         try:
             found = await self.resolver.resolve(host)
@@ -118,7 +127,9 @@ class CallbackPolicy:
             raise CallbackRefused("host name does not resolve") from None
         addresses = {ipaddress.ip_address(ip.split("%", 1)[0]) for _, ip in found}
         if not addresses or not all(self.ip_allowed(a) for a in addresses):
-            raise CallbackRefused("host resolves to a private, loopback or reserved address")
+            raise CallbackRefused(
+                "host resolves to a private, loopback or reserved address" + ALLOW_HINT
+            )
         return parsed
 
     async def resolve(self, host: str, port: int) -> list[tuple[int, SockAddr]]:

@@ -19,7 +19,7 @@ from relay.domain import attempts
 from relay.domain.clock import now_ms
 from relay.domain.listing import Page, decode_cursor, encode_cursor
 from relay.domain.watch import SecretEntry, Watch
-from relay.store import scripts
+from relay.store import recovery, scripts
 from relay.store.codec import (
     RECORD_PREFIX,
     STATE_FIELDS,
@@ -66,6 +66,8 @@ class Watches:
         self._cancel = scripts.register(redis, "cancel")
         self._redeliver = scripts.register(redis, "redeliver")
         self._rotate = scripts.register(redis, "rotate_keys")
+        self._recover = scripts.register(redis, "recover")  # recover(): relay.store.recovery
+        self._record_ping = scripts.register(redis, "record_ping")
 
     async def create(
         self,
@@ -256,6 +258,15 @@ class Watches:
         )
         event_type = (h.get("ev") or "").split("|", 1)[0] or watch.event_type
         return [attempts.expand(watch.id, event_type, raw) for _, raw in records]
+
+    async def recover(self, tenant: str, since_ms: int, until_ms: int) -> int:
+        """Put the tenant's watches that became failed in [since_ms, until_ms) back to
+        delivering their last event (:func:`relay.store.recovery.recover`); how many."""
+        return await recovery.recover(self._recover, tenant, since_ms, until_ms)
+
+    async def record_ping(self, watch_id: str, record: bytes) -> int | None:
+        """Add a ``watch.ping`` attempt to the watch's records, its status untouched."""
+        return await recovery.record_ping(self._record_ping, watch_id, record)
 
     async def tenant_counts(self, tenant: str) -> dict[str, int]:
         """Number of a tenant's watches in each status."""

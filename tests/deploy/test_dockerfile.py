@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements.lock"
 BASE_IMAGE = "python:3.11-slim-bookworm"
-SUBCOMMANDS = ("api", "worker", "upstream-sim", "receiver", "demo")
+SUBCOMMANDS = ("api", "worker", "upstream-sim", "receiver", "demo", "watches")
 
 
 # ------------------------------------------------------------------------------------------
@@ -234,7 +234,9 @@ def test_copied_sources_are_in_the_build_context() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     context = list(build_context())
     tops = {c.split("/")[0] for c in context}
-    assert tops <= {"pyproject.toml", "README.md", "requirements.lock", "relay", "workers"}
+    allowed = {"pyproject.toml", "README.md", "requirements.lock", "relay", "workers", "clients"}
+    assert tops <= allowed
+    assert not [c for c in context if c.startswith("clients/") and "clip_relay_client/" not in c]
     assert not [c for c in context if "__pycache__" in c or c.endswith(".pyc")]
     patterns = _ignore_patterns()
     for private in (".git/config", ".venv/bin/python", "tests/x.py", "k8s/base/x", ".env"):
@@ -381,3 +383,13 @@ def test_recipe_installs_from_the_lock_and_runs(tmp_path: Path) -> None:
     result = _run([str(bin_dir / "clip-relay"), "--help"], cwd=tmp_path, timeout=60)
     for command in SUBCOMMANDS:
         assert re.search(rf"\b{re.escape(command)}\b", result.stdout), (command, result.stdout)
+    # the operator CLI works from the plain install: the SDK and httpx came with it
+    watches = [str(bin_dir / "clip-relay"), "watches", "list", "--api-key", "k"]
+    refused = subprocess.run(
+        [*watches, "--api-url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1 and "cannot reach" in refused.stderr, refused.stderr

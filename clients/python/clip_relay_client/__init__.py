@@ -1,0 +1,26 @@
+"""clip-relay's Python client: the registration API (:class:`Client`, :class:`AsyncClient`)
+and webhook verification (:func:`verify`). Depends on httpx and the standard library only."""
+
+from __future__ import annotations
+
+from clip_relay_client._errors import ApiError, ClipRelayError, WebhookVerificationError
+from clip_relay_client.client import AsyncClient, Client
+from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchStatus
+from clip_relay_client.webhooks import Event, EventType, verify
+
+__version__ = "0.1.0"
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "Client",
+    "ClipRelayError",
+    "Delivery",
+    "Event",
+    "EventType",
+    "SecretRotation",
+    "Watch",
+    "WatchStatus",
+    "WebhookVerificationError",
+    "__version__",
+    "verify",
+]

@@ -1,0 +1,202 @@
+"""What :class:`Client` and :class:`AsyncClient` share: building requests, reading answers,
+deciding on retries. No I/O here."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from clip_relay_client._errors import ApiError
+
+__all__ = ["DEFAULT_TIMEOUT", "Call", "Core"]
+
+DEFAULT_TIMEOUT = 10.0  # seconds per request (connect, send, answer each)
+RETRY_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One API request. *retry*: safe to send again (idempotent, or made so by an
+    Idempotency-Key)."""
+
+    method: str
+    path: str
+    retry: bool
+    params: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def watch_path(watch_id: str, action: str = "") -> str:
+    """The path of a watch (its id quoted: never another route)."""
+    path = "/v1/watches/" + quote(watch_id, safe="")
+    return f"{path}/{action}" if action else path
+
+
+def rfc3339(value: datetime | str) -> str:
+    """A time as the API reads it: RFC 3339 in UTC (an aware datetime, or a string as is)."""
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        raise ValueError("give an aware datetime (e.g. datetime.now(UTC)), not a naive one")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds the API asked to wait (``Retry-After``: seconds or an HTTP date), if any."""
+    raw = response.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def api_error(response: httpx.Response) -> ApiError:
+    """The error an answer of status >= 400 stands for (a problem document, or not)."""
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        doc = {"status": response.status_code, "title": response.reason_phrase or "Error"}
+    errors = doc.get("errors")
+    return ApiError(
+        int(doc.get("status") or response.status_code),
+        str(doc.get("title") or response.reason_phrase or "Error"),
+        doc.get("detail"),
+        type=doc.get("type"),
+        errors=[e for e in errors if isinstance(e, Mapping)] if isinstance(errors, list) else (),
+        problem=doc,
+        retry_after=retry_after(response),
+    )
+
+
+class Core:
+    """Settings and the pure parts of the two clients."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_wait: float = 30.0,
+    ) -> None:
+        if not base_url:
+            raise ValueError("base_url is required (e.g. https://relay.example.com)")
+        if not api_key:
+            raise ValueError("api_key is required (a key of the relay's RELAY_API_KEYS)")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = httpx.Timeout(timeout)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_wait = max_wait
+        self.headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "User-Agent": "clip-relay-client/0.1",
+        }
+
+    def request(self, call: Call) -> tuple[str, str, dict[str, str], bytes | None]:
+        """Method, URL, headers and body of *call*."""
+        url = self.base_url + call.path
+        headers = dict(call.headers)
+        body = None
+        if call.body is not None:
+            body = json.dumps(call.body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        return call.method, url, headers, body
+
+    def wait_before_retry(
+        self, call: Call, tries: int, response: httpx.Response | None, error: Exception | None
+    ) -> float | None:
+        """Seconds to wait before sending *call* again after try number *tries* ended with
+        *response* or *error*; None: do not retry."""
+        if tries > self.max_retries:
+            return None
+        if error is not None:
+            # a connection never made carried nothing: any call may go again
+            if not (call.retry or isinstance(error, httpx.ConnectError)):
+                return None
+        elif response is None or response.status_code not in RETRY_STATUSES or not call.retry:
+            return None
+        delay = self.backoff * 2.0 ** (tries - 1) * random.uniform(0.5, 1.0)
+        asked = retry_after(response) if response is not None else None
+        if asked is not None:
+            delay = max(delay, asked)
+        return min(delay, self.max_wait)
+
+    @staticmethod
+    def read(response: httpx.Response) -> Any:
+        """The JSON of a successful answer (None for 204); :class:`ApiError` otherwise."""
+        if response.status_code >= 400:
+            raise api_error(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+
+def create_call(
+    *,
+    video_id: str,
+    callback_url: str,
+    min_score: float | None,
+    max_score: float | None,
+    favorited_only: bool | None,
+    sort_by: str | None,
+    sort_order: str | None,
+    metadata: Mapping[str, Any] | None,
+    secret: str | None,
+    idempotency_key: str | None,
+) -> Call:
+    """``POST /v1/watches``: retried only with an Idempotency-Key (the same watch then)."""
+    body: dict[str, Any] = {"videoId": video_id, "callbackUrl": callback_url}
+    optional = {
+        "minScore": min_score,
+        "maxScore": max_score,
+        "favoritedOnly": favorited_only,
+        "sortBy": sort_by,
+        "sortOrder": sort_order,
+        "metadata": None if metadata is None else dict(metadata),
+        "secret": secret,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    return Call("POST", "/v1/watches", retry=bool(idempotency_key), body=body, headers=headers)
+
+
+def list_call(video_id: str | None, status: str | None, limit: int, cursor: str | None) -> Call:
+    """``GET /v1/watches``, one page."""
+    params = {"limit": str(limit)}
+    if video_id is not None:
+        params["videoId"] = video_id
+    if status is not None:
+        params["status"] = status
+    if cursor is not None:
+        params["cursor"] = cursor
+    return Call("GET", "/v1/watches", retry=True, params=params)
+
+
+def recover_call(since: datetime | str, until: datetime | str | None) -> Call:
+    """``POST /v1/watches/recover``: safe to send twice (a watch put back is skipped)."""
+    body = {"since": rfc3339(since)}
+    if until is not None:
+        body["until"] = rfc3339(until)
+    return Call("POST", "/v1/watches/recover", retry=True, body=body)

@@ -1,0 +1,154 @@
+"""``POST /v1/watches/recover`` and ``POST /v1/watches/{id}/ping``.
+
+A ping is sent by the API process itself, not by the worker: one attempt, never retried,
+so it needs none of the worker's schedule, claims or lanes. The view answers 202 and a
+background task (kept in a set the app awaits on shutdown) signs the ``watch.ping`` event
+with the watch's secrets, POSTs it through the SSRF-checking webhook client, and appends
+the attempt to the watch's records (``record_ping.lua``) without touching its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from relay import logs
+from relay.api import appkeys as k
+from relay.api import views
+from relay.api.problems import ProblemError, invalid
+from relay.domain import attempts
+from relay.domain.clock import now_ms
+from relay.domain.events import ping_body
+from relay.domain.ids import new_event_id
+from relay.domain.signing import secret_bytes, sign_headers
+from relay.domain.watch import Watch
+from relay.http.webhook import Target, WebhookClient, WebhookError
+
+log = logs.get("relay.api.recovery")
+RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+TIME_RULE = "must be an RFC 3339 timestamp with a time zone, e.g. 2026-11-28T10:00:00Z"
+RECOVER_FIELDS = ("since", "until")
+
+
+class Pings:
+    """The API's webhook client for pings and the pings in flight."""
+
+    def __init__(self, client: WebhookClient) -> None:
+        self.client = client
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, coro: Any) -> None:
+        """Run *coro* in the background, kept until done (awaited on shutdown)."""
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+PINGS = web.AppKey("pings", Pings)
+
+
+async def pings_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The ping client for the app's life; pings in flight finish (or time out) first."""
+    settings = app[k.SETTINGS]
+    client = WebhookClient(app[k.POLICY], timeout=settings.delivery_timeout, max_idle=16)
+    app[PINGS] = pings = Pings(client)
+    yield
+    if pings.tasks:
+        await asyncio.wait(list(pings.tasks), timeout=settings.delivery_timeout + 1)
+    await client.close()
+
+
+def _time(body: dict[str, Any], name: str, errors: list[dict[str, str]]) -> int | None:
+    """The field *name* as ms since the epoch (None: absent or bad, noted in *errors*)."""
+    if name not in body:
+        return None
+    raw = body[name]
+    if not isinstance(raw, str) or not RFC3339.fullmatch(raw):
+        errors.append({"field": name, "message": TIME_RULE})
+        return None
+    try:
+        when = datetime.fromisoformat(raw.upper().replace(" ", "T").replace("Z", "+00:00"))
+    except ValueError:  # e.g. month 13
+        errors.append({"field": name, "message": TIME_RULE})
+        return None
+    return int(when.timestamp() * 1000)
+
+
+async def recover(request: web.Request) -> web.Response:
+    """``POST /v1/watches/recover`` ``{"since", "until"?}``: the caller's watches that
+    became failed in [since, until) deliver their last event again; 202 ``{"count"}``."""
+    body = await views.read_json(request)
+    if not isinstance(body, dict):
+        raise invalid([{"field": "body", "message": "must be a JSON object"}])
+    errors = [
+        {"field": name, "message": "unknown field"}
+        for name in sorted(set(body) - set(RECOVER_FIELDS))
+    ]
+    if "since" not in body:
+        errors.append({"field": "since", "message": "is required; " + TIME_RULE})
+    since = _time(body, "since", errors)
+    until = _time(body, "until", errors) if "until" in body else now_ms() + 1  # now included
+    if since is not None and until is not None and until <= since:
+        errors.append({"field": "until", "message": "must be later than since"})
+    if errors or since is None or until is None:
+        raise invalid(errors)
+    tenant = views.principal(request).tenant
+    count = await request.app[k.STORE].watches.recover(tenant, since, until)
+    log.info("recover", since=since, until=until, count=count)
+    return views.json_response({"count": count}, status=202)
+
+
+async def ping(request: web.Request) -> web.Response:
+    """``POST /v1/watches/{id}/ping``: one signed ``watch.ping`` to the receiver, in the
+    background; 202 at once."""
+    watch = await views._own_watch(request)
+    if watch.status == "cancelled":
+        raise ProblemError(
+            409,
+            "Watch cancelled",
+            "nothing is sent to the receiver of a cancelled watch",
+            slug="cancelled",
+        )
+    app = request.app
+    app[PINGS].start(send_ping(app, watch))
+    return views.json_response({"watchId": watch.id}, status=202)
+
+
+async def send_ping(app: web.Application, w: Watch) -> None:
+    """Sign and POST one ``watch.ping`` to the watch's callback; record the attempt."""
+    started = time.time()
+    at = int(started * 1000)
+    ping_id = new_event_id()
+    code: int | None = None
+    error: str | None = None
+    answer = ""
+    try:
+        body = ping_body(w, at)
+        box = app[k.SECRET_BOX]
+        keys = [secret_bytes(box.open(s.sealed)) for s in w.signing_secrets(at)]
+        headers = sign_headers(keys, ping_id, int(started), body)
+        reply = await app[PINGS].client.post(Target.of(URL(w.callback_url)), headers.items(), body)
+        code = reply.status
+        answer = reply.body.decode(errors="replace")
+    except TimeoutError:
+        error = "timeout"
+    except WebhookError as exc:
+        error = str(exc)
+    except (OSError, ValueError) as exc:  # e.g. a callback refused by the SSRF policy
+        error = f"{type(exc).__name__}: {exc}"[:200]
+    latency_ms = round((time.time() - started) * 1000, 2)
+    record = attempts.ping_record(at, code, error, latency_ms, answer or None, ping_id)
+    try:
+        await app[k.STORE].watches.record_ping(w.id, record)
+    except Exception as exc:  # the attempt was made; only its record is lost
+        log.warning("ping not recorded", watch_id=w.id, error=type(exc).__name__)
+    log.info("ping", watch_id=w.id, event_id=ping_id, status_code=code, error=error)

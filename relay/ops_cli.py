@@ -1,0 +1,175 @@
+"""``clip-relay watches ...``: the operator CLI over the API, through the client SDK.
+
+``RELAY_API_URL`` and ``RELAY_API_KEY`` (or ``--api-url``/``--api-key``) say which relay and
+tenant; tables for people, ``--json`` for scripts (the API's own documents); an API error
+exits 1 naming the problem's status and title. Imported by :mod:`relay.cli` only when the
+command is ``watches``, and the only module of ``relay`` that uses :mod:`clip_relay_client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from clip_relay_client import ApiError, Client, Delivery, Watch
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+STATUSES = ("watching", "delivering", "delivered", "failed", "disabled", "cancelled")
+Out = Callable[[str], None]
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--api-url",
+        default=os.environ.get("RELAY_API_URL", DEFAULT_URL),
+        help=f"the relay's base URL (default: RELAY_API_URL, else {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--api-key",
+        default=os.environ.get("RELAY_API_KEY", ""),
+        help="an API key of RELAY_API_KEYS: its tenant's watches (default: RELAY_API_KEY)",
+    )
+    common.add_argument("--json", action="store_true", help="print the API's JSON documents")
+    common.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    """``clip-relay watches`` and its commands."""
+    common = _common()
+    top = argparse.ArgumentParser(
+        prog="clip-relay watches",
+        description="Look at and act on a tenant's watches through the relay's API.",
+    )
+    sub = top.add_subparsers(dest="action", metavar="COMMAND", required=True)
+
+    def add(name: str, text: str, *, watch_id: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, parents=[common])
+        if watch_id:
+            p.add_argument("id", metavar="ID", help="the watch id (wat_...)")
+        return p
+
+    lister = add("list", "list watches, newest first", watch_id=False)
+    lister.add_argument("--video-id", help="only the watches of this video")
+    lister.add_argument("--status", choices=STATUSES, help="only the watches in this status")
+    lister.add_argument(
+        "--limit", type=int, default=100, help="at most this many (default 100; 0: all)"
+    )
+    add("get", "show one watch")
+    add("deliveries", "list every delivery attempt of a watch, oldest first")
+    add("redeliver", "send a watch's last event again (same webhook-id)")
+    add("cancel", "cancel a watch: nothing is delivered afterwards")
+    add("rotate-secret", "give a watch a new webhook secret (printed once)")
+    add("ping", "send the watch's receiver one signed watch.ping event")
+    recover = add(
+        "recover", "deliver again every watch that became failed since a time", watch_id=False
+    )
+    recover.add_argument("--since", required=True, help="RFC 3339, e.g. 2026-11-28T10:00:00Z")
+    recover.add_argument("--until", help="RFC 3339 (default: now), not included")
+    return top
+
+
+def _time(value: Any) -> str:
+    return value.isoformat(timespec="seconds").replace("+00:00", "Z") if value else "-"
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """Plain aligned columns."""
+    cells = [list(header)] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def watch_rows(watches: Sequence[Watch]) -> str:
+    """Watches as a table."""
+    rows = [
+        (w.id, w.status, w.video_id, w.last_event_type, _time(w.updated_at), w.callback_url)
+        for w in watches
+    ]
+    return table(rows, ("ID", "STATUS", "VIDEO", "EVENT", "UPDATED", "CALLBACK"))
+
+
+def watch_card(w: Watch) -> str:
+    """One watch, field by field."""
+    rows = [(k, json.dumps(v) if isinstance(v, dict | list) else v) for k, v in w.raw.items()]
+    return table(rows, ("FIELD", "VALUE"))
+
+
+def delivery_rows(attempts: Sequence[Delivery]) -> str:
+    """Attempts as a table."""
+    rows = [
+        (d.attempt, d.event_type, d.event_id, _time(d.at), d.status_code, d.error, d.latency_ms)
+        for d in attempts
+    ]
+    return table(rows, ("ATTEMPT", "EVENT", "EVENT ID", "AT", "CODE", "ERROR", "MS"))
+
+
+def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
+    """Carry out one command."""
+    as_json = args.json
+
+    def emit(doc: Any, text: str) -> None:
+        out(json.dumps(doc, indent=2) if as_json else text)
+
+    action = args.action
+    if action == "list":
+        found: list[Watch] = []
+        page = min(args.limit, 100) if args.limit > 0 else 100
+        for w in relay.list_watches(video_id=args.video_id, status=args.status, page_size=page):
+            found.append(w)
+            if len(found) == args.limit:
+                break
+        emit({"data": [w.raw for w in found]}, watch_rows(found))
+    elif action == "get":
+        w = relay.get_watch(args.id)
+        emit(w.raw, watch_card(w))
+    elif action == "deliveries":
+        attempts = relay.deliveries(args.id)
+        emit({"data": [d.raw for d in attempts]}, delivery_rows(attempts))
+    elif action == "redeliver":
+        w = relay.redeliver(args.id)
+        emit(w.raw, f"{w.id}: {w.status}, its last event is being sent again")
+    elif action == "cancel":
+        relay.cancel_watch(args.id)
+        emit({"id": args.id, "status": "cancelled"}, f"{args.id}: cancelled")
+    elif action == "rotate-secret":
+        r = relay.rotate_secret(args.id)
+        until = _time(r.previous_secret_expires_at)
+        emit(r.raw, f"new secret: {r.secret}\nthe previous one signs beside it until {until}")
+    elif action == "ping":
+        relay.ping(args.id)
+        emit({"watchId": args.id}, f"{args.id}: watch.ping sent (see its deliveries)")
+    elif action == "recover":
+        n = relay.recover(args.since, args.until)
+        emit({"count": n}, f"{n} failed watch(es) put back to delivering")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``clip-relay watches ...``; the exit status."""
+    args = parser().parse_args(argv)
+    if not args.api_key:
+        print("clip-relay watches: set RELAY_API_KEY or give --api-key", file=sys.stderr)
+        return 2
+    try:
+        with Client(args.api_url, args.api_key, timeout=args.timeout, max_retries=2) as relay:
+            run(args, relay, print)
+    except ApiError as exc:
+        print(f"clip-relay watches: {exc.status} {exc.title}", file=sys.stderr)
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {e.get('field')}: {e.get('message')}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"clip-relay watches: cannot reach {args.api_url}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,45 @@
+"""Bulk recovery of failed watches and the record of a ``watch.ping`` attempt.
+
+``recover`` reads a tenant's index of failed watches by the time each became failed
+(``cr:t:<tenant>:s:failed``, written by ``settle.lua``) in batches of
+:data:`RECOVER_BATCH`, one ``recover.lua`` call each: no scan of the keyspace, bounded work
+per call. Each batch takes what it read out of the index, so two recovers running at once
+never put the same watch back twice (docs/architecture.md, "Recovery and ping").
+"""
+
+from __future__ import annotations
+
+from redis.commands.core import AsyncScript
+
+from relay import constants as c
+from relay.domain.clock import now_ms
+from relay.store.scripts import SCRIPT_BATCH
+
+RECOVER_BATCH = SCRIPT_BATCH  # index entries per recover.lua call
+
+
+async def recover(
+    script: AsyncScript, tenant: str, since_ms: int, until_ms: int, batch: int = RECOVER_BATCH
+) -> int:
+    """Put back every watch of *tenant* that became failed in [since_ms, until_ms); the
+    number put back."""
+    keys = [
+        c.TENANT_FINAL_KEY.format(tenant, "failed"),
+        c.DELIVERY_SCHEDULE_KEY,
+        c.WATCH_COUNTS_KEY,
+        c.TENANT_COUNTS_KEY.format(tenant),
+    ]
+    total = 0
+    while True:
+        read, moved = await script(
+            keys=keys, args=[since_ms, until_ms, batch, now_ms(), c.WATCH_PREFIX]
+        )
+        total += int(moved)
+        if int(read) < batch:
+            return total
+
+
+async def record_ping(script: AsyncScript, watch_id: str, record: bytes) -> int | None:
+    """Append *record* to the watch's attempt records (its next number); None: no watch."""
+    seq = await script(keys=[c.WATCH_KEY.format(watch_id)], args=[record, c.MAX_ATTEMPTS_KEPT])
+    return int(seq) if seq else None

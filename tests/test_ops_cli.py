@@ -1,0 +1,127 @@
+"""``clip-relay watches ...``, the operator CLI, as a process against the real API on
+loopback (SPEC.md, "Processes and commands"): tables for people, the API's own documents
+with ``--json``, exit 1 naming the problem's status and title on an API error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from relay.devtools.receiver import Receiver
+from tests.conftest import TENANT_A_KEY, auth
+from tests.test_worker import register, sim_video, wait_watch
+
+Api = TestClient[web.Request, web.Application]
+Rec = tuple[Receiver, str]
+CLI = str(Path(sys.executable).with_name("clip-relay"))
+COMMANDS = ("list", "get", "deliveries", "redeliver", "cancel", "rotate-secret", "ping", "recover")
+NEVER_DONE = [{"status": "analyzing", "progress": 10, "after": 0}]
+
+
+async def cli(api: Api | None, *args: str, key: str = TENANT_A_KEY) -> tuple[int, str, str]:
+    """Run ``clip-relay watches *args`` with RELAY_API_URL/RELAY_API_KEY set for *api*."""
+    env = dict(os.environ, RELAY_API_KEY=key, LOG_FORMAT="console")
+    if api is not None:
+        env["RELAY_API_URL"] = str(api.make_url("")).rstrip("/")
+    proc = await asyncio.create_subprocess_exec(
+        CLI,
+        "watches",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def api_json(api: Api, path: str) -> Any:
+    return await (await api.get(path, headers=auth())).json()
+
+
+async def test_list_and_get_show_what_the_api_shows(api: Api, sim: Api, receiver: Rec) -> None:
+    """``list --json`` and ``get ID --json`` print the API's documents; without --json, a
+    table naming each watch; filters by status and video."""
+    vids = [await sim_video(sim, timeline=NEVER_DONE) for _ in range(3)]
+    watches = [await register(api, receiver, v) for v in vids]
+    code, out, _ = await cli(api, "list", "--json")
+    assert code == 0
+    assert json.loads(out)["data"] == (await api_json(api, "/v1/watches"))["data"]
+    code, out, _ = await cli(api, "get", watches[0]["id"], "--json")
+    assert code == 0 and json.loads(out) == await api_json(api, f"/v1/watches/{watches[0]['id']}")
+    code, out, _ = await cli(api, "list", "--video-id", vids[1], "--status", "watching")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["ID", "STATUS", "VIDEO"]
+    assert len(lines) == 2 and lines[1].split()[:3] == [watches[1]["id"], "watching", vids[1]]
+    code, out, _ = await cli(api, "get", watches[2]["id"])
+    assert code == 0 and watches[2]["callbackUrl"] in out and "videoId" in out
+    code, out, _ = await cli(api, "list", "--limit", "2", "--json")
+    assert len(json.loads(out)["data"]) == 2
+
+
+async def test_actions_on_a_delivered_watch(api: Api, sim: Api, receiver: Rec, worker: Any) -> None:
+    """deliveries, redeliver, rotate-secret, ping, recover and cancel, each with and without
+    --json."""
+    rec = receiver[0]
+    w = await register(api, receiver, await sim_video(sim))
+    wid = w["id"]
+    await wait_watch(api, wid)
+    code, out, _ = await cli(api, "deliveries", wid, "--json")
+    assert code == 0 and json.loads(out) == await api_json(api, f"/v1/watches/{wid}/deliveries")
+    code, out, _ = await cli(api, "deliveries", wid)
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["ATTEMPT", "EVENT"]
+    assert "clips.ready" in out and "204" in out
+    code, out, _ = await cli(api, "redeliver", wid, "--json")
+    assert code == 0 and json.loads(out)["id"] == wid
+    await wait_watch(api, wid)
+    code, out, _ = await cli(api, "rotate-secret", wid, "--json")
+    new_secret = json.loads(out)["secret"]
+    assert code == 0 and new_secret.startswith("whsec_")
+    code, out, _ = await cli(api, "rotate-secret", wid)
+    assert code == 0 and "new secret: whsec_" in out
+    code, out, _ = await cli(api, "ping", wid)
+    assert code == 0 and "watch.ping" in out
+    await rec.wait_for(2, timeout=5)  # unique ids: clips.ready (sent twice), the ping
+    assert [e.event["type"] for e in rec.events][-1] == "watch.ping"
+    code, out, _ = await cli(api, "recover", "--since", "2026-01-01T00:00:00Z", "--json")
+    assert code == 0 and json.loads(out) == {"count": 0}
+    code, out, _ = await cli(
+        api, "recover", "--since", "2026-01-01T00:00:00Z", "--until", "2026-02-01T00:00:00Z"
+    )
+    assert code == 0 and out.startswith("0 ")
+    code, out, _ = await cli(api, "cancel", wid)
+    assert code == 0 and "cancelled" in out
+    assert (await api_json(api, f"/v1/watches/{wid}"))["status"] == "cancelled"
+
+
+async def test_api_errors_exit_1_naming_status_and_title(api: Api) -> None:
+    """A wrong key names 401; an unknown watch 404; a bad time 422 and its field; no key at
+    all is a usage error (2); an unreachable API exits 1."""
+    code, out, err = await cli(api, "list", key="wrong-key")
+    assert code == 1 and "401 Unauthorized" in err and out == ""
+    code, _, err = await cli(api, "get", "wat_" + "a" * 24)
+    assert code == 1 and "404" in err
+    code, _, err = await cli(api, "recover", "--since", "yesterday")
+    assert code == 1 and "422" in err and "since" in err
+    code, _, err = await cli(api, "list", key="")
+    assert code == 2 and "RELAY_API_KEY" in err
+    code, _, err = await cli(None, "list", "--api-url", "http://127.0.0.1:9")
+    assert code == 1 and "cannot reach" in err
+
+
+async def test_every_command_has_help() -> None:
+    """``--help`` on the group and on every command."""
+    runs = await asyncio.gather(
+        cli(None, "--help"), *(cli(None, name, "--help") for name in COMMANDS)
+    )
+    for name, (code, out, _) in zip(("watches", *COMMANDS), runs, strict=True):
+        assert code == 0 and "usage: clip-relay watches" in out, name
+        assert "--json" in out or name == "watches"

@@ -1,0 +1,281 @@
+"""``POST /v1/watches/recover`` and ``POST /v1/watches/{id}/ping`` through a real worker, a
+real receiver and a real Redis (SPEC.md, "Registration API")."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from relay.api import appkeys as k
+from relay.devtools.receiver import Receiver
+from tests.conftest import TENANT_B_KEY, auth
+from tests.test_worker import deliveries, sim_video, wait_watch
+
+Client = TestClient[web.Request, web.Application]
+Rec = tuple[Receiver, str]
+NEVER_DONE = [{"status": "analyzing", "progress": 10, "after": 0}]
+
+
+async def register(
+    api: Client, rec: Rec, video_id: str, path: str, key: str | None = None
+) -> dict[str, Any]:
+    receiver, base = rec
+    resp = await api.post(
+        "/v1/watches",
+        json={"videoId": video_id, "callbackUrl": base + path},
+        headers=auth(key) if key else auth(),
+    )
+    assert resp.status == 201, await resp.text()
+    watch: dict[str, Any] = await resp.json()
+    receiver.add_secret(watch["secret"])
+    return watch
+
+
+async def failing_watch(
+    api: Client, sim: Client, rec: Rec, path: str, key: str | None = None
+) -> str:
+    rec[0].script(path, [500] * 4)  # the first attempt and the three retries of the schedule
+    w = await register(api, rec, await sim_video(sim), path, key)
+    return str(w["id"])
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ids_by_path(receiver: Receiver) -> Counter[str]:
+    return Counter(e.path for e in receiver.events)
+
+
+async def test_recover_resends_the_tenants_recent_failures_once_with_their_event_ids(
+    api: Client, worker: Any, sim: Client, receiver: Rec, redis: Redis
+) -> None:
+    """Recover since T: every watch of the caller that became failed after T gets its last
+    event again (same webhook-id) and ends delivered, attempt records numbered on; older
+    failures and another tenant's stay failed; two recovers at once send nothing twice; the
+    status counters follow."""
+    rec = receiver[0]
+    older = await failing_watch(api, sim, receiver, "/older")
+    await wait_watch(api, older)
+    await asyncio.sleep(0.05)
+    since = time.time()
+    await asyncio.sleep(0.05)
+    mine = [await failing_watch(api, sim, receiver, f"/down{i}") for i in range(5)]
+    theirs = await failing_watch(api, sim, receiver, "/theirs", TENANT_B_KEY)
+    for wid in mine:
+        assert (await wait_watch(api, wid))["status"] == "failed"
+    b = await api.get(f"/v1/watches/{theirs}", headers=auth(TENANT_B_KEY))
+    for _ in range(200):
+        if (await b.json())["status"] == "failed":
+            break
+        await asyncio.sleep(0.05)
+        b = await api.get(f"/v1/watches/{theirs}", headers=auth(TENANT_B_KEY))
+    before = ids_by_path(rec)
+    assert all(before[f"/down{i}"] == 4 for i in range(5)), before
+    # the receiver has healed: its scripts are used up, it answers 204 now
+
+    answers = await asyncio.gather(
+        *(
+            api.post("/v1/watches/recover", json={"since": iso(since)}, headers=auth())
+            for _ in range(2)
+        )
+    )
+    assert [a.status for a in answers] == [202, 202]
+    counts = [(await a.json())["count"] for a in answers]
+    assert sum(counts) == 5, counts
+
+    for wid in mine:
+        assert (await wait_watch(api, wid))["status"] == "delivered"
+    await asyncio.sleep(0.5)  # longer than the retry schedule: anything sent twice shows now
+    after = ids_by_path(rec)
+    assert all(after[f"/down{i}"] == 5 for i in range(5)), after
+    assert after["/older"] == before["/older"] and after["/theirs"] == before["/theirs"]
+    for i, wid in enumerate(mine):
+        sent = {e.webhook_id for e in rec.events if e.path == f"/down{i}"}
+        records = await deliveries(api, wid)
+        assert len(sent) == 1 and {r["eventId"] for r in records} == sent
+        assert [r["statusCode"] for r in records] == [500, 500, 500, 500, 204]
+    assert (await wait_watch(api, older))["status"] == "failed"
+    theirs_now = await (await api.get(f"/v1/watches/{theirs}", headers=auth(TENANT_B_KEY))).json()
+    assert theirs_now["status"] == "failed"
+    tenant_a = await redis.hgetall("cr:t:tenant-a:n")
+    assert tenant_a["failed"] == "1" and tenant_a["delivered"] == "5"
+    assert tenant_a.get("delivering", "0") == "0"
+    everyone = await redis.hgetall("cr:stats:watches")
+    assert everyone["failed"] == "2" and everyone["delivered"] == "5"
+    # recovering again finds nothing: put back once, delivered
+    again = await api.post("/v1/watches/recover", json={"since": iso(since)}, headers=auth())
+    assert (await again.json()) == {"count": 0}
+
+
+async def test_recover_until_bounds_the_range(
+    api: Client, worker: Any, sim: Client, receiver: Rec
+) -> None:
+    """[since, until): a failure at or after *until* is not put back."""
+    first = await failing_watch(api, sim, receiver, "/first")
+    await wait_watch(api, first)
+    until = time.time()
+    await asyncio.sleep(0.05)
+    second = await failing_watch(api, sim, receiver, "/second")
+    await wait_watch(api, second)
+    body = {"since": iso(until - 60), "until": iso(until)}
+    resp = await api.post("/v1/watches/recover", json=body, headers=auth())
+    assert resp.status == 202 and (await resp.json()) == {"count": 1}
+    assert (await wait_watch(api, first))["status"] == "delivered"
+    assert (await wait_watch(api, second))["status"] == "failed"
+
+
+async def test_recover_rejects_bad_times_naming_the_field(api: Client) -> None:
+    """since is required; since and until are RFC 3339 timestamps with a zone; until is later
+    than since; no other field: 422 naming each."""
+    cases = [
+        ({}, "since"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2026-11-28T10:00:00"}, "since"),  # no time zone
+        ({"since": 1764324000}, "since"),
+        ({"since": None}, "since"),
+        ({"since": "2026-11-28T10:00:00Z", "until": None}, "until"),
+        ({"since": "2026-13-28T10:00:00Z"}, "since"),
+        ({"since": "2026-11-28T10:00:00Z", "until": "2026-11-28T09:00:00+00:00"}, "until"),
+        ({"since": "2026-11-28T10:00:00Z", "until": "soon"}, "until"),
+        ({"since": "2026-11-28T10:00:00Z", "limit": 5}, "limit"),
+    ]
+    for body, field in cases:
+        resp = await api.post("/v1/watches/recover", json=body, headers=auth())
+        assert resp.status == 422, (body, await resp.text())
+        problem = await resp.json()
+        assert field in [e["field"] for e in problem["errors"]], (body, problem)
+        assert "RFC 3339" in problem["detail"] or field in ("until", "limit")
+    resp = await api.post("/v1/watches/recover", json=[], headers=auth())
+    assert resp.status == 422
+    ok = {"since": "2026-11-28T10:00:00.123456+01:00", "until": "2026-11-28 12:00:00z"}
+    resp = await api.post("/v1/watches/recover", json=ok, headers=auth())
+    assert resp.status == 202 and (await resp.json()) == {"count": 0}
+    resp = await api.post("/v1/watches/recover", json=ok)
+    assert resp.status == 401
+
+
+async def test_ping_reaches_the_receiver_signed_and_leaves_the_status_alone(
+    api: Client, sim: Client, receiver: Rec
+) -> None:
+    """One signed watch.ping (data: watchId, videoId, metadata) to the receiver, recorded in
+    deliveries as one attempt with its own event id; the watch is still watching."""
+    rec = receiver[0]
+    vid = await sim_video(sim, timeline=NEVER_DONE)
+    w = await register(api, receiver, vid, "/ping")
+    resp = await api.post(f"/v1/watches/{w['id']}/ping", headers=auth())
+    assert resp.status == 202, await resp.text()
+    await rec.wait_for(1, timeout=5)
+    (event,) = rec.events  # the receiver verified the signature with the watch's secret
+    assert event.event["type"] == "watch.ping"
+    assert event.event["data"] == {"watchId": w["id"], "videoId": vid, "metadata": {}}
+    for _ in range(100):
+        records = await deliveries(api, w["id"])
+        if records:
+            break
+        await asyncio.sleep(0.02)
+    (record,) = records
+    assert record["eventType"] == "watch.ping" and record["attempt"] == 1
+    assert record["eventId"] == event.webhook_id and record["statusCode"] == 204
+    got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
+    assert got["status"] == "watching" and got["lastEventType"] is None
+    assert got["updatedAt"] == w["updatedAt"]
+
+
+async def test_ping_of_a_delivered_watch_keeps_its_records_and_status(
+    api: Client, worker: Any, sim: Client, receiver: Rec
+) -> None:
+    """A failed ping is one recorded attempt (never retried); the watch stays delivered."""
+    rec = receiver[0]
+    w = await register(api, receiver, await sim_video(sim), "/done")
+    assert (await wait_watch(api, w["id"]))["status"] == "delivered"
+    rec.script("/done", [500])
+    assert (await api.post(f"/v1/watches/{w['id']}/ping", headers=auth())).status == 202
+    for _ in range(100):
+        records = await deliveries(api, w["id"])
+        if len(records) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert [(r["eventType"], r["statusCode"]) for r in records] == [
+        ("clips.ready", 204),
+        ("watch.ping", 500),
+    ]
+    await asyncio.sleep(0.4)  # longer than the retry schedule: a ping is not retried
+    assert len([e for e in rec.events if e.event["type"] == "watch.ping"]) == 1
+    got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
+    assert got["status"] == "delivered" and got["lastEventType"] == "clips.ready"
+
+
+async def test_ping_is_refused_for_cancelled_and_unknown_watches(
+    api: Client, sim: Client, receiver: Rec
+) -> None:
+    """A cancelled watch gets nothing (409); another tenant's watch is 404."""
+    w = await register(api, receiver, await sim_video(sim, timeline=NEVER_DONE), "/x")
+    other = await api.post(f"/v1/watches/{w['id']}/ping", headers=auth(TENANT_B_KEY))
+    assert other.status == 404
+    assert (await api.delete(f"/v1/watches/{w['id']}", headers=auth())).status == 204
+    resp = await api.post(f"/v1/watches/{w['id']}/ping", headers=auth())
+    assert resp.status == 409
+    assert (await resp.json())["title"] == "Watch cancelled"
+
+
+async def test_openapi_documents_recover_ping_and_the_events(api: Client) -> None:
+    """The document has both routes and a webhooks section (OpenAPI 3.1) with every event,
+    each carrying watchId, videoId and metadata and the Standard Webhooks headers."""
+    doc = await (await api.get("/openapi.json")).json()
+    assert "202" in doc["paths"]["/v1/watches/recover"]["post"]["responses"]
+    assert "202" in doc["paths"]["/v1/watches/{watch_id}/ping"]["post"]["responses"]
+    hooks = doc["webhooks"]
+    assert set(hooks) == {"clips.ready", "video.failed", "watch.expired", "watch.ping"}
+    for name, item in hooks.items():
+        schema = item["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["properties"]["type"] == {"const": name}
+        assert {"watchId", "videoId", "metadata"} <= set(schema["properties"]["data"]["required"])
+        headers = {p["name"] for p in item["post"]["parameters"]}
+        assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+
+
+async def test_a_refused_private_callback_names_relay_callback_allow(make_api: Any) -> None:
+    """Registering a callback on localhost with RELAY_CALLBACK_ALLOW empty: the 422 says
+    which variable opens it."""
+    from relay.settings import CallbackAllow
+
+    api = await make_api(callback_allow=CallbackAllow((), frozenset()))
+    for url in ("http://127.0.0.1:9000/hook", "http://localhost:9000/hook"):
+        resp = await api.post(
+            "/v1/watches", json={"videoId": "v1", "callbackUrl": url}, headers=auth()
+        )
+        assert resp.status == 422
+        (error,) = (await resp.json())["errors"]
+        assert error["field"] == "callbackUrl" and "RELAY_CALLBACK_ALLOW" in error["message"]
+
+
+async def test_recording_a_ping_twice_keeps_one_record(
+    api: Client, sim: Client, receiver: Rec
+) -> None:
+    """record_ping.lua run twice with the same record (a reply lost, the command sent again)
+    adds one record, numbered after the last; the status is untouched."""
+    from relay.domain import attempts
+
+    w = await register(api, receiver, await sim_video(sim, timeline=NEVER_DONE), "/twice")
+    watches = api.app[k.STORE].watches
+    record = attempts.ping_record(1_700_000_000_000, 204, None, 1.5, None, "evt_" + "c" * 24)
+    assert await watches.record_ping(w["id"], record) == 1
+    assert await watches.record_ping(w["id"], record) == 1
+    other = attempts.ping_record(1_700_000_001_000, 500, None, 2.5, "no", "evt_" + "d" * 24)
+    assert await watches.record_ping(w["id"], other) == 2
+    records = await deliveries(api, w["id"])
+    assert [(r["eventId"], r["statusCode"]) for r in records] == [
+        ("evt_" + "c" * 24, 204),
+        ("evt_" + "d" * 24, 500),
+    ]
+    assert await watches.record_ping("wat_" + "e" * 24, record) is None
+    got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
+    assert got["status"] == "watching"
