@@ -102,6 +102,7 @@ async def test_recover_resends_the_tenants_recent_failures_once_with_their_event
         records = await deliveries(api, wid)
         assert len(sent) == 1 and {r["eventId"] for r in records} == sent
         assert [r["statusCode"] for r in records] == [500, 500, 500, 500, 204]
+        assert [r["attempt"] for r in records] == [1, 2, 3, 4, 5]  # numbered on
     assert (await wait_watch(api, older))["status"] == "failed"
     theirs_now = await (await api.get(f"/v1/watches/{theirs}", headers=auth(TENANT_B_KEY))).json()
     assert theirs_now["status"] == "failed"
@@ -115,12 +116,32 @@ async def test_recover_resends_the_tenants_recent_failures_once_with_their_event
     assert (await again.json()) == {"count": 0}
 
 
+async def test_a_recovered_watch_runs_its_whole_schedule_again_numbered_on(
+    api: Client, worker: Any, sim: Client, receiver: Rec
+) -> None:
+    """A recovered watch whose receiver is still down gets the whole retry schedule again
+    (four attempts) before it fails again, its attempts numbered 5 to 8. Fails before this
+    change: the attempts were numbered 1 to 4 again (the number was the schedule's step)."""
+    wid = await failing_watch(api, sim, receiver, "/still-down")
+    assert (await wait_watch(api, wid))["status"] == "failed"
+    receiver[0].script("/still-down", [500] * 4)
+    since = iso(time.time() - 60)
+    resp = await api.post("/v1/watches/recover", json={"since": since}, headers=auth())
+    assert (await resp.json()) == {"count": 1}
+    await asyncio.sleep(0.2)
+    assert (await wait_watch(api, wid))["status"] == "failed"
+    records = await deliveries(api, wid)
+    assert [r["attempt"] for r in records] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [r["statusCode"] for r in records] == [500] * 8
+
+
 async def test_recover_until_bounds_the_range(
     api: Client, worker: Any, sim: Client, receiver: Rec
 ) -> None:
     """[since, until): a failure at or after *until* is not put back."""
     first = await failing_watch(api, sim, receiver, "/first")
     await wait_watch(api, first)
+    await asyncio.sleep(0.05)  # the worker's time (Redis' clock, corrected) may run ms ahead
     until = time.time()
     await asyncio.sleep(0.05)
     second = await failing_watch(api, sim, receiver, "/second")

@@ -40,7 +40,8 @@ class Watch:
     last_error: str | None = None
     event_id: str = ""
     event_type: str = ""
-    attempt: int = 0  # attempts made of the current series
+    attempt: int = 0  # the number of its last attempt (they are numbered on across series)
+    attempt_base: int = 0  # the last attempt before the current series (redeliver, recover)
     records: int = 0  # attempt records written so far (they are numbered on)
     final_ms: int | None = None  # when its event was made: the event's timestamp
     clips_ms: int | None = None  # clips.ready: when the clips its body carries were fetched

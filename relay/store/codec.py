@@ -33,7 +33,7 @@ from relay.domain.watch import SecretEntry, Watch
 STATE_FIELDS: tuple[str, ...] = ("st", "ev", "secrets", "vSeen", "updated")
 # what sending needs of a claimed watch's state (its status is read too: what a cancel
 # changed between the claim and this read shows)
-CLAIM_FIELDS: tuple[str, ...] = ("st", "ev", "secrets")
+CLAIM_FIELDS: tuple[str, ...] = ("st", "ev", "secrets", "base")
 RECORD_PREFIX = "#"  # attempt records: '#1', '#2', ... (the last MAX_ATTEMPTS_KEPT)
 WATCHING = "watching|0|0|0|||"  # the delivery state of a new watch
 
@@ -125,8 +125,10 @@ def watch_from_state(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -
 
 def claimed_watch(watch_id: str, reg: str | bytes, v: Sequence[str | None]) -> Watch:
     """A claimed watch from its registration and its state's :data:`CLAIM_FIELDS`."""
-    st, ev, secrets = v
-    return watch_from_state(watch_id, reg, (st, ev, secrets, None, None))
+    st, ev, secrets, base = v
+    w = watch_from_state(watch_id, reg, (st, ev, secrets, None, None))
+    w.attempt_base = int(base or 0)
+    return w
 
 
 def state_field(r: AttemptResult, now: int) -> str:

@@ -120,7 +120,10 @@ class Sender:
             outcome, last_error = "disabled", "HTTP 410 Gone: watch disabled"
         else:
             last_error = error or f"HTTP {code}"
-            delay = retry_delay(self.settings.retry_schedule, attempt, retry_after)
+            # the schedule runs from its first step in each series (a redelivery or a
+            # recover starts one); attempt numbers go on across series
+            step = attempt - w.attempt_base
+            delay = retry_delay(self.settings.retry_schedule, step, retry_after)
             if delay is None:
                 outcome = "failed"
             else:

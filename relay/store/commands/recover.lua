@@ -1,6 +1,6 @@
 -- Put back one batch of a tenant's failed watches: each goes to 'delivering' with its event
--- unchanged (same event id), due now, on the retry schedule from its first step (attempt
--- 0); its attempt records are kept and numbered on (record n continues).
+-- unchanged (same event id), due at Redis' now, on the retry schedule from its first step;
+-- its attempt numbers and records go on (attempt n+1 after n; 'base' = n).
 -- KEYS: the tenant's index of failed watches (zset, scored by when each became failed), the
 -- delivery schedule, the status counters, the tenant's status counters.
 -- ARGV: since ms, until ms (exclusive), batch size, now ms, watch key prefix.
@@ -12,17 +12,22 @@
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])
 if #ids == 0 then return {0, 0} end
 local now = ARGV[4]
+-- due at Redis' now (one clock for every replica)
+local t = redis.call('TIME')
+local due_at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = {}
 for _, wid in ipairs(ids) do
   local key = ARGV[5] .. wid
   local st = redis.call('HGET', key, 'st')
   if st then
-    local status, records, delivered, last_type =
-      string.match(st, '^([^|]*)|[^|]*|([^|]*)|[^|]*|([^|]*)|([^|]*)|')
+    local status, attempt, records, delivered, last_type =
+      string.match(st, '^([^|]*)|([^|]*)|([^|]*)|[^|]*|([^|]*)|([^|]*)|')
     if status == 'failed' then
-      redis.call('HSET', key, 'st', 'delivering|0|' .. records .. '|' .. now .. '|' ..
-        delivered .. '|' .. last_type .. '|')
-      due[#due + 1] = now
+      -- attempt numbers go on; 'base' (the last attempt before this series) starts the
+      -- retry schedule again from its first step
+      redis.call('HSET', key, 'st', 'delivering|' .. attempt .. '|' .. records .. '|' .. now ..
+        '|' .. delivered .. '|' .. last_type .. '|', 'base', attempt)
+      due[#due + 1] = due_at
       due[#due + 1] = wid
     end
   end
