@@ -116,6 +116,8 @@ class OriginQueues(Generic[J]):
             if o.jobs and o.inflight < self.cap:
                 o.ready = True
                 ring.append(o)
+            if ring:  # more can run: the next parked lane takes it (a chain of wake-ups)
+                self.wake(1)
             return job
         return None
 
