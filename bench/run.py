@@ -16,7 +16,12 @@ run:
 14. lifetime: 50,000 watches over 500 videos through a worker with RELAY_RETENTION=3 while
     registrations go on: Redis memory and keys back to the warm-up baseline, bytes per live
     watch, the sweep's Redis cost per deleted watch, the API's GET p99 while it sweeps
-    (``bench/lifetime.py``; one run).
+    (``bench/lifetime.py``; one run);
+15. noisy neighbours: one worker, 10,000 watches to an origin answering after 10 s and
+    1,000 to a black-holed one, then 1,000 to the healthy sink registered last, on the same
+    two videos: the healthy deliveries' p50/p99 lateness after ``completed``, their
+    throughput against the same 1,000 with no bad origin, the bad origins' attempts/s
+    (``bench/noisy.py``; one run).
 
 Prints a table (median of the runs, min-max, baseline, ratio, target, met?) and writes
 ``bench/results.json``. Exits 1 when a correctness check fails (an event missing, unverified,
@@ -46,6 +51,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import aiohttp  # noqa: E402
 import fanout  # noqa: E402
 import lifetime  # noqa: E402
+import noisy  # noqa: E402
 import notify  # noqa: E402
 import orjson  # noqa: E402
 import polling  # noqa: E402
@@ -54,7 +60,7 @@ import scale  # noqa: E402
 from common import PROFILER, Checks, Figure, percentile, render_table, results_json  # noqa: E402
 from stack import Stack  # noqa: E402
 
-SCENARIOS = ("fanout", "notify", "registration", "polling", "scale", "lifetime")
+SCENARIOS = ("fanout", "notify", "registration", "polling", "scale", "lifetime", "noisy")
 RESULTS = HERE / "results.json"
 
 
@@ -453,6 +459,62 @@ async def run_scale(
     return figures, detail
 
 
+async def run_noisy(
+    stack: Stack, http: aiohttp.ClientSession, checks: Checks
+) -> tuple[list[Figure], dict[str, Any]]:
+    """Scenario 15 (one run)."""
+    r = await noisy.run(stack, http, checks)
+    print(
+        f"  noisy: healthy p50 {r.p50_s:.2f} s, p99 {r.p99_s:.2f} s, {r.rate:,.0f}/s "
+        f"(alone {r.base_rate:,.0f}/s); slow {r.slow_attempts_per_s:.1f}/s, "
+        f"black hole {r.hole_attempts_per_s:.1f}/s"
+    )
+    figures = [
+        Figure(
+            "noisy_healthy_p50_s",
+            "15 noisy: healthy lateness after completed, p50",
+            "s",
+            [r.p50_s],
+            "(info)",
+            baseline=None,
+        ),
+        Figure(
+            "noisy_healthy_p99_s",
+            "15 noisy: healthy lateness after completed, p99",
+            "s",
+            [r.p99_s],
+            "<= 2 s",
+            _le(2.0),
+        ),
+        Figure(
+            "noisy_healthy_per_s",
+            "15 noisy: healthy deliveries/s (switch -> last)",
+            "1/s",
+            [r.rate],
+            ">= 0.9x alone",
+            _ge(0.9),
+            baseline=[r.base_rate],
+            baseline_label="no bad origin",
+            target_on_ratio=True,
+        ),
+        Figure(
+            "noisy_slow_attempts_per_s",
+            "15 noisy: attempts/s reaching the 10 s origin",
+            "1/s",
+            [r.slow_attempts_per_s],
+            "(info: cap 16 / 10 s)",
+        ),
+        Figure(
+            "noisy_hole_attempts_per_s",
+            "15 noisy: attempts/s reaching the black hole",
+            "1/s",
+            [r.hole_attempts_per_s],
+            "(info: cap, then breaker)",
+        ),
+    ]
+    return figures, asdict(r) | {"worker_env": noisy.WORKER_ENV, "window_s": noisy.WINDOW_S}
+
+
 async def _main(args: argparse.Namespace, workdir: Path) -> int:
     started = time.monotonic()
     main_task = asyncio.current_task()
@@ -479,6 +541,8 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
                     figs, detail = await run_registration(stack, http, args.reps, checks, workdir)
                 elif name == "scale":
                     figs, detail = await run_scale(stack, http, checks, args)
+                elif name == "noisy":
+                    figs, detail = await run_noisy(stack, http, checks)
                 elif name == "lifetime":
                     got = await lifetime.run(stack, http, checks)
                     figs, detail = lifetime.figures(got), lifetime.detail(got)

@@ -1,0 +1,141 @@
+"""Scenario 15 (noisy neighbours): a healthy receiver beside a slow and a dead one.
+
+One worker (default settings but a 0.5 s poll interval: RELAY_DELIVERY_CONCURRENCY 128,
+RELAY_ORIGIN_CONCURRENCY 16, RELAY_DELIVERY_TIMEOUT 15, the breaker at 10 failures / 30 s).
+Two videos; on each, 5,000 watches to an origin that answers after 10 s, then 500 to a
+black-holed one (accepts, reads, never answers), then 500 to the healthy receiver sink,
+registered last (the worst case: a fan-out creates its events in registration order). Both
+videos turn ``completed`` together. Measured:
+
+- the healthy deliveries' lateness after ``completed`` (the simulator's switch time to the
+  sink's arrival time): p50, p99, max;
+- the healthy throughput, 1,000 / (last healthy arrival - switch), as a ratio to the same
+  1,000 healthy watches delivered with no bad origin (the baseline, same run, fresh worker);
+- the bad origins' attempts per second (requests that reached them, counted by
+  ``bench/bad_origins.py``) over the ``WINDOW_S`` after the switch, and the connections made.
+
+Correctness: every healthy watch got its one event (verified by the sink), none twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from common import Checks, percentile
+from stack import HERE, Stack
+from tools import create_videos, register, switch_status
+
+from relay.devtools.embedded_redis import free_port
+from relay.devtools.stack import wait_http
+
+VIDEOS = 2
+SLOW, HOLE, HEALTHY = 10_000, 1_000, 1_000  # watches, spread evenly over the videos
+SLOW_DELAY_S = 10.0
+WINDOW_S = 20.0  # the bad origins' attempts are counted over this long after the switch
+WORKER_ENV = {"RELAY_POLL_INTERVAL": "0.5"}
+
+
+@dataclass
+class NoisyRun:
+    """What one run measured."""
+
+    p50_s: float = 0.0
+    p99_s: float = 0.0
+    max_s: float = 0.0
+    rate: float = 0.0  # healthy deliveries/s, switch -> last healthy arrival
+    base_rate: float = 0.0  # the same with no bad origin
+    base_p99_s: float = 0.0
+    slow_attempts_per_s: float = 0.0
+    hole_attempts_per_s: float = 0.0
+    slow_connections: int = 0
+    hole_connections: int = 0
+    register_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def _healthy_run(
+    stack: Stack, http: aiohttp.ClientSession, tag: str, bad: tuple[str, str] | None, checks: Checks
+) -> tuple[list[float], float]:
+    """Register (bad ones first, healthy last), switch the videos, wait for the healthy
+    events; their lateness after the switch, and the switch time."""
+    videos = await create_videos(http, stack.sim, f"noisy{tag}", VIDEOS)
+    healthy_url = f"{stack.receiver}/hooks/noisy"
+    bodies: list[dict[str, Any]] = []
+    for video in videos:
+        if bad is not None:
+            bodies += [
+                {"videoId": video, "callbackUrl": f"{bad[0]}/slow", "secret": stack.secret}
+            ] * (SLOW // VIDEOS)
+            bodies += [
+                {"videoId": video, "callbackUrl": f"{bad[1]}/hole", "secret": stack.secret}
+            ] * (HOLE // VIDEOS)
+        bodies += [{"videoId": video, "callbackUrl": healthy_url, "secret": stack.secret}] * (
+            HEALTHY // VIDEOS
+        )
+    await register(http, stack.api, stack.auth, bodies)
+    await asyncio.sleep(1.5)  # polled as processing at least once more
+    await stack.clear_events(http)
+    switched = [await switch_status(http, stack.sim, v) for v in videos]
+    t_switch = min(switched)
+    arrived = await stack.wait_events(http, HEALTHY, within=120)
+    checks.expect(arrived, f"noisy {tag}: not every healthy event arrived within 120 s")
+    record = await stack.events(http)
+    events: list[dict[str, Any]] = record["events"]
+    checks.expect(
+        len({e["event"]["data"]["watchId"] for e in events}) == HEALTHY,
+        f"noisy {tag}: {len(events)} healthy events, expected {HEALTHY}",
+    )
+    checks.expect(record.get("duplicates", 0) == 0, f"noisy {tag}: duplicate healthy events")
+    return [e["receivedAt"] - t_switch for e in events], t_switch
+
+
+async def run(stack: Stack, http: aiohttp.ClientSession, checks: Checks) -> NoisyRun:
+    """The baseline (no bad origin), then the noisy run, each on a fresh worker."""
+    out = NoisyRun()
+    await asyncio.to_thread(stack.stop_worker)
+    await stack.reset(http)
+    await asyncio.to_thread(stack.start_worker, WORKER_ENV)
+    late, _ = await _healthy_run(stack, http, "base", None, checks)
+    out.base_rate = len(late) / max(max(late, default=0), 1e-6)
+    out.base_p99_s = percentile(late, 99)
+
+    slow_port, hole_port = free_port(), free_port()
+    proc = stack.start_script(
+        "bad-origins",
+        HERE / "bad_origins.py",
+        ["--slow-port", str(slow_port), "--hole-port", str(hole_port), "--delay", "10"],
+    )
+    slow, hole = f"http://127.0.0.1:{slow_port}", f"http://127.0.0.1:{hole_port}"
+    try:
+        wait_http(f"{slow}/_stats", 20.0, proc.popen)
+        await asyncio.to_thread(stack.stop_worker)
+        await stack.reset(http)
+        await asyncio.to_thread(stack.start_worker, WORKER_ENV)
+        t0 = time.monotonic()
+        late, t_switch = await _healthy_run(stack, http, "bad", (slow, hole), checks)
+        out.register_s = time.monotonic() - t0
+        before = await _stats(http, slow)
+        await asyncio.sleep(max(0.0, t_switch + WINDOW_S - time.time()))
+        after = await _stats(http, slow)
+        out.p50_s, out.p99_s, out.max_s = percentile(late, 50), percentile(late, 99), max(late)
+        out.rate = len(late) / max(max(late), 1e-6)
+        out.slow_attempts_per_s = after["slow"]["requests"] / WINDOW_S
+        out.hole_attempts_per_s = after["hole"]["requests"] / WINDOW_S
+        out.slow_connections = after["slow"]["connections"]
+        out.hole_connections = after["hole"]["connections"]
+        out.extra = {"bad_at_last_healthy": before, "bad_at_window_end": after}
+    finally:
+        await asyncio.to_thread(stack.stop_worker)
+        stack.stop_script("bad-origins")
+        await stack.reset(http)
+    return out
+
+
+async def _stats(http: aiohttp.ClientSession, slow: str) -> dict[str, Any]:
+    async with http.get(f"{slow}/_stats") as resp:
+        got: dict[str, Any] = await resp.json()
+        return got
