@@ -103,6 +103,10 @@ class Claimer(Pump[DeliveryClaim]):
         self.links = links
         self.bodies = bodies
         self.jobs: OriginQueues[Job] = OriginQueues(origin_cap)
+        # the deliverer's rule for jobs a full, slow origin would not start soon: handed
+        # back as a batch is queued (and by its sweeper as estimates grow)
+        self.defer_after_s = 1.0
+        self.keep: Callable[[Origin], bool] | None = None  # origins never handed back
         self._offered: deque[DeliveryClaim] = deque()
 
     def room(self) -> int:
@@ -154,6 +158,9 @@ class Claimer(Pump[DeliveryClaim]):
         put = self.jobs.put
         for w in due:
             put(Job(w, clips(w), deadline, batch.done, w.id in gone, origin_of(w.callback_url)))
+        extra = self.jobs.overflow(self.defer_after_s, self.keep)
+        if extra:
+            await self.defer(extra)
         await batch.wait()
 
     async def defer(self, jobs: Sequence[tuple[Job, float]]) -> None:

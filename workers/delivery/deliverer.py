@@ -35,7 +35,7 @@ from workers.delivery.settle import Settler
 from workers.upstream_budget import UpstreamGate
 
 LEASE_MARGIN_S = 1.0  # a claim must outlast an attempt by this much, or it is renewed first
-DEFER_AFTER_S = 2.0  # a queued job its origin would not start within this is handed back
+DEFER_AFTER_S = 1.0  # a queued job its origin would not start within this is handed back
 SWEEP_S = 0.1  # how often the queues are looked over for such jobs
 
 
@@ -67,6 +67,8 @@ class Deliverer:
             origin_cap=settings.origin_concurrency,
         )
         self.breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown)
+        self.claimer.defer_after_s = DEFER_AFTER_S
+        self.claimer.keep = self.breakers.is_open
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
