@@ -488,7 +488,7 @@ async def run_noisy(
         ),
         Figure(
             "noisy_healthy_per_s",
-            "15 noisy: healthy deliveries/s (switch -> last)",
+            "15 noisy: healthy deliveries/s (clips fetched -> last)",
             "1/s",
             [r.rate],
             ">= 0.9x alone",
