@@ -244,3 +244,38 @@ async def test_the_breaker_opens_probes_and_closes(
         await asyncio.sleep(0.2)
     assert all(s == "delivered" for s in statuses), statuses
     assert deliverer.breakers.open_origins == 0
+
+
+async def test_a_slow_origins_backlog_never_starves_the_claimer(
+    make_api: ApiFactory,
+    make_worker: WorkerFactory,
+    sim: Client,
+    receiver: tuple[Receiver, str],
+    slow_origin: str,
+) -> None:
+    """4 lanes claim 16 deliveries ahead at most; 80 watches to a 5 s origin (2 at a time)
+    fill that many times over. Their claims are handed back to the schedule -- not attempts
+    -- so the 10 healthy watches registered last are claimed and arrive within 3 s, and the
+    slow ones' first attempts are made as their origin gets room, none recorded early."""
+    rec, base = receiver
+    api = await make_api(rate_limit=100_000)
+    worker = await make_worker(
+        delivery_concurrency=4, origin_concurrency=2, delivery_timeout=6, lease=8
+    )
+    video = await new_video(sim)
+    slow = await register(api, video, slow_origin + "/slow", 80)
+    healthy = await register(api, video, base + "/hook", 10)
+    for w in healthy:
+        rec.add_secret(w["secret"])
+    await asyncio.sleep(0.3)
+    at = await complete(sim, video)
+    got = await wait_arrived(rec, healthy, 10)
+    assert len(got) == 10
+    assert max(got) - at <= 3.0, f"the healthy watches arrived {max(got) - at:.2f} s late"
+    deliverer = worker.ctx["runtime"].deliverer
+    assert (
+        deliverer.claimer.jobs.inflight(("http", "127.0.0.1", int(slow_origin.rsplit(":", 1)[1])))
+        <= 2
+    )
+    rows = [await attempts(api, w["id"]) for w in slow[:20]]
+    assert sum(len(r) for r in rows) <= 4  # handed back claims are not attempts
