@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
-from common import Checks, percentile
+from common import Checks, Figure, percentile
 from stack import HERE, Stack
 from tools import create_videos, register, switch_status
 
@@ -144,3 +144,60 @@ async def _stats(http: aiohttp.ClientSession, slow: str) -> dict[str, Any]:
     async with http.get(f"{slow}/_stats") as resp:
         got: dict[str, Any] = await resp.json()
         return got
+
+
+def figures(r: NoisyRun) -> list[Figure]:
+    """The scenario's rows of the results table (one run); prints its one-line summary."""
+    print(
+        f"  noisy: healthy p50 {r.p50_s:.2f} s, p99 {r.p99_s:.2f} s, {r.rate:,.0f}/s "
+        f"(alone {r.base_rate:,.0f}/s); slow {r.slow_attempts_per_s:.1f}/s, "
+        f"black hole {r.hole_attempts_per_s:.1f}/s"
+    )
+    figures = [
+        Figure(
+            "noisy_healthy_p50_s",
+            "15 noisy: healthy lateness after completed, p50",
+            "s",
+            [r.p50_s],
+            "(info)",
+        ),
+        Figure(
+            "noisy_healthy_p99_s",
+            "15 noisy: healthy lateness after completed, p99",
+            "s",
+            [r.p99_s],
+            "<= 2 s",
+            lambda v: v <= 2.0,
+        ),
+        Figure(
+            "noisy_healthy_per_s",
+            "15 noisy: healthy deliveries/s (clips fetched -> last)",
+            "1/s",
+            [r.rate],
+            ">= 0.9x alone",
+            lambda v: v >= 0.9,
+            baseline=[r.base_rate],
+            baseline_label="no bad origin",
+            target_on_ratio=True,
+        ),
+        Figure(
+            "noisy_slow_attempts_per_s",
+            "15 noisy: attempts/s reaching the 10 s origin",
+            "1/s",
+            [r.slow_attempts_per_s],
+            "(info: cap 16 / 10 s)",
+        ),
+        Figure(
+            "noisy_hole_attempts_per_s",
+            "15 noisy: attempts/s reaching the black hole",
+            "1/s",
+            [r.hole_attempts_per_s],
+            "(info: cap, then breaker)",
+        ),
+    ]
+    return figures
+
+
+def detail(r: NoisyRun) -> dict[str, Any]:
+    """The run's figures for ``bench/results.json``."""
+    return asdict(r) | {"worker_env": WORKER_ENV, "window_s": WINDOW_S}

@@ -459,62 +459,6 @@ async def run_scale(
     return figures, detail
 
 
-async def run_noisy(
-    stack: Stack, http: aiohttp.ClientSession, checks: Checks
-) -> tuple[list[Figure], dict[str, Any]]:
-    """Scenario 15 (one run)."""
-    r = await noisy.run(stack, http, checks)
-    print(
-        f"  noisy: healthy p50 {r.p50_s:.2f} s, p99 {r.p99_s:.2f} s, {r.rate:,.0f}/s "
-        f"(alone {r.base_rate:,.0f}/s); slow {r.slow_attempts_per_s:.1f}/s, "
-        f"black hole {r.hole_attempts_per_s:.1f}/s"
-    )
-    figures = [
-        Figure(
-            "noisy_healthy_p50_s",
-            "15 noisy: healthy lateness after completed, p50",
-            "s",
-            [r.p50_s],
-            "(info)",
-            baseline=None,
-        ),
-        Figure(
-            "noisy_healthy_p99_s",
-            "15 noisy: healthy lateness after completed, p99",
-            "s",
-            [r.p99_s],
-            "<= 2 s",
-            _le(2.0),
-        ),
-        Figure(
-            "noisy_healthy_per_s",
-            "15 noisy: healthy deliveries/s (clips fetched -> last)",
-            "1/s",
-            [r.rate],
-            ">= 0.9x alone",
-            _ge(0.9),
-            baseline=[r.base_rate],
-            baseline_label="no bad origin",
-            target_on_ratio=True,
-        ),
-        Figure(
-            "noisy_slow_attempts_per_s",
-            "15 noisy: attempts/s reaching the 10 s origin",
-            "1/s",
-            [r.slow_attempts_per_s],
-            "(info: cap 16 / 10 s)",
-        ),
-        Figure(
-            "noisy_hole_attempts_per_s",
-            "15 noisy: attempts/s reaching the black hole",
-            "1/s",
-            [r.hole_attempts_per_s],
-            "(info: cap, then breaker)",
-        ),
-    ]
-    return figures, asdict(r) | {"worker_env": noisy.WORKER_ENV, "window_s": noisy.WINDOW_S}
-
-
 async def _main(args: argparse.Namespace, workdir: Path) -> int:
     started = time.monotonic()
     main_task = asyncio.current_task()
@@ -542,7 +486,8 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
                 elif name == "scale":
                     figs, detail = await run_scale(stack, http, checks, args)
                 elif name == "noisy":
-                    figs, detail = await run_noisy(stack, http, checks)
+                    got_noisy = await noisy.run(stack, http, checks)
+                    figs, detail = noisy.figures(got_noisy), noisy.detail(got_noisy)
                 elif name == "lifetime":
                     got = await lifetime.run(stack, http, checks)
                     figs, detail = lifetime.figures(got), lifetime.detail(got)
