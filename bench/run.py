@@ -18,7 +18,12 @@ run:
 14. lifetime: 50,000 watches over 500 videos through a worker with RELAY_RETENTION=3 while
     registrations go on: Redis memory and keys back to the warm-up baseline, bytes per live
     watch, the sweep's Redis cost per deleted watch, the API's GET p99 while it sweeps
-    (``bench/lifetime.py``; one run).
+    (``bench/lifetime.py``; one run);
+15. noisy neighbours: one worker, 10,000 watches to an origin answering after 10 s and
+    1,000 to a black-holed one, then 1,000 to the healthy sink registered last, on the same
+    two videos: the healthy deliveries' p50/p99 lateness after ``completed``, their
+    throughput against the same 1,000 with no bad origin, the bad origins' attempts/s
+    (``bench/noisy.py``; one run).
 
 Prints a table (median of the runs, min-max, baseline, ratio, target, met?) and writes
 ``bench/results.json``. Exits 1 when a correctness check fails (an event missing, unverified,
@@ -48,6 +53,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import aiohttp  # noqa: E402
 import fanout  # noqa: E402
 import lifetime  # noqa: E402
+import noisy  # noqa: E402
 import notify  # noqa: E402
 import orjson  # noqa: E402
 import polling  # noqa: E402
@@ -57,7 +63,7 @@ import scale  # noqa: E402
 from common import PROFILER, Checks, Figure, percentile, render_table, results_json  # noqa: E402
 from stack import Stack  # noqa: E402
 
-SCENARIOS = ("fanout", "notify", "registration", "polling", "scale", "lifetime", "recover")
+SCENARIOS = ("fanout", "notify", "registration", "polling", "scale", "lifetime", "recover", "noisy")
 RESULTS = HERE / "results.json"
 
 
@@ -511,6 +517,9 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
                     figs, detail = await run_registration(stack, http, args.reps, checks, workdir)
                 elif name == "scale":
                     figs, detail = await run_scale(stack, http, checks, args)
+                elif name == "noisy":
+                    got_noisy = await noisy.run(stack, http, checks)
+                    figs, detail = noisy.figures(got_noisy), noisy.detail(got_noisy)
                 elif name == "lifetime":
                     got = await lifetime.run(stack, http, checks)
                     figs, detail = lifetime.figures(got), lifetime.detail(got)

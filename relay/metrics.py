@@ -68,6 +68,28 @@ DNS_LOOKUPS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+CIRCUIT_OPEN = Counter(
+    "relay_circuit_open_total",
+    "Delivery attempts recorded as failed with 'circuit open' (their origin's circuit was open).",
+    registry=REGISTRY,
+)
+CIRCUITS_OPEN = Gauge(
+    "relay_circuits_open",
+    "Callback origins whose circuit is open or half-open in this worker.",
+    registry=REGISTRY,
+)
+ORIGIN_WAITING = Gauge(
+    "relay_origin_waiting",
+    "Claimed deliveries queued in this worker: waiting for a lane, or for room at an origin "
+    "that has RELAY_ORIGIN_CONCURRENCY attempts in flight.",
+    registry=REGISTRY,
+)
+DEFERRED = Counter(
+    "relay_deliveries_deferred_total",
+    "Claimed deliveries handed back to the schedule (not an attempt): their origin was full "
+    "and slow.",
+    registry=REGISTRY,
+)
 WATCHES_PURGED = Counter(
     "relay_watches_purged_total",
     "Watches deleted by the retention sweep (final for longer than RELAY_RETENTION).",

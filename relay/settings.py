@@ -279,6 +279,9 @@ class Settings(BaseSettings):
     redis_high_water: Fraction = Field(0.9, validation_alias="RELAY_REDIS_HIGH_WATER")
     tenant_max_watches: Count = Field(100000, validation_alias="RELAY_TENANT_MAX_WATCHES")
     dns_servers: DnsServers = Field((), validation_alias="RELAY_DNS_SERVERS")
+    origin_concurrency: Count = Field(16, validation_alias="RELAY_ORIGIN_CONCURRENCY")
+    breaker_failures: Count = Field(10, validation_alias="RELAY_BREAKER_FAILURES")
+    breaker_cooldown: Seconds = Field(30.0, validation_alias="RELAY_BREAKER_COOLDOWN")
     # Beyond SPEC's table: knobs operators and tests need.
     metrics_port: Port = Field(9100, validation_alias="RELAY_METRICS_PORT")  # worker's /metrics
     upstream_timeout: Seconds = Field(10.0, validation_alias="RELAY_UPSTREAM_TIMEOUT")

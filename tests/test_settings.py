@@ -44,6 +44,9 @@ def test_defaults_match_spec_table() -> None:
     assert s.redis_high_water == 0.9
     assert s.tenant_max_watches == 100000
     assert s.dns_servers == ()
+    assert s.origin_concurrency == 16
+    assert s.breaker_failures == 10
+    assert s.breaker_cooldown == 30
     # json when stderr is not a TTY (as under pytest), console on a terminal
     assert s.log_format == ("console" if sys.stderr.isatty() else "json")
 
@@ -247,6 +250,12 @@ MALFORMED = [
     ("RELAY_DNS_SERVERS", "dns.example"),
     ("RELAY_DNS_SERVERS", "10.0.0.1:99999"),
     ("RELAY_DNS_SERVERS", "[::1]x"),
+    ("RELAY_ORIGIN_CONCURRENCY", "0"),
+    ("RELAY_ORIGIN_CONCURRENCY", "many"),
+    ("RELAY_BREAKER_FAILURES", "0"),
+    ("RELAY_BREAKER_FAILURES", "1.5"),
+    ("RELAY_BREAKER_COOLDOWN", "0"),
+    ("RELAY_BREAKER_COOLDOWN", "-1"),
 ]
 
 

@@ -70,6 +70,9 @@ CONFIG_KEYS = {
     "RELAY_REDIS_HIGH_WATER",
     "RELAY_TENANT_MAX_WATCHES",
     "RELAY_DNS_SERVERS",
+    "RELAY_ORIGIN_CONCURRENCY",
+    "RELAY_BREAKER_FAILURES",
+    "RELAY_BREAKER_COOLDOWN",
 }
 PART_OF = {"app.kubernetes.io/part-of": "clip-relay"}
 

@@ -8,7 +8,13 @@ Three stages, composed by :class:`~workers.delivery.deliverer.Deliverer`:
   whatever is due in the schedule (retries, other workers' fan-outs, work of a worker that
   died). Clip links that are getting old are refreshed first (:mod:`workers.delivery.links`).
 - **send** (:mod:`workers.delivery.send`): lanes -- RELAY_DELIVERY_CONCURRENCY coroutines --
-  take the jobs one at a time each, sign and POST the body, and classify the outcome.
+  take the jobs one at a time each, sign and POST the body, and classify the outcome. Jobs
+  wait in one queue per callback origin (:mod:`workers.delivery.origins`): a lane takes the
+  next job of the next origin with fewer than RELAY_ORIGIN_CONCURRENCY attempts in flight,
+  round robin; the claims of jobs a full, slow origin would not start within a second go
+  back to the schedule (not an attempt). An origin whose circuit is open
+  (:mod:`workers.delivery.breaker`, per worker) gets its attempts recorded ``circuit open``
+  without a connection.
 - **settle** (:mod:`workers.delivery.settle`): a flusher records the outcomes in batches, so
   the cost per webhook is one HTTP request plus a share of two script calls.
 

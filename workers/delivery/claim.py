@@ -3,24 +3,34 @@ it created the events first, then whatever is due; renewing a claim before a lat
 handing claims back.
 
 A queued :class:`Job` holds a claim; its lease deadline is the claim's token
-(:meth:`relay.store.deliveries.Deliveries.extend`).
+(:meth:`relay.store.deliveries.Deliveries.extend`). Jobs are queued per callback origin
+(:mod:`workers.delivery.origins`); those a full, slow origin would not start soon are handed
+back to the schedule, due when it is expected to have room (:meth:`Claimer.defer`), so its
+backlog never holds the claim slots other origins' work needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+
+from yarl import URL
 
 from relay import constants as c
 from relay.domain.clips import ClipSet
 from relay.domain.delivery import DeliveryClaim
 from relay.domain.watch import Watch
+from relay.http.wire import Origin, Target
+from relay.metrics import DEFERRED
 from relay.store import Store
 from workers.delivery.bodies import Bodies
 from workers.delivery.links import LinkRefresher
 from workers.delivery.logger import log
+from workers.delivery.origins import OriginQueues
 from workers.pump import Pump
 
 CLAIM_BATCH = 100  # deliveries claimed per script call, at most (~1 ms of Redis)
@@ -36,6 +46,17 @@ class Job:
     deadline: int  # the claim's lease deadline (ms), its token
     done: Callable[[], None]  # the attempt is over (or skipped): frees the claim's slot
     gone: bool = False  # its clips document is gone and could not be fetched again
+    origin: Origin = ("", "", 0)  # where its callback goes (scheme, host, port)
+
+
+@lru_cache(maxsize=20_000)
+def origin_of(callback_url: str) -> Origin:
+    """The origin of a callback URL (one that cannot be sent is an origin of its own: its
+    attempt fails at once)."""
+    try:
+        return Target.of(URL(callback_url)).origin
+    except (ValueError, TypeError):
+        return ("", callback_url, 0)
 
 
 class Batch:
@@ -60,8 +81,8 @@ class Batch:
 
 
 class Claimer(Pump[DeliveryClaim]):
-    """Claims due deliveries and queues them as :class:`Job` s in :attr:`jobs`, waking a
-    parked lane (:attr:`idle`) for each."""
+    """Claims due deliveries and queues them as :class:`Job` s per origin in :attr:`jobs`
+    (which wakes a parked lane for each that can run)."""
 
     schedule = c.DELIVERY_SCHEDULE_KEY
     name = "deliverer"
@@ -74,14 +95,18 @@ class Claimer(Pump[DeliveryClaim]):
         lease_s: float,
         links: LinkRefresher,
         bodies: Bodies,
+        origin_cap: int = 16,
     ) -> None:
         # claims run up to three lanes' worth ahead of the lanes: under load a claim's answer
         # takes a few loop turns of milliseconds each to reach them, and none should wait
         super().__init__(store, concurrency=CLAIM_AHEAD * lanes, lease_s=lease_s, batch=CLAIM_BATCH)
         self.links = links
         self.bodies = bodies
-        self.jobs: deque[Job] = deque()
-        self.idle: deque[asyncio.Future[None]] = deque()  # a parked lane's wake-up
+        self.jobs: OriginQueues[Job] = OriginQueues(origin_cap)
+        # the deliverer's rule for jobs a full, slow origin would not start soon: handed
+        # back as a batch is queued (and by its sweeper as estimates grow)
+        self.defer_after_s = 1.0
+        self.keep: Callable[[Origin], bool] | None = None  # origins never handed back
         self._offered: deque[DeliveryClaim] = deque()
 
     def room(self) -> int:
@@ -130,17 +155,32 @@ class Claimer(Pump[DeliveryClaim]):
             return
         batch = Batch(len(due), release)
         clips = self.bodies.clips
-        self.jobs.extend(Job(w, clips(w), deadline, batch.done, w.id in gone) for w in due)
-        self.wake_lanes(len(due))
+        put = self.jobs.put
+        for w in due:
+            put(Job(w, clips(w), deadline, batch.done, w.id in gone, origin_of(w.callback_url)))
+        extra = self.jobs.overflow(self.defer_after_s, self.keep)
+        if extra:
+            await self.defer(extra)
         await batch.wait()
 
-    def wake_lanes(self, n: int) -> None:
-        """Wake up to *n* parked lanes."""
-        while n > 0 and self.idle:
-            wake = self.idle.popleft()
-            if not wake.done():
-                wake.set_result(None)
-                n -= 1
+    async def defer(self, jobs: Sequence[tuple[Job, float]]) -> None:
+        """Hand queued jobs back to the schedule, each due after its delay (seconds): not an
+        attempt. One token-checked ``extend`` per claim token and delay step (delays are
+        rounded up: to 1 s below 10 s, 5 s below 60 s, 30 s above), so a batch costs a few
+        calls; their claim slots are free at once."""
+        groups: dict[tuple[int, float], list[str]] = {}
+        for job, delay in jobs:
+            step = 1.0 if delay < 10 else 5.0 if delay < 60 else 30.0
+            groups.setdefault((job.deadline, math.ceil(delay / step) * step), []).append(
+                job.watch.id
+            )
+            job.done()
+        DEFERRED.inc(len(jobs))
+        try:
+            for (token, delay), members in groups.items():
+                await self.store.deliveries.extend(members, token, delay)
+        except Exception as exc:  # Redis away: the leases run out by themselves
+            log.warning("handing back deferred claims failed", error=type(exc).__name__)
 
     async def renew(self, job: Job) -> bool:
         """Extend a job's claim before an attempt could outlive it; False when it is no

@@ -1,7 +1,12 @@
 """The :class:`Deliverer`: claim -> send -> settle composed, and the lanes that run them.
 
 Lanes -- RELAY_DELIVERY_CONCURRENCY coroutines -- send the attempts, one at a time each,
-taking jobs from the claimer's queue (see :mod:`workers.delivery` for the whole path).
+taking jobs from the claimer's queues: the next job of the next origin that has fewer than
+RELAY_ORIGIN_CONCURRENCY attempts in flight, round robin over origins
+(:mod:`workers.delivery.origins`); an origin whose circuit is open gets its attempts recorded
+``circuit open`` without a connection (:mod:`workers.delivery.breaker`). A sweeper hands the
+claims of jobs a full, slow origin would not start soon back to the schedule (see
+:mod:`workers.delivery` for the whole path).
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from relay.domain.crypto import SecretBox
 from relay.domain.delivery import DeliveryClaim
 from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
+from relay.metrics import ORIGIN_WAITING
 from relay.settings import Settings
 from relay.store import Store
 from relay.tasks import finish_all
 from workers.delivery.bodies import Bodies
+from workers.delivery.breaker import Breakers, Verdict
 from workers.delivery.claim import Claimer
 from workers.delivery.gate import ClaimGate
 from workers.delivery.links import LinkRefresher
@@ -28,6 +35,8 @@ from workers.delivery.settle import Settler
 from workers.upstream_budget import UpstreamGate
 
 LEASE_MARGIN_S = 1.0  # a claim must outlast an attempt by this much, or it is renewed first
+DEFER_AFTER_S = 1.0  # a queued job its origin would not start within this is handed back
+SWEEP_S = 0.1  # how often the queues are looked over for such jobs
 
 
 class Deliverer:
@@ -50,9 +59,18 @@ class Deliverer:
         self.gate = ClaimGate(store)
         links = LinkRefresher(store, settings, upstream=upstream, gate=gate, bodies=self.bodies)
         self.claimer = Claimer(
-            store, lanes=self.lanes, lease_s=settings.lease, links=links, bodies=self.bodies
+            store,
+            lanes=self.lanes,
+            lease_s=settings.lease,
+            links=links,
+            bodies=self.bodies,
+            origin_cap=settings.origin_concurrency,
         )
+        self.breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown)
+        self.claimer.defer_after_s = DEFER_AFTER_S
+        self.claimer.keep = self.breakers.is_open
         self._lane_tasks: list[asyncio.Task[None]] = []
+        self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._margin_ms = int((settings.delivery_timeout + LEASE_MARGIN_S) * 1000)
 
@@ -98,6 +116,21 @@ class Deliverer:
         ]
         self.claimer.start()
         self.settler.start()
+        self._sweeper = asyncio.create_task(self._sweep(), name="deliverer-origin-sweep")
+
+    async def _sweep(self) -> None:
+        """Every SWEEP_S: hand back the claims of queued jobs that a full, slow origin would
+        not start within DEFER_AFTER_S (due when it is expected to have room), so they hold
+        no claim slot that other origins' work needs."""
+        jobs = self.claimer.jobs
+        is_open = self.breakers.is_open
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            ORIGIN_WAITING.set(len(jobs))
+            if len(jobs) and not self._closing:
+                extra = jobs.overflow(DEFER_AFTER_S, is_open)
+                if extra:
+                    await self.claimer.defer(extra)
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; finish the attempts in flight and those queued (up to *grace_s*);
@@ -107,12 +140,14 @@ class Deliverer:
         send it again)."""
         await self.claimer.stop(grace_s)
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         jobs = self.claimer.jobs
-        unsent = list(jobs)
-        jobs.clear()
+        unsent = jobs.drain()
         for job in unsent:
             job.done()
-        self.claimer.wake_lanes(len(self.claimer.idle))
+        jobs.wake_all()
         await finish_all(self._lane_tasks, 0.5)
         never = [(job.watch.id, job.deadline) for job in unsent]
         never += [(cl.watch_id, cl.deadline_ms) for cl in self.claimer.take_offered()]
@@ -123,18 +158,23 @@ class Deliverer:
         """Send queued jobs one after another, until the deliverer closes."""
         loop = asyncio.get_running_loop()
         claimer = self.claimer
-        jobs, idle = claimer.jobs, claimer.idle
+        jobs = claimer.jobs
+        idle = jobs.idle
         attempt = self.sender.attempt
         build = self.bodies.build
         margin_ms = self._margin_ms
         ask = self.gate.ask
+        breakers = self.breakers
         while not self._closing:
-            if not jobs:
+            job = jobs.take()
+            if job is None:
                 parked = loop.create_future()
                 idle.append(parked)
                 await parked
                 continue
-            job = jobs.popleft()
+            verdict = breakers.check(job.origin)
+            answered: bool | None = None
+            took: float | None = None
             try:
                 # the claim must hold right before the attempt: renewing it checks that
                 # too; else the gate does (a cancelled watch is off the schedule), while
@@ -145,14 +185,23 @@ class Deliverer:
                     held = None
                 else:
                     held = ask(job.watch.id, job.deadline)
-                body = None if job.gone else build(job.watch, job.clips)
+                body = None if job.gone or verdict is Verdict.OPEN else build(job.watch, job.clips)
                 if held is not None and not await held:
+                    continue
+                if verdict is Verdict.OPEN:  # a failed attempt, no connection
+                    breakers.refused_one()
+                    self.sender.unsent(job.watch, "circuit open", job.deadline, prefix="")
                     continue
                 if body is None:  # no clips to build it from, stored or fetched
                     self.sender.unsent(job.watch, "the video's clips are gone", job.deadline)
                     continue
-                await attempt(job.watch, body, job.deadline)
+                started = loop.time()
+                answered = await attempt(job.watch, body, job.deadline)
+                took = loop.time() - started
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)
             finally:
+                if verdict is not Verdict.OPEN:
+                    breakers.record(job.origin, answered, verdict is Verdict.PROBE)
+                jobs.finish(job.origin, took)
                 job.done()

@@ -21,6 +21,7 @@ from relay.http.upstream import retry_after_seconds
 from relay.http.webhook import Target, WebhookClient, WebhookError
 from relay.metrics import DELIVERIES, DELIVERY_LATENCY, NOTIFY_LATENCY
 from relay.settings import Settings
+from workers.delivery.breaker import no_answer
 from workers.delivery.settle import Settler
 
 
@@ -57,9 +58,11 @@ class Sender:
         """The callback prepared for sending (its addresses are checked by the client)."""
         return Target.of(URL(callback_url))
 
-    async def attempt(self, w: Watch, body: bytes, claim_ms: int) -> None:
+    async def attempt(self, w: Watch, body: bytes, claim_ms: int) -> bool | None:
         """POST *body* to the watch's callback, signed; its outcome (under the claim whose
-        token is *claim_ms*) goes to the settler."""
+        token is *claim_ms*) goes to the settler. Returns whether the origin answered (any
+        HTTP status): False for a timeout, a failed connection or one closed before an
+        answer; None for a failure that says nothing of the origin (a callback refused)."""
         attempt = w.attempt + 1
         started = time.time()
         code: int | None = None
@@ -88,14 +91,18 @@ class Sender:
             attempt, int(started * 1000), code, error, latency_ms, answer or None
         )
         self._record(w, attempt, code, error, retry_after, record, latency_ms, claim_ms)
+        if code is not None:
+            return True
+        return False if no_answer(error) else None
 
-    def unsent(self, w: Watch, error: str, claim_ms: int) -> None:
+    def unsent(self, w: Watch, error: str, claim_ms: int, *, prefix: str = "not sent: ") -> None:
         """An attempt that could not be made -- nothing to build its body from (its clips
         document is gone and the clips could not be fetched again): recorded as a failed
         attempt without a request, so the watch still moves along its retry schedule to an
-        end instead of waiting for clips for ever."""
+        end instead of waiting for clips for ever. Also an attempt to an origin whose circuit
+        is open (*error* ``circuit open``, no prefix)."""
         attempt = w.attempt + 1
-        error = f"not sent: {error}"[:200]
+        error = f"{prefix}{error}"[:200]
         record = attempts.record(attempt, now_ms(), None, error, 0.0, None)
         self._record(w, attempt, None, error, None, record, 0.0, claim_ms)
 

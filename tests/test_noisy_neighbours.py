@@ -1,0 +1,281 @@
+"""Noisy neighbours (issue 15 items 1 and 2), end to end: one worker, the simulator, the API,
+the verifying receiver as the healthy origin, and two bad origins on loopback -- a slow one
+(an aiohttp server answering after 5 s) and a black hole (``asyncio.start_server`` whose
+handler reads and never answers, until told to answer).
+
+Each of these fails on the code before per-origin lanes and the breaker (2cf3f91): there the
+lanes took jobs first come, so hundreds of bad jobs ahead of the healthy ones held every
+lane for the bad origins' full answer time (the healthy watches arrived 5-6 s late), and
+every attempt to a dead origin was a connection held for the whole timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from relay.devtools.receiver import Receiver
+from tests.conftest import ApiFactory, WorkerFactory, auth
+
+Client = TestClient[web.Request, web.Application]
+
+
+class BlackHole:
+    """Accepts connections and reads, never answering -- until :attr:`answering`: then each
+    request gets a 204 (keep-alive)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests = 0
+        self.answering = False
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        with contextlib.suppress(Exception):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                if not self.answering:
+                    await reader.read()  # never answers; ends when the client gives up
+                    return
+                writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for w in self._writers:
+                w.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def black_hole() -> AsyncIterator[BlackHole]:
+    hole = BlackHole()
+    await hole.start()
+    yield hole
+    await hole.close()
+
+
+@pytest.fixture
+async def slow_origin() -> AsyncIterator[str]:
+    """An origin answering 204 after 5 s."""
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(5)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+async def new_video(sim: Client) -> str:
+    resp = await sim.post(
+        "/_sim/videos",
+        json={"timeline": [{"status": "processing", "after": 0}], "clips": [{"score": 90}]},
+    )
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["id"])
+
+
+async def complete(sim: Client, video_id: str) -> float:
+    resp = await sim.post(f"/_sim/videos/{video_id}/status", json={"status": "completed"})
+    assert resp.status == 200
+    return float((await resp.json())["at"])
+
+
+async def register(api: Client, video_id: str, url: str, n: int) -> list[dict[str, Any]]:
+    sem = asyncio.Semaphore(32)
+
+    async def one() -> dict[str, Any]:
+        async with sem:
+            resp = await api.post(
+                "/v1/watches", json={"videoId": video_id, "callbackUrl": url}, headers=auth()
+            )
+            assert resp.status == 201, await resp.text()
+            got: dict[str, Any] = await resp.json()
+            return got
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def arrivals(rec: Receiver, watches: list[dict[str, Any]]) -> list[float]:
+    ids = {w["id"] for w in watches}
+    return [e.received_at for e in rec.events if e.event["data"]["watchId"] in ids]
+
+
+async def wait_arrived(rec: Receiver, watches: list[dict[str, Any]], timeout: float) -> list[float]:
+    deadline = time.monotonic() + timeout
+    while len(got := arrivals(rec, watches)) < len(watches) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return got
+
+
+async def attempts(api: Client, watch_id: str) -> list[dict[str, Any]]:
+    resp = await api.get(f"/v1/watches/{watch_id}/deliveries", headers=auth())
+    rows: list[dict[str, Any]] = (await resp.json())["data"]
+    return rows
+
+
+async def test_healthy_watches_arrive_on_time_beside_a_slow_and_a_dead_origin(
+    make_api: ApiFactory,
+    make_worker: WorkerFactory,
+    sim: Client,
+    receiver: tuple[Receiver, str],
+    slow_origin: str,
+    black_hole: BlackHole,
+) -> None:
+    """200 watches to a 5 s origin and 200 to a black hole, then 20 healthy ones registered
+    last, on one video: the healthy ones arrive within 3 s of ``completed`` -- and again on a
+    second video while the bad origins' retries run. At most RELAY_ORIGIN_CONCURRENCY
+    attempts reach a bad origin at once."""
+    rec, base = receiver
+    overrides = {"delivery_timeout": 6, "lease": 8, "retry_schedule": (1.0, 2.0, 30.0)}
+    api = await make_api(rate_limit=100_000)
+    await make_worker(**overrides)
+    first = await new_video(sim)
+    await register(api, first, slow_origin + "/slow", 200)
+    await register(api, first, black_hole.url + "/hole", 200)
+    healthy = await register(api, first, base + "/hook", 20)
+    for w in healthy:
+        rec.add_secret(w["secret"])
+    await asyncio.sleep(0.3)  # polled at least once as processing
+    at = await complete(sim, first)
+    got = await wait_arrived(rec, healthy, 10)
+    assert len(got) == 20
+    late = max(got) - at
+    assert late <= 3.0, f"the healthy watches arrived {late:.2f} s after completed"
+    assert black_hole.connections <= 16  # the cap: 16 in flight to it at once
+
+    # the bad origins' first attempts time out / answer after 5-6 s; their retries follow
+    await asyncio.sleep(max(0.0, at + 6.5 - time.time()))
+    second = await new_video(sim)
+    await register(api, second, slow_origin + "/slow", 50)
+    await register(api, second, black_hole.url + "/hole", 50)
+    healthy2 = await register(api, second, base + "/hook", 20)
+    for w in healthy2:
+        rec.add_secret(w["secret"])
+    await asyncio.sleep(0.3)
+    at2 = await complete(sim, second)
+    got2 = await wait_arrived(rec, healthy2, 10)
+    assert len(got2) == 20
+    late2 = max(got2) - at2
+    assert late2 <= 3.0, f"second video: the healthy watches arrived {late2:.2f} s late"
+    assert rec.duplicates() == 0
+
+
+async def test_the_breaker_opens_probes_and_closes(
+    make_api: ApiFactory, make_worker: WorkerFactory, sim: Client, black_hole: BlackHole
+) -> None:
+    """60 watches to an origin that accepts and never answers: after 5 timeouts in a row its
+    circuit opens; its due attempts are recorded ``circuit open`` without a connection, so it
+    gets at most half of the recorded attempts; no watch fails before its schedule is
+    through; once it answers again, a probe closes the circuit and every watch is delivered."""
+    schedule = (0.5, *([1.0] * 12), 5.0, 5.0)
+    api = await make_api(rate_limit=100_000)
+    worker = await make_worker(
+        delivery_timeout=1,
+        lease=3,
+        retry_schedule=schedule,
+        breaker_failures=5,
+        breaker_cooldown=2,
+    )
+    video = await new_video(sim)
+    watches = await register(api, video, black_hole.url + "/hole", 60)
+    await asyncio.sleep(0.3)
+    await complete(sim, video)
+    await asyncio.sleep(7)
+    rows = {w["id"]: await attempts(api, w["id"]) for w in watches}
+    recorded = sum(len(r) for r in rows.values())
+    errors = [a["error"] for r in rows.values() for a in r]
+    opened = errors.count("circuit open")
+    assert opened > 0, errors[:20]
+    assert black_hole.connections * 2 <= recorded, (black_hole.connections, recorded)
+    refused = [a for r in rows.values() for a in r if a["error"] == "circuit open"]
+    assert all(a["latencyMs"] == 0 and a["statusCode"] is None for a in refused)
+    assert {e for e in errors if e != "circuit open"} <= {"timeout"}
+    deliverer = worker.ctx["runtime"].deliverer
+    assert deliverer.breakers.open_origins == 1
+    # every recorded attempt follows the schedule: attempt n+1 no sooner than the n-th delay
+    for r in rows.values():
+        assert len(r) <= len(schedule) + 1
+    statuses = [
+        (await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json())["status"]
+        for w in watches
+    ]
+    assert "failed" not in statuses
+
+    black_hole.answering = True  # the origin is back: the next probe closes the circuit
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        statuses = [
+            (await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json())["status"]
+            for w in watches
+        ]
+        if all(s == "delivered" for s in statuses):
+            break
+        await asyncio.sleep(0.2)
+    assert all(s == "delivered" for s in statuses), statuses
+    assert deliverer.breakers.open_origins == 0
+
+
+async def test_a_slow_origins_backlog_never_starves_the_claimer(
+    make_api: ApiFactory,
+    make_worker: WorkerFactory,
+    sim: Client,
+    receiver: tuple[Receiver, str],
+    slow_origin: str,
+) -> None:
+    """4 lanes claim 16 deliveries ahead at most; 80 watches to a 5 s origin (2 at a time)
+    fill that many times over. Their claims are handed back to the schedule -- not attempts
+    -- so the 10 healthy watches registered last are claimed and arrive within 3 s, and the
+    slow ones' first attempts are made as their origin gets room, none recorded early."""
+    rec, base = receiver
+    api = await make_api(rate_limit=100_000)
+    worker = await make_worker(
+        delivery_concurrency=4, origin_concurrency=2, delivery_timeout=6, lease=8
+    )
+    video = await new_video(sim)
+    slow = await register(api, video, slow_origin + "/slow", 80)
+    healthy = await register(api, video, base + "/hook", 10)
+    for w in healthy:
+        rec.add_secret(w["secret"])
+    await asyncio.sleep(0.3)
+    at = await complete(sim, video)
+    got = await wait_arrived(rec, healthy, 10)
+    assert len(got) == 10
+    assert max(got) - at <= 3.0, f"the healthy watches arrived {max(got) - at:.2f} s late"
+    deliverer = worker.ctx["runtime"].deliverer
+    assert (
+        deliverer.claimer.jobs.inflight(("http", "127.0.0.1", int(slow_origin.rsplit(":", 1)[1])))
+        <= 2
+    )
+    rows = [await attempts(api, w["id"]) for w in slow[:20]]
+    assert sum(len(r) for r in rows) <= 4  # handed back claims are not attempts

@@ -1,0 +1,150 @@
+"""The per-origin queues (fair lanes, cap, hand-back of a slow origin's backlog) and the
+circuit breaker, as units with a clock of their own (workers/delivery/origins.py and
+breaker.py; the end-to-end behaviour is in test_noisy_neighbours.py). Both modules are new
+with issue 15: these fail on the code before it (they do not import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.http.wire import Origin
+from workers.delivery.breaker import Breakers, Verdict, no_answer
+from workers.delivery.origins import MAX_DEFER_S, MIN_DEFER_S, OriginQueues
+
+A: Origin = ("http", "a.example", 80)
+B: Origin = ("http", "b.example", 80)
+C: Origin = ("https", "a.example", 443)
+
+
+@dataclass(eq=False)
+class J:
+    origin: Origin
+    n: int = 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_round_robin_over_origins_not_first_come() -> None:
+    q: OriginQueues[J] = OriginQueues(cap=16)
+    for i in range(100):
+        q.put(J(A, i))
+    q.put(J(B, 0))
+    q.put(J(C, 0))
+    got = [q.take() for _ in range(4)]
+    assert [j.origin for j in got if j] == [A, B, C, A]
+    assert len(q) == 100 - 2
+
+
+def test_an_origin_gets_at_most_its_cap_and_room_back_when_one_finishes() -> None:
+    q: OriginQueues[J] = OriginQueues(cap=3)
+    for i in range(10):
+        q.put(J(A, i))
+    taken = [q.take() for _ in range(3)]
+    assert all(taken) and q.take() is None  # full: nothing runnable, a lane parks
+    q.put(J(B))
+    got = q.take()
+    assert got is not None and got.origin == B
+    q.finish(A, 0.01)
+    nxt = q.take()
+    assert nxt is not None and nxt.origin == A and nxt.n == 3  # FIFO within an origin
+    assert q.inflight(A) == 3 and q.waiting(A) == 6
+
+
+def test_a_slow_full_origins_backlog_overflows_a_fast_ones_does_not() -> None:
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
+    for i in range(100):
+        q.put(J(A, i))
+        q.put(J(B, i))
+    for _ in range(8):
+        q.take()
+    # B answers in 5 ms; A's four attempts have been running for 3 s without an answer
+    for _ in range(20):
+        clock.t += 0.005
+        q.finish(B, 0.005)
+        q.take()
+    for _ in range(4):
+        q.finish(B, 0.005)
+    clock.t += 3.0
+    out = q.overflow(2.0)
+    assert out and {j.origin for j, _ in out} == {A}
+    assert q.waiting(A) == 0  # none of its queued jobs would start within 2 s
+    assert q.waiting(B) > 50  # the fast one keeps its backlog: no churn through Redis
+    delays = [d for _, d in out]
+    assert all(MIN_DEFER_S <= d <= MAX_DEFER_S for d in delays)
+    assert delays == sorted(delays) and delays[-1] > delays[0]  # spread, a wave at a time
+    # jobs handed back later go after the ones handed back before (the horizon)
+    for i in range(8):
+        q.put(J(A, 1000 + i))
+    again = q.overflow(2.0)
+    assert min(d for _, d in again) >= max(delays) - 1e-9
+
+
+def test_origins_the_caller_keeps_are_not_overflowed() -> None:
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=1, clock=clock)
+    for i in range(5):
+        q.put(J(A, i))
+    q.take()
+    clock.t += 10
+    assert q.overflow(2.0, keep=lambda o: o == A) == []
+    assert len(q.overflow(2.0)) == 4
+
+
+def test_drain_hands_every_queued_job_over() -> None:
+    q: OriginQueues[J] = OriginQueues(cap=2)
+    for i in range(5):
+        q.put(J(A, i))
+        q.put(J(B, i))
+    q.take()
+    assert len(q.drain()) == 9 and len(q) == 0 and q.take() is None
+
+
+def test_breaker_opens_after_failures_in_a_row_only() -> None:
+    clock = Clock()
+    b = Breakers(failures=3, cooldown_s=30, clock=clock)
+    b.record(A, False)
+    b.record(A, False)
+    b.record(A, True)  # an answer (any status) resets the count
+    b.record(A, False)
+    b.record(A, False)
+    assert b.check(A) is Verdict.SEND
+    b.record(A, None)  # says nothing of the origin
+    b.record(A, False)
+    assert b.check(A) is Verdict.OPEN and b.open_origins == 1
+    assert b.check(B) is Verdict.SEND
+
+
+def test_breaker_half_open_lets_one_probe_through() -> None:
+    clock = Clock()
+    b = Breakers(failures=1, cooldown_s=30, clock=clock)
+    b.record(A, False)
+    clock.t += 29.9
+    assert b.check(A) is Verdict.OPEN
+    clock.t += 0.2
+    assert b.check(A) is Verdict.PROBE
+    assert b.check(A) is Verdict.OPEN  # one probe at a time
+    b.record(A, False, probe=True)  # no answer: open again, for a full cooldown
+    clock.t += 29.9
+    assert b.check(A) is Verdict.OPEN
+    clock.t += 0.2
+    assert b.check(A) is Verdict.PROBE
+    b.record(A, None, probe=True)  # the probe was not sent after all: still half-open
+    assert b.check(A) is Verdict.PROBE
+    b.record(A, True, probe=True)  # answered: closed
+    assert b.check(A) is Verdict.SEND and b.open_origins == 0
+
+
+def test_what_counts_as_no_answer() -> None:
+    for error in ("timeout", "connect: Connection refused", "dns: host not resolved"):
+        assert no_answer(error)
+    assert no_answer("tls: certificate rejected")
+    assert no_answer("http: connection closed before a full answer")
+    for error in (None, "refused: callback private address", "http: answer headers too large"):
+        assert not no_answer(error)

@@ -1,0 +1,119 @@
+"""A circuit breaker per callback origin, per worker (issue 15 item 2, SPEC "Delivery").
+
+After RELAY_BREAKER_FAILURES attempts in a row to one origin (scheme, host, port) got no
+answer -- the connection failed (``connect:``, ``dns:``, ``tls:``), it closed before an
+answer, or the attempt timed out -- the origin is *open* for RELAY_BREAKER_COOLDOWN seconds:
+its due attempts are recorded as failed attempts with the error ``circuit open``, without a
+connection, and follow the retry schedule like any failure. Then it is *half-open*: one
+attempt goes through as a probe (the others meanwhile are still ``circuit open``); an answer
+closes the circuit, no answer opens it for another cooldown. An HTTP answer of any status
+(a 500 too) is an answer: it resets the count.
+
+The state is kept per worker, in memory: it costs Redis nothing per delivery, and each
+worker learns an origin is down after RELAY_BREAKER_FAILURES of its own attempts (see
+docs/architecture.md, "Noisy neighbours").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import Enum
+
+from relay.http.wire import Origin
+from relay.metrics import CIRCUIT_OPEN, CIRCUITS_OPEN
+
+MAX_ORIGINS = 10_000  # closed origins remembered (their failure counts) at most
+
+# errors (as recorded) that mean the origin gave no answer: they count towards opening
+NO_ANSWER = ("timeout", "connect:", "dns:", "tls:", "http: connection closed before")
+
+
+def no_answer(error: str | None) -> bool:
+    """Whether an attempt's recorded *error* means its origin did not answer."""
+    return error is not None and error.startswith(NO_ANSWER)
+
+
+class Verdict(Enum):
+    """What an attempt to an origin may do now."""
+
+    SEND = "send"  # closed: send
+    PROBE = "probe"  # half-open: this attempt is the one probe
+    OPEN = "open"  # open (or a probe is in flight): record ``circuit open``, send nothing
+
+
+class _State:
+    __slots__ = ("failures", "probing", "until")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.until = 0.0  # open until then (monotonic); 0: closed
+        self.probing = False
+
+
+class Breakers:
+    """The circuit of every origin this worker sends to."""
+
+    def __init__(
+        self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self._states: dict[Origin, _State] = {}
+        self.open_origins = 0  # open or half-open now
+        self.refused = 0  # attempts recorded ``circuit open``
+
+    def is_open(self, origin: Origin) -> bool:
+        """Whether *origin*'s circuit is open or half-open (its attempts are not queued for
+        room: they end at once)."""
+        s = self._states.get(origin)
+        return s is not None and s.until > 0
+
+    def check(self, origin: Origin) -> Verdict:
+        """Whether an attempt to *origin* may be sent now (a PROBE must be reported)."""
+        s = self._states.get(origin)
+        if s is None or not s.until:
+            return Verdict.SEND
+        if s.probing or self.clock() < s.until:
+            return Verdict.OPEN
+        s.probing = True
+        return Verdict.PROBE
+
+    def refused_one(self) -> None:
+        """An attempt was recorded ``circuit open``."""
+        self.refused += 1
+        CIRCUIT_OPEN.inc()
+
+    def record(self, origin: Origin, answered: bool | None, probe: bool = False) -> None:
+        """The outcome of an attempt to *origin*: it got an answer (True), none (False), or
+        failed for a reason that says nothing of the origin (None, e.g. a callback the
+        policy refuses, or the probe was not sent after all: it stays half-open)."""
+        s = self._states.get(origin)
+        if s is None:
+            if answered is not False:
+                return
+            if len(self._states) >= MAX_ORIGINS:
+                self._forget_closed()
+            s = self._states[origin] = _State()
+        if probe:
+            s.probing = False
+        if answered is False:
+            s.failures += 1
+            if probe or (not s.until and s.failures >= self.failures):
+                self._open(s)
+        elif answered:
+            if s.until:
+                self.open_origins -= 1
+                CIRCUITS_OPEN.dec()
+            del self._states[origin]
+
+    def _open(self, s: _State) -> None:
+        if not s.until:
+            self.open_origins += 1
+            CIRCUITS_OPEN.inc()
+        s.until = self.clock() + self.cooldown_s
+
+    def _forget_closed(self) -> None:
+        for origin in [o for o, s in self._states.items() if not s.until]:
+            del self._states[origin]

@@ -1,0 +1,191 @@
+"""Fair lanes: claimed jobs queued per callback origin, taken round robin over the origins
+that have room (issue 15 item 1, SPEC "Delivery": one receiver's slowness never delays
+another's deliveries).
+
+- at most ``cap`` (RELAY_ORIGIN_CONCURRENCY) jobs of one origin -- (scheme, host, port) --
+  are taken at once; the others wait in that origin's queue *without holding a lane*;
+- :meth:`OriginQueues.take` gives the next job of the next origin in a ring of the origins
+  that have a queued job and room: round robin over origins, not first come, so a backlog of
+  10,000 jobs for one origin does not delay the one job of another;
+- a lane that finds nothing to take parks (:attr:`OriginQueues.idle`) and is woken when a
+  job is queued or an origin gets room back;
+- :meth:`OriginQueues.overflow` picks the queued jobs that would not start soon -- their
+  origin is full and slow (an estimate: the mean duration of its recent attempts, or how long
+  its attempts in flight have run, whichever is longer) -- so that the claimer hands their
+  claims back to the schedule, due when the origin is expected to have room, instead of
+  holding them (and its claim slots) while healthy origins' work waits unclaimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Generic, Protocol, TypeVar
+
+from relay.http.wire import Origin
+
+EWMA = 0.2  # weight of an attempt's duration in its origin's running mean
+MIN_DEFER_S = 0.5  # a job handed back is due again after this long at least
+MAX_DEFER_S = 300.0  # ... and at most this long
+IDLE_FORGET_S = 120.0  # an idle origin's estimate is forgotten after this long
+
+
+class HasOrigin(Protocol):
+    @property
+    def origin(self) -> Origin: ...
+
+
+J = TypeVar("J", bound=HasOrigin)
+
+
+class _Origin(Generic[J]):
+    __slots__ = ("busy_since", "horizon", "inflight", "jobs", "key", "mean", "ready", "used")
+
+    def __init__(self, key: Origin) -> None:
+        self.key = key
+        self.jobs: deque[J] = deque()
+        self.inflight = 0
+        self.ready = False  # in the ring
+        self.mean = 0.0  # running mean of its attempts' durations (s); 0: none yet
+        self.busy_since = 0.0  # when its last attempt ended, or it got busy (monotonic)
+        self.horizon = 0.0  # until when the jobs handed back are expected to keep it busy
+        self.used = 0.0  # last time a job was queued or ended
+
+    def estimate(self, now: float) -> float:
+        """Seconds one attempt of this origin is expected to take."""
+        running = now - self.busy_since if self.inflight else 0.0
+        return max(self.mean, running)
+
+
+class OriginQueues(Generic[J]):
+    """Queued jobs per origin; lanes :meth:`take` them fairly, at most *cap* per origin."""
+
+    def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cap = cap
+        self.clock = clock
+        self.queued = 0
+        self.idle: deque[asyncio.Future[None]] = deque()  # parked lanes' wake-ups
+        self._origins: dict[Origin, _Origin[J]] = {}
+        self._ring: deque[_Origin[J]] = deque()
+
+    def __len__(self) -> int:
+        return self.queued
+
+    def __iter__(self) -> Iterator[J]:
+        for o in self._origins.values():
+            yield from o.jobs
+
+    def inflight(self, origin: Origin) -> int:
+        """Jobs of *origin* taken and not finished."""
+        o = self._origins.get(origin)
+        return o.inflight if o is not None else 0
+
+    def waiting(self, origin: Origin) -> int:
+        """Jobs of *origin* queued."""
+        o = self._origins.get(origin)
+        return len(o.jobs) if o is not None else 0
+
+    def put(self, job: J) -> None:
+        """Queue *job* behind the others of its origin; wake a parked lane if it can run."""
+        o = self._origins.get(job.origin)
+        if o is None:
+            o = self._origins[job.origin] = _Origin(job.origin)
+        o.jobs.append(job)
+        o.used = self.clock()
+        self.queued += 1
+        if not o.ready and o.inflight < self.cap:
+            o.ready = True
+            self._ring.append(o)
+            self.wake(1)
+
+    def take(self) -> J | None:
+        """The next job of the next origin that has room (round robin), or None."""
+        ring = self._ring
+        while ring:
+            o = ring.popleft()
+            o.ready = False
+            if not o.jobs or o.inflight >= self.cap:
+                continue
+            job = o.jobs.popleft()
+            self.queued -= 1
+            if o.inflight == 0:
+                o.busy_since = self.clock()
+            o.inflight += 1
+            if o.jobs and o.inflight < self.cap:
+                o.ready = True
+                ring.append(o)
+            if ring:  # more can run: the next parked lane takes it (a chain of wake-ups)
+                self.wake(1)
+            return job
+        return None
+
+    def finish(self, origin: Origin, seconds: float | None) -> None:
+        """A job of *origin* taken earlier is over, after an attempt of *seconds* (None: no
+        attempt was made, e.g. its claim was gone or its circuit open)."""
+        o = self._origins.get(origin)
+        if o is None:
+            return
+        o.inflight -= 1
+        now = self.clock()
+        o.used = now
+        if seconds is not None:
+            o.mean = seconds if o.mean == 0 else o.mean + EWMA * (seconds - o.mean)
+            o.busy_since = now
+        if o.jobs and not o.ready:
+            o.ready = True
+            self._ring.append(o)
+            self.wake(1)
+        elif not o.jobs and not o.inflight and now > o.horizon + IDLE_FORGET_S:
+            del self._origins[origin]
+
+    def drain(self) -> list[J]:
+        """Every queued job, taken out (the deliverer stops)."""
+        out = [job for o in self._origins.values() for job in o.jobs]
+        for o in self._origins.values():
+            o.jobs.clear()
+        self.queued = 0
+        return out
+
+    def overflow(
+        self, budget_s: float, keep: Callable[[Origin], bool] | None = None
+    ) -> list[tuple[J, float]]:
+        """The queued jobs not expected to start within *budget_s*, taken out, each with
+        when (seconds from now) its origin is expected to have room for it: jobs of a full
+        origin whose attempts are slow. Origins for which *keep* is true are left alone."""
+        now = self.clock()
+        out: list[tuple[J, float]] = []
+        cap = self.cap
+        for o in list(self._origins.values()):
+            if not o.jobs or (keep is not None and keep(o.key)):
+                continue
+            est = o.estimate(now)
+            if est <= 0:
+                continue
+            waves = int(budget_s // est)  # rounds of `cap` attempts that fit in the budget
+            kept = max((waves + 1) * cap - o.inflight, 0)
+            if len(o.jobs) <= kept:
+                continue
+            start = max(o.horizon, now + (waves + 1) * est)
+            extra = [o.jobs.pop() for _ in range(len(o.jobs) - kept)]
+            extra.reverse()
+            self.queued -= len(extra)
+            for i, job in enumerate(extra):
+                at = start + (i // cap) * est
+                out.append((job, min(max(at - now, MIN_DEFER_S), MAX_DEFER_S)))
+            o.horizon = min(start + (len(extra) // cap + 1) * est, now + MAX_DEFER_S)
+        return out
+
+    def wake(self, n: int) -> None:
+        """Wake up to *n* parked lanes."""
+        idle = self.idle
+        while n > 0 and idle:
+            fut = idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                n -= 1
+
+    def wake_all(self) -> None:
+        """Wake every parked lane."""
+        self.wake(len(self.idle))
