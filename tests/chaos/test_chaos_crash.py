@@ -257,6 +257,8 @@ async def test_default_lease_takeover_and_replicas(stack: Stack) -> None:
         "RELAY_LEASE": None,
         "RELAY_DELIVERY_TIMEOUT": None,
         "RELAY_UPSTREAM_TIMEOUT": None,
+        # all 40 on the wire at once to the one receiver: above the per-origin cap (16)
+        "RELAY_ORIGIN_CONCURRENCY": "64",
     }
     interval = float(FAST_ENV["RELAY_POLL_INTERVAL"])
     await stack.start_api("api1")
