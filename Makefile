@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint fmt bench clean
+.PHONY: install demo test lint fmt bench clean chromium screenshots
 
 install: $(STAMP)
 
@@ -28,7 +28,14 @@ fmt: install
 	$(BIN)/ruff format relay workers tests bench
 	$(BIN)/ruff check --fix relay workers tests bench
 
-test: lint
+# the dashboard's browser tests (tests/test_ui.py) drive Debian's chromium through Playwright
+# (Playwright's own browser download is not used): installed here when missing (root + apt)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium could not be installed: the dashboard's browser tests will fail"
+
+test: lint chromium
 	$(BIN)/python -m pytest
 
 # the registration scenario drives load with wrk when it can be installed (root + apt), else

@@ -34,6 +34,7 @@ from relay.store.codec import (
 
 EXPIRE_JOB = "expire_watch"  # the arq job of watch.expired before the expiry schedule
 NO_CAP = 2**53  # live watches a tenant may hold when no cap is given
+FINAL_STATUSES = frozenset(c.WATCH_STATUSES) - {"watching", "delivering"}  # each one indexed
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,16 @@ class Watches:
         cursor: str | None,
         scan_cap: int = 1000,
     ) -> Page:
-        """A tenant's watches, newest first, optionally filtered, one page at a time."""
+        """A tenant's watches, newest first, optionally filtered, one page at a time.
+
+        A final status alone is read from the tenant's index of that status (newest to
+        become final first): a constant number of round trips however rare the status.
+        Otherwise the creation index is read in chunks (of a video's watches, with
+        *video_id*) and filtered by status, at most *scan_cap* members per page: a page of
+        a rare live status may come back short, with a cursor to go on from.
+        """
+        if status in FINAL_STATUSES and not video_id:
+            return await self._final_page(tenant, status, limit, cursor)
         key = (
             c.TENANT_VIDEO_INDEX_KEY.format(tenant, video_id)
             if video_id
@@ -193,6 +203,16 @@ class Watches:
         if last is not None and not exhausted and await self._index_after(key, last, 1):
             next_cursor = encode_cursor(*last)
         return Page(found, next_cursor)
+
+    async def _final_page(self, tenant: str, status: str, limit: int, cursor: str | None) -> Page:
+        """A page of the tenant's index of a final status: one read of the index (two after
+        a cursor), one of the watches."""
+        key = c.TENANT_FINAL_KEY.format(tenant, status)
+        batch = await self._index_after(key, decode_cursor(cursor) if cursor else None, limit + 1)
+        more, batch = len(batch) > limit, batch[:limit]
+        watches = await self.get_many([m for m, _ in batch])
+        found = [w for w in watches if w is not None and w.status == status]
+        return Page(found, encode_cursor(batch[-1][1], batch[-1][0]) if more else None)
 
     async def _index_after(
         self, key: str, after: tuple[int, str] | None, count: int
