@@ -12,7 +12,10 @@ run:
 5. cost per delivery: worker CPU per webhook vs orjson + HMAC + POST in one process;
 13. scale: 20,000 watches on 1 and on 8 videos through 1, 2 and 4 workers to two light
     receivers: deliveries/s, Redis CPU, commands, slow log and memory per delivery/watch, the
-    API's GET p99 during the fan-out (``bench/scale.py``; one run per configuration).
+    API's GET p99 during the fan-out (``bench/scale.py``; one run per configuration);
+17. ui: the dashboard's overview and watch list with 10,000 watches of one tenant (first
+    page, a deep cursor, a status that 1 % have): server time p50/p99 and Redis round trips
+    per page (``bench/ui.py``).
 
 Prints a table (median of the runs, min-max, baseline, ratio, target, met?) and writes
 ``bench/results.json``. Exits 1 when a correctness check fails (an event missing, unverified,
@@ -46,10 +49,11 @@ import orjson  # noqa: E402
 import polling  # noqa: E402
 import registration  # noqa: E402
 import scale  # noqa: E402
+import ui  # noqa: E402
 from common import PROFILER, Checks, Figure, percentile, render_table, results_json  # noqa: E402
 from stack import Stack  # noqa: E402
 
-SCENARIOS = ("fanout", "notify", "registration", "polling", "scale")
+SCENARIOS = ("fanout", "notify", "registration", "polling", "scale", "ui")
 RESULTS = HERE / "results.json"
 
 
@@ -474,6 +478,8 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
                     figs, detail = await run_registration(stack, http, args.reps, checks, workdir)
                 elif name == "scale":
                     figs, detail = await run_scale(stack, http, checks, args)
+                elif name == "ui":
+                    figs, detail = await ui.run(stack, http, checks)
                 else:
                     figs, detail = await run_polling(stack, http, args.reps, checks)
                 detail["wall_s"] = round(time.monotonic() - t0, 1)

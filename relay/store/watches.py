@@ -186,21 +186,21 @@ class Watches:
         chunk = max(limit * 2, 20)
         found: list[Watch] = []
         scanned = 0
-        exhausted = False
+        exhausted = more = False  # more: the page ended before its last chunk did
         while len(found) < limit and scanned < scan_cap and not exhausted:
             batch = await self._index_after(key, last, chunk)
             exhausted = len(batch) < chunk
             watches = await self.get_many([m for m, _ in batch])
-            for (member, score), w in zip(batch, watches, strict=True):
+            for i, ((member, score), w) in enumerate(zip(batch, watches, strict=True)):
                 scanned += 1
                 last = (score, member)
                 if w is not None and (status is None or w.status == status):
                     found.append(w)
                     if len(found) == limit:
-                        exhausted = exhausted and (member, score) == batch[-1]
+                        more = i < len(batch) - 1
                         break
         next_cursor = None
-        if last is not None and not exhausted and await self._index_after(key, last, 1):
+        if last is not None and (more or (not exhausted and await self._index_after(key, last, 1))):
             next_cursor = encode_cursor(*last)
         return Page(found, next_cursor)
 
@@ -224,14 +224,13 @@ class Watches:
             )
             return [(m, int(s)) for m, s in rows]
         score, member = after
-        same = await self.redis.zrangebyscore(key, score, score)
+        pipe = self.redis.pipeline(transaction=False)  # one round trip for both reads
+        pipe.zrangebyscore(key, score, score)
+        pipe.zrevrangebyscore(key, f"({score}", "-inf", start=0, num=count, withscores=True)
+        same, more = await pipe.execute()
         out = sorted((m for m in same if m < member), reverse=True)[:count]
         rows = [(m, score) for m in out]
-        if len(rows) < count:
-            more = await self.redis.zrevrangebyscore(
-                key, f"({score}", "-inf", start=0, num=count - len(rows), withscores=True
-            )
-            rows.extend((m, int(s)) for m, s in more)
+        rows.extend((m, int(s)) for m, s in more[: count - len(rows)])
         return rows
 
     async def cancel(self, watch: Watch) -> None:
