@@ -45,5 +45,9 @@ bench: install
 		>/dev/null 2>&1 || echo "wrk not available: registration uses bench/loadgen.py"
 	$(BIN)/python bench/run.py
 
+# docs/dashboard-*.png (shown in the README): the dashboard on a real stack, in chromium
+screenshots: install chromium
+	$(BIN)/python bench/screenshots.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache

@@ -34,6 +34,7 @@ class Tick:
     x: float
     y: float
     text: str
+    anchor: str = "middle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +94,16 @@ def layout(minutes: Sequence[Minute]) -> Chart:
     y_ticks = [
         Tick(LEFT - 6, round(base - plot_h * v / top + 4, 2), str(v)) for v in (0, top // 2, top)
     ]
+    last = len(minutes) - 1
     x_ticks = [
-        Tick(round(LEFT + i * slot + slot / 2, 2), HEIGHT - 6, _clock(m.minute))
+        Tick(
+            round(LEFT + i * slot + (slot if i == last else slot / 2), 2),
+            HEIGHT - 6,
+            _clock(m.minute),
+            "end" if i == last else "middle",
+        )
         for i, m in enumerate(minutes)
-        if i % 15 == len(minutes) % 15 or i == len(minutes) - 1
+        if (i % 15 == len(minutes) % 15 and last - i >= 8) or i == last
     ]
     return Chart(
         WIDTH,
