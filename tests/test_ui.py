@@ -165,6 +165,9 @@ async def test_counts_chart_list_filters_and_pages(
     assert await chart.evaluate("e => e.tagName.toLowerCase()") == "svg"
     assert await chart.locator("[data-testid=bar-ok]").count() >= 1
     assert await chart.locator("[data-testid=bar-fail]").count() >= 1
+    # tenant A's attempts only: 2 deliveries and the failing watch's 4 (B's is not counted)
+    desc = await chart.locator("desc").text_content()
+    assert desc == "2 attempts succeeded and 4 failed in the last hour.", desc
 
     # the list: newest first, 50 a page, the tenant's own only
     await page.get_by_role("link", name="Watches", exact=True).click()
@@ -340,6 +343,14 @@ async def test_session_ends_when_its_key_leaves(make_api: ApiFactory, settings: 
     four = await make_api(ui_secret="another-secret")
     got = await four.get("/ui/", cookies={"cr_ui": cookie}, allow_redirects=False)
     assert got.status == 303
+
+
+async def test_cookie_is_secure_over_https(ui: Client) -> None:
+    resp = await ui.get("/ui/login", headers={"X-Forwarded-Proto": "https"})
+    cookie = resp.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    plain = (await ui.get("/ui/login")).headers["Set-Cookie"]
+    assert "Secure" not in plain
 
 
 async def test_ui_off(make_api: ApiFactory) -> None:
