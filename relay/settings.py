@@ -256,9 +256,6 @@ class Settings(BaseSettings):
     secrets_key: Annotated[str, _text(_secrets_key)] = Field(
         "", validation_alias="RELAY_SECRETS_KEY", repr=False
     )
-    retention: Seconds = Field(604800.0, validation_alias="RELAY_RETENTION")
-    redis_high_water: Fraction = Field(0.9, validation_alias="RELAY_REDIS_HIGH_WATER")
-    tenant_max_watches: Count = Field(100000, validation_alias="RELAY_TENANT_MAX_WATCHES")
     # the dashboard (/ui/): on or off, its session length, the key of its session cookies
     # (empty: each process makes its own, which serves one replica only)
     ui: Switch = Field(True, validation_alias="RELAY_UI")
@@ -266,6 +263,9 @@ class Settings(BaseSettings):
     ui_secret: Annotated[str, _text(_token)] = Field(
         "", validation_alias="RELAY_UI_SECRET", repr=False
     )
+    retention: Seconds = Field(604800.0, validation_alias="RELAY_RETENTION")
+    redis_high_water: Fraction = Field(0.9, validation_alias="RELAY_REDIS_HIGH_WATER")
+    tenant_max_watches: Count = Field(100000, validation_alias="RELAY_TENANT_MAX_WATCHES")
     # Beyond SPEC's table: knobs operators and tests need.
     metrics_port: Port = Field(9100, validation_alias="RELAY_METRICS_PORT")  # worker's /metrics
     upstream_timeout: Seconds = Field(10.0, validation_alias="RELAY_UPSTREAM_TIMEOUT")

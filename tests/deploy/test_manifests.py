@@ -59,6 +59,8 @@ CONFIG_KEYS = {
     "RELAY_SHUTDOWN_GRACE",
     "RELAY_RATE_LIMIT",
     "RELAY_SECRET_GRACE",
+    "RELAY_UI",
+    "RELAY_UI_SESSION",
     "LOG_FORMAT",
     "RELAY_METRICS_PORT",
     "RELAY_UPSTREAM_TIMEOUT",
@@ -66,8 +68,6 @@ CONFIG_KEYS = {
     "RELAY_DELIVERY_CONCURRENCY",
     "RELAY_POLL_CONCURRENCY",
     "RELAY_LEASE",
-    "RELAY_UI",
-    "RELAY_UI_SESSION",
 }
 PART_OF = {"app.kubernetes.io/part-of": "clip-relay"}
 
