@@ -56,6 +56,7 @@ def mount(app: web.Application, settings: Settings) -> None:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         default_helpers=True,
+        auto_reload=False,  # templates are package data: read once
     )
     setup_routes(ui)
     app.router.add_get("/ui", _to_slash)
