@@ -262,6 +262,15 @@ async def test_failed_watch_attempts_redeliver_rotate_cancel(
     )
     assert bad_token.status == 403
     assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
+    # the token as a header does (a script's way)
+    token = await page.locator("input[name=csrfToken]").first.get_attribute("value")
+    by_header = await page.request.post(
+        base(ui) + f"/ui/watches/{w['id']}/redeliver",
+        headers={"X-CSRF-Token": token or ""},
+        max_redirects=0,
+    )
+    assert by_header.status == 303
+    assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
 
     await page.get_by_test_id("cancel").click()
     await page.wait_for_url("**done=cancelled")
