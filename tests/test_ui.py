@@ -348,6 +348,11 @@ async def test_session_ends_when_its_key_leaves(make_api: ApiFactory, settings: 
     three = await make_api(ui_secret="shared-secret", api_keys=keys)
     got = await three.get("/ui/", cookies={"cr_ui": cookie}, allow_redirects=False)
     assert got.status == 303 and got.headers["Location"] == "/ui/login"
+    assert got.cookies["cr_ui"].value == ""  # dropped
+    # its sign-in form makes a new session at once (the form's token works)
+    form = await three.get("/ui/login", cookies={"cr_ui": cookie})
+    fresh = form.cookies["cr_ui"].value
+    assert fresh and fresh != cookie
     # a replica with another secret does not know it
     four = await make_api(ui_secret="another-secret")
     got = await four.get("/ui/", cookies={"cr_ui": cookie}, allow_redirects=False)

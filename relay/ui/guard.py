@@ -18,7 +18,7 @@ from relay import logs
 from relay.api import appkeys as k
 from relay.api.auth import Principal
 from relay.store.dashboard import Dashboard
-from relay.ui.session import Session, Sessions, csrf_ok, new_session
+from relay.ui.session import COOKIE, Session, Sessions, csrf_ok, new_session
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logs.get("relay.ui")
@@ -122,7 +122,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             protect(exc.headers)
-            if drop:
+            if drop and COOKIE not in exc.cookies:
                 sessions.clear(request, exc)
             raise
         detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else ""
@@ -139,7 +139,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     protect(response.headers, static=static)
     # the page's own time in this process (the benchmark reads it; browsers show it)
     response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
-    if drop:
+    if drop and COOKIE not in response.cookies:  # (unless the page made a new session)
         sessions.clear(request, response)
     return response
 
