@@ -54,8 +54,8 @@ from common import PROFILER, Checks, Figure, percentile, render_table, results_j
 from stack import Stack  # noqa: E402
 
 SCENARIOS = ("fanout", "notify", "registration", "polling", "scale")
-SCENARIOS += ("ui",)  # the dashboard (issue 17)
 RESULTS = HERE / "results.json"
+SCENARIOS += ("ui",)  # the dashboard (issue 17)
 
 
 async def _fresh_worker(stack: Stack, http: aiohttp.ClientSession, env: dict[str, str]) -> None:
