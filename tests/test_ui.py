@@ -115,6 +115,9 @@ async def test_sign_in_headers_cookie_and_sign_out(ui: Client, browser: Browser)
     assert await sign_in(page, ui) == 200
     assert page.url.endswith("/ui/")
     assert await page.get_by_test_id("tenant").inner_text() == "tenant-a"
+    empty = page.get_by_test_id("attempts-chart")  # an empty hour is an empty chart
+    assert await empty.locator("rect.ok, rect.fail").count() == 0
+    assert await page.get_by_test_id("count-watching").inner_text() == "0"
     (cookie,) = [c for c in await context.cookies() if c["name"] == "cr_ui"]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]
     assert cookie["path"] == "/ui"
@@ -357,6 +360,22 @@ async def test_session_ends_when_its_key_leaves(make_api: ApiFactory, settings: 
     four = await make_api(ui_secret="another-secret")
     got = await four.get("/ui/", cookies={"cr_ui": cookie}, allow_redirects=False)
     assert got.status == 303
+
+
+def test_chart_layout() -> None:
+    from relay.store.dashboard import Minute
+    from relay.ui.chart import layout, nice_max
+
+    assert [nice_max(v) for v in (0, 4, 5, 7, 11, 99, 101)] == [5, 5, 5, 10, 20, 100, 200]
+    minutes = [Minute(29_000_000 + i, 0, 0) for i in range(60)]
+    minutes[-1] = Minute(29_000_059, 6, 4)
+    chart = layout(minutes)
+    assert (chart.ok, chart.fail, len(chart.bars)) == (6, 4, 60)
+    last = chart.bars[-1]
+    assert last.ok_h > 0 and last.fail_h > 0 and last.fail_y + last.fail_h == last.ok_y
+    assert last.ok_y + last.ok_h == chart.plot_bottom
+    assert all(b.ok_h == b.fail_h == 0 for b in chart.bars[:-1])
+    assert last.label.endswith("UTC: 6 ok, 4 failed")
 
 
 async def test_cookie_is_secure_over_https(ui: Client) -> None:

@@ -55,7 +55,7 @@ class Chart:
 
 
 def nice_max(value: int) -> int:
-    """The smallest of 1, 2, 5 x 10^k that is at least *value* (at least 4: an empty hour
+    """The smallest of 1, 2, 5 x 10^k that is at least *value* (at least 5: an empty hour
     still has an axis)."""
     step = 1
     while True:
