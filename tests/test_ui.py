@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -322,6 +323,8 @@ async def _csrf(client: Client) -> str:
 
 async def test_sign_in_is_rate_limited_per_address(ui: Client) -> None:
     token = await _csrf(ui)
+    if time.time() % 60 > 55:  # the count is per minute: keep the 11 attempts in one
+        await asyncio.sleep(60.5 - time.time() % 60)
     codes = []
     for _ in range(11):
         resp = await ui.post(
