@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from relay.devtools.receiver import Receiver
+from relay.store.watches import Watches
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, ApiFactory, WorkerFactory, auth, eventually
 from tests.test_worker import register, sim_video, wait_watch
 
@@ -311,6 +312,42 @@ async def test_markup_from_clients_and_receivers_is_text(
     assert MARKUP in await page.get_by_test_id("metadata").inner_text()
     assert await page.get_by_test_id("callback-url").inner_text() == url
     assert MARKUP in await page.get_by_test_id("event-body").inner_text()
+    await context.close()
+
+
+@pytest.mark.skipif(
+    not hasattr(Watches, "recover"), reason="POST /v1/watches/recover is not in this build yet"
+)
+async def test_recover_puts_failed_watches_back(
+    ui: Client, make_worker: WorkerFactory, sim: Client, receiver: Rec, browser: Browser
+) -> None:
+    await make_worker(**WORKER)
+    rec = receiver[0]
+    rec.script("/down", [500] * 8)
+    vid = await sim_video(sim)
+    failed = [await register(ui, receiver, vid, "/down") for _ in range(2)]
+    for w in failed:
+        assert (await wait_watch(ui, w["id"]))["status"] == "failed"
+    first_ids = {e.webhook_id for e in rec.events}
+
+    context, page, _ = await new_page(browser)
+    await sign_in(page, ui)
+    await page.get_by_role("link", name="Recover").click()
+    await page.wait_for_url("**/ui/recover")
+    await page.get_by_label("Since").fill("not a time")
+    async with page.expect_navigation() as nav:
+        await page.get_by_test_id("recover").click()
+    response = await nav.value
+    assert response is not None and response.status == 422
+    assert await page.get_by_role("alert").count() == 1
+    await page.get_by_label("Since").fill("2000-01-01T00:00:00Z")
+    await page.get_by_test_id("recover").click()
+    await page.wait_for_load_state()
+    assert await page.get_by_test_id("recover-count").inner_text() == "2"
+    for w in failed:
+        assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
+    again = {e.webhook_id for e in rec.events if 200 <= e.status < 300}
+    assert again == first_ids  # the same events, the same webhook-ids
     await context.close()
 
 

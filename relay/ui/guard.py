@@ -41,7 +41,12 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
-PAGES = {"overview.html": "overview", "watches.html": "watches", "watch.html": "watches"}
+PAGES = {
+    "overview.html": "overview",
+    "watches.html": "watches",
+    "watch.html": "watches",
+    "recover.html": "recover",
+}
 TITLES = {
     400: "Bad request",
     403: "Forbidden",
@@ -83,7 +88,7 @@ def render(
         "tenant": who.tenant if who else None,
         "csrf": request[SESSION].csrf,
         "page": PAGES.get(template, ""),
-        "recover": False,
+        "recover": callable(getattr(request.config_dict[k.STORE].watches, "recover", None)),
         **context,
     }
     return aiohttp_jinja2.render_template(template, request, ctx, status=status)

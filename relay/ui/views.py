@@ -4,6 +4,9 @@ Every page shows the signed-in tenant's watches only; another tenant's watch is 
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -219,3 +222,64 @@ async def rotate(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no such watch")
     fresh = await _store(request).watches.get(watch.id)
     return await _watch_page(request, fresh or watch, new_secret=secret)
+
+
+# --- recover --------------------------------------------------------------------------------
+
+TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:\d{2})?", re.ASCII
+)
+
+
+def recover_call(store: Store) -> Callable[[str, int, int], Awaitable[int]] | None:
+    """The store's call that puts a tenant's failed watches back, the one behind ``POST
+    /v1/watches/recover`` (``store.watches.recover(tenant, since_ms, until_ms)``), if this
+    relay has it."""
+    call = getattr(store.watches, "recover", None)
+    return call if callable(call) else None
+
+
+def parse_time(raw: str) -> int | None:
+    """An RFC 3339 timestamp (without a zone: UTC; seconds optional) as ms, or None."""
+    text = raw.strip()
+    if not TIME.fullmatch(text):
+        return None
+    try:
+        when = datetime.fromisoformat(text.upper().replace(" ", "T").replace("Z", "+00:00"))
+    except ValueError:  # e.g. month 13
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+async def recover_form(request: web.Request) -> web.StreamResponse:
+    """``GET /ui/recover``: since/until."""
+    if recover_call(_store(request)) is None:
+        raise web.HTTPNotFound(text="this relay has no recover")
+    context: dict[str, Any] = {"errors": [], "count": None, "since": "", "until": ""}
+    return render(request, "recover.html", context)
+
+
+async def recover(request: web.Request) -> web.StreamResponse:
+    """``POST /ui/recover``: the tenant's watches that became failed in [since, until)
+    deliver their last event again (``POST /v1/watches/recover``); the count."""
+    call = recover_call(_store(request))
+    if call is None:
+        raise web.HTTPNotFound(text="this relay has no recover")
+    form = await request.post()
+    raw_since, raw_until = str(form.get("since", "")), str(form.get("until", ""))
+    since = parse_time(raw_since)
+    until = parse_time(raw_until) if raw_until.strip() else now_ms() + 1  # now included
+    errors = []
+    if since is None:
+        errors.append("Since must be a time like 2026-12-04T10:00:00Z.")
+    if until is None:
+        errors.append("Until must be a time like 2026-12-04T12:00:00Z, or empty for now.")
+    elif since is not None and until <= since:
+        errors.append("Until must be later than since.")
+    count = None
+    if not errors and since is not None and until is not None:
+        count = await call(principal(request).tenant, since, until)
+    context = {"errors": errors, "count": count, "since": raw_since, "until": raw_until}
+    return render(request, "recover.html", context, status=422 if errors else 200)
