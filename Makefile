@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint fmt bench clean
+.PHONY: install demo test lint fmt bench clean chromium screenshots
 
 install: $(STAMP)
 
@@ -33,7 +33,14 @@ fmt: install
 	$(BIN)/ruff format relay workers tests bench clients
 	$(BIN)/ruff check --fix relay workers tests bench clients
 
-test: lint
+# the dashboard's browser tests (tests/test_ui.py) drive Debian's chromium through Playwright
+# (Playwright's own browser download is not used): installed here when missing (root + apt)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium could not be installed: the dashboard's browser tests will fail"
+
+test: lint chromium
 	$(BIN)/python -m pytest
 
 # the registration scenario drives load with wrk when it can be installed (root + apt), else
@@ -42,6 +49,10 @@ bench: install
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; } \
 		>/dev/null 2>&1 || echo "wrk not available: registration uses bench/loadgen.py"
 	$(BIN)/python bench/run.py
+
+# docs/dashboard-*.png (shown in the README): the dashboard on a real stack, in chromium
+screenshots: install chromium
+	$(BIN)/python bench/screenshots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info clients/python/build clients/python/*.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .grimp_cache

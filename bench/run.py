@@ -12,6 +12,9 @@ run:
 5. cost per delivery: worker CPU per webhook vs orjson + HMAC + POST in one process;
 14. recover: 10,000 failed watches put back by one POST /v1/watches/recover: time to its
     202, time until all are delivered, the API's GET p99 meanwhile (``bench/recover.py``);
+ui (issue 17): the dashboard's overview and watch list with 10,000 watches of one tenant
+    (first page, a deep cursor, a status that 1 % have): server time p50/p99 and Redis round
+    trips per page (``bench/ui.py``; ``--only ui``);
 13. scale: 20,000 watches on 1 and on 8 videos through 1, 2 and 4 workers to two light
     receivers: deliveries/s, Redis CPU, commands, slow log and memory per delivery/watch, the
     API's GET p99 during the fan-out (``bench/scale.py``; one run per configuration);
@@ -60,11 +63,13 @@ import polling  # noqa: E402
 import recover  # noqa: E402
 import registration  # noqa: E402
 import scale  # noqa: E402
+import ui  # noqa: E402
 from common import PROFILER, Checks, Figure, percentile, render_table, results_json  # noqa: E402
 from stack import Stack  # noqa: E402
 
 SCENARIOS = ("fanout", "notify", "registration", "polling", "scale", "lifetime", "recover", "noisy")
 RESULTS = HERE / "results.json"
+SCENARIOS += ("ui",)  # the dashboard (issue 17)
 
 
 async def _fresh_worker(stack: Stack, http: aiohttp.ClientSession, env: dict[str, str]) -> None:
@@ -509,7 +514,9 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
             for name in args.only:
                 print(f"scenario {name}", flush=True)
                 t0 = time.monotonic()
-                if name == "fanout":
+                if name == "ui":
+                    figs, detail = await ui.run(stack, http, checks)
+                elif name == "fanout":
                     figs, detail = await run_fanout(stack, http, args.reps, checks)
                 elif name == "notify":
                     figs, detail = await run_notify(stack, http, args.reps, checks)

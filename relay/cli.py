@@ -42,7 +42,7 @@ def _settings(command: str) -> Settings:
     if command == "worker":
         settings.require_worker()
     logs.setup(settings.log_format)
-    logs.register_secrets([settings.scalereach_api_key, settings.secrets_key])
+    logs.register_secrets([settings.scalereach_api_key, settings.secrets_key, settings.ui_secret])
     logs.register_secrets(k.key for k in settings.api_keys)
     return settings
 

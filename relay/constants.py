@@ -22,6 +22,9 @@ TENANT_VIDEO_INDEX_KEY: Final = PREFIX + "t:{}:v:{}:w"  # zset: a tenant's watch
 TENANT_PREFIX: Final = PREFIX + "t:"
 TENANT_FINAL_KEY: Final = TENANT_PREFIX + "{}:s:{}"  # zset: a tenant's watches in a final status
 TENANT_COUNTS_KEY: Final = TENANT_PREFIX + "{}:n"  # hash: a tenant's watches per status
+# hash: a tenant's delivery attempts in one minute (minutes since the epoch): ok, fail
+TENANT_MINUTE_KEY: Final = TENANT_PREFIX + "{}:m:{}"
+UI_LOGIN_KEY: Final = PREFIX + "ui:login:{}:{}"  # string: sign-ins from one address in a minute
 IDEMPOTENCY_KEY: Final = PREFIX + "idem:{}:{}"  # string: tenant + Idempotency-Key -> watch
 POLL_SCHEDULE_KEY: Final = PREFIX + "sched:poll"  # zset: video id -> next poll (ms)
 DELIVERY_SCHEDULE_KEY: Final = PREFIX + "sched:delivery"  # zset: watch id -> next attempt (ms)
@@ -64,6 +67,7 @@ MAX_CALLBACK_URL: Final = 2048
 MAX_ATTEMPTS_KEPT: Final = 200  # attempt records kept per watch
 RESPONSE_BODY_KEPT: Final = 1024  # bytes of a receiver's answer kept per attempt
 IDEMPOTENCY_TTL: Final = 24 * 3600
+ATTEMPT_MINUTES_TTL: Final = 2 * 3600 + 120  # seconds a per-minute attempt count is kept
 RETRY_AFTER_CAP: Final = 3600.0
 UPSTREAM_BACKOFF_CAP: Final = 300.0  # seconds: longest gap between polls of a failing video
 AUTH_ERROR_LOG_EVERY: Final = 3600.0  # seconds: 401/402/403 logged once per video per hour

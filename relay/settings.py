@@ -206,6 +206,12 @@ def _secrets_key(raw: str) -> str:
     return raw
 
 
+def _switch(raw: str) -> bool:
+    if raw not in ("0", "1"):
+        raise ValueError("expected 1 (on) or 0 (off)")
+    return raw == "1"
+
+
 def _text(parse: Callable[[str], object]) -> BeforeValidator:
     """Parse the environment's text with *parse*; values given in code go to the type check."""
 
@@ -221,6 +227,7 @@ Pause = Annotated[float, _text(_pause)]  # >= 0
 Fraction = Annotated[float, _text(_fraction)]  # 0 < x <= 1
 Port = Annotated[int, _text(_port)]  # 0..65535
 Count = Annotated[int, _text(_count)]  # >= 1
+Switch = Annotated[bool, _text(_switch)]  # 1 or 0
 # comma-separated lists: NoDecode, so pydantic-settings hands over the plain string (not JSON)
 Schedule = Annotated[tuple[float, ...], NoDecode, _text(_schedule)]
 ApiKeys = Annotated[tuple[ApiKey, ...], NoDecode, _text(_api_keys)]
@@ -274,6 +281,13 @@ class Settings(BaseSettings):
     secret_grace: Pause = Field(86400.0, validation_alias="RELAY_SECRET_GRACE")
     secrets_key: Annotated[str, _text(_secrets_key)] = Field(
         "", validation_alias="RELAY_SECRETS_KEY", repr=False
+    )
+    # the dashboard (/ui/): on or off, its session length, the key of its session cookies
+    # (empty: each process makes its own, which serves one replica only)
+    ui: Switch = Field(True, validation_alias="RELAY_UI")
+    ui_session: Seconds = Field(43200.0, validation_alias="RELAY_UI_SESSION")
+    ui_secret: Annotated[str, _text(_token)] = Field(
+        "", validation_alias="RELAY_UI_SECRET", repr=False
     )
     retention: Seconds = Field(604800.0, validation_alias="RELAY_RETENTION")
     redis_high_water: Fraction = Field(0.9, validation_alias="RELAY_REDIS_HIGH_WATER")

@@ -33,6 +33,7 @@ from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.connection import connect
+from relay.ui import mount as mount_ui
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_DEADLINE = 5.0  # seconds: a request that needs longer (Redis hung) is a 503
@@ -191,4 +192,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(pings_ctx)  # after Redis: pings in flight are recorded first
     app.on_shutdown.append(_drain)
     setup_routes(app)
+    if settings.ui:
+        mount_ui(app, settings)  # the dashboard at /ui/ (RELAY_UI=0: none)
     return app

@@ -29,6 +29,7 @@ class Authenticator:
             (hashlib.sha256(k.key.encode()).digest(), Principal(k.tenant, _key_id(k.key)))
             for k in keys
         ]
+        self._by_id = {principal.key_id: principal for _, principal in self._entries}
 
     def authenticate(self, header: str | None) -> Principal | None:
         """The principal for an Authorization header value, or None."""
@@ -44,6 +45,11 @@ class Authenticator:
             if hmac.compare_digest(stored, digest):
                 found = principal
         return found
+
+    def by_key_id(self, key_id: str) -> Principal | None:
+        """The principal of a key still in RELAY_API_KEYS, by the key's id (a dashboard
+        session holds the id, never the key)."""
+        return self._by_id.get(key_id)
 
 
 def _key_id(key: str) -> str:

@@ -261,6 +261,25 @@ class Deliveries:
                     r.record,
                     f"r{r.next_due_ms}" if r.outcome == "retry" else f"{r.status}|{r.tenant}",
                 ]
-            got = await self._settle(keys=[c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY], args=args)
+            keys = [c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY]
+            minute_counts(results[start : start + SETTLE_BATCH], now, keys, args)
+            got = await self._settle(keys=keys, args=args)
             statuses += [str(s) for s in got]
         return statuses
+
+
+def minute_counts(
+    results: Sequence[AttemptResult], now: int, keys: list[str], args: list[EncodableT]
+) -> None:
+    """Add the dashboard's per-minute attempt counts of *results* to a ``settle`` call: per
+    tenant, its minute hash as a key, and its ok and fail counts after the TTL at the end
+    of the arguments (settle.lua's last block)."""
+    tally: dict[str, list[int]] = {}
+    for r in results:
+        counts = tally.setdefault(r.tenant, [0, 0])
+        counts[0 if r.outcome == "ok" else 1] += 1
+    minute = now // 60_000
+    args.append(c.ATTEMPT_MINUTES_TTL)
+    for tenant, (ok, fail) in tally.items():
+        keys.append(c.TENANT_MINUTE_KEY.format(tenant, minute))
+        args += [ok, fail]

@@ -34,6 +34,7 @@ from relay.store.codec import (
 
 EXPIRE_JOB = "expire_watch"  # the arq job of watch.expired before the expiry schedule
 NO_CAP = 2**53  # live watches a tenant may hold when no cap is given
+FINAL_STATUSES = frozenset(c.WATCH_STATUSES) - {"watching", "delivering"}  # each one indexed
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +169,16 @@ class Watches:
         cursor: str | None,
         scan_cap: int = 1000,
     ) -> Page:
-        """A tenant's watches, newest first, optionally filtered, one page at a time."""
+        """A tenant's watches, newest first, optionally filtered, one page at a time.
+
+        A final status alone is read from the tenant's index of that status (newest to
+        become final first): a constant number of round trips however rare the status.
+        Otherwise the creation index is read in chunks (of a video's watches, with
+        *video_id*) and filtered by status, at most *scan_cap* members per page: a page of
+        a rare live status may come back short, with a cursor to go on from.
+        """
+        if status in FINAL_STATUSES and not video_id:
+            return await self._final_page(tenant, status, limit, cursor)
         key = (
             c.TENANT_VIDEO_INDEX_KEY.format(tenant, video_id)
             if video_id
@@ -178,23 +188,33 @@ class Watches:
         chunk = max(limit * 2, 20)
         found: list[Watch] = []
         scanned = 0
-        exhausted = False
+        exhausted = more = False  # more: the page ended before its last chunk did
         while len(found) < limit and scanned < scan_cap and not exhausted:
             batch = await self._index_after(key, last, chunk)
             exhausted = len(batch) < chunk
             watches = await self.get_many([m for m, _ in batch])
-            for (member, score), w in zip(batch, watches, strict=True):
+            for i, ((member, score), w) in enumerate(zip(batch, watches, strict=True)):
                 scanned += 1
                 last = (score, member)
                 if w is not None and (status is None or w.status == status):
                     found.append(w)
                     if len(found) == limit:
-                        exhausted = exhausted and (member, score) == batch[-1]
+                        more = i < len(batch) - 1
                         break
         next_cursor = None
-        if last is not None and not exhausted and await self._index_after(key, last, 1):
+        if last is not None and (more or (not exhausted and await self._index_after(key, last, 1))):
             next_cursor = encode_cursor(*last)
         return Page(found, next_cursor)
+
+    async def _final_page(self, tenant: str, status: str, limit: int, cursor: str | None) -> Page:
+        """A page of the tenant's index of a final status: one read of the index (two after
+        a cursor), one of the watches."""
+        key = c.TENANT_FINAL_KEY.format(tenant, status)
+        batch = await self._index_after(key, decode_cursor(cursor) if cursor else None, limit + 1)
+        more, batch = len(batch) > limit, batch[:limit]
+        watches = await self.get_many([m for m, _ in batch])
+        found = [w for w in watches if w is not None and w.status == status]
+        return Page(found, encode_cursor(batch[-1][1], batch[-1][0]) if more else None)
 
     async def _index_after(
         self, key: str, after: tuple[int, str] | None, count: int
@@ -206,14 +226,13 @@ class Watches:
             )
             return [(m, int(s)) for m, s in rows]
         score, member = after
-        same = await self.redis.zrangebyscore(key, score, score)
+        pipe = self.redis.pipeline(transaction=False)  # one round trip for both reads
+        pipe.zrangebyscore(key, score, score)
+        pipe.zrevrangebyscore(key, f"({score}", "-inf", start=0, num=count, withscores=True)
+        same, more = await pipe.execute()
         out = sorted((m for m in same if m < member), reverse=True)[:count]
         rows = [(m, score) for m in out]
-        if len(rows) < count:
-            more = await self.redis.zrevrangebyscore(
-                key, f"({score}", "-inf", start=0, num=count - len(rows), withscores=True
-            )
-            rows.extend((m, int(s)) for m, s in more)
+        rows.extend((m, int(s)) for m, s in more[: count - len(rows)])
         return rows
 
     async def cancel(self, watch: Watch) -> None:

@@ -42,7 +42,7 @@ OVERLAYS = ("dev", "prod")
 K8S_VERSIONS = ("1.31", "1.34")
 
 SECRET_NAME = "clip-relay-secrets"
-SECRET_KEYS = {"SCALEREACH_API_KEY", "RELAY_API_KEYS", "RELAY_SECRETS_KEY"}
+SECRET_KEYS = {"SCALEREACH_API_KEY", "RELAY_API_KEYS", "RELAY_SECRETS_KEY", "RELAY_UI_SECRET"}
 # SPEC.md's configuration table minus the secrets, plus the extra knobs the app reads.
 CONFIG_KEYS = {
     "REDIS_URL",
@@ -59,6 +59,8 @@ CONFIG_KEYS = {
     "RELAY_SHUTDOWN_GRACE",
     "RELAY_RATE_LIMIT",
     "RELAY_SECRET_GRACE",
+    "RELAY_UI",
+    "RELAY_UI_SESSION",
     "LOG_FORMAT",
     "RELAY_METRICS_PORT",
     "RELAY_UPSTREAM_TIMEOUT",

@@ -10,7 +10,8 @@
 -- have it already (safe to run twice). A final watch
 -- joins its tenant's index of that status. Returns each watch's status.
 local W = 6
-local n = (#ARGV - 4) / W
+-- (KEYS[3..]: the dashboard's minute counts, see the end; their values close ARGV)
+local n = (#ARGV - 4 - (#KEYS > 2 and 2 * (#KEYS - 2) + 1 or 0)) / W
 local members = {}
 for k = 1, n do members[k] = ARGV[5 + (k - 1) * W] end
 local held = redis.call('ZMSCORE', KEYS[1], unpack(members))
@@ -73,6 +74,18 @@ for tenant, deltas in pairs(counts) do
       redis.call('HINCRBY', KEYS[2], status, delta)
       redis.call('HINCRBY', ARGV[4] .. tenant .. ':n', status, delta)
     end
+  end
+end
+-- The dashboard's attempts per minute per tenant (issue 17): KEYS[3..] one hash per tenant
+-- of this call, cr:t:{tenant}:m:{minute}; ARGV closes with their TTL (seconds) and, per
+-- key, its ok and fail counts. One HINCRBY per count and one EXPIRE per key per call.
+if #KEYS > 2 then
+  local m = #ARGV - 2 * (#KEYS - 2)
+  for j = 3, #KEYS do
+    local at = m + 2 * (j - 3)
+    if ARGV[at + 1] ~= '0' then redis.call('HINCRBY', KEYS[j], 'ok', ARGV[at + 1]) end
+    if ARGV[at + 2] ~= '0' then redis.call('HINCRBY', KEYS[j], 'fail', ARGV[at + 2]) end
+    redis.call('EXPIRE', KEYS[j], ARGV[m])
   end
 end
 return statuses

@@ -1,0 +1,161 @@
+"""The dashboard's middleware and what it keeps: every ``/ui/`` answer gets its security
+headers; a page needs a session (else: to the sign-in page); every POST needs the session's
+CSRF token; errors are HTML pages, not problem documents."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from relay import logs
+from relay.api import appkeys as k
+from relay.api.auth import Principal
+from relay.store.dashboard import Dashboard
+from relay.ui.session import COOKIE, Session, Sessions, csrf_ok, new_session
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logs.get("relay.ui")
+
+SESSIONS = web.AppKey("ui_sessions", Sessions)
+SESSION = web.RequestKey("ui_session", Session)  # the visitor's session (maybe anonymous)
+SIGNED_IN = web.RequestKey("ui_principal", Principal)  # set on pages that need a session
+
+LOGIN = "/ui/login"
+PUBLIC = (LOGIN, "/ui/logout")
+STATIC = "/ui/static/"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+PAGES = {
+    "overview.html": "overview",
+    "watches.html": "watches",
+    "watch.html": "watches",
+    "recover.html": "recover",
+}
+TITLES = {
+    400: "Bad request",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Too large",
+    429: "Too many attempts",
+    503: "Unavailable",
+}
+
+
+def protect(headers: Any, *, static: bool = False) -> None:
+    """Put the security headers (and, on pages, no-store) on an answer."""
+    headers.update(SECURITY_HEADERS)
+    headers["Cache-Control"] = "public, max-age=300" if static else "no-store"
+
+
+def principal(request: web.Request) -> Principal:
+    """The signed-in tenant and key id (pages behind the guard only)."""
+    return request[SIGNED_IN]
+
+
+def dashboard(request: web.Request) -> Dashboard:
+    """The dashboard's counters, on the API's Redis connection."""
+    return Dashboard(request.config_dict[k.STORE].redis)
+
+
+def session(request: web.Request) -> Session:
+    """The visitor's session."""
+    return request[SESSION]
+
+
+def render(
+    request: web.Request, template: str, context: dict[str, Any], *, status: int = 200
+) -> web.Response:
+    """A page, with what every page shows (the tenant, the CSRF token for its forms)."""
+    who = request.get(SIGNED_IN)
+    ctx = {
+        "tenant": who.tenant if who else None,
+        "csrf": request[SESSION].csrf,
+        "page": PAGES.get(template, ""),
+        "recover": callable(getattr(request.config_dict[k.STORE].watches, "recover", None)),
+        **context,
+    }
+    return aiohttp_jinja2.render_template(template, request, ctx, status=status)
+
+
+def error_page(request: web.Request, status: int, detail: str) -> web.Response:
+    """An error as a page."""
+    title = TITLES.get(status, "Error")
+    return render(request, "error.html", {"title": title, "detail": detail}, status=status)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Sessions, CSRF, HTML errors and the security headers, for every ``/ui/`` request."""
+    started = time.perf_counter()
+    static = request.path.startswith(STATIC)
+    sessions = request.app[SESSIONS]
+    current = sessions.read(request)
+    drop = False
+    if current is not None and current.tenant:
+        who = request.config_dict[k.AUTH].by_key_id(current.key_id)
+        if who is not None and who.tenant == current.tenant:
+            request[SIGNED_IN] = who
+        else:  # its key left RELAY_API_KEYS: the session ends
+            current, drop = None, True
+    if current is None:
+        current = new_session()
+    request[SESSION] = current
+    response: web.StreamResponse
+    try:
+        if SIGNED_IN not in request and not static and request.path not in PUBLIC:
+            raise web.HTTPSeeOther(LOGIN)
+        if request.method == "POST" and not await _csrf_given(request, current):
+            raise web.HTTPForbidden(text="the form's CSRF token is missing or stale: reload")
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            protect(exc.headers)
+            if drop and COOKIE not in exc.cookies:
+                sessions.clear(request, exc)
+            raise
+        detail = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else ""
+        response = error_page(request, exc.status, detail or exc.reason)
+        for name in ("Retry-After", "Allow"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+        log.error("redis unavailable", error=type(exc).__name__)
+        response = error_page(request, 503, "the relay's storage is unreachable; try again")
+    except (OutOfMemoryError, ReadOnlyError) as exc:
+        log.error("redis refused a write", error=type(exc).__name__)
+        response = error_page(request, 503, "the relay's storage cannot take writes right now")
+    protect(response.headers, static=static)
+    # the page's own time in this process (the benchmark reads it; browsers show it)
+    response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+    if drop and COOKIE not in response.cookies:  # (unless the page made a new session)
+        sessions.clear(request, response)
+    return response
+
+
+async def _csrf_given(request: web.Request, current: Session) -> bool:
+    given = request.headers.get("X-CSRF-Token", "")
+    if not given and request.content_type in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
+        form = await request.post()
+        value = form.get("csrfToken", "")
+        given = value if isinstance(value, str) else ""
+    return csrf_ok(current, given)

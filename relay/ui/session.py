@@ -1,0 +1,94 @@
+"""The dashboard's sessions: a sealed cookie (Fernet: AES-CBC + HMAC-SHA256, with its time)
+holding the tenant, the id of the API key that signed in (never the key) and the session's
+CSRF token; keyed by RELAY_UI_SECRET.
+
+A visitor who has not signed in gets an anonymous session too (no tenant): it carries the
+CSRF token of the sign-in form. A session lasts RELAY_UI_SESSION seconds from sign-in and
+ends when its key leaves RELAY_API_KEYS (its id is checked on every request).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+from cryptography.fernet import Fernet, InvalidToken
+
+COOKIE = "cr_ui"
+PATH = "/ui"
+MAX_COOKIE = 4096  # bytes: a longer cookie was not made here
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What the cookie holds. ``tenant`` empty: not signed in."""
+
+    csrf: str
+    tenant: str = ""
+    key_id: str = ""
+
+
+class Sessions:
+    """Seal and open session cookies."""
+
+    def __init__(self, secret: str, lifetime_s: float) -> None:
+        # any text of RELAY_UI_SECRET: the Fernet key is derived from it (a fresh random
+        # one when there is none: sessions of this process only)
+        material = secret.encode() if secret else secrets.token_bytes(32)
+        key = hashlib.sha256(b"clip-relay dashboard session\0" + material).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+        self.lifetime_s = lifetime_s
+
+    def read(self, request: web.Request) -> Session | None:
+        """The request's session, if its cookie was sealed here and has not expired."""
+        raw = request.cookies.get(COOKIE, "")
+        if not raw or len(raw) > MAX_COOKIE:
+            return None
+        try:
+            data = orjson.loads(self._fernet.decrypt(raw, ttl=int(self.lifetime_s)))
+            return Session(str(data["c"]), str(data.get("t", "")), str(data.get("k", "")))
+        except (InvalidToken, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
+        """Set *session* as the response's cookie."""
+        sealed = self._fernet.encrypt(
+            orjson.dumps({"c": session.csrf, "t": session.tenant, "k": session.key_id})
+        ).decode()
+        response.set_cookie(
+            COOKIE,
+            sealed,
+            max_age=int(self.lifetime_s),
+            path=PATH,
+            httponly=True,
+            samesite="Strict",
+            secure=is_https(request),
+        )
+
+    def clear(self, request: web.Request, response: web.StreamResponse) -> None:
+        """End the session: the cookie is dropped."""
+        response.del_cookie(
+            COOKIE, path=PATH, httponly=True, samesite="Strict", secure=is_https(request)
+        )
+
+
+def new_session(tenant: str = "", key_id: str = "") -> Session:
+    """A session with a fresh CSRF token (a new one at every sign-in)."""
+    return Session(secrets.token_urlsafe(24), tenant, key_id)
+
+
+def csrf_ok(session: Session | None, given: str) -> bool:
+    """Does *given* match the session's CSRF token (compared in constant time)?"""
+    if session is None or not given:
+        return False
+    return hmac.compare_digest(session.csrf.encode(), given.encode("utf-8", "replace"))
+
+
+def is_https(request: web.Request) -> bool:
+    """Was the page asked for over https (here, or at a TLS-terminating proxy)?"""
+    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"

@@ -1,0 +1,285 @@
+"""The dashboard's pages. Thin, like the API's views: read the form, call the store, render.
+Every page shows the signed-in tenant's watches only; another tenant's watch is a 404."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from aiohttp import web
+
+from relay.api import appkeys as k
+from relay.api.views import VIDEO_ID, WATCH_ID, watch_json
+from relay.constants import WATCH_STATUSES
+from relay.domain import events
+from relay.domain.clips import ClipSet
+from relay.domain.clock import now_ms
+from relay.domain.listing import CursorError
+from relay.domain.signing import generate_secret
+from relay.domain.watch import Watch
+from relay.store import Store
+from relay.ui import chart
+from relay.ui.guard import SESSIONS, SIGNED_IN, dashboard, principal, render, session
+from relay.ui.session import new_session
+
+PAGE_SIZE = 50
+SIGN_INS_PER_MINUTE = 10  # per client address
+NOTICES = {
+    "redelivered": "The last event is on its way again, with its webhook-id.",
+    "cancelled": "The watch is cancelled: nothing is delivered from now on.",
+}
+
+
+def _store(request: web.Request) -> Store:
+    return request.config_dict[k.STORE]
+
+
+# --- signing in and out -----------------------------------------------------------------
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    """``GET /ui/login``: the form (signed in already: the overview)."""
+    if SIGNED_IN in request:
+        raise web.HTTPSeeOther("/ui/")
+    response = render(request, "login.html", {"error": None})
+    request.app[SESSIONS].write(request, response, session(request))
+    return response
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """``POST /ui/login``: a key of RELAY_API_KEYS signs in as its tenant."""
+    address = request.remote or "unknown"
+    tries = await dashboard(request).sign_in_attempt(address, now_ms())
+    if tries > SIGN_INS_PER_MINUTE:
+        raise web.HTTPTooManyRequests(
+            text=f"at most {SIGN_INS_PER_MINUTE} sign-in attempts a minute; try again shortly",
+            headers={"Retry-After": "60"},
+        )
+    form = await request.post()
+    key = form.get("apiKey", "")
+    auth = request.config_dict[k.AUTH]
+    who = auth.authenticate(f"Bearer {key.strip()}") if isinstance(key, str) else None
+    if who is None:
+        response = render(request, "login.html", {"error": "That key is not valid."}, status=401)
+        request.app[SESSIONS].write(request, response, session(request))
+        return response
+    response = web.HTTPSeeOther("/ui/")
+    request.app[SESSIONS].write(request, response, new_session(who.tenant, who.key_id))
+    raise response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    """``/ui/logout`` (GET or POST): the session ends."""
+    response = web.HTTPSeeOther("/ui/login")
+    request.app[SESSIONS].clear(request, response)
+    raise response
+
+
+# --- pages --------------------------------------------------------------------------------
+
+
+async def overview(request: web.Request) -> web.StreamResponse:
+    """``GET /ui/``: the tenant's watches per status and the last hour's attempts."""
+    tenant = principal(request).tenant
+    counts, minutes = await asyncio.gather(
+        _store(request).watches.tenant_counts(tenant),
+        dashboard(request).attempts_per_minute(tenant, now_ms(), 60),
+    )
+    return render(
+        request,
+        "overview.html",
+        {"counts": counts, "statuses": WATCH_STATUSES, "chart": chart.layout(minutes)},
+    )
+
+
+async def watch_list(request: web.Request) -> web.StreamResponse:
+    """``GET /ui/watches?status=&videoId=&cursor=``: newest first, a page at a time."""
+    q = request.query
+    status = q.get("status") or None
+    video_id = (q.get("videoId") or "").strip() or None
+    cursor = q.get("cursor") or None
+    errors = []
+    if status is not None and status not in WATCH_STATUSES:
+        errors.append("Status must be one of " + ", ".join(WATCH_STATUSES) + ".")
+    if video_id is not None and not VIDEO_ID.fullmatch(video_id):
+        errors.append("A video id is 1-128 characters of A-Z, a-z, 0-9, _ and -.")
+    watches: list[Watch] = []
+    next_url = None
+    if not errors:
+        try:
+            page = await _store(request).watches.page(
+                principal(request).tenant,
+                video_id=video_id,
+                status=status,
+                limit=PAGE_SIZE,
+                cursor=cursor,
+            )
+        except CursorError:
+            errors.append("That page link is not valid any more: start from the first page.")
+        else:
+            watches = page.watches
+            if page.next_cursor:
+                params = {"status": status or "", "videoId": video_id or ""}
+                params = {name: v for name, v in params.items() if v}
+                next_url = "/ui/watches?" + urlencode({**params, "cursor": page.next_cursor})
+    return render(
+        request,
+        "watches.html",
+        {
+            "rows": [watch_json(w) for w in watches],
+            "statuses": WATCH_STATUSES,
+            "status": status or "",
+            "video_id": video_id or "",
+            "errors": errors,
+            "next_url": next_url,
+            "paged": cursor is not None,
+        },
+        status=400 if errors else 200,
+    )
+
+
+async def _own_watch(request: web.Request) -> Watch:
+    watch_id = request.match_info["watch_id"]
+    if not WATCH_ID.fullmatch(watch_id):
+        raise web.HTTPNotFound(text="no such watch")
+    watch = await _store(request).watches.get(watch_id)
+    if watch is None or watch.tenant != principal(request).tenant:
+        raise web.HTTPNotFound(text="no such watch")
+    return watch
+
+
+async def _event_body(store: Store, w: Watch) -> str | None:
+    """The body of the watch's event as it is sent (pretty-printed), or None."""
+    if not w.event_type:
+        return None
+    clips = None
+    if w.event_type == "clips.ready":
+        stored = await store.deliveries.clips_doc(w.video_id, w.final_ms or 0)
+        if stored is None:
+            return None
+        clips = ClipSet.from_doc(stored[0])
+    raw = events.body(w, clips)
+    return orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2).decode()
+
+
+async def _watch_page(request: web.Request, watch: Watch, **extra: Any) -> web.StreamResponse:
+    store = _store(request)
+    attempts, body = await asyncio.gather(store.watches.attempts(watch), _event_body(store, watch))
+    notice = NOTICES.get(request.query.get("done", ""))
+    return render(
+        request,
+        "watch.html",
+        {
+            "w": watch_json(watch),
+            "event_id": watch.event_id,
+            "metadata": orjson.dumps(watch.metadata, option=orjson.OPT_INDENT_2).decode(),
+            "attempts": attempts,
+            "body": body,
+            "notice": notice,
+            "secrets": len(watch.secrets),
+            "new_secret": None,
+            "redeliverable": watch.status in ("delivered", "failed", "disabled"),
+            **extra,
+        },
+    )
+
+
+async def watch_page(request: web.Request) -> web.StreamResponse:
+    """``GET /ui/watches/{id}``: fields, attempts, the event's body, the actions."""
+    return await _watch_page(request, await _own_watch(request))
+
+
+async def redeliver(request: web.Request) -> web.StreamResponse:
+    """``POST /ui/watches/{id}/redeliver``."""
+    watch = await _own_watch(request)
+    result = await _store(request).watches.redeliver(watch)
+    if result != "ok":
+        raise web.HTTPConflict(text=f"The watch is {result}: nothing to redeliver.")
+    raise web.HTTPSeeOther(f"/ui/watches/{watch.id}?done=redelivered")
+
+
+async def cancel(request: web.Request) -> web.StreamResponse:
+    """``POST /ui/watches/{id}/cancel``."""
+    watch = await _own_watch(request)
+    await _store(request).watches.cancel(watch)
+    raise web.HTTPSeeOther(f"/ui/watches/{watch.id}?done=cancelled")
+
+
+async def rotate(request: web.Request) -> web.StreamResponse:
+    """``POST /ui/watches/{id}/rotate-secret``: the new secret, shown on this answer only."""
+    watch = await _own_watch(request)
+    secret = generate_secret()
+    box, settings = request.config_dict[k.SECRET_BOX], request.config_dict[k.SETTINGS]
+    entries = await _store(request).watches.rotate_secret(
+        watch.id, box.seal(secret), settings.secret_grace
+    )
+    if entries is None:
+        raise web.HTTPNotFound(text="no such watch")
+    fresh = await _store(request).watches.get(watch.id)
+    return await _watch_page(request, fresh or watch, new_secret=secret)
+
+
+# --- recover --------------------------------------------------------------------------------
+
+TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:\d{2})?", re.ASCII
+)
+
+
+def recover_call(store: Store) -> Callable[[str, int, int], Awaitable[int]] | None:
+    """The store's call that puts a tenant's failed watches back, the one behind ``POST
+    /v1/watches/recover`` (``store.watches.recover(tenant, since_ms, until_ms)``), if this
+    relay has it."""
+    call = getattr(store.watches, "recover", None)
+    return call if callable(call) else None
+
+
+def parse_time(raw: str) -> int | None:
+    """An RFC 3339 timestamp (without a zone: UTC; seconds optional) as ms, or None."""
+    text = raw.strip()
+    if not TIME.fullmatch(text):
+        return None
+    try:
+        when = datetime.fromisoformat(text.upper().replace(" ", "T").replace("Z", "+00:00"))
+    except ValueError:  # e.g. month 13
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+async def recover_form(request: web.Request) -> web.StreamResponse:
+    """``GET /ui/recover``: since/until."""
+    if recover_call(_store(request)) is None:
+        raise web.HTTPNotFound(text="this relay has no recover")
+    context: dict[str, Any] = {"errors": [], "count": None, "since": "", "until": ""}
+    return render(request, "recover.html", context)
+
+
+async def recover(request: web.Request) -> web.StreamResponse:
+    """``POST /ui/recover``: the tenant's watches that became failed in [since, until)
+    deliver their last event again (``POST /v1/watches/recover``); the count."""
+    call = recover_call(_store(request))
+    if call is None:
+        raise web.HTTPNotFound(text="this relay has no recover")
+    form = await request.post()
+    raw_since, raw_until = str(form.get("since", "")), str(form.get("until", ""))
+    since = parse_time(raw_since)
+    until = parse_time(raw_until) if raw_until.strip() else now_ms() + 1  # now included
+    errors = []
+    if since is None:
+        errors.append("Since must be a time like 2026-12-04T10:00:00Z.")
+    if until is None:
+        errors.append("Until must be a time like 2026-12-04T12:00:00Z, or empty for now.")
+    elif since is not None and until <= since:
+        errors.append("Until must be later than since.")
+    count = None
+    if not errors and since is not None and until is not None:
+        count = await call(principal(request).tenant, since, until)
+    context = {"errors": errors, "count": count, "since": raw_since, "until": raw_until}
+    return render(request, "recover.html", context, status=422 if errors else 200)

@@ -1,0 +1,434 @@
+"""The dashboard (/ui/) in a real Chromium driven by Playwright, against the real API, worker,
+Redis, upstream simulator and receiver (SPEC.md, "Dashboard"; issue 17).
+
+Chromium is Debian's ``chromium`` package (``make test`` installs it when missing;
+Playwright's own browser download is not used): ``CHROMIUM`` names another binary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+from relay.devtools.receiver import Receiver
+from relay.store.watches import Watches
+from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, ApiFactory, WorkerFactory, auth, eventually
+from tests.test_worker import register, sim_video, wait_watch
+
+Client = TestClient[web.Request, web.Application]
+Rec = tuple[Receiver, str]
+STATUSES = ("watching", "delivering", "delivered", "failed", "disabled", "cancelled")
+MARKUP = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2;alert(1)>"
+WORKER = {"retry_schedule": (0.1, 0.1, 0.1)}
+
+
+def _chromium() -> str:
+    found = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if not found:
+        pytest.fail("no chromium on PATH: `make test` installs Debian's chromium package")
+    return found
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A real headless Chromium (no sandbox: the tests run as root in CI)."""
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        yield b
+        await b.close()
+
+
+@pytest.fixture
+async def ui(make_api: ApiFactory) -> Client:
+    """The API with its dashboard; registrations are not rate-limited here."""
+    return await make_api(rate_limit=10_000, ui_secret="test-ui-secret")
+
+
+def base(api: Client) -> str:
+    return str(api.make_url("")).rstrip("/")
+
+
+async def new_page(browser: Browser) -> tuple[BrowserContext, Page, list[str]]:
+    """A fresh context and page; the list collects any dialog's message (none may open)."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    dialogs: list[str] = []
+
+    async def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    return context, page, dialogs
+
+
+async def sign_in(page: Page, api: Client, key: str = TENANT_A_KEY) -> int:
+    """Sign in through the form; the status of the page it lands on."""
+    await page.goto(base(api) + "/ui/login")
+    await page.get_by_label("API key").fill(key)
+    async with page.expect_navigation() as nav:
+        await page.get_by_role("button", name="Sign in").click()
+    response = await nav.value
+    assert response is not None
+    return response.status
+
+
+def assert_protected(headers: dict[str, str]) -> None:
+    csp = headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+
+
+async def listed(api: Client, status: str, key: str = TENANT_A_KEY) -> list[str]:
+    """Every id ``GET /v1/watches?status=`` lists (all pages)."""
+    ids: list[str] = []
+    cursor = ""
+    while True:
+        url = f"/v1/watches?status={status}&limit=100" + (f"&cursor={cursor}" if cursor else "")
+        page = await (await api.get(url, headers=auth(key))).json()
+        ids += [w["id"] for w in page["data"]]
+        cursor = page["nextCursor"]
+        if not cursor:
+            return ids
+
+
+async def test_sign_in_headers_cookie_and_sign_out(ui: Client, browser: Browser) -> None:
+    context, page, _ = await new_page(browser)
+    response = await page.goto(base(ui) + "/ui/")
+    assert response is not None and page.url.endswith("/ui/login")
+    assert_protected(await response.all_headers())
+
+    assert await sign_in(page, ui, "not-a-key-of-this-relay") == 401
+    assert page.url.endswith("/ui/login")
+    assert "not valid" in await page.get_by_test_id("login-error").inner_text()
+
+    assert await sign_in(page, ui) == 200
+    assert page.url.endswith("/ui/")
+    assert await page.get_by_test_id("tenant").inner_text() == "tenant-a"
+    empty = page.get_by_test_id("attempts-chart")  # an empty hour is an empty chart
+    assert await empty.locator("rect.ok, rect.fail").count() == 0
+    assert await page.get_by_test_id("count-watching").inner_text() == "0"
+    (cookie,) = [c for c in await context.cookies() if c["name"] == "cr_ui"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]
+    assert cookie["path"] == "/ui"
+    assert TENANT_A_KEY not in cookie["value"] and "tenant-a" not in cookie["value"]
+    assert TENANT_A_KEY not in await page.content()
+    # a script cannot read the session
+    assert "cr_ui" not in await page.evaluate("document.cookie")
+    for path in ("/ui/", "/ui/watches", "/ui/static/app.css", "/ui/static/app.js", "/ui/nope"):
+        got = await page.request.get(base(ui) + path)
+        assert_protected(got.headers)
+    assert (await page.request.get(base(ui) + "/ui/nope")).status == 404
+
+    await page.get_by_test_id("logout").click()
+    await page.wait_for_url("**/ui/login")
+    await page.goto(base(ui) + "/ui/watches")
+    assert page.url.endswith("/ui/login")
+    await context.close()
+
+
+async def test_counts_chart_list_filters_and_pages(
+    ui: Client, make_worker: WorkerFactory, sim: Client, receiver: Rec, browser: Browser
+) -> None:
+    await make_worker(**WORKER)
+    done = await sim_video(sim)
+    never = await sim_video(sim, timeline=[{"status": "analyzing", "progress": 10, "after": 0}])
+    receiver[0].script("/down", [500] * 4)
+    delivered = [await register(ui, receiver, done) for _ in range(2)]
+    failed = await register(ui, receiver, done, "/down")
+    cancelled = await register(ui, receiver, never)
+    await ui.delete(f"/v1/watches/{cancelled['id']}", headers=auth())
+    waiting = [await register(ui, receiver, never) for _ in range(52)]
+    other = await ui.post(
+        "/v1/watches",
+        json={"videoId": done, "callbackUrl": receiver[1] + "/b"},
+        headers=auth(TENANT_B_KEY),
+    )
+    other_id = (await other.json())["id"]
+    for w in [*delivered, failed]:
+        await wait_watch(ui, w["id"])
+
+    context, page, _ = await new_page(browser)
+    assert await sign_in(page, ui) == 200
+    for status in STATUSES:
+        shown = await page.get_by_test_id(f"count-{status}").inner_text()
+        assert int(shown) == len(await listed(ui, status)), status
+    assert await page.get_by_test_id("count-watching").inner_text() == "52"
+    chart = page.get_by_test_id("attempts-chart")
+    assert await chart.evaluate("e => e.tagName.toLowerCase()") == "svg"
+    assert await chart.locator("[data-testid=bar-ok]").count() >= 1
+    assert await chart.locator("[data-testid=bar-fail]").count() >= 1
+    # tenant A's attempts only: 2 deliveries and the failing watch's 4 (B's is not counted)
+    desc = await chart.locator("desc").text_content()
+    assert desc == "2 attempts succeeded and 4 failed in the last hour.", desc
+
+    # the list: newest first, 50 a page, the tenant's own only
+    await page.get_by_role("link", name="Watches", exact=True).click()
+    await page.wait_for_url("**/ui/watches")
+    rows = page.get_by_test_id("watch-row")
+    assert await rows.count() == 50
+    first = [await r.get_attribute("data-watch-id") for r in await rows.all()]
+    assert first[0] == waiting[-1]["id"]
+    await page.get_by_test_id("next-page").click()
+    await page.wait_for_load_state()
+    rest = [await r.get_attribute("data-watch-id") for r in await rows.all()]
+    everyone = {w["id"] for w in [*delivered, failed, cancelled, *waiting]}
+    assert set(first) | set(rest) == everyone and not set(first) & set(rest)
+    assert other_id not in everyone
+    assert await page.get_by_test_id("next-page").count() == 0
+
+    # filters: a final status, a live one, a video
+    await page.goto(base(ui) + "/ui/watches")
+    await page.get_by_label("Status").select_option("failed")
+    await page.get_by_role("button", name="Filter").click()
+    await page.wait_for_url("**status=failed**")
+    assert [await r.get_attribute("data-watch-id") for r in await rows.all()] == [failed["id"]]
+    await page.get_by_label("Status").select_option("delivered")
+    await page.get_by_label("Video id").fill(done)
+    await page.get_by_role("button", name="Filter").click()
+    await page.wait_for_url("**videoId=**")
+    got = {await r.get_attribute("data-watch-id") for r in await rows.all()}
+    assert got == {w["id"] for w in delivered}
+    await page.goto(base(ui) + "/ui/watches?status=cancelled")
+    assert [await r.get_attribute("data-watch-id") for r in await rows.all()] == [cancelled["id"]]
+    resp = await page.goto(base(ui) + "/ui/watches?videoId=bad%20id")
+    assert resp is not None and resp.status == 400
+
+    # another tenant's watch is a 404 page
+    resp = await page.goto(base(ui) + f"/ui/watches/{other_id}")
+    assert resp is not None and resp.status == 404
+    await context.close()
+
+
+async def test_failed_watch_attempts_redeliver_rotate_cancel(
+    ui: Client, make_worker: WorkerFactory, sim: Client, receiver: Rec, browser: Browser
+) -> None:
+    await make_worker(**WORKER)
+    rec = receiver[0]
+    rec.script("/flaky", [500] * 4)
+    vid = await sim_video(sim)
+    w = await register(ui, receiver, vid, "/flaky")
+    assert (await wait_watch(ui, w["id"]))["status"] == "failed"
+    got = await ui.get(f"/v1/watches/{w['id']}/deliveries", headers=auth())
+    api_attempts = (await got.json())["data"]
+
+    context, page, _ = await new_page(browser)
+    await sign_in(page, ui)
+    await page.goto(base(ui) + f"/ui/watches/{w['id']}")
+    assert await page.get_by_test_id("watch-status").inner_text() == "failed"
+    rows = page.get_by_test_id("attempt-row")
+    assert await rows.count() == len(api_attempts) == 4
+    assert "500" in await rows.first.inner_text()
+    body = await page.get_by_test_id("event-body").inner_text()
+    assert '"type": "clips.ready"' in body and f'"watchId": "{w["id"]}"' in body
+    assert body == (await page.get_by_test_id("event-body").text_content())
+    assert w["secret"] not in await page.content()
+    first_id = rec.events[0].webhook_id
+
+    # the receiver heals (its script is used up); redeliver sends the same event again
+    before = len(rec.events)
+    await page.get_by_test_id("redeliver").click()
+    await page.wait_for_url("**done=redelivered")
+    await eventually(lambda: len(rec.events) > before, what="the redelivery")
+    again = rec.events[-1]
+    assert again.webhook_id == first_id and 200 <= again.status < 300
+    assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
+    await page.reload()
+    assert await page.get_by_test_id("watch-status").inner_text() == "delivered"
+    assert await rows.count() == 5
+
+    # rotate: the new secret is shown once, and signs from now on
+    await page.get_by_test_id("rotate").click()
+    await page.wait_for_load_state()
+    secret = await page.get_by_test_id("new-secret").inner_text()
+    assert secret.startswith("whsec_") and secret != w["secret"]
+    await page.goto(base(ui) + f"/ui/watches/{w['id']}")
+    assert secret not in await page.content()
+    rec.add_secret(secret)
+
+    # a POST without its CSRF token is refused
+    no_token = await page.request.post(base(ui) + f"/ui/watches/{w['id']}/cancel", form={})
+    assert no_token.status == 403
+    assert_protected(no_token.headers)
+    bad_token = await page.request.post(
+        base(ui) + f"/ui/watches/{w['id']}/cancel", form={"csrfToken": "guess"}
+    )
+    assert bad_token.status == 403
+    assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
+    # the token as a header does (a script's way)
+    token = await page.locator("input[name=csrfToken]").first.get_attribute("value")
+    by_header = await page.request.post(
+        base(ui) + f"/ui/watches/{w['id']}/redeliver",
+        headers={"X-CSRF-Token": token or ""},
+        max_redirects=0,
+    )
+    assert by_header.status == 303
+    assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
+
+    await page.get_by_test_id("cancel").click()
+    await page.wait_for_url("**done=cancelled")
+    assert await page.get_by_test_id("watch-status").inner_text() == "cancelled"
+    assert (await wait_watch(ui, w["id"]))["status"] == "cancelled"
+    await context.close()
+
+
+async def test_markup_from_clients_and_receivers_is_text(
+    ui: Client, make_worker: WorkerFactory, sim: Client, receiver: Rec, browser: Browser
+) -> None:
+    await make_worker(**WORKER)
+    vid = await sim_video(sim)
+    url = receiver[1] + '/x?q=%3Cscript%3Ewindow.__pwned=3%3C/script%3E&a="><b>bold</b>'
+    resp = await ui.post(
+        "/v1/watches",
+        json={"videoId": vid, "callbackUrl": url, "metadata": {"note": MARKUP, MARKUP: 1}},
+        headers=auth(),
+    )
+    assert resp.status == 201, await resp.text()
+    w = await resp.json()
+    receiver[0].add_secret(w["secret"])
+    await wait_watch(ui, w["id"])
+
+    context, page, dialogs = await new_page(browser)
+    await sign_in(page, ui)
+    for path in ("/ui/watches", f"/ui/watches/{w['id']}"):
+        await page.goto(base(ui) + path)
+        await asyncio.sleep(0.2)
+        assert await page.evaluate("window.__pwned") is None
+        assert await page.locator("b").count() == 0
+        assert await page.locator("img[src=x]").count() == 0
+    assert dialogs == []
+    assert MARKUP in await page.get_by_test_id("metadata").inner_text()
+    assert await page.get_by_test_id("callback-url").inner_text() == url
+    assert MARKUP in await page.get_by_test_id("event-body").inner_text()
+    await context.close()
+
+
+@pytest.mark.skipif(
+    not hasattr(Watches, "recover"), reason="POST /v1/watches/recover is not in this build yet"
+)
+async def test_recover_puts_failed_watches_back(
+    ui: Client, make_worker: WorkerFactory, sim: Client, receiver: Rec, browser: Browser
+) -> None:
+    await make_worker(**WORKER)
+    rec = receiver[0]
+    rec.script("/down", [500] * 8)
+    vid = await sim_video(sim)
+    failed = [await register(ui, receiver, vid, "/down") for _ in range(2)]
+    for w in failed:
+        assert (await wait_watch(ui, w["id"]))["status"] == "failed"
+    first_ids = {e.webhook_id for e in rec.events}
+
+    context, page, _ = await new_page(browser)
+    await sign_in(page, ui)
+    await page.get_by_role("link", name="Recover").click()
+    await page.wait_for_url("**/ui/recover")
+    await page.get_by_label("Since").fill("not a time")
+    async with page.expect_navigation() as nav:
+        await page.get_by_test_id("recover").click()
+    response = await nav.value
+    assert response is not None and response.status == 422
+    assert await page.get_by_role("alert").count() == 1
+    await page.get_by_label("Since").fill("2000-01-01T00:00:00Z")
+    await page.get_by_test_id("recover").click()
+    await page.wait_for_load_state()
+    assert await page.get_by_test_id("recover-count").inner_text() == "2"
+    for w in failed:
+        assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
+    again = {e.webhook_id for e in rec.events if 200 <= e.status < 300}
+    assert again == first_ids  # the same events, the same webhook-ids
+    await context.close()
+
+
+async def _csrf(client: Client) -> str:
+    html = await (await client.get("/ui/login")).text()
+    found = re.search(r'name="csrfToken" value="([^"]+)"', html)
+    assert found
+    return found.group(1)
+
+
+async def test_sign_in_is_rate_limited_per_address(ui: Client) -> None:
+    token = await _csrf(ui)
+    if time.time() % 60 > 55:  # the count is per minute: keep the 11 attempts in one
+        await asyncio.sleep(60.5 - time.time() % 60)
+    codes = []
+    for _ in range(11):
+        resp = await ui.post(
+            "/ui/login", data={"apiKey": "wrong", "csrfToken": token}, allow_redirects=False
+        )
+        codes.append(resp.status)
+    assert codes == [401] * 10 + [429]
+    assert resp.headers["Retry-After"] == "60"
+    resp = await ui.post("/ui/login", data={"apiKey": TENANT_A_KEY}, allow_redirects=False)
+    assert resp.status == 403  # no CSRF token
+
+
+async def test_session_ends_when_its_key_leaves(make_api: ApiFactory, settings: Any) -> None:
+    one = await make_api(ui_secret="shared-secret")
+    token = await _csrf(one)
+    resp = await one.post(
+        "/ui/login", data={"apiKey": TENANT_A_KEY, "csrfToken": token}, allow_redirects=False
+    )
+    assert resp.status == 303 and resp.headers["Location"] == "/ui/"
+    cookie = resp.cookies["cr_ui"].value
+    # another replica with the same secret serves the session ...
+    two = await make_api(ui_secret="shared-secret")
+    got = await two.get("/ui/", cookies={"cr_ui": cookie}, allow_redirects=False)
+    assert got.status == 200
+    # ... until the key leaves RELAY_API_KEYS
+    keys = tuple(k for k in settings.api_keys if k.tenant != "tenant-a")
+    three = await make_api(ui_secret="shared-secret", api_keys=keys)
+    got = await three.get("/ui/", cookies={"cr_ui": cookie}, allow_redirects=False)
+    assert got.status == 303 and got.headers["Location"] == "/ui/login"
+    assert got.cookies["cr_ui"].value == ""  # dropped
+    # its sign-in form makes a new session at once (the form's token works)
+    form = await three.get("/ui/login", cookies={"cr_ui": cookie})
+    fresh = form.cookies["cr_ui"].value
+    assert fresh and fresh != cookie
+    # a replica with another secret does not know it
+    four = await make_api(ui_secret="another-secret")
+    got = await four.get("/ui/", cookies={"cr_ui": cookie}, allow_redirects=False)
+    assert got.status == 303
+
+
+def test_chart_layout() -> None:
+    from relay.store.dashboard import Minute
+    from relay.ui.chart import layout, nice_max
+
+    assert [nice_max(v) for v in (0, 4, 5, 7, 11, 99, 101)] == [5, 5, 5, 10, 20, 100, 200]
+    minutes = [Minute(29_000_000 + i, 0, 0) for i in range(60)]
+    minutes[-1] = Minute(29_000_059, 6, 4)
+    chart = layout(minutes)
+    assert (chart.ok, chart.fail, len(chart.bars)) == (6, 4, 60)
+    last = chart.bars[-1]
+    assert last.ok_h > 0 and last.fail_h > 0 and last.fail_y + last.fail_h == last.ok_y
+    assert last.ok_y + last.ok_h == chart.plot_bottom
+    assert all(b.ok_h == b.fail_h == 0 for b in chart.bars[:-1])
+    assert last.label.endswith("UTC: 6 ok, 4 failed")
+
+
+async def test_cookie_is_secure_over_https(ui: Client) -> None:
+    resp = await ui.get("/ui/login", headers={"X-Forwarded-Proto": "https"})
+    cookie = resp.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    plain = (await ui.get("/ui/login")).headers["Set-Cookie"]
+    assert "Secure" not in plain
+
+
+async def test_ui_off(make_api: ApiFactory) -> None:
+    off = await make_api(ui=False)
+    for path in ("/ui/", "/ui/login", "/ui"):
+        assert (await off.get(path, allow_redirects=False)).status == 404
+    on = await make_api()
+    assert (await on.get("/ui", allow_redirects=False)).status == 308
