@@ -3,6 +3,7 @@ server), for both the relay's own client and arq's pool."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from arq.connections import create_pool
 
 from relay.devtools.embedded_redis import RedisServer, free_port, server_binary
 from relay.settings import ConfigError, load
-from relay.store.connection import arq_settings, connect, parse_sentinel
+from relay.store.connection import arq_settings, connect, parse_sentinel, trim_idle
 
 
 def test_parse_sentinel_url() -> None:
@@ -78,3 +79,23 @@ def test_plain_url_settings_for_arq(redis_server: RedisServer) -> None:
         redis_server.port,
         0,
     )
+
+
+async def test_idle_pooled_connections_beyond_a_few_are_closed(redis_server: RedisServer) -> None:
+    """A burst of 30 concurrent commands grows the pool to 30 connections; trim_idle closes
+    the idle ones beyond four, so Redis does not keep a burst's clients (and their buffers)
+    for good (issue 14's lifetime: Redis back to its baseline). Fails before: redis-py keeps
+    every pooled connection open."""
+    client = connect(redis_server.url)
+    watcher = connect(redis_server.url)
+    try:
+        await asyncio.gather(*(client.blpop(["t:never"], timeout=0.2) for _ in range(30)))
+        before = len(await watcher.client_list())
+        assert await trim_idle(client) == 26
+        after = len(await watcher.client_list())
+        assert before - after == 26
+        assert await client.ping()  # what is kept still works
+        assert await trim_idle(client) == 0
+    finally:
+        await client.aclose()
+        await watcher.aclose()

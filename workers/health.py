@@ -13,13 +13,15 @@ from relay import logs
 from relay.metrics import QUEUE_DEPTH, WATCHES, exposition
 from relay.settings import Settings
 from relay.store import Store
+from relay.store.connection import trim_idle
 
 log = logs.get("workers.worker")
 GAUGE_INTERVAL = 5.0
 
 
 async def gauges(store: Store) -> None:
-    """Refresh the queue-depth and watch-count gauges every GAUGE_INTERVAL seconds, forever."""
+    """Refresh the queue-depth and watch-count gauges every GAUGE_INTERVAL seconds, forever,
+    and close the Redis connections a burst left idle beyond a few."""
     while True:
         try:
             pipe = store.redis.pipeline(transaction=False)
@@ -32,6 +34,7 @@ async def gauges(store: Store) -> None:
             QUEUE_DEPTH.labels("expiry").set(timers)
             for status, n in (await store.watches.counts()).items():
                 WATCHES.labels(status).set(n)
+            await trim_idle(store.redis)  # a burst's connections do not stay open for good
         except Exception as exc:
             log.debug("gauges failed", error=type(exc).__name__)
         await asyncio.sleep(GAUGE_INTERVAL)

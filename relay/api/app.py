@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,10 +34,11 @@ from relay.http.ssrf import CallbackPolicy
 from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from relay.settings import Settings
 from relay.store import Store
-from relay.store.connection import connect
+from relay.store.connection import connect, trim_idle
 from relay.ui import mount as mount_ui
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TRIM_EVERY_S = 5.0  # how often idle Redis connections beyond a few are closed
 REQUEST_DEADLINE = 5.0  # seconds: a request that needs longer (Redis hung) is a 503
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 log = logs.get("relay.api")
@@ -163,6 +166,14 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
+async def _trim_idle(redis: Redis, every_s: float = TRIM_EVERY_S) -> None:
+    """Close the Redis connections a burst of requests left idle, beyond a few."""
+    while True:
+        await asyncio.sleep(every_s)
+        with contextlib.suppress(Exception):
+            await trim_idle(redis)
+
+
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     # every request has a deadline (REQUEST_DEADLINE), so reads need no socket timeout
     redis = connect(app[k.SETTINGS].redis_url, read_timeout=None)
@@ -171,7 +182,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[k.RATE_LIMITER] = limiter = RateLimiter(store.limits, app[k.SETTINGS].rate_limit)
     app[k.BACKPRESSURE] = Backpressure(store.limits, app[k.SETTINGS].redis_high_water)
     limiter.start()
+    trimmer = asyncio.create_task(_trim_idle(redis), name="redis-trim-idle")
     yield
+    trimmer.cancel()
+    await asyncio.gather(trimmer, return_exceptions=True)
     await limiter.stop()
     await redis.aclose()
 

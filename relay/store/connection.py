@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 from arq.connections import RedisSettings
@@ -107,6 +108,27 @@ def connect(
         return master
     client: Redis = Redis.from_url(url, **_options(timeout, read_timeout))  # type: ignore[arg-type]
     return client
+
+
+IDLE_KEPT = 4  # idle pooled connections kept by trim_idle
+
+
+async def trim_idle(redis: Redis, keep: int = IDLE_KEPT) -> int:
+    """Close the client's idle pooled connections beyond *keep*, least recently used first;
+    how many were closed.
+
+    A connection pool grows to the peak of concurrent commands and redis-py never closes an
+    idle connection: after a burst, Redis would hold every one of them (and its buffers) for
+    good. The API and the worker call this every few seconds. The pool takes connections
+    from the end of its idle list (the most recently used), so the head is the coldest.
+    """
+    pool = redis.connection_pool
+    idle: list[Any] = pool._available_connections  # redis-py 5 (pinned < 6)
+    extra = idle[: max(len(idle) - keep, 0)]
+    del idle[: len(extra)]
+    for conn in extra:
+        await conn.disconnect()
+    return len(extra)
 
 
 def arq_settings(url: str) -> RedisSettings:
