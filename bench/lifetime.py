@@ -50,7 +50,7 @@ WARMUP = 300
 PROBES = 50
 REST_S = 8.0
 SAMPLE_S = 0.5
-SETTLE_S = 5.0
+SETTLE_S = 6.0  # longer than the API and worker trim idle Redis connections (5 s)
 WITHIN_S = 120.0  # the flow's deliveries and deletions, at most
 ENV = {**WORKER_ENV, "RELAY_RETENTION": str(RETENTION_S)}
 # keys that lapse by themselves within seconds: not the relay's state
