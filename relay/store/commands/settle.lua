@@ -16,7 +16,10 @@ local members = {}
 for k = 1, n do members[k] = ARGV[5 + (k - 1) * W] end
 local held = redis.call('ZMSCORE', KEYS[1], unpack(members))
 local statuses, due, gone, counts, finals = {}, {}, {}, {}, {}
-local now, kept = ARGV[2], tonumber(ARGV[3])
+-- a final watch joins its index at Redis' time, the clock retention and recovery read it by
+-- (ARGV[2], the worker's time, stays for the callers that still pass it)
+local t = redis.call('TIME')
+local now, kept = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(ARGV[3])
 for k = 1, n do
   local i = 5 + (k - 1) * W
   local wid, next = ARGV[i], ARGV[i + 5]
