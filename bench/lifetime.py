@@ -30,14 +30,13 @@ from typing import Any
 
 import aiohttp
 from common import Checks, Figure, percentile
+from redisinfo import proc_cpu, redis_commandstats
 from scale import (
     REGISTER_CONCURRENCY,
     WORKER_ENV,
     Probe,
     Receivers,
     callback_url,
-    proc_cpu,
-    redis_commandstats,
 )
 from stack import Stack
 from tools import create_videos, register, switch_status

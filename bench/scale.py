@@ -31,10 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
-import math
-import os
 import random
 import statistics
 import time
@@ -44,7 +40,16 @@ from typing import Any
 import aiohttp
 import fanout
 from common import Checks, CpuSet, percentile
-from stack import HERE, ROOT, Stack
+from redisinfo import (
+    proc_cpu,
+    redis_commandstats,
+    redis_forks,
+    redis_memory,
+    redis_reset_window,
+    redis_slowlog,
+    redis_slowlog_reset,
+)
+from stack import HERE, Stack
 from tools import create_videos, register, switch_status
 
 from relay.devtools.embedded_redis import free_port
@@ -60,11 +65,8 @@ WORKER_ENV = dict(fanout.WORKER_ENV)
 PROBE_HZ = 20.0  # GET /v1/watches/{id}, sequential
 REST_S = 8.0  # the probe at rest, before the switch
 SETTLE_S = 1.0  # the relay settles before used_memory is read
-SLOW_US = 1000  # SLOWLOG threshold: 1 ms
-SLOWLOG_LEN = 10_000
 DELIVER_WITHIN = 300.0  # seconds the receivers may wait for every event
 TOP = 6  # commands listed by calls and by usec
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -181,112 +183,6 @@ def callback_url(base: str) -> str:
 
 
 # --- Redis and process counters (black-box) ----------------------------------------------
-
-
-def proc_cpu(pid: int, children: bool = False) -> float:
-    """utime + stime of *pid* so far, seconds (``/proc/<pid>/stat`` fields 14 and 15); with
-    *children*, cutime + cstime instead (16 and 17: its children waited for, such as
-    Redis's BGSAVE and AOF rewrite children)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        raw = f.read()
-    fields = raw[raw.rindex(b")") + 2 :].split()  # fields 3... (comm may hold spaces)
-    first = 13 if children else 11
-    return (int(fields[first]) + int(fields[first + 1])) / CLK_TCK
-
-
-async def redis_memory(stack: Stack) -> tuple[int, int]:
-    """``used_memory`` and ``used_memory_dataset`` (bytes)."""
-    redis = stack.redis_client()
-    try:
-        info = await redis.info("memory")
-    finally:
-        await redis.aclose()
-    return int(info["used_memory"]), int(info.get("used_memory_dataset", 0))
-
-
-async def redis_reset_window(stack: Stack) -> None:
-    """Zero the command counters and the slow log (the slow log set to > 1 ms)."""
-    redis = stack.redis_client()
-    try:
-        await redis.config_set("slowlog-log-slower-than", SLOW_US)
-        await redis.config_set("slowlog-max-len", SLOWLOG_LEN)
-        await redis.slowlog_reset()
-        await redis.config_resetstat()
-    finally:
-        await redis.aclose()
-
-
-async def redis_forks(stack: Stack) -> int:
-    """``total_forks`` (BGSAVE, AOF rewrites: the children's CPU is not the server's)."""
-    redis = stack.redis_client()
-    try:
-        return int((await redis.info("stats")).get("total_forks", 0))
-    finally:
-        await redis.aclose()
-
-
-async def redis_commandstats(stack: Stack) -> dict[str, tuple[int, int]]:
-    """Per command: (calls, usec) since the last ``CONFIG RESETSTAT``."""
-    redis = stack.redis_client()
-    try:
-        stats = await redis.info("commandstats")
-    finally:
-        await redis.aclose()
-    return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
-
-
-@functools.cache
-def script_names() -> dict[str, str]:
-    """SHA1 -> name of every ``.lua`` file of the relay's source (the scripts it loads
-    verbatim with EVALSHA); a script built otherwise keeps its SHA1 in the report."""
-    out = {}
-    for package in ("relay", "workers"):
-        for path in sorted((ROOT / package).rglob("*.lua")):
-            out[hashlib.sha1(path.read_bytes()).hexdigest()] = path.stem  # noqa: S324
-    return out
-
-
-def _slow_name(command: str) -> str:
-    """The command's name; a script call also names its script (file name, else the SHA1
-    prefix; a function's name)."""
-    words = command.split()
-    if not words:
-        return "?"
-    name = words[0].lower()
-    if name in ("evalsha", "evalsha_ro") and len(words) > 1:
-        return f"{name} {script_names().get(words[1].lower(), words[1][:12])}"
-    if name in ("fcall", "fcall_ro") and len(words) > 1:
-        return f"{name} {words[1]}"
-    return name
-
-
-async def redis_slowlog(stack: Stack, since: float) -> list[tuple[str, float]]:
-    """Slow log entries (> 1 ms) started at or after *since* (Unix s): (name, ms)."""
-    redis = stack.redis_client()
-    try:
-        entries = await redis.slowlog_get(SLOWLOG_LEN)
-    finally:
-        await redis.aclose()
-    out = []
-    for e in entries:
-        command = e["command"]
-        if isinstance(command, bytes):
-            command = command.decode(errors="replace")
-        if int(e["start_time"]) >= int(since) and int(e["duration"]) > SLOW_US:
-            out.append((_slow_name(str(command)), int(e["duration"]) / 1000))
-    return out
-
-
-async def redis_slowlog_reset(stack: Stack) -> None:
-    """``SLOWLOG RESET`` (its entries take memory too)."""
-    redis = stack.redis_client()
-    try:
-        await redis.slowlog_reset()
-    finally:
-        await redis.aclose()
-
-
-# --- the API probe -------------------------------------------------------------------------
 
 
 @dataclass
@@ -516,69 +412,3 @@ async def run_all(
 
 
 # --- the per-configuration table -----------------------------------------------------------
-
-
-def _num(x: float, digits: int = 1) -> str:
-    return "-" if math.isnan(x) else f"{x:,.{digits}f}"
-
-
-def _recorders(run: ScaleRun) -> float:
-    return (
-        sum(v for k, v in run.cores.items() if k.startswith("recorder")) if run.cores else math.nan
-    )
-
-
-def render(runs: list[ScaleRun]) -> str:
-    """Every configuration side by side, then each one's top commands and slow log (a
-    script's usec includes the commands it ran, which also count on their own)."""
-    rows: list[tuple[str, ...]] = [("scale (per configuration)", *(r.label for r in runs))]
-    lines: list[tuple[str, Any]] = [
-        ("deliveries/s", lambda r: _num(r.rate, 0)),
-        ("window s (switch -> last 2xx)", lambda r: _num(r.window_s, 1)),
-        ("switch -> first 2xx s", lambda r: _num(r.first_2xx_s, 2)),
-        ("Redis CPU us/delivery", lambda r: _num(r.redis_cpu_us, 1)),
-        ("Redis cores (window)", lambda r: _num(r.redis_cores, 2)),
-        ("Redis commands/delivery", lambda r: _num(r.redis_cmds, 1)),
-        ("Redis commands > 1 ms", lambda r: str(r.slow_count)),
-        ("slowest command ms", lambda r: _num(r.slow_max_ms, 1)),
-        ("Redis forks (BGSAVE/AOF rewrite)", lambda r: str(r.forks)),
-        ("their CPU us/delivery (not above)", lambda r: _num(r.redis_child_cpu_us, 1)),
-        ("worker CPU us/delivery", lambda r: _num(r.worker_cpu_us, 0)),
-        ("worker CPU s (total)", lambda r: _num(r.worker_cpu_s, 1)),
-        ("worker CPU s (each)", lambda r: "/".join(f"{c:.1f}" for c in r.worker_cpu_s_each)),
-        ("API cores (window)", lambda r: _num(r.cores.get("api", math.nan), 2)),
-        ("recorders cores (window)", lambda r: _num(_recorders(r), 2)),
-        ("other cores (not the bench)", lambda r: _num(r.cores.get("other", math.nan), 2)),
-        ("Redis B/watch registered", lambda r: _num(r.bytes_registered, 0)),
-        ("Redis B/watch with event", lambda r: _num(r.bytes_with_event, 0)),
-        ("API GET p99 ms rest", lambda r: _num(r.get_p99_rest_ms, 1)),
-        ("API GET p99 ms fan-out", lambda r: _num(r.get_p99_fanout_ms, 1)),
-        ("API GET p99 ratio", lambda r: _num(r.get_ratio, 2)),
-        ("registrations/s (c=64)", lambda r: _num(r.register_rps, 0)),
-        ("duplicates / missing", lambda r: f"{r.duplicates} / {r.missing}"),
-    ]
-    for name, get in lines:
-        rows.append((name, *(get(r) for r in runs)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for n, row in enumerate(rows):
-        out.append(
-            "  ".join(
-                c.rjust(w) if i else c.ljust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    for r in runs:
-        calls = ", ".join(f"{k} {v:.2f}" for k, v in r.top_calls)
-        usec = ", ".join(f"{k} {v:.2f}" for k, v in r.top_usec)
-        out.append(f"{r.label} top commands per delivery, by calls: {calls}")
-        out.append(f"{r.label} top commands per delivery, by usec (scripts incl.): {usec}")
-        if r.slow_by_cmd:
-            slow = ", ".join(
-                f"{k} x{int(v['count'])} (median {v['median_ms']:.1f}, max {v['max_ms']:.1f} ms)"
-                for k, v in r.slow_by_cmd.items()
-            )
-            out.append(f"{r.label} commands > 1 ms: {slow}")
-    return "\n".join(out)
