@@ -29,7 +29,7 @@ from relay.domain.events import ping_body
 from relay.domain.ids import new_event_id
 from relay.domain.signing import secret_bytes, sign_headers
 from relay.domain.watch import Watch
-from relay.http.webhook import Target, WebhookClient, WebhookError
+from relay.http.webhook import SEND_FAILURES, Target, WebhookClient, failure_text
 
 log = logs.get("relay.api.recovery")
 RFC3339 = re.compile(
@@ -139,12 +139,8 @@ async def send_ping(app: web.Application, w: Watch) -> None:
         reply = await app[PINGS].client.post(Target.of(URL(w.callback_url)), headers.items(), body)
         code = reply.status
         answer = reply.body.decode(errors="replace")
-    except TimeoutError:
-        error = "timeout"
-    except WebhookError as exc:
-        error = str(exc)
-    except (OSError, ValueError) as exc:  # e.g. a callback refused by the SSRF policy
-        error = f"{type(exc).__name__}: {exc}"[:200]
+    except SEND_FAILURES as exc:  # e.g. a timeout, or a callback refused by the SSRF policy
+        error = failure_text(exc)
     latency_ms = round((time.time() - started) * 1000, 2)
     record = attempts.ping_record(at, code, error, latency_ms, answer or None, ping_id)
     try:

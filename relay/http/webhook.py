@@ -46,6 +46,21 @@ __all__ = ["MAX_DRAIN", "MAX_HEAD", "Answer", "Target", "WebhookClient", "Webhoo
 WATCHDOG_TICK_S = 0.1  # how late, at most, a request's timeout is noticed
 
 
+# what a POST to a receiver can fail with before an answer (the callback URL or the
+# secrets may be unusable too: ValueError), each recorded by :func:`failure_text`
+SEND_FAILURES: tuple[type[Exception], ...] = (TimeoutError, WebhookError, OSError, ValueError)
+
+
+def failure_text(exc: Exception) -> str:
+    """How a failed attempt's error is recorded: ``timeout``, the client's own words, or the
+    error's type and text (at most 200 characters)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, WebhookError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 class WebhookClient(ConnectionPool):
     """Sends webhook requests; one per worker process, shared by all delivery lanes."""
 

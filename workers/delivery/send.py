@@ -18,7 +18,7 @@ from relay.domain.delivery import AttemptResult
 from relay.domain.signing import secret_bytes, sign_headers
 from relay.domain.watch import Watch
 from relay.http.upstream import retry_after_seconds
-from relay.http.webhook import Target, WebhookClient, WebhookError
+from relay.http.webhook import SEND_FAILURES, Target, WebhookClient, failure_text
 from relay.metrics import DELIVERIES, DELIVERY_LATENCY, NOTIFY_LATENCY
 from relay.settings import Settings
 from workers.delivery.breaker import no_answer
@@ -78,12 +78,8 @@ class Sender:
             answer = reply.body.decode(errors="replace")
             if code in (429, 503):
                 retry_after = retry_after_seconds(reply.retry_after)
-        except TimeoutError:
-            error = "timeout"
-        except WebhookError as exc:
-            error = str(exc)
-        except (OSError, ValueError) as exc:  # e.g. a callback URL that cannot be sent
-            error = f"{type(exc).__name__}: {exc}"[:200]
+        except SEND_FAILURES as exc:  # e.g. a timeout, or a callback URL that cannot be sent
+            error = failure_text(exc)
         latency = time.time() - started
         DELIVERY_LATENCY.observe(latency)
         latency_ms = round(latency * 1000, 2)
