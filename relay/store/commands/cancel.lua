@@ -21,7 +21,10 @@ if status ~= 'cancelled' then
   if status ~= 'watching' and status ~= 'delivering' then
     redis.call('ZREM', ARGV[3] .. ARGV[4] .. ':s:' .. status, ARGV[1])
   end
-  redis.call('ZADD', ARGV[3] .. ARGV[4] .. ':s:cancelled', ARGV[2], ARGV[1])
+  -- the final index is by Redis' clock: retention and recovery read it by that clock
+  local t = redis.call('TIME')
+  local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', ARGV[3] .. ARGV[4] .. ':s:cancelled', at, ARGV[1])
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
