@@ -153,9 +153,37 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
         emit({"count": n}, f"{n} failed watch(es) put back to delivering")
 
 
+def glue_values(top: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``--video-id -x1`` as ``--video-id=-x1``: a ScaleReach video id may begin with ``-``,
+    which argparse would otherwise take for an option and refuse."""
+    takes_value = {
+        opt
+        for p in [top, *_subparsers(top)]
+        for a in p._actions
+        if a.option_strings and a.nargs is None
+        for opt in a.option_strings
+    }
+    out: list[str] = []
+    items = iter(argv)
+    for item in items:
+        nxt = next(items, None) if item in takes_value else None
+        out.append(item if nxt is None else f"{item}={nxt}")
+    return out
+
+
+def _subparsers(top: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    return [
+        p
+        for a in top._actions
+        if isinstance(a, argparse._SubParsersAction)
+        for p in a.choices.values()
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``clip-relay watches ...``; the exit status."""
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(glue_values(top, sys.argv[1:] if argv is None else argv))
     if not args.api_key:
         print("clip-relay watches: set RELAY_API_KEY or give --api-key", file=sys.stderr)
         return 2

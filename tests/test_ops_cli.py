@@ -49,8 +49,10 @@ async def api_json(api: Api, path: str) -> Any:
 
 async def test_list_and_get_show_what_the_api_shows(api: Api, sim: Api, receiver: Rec) -> None:
     """``list --json`` and ``get ID --json`` print the API's documents; without --json, a
-    table naming each watch; filters by status and video."""
+    table naming each watch; filters by status and video, whose id may begin with "-"."""
     vids = [await sim_video(sim, timeline=NEVER_DONE) for _ in range(3)]
+    # a ScaleReach id may begin with "-": ``--video-id -x...`` is still the option's value
+    vids[1] = await sim_video(sim, id="-" + vids[1][1:], timeline=NEVER_DONE)
     watches = [await register(api, receiver, v) for v in vids]
     code, out, _ = await cli(api, "list", "--json")
     assert code == 0

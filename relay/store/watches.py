@@ -246,7 +246,7 @@ class Watches:
                 c.VIDEO_KEY.format(watch.video_id),
                 c.EXPIRY_SCHEDULE_KEY,
             ],
-            args=[watch.id, now_ms(), c.TENANT_PREFIX, watch.tenant],
+            args=[watch.id, c.TENANT_PREFIX, watch.tenant],
         )
 
     async def redeliver(self, watch: Watch) -> str | None:
