@@ -86,7 +86,7 @@ async def run(
         event = FinalEvent(
             "clips.ready", at, "completed", 100.0, clips_doc=clips.doc(), clips_ms=at
         )
-        ids = await store.videos.waiting("vid_cost")
+        ids = [w for w, _ in await store.videos.waiting("vid_cost")]
         claims: list[DeliveryClaim] = []
         for start in range(0, n, chunk):
             part = ids[start : start + chunk]

@@ -86,8 +86,8 @@ ORIGIN_WAITING = Gauge(
 )
 DEFERRED = Counter(
     "relay_deliveries_deferred_total",
-    "Claimed deliveries handed back to the schedule (not an attempt): their origin was full "
-    "and slow.",
+    "Deliveries made due later (not an attempt) because their origin was full and slow: "
+    "claims handed back to the schedule, and a fan-out's events paced as they were made.",
     registry=REGISTRY,
 )
 WATCHES_PURGED = Counter(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.http.wire import Origin
+from relay.domain.origin import Origin, origin_tag
 from workers.delivery.breaker import Breakers, Verdict, no_answer
 from workers.delivery.origins import MAX_DEFER_S, MIN_DEFER_S, OriginQueues
 
@@ -84,6 +84,40 @@ def test_a_slow_full_origins_backlog_overflows_a_fast_ones_does_not() -> None:
         q.put(J(A, 1000 + i))
     again = q.overflow(2.0)
     assert min(d for _, d in again) >= max(delays) - 1e-9
+
+
+def test_a_fan_out_plan_paces_a_slow_origin_only() -> None:
+    """plan(): an origin this worker has not sent to, or a fast one, may have all of a
+    fan-out's events claimed; one that has not answered for a while gets a wave in flight
+    and one queued, one known slow what it starts within the budget -- the rest are due
+    later, spread a wave at a time behind each other."""
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
+    ta, tb = origin_tag(A), origin_tag(B)
+    assert q.plan([ta] * 50, 0.1, 0.025) == [0] * 50  # never seen: everything at once
+    for i in range(4):
+        q.put(J(A, i))
+        q.put(J(B, i))
+    for _ in range(8):
+        q.take()
+    clock.t += 0.002
+    for _ in range(4):
+        q.finish(B, 0.002)  # B answers in 2 ms
+    clock.t += 0.05  # A has not answered for 52 ms
+    plan_b = q.plan([tb] * 200, 0.1, 0.025)
+    assert plan_b == [0] * 200  # fast: its backlog starts within milliseconds
+    plan_a = q.plan([ta] * 40, 0.1, 0.025)
+    assert plan_a[:4] == [0] * 4 and all(d >= 100 for d in plan_a[4:])  # 4 in flight + 4
+    assert plan_a[4:] == sorted(plan_a[4:]) and plan_a[-1] > plan_a[4]
+    # once it answers (slowly), what it would start within the budget is claimable
+    for _ in range(4):
+        q.finish(A, 0.05)
+    clock.t += 1.0  # the promises of the last plan have lapsed
+    again = q.plan([ta] * 20, 0.1, 0.025)
+    assert again[0] == 0 and all(d >= 100 for d in again[8:])
+    assert min(d for d in again if d) >= plan_a[-1] - 1000  # behind those paced before
+    # an origin the caller keeps (its circuit is open) is never paced
+    assert q.plan([ta] * 20, 0.1, 0.025, keep=lambda o: o == A) == [0] * 20
 
 
 def test_origins_the_caller_keeps_are_not_overflowed() -> None:

@@ -150,6 +150,54 @@ async def test_finalize_claims_what_it_is_told_and_schedules_the_rest(store: Sto
     assert sorted(cl.watch_id for cl, _ in claimed) == sorted(ids[4:6])
 
 
+async def test_finalize_paces_what_it_is_told_without_claiming_it(store: Store) -> None:
+    """An event the fan-out paces (its origin would not start it soon) is due that many ms
+    later and never claimed; the claim count applies to the others."""
+    watches = await registered(store, 5)
+    ids = [w.id for w in watches]
+    later = [0, 1500, 0, 60_000, 0]
+    before = now_ms()
+    n, made = await store.deliveries.finalize(
+        "vid_1", clips_ready(), ids, claim=2, lease_s=30, later_ms=later
+    )
+    after = now_ms()
+    assert n == 5 and [m.watch_id for m in made] == [ids[0], ids[2]]
+    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert before + 1500 <= scores[ids[1]] <= after + 1500
+    assert before + 60_000 <= scores[ids[3]] <= after + 60_000
+    assert scores[ids[4]] <= after  # not claimed (the claim count was spent): due now
+    claimed = await store.deliveries.claim(limit=10, lease_s=30)
+    assert [cl.watch_id for cl, _ in claimed] == [ids[4]]
+
+
+async def test_waiting_watches_come_round_robin_over_tenants_and_origins(store: Store) -> None:
+    """A video's waiting watches, in fan-out order: one of each (tenant, callback origin)
+    group in turn, each with its origin's tag -- 3 watches of a receiver registered after
+    30 of another's are among the first 6."""
+    many = await registered(store, 30, tenant="big")
+    few = [
+        Watch(
+            id=f"wat_few_{i}",
+            tenant="big",
+            video_id="vid_1",
+            callback_url=f"https://hooks.example:8443/few/{i}",
+            secrets=[SecretEntry("whsec_x")],
+            created_ms=now_ms(),
+        )
+        for i in range(3)
+    ]
+    for w in few:
+        await store.watches.create(w, expire_after_s=3600)
+    other = await registered(store, 2, tenant="small")
+    order = await store.videos.waiting("vid_1")
+    assert len(order) == 35
+    assert {w.id for w in few} <= {wid for wid, _ in order[:9]}
+    assert {w.id for w in other} <= {wid for wid, _ in order[:9]}
+    tags = {wid: tag for wid, tag in order}
+    assert len({tags[w.id] for w in many}) == 1 and tags[few[0].id] != tags[many[0].id]
+    assert tags[few[0].id] == tags[few[1].id]  # one origin, whatever the path
+
+
 async def test_a_fan_out_watch_matches_the_same_watch_read_back(store: Store) -> None:
     """A watch handed over in memory looks exactly like the same watch claimed from Redis
     (so its body is the same bytes, whoever builds it)."""

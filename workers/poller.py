@@ -40,6 +40,7 @@ from relay.http.upstream import Reply, UpstreamClient
 from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
 from relay.store import Store
+from workers.fanout import FanOutOrder
 from workers.leases import Lease, LeaseLost, Leases
 from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
@@ -47,6 +48,7 @@ from workers.upstream_budget import Paused, UpstreamGate
 log = logs.get("workers.poller")
 FINALIZE_CHUNK = 100  # watches given their events per round, at most (~1 ms of Redis)
 FIRST_CHUNK = 32  # the first rounds are smaller (doubling), so delivery starts at once
+PACED_PAUSE_S = 0.05  # a fan-out waits this long after a chunk of paced events only
 ROOM_WAIT_S = 0.05  # a fan-out waits this long, at most, for its deliverer to have room
 
 Room = Callable[[int, float], Awaitable[int]]
@@ -55,6 +57,14 @@ Room = Callable[[int, float], Awaitable[int]]
 
 async def _no_room(n: int, wait_s: float) -> int:
     return 0
+
+
+Pace = Callable[[Sequence[str]], list[int]]
+"""For a fan-out's events, by origin tag: 0 (claimable now) or in how many ms each is due."""
+
+
+def _no_pace(tags: Sequence[str]) -> list[int]:
+    return [0] * len(tags)
 
 
 def _lost(got: int) -> bool:
@@ -74,7 +84,8 @@ class Final:
 
     event: FinalEvent
     clips: ClipSet | None = None  # clips.ready: the clips its bodies are built from
-    watch_ids: Sequence[str] | None = None  # the waiting watches, when deciding read them
+    # the waiting watches (id, origin tag) in fan-out order, when deciding read them
+    watch_ids: Sequence[tuple[str, str]] | None = None
 
 
 @dataclass(slots=True)
@@ -108,6 +119,7 @@ class Poller(Pump[Claimed]):
         self.polls = 0  # status/clips requests made (for benchmarks and tests)
         self.on_events: Created = lambda claims: None  # (the deliverer's offer)
         self.room: Room = _no_room  # how many claims the deliverer can take
+        self.pace: Pace = _no_pace  # which events its origins would not start soon
         self.on_clips: Callable[[str, int, ClipSet], None] = lambda vid, at, clips: None
         self.leases = Leases(store.videos, self.lease_s)
 
@@ -143,9 +155,18 @@ class Poller(Pump[Claimed]):
             await self._save(
                 [(s, lease) for s, lease in steps if s.final is None and not s.dropped]
             )
-            for s, lease in steps:
-                if s.final is not None:
-                    await self._finish(s, s.final, lease)
+            # the batch's fan-outs side by side: one video's 10,000 watches never hold
+            # back another's 20 (each is bounded by its own chunks)
+            finals = [(s, s.final, lease) for s, lease in steps if s.final is not None]
+            done = await asyncio.gather(
+                *(self._finish(s, final, lease) for s, final, lease in finals),
+                return_exceptions=True,
+            )
+            for (s, _, _), outcome in zip(finals, done, strict=True):
+                if isinstance(outcome, BaseException):  # its claim stays: polled again later
+                    log.error(
+                        "fan-out failed", video_id=s.state.video_id, error=repr(outcome)[:300]
+                    )
         finally:
             for _, _, lease in items:
                 self.leases.drop(lease)
@@ -244,7 +265,7 @@ class Poller(Pump[Claimed]):
             watch_ids = await self.store.videos.waiting(state.video_id)
             filters = []
             for start in range(0, len(watch_ids), FINALIZE_CHUNK):
-                chunk = watch_ids[start : start + FINALIZE_CHUNK]
+                chunk = [w for w, _ in watch_ids[start : start + FINALIZE_CHUNK]]
                 filters += [events.watch_filter(w) for w in await self.store.watches.specs(chunk)]
             waiting = pending(clips.clips, filters)
             deadline = state.completed_ms + int(self.settings.render_timeout * 1000)
@@ -330,26 +351,34 @@ class Poller(Pump[Claimed]):
         event = final.event
         created = 0
         wait_budget = self.lease_s / 5
-        start, size = 0, FIRST_CHUNK
-        while start < len(ids) or start == 0:
-            chunk = ids[start : start + size]
-            start, size = start + size, min(size * 2, FINALIZE_CHUNK)
+        order, size, first = FanOutOrder(ids), FIRST_CHUNK, True
+        while first or not order.done:
+            first = False
+            chunk = order.take(size)
+            size = min(size * 2, FINALIZE_CHUNK)
+            # events of an origin this worker would not start soon are due when it would
+            # (paced: never claimed, nothing to hand back), and its other watches go last
+            later = self.pace([tag for _, tag in chunk])
+            order.slow(tag for (_, tag), d in zip(chunk, later, strict=True) if d)
+            now = sum(1 for d in later if not d)
             # a busy worker leaves the rest due for other workers; one that keeps up claims
             # them as it creates them (no second read)
             waited = time.monotonic()
-            room = await self.room(len(chunk), min(ROOM_WAIT_S, wait_budget))
+            room = await self.room(now, min(ROOM_WAIT_S, wait_budget)) if now else 0
             # a fan-out holds the video's lease: it waits for room a fifth of it at most in
             # all, then the rest is for any worker
             wait_budget -= time.monotonic() - waited
             made, claimed = await self.leases.write(
-                lease, self._finalize(vid, event, chunk, room), lambda got: got[0] < 0
+                lease,
+                self._finalize(vid, event, [w for w, _ in chunk], room, later),
+                lambda got: got[0] < 0,
             )
             if made < 0:  # the claim lapsed: the video's new owner finishes the fan-out
                 log.warning("poll claim lost mid fan-out", video_id=vid, events=created)
                 return
             if made and event.clips_doc:
                 event = replace(event, clips_doc=b"")  # stored: later chunks add references
-            if start >= len(ids):
+            if order.done:
                 # (two script calls rather than one pipeline: a pipeline of scripts costs an
                 # extra SCRIPT EXISTS round trip, and the two need not be atomic together)
                 await self.leases.write(
@@ -357,9 +386,11 @@ class Poller(Pump[Claimed]):
                 )
             if claimed:
                 self.on_events(claimed)
+            elif not now and not order.done:
+                # a chunk of paced events only: none is due soon, so the deliveries under
+                # way (this worker's CPU and Redis') go first
+                await asyncio.sleep(PACED_PAUSE_S)
             created += made
-            if not chunk:
-                break
         log.info(
             "video final",
             video_id=vid,
@@ -369,13 +400,20 @@ class Poller(Pump[Claimed]):
         )
 
     def _finalize(
-        self, vid: str, event: FinalEvent, chunk: Sequence[str], room: int
+        self, vid: str, event: FinalEvent, chunk: Sequence[str], room: int, later: Sequence[int]
     ) -> Callable[[int], Awaitable[tuple[int, list[DeliveryClaim]]]]:
         """One fan-out chunk's ``finalize``, to be made under the poll claim's token."""
+        paced = later if any(later) else None
 
         def call(token: int) -> Awaitable[tuple[int, list[DeliveryClaim]]]:
             return self.store.deliveries.finalize(
-                vid, event, chunk, claim=room, lease_s=self.lease_s, poll_token=token
+                vid,
+                event,
+                chunk,
+                claim=room,
+                lease_s=self.lease_s,
+                poll_token=token,
+                later_ms=paced,
             )
 
         return call

@@ -23,9 +23,10 @@ import os
 import ssl
 import time
 
+from relay.domain.origin import Origin
 from relay.http.dns import NameNotResolved
 from relay.http.ssrf import CallbackPolicy, CallbackRefused, SockAddr
-from relay.http.wire import Answer, AnswerReader, Origin, Target, WebhookError
+from relay.http.wire import Answer, AnswerReader, Target, WebhookError
 from relay.metrics import CALLBACK_CONNECTIONS
 
 IDLE_S = 15.0  # an idle keep-alive connection is closed after this long

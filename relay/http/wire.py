@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import httptools
 from yarl import URL
 
+from relay.domain.origin import Origin, origin_of
+
 USER_AGENT = "clip-relay/1"
 MAX_HEAD = 64 * 1024  # bytes of status line and headers an answer may have
 MAX_DRAIN = 64 * 1024  # bodies up to this size are read to their end to keep the connection
-
-Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class WebhookError(Exception):
@@ -48,9 +48,7 @@ class Target:
     @classmethod
     def of(cls, url: URL) -> Target:
         """Prepare *url* (absolute ``http``/``https``, as :meth:`CallbackPolicy.parse` checked)."""
-        scheme = url.scheme
-        host = url.raw_host or ""
-        port = url.port or (443 if scheme == "https" else 80)
+        scheme, host, port = origin_of(url)
         host_header = f"[{host}]" if ":" in host else host
         if not url.is_default_port():
             host_header = f"{host_header}:{port}"

@@ -11,12 +11,14 @@ document (``cr:src:<video>``, once per video). A video hash holds its poll state
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from itertools import zip_longest
 
 import orjson
 
 from relay.domain.delivery import AttemptResult
 from relay.domain.ids import event_id
+from relay.domain.origin import url_origin_tag
 from relay.domain.video import VideoState
 from relay.domain.watch import SecretEntry, Watch
 
@@ -184,3 +186,25 @@ def video_hash(state: VideoState) -> dict[str, str]:
 
 def _opt_float(raw: str) -> float | None:
     return float(raw) if raw else None
+
+
+def waiting_entry(watch: Watch) -> str:
+    """A watch's value in its video's waiting watches: ``tenant:origin-tag``
+    (:func:`~relay.domain.origin.origin_tag`), what a fan-out counts per tenant and orders
+    and paces by (:func:`fan_out_order`)."""
+    return f"{watch.tenant}:{url_origin_tag(watch.callback_url)}"
+
+
+def fan_out_order(waiting: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The watches of *waiting* (id -> :func:`waiting_entry`) in the order a fan-out gives
+    them their events, each with its origin tag: round robin over (tenant, origin) groups
+    -- so 20 watches of one receiver are among the first events made, however many
+    thousands of another's wait on the same video. (An entry of a plain tenant, written
+    before the tag was, has the empty tag.)"""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for wid in sorted(waiting):
+        entry = waiting[wid]
+        groups.setdefault(entry, []).append((wid, entry.partition(":")[2]))
+    if len(groups) == 1:
+        return next(iter(groups.values()))
+    return [item for row in zip_longest(*groups.values()) for item in row if item is not None]

@@ -51,6 +51,7 @@ class Deliveries:
         claim: int = 0,
         lease_s: float = 0.0,
         poll_token: int | None = None,
+        later_ms: Sequence[int] | None = None,
     ) -> tuple[int, list[DeliveryClaim]]:
         """Give the watches of *watch_ids* (of one video) *event* and schedule its delivery;
         every one of them stops waiting on the video.
@@ -58,8 +59,9 @@ class Deliveries:
         Idempotent: a watch no longer waiting on the video (it has its event, or was
         cancelled) is left alone. The first *claim* events created are claimed for the
         caller for *lease_s* and returned with their watches (it sends them without reading
-        them back); the others are due at once, for any worker. Returns how many events
-        were created, and the claims.
+        them back); the others are due at once, for any worker -- but those *later_ms*
+        (one per watch, 0: now) paces: due that many ms from now, never claimed. Returns
+        how many events were created, and the claims.
 
         With *poll_token* (a poller's claim of the video: its lease deadline), nothing is
         written once that claim is no longer the caller's; then -1 events were created.
@@ -93,7 +95,14 @@ class Deliveries:
                 c.TENANT_PREFIX,
                 video_id,
                 "" if poll_token is None else poll_token,
-                *watch_ids,
+                *(
+                    watch_ids
+                    if later_ms is None
+                    else [
+                        w if d <= 0 else f"{w}@{d}"
+                        for w, d in zip(watch_ids, later_ms, strict=True)
+                    ]
+                ),
             ],
         )
         created, deadline = int(rows[0]), int(rows[1])

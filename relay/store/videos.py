@@ -1,12 +1,13 @@
 """The videos being polled: claim due ones, write poll results, stop polling one.
 
 A video being watched is a hash (its poll state) plus a hash of the watches still waiting
-on it (watch id -> tenant; read only when the video is final, a chunk at a time), and a
-member of the poll schedule (video id -> next poll, ms). A claimed member's score is pushed
-to a lease deadline (by Redis' clock), so a video held by a worker that dies becomes due
-again. That deadline is the claim's token: the claim's owner extends it while it works, and
-each of its writes (the poll's result, the fan-out's chunks, the release) is made only while
-the video's score is still its token -- a poller whose claim lapsed writes nothing.
+on it (watch id -> tenant and callback origin tag; read only when the video is final, a
+chunk at a time), and a member of the poll schedule (video id -> next poll, ms). A claimed
+member's score is pushed to a lease deadline (by Redis' clock), so a video held by a worker
+that dies becomes due again. That deadline is the claim's token: the claim's owner extends
+it while it works, and each of its writes (the poll's result, the fan-out's chunks, the
+release) is made only while the video's score is still its token -- a poller whose claim
+lapsed writes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from relay import constants as c
 from relay.domain import clock
 from relay.domain.video import VideoState
 from relay.store import scripts
-from relay.store.codec import video_from_hash, video_hash
+from relay.store.codec import fan_out_order, video_from_hash, video_hash
 from relay.store.deliveries import Deliveries
 
 SCAN_COUNT = 1000  # entries per HSCAN call
@@ -62,16 +63,18 @@ class Videos:
             c.POLL_SCHEDULE_KEY, video_ids, token, lease_s
         )
 
-    async def waiting(self, video_id: str) -> list[str]:
-        """The watches waiting on a video, sorted (HSCAN: each call bounded, however many)."""
-        ids: set[str] = set()
+    async def waiting(self, video_id: str) -> list[tuple[str, str]]:
+        """The watches waiting on a video, each with its origin tag, in fan-out order: round
+        robin over tenants and callback origins (:func:`~relay.store.codec.fan_out_order`;
+        HSCAN: each call bounded, however many)."""
+        entries: dict[str, str] = {}
         cursor = 0
         key = c.VIDEO_WATCHES_KEY.format(video_id)
         while True:
             cursor, batch = await self.redis.hscan(key, cursor, count=SCAN_COUNT)
-            ids.update(batch)
+            entries.update(batch)
             if cursor == 0:
-                return sorted(ids)
+                return fan_out_order(entries)
 
     async def save(self, updates: Iterable[tuple[VideoState, int, int | None]]) -> set[str]:
         """Write poll results in one script call: each is (state, the claim's token, the

@@ -28,6 +28,7 @@ from relay.store.codec import (
     load_secrets,
     registration_json,
     show_video,
+    waiting_entry,
     watch_from_registration,
     watch_from_state,
 )
@@ -108,6 +109,7 @@ class Watches:
             WATCHING,
             max_live,
             c.WATCH_PREFIX,
+            waiting_entry(watch),
         ]
         if idempotency is not None:
             keys.append(c.IDEMPOTENCY_KEY.format(watch.tenant, idempotency.key_hash))

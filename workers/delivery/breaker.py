@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
-from relay.http.wire import Origin
+from relay.domain.origin import Origin
 from relay.metrics import CIRCUIT_OPEN, CIRCUITS_OPEN
 
 MAX_ORIGINS = 10_000  # closed origins remembered (their failure counts) at most

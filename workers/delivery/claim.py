@@ -23,8 +23,9 @@ from yarl import URL
 from relay import constants as c
 from relay.domain.clips import ClipSet
 from relay.domain.delivery import DeliveryClaim
+from relay.domain.origin import Origin
 from relay.domain.watch import Watch
-from relay.http.wire import Origin, Target
+from relay.http.wire import Target
 from relay.metrics import DEFERRED
 from relay.store import Store
 from workers.delivery.bodies import Bodies
@@ -107,6 +108,7 @@ class Claimer(Pump[DeliveryClaim]):
         # back as a batch is queued (and by its sweeper as estimates grow)
         self.defer_after_s = 1.0
         self.keep: Callable[[Origin], bool] | None = None  # origins never handed back
+        self.slow: tuple[float, float] | None = None  # (slow_s, its budget): see overflow
         self._offered: deque[DeliveryClaim] = deque()
 
     def room(self) -> int:
@@ -158,7 +160,7 @@ class Claimer(Pump[DeliveryClaim]):
         put = self.jobs.put
         for w in due:
             put(Job(w, clips(w), deadline, batch.done, w.id in gone, origin_of(w.callback_url)))
-        extra = self.jobs.overflow(self.defer_after_s, self.keep)
+        extra = self.jobs.overflow(self.defer_after_s, self.keep, self.slow)
         if extra:
             await self.defer(extra)
         await batch.wait()

@@ -20,7 +20,7 @@ from relay.domain.crypto import SecretBox
 from relay.domain.delivery import DeliveryClaim
 from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
-from relay.metrics import ORIGIN_WAITING
+from relay.metrics import DEFERRED, ORIGIN_WAITING
 from relay.settings import Settings
 from relay.store import Store
 from relay.tasks import finish_all
@@ -36,6 +36,9 @@ from workers.upstream_budget import UpstreamGate
 
 LEASE_MARGIN_S = 1.0  # a claim must outlast an attempt by this much, or it is renewed first
 DEFER_AFTER_S = 1.0  # a queued job its origin would not start within this is handed back
+SLOW_S = 0.025  # an origin whose attempts take this long or more is slow: it holds and is
+SLOW_AFTER_S = 0.1  # ... given only the jobs it would start within this; the others are
+SLOW = (SLOW_S, SLOW_AFTER_S)  # handed back, and a fan-out's events for it are paced
 SWEEP_S = 0.1  # how often the queues are looked over for such jobs
 
 
@@ -69,6 +72,7 @@ class Deliverer:
         self.breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown)
         self.claimer.defer_after_s = DEFER_AFTER_S
         self.claimer.keep = self.breakers.is_open
+        self.claimer.slow = SLOW
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -91,6 +95,8 @@ class Deliverer:
         deadline = loop.time() + wait_s
         freed = self.claimer.freed
         enough = min(n, self.claimer.concurrency)  # more never fits, however long it waits
+        if self.claimer.room() < enough:
+            await self._hand_back_overflow()  # a slow origin's backlog gives its room back
         while (room := self.claimer.room()) < enough and (left := deadline - loop.time()) > 0:
             freed.clear()
             try:
@@ -98,6 +104,16 @@ class Deliverer:
             except TimeoutError:
                 break
         return min(room, n)
+
+    def pace(self, tags: Sequence[str]) -> list[int]:
+        """For a fan-out's events, by their callbacks' origin tags: 0 for those this worker
+        would start soon (claimable), else in how many ms their origin is expected to have
+        room for them (:meth:`~workers.delivery.origins.OriginQueues.plan`)."""
+        later = self.claimer.jobs.plan(tags, SLOW_AFTER_S, SLOW_S, self.breakers.is_open)
+        paced = sum(1 for d in later if d)
+        if paced:
+            DEFERRED.inc(paced)
+        return later
 
     def keep_clips(self, video_id: str, event_at: int, clips: ClipSet) -> None:
         """The clips of a fan-out (its events made at *event_at*, when they were fetched) as
@@ -122,15 +138,17 @@ class Deliverer:
         """Every SWEEP_S: hand back the claims of queued jobs that a full, slow origin would
         not start within DEFER_AFTER_S (due when it is expected to have room), so they hold
         no claim slot that other origins' work needs."""
-        jobs = self.claimer.jobs
-        is_open = self.breakers.is_open
         while True:
             await asyncio.sleep(SWEEP_S)
-            ORIGIN_WAITING.set(len(jobs))
-            if len(jobs) and not self._closing:
-                extra = jobs.overflow(DEFER_AFTER_S, is_open)
-                if extra:
-                    await self.claimer.defer(extra)
+            ORIGIN_WAITING.set(len(self.claimer.jobs))
+            await self._hand_back_overflow()
+
+    async def _hand_back_overflow(self) -> None:
+        jobs = self.claimer.jobs
+        if len(jobs) and not self._closing:
+            extra = jobs.overflow(DEFER_AFTER_S, self.breakers.is_open, SLOW)
+            if extra:
+                await self.claimer.defer(extra)
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; finish the attempts in flight and those queued (up to *grace_s*);

@@ -13,7 +13,15 @@ another's deliveries).
   origin is full and slow (an estimate: the mean duration of its recent attempts, or how long
   its attempts in flight have run, whichever is longer) -- so that the claimer hands their
   claims back to the schedule, due when the origin is expected to have room, instead of
-  holding them (and its claim slots) while healthy origins' work waits unclaimed.
+  holding them (and its claim slots) while healthy origins' work waits unclaimed;
+- :meth:`OriginQueues.plan` does the same for a fan-out's events before they exist: those
+  of an origin that would not start them soon are made due when it is expected to have
+  room, never claimed -- so a fan-out of 10,000 events to a slow receiver costs this worker
+  nothing until they are due, and 20 events to a healthy one beside them go at once.
+
+By Little's law an origin held at ``cap`` attempts of ``est`` seconds each takes
+``cap / est`` jobs a second, so the job ``p`` places back starts ``(p // cap) * est`` from
+now: a fast origin (milliseconds) keeps thousands ahead, a slow one a wave or two.
 """
 
 from __future__ import annotations
@@ -21,14 +29,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from relay.http.wire import Origin
+from relay.domain.origin import Origin, origin_tag
 
 EWMA = 0.2  # weight of an attempt's duration in its origin's running mean
 MIN_DEFER_S = 0.5  # a job handed back is due again after this long at least
 MAX_DEFER_S = 300.0  # ... and at most this long
+PROMISE_S = 0.5  # events a plan let a fan-out claim count against their origin this long
 IDLE_FORGET_S = 120.0  # an idle origin's estimate is forgotten after this long
 
 
@@ -41,10 +50,23 @@ J = TypeVar("J", bound=HasOrigin)
 
 
 class _Origin(Generic[J]):
-    __slots__ = ("busy_since", "horizon", "inflight", "jobs", "key", "mean", "ready", "used")
+    __slots__ = (
+        "busy_since",
+        "horizon",
+        "inflight",
+        "jobs",
+        "key",
+        "mean",
+        "promised",
+        "promised_at",
+        "ready",
+        "used",
+    )
 
     def __init__(self, key: Origin) -> None:
         self.key = key
+        self.promised = 0  # jobs a plan let a fan-out claim, not queued yet
+        self.promised_at = 0.0
         self.jobs: deque[J] = deque()
         self.inflight = 0
         self.ready = False  # in the ring
@@ -68,6 +90,7 @@ class OriginQueues(Generic[J]):
         self.queued = 0
         self.idle: deque[asyncio.Future[None]] = deque()  # parked lanes' wake-ups
         self._origins: dict[Origin, _Origin[J]] = {}
+        self._by_tag: dict[str, _Origin[J]] = {}  # the same origins by origin_tag
         self._ring: deque[_Origin[J]] = deque()
 
     def __len__(self) -> int:
@@ -92,6 +115,9 @@ class OriginQueues(Generic[J]):
         o = self._origins.get(job.origin)
         if o is None:
             o = self._origins[job.origin] = _Origin(job.origin)
+            self._by_tag[origin_tag(job.origin)] = o
+        if o.promised:
+            o.promised -= 1
         o.jobs.append(job)
         o.used = self.clock()
         self.queued += 1
@@ -139,6 +165,7 @@ class OriginQueues(Generic[J]):
             self.wake(1)
         elif not o.jobs and not o.inflight and now > o.horizon + IDLE_FORGET_S:
             del self._origins[origin]
+            self._by_tag.pop(origin_tag(origin), None)
 
     def drain(self) -> list[J]:
         """Every queued job, taken out (the deliverer stops)."""
@@ -149,11 +176,17 @@ class OriginQueues(Generic[J]):
         return out
 
     def overflow(
-        self, budget_s: float, keep: Callable[[Origin], bool] | None = None
+        self,
+        budget_s: float,
+        keep: Callable[[Origin], bool] | None = None,
+        slow: tuple[float, float] | None = None,
     ) -> list[tuple[J, float]]:
         """The queued jobs not expected to start within *budget_s*, taken out, each with
         when (seconds from now) its origin is expected to have room for it: jobs of a full
-        origin whose attempts are slow. Origins for which *keep* is true are left alone."""
+        origin whose attempts are slow. Origins for which *keep* is true are left alone.
+        With *slow* = (slow_s, slow_budget_s): an origin whose attempts take slow_s or more
+        keeps only what it would start within slow_budget_s (the claims a slow receiver
+        holds are claims other origins' work waits for)."""
         now = self.clock()
         out: list[tuple[J, float]] = []
         cap = self.cap
@@ -163,7 +196,8 @@ class OriginQueues(Generic[J]):
             est = o.estimate(now)
             if est <= 0:
                 continue
-            waves = int(budget_s // est)  # rounds of `cap` attempts that fit in the budget
+            budget = slow[1] if slow is not None and est >= slow[0] else budget_s
+            waves = int(budget // est)  # rounds of `cap` attempts that fit in the budget
             kept = max((waves + 1) * cap - o.inflight, 0)
             if len(o.jobs) <= kept:
                 continue
@@ -175,6 +209,49 @@ class OriginQueues(Generic[J]):
                 at = start + (i // cap) * est
                 out.append((job, min(max(at - now, MIN_DEFER_S), MAX_DEFER_S)))
             o.horizon = min(start + (len(extra) // cap + 1) * est, now + MAX_DEFER_S)
+        return out
+
+    def plan(
+        self,
+        tags: Sequence[str],
+        budget_s: float,
+        slow_s: float,
+        keep: Callable[[Origin], bool] | None = None,
+    ) -> list[int]:
+        """For a fan-out's events, one per origin tag of *tags* (in its order): 0 for one
+        its origin is expected to start within *budget_s* (the fan-out may claim it), else
+        in how many ms it is (due then, not claimed). Only a slow origin is paced -- one
+        whose attempts take *slow_s* or more: a fast one's backlog starts within
+        milliseconds, and the claims it holds cost nothing. An origin this worker has not
+        sent to yet, or one *keep* names, starts everything at once."""
+        now = self.clock()
+        cap = self.cap
+        out: list[int] = []
+        by_tag = self._by_tag
+        for tag in tags:
+            o = by_tag.get(tag)
+            est = o.estimate(now) if o is not None else 0.0
+            # (an origin that has not answered once is slow sooner: fan-outs start with
+            # a burst, and its first wave of claims is what a slow receiver would hold)
+            slow = est >= slow_s or (o is not None and not o.mean and est >= slow_s / 4)
+            if o is None or not slow or (keep is not None and keep(o.key)):
+                out.append(0)
+                continue
+            if now - o.promised_at > PROMISE_S:
+                o.promised = 0
+            ahead = o.inflight + len(o.jobs) + o.promised
+            start = now + (ahead // cap) * est
+            # (one that has not answered yet gets a wave in flight and one queued: when it
+            # answers, its estimate says how much more it takes)
+            fits = start - now <= budget_s if o.mean else ahead < 2 * cap
+            if fits and o.horizon <= now + budget_s:
+                o.promised += 1
+                o.promised_at = now
+                out.append(0)
+                continue
+            at = max(start, o.horizon)
+            o.horizon = min(at + est / cap, now + MAX_DEFER_S)  # the next one a bit later
+            out.append(int(min(max(at - now, budget_s), MAX_DEFER_S) * 1000))
         return out
 
     def wake(self, n: int) -> None:

@@ -1,5 +1,5 @@
 -- Register a watch: its registration and state, the tenant's indexes, the video's waiting
--- watches (-> tenant), the video's poll (NX: a video already scheduled keeps its slot, a
+-- watches (-> tenant:origin-tag), the video's poll (NX: a video already scheduled keeps its slot, a
 -- claimed one its lease), its expiry, the status counters. The tenant indexes are ordered
 -- by Redis' clock.
 -- With an Idempotency-Key (KEYS[11]), the key's record and the watch are made together, so
@@ -12,7 +12,8 @@
 -- the set of tenants, [idempotency record].
 -- ARGV: watch id, registration JSON, secrets JSON, created ms, video id, tenant, expires ms,
 -- the delivery state of a new watch, live watches the tenant may hold, watch key prefix,
--- [idempotency record JSON, its TTL s].
+-- its entry in the video's waiting watches ('tenant:origin-tag'), [idempotency record
+-- JSON, its TTL s].
 -- Returns {'created'}, {'exists', record JSON} (a watch made with this key, or this very
 -- watch on a re-run), or {'full', live} (the tenant holds its maximum of live watches).
 local idem = KEYS[11]
@@ -32,7 +33,7 @@ local n = (tonumber(live[1]) or 0) + (tonumber(live[2]) or 0)
 if n >= tonumber(ARGV[9]) then return {'full', tostring(n)} end
 redis.call('SET', KEYS[1], ARGV[2])
 if idem then
-  redis.call('SET', idem, ARGV[11], 'EX', ARGV[12])
+  redis.call('SET', idem, ARGV[12], 'EX', ARGV[13])
   redis.call('HSET', KEYS[2], 'video', ARGV[5], 'st', ARGV[8], 'secrets', ARGV[3], 'idem', idem)
 else
   redis.call('HSET', KEYS[2], 'video', ARGV[5], 'st', ARGV[8], 'secrets', ARGV[3])
@@ -42,7 +43,7 @@ local t = redis.call('TIME')
 local order = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZADD', KEYS[3], order, ARGV[1])
 redis.call('ZADD', KEYS[4], order, ARGV[1])
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[6])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[11])
 redis.call('ZADD', KEYS[6], 'NX', ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[7], ARGV[7], ARGV[1])
 redis.call('HINCRBY', KEYS[8], 'watching', 1)

@@ -1,8 +1,8 @@
 -- Give watches of one video their final event, once each, and schedule its delivery: the
--- first ARGV[5] created are claimed at once by the caller (score = its lease deadline,
+-- first ARGV[5] created (of those not paced) are claimed at once by the caller (score = its lease deadline,
 -- Redis' clock now + ARGV[4] ms), the others are due now (Redis' clock), for any worker. A
--- watch gets the event while it waits on the video (KEYS[2], watch -> tenant: cancelling
--- or expiring takes it out); every watch of the call leaves it. Per watch only its event
+-- watch gets the event while it waits on the video (KEYS[2], watch -> tenant:origin-tag:
+-- cancelling or expiring takes it out); every watch of the call leaves it. Per watch only its event
 -- state is written: its body is built from the watch and, for clips.ready, the video's
 -- clips document, kept once (KEYS[4]: written when given and newer, with a reference per
 -- event that uses it).
@@ -14,12 +14,23 @@
 -- ARGV: watch key prefix, at ms, event type, lease ms, number to claim, video status ('' =
 -- the video hash's), video progress, video error, clips document ('' none), clips fetched
 -- ms, tenant key prefix, video id, the poll claim's token ('' = none to check), then the
--- watch ids.
+-- watch ids, each 'id' or 'id@ms': due that many ms after now, never claimed (a fan-out
+-- paces the events of an origin that would not start them soon).
 -- Returns {the number of events created (-1: not our poll claim), the claims' lease
 -- deadline, then the ids of those claimed} (the caller reads the claimed watches
 -- afterwards, outside the script: one MGET and a pipeline).
 local at, etype = ARGV[2], ARGV[3]
-local ids = {unpack(ARGV, 14)}
+local ids, later = {}, {}
+for i = 14, #ARGV do
+  local a = ARGV[i]
+  local cut = string.find(a, '@', 1, true)
+  if cut then
+    ids[i - 13] = string.sub(a, 1, cut - 1)
+    later[i - 13] = tonumber(string.sub(a, cut + 1))
+  else
+    ids[i - 13] = a
+  end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[4])
@@ -39,18 +50,22 @@ local ev = etype .. '|' .. at .. '|' .. vprogress .. '|' .. string.gsub(vstatus,
 local st = 'delivering|0|0|' .. at .. '|||' 
 local claim = tonumber(ARGV[5])
 local out, scheduled, made, tenants = {0, deadline}, {}, {}, {}
-local n = 0
+local n, claimed = 0, 0
 for i = 1, #ids do
   local tenant = waiting[i]
   if tenant then
+    tenant = string.match(tenant, '^[^:]*')  -- 'tenant:origin-tag' (a plain tenant before)
     local key = ARGV[1] .. ids[i]
     redis.call('HSET', key, 'st', st, 'ev', ev)
     n = n + 1
     made[n] = ids[i]
     tenants[tenant] = (tenants[tenant] or 0) + 1
-    if n <= claim then
+    if later[i] then
+      scheduled[2 * n - 1] = now + later[i]
+    elseif claimed < claim then
+      claimed = claimed + 1
       scheduled[2 * n - 1] = deadline
-      out[n + 2] = ids[i]
+      out[claimed + 2] = ids[i]
     else
       scheduled[2 * n - 1] = now
     end

@@ -1,0 +1,35 @@
+"""A callback's origin -- (scheme, host, port), what the per-origin lanes, cap and breaker
+are keyed by -- and its short tag, what a video's waiting watches record of it so that a
+fan-out can order and pace its events by origin without reading the watches."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import lru_cache
+
+from yarl import URL
+
+Origin = tuple[str, str, int]  # scheme, host (as in the URL), port
+
+
+def origin_of(url: URL) -> Origin:
+    """The origin of an absolute URL (the default port of its scheme when it names none)."""
+    scheme = url.scheme
+    return scheme, url.raw_host or "", url.port or (443 if scheme == "https" else 80)
+
+
+@lru_cache(maxsize=20_000)
+def origin_tag(origin: Origin) -> str:
+    """Six characters naming *origin* (32 bits of a hash: a collision of two origins costs
+    only the fairness of a fan-out's order between them, never a delivery)."""
+    digest = hashlib.blake2b(repr(origin).encode(), digest_size=6).digest()
+    return base64.urlsafe_b64encode(digest)[:6].decode()
+
+
+def url_origin_tag(callback_url: str) -> str:
+    """:func:`origin_tag` of a callback URL (one that does not parse is an origin of its own)."""
+    try:
+        return origin_tag(origin_of(URL(callback_url)))
+    except (ValueError, TypeError):
+        return origin_tag(("", callback_url, 0))
