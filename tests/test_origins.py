@@ -90,7 +90,8 @@ def test_a_fan_out_plan_paces_a_slow_origin_only() -> None:
     """plan(): an origin this worker has not sent to, or a fast one, may have all of a
     fan-out's events claimed; one that has not answered for a while gets a wave in flight
     and one queued, one known slow what it starts within the budget -- the rest are due
-    later, spread a wave at a time behind each other."""
+    later, spread a wave at a time behind each other. Slow is relative to the worker's
+    typical attempt: the one receiver of a fan-out is never slow."""
     clock = Clock()
     q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
     ta, tb = origin_tag(A), origin_tag(B)
@@ -102,7 +103,11 @@ def test_a_fan_out_plan_paces_a_slow_origin_only() -> None:
         q.take()
     clock.t += 0.002
     for _ in range(4):
-        q.finish(B, 0.002)  # B answers in 2 ms
+        q.finish(B, 0.002)  # B answers in 2 ms: this worker's typical attempt
+    for i in range(40):
+        q.put(J(B, 10 + i))
+        q.take()
+        q.finish(B, 0.002)
     clock.t += 0.05  # A has not answered for 52 ms
     plan_b = q.plan([tb] * 200, 0.1, 0.025)
     assert plan_b == [0] * 200  # fast: its backlog starts within milliseconds
@@ -118,6 +123,21 @@ def test_a_fan_out_plan_paces_a_slow_origin_only() -> None:
     assert min(d for d in again if d) >= plan_a[-1] - 1000  # behind those paced before
     # an origin the caller keeps (its circuit is open) is never paced
     assert q.plan([ta] * 20, 0.1, 0.025, keep=lambda o: o == A) == [0] * 20
+
+
+def test_the_only_origin_is_never_slow_however_long_its_attempts() -> None:
+    """A worker whose every attempt takes 40 ms (its own loop is busy, or every receiver is
+    far away) paces nothing: slow means slow beside the others."""
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
+    for i in range(50):
+        q.put(J(A, i))
+    for _ in range(20):
+        q.take()
+        clock.t += 0.04
+        q.finish(A, 0.04)
+    assert q.plan([origin_tag(A)] * 100, 0.1, 0.025) == [0] * 100
+    assert q.overflow(1.0, slow=(0.025, 0.1)) == []
 
 
 def test_origins_the_caller_keeps_are_not_overflowed() -> None:

@@ -39,6 +39,8 @@ MIN_DEFER_S = 0.5  # a job handed back is due again after this long at least
 MAX_DEFER_S = 300.0  # ... and at most this long
 PROMISE_S = 0.5  # events a plan let a fan-out claim count against their origin this long
 IDLE_FORGET_S = 120.0  # an idle origin's estimate is forgotten after this long
+SLOW_FACTOR = 8.0  # slow: this many times the worker's typical attempt, or more
+TYPICAL_OF = 256  # the typical attempt: the median of this many recent ones
 
 
 class HasOrigin(Protocol):
@@ -91,6 +93,8 @@ class OriginQueues(Generic[J]):
         self.idle: deque[asyncio.Future[None]] = deque()  # parked lanes' wake-ups
         self._origins: dict[Origin, _Origin[J]] = {}
         self._by_tag: dict[str, _Origin[J]] = {}  # the same origins by origin_tag
+        self._recent: deque[float] = deque(maxlen=TYPICAL_OF)  # attempts' durations (s)
+        self._typical = (0.0, -1.0)  # (median of _recent, when computed)
         self._ring: deque[_Origin[J]] = deque()
 
     def __len__(self) -> int:
@@ -157,6 +161,7 @@ class OriginQueues(Generic[J]):
         now = self.clock()
         o.used = now
         if seconds is not None:
+            self._recent.append(seconds)
             o.mean = seconds if o.mean == 0 else o.mean + EWMA * (seconds - o.mean)
             o.busy_since = now
         if o.jobs and not o.ready:
@@ -166,6 +171,28 @@ class OriginQueues(Generic[J]):
         elif not o.jobs and not o.inflight and now > o.horizon + IDLE_FORGET_S:
             del self._origins[origin]
             self._by_tag.pop(origin_tag(origin), None)
+
+    def typical(self) -> float:
+        """The median duration of this worker's recent attempts, all origins together
+        (recomputed at most every 50 ms; 0 before any)."""
+        value, at = self._typical
+        now = self.clock()
+        if now - at > 0.05:
+            recent = sorted(self._recent)
+            value = recent[len(recent) // 2] if recent else 0.0
+            self._typical = (value, now)
+        return value
+
+    def is_slow(self, o: _Origin[J], est: float, slow_s: float) -> bool:
+        """Whether an origin is slow: its attempts take *slow_s* or more and SLOW_FACTOR
+        times this worker's typical attempt (one that has not answered yet: a quarter of
+        those). Relative, so a worker whose own loop is busy does not take a receiver it
+        keeps waiting for a slow one, and the one receiver of a fan-out is never slow."""
+        typical = self.typical()
+        if not typical:
+            return False
+        bar = max(slow_s, SLOW_FACTOR * typical)
+        return est >= (bar if o.mean else bar / 4)
 
     def drain(self) -> list[J]:
         """Every queued job, taken out (the deliverer stops)."""
@@ -184,8 +211,8 @@ class OriginQueues(Generic[J]):
         """The queued jobs not expected to start within *budget_s*, taken out, each with
         when (seconds from now) its origin is expected to have room for it: jobs of a full
         origin whose attempts are slow. Origins for which *keep* is true are left alone.
-        With *slow* = (slow_s, slow_budget_s): an origin whose attempts take slow_s or more
-        keeps only what it would start within slow_budget_s (the claims a slow receiver
+        With *slow* = (slow_s, slow_budget_s): a slow origin (:meth:`is_slow`) keeps only
+        what it would start within slow_budget_s (the claims a slow receiver
         holds are claims other origins' work waits for)."""
         now = self.clock()
         out: list[tuple[J, float]] = []
@@ -196,7 +223,7 @@ class OriginQueues(Generic[J]):
             est = o.estimate(now)
             if est <= 0:
                 continue
-            budget = slow[1] if slow is not None and est >= slow[0] else budget_s
+            budget = slow[1] if slow is not None and self.is_slow(o, est, slow[0]) else budget_s
             waves = int(budget // est)  # rounds of `cap` attempts that fit in the budget
             kept = max((waves + 1) * cap - o.inflight, 0)
             if len(o.jobs) <= kept:
@@ -220,9 +247,9 @@ class OriginQueues(Generic[J]):
     ) -> list[int]:
         """For a fan-out's events, one per origin tag of *tags* (in its order): 0 for one
         its origin is expected to start within *budget_s* (the fan-out may claim it), else
-        in how many ms it is (due then, not claimed). Only a slow origin is paced -- one
-        whose attempts take *slow_s* or more: a fast one's backlog starts within
-        milliseconds, and the claims it holds cost nothing. An origin this worker has not
+        in how many ms it is (due then, not claimed). Only a slow origin is paced
+        (:meth:`is_slow`): a fast one's backlog starts within milliseconds, and the claims
+        it holds cost nothing. An origin this worker has not
         sent to yet, or one *keep* names, starts everything at once."""
         now = self.clock()
         cap = self.cap
@@ -233,8 +260,7 @@ class OriginQueues(Generic[J]):
             est = o.estimate(now) if o is not None else 0.0
             # (an origin that has not answered once is slow sooner: fan-outs start with
             # a burst, and its first wave of claims is what a slow receiver would hold)
-            slow = est >= slow_s or (o is not None and not o.mean and est >= slow_s / 4)
-            if o is None or not slow or (keep is not None and keep(o.key)):
+            if o is None or not self.is_slow(o, est, slow_s) or (keep is not None and keep(o.key)):
                 out.append(0)
                 continue
             if now - o.promised_at > PROMISE_S:
