@@ -27,9 +27,16 @@ def origin_tag(origin: Origin) -> str:
     return base64.urlsafe_b64encode(digest)[:6].decode()
 
 
-def url_origin_tag(callback_url: str) -> str:
-    """:func:`origin_tag` of a callback URL (one that does not parse is an origin of its own)."""
+@lru_cache(maxsize=20_000)
+def callback_origin(callback_url: str) -> Origin:
+    """The origin of a callback URL (one that does not parse is an origin of its own: its
+    attempt fails at once)."""
     try:
-        return origin_tag(origin_of(URL(callback_url)))
+        return origin_of(URL(callback_url))
     except (ValueError, TypeError):
-        return origin_tag(("", callback_url, 0))
+        return ("", callback_url, 0)
+
+
+def url_origin_tag(callback_url: str) -> str:
+    """:func:`origin_tag` of a callback URL's origin."""
+    return origin_tag(callback_origin(callback_url))

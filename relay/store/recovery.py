@@ -13,6 +13,7 @@ from redis.commands.core import AsyncScript
 
 from relay import constants as c
 from relay.domain.clock import now_ms
+
 # index entries per recover.lua call: about 2 ms of Redis each (1,000 held it ~9 ms, which
 # every other request waited behind; bench/recover.py)
 RECOVER_BATCH = 200

@@ -16,16 +16,12 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-
-from yarl import URL
 
 from relay import constants as c
 from relay.domain.clips import ClipSet
 from relay.domain.delivery import DeliveryClaim
-from relay.domain.origin import Origin
+from relay.domain.origin import Origin, callback_origin
 from relay.domain.watch import Watch
-from relay.http.wire import Target
 from relay.metrics import DEFERRED
 from relay.store import Store
 from workers.delivery.bodies import Bodies
@@ -48,16 +44,6 @@ class Job:
     done: Callable[[], None]  # the attempt is over (or skipped): frees the claim's slot
     gone: bool = False  # its clips document is gone and could not be fetched again
     origin: Origin = ("", "", 0)  # where its callback goes (scheme, host, port)
-
-
-@lru_cache(maxsize=20_000)
-def origin_of(callback_url: str) -> Origin:
-    """The origin of a callback URL (one that cannot be sent is an origin of its own: its
-    attempt fails at once)."""
-    try:
-        return Target.of(URL(callback_url)).origin
-    except (ValueError, TypeError):
-        return ("", callback_url, 0)
 
 
 class Batch:
@@ -159,7 +145,11 @@ class Claimer(Pump[DeliveryClaim]):
         clips = self.bodies.clips
         put = self.jobs.put
         for w in due:
-            put(Job(w, clips(w), deadline, batch.done, w.id in gone, origin_of(w.callback_url)))
+            put(
+                Job(
+                    w, clips(w), deadline, batch.done, w.id in gone, callback_origin(w.callback_url)
+                )
+            )
         extra = self.jobs.overflow(self.defer_after_s, self.keep, self.slow)
         if extra:
             await self.defer(extra)
