@@ -212,8 +212,8 @@ class OriginQueues(Generic[J]):
         when (seconds from now) its origin is expected to have room for it: jobs of a full
         origin whose attempts are slow. Origins for which *keep* is true are left alone.
         With *slow* = (slow_s, slow_budget_s): a slow origin (:meth:`is_slow`) keeps only
-        what it would start within slow_budget_s (the claims a slow receiver
-        holds are claims other origins' work waits for)."""
+        what it would start within slow_budget_s (the claims a slow receiver holds are
+        claims other origins' work waits for)."""
         now = self.clock()
         out: list[tuple[J, float]] = []
         cap = self.cap
