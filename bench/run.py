@@ -21,9 +21,10 @@ run:
     1,000 to a black-holed one, then 1,000 to the healthy sink registered last, on the same
     two videos: the healthy deliveries' p50/p99 lateness after ``completed``, their
     throughput against the same 1,000 with no bad origin, the bad origins' attempts/s
-    (``bench/noisy.py``; one run);
+    (``bench/noisy.py``; 3 pairs of runs, ``BENCH_NOISY_REPS``);
 16. recover: 10,000 failed watches put back by one POST /v1/watches/recover: time to its
-    202, time until all are delivered, the API's GET p99 meanwhile (``bench/recover.py``);
+    202, time until all are delivered, the API's GET p99 meanwhile against an ordinary
+    delivery of as many and at rest (``bench/recover.py``);
 17. ui: the dashboard's overview and watch list with 10,000 watches of one tenant (first
     page, a deep cursor, a status that 1 % have): server time p50/p99 and Redis round trips
     per page (``bench/ui.py``).
