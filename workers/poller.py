@@ -338,9 +338,11 @@ class Poller(Pump[Claimed]):
         A chunk at a time, doubling from FIRST_CHUNK: one script call gives the chunk's
         watches their event, claims as many as this worker's deliverer has room for (they
         go to it without a read-back; the rest are due for any worker) -- so delivery starts
-        after a small first chunk, not after the whole fan-out. The last chunk releases the
-        video. Idempotent all the way: a worker that dies in between leaves the video
-        claimed, and whoever polls it next creates only the events still missing.
+        after a small first chunk, not after the whole fan-out. The watches come round robin
+        over tenants and origins, and a slow origin's events are paced and made last
+        (:mod:`workers.fanout`). The last chunk releases the video. Idempotent all the
+        way: a worker that dies in between leaves the video claimed, and whoever polls it
+        next creates only the events still missing.
         """
         vid = step.state.video_id
         ids = final.watch_ids
@@ -360,11 +362,11 @@ class Poller(Pump[Claimed]):
             # (paced: never claimed, nothing to hand back), and its other watches go last
             later = self.pace([tag for _, tag in chunk])
             order.slow(tag for (_, tag), d in zip(chunk, later, strict=True) if d)
-            now = sum(1 for d in later if not d)
+            claimable = sum(1 for d in later if not d)
             # a busy worker leaves the rest due for other workers; one that keeps up claims
             # them as it creates them (no second read)
             waited = time.monotonic()
-            room = await self.room(now, min(ROOM_WAIT_S, wait_budget)) if now else 0
+            room = await self.room(claimable, min(ROOM_WAIT_S, wait_budget)) if claimable else 0
             # a fan-out holds the video's lease: it waits for room a fifth of it at most in
             # all, then the rest is for any worker
             wait_budget -= time.monotonic() - waited
@@ -386,7 +388,7 @@ class Poller(Pump[Claimed]):
                 )
             if claimed:
                 self.on_events(claimed)
-            elif not now and not order.done:
+            elif not claimable and not order.done:
                 # a chunk of paced events only: none is due soon, so the deliveries under
                 # way (this worker's CPU and Redis') go first
                 await asyncio.sleep(PACED_PAUSE_S)
