@@ -1,9 +1,10 @@
 """The benchmark's stack: real processes on loopback, started with :mod:`relay.devtools.stack`.
 
 One Redis-protocol server (the product's ``config/redis.conf``: AOF, ``appendfsync
-everysec``), one upstream simulator, one receiver sink (``bench/sink.py``, its own process,
-verifying every signature like ``clip-relay receiver`` but parsing bodies only afterwards),
-one API and one or more workers (each its own ``clip-relay worker`` process with its own
+everysec``; ``BENCH_REDIS_NO_AOF=1``: the server's defaults), one upstream simulator, one
+receiver sink (``bench/sink.py``, its own process, verifying every signature like
+``clip-relay receiver`` but parsing bodies only afterwards), one API and one or more
+workers (each its own ``clip-relay worker`` process with its own
 ``RELAY_METRICS_PORT``). The workers are restarted per scenario because their poll interval
 and budgets are read from the environment at start; between scenarios Redis is flushed, the
 simulator reset and the receiver emptied. A scenario may add processes of its own (the scale
@@ -104,7 +105,9 @@ class Stack:
         scenario, see :meth:`start_worker`)."""
         redis_dir = workdir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
-        redis = RedisServer.start(workdir=redis_dir, config=REDIS_CONF)
+        # BENCH_REDIS_NO_AOF=1: the server's defaults instead (what AOF costs, measured)
+        config = None if os.environ.get("BENCH_REDIS_NO_AOF") else REDIS_CONF
+        redis = RedisServer.start(workdir=redis_dir, config=config)
         stack = cls(
             workdir=workdir,
             redis=redis,

@@ -46,7 +46,7 @@ from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
 
 log = logs.get("workers.poller")
-FINALIZE_CHUNK = 100  # watches given their events per round, at most (~1 ms of Redis)
+FINALIZE_CHUNK = 50  # watches given their events per round, at most (~0.5 ms of Redis)
 FIRST_CHUNK = 32  # the first rounds are smaller (doubling), so delivery starts at once
 PACED_PAUSE_S = 0.05  # a fan-out waits this long after a chunk of paced events only
 ROOM_WAIT_S = 0.05  # a fan-out waits this long, at most, for its deliverer to have room
