@@ -29,6 +29,7 @@ from relay.store import Store
 from tests.conftest import eventually
 from tests.test_poller import ANALYZING, CLIPS, Client, Fanout, requests, sim_video, watch
 from tests.test_store import clips_ready
+from workers.leases import Leases
 from workers.poller import Poller
 from workers.upstream_budget import UpstreamGate
 
@@ -200,3 +201,46 @@ async def test_writes_under_a_stale_poll_token_change_nothing(store: Store) -> N
     # the owner's writes go through
     assert await store.videos.save([(state, token, 60_000)]) == set()
     assert await store.redis.hget(c.VIDEO_KEY.format(vid), "status") == "analyzing"  # type: ignore[misc]
+
+
+async def test_a_write_refused_while_an_extension_is_in_flight_waits_for_its_reply(
+    store: Store,
+) -> None:
+    """Rule: a write of the claim's owner that Redis refused because an extension's script
+    ran just before it (on another connection of the pool, its reply not read yet) is made
+    again with the new token, not taken for a lost claim. Fails before the fix: the fan-out
+    stopped with 'poll claim lost mid fan-out' while its claim, extended, still held the
+    video, so nobody finished it until the lease lapsed (the scale bench's 25 s windows)."""
+    vid = "vid_crossed"
+    await watch(store, vid)
+    token, [(state, waiting)] = await store.videos.claim(limit=10, lease_s=30)
+    assert waiting == 1
+    leases = Leases(store.videos, lease_s=30)
+    lease = leases.hold(vid, token)
+    real = store.videos.extend
+    reply = asyncio.Event()
+
+    async def late_reply(video_ids: Any, tok: int, lease_s: float) -> tuple[set[str], int]:
+        got = await real(video_ids, tok, lease_s)  # ran in Redis: the score moved
+        await reply.wait()  # ... but its reply is read only now
+        return got
+
+    store.videos.extend = late_reply  # type: ignore[method-assign]
+    extending = asyncio.create_task(leases.extend())
+    await eventually(lambda: _score_is_not(store, vid, token), timeout=5, what="the extension ran")
+    writing = asyncio.create_task(
+        leases.write(
+            lease, lambda tok: store.videos.save([(state, tok, 60_000)]), lambda got: vid in got
+        )
+    )
+    await asyncio.sleep(0.2)
+    assert not writing.done()  # refused once, it waits for the extension's reply
+    reply.set()
+    assert await writing == set()  # made again with the new token
+    await extending
+    assert not lease.lost and lease.token != token
+    assert await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) > lease.token  # (next poll: 60 s)
+
+
+async def _score_is_not(store: Store, vid: str, token: int) -> bool:
+    return await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) != token

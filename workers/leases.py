@@ -6,7 +6,10 @@ in one script call per group (claims made together share a token) every lease/3,
 outlives a wait for the upstream budget or a long fan-out; a claim found taken over is
 marked lost, and its work stops at its next step. :meth:`Leases.write` makes a write of the
 claim's owner under its token and, when that write crossed an extension (the token changed
-while it was in flight, so the script wrote nothing), makes it again with the new one.
+while it was in flight, so the script wrote nothing), makes it again with the new one. An
+extension whose reply has not been read yet may already have moved the token in Redis (its
+script ran before the write's, on another connection of the pool, whose reply was read
+first): a write refused while one is in flight waits for its reply before it decides.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class Leases:
         self.every_s = lease_s / 3
         self.held: dict[str, Lease] = {}
         self.extended = 0  # claims extended (for tests)
+        self._extending = 0  # extensions in flight
+        self._quiet = asyncio.Event()  # set while none is
+        self._quiet.set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -87,6 +93,9 @@ class Leases:
             got = await call(token)
             if not lost(got):
                 return got
+            if lease.token == token and not lease.lost:
+                # an extension in flight may have moved the token already: its reply decides
+                await self._quiet.wait()
             if lease.token == token or lease.lost:
                 lease.lost = True
                 return got
@@ -104,6 +113,16 @@ class Leases:
 
     async def extend(self) -> None:
         """Extend every claim held, a script call per token and chunk."""
+        self._extending += 1
+        self._quiet.clear()
+        try:
+            await self._extend()
+        finally:
+            self._extending -= 1
+            if not self._extending:
+                self._quiet.set()
+
+    async def _extend(self) -> None:
         groups: dict[int, list[Lease]] = defaultdict(list)
         for lease in self.held.values():
             if not lease.lost:
