@@ -213,8 +213,11 @@ async def test_a_write_refused_while_an_extension_is_in_flight_waits_for_its_rep
     video, so nobody finished it until the lease lapsed (the scale bench's 25 s windows)."""
     vid = "vid_crossed"
     await watch(store, vid)
-    token, [(state, waiting)] = await store.videos.claim(limit=10, lease_s=30)
+    # due by Redis' clock (the poll was scheduled by the local, corrected one)
+    token, rows = await eventually(lambda: _claim(store), timeout=5, what="the video due")
+    [(state, waiting)] = rows
     assert waiting == 1
+    await asyncio.sleep(0.01)  # the extension's deadline is a later millisecond than the claim's
     leases = Leases(store.videos, lease_s=30)
     lease = leases.hold(vid, token)
     real = store.videos.extend
@@ -240,6 +243,11 @@ async def test_a_write_refused_while_an_extension_is_in_flight_waits_for_its_rep
     await extending
     assert not lease.lost and lease.token != token
     assert await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) > lease.token  # (next poll: 60 s)
+
+
+async def _claim(store: Store) -> tuple[int, list[Any]] | None:
+    token, rows = await store.videos.claim(limit=10, lease_s=30)
+    return (token, rows) if rows else None
 
 
 async def _score_is_not(store: Store, vid: str, token: int) -> bool:

@@ -94,11 +94,15 @@ class Leases:
             if not lost(got):
                 return got
             if lease.token == token and not lease.lost:
-                # an extension in flight may have moved the token already: its reply decides
-                await self._quiet.wait()
+                await self.settled()
             if lease.token == token or lease.lost:
                 lease.lost = True
                 return got
+
+    async def settled(self) -> None:
+        """Return once no extension is in flight: a write refused for a token that has not
+        changed may have crossed one whose script ran first and whose reply is unread."""
+        await self._quiet.wait()
 
     async def _run(self) -> None:
         while not self._stop.is_set():

@@ -181,6 +181,8 @@ class Poller(Pump[Claimed]):
                 (s.state, lease.token, None if s.next_ms is None else s.next_ms - now)
                 for s, lease in steps
             )
+            if lost:  # an extension in flight may have moved a token already: its reply decides
+                await self.leases.settled()
             again = []
             for (s, lease), token in zip(steps, sent, strict=True):
                 if s.state.video_id not in lost:
