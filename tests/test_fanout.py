@@ -3,6 +3,8 @@ robin over (tenant, origin) groups, and an origin whose events are paced goes la
 
 from __future__ import annotations
 
+import asyncio
+
 from relay.domain.watch import Watch
 from relay.store.codec import fan_out_order, waiting_entry
 from workers.fanout import FanOutOrder
@@ -38,3 +40,94 @@ def test_a_paced_origin_goes_last() -> None:
     assert [w for w, _ in order.take(4)] == ["h2", "h3", "h4", "h5"]
     assert [w for w, _ in order.take(10)] == ["s2", "s3", "s4", "s5"]
     assert order.done and order.take(5) == []
+
+
+def _rr(groups: dict[str, int]) -> list[tuple[str, str]]:
+    """Watches of each origin tag, round robin (as fan_out_order gives them)."""
+    rows = [[(f"{tag.lower()}{i}", tag) for i in range(k)] for tag, k in groups.items()]
+    return [row[i] for i in range(max(groups.values())) for row in rows if i < len(row)]
+
+
+def test_an_origin_that_has_not_answered_gets_its_room_and_the_others_go_on() -> None:
+    """A fan-out's origins that have not answered yet get a wave or two; the watches beyond
+    wait (in their order) while other origins' go, and come first once their origin has
+    room again."""
+    order = FanOutOrder(_rr({"S": 20, "H": 20}))
+    rooms: dict[str, int | None] = {"S": 2, "H": None}
+    first = order.take(6, rooms.get)
+    assert [w for w, _ in first] == ["s0", "h0", "s1", "h1", "h2", "h3"]
+    rooms["S"] = 0  # (its two are promised: the deliverer counts them)
+    assert [w for w, _ in order.take(4, rooms.get)] == ["h4", "h5", "h6", "h7"]
+    rooms["S"] = None  # S answered: fast after all
+    assert [w for w, _ in order.take(4, rooms.get)] == ["s2", "s3", "s4", "s5"]
+    rest = order.take(100, rooms.get)
+    assert len(rest) == 40 - 14 and order.done
+    assert len({w for w, _ in first + rest}) == len(first) + len(rest)
+
+
+def test_when_every_origin_left_waits_the_order_says_so_and_gives_them_on_request() -> None:
+    order = FanOutOrder(_rr({"A": 10, "B": 10}))
+    none_left: dict[str, int | None] = {"A": 1, "B": 1}
+    assert [w for w, _ in order.take(10, none_left.get)] == ["a0", "b0"]
+    none_left.update(A=0, B=0)
+    assert order.take(10, none_left.get) == [] and order.scanned and not order.done
+    got = order.take(100)  # as they are, in their order
+    assert [w for w, _ in got] == [f"a{i}" for i in range(1, 10)] + [f"b{i}" for i in range(1, 10)]
+    assert order.done
+
+
+def test_an_origin_found_slow_before_it_answers_goes_last() -> None:
+    order = FanOutOrder(_rr({"S": 10, "H": 10}))
+    rooms: dict[str, int | None] = {"S": 1, "H": None}
+    assert [w for w, _ in order.take(4, rooms.get)] == ["s0", "h0", "h1", "h2"]
+    rooms["S"] = -1  # slow already: its watches wait until every other origin's are out
+    assert [w for w, _ in order.take(8, rooms.get)] == [f"h{i}" for i in range(3, 10)] + ["s1"]
+    assert [w for w, _ in order.take(100, rooms.get)] == [f"s{i}" for i in range(2, 10)]
+    assert order.done
+
+
+def test_the_one_origin_of_a_fan_out_never_waits() -> None:
+    order = FanOutOrder(_rr({"A": 100}))
+    assert len(order.take(50, lambda tag: 0)) == 50
+
+
+async def test_a_fan_out_starts_on_its_first_page_and_takes_in_the_whole_order_once_read() -> None:
+    """The first page is handed out in its own order while the rest is read; then the
+    whole order, less what was read already: every watch once, none twice."""
+    full = _rr({"A": 30, "B": 30, "C": 2})
+    page = [x for x in full if x[0] in {"a0", "b0", "a1", "b1", "a2"}]
+    release = asyncio.Event()
+
+    async def read_rest() -> list[tuple[str, str]]:
+        await release.wait()
+        return full
+
+    order = FanOutOrder(page, asyncio.create_task(read_rest()))
+    got = order.take(2)
+    await order.fill()  # not read yet, and the page is not used up: goes on
+    got += order.take(2)
+    assert order.reading and not order.done
+    release.set()
+    await asyncio.sleep(0.01)  # (read)
+    await order.fill()  # the page has 1 left, the rest is read: takes the whole order in
+    assert not order.reading and len(order) == len(full)
+    got += order.take(4)
+    assert {"c0", "c1"} <= {w for w, _ in got[4:8]}  # the small group, early
+    got += order.take(1000)
+    assert order.done and sorted(got) == sorted(full)
+
+
+async def test_a_fan_out_that_needs_the_rest_waits_for_it_and_close_stops_it() -> None:
+    full = _rr({"A": 3, "B": 3})
+
+    async def read_rest() -> list[tuple[str, str]]:
+        await asyncio.sleep(0.01)
+        return full
+
+    order = FanOutOrder(full[:1], asyncio.create_task(read_rest()))
+    assert order.take(5) == full[:1] and not order.done
+    await order.fill()  # the page is used up: waits for the rest
+    assert order.take(10) == full[1:] and order.done
+    stopped = FanOutOrder([], asyncio.create_task(asyncio.sleep(10, result=full)))
+    stopped.close()
+    assert stopped.done

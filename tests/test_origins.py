@@ -96,6 +96,7 @@ def test_a_fan_out_plan_paces_a_slow_origin_only() -> None:
     q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
     ta, tb = origin_tag(A), origin_tag(B)
     assert q.plan([ta] * 50, 0.1, 0.025) == [0] * 50  # never seen: everything at once
+    clock.t += 1.0  # (those 50 promises lapse: they were never queued)
     for i in range(4):
         q.put(J(A, i))
         q.put(J(B, i))
@@ -202,3 +203,36 @@ def test_what_counts_as_no_answer() -> None:
     assert no_answer("http: connection closed before a full answer")
     for error in (None, "refused: callback private address", "http: answer headers too large"):
         assert not no_answer(error)
+
+
+def test_an_origin_that_has_not_answered_may_get_two_waves_of_a_fan_out_first() -> None:
+    """unanswered_room(): an origin this worker has had no answer from gets 2 x cap of a
+    fan-out's events (promised by plan() before any is queued, then queued and in flight)
+    ahead of the others; any number once it answered, or for one the caller keeps; -1
+    (last) for one already slow without an answer."""
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
+    ta, tb = origin_tag(A), origin_tag(B)
+    assert q.unanswered_room(ta, 0.025) == 8
+    assert q.plan([ta] * 3, 0.1, 0.025) == [0] * 3  # never seen: claimable, but counted
+    assert q.unanswered_room(ta, 0.025) == 5
+    for i in range(3):
+        q.put(J(A, i))  # the promises became jobs
+    assert q.unanswered_room(ta, 0.025) == 5
+    q.plan([ta] * 5, 0.1, 0.025)
+    assert q.unanswered_room(ta, 0.025) == 0
+    clock.t += 1.0  # promises never queued lapse
+    assert q.unanswered_room(ta, 0.025) == 5
+    assert q.unanswered_room(ta, 0.025, keep=lambda o: o == A) is None
+    q.take()
+    q.put(J(B, 0))
+    q.take()
+    q.finish(B, 0.002)  # B answers in 2 ms: it may get any number
+    assert q.unanswered_room(tb, 0.025) is None
+    clock.t += 0.06  # A's attempt has run 60 ms without an answer: slow already
+    assert q.unanswered_room(ta, 0.025) == -1
+    # promises to origins that are never queued are swept, not kept for ever
+    for i in range(300):
+        q.plan([f"t{i}"], 0.1, 0.025)
+        clock.t += 1.0
+    assert len(q._unseen) <= 256

@@ -245,6 +245,39 @@ async def test_completed_fetches_the_clips_once_for_every_watch(
     assert len(await requests(sim, vid, "clips")) == 1
 
 
+async def test_a_fan_out_read_a_page_at_a_time_gives_every_watch_one_event(
+    store: Store, sim: Client, make_poller: PollerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule: a fan-out starts on the first page of the video's waiting watches while the
+    others are read, then takes in their whole order: every watch gets its event once,
+    whatever page it was on, and the video leaves the poll schedule."""
+    monkeypatch.setattr("relay.store.videos.SCAN_COUNT", 40)  # about 15 pages
+    vid = await sim_video(sim, timeline=ANALYZING, clips=CLIPS)
+    ids = []
+    for i in range(600):
+        w = Watch(
+            id=f"wat_{vid}_{i}",
+            tenant="acme",
+            video_id=vid,
+            callback_url=f"http://127.0.0.{1 + i % 3}:9/hook",  # three origins
+            secrets=[SecretEntry("whsec_unused")],
+            created_ms=now_ms(),
+        )
+        await store.watches.create(w, expire_after_s=3600)
+        ids.append(w.id)
+    _, fanout = await make_poller()
+    await eventually(lambda: requests(sim, vid), what="the first poll")
+    await sim.post(f"/_sim/videos/{vid}/status", json={"status": "completed"})
+    await eventually(lambda: len(fanout.events) == 600, timeout=20, what="600 events")
+    assert sorted(fanout.events) == sorted(ids)  # (Fanout.offer: never two for one)
+    await eventually(lambda: _unscheduled(store, vid), what="the video released")
+    assert len(await requests(sim, vid, "clips")) == 1  # one fan-out made them all
+
+
+async def _unscheduled(store: Store, video_id: str) -> bool:
+    return await scheduled(store, video_id) is None
+
+
 async def test_rendering_clips_hold_the_event_until_rendered_or_render_timeout(
     store: Store, sim: Client, make_poller: PollerFactory
 ) -> None:

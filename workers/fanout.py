@@ -6,50 +6,154 @@ events made beside another's 10,000. As the fan-out goes, the deliverer paces th
 an origin that would not start them soon (:meth:`workers.delivery.origins.OriginQueues.plan`);
 from then on that origin's remaining watches wait until every other origin's have their
 events: the chunks made first are the ones that are sent at once.
+
+An origin the deliverer knows nothing about yet (it has not answered once) is neither fast
+nor slow: it gets a wave or two of events (:meth:`~workers.delivery.origins.OriginQueues.
+unanswered_room`), and its further watches wait, in their order, while other origins' go
+-- until it answers (then they come first) or nothing else is left.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 
 Waiting = tuple[str, str]  # watch id, its callback's origin tag
+Room = Callable[[str], int | None]
+"""How many events an origin (by tag) may get now: None any number, -1 none (it is slow: its
+watches go last)."""
+
+SCAN_AHEAD = 4  # a take looks this many times its size past watches that must wait, at most
 
 
 class FanOutOrder:
-    """The watches of one fan-out, handed out a chunk at a time."""
+    """The watches of one fan-out, handed out a chunk at a time.
 
-    __slots__ = ("_held", "_held_next", "_items", "_next", "_slow")
+    A large fan-out starts before all of its watches are read: *items* can be the first
+    page of them in fan-out order, and *rest* the task reading every page (then ordering
+    them all); :meth:`fill` takes that order in once it is there, or waits for it when the
+    first page is used up. Until then the first page's round robin is the order."""
 
-    def __init__(self, items: Sequence[Waiting]) -> None:
+    __slots__ = (
+        "_held",
+        "_held_next",
+        "_items",
+        "_next",
+        "_rest",
+        "_single",
+        "_slow",
+        "_waiting",
+        "total",
+    )
+
+    def __init__(
+        self, items: Sequence[Waiting], rest: asyncio.Task[list[Waiting]] | None = None
+    ) -> None:
         self._items = items
         self._next = 0
         self._slow: set[str] = set()
         self._held: list[Waiting] = []  # watches of slow origins, in their order
         self._held_next = 0
+        self._waiting: dict[str, deque[Waiting]] = {}  # of origins yet to answer, by tag
+        # (one origin: nothing to go before it, it never waits)
+        self._single = len({tag for _, tag in items}) < 2
+        self._rest = rest
+        self.total = len(items)  # watches of the fan-out (known so far)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self.total
 
     @property
     def done(self) -> bool:
         """Every watch was handed out."""
-        return self._next >= len(self._items) and self._held_next >= len(self._held)
+        return (
+            self._rest is None
+            and self._next >= len(self._items)
+            and self._held_next >= len(self._held)
+            and not self._waiting
+        )
 
-    def take(self, n: int) -> list[Waiting]:
+    @property
+    def reading(self) -> bool:
+        """The rest of the watches are still being read."""
+        return self._rest is not None
+
+    async def fill(self) -> None:
+        """Take in the whole order once it is read (now if the first page is used up):
+        the watches not read from the order yet, in that order."""
+        rest = self._rest
+        if rest is None or not (rest.done() or self._next >= len(self._items)):
+            return
+        self._rest = None
+        full = await rest
+        read = {w for w, _ in self._items[: self._next]}
+        self._items = [item for item in full if item[0] not in read]
+        self._next = 0
+        self._single = len({tag for _, tag in full}) < 2
+        self.total = len(full)
+
+    def close(self) -> None:
+        """Stop reading (the fan-out stopped early)."""
+        if self._rest is not None:
+            self._rest.cancel()
+            self._rest = None
+
+    @property
+    def scanned(self) -> bool:
+        """Every watch was read from the order (some may still wait for their origin)."""
+        return self._next >= len(self._items)
+
+    def take(self, n: int, room: Room | None = None) -> list[Waiting]:
         """The next *n* watches (fewer at the end): those of origins not known to be slow
-        first."""
+        first. With *room*, an origin gets at most what it says; its other watches wait (and
+        come first once it has room), and fewer than *n* may come although more are left
+        -- none when every origin left must wait (:attr:`scanned`, not :attr:`done`): a
+        take without *room* then gives them as they are."""
         out: list[Waiting] = []
-        items, slow, held = self._items, self._slow, self._held
-        while len(out) < n and self._next < len(items):
+        slow, held, waiting = self._slow, self._held, self._waiting
+        left: dict[str, int] = {}
+
+        def fits(tag: str) -> bool:
+            if room is None or self._single:
+                return True
+            k = left.get(tag)
+            if k is None:
+                r = room(tag)
+                if r is not None and r < 0:  # slow: it goes last
+                    slow.add(tag)
+                    return False
+                k = n if r is None else r
+            left[tag] = k - 1
+            return k > 0
+
+        for tag in list(waiting):  # watches that waited first: they came earlier
+            queue = waiting[tag]
+            while queue and len(out) < n and tag not in slow and fits(tag):
+                out.append(queue.popleft())
+            if tag in slow:
+                held.extend(queue)
+                queue.clear()
+            if not queue:
+                del waiting[tag]
+        items, skipped = self._items, 0
+        while len(out) < n and self._next < len(items) and skipped < SCAN_AHEAD * n:
             item = items[self._next]
             self._next += 1
-            if item[1] in slow:
+            tag = item[1]
+            if tag in slow:
+                held.append(item)
+            elif tag not in waiting and fits(tag):
+                out.append(item)
+            elif tag in slow:  # (found slow just now)
                 held.append(item)
             else:
-                out.append(item)
-        while len(out) < n and self._held_next < len(held):
-            out.append(held[self._held_next])
-            self._held_next += 1
+                waiting.setdefault(tag, deque()).append(item)
+                skipped += 1
+        if self._next >= len(items) and not waiting:
+            while len(out) < n and self._held_next < len(held):
+                out.append(held[self._held_next])
+                self._held_next += 1
         return out
 
     def slow(self, tags: Iterable[str]) -> None:

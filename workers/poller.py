@@ -40,7 +40,9 @@ from relay.http.upstream import Reply, UpstreamClient
 from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
 from relay.store import Store
+from relay.store.codec import fan_out_order
 from workers.fanout import FanOutOrder
+from workers.fanout import Room as OriginRoom
 from workers.leases import Lease, LeaseLost, Leases
 from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
@@ -50,6 +52,7 @@ FINALIZE_CHUNK = 50  # watches given their events per round, at most (~0.5 ms of
 FIRST_CHUNK = 32  # the first rounds are smaller (doubling), so delivery starts at once
 PACED_PAUSE_S = 0.05  # a fan-out waits this long after a chunk of paced events only
 ROOM_WAIT_S = 0.05  # a fan-out waits this long, at most, for its deliverer to have room
+ANSWER_WAIT_S = 0.005  # ... and in steps of this for an origin to answer (a wave is out)
 
 Room = Callable[[int, float], Awaitable[int]]
 """How many of *n* claims this worker's deliverer can take, waiting up to a while for room."""
@@ -120,6 +123,7 @@ class Poller(Pump[Claimed]):
         self.on_events: Created = lambda claims: None  # (the deliverer's offer)
         self.room: Room = _no_room  # how many claims the deliverer can take
         self.pace: Pace = _no_pace  # which events its origins would not start soon
+        self.origin_room: OriginRoom | None = None  # events an origin may get before others
         self.on_clips: Callable[[str, int, ClipSet], None] = lambda vid, at, clips: None
         self.leases = Leases(store.videos, self.lease_s)
 
@@ -347,18 +351,39 @@ class Poller(Pump[Claimed]):
         next creates only the events still missing.
         """
         vid = step.state.video_id
-        ids = final.watch_ids
-        if ids is None:
-            ids = await self.store.videos.waiting(vid)
+        ids, rest = final.watch_ids, None
+        if ids is None:  # the first page now, the others read while its events are made
+            cursor, entries = await self.store.videos.waiting_page(vid)
+            ids = fan_out_order(entries)
+            if cursor:
+                rest = asyncio.create_task(
+                    self.store.videos.waiting_rest(vid, cursor, dict(entries))
+                )
         if final.clips is not None:
             self.on_clips(vid, final.event.at_ms, final.clips)
-        event = final.event
+        order = FanOutOrder(ids, rest)
+        try:
+            created = await self._fan_out(vid, final.event, order, lease)
+        finally:
+            order.close()
+        if created >= 0:
+            log.info(
+                "video final",
+                video_id=vid,
+                status=step.state.status,
+                watches=len(order),
+                events=created,
+            )
+
+    async def _fan_out(self, vid: str, event: FinalEvent, order: FanOutOrder, lease: Lease) -> int:
+        """The chunks of :meth:`_finish`: the number of events made, -1 when the poll claim
+        was lost (the video's new owner finishes the fan-out)."""
         created = 0
         wait_budget = self.lease_s / 5
-        order, size, first = FanOutOrder(ids), FIRST_CHUNK, True
+        size, first = FIRST_CHUNK, True
         while first or not order.done:
             first = False
-            chunk = order.take(size)
+            chunk, wait_budget = await self._next_chunk(order, size, wait_budget)
             size = min(size * 2, FINALIZE_CHUNK)
             # events of an origin this worker would not start soon are due when it would
             # (paced: never claimed, nothing to hand back), and its other watches go last
@@ -377,9 +402,9 @@ class Poller(Pump[Claimed]):
                 self._finalize(vid, event, [w for w, _ in chunk], room, later),
                 lambda got: got[0] < 0,
             )
-            if made < 0:  # the claim lapsed: the video's new owner finishes the fan-out
+            if made < 0:
                 log.warning("poll claim lost mid fan-out", video_id=vid, events=created)
-                return
+                return -1
             if made and event.clips_doc:
                 event = replace(event, clips_doc=b"")  # stored: later chunks add references
             if order.done:
@@ -395,13 +420,27 @@ class Poller(Pump[Claimed]):
                 # way (this worker's CPU and Redis') go first
                 await asyncio.sleep(PACED_PAUSE_S)
             created += made
-        log.info(
-            "video final",
-            video_id=vid,
-            status=step.state.status,
-            watches=len(ids),
-            events=created,
-        )
+        return created
+
+    async def _next_chunk(
+        self, order: FanOutOrder, size: int, wait_budget: float
+    ) -> tuple[list[tuple[str, str]], float]:
+        """The fan-out's next chunk, origins yet to answer getting no more than a wave or
+        two ahead of the others; what is left of *wait_budget*."""
+        waited = 0.0
+        while True:
+            await order.fill()
+            chunk = order.take(size, self.origin_room)
+            if chunk or order.done:
+                return chunk, wait_budget
+            if order.scanned and not order.reading:
+                # every origin left has a wave out and no answer yet: a moment for one to
+                # answer (fast: its events go on; slow: they are paced), then as they are
+                if waited >= ROOM_WAIT_S or wait_budget <= 0:
+                    return order.take(size), wait_budget
+                await asyncio.sleep(ANSWER_WAIT_S)
+                waited += ANSWER_WAIT_S
+                wait_budget -= ANSWER_WAIT_S
 
     def _finalize(
         self, vid: str, event: FinalEvent, chunk: Sequence[str], room: int, later: Sequence[int]

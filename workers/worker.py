@@ -101,6 +101,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     poller.on_events = deliverer.offer
     poller.room = deliverer.room
     poller.pace = deliverer.pace
+    poller.origin_room = deliverer.origin_room
     poller.on_clips = deliverer.keep_clips
     expirer = Expirer(store, lease_s=settings.lease)
     sweeper = Sweeper(store, retention_s=settings.retention)

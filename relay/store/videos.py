@@ -67,14 +67,25 @@ class Videos:
         """The watches waiting on a video, each with its origin tag, in fan-out order: round
         robin over tenants and callback origins (:func:`~relay.store.codec.fan_out_order`;
         HSCAN: each call bounded, however many)."""
-        entries: dict[str, str] = {}
-        cursor = 0
+        cursor, entries = await self.waiting_page(video_id)
+        return await self.waiting_rest(video_id, cursor, entries)
+
+    async def waiting_page(self, video_id: str, cursor: int = 0) -> tuple[int, dict[str, str]]:
+        """One bounded page of a video's waiting watches (id -> entry) and the cursor of the
+        next (0: that was the last). A watch may come on two pages."""
         key = c.VIDEO_WATCHES_KEY.format(video_id)
-        while True:
-            cursor, batch = await self.redis.hscan(key, cursor, count=SCAN_COUNT)
+        cursor, batch = await self.redis.hscan(key, cursor, count=SCAN_COUNT)
+        return int(cursor), batch
+
+    async def waiting_rest(
+        self, video_id: str, cursor: int, entries: dict[str, str]
+    ) -> list[tuple[str, str]]:
+        """Every waiting watch in fan-out order, *entries* (updated in place) read already
+        and the pages from *cursor* on (0: none) still to read."""
+        while cursor:
+            cursor, batch = await self.waiting_page(video_id, cursor)
             entries.update(batch)
-            if cursor == 0:
-                return fan_out_order(entries)
+        return fan_out_order(entries)
 
     async def save(self, updates: Iterable[tuple[VideoState, int, int | None]]) -> set[str]:
         """Write poll results in one script call: each is (state, the claim's token, the

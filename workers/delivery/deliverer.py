@@ -115,6 +115,11 @@ class Deliverer:
             DEFERRED.inc(paced)
         return later
 
+    def origin_room(self, tag: str) -> int | None:
+        """How many more of a fan-out's events an origin may get before other origins'
+        (:meth:`~workers.delivery.origins.OriginQueues.unanswered_room`)."""
+        return self.claimer.jobs.unanswered_room(tag, SLOW_S, self.breakers.is_open)
+
     def keep_clips(self, video_id: str, event_at: int, clips: ClipSet) -> None:
         """The clips of a fan-out (its events made at *event_at*, when they were fetched) as
         this worker's poller just stored them: its bodies are built from these without

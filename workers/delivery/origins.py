@@ -40,6 +40,7 @@ MAX_DEFER_S = 300.0  # ... and at most this long
 PROMISE_S = 0.5  # events a plan let a fan-out claim count against their origin this long
 IDLE_FORGET_S = 120.0  # an idle origin's estimate is forgotten after this long
 SLOW_FACTOR = 8.0  # slow: this many times the worker's typical attempt, or more
+UNSEEN_KEPT = 256  # promises to origins not queued to yet are swept past this many
 TYPICAL_OF = 256  # the typical attempt: the median of this many recent ones
 
 
@@ -96,6 +97,8 @@ class OriginQueues(Generic[J]):
         self._recent: deque[float] = deque(maxlen=TYPICAL_OF)  # attempts' durations (s)
         self._typical = (0.0, -1.0)  # (median of _recent, when computed)
         self._ring: deque[_Origin[J]] = deque()
+        # events a plan let a fan-out claim for origins not queued to yet: tag -> [count, when]
+        self._unseen: dict[str, list[float]] = {}
 
     def __len__(self) -> int:
         return self.queued
@@ -119,7 +122,11 @@ class OriginQueues(Generic[J]):
         o = self._origins.get(job.origin)
         if o is None:
             o = self._origins[job.origin] = _Origin(job.origin)
-            self._by_tag[origin_tag(job.origin)] = o
+            tag = origin_tag(job.origin)
+            self._by_tag[tag] = o
+            unseen = self._unseen.pop(tag, None)
+            if unseen is not None:
+                o.promised, o.promised_at = int(unseen[0]), unseen[1]
         if o.promised:
             o.promised -= 1
         o.jobs.append(job)
@@ -257,10 +264,16 @@ class OriginQueues(Generic[J]):
         by_tag = self._by_tag
         for tag in tags:
             o = by_tag.get(tag)
-            est = o.estimate(now) if o is not None else 0.0
+            if o is None:
+                self._promise_unseen(tag, now)
+                out.append(0)
+                continue
+            est = o.estimate(now)
             # (an origin that has not answered once is slow sooner: fan-outs start with
             # a burst, and its first wave of claims is what a slow receiver would hold)
-            if o is None or not self.is_slow(o, est, slow_s) or (keep is not None and keep(o.key)):
+            if not self.is_slow(o, est, slow_s) or (keep is not None and keep(o.key)):
+                if not o.mean:  # (counted: unanswered_room)
+                    self._promise(o, now)
                 out.append(0)
                 continue
             if now - o.promised_at > PROMISE_S:
@@ -271,14 +284,52 @@ class OriginQueues(Generic[J]):
             # answers, its estimate says how much more it takes)
             fits = start - now <= budget_s if o.mean else ahead < 2 * cap
             if fits and o.horizon <= now + budget_s:
-                o.promised += 1
-                o.promised_at = now
+                self._promise(o, now)
                 out.append(0)
                 continue
             at = max(start, o.horizon)
             o.horizon = min(at + est / cap, now + MAX_DEFER_S)  # the next one a bit later
             out.append(int(min(max(at - now, budget_s), MAX_DEFER_S) * 1000))
         return out
+
+    def unanswered_room(
+        self, tag: str, slow_s: float, keep: Callable[[Origin], bool] | None = None
+    ) -> int | None:
+        """How many more of a fan-out's events an origin (by tag) may get now, before the
+        others' (:class:`workers.fanout.FanOutOrder`): one this worker has not had an answer
+        from yet -- neither fast nor slow so far -- two waves (``2 * cap``) in flight, queued
+        or promised; any number (None) for one that answered, or that *keep* names; -1 for
+        one slow already without an answer (its events go last, where :meth:`plan` paces
+        them)."""
+        now = self.clock()
+        o = self._by_tag.get(tag)
+        if o is None:
+            unseen = self._unseen.get(tag)
+            taken = int(unseen[0]) if unseen is not None and now - unseen[1] <= PROMISE_S else 0
+            return max(2 * self.cap - taken, 0)
+        if o.mean or (keep is not None and keep(o.key)):
+            return None
+        if self.is_slow(o, o.estimate(now), slow_s):
+            return -1
+        if now - o.promised_at > PROMISE_S:
+            o.promised = 0
+        return max(2 * self.cap - (o.inflight + len(o.jobs) + o.promised), 0)
+
+    def _promise(self, o: _Origin[J], now: float) -> None:
+        if now - o.promised_at > PROMISE_S:
+            o.promised = 0
+        o.promised += 1
+        o.promised_at = now
+
+    def _promise_unseen(self, tag: str, now: float) -> None:
+        unseen = self._unseen.get(tag)
+        if unseen is None or now - unseen[1] > PROMISE_S:
+            if len(self._unseen) >= UNSEEN_KEPT:  # promises never queued (e.g. cancelled)
+                self._unseen = {t: u for t, u in self._unseen.items() if now - u[1] <= PROMISE_S}
+            self._unseen[tag] = [1, now]
+        else:
+            unseen[0] += 1
+            unseen[1] = now
 
     def wake(self, n: int) -> None:
         """Wake up to *n* parked lanes."""
