@@ -5,7 +5,7 @@ the same poll: RELAY_DELIVERY_CONCURRENCY 128, RELAY_ORIGIN_CONCURRENCY 16,
 RELAY_DELIVERY_TIMEOUT 15, the breaker at 10 failures / 30 s). Two videos; on each, 5,000
 watches to an origin that answers after 10 s, then 500 to a black-holed one (accepts,
 reads, never answers), then 500 to the healthy receiver sink, registered last. Both videos
-turn ``completed`` together. ``BENCH_NOISY_REPS`` (3) pairs of runs, each on a fresh
+turn ``completed`` together. ``BENCH_NOISY_REPS`` (7) pairs of runs, each on a fresh
 worker: the 1,000 healthy watches alone (the baseline), then beside the bad ones. Measured:
 
 - the healthy deliveries' lateness after ``completed`` (the simulator's switch time to the
@@ -40,7 +40,7 @@ VIDEOS = 2
 SLOW, HOLE, HEALTHY = 10_000, 1_000, 1_000  # watches, spread evenly over the videos
 SLOW_DELAY_S = 10.0
 WINDOW_S = 20.0  # the bad origins' attempts are counted over this long after the switch
-REPS = int(os.environ.get("BENCH_NOISY_REPS", "3"))  # pairs of runs (baseline, noisy)
+REPS = int(os.environ.get("BENCH_NOISY_REPS", "7"))  # pairs of runs (baseline, noisy)
 WORKER_ENV = {"RELAY_POLL_INTERVAL": "0.05"}
 
 

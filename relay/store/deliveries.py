@@ -106,10 +106,15 @@ class Deliveries:
             ],
         )
         created, deadline = int(rows[0]), int(rows[1])
-        claimed = [str(w) for w in rows[2:]]
+        if len(rows) <= 4:
+            return created, []
+        st, ev = str(rows[2]), str(rows[3])
+        claimed = [str(w) for w in rows[4::2]]
+        regs = await self.redis.mget([c.REGISTRATION_KEY.format(w) for w in claimed])
         out: list[DeliveryClaim] = []
-        for wid, w in zip(claimed, await self._read_claimed(claimed), strict=True):
-            if w is not None:  # (None: gone since; it is not delivered, its claim lapses)
+        for wid, secrets, reg in zip(claimed, rows[5::2], regs, strict=True):
+            if reg is not None:  # (None: gone since; it is not delivered, its claim lapses)
+                w = claimed_watch(wid, reg, (st, ev, secrets, None))
                 w.clips_ms = event.clips_ms
                 out.append(DeliveryClaim(wid, w, deadline))
         return created, out

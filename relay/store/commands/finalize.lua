@@ -17,8 +17,9 @@
 -- watch ids, each 'id' or 'id@ms': due that many ms after now, never claimed (a fan-out
 -- paces the events of an origin that would not start them soon).
 -- Returns {the number of events created (-1: not our poll claim), the claims' lease
--- deadline, then the ids of those claimed} (the caller reads the claimed watches
--- afterwards, outside the script: one MGET and a pipeline).
+-- deadline, the new 'st' and 'ev' fields (the same for every watch of the call), then per
+-- watch claimed its id and its 'secrets'} (the caller reads their registrations
+-- afterwards, outside the script: one MGET; the rest of what sending needs is here).
 local at, etype = ARGV[2], ARGV[3]
 local ids, later = {}, {}
 for i = 14, #ARGV do
@@ -49,7 +50,7 @@ local ev = etype .. '|' .. at .. '|' .. vprogress .. '|' .. string.gsub(vstatus,
   '|' .. ARGV[8]
 local st = 'delivering|0|0|' .. at .. '|||' 
 local claim = tonumber(ARGV[5])
-local out, scheduled, made, tenants = {0, deadline}, {}, {}, {}
+local out, scheduled, made, tenants = {0, deadline, st, ev}, {}, {}, {}
 local n, claimed = 0, 0
 for i = 1, #ids do
   local tenant = waiting[i]
@@ -65,7 +66,8 @@ for i = 1, #ids do
     elseif claimed < claim then
       claimed = claimed + 1
       scheduled[2 * n - 1] = deadline
-      out[claimed + 2] = ids[i]
+      out[2 * claimed + 3] = ids[i]
+      out[2 * claimed + 4] = redis.call('HGET', key, 'secrets')
     else
       scheduled[2 * n - 1] = now
     end
