@@ -131,3 +131,24 @@ async def test_a_fan_out_that_needs_the_rest_waits_for_it_and_close_stops_it() -
     stopped = FanOutOrder([], asyncio.create_task(asyncio.sleep(10, result=full)))
     stopped.close()
     assert stopped.done
+
+
+async def test_watches_waiting_for_their_origin_do_not_wait_for_the_rest_of_the_read() -> None:
+    """While first-page watches wait for their origin to answer, fill() does not block on
+    the rest of the read (the wait for an answer is the shorter one); told to, it does."""
+    full = _rr({"A": 4, "B": 4})
+    release = asyncio.Event()
+
+    async def read_rest() -> list[tuple[str, str]]:
+        await release.wait()
+        return full
+
+    order = FanOutOrder(full[:4], asyncio.create_task(read_rest()))
+    assert order.take(10, lambda tag: 1) == full[:2]  # a0 b0; a1 b1 wait for A and B
+    assert order.scanned and order.reading
+    await asyncio.wait_for(order.fill(), 0.1)  # returns at once: a1, b1 may go first
+    assert order.reading
+    release.set()
+    await asyncio.wait_for(order.fill(wait=True), 1.0)
+    assert not order.reading
+    assert order.take(10) == full[2:] and order.done

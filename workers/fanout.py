@@ -79,11 +79,15 @@ class FanOutOrder:
         """The rest of the watches are still being read."""
         return self._rest is not None
 
-    async def fill(self) -> None:
-        """Take in the whole order once it is read (now if the first page is used up):
-        the watches not read from the order yet, in that order."""
+    async def fill(self, wait: bool = False) -> None:
+        """Take in the whole order once it is read: the watches not read from the order
+        yet, in that order. Waits for it when the first page is used up and none of it
+        waits for its origin (those may go first: a wait for an origin to answer is short),
+        or when told to."""
         rest = self._rest
-        if rest is None or not (rest.done() or self._next >= len(self._items)):
+        if rest is None:
+            return
+        if not (rest.done() or wait or (self._next >= len(self._items) and not self._waiting)):
             return
         self._rest = None
         full = await rest

@@ -433,11 +433,16 @@ class Poller(Pump[Claimed]):
             chunk = order.take(size, self.origin_room)
             if chunk or order.done:
                 return chunk, wait_budget
-            if order.scanned and not order.reading:
-                # every origin left has a wave out and no answer yet: a moment for one to
-                # answer (fast: its events go on; slow: they are paced), then as they are
+            if order.scanned:
+                # every origin of what was read has a wave out and no answer yet: a moment
+                # for one to answer (fast: its events go on; slow: they are paced), then
+                # they go as they are
                 if waited >= ROOM_WAIT_S or wait_budget <= 0:
-                    return order.take(size), wait_budget
+                    chunk = order.take(size)
+                    if chunk or order.done:
+                        return chunk, wait_budget
+                    await order.fill(wait=True)  # only the rest of the read is left
+                    continue
                 await asyncio.sleep(ANSWER_WAIT_S)
                 waited += ANSWER_WAIT_S
                 wait_budget -= ANSWER_WAIT_S
