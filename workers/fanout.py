@@ -99,9 +99,14 @@ class FanOutOrder:
 
     def close(self) -> None:
         """Stop reading (the fan-out stopped early)."""
-        if self._rest is not None:
-            self._rest.cancel()
-            self._rest = None
+        rest, self._rest = self._rest, None
+        if rest is None:
+            return
+        if rest.done():
+            if not rest.cancelled():
+                rest.exception()  # (retrieved: the fan-out's own error is the one reported)
+        else:
+            rest.cancel()
 
     @property
     def scanned(self) -> bool:
