@@ -359,10 +359,10 @@ class Poller(Pump[Claimed]):
                 rest = asyncio.create_task(
                     self.store.videos.waiting_rest(vid, cursor, dict(entries))
                 )
-        if final.clips is not None:
-            self.on_clips(vid, final.event.at_ms, final.clips)
         order = FanOutOrder(ids, rest)
         try:
+            if final.clips is not None:
+                self.on_clips(vid, final.event.at_ms, final.clips)
             created = await self._fan_out(vid, final.event, order, lease)
         finally:
             order.close()

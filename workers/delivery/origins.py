@@ -99,6 +99,7 @@ class OriginQueues(Generic[J]):
         self._ring: deque[_Origin[J]] = deque()
         # events a plan let a fan-out claim for origins not queued to yet: tag -> [count, when]
         self._unseen: dict[str, list[float]] = {}
+        self._unseen_swept = float("-inf")
 
     def __len__(self) -> int:
         return self.queued
@@ -324,8 +325,10 @@ class OriginQueues(Generic[J]):
     def _promise_unseen(self, tag: str, now: float) -> None:
         unseen = self._unseen.get(tag)
         if unseen is None or now - unseen[1] > PROMISE_S:
-            if len(self._unseen) >= UNSEEN_KEPT:  # promises never queued (e.g. cancelled)
+            if len(self._unseen) >= UNSEEN_KEPT and now - self._unseen_swept > PROMISE_S:
+                # promises never queued (e.g. cancelled): swept at most every PROMISE_S
                 self._unseen = {t: u for t, u in self._unseen.items() if now - u[1] <= PROMISE_S}
+                self._unseen_swept = now
             self._unseen[tag] = [1, now]
         else:
             unseen[0] += 1
