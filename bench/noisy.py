@@ -116,7 +116,7 @@ async def run(stack: Stack, http: aiohttp.ClientSession, checks: Checks) -> Nois
     )
     slow, hole = f"http://127.0.0.1:{slow_port}", f"http://127.0.0.1:{hole_port}"
     try:
-        wait_http(f"{slow}/_stats", 20.0, proc.popen)
+        wait_http(f"{slow}/_stats", 20.0, proc)
         for rep in range(REPS):
             await _fresh_worker(stack, http)
             late, _, rate = await _healthy_run(stack, http, "base", None, checks)

@@ -114,7 +114,7 @@ async def run(stack: Stack, http: aiohttp.ClientSession, checks: Checks) -> Reco
     name = "recorder-recover"
     proc = stack.start_script(name, HERE / "recorder.py", ["--port", str(port)])
     try:
-        wait_http(f"{base}/_stats", 20.0, proc.popen)
+        wait_http(f"{base}/_stats", 20.0, proc)
         rest = scale.Probe(stack, http, ids)
         await rest.run(asyncio.Event(), seconds=scale.REST_S)
         probe = scale.Probe(stack, http, ids)

@@ -140,7 +140,7 @@ class Receivers:
             port = free_port()
             proc = stack.start_script(name, HERE / "recorder.py", ["--port", str(port)])
             url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/_stats", 20.0, proc.popen)
+            wait_http(f"{url}/_stats", 20.0, proc)
             urls.append(url)
         return cls(urls)
 

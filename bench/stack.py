@@ -119,7 +119,7 @@ class Stack:
         try:
             stack._start_tools()
             stack.procs["api"] = spawn("api", ["api"], stack.relay_env({}), workdir)
-            wait_http(f"{stack.api}/healthz", 20.0, stack.procs["api"].popen)
+            wait_http(f"{stack.api}/healthz", 20.0, stack.procs["api"])
         except BaseException:
             stack.stop()
             raise
@@ -139,8 +139,8 @@ class Stack:
             {"SINK_SECRETS": self.secret},
             self.workdir,
         )
-        wait_http(f"{self.sim}/_sim/stats", 20.0, self.procs["upstream-sim"].popen)
-        wait_http(f"{self.receiver}/_events", 20.0, self.procs["receiver"].popen)
+        wait_http(f"{self.sim}/_sim/stats", 20.0, self.procs["upstream-sim"])
+        wait_http(f"{self.receiver}/_events", 20.0, self.procs["receiver"])
 
     def relay_env(self, extra: Mapping[str, str], metrics_port: int = 0) -> dict[str, str]:
         """The environment of an API or worker process of this stack (*metrics_port*: the
@@ -180,7 +180,7 @@ class Stack:
                 self.procs[name] = proc
                 started.append((proc, port))
             for proc, port in started:
-                wait_http(f"http://127.0.0.1:{port}/healthz", 30.0, proc.popen)
+                wait_http(f"http://127.0.0.1:{port}/healthz", 30.0, proc)
         except BaseException:
             self.stop_worker()
             raise

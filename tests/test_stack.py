@@ -16,9 +16,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from relay.devtools.embedded_redis import RedisServer
+from relay.devtools.embedded_redis import RedisServer, free_port
 from relay.devtools.receiver import Receiver
-from relay.devtools.stack import LocalStack, start_local_stack
+from relay.devtools.stack import LocalStack, spawn, start_local_stack, wait_http
 
 UPSTREAM_KEY = "sr_live_" + "cd34" * 12
 API_KEY = "stack-test-key-42"
@@ -137,3 +137,20 @@ def test_module_loggers_follow_setup_even_when_imported_first() -> None:
     line = orjson.loads(result.stderr.strip().splitlines()[-1])
     assert line["event"] == "probe" and line["logger"] == "workers.deliverer"
     assert result.stdout == ""
+
+
+def test_free_ports_picked_for_one_stack_are_never_the_same() -> None:
+    # the kernel may give a just-closed port again; two processes of one stack on one port fail
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_a_process_that_exits_before_answering_names_what_it_logged(tmp_path: Path) -> None:
+    # a stack that fails to start says why (CI keeps no log directory): the log's tail
+    proc = spawn("api", ["api"], {"RELAY_REDIS_URL": "not-a-url"}, tmp_path)
+    try:
+        why = r"(?s)exited with 2 .*its log ends:.*configuration error"
+        with pytest.raises(RuntimeError, match=why):
+            wait_http(f"http://127.0.0.1:{free_port()}/healthz", 20, proc)
+    finally:
+        proc.stop()

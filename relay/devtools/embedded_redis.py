@@ -16,13 +16,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+_GIVEN: set[int] = set()  # ports this process already handed out
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that is free right now and not handed out before by this process.
+
+    The kernel may give a just-closed port again: two ports picked for one stack (a simulator
+    and an API, say) could then be the same one, and the second process would fail to bind it.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no free port that was not handed out before")
 
 
 def server_binary() -> str:

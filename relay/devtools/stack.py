@@ -21,13 +21,21 @@ from typing import IO
 from relay.devtools.embedded_redis import free_port
 
 
-def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Block until *url* answers 200 (or raise, also when *proc* exits first)."""
+def wait_http(
+    url: str, timeout: float = 15.0, proc: Proc | subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until *url* answers 200 (or raise, also when *proc* exits first).
+
+    Given a :class:`Proc`, the error of a process that exited ends with its log's tail.
+    """
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    popen = proc.popen if isinstance(proc, Proc) else proc
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        if popen is not None and popen.poll() is not None:
+            tail = f"; its log ends:\n{proc.log_text()[-3000:]}" if isinstance(proc, Proc) else ""
+            code = popen.returncode
+            raise RuntimeError(f"process exited with {code} before {url} answered{tail}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL)
                 if resp.status == 200:
@@ -210,9 +218,9 @@ def start_local_stack(
         stack.procs.append(spawn("api", ["api"], env, log_dir))
         stack.procs.append(spawn("worker", ["worker"], env, log_dir))
         sim, api, worker = stack.procs
-        wait_http(stack.upstream + "/_sim/stats", 20.0, sim.popen)
-        wait_http(stack.api + "/healthz", 20.0, api.popen)
-        wait_http(stack.metrics + "/healthz", 20.0, worker.popen)
+        wait_http(stack.upstream + "/_sim/stats", 20.0, sim)
+        wait_http(stack.api + "/healthz", 20.0, api)
+        wait_http(stack.metrics + "/healthz", 20.0, worker)
     except BaseException:
         stack.stop()
         raise

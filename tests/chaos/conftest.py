@@ -31,7 +31,7 @@ def chaos_sim_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     sim = spawn("sim", args, {}, tmp_path_factory.mktemp("chaos-sim"))
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/_sim/stats", 20, sim.popen)
+        wait_http(f"{url}/_sim/stats", 20, sim)
         yield url
     finally:
         sim.kill()
