@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from relay.domain.watch import Watch
 from relay.store.codec import fan_out_order, waiting_entry
 from workers.fanout import FanOutOrder
@@ -72,8 +74,23 @@ def test_when_every_origin_left_waits_the_order_says_so_and_gives_them_on_reques
     none_left.update(A=0, B=0)
     assert order.take(10, none_left.get) == [] and order.scanned and not order.done
     got = order.take(100)  # as they are, in their order
-    assert [w for w, _ in got] == [f"a{i}" for i in range(1, 10)] + [f"b{i}" for i in range(1, 10)]
+    assert [w for w, _ in got] == [f"{g}{i}" for i in range(1, 10) for g in "ab"]
     assert order.done
+
+
+def test_watches_that_waited_come_back_in_their_fan_out_order() -> None:
+    """Origins that waited for an answer take turns again once they have room: a small
+    group is not put behind all of a large one that happened to wait first."""
+    order = FanOutOrder(_rr({"Y": 90, "X": 10, "Z": 30}))
+    rooms: dict[str, int | None] = {"Y": 1, "X": 1, "Z": None}
+    assert [w for w, _ in order.take(3, rooms.get)] == ["y0", "x0", "z0"]
+    rooms.update(Y=0, X=0)  # a wave out each, no answer yet: Z's go on, Y's and X's wait
+    assert [w for w, _ in order.take(20, rooms.get)] == [f"z{i}" for i in range(1, 21)]
+    rooms.update(Y=None, X=None)  # both answered
+    got = [w for w, _ in order.take(8, rooms.get)]
+    assert got == ["y1", "x1", "y2", "x2", "y3", "x3", "y4", "x4"]
+    rest = [w for w, _ in order.take(1000, rooms.get)]
+    assert rest.index("x9") < 20 and order.done  # (in one queue after the other: 90)
 
 
 def test_an_origin_found_slow_before_it_answers_goes_last() -> None:
@@ -152,3 +169,37 @@ async def test_watches_waiting_for_their_origin_do_not_wait_for_the_rest_of_the_
     await asyncio.wait_for(order.fill(wait=True), 1.0)
     assert not order.reading
     assert order.take(10) == full[2:] and order.done
+
+
+async def test_a_read_that_fails_fails_the_fan_out_when_its_watches_are_needed() -> None:
+    """The rest of the read raising is not lost in a background task: the fan-out that
+    needs those watches gets the error (and its lease's owner retries the fan-out)."""
+
+    async def read_rest() -> list[tuple[str, str]]:
+        raise ConnectionError("redis went away")
+
+    order = FanOutOrder(_rr({"A": 1}), asyncio.create_task(read_rest()))
+    assert len(order.take(5)) == 1
+    with pytest.raises(ConnectionError, match="went away"):
+        await order.fill()
+    assert not order.reading
+
+
+async def test_a_slow_origins_watches_wait_for_the_rest_of_the_read_too() -> None:
+    """Watches of a slow origin go after every other origin's -- including those of pages
+    not read yet: the first page used up, the fan-out reads on before it hands them out."""
+    full = _rr({"S": 4, "H": 4})
+    release = asyncio.Event()
+
+    async def read_rest() -> list[tuple[str, str]]:
+        await release.wait()
+        return full
+
+    order = FanOutOrder(full[:4], asyncio.create_task(read_rest()))
+    order.slow(["S"])
+    assert [w for w, _ in order.take(10)] == ["h0", "h1"]  # s0 and s1 are held
+    assert order.take(10) == [] and order.reading
+    release.set()
+    await asyncio.wait_for(order.fill(), 1.0)  # the page is used up: waits for the rest
+    assert [w for w, _ in order.take(10)] == ["h2", "h3", "s0", "s1", "s2", "s3"]
+    assert order.done

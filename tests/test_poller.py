@@ -28,6 +28,7 @@ from relay.domain import events
 from relay.domain.clips import ClipSet
 from relay.domain.clock import now_ms
 from relay.domain.delivery import DeliveryClaim
+from relay.domain.origin import url_origin_tag
 from relay.domain.watch import SecretEntry, Watch
 from relay.http.upstream import UpstreamClient
 from relay.settings import Settings
@@ -272,6 +273,39 @@ async def test_a_fan_out_read_a_page_at_a_time_gives_every_watch_one_event(
     assert sorted(fanout.events) == sorted(ids)  # (Fanout.offer: never two for one)
     await eventually(lambda: _unscheduled(store, vid), what="the video released")
     assert len(await requests(sim, vid, "clips")) == 1  # one fan-out made them all
+
+
+async def test_watches_of_an_origin_that_never_answers_wait_then_go_and_others_go_first(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: while an origin has had its wave and no answer, its other watches wait and the
+    answering origins' events are made first; waiting does not lose them: after a moment
+    they get their events too, each once."""
+    vid = await sim_video(sim, timeline=ANALYZING, clips=CLIPS)
+    for i in range(300):
+        w = Watch(
+            id=f"wat_{vid}_{i}",
+            tenant="acme",
+            video_id=vid,
+            callback_url=f"http://127.0.0.{1 + i % 2}:9/hook",  # .1 answers, .2 never does
+            secrets=[SecretEntry("whsec_unused")],
+            created_ms=now_ms(),
+        )
+        await store.watches.create(w, expire_after_s=3600)
+    asked: set[str] = set()
+
+    def origin_room(tag: str) -> int | None:
+        asked.add(tag)
+        return None if tag == url_origin_tag("http://127.0.0.1:9/") else 0
+
+    poller, fanout = await make_poller()
+    poller.origin_room = origin_room
+    await eventually(lambda: requests(sim, vid), what="the first poll")
+    await sim.post(f"/_sim/videos/{vid}/status", json={"status": "completed"})
+    await eventually(lambda: len(fanout.events) == 300, timeout=20, what="300 events")
+    made = [watch.callback_url for watch, _ in fanout.events.values()]
+    assert len(asked) == 2
+    assert "127.0.0.2" not in "".join(made[:150])  # every answering watch first
 
 
 async def _unscheduled(store: Store, video_id: str) -> bool:

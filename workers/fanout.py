@@ -16,6 +16,7 @@ unanswered_room`), and its further watches wait, in their order, while other ori
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
@@ -41,6 +42,7 @@ class FanOutOrder:
         "_items",
         "_next",
         "_rest",
+        "_seq",
         "_single",
         "_slow",
         "_waiting",
@@ -55,7 +57,9 @@ class FanOutOrder:
         self._slow: set[str] = set()
         self._held: list[Waiting] = []  # watches of slow origins, in their order
         self._held_next = 0
-        self._waiting: dict[str, deque[Waiting]] = {}  # of origins yet to answer, by tag
+        # watches of origins yet to answer, by tag, each with its place in the fan-out
+        self._waiting: dict[str, deque[tuple[int, Waiting]]] = {}
+        self._seq = 0
         # (one origin: nothing to go before it, it never waits)
         self._single = len({tag for _, tag in items}) < 2
         self._rest = rest
@@ -116,9 +120,10 @@ class FanOutOrder:
     def take(self, n: int, room: Room | None = None) -> list[Waiting]:
         """The next *n* watches (fewer at the end): those of origins not known to be slow
         first. With *room*, an origin gets at most what it says; its other watches wait (and
-        come first once it has room), and fewer than *n* may come although more are left
-        -- none when every origin left must wait (:attr:`scanned`, not :attr:`done`): a
-        take without *room* then gives them as they are."""
+        come first once it has room, in their fan-out order among themselves), and fewer
+        than *n* may come although more are left -- none when every origin in reach must
+        wait (:attr:`scanned` says whether any is left to read): a take without *room* then
+        gives them as they are."""
         out: list[Waiting] = []
         slow, held, waiting = self._slow, self._held, self._waiting
         left: dict[str, int] = {}
@@ -136,15 +141,21 @@ class FanOutOrder:
             left[tag] = k - 1
             return k > 0
 
-        for tag in list(waiting):  # watches that waited first: they came earlier
-            queue = waiting[tag]
-            while queue and len(out) < n and tag not in slow and fits(tag):
-                out.append(queue.popleft())
-            if tag in slow:
-                held.extend(queue)
-                queue.clear()
-            if not queue:
-                del waiting[tag]
+        if waiting:  # watches that waited first (they came earlier), merged in their order
+            heads = [(queue[0][0], tag) for tag, queue in waiting.items()]
+            heapq.heapify(heads)
+            while heads and len(out) < n:
+                _, tag = heapq.heappop(heads)
+                queue = waiting[tag]
+                if tag not in slow and fits(tag):
+                    out.append(queue.popleft()[1])
+                    if queue:
+                        heapq.heappush(heads, (queue[0][0], tag))
+                    else:
+                        del waiting[tag]
+                elif tag in slow:
+                    held.extend(item for _, item in queue)
+                    del waiting[tag]
         items, skipped = self._items, 0
         while len(out) < n and self._next < len(items) and skipped < SCAN_AHEAD * n:
             item = items[self._next]
@@ -157,9 +168,10 @@ class FanOutOrder:
             elif tag in slow:  # (found slow just now)
                 held.append(item)
             else:
-                waiting.setdefault(tag, deque()).append(item)
+                self._seq += 1
+                waiting.setdefault(tag, deque()).append((self._seq, item))
                 skipped += 1
-        if self._next >= len(items) and not waiting:
+        if self._next >= len(items) and not waiting and self._rest is None:
             while len(out) < n and self._held_next < len(held):
                 out.append(held[self._held_next])
                 self._held_next += 1

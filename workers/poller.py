@@ -433,19 +433,19 @@ class Poller(Pump[Claimed]):
             chunk = order.take(size, self.origin_room)
             if chunk or order.done:
                 return chunk, wait_budget
-            if order.scanned:
-                # every origin of what was read has a wave out and no answer yet: a moment
-                # for one to answer (fast: its events go on; slow: they are paced), then
-                # they go as they are
-                if waited >= ROOM_WAIT_S or wait_budget <= 0:
-                    chunk = order.take(size)
-                    if chunk or order.done:
-                        return chunk, wait_budget
-                    await order.fill(wait=True)  # only the rest of the read is left
-                    continue
-                await asyncio.sleep(ANSWER_WAIT_S)
-                waited += ANSWER_WAIT_S
-                wait_budget -= ANSWER_WAIT_S
+            # every origin in reach has a wave out and no answer yet: a moment for one to
+            # answer (fast: its events go on; slow: they are paced), then they go as they
+            # are. (No sweep ahead meanwhile: the order is round robin, so the watches in
+            # reach stand for the others, and watches swept into waiting would go first.)
+            if waited >= ROOM_WAIT_S or wait_budget <= 0:
+                chunk = order.take(size)
+                if chunk or order.done:
+                    return chunk, wait_budget
+                await order.fill(wait=True)  # only the rest of the read is left
+                continue
+            await asyncio.sleep(ANSWER_WAIT_S)
+            waited += ANSWER_WAIT_S
+            wait_budget -= ANSWER_WAIT_S
 
     def _finalize(
         self, vid: str, event: FinalEvent, chunk: Sequence[str], room: int, later: Sequence[int]
