@@ -40,6 +40,7 @@ MAX_DEFER_S = 300.0  # ... and at most this long
 PROMISE_S = 0.5  # events a plan let a fan-out claim count against their origin this long
 IDLE_FORGET_S = 120.0  # an idle origin's estimate is forgotten after this long
 SLOW_FACTOR = 8.0  # slow: this many times the worker's typical attempt, or more
+UNANSWERED_WAVES = 2  # waves (of cap events) an origin gets in a fan-out before it answers
 UNSEEN_KEPT = 256  # promises to origins not queued to yet are swept past this many
 TYPICAL_OF = 256  # the typical attempt: the median of this many recent ones
 
@@ -307,14 +308,14 @@ class OriginQueues(Generic[J]):
         if o is None:
             unseen = self._unseen.get(tag)
             taken = int(unseen[0]) if unseen is not None and now - unseen[1] <= PROMISE_S else 0
-            return max(2 * self.cap - taken, 0)
+            return max(UNANSWERED_WAVES * self.cap - taken, 0)
         if o.mean or (keep is not None and keep(o.key)):
             return None
         if self.is_slow(o, o.estimate(now), slow_s):
             return -1
         if now - o.promised_at > PROMISE_S:
             o.promised = 0
-        return max(2 * self.cap - (o.inflight + len(o.jobs) + o.promised), 0)
+        return max(UNANSWERED_WAVES * self.cap - (o.inflight + len(o.jobs) + o.promised), 0)
 
     def _promise(self, o: _Origin[J], now: float) -> None:
         if now - o.promised_at > PROMISE_S:
