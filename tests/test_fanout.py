@@ -114,12 +114,7 @@ async def test_a_fan_out_starts_on_its_first_page_and_takes_in_the_whole_order_o
     full = _rr({"A": 30, "B": 30, "C": 2})
     page = [x for x in full if x[0] in {"a0", "b0", "a1", "b1", "a2"}]
     release = asyncio.Event()
-
-    async def read_rest() -> list[tuple[str, str]]:
-        await release.wait()
-        return full
-
-    order = FanOutOrder(page, asyncio.create_task(read_rest()))
+    order = FanOutOrder(page, _read_when(release, full))
     got = order.take(2)
     await order.fill()  # not read yet, and the page is not used up: goes on
     got += order.take(2)
@@ -155,12 +150,7 @@ async def test_watches_waiting_for_their_origin_do_not_wait_for_the_rest_of_the_
     the rest of the read (the wait for an answer is the shorter one); told to, it does."""
     full = _rr({"A": 4, "B": 4})
     release = asyncio.Event()
-
-    async def read_rest() -> list[tuple[str, str]]:
-        await release.wait()
-        return full
-
-    order = FanOutOrder(full[:4], asyncio.create_task(read_rest()))
+    order = FanOutOrder(full[:4], _read_when(release, full))
     assert order.take(10, lambda tag: 1) == full[:2]  # a0 b0; a1 b1 wait for A and B
     assert order.scanned and order.reading
     await asyncio.wait_for(order.fill(), 0.1)  # returns at once: a1, b1 may go first
@@ -190,12 +180,7 @@ async def test_a_slow_origins_watches_wait_for_the_rest_of_the_read_too() -> Non
     not read yet: the first page used up, the fan-out reads on before it hands them out."""
     full = _rr({"S": 4, "H": 4})
     release = asyncio.Event()
-
-    async def read_rest() -> list[tuple[str, str]]:
-        await release.wait()
-        return full
-
-    order = FanOutOrder(full[:4], asyncio.create_task(read_rest()))
+    order = FanOutOrder(full[:4], _read_when(release, full))
     order.slow(["S"])
     assert [w for w, _ in order.take(10)] == ["h0", "h1"]  # s0 and s1 are held
     assert order.take(10) == [] and order.reading
@@ -203,3 +188,15 @@ async def test_a_slow_origins_watches_wait_for_the_rest_of_the_read_too() -> Non
     await asyncio.wait_for(order.fill(), 1.0)  # the page is used up: waits for the rest
     assert [w for w, _ in order.take(10)] == ["h2", "h3", "s0", "s1", "s2", "s3"]
     assert order.done
+
+
+def _read_when(
+    release: asyncio.Event, full: list[tuple[str, str]]
+) -> asyncio.Task[list[tuple[str, str]]]:
+    """A background read of the whole order that ends when *release* is set."""
+
+    async def read_rest() -> list[tuple[str, str]]:
+        await release.wait()
+        return full
+
+    return asyncio.create_task(read_rest())
