@@ -72,7 +72,7 @@ def test_when_every_origin_left_waits_the_order_says_so_and_gives_them_on_reques
     none_left: dict[str, int | None] = {"A": 1, "B": 1}
     assert [w for w, _ in order.take(10, none_left.get)] == ["a0", "b0"]
     none_left.update(A=0, B=0)
-    assert order.take(10, none_left.get) == [] and order.scanned and not order.done
+    assert order.take(10, none_left.get) == [] and not order.done
     got = order.take(100)  # as they are, in their order
     assert [w for w, _ in got] == [f"{g}{i}" for i in range(1, 10) for g in "ab"]
     assert order.done
@@ -152,7 +152,7 @@ async def test_watches_waiting_for_their_origin_do_not_wait_for_the_rest_of_the_
     release = asyncio.Event()
     order = FanOutOrder(full[:4], _read_when(release, full))
     assert order.take(10, lambda tag: 1) == full[:2]  # a0 b0; a1 b1 wait for A and B
-    assert order.scanned and order.reading
+    assert order.reading
     await asyncio.wait_for(order.fill(), 0.1)  # returns at once: a1, b1 may go first
     assert order.reading
     release.set()

@@ -112,18 +112,12 @@ class FanOutOrder:
         else:
             rest.cancel()
 
-    @property
-    def scanned(self) -> bool:
-        """Every watch was read from the order (some may still wait for their origin)."""
-        return self._next >= len(self._items)
-
     def take(self, n: int, room: Room | None = None) -> list[Waiting]:
         """The next *n* watches (fewer at the end): those of origins not known to be slow
         first. With *room*, an origin gets at most what it says; its other watches wait (and
         come first once it has room, in their fan-out order among themselves), and fewer
         than *n* may come although more are left -- none when every origin in reach must
-        wait (:attr:`scanned` says whether any is left to read): a take without *room* then
-        gives them as they are."""
+        wait: a take without *room* then gives them as they are."""
         out: list[Waiting] = []
         slow, held, waiting = self._slow, self._held, self._waiting
         left: dict[str, int] = {}

@@ -21,21 +21,17 @@ from typing import IO
 from relay.devtools.embedded_redis import free_port
 
 
-def wait_http(
-    url: str, timeout: float = 15.0, proc: Proc | subprocess.Popen[bytes] | None = None
-) -> None:
-    """Block until *url* answers 200 (or raise, also when *proc* exits first).
-
-    Given a :class:`Proc`, the error of a process that exited ends with its log's tail.
-    """
+def wait_http(url: str, timeout: float = 15.0, proc: Proc | None = None) -> None:
+    """Block until *url* answers 200 (or raise, also when *proc* exits first: then the
+    error ends with the tail of its log)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    popen = proc.popen if isinstance(proc, Proc) else proc
     while time.monotonic() < deadline:
-        if popen is not None and popen.poll() is not None:
-            tail = f"; its log ends:\n{proc.log_text()[-3000:]}" if isinstance(proc, Proc) else ""
-            code = popen.returncode
-            raise RuntimeError(f"process exited with {code} before {url} answered{tail}")
+        if proc is not None and not proc.alive():
+            code, tail = proc.popen.returncode, proc.log_text()[-3000:]
+            raise RuntimeError(
+                f"process exited with {code} before {url} answered; its log ends:\n{tail}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL)
                 if resp.status == 200:
