@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -34,8 +36,10 @@ from relay.domain.ids import new_watch_id  # noqa: E402
 from relay.domain.signing import generate_secret  # noqa: E402
 from relay.domain.watch import SecretEntry, Watch  # noqa: E402
 from relay.store import Store  # noqa: E402
+from relay.store.scripts import source  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+SCRIPTS = ("finalize", "claim_due", "settle")
 REDIS_CONF = HERE.parent / "config" / "redis.conf"
 
 
@@ -46,7 +50,12 @@ def cpu_s(pid: int) -> float:
 
 
 async def run(
-    n: int, chunk: int, claim_at_finalize: bool, config: Path | None, gate: int = 8
+    n: int,
+    chunk: int,
+    claim_at_finalize: bool,
+    config: Path | None,
+    gate: int = 8,
+    calls: bool = False,
 ) -> dict[str, float]:
     """Per-step Redis CPU (us per watch) for *n* watches."""
     server = RedisServer.start(workdir=Path(tempfile.mkdtemp()), config=config)
@@ -87,6 +96,10 @@ async def run(
             "clips.ready", at, "completed", 100.0, clips_doc=clips.doc(), clips_ms=at
         )
         ids = [w for w, _ in await store.videos.waiting("vid_cost")]
+        if calls:
+            await redis.config_set("slowlog-log-slower-than", 0)  # every command's duration
+            await redis.config_set("slowlog-max-len", 4 * n)
+            await redis.slowlog_reset()
         claims: list[DeliveryClaim] = []
         for start in range(0, n, chunk):
             part = ids[start : start + chunk]
@@ -115,6 +128,7 @@ async def run(
             await store.deliveries.settle(results[start : start + chunk])
         c4 = cpu_s(pid) - (c3g - c3)  # (the settle step alone)
         used = (await redis.info("memory"))["used_memory"]
+        durations = script_durations(await redis.slowlog_get(4 * n)) if calls else {}
         per = 1e6 / n
         return {
             "register": (c1 - c0) * per,
@@ -124,18 +138,43 @@ async def run(
             "settle": (c4 - c3) * per,
             "delivery": (c4 - c1 + c3g - c3) * per,
             "bytes": used / n,
+            **durations,
         }
     finally:
         await redis.aclose()
         server.stop()
 
 
+def script_durations(entries: list[dict[str, object]]) -> dict[str, float]:
+    """Median wall time (µs) of one call of each of the delivery's scripts, from a
+    ``SLOWLOG`` of every command."""
+    names = {
+        hashlib.sha1(source(name).encode(), usedforsecurity=False).hexdigest(): name
+        for name in SCRIPTS
+    }
+    took: dict[str, list[float]] = {}
+    for entry in entries:
+        words = bytes(entry["command"]).split(b" ")  # type: ignore[call-overload]
+        name = names.get(words[1].decode(), "") if words[0].upper() == b"EVALSHA" else ""
+        if name:
+            took.setdefault(name, []).append(float(entry["duration"]))  # type: ignore[arg-type]
+    return {f"{name} call": statistics.median(v) for name, v in took.items()}
+
+
 def main() -> None:
     """Print the per-step figures, with and without AOF, claimed at finalize or not."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--watches", type=int, default=20_000)
-    parser.add_argument("--chunk", type=int, default=100)
+    parser.add_argument(
+        "--chunk", type=int, default=32, help="watches per finalize and claim (settle: <= 32)"
+    )
     parser.add_argument("--gate", type=int, default=8, help="attempts per claim check")
+    parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="also the median wall time of one script call (SLOWLOG of every command: it"
+        " costs Redis a little CPU itself)",
+    )
     args = parser.parse_args()
     print(
         f"Redis CPU, us per watch ({args.watches:,} watches, batches of {args.chunk},"
@@ -144,10 +183,16 @@ def main() -> None:
     print(f"{'redis':8} {'path':26} register finalize  claim   gate settle delivery  B/watch")
     for config, label in ((REDIS_CONF, "AOF"), (None, "no AOF")):
         for own, path in ((True, "claimed at finalize"), (False, "claimed by another worker")):
-            f = asyncio.run(run(args.watches, args.chunk, own, config, args.gate))
+            f = asyncio.run(run(args.watches, args.chunk, own, config, args.gate, args.calls))
+            per_call = "".join(
+                f"  {name} {f[name + ' call']:.0f} µs/call"
+                for name in SCRIPTS
+                if name + " call" in f
+            )
             print(
                 f"{label:8} {path:26} {f['register']:8.1f} {f['finalize']:8.1f} {f['claim']:6.1f}"
                 f" {f['gate']:6.1f} {f['settle']:6.1f} {f['delivery']:8.1f} {f['bytes']:8,.0f}"
+                + per_call
             )
 
 

@@ -50,6 +50,18 @@ def _rr(groups: dict[str, int]) -> list[tuple[str, str]]:
     return [row[i] for i in range(max(groups.values())) for row in rows if i < len(row)]
 
 
+def test_a_take_that_is_not_ahead_gives_only_watches_that_wait_already() -> None:
+    """Taking again while waiting for an answer: the watches that wait come once their
+    origin has room, and nothing further in the order is read meanwhile."""
+    order = FanOutOrder(_rr({"S": 20, "H": 20}))
+    rooms: dict[str, int | None] = {"S": 0, "H": 0}
+    assert order.take(4, rooms.get) == []  # s0 h0 s1 h1 ... wait (4 x 4 read)
+    assert order.take(4, rooms.get, ahead=False) == []  # nothing more read
+    rooms["H"] = None  # H answered
+    assert [w for w, _ in order.take(20, rooms.get, ahead=False)] == [f"h{i}" for i in range(8)]
+    assert [w for w, _ in order.take(2, rooms.get)] == ["h8", "h9"]  # ahead again: on
+
+
 def test_an_origin_that_has_not_answered_gets_its_room_and_the_others_go_on() -> None:
     """A fan-out's origins that have not answered yet get a wave or two; the watches beyond
     wait (in their order) while other origins' go, and come first once their origin has
@@ -172,6 +184,10 @@ async def test_a_read_that_fails_fails_the_fan_out_when_its_watches_are_needed()
     assert len(order.take(5)) == 1
     with pytest.raises(ConnectionError, match="went away"):
         await order.fill()
+    assert not order.done  # the rest was never read: nothing may release the video
+    with pytest.raises(ConnectionError, match="went away"):  # asked again: the same error
+        await order.fill()
+    order.close()
     assert not order.reading
 
 

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -33,8 +34,10 @@ from relay.domain.watch import SecretEntry, Watch
 from relay.http.upstream import UpstreamClient
 from relay.settings import Settings
 from relay.store import Store
+from relay.store.codec import fan_out_order
 from tests.conftest import eventually
-from workers.poller import Poller
+from workers.fanout import SCAN_AHEAD, FanOutOrder
+from workers.poller import ANSWER_WAIT_S, ROOM_WAIT_S, Poller
 from workers.upstream_budget import UpstreamGate
 
 Client = TestClient[web.Request, web.Application]
@@ -462,3 +465,26 @@ async def test_5xx_backs_off_exponentially_and_recovers(
         assert gap >= intervals * INTERVAL - 0.002, after_errors
     assert after_errors[3] < 8 * INTERVAL, after_errors  # back to the interval
     assert fanout.events == {}
+
+
+async def test_waiting_for_an_answer_does_not_sweep_the_order_ahead() -> None:
+    """Every origin in reach has its waves out and no answer: the fan-out waits for one,
+    taking again every ANSWER_WAIT_S, and those takes look only at what waits already --
+    they do not sweep the order further (each would move SCAN_AHEAD chunks more into
+    waiting, which then goes first). After ROOM_WAIT_S the chunk goes as it is, in order."""
+    order = FanOutOrder(fan_out_order({f"w{i:05d}": f"t:{'ABC'[i % 3]}" for i in range(3000)}))
+    asked = 0
+
+    def no_room(tag: str) -> int:
+        nonlocal asked
+        asked += 1
+        return 0
+
+    poller: Any = SimpleNamespace(origin_room=no_room)
+    began = time.monotonic()
+    chunk, left = await Poller._next_chunk(poller, order, 32, 10.0)
+    assert time.monotonic() - began >= ROOM_WAIT_S and 10.0 - left >= ROOM_WAIT_S
+    assert chunk == fan_out_order({f"w{i:05d}": f"t:{'ABC'[i % 3]}" for i in range(3000)})[:32]
+    waiting = sum(len(q) for q in order._waiting.values())
+    assert waiting <= SCAN_AHEAD * 32  # swept once, by the first take
+    assert asked >= ROOM_WAIT_S / ANSWER_WAIT_S  # (it did take again while waiting)

@@ -16,9 +16,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from relay.devtools.embedded_redis import RedisServer, free_port
+from relay.devtools.embedded_redis import LOWEST_PORT, RedisServer, free_port
 from relay.devtools.receiver import Receiver
-from relay.devtools.stack import LocalStack, spawn, start_local_stack, wait_http
+from relay.devtools.stack import LocalStack, relay_env, spawn, start_local_stack, wait_http
 
 UPSTREAM_KEY = "sr_live_" + "cd34" * 12
 API_KEY = "stack-test-key-42"
@@ -143,14 +143,27 @@ def test_free_ports_picked_for_one_stack_are_never_the_same() -> None:
     # the kernel may give a just-closed port again; two processes of one stack on one port fail
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)
+    # ... nor taken by the kernel meanwhile: none is in its ephemeral range (bind(0) and the
+    # local ends of outgoing connections draw from it)
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(LOWEST_PORT <= p < low for p in ports)
 
 
 def test_a_process_that_exits_before_answering_names_what_it_logged(tmp_path: Path) -> None:
     # a stack that fails to start says why (CI keeps no log directory): the log's tail
-    proc = spawn("api", ["api"], {"RELAY_REDIS_URL": "not-a-url"}, tmp_path)
+    port = free_port()
+    env = relay_env(
+        "not-a-url",
+        "http://127.0.0.1:9/v1",
+        api_keys="ci:" + "k" * 32,
+        upstream_key="sr_test",
+        port=port,
+        metrics_port=free_port(),
+    )
+    proc = spawn("api", ["api"], env, tmp_path)
     try:
-        why = r"(?s)exited with 2 .*its log ends:.*configuration error"
+        why = r"(?s)exited with 2 .*its log ends:.*configuration error.*REDIS_URL"
         with pytest.raises(RuntimeError, match=why):
-            wait_http(f"http://127.0.0.1:{free_port()}/healthz", 20, proc)
+            wait_http(f"http://127.0.0.1:{port}/healthz", 20, proc)
     finally:
         proc.stop()

@@ -83,23 +83,24 @@ class FanOutOrder:
         """The rest of the watches are still being read."""
         return self._rest is not None
 
-    async def fill(self, wait: bool = False) -> None:
+    async def fill(self, wait: bool = False) -> bool:
         """Take in the whole order once it is read: the watches not read from the order
         yet, in that order. Waits for it when the first page is used up and none of it
         waits for its origin (those may go first: a wait for an origin to answer is short),
-        or when told to."""
+        or when told to. True when it took the order in just now."""
         rest = self._rest
         if rest is None:
-            return
+            return False
         if not (rest.done() or wait or (self._next >= len(self._items) and not self._waiting)):
-            return
+            return False
+        full = await rest  # (a failed read raises here and stays: the order is not done)
         self._rest = None
-        full = await rest
         read = {w for w, _ in self._items[: self._next]}
         self._items = [item for item in full if item[0] not in read]
         self._next = 0
         self._single = len({tag for _, tag in full}) < 2
         self.total = len(full)
+        return True
 
     def close(self) -> None:
         """Stop reading (the fan-out stopped early)."""
@@ -112,12 +113,14 @@ class FanOutOrder:
         else:
             rest.cancel()
 
-    def take(self, n: int, room: Room | None = None) -> list[Waiting]:
+    def take(self, n: int, room: Room | None = None, ahead: bool = True) -> list[Waiting]:
         """The next *n* watches (fewer at the end): those of origins not known to be slow
         first. With *room*, an origin gets at most what it says; its other watches wait (and
         come first once it has room, in their fan-out order among themselves), and fewer
         than *n* may come although more are left -- none when every origin in reach must
-        wait: a take without *room* then gives them as they are."""
+        wait: a take without *room* then gives them as they are. Not *ahead*: only watches
+        that wait already may come (a take again while waiting for an answer sweeps no
+        further into the order)."""
         out: list[Waiting] = []
         slow, held, waiting = self._slow, self._held, self._waiting
         left: dict[str, int] = {}
@@ -150,8 +153,8 @@ class FanOutOrder:
                 elif tag in slow:
                     held.extend(item for _, item in queue)
                     del waiting[tag]
-        items, skipped = self._items, 0
-        while len(out) < n and self._next < len(items) and skipped < SCAN_AHEAD * n:
+        items, skipped, reach = self._items, 0, SCAN_AHEAD * n if ahead else 0
+        while len(out) < n and self._next < len(items) and skipped < reach:
             item = items[self._next]
             self._next += 1
             tag = item[1]

@@ -48,8 +48,10 @@ from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
 
 log = logs.get("workers.poller")
-FINALIZE_CHUNK = 50  # watches given their events per round, at most (~0.5 ms of Redis)
-FIRST_CHUNK = 32  # the first rounds are smaller (doubling), so delivery starts at once
+# watches given their events per round, at most: ~0.2 ms of Redis on an idle 2-core
+# machine, and a round of 50 went over 1 ms about twice as often while the machine was busy
+# (docs/performance.md, "Batches of 32")
+FINALIZE_CHUNK = 32
 PACED_PAUSE_S = 0.05  # a fan-out waits this long after a chunk of paced events only
 ROOM_WAIT_S = 0.05  # a fan-out waits this long, at most, for its deliverer to have room
 ANSWER_WAIT_S = 0.005  # ... and in steps of this for an origin to answer (a wave is out)
@@ -341,10 +343,10 @@ class Poller(Pump[Claimed]):
     async def _finish(self, step: Step, final: Final, lease: Lease) -> None:
         """Give every watch of the video its final event and stop polling it.
 
-        A chunk at a time, doubling from FIRST_CHUNK: one script call gives the chunk's
+        A chunk of FINALIZE_CHUNK at a time: one script call gives the chunk's
         watches their event, claims as many as this worker's deliverer has room for (they
         go to it without a read-back; the rest are due for any worker) -- so delivery starts
-        after a small first chunk, not after the whole fan-out. The watches come round robin
+        after the first chunk, not after the whole fan-out. The watches come round robin
         over tenants and origins, and a slow origin's events are paced and made last
         (:mod:`workers.fanout`). The last chunk releases the video. Idempotent all the
         way: a worker that dies in between leaves the video claimed, and whoever polls it
@@ -380,11 +382,10 @@ class Poller(Pump[Claimed]):
         was lost (the video's new owner finishes the fan-out)."""
         created = 0
         wait_budget = self.lease_s / 5
-        size, first = FIRST_CHUNK, True
+        first = True
         while first or not order.done:
             first = False
-            chunk, wait_budget = await self._next_chunk(order, size, wait_budget)
-            size = min(size * 2, FINALIZE_CHUNK)
+            chunk, wait_budget = await self._next_chunk(order, FINALIZE_CHUNK, wait_budget)
             # events of an origin this worker would not start soon are due when it would
             # (paced: never claimed, nothing to hand back), and its other watches go last
             later = self.pace([tag for _, tag in chunk])
@@ -427,25 +428,29 @@ class Poller(Pump[Claimed]):
     ) -> tuple[list[tuple[str, str]], float]:
         """The fan-out's next chunk, origins yet to answer getting no more than a wave or
         two ahead of the others; what is left of *wait_budget*."""
-        waited = 0.0
+        waited, ahead = 0.0, True
         while True:
-            await order.fill()
-            chunk = order.take(size, self.origin_room)
+            ahead = await order.fill() or ahead
+            chunk = order.take(size, self.origin_room, ahead)
             if chunk or order.done:
                 return chunk, wait_budget
             # every origin in reach has a wave out and no answer yet: a moment for one to
             # answer (fast: its events go on; slow: they are paced), then they go as they
-            # are. (No sweep ahead meanwhile: the order is round robin, so the watches in
+            # are. (No sweep ahead meanwhile -- only the watches that wait already, or the
+            # rest of the read if it comes in: the order is round robin, so the watches in
             # reach stand for the others, and watches swept into waiting would go first.)
+            ahead = False
             if waited >= ROOM_WAIT_S or wait_budget <= 0:
                 chunk = order.take(size)
                 if chunk or order.done:
                     return chunk, wait_budget
-                await order.fill(wait=True)  # only the rest of the read is left
+                ahead = await order.fill(wait=True)  # only the rest of the read is left
                 continue
+            began = time.monotonic()
             await asyncio.sleep(ANSWER_WAIT_S)
-            waited += ANSWER_WAIT_S
-            wait_budget -= ANSWER_WAIT_S
+            slept = time.monotonic() - began  # (a busy loop wakes later than asked)
+            waited += slept
+            wait_budget -= slept
 
     def _finalize(
         self, vid: str, event: FinalEvent, chunk: Sequence[str], room: int, later: Sequence[int]

@@ -8,6 +8,7 @@ stopped by pid.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -17,17 +18,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _GIVEN: set[int] = set()  # ports this process already handed out
+LOWEST_PORT = 20000  # free ports are picked from here up to the kernel's ephemeral range
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 when it cannot tell)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now and not handed out before by this process.
 
-    The kernel may give a just-closed port again: two ports picked for one stack (a simulator
-    and an API, say) could then be the same one, and the second process would fail to bind it.
+    It lies below the kernel's ephemeral range: between this check and the server's own bind,
+    the kernel never gives that port to anyone (a ``bind`` to port 0, or the local end of an
+    outgoing connection, which takes its ports from that range). A port picked by binding to
+    port 0 could be taken meanwhile, and the second process of a stack would fail to bind.
     """
-    for _ in range(100):
+    high = _ephemeral_low()
+    below = high - LOWEST_PORT > 1000  # (else a kernel whose range starts low: it picks)
+    for _ in range(200):
+        want = random.randrange(LOWEST_PORT, high) if below else 0
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", want))
+            except OSError:
+                continue
             port: int = s.getsockname()[1]
         if port not in _GIVEN:
             _GIVEN.add(port)

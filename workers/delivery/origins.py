@@ -282,9 +282,9 @@ class OriginQueues(Generic[J]):
                 o.promised = 0
             ahead = o.inflight + len(o.jobs) + o.promised
             start = now + (ahead // cap) * est
-            # (one that has not answered yet gets a wave in flight and one queued: when it
-            # answers, its estimate says how much more it takes)
-            fits = start - now <= budget_s if o.mean else ahead < 2 * cap
+            # (one that has not answered yet gets its waves, one in flight and one queued:
+            # when it answers, its estimate says how much more it takes)
+            fits = start - now <= budget_s if o.mean else ahead < UNANSWERED_WAVES * cap
             if fits and o.horizon <= now + budget_s:
                 self._promise(o, now)
                 out.append(0)
@@ -299,10 +299,10 @@ class OriginQueues(Generic[J]):
     ) -> int | None:
         """How many more of a fan-out's events an origin (by tag) may get now, before the
         others' (:class:`workers.fanout.FanOutOrder`): one this worker has not had an answer
-        from yet -- neither fast nor slow so far -- two waves (``2 * cap``) in flight, queued
-        or promised; any number (None) for one that answered, or that *keep* names; -1 for
-        one slow already without an answer (its events go last, where :meth:`plan` paces
-        them)."""
+        from yet -- neither fast nor slow so far -- UNANSWERED_WAVES waves (of ``cap``) in
+        flight, queued or promised; any number (None) for one that answered, or that *keep*
+        names; -1 for one slow already without an answer (its events go last, where
+        :meth:`plan` paces them)."""
         now = self.clock()
         o = self._by_tag.get(tag)
         if o is None:
