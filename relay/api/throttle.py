@@ -1,9 +1,10 @@
 """RELAY_RATE_LIMIT: requests per second per API key, across every API replica.
 
 Counting in Redis on every request would cost a round trip each. Instead each replica counts
-locally and adds its counts to a shared per-second counter in Redis every
-:data:`SYNC_EVERY` seconds (one pipelined round trip for all keys), learning the total of
-all replicas in the same reply. A request is allowed while the last known total plus this
+locally and adds its counts to a shared per-second hash in Redis every :data:`SYNC_EVERY`
+seconds (one pipelined round trip for all keys), learning the totals of all replicas in the
+same reply -- an idle replica too (20 round trips a second each), so its first requests
+count what the others admitted. A request is allowed while the last known total plus this
 replica's unsynced count stays within the limit: exact with one replica, and with several
 off by at most what the others admitted in the last sync interval.
 """
@@ -49,10 +50,14 @@ class RateLimiter:
         return True
 
     async def sync(self) -> None:
-        """Add this replica's counts to the shared counters and learn the totals."""
-        if not self._unsynced:
-            return
-        second, counts = self._second, dict(self._unsynced)
+        """Add this replica's counts to the shared counters and learn the totals -- also
+        with nothing to add: an idle replica learns what the others admitted this second."""
+        second = int(time.time())
+        if second != self._second:  # (no request here yet this second)
+            self._second = second
+            self._known.clear()
+            self._unsynced.clear()
+        counts = dict(self._unsynced)
         self._unsynced.clear()
         totals = await self._limits.rate_add(second, counts)
         if second == self._second:

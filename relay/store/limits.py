@@ -39,14 +39,19 @@ class Limits:
     # --- API rate limit ----------------------------------------------------------------
 
     async def rate_add(self, second: int, counts: dict[str, int]) -> dict[str, int]:
-        """Add API requests per key id to the counters of *second*; return the totals."""
+        """Add API requests per key id (*counts*, may be empty) to the counters of *second*;
+        return the totals of every key id counted in that second, by any replica. One
+        round trip: the second's counters are one hash."""
+        key = c.RATE_LIMIT_KEY.format(second)
         pipe = self.redis.pipeline(transaction=False)
         for key_id, n in counts.items():
-            key = c.RATE_LIMIT_KEY.format(key_id, second)
-            pipe.incrby(key, n)
+            pipe.hincrby(key, key_id, n)
+        if counts:
             pipe.pexpire(key, 2000)
+        pipe.hgetall(key)
         replies = await pipe.execute()
-        return {key_id: int(replies[2 * i]) for i, key_id in enumerate(counts)}
+        totals: dict[str, str] = replies[-1]
+        return {key_id: int(n) for key_id, n in totals.items()}
 
     # --- memory -------------------------------------------------------------------------
 
