@@ -187,17 +187,18 @@ def callback_url(base: str) -> str:
 
 @dataclass
 class Probe:
-    """``GET /v1/watches/{id}`` of random watches, one at a time, :data:`PROBE_HZ` a second."""
+    """``GET /v1/watches/{id}`` of random watches, one at a time, *hz* a second."""
 
     stack: Stack
     http: aiohttp.ClientSession
     ids: list[str]
+    hz: float = PROBE_HZ
     latencies: list[float] = field(default_factory=list)  # ms
     errors: int = 0
 
     async def run(self, stop: asyncio.Event, seconds: float | None = None) -> None:
         """Probe until *stop* is set (or *seconds* passed)."""
-        period = 1 / PROBE_HZ
+        period = 1 / self.hz
         t0 = time.monotonic()
         n = 0
         while not stop.is_set() and (seconds is None or time.monotonic() - t0 < seconds):
