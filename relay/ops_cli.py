@@ -62,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
     lister.add_argument(
         "--limit", type=int, default=100, help="at most this many (default 100; 0: all)"
     )
+    lister.add_argument("--cursor", help="go on where an earlier list stopped (its nextCursor)")
     add("get", "show one watch")
     add("deliveries", "list every delivery attempt of a watch, oldest first")
     add("redeliver", "send a watch's last event again (same webhook-id)")
@@ -122,13 +123,9 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
 
     action = args.action
     if action == "list":
-        found: list[Watch] = []
-        page = min(args.limit, 100) if args.limit > 0 else 100
-        for w in relay.list_watches(video_id=args.video_id, status=args.status, page_size=page):
-            found.append(w)
-            if len(found) == args.limit:
-                break
-        emit({"data": [w.raw for w in found]}, watch_rows(found))
+        found, cursor = list_some(relay, args.video_id, args.status, args.limit, args.cursor)
+        more = f"\nmore: --cursor {cursor}" if cursor else ""
+        emit({"data": [w.raw for w in found], "nextCursor": cursor}, watch_rows(found) + more)
     elif action == "get":
         w = relay.get_watch(args.id)
         emit(w.raw, watch_card(w))
@@ -151,6 +148,21 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
     elif action == "recover":
         n = relay.recover(args.since, args.until)
         emit({"count": n}, f"{n} failed watch(es) put back to delivering")
+
+
+def list_some(
+    relay: Client, video_id: str | None, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[Watch], str | None]:
+    """Up to *limit* watches (0: all) from *cursor* on, and the cursor where they end (None:
+    there are no more): pages sized so that the last one ends at the limit."""
+    found: list[Watch] = []
+    while True:
+        want = 100 if limit <= 0 else min(limit - len(found), 100)
+        page = relay.list_watches_page(video_id, status, want, cursor)
+        found += page.data
+        cursor = page.next_cursor
+        if cursor is None or (limit > 0 and len(found) >= limit):
+            return found, cursor
 
 
 def glue_values(top: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:

@@ -66,7 +66,14 @@ async def test_list_and_get_show_what_the_api_shows(api: Api, sim: Api, receiver
     code, out, _ = await cli(api, "get", watches[2]["id"])
     assert code == 0 and watches[2]["callbackUrl"] in out and "videoId" in out
     code, out, _ = await cli(api, "list", "--limit", "2", "--json")
-    assert len(json.loads(out)["data"]) == 2
+    listed = (await api_json(api, "/v1/watches"))["data"]
+    first = json.loads(out)
+    assert first["data"] == listed[:2] and first["nextCursor"]
+    # a script goes on where it stopped; the last page says there is no more
+    code, out, _ = await cli(api, "list", "--cursor", first["nextCursor"], "--json")
+    assert code == 0 and json.loads(out) == {"data": listed[2:], "nextCursor": None}
+    code, out, _ = await cli(api, "list", "--limit", "1")
+    assert out.splitlines()[-1].startswith("more: --cursor ")
 
 
 async def test_actions_on_a_delivered_watch(api: Api, sim: Api, receiver: Rec, worker: Any) -> None:

@@ -62,6 +62,12 @@ def exercise_sync(url: str, callback: str, video_ids: list[str], rec: Receiver) 
             relay.create_watch(video_id=vid, callback_url=callback)
         seen["got"] = relay.get_watch(first.id)
         seen["listed"] = [w.id for w in relay.list_watches(page_size=2)]
+        first_page = relay.list_watches_page(limit=2)
+        seen["pages"] = (
+            first_page,
+            relay.list_watches_page(limit=2, cursor=first_page.next_cursor),
+        )
+        seen["from_cursor"] = [w.id for w in relay.list_watches(cursor=first_page.next_cursor)]
         seen["by_video"] = [w.id for w in relay.list_watches(video_id=video_ids[0])]
         seen["rotation"] = relay.rotate_secret(first.id)
         relay.ping(first.id)
@@ -104,6 +110,9 @@ async def test_every_method_of_the_blocking_client(
     assert seen["got"].id == first.id and seen["got"].secret is None
     assert seen["got"].raw["videoId"] == vids[0]
     assert len(seen["listed"]) == 5 and len(set(seen["listed"])) == 5  # across three pages
+    one, two = seen["pages"]  # page by page: the same watches, the same order
+    assert [w.id for w in one.data + two.data] == seen["listed"][:4] and one.next_cursor
+    assert seen["from_cursor"] == seen["listed"][2:]
     assert seen["by_video"] == [first.id]
     assert seen["rotation"].secret.startswith("whsec_")
     assert seen["rotation"].previous_secret_expires_at is not None
@@ -152,6 +161,9 @@ async def test_every_method_of_the_async_client(
         assert got.sort_by == "duration" and got.delivered_at is not None
         listed = [x.id async for x in relay.list_watches(page_size=1)]
         assert sorted(listed) == sorted({w.id, same.id})
+        page = await relay.list_watches_page(limit=1)
+        rest = await relay.list_watches_page(limit=1, cursor=page.next_cursor)
+        assert [x.id for x in page.data + rest.data] == listed
         assert w.id in [x.id async for x in relay.list_watches(status="delivered")]
         again = await relay.redeliver(w.id)
         assert again.id == w.id and again.status == "delivering"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from clip_relay_client._errors import ApiError, ClipRelayError, WebhookVerificationError
 from clip_relay_client.client import AsyncClient, Client
-from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchStatus
+from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchPage, WatchStatus
 from clip_relay_client.webhooks import Event, EventType, verify
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ __all__ = [
     "EventType",
     "SecretRotation",
     "Watch",
+    "WatchPage",
     "WatchStatus",
     "WebhookVerificationError",
     "__version__",

@@ -21,7 +21,7 @@ from clip_relay_client._core import (
     recover_call,
     watch_path,
 )
-from clip_relay_client.models import Delivery, SecretRotation, Watch
+from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchPage
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -128,17 +128,31 @@ class Client:
         return Watch.from_json(self._send(Call("GET", watch_path(watch_id), retry=True)))
 
     def list_watches(
-        self, video_id: str | None = None, status: str | None = None, page_size: int = 50
+        self,
+        video_id: str | None = None,
+        status: str | None = None,
+        page_size: int = 50,
+        cursor: str | None = None,
     ) -> Iterator[Watch]:
-        """The tenant's watches, newest first, following ``nextCursor`` page by page."""
-        cursor: str | None = None
+        """The tenant's watches, newest first (from *cursor*: where a page ended), following
+        ``nextCursor`` page by page."""
         while True:
-            page = self._send(list_call(video_id, status, page_size, cursor))
-            for doc in page["data"]:
-                yield Watch.from_json(doc)
-            cursor = page.get("nextCursor")
+            page = self.list_watches_page(video_id, status, page_size, cursor)
+            yield from page.data
+            cursor = page.next_cursor
             if not cursor:
                 return
+
+    def list_watches_page(
+        self,
+        video_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> WatchPage:
+        """One page of the tenant's watches (at most *limit*, newest first) and the cursor
+        of the next; *cursor* is a ``next_cursor`` an earlier page gave."""
+        return WatchPage.from_json(self._send(list_call(video_id, status, limit, cursor)))
 
     def cancel_watch(self, watch_id: str) -> None:
         """Cancel: nothing is delivered afterwards."""
@@ -265,17 +279,32 @@ class AsyncClient:
         return Watch.from_json(await self._send(Call("GET", watch_path(watch_id), retry=True)))
 
     async def list_watches(
-        self, video_id: str | None = None, status: str | None = None, page_size: int = 50
+        self,
+        video_id: str | None = None,
+        status: str | None = None,
+        page_size: int = 50,
+        cursor: str | None = None,
     ) -> AsyncIterator[Watch]:
-        """The tenant's watches, newest first, following ``nextCursor`` page by page."""
-        cursor: str | None = None
+        """The tenant's watches, newest first (from *cursor*: where a page ended), following
+        ``nextCursor`` page by page."""
         while True:
-            page = await self._send(list_call(video_id, status, page_size, cursor))
-            for doc in page["data"]:
-                yield Watch.from_json(doc)
-            cursor = page.get("nextCursor")
+            page = await self.list_watches_page(video_id, status, page_size, cursor)
+            for watch in page.data:
+                yield watch
+            cursor = page.next_cursor
             if not cursor:
                 return
+
+    async def list_watches_page(
+        self,
+        video_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> WatchPage:
+        """One page of the tenant's watches (at most *limit*, newest first) and the cursor
+        of the next; *cursor* is a ``next_cursor`` an earlier page gave."""
+        return WatchPage.from_json(await self._send(list_call(video_id, status, limit, cursor)))
 
     async def cancel_watch(self, watch_id: str) -> None:
         """Cancel: nothing is delivered afterwards."""

@@ -117,3 +117,22 @@ class SecretRotation:
             previous_secret_expires_at=parse_time(doc.get("previousSecretExpiresAt")),
             raw=dict(doc),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class WatchPage:
+    """One page of ``GET /v1/watches``: its watches, newest first, and the cursor of the
+    next page (None: this was the last)."""
+
+    data: list[Watch]
+    next_cursor: str | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> WatchPage:
+        """A page from the API's document."""
+        return cls(
+            data=[Watch.from_json(w) for w in doc["data"]],
+            next_cursor=doc.get("nextCursor") or None,
+            raw=dict(doc),
+        )
