@@ -124,7 +124,13 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
     action = args.action
     if action == "list":
         found, cursor = list_some(relay, args.video_id, args.status, args.limit, args.cursor)
-        more = f"\nmore: --cursor {cursor}" if cursor else ""
+        # (a cursor belongs to its filters: the hint repeats them)
+        filters = "".join(
+            f" --{name} {value}"
+            for name, value in (("video-id", args.video_id), ("status", args.status))
+            if value is not None
+        )
+        more = f"\nmore: --cursor {cursor}{filters}" if cursor else ""
         emit({"data": [w.raw for w in found], "nextCursor": cursor}, watch_rows(found) + more)
     elif action == "get":
         w = relay.get_watch(args.id)

@@ -72,8 +72,11 @@ async def test_list_and_get_show_what_the_api_shows(api: Api, sim: Api, receiver
     # a script goes on where it stopped; the last page says there is no more
     code, out, _ = await cli(api, "list", "--cursor", first["nextCursor"], "--json")
     assert code == 0 and json.loads(out) == {"data": listed[2:], "nextCursor": None}
-    code, out, _ = await cli(api, "list", "--limit", "1")
-    assert out.splitlines()[-1].startswith("more: --cursor ")
+    code, out, _ = await cli(api, "list", "--limit", "1", "--status", "watching")
+    more = out.splitlines()[-1].split()
+    assert more[:2] == ["more:", "--cursor"] and more[3:] == ["--status", "watching"]
+    code, out, _ = await cli(api, "list", *more[1:], "--json")  # as the hint says
+    assert code == 0 and json.loads(out)["data"] == listed[1:]
 
 
 async def test_actions_on_a_delivered_watch(api: Api, sim: Api, receiver: Rec, worker: Any) -> None:

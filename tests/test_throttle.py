@@ -33,9 +33,11 @@ class CountingLimits:
         self._store = limits
         self.syncs = 0
 
-    async def rate_add(self, second: int, counts: dict[str, int]) -> dict[str, int]:
+    async def rate_add(
+        self, second: int, counts: dict[str, int], ended: tuple[int, dict[str, int]] | None = None
+    ) -> dict[str, int]:
         self.syncs += 1
-        return await self._store.rate_add(second, counts)
+        return await self._store.rate_add(second, counts, ended)
 
 
 def admitted(limiter: RateLimiter, key: str, tries: int) -> int:
@@ -99,6 +101,26 @@ async def test_an_idle_replica_learns_what_the_others_admitted(store: Store) -> 
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_what_a_second_admitted_unsynced_is_added_to_it_after_it_ended(
+    store: Store,
+) -> None:
+    """Rule: every admitted request is counted in its own second, also one admitted in the
+    last sync interval of a second -- whether a request or the sync loop sees the next
+    second first (other replicas with a slower clock read that count)."""
+    limiter = RateLimiter(store.limits, 10)
+    second = await early_in_a_second()
+    assert admitted(limiter, "k", 4) == 4
+    await asyncio.sleep(second + 1.01 - time.time())  # the second ended, not synced
+    assert admitted(limiter, "k", 1) == 1  # a request sees the next second first
+    await limiter.sync()
+    assert await shared_count(store, "k", second) == 4
+    assert await shared_count(store, "k", second + 1) == 1
+    assert admitted(limiter, "k", 2) == 2
+    await asyncio.sleep(second + 2.01 - time.time())
+    await limiter.sync()  # the sync sees the next second first
+    assert await shared_count(store, "k", second + 1) == 3
 
 
 async def test_counts_start_afresh_each_second(store: Store) -> None:

@@ -34,16 +34,24 @@ class RateLimiter:
         self._second = 0
         self._known: dict[str, int] = {}  # totals of all replicas, as of the last sync
         self._unsynced: Counter[str] = Counter()
+        # the counts of the second before, if it ended before they were synced
+        self._ended: tuple[int, dict[str, int]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+
+    def _roll(self, second: int) -> None:
+        """Start counting *second*; what the last one admitted unsynced is still added."""
+        if self._unsynced:
+            self._ended = (self._second, dict(self._unsynced))
+        self._second = second
+        self._known.clear()
+        self._unsynced = Counter()
 
     def allow(self, key_id: str) -> bool:
         """Count a request of *key_id*; False when it is over the limit (not counted)."""
         second = int(time.time())
         if second != self._second:
-            self._second = second
-            self._known.clear()
-            self._unsynced.clear()
+            self._roll(second)
         if self._known.get(key_id, 0) + self._unsynced[key_id] + 1 > self._limit:
             return False
         self._unsynced[key_id] += 1
@@ -54,12 +62,11 @@ class RateLimiter:
         with nothing to add: an idle replica learns what the others admitted this second."""
         second = int(time.time())
         if second != self._second:  # (no request here yet this second)
-            self._second = second
-            self._known.clear()
-            self._unsynced.clear()
-        counts = dict(self._unsynced)
+            self._roll(second)
+        counts, ended = dict(self._unsynced), self._ended
         self._unsynced.clear()
-        totals = await self._limits.rate_add(second, counts)
+        self._ended = None
+        totals = await self._limits.rate_add(second, counts, ended)
         if second == self._second:
             self._known.update(totals)
 

@@ -18,29 +18,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _GIVEN: set[int] = set()  # ports this process already handed out
-LOWEST_PORT = 20000  # free ports are picked from here up to the kernel's ephemeral range
+LOWEST_PORT = 20000  # free ports are picked outside the kernel's ephemeral range, from here
 
 
-def _ephemeral_low() -> int:
-    """The first port of the kernel's ephemeral range (Linux; 32768 when it cannot tell)."""
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (Linux; 32768-60999 when it cannot tell)."""
     try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _outside_ephemeral() -> range | None:
+    """Ports that the kernel never hands out by itself: below its ephemeral range (from
+    LOWEST_PORT) or above it, whichever is wide enough; None when neither is."""
+    low, high = ephemeral_range()
+    for ports in (range(LOWEST_PORT, low), range(high + 1, 65536)):
+        if len(ports) > 1000:
+            return ports
+    return None
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now and not handed out before by this process.
 
-    It lies below the kernel's ephemeral range: between this check and the server's own bind,
-    the kernel never gives that port to anyone (a ``bind`` to port 0, or the local end of an
-    outgoing connection, which takes its ports from that range). A port picked by binding to
-    port 0 could be taken meanwhile, and the second process of a stack would fail to bind.
+    It lies outside the kernel's ephemeral range: between this check and the server's own
+    bind, the kernel never gives that port to anyone (a ``bind`` to port 0, or the local end
+    of an outgoing connection, which take their ports from that range). A port picked by
+    binding to port 0 could be taken meanwhile, and the second process of a stack would fail
+    to bind. (A kernel whose range leaves no room outside it: the kernel picks.)
     """
-    high = _ephemeral_low()
-    below = high - LOWEST_PORT > 1000  # (else a kernel whose range starts low: it picks)
+    ports = _outside_ephemeral()
     for _ in range(200):
-        want = random.randrange(LOWEST_PORT, high) if below else 0
+        want = random.choice(ports) if ports else 0
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", want))

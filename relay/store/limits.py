@@ -38,17 +38,24 @@ class Limits:
 
     # --- API rate limit ----------------------------------------------------------------
 
-    async def rate_add(self, second: int, counts: dict[str, int]) -> dict[str, int]:
-        """Add API requests per key id (*counts*, may be empty) to the counters of *second*;
-        return the totals of every key id counted in that second, by any replica. One
-        round trip: the second's counters are one hash."""
-        key = c.RATE_LIMIT_KEY.format(second)
+    async def rate_add(
+        self,
+        second: int,
+        counts: dict[str, int],
+        ended: tuple[int, dict[str, int]] | None = None,
+    ) -> dict[str, int]:
+        """Add API requests per key id (*counts*, may be empty) to the counters of *second*
+        (and *ended*'s to an earlier second's); return the totals of every key id counted
+        in *second*, by any replica -- at most every configured API key. One round trip:
+        the counters of a second are one hash."""
         pipe = self.redis.pipeline(transaction=False)
-        for key_id, n in counts.items():
-            pipe.hincrby(key, key_id, n)
-        if counts:
-            pipe.pexpire(key, 2000)
-        pipe.hgetall(key)
+        for at, add in ((ended or (0, {})), (second, counts)):
+            key = c.RATE_LIMIT_KEY.format(at)
+            for key_id, n in add.items():
+                pipe.hincrby(key, key_id, n)
+            if add:
+                pipe.pexpire(key, 2000)
+        pipe.hgetall(c.RATE_LIMIT_KEY.format(second))
         replies = await pipe.execute()
         totals: dict[str, str] = replies[-1]
         return {key_id: int(n) for key_id, n in totals.items()}
