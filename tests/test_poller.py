@@ -472,7 +472,8 @@ async def test_waiting_for_an_answer_does_not_sweep_the_order_ahead() -> None:
     taking again every ANSWER_WAIT_S, and those takes look only at what waits already --
     they do not sweep the order further (each would move SCAN_AHEAD chunks more into
     waiting, which then goes first). After ROOM_WAIT_S the chunk goes as it is, in order."""
-    order = FanOutOrder(fan_out_order({f"w{i:05d}": f"t:{'ABC'[i % 3]}" for i in range(3000)}))
+    full = fan_out_order({f"w{i:05d}": f"t:{'ABC'[i % 3]}" for i in range(3000)})
+    order = FanOutOrder(full)
     asked = 0
 
     def no_room(tag: str) -> int:
@@ -484,7 +485,7 @@ async def test_waiting_for_an_answer_does_not_sweep_the_order_ahead() -> None:
     began = time.monotonic()
     chunk, left = await Poller._next_chunk(poller, order, 32, 10.0)
     assert time.monotonic() - began >= ROOM_WAIT_S and 10.0 - left >= ROOM_WAIT_S
-    assert chunk == fan_out_order({f"w{i:05d}": f"t:{'ABC'[i % 3]}" for i in range(3000)})[:32]
+    assert chunk == full[:32]
     waiting = sum(len(q) for q in order._waiting.values())
     assert waiting <= SCAN_AHEAD * 32  # swept once, by the first take
     assert asked >= ROOM_WAIT_S / ANSWER_WAIT_S  # (it did take again while waiting)

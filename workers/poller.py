@@ -39,7 +39,7 @@ from relay.domain.video import VideoState
 from relay.http.upstream import Reply, UpstreamClient
 from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
-from relay.store import Store
+from relay.store import DELIVERY_BATCH, Store
 from relay.store.codec import fan_out_order
 from workers.fanout import FanOutOrder
 from workers.fanout import Room as OriginRoom
@@ -48,10 +48,7 @@ from workers.pump import Pump
 from workers.upstream_budget import Paused, UpstreamGate
 
 log = logs.get("workers.poller")
-# watches given their events per round, at most: ~0.2 ms of Redis on an idle 2-core
-# machine, and a round of 50 went over 1 ms about twice as often while the machine was busy
-# (docs/performance.md, "Batches of 32")
-FINALIZE_CHUNK = 32
+FINALIZE_CHUNK = DELIVERY_BATCH  # watches given their events per round, at most
 PACED_PAUSE_S = 0.05  # a fan-out waits this long after a chunk of paced events only
 ROOM_WAIT_S = 0.05  # a fan-out waits this long, at most, for its deliverer to have room
 ANSWER_WAIT_S = 0.005  # ... and in steps of this for an origin to answer (a wave is out)

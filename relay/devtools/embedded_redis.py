@@ -30,7 +30,7 @@ def ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-def _outside_ephemeral() -> range | None:
+def outside_ephemeral() -> range | None:
     """Ports that the kernel never hands out by itself: below its ephemeral range (from
     LOWEST_PORT) or above it, whichever is wide enough; None when neither is."""
     low, high = ephemeral_range()
@@ -49,7 +49,7 @@ def free_port() -> int:
     binding to port 0 could be taken meanwhile, and the second process of a stack would fail
     to bind. (A kernel whose range leaves no room outside it: the kernel picks.)
     """
-    ports = _outside_ephemeral()
+    ports = outside_ephemeral()
     for _ in range(200):
         want = random.choice(ports) if ports else 0
         with socket.socket() as s:

@@ -29,11 +29,12 @@ from redis.asyncio import Redis
 from relay.store.deliveries import SETTLE_BATCH, Deliveries
 from relay.store.limits import Limits
 from relay.store.retention import Retention
-from relay.store.scripts import SCRIPT_BATCH
+from relay.store.scripts import DELIVERY_BATCH, SCRIPT_BATCH
 from relay.store.videos import Videos
 from relay.store.watches import EXPIRE_JOB, Watches
 
 __all__ = [
+    "DELIVERY_BATCH",
     "EXPIRE_JOB",
     "SCRIPT_BATCH",
     "SETTLE_BATCH",

@@ -26,9 +26,9 @@ from relay.store.codec import (
     state_field,
     watch_from_registration,
 )
-from relay.store.scripts import SCRIPT_BATCH
+from relay.store.scripts import DELIVERY_BATCH, SCRIPT_BATCH
 
-SETTLE_BATCH = 32  # attempts recorded per script call, at most (~0.2 ms of idle Redis)
+SETTLE_BATCH = DELIVERY_BATCH  # attempts recorded per script call, at most
 
 
 class Deliveries:

@@ -49,7 +49,8 @@ class Limits:
         in *second*, by any replica -- at most every configured API key. One round trip:
         the counters of a second are one hash."""
         pipe = self.redis.pipeline(transaction=False)
-        for at, add in ((ended or (0, {})), (second, counts)):
+        adds = [(second, counts)] if ended is None else [ended, (second, counts)]
+        for at, add in adds:
             key = c.RATE_LIMIT_KEY.format(at)
             for key_id, n in add.items():
                 pipe.hincrby(key, key_id, n)

@@ -18,6 +18,10 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 SCRIPT_BATCH = 1000  # items per script call, at most (Lua's unpack limit, see above)
+# watches per call of the delivery's scripts (finalize, claim_due, settle) as the worker sends
+# them: ~0.2 ms of an idle Redis on the 2-core machine; calls of 50 went over 1 ms about
+# twice as often while the machine was busy (docs/performance.md, "Batches of 32")
+DELIVERY_BATCH = 32
 
 
 @cache

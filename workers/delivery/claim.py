@@ -23,14 +23,14 @@ from relay.domain.delivery import DeliveryClaim
 from relay.domain.origin import Origin, callback_origin
 from relay.domain.watch import Watch
 from relay.metrics import DEFERRED
-from relay.store import Store
+from relay.store import DELIVERY_BATCH, Store
 from workers.delivery.bodies import Bodies
 from workers.delivery.links import LinkRefresher
 from workers.delivery.logger import log
 from workers.delivery.origins import OriginQueues
 from workers.pump import Pump
 
-CLAIM_BATCH = 32  # deliveries claimed per script call, at most (~0.2 ms of idle Redis)
+CLAIM_BATCH = DELIVERY_BATCH  # deliveries claimed per script call, at most
 CLAIM_AHEAD = 4  # deliveries claimed per lane, at most: the one in flight and three queued
 
 
