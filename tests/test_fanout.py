@@ -9,7 +9,7 @@ import pytest
 
 from relay.domain.watch import Watch
 from relay.store.codec import fan_out_order, waiting_entry
-from workers.fanout import FanOutOrder
+from workers.fanout import FanOutOrder, Pages
 
 
 def entry(tenant: str, url: str) -> str:
@@ -204,6 +204,72 @@ async def test_a_slow_origins_watches_wait_for_the_rest_of_the_read_too() -> Non
     await asyncio.wait_for(order.fill(), 1.0)  # the page is used up: waits for the rest
     assert [w for w, _ in order.take(10)] == ["h2", "h3", "s0", "s1", "s2", "s3"]
     assert order.done
+
+
+async def test_a_used_up_first_page_goes_on_with_the_pages_read_since() -> None:
+    """The first page used up, the pages the read brought in since come next, at once (the
+    read is not waited for), round robin among themselves; a watch a later page repeats
+    (HSCAN may) is not handed out twice; the whole order, once read, gives the rest: every
+    watch once. Fails before: fill() waited for the whole read."""
+    full = _rr({"A": 6, "B": 6, "C": 2})
+    release = asyncio.Event()
+    pages = Pages()
+    order = FanOutOrder(full[:3], _read_when(release, full), pages)  # a0 b0 c0
+    got = order.take(10)
+    assert got == full[:3]
+    pages.add({"a1": "t:A", "b1": "t:B", "a2": "t:A", "b0": "t:B"})  # b0: seen already
+    assert await asyncio.wait_for(order.fill(), 0.1)  # at once: the read goes on
+    assert order.reading and len(order) == 6  # known so far
+    got += order.take(10)
+    assert [w for w, _ in got[3:]] == ["a1", "b1", "a2"]
+    waiting = asyncio.create_task(order.fill())  # nothing came in: waits for a page
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    pages.add({"c1": "t:C"})
+    assert await asyncio.wait_for(waiting, 0.1)
+    got += order.take(10)
+    assert got[-1] == ("c1", "C")
+    release.set()
+    assert await asyncio.wait_for(order.fill(), 1.0)
+    got += order.take(100)
+    assert order.done and not order.reading and len(order) == len(full)
+    assert sorted(got) == sorted(full)  # every watch once
+
+
+async def test_pages_read_come_in_while_watches_wait_for_their_origin() -> None:
+    """Watches waiting for their origin to answer do not keep the pages read since out: a
+    healthy origin's watches on them go on meanwhile (a non-blocking fill takes them in)."""
+    full = _rr({"S": 4, "H": 4})
+    release = asyncio.Event()
+    pages = Pages()
+    order = FanOutOrder(full[:4], _read_when(release, full), pages)  # s0 h0 s1 h1
+    rooms: dict[str, int | None] = {"S": 1, "H": None}
+    assert [w for w, _ in order.take(10, rooms.get)] == ["s0", "h0", "h1"]  # s1 waits for S
+    rooms["S"] = 0  # a wave out, no answer yet
+    assert not await asyncio.wait_for(order.fill(), 0.1)  # nothing came in: no wait either
+    pages.add({"h2": "t:H", "s2": "t:S"})
+    assert await asyncio.wait_for(order.fill(), 0.1)
+    assert [w for w, _ in order.take(10, rooms.get)] == ["h2"]  # s1, s2 wait for S
+    release.set()
+    await asyncio.wait_for(order.fill(wait=True), 1.0)
+    assert [w for w, _ in order.take(10)] == ["s1", "s2", "s3", "h3"] and order.done
+
+
+async def test_slow_origins_still_wait_for_the_whole_read_with_pages_coming_in() -> None:
+    """Pages handed out early do not let a slow origin's held watches go before watches of
+    pages not read yet."""
+    full = _rr({"S": 3, "H": 3})
+    release = asyncio.Event()
+    pages = Pages()
+    order = FanOutOrder(full[:2], _read_when(release, full), pages)  # s0 h0
+    order.slow(["S"])
+    assert order.take(10) == [("h0", "H")]
+    pages.add({"s1": "t:S", "h1": "t:H"})
+    assert await asyncio.wait_for(order.fill(), 0.1)
+    assert order.take(10) == [("h1", "H")]  # s1 is held with s0
+    release.set()
+    await asyncio.wait_for(order.fill(), 1.0)
+    assert [w for w, _ in order.take(10)] == ["h2", "s0", "s1", "s2"] and order.done
 
 
 def _read_when(

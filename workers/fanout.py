@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from relay.store.codec import fan_out_order
 
 Waiting = tuple[str, str]  # watch id, its callback's origin tag
 Room = Callable[[str], int | None]
@@ -28,29 +30,72 @@ watches go last)."""
 SCAN_AHEAD = 4  # a take looks this many times its size past watches that must wait, at most
 
 
+class Pages:
+    """The pages of a fan-out's watches (id -> waiting entry) as its background read brings
+    them in, so the fan-out can go on with them before the read ends."""
+
+    __slots__ = ("_arrived", "_got")
+
+    def __init__(self) -> None:
+        self._got: list[Mapping[str, str]] = []
+        self._arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def add(self, page: Mapping[str, str]) -> None:
+        """A page read (the reader's callback)."""
+        self._got.append(page)
+        if not self._arrived.done():
+            self._arrived.set_result(None)
+
+    @property
+    def ready(self) -> bool:
+        """A page came in since the last :meth:`take`."""
+        return bool(self._got)
+
+    def arrival(self) -> asyncio.Future[None]:
+        """Done once a page is ready."""
+        return self._arrived
+
+    def take(self) -> dict[str, str]:
+        """The entries of the pages that came in since the last take."""
+        got, self._got = self._got, []
+        self._arrived = asyncio.get_running_loop().create_future()
+        entries: dict[str, str] = {}
+        for page in got:
+            entries.update(page)
+        return entries
+
+
 class FanOutOrder:
     """The watches of one fan-out, handed out a chunk at a time.
 
     A large fan-out starts before all of its watches are read: *items* can be the first
     page of them in fan-out order, and *rest* the task reading every page (then ordering
-    them all); :meth:`fill` takes that order in once it is there, or waits for it when the
-    first page is used up. Until then the first page's round robin is the order."""
+    them all); :meth:`fill` takes that order in once it is there. Until then the first
+    page's round robin is the order; when it is used up, the pages read since (*pages*, fed
+    by the read) come next, each page's watches round robin among themselves, and only when
+    none has come in yet does the fan-out wait for the read."""
 
     __slots__ = (
         "_held",
         "_held_next",
         "_items",
         "_next",
+        "_pages",
         "_rest",
+        "_seen",
         "_seq",
         "_single",
         "_slow",
+        "_tags",
         "_waiting",
         "total",
     )
 
     def __init__(
-        self, items: Sequence[Waiting], rest: asyncio.Task[list[Waiting]] | None = None
+        self,
+        items: Sequence[Waiting],
+        rest: asyncio.Task[list[Waiting]] | None = None,
+        pages: Pages | None = None,
     ) -> None:
         self._items = items
         self._next = 0
@@ -61,8 +106,11 @@ class FanOutOrder:
         self._waiting: dict[str, deque[tuple[int, Waiting]]] = {}
         self._seq = 0
         # (one origin: nothing to go before it, it never waits)
-        self._single = len({tag for _, tag in items}) < 2
+        self._tags = {tag for _, tag in items}
+        self._single = len(self._tags) < 2
         self._rest = rest
+        self._pages = pages if rest is not None else None
+        self._seen = {w for w, _ in items} if self._pages is not None else set()
         self.total = len(items)  # watches of the fan-out (known so far)
 
     def __len__(self) -> int:
@@ -84,27 +132,63 @@ class FanOutOrder:
         return self._rest is not None
 
     async def fill(self, wait: bool = False) -> bool:
-        """Take in the whole order once it is read: the watches not read from the order
-        yet, in that order. Waits for it when the first page is used up and none of it
-        waits for its origin (those may go first: a wait for an origin to answer is short),
-        or when told to. True when it took the order in just now."""
-        rest = self._rest
+        """Take in the whole order once it is read: the watches not handed out yet, in that
+        order. Before that, once the watches taken in are used up, the pages read since,
+        if any came in. When none came in, the fan-out waits for the next page or the whole
+        order if none of its watches waits for its origin (those may go first: a wait for
+        an origin to answer is short), or when told to. True when it took in watches just
+        now."""
+        rest, pages = self._rest, self._pages
         if rest is None:
             return False
-        if not (rest.done() or wait or (self._next >= len(self._items) and not self._waiting)):
+        used_up = self._next >= len(self._items)
+        # (pages come in also while watches wait for their origin)
+        if (
+            pages is not None
+            and pages.ready
+            and used_up
+            and not rest.done()
+            and self._merge(pages.take())
+        ):
+            return True
+        if not (rest.done() or wait or (used_up and not self._waiting)):
             return False
+        while pages is not None and not rest.done():
+            if pages.ready and self._merge(pages.take()):
+                return True
+            await asyncio.wait((rest, pages.arrival()), return_when=asyncio.FIRST_COMPLETED)
         full = await rest  # (a failed read raises here and stays: the order is not done)
-        self._rest = None
-        read = {w for w, _ in self._items[: self._next]}
-        self._items = [item for item in full if item[0] not in read]
+        self._rest = self._pages = None
+        if self._seen:  # handed out: every watch taken in so far less those still to come
+            tail = {w for w, _ in self._items[self._next :]}
+            handed = self._seen - tail
+            self._seen = set()
+        else:
+            handed = {w for w, _ in self._items[: self._next]}
+        self._items = [item for item in full if item[0] not in handed]
         self._next = 0
         self._single = len({tag for _, tag in full}) < 2
         self.total = len(full)
         return True
 
+    def _merge(self, entries: Mapping[str, str]) -> bool:
+        """Pages read before the whole order: their watches not seen yet go after those
+        still to come, round robin among themselves. True when there were any."""
+        seen = self._seen
+        new = fan_out_order({w: e for w, e in entries.items() if w not in seen})
+        if not new:
+            return False
+        self._seen.update(w for w, _ in new)
+        self._tags.update(tag for _, tag in new)
+        self._single = len(self._tags) < 2
+        self._items = [*self._items[self._next :], *new]
+        self._next = 0
+        self.total += len(new)
+        return True
+
     def close(self) -> None:
         """Stop reading (the fan-out stopped early)."""
-        rest, self._rest = self._rest, None
+        rest, self._rest, self._pages = self._rest, None, None
         if rest is None:
             return
         if rest.done():

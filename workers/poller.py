@@ -41,7 +41,7 @@ from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
 from relay.store import DELIVERY_BATCH, Store
 from relay.store.codec import fan_out_order
-from workers.fanout import FanOutOrder
+from workers.fanout import FanOutOrder, Pages
 from workers.fanout import Room as OriginRoom
 from workers.leases import Lease, LeaseLost, Leases
 from workers.pump import Pump
@@ -350,15 +350,16 @@ class Poller(Pump[Claimed]):
         next creates only the events still missing.
         """
         vid = step.state.video_id
-        ids, rest = final.watch_ids, None
+        ids, rest, pages = final.watch_ids, None, None
         if ids is None:  # the first page now, the others read while its events are made
             cursor, entries = await self.store.videos.waiting_page(vid)
             ids = fan_out_order(entries)
             if cursor:
+                pages = Pages()
                 rest = asyncio.create_task(
-                    self.store.videos.waiting_rest(vid, cursor, dict(entries))
+                    self.store.videos.waiting_rest(vid, cursor, dict(entries), pages.add)
                 )
-        order = FanOutOrder(ids, rest)
+        order = FanOutOrder(ids, rest, pages)
         try:
             if final.clips is not None:
                 self.on_clips(vid, final.event.at_ms, final.clips)

@@ -12,7 +12,7 @@ lapsed writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from redis.asyncio import Redis
 from redis.typing import EncodableT
@@ -78,13 +78,20 @@ class Videos:
         return int(cursor), batch
 
     async def waiting_rest(
-        self, video_id: str, cursor: int, entries: dict[str, str]
+        self,
+        video_id: str,
+        cursor: int,
+        entries: dict[str, str],
+        on_page: Callable[[Mapping[str, str]], None] | None = None,
     ) -> list[tuple[str, str]]:
         """Every waiting watch in fan-out order, *entries* (updated in place) read already
-        and the pages from *cursor* on (0: none) still to read."""
+        and the pages from *cursor* on (0: none) still to read, each also given to
+        *on_page* as it comes."""
         while cursor:
             cursor, batch = await self.waiting_page(video_id, cursor)
             entries.update(batch)
+            if on_page is not None:
+                on_page(batch)
         return fan_out_order(entries)
 
     async def save(self, updates: Iterable[tuple[VideoState, int, int | None]]) -> set[str]:
