@@ -72,8 +72,8 @@ class FanOutOrder:
     page of them in fan-out order, and *rest* the task reading every page (then ordering
     them all); :meth:`fill` takes that order in once it is there. Until then the first
     page's round robin is the order; when it is used up, the pages read since (*pages*, fed
-    by the read) come next, each page's watches round robin among themselves, and only when
-    none has come in yet does the fan-out wait for the read."""
+    by the read) come next, those that came in together round robin among themselves, and
+    only when none came in does the fan-out wait for the read."""
 
     __slots__ = (
         "_held",

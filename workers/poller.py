@@ -442,7 +442,7 @@ class Poller(Pump[Claimed]):
                 chunk = order.take(size)
                 if chunk or order.done:
                     return chunk, wait_budget
-                ahead = await order.fill(wait=True)  # only the rest of the read is left
+                ahead = await order.fill(wait=True)  # only unread pages are left: the next one
                 continue
             began = time.monotonic()
             await asyncio.sleep(ANSWER_WAIT_S)
