@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -69,17 +70,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"clip-relay: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "api":
-        from relay.api.serving import run_api
+    if args.command == "demo":
+        from relay.devtools.demo import run_demo
 
-        return run_api(settings)
-    if args.command == "worker":
+        return run_demo()
+    try:
+        if args.command == "api":
+            from relay.api.serving import run_api
+
+            return run_api(settings)
         from workers.worker import run
 
         return run(settings)
-    from relay.devtools.demo import run_demo
-
-    return run_demo()
+    except OSError as exc:  # a port taken: one line, as a configuration error is
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"clip-relay {args.command}: cannot listen: {exc.strerror}"
+            " (each process on a host needs its own RELAY_PORT and RELAY_METRICS_PORT)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -41,6 +41,22 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+LIST_LIMIT = 100  # watches listed when no --limit is given
+
+
+def _limit(value: str) -> int:
+    """``--limit``: a whole number, 0 (all) or more."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (all) or a positive whole number, not {value!r}"
+        )
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     """``clip-relay watches`` and its commands."""
     common = _common()
@@ -60,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
     lister.add_argument("--video-id", help="only the watches of this video")
     lister.add_argument("--status", choices=STATUSES, help="only the watches in this status")
     lister.add_argument(
-        "--limit", type=int, default=100, help="at most this many (default 100; 0: all)"
+        "--limit", type=_limit, default=LIST_LIMIT, help="at most this many (default 100; 0: all)"
     )
     lister.add_argument("--cursor", help="go on where an earlier list stopped (its nextCursor)")
     add("get", "show one watch")
@@ -124,10 +140,14 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
     action = args.action
     if action == "list":
         found, cursor = list_some(relay, args.video_id, args.status, args.limit, args.cursor)
-        # (a cursor belongs to its filters: the hint repeats them)
+        # (a cursor belongs to its filters: the hint repeats them, and the limit given)
         filters = "".join(
             f" --{name} {value}"
-            for name, value in (("video-id", args.video_id), ("status", args.status))
+            for name, value in (
+                ("video-id", args.video_id),
+                ("status", args.status),
+                ("limit", None if args.limit == LIST_LIMIT else args.limit),
+            )
             if value is not None
         )
         more = f"\nmore: --cursor {cursor}{filters}" if cursor else ""
@@ -210,8 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(args, relay, print)
     except ApiError as exc:
         print(f"clip-relay watches: {exc.status} {exc.title}", file=sys.stderr)
-        if exc.detail:
-            print(exc.detail, file=sys.stderr)
+        first = exc.errors[0] if exc.errors else {}
+        if exc.detail and exc.detail != f"{first.get('field')}: {first.get('message')}":
+            print(exc.detail, file=sys.stderr)  # (not the first field's error twice)
         for e in exc.errors:
             print(f"  {e.get('field')}: {e.get('message')}", file=sys.stderr)
         return 1

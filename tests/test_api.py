@@ -11,6 +11,7 @@ from pydantic import TypeAdapter
 
 from relay.api.models import DeliveryList, WatchCreated, WatchList, WatchOut
 from relay.api.openapi import document
+from relay.api.views import shown_url
 from relay.domain.signing import generate_secret, is_valid_secret
 from tests.conftest import TENANT_B_KEY, ApiFactory, auth
 
@@ -137,6 +138,47 @@ async def test_missing_required_fields_are_listed(api: Client) -> None:
     resp = await api.post("/v1/watches", json={}, headers=auth())
     data = await problem(resp, 422)
     assert {e["field"] for e in data["errors"]} == {"videoId", "callbackUrl"}
+
+
+@pytest.mark.parametrize("url", ["nope", "http://10.0.0.1/x", "ftp://127.0.0.1/x"])
+async def test_the_callbacks_own_rules_are_listed_beside_other_bad_fields(
+    api: Client, url: str
+) -> None:
+    """Every bad field in one answer: the callback URL's own checks (scheme, SSRF) run even
+    when another field failed validation. Fails before: only minScore was listed."""
+    resp = await api.post(
+        "/v1/watches", json=body(videoId="x y", callbackUrl=url, minScore=200), headers=auth()
+    )
+    data = await problem(resp, 422)
+    assert {e["field"] for e in data["errors"]} == {"videoId", "callbackUrl", "minScore"}
+
+
+async def test_a_password_in_the_callback_url_is_never_shown(api: Client) -> None:
+    """A callback URL's password is sent as Basic authorization: a credential. The API (and
+    so the CLI, the SDK and the dashboard, which show its watch shape) shows it as ***."""
+    url = "http://hook-user:pw-S3CRET@127.0.0.1:9/hook?a=b@c#x"
+    made = await create(api, callbackUrl=url)
+    shown = "http://hook-user:***@127.0.0.1:9/hook?a=b@c#x"
+    assert made["callbackUrl"] == shown
+    got = await api.get(f"/v1/watches/{made['id']}", headers=auth())
+    listed = await api.get("/v1/watches", headers=auth())
+    for resp in (got, listed):
+        text = await resp.text()
+        assert "pw-S3CRET" not in text and shown in text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://127.0.0.1/x", "http://127.0.0.1/x"),
+        ("http://user@127.0.0.1/x", "http://user@127.0.0.1/x"),  # no password: as it is
+        ("http://u:p@[::1]:8/x@y", "http://u:***@[::1]:8/x@y"),
+        ("https://u:p:q@h", "https://u:***@h"),
+        ("http://:p@h/", "http://:***@h/"),
+    ],
+)
+def test_shown_url(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
 
 
 @pytest.mark.parametrize("payload", [b"{", b"nope", b'{"videoId": "a",}', b"\xff\xfe"])

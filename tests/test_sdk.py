@@ -62,6 +62,7 @@ def exercise_sync(url: str, callback: str, video_ids: list[str], rec: Receiver) 
             relay.create_watch(video_id=vid, callback_url=callback)
         seen["got"] = relay.get_watch(first.id)
         seen["listed"] = [w.id for w in relay.list_watches(page_size=2)]
+        seen["listed_big"] = [w.id for w in relay.list_watches(page_size=500)]  # (API: 100)
         first_page = relay.list_watches_page(limit=2)
         seen["pages"] = (
             first_page,
@@ -110,6 +111,9 @@ async def test_every_method_of_the_blocking_client(
     assert seen["got"].id == first.id and seen["got"].secret is None
     assert seen["got"].raw["videoId"] == vids[0]
     assert len(seen["listed"]) == 5 and len(set(seen["listed"])) == 5  # across three pages
+    assert seen["listed_big"] == seen["listed"]  # a page size over the API's cap: its cap
+    assert "secret" not in repr(first) and first.secret  # (not in a log line by repr)
+    assert "secret=" not in repr(seen["rotation"])
     one, two = seen["pages"]  # page by page: the same watches, the same order
     assert [w.id for w in one.data + two.data] == seen["listed"][:4] and one.next_cursor
     assert seen["from_cursor"] == seen["listed"][2:]
@@ -244,8 +248,12 @@ def test_verify_accepts_what_standardwebhooks_signs() -> None:
     }
     event = verify(secret, body, headers)
     assert event.type == "watch.ping" and event.data == {"watchId": "w"} and event.id == "evt_1"
-    with pytest.raises(ValueError, match="whsec_"):
+    # the prefix may be left off, as the other Standard Webhooks libraries allow
+    assert verify(secret.removeprefix("whsec_"), body, headers).id == "evt_1"
+    with pytest.raises(ValueError, match="base64"):
         verify("not-a-secret", body, headers)
+    with pytest.raises(WebhookVerificationError, match=r"(399|400) s in the future"):
+        verify(secret, body, headers, now=now.timestamp() - 400)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ and `demo` as processes, configured only by environment variables."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -173,3 +175,39 @@ def test_a_process_that_exits_before_answering_names_what_it_logged(tmp_path: Pa
             wait_http(f"http://127.0.0.1:{port}/healthz", 20, proc)
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("busy", ["api RELAY_PORT", "worker RELAY_METRICS_PORT"])
+def test_a_port_in_use_is_one_line_and_exit_1(
+    busy: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A second process on a port already taken says so in one line (no traceback), as a
+    configuration error does, and exits 1."""
+    command, variable = busy.split()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        env = relay_env(
+            redis_server.url,
+            "http://127.0.0.1:9/v1",
+            api_keys="ci:" + "k" * 32,
+            upstream_key="sr_test",
+            port=free_port(),
+            metrics_port=free_port(),
+            extra={variable: str(taken.getsockname()[1]), "PATH": os.environ["PATH"]},
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "relay", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"clip-relay {command}: cannot listen:") and "in use" in last, last

@@ -182,6 +182,9 @@ def create_call(
     return Call("POST", "/v1/watches", retry=bool(idempotency_key), body=body, headers=headers)
 
 
+MAX_PAGE = 100  # watches a page of GET /v1/watches, at most (the API's cap)
+
+
 def list_call(video_id: str | None, status: str | None, limit: int, cursor: str | None) -> Call:
     """``GET /v1/watches``, one page."""
     params = {"limit": str(limit)}

@@ -14,6 +14,7 @@ import httpx
 
 from clip_relay_client._core import (
     DEFAULT_TIMEOUT,
+    MAX_PAGE,
     Call,
     Core,
     create_call,
@@ -135,7 +136,8 @@ class Client:
         cursor: str | None = None,
     ) -> Iterator[Watch]:
         """The tenant's watches, newest first (from *cursor*: where a page ended), following
-        ``nextCursor`` page by page."""
+        ``nextCursor`` page by page, *page_size* a page (at most the API's 100)."""
+        page_size = min(page_size, MAX_PAGE)
         while True:
             page = self.list_watches_page(video_id, status, page_size, cursor)
             yield from page.data
@@ -286,7 +288,8 @@ class AsyncClient:
         cursor: str | None = None,
     ) -> AsyncIterator[Watch]:
         """The tenant's watches, newest first (from *cursor*: where a page ended), following
-        ``nextCursor`` page by page."""
+        ``nextCursor`` page by page, *page_size* a page (at most the API's 100)."""
+        page_size = min(page_size, MAX_PAGE)
         while True:
             page = await self.list_watches_page(video_id, status, page_size, cursor)
             for watch in page.data:

@@ -41,7 +41,7 @@ class Watch:
     updated_at: datetime | None
     delivered_at: datetime | None
     last_error: str | None
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)  # (never in logs by repr)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -105,7 +105,7 @@ class SecretRotation:
     """A new webhook secret (``POST /v1/watches/{id}/rotate-secret``); the previous one keeps
     signing beside it until ``previous_secret_expires_at``."""
 
-    secret: str
+    secret: str = field(repr=False)  # (never in logs by repr)
     previous_secret_expires_at: datetime | None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

@@ -69,9 +69,11 @@ class Event(Mapping[str, Any]):
 
 
 def _key(secret: str) -> bytes:
-    if not isinstance(secret, str) or not secret.startswith(_PREFIX):
-        raise ValueError(f"a webhook secret starts with {_PREFIX!r}")
-    encoded = secret[len(_PREFIX) :].encode("ascii", "replace")
+    """The HMAC key of a secret: its base64 part (``whsec_`` may be left off, as other
+    Standard Webhooks libraries allow)."""
+    if not isinstance(secret, str) or not secret:
+        raise ValueError(f"a webhook secret is a string, {_PREFIX}...")
+    encoded = secret.removeprefix(_PREFIX).encode("ascii", "replace")
     encoded += b"=" * (-len(encoded) % 4)
     try:
         return base64.b64decode(encoded, validate=True)
@@ -117,8 +119,10 @@ def verify(
     timestamp = int(raw_ts)
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance:
+        off = int(abs(current - timestamp))
+        when = "old" if current > timestamp else "in the future"
         raise WebhookVerificationError(
-            f"webhook-timestamp is {int(current - timestamp)} s off (tolerance {tolerance:g} s)"
+            f"webhook-timestamp is {off} s {when} (tolerance {tolerance:g} s)"
         )
     given: list[bytes] = []
     for entry in signatures.split():
