@@ -140,7 +140,9 @@ async def test_missing_required_fields_are_listed(api: Client) -> None:
     assert {e["field"] for e in data["errors"]} == {"videoId", "callbackUrl"}
 
 
-@pytest.mark.parametrize("url", ["nope", "http://10.0.0.1/x", "ftp://127.0.0.1/x"])
+@pytest.mark.parametrize(
+    "url", ["nope", "http://10.0.0.1/x", "ftp://127.0.0.1/x", "http:\n//u:p@127.0.0.1:9/x"]
+)
 async def test_the_callbacks_own_rules_are_listed_beside_other_bad_fields(
     api: Client, url: str
 ) -> None:
@@ -175,6 +177,8 @@ async def test_a_password_in_the_callback_url_is_never_shown(api: Client) -> Non
         ("http://u:p@[::1]:8/x@y", "http://u:***@[::1]:8/x@y"),
         ("https://u:p:q@h", "https://u:***@h"),
         ("http://:p@h/", "http://:***@h/"),
+        ("http:\n//u:p@h/", "http://u:***@h/"),  # (stored before such URLs were refused)
+        ("http:/\t/u:p@h/", "http://u:***@h/"),
     ],
 )
 def test_shown_url(url: str, shown: str) -> None:

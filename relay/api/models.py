@@ -92,7 +92,10 @@ class WatchOut(_Model):
 
     id: str = Field(examples=["wat_0k3l2m5n8p9q1r4s6t7u0v2w"])
     video_id: str = Field(alias="videoId")
-    callback_url: str = Field(alias="callbackUrl")
+    callback_url: str = Field(
+        alias="callbackUrl",
+        description="as registered, but a password in it is shown as *** (it is a credential)",
+    )
     min_score: float = Field(alias="minScore")
     max_score: float | None = Field(alias="maxScore")
     favorited_only: bool = Field(alias="favoritedOnly")

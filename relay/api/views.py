@@ -54,9 +54,14 @@ def principal(request: web.Request) -> Principal:
     return request[k.PRINCIPAL]
 
 
+_DROPPED = {9: None, 10: None, 13: None}  # tab, LF, CR
+
+
 def shown_url(url: str) -> str:
     """A callback URL as the API, the CLI and the dashboard show it: a password in it (sent
-    as Basic authorization) is a credential, shown as ``***``; the rest as registered."""
+    as Basic authorization) is a credential, shown as ``***``; the rest as registered.
+    (Tabs and newlines, which URL parsers drop, are dropped first: none hides a password.)"""
+    url = url.translate(_DROPPED)
     start = url.find("://") + 3
     if start < 3:
         return url

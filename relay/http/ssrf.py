@@ -98,6 +98,9 @@ class CallbackPolicy:
         """Check a callback URL's form; :class:`CallbackRefused` names what is wrong."""
         if len(url) > MAX_CALLBACK_URL:
             raise CallbackRefused(f"must be at most {MAX_CALLBACK_URL} characters")
+        if any(ord(ch) < 0x20 or ch == "\x7f" for ch in url):
+            # (a URL parser drops tabs and newlines: the URL used would not be the one shown)
+            raise CallbackRefused("must not contain control characters")
         try:
             parsed = URL(url)
         except (ValueError, TypeError):
