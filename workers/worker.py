@@ -62,11 +62,13 @@ class Runtime:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """Open Redis, the upstream session and the webhook client; start the pumps and the
-    metrics server."""
+    """Open Redis and the metrics server, the upstream session and the webhook client;
+    start the pumps."""
     settings: Settings = ctx[SETTINGS]
     redis = connect(settings.redis_url)
     store = Store(redis)
+    # its port first: a port in use stops the worker before any pump has claimed work
+    runner = await health.serve(settings, store)
     policy = CallbackPolicy(settings.callback_allow, Resolver(settings.dns_servers))
     upstream_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.poll_concurrency * 2, ttl_dns_cache=60),
@@ -109,7 +111,6 @@ async def startup(ctx: dict[str, Any]) -> None:
     deliverer.start()
     expirer.start()
     sweeper.start()
-    runner = await health.serve(settings, store)
     ctx[STORE] = store
     ctx[RUNTIME] = Runtime(
         store,
