@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from clip_relay_client import ApiError, Client, Delivery, Watch
+from clip_relay_client import MAX_PAGE, ApiError, Client, Delivery, Watch
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 STATUSES = ("watching", "delivering", "delivered", "failed", "disabled", "cancelled")
@@ -183,7 +183,7 @@ def list_some(
     there are no more): pages sized so that the last one ends at the limit."""
     found: list[Watch] = []
     while True:
-        want = 100 if limit <= 0 else min(limit - len(found), 100)
+        want = MAX_PAGE if limit <= 0 else min(limit - len(found), MAX_PAGE)
         page = relay.list_watches_page(video_id, status, want, cursor)
         found += page.data
         cursor = page.next_cursor

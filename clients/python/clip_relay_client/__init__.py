@@ -3,6 +3,7 @@ and webhook verification (:func:`verify`). Depends on httpx and the standard lib
 
 from __future__ import annotations
 
+from clip_relay_client._core import MAX_PAGE
 from clip_relay_client._errors import ApiError, ClipRelayError, WebhookVerificationError
 from clip_relay_client.client import AsyncClient, Client
 from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchPage, WatchStatus
@@ -10,6 +11,7 @@ from clip_relay_client.webhooks import Event, EventType, verify
 
 __version__ = "0.1.0"
 __all__ = [
+    "MAX_PAGE",
     "ApiError",
     "AsyncClient",
     "Client",
