@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from relay import constants as c
 from relay.store import Store
 from relay.store.limits import Limits
-from tests.conftest import early_in_a_second
+from tests.conftest import early_in_a_second, eventually
 from workers.upstream_budget import Paused, UpstreamGate
 
 
@@ -123,17 +123,64 @@ async def test_tokens_are_taken_from_redis_in_chunks(store: Store) -> None:
     assert counting.token_calls >= 256 // 64
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a gate holding tokens of the current second spends them without looking at "
-    "Redis, so a 429 pause set by another worker does not hold it until the second ends",
-)
 async def test_a_pause_holds_a_gate_that_has_tokens_left(store: Store) -> None:
     """Rule (module docstring: "A 429 from the upstream pauses every worker"): a gate that
-    still holds tokens of this second does not use them while another worker's pause runs."""
+    still holds tokens of this second does not use them while another worker's pause runs:
+    it learns of the pause as it is set (the pause feed), without a round trip of its own."""
     holder, pausing = UpstreamGate(store.limits, 1000), UpstreamGate(store.limits, 1000)
-    await early_in_a_second(0.5)
-    await holder.acquire()  # takes a chunk of 64: 63 held
-    await pausing.pause(2)
-    with pytest.raises(Paused):
-        await holder.acquire(max_pause=0.5)
+    subscribed = asyncio.Event()
+    following = asyncio.create_task(holder.follow_pauses(subscribed))
+    try:
+        await asyncio.wait_for(subscribed.wait(), 5)
+        await early_in_a_second(0.5)
+        await holder.acquire()  # takes a chunk of 64: 63 held
+        await pausing.pause(2)
+        await eventually(lambda: holder.paused_until > time.time() + 1, what="the pause heard")
+        with pytest.raises(Paused):
+            await holder.acquire(max_pause=0.5)
+    finally:
+        holder.stop_following()
+        await asyncio.wait_for(following, 3)
+
+
+async def test_a_short_pause_heard_is_waited_out_with_the_tokens_held(store: Store) -> None:
+    """Rule: a pause shorter than the caller's *max_pause* is waited out, also by a gate
+    that holds tokens of this second (it heard the pause through the feed)."""
+    holder, pausing = UpstreamGate(store.limits, 1000), UpstreamGate(store.limits, 1000)
+    subscribed = asyncio.Event()
+    following = asyncio.create_task(holder.follow_pauses(subscribed))
+    try:
+        await asyncio.wait_for(subscribed.wait(), 5)
+        await early_in_a_second(0.3)
+        await holder.acquire()  # 63 held
+        await pausing.pause(0.4)
+        await eventually(lambda: holder.paused_until > time.time(), what="the pause heard")
+        t0 = time.monotonic()
+        await holder.acquire(max_pause=1)
+        assert time.monotonic() - t0 >= 0.2
+    finally:
+        holder.stop_following()
+        await asyncio.wait_for(following, 3)
+
+
+async def test_the_pause_feed_comes_back_after_its_connection_is_lost(
+    store: Store, redis: Redis
+) -> None:
+    """Rule: a gate following the pauses subscribes again when its connection drops (a
+    Redis restart or a killed client), and hears the pauses set after that."""
+    gate = UpstreamGate(store.limits, 1000)
+    subscribed = asyncio.Event()
+    following = asyncio.create_task(gate.follow_pauses(subscribed))
+    try:
+        await asyncio.wait_for(subscribed.wait(), 5)
+        pausing = UpstreamGate(store.limits, 1000)
+        assert await redis.client_kill_filter(_type="pubsub") == 1
+
+        async def heard() -> bool:
+            await pausing.pause(3)  # each a later end than the last: published
+            return gate.paused_until > time.time() + 2
+
+        await eventually(heard, every=0.2, what="a pause heard after the kill")
+    finally:
+        gate.stop_following()
+        await asyncio.wait_for(following, 3)

@@ -7,7 +7,9 @@ second as Redis told it (measured on this host's monotonic clock), so a worker w
 clock is off shares the same buckets as the others and never spends a second's tokens in
 another. A 429
 from the upstream pauses every worker until its Retry-After has passed; a caller holding a
-lease does not sleep through a long pause (:class:`Paused`), it reschedules its work.
+lease does not sleep through a long pause (:class:`Paused`), it reschedules its work. A
+gate learns of another worker's pause as it is set (:meth:`UpstreamGate.follow_pauses`, a
+Redis subscription), so the tokens it holds of this second wait out the pause too.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+from redis.exceptions import RedisError
+
+from relay import logs
 from relay.metrics import UPSTREAM_WAIT
 from relay.store.limits import Limits
+
+log = logs.get("workers.upstream_budget")
+FEED_RETRY_S = 1.0  # after the pause feed's connection is lost
 
 
 class Paused(Exception):
@@ -38,6 +46,7 @@ class UpstreamGate:
         self._until = 0.0  # (monotonic) when the tokens held end: their second is over
         self._lock = asyncio.Lock()
         self.paused_until = 0.0  # as last learnt from Redis (epoch seconds)
+        self._following = False
 
     async def acquire(self, *, max_pause: float = float("inf")) -> None:
         """Wait for one request's worth of the shared budget. A 429 pause longer than
@@ -46,8 +55,13 @@ class UpstreamGate:
             waited = 0.0
             try:
                 while True:
-                    if self.paused_until > time.time() + max_pause:
+                    left = self.paused_until - time.time()
+                    if left > max_pause:
                         raise Paused(self.paused_until)
+                    if left > 0:  # paused: the tokens held wait too
+                        waited += left
+                        await asyncio.sleep(left)
+                        continue
                     if self._tokens > 0 and time.monotonic() < self._until:
                         self._tokens -= 1
                         return
@@ -57,13 +71,10 @@ class UpstreamGate:
                         self._until, self._tokens = sent + ms / 1000, granted - 1
                         return
                     self._tokens = 0
-                    pause = ms / 1000
-                    if granted < 0:  # paused: ms left
-                        self.paused_until = time.time() + pause
-                        if pause > max_pause:
-                            raise Paused(self.paused_until)
-                    else:  # this second's budget is spent
-                        pause += 0.001
+                    if granted < 0:  # paused: ms left (waited out at the top)
+                        self._hold(ms / 1000)
+                        continue
+                    pause = ms / 1000 + 0.001  # this second's budget is spent
                     waited += pause
                     await asyncio.sleep(pause)
             finally:
@@ -72,6 +83,32 @@ class UpstreamGate:
 
     async def pause(self, seconds: float) -> None:
         """Pause every worker's upstream requests for *seconds* (after a 429)."""
+        self._hold(seconds)
+        await self._limits.pause_upstream(int(seconds * 1000))
+
+    def _hold(self, seconds: float) -> None:
+        """No request for *seconds* from now (a later end already known is kept)."""
         self._tokens = 0
         self.paused_until = max(self.paused_until, time.time() + seconds)
-        await self._limits.pause_upstream(int(seconds * 1000))
+
+    async def follow_pauses(self, ready: asyncio.Event | None = None) -> None:
+        """Learn of every worker's 429 pause as it is set, until :meth:`stop_following`;
+        *ready* is set once subscribed. Without it a gate would learn of another worker's
+        pause only at its next Redis round trip, spending the tokens it holds meanwhile."""
+        self._following = True
+        while self._following:
+            try:
+                async with self._limits.pause_feed() as feed:
+                    if ready is not None:
+                        ready.set()
+                    while self._following:
+                        ms = await feed.next(within=1.0)
+                        if ms is not None:
+                            self._hold(ms / 1000)
+            except (RedisError, OSError) as exc:
+                log.warning("upstream pause feed lost; resubscribing", error=type(exc).__name__)
+                await asyncio.sleep(FEED_RETRY_S)
+
+    def stop_following(self) -> None:
+        """End :meth:`follow_pauses` (within a second)."""
+        self._following = False

@@ -59,6 +59,7 @@ class Runtime:
     callbacks: WebhookClient
     metrics_runner: web.AppRunner | None
     gauges: asyncio.Task[None]
+    pauses: asyncio.Task[None]  # the gate following other workers' 429 pauses
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -122,6 +123,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         callbacks,
         runner,
         asyncio.create_task(health.gauges(store)),
+        asyncio.create_task(gate.follow_pauses()),
     )
     log.info(
         "worker started",
@@ -147,6 +149,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     )
     rt.gauges.cancel()
     await finish(rt.gauges, 1.0)
+    rt.poller.gate.stop_following()
+    await finish(rt.pauses, 2.0)
     await rt.upstream_session.close()
     await rt.callbacks.close()
     if rt.metrics_runner is not None:
