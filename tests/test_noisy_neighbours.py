@@ -246,6 +246,56 @@ async def test_the_breaker_opens_probes_and_closes(
     assert deliverer.breakers.open_origins == 0
 
 
+async def test_a_recovery_is_sent_at_once_though_the_circuit_was_open(
+    make_api: ApiFactory, make_worker: WorkerFactory, sim: Client, black_hole: BlackHole
+) -> None:
+    """Watches failed while their origin was down, its circuit open for a long cooldown; the
+    origin comes back and the operator recovers them (and redelivers one) before the
+    cooldown ends: the attempts asked for reach the origin, none is ``circuit open``."""
+    api = await make_api(rate_limit=100_000)
+    worker = await make_worker(
+        delivery_timeout=0.5,
+        lease=3,
+        retry_schedule=(0.2,),
+        breaker_failures=2,
+        breaker_cooldown=600,
+    )
+    video = await new_video(sim)
+    watches = await register(api, video, black_hole.url + "/hole", 6)
+    await asyncio.sleep(0.3)
+    await complete(sim, video)
+
+    async def statuses() -> list[str]:
+        return [
+            (await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json())["status"]
+            for w in watches
+        ]
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and set(await statuses()) != {"failed"}:
+        await asyncio.sleep(0.2)
+    assert set(await statuses()) == {"failed"}
+    deliverer = worker.ctx["runtime"].deliverer
+    assert deliverer.breakers.open_origins == 1
+    black_hole.answering = True
+    redelivered, rest = watches[0], watches[1:]
+    resp = await api.post(f"/v1/watches/{redelivered['id']}/redeliver", headers=auth())
+    assert resp.status == 202, await resp.text()
+    resp = await api.post(
+        "/v1/watches/recover", json={"since": "2020-01-01T00:00:00Z"}, headers=auth()
+    )
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["count"] == len(rest)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and set(await statuses()) != {"delivered"}:
+        await asyncio.sleep(0.1)
+    assert set(await statuses()) == {"delivered"}
+    for w in watches:
+        last = (await attempts(api, w["id"]))[-1]
+        assert last["statusCode"] == 204 and last["error"] is None, last
+    assert deliverer.breakers.open_origins == 0
+
+
 async def test_a_slow_origins_backlog_never_starves_the_claimer(
     make_api: ApiFactory,
     make_worker: WorkerFactory,

@@ -196,6 +196,25 @@ def test_breaker_half_open_lets_one_probe_through() -> None:
     assert b.check(A) is Verdict.SEND and b.open_origins == 0
 
 
+def test_breaker_close_shuts_the_circuits_named_and_only_those() -> None:
+    """An operator's redelivery closes its origin's circuit (by tag), a recovery every one;
+    a closed origin that fails again opens after the full count."""
+    clock = Clock()
+    b = Breakers(failures=2, cooldown_s=30, clock=clock)
+    for origin in (A, B, A, B):
+        b.record(origin, False)
+    assert b.open_origins == 2
+    assert b.close("nomatch") == 0 and b.open_origins == 2
+    assert b.close(origin_tag(A)) == 1
+    assert b.check(A) is Verdict.SEND and b.check(B) is Verdict.OPEN and b.open_origins == 1
+    b.record(A, False)
+    assert b.check(A) is Verdict.SEND  # one failure: still closed
+    b.record(A, False)
+    assert b.check(A) is Verdict.OPEN
+    assert b.close() == 2 and b.open_origins == 0
+    assert b.check(A) is Verdict.SEND and b.check(B) is Verdict.SEND
+
+
 def test_what_counts_as_no_answer() -> None:
     for error in ("timeout", "connect: Connection refused", "dns: host not resolved"):
         assert no_answer(error)

@@ -17,14 +17,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from redis.exceptions import RedisError
-
-from relay import logs
 from relay.metrics import UPSTREAM_WAIT
 from relay.store.limits import Limits
-
-log = logs.get("workers.upstream_budget")
-FEED_RETRY_S = 1.0  # after the pause feed's connection is lost
+from workers.feeds import Follower
 
 
 class Paused(Exception):
@@ -46,7 +41,9 @@ class UpstreamGate:
         self._until = 0.0  # (monotonic) when the tokens held end: their second is over
         self._lock = asyncio.Lock()
         self.paused_until = 0.0  # as last learnt from Redis (epoch seconds)
-        self._following = False
+        self._pauses = Follower(
+            lambda: limits.pause_feed(), lambda ms: self._hold(int(ms) / 1000), "upstream pauses"
+        )
 
     async def acquire(self, *, max_pause: float = float("inf")) -> None:
         """Wait for one request's worth of the shared budget. A 429 pause longer than
@@ -95,20 +92,8 @@ class UpstreamGate:
         """Learn of every worker's 429 pause as it is set, until :meth:`stop_following`;
         *ready* is set once subscribed. Without it a gate would learn of another worker's
         pause only at its next Redis round trip, spending the tokens it holds meanwhile."""
-        self._following = True
-        while self._following:
-            try:
-                async with self._limits.pause_feed() as feed:
-                    if ready is not None:
-                        ready.set()
-                    while self._following:
-                        ms = await feed.next(within=1.0)
-                        if ms is not None:
-                            self._hold(ms / 1000)
-            except (RedisError, OSError) as exc:
-                log.warning("upstream pause feed lost; resubscribing", error=type(exc).__name__)
-                await asyncio.sleep(FEED_RETRY_S)
+        await self._pauses.run(ready)
 
     def stop_following(self) -> None:
         """End :meth:`follow_pauses` (within a second)."""
-        self._following = False
+        self._pauses.stop()

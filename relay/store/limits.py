@@ -4,13 +4,11 @@ pause, the API's per-key request counters, and Redis' memory against its limit.
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 
 from relay import constants as c
 from relay.store import scripts
+from relay.store.feeds import Feed
 
 
 class Limits:
@@ -41,10 +39,10 @@ class Limits:
             keys=[c.UPSTREAM_PAUSE_KEY], args=[max(pause_ms, 1), c.UPSTREAM_PAUSE_CHANNEL]
         )
 
-    def pause_feed(self) -> PauseFeed:
-        """The upstream pauses any worker sets from now on, as they are set: ``async with
-        store.limits.pause_feed() as feed: ms = await feed.next(within=1.0)``."""
-        return PauseFeed(self.redis)
+    def pause_feed(self) -> Feed:
+        """The upstream pauses any worker sets from now on, as they are set: each one's
+        length in ms (:mod:`relay.store.feeds`)."""
+        return Feed(self.redis, c.UPSTREAM_PAUSE_CHANNEL)
 
     # --- API rate limit ----------------------------------------------------------------
 
@@ -77,27 +75,3 @@ class Limits:
         """Redis' ``used_memory`` and ``maxmemory`` in bytes (0: no limit)."""
         info = await self.redis.info("memory")
         return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
-
-
-class PauseFeed:
-    """A subscription to the upstream pauses (one Redis connection while it is open)."""
-
-    def __init__(self, redis: Redis) -> None:
-        self._pubsub: PubSub = redis.pubsub(ignore_subscribe_messages=True)
-
-    async def __aenter__(self) -> PauseFeed:
-        await self._pubsub.subscribe(c.UPSTREAM_PAUSE_CHANNEL)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def next(self, within: float) -> int | None:
-        """The length (ms) of the next pause set, or None when none came *within* s."""
-        message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=within)
-        return None if message is None else int(message["data"])

@@ -18,8 +18,9 @@ from relay import constants as c
 from relay.domain import attempts
 from relay.domain.clock import now_ms
 from relay.domain.listing import Page, decode_cursor, encode_cursor
+from relay.domain.origin import url_origin_tag
 from relay.domain.watch import SecretEntry, Watch
-from relay.store import recovery, scripts
+from relay.store import feeds, recovery, scripts
 from relay.store.codec import (
     RECORD_PREFIX,
     STATE_FIELDS,
@@ -258,6 +259,8 @@ class Watches:
             keys=[c.WATCH_KEY.format(watch.id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
             args=[watch.id, now_ms(), c.TENANT_PREFIX, watch.tenant, secrets.token_hex(8)],
         )
+        if result == "ok":  # the attempt asked for is sent, whatever the workers' circuits
+            await feeds.close_circuits(self.redis, url_origin_tag(watch.callback_url))
         return str(result) if result else None
 
     async def rotate_secret(
@@ -283,7 +286,10 @@ class Watches:
     async def recover(self, tenant: str, since_ms: int, until_ms: int) -> int:
         """Put the tenant's watches that became failed in [since_ms, until_ms) back to
         delivering their last event (:func:`relay.store.recovery.recover`); how many."""
-        return await recovery.recover(self._recover, tenant, since_ms, until_ms)
+        moved = await recovery.recover(self._recover, tenant, since_ms, until_ms)
+        if moved:  # (their origins are not read: every circuit closes)
+            await feeds.close_circuits(self.redis)
+        return moved
 
     async def record_ping(self, watch_id: str, record: bytes) -> int | None:
         """Add a ``watch.ping`` attempt to the watch's records, its status untouched."""

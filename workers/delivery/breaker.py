@@ -11,7 +11,9 @@ closes the circuit, no answer opens it for another cooldown. An HTTP answer of a
 
 The state is kept per worker, in memory: it costs Redis nothing per delivery, and each
 worker learns an origin is down after RELAY_BREAKER_FAILURES of its own attempts (see
-docs/architecture.md, "Noisy neighbours").
+docs/architecture.md, "Noisy neighbours"). An operator's redelivery or recovery closes the
+circuits it concerns in every worker (:meth:`Breakers.close`, told through a Redis feed):
+the attempts asked for are sent, and if the origin is still down they open it again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
-from relay.domain.origin import Origin
+from relay.domain.origin import Origin, origin_tag
 from relay.metrics import CIRCUIT_OPEN, CIRCUITS_OPEN
 
 MAX_ORIGINS = 10_000  # closed origins remembered (their failure counts) at most
@@ -107,6 +109,18 @@ class Breakers:
                 self.open_origins -= 1
                 CIRCUITS_OPEN.dec()
             del self._states[origin]
+
+    def close(self, tag: str | None = None) -> int:
+        """Close the open (or half-open) circuits of the origins whose
+        :func:`~relay.domain.origin.origin_tag` is *tag* (None: every one); how many."""
+        shut = [
+            o for o, s in self._states.items() if s.until and (tag is None or origin_tag(o) == tag)
+        ]
+        for o in shut:
+            del self._states[o]
+        self.open_origins -= len(shut)
+        CIRCUITS_OPEN.dec(len(shut))
+        return len(shut)
 
     def _open(self, s: _State) -> None:
         if not s.until:

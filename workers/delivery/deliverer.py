@@ -23,7 +23,8 @@ from relay.http.webhook import WebhookClient
 from relay.metrics import DEFERRED, ORIGIN_WAITING
 from relay.settings import Settings
 from relay.store import Store
-from relay.tasks import finish_all
+from relay.store.feeds import ALL_ORIGINS, circuit_feed
+from relay.tasks import finish, finish_all
 from workers.delivery.bodies import Bodies
 from workers.delivery.breaker import Breakers, Verdict
 from workers.delivery.claim import Claimer
@@ -32,6 +33,7 @@ from workers.delivery.links import LinkRefresher
 from workers.delivery.logger import log
 from workers.delivery.send import Sender
 from workers.delivery.settle import Settler
+from workers.feeds import Follower
 from workers.upstream_budget import UpstreamGate
 
 LEASE_MARGIN_S = 1.0  # a claim must outlast an attempt by this much, or it is renewed first
@@ -72,6 +74,10 @@ class Deliverer:
         self.breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown)
         self.claimer.defer_after_s = DEFER_AFTER_S
         self.claimer.keep = self.breakers.is_open
+        self.circuit_news = Follower(
+            lambda: circuit_feed(store.redis), self._close_circuits, "circuit closes"
+        )
+        self._following: asyncio.Task[None] | None = None
         self.claimer.slow = SLOW
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -138,6 +144,14 @@ class Deliverer:
         self.claimer.start()
         self.settler.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="deliverer-origin-sweep")
+        self._following = asyncio.create_task(self.circuit_news.run(), name="circuit-closes")
+
+    def _close_circuits(self, tag: str) -> None:
+        """A redelivery or recovery was started (its origin's tag, or ``*``): close those
+        circuits, so the attempts asked for are sent."""
+        closed = self.breakers.close(None if tag == ALL_ORIGINS else tag)
+        if closed:
+            log.info("circuits closed for a redelivery", origins=closed, origin_tag=tag)
 
     async def _sweep(self) -> None:
         """Every SWEEP_S: hand back the claims of queued jobs that a full, slow origin would
@@ -163,6 +177,9 @@ class Deliverer:
         send it again)."""
         await self.claimer.stop(grace_s)
         self._closing = True
+        self.circuit_news.stop()
+        if self._following is not None:
+            await finish(self._following, 2.0)
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
