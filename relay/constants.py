@@ -25,6 +25,7 @@ TENANT_COUNTS_KEY: Final = TENANT_PREFIX + "{}:n"  # hash: a tenant's watches pe
 # hash: a tenant's delivery attempts in one minute (minutes since the epoch): ok, fail
 TENANT_MINUTE_KEY: Final = TENANT_PREFIX + "{}:m:{}"
 UI_LOGIN_KEY: Final = PREFIX + "ui:login:{}:{}"  # string: sign-ins from one address in a minute
+UI_ENDED_KEY: Final = PREFIX + "ui:ended:{}"  # string: a signed-out dashboard session's id
 IDEMPOTENCY_KEY: Final = PREFIX + "idem:{}:{}"  # string: tenant + Idempotency-Key -> watch
 POLL_SCHEDULE_KEY: Final = PREFIX + "sched:poll"  # zset: video id -> next poll (ms)
 DELIVERY_SCHEDULE_KEY: Final = PREFIX + "sched:delivery"  # zset: watch id -> next attempt (ms)

@@ -402,6 +402,43 @@ async def test_session_ends_when_its_key_leaves(make_api: ApiFactory, settings: 
     assert got.status == 303
 
 
+async def test_signing_out_ends_every_copy_of_the_session(make_api: ApiFactory) -> None:
+    """Sign-out ends the session on the server, not only in the browser: a copy of the
+    cookie taken before (on any replica) is refused afterwards; a new sign-in works."""
+    one = await make_api(ui_secret="shared-secret")
+    token = await _csrf(one)
+    resp = await one.post(
+        "/ui/login", data={"apiKey": TENANT_A_KEY, "csrfToken": token}, allow_redirects=False
+    )
+    cookie = resp.cookies["cr_ui"].value
+    page = await (await one.get("/ui/", cookies={"cr_ui": cookie})).text()
+    found = re.search(r'name="csrfToken" value="([^"]+)"', page)
+    assert found
+    out = await one.post(
+        "/ui/logout",
+        data={"csrfToken": found.group(1)},
+        cookies={"cr_ui": cookie},
+        allow_redirects=False,
+    )
+    assert out.status == 303 and out.headers["Location"] == "/ui/login"
+    two = await make_api(ui_secret="shared-secret")
+    for client in (one, two):
+        got = await client.get("/ui/", cookies={"cr_ui": cookie}, allow_redirects=False)
+        assert got.status == 303 and got.headers["Location"] == "/ui/login"
+        assert got.cookies["cr_ui"].value == ""  # dropped
+        posted = await client.post(  # its form's token went with it
+            "/ui/logout", data={"csrfToken": found.group(1)}, cookies={"cr_ui": cookie}
+        )
+        assert posted.status == 403
+    token = await _csrf(one)
+    again = await one.post(
+        "/ui/login", data={"apiKey": TENANT_A_KEY, "csrfToken": token}, allow_redirects=False
+    )
+    fresh = again.cookies["cr_ui"].value
+    got = await one.get("/ui/", cookies={"cr_ui": fresh}, allow_redirects=False)
+    assert got.status == 200
+
+
 def test_chart_layout() -> None:
     from relay.store.dashboard import Minute
     from relay.ui.chart import layout, nice_max

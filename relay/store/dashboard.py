@@ -1,6 +1,6 @@
 """What the dashboard (``/ui/``) reads and counts beyond the watches themselves: a tenant's
-delivery attempts per minute (written by ``settle.lua``, read here) and the sign-in attempts
-per client address."""
+delivery attempts per minute (written by ``settle.lua``, read here), the sign-in attempts
+per client address, and the sessions signed out before their cookie expires."""
 
 from __future__ import annotations
 
@@ -49,3 +49,11 @@ class Dashboard:
         pipe.expire(key, 120)
         count, _ = await pipe.execute()
         return int(count)
+
+    async def end_session(self, session_id: str, lifetime_s: float) -> None:
+        """Mark a session signed out, for as long as its cookie could still be valid."""
+        await self.redis.set(c.UI_ENDED_KEY.format(session_id), 1, ex=max(int(lifetime_s), 1))
+
+    async def session_ended(self, session_id: str) -> bool:
+        """Was this session signed out (one round trip per signed-in request)?"""
+        return bool(await self.redis.exists(c.UI_ENDED_KEY.format(session_id)))

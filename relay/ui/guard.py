@@ -18,7 +18,7 @@ from relay import logs
 from relay.api import appkeys as k
 from relay.api.auth import Principal
 from relay.store.dashboard import Dashboard
-from relay.ui.session import COOKIE, Session, Sessions, csrf_ok, new_session
+from relay.ui.session import COOKIE, Session, Sessions, csrf_ok, new_session, session_id
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logs.get("relay.ui")
@@ -106,19 +106,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     static = request.path.startswith(STATIC)
     sessions = request.app[SESSIONS]
-    current = sessions.read(request)
+    request[SESSION] = new_session()  # (until the cookie's is known: an error page needs one)
     drop = False
-    if current is not None and current.tenant:
-        who = request.config_dict[k.AUTH].by_key_id(current.key_id)
-        if who is not None and who.tenant == current.tenant:
-            request[SIGNED_IN] = who
-        else:  # its key left RELAY_API_KEYS: the session ends
-            current, drop = None, True
-    if current is None:
-        current = new_session()
-    request[SESSION] = current
     response: web.StreamResponse
     try:
+        if static:  # (no page, no Redis)
+            current = sessions.read(request) or new_session()
+        else:
+            current, drop = await _identify(request, sessions)
+        request[SESSION] = current
         if SIGNED_IN not in request and not static and request.path not in PUBLIC:
             raise web.HTTPSeeOther(LOGIN)
         if request.method == "POST" and not await _csrf_given(request, current):
@@ -147,6 +143,22 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if drop and COOKIE not in response.cookies:  # (unless the page made a new session)
         sessions.clear(request, response)
     return response
+
+
+async def _identify(request: web.Request, sessions: Sessions) -> tuple[Session, bool]:
+    """The visitor's session (a new anonymous one when the cookie holds none), and whether
+    the cookie is to be dropped: its key left RELAY_API_KEYS, or it was signed out. Sets
+    :data:`SIGNED_IN` for a live signed-in session."""
+    current = sessions.read(request)
+    if current is None or not current.tenant:
+        return current or new_session(), False
+    who = request.config_dict[k.AUTH].by_key_id(current.key_id)
+    if who is None or who.tenant != current.tenant:  # its key left RELAY_API_KEYS
+        return new_session(), True
+    if await dashboard(request).session_ended(session_id(current)):  # signed out
+        return new_session(), True
+    request[SIGNED_IN] = who
+    return current, False
 
 
 async def _csrf_given(request: web.Request, current: Session) -> bool:

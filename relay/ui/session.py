@@ -4,7 +4,9 @@ CSRF token; keyed by RELAY_UI_SECRET.
 
 A visitor who has not signed in gets an anonymous session too (no tenant): it carries the
 CSRF token of the sign-in form. A session lasts RELAY_UI_SESSION seconds from sign-in and
-ends when its key leaves RELAY_API_KEYS (its id is checked on every request).
+ends when its key leaves RELAY_API_KEYS (its id is checked on every request) or at sign-out:
+its id (:func:`session_id`) is then kept in Redis until the cookie would have expired, so a
+copy of the cookie is refused too.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ class Sessions:
 def new_session(tenant: str = "", key_id: str = "") -> Session:
     """A session with a fresh CSRF token (a new one at every sign-in)."""
     return Session(secrets.token_urlsafe(24), tenant, key_id)
+
+
+def session_id(session: Session) -> str:
+    """The id a signed-out session is remembered by: a digest of its CSRF token (fresh at
+    each sign-in), so Redis never holds the token itself."""
+    return hashlib.sha256(b"clip-relay session id\0" + session.csrf.encode()).hexdigest()[:32]
 
 
 def csrf_ok(session: Session | None, given: str) -> bool:

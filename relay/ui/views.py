@@ -25,7 +25,7 @@ from relay.domain.watch import Watch
 from relay.store import Store
 from relay.ui import chart
 from relay.ui.guard import SESSIONS, SIGNED_IN, dashboard, principal, render, session
-from relay.ui.session import new_session
+from relay.ui.session import new_session, session_id
 
 PAGE_SIZE = 50
 SIGN_INS_PER_MINUTE = 10  # per client address
@@ -74,7 +74,10 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    """``/ui/logout`` (GET or POST): the session ends."""
+    """``/ui/logout`` (GET or POST): the session ends, also for any copy of its cookie."""
+    current = session(request)
+    if SIGNED_IN in request:
+        await dashboard(request).end_session(session_id(current), request.app[SESSIONS].lifetime_s)
     response = web.HTTPSeeOther("/ui/login")
     request.app[SESSIONS].clear(request, response)
     raise response
