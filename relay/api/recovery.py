@@ -98,7 +98,10 @@ async def recover(request: web.Request) -> web.Response:
     since = _time(body, "since", errors)
     until = _time(body, "until", errors) if "until" in body else now_ms() + 1  # now included
     if since is not None and until is not None and until <= since:
-        errors.append({"field": "until", "message": "must be later than since"})
+        if "until" in body:
+            errors.append({"field": "until", "message": "must be later than since"})
+        else:  # until is now: the client sent only since, which is what is wrong
+            errors.append({"field": "since", "message": "must not be in the future"})
     if errors or since is None or until is None:
         raise invalid(errors)
     tenant = views.principal(request).tenant

@@ -280,7 +280,9 @@ async def recover(request: web.Request) -> web.StreamResponse:
     if until is None:
         errors.append("Until must be a time like 2026-12-04T12:00:00Z, or empty for now.")
     elif since is not None and until <= since:
-        errors.append("Until must be later than since.")
+        errors.append(
+            "Until must be later than since." if raw_until.strip() else "Since is in the future."
+        )
     count = None
     if not errors and since is not None and until is not None:
         count = await call(principal(request).tenant, since, until)
