@@ -138,6 +138,13 @@ async def wait_arrived(rec: Receiver, watches: list[dict[str, Any]], timeout: fl
     return got
 
 
+async def statuses(api: Client, watches: list[dict[str, Any]]) -> list[str]:
+    return [
+        (await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json())["status"]
+        for w in watches
+    ]
+
+
 async def attempts(api: Client, watch_id: str) -> list[dict[str, Any]]:
     resp = await api.get(f"/v1/watches/{watch_id}/deliveries", headers=auth())
     rows: list[dict[str, Any]] = (await resp.json())["data"]
@@ -226,23 +233,16 @@ async def test_the_breaker_opens_probes_and_closes(
     # every recorded attempt follows the schedule: attempt n+1 no sooner than the n-th delay
     for r in rows.values():
         assert len(r) <= len(schedule) + 1
-    statuses = [
-        (await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json())["status"]
-        for w in watches
-    ]
-    assert "failed" not in statuses
+    assert "failed" not in await statuses(api, watches)
 
     black_hole.answering = True  # the origin is back: the next probe closes the circuit
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        statuses = [
-            (await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json())["status"]
-            for w in watches
-        ]
-        if all(s == "delivered" for s in statuses):
+        now = await statuses(api, watches)
+        if all(s == "delivered" for s in now):
             break
         await asyncio.sleep(0.2)
-    assert all(s == "delivered" for s in statuses), statuses
+    assert all(s == "delivered" for s in now), now
     assert deliverer.breakers.open_origins == 0
 
 
@@ -265,16 +265,10 @@ async def test_a_recovery_is_sent_at_once_though_the_circuit_was_open(
     await asyncio.sleep(0.3)
     await complete(sim, video)
 
-    async def statuses() -> list[str]:
-        return [
-            (await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json())["status"]
-            for w in watches
-        ]
-
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and set(await statuses()) != {"failed"}:
+    while time.monotonic() < deadline and set(await statuses(api, watches)) != {"failed"}:
         await asyncio.sleep(0.2)
-    assert set(await statuses()) == {"failed"}
+    assert set(await statuses(api, watches)) == {"failed"}
     deliverer = worker.ctx["runtime"].deliverer
     assert deliverer.breakers.open_origins == 1
     black_hole.answering = True
@@ -287,9 +281,9 @@ async def test_a_recovery_is_sent_at_once_though_the_circuit_was_open(
     assert resp.status == 202, await resp.text()
     assert (await resp.json())["count"] == len(rest)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and set(await statuses()) != {"delivered"}:
+    while time.monotonic() < deadline and set(await statuses(api, watches)) != {"delivered"}:
         await asyncio.sleep(0.1)
-    assert set(await statuses()) == {"delivered"}
+    assert set(await statuses(api, watches)) == {"delivered"}
     for w in watches:
         last = (await attempts(api, w["id"]))[-1]
         assert last["statusCode"] == 204 and last["error"] is None, last
