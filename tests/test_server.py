@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import aiohttp
+import pytest
 
 from relay.api.serving import serve
 from relay.devtools.embedded_redis import free_port
@@ -101,3 +103,22 @@ async def test_serve_answers_what_aiohttp_rejects_before_routing_with_problems(
     finally:
         stop.set()
         await asyncio.wait_for(server, timeout=5)
+
+
+async def test_a_port_in_use_stops_serve_with_nothing_left_running(settings: Settings) -> None:
+    """The API's port taken: ``serve`` raises (the CLI says "cannot listen"), and what the
+    app's start opened -- its Redis client, the rate limiter's and the idle trimmer's tasks
+    -- is closed first, not left running in the process."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    before = set(asyncio.all_tasks())
+    cfg = settings.model_copy(update={"host": "127.0.0.1", "port": taken.getsockname()[1]})
+    try:
+        with pytest.raises(OSError, match="in use"):
+            await serve(cfg, asyncio.Event())
+    finally:
+        taken.close()
+    await asyncio.sleep(0.05)
+    left = [t.get_name() for t in asyncio.all_tasks() - before if not t.done()]
+    assert not left, left

@@ -62,5 +62,9 @@ async def serve(settings: Settings, store: Store) -> web.AppRunner | None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.metrics_port)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:  # e.g. the port in use
+        await runner.cleanup()
+        raise
     return runner

@@ -123,7 +123,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     app = create_app(settings)
     runner = AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except BaseException:  # e.g. the port in use: close what setup opened (Redis, clients)
+        await runner.cleanup()
+        raise
     log.info("api listening", host=settings.host, port=settings.port)
     if stop is None:
         stop = asyncio.Event()
