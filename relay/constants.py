@@ -34,6 +34,7 @@ UPSTREAM_RATE_KEY: Final = PREFIX + "up:rate:{}"  # string: requests granted in 
 UPSTREAM_PAUSE_KEY: Final = PREFIX + "up:pause"  # string: upstream paused until (ms)
 UPSTREAM_PAUSE_CHANNEL: Final = PREFIX + "up:paused"  # pub/sub: each new pause's length (ms)
 CIRCUIT_CLOSE_CHANNEL: Final = PREFIX + "circuits:close"  # pub/sub: origin tag (or *) to close
+CIRCUIT_CLOSES_KEY: Final = PREFIX + "circuits:closed"  # zset: origin tag (or *) -> last close ms
 WATCH_COUNTS_KEY: Final = PREFIX + "stats:watches"  # hash: status -> number of watches
 RATE_LIMIT_KEY: Final = PREFIX + "rl:{}"  # hash: API key id -> its requests in one second
 SWEEP_LOCK_KEY: Final = PREFIX + "sweep:lock"  # string: the retention sweep's lock (lapses)

@@ -215,6 +215,23 @@ def test_breaker_close_shuts_the_circuits_named_and_only_those() -> None:
     assert b.check(A) is Verdict.SEND and b.check(B) is Verdict.SEND
 
 
+def test_a_probe_in_flight_when_its_circuit_closes_counts_as_one_failure() -> None:
+    """A probe that was in flight when an operator's redeliver closed its circuit, and then
+    got no answer, does not open the circuit again at once: it is one ordinary failure."""
+    clock = Clock()
+    b = Breakers(failures=3, cooldown_s=30, clock=clock)
+    for _ in range(3):
+        b.record(A, False)
+    clock.t += 31
+    assert b.check(A) is Verdict.PROBE
+    assert b.close() == 1
+    b.record(A, False, probe=True)
+    assert b.check(A) is Verdict.SEND and b.open_origins == 0
+    b.record(A, False)
+    b.record(A, False)  # the third in a row since the close
+    assert b.check(A) is Verdict.OPEN and b.open_origins == 1
+
+
 def test_what_counts_as_no_answer() -> None:
     for error in ("timeout", "connect: Connection refused", "dns: host not resolved"):
         assert no_answer(error)

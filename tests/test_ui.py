@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from relay.devtools.embedded_redis import free_port
 from relay.devtools.receiver import Receiver
 from relay.store.watches import Watches
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, ApiFactory, WorkerFactory, auth, eventually
@@ -437,6 +438,23 @@ async def test_signing_out_ends_every_copy_of_the_session(make_api: ApiFactory) 
     fresh = again.cookies["cr_ui"].value
     got = await one.get("/ui/", cookies={"cr_ui": fresh}, allow_redirects=False)
     assert got.status == 200
+
+
+async def test_signing_out_while_redis_is_away_still_drops_the_cookie(
+    make_api: ApiFactory,
+) -> None:
+    """Sign-out cannot be recorded while Redis is unreachable (a 503 page), but the
+    browser's cookie is dropped all the same."""
+    one = await make_api(ui_secret="shared-secret")
+    token = await _csrf(one)
+    resp = await one.post(
+        "/ui/login", data={"apiKey": TENANT_A_KEY, "csrfToken": token}, allow_redirects=False
+    )
+    cookie = resp.cookies["cr_ui"].value
+    away = await make_api(ui_secret="shared-secret", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    got = await away.get("/ui/logout", cookies={"cr_ui": cookie}, allow_redirects=False)
+    assert got.status == 503
+    assert got.cookies["cr_ui"].value == ""
 
 
 def test_chart_layout() -> None:

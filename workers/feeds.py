@@ -1,11 +1,16 @@
 """Following a Redis feed (:mod:`relay.store.feeds`) for as long as a worker runs: subscribe,
-hand each message on, subscribe again after a lost connection. A message that comes while
-the connection is down is missed: feeds carry hints that save a wait, never state."""
+catch up on what was missed, hand each message on, subscribe again after a lost connection.
+A message that cannot be handled is logged and skipped: the feed goes on.
+
+The catch-up also runs every :data:`CATCH_UP_S` while subscribed: redis-py re-subscribes by
+itself after a short drop of the connection (its retries), and a message sent in that gap
+would otherwise be missed unseen."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
@@ -15,17 +20,24 @@ from relay.store.feeds import Feed
 log = logs.get("workers.feeds")
 RETRY_S = 1.0  # after a feed's connection is lost
 WAIT_S = 1.0  # one wait for a message: a stop is seen within this
+CATCH_UP_S = 10.0  # the catch-up's period while subscribed
 
 
 class Follower:
     """``await follower.run()`` hands each message of ``open_feed()`` to *on_message* until
-    :meth:`stop`."""
+    :meth:`stop`; *on_subscribed* (if any) runs after each subscription, before any message
+    (what was missed while there was none), and every :data:`CATCH_UP_S`."""
 
     def __init__(
-        self, open_feed: Callable[[], Feed], on_message: Callable[[str], None], what: str
+        self,
+        open_feed: Callable[[], Feed],
+        on_message: Callable[[str], None],
+        what: str,
+        on_subscribed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._open = open_feed
         self._on_message = on_message
+        self._on_subscribed = on_subscribed
         self.what = what
         self._running = False
 
@@ -35,17 +47,32 @@ class Follower:
         while self._running:
             try:
                 async with self._open() as feed:
+                    caught_up = time.monotonic()
+                    if self._on_subscribed is not None:
+                        await self._on_subscribed()
                     if ready is not None:
                         ready.set()
                     while self._running:
                         message = await feed.next(within=WAIT_S)
                         if message is not None:
-                            self._on_message(message)
+                            self._handle(message)
+                        if (
+                            self._on_subscribed is not None
+                            and time.monotonic() - caught_up >= CATCH_UP_S
+                        ):
+                            caught_up = time.monotonic()
+                            await self._on_subscribed()
             except (RedisError, OSError) as exc:
                 log.warning(
                     "feed lost; subscribing again", feed=self.what, error=type(exc).__name__
                 )
                 await asyncio.sleep(RETRY_S)
+
+    def _handle(self, message: str) -> None:
+        try:
+            self._on_message(message)
+        except Exception as exc:
+            log.error("feed message skipped", feed=self.what, message=message[:64], error=repr(exc))
 
     def stop(self) -> None:
         """End :meth:`run` (within :data:`WAIT_S`)."""

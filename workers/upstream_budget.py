@@ -15,6 +15,7 @@ Redis subscription), so the tokens it holds of this second wait out the pause to
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from relay.metrics import UPSTREAM_WAIT
@@ -41,9 +42,8 @@ class UpstreamGate:
         self._until = 0.0  # (monotonic) when the tokens held end: their second is over
         self._lock = asyncio.Lock()
         self.paused_until = 0.0  # as last learnt from Redis (epoch seconds)
-        self._pauses = Follower(
-            lambda: limits.pause_feed(), lambda ms: self._hold(int(ms) / 1000), "upstream pauses"
-        )
+        self._paused_mono = 0.0  # the same end on this host's monotonic clock (what is slept)
+        self._pauses = Follower(lambda: limits.pause_feed(), self._heard, "upstream pauses")
 
     async def acquire(self, *, max_pause: float = float("inf")) -> None:
         """Wait for one request's worth of the shared budget. A 429 pause longer than
@@ -52,7 +52,7 @@ class UpstreamGate:
             waited = 0.0
             try:
                 while True:
-                    left = self.paused_until - time.time()
+                    left = self._paused_mono - time.monotonic()
                     if left > max_pause:
                         raise Paused(self.paused_until)
                     if left > 0:  # paused: the tokens held wait too
@@ -87,6 +87,14 @@ class UpstreamGate:
         """No request for *seconds* from now (a later end already known is kept)."""
         self._tokens = 0
         self.paused_until = max(self.paused_until, time.time() + seconds)
+        self._paused_mono = max(self._paused_mono, time.monotonic() + seconds)
+
+    def _heard(self, message: str) -> None:
+        """A pause set by any worker, as the feed tells it (its length in ms)."""
+        ms = float(message)  # (not a number: the follower logs it and goes on)
+        if not math.isfinite(ms) or ms <= 0:
+            raise ValueError("not a pause length")
+        self._hold(ms / 1000)
 
     async def follow_pauses(self, ready: asyncio.Event | None = None) -> None:
         """Learn of every worker's 429 pause as it is set, until :meth:`stop_following`;

@@ -19,7 +19,9 @@ deadline, so work held by a worker that dies becomes due again by itself.
 - ``store.limits`` (:mod:`relay.store.limits`): the upstream budget, the API rate counters,
   idempotency reservations;
 - ``store.retention`` (:mod:`relay.store.retention`): deleting watches final for longer than
-  RELAY_RETENTION, with everything they own.
+  RELAY_RETENTION, with everything they own;
+- ``store.circuits`` (:mod:`relay.store.feeds`): the circuit closes an operator's redeliver
+  or recover asks of every worker.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from relay.store.deliveries import SETTLE_BATCH, Deliveries
+from relay.store.feeds import Circuits
 from relay.store.limits import Limits
 from relay.store.retention import Retention
 from relay.store.scripts import DELIVERY_BATCH, SCRIPT_BATCH
@@ -38,6 +41,7 @@ __all__ = [
     "EXPIRE_JOB",
     "SCRIPT_BATCH",
     "SETTLE_BATCH",
+    "Circuits",
     "Deliveries",
     "Limits",
     "Retention",
@@ -53,7 +57,8 @@ class Store:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self.watches = Watches(redis)
+        self.circuits = Circuits(redis)
+        self.watches = Watches(redis, self.circuits)
         self.deliveries = Deliveries(redis)
         self.videos = Videos(redis, self.deliveries)
         self.limits = Limits(redis)

@@ -1,14 +1,16 @@
 """News every worker should hear at once, without asking: Redis pub/sub channels.
 
-A feed is a subscription (one connection of the pool while it is open). What comes on it is
-a hint that saves a wait, never the state itself: a message missed while a connection was
-lost costs only that wait (the state is in Redis keys, read at the next round trip).
+A feed is a subscription (one connection of the pool while it is open). A message is
+missed while a worker's feed reconnects; each channel says what covers that gap:
 
-- ``cr:up:paused``: each new 429 pause's length in ms (``pause_upstream.lua`` publishes it):
-  a worker holding tokens of this second waits too;
-- ``cr:circuits:close``: a redelivery or recovery was started (the origin tag of the
-  redelivered watch's callback, or ``*``): the workers close those origins' circuits, so
-  the attempts an operator asked for are sent, not recorded ``circuit open``.
+- ``cr:up:paused``: each new 429 pause's length in ms (``pause_upstream.lua`` publishes
+  it), so a worker holding tokens of this second waits too. Missed: the worker learns of
+  the pause at its next round trip for tokens (the pause key, ``cr:up:pause``).
+- ``cr:circuits:close``: an operator's redeliver (the origin tag of its watch's callback)
+  or recover (``*``) is about to start: the workers close those origins' circuits, so the
+  attempts asked for are sent, not recorded ``circuit open``. Missed: each close is also
+  recorded for ten minutes (``cr:circuits:closed``), and a worker reads the closes it
+  missed each time it subscribes again (:meth:`Circuits.closed_since`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from relay import constants as c
+from relay.store import scripts
 
 ALL_ORIGINS = "*"
+CLOSES_KEPT_MS = 600_000  # how long a circuit close is recorded for reconnecting workers
 
 
 class Feed:
@@ -31,7 +35,11 @@ class Feed:
         self._pubsub: PubSub = redis.pubsub(ignore_subscribe_messages=True)
 
     async def __aenter__(self) -> Feed:
-        await self._pubsub.subscribe(self.channel)
+        try:
+            await self._pubsub.subscribe(self.channel)
+        except BaseException:  # the connection it took goes back to the pool
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
         return self
 
     async def __aexit__(
@@ -51,11 +59,32 @@ class Feed:
         return data.decode() if isinstance(data, bytes) else str(data)
 
 
-def circuit_feed(redis: Redis) -> Feed:
-    """The redeliveries and recoveries started: origin tags whose circuits to close."""
-    return Feed(redis, c.CIRCUIT_CLOSE_CHANNEL)
+class Circuits:
+    """``store.circuits``: the circuit closes an operator's redeliver or recover asks of
+    every worker."""
 
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._close = scripts.register(redis, "close_circuits")
 
-async def close_circuits(redis: Redis, origin_tag: str = ALL_ORIGINS) -> None:
-    """Tell every worker to close the circuit of *origin_tag* (:data:`ALL_ORIGINS`: all)."""
-    await redis.publish(c.CIRCUIT_CLOSE_CHANNEL, origin_tag)
+    async def close(self, origin_tag: str = ALL_ORIGINS) -> None:
+        """Tell every worker to close the circuit of *origin_tag* (:data:`ALL_ORIGINS`:
+        all), now and, for a worker whose feed is reconnecting, once it is back."""
+        await self._close(
+            keys=[c.CIRCUIT_CLOSES_KEY],
+            args=[origin_tag, CLOSES_KEPT_MS, c.CIRCUIT_CLOSE_CHANNEL],
+        )
+
+    def feed(self) -> Feed:
+        """The closes as they are asked (origin tags, or ``*``)."""
+        return Feed(self.redis, c.CIRCUIT_CLOSE_CHANNEL)
+
+    async def closed_since(self, since_ms: int | None) -> tuple[list[str], int]:
+        """The origin tags closed after *since_ms* (Redis' ms; None: none asked) within the
+        last ten minutes, and Redis' ms now (the next call's *since_ms*)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrangebyscore(c.CIRCUIT_CLOSES_KEY, f"({since_ms or 0}", "+inf")
+        pipe.time()
+        tags, (seconds, micros) = await pipe.execute()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        return (list(tags) if since_ms is not None else []), now

@@ -20,7 +20,7 @@ from relay.domain.clock import now_ms
 from relay.domain.listing import Page, decode_cursor, encode_cursor
 from relay.domain.origin import url_origin_tag
 from relay.domain.watch import SecretEntry, Watch
-from relay.store import feeds, recovery, scripts
+from relay.store import recovery, scripts
 from relay.store.codec import (
     RECORD_PREFIX,
     STATE_FIELDS,
@@ -33,6 +33,7 @@ from relay.store.codec import (
     watch_from_registration,
     watch_from_state,
 )
+from relay.store.feeds import Circuits
 
 EXPIRE_JOB = "expire_watch"  # the arq job of watch.expired before the expiry schedule
 NO_CAP = 2**53  # live watches a tenant may hold when no cap is given
@@ -62,8 +63,9 @@ class Created:
 class Watches:
     """``store.watches``: the watch hashes, the tenants' indexes and the status counters."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, circuits: Circuits) -> None:
         self.redis = redis
+        self._circuits = circuits
         self._create = scripts.register(redis, "create_watch")
         self._read = scripts.register(redis, "read_watches")
         self._cancel = scripts.register(redis, "cancel")
@@ -255,12 +257,12 @@ class Watches:
     async def redeliver(self, watch: Watch) -> str | None:
         """Start a new attempt series for the watch's last event. Returns 'ok' or the
         status that has nothing to redeliver (None: no such watch)."""
+        # the workers close its origin's circuit first, so the attempt is sent, not refused
+        await self._circuits.close(url_origin_tag(watch.callback_url))
         result = await self._redeliver(
             keys=[c.WATCH_KEY.format(watch.id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
             args=[watch.id, now_ms(), c.TENANT_PREFIX, watch.tenant, secrets.token_hex(8)],
         )
-        if result == "ok":  # the attempt asked for is sent, whatever the workers' circuits
-            await feeds.close_circuits(self.redis, url_origin_tag(watch.callback_url))
         return str(result) if result else None
 
     async def rotate_secret(
@@ -286,10 +288,12 @@ class Watches:
     async def recover(self, tenant: str, since_ms: int, until_ms: int) -> int:
         """Put the tenant's watches that became failed in [since_ms, until_ms) back to
         delivering their last event (:func:`relay.store.recovery.recover`); how many."""
-        moved = await recovery.recover(self._recover, tenant, since_ms, until_ms)
-        if moved:  # (their origins are not read: every circuit closes)
-            await feeds.close_circuits(self.redis)
-        return moved
+        failed = c.TENANT_FINAL_KEY.format(tenant, "failed")
+        if await self.redis.zcount(failed, since_ms, f"({until_ms}"):
+            # the workers close every circuit first (the watches' origins are not read), so
+            # the attempts are sent, not refused
+            await self._circuits.close()
+        return await recovery.recover(self._recover, tenant, since_ms, until_ms)
 
     async def record_ping(self, watch_id: str, record: bytes) -> int | None:
         """Add a ``watch.ping`` attempt to the watch's records, its status untouched."""

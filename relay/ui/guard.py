@@ -28,7 +28,8 @@ SESSION = web.RequestKey("ui_session", Session)  # the visitor's session (maybe 
 SIGNED_IN = web.RequestKey("ui_principal", Principal)  # set on pages that need a session
 
 LOGIN = "/ui/login"
-PUBLIC = (LOGIN, "/ui/logout")
+LOGOUT = "/ui/logout"
+PUBLIC = (LOGIN, LOGOUT)
 STATIC = "/ui/static/"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -134,9 +135,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
         log.error("redis unavailable", error=type(exc).__name__)
         response = error_page(request, 503, "the relay's storage is unreachable; try again")
+        drop = drop or request.path == LOGOUT  # signing out ends it here at least
     except (OutOfMemoryError, ReadOnlyError) as exc:
         log.error("redis refused a write", error=type(exc).__name__)
         response = error_page(request, 503, "the relay's storage cannot take writes right now")
+        drop = drop or request.path == LOGOUT
     protect(response.headers, static=static)
     # the page's own time in this process (the benchmark reads it; browsers show it)
     response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"

@@ -92,6 +92,9 @@ class Breakers:
         failed for a reason that says nothing of the origin (None, e.g. a callback the
         policy refuses, or the probe was not sent after all: it stays half-open)."""
         s = self._states.get(origin)
+        # a probe whose circuit was closed meanwhile (an operator's redeliver) and maybe
+        # opened again is an ordinary attempt now
+        probe = probe and s is not None and s.probing
         if s is None:
             if answered is not False:
                 return

@@ -23,7 +23,7 @@ from relay.http.webhook import WebhookClient
 from relay.metrics import DEFERRED, ORIGIN_WAITING
 from relay.settings import Settings
 from relay.store import Store
-from relay.store.feeds import ALL_ORIGINS, circuit_feed
+from relay.store.feeds import ALL_ORIGINS
 from relay.tasks import finish, finish_all
 from workers.delivery.bodies import Bodies
 from workers.delivery.breaker import Breakers, Verdict
@@ -74,8 +74,10 @@ class Deliverer:
         self.breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown)
         self.claimer.defer_after_s = DEFER_AFTER_S
         self.claimer.keep = self.breakers.is_open
+        self._circuits = store.circuits
+        self._closes_seen_ms: int | None = None  # Redis' ms of the last catch-up
         self.circuit_news = Follower(
-            lambda: circuit_feed(store.redis), self._close_circuits, "circuit closes"
+            store.circuits.feed, self._close_circuits, "circuit closes", self._closes_missed
         )
         self._following: asyncio.Task[None] | None = None
         self.claimer.slow = SLOW
@@ -145,6 +147,13 @@ class Deliverer:
         self.settler.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="deliverer-origin-sweep")
         self._following = asyncio.create_task(self.circuit_news.run(), name="circuit-closes")
+
+    async def _closes_missed(self) -> None:
+        """(Re)subscribed: apply the closes asked while this worker's feed was down (none
+        at its first subscription: its circuits are new)."""
+        tags, self._closes_seen_ms = await self._circuits.closed_since(self._closes_seen_ms)
+        for tag in tags:
+            self._close_circuits(tag)
 
     def _close_circuits(self, tag: str) -> None:
         """A redelivery or recovery was started (its origin's tag, or ``*``): close those
