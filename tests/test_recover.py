@@ -236,6 +236,31 @@ async def test_ping_of_a_delivered_watch_keeps_its_records_and_status(
     assert got["status"] == "delivered" and got["lastEventType"] == "clips.ready"
 
 
+async def test_a_ping_before_the_event_keeps_its_record_once_the_event_is_sent(
+    api: Client, worker: Any, sim: Client, receiver: Rec
+) -> None:
+    """Register, ping to try the receiver, then the video completes: deliveries lists the
+    ping and the event's attempt, oldest first (the event's attempts, numbered from 1 at
+    finalize, once wrote over the ping's record)."""
+    rec = receiver[0]
+    vid = await sim_video(sim, timeline=NEVER_DONE)
+    w = await register(api, receiver, vid, "/early")
+    assert (await api.post(f"/v1/watches/{w['id']}/ping", headers=auth())).status == 202
+    for _ in range(100):
+        if await deliveries(api, w["id"]):
+            break
+        await asyncio.sleep(0.02)
+    resp = await sim.post(f"/_sim/videos/{vid}/status", json={"status": "completed"})
+    assert resp.status == 200
+    assert (await wait_watch(api, w["id"]))["status"] == "delivered"
+    records = await deliveries(api, w["id"])
+    assert [(r["eventType"], r["attempt"], r["statusCode"]) for r in records] == [
+        ("watch.ping", 1, 204),
+        ("clips.ready", 1, 204),
+    ]
+    assert Counter(e.event["type"] for e in rec.events) == {"watch.ping": 1, "clips.ready": 1}
+
+
 async def test_ping_is_refused_for_cancelled_and_unknown_watches(
     api: Client, sim: Client, receiver: Rec
 ) -> None:

@@ -31,12 +31,14 @@ from relay.domain.watch import SecretEntry, Watch
 #   vSeen    a watch cancelled before its event: progress|videoStatus of the video then
 #   updated  when a secret was last rotated, ms
 #   #<n>     attempt record n (the last MAX_ATTEMPTS_KEPT)
+#   p<k>     watch.ping record k (the last MAX_ATTEMPTS_KEPT), pn: pings so far
 # so a fan-out writes two short fields per watch and an attempt two.
 STATE_FIELDS: tuple[str, ...] = ("st", "ev", "secrets", "vSeen", "updated")
 # what sending needs of a claimed watch's state (its status is read too: what a cancel
 # changed between the claim and this read shows)
 CLAIM_FIELDS: tuple[str, ...] = ("st", "ev", "secrets", "base")
 RECORD_PREFIX = "#"  # attempt records: '#1', '#2', ... (the last MAX_ATTEMPTS_KEPT)
+PING_PREFIX = "p"  # watch.ping records: 'p1', 'p2', ... (counted in 'pn'; the last kept)
 WATCHING = "watching|0|0|0|||"  # the delivery state of a new watch
 
 

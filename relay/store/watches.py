@@ -22,6 +22,7 @@ from relay.domain.origin import url_origin_tag
 from relay.domain.watch import SecretEntry, Watch
 from relay.store import recovery, scripts
 from relay.store.codec import (
+    PING_PREFIX,
     RECORD_PREFIX,
     STATE_FIELDS,
     WATCHING,
@@ -279,11 +280,14 @@ class Watches:
         """Every recorded delivery attempt of a watch (the last MAX_ATTEMPTS_KEPT), oldest
         first."""
         h = await self.redis.hgetall(c.WATCH_KEY.format(watch.id))  # type: ignore[misc]
-        records = sorted(
-            (int(k[len(RECORD_PREFIX) :]), v) for k, v in h.items() if k.startswith(RECORD_PREFIX)
-        )
         event_type = (h.get("ev") or "").split("|", 1)[0] or watch.event_type
-        return [attempts.expand(watch.id, event_type, raw) for _, raw in records]
+        rows = [
+            attempts.expand(watch.id, event_type, raw)
+            for name, raw in h.items()
+            if name.startswith(RECORD_PREFIX)
+            or (name.startswith(PING_PREFIX) and name[len(PING_PREFIX) :].isdigit())
+        ]
+        return sorted(rows, key=lambda row: row["at"])  # (ISO times sort as they read)
 
     async def recover(self, tenant: str, since_ms: int, until_ms: int) -> int:
         """Put the tenant's watches that became failed in [since_ms, until_ms) back to

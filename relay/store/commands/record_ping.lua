@@ -1,15 +1,16 @@
--- Record one watch.ping attempt among a watch's attempt records, its status untouched.
--- KEYS: the watch's state hash. ARGV: the attempt record, attempt records kept.
--- The record takes the next number ('#<n + 1>', n from the 'st' field, as settle.lua
--- numbers them) and n moves on; the oldest record beyond the kept number is dropped.
+-- Record one watch.ping attempt beside a watch's attempt records, its status untouched.
+-- KEYS: the watch's state hash. ARGV: the attempt record, ping records kept.
+-- Pings are numbered on their own ('p<k>', k counted in 'pn'), apart from the event's
+-- records ('#<n>', numbered by finalize and settle): a ping made while the watch waits for
+-- its video keeps its record when the event's attempts start numbering from 1. The oldest
+-- ping record beyond the kept number is dropped.
 -- Safe to run twice: a second run of this very call finds its record last (a ping's record
--- holds its own event id) and adds nothing. Returns the record's number (false: no watch).
-local st = redis.call('HGET', KEYS[1], 'st')
-if not st then return false end
-local s, a, r, rest = string.match(st, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-if redis.call('HGET', KEYS[1], '#' .. r) == ARGV[1] then return tonumber(r) end
-local seq = (tonumber(r) or 0) + 1
-redis.call('HSET', KEYS[1], 'st', s .. '|' .. a .. '|' .. seq .. '|' .. rest, '#' .. seq, ARGV[1])
+-- holds its own event id) and adds nothing. Returns the ping's number (false: no watch).
+if redis.call('HEXISTS', KEYS[1], 'st') == 0 then return false end
+local last = tonumber(redis.call('HGET', KEYS[1], 'pn') or '0')
+if last > 0 and redis.call('HGET', KEYS[1], 'p' .. last) == ARGV[1] then return last end
+local k = last + 1
+redis.call('HSET', KEYS[1], 'pn', k, 'p' .. k, ARGV[1])
 local kept = tonumber(ARGV[2])
-if seq > kept then redis.call('HDEL', KEYS[1], '#' .. (seq - kept)) end
-return seq
+if k > kept then redis.call('HDEL', KEYS[1], 'p' .. (k - kept)) end
+return k
