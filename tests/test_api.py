@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -435,6 +437,29 @@ async def test_ready_fails_without_redis(make_api: ApiFactory) -> None:
     assert resp.status == 503
     # and a request that needs Redis is a 503 problem, not a 500 or a hang
     await problem(await api.get("/v1/watches", headers=auth()), 503)
+
+
+async def test_a_hung_redis_leaves_metrics_served_and_readyz_quick(
+    make_api: ApiFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redis accepts connections and never answers (a SIGSTOPped server): /metrics still
+    serves its series and /readyz says 503, each within about a second, not at the
+    request's 5 s deadline; the rate limiter's failing syncs are logged once, not 20
+    times a second."""
+    hung = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    try:
+        api = await make_api(redis_url=f"redis://127.0.0.1:{port}/0")
+        t0 = time.monotonic()
+        resp = await api.get("/metrics")
+        assert resp.status == 200 and "relay_http_requests_total" in await resp.text()
+        assert (await api.get("/readyz")).status == 503
+        assert time.monotonic() - t0 < 4
+        await asyncio.sleep(1.0)
+        logged = capsys.readouterr().out.count("rate limit sync failed")
+        assert logged <= 2, logged  # (at most one per API started: one)
+    finally:
+        hung.close()
 
 
 async def test_unknown_route_and_method_are_problems(api: Client) -> None:

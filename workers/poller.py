@@ -325,7 +325,10 @@ class Poller(Pump[Claimed]):
             if now - state.auth_logged_ms >= c.AUTH_ERROR_LOG_EVERY * 1000:
                 state.auth_logged_ms = now
                 log.error(
-                    "upstream refused the API key",
+                    # 402: the account's processing minutes or plan, not the key
+                    "upstream refused the request: payment required"
+                    if reply.http_status == 402
+                    else "upstream refused the API key",
                     video_id=vid,
                     http_status=reply.http_status,
                     detail=reply.detail,

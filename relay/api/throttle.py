@@ -22,6 +22,8 @@ from relay.tasks import finish
 
 log = logs.get("relay.api.throttle")
 SYNC_EVERY = 0.05
+FAIL_LOG_EVERY = int(60 / SYNC_EVERY)  # failed syncs in a row between two log lines
+SYNC_DEADLINE = 1.0  # a sync that has not ended by then (a hung Redis) is given up
 STOP_WAIT = 15.0  # longer than a sync that retries against an unreachable Redis
 
 
@@ -38,6 +40,7 @@ class RateLimiter:
         self._ended: tuple[int, dict[str, int]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._failing = 0  # syncs failed in a row
 
     def _roll(self, second: int) -> None:
         """Start counting *second*; what the last one admitted unsynced is still added."""
@@ -85,6 +88,15 @@ class RateLimiter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), SYNC_EVERY)
             try:
-                await self.sync()
+                async with asyncio.timeout(SYNC_DEADLINE):  # a hung Redis: give up, go on
+                    await self.sync()
+                self._failing = 0
             except Exception as exc:  # Redis away: requests fail on their own; keep going
-                log.warning("rate limit sync failed", error=type(exc).__name__)
+                # logged at the first failure, then once a minute while it lasts
+                if self._failing % FAIL_LOG_EVERY == 0:
+                    log.warning(
+                        "rate limit sync failed",
+                        error=type(exc).__name__,
+                        failures_in_a_row=self._failing + 1,
+                    )
+                self._failing += 1

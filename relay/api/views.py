@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from typing import Any
@@ -38,6 +39,7 @@ IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
 LIST_PARAMS = ("videoId", "status", "limit", "cursor")
 MAX_LIMIT = 100
+PROBE_REDIS_S = 1.0  # /readyz and /metrics wait this long for Redis at most (a hung one)
 
 
 def json_response(
@@ -342,7 +344,8 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app[k.LIFECYCLE].draining:
         return json_response({"status": "draining"}, status=503)
     try:
-        await request.app[k.REDIS].ping()
+        async with asyncio.timeout(PROBE_REDIS_S):
+            await request.app[k.REDIS].ping()
     except Exception:  # any failure means not ready; the reason is logged by the client
         return json_response({"status": "unavailable"}, status=503)
     return json_response({"status": "ok"})
@@ -351,7 +354,9 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition (watch counts read from Redis, when it answers)."""
     try:
-        for status, n in (await request.app[k.STORE].watches.counts()).items():
+        async with asyncio.timeout(PROBE_REDIS_S):  # a hung Redis: serve the rest at once
+            counts = await request.app[k.STORE].watches.counts()
+        for status, n in counts.items():
             WATCHES.labels(status).set(n)
     except Exception as exc:  # the other series are still worth serving
         log.warning("watch counts unavailable", error=type(exc).__name__)

@@ -153,8 +153,8 @@ class UpstreamClient:
 def _error_text(body: bytes) -> str:
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:200].decode(errors="replace")
+    except orjson.JSONDecodeError:  # e.g. a proxy's HTML page: one line, for a log
+        return " ".join(body[:200].decode(errors="replace").split())
     if isinstance(data, dict):
         msg = data.get("error") or data.get("message")
         if isinstance(msg, str):
