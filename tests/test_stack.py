@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +213,44 @@ def test_a_port_in_use_is_one_line_and_exit_1(
     assert "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"clip-relay {command}: cannot listen:") and "in use" in last, last
+
+
+def test_a_worker_started_while_redis_is_away_waits_for_it(tmp_path: Path) -> None:
+    """A worker started before Redis: its /healthz answers (alive: nothing to restart) and
+    /readyz says 503 at once; it waits, saying so, and once Redis comes up on that port it
+    is ready, with no restart (arq alone gave up after a minute and exited). Stopped while
+    Redis is away, it still stops cleanly (arq's own cleanup failed with a traceback)."""
+    redis_port, metrics = free_port(), free_port()
+    env = relay_env(
+        f"redis://127.0.0.1:{redis_port}/0",
+        "http://127.0.0.1:9/v1",
+        api_keys="ci:" + "k" * 32,
+        upstream_key="sr_test",
+        port=free_port(),
+        metrics_port=metrics,
+    )
+    proc = spawn("worker", ["worker"], env, tmp_path)
+    try:
+        wait_http(f"http://127.0.0.1:{metrics}/healthz", 20, proc)
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=5)
+        assert raised.value.code == 503
+        time.sleep(1.5)
+        (tmp_path / "redis").mkdir()
+        server = RedisServer.start(port=redis_port, workdir=tmp_path / "redis")
+        try:
+            wait_http(f"http://127.0.0.1:{metrics}/readyz", 20, proc)
+            deadline = time.monotonic() + 20
+            while "worker started" not in proc.log_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            log = proc.log_text()
+            assert proc.alive() and "worker started" in log, log[-2000:]
+            assert "waiting for redis" in log and "redis answers" in log
+        finally:
+            server.stop()
+        # stopped while Redis is away again: a clean stop all the same
+        assert proc.stop() == 0
+        log = proc.log_text()
+        assert "Traceback" not in log and "worker stopped" in log, log[-3000:]
+    finally:
+        proc.stop()

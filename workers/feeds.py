@@ -21,6 +21,7 @@ log = logs.get("workers.feeds")
 RETRY_S = 1.0  # after a feed's connection is lost
 WAIT_S = 1.0  # one wait for a message: a stop is seen within this
 CATCH_UP_S = 10.0  # the catch-up's period while subscribed
+LOG_LOST_EVERY = 60  # failed subscriptions in a row between two log lines
 
 
 class Follower:
@@ -44,9 +45,11 @@ class Follower:
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Follow the feed; *ready* is set once subscribed (again after each reconnect)."""
         self._running = True
+        lost = 0  # subscriptions failed in a row
         while self._running:
             try:
                 async with self._open() as feed:
+                    lost = 0
                     caught_up = time.monotonic()
                     if self._on_subscribed is not None:
                         await self._on_subscribed()
@@ -63,9 +66,15 @@ class Follower:
                             caught_up = time.monotonic()
                             await self._on_subscribed()
             except (RedisError, OSError) as exc:
-                log.warning(
-                    "feed lost; subscribing again", feed=self.what, error=type(exc).__name__
-                )
+                # logged at the first loss, then once a minute while Redis stays away
+                if lost % LOG_LOST_EVERY == 0:
+                    log.warning(
+                        "feed lost; subscribing again",
+                        feed=self.what,
+                        error=type(exc).__name__,
+                        tries=lost + 1,
+                    )
+                lost += 1
                 await asyncio.sleep(RETRY_S)
 
     def _handle(self, message: str) -> None:

@@ -1,6 +1,8 @@
-"""The worker's own small HTTP server on RELAY_METRICS_PORT: ``/healthz`` (for Kubernetes
-probes; it checks Redis) and ``/metrics``, with the queue-depth and watch-count gauges kept
-fresh in the background."""
+"""The worker's own small HTTP server on RELAY_METRICS_PORT, as the API has: ``/healthz``
+(liveness: the process answers; a Redis outage is no reason to restart it), ``/readyz``
+(Redis answers, within a second) and ``/metrics``, with the queue-depth and watch-count
+gauges kept fresh in the background. It starts before the worker waits for Redis, so a
+worker started during an outage is seen alive, not ready."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from relay.store.connection import trim_idle
 
 log = logs.get("workers.worker")
 GAUGE_INTERVAL = 5.0
+PROBE_REDIS_S = 1.0  # /readyz waits this long for Redis at most (a hung one)
 
 
 async def gauges(store: Store) -> None:
@@ -45,8 +48,12 @@ async def serve(settings: Settings, store: Store) -> web.AppRunner | None:
     the runner up at shutdown, before it closes Redis."""
 
     async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
         try:
-            await store.redis.ping()
+            async with asyncio.timeout(PROBE_REDIS_S):
+                await store.redis.ping()
         except Exception:
             return web.json_response({"status": "unavailable"}, status=503)
         return web.json_response({"status": "ok"})
@@ -58,6 +65,7 @@ async def serve(settings: Settings, store: Store) -> web.AppRunner | None:
         return None
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

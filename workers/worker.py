@@ -18,6 +18,7 @@ from aiohttp import web
 from arq import Worker
 from arq.worker import func
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import constants as c
@@ -44,6 +45,9 @@ log = logs.get("workers.worker")
 SETTINGS = "settings"
 RUNTIME = "runtime"
 HEALTH_INTERVAL = 10  # seconds between arq health-check writes (arq's default is an hour)
+EARLY = "early"  # ctx: the store and metrics runner RelayWorker.main opened before arq's start
+WAIT_TRY_S = 1.0  # a worker waiting for Redis asks this often
+WAIT_LOG_EVERY = 10  # tries between two "waiting for redis" lines
 
 
 @dataclass(slots=True)
@@ -66,10 +70,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Open Redis and the metrics server, the upstream session and the webhook client;
     start the pumps."""
     settings: Settings = ctx[SETTINGS]
-    redis = connect(settings.redis_url)
-    store = Store(redis)
-    # its port first: a port in use stops the worker before any pump has claimed work
-    runner = await health.serve(settings, store)
+    early: tuple[Store, web.AppRunner | None] | None = ctx.pop(EARLY, None)
+    if early is not None:  # opened by RelayWorker.main, before arq's own start
+        store, runner = early
+    else:
+        store = Store(connect(settings.redis_url))
+        # its port first: a port in use stops the worker before any pump has claimed work
+        runner = await health.serve(settings, store)
     policy = CallbackPolicy(settings.callback_allow, Resolver(settings.dns_servers))
     upstream_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.poll_concurrency * 2, ttl_dns_cache=60),
@@ -136,8 +143,9 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """Stop claiming work; finish what is in flight within the grace; close everything."""
-    rt: Runtime | None = ctx.get(RUNTIME)
+    rt: Runtime | None = ctx.pop(RUNTIME, None)  # (a second call has nothing to stop)
     if rt is None:
+        await _close_early(ctx)
         return
     grace = ctx[SETTINGS].shutdown_grace
     log.info("worker stopping", grace_s=grace)
@@ -192,9 +200,35 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 class RelayWorker(Worker):
     """arq's Worker, made to ride out a Redis outage instead of exiting on the first error.
 
-    The pumps already retry on their own; this keeps arq's own poll loop (expiry jobs and
-    the health key) alive until Redis is back.
+    Started during an outage, it serves ``/healthz`` (alive) and ``/readyz`` (not ready)
+    and waits for Redis as long as the outage lasts (arq alone gives up after a minute and
+    exits, which under Kubernetes turns an outage into a crash loop). Once running, the
+    pumps retry on their own, and this keeps arq's own poll loop (expiry jobs and the
+    health key) alive until Redis is back.
     """
+
+    async def main(self) -> None:
+        settings: Settings = self.ctx[SETTINGS]
+        store = Store(connect(settings.redis_url))
+        try:
+            runner = await health.serve(settings, store)  # a port in use: stops here
+        except BaseException:
+            await store.redis.aclose()
+            raise
+        self.ctx[EARLY] = (store, runner)
+        try:
+            await wait_for_redis(store)
+        except BaseException:  # stopped while waiting: arq has no pool, runs no shutdown
+            await _close_early(self.ctx)
+            raise
+        await super().main()
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        except (RedisError, OSError) as exc:  # Redis away at the stop: arq's cleanup failed
+            log.warning("redis unavailable at shutdown", error=type(exc).__name__)
+            await shutdown(self.ctx)  # (if arq had not run it yet: the pumps stop all the same)
 
     async def _poll_iteration(self) -> None:
         try:
@@ -202,6 +236,36 @@ class RelayWorker(Worker):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             log.warning("redis unavailable; retrying", error=type(exc).__name__)
             await asyncio.sleep(1.0)
+
+
+async def wait_for_redis(store: Store) -> None:
+    """Return once Redis answers a PING, logging at the first miss and every
+    WAIT_LOG_EVERY tries while it does not."""
+    tries = 0
+    while True:
+        try:
+            async with asyncio.timeout(WAIT_TRY_S):
+                await store.redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            if tries % WAIT_LOG_EVERY == 0:
+                log.warning("waiting for redis", error=type(exc).__name__, tries=tries + 1)
+            tries += 1
+            await asyncio.sleep(WAIT_TRY_S)
+            continue
+        if tries:
+            log.info("redis answers", tries=tries)
+        return
+
+
+async def _close_early(ctx: dict[str, Any]) -> None:
+    """Close what RelayWorker.main opened if startup never took it over."""
+    early: tuple[Store, web.AppRunner | None] | None = ctx.pop(EARLY, None)
+    if early is None:
+        return
+    store, runner = early
+    if runner is not None:
+        await runner.cleanup()
+    await store.redis.aclose()
 
 
 def run(settings: Settings) -> int:

@@ -690,9 +690,12 @@ def test_app_probes_and_ports(name: str, rendered: dict[str, list[dict[str, Any]
     (worker_c,) = worker["spec"]["containers"]
     assert worker_c["args"] == ["worker"]
     assert {p["name"]: p["containerPort"] for p in worker_c["ports"]} == {"metrics": 9100}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert worker_c[probe]["httpGet"]["path"] == "/healthz"
+    # alive is the process answering (a Redis outage is no reason to restart a worker);
+    # ready is Redis answering
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert worker_c[probe]["httpGet"]["path"] == path
         assert worker_c[probe]["httpGet"]["port"] in ("metrics", 9100)
+    assert worker_c["startupProbe"]["httpGet"]["path"] == "/healthz"
     # Prometheus annotations on the pods point at the real metrics ports
     for template, port in ((api, 8080), (worker, 9100)):
         annotations = template["metadata"]["annotations"]
