@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -82,15 +83,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workers.worker import run
 
         return run(settings)
-    except OSError as exc:  # a port taken: one line, as a configuration error is
-        if exc.errno != errno.EADDRINUSE:
+    except OSError as exc:  # the address to listen on: one line, as a configuration error is
+        why = _cannot_listen(exc)
+        if why is None:
             raise
+        port = settings.port if args.command == "api" else settings.metrics_port
         print(
-            f"clip-relay {args.command}: cannot listen: {exc.strerror}"
-            " (each process on a host needs its own RELAY_PORT and RELAY_METRICS_PORT)",
+            f"clip-relay {args.command}: cannot listen on {settings.host}:{port}: {why}",
             file=sys.stderr,
         )
         return 1
+
+
+def _cannot_listen(exc: OSError) -> str | None:
+    """What to say when binding the listening socket failed (None: not that)."""
+    if isinstance(exc, socket.gaierror):
+        return f"{exc.strerror} (RELAY_HOST must be an address or name of this host)"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{exc.strerror} (each process on a host needs its own RELAY_PORT and"
+            " RELAY_METRICS_PORT)"
+        )
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+        return (
+            f"{exc.strerror} (RELAY_HOST must be an address of this host; a port below 1024"
+            " needs privileges)"
+        )
+    return None
 
 
 if __name__ == "__main__":

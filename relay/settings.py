@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -188,6 +189,18 @@ def _redis_url(raw: str) -> str:
         return raw
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss://, unix:// or redis+sentinel:// URL")
+    if raw.startswith("unix://"):
+        return raw
+    parts = urlsplit(raw)  # (the messages never hold the URL: it may carry a password)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    if port == 0 or not parts.hostname:
+        raise ValueError("expected redis://[user:password@]host[:port][/db]")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError("the database (after the host's /) must be a number, e.g. /0")
     return raw
 
 

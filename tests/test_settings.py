@@ -202,6 +202,10 @@ def test_require_api_and_worker() -> None:
 MALFORMED = [
     ("REDIS_URL", "http://127.0.0.1:6379"),
     ("REDIS_URL", "localhost:6379"),
+    ("REDIS_URL", "redis://:pw@127.0.0.1:notaport/0"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/abc"),
+    ("REDIS_URL", "redis://127.0.0.1:99999/0"),
+    ("REDIS_URL", "redis:///0"),
     ("SCALEREACH_BASE_URL", "ftp://api.scalereach.ai"),
     ("SCALEREACH_BASE_URL", "api.scalereach.ai"),
     ("RELAY_PORT", "abc"),

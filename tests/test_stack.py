@@ -212,7 +212,8 @@ def test_a_port_in_use_is_one_line_and_exit_1(
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"clip-relay {command}: cannot listen:") and "in use" in last, last
+    assert last.startswith(f"clip-relay {command}: cannot listen on 127.0.0.1:"), last
+    assert "in use" in last, last
 
 
 def test_a_worker_started_while_redis_is_away_waits_for_it(tmp_path: Path) -> None:
