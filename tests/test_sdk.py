@@ -20,6 +20,8 @@ from clip_relay_client import (
     ApiError,
     AsyncClient,
     Client,
+    ClipRelayError,
+    ConnectionFailed,
     Event,
     WebhookVerificationError,
     verify,
@@ -304,23 +306,31 @@ def _refused_then_slow(url: str) -> tuple[float, float]:
     started = time.monotonic()
     with (
         Client("http://127.0.0.1:9", "k", max_retries=2, backoff=0.01) as relay,
-        pytest.raises(httpx.ConnectError),
+        pytest.raises(ConnectionFailed) as refused_error,
     ):
         relay.get_watch("wat_x")
+    assert isinstance(refused_error.value.__cause__, httpx.ConnectError)
+    assert isinstance(refused_error.value, ClipRelayError)
     refused = time.monotonic() - started
     started = time.monotonic()
     with (
         Client(url, "k", timeout=0.2, max_retries=0) as slow,
-        pytest.raises(httpx.TimeoutException),
+        pytest.raises(ConnectionFailed) as slow_error,
     ):
         slow.get_watch("slow")
+    assert isinstance(slow_error.value.__cause__, httpx.TimeoutException)
     return refused, time.monotonic() - started
 
 
 async def test_connection_errors_and_timeouts(flaky: tuple[str, list[str]]) -> None:
-    """A refused connection is retried, then raised; *timeout* bounds each request."""
+    """A refused connection is retried, then raised as ConnectionFailed (a ClipRelayError,
+    the transport's error its cause); *timeout* bounds each request."""
     url, calls = flaky
     refused, slow = await asyncio.to_thread(_refused_then_slow, url)
     assert refused < 5 and slow < 0.9 and calls == ["GET /v1/watches/slow"]
+    async with AsyncClient("http://127.0.0.1:9", "k", max_retries=1, backoff=0.01) as relay:
+        with pytest.raises(ConnectionFailed) as raised:
+            await relay.get_watch("wat_x")
+    assert isinstance(raised.value.__cause__, httpx.ConnectError)
     with pytest.raises(ValueError, match="api_key"):
         Client("http://127.0.0.1:9", "")

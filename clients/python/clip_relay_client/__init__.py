@@ -4,7 +4,12 @@ and webhook verification (:func:`verify`). Depends on httpx and the standard lib
 from __future__ import annotations
 
 from clip_relay_client._core import MAX_PAGE
-from clip_relay_client._errors import ApiError, ClipRelayError, WebhookVerificationError
+from clip_relay_client._errors import (
+    ApiError,
+    ClipRelayError,
+    ConnectionFailed,
+    WebhookVerificationError,
+)
 from clip_relay_client.client import AsyncClient, Client
 from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchPage, WatchStatus
 from clip_relay_client.webhooks import Event, EventType, verify
@@ -16,6 +21,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClipRelayError",
+    "ConnectionFailed",
     "Delivery",
     "Event",
     "EventType",

@@ -44,6 +44,12 @@ class ApiError(ClipRelayError):
         super().__init__(text)
 
 
+class ConnectionFailed(ClipRelayError):
+    """The API could not be reached, or did not answer within the client's *timeout*, on
+    the last of the tries allowed; the transport's own error (an ``httpx`` one) is
+    ``__cause__``."""
+
+
 class WebhookVerificationError(ClipRelayError):
     """A webhook failed verification: a header is missing or malformed, its timestamp is out
     of tolerance, no signature matches the secret, or its body is not a JSON event."""

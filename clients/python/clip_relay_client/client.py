@@ -22,6 +22,7 @@ from clip_relay_client._core import (
     recover_call,
     watch_path,
 )
+from clip_relay_client._errors import ConnectionFailed
 from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchPage
 
 __all__ = ["AsyncClient", "Client"]
@@ -87,7 +88,7 @@ class Client:
             except httpx.TransportError as exc:
                 wait = self._core.wait_before_retry(call, tries, None, exc)
                 if wait is None:
-                    raise
+                    raise ConnectionFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
             else:
                 wait = self._core.wait_before_retry(call, tries, response, None)
                 if wait is None:
@@ -240,7 +241,7 @@ class AsyncClient:
             except httpx.TransportError as exc:
                 wait = self._core.wait_before_retry(call, tries, None, exc)
                 if wait is None:
-                    raise
+                    raise ConnectionFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
             else:
                 wait = self._core.wait_before_retry(call, tries, response, None)
                 if wait is None:
