@@ -88,10 +88,16 @@ async def test_private_and_special_literals_refused(url: str, no_dns: None) -> N
 
 async def test_localhost_refused() -> None:
     # resolves through /etc/hosts to loopback
-    with pytest.raises(CallbackRefused, match="resolves to a private"):
+    with pytest.raises(CallbackRefused, match="resolves to a private") as refused:
         await EMPTY.check("http://localhost/")
+    # the hint names what works for a name (localhost may resolve to ::1 too), and which
+    # address it resolved to is not said
+    assert "RELAY_CALLBACK_ALLOW=localhost" in str(refused.value)
+    assert "127.0.0.1/32" not in str(refused.value)
     with pytest.raises(CallbackRefused):
         await EMPTY.check("http://LOCALHOST:8080/hook")
+    allowed_name = CallbackPolicy(CallbackAllow(hosts=frozenset({"localhost"})))
+    assert (await allowed_name.check("http://localhost/")).host == "localhost"
 
 
 @pytest.mark.parametrize(

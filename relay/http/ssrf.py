@@ -130,8 +130,11 @@ class CallbackPolicy:
             raise CallbackRefused("host name does not resolve") from None
         addresses = {ipaddress.ip_address(ip.split("%", 1)[0]) for _, ip in found}
         if not addresses or not all(self.ip_allowed(a) for a in addresses):
+            # (which address is not said: the caller need not learn where internal names go)
             raise CallbackRefused(
-                "host resolves to a private, loopback or reserved address" + ALLOW_HINT
+                "host resolves to a private, loopback or reserved address; to allow it, add"
+                f" the host name to RELAY_CALLBACK_ALLOW (e.g. RELAY_CALLBACK_ALLOW={host}),"
+                " or every network it resolves to (localhost is 127.0.0.1 and ::1)"
             )
         return parsed
 
