@@ -39,6 +39,11 @@ UPSTREAM_WAIT = Counter(
     "Seconds spent waiting for the shared upstream request budget or a Retry-After pause.",
     registry=REGISTRY,
 )
+UPSTREAM_PAUSED = Gauge(
+    "relay_upstream_paused_seconds",
+    "Seconds left of a 429 pause of every worker's upstream requests (sampled from Redis).",
+    registry=REGISTRY,
+)
 DELIVERIES = Counter(
     "relay_deliveries_total",
     "Delivery attempts by outcome (ok, retry, failed, disabled).",

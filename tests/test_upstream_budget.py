@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from relay import constants as c
 from relay.store import Store
 from relay.store.limits import Limits
-from tests.conftest import early_in_a_second, eventually
+from tests.conftest import WorkerFactory, early_in_a_second, eventually
 from workers.upstream_budget import Paused, UpstreamGate
 
 
@@ -195,3 +195,19 @@ async def test_a_message_that_is_no_pause_is_skipped_and_the_feed_goes_on(
         await eventually(lambda: gate.paused_until > time.time() + 1, what="1500.0 heard")
         await UpstreamGate(store.limits, 1000).pause(4)
         await eventually(lambda: gate.paused_until > time.time() + 3, what="the pause heard")
+
+
+async def test_a_pause_shows_in_the_workers_gauge(
+    make_worker: WorkerFactory, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """relay_upstream_paused_seconds: the seconds left of a 429 pause, from Redis, so a
+    long one (up to an hour) that stops all polling is seen on a dashboard."""
+    from relay.metrics import UPSTREAM_PAUSED
+    from workers import health
+
+    monkeypatch.setattr(health, "GAUGE_INTERVAL", 0.05)
+    await make_worker()
+    await store.limits.pause_upstream(120_000)
+    await eventually(lambda: 100 < UPSTREAM_PAUSED._value.get() <= 120, what="the gauge")
+    await store.redis.delete(c.UPSTREAM_PAUSE_KEY)
+    await eventually(lambda: UPSTREAM_PAUSED._value.get() == 0, what="the gauge back to 0")

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from relay import constants as c
 from relay import logs
-from relay.metrics import QUEUE_DEPTH, WATCHES, exposition
+from relay.metrics import QUEUE_DEPTH, UPSTREAM_PAUSED, WATCHES, exposition
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.connection import trim_idle
@@ -23,15 +23,19 @@ PROBE_REDIS_S = 1.0  # /readyz waits this long for Redis at most (a hung one)
 
 
 async def gauges(store: Store) -> None:
-    """Refresh the queue-depth and watch-count gauges every GAUGE_INTERVAL seconds, forever,
-    and close the Redis connections a burst left idle beyond a few."""
+    """Refresh the queue-depth, watch-count and upstream-pause gauges every GAUGE_INTERVAL
+    seconds, forever, and close the Redis connections a burst left idle beyond a few."""
     while True:
         try:
             pipe = store.redis.pipeline(transaction=False)
             pipe.zcard(c.POLL_SCHEDULE_KEY)
             pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
             pipe.zcard(c.EXPIRY_SCHEDULE_KEY)
-            polls, deliveries, timers = await pipe.execute()
+            pipe.get(c.UPSTREAM_PAUSE_KEY)  # the pause's end, Redis ms
+            pipe.time()
+            polls, deliveries, timers, pause_end, (secs, micros) = await pipe.execute()
+            now = int(secs) * 1000 + int(micros) // 1000
+            UPSTREAM_PAUSED.set(max(0, int(pause_end or 0) - now) / 1000)
             QUEUE_DEPTH.labels("poll").set(polls)
             QUEUE_DEPTH.labels("delivery").set(deliveries)
             QUEUE_DEPTH.labels("expiry").set(timers)
