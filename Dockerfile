@@ -58,7 +58,7 @@ COPY --from=builder /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /tmp
 
-# 8080: API (RELAY_PORT), 9100: worker /healthz + /metrics (RELAY_METRICS_PORT)
+# 8080: API (RELAY_PORT), 9100: worker /healthz, /readyz, /metrics (RELAY_METRICS_PORT)
 EXPOSE 8080 9100
 
 # No curl in slim: Python's urllib. Healthy when the API's (RELAY_PORT) or the worker's

@@ -161,8 +161,8 @@ class Stack:
 
     def start_workers(self, count: int, extra: Mapping[str, str]) -> list[Proc]:
         """(Re)start *count* workers (``worker``, ``worker-2``...), each its own process with
-        its own metrics port, and wait until each answers ``/healthz``. When one does not
-        come up, the ones started are stopped and the error raised."""
+        its own metrics port, and wait until each answers ``/readyz`` (its pumps running).
+        When one does not come up, the ones started are stopped and the error raised."""
         with self._lock:
             return self._start_workers(count, extra)
 
@@ -180,7 +180,7 @@ class Stack:
                 self.procs[name] = proc
                 started.append((proc, port))
             for proc, port in started:
-                wait_http(f"http://127.0.0.1:{port}/healthz", 30.0, proc)
+                wait_http(f"http://127.0.0.1:{port}/readyz", 30.0, proc)
         except BaseException:
             self.stop_worker()
             raise

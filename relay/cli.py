@@ -104,11 +104,10 @@ def _cannot_listen(exc: OSError) -> str | None:
             f"{exc.strerror} (each process on a host needs its own RELAY_PORT and"
             " RELAY_METRICS_PORT)"
         )
-    if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
-        return (
-            f"{exc.strerror} (RELAY_HOST must be an address of this host; a port below 1024"
-            " needs privileges)"
-        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{exc.strerror} (RELAY_HOST must be an address of this host)"
+    if exc.errno == errno.EACCES:
+        return f"{exc.strerror} (a port below 1024 needs privileges)"
     return None
 
 

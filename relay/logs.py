@@ -203,3 +203,22 @@ def get(name: str) -> Any:
     :func:`setup` still get the configured pipeline.
     """
     return structlog.get_logger(logger_name=name)
+
+
+class Every:
+    """A repeated line logged at most once per *seconds*: ``if every.due(): log...``. The
+    first call is due; :meth:`reset` (the condition cleared) makes the next one due."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self._last is None or now - self._last >= self.seconds:
+            self._last = now
+            return True
+        return False
+
+    def reset(self) -> None:
+        self._last = None

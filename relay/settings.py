@@ -189,13 +189,19 @@ def _redis_url(raw: str) -> str:
         return raw
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss://, unix:// or redis+sentinel:// URL")
+    # (no message holds the URL or a part of it: it may carry a password)
+    from redis.asyncio.connection import parse_url
+
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+        parse_url(raw)  # as the relay's own connections will read it (its query options too)
+    except ValueError:
+        raise ValueError(
+            "expected redis://[user:password@]host[:port][/db] with a port from 1 to 65535"
+        ) from None
     if raw.startswith("unix://"):
         return raw
-    parts = urlsplit(raw)  # (the messages never hold the URL: it may carry a password)
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("the port must be a number from 1 to 65535") from None
     if port == 0 or not parts.hostname:
         raise ValueError("expected redis://[user:password@]host[:port][/db]")
     db = parts.path.strip("/")

@@ -325,7 +325,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         wait_http(f"http://127.0.0.1:{ports['receiver']}/_events", 20, procs["receiver"])
         wait_http(f"http://127.0.0.1:{ports['api']}/healthz", 20, procs["api"])
         wait_http(f"http://127.0.0.1:{ports['api2']}/healthz", 20, procs["api2"])
-        wait_http(f"http://127.0.0.1:{ports['metrics']}/healthz", 20, procs["worker"])
+        wait_http(f"http://127.0.0.1:{ports['metrics']}/readyz", 20, procs["worker"])
         out = asyncio.run(_flow(s, ports, procs))
         for proc in procs.values():
             proc.signal(signal.SIGTERM)

@@ -24,7 +24,8 @@ def test_every_script_file_is_registered_by_one_part_of_the_store() -> None:
     redis = Redis()  # never connected: registering a script only hashes its text
     store = Store(redis)
     registered: list[str] = []
-    for part in (store.watches, store.videos, store.deliveries, store.limits, store.retention):
+    parts = (store.watches, store.videos, store.deliveries, store.limits, store.retention)
+    for part in (*parts, store.circuits):
         for value in vars(part).values():
             if isinstance(value, AsyncScript):
                 assert isinstance(value.script, str)

@@ -332,5 +332,6 @@ async def test_connection_errors_and_timeouts(flaky: tuple[str, list[str]]) -> N
         with pytest.raises(ConnectionFailed) as raised:
             await relay.get_watch("wat_x")
     assert isinstance(raised.value.__cause__, httpx.ConnectError)
+    assert isinstance(raised.value, httpx.TransportError)  # (what callers caught before)
     with pytest.raises(ValueError, match="api_key"):
         Client("http://127.0.0.1:9", "")

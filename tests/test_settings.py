@@ -157,9 +157,37 @@ def test_every_variable_parsed() -> None:
     assert s.lease == 1.5
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "unix:///run/redis.sock?db=1"])
-def test_redis_url_schemes(url: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "db"),
+    [
+        ("redis://127.0.0.1:6379/0", 0),
+        ("redis://127.0.0.1:6379/", 0),  # (arq's own reading of it failed: int(''))
+        ("redis://:p%40ss@127.0.0.1:6379/3", 3),
+        ("rediss://127.0.0.1/2", 2),
+        ("unix:///run/redis.sock?db=1", 1),
+    ],
+)
+def test_redis_url_schemes(url: str, db: int) -> None:
+    """A REDIS_URL accepted is read alike by the relay's connections and by arq's."""
+    from relay.store.connection import arq_settings
+
     assert load({"REDIS_URL": url}).redis_url == url
+    assert arq_settings(url).database == db
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:ab[s3cr3t]cd@127.0.0.1:6379/0",
+        "redis://u:s3cr3t@127.0.0.1:bad/0",
+        "redis://u:s3cr3t@127.0.0.1/x",
+        "redis://u:s3cr3t@127.0.0.1/0?db=x",
+    ],
+)
+def test_a_bad_redis_url_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"REDIS_URL": url})
+    assert "s3cr3t" not in str(info.value) and str(info.value).startswith("REDIS_URL:")
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])

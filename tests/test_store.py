@@ -435,3 +435,30 @@ async def test_scripts_run_twice_change_nothing_more(store: Store) -> None:
     assert await script(keys=keys, args=[*args[:4], "request-2"]) == "delivering"
     counts = await store.watches.tenant_counts("acme")
     assert counts["delivering"] == 1 and counts["failed"] == 0
+
+
+async def test_attempts_list_each_kind_in_its_numbers_order_merged_by_time(
+    store: Store,
+) -> None:
+    """An event's attempts keep their numbers' order whatever the workers' clocks wrote
+    (attempt 2 stamped before attempt 1), pings theirs, and the two are merged by time."""
+    (w,) = await registered(store, 1)
+    key = c.WATCH_KEY.format(w.id)
+    await store.redis.hset(
+        key,
+        mapping={
+            "#1": attempts.record(1, 1_700_000_002_000, 500, None, 1.0, None),
+            "#2": attempts.record(2, 1_700_000_001_000, 204, None, 1.0, None),
+            "p1": attempts.ping_record(1_700_000_000_000, 204, None, 1.0, None, "evt_p1"),
+            "p2": attempts.ping_record(1_700_000_003_000, 204, None, 1.0, None, "evt_p2"),
+            "pn": "2",
+            "ev": "clips.ready|1700000000000|100|completed|",
+        },
+    )
+    rows = await store.watches.attempts(w)
+    assert [(r["eventType"], r["attempt"], r["at"][17:23]) for r in rows] == [
+        ("watch.ping", 1, "20.000"),
+        ("clips.ready", 1, "22.000"),
+        ("clips.ready", 2, "21.000"),
+        ("watch.ping", 1, "23.000"),
+    ]

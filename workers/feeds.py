@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Callable
 from redis.exceptions import RedisError
 
 from relay import logs
+from relay.logs import Every
 from relay.store.feeds import Feed
 
 log = logs.get("workers.feeds")
 RETRY_S = 1.0  # after a feed's connection is lost
 WAIT_S = 1.0  # one wait for a message: a stop is seen within this
 CATCH_UP_S = 10.0  # the catch-up's period while subscribed
-LOG_LOST_EVERY = 60  # failed subscriptions in a row between two log lines
+LOST_LOG_S = 60.0  # between two "feed lost" lines while Redis stays away
 
 
 class Follower:
@@ -46,10 +47,12 @@ class Follower:
         """Follow the feed; *ready* is set once subscribed (again after each reconnect)."""
         self._running = True
         lost = 0  # subscriptions failed in a row
+        lost_log = Every(LOST_LOG_S)
         while self._running:
             try:
                 async with self._open() as feed:
                     lost = 0
+                    lost_log.reset()
                     caught_up = time.monotonic()
                     if self._on_subscribed is not None:
                         await self._on_subscribed()
@@ -66,15 +69,14 @@ class Follower:
                             caught_up = time.monotonic()
                             await self._on_subscribed()
             except (RedisError, OSError) as exc:
-                # logged at the first loss, then once a minute while Redis stays away
-                if lost % LOG_LOST_EVERY == 0:
+                lost += 1
+                if lost_log.due():  # at the first loss, then once a minute while it lasts
                     log.warning(
                         "feed lost; subscribing again",
                         feed=self.what,
                         error=type(exc).__name__,
-                        tries=lost + 1,
+                        tries=lost,
                     )
-                lost += 1
                 await asyncio.sleep(RETRY_S)
 
     def _handle(self, message: str) -> None:

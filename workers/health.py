@@ -7,6 +7,7 @@ worker started during an outage is seen alive, not ready."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -44,17 +45,23 @@ async def gauges(store: Store) -> None:
             await trim_idle(store.redis)  # a burst's connections do not stay open for good
         except Exception as exc:
             log.debug("gauges failed", error=type(exc).__name__)
+            UPSTREAM_PAUSED.set(0)  # (not a stale pause for as long as Redis is away)
         await asyncio.sleep(GAUGE_INTERVAL)
 
 
-async def serve(settings: Settings, store: Store) -> web.AppRunner | None:
+async def serve(
+    settings: Settings, store: Store, started: Callable[[], bool] = lambda: True
+) -> web.AppRunner | None:
     """Start the server on RELAY_METRICS_PORT (None when it is 0: off); the caller cleans
-    the runner up at shutdown, before it closes Redis."""
+    the runner up at shutdown, before it closes Redis. ``/readyz`` also needs *started*:
+    the pumps running (not yet, or no more while the worker stops)."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
+        if not started():
+            return web.json_response({"status": "starting or stopping"}, status=503)
         try:
             async with asyncio.timeout(PROBE_REDIS_S):
                 await store.redis.ping()

@@ -4,7 +4,8 @@ retention sweeper.
 arq runs the process: signals, its health-check key, the expiry jobs. ``startup`` opens
 the shared resources and starts the pumps; ``shutdown`` stops them, giving attempts in
 flight RELAY_SHUTDOWN_GRACE seconds. A small HTTP server on RELAY_METRICS_PORT answers
-``/healthz`` (for Kubernetes probes) and ``/metrics`` (:mod:`workers.health`).
+``/healthz`` (alive), ``/readyz`` (Redis and the pumps) and ``/metrics``
+(:mod:`workers.health`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import aiohttp
 from aiohttp import web
 from arq import Worker
 from arq.worker import func
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import constants as c
@@ -28,6 +29,7 @@ from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy
 from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
+from relay.logs import Every
 from relay.settings import Settings
 from relay.store import EXPIRE_JOB, Store
 from relay.store.connection import arq_settings, connect
@@ -47,7 +49,9 @@ RUNTIME = "runtime"
 HEALTH_INTERVAL = 10  # seconds between arq health-check writes (arq's default is an hour)
 EARLY = "early"  # ctx: the store and metrics runner RelayWorker.main opened before arq's start
 WAIT_TRY_S = 1.0  # a worker waiting for Redis asks this often
-WAIT_LOG_EVERY = 10  # tries between two "waiting for redis" lines
+WAIT_LOG_S = 10.0  # between two "waiting for redis" lines
+OUTAGE_LOG_S = 60.0  # between two "redis unavailable" lines of arq's poll loop
+ARQ_CLOSE_S = 5.0  # arq's own cleanup at the stop (its health key, its pool), at most
 
 
 @dataclass(slots=True)
@@ -76,7 +80,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     else:
         store = Store(connect(settings.redis_url))
         # its port first: a port in use stops the worker before any pump has claimed work
-        runner = await health.serve(settings, store)
+        runner = await health.serve(settings, store, lambda: RUNTIME in ctx)
     policy = CallbackPolicy(settings.callback_allow, Resolver(settings.dns_servers))
     upstream_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.poll_concurrency * 2, ttl_dns_cache=60),
@@ -207,11 +211,16 @@ class RelayWorker(Worker):
     health key) alive until Redis is back.
     """
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._outage = Every(OUTAGE_LOG_S)  # arq's poll loop failing: one line a minute
+
     async def main(self) -> None:
         settings: Settings = self.ctx[SETTINGS]
         store = Store(connect(settings.redis_url))
         try:
-            runner = await health.serve(settings, store)  # a port in use: stops here
+            # a port in use: stops here; ready once startup has started the pumps
+            runner = await health.serve(settings, store, lambda: RUNTIME in self.ctx)
         except BaseException:
             await store.redis.aclose()
             raise
@@ -224,37 +233,53 @@ class RelayWorker(Worker):
         await super().main()
 
     async def close(self) -> None:
+        # the pumps first, bounded by their own grace whatever Redis does; then arq's own
+        # cleanup (its health key, its pool), whose Redis calls have no timeout of their
+        # own: a hung Redis must not keep the process from ending (its on_shutdown finds
+        # nothing left to stop)
+        await shutdown(self.ctx)
         try:
-            await super().close()
-        except (RedisError, OSError) as exc:  # Redis away at the stop: arq's cleanup failed
+            async with asyncio.timeout(ARQ_CLOSE_S):
+                await super().close()
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable at shutdown", error=type(exc).__name__)
-            await shutdown(self.ctx)  # (if arq had not run it yet: the pumps stop all the same)
 
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            log.warning("redis unavailable; retrying", error=type(exc).__name__)
+            if self._outage.due():
+                log.warning("redis unavailable; retrying", error=type(exc).__name__)
             await asyncio.sleep(1.0)
+        else:
+            self._outage.reset()
 
 
 async def wait_for_redis(store: Store) -> None:
-    """Return once Redis answers a PING, logging at the first miss and every
-    WAIT_LOG_EVERY tries while it does not."""
+    """Return once Redis answers a PING, logging at the first miss and every WAIT_LOG_S
+    while it does not (at error level when Redis refuses the worker: REDIS_URL's
+    credentials or database, a mistake of the configuration rather than an outage)."""
+    log_every = Every(WAIT_LOG_S)
     tries = 0
     while True:
         try:
             async with asyncio.timeout(WAIT_TRY_S):
                 await store.redis.ping()
+        except (AuthenticationError, ResponseError) as exc:
+            if log_every.due():
+                log.error(
+                    "redis refuses the worker: check REDIS_URL's credentials and database",
+                    error=type(exc).__name__,
+                )
         except (RedisError, OSError, TimeoutError) as exc:
-            if tries % WAIT_LOG_EVERY == 0:
+            if log_every.due():
                 log.warning("waiting for redis", error=type(exc).__name__, tries=tries + 1)
-            tries += 1
-            await asyncio.sleep(WAIT_TRY_S)
-            continue
-        if tries:
-            log.info("redis answers", tries=tries)
-        return
+        else:
+            if tries:
+                log.info("redis answers", tries=tries)
+            return
+        tries += 1
+        await asyncio.sleep(WAIT_TRY_S)
 
 
 async def _close_early(ctx: dict[str, Any]) -> None:

@@ -17,12 +17,13 @@ import time
 from collections import Counter
 
 from relay import logs
+from relay.logs import Every
 from relay.store.limits import Limits
 from relay.tasks import finish
 
 log = logs.get("relay.api.throttle")
 SYNC_EVERY = 0.05
-FAIL_LOG_EVERY = int(60 / SYNC_EVERY)  # failed syncs in a row between two log lines
+FAIL_LOG_S = 60.0  # between two "rate limit sync failed" lines while it lasts
 SYNC_DEADLINE = 1.0  # a sync that has not ended by then (a hung Redis) is given up
 STOP_WAIT = 15.0  # longer than a sync that retries against an unreachable Redis
 
@@ -41,6 +42,7 @@ class RateLimiter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._failing = 0  # syncs failed in a row
+        self._fail_log = Every(FAIL_LOG_S)
 
     def _roll(self, second: int) -> None:
         """Start counting *second*; what the last one admitted unsynced is still added."""
@@ -91,12 +93,12 @@ class RateLimiter:
                 async with asyncio.timeout(SYNC_DEADLINE):  # a hung Redis: give up, go on
                     await self.sync()
                 self._failing = 0
+                self._fail_log.reset()
             except Exception as exc:  # Redis away: requests fail on their own; keep going
-                # logged at the first failure, then once a minute while it lasts
-                if self._failing % FAIL_LOG_EVERY == 0:
+                self._failing += 1
+                if self._fail_log.due():  # at the first failure, then once a minute
                     log.warning(
                         "rate limit sync failed",
                         error=type(exc).__name__,
-                        failures_in_a_row=self._failing + 1,
+                        failures_in_a_row=self._failing,
                     )
-                self._failing += 1

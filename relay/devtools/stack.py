@@ -216,7 +216,7 @@ def start_local_stack(
         sim, api, worker = stack.procs
         wait_http(stack.upstream + "/_sim/stats", 20.0, sim)
         wait_http(stack.api + "/healthz", 20.0, api)
-        wait_http(stack.metrics + "/healthz", 20.0, worker)
+        wait_http(stack.metrics + "/readyz", 20.0, worker)  # (its pumps running)
     except BaseException:
         stack.stop()
         raise

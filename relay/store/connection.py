@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 from arq.connections import RedisSettings
 from redis.asyncio import Redis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -143,8 +144,17 @@ def arq_settings(url: str) -> RedisSettings:
             username=target.username,
             password=target.password,
         )
-    else:
-        settings = RedisSettings.from_dsn(url)
+    else:  # read as the relay's own connections read it (arq's from_dsn reads less: '/')
+        kw = parse_url(url)
+        settings = RedisSettings(
+            host=kw.get("host", "localhost"),
+            port=kw.get("port", 6379),
+            unix_socket_path=kw.get("path"),
+            database=kw.get("db", 0),
+            username=kw.get("username"),
+            password=kw.get("password"),
+            ssl=url.startswith("rediss://"),
+        )
     settings.conn_timeout = int(SOCKET_TIMEOUT)
     settings.conn_retries = 60
     settings.conn_retry_delay = 1

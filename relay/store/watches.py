@@ -6,6 +6,7 @@ Each transition that other replicas may race with is one Lua script (``commands/
 
 from __future__ import annotations
 
+import heapq
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -277,17 +278,24 @@ class Watches:
         return load_secrets(raw) if raw else None
 
     async def attempts(self, watch: Watch) -> list[dict[str, Any]]:
-        """Every recorded delivery attempt of a watch (the last MAX_ATTEMPTS_KEPT), oldest
-        first."""
+        """Every recorded delivery attempt of a watch: the last MAX_ATTEMPTS_KEPT of its
+        event and the last MAX_ATTEMPTS_KEPT pings, oldest first."""
         h = await self.redis.hgetall(c.WATCH_KEY.format(watch.id))  # type: ignore[misc]
         event_type = (h.get("ev") or "").split("|", 1)[0] or watch.event_type
-        rows = [
-            attempts.expand(watch.id, event_type, raw)
-            for name, raw in h.items()
-            if name.startswith(RECORD_PREFIX)
-            or (name.startswith(PING_PREFIX) and name[len(PING_PREFIX) :].isdigit())
-        ]
-        return sorted(rows, key=lambda row: row["at"])  # (ISO times sort as they read)
+
+        def numbered(prefix: str) -> list[dict[str, Any]]:
+            rows = sorted(
+                (int(name[len(prefix) :]), raw)
+                for name, raw in h.items()
+                if name.startswith(prefix) and name[len(prefix) :].isdigit()
+            )
+            return [attempts.expand(watch.id, event_type, raw) for _, raw in rows]
+
+        # each kind in its own numbers' order, the two merged by time (ISO times sort as
+        # they read; at the same time the event's attempt first)
+        return list(
+            heapq.merge(numbered(RECORD_PREFIX), numbered(PING_PREFIX), key=lambda r: r["at"])
+        )
 
     async def recover(self, tenant: str, since_ms: int, until_ms: int) -> int:
         """Put the tenant's watches that became failed in [since_ms, until_ms) back to

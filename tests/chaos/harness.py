@@ -378,9 +378,9 @@ class Stack:
         return proc
 
     async def start_worker(self, name: str = "worker", **extra: str | None) -> Proc:
-        """Start ``clip-relay worker`` and wait for its ``/healthz`` (pumps running)."""
+        """Start ``clip-relay worker`` and wait for its ``/readyz`` (pumps running)."""
         proc = self._spawn(name, "worker", extra)
-        await wait_http(f"http://127.0.0.1:{self.metrics_ports[name]}/healthz", 20, proc)
+        await wait_http(f"http://127.0.0.1:{self.metrics_ports[name]}/readyz", 20, proc)
         return proc
 
     def api(self, name: str = "api") -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx
+
 
 class ClipRelayError(Exception):
     """Base class of every error this package raises."""
@@ -44,10 +46,10 @@ class ApiError(ClipRelayError):
         super().__init__(text)
 
 
-class ConnectionFailed(ClipRelayError):
+class ConnectionFailed(ClipRelayError, httpx.TransportError):
     """The API could not be reached, or did not answer within the client's *timeout*, on
     the last of the tries allowed; the transport's own error (an ``httpx`` one) is
-    ``__cause__``."""
+    ``__cause__``. Also an ``httpx.TransportError``, as the client raised before."""
 
 
 class WebhookVerificationError(ClipRelayError):
