@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -255,3 +256,37 @@ def test_a_worker_started_while_redis_is_away_waits_for_it(tmp_path: Path) -> No
         assert "Traceback" not in log and "worker stopped" in log, log[-3000:]
     finally:
         proc.stop()
+
+
+def test_a_worker_stopped_while_redis_hangs_stops_within_its_bounds(tmp_path: Path) -> None:
+    """Redis stops answering (SIGSTOP) and the worker gets SIGTERM: it stops -- its pumps
+    within their grace, arq's own cleanup bounded -- instead of waiting for Redis for ever
+    (arq's pool has no socket timeout)."""
+    (tmp_path / "redis").mkdir()
+    server = RedisServer.start(workdir=tmp_path / "redis")
+    metrics = free_port()
+    env = relay_env(
+        server.url,
+        "http://127.0.0.1:9/v1",
+        api_keys="ci:" + "k" * 32,
+        upstream_key="sr_test",
+        port=free_port(),
+        metrics_port=metrics,
+        extra={"RELAY_SHUTDOWN_GRACE": "2"},
+    )
+    proc = spawn("worker", ["worker"], env, tmp_path)
+    try:
+        wait_http(f"http://127.0.0.1:{metrics}/readyz", 20, proc)
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            code = proc.stop(timeout=40)
+            took = time.monotonic() - started
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        log = proc.log_text()
+        assert took < 25, (took, log[-3000:])
+        assert code == 0 and "worker stopped" in log and "Traceback" not in log, log[-3000:]
+    finally:
+        proc.stop()
+        server.stop()
