@@ -43,7 +43,11 @@ class UpstreamGate:
         self._lock = asyncio.Lock()
         self.paused_until = 0.0  # as last learnt from Redis (epoch seconds)
         self._paused_mono = 0.0  # the same end on this host's monotonic clock (what is slept)
-        self._pauses = Follower(lambda: limits.pause_feed(), self._heard, "upstream pauses")
+        self._pauses = Follower(
+            lambda: limits.pause_feed(),  # (looked up when followed: a stand-in may have none)
+            self._heard,
+            "upstream pauses",
+        )
 
     async def acquire(self, *, max_pause: float = float("inf")) -> None:
         """Wait for one request's worth of the shared budget. A 429 pause longer than

@@ -34,7 +34,7 @@ class Limits:
 
     async def pause_upstream(self, pause_ms: int) -> None:
         """Pause all workers' upstream requests for *pause_ms* from Redis' now (keeps a
-        later pause); a new pause is published to every :class:`PauseFeed`."""
+        later pause); a new pause is published on its :meth:`pause_feed`."""
         await self._pause(
             keys=[c.UPSTREAM_PAUSE_KEY], args=[max(pause_ms, 1), c.UPSTREAM_PAUSE_CHANNEL]
         )
