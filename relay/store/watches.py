@@ -22,6 +22,7 @@ from relay.domain.listing import Page, decode_cursor, encode_cursor
 from relay.domain.origin import url_origin_tag
 from relay.domain.watch import SecretEntry, Watch
 from relay.store import recovery, scripts
+from relay.store.coalesce import Coalescer
 from relay.store.codec import (
     PING_PREFIX,
     RECORD_PREFIX,
@@ -68,6 +69,8 @@ class Watches:
     def __init__(self, redis: Redis, circuits: Circuits) -> None:
         self.redis = redis
         self._circuits = circuits
+        # registrations and reads come many at a time from an API under load
+        self._coalesced = Coalescer(redis)
         self._create = scripts.register(redis, "create_watch")
         self._read = scripts.register(redis, "read_watches")
         self._cancel = scripts.register(redis, "cancel")
@@ -120,7 +123,7 @@ class Watches:
             keys.append(c.IDEMPOTENCY_KEY.format(watch.tenant, idempotency.key_hash))
             record = {"fp": idempotency.fingerprint, "watchId": wid}
             args += [orjson.dumps(record), c.IDEMPOTENCY_TTL]
-        reply = await self._create(keys=keys, args=args)
+        reply = await self._coalesced.call(self._create, keys, args)
         outcome = str(reply[0])
         if outcome == "full":
             return Created("full", live=int(reply[1]))
@@ -147,7 +150,7 @@ class Watches:
             *STATE_FIELDS,
         ]
         args += watch_ids
-        rows = await self._read(keys=[], args=args)
+        rows = await self._coalesced.call(self._read, [], args)
         out: list[Watch | None] = []
         for wid, row in zip(watch_ids, rows, strict=True):
             if not row:
