@@ -4,13 +4,16 @@ own outcome (real Redis)."""
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Awaitable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from relay.devtools.embedded_redis import free_port
+from relay.devtools.embedded_redis import RedisServer, free_port
 from relay.store.coalesce import MAX_CALLS, Coalescer
 from relay.store.connection import connect
 
@@ -100,3 +103,42 @@ async def test_redis_unreachable_fails_every_call_of_the_turn() -> None:
             await coalescer.call(echo, ["n"], ["alone"])
     finally:
         await redis.aclose()
+
+
+async def test_calls_given_up_on_a_stalled_redis_are_not_run_when_it_wakes() -> None:
+    """Redis stalls (SIGSTOP); 20 turns of 3 calls each give up after 50 ms, as requests
+    past their deadline do. Nothing is left waiting, and once Redis wakes at most the one
+    turn already written to its socket runs -- not all 60, as when each turn's work went on
+    without its callers."""
+    server = RedisServer.start()
+    redis = connect(server.url, read_timeout=None)  # as the API's client: its own deadlines
+    try:
+        echo = redis.register_script(ECHO)
+        await redis.script_load(ECHO)
+        coalescer = Coalescer(redis)
+        assert await coalescer.call(echo, ["n"], ["warm"]) == "warm"  # a pooled connection
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            for turn in range(20):
+                got = await asyncio.gather(
+                    *(
+                        _within(0.05, coalescer.call(echo, ["n"], [f"{turn}.{i}"]))
+                        for i in range(3)
+                    ),
+                    return_exceptions=True,
+                )
+                assert all(isinstance(g, TimeoutError) for g in got), got
+            await asyncio.sleep(0)
+            assert not coalescer._sending  # nothing left waiting on the stalled server
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.3)
+        assert int(await redis.get("n")) - 1 <= 3
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def _within(seconds: float, call: Awaitable[Any]) -> Any:
+    async with asyncio.timeout(seconds):
+        return await call
