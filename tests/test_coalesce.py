@@ -142,3 +142,29 @@ async def test_calls_given_up_on_a_stalled_redis_are_not_run_when_it_wakes() -> 
 async def _within(seconds: float, call: Awaitable[Any]) -> Any:
     async with asyncio.timeout(seconds):
         return await call
+
+
+def test_a_turn_cancelled_before_it_ran_does_not_hold_up_the_next(
+    redis_server: RedisServer,
+) -> None:
+    """A loop closed with a turn not yet sent (asyncio.run cancels it): calls made later,
+    on another loop, are sent."""
+    redis = connect(redis_server.url)
+    echo = redis.register_script(ECHO)
+    coalescer = Coalescer(redis)
+
+    left: list[asyncio.Future[Any]] = []
+
+    async def closed_early() -> None:
+        left.append(asyncio.ensure_future(coalescer.call(echo, ["n"], ["never"])))  # pending
+
+    asyncio.run(closed_early())
+    assert left[0].cancelled()
+
+    async def later() -> Any:
+        try:
+            return await asyncio.wait_for(coalescer.call(echo, ["n"], ["later"]), 5)
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(later()) == "later"

@@ -37,20 +37,22 @@ class Coalescer:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._queued: list[Call] = []
+        self._next: asyncio.Task[None] | None = None  # the task that sends this turn's calls
         self._sending: set[asyncio.Task[None]] = set()
 
     async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run *script* with *keys* and *args*; its reply (or its error)."""
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._queued:  # the first call of this turn: the rest join it
-            task = asyncio.ensure_future(self._drain())  # (its first step: the next turn)
+        if self._next is None or self._next.done():  # the first call of this turn
+            # (done: cancelled before it ran, as a loop closing does; it sends nothing)
+            self._next = task = asyncio.ensure_future(self._drain())  # (it runs next turn)
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
         self._queued.append((script, keys, args, answer))
         return await answer
 
     async def _drain(self) -> None:
-        queued, self._queued = self._queued, []
+        queued, self._queued, self._next = self._queued, [], None
         calls = [call for call in queued if not call[3].done()]  # callers that gave up
         if not calls:
             return
