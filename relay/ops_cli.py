@@ -37,7 +37,9 @@ def _common() -> argparse.ArgumentParser:
         help="an API key of RELAY_API_KEYS: its tenant's watches (default: RELAY_API_KEY)",
     )
     common.add_argument("--json", action="store_true", help="print the API's JSON documents")
-    common.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    common.add_argument(
+        "--timeout", type=_seconds, default=10.0, help="seconds per request (more than 0)"
+    )
     return common
 
 
@@ -55,6 +57,17 @@ def _limit(value: str) -> int:
             f"must be 0 (all) or a positive whole number, not {value!r}"
         )
     return n
+
+
+def _seconds(value: str) -> float:
+    """``--timeout``: a number of seconds, more than 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not (0 < seconds < 10**6):  # (NaN too)
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {value!r}")
+    return seconds
 
 
 def parser() -> argparse.ArgumentParser:
@@ -224,6 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = top.parse_args(glue_values(top, sys.argv[1:] if argv is None else argv))
     if not args.api_key:
         print("clip-relay watches: set RELAY_API_KEY or give --api-key", file=sys.stderr)
+        return 2
+    if not (args.api_key.isascii() and args.api_key.isprintable()):  # (no key has such)
+        print(
+            "clip-relay watches: the API key has a character an API key cannot have"
+            " (not printable ASCII): copy it again",
+            file=sys.stderr,
+        )
         return 2
     try:
         with Client(args.api_url, args.api_key, timeout=args.timeout, max_retries=2) as relay:

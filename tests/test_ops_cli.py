@@ -132,6 +132,19 @@ async def test_api_errors_exit_1_naming_status_and_title(api: Api) -> None:
     assert code == 1 and "cannot reach" in err
 
 
+async def test_a_bad_timeout_or_a_mangled_key_is_a_usage_error_not_a_traceback(api: Api) -> None:
+    """``--timeout`` of 0, below 0 or not a number; an API key with a character no key has
+    (pasted through a wrong encoding): one line each, exit 2 (a traceback before)."""
+    runs = await asyncio.gather(
+        *(cli(api, "list", "--timeout", t) for t in ("-1", "0", "nan", "soon")),
+        cli(api, "list", key="k\u00e9y"),
+    )
+    for code, out, err in runs:
+        assert code == 2 and out == "" and "Traceback" not in err, err
+    assert "--timeout" in runs[0][2] and "above 0" in runs[0][2]
+    assert "API key" in runs[-1][2]
+
+
 async def test_every_command_has_help() -> None:
     """``--help`` on the group and on every command."""
     runs = await asyncio.gather(

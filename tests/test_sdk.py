@@ -254,6 +254,9 @@ def test_verify_accepts_what_standardwebhooks_signs() -> None:
     assert verify(secret.removeprefix("whsec_"), body, headers).id == "evt_1"
     with pytest.raises(ValueError, match="base64"):
         verify("not-a-secret", body, headers)
+    # no secret at all (an unset environment variable): the documented ValueError too
+    with pytest.raises(ValueError, match="webhook secret"):
+        verify(None, body, headers)  # type: ignore[arg-type]
     with pytest.raises(WebhookVerificationError, match=r"(399|400) s in the future"):
         verify(secret, body, headers, now=now.timestamp() - 400)
 

@@ -106,7 +106,11 @@ def verify(
     time); any of the space-separated ``v1`` signatures may match. Raises
     :class:`WebhookVerificationError` otherwise, :class:`ValueError` for a malformed secret.
     """
-    keys = [_key(s) for s in ([secret] if isinstance(secret, str) else secret)]
+    if isinstance(secret, str):
+        secret = [secret]
+    elif not isinstance(secret, Sequence):  # None: an unset environment variable, say
+        raise ValueError(f"a webhook secret is a string, {_PREFIX}..., or a list of them")
+    keys = [_key(s) for s in secret]
     if not keys:
         raise ValueError("give at least one webhook secret")
     if isinstance(body, str):
