@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": "run the whole stack on an embedded Redis, one watch round trip, then exit",
     "watches": "the operator CLI over the API: list, get, deliveries, redeliver, cancel, "
     "rotate-secret, ping, recover",
+    "upstream": "the upstream's 429 pause (through REDIS_URL): status, or end it now (resume)",
 }
 
 
@@ -56,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relay.ops_cli import main as watches
 
         return watches(argv[1:])
+    if argv and argv[0] == "upstream":
+        from relay.upstream_cli import main as upstream
+
+        return upstream(argv[1:], lambda: _settings("upstream"))
     if argv and argv[0] in ("upstream-sim", "receiver"):
         # tools with their own options
         if argv[0] == "upstream-sim":

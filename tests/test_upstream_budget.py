@@ -42,6 +42,9 @@ class CountingLimits:
     async def pause_upstream(self, pause_ms: int) -> None:
         await self._store.pause_upstream(pause_ms)
 
+    async def upstream_pause_left_ms(self) -> int:
+        return await self._store.upstream_pause_left_ms()
+
 
 async def test_two_gates_together_never_exceed_rps_in_any_second(store: Store) -> None:
     """Rule: the RELAY_UPSTREAM_RPS budget is shared through Redis: two gates (two workers),
@@ -91,7 +94,7 @@ async def test_a_pause_set_by_one_gate_holds_the_other(store: Store) -> None:
     the other waits until it ends, or raises ``Paused`` (with the pause's end) when the pause
     is longer than its *max_pause*."""
     pausing, other = UpstreamGate(store.limits, 50), UpstreamGate(store.limits, 50)
-    await pausing.pause(0.6)
+    await pausing.pause(1.5)  # (well above max_pause, also on a machine slowed by others)
     until = pausing.paused_until
     with pytest.raises(Paused):
         await pausing.acquire(max_pause=0.2)
@@ -211,3 +214,62 @@ async def test_a_pause_shows_in_the_workers_gauge(
     await eventually(lambda: 100 < UPSTREAM_PAUSED._value.get() <= 120, what="the gauge")
     await store.redis.delete(c.UPSTREAM_PAUSE_KEY)
     await eventually(lambda: UPSTREAM_PAUSED._value.get() == 0, what="the gauge back to 0")
+
+
+async def test_an_operator_ending_the_pause_wakes_every_gate_at_once(store: Store) -> None:
+    """``clip-relay upstream resume`` (:meth:`Limits.resume_upstream`): a gate waiting out
+    a one-hour pause with the tokens it holds goes on within a moment, and a new request is
+    granted; the pause is gone from Redis."""
+    waiting, pausing = UpstreamGate(store.limits, 1000), UpstreamGate(store.limits, 1000)
+    async with following(waiting):
+        await pausing.pause(3600)
+        await eventually(lambda: waiting.paused_until > time.time() + 3000, what="the pause")
+        blocked = asyncio.create_task(waiting.acquire())
+        await asyncio.sleep(0.2)
+        assert not blocked.done()
+        left, _ = await store.limits.resume_upstream(lease_s=25)
+        assert 3_590_000 < left <= 3_600_000
+        await asyncio.wait_for(blocked, 2)
+        assert waiting.paused_until == 0 and await store.limits.upstream_pause_left_ms() == 0
+        await asyncio.wait_for(UpstreamGate(store.limits, 1000).acquire(), 2)  # Redis grants
+
+
+async def test_a_gate_that_missed_the_end_of_a_pause_learns_it_from_redis(store: Store) -> None:
+    """A gate whose subscription was away when the pause was ended reads it from Redis
+    when it subscribes again (and every 10 s): it does not wait out the hour."""
+    gate = UpstreamGate(store.limits, 1000)
+    await gate.pause(3600)
+    await store.limits.resume_upstream(lease_s=25)  # nobody subscribed: the message is lost
+    assert gate.paused_until > time.time() + 3000
+    async with following(gate):  # the catch-up on subscribing
+        assert gate.paused_until == 0
+        await asyncio.wait_for(gate.acquire(), 2)
+    # and a pause it missed is learnt the same way
+    await UpstreamGate(store.limits, 1000).pause(60)
+    async with following(gate):
+        assert gate.paused_until > time.time() + 50
+
+
+async def test_resuming_makes_the_polls_put_off_to_the_pause_end_due_not_leased_ones(
+    store: Store, redis: Redis
+) -> None:
+    """The polls a poller put off to the pause's end are due at once; a video whose poll is
+    claimed (its lease deadline, 25 s away) and one due long after stay where they are."""
+    await UpstreamGate(store.limits, 1000).pause(600)
+    end_ms = int(await redis.get(c.UPSTREAM_PAUSE_KEY))
+    now_ms = end_ms - 600_000
+    await redis.zadd(
+        c.POLL_SCHEDULE_KEY,
+        {
+            "put_off_1": end_ms + 1,
+            "put_off_2": end_ms - 3,
+            "leased": now_ms + 25_000,
+            "later": end_ms + 60_000,
+        },
+    )
+    left, moved = await store.limits.resume_upstream(lease_s=25)
+    assert left > 590_000 and moved == 2
+    scores = dict(await redis.zrange(c.POLL_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert scores["put_off_1"] <= now_ms + 5_000 and scores["put_off_2"] <= now_ms + 5_000
+    assert scores["leased"] == now_ms + 25_000 and scores["later"] == end_ms + 60_000
+    assert await store.limits.resume_upstream(lease_s=25) == (0, 0)  # nothing left to end

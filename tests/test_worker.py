@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
 import time
+from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,9 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
+from relay.devtools.embedded_redis import RedisServer
 from relay.devtools.receiver import Receiver
 from relay.domain.signing import WebhookVerificationError, verify
-from tests.conftest import ApiFactory, WorkerFactory, auth
+from tests.conftest import ApiFactory, WorkerFactory, auth, eventually
 
 Client = TestClient[web.Request, web.Application]
 Rec = tuple[Receiver, str]
@@ -475,6 +480,54 @@ async def test_upstream_429_pauses_requests(
     limited_at = next(t for t, code in log if code == 429)
     after = [t for t, _ in log if t > limited_at]
     assert after and min(after) - limited_at >= 0.95
+
+
+async def test_an_operator_ends_a_long_429_pause_and_polling_goes_on(
+    api: Client, worker: Any, sim: Client, receiver: Rec, redis_server: RedisServer
+) -> None:
+    """``clip-relay upstream resume`` (the process, on REDIS_URL): a 429 with an hour's
+    Retry-After stops every poll; once an operator ends the pause the video is polled within
+    seconds and its watch delivered, instead of an hour later."""
+    vid = await sim_video(
+        sim, timeline=[{"status": "analyzing", "after": 0}, {"status": "completed", "after": 0.2}]
+    )
+    await sim.post(
+        "/_sim/faults", json={"kind": "429", "path": "status", "retryAfter": 3600, "times": 1}
+    )
+    w = await register(api, receiver, vid)
+
+    async def polled() -> list[tuple[float, int]]:
+        stats = await (await sim.get("/_sim/stats")).json()
+        return [(t, code) for t, _, v, code in stats["log"] if v == vid]
+
+    await eventually(lambda: _has_429(polled()), what="the 429")
+    await asyncio.sleep(1.0)
+    assert [code for _, code in await polled()] == [429]  # paused: no other poll
+    code, out = await upstream_cli(redis_server, "status")
+    assert code == 0 and "upstream paused: 0:59:" in out, out
+    code, out = await upstream_cli(redis_server, "resume")
+    assert code == 0 and "upstream pause ended" in out, out
+    got = await wait_watch(api, w["id"], timeout=10)
+    assert got["lastEventType"] == "clips.ready"
+    assert await upstream_cli(redis_server, "resume") == (0, "upstream was not paused\n")
+
+
+async def _has_429(log: Awaitable[list[tuple[float, int]]]) -> bool:
+    return any(code == 429 for _, code in await log)
+
+
+async def upstream_cli(redis_server: RedisServer, *args: str) -> tuple[int, str]:
+    """``clip-relay upstream *args`` as a process on the test Redis: (exit status, stdout)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("clip-relay")),
+        "upstream",
+        *args,
+        env=dict(os.environ, REDIS_URL=redis_server.url, LOG_FORMAT="console"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
 
 
 async def test_upstream_errors_back_off_and_recover(

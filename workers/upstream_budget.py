@@ -9,18 +9,23 @@ another. A 429
 from the upstream pauses every worker until its Retry-After has passed; a caller holding a
 lease does not sleep through a long pause (:class:`Paused`), it reschedules its work. A
 gate learns of another worker's pause as it is set (:meth:`UpstreamGate.follow_pauses`, a
-Redis subscription), so the tokens it holds of this second wait out the pause too.
+Redis subscription), so the tokens it holds of this second wait out the pause too; and of
+an operator's ``clip-relay upstream resume`` the same way, which wakes whoever waits. What
+a lost subscription missed is read from Redis when it is back and every 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 
 from relay.metrics import UPSTREAM_WAIT
 from relay.store.limits import Limits
 from workers.feeds import Follower
+
+CATCH_UP_SLACK_S = 1.0  # a hold this close to its end is left to end by itself
 
 
 class Paused(Exception):
@@ -43,10 +48,13 @@ class UpstreamGate:
         self._lock = asyncio.Lock()
         self.paused_until = 0.0  # as last learnt from Redis (epoch seconds)
         self._paused_mono = 0.0  # the same end on this host's monotonic clock (what is slept)
+        self._resumed = asyncio.Event()  # set (and replaced) when a pause is ended early
+        self._pausing = 0  # pauses of this gate on their way to Redis
         self._pauses = Follower(
             lambda: limits.pause_feed(),  # (looked up when followed: a stand-in may have none)
             self._heard,
             "upstream pauses",
+            self._catch_up,
         )
 
     async def acquire(self, *, max_pause: float = float("inf")) -> None:
@@ -59,9 +67,12 @@ class UpstreamGate:
                     left = self._paused_mono - time.monotonic()
                     if left > max_pause:
                         raise Paused(self.paused_until)
-                    if left > 0:  # paused: the tokens held wait too
-                        waited += left
-                        await asyncio.sleep(left)
+                    if left > 0:  # paused: the tokens held wait too (till it ends or is ended)
+                        t0 = time.monotonic()
+                        resumed = self._resumed
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(resumed.wait(), left)
+                        waited += time.monotonic() - t0
                         continue
                     if self._tokens > 0 and time.monotonic() < self._until:
                         self._tokens -= 1
@@ -85,7 +96,11 @@ class UpstreamGate:
     async def pause(self, seconds: float) -> None:
         """Pause every worker's upstream requests for *seconds* (after a 429)."""
         self._hold(seconds)
-        await self._limits.pause_upstream(int(seconds * 1000))
+        self._pausing += 1
+        try:
+            await self._limits.pause_upstream(int(seconds * 1000))
+        finally:
+            self._pausing -= 1
 
     def _hold(self, seconds: float) -> None:
         """No request for *seconds* from now (a later end already known is kept)."""
@@ -93,12 +108,29 @@ class UpstreamGate:
         self.paused_until = max(self.paused_until, time.time() + seconds)
         self._paused_mono = max(self._paused_mono, time.monotonic() + seconds)
 
+    def _resume(self) -> None:
+        """The pause is over before its time (an operator ended it): wake whoever waits."""
+        self.paused_until = self._paused_mono = 0.0
+        self._resumed.set()
+        self._resumed = asyncio.Event()
+
     def _heard(self, message: str) -> None:
-        """A pause set by any worker, as the feed tells it (its length in ms)."""
+        """A pause set by any worker, as the feed tells it (its length in ms; 0: ended)."""
         ms = float(message)  # (not a number: the follower logs it and goes on)
-        if not math.isfinite(ms) or ms <= 0:
+        if not math.isfinite(ms) or ms < 0:
             raise ValueError("not a pause length")
-        self._hold(ms / 1000)
+        if ms == 0:
+            self._resume()
+        else:
+            self._hold(ms / 1000)
+
+    async def _catch_up(self) -> None:
+        """What the feed missed while it was away, from Redis: a pause set, or one ended."""
+        left = await self._limits.upstream_pause_left_ms()
+        if left > 0:
+            self._hold(left / 1000)
+        elif not self._pausing and self._paused_mono > time.monotonic() + CATCH_UP_SLACK_S:
+            self._resume()  # (not while a pause of our own is on its way to Redis)
 
     async def follow_pauses(self, ready: asyncio.Event | None = None) -> None:
         """Learn of every worker's 429 pause as it is set, until :meth:`stop_following`;

@@ -18,6 +18,7 @@ class Limits:
         self.redis = redis
         self._tokens = scripts.register(redis, "upstream_tokens")
         self._pause = scripts.register(redis, "pause_upstream")
+        self._resume = scripts.register(redis, "resume_upstream")
 
     # --- upstream budget ---------------------------------------------------------------
 
@@ -39,9 +40,24 @@ class Limits:
             keys=[c.UPSTREAM_PAUSE_KEY], args=[max(pause_ms, 1), c.UPSTREAM_PAUSE_CHANNEL]
         )
 
+    async def upstream_pause_left_ms(self) -> int:
+        """The ms left of the upstream pause (0: none)."""
+        return max(int(await self.redis.pttl(c.UPSTREAM_PAUSE_KEY)), 0)
+
+    async def resume_upstream(self, lease_s: float) -> tuple[int, int]:
+        """End the upstream pause now, for every worker (an operator's override of a
+        Retry-After), making due now the polls put off to its end (not those a poller holds
+        leases of *lease_s*: they are its own). Returns (the ms it had left, 0: there was
+        none; the polls made due)."""
+        left, moved = await self._resume(
+            keys=[c.UPSTREAM_PAUSE_KEY, c.POLL_SCHEDULE_KEY],
+            args=[c.UPSTREAM_PAUSE_CHANNEL, int(lease_s * 1000) + 1000, 5000, 10_000],
+        )
+        return int(left), int(moved)
+
     def pause_feed(self) -> Feed:
         """The upstream pauses any worker sets from now on, as they are set: each one's
-        length in ms (:mod:`relay.store.feeds`)."""
+        length in ms, or ``0`` when an operator ends the pause (:mod:`relay.store.feeds`)."""
         return Feed(self.redis, c.UPSTREAM_PAUSE_CHANNEL)
 
     # --- API rate limit ----------------------------------------------------------------

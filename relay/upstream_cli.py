@@ -1,0 +1,82 @@
+"""``clip-relay upstream status|resume``: the upstream's 429 pause, for an operator.
+
+A 429 from ScaleReach pauses every worker's upstream requests until its Retry-After (capped
+at an hour) has passed. When the limit is lifted sooner (a plan upgraded, the provider's
+word), ``resume`` ends the pause in Redis and tells every worker at once; the polls a
+poller had put off to the pause's end are due now. It talks to Redis (``REDIS_URL``), as
+the workers do, not to the API: the pause belongs to no tenant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from redis.exceptions import RedisError
+
+from relay.settings import ConfigError, Settings
+from relay.store.connection import connect
+from relay.store.limits import Limits
+
+
+def parser() -> argparse.ArgumentParser:
+    """``clip-relay upstream``'s arguments."""
+    top = argparse.ArgumentParser(
+        prog="clip-relay upstream",
+        description="The upstream's 429 pause (REDIS_URL): how long it has left, or end it now.",
+    )
+    sub = top.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("status", help="how long the pause has left", description="")
+    sub.add_parser(
+        "resume",
+        help="end the pause now for every worker (the limit was lifted sooner)",
+        description="End the pause now: every worker is told at once, and the polls put"
+        " off to its end are due now. A new 429 pauses again.",
+    )
+    return top
+
+
+def _for_people(ms: int) -> str:
+    return str(timedelta(seconds=round(ms / 1000)))
+
+
+async def run(action: str, settings: Settings) -> str:
+    """Do *action*; what to print."""
+    redis = connect(settings.redis_url)
+    try:
+        limits = Limits(redis)
+        if action == "status":
+            left = await limits.upstream_pause_left_ms()
+            if not left:
+                return "upstream not paused"
+            until = datetime.now(UTC) + timedelta(milliseconds=left)
+            return f"upstream paused: {_for_people(left)} left (until {until:%Y-%m-%dT%H:%M:%SZ})"
+        left, moved = await limits.resume_upstream(settings.lease)
+        if not left:
+            return "upstream was not paused"
+        return (
+            f"upstream pause ended ({_for_people(left)} were left); every worker told;"
+            f" {moved} put-off polls due now"
+        )
+    finally:
+        await redis.aclose()
+
+
+def main(argv: Sequence[str], settings: Callable[[], Settings]) -> int:
+    """``clip-relay upstream ...`` with the configuration *settings* loads; the exit
+    status."""
+    args = parser().parse_args(list(argv))
+    try:
+        loaded = settings()
+    except ConfigError as exc:
+        print(f"clip-relay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        print(asyncio.run(run(args.action, loaded)))
+    except (RedisError, OSError) as exc:  # (the URL is not echoed: it may hold a password)
+        print(f"clip-relay upstream: cannot reach Redis: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    return 0
