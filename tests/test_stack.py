@@ -4,6 +4,7 @@ and `demo` as processes, configured only by environment variables."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -237,6 +238,7 @@ def test_a_worker_started_while_redis_is_away_waits_for_it(tmp_path: Path) -> No
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=5)
         assert raised.value.code == 503
+        assert json.loads(raised.value.read()) == {"status": "unavailable"}  # Redis, named
         time.sleep(1.5)
         (tmp_path / "redis").mkdir()
         server = RedisServer.start(port=redis_port, workdir=tmp_path / "redis")

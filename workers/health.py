@@ -60,13 +60,13 @@ async def serve(
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        if not started():
-            return web.json_response({"status": "starting or stopping"}, status=503)
         try:
             async with asyncio.timeout(PROBE_REDIS_S):
                 await store.redis.ping()
-        except Exception:
+        except Exception:  # (first: a worker waiting for Redis says so)
             return web.json_response({"status": "unavailable"}, status=503)
+        if not started():
+            return web.json_response({"status": "starting or stopping"}, status=503)
         return web.json_response({"status": "ok"})
 
     async def metrics(_: web.Request) -> web.Response:
