@@ -21,6 +21,8 @@ from relay.settings import ConfigError, Settings
 from relay.store.connection import connect
 from relay.store.limits import Limits
 
+SAFE_LEASE_S = 600.0  # above any RELAY_LEASE in use (default 25 s)
+
 
 def parser() -> argparse.ArgumentParser:
     """``clip-relay upstream``'s arguments."""
@@ -54,7 +56,9 @@ async def run(action: str, settings: Settings) -> str:
                 return "upstream not paused"
             until = datetime.now(UTC) + timedelta(milliseconds=left)
             return f"upstream paused: {_for_people(left)} left (until {until:%Y-%m-%dT%H:%M:%SZ})"
-        left, moved = await limits.resume_upstream(settings.lease)
+        # claims are held up to the workers' RELAY_LEASE from now, which this shell may not
+        # have: no poll due sooner than 10 minutes (or that lease, if longer) is moved
+        left, moved = await limits.resume_upstream(max(settings.lease, SAFE_LEASE_S))
         if not left:
             return "upstream was not paused"
         return (

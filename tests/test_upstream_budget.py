@@ -17,6 +17,8 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import constants as c
+from relay.devtools.embedded_redis import RedisServer
+from relay.settings import Settings
 from relay.store import Store
 from relay.store.limits import Limits
 from tests.conftest import WorkerFactory, early_in_a_second, eventually
@@ -273,3 +275,19 @@ async def test_resuming_makes_the_polls_put_off_to_the_pause_end_due_not_leased_
     assert scores["put_off_1"] <= now_ms + 5_000 and scores["put_off_2"] <= now_ms + 5_000
     assert scores["leased"] == now_ms + 25_000 and scores["later"] == end_ms + 60_000
     assert await store.limits.resume_upstream(lease_s=25) == (0, 0)  # nothing left to end
+
+
+async def test_the_command_moves_no_claim_of_workers_with_a_longer_lease(
+    store: Store, redis: Redis, redis_server: RedisServer
+) -> None:
+    """The operator's shell may lack the workers' RELAY_LEASE: the command keeps clear of
+    any claim held up to 10 minutes (a review found a 78 s claim moved with the default 25)."""
+    from relay.upstream_cli import run
+
+    await UpstreamGate(store.limits, 1000).pause(80)
+    end_ms = int(await redis.get(c.UPSTREAM_PAUSE_KEY))
+    held = end_ms - 2_000  # a claim of workers with RELAY_LEASE=90, near the pause's end
+    await redis.zadd(c.POLL_SCHEDULE_KEY, {"held": held})
+    out = await run("resume", Settings(REDIS_URL=redis_server.url))  # type: ignore[call-arg]
+    assert "upstream pause ended" in out and "0 put-off polls" in out
+    assert await redis.zscore(c.POLL_SCHEDULE_KEY, "held") == held
