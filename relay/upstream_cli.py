@@ -31,7 +31,9 @@ def parser() -> argparse.ArgumentParser:
         description="The upstream's 429 pause (REDIS_URL): how long it has left, or end it now.",
     )
     sub = top.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("status", help="how long the pause has left", description="")
+    sub.add_parser(
+        "status", help="how long the pause has left", description="How long the pause has left."
+    )
     sub.add_parser(
         "resume",
         help="end the pause now for every worker (the limit was lifted sooner)",

@@ -5,7 +5,7 @@ script in a round trip of its own: a pooled connection checked out and checked f
 data, one command packed, sent and read back. redis-py spends more CPU on that than on the
 command itself (a quarter of the API's CPU per registration, docs/performance.md). The
 calls queued in one turn are sent together the next turn instead: one connection, one
-write, their answers read in order. A call alone waits that one turn too (~45 µs).
+write, their answers read in order. A call alone waits that one turn too.
 
 Each call keeps its own outcome: a script's error reaches its own caller only; a lost
 connection fails every call of that pipeline, as it would have failed each alone (and,
