@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import re
 from typing import Any
 
@@ -610,6 +611,46 @@ async def test_idempotency_key_ignores_member_order_not_values(api: Client) -> N
         api, b'{"callbackUrl":"' + CALLBACK.encode() + b'","videoId":"w"}', **headers
     )
     raw_problem(three, 409)
+
+
+async def test_idempotency_key_replays_the_same_watch_however_it_is_spelled(
+    api: Client,
+) -> None:
+    """50 and 50.0, a default spelled out or left out, metadata {} or absent: the same
+    watch, so the same key replays it; another value is another watch (409)."""
+    headers = {**auth(), "Idempotency-Key": "spelled-1"}
+    first = await api.post("/v1/watches", json=body(minScore=50), headers=headers)
+    assert first.status == 201, await first.text()
+    made = (await first.json())["id"]
+    for same in (
+        body(minScore=50.0),
+        body(minScore=50, sortBy="score", sortOrder="desc", favoritedOnly=False),
+        body(minScore=50.0, metadata={}, maxScore=None),
+    ):
+        again = await api.post("/v1/watches", json=same, headers=headers)
+        assert again.status == 200, (same, await again.text())
+        assert (await again.json())["id"] == made
+    other = await api.post("/v1/watches", json=body(minScore=50.5), headers=headers)
+    await problem(other, 409)
+
+
+async def test_a_key_recorded_by_the_previous_release_still_replays(
+    api: Client, redis: Redis
+) -> None:
+    """A record whose fingerprint is the raw body's (releases before 2026-12-06, kept 24 h)
+    replays with that body, and a different body still conflicts."""
+    headers = {**auth(), "Idempotency-Key": "upgrade-1"}
+    sent = body(minScore=7)
+    first = await api.post("/v1/watches", json=sent, headers=headers)
+    assert first.status == 201, await first.text()
+    [key] = [k async for k in redis.scan_iter(match="cr:idem:*")]
+    record = orjson.loads(await redis.get(key))
+    record["fp"] = hashlib.sha256(orjson.dumps(sent, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    await redis.set(key, orjson.dumps(record), keepttl=True)
+    again = await api.post("/v1/watches", json=sent, headers=headers)
+    assert again.status == 200, await again.text()
+    assert (await again.json())["id"] == record["watchId"]
+    await problem(await api.post("/v1/watches", json=body(minScore=8), headers=headers), 409)
 
 
 async def test_refused_request_does_not_burn_its_idempotency_key(api: Client) -> None:

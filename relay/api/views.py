@@ -137,7 +137,20 @@ async def _own_watch(request: web.Request) -> Watch:
     return watch
 
 
-def _fingerprint(body: Any) -> str:
+def _fingerprint(spec: WatchCreate) -> str:
+    """The request as the watch it makes: bodies that make the same watch (members in any
+    order, ``50`` or ``50.0``, a default spelled out or left out) share it."""
+    fields = spec.model_dump(mode="json")
+    for name in ("min_score", "max_score"):
+        if fields[name] is not None:
+            fields[name] = float(fields[name]) + 0.0  # (no -0.0)
+    fields["metadata"] = fields["metadata"] or {}
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _raw_fingerprint(body: Any) -> str:
+    """The fingerprint of releases before 2026-12-06 (the JSON body, its members sorted): a
+    key recorded by one of them (kept 24 h) still replays with the same body."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -164,7 +177,7 @@ async def create_watch(request: web.Request) -> web.Response:
 
     who = principal(request)
     store = app[k.STORE]
-    idempotency = _idempotency(request, body)
+    idempotency = _idempotency(request, spec)
     await app[k.BACKPRESSURE].check()
     secret = spec.secret or generate_secret()
     now = now_ms()
@@ -200,7 +213,10 @@ async def create_watch(request: web.Request) -> web.Response:
             headers={"Retry-After": "60"},
         )
     if done.outcome == "exists":
-        if idempotency is None or done.prior_fp != idempotency.fingerprint:
+        if idempotency is None or done.prior_fp not in (
+            idempotency.fingerprint,
+            _raw_fingerprint(body),
+        ):
             raise ProblemError(
                 409,
                 "Idempotency key reused",
@@ -219,7 +235,7 @@ async def create_watch(request: web.Request) -> web.Response:
     return _created(request, watch, status=201)
 
 
-def _idempotency(request: web.Request, body: dict[str, Any]) -> Idempotency | None:
+def _idempotency(request: web.Request, spec: WatchCreate) -> Idempotency | None:
     """The request's Idempotency-Key, hashed, with the body's fingerprint (None: no key);
     a malformed key is a 422 naming the header."""
     idem_key = request.headers.get("Idempotency-Key")
@@ -232,7 +248,7 @@ def _idempotency(request: web.Request, body: dict[str, Any]) -> Idempotency | No
     except ValueError:  # UnicodeEncodeError too: bytes that were not UTF-8
         message = f"must be 1-{MAX_IDEMPOTENCY_KEY} UTF-8 characters, no control characters"
         raise invalid([{"field": "Idempotency-Key", "message": message}]) from None
-    return Idempotency(idem_hash, _fingerprint(body))
+    return Idempotency(idem_hash, _fingerprint(spec))
 
 
 def _created(request: web.Request, watch: Watch, *, status: int) -> web.Response:
