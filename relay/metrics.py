@@ -1,28 +1,32 @@
-"""Prometheus metrics of the API and the worker (each process exposes its own registry)."""
+"""Prometheus metrics of the API and the worker. Each process exposes its own registry:
+the API its requests, the worker its polls and deliveries, both the watch counts -- so a
+series is never exported, always 0, by a process that does not make it."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+API_REGISTRY = CollectorRegistry(auto_describe=True)
+REGISTRY = CollectorRegistry(auto_describe=True)  # the worker's
 
 HTTP_REQUESTS = Counter(
     "relay_http_requests_total",
     "API requests by route, method and status.",
     ["route", "method", "status"],
-    registry=REGISTRY,
+    registry=API_REGISTRY,
 )
 HTTP_LATENCY = Histogram(
     "relay_http_request_duration_seconds",
     "API request latency.",
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-    registry=REGISTRY,
+    registry=API_REGISTRY,
 )
 WATCHES = Gauge(
     "relay_watches", "Watches by status (sampled from Redis).", ["status"], registry=REGISTRY
 )
+API_REGISTRY.register(WATCHES)
 UPSTREAM_REQUESTS = Counter(
     "relay_upstream_requests_total",
     "Requests to ScaleReach by endpoint, outcome and HTTP status.",
@@ -105,6 +109,6 @@ QUEUE_DEPTH = Gauge(
 )
 
 
-def exposition() -> bytes:
-    """The registry in Prometheus text format."""
-    return generate_latest(REGISTRY)
+def exposition(*, api: bool = False) -> bytes:
+    """The worker's registry (the API's with *api*) in Prometheus text format."""
+    return generate_latest(API_REGISTRY if api else REGISTRY)

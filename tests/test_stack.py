@@ -105,6 +105,10 @@ async def test_metrics_and_logs_after_a_round_trip(
         "relay_upstream_rate_limited_total",
     ):
         assert series in worker_metrics, series
+    # each process exports the series it makes: none of the other's, always 0, beside them
+    for name in ("relay_upstream_paused", "relay_upstream_requests", "relay_deliveries_total"):
+        assert name not in api_metrics, name
+    assert "relay_http_requests_total" not in worker_metrics
 
     for proc in stack.procs[1:]:
         assert proc.stop(timeout=15) == 0, proc.log_text()[-2000:]

@@ -376,4 +376,4 @@ async def metrics(request: web.Request) -> web.Response:
             WATCHES.labels(status).set(n)
     except Exception as exc:  # the other series are still worth serving
         log.warning("watch counts unavailable", error=type(exc).__name__)
-    return web.Response(body=exposition(), content_type="text/plain", charset="utf-8")
+    return web.Response(body=exposition(api=True), content_type="text/plain", charset="utf-8")
