@@ -420,6 +420,15 @@ async def test_rotate_secret(api: Client) -> None:
     assert data["previousSecretExpiresAt"].endswith("Z")
 
 
+async def test_rotate_secret_of_a_cancelled_watch_conflicts(api: Client) -> None:
+    """Nothing is signed for a cancelled watch again: a rotation is refused, and the
+    secrets stay as they were."""
+    created = await create(api)
+    assert (await api.delete(f"/v1/watches/{created['id']}", headers=auth())).status in (200, 204)
+    resp = await api.post(f"/v1/watches/{created['id']}/rotate-secret", headers=auth())
+    assert (await problem(resp, 409))["detail"].startswith("nothing is sent")
+
+
 # --- health, openapi, errors ----------------------------------------------------------------
 
 

@@ -282,6 +282,12 @@ async def test_failed_watch_attempts_redeliver_rotate_cancel(
     await page.wait_for_url("**done=cancelled")
     assert await page.get_by_test_id("watch-status").inner_text() == "cancelled"
     assert (await wait_watch(ui, w["id"]))["status"] == "cancelled"
+    # a cancelled watch signs nothing again: no rotate button, and a rotate is refused
+    assert await page.get_by_test_id("rotate").count() == 0
+    refused = await page.request.post(
+        base(ui) + f"/ui/watches/{w['id']}/rotate-secret", headers={"X-CSRF-Token": token or ""}
+    )
+    assert refused.status == 409
     await context.close()
 
 

@@ -170,7 +170,11 @@ def document() -> dict[str, Any]:
             "parameters": [_WATCH_ID],
             "post": _op(
                 "Rotate the signing secret",
-                {"200": _json("SecretOut", "The new secret."), **watch_404},
+                {
+                    "200": _json("SecretOut", "The new secret."),
+                    "409": _problem("The watch is cancelled: nothing is signed for it again."),
+                    **watch_404,
+                },
             ),
         },
         **openapi_events.paths(_op, _problem, _WATCH_ID),

@@ -22,7 +22,7 @@ from yarl import URL
 from relay import logs
 from relay.api import appkeys as k
 from relay.api import views
-from relay.api.problems import ProblemError, invalid
+from relay.api.problems import invalid
 from relay.domain import attempts
 from relay.domain.clock import now_ms
 from relay.domain.events import ping_body
@@ -114,13 +114,7 @@ async def ping(request: web.Request) -> web.Response:
     """``POST /v1/watches/{id}/ping``: one signed ``watch.ping`` to the receiver, in the
     background; 202 at once."""
     watch = await views._own_watch(request)
-    if watch.status == "cancelled":
-        raise ProblemError(
-            409,
-            "Watch cancelled",
-            "nothing is sent to the receiver of a cancelled watch",
-            slug="cancelled",
-        )
+    views.refuse_cancelled(watch)
     app = request.app
     app[PINGS].start(send_ping(app, watch))
     return views.json_response({"watchId": watch.id}, status=202)

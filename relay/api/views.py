@@ -137,6 +137,17 @@ async def _own_watch(request: web.Request) -> Watch:
     return watch
 
 
+def refuse_cancelled(watch: Watch) -> None:
+    """409 for an action on a cancelled watch (nothing is sent to its receiver again)."""
+    if watch.status == "cancelled":
+        raise ProblemError(
+            409,
+            "Watch cancelled",
+            "nothing is sent to the receiver of a cancelled watch",
+            slug="cancelled",
+        )
+
+
 def _fingerprint(spec: WatchCreate) -> str:
     """The request as the watch it makes: bodies that make the same watch (members in any
     order, ``50`` or ``50.0``, a default spelled out or left out) share it."""
@@ -337,6 +348,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     """``POST /v1/watches/{id}/rotate-secret``: a new secret; the old one signs on for
     RELAY_SECRET_GRACE seconds."""
     watch = await _own_watch(request)
+    refuse_cancelled(watch)
     app = request.app
     secret = generate_secret()
     entries = await app[k.STORE].watches.rotate_secret(

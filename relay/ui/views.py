@@ -216,6 +216,8 @@ async def cancel(request: web.Request) -> web.StreamResponse:
 async def rotate(request: web.Request) -> web.StreamResponse:
     """``POST /ui/watches/{id}/rotate-secret``: the new secret, shown on this answer only."""
     watch = await _own_watch(request)
+    if watch.status == "cancelled":
+        raise web.HTTPConflict(text="The watch is cancelled: nothing is signed for it again.")
     secret = generate_secret()
     box, settings = request.config_dict[k.SECRET_BOX], request.config_dict[k.SETTINGS]
     entries = await _store(request).watches.rotate_secret(
