@@ -4,6 +4,8 @@ robin over (tenant, origin) groups, and an origin whose events are paced goes la
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 
 import pytest
 
@@ -25,6 +27,23 @@ def test_groups_take_turns_whatever_their_sizes() -> None:
     assert len(order) == 104 and len({w for w, _ in order}) == 104
     assert {"x0", "x1", "x2", "y0"} <= {w for w, _ in order[:9]}
     assert order[0][1] == slow.partition(":")[2]  # each with its origin's tag
+
+
+def test_the_order_is_every_id_sorted_then_dealt_round_robin_by_group() -> None:
+    """The definition, on random waiting sets: every group in id order, the groups in the
+    order of their first id, dealt one each in turn (the code gets there without sorting
+    every id)."""
+    rng = random.Random(7)
+    entries = ["t1:a", "t1:b", "t2:a", "t3", "t4:", "t1:a:b"]
+    for _ in range(200):
+        waiting = {
+            f"w{rng.randrange(10**6):06d}": rng.choice(entries) for _ in range(rng.randrange(60))
+        }
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for wid in sorted(waiting):
+            groups.setdefault(waiting[wid], []).append((wid, waiting[wid].partition(":")[2]))
+        dealt = [x for row in itertools.zip_longest(*groups.values()) for x in row if x]
+        assert fan_out_order(waiting) == dealt
 
 
 def test_an_old_entry_without_a_tag_is_still_fanned_out() -> None:

@@ -238,20 +238,24 @@ class FanOutOrder:
                     held.extend(item for _, item in queue)
                     del waiting[tag]
         items, skipped, reach = self._items, 0, SCAN_AHEAD * n if ahead else 0
-        while len(out) < n and self._next < len(items) and skipped < reach:
-            item = items[self._next]
-            self._next += 1
+        # (locals, not attributes: a noisy fan-out scans thousands of watches of slow origins)
+        i, end, want = self._next, len(items), n - len(out)
+        while want > 0 and i < end and skipped < reach:
+            item = items[i]
+            i += 1
             tag = item[1]
             if tag in slow:
                 held.append(item)
             elif tag not in waiting and fits(tag):
                 out.append(item)
+                want -= 1
             elif tag in slow:  # (found slow just now)
                 held.append(item)
             else:
                 self._seq += 1
                 waiting.setdefault(tag, deque()).append((self._seq, item))
                 skipped += 1
+        self._next = i
         if self._next >= len(items) and not waiting and self._rest is None:
             while len(out) < n and self._held_next < len(held):
                 out.append(held[self._held_next])
