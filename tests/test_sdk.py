@@ -338,3 +338,37 @@ async def test_connection_errors_and_timeouts(flaky: tuple[str, list[str]]) -> N
     assert isinstance(raised.value, httpx.TransportError)  # (what callers caught before)
     with pytest.raises(ValueError, match="api_key"):
         Client("http://127.0.0.1:9", "")
+
+
+async def test_an_answer_that_is_not_the_relays_is_a_clip_relay_error() -> None:
+    """A proxy's or captive portal's 200 page (not JSON, or JSON but not an object) raises
+    ApiError, a ClipRelayError -- never a bare JSON error; a NaN is refused before sending."""
+    pages = iter([("<html>sign in</html>", "text/html"), ("[1, 2]", "application/json")] * 2)
+
+    async def handle(request: web.Request) -> web.Response:
+        text, kind = next(pages)
+        return web.Response(text=text, content_type=kind)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    try:
+        async with AsyncClient(url, "k") as relay:
+            for _ in range(2):
+                with pytest.raises(ApiError, match="not a JSON object") as raised:
+                    await relay.get_watch("wat_x")
+                assert isinstance(raised.value, ClipRelayError) and raised.value.status == 200
+
+        def blocking() -> None:
+            with Client(url, "k") as relay:
+                for _ in range(2):
+                    with pytest.raises(ApiError, match="is the base URL the relay's"):
+                        relay.get_watch("wat_x")
+                with pytest.raises(ValueError, match="JSON compliant"):
+                    relay.create_watch(video_id="v", callback_url=url, min_score=float("nan"))
+
+        await asyncio.to_thread(blocking)
+    finally:
+        await server.close()

@@ -120,7 +120,7 @@ class Core:
         headers = dict(call.headers)
         body = None
         if call.body is not None:
-            body = json.dumps(call.body, separators=(",", ":")).encode()
+            body = json.dumps(call.body, separators=(",", ":"), allow_nan=False).encode()
             headers["Content-Type"] = "application/json"
         return call.method, url, headers, body
 
@@ -150,7 +150,19 @@ class Core:
             raise api_error(response)
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):  # a proxy's page, say: not the relay's answer
+            raise ApiError(
+                response.status_code,
+                "Not a clip-relay answer",
+                f"a {response.status_code} whose body is not a JSON object "
+                f"({response.headers.get('content-type') or 'no content-type'}): "
+                "is the base URL the relay's?",
+            )
+        return doc
 
 
 def create_call(
