@@ -76,3 +76,4 @@ RETRY_AFTER_CAP: Final = 3600.0
 UPSTREAM_BACKOFF_CAP: Final = 300.0  # seconds: longest gap between polls of a failing video
 AUTH_ERROR_LOG_EVERY: Final = 3600.0  # seconds: 401/402/403 logged once per video per hour
 JITTER: Final = 0.2  # +-20 % on retry delays
+REQUEST_DEADLINE: Final = 5.0  # seconds: an API request that needs longer (Redis hung) is a 503

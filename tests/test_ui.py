@@ -463,6 +463,29 @@ async def test_signing_out_while_redis_is_away_still_drops_the_cookie(
     assert got.cookies["cr_ui"].value == ""
 
 
+async def test_a_hung_redis_is_the_dashboards_503_page(make_api: ApiFactory) -> None:
+    """Redis accepts connections and never answers (a SIGSTOPped server): a signed-in page
+    is the dashboard's HTML 503 with its security headers, before the API's own deadline
+    would answer with a problem document."""
+    one = await make_api(ui_secret="shared-secret")
+    token = await _csrf(one)
+    resp = await one.post(
+        "/ui/login", data={"apiKey": TENANT_A_KEY, "csrfToken": token}, allow_redirects=False
+    )
+    cookie = resp.cookies["cr_ui"].value
+    hung = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    try:
+        away = await make_api(ui_secret="shared-secret", redis_url=f"redis://127.0.0.1:{port}/0")
+        got = await away.get("/ui/watches", cookies={"cr_ui": cookie}, allow_redirects=False)
+        assert got.status == 503
+        assert got.content_type == "text/html"
+        assert "storage is unreachable" in await got.text()
+        assert_protected({name.lower(): value for name, value in got.headers.items()})
+    finally:
+        hung.close()
+
+
 def test_chart_layout() -> None:
     from relay.store.dashboard import Minute
     from relay.ui.chart import layout, nice_max

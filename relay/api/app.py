@@ -27,7 +27,7 @@ from relay.api.problems import ProblemError
 from relay.api.recovery import pings_ctx
 from relay.api.routes import setup_routes
 from relay.api.throttle import RateLimiter
-from relay.constants import MAX_BODY_BYTES
+from relay.constants import MAX_BODY_BYTES, REQUEST_DEADLINE
 from relay.domain.crypto import SecretBox
 from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy
@@ -39,7 +39,6 @@ from relay.ui import mount as mount_ui
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TRIM_EVERY_S = 5.0  # how often idle Redis connections beyond a few are closed
-REQUEST_DEADLINE = 5.0  # seconds: a request that needs longer (Redis hung) is a 503
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 log = logs.get("relay.api")
 

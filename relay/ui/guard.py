@@ -4,6 +4,7 @@ CSRF token; errors are HTML pages, not problem documents."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from relay import logs
 from relay.api import appkeys as k
 from relay.api.auth import Principal
+from relay.constants import REQUEST_DEADLINE
 from relay.store.dashboard import Dashboard
 from relay.ui.session import COOKIE, Session, Sessions, csrf_ok, new_session, session_id
 
@@ -31,6 +33,7 @@ LOGIN = "/ui/login"
 LOGOUT = "/ui/logout"
 PUBLIC = (LOGIN, LOGOUT)
 STATIC = "/ui/static/"
+PAGE_DEADLINE = REQUEST_DEADLINE - 0.5  # seconds
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -111,16 +114,19 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     drop = False
     response: web.StreamResponse
     try:
-        if static:  # (no page, no Redis)
-            current = sessions.read(request) or new_session()
-        else:
-            current, drop = await _identify(request, sessions)
-        request[SESSION] = current
-        if SIGNED_IN not in request and not static and request.path not in PUBLIC:
-            raise web.HTTPSeeOther(LOGIN)
-        if request.method == "POST" and not await _csrf_given(request, current):
-            raise web.HTTPForbidden(text="the form's CSRF token is missing or stale: reload")
-        response = await handler(request)
+        # a page's own deadline, under the API's: a hung Redis is this 503 page, not the
+        # API's problem document that would end the request first
+        async with asyncio.timeout(PAGE_DEADLINE):
+            if static:  # (no page, no Redis)
+                current = sessions.read(request) or new_session()
+            else:
+                current, drop = await _identify(request, sessions)
+            request[SESSION] = current
+            if SIGNED_IN not in request and not static and request.path not in PUBLIC:
+                raise web.HTTPSeeOther(LOGIN)
+            if request.method == "POST" and not await _csrf_given(request, current):
+                raise web.HTTPForbidden(text="the form's CSRF token is missing or stale: reload")
+            response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             protect(exc.headers)
