@@ -255,6 +255,11 @@ async def test_failed_watch_attempts_redeliver_rotate_cancel(
     await page.wait_for_load_state()
     secret = await page.get_by_test_id("new-secret").inner_text()
     assert secret.startswith("whsec_") and secret != w["secret"]
+    # a reload sends the form again: refused, nothing rotated (a few reloads would retire
+    # the secret the receiver still verifies with)
+    reloaded = await page.reload()
+    assert reloaded is not None and reloaded.status == 409
+    assert "nothing was rotated" in await page.content()
     await page.goto(base(ui) + f"/ui/watches/{w['id']}")
     assert secret not in await page.content()
     rec.add_secret(secret)

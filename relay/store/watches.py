@@ -6,6 +6,7 @@ Each transition that other replicas may race with is one Lua script (``commands/
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import secrets
 from collections.abc import Sequence
@@ -61,6 +62,17 @@ class Created:
     prior_id: str = ""
     prior_fp: str = ""
     live: int = 0
+
+
+class StaleRotation(Exception):
+    """The secret a rotation was asked from is no longer the watch's newest (a form sent
+    again, a reload): nothing was rotated."""
+
+
+def secret_tag(sealed: str) -> str:
+    """A short tag of a sealed secret, to say which one a page showed as newest (the first
+    16 hex digits of its SHA-1, as ``rotate_keys.lua`` computes it: a name, not a secret)."""
+    return hashlib.sha1(sealed.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 class Watches:
@@ -271,13 +283,18 @@ class Watches:
         return str(result) if result else None
 
     async def rotate_secret(
-        self, watch_id: str, new_sealed: str, grace_s: float
+        self, watch_id: str, new_sealed: str, grace_s: float, *, seen: str = ""
     ) -> list[SecretEntry] | None:
-        """Put a new secret first; the current one keeps signing for *grace_s* seconds."""
+        """Put a new secret first; the current one keeps signing for *grace_s* seconds.
+        With *seen* (:func:`secret_tag` of the newest secret the caller was shown), only
+        while that one is still the newest: else :class:`StaleRotation`."""
         now = now_ms()
         raw = await self._rotate(
-            keys=[c.WATCH_KEY.format(watch_id)], args=[new_sealed, now, now + int(grace_s * 1000)]
+            keys=[c.WATCH_KEY.format(watch_id)],
+            args=[new_sealed, now, now + int(grace_s * 1000), seen],
         )
+        if raw == "stale":
+            raise StaleRotation(watch_id)
         return load_secrets(raw) if raw else None
 
     async def attempts(self, watch: Watch) -> list[dict[str, Any]]:

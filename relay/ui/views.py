@@ -23,6 +23,7 @@ from relay.domain.listing import CursorError
 from relay.domain.signing import generate_secret
 from relay.domain.watch import Watch
 from relay.store import Store
+from relay.store.watches import StaleRotation, secret_tag
 from relay.ui import chart
 from relay.ui.guard import SESSIONS, SIGNED_IN, dashboard, principal, render, session
 from relay.ui.session import new_session, session_id
@@ -185,6 +186,7 @@ async def _watch_page(request: web.Request, watch: Watch, **extra: Any) -> web.S
             "body": body,
             "notice": notice,
             "secrets": len(watch.secrets),
+            "secret_tag": secret_tag(watch.secrets[0].sealed) if watch.secrets else "",
             "new_secret": None,
             "redeliverable": watch.status in ("delivered", "failed", "disabled"),
             **extra,
@@ -218,11 +220,19 @@ async def rotate(request: web.Request) -> web.StreamResponse:
     watch = await _own_watch(request)
     if watch.status == "cancelled":
         raise web.HTTPConflict(text="The watch is cancelled: nothing is signed for it again.")
+    tag = (await request.post()).get("secretTag")  # (none: from any page, any secret)
+    seen = tag if isinstance(tag, str) else ""
     secret = generate_secret()
     box, settings = request.config_dict[k.SECRET_BOX], request.config_dict[k.SETTINGS]
-    entries = await _store(request).watches.rotate_secret(
-        watch.id, box.seal(secret), settings.secret_grace
-    )
+    try:
+        entries = await _store(request).watches.rotate_secret(
+            watch.id, box.seal(secret), settings.secret_grace, seen=seen
+        )
+    except StaleRotation:
+        raise web.HTTPConflict(
+            text="The secret was rotated since this page was shown (a reload sends the form "
+            "again): nothing was rotated now. Open the watch's page to rotate it again."
+        ) from None
     if entries is None:
         raise web.HTTPNotFound(text="no such watch")
     fresh = await _store(request).watches.get(watch.id)
