@@ -185,8 +185,17 @@ async def test_recover_rejects_bad_times_naming_the_field(api: Client) -> None:
     assert resp.status == 401
 
 
+async def minute_counts(redis: Redis, tenant: str = "tenant-a") -> tuple[int, int]:
+    """The dashboard's ok and failed attempts of *tenant*, over every minute kept."""
+    ok = fail = 0
+    async for key in redis.scan_iter(match=f"cr:t:{tenant}:m:*"):
+        counts = await redis.hgetall(key)  # type: ignore[misc]
+        ok, fail = ok + int(counts.get("ok", 0)), fail + int(counts.get("fail", 0))
+    return ok, fail
+
+
 async def test_ping_reaches_the_receiver_signed_and_leaves_the_status_alone(
-    api: Client, sim: Client, receiver: Rec
+    api: Client, sim: Client, receiver: Rec, redis: Redis
 ) -> None:
     """One signed watch.ping (data: watchId, videoId, metadata) to the receiver, recorded in
     deliveries as one attempt with its own event id; the watch is still watching."""
@@ -210,10 +219,11 @@ async def test_ping_reaches_the_receiver_signed_and_leaves_the_status_alone(
     got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
     assert got["status"] == "watching" and got["lastEventType"] is None
     assert got["updatedAt"] == w["updatedAt"]
+    assert await minute_counts(redis) == (1, 0)  # the dashboard's chart counts it
 
 
 async def test_ping_of_a_delivered_watch_keeps_its_records_and_status(
-    api: Client, worker: Any, sim: Client, receiver: Rec
+    api: Client, worker: Any, sim: Client, receiver: Rec, redis: Redis
 ) -> None:
     """A failed ping is one recorded attempt (never retried); the watch stays delivered."""
     rec = receiver[0]
@@ -234,6 +244,7 @@ async def test_ping_of_a_delivered_watch_keeps_its_records_and_status(
     assert len([e for e in rec.events if e.event["type"] == "watch.ping"]) == 1
     got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
     assert got["status"] == "delivered" and got["lastEventType"] == "clips.ready"
+    assert await minute_counts(redis) == (1, 1)  # the event's 2xx, the ping's 500
 
 
 async def test_a_ping_before_the_event_keeps_its_record_once_the_event_is_sent(

@@ -141,7 +141,8 @@ async def send_ping(app: web.Application, w: Watch) -> None:
     latency_ms = round((time.time() - started) * 1000, 2)
     record = attempts.ping_record(at, code, error, latency_ms, answer or None, ping_id)
     try:
-        await app[k.STORE].watches.record_ping(w.id, record)
+        ok = code is not None and 200 <= code < 300
+        await app[k.STORE].watches.record_ping(w.id, record, w.tenant, ok)
     except Exception as exc:  # the attempt was made; only its record is lost
         log.warning("ping not recorded", watch_id=w.id, error=type(exc).__name__)
     log.info("ping", watch_id=w.id, event_id=ping_id, status_code=code, error=error)

@@ -40,7 +40,14 @@ async def recover(
             return total
 
 
-async def record_ping(script: AsyncScript, watch_id: str, record: bytes) -> int | None:
-    """Append *record* to the watch's attempt records (its next number); None: no watch."""
-    seq = await script(keys=[c.WATCH_KEY.format(watch_id)], args=[record, c.MAX_ATTEMPTS_KEPT])
+async def record_ping(
+    script: AsyncScript, watch_id: str, record: bytes, tenant: str | None = None, ok: bool = False
+) -> int | None:
+    """Append *record* to the watch's attempt records (its next number), and with *tenant*
+    count it (*ok*: a 2xx) in the dashboard's attempts of this minute; None: no watch."""
+    keys, args = [c.WATCH_KEY.format(watch_id)], [record, c.MAX_ATTEMPTS_KEPT]
+    if tenant is not None:
+        keys.append(c.TENANT_MINUTE_KEY.format(tenant, now_ms() // 60_000))
+        args += ["ok" if ok else "fail", c.ATTEMPT_MINUTES_TTL]
+    seq = await script(keys=keys, args=args)
     return int(seq) if seq else None

@@ -327,9 +327,12 @@ class Watches:
             await self._circuits.close()
         return await recovery.recover(self._recover, tenant, since_ms, until_ms)
 
-    async def record_ping(self, watch_id: str, record: bytes) -> int | None:
-        """Add a ``watch.ping`` attempt to the watch's records, its status untouched."""
-        return await recovery.record_ping(self._record_ping, watch_id, record)
+    async def record_ping(
+        self, watch_id: str, record: bytes, tenant: str | None = None, ok: bool = False
+    ) -> int | None:
+        """Add a ``watch.ping`` attempt to the watch's records, its status untouched; with
+        *tenant*, counted in its attempts per minute (*ok*: a 2xx)."""
+        return await recovery.record_ping(self._record_ping, watch_id, record, tenant, ok)
 
     async def tenant_counts(self, tenant: str) -> dict[str, int]:
         """Number of a tenant's watches in each status."""

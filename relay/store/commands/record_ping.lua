@@ -1,5 +1,7 @@
 -- Record one watch.ping attempt beside a watch's attempt records, its status untouched.
--- KEYS: the watch's state hash. ARGV: the attempt record, ping records kept.
+-- KEYS: the watch's state hash, and (optional) its tenant's attempt counts of this minute
+-- (the dashboard's, as settle.lua counts them). ARGV: the attempt record, ping records kept,
+-- then with the counts: 'ok' or 'fail', and their TTL (seconds).
 -- Pings are numbered on their own ('p<k>', k counted in 'pn'), apart from the event's
 -- records ('#<n>', numbered by finalize and settle): a ping made while the watch waits for
 -- its video keeps its record when the event's attempts start numbering from 1. The oldest
@@ -13,4 +15,8 @@ local k = last + 1
 redis.call('HSET', KEYS[1], 'pn', k, 'p' .. k, ARGV[1])
 local kept = tonumber(ARGV[2])
 if k > kept then redis.call('HDEL', KEYS[1], 'p' .. (k - kept)) end
+if KEYS[2] then
+  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
 return k
