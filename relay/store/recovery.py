@@ -10,6 +10,7 @@ never put the same watch back twice (docs/architecture.md, "Recovery and ping").
 from __future__ import annotations
 
 from redis.commands.core import AsyncScript
+from redis.typing import EncodableT
 
 from relay import constants as c
 from relay.domain.clock import now_ms
@@ -45,7 +46,8 @@ async def record_ping(
 ) -> int | None:
     """Append *record* to the watch's attempt records (its next number), and with *tenant*
     count it (*ok*: a 2xx) in the dashboard's attempts of this minute; None: no watch."""
-    keys, args = [c.WATCH_KEY.format(watch_id)], [record, c.MAX_ATTEMPTS_KEPT]
+    keys = [c.WATCH_KEY.format(watch_id)]
+    args: list[EncodableT] = [record, c.MAX_ATTEMPTS_KEPT]
     if tenant is not None:
         keys.append(c.TENANT_MINUTE_KEY.format(tenant, now_ms() // 60_000))
         args += ["ok" if ok else "fail", c.ATTEMPT_MINUTES_TTL]
