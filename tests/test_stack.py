@@ -105,6 +105,13 @@ async def test_metrics_and_logs_after_a_round_trip(
         "relay_upstream_rate_limited_total",
     ):
         assert series in worker_metrics, series
+    # the two probes answer alike (one parser for both in a monitoring stack)
+    async with aiohttp.ClientSession() as http:
+        probes = []
+        for url in (stack.api, stack.metrics):
+            async with http.get(url + "/readyz") as resp:
+                probes.append((resp.status, resp.headers["Content-Type"], await resp.read()))
+    assert probes[0] == probes[1] == (200, "application/json", b'{"status":"ok"}')
     # each process exports the series it makes: none of the other's, always 0, beside them
     for name in ("relay_upstream_paused", "relay_upstream_requests", "relay_deliveries_total"):
         assert name not in api_metrics, name

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import orjson
 from aiohttp import web
 
 from relay import constants as c
@@ -21,6 +22,13 @@ from relay.store.connection import trim_idle
 log = logs.get("workers.worker")
 GAUGE_INTERVAL = 5.0
 PROBE_REDIS_S = 1.0  # /readyz waits this long for Redis at most (a hung one)
+
+
+def _status(status: str, code: int = 200) -> web.Response:
+    """A probe's answer, as the API's (``{"status":...}``, application/json, orjson)."""
+    return web.Response(
+        body=orjson.dumps({"status": status}), status=code, content_type="application/json"
+    )
 
 
 async def gauges(store: Store) -> None:
@@ -57,17 +65,17 @@ async def serve(
     the pumps running (not yet, or no more while the worker stops)."""
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return _status("ok")
 
     async def readyz(_: web.Request) -> web.Response:
         try:
             async with asyncio.timeout(PROBE_REDIS_S):
                 await store.redis.ping()
         except Exception:  # (first: a worker waiting for Redis says so)
-            return web.json_response({"status": "unavailable"}, status=503)
+            return _status("unavailable", 503)
         if not started():
-            return web.json_response({"status": "starting or stopping"}, status=503)
-        return web.json_response({"status": "ok"})
+            return _status("starting or stopping", 503)
+        return _status("ok")
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=exposition(), content_type="text/plain", charset="utf-8")
