@@ -133,6 +133,13 @@ async def test_a_recovered_watch_runs_its_whole_schedule_again_numbered_on(
     records = await deliveries(api, wid)
     assert [r["attempt"] for r in records] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [r["statusCode"] for r in records] == [500] * 8
+    # failed again, at a new time inside the same range: the same recover puts it back
+    # once more (a new failure), and a re-run right after it finds nothing to put back
+    again = await api.post("/v1/watches/recover", json={"since": since}, headers=auth())
+    assert (await again.json()) == {"count": 1}
+    rerun = await api.post("/v1/watches/recover", json={"since": since}, headers=auth())
+    assert (await rerun.json()) == {"count": 0}
+    assert (await wait_watch(api, wid))["status"] == "delivered"  # the script is used up
 
 
 async def test_recover_until_bounds_the_range(

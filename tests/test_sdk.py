@@ -259,6 +259,12 @@ def test_verify_accepts_what_standardwebhooks_signs() -> None:
         verify(None, body, headers)  # type: ignore[arg-type]
     with pytest.raises(WebhookVerificationError, match=r"(399|400) s in the future"):
         verify(secret, body, headers, now=now.timestamp() - 400)
+    # just over the tolerance reads as over it, not as the tolerance itself
+    stamp = int(headers["Webhook-Timestamp"])
+    with pytest.raises(WebhookVerificationError, match=r"301 s in the future \(tolerance 300"):
+        verify(secret, body, headers, now=stamp - 300.5)
+    with pytest.raises(WebhookVerificationError, match=r"301 s old"):
+        verify(secret, body, headers, now=stamp + 300.5)
 
 
 @pytest.fixture

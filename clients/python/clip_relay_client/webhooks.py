@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -123,7 +124,7 @@ def verify(
     timestamp = int(raw_ts)
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance:
-        off = int(abs(current - timestamp))
+        off = math.ceil(abs(current - timestamp))  # (over the tolerance: never shown as it)
         when = "old" if current > timestamp else "in the future"
         raise WebhookVerificationError(
             f"webhook-timestamp is {off} s {when} (tolerance {tolerance:g} s)"
