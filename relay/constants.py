@@ -77,3 +77,4 @@ UPSTREAM_BACKOFF_CAP: Final = 300.0  # seconds: longest gap between polls of a f
 AUTH_ERROR_LOG_EVERY: Final = 3600.0  # seconds: 401/402/403 logged once per video per hour
 JITTER: Final = 0.2  # +-20 % on retry delays
 REQUEST_DEADLINE: Final = 5.0  # seconds: an API request that needs longer (Redis hung) is a 503
+PROBE_REDIS_S: Final = 1.0  # /readyz and /metrics wait this long for Redis at most (a hung one)

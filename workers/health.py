@@ -21,7 +21,6 @@ from relay.store.connection import trim_idle
 
 log = logs.get("workers.worker")
 GAUGE_INTERVAL = 5.0
-PROBE_REDIS_S = 1.0  # /readyz waits this long for Redis at most (a hung one)
 
 
 def _status(status: str, code: int = 200) -> web.Response:
@@ -69,7 +68,7 @@ async def serve(
 
     async def readyz(_: web.Request) -> web.Response:
         try:
-            async with asyncio.timeout(PROBE_REDIS_S):
+            async with asyncio.timeout(c.PROBE_REDIS_S):
                 await store.redis.ping()
         except Exception:  # (first: a worker waiting for Redis says so)
             return _status("unavailable", 503)

@@ -20,6 +20,7 @@ from relay.api.problems import ProblemError, field_errors, invalid, not_found
 from relay.constants import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_IDEMPOTENCY_KEY,
+    PROBE_REDIS_S,
     VIDEO_ID_PATTERN,
     WATCH_STATUSES,
 )
@@ -39,7 +40,6 @@ IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
 LIST_PARAMS = ("videoId", "status", "limit", "cursor")
 MAX_LIMIT = 100
-PROBE_REDIS_S = 1.0  # /readyz and /metrics wait this long for Redis at most (a hung one)
 
 
 def json_response(
