@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -22,6 +23,7 @@ from relay.settings import Settings
 from relay.store import Store
 from relay.store.limits import Limits
 from tests.conftest import WorkerFactory, early_in_a_second, eventually
+from workers import feeds
 from workers.upstream_budget import Paused, UpstreamGate
 
 
@@ -250,6 +252,44 @@ async def test_a_gate_that_missed_the_end_of_a_pause_learns_it_from_redis(store:
     await UpstreamGate(store.limits, 1000).pause(60)
     async with following(gate):
         assert gate.paused_until > time.time() + 50
+
+
+class SlowPauseLimits(CountingLimits):
+    """The store's limits, with a pause that reaches Redis only once let through."""
+
+    def __init__(self, limits: Limits) -> None:
+        super().__init__(limits)
+        self.let_through = asyncio.Event()
+
+    async def pause_upstream(self, pause_ms: int) -> None:
+        await self.let_through.wait()
+        await super().pause_upstream(pause_ms)
+
+    def pause_feed(self) -> Any:
+        return self._store.pause_feed()
+
+
+async def test_the_periodic_catch_up_ends_a_pause_whose_end_was_missed_not_one_on_its_way(
+    store: Store, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While subscribed, a gate reads the pause from Redis every CATCH_UP_S (here 0.1 s,
+    the feed waking every 0.05 s):
+    a pause ended without a message (the feed dropped it) ends for the gate too -- but not
+    a pause of its own whose write to Redis is still under way (it is not in Redis yet)."""
+    monkeypatch.setattr(feeds, "CATCH_UP_S", 0.1)
+    monkeypatch.setattr(feeds, "WAIT_S", 0.05)
+    slow = SlowPauseLimits(store.limits)
+    gate = UpstreamGate(slow, 1000)  # type: ignore[arg-type]
+    async with following(gate):
+        pausing = asyncio.create_task(gate.pause(3600))
+        await asyncio.sleep(0.5)  # several catch-ups, each finding no pause in Redis
+        assert gate.paused_until > time.time() + 3000, "a catch-up undid our own pause"
+        slow.let_through.set()
+        await asyncio.wait_for(pausing, 2)
+        assert await store.limits.upstream_pause_left_ms() > 3_000_000
+        await redis.delete(c.UPSTREAM_PAUSE_KEY)  # ended, and the message lost
+        await eventually(lambda: gate.paused_until == 0, what="the catch-up", timeout=2)
+        await asyncio.wait_for(gate.acquire(), 2)
 
 
 async def test_resuming_makes_the_polls_put_off_to_the_pause_end_due_not_leased_ones(
