@@ -295,8 +295,9 @@ async def test_the_periodic_catch_up_ends_a_pause_whose_end_was_missed_not_one_o
 async def test_resuming_makes_the_polls_put_off_to_the_pause_end_due_not_leased_ones(
     store: Store, redis: Redis
 ) -> None:
-    """The polls a poller put off to the pause's end are due at once; a video whose poll is
-    claimed (its lease deadline, 25 s away) and one due long after stay where they are."""
+    """The polls a poller put off to the pause's end are due at once -- and those put off
+    to the end of an earlier, shorter pause that this longer one outlasts; a video whose
+    poll is claimed (its lease deadline, 25 s away) and one due long after stay put."""
     await UpstreamGate(store.limits, 1000).pause(600)
     end_ms = int(await redis.get(c.UPSTREAM_PAUSE_KEY))
     now_ms = end_ms - 600_000
@@ -305,14 +306,16 @@ async def test_resuming_makes_the_polls_put_off_to_the_pause_end_due_not_leased_
         {
             "put_off_1": end_ms + 1,
             "put_off_2": end_ms - 3,
+            "earlier_pause": end_ms - 300_000,
             "leased": now_ms + 25_000,
             "later": end_ms + 60_000,
         },
     )
     left, moved = await store.limits.resume_upstream(lease_s=25)
-    assert left > 590_000 and moved == 2
+    assert left > 590_000 and moved == 3
     scores = dict(await redis.zrange(c.POLL_SCHEDULE_KEY, 0, -1, withscores=True))
-    assert scores["put_off_1"] <= now_ms + 5_000 and scores["put_off_2"] <= now_ms + 5_000
+    for put_off in ("put_off_1", "put_off_2", "earlier_pause"):
+        assert scores[put_off] <= now_ms + 5_000, put_off
     assert scores["leased"] == now_ms + 25_000 and scores["later"] == end_ms + 60_000
     assert await store.limits.resume_upstream(lease_s=25) == (0, 0)  # nothing left to end
 
