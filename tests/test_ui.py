@@ -260,6 +260,13 @@ async def test_failed_watch_attempts_redeliver_rotate_cancel(
     reloaded = await page.reload()
     assert reloaded is not None and reloaded.status == 409
     assert "nothing was rotated" in await page.content()
+    # from the watch's page again, a second rotation goes through (it follows the first)
+    await page.goto(base(ui) + f"/ui/watches/{w['id']}")
+    await page.get_by_test_id("rotate").click()
+    await page.wait_for_load_state()
+    second = await page.get_by_test_id("new-secret").inner_text()
+    assert second.startswith("whsec_") and second not in (secret, w["secret"])
+    rec.add_secret(second)
     await page.goto(base(ui) + f"/ui/watches/{w['id']}")
     assert secret not in await page.content()
     rec.add_secret(secret)

@@ -6,7 +6,6 @@ Each transition that other replicas may race with is one Lua script (``commands/
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import secrets
 from collections.abc import Sequence
@@ -69,10 +68,11 @@ class StaleRotation(Exception):
     again, a reload): nothing was rotated."""
 
 
-def secret_tag(sealed: str) -> str:
-    """A short tag of a sealed secret, to say which one a page showed as newest (the first
-    16 hex digits of its SHA-1, as ``rotate_keys.lua`` computes it: a name, not a secret)."""
-    return hashlib.sha1(sealed.encode(), usedforsecurity=False).hexdigest()[:16]
+def secret_tag(secrets: Sequence[SecretEntry]) -> str:
+    """Which secrets a page showed, as ``rotate_keys.lua`` tells them apart: when the one
+    before the newest stops signing ('0': never rotated). Every rotation changes it, and it
+    tells nothing of any secret (not even a hash of one)."""
+    return str(secrets[1].expires_ms) if len(secrets) > 1 else "0"
 
 
 class Watches:
@@ -286,8 +286,8 @@ class Watches:
         self, watch_id: str, new_sealed: str, grace_s: float, *, seen: str = ""
     ) -> list[SecretEntry] | None:
         """Put a new secret first; the current one keeps signing for *grace_s* seconds.
-        With *seen* (:func:`secret_tag` of the newest secret the caller was shown), only
-        while that one is still the newest: else :class:`StaleRotation`."""
+        With *seen* (:func:`secret_tag` of the secrets the caller was shown), only while
+        they are still the watch's: else :class:`StaleRotation`."""
         now = now_ms()
         raw = await self._rotate(
             keys=[c.WATCH_KEY.format(watch_id)],

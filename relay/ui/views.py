@@ -186,7 +186,7 @@ async def _watch_page(request: web.Request, watch: Watch, **extra: Any) -> web.S
             "body": body,
             "notice": notice,
             "secrets": len(watch.secrets),
-            "secret_tag": secret_tag(watch.secrets[0].sealed) if watch.secrets else "",
+            "secret_tag": secret_tag(watch.secrets),
             "new_secret": None,
             "redeliverable": watch.status in ("delivered", "failed", "disabled"),
             **extra,

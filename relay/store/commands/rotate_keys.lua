@@ -1,20 +1,22 @@
 -- Rotate a watch's signing secret. KEYS: watch hash. ARGV: new sealed secret, now ms, when
--- the current secret stops signing (ms), and optionally the tag of the secret the caller saw
--- newest (the first 16 hex digits of its SHA-1; '' = any). Secrets whose grace has passed
+-- the current secret stops signing (ms), and optionally the tag of the secrets the caller saw
+-- ('' = any): when the last rotation's grace of the one before ends (ms; '0' never rotated)
+-- -- it changes with every rotation, and it tells nothing of any secret. Secrets whose grace has passed
 -- are dropped, and a watch signs with at most three (the newest and two still in their
 -- grace, newest first): a fourth rotation inside the grace retires the oldest at once.
 -- Returns the new secrets list (JSON), false when there is no such watch, or 'stale' when
--- the newest secret is no longer the one the caller saw (a form sent twice). Safe to run
--- twice (a sealed secret is never sealed the same way twice).
+-- the secrets are no longer the ones the caller saw (a form sent twice). Safe to run twice
+-- (a sealed secret is never sealed the same way twice) -- but a call re-sent after its
+-- reply was lost and another rotation was made gets 'stale', though it did rotate.
 local raw = redis.call('HGET', KEYS[1], 'secrets')
 if not raw then return false end
 local now = tonumber(ARGV[2])
 local current = cjson.decode(raw)
 -- a second run of this very call (its reply was lost): the new secret is first already
 if current[1] and current[1][1] == ARGV[1] then return raw end
-if ARGV[4] and ARGV[4] ~= '' and
-    (not current[1] or string.sub(redis.sha1hex(current[1][1]), 1, 16) ~= ARGV[4]) then
-  return 'stale'
+if ARGV[4] and ARGV[4] ~= '' then
+  local tag = current[2] and string.format('%.0f', tonumber(current[2][2])) or '0'
+  if tag ~= ARGV[4] then return 'stale' end
 end
 local out = {{ARGV[1], 0}}
 for _, s in ipairs(current) do
