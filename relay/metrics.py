@@ -1,5 +1,6 @@
 """Prometheus metrics of the API and the worker. Each process exposes its own registry:
-the API its requests, the worker its polls and deliveries, both the watch counts -- so a
+the API its requests, the worker its polls and deliveries, both the watch counts and the
+callbacks' DNS lookups and connections (the API checks callbacks and sends pings) -- so a
 series is never exported, always 0, by a process that does not make it."""
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ HTTP_LATENCY = Histogram(
 WATCHES = Gauge(
     "relay_watches", "Watches by status (sampled from Redis).", ["status"], registry=REGISTRY
 )
-API_REGISTRY.register(WATCHES)
 UPSTREAM_REQUESTS = Counter(
     "relay_upstream_requests_total",
     "Requests to ScaleReach by endpoint, outcome and HTTP status.",
@@ -107,6 +107,12 @@ WATCHES_PURGED = Counter(
 QUEUE_DEPTH = Gauge(
     "relay_queue_depth", "Members of a schedule (poll, delivery).", ["queue"], registry=REGISTRY
 )
+
+
+# made by both: the watch counts (read from Redis), and the callback checks and pings of the
+# API (DNS lookups, connections) beside the worker's deliveries
+for _shared in (WATCHES, DNS_LOOKUPS, CALLBACK_CONNECTIONS):
+    API_REGISTRY.register(_shared)
 
 
 def exposition(*, api: bool = False) -> bytes:

@@ -116,6 +116,9 @@ async def test_metrics_and_logs_after_a_round_trip(
     for name in ("relay_upstream_paused", "relay_upstream_requests", "relay_deliveries_total"):
         assert name not in api_metrics, name
     assert "relay_http_requests_total" not in worker_metrics
+    # ... and both export what both make: the API checks callbacks (DNS) and sends pings
+    for name in ("relay_dns_lookups_total", "relay_callback_connections_opened_total"):
+        assert name in api_metrics and name in worker_metrics, name
 
     for proc in stack.procs[1:]:
         assert proc.stop(timeout=15) == 0, proc.log_text()[-2000:]
