@@ -634,19 +634,22 @@ async def test_idempotency_key_replays_the_same_watch_however_it_is_spelled(
     await problem(other, 409)
 
 
-async def test_a_key_recorded_by_the_previous_release_still_replays(
+async def test_keys_replay_across_a_rolling_update_in_both_directions(
     api: Client, redis: Redis
 ) -> None:
-    """A record whose fingerprint is the raw body's (releases before 2026-12-06, kept 24 h)
-    replays with that body, and a different body still conflicts."""
+    """Releases before 2026-12-06 record, and compare, the fingerprint of the body's JSON
+    (members sorted) as 'fp'. A record made here keeps that beside the watch's own ('wfp'),
+    so an older replica replays the same body; and an older replica's record (no 'wfp')
+    replays here with the same body, while another body still conflicts."""
     headers = {**auth(), "Idempotency-Key": "upgrade-1"}
     sent = body(minScore=7)
     first = await api.post("/v1/watches", json=sent, headers=headers)
     assert first.status == 201, await first.text()
     [key] = [k async for k in redis.scan_iter(match="cr:idem:*")]
     record = orjson.loads(await redis.get(key))
-    record["fp"] = hashlib.sha256(orjson.dumps(sent, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    await redis.set(key, orjson.dumps(record), keepttl=True)
+    old_fp = hashlib.sha256(orjson.dumps(sent, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    assert record["fp"] == old_fp  # what an older replica compares
+    await redis.set(key, orjson.dumps({"fp": old_fp, "watchId": record["watchId"]}), keepttl=True)
     again = await api.post("/v1/watches", json=sent, headers=headers)
     assert again.status == 200, await again.text()
     assert (await again.json())["id"] == record["watchId"]

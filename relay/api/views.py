@@ -160,8 +160,9 @@ def _fingerprint(spec: WatchCreate) -> str:
 
 
 def _raw_fingerprint(body: Any) -> str:
-    """The fingerprint of releases before 2026-12-06 (the JSON body, its members sorted): a
-    key recorded by one of them (kept 24 h) still replays with the same body."""
+    """The fingerprint of releases before 2026-12-06 (the JSON body, its members sorted),
+    recorded beside the watch's: a key recorded by such a release (kept 24 h) replays here
+    with the same body, and one recorded here replays there during a rolling update."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -188,7 +189,7 @@ async def create_watch(request: web.Request) -> web.Response:
 
     who = principal(request)
     store = app[k.STORE]
-    idempotency = _idempotency(request, spec)
+    idempotency = _idempotency(request, spec, body)
     await app[k.BACKPRESSURE].check()
     secret = spec.secret or generate_secret()
     now = now_ms()
@@ -224,9 +225,9 @@ async def create_watch(request: web.Request) -> web.Response:
             headers={"Retry-After": "60"},
         )
     if done.outcome == "exists":
-        if idempotency is None or done.prior_fp not in (
-            idempotency.fingerprint,
-            _raw_fingerprint(body),
+        if idempotency is None or not (
+            (done.prior_fp and done.prior_fp == idempotency.fingerprint)
+            or done.prior_raw_fp == idempotency.raw_fingerprint
         ):
             raise ProblemError(
                 409,
@@ -246,7 +247,9 @@ async def create_watch(request: web.Request) -> web.Response:
     return _created(request, watch, status=201)
 
 
-def _idempotency(request: web.Request, spec: WatchCreate) -> Idempotency | None:
+def _idempotency(
+    request: web.Request, spec: WatchCreate, body: dict[str, Any]
+) -> Idempotency | None:
     """The request's Idempotency-Key, hashed, with the body's fingerprint (None: no key);
     a malformed key is a 422 naming the header."""
     idem_key = request.headers.get("Idempotency-Key")
@@ -259,7 +262,7 @@ def _idempotency(request: web.Request, spec: WatchCreate) -> Idempotency | None:
     except ValueError:  # UnicodeEncodeError too: bytes that were not UTF-8
         message = f"must be 1-{MAX_IDEMPOTENCY_KEY} UTF-8 characters, no control characters"
         raise invalid([{"field": "Idempotency-Key", "message": message}]) from None
-    return Idempotency(idem_hash, _fingerprint(spec))
+    return Idempotency(idem_hash, _fingerprint(spec), _raw_fingerprint(body))
 
 
 def _created(request: web.Request, watch: Watch, *, status: int) -> web.Response:

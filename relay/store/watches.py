@@ -45,21 +45,27 @@ FINAL_STATUSES = frozenset(c.WATCH_STATUSES) - {"watching", "delivering"}  # eac
 
 @dataclass(frozen=True, slots=True)
 class Idempotency:
-    """An Idempotency-Key (hashed) and the fingerprint of the body it came with."""
+    """An Idempotency-Key (hashed) and the fingerprint of the body it came with: of the watch
+    it makes (*fingerprint*), and of its JSON as the releases before 2026-12-06 took it
+    (*raw_fingerprint*: kept in the record too, so that a replica of such a release replays
+    the same body during a rolling update)."""
 
     key_hash: str
     fingerprint: str
+    raw_fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Created:
     """What registering a watch did: ``created``; ``exists`` (an earlier watch made with the
-    same Idempotency-Key: *prior_id*, made from a body with fingerprint *prior_fp*); or
-    ``full`` (the tenant holds *live* live watches, its maximum)."""
+    same Idempotency-Key: *prior_id*, made from a body with fingerprints *prior_fp*, the
+    watch's, and *prior_raw_fp*, its JSON's -- a record of an older release has only the
+    latter); or ``full`` (the tenant holds *live* live watches, its maximum)."""
 
     outcome: Literal["created", "exists", "full"]
     prior_id: str = ""
     prior_fp: str = ""
+    prior_raw_fp: str = ""
     live: int = 0
 
 
@@ -133,7 +139,13 @@ class Watches:
         ]
         if idempotency is not None:
             keys.append(c.IDEMPOTENCY_KEY.format(watch.tenant, idempotency.key_hash))
-            record = {"fp": idempotency.fingerprint, "watchId": wid}
+            # 'fp': the JSON's fingerprint, as older releases write and read it; 'wfp': the
+            # watch's (a replay spelled otherwise, 50 for 50.0, is the same watch)
+            record = {
+                "fp": idempotency.raw_fingerprint,
+                "wfp": idempotency.fingerprint,
+                "watchId": wid,
+            }
             args += [orjson.dumps(record), c.IDEMPOTENCY_TTL]
         reply = await self._coalesced.call(self._create, keys, args)
         outcome = str(reply[0])
@@ -142,7 +154,12 @@ class Watches:
         if outcome == "exists" and reply[1]:
             prior = orjson.loads(reply[1])
             if prior.get("watchId") != wid:
-                return Created("exists", prior_id=prior["watchId"], prior_fp=prior.get("fp", ""))
+                return Created(
+                    "exists",
+                    prior_id=prior["watchId"],
+                    prior_fp=prior.get("wfp", ""),
+                    prior_raw_fp=prior.get("fp", ""),
+                )
         return Created("created")  # or this very watch, found by a re-run of the script
 
     async def get(self, watch_id: str) -> Watch | None:
