@@ -347,9 +347,13 @@ async def test_connection_errors_and_timeouts(flaky: tuple[str, list[str]]) -> N
 
 
 async def test_an_answer_that_is_not_the_relays_is_a_clip_relay_error() -> None:
-    """A proxy's or captive portal's 200 page (not JSON, or JSON but not an object) raises
-    ApiError, a ClipRelayError -- never a bare JSON error; a NaN is refused before sending."""
-    pages = iter([("<html>sign in</html>", "text/html"), ("[1, 2]", "application/json")] * 2)
+    """A proxy's or captive portal's 200 page (not JSON, JSON but not an object, or empty)
+    raises ApiError, a ClipRelayError -- never a bare JSON or type error; a NaN is refused
+    before sending."""
+    pages = iter(
+        [("<html>sign in</html>", "text/html"), ("[1, 2]", "application/json")] * 2
+        + [("", "application/json")]
+    )
 
     async def handle(request: web.Request) -> web.Response:
         text, kind = next(pages)
@@ -372,6 +376,8 @@ async def test_an_answer_that_is_not_the_relays_is_a_clip_relay_error() -> None:
                 for _ in range(2):
                     with pytest.raises(ApiError, match="is the base URL the relay's"):
                         relay.get_watch("wat_x")
+                with pytest.raises(ApiError, match="not a JSON object"):  # an empty 200
+                    relay.get_watch("wat_x")
                 with pytest.raises(ValueError, match="JSON compliant"):
                     relay.create_watch(video_id="v", callback_url=url, min_score=float("nan"))
 

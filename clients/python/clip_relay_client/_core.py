@@ -148,10 +148,10 @@ class Core:
         """The JSON of a successful answer (None for 204); :class:`ApiError` otherwise."""
         if response.status_code >= 400:
             raise api_error(response)
-        if response.status_code == 204 or not response.content:
+        if response.status_code == 204:
             return None
         try:
-            doc = response.json()
+            doc = response.json() if response.content else None
         except ValueError:
             doc = None
         if not isinstance(doc, dict):  # a proxy's page, say: not the relay's answer
