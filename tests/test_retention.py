@@ -181,3 +181,23 @@ async def test_an_index_that_held_many_watches_is_compact_again(store: Store) ->
     size = await store.redis.memory_usage(index, samples=0)
     assert size is not None and size < 2_000, size
     assert await store.redis.object("encoding", c.EXPIRY_SCHEDULE_KEY) == "listpack"
+
+
+async def test_a_full_redis_is_swept_all_the_same(store: Store) -> None:
+    """Redis at its maxmemory (noeviction) refuses the sweep's lock (a SET), but the sweep is
+    what frees memory: every worker sweeps without it then (each purge decides per watch
+    atomically), and the final watches past the retention are deleted. Fails before: the
+    refused lock failed every sweep, and a full Redis stayed full."""
+    from workers.sweeper import Sweeper
+
+    watches = await registered(store, 40, video="v1")
+    await delivered(store, watches)
+    await store.redis.config_set("maxmemory-policy", "noeviction")
+    await store.redis.config_set("maxmemory", 1)  # below what it holds: writes are refused
+    try:
+        sweepers = [Sweeper(store, retention_s=0.001) for _ in range(2)]
+        assert sum(await asyncio.gather(*(s.sweep() for s in sweepers))) == 40
+    finally:
+        await store.redis.config_set("maxmemory", 0)
+    assert (await store.watches.counts())["delivered"] == 0
+    assert not [k async for k in store.redis.scan_iter(c.WATCH_PREFIX + "*")]

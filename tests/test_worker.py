@@ -570,3 +570,29 @@ async def test_status_counts_follow_every_transition(
     for status, n in expected.items():
         assert f'relay_watches{{status="{status}"}} {float(n)}' in metrics, status
     assert (await wait_watch(api, waiting["id"], ("watching",)))["status"] == "watching"
+
+
+async def test_a_worker_rides_out_a_full_redis(
+    make_worker: WorkerFactory, redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis at its maxmemory (noeviction) refuses arq's health-key write: the worker goes
+    on (the pumps and the sweep free memory) and writes it again once Redis takes writes.
+    Fails before: arq's heart beat raised OutOfMemoryError and every worker exited (a
+    crash loop under Kubernetes; a chaos tester's try)."""
+    from relay import constants as c
+    from workers import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "HEALTH_INTERVAL", 0.2)
+    arq = await make_worker()
+    running = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "RelayWorker.main"]
+    await eventually(lambda: redis.exists(c.ARQ_HEALTH_KEY), what="arq's health key")
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", 1)  # below what it holds: every write is refused
+    try:
+        await redis.delete(c.ARQ_HEALTH_KEY)  # (a DEL is allowed)
+        await asyncio.sleep(2.0)  # ten health writes refused
+        assert running and not any(t.done() for t in running), "the worker stopped"
+    finally:
+        await redis.config_set("maxmemory", 0)
+    await eventually(lambda: redis.exists(c.ARQ_HEALTH_KEY), what="the health key again")
+    assert arq.ctx.get("runtime") is not None

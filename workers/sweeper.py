@@ -3,7 +3,9 @@ retention, with everything they own, a bounded batch per script call.
 
 Every worker runs one; a short lock (``cr:sweep:lock``, it lapses by itself) lets one sweep at
 a time, and each ``purge`` call decides per watch atomically, so two sweepers never delete
-one watch twice even without it. A sweep walks the set of tenants (``SSCAN``) and, per
+one watch twice even without it -- as when Redis is full and refuses the lock's write: then
+every worker sweeps (``purge`` deletes before it writes, so Redis runs it when full).
+A sweep walks the set of tenants (``SSCAN``) and, per
 tenant, the indexes of final watches by the time they became final: members older than
 Redis' clock minus the retention, never a scan of the keyspace.
 """
@@ -15,7 +17,10 @@ import contextlib
 import os
 import time
 
+from redis.exceptions import OutOfMemoryError
+
 from relay import logs
+from relay.logs import Every
 from relay.metrics import WATCHES_PURGED
 from relay.store import Store
 from relay.store.retention import FINAL_STATUSES
@@ -27,6 +32,7 @@ BATCH = 50  # watches per purge call: ~0.3 ms of Redis (5-6 µs a watch, 2-core 
 # retention sweeps once a minute (each sweep costs every tenant four script calls even when
 # nothing is due), a retention of seconds (tests, demos) twice a second
 MIN_INTERVAL, MAX_INTERVAL = 0.5, 60.0
+FULL_LOG_S = 60.0  # between two "sweeping without the lock" lines while Redis stays full
 
 
 class Sweeper:
@@ -38,6 +44,7 @@ class Sweeper:
         self.batch = batch
         self.interval = min(max(retention_s / 20, MIN_INTERVAL), MAX_INTERVAL)
         self.owner = f"{os.getpid()}-{id(self):x}"
+        self._full_log = Every(FULL_LOG_S)
         self.purged = 0
         self._stopping = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -64,8 +71,15 @@ class Sweeper:
     async def sweep(self) -> int:
         """One sweep (when this worker holds the lock): the number of watches deleted."""
         ttl = int(max(self.interval, 1.0) * 1000)
-        if not await self.store.retention.lock(self.owner, ttl):
-            return 0
+        try:
+            if not await self.store.retention.lock(self.owner, ttl):
+                return 0
+        except OutOfMemoryError:
+            # Redis full (noeviction) refuses the lock's SET, and the sweep is what frees
+            # memory: sweep without it (each purge call decides per watch atomically, so
+            # sweepers at once cost Redis some work, never a watch deleted twice)
+            if self._full_log.due():
+                log.warning("redis full: sweeping without the lock")
         started = time.monotonic()
         deleted = calls = 0
         cursor = 0

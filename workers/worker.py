@@ -18,7 +18,13 @@ import aiohttp
 from aiohttp import web
 from arq import Worker
 from arq.worker import func
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -250,6 +256,12 @@ class RelayWorker(Worker):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             if self._outage.due():
                 log.warning("redis unavailable; retrying", error=type(exc).__name__)
+            await asyncio.sleep(1.0)
+        except (OutOfMemoryError, ReadOnlyError) as exc:
+            # Redis full (noeviction) or a replica after a failover refuses arq's health
+            # key: the pumps and the sweep go on (the sweep frees memory), so must arq's loop
+            if self._outage.due():
+                log.warning("redis refuses writes; retrying", error=type(exc).__name__)
             await asyncio.sleep(1.0)
         else:
             self._outage.reset()

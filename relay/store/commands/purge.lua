@@ -17,6 +17,9 @@
 -- that once held 50,000 watches would keep ~0.6 MB for good. Rebuilt (at most ARGV[10]
 -- members, the same members and scores) it is a compact listpack again.
 -- Returns {watches deleted, index members read} (members read < limit: nothing older left).
+-- Its first write is a ZREM, which Redis allows at maxmemory (noeviction), and a script that
+-- has written may go on: a full Redis runs it, and retention frees memory by itself
+-- (tests/test_retention.py). Keep a write that may grow memory from coming first.
 local t = redis.call('TIME')
 local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[2]))
