@@ -30,6 +30,15 @@ class Clock:
         return self.t
 
 
+def send(q: OriginQueues[J]) -> J | None:
+    """Take the next job and put its attempt on the wire, as a lane does past its claim
+    check."""
+    job = q.take()
+    if job is not None:
+        q.sending(job.origin)
+    return job
+
+
 def test_round_robin_over_origins_not_first_come() -> None:
     q: OriginQueues[J] = OriginQueues(cap=16)
     for i in range(100):
@@ -63,12 +72,12 @@ def test_a_slow_full_origins_backlog_overflows_a_fast_ones_does_not() -> None:
         q.put(J(A, i))
         q.put(J(B, i))
     for _ in range(8):
-        q.take()
+        send(q)
     # B answers in 5 ms; A's four attempts have been running for 3 s without an answer
     for _ in range(20):
         clock.t += 0.005
         q.finish(B, 0.005)
-        q.take()
+        send(q)
     for _ in range(4):
         q.finish(B, 0.005)
     clock.t += 3.0
@@ -101,13 +110,13 @@ def test_a_fan_out_plan_paces_a_slow_origin_only() -> None:
         q.put(J(A, i))
         q.put(J(B, i))
     for _ in range(8):
-        q.take()
+        send(q)
     clock.t += 0.002
     for _ in range(4):
         q.finish(B, 0.002)  # B answers in 2 ms: this worker's typical attempt
     for i in range(40):
         q.put(J(B, 10 + i))
-        q.take()
+        send(q)
         q.finish(B, 0.002)
     clock.t += 0.05  # A has not answered for 52 ms
     plan_b = q.plan([tb] * 200, 0.1, 0.025)
@@ -134,7 +143,7 @@ def test_the_only_origin_is_never_slow_however_long_its_attempts() -> None:
     for i in range(50):
         q.put(J(A, i))
     for _ in range(20):
-        q.take()
+        send(q)
         clock.t += 0.04
         q.finish(A, 0.04)
     assert q.plan([origin_tag(A)] * 100, 0.1, 0.025) == [0] * 100
@@ -146,7 +155,7 @@ def test_origins_the_caller_keeps_are_not_overflowed() -> None:
     q: OriginQueues[J] = OriginQueues(cap=1, clock=clock)
     for i in range(5):
         q.put(J(A, i))
-    q.take()
+    send(q)
     clock.t += 10
     assert q.overflow(2.0, keep=lambda o: o == A) == []
     assert len(q.overflow(2.0)) == 4
@@ -157,7 +166,7 @@ def test_drain_hands_every_queued_job_over() -> None:
     for i in range(5):
         q.put(J(A, i))
         q.put(J(B, i))
-    q.take()
+    send(q)
     assert len(q.drain()) == 9 and len(q) == 0 and q.take() is None
 
 
@@ -260,9 +269,9 @@ def test_an_origin_that_has_not_answered_may_get_two_waves_of_a_fan_out_first() 
     clock.t += 1.0  # promises never queued lapse
     assert q.unanswered_room(ta, 0.025) == 5
     assert q.unanswered_room(ta, 0.025, keep=lambda o: o == A) is None
-    q.take()
+    send(q)
     q.put(J(B, 0))
-    q.take()
+    send(q)
     q.finish(B, 0.002)  # B answers in 2 ms: it may get any number
     assert q.unanswered_room(tb, 0.025) is None
     clock.t += 0.06  # A's attempt has run 60 ms without an answer: slow already
@@ -272,3 +281,31 @@ def test_an_origin_that_has_not_answered_may_get_two_waves_of_a_fan_out_first() 
         q.plan([f"t{i}"], 0.1, 0.025)
         clock.t += 1.0
     assert len(q._unseen) <= 256
+
+
+def test_a_stalled_claim_check_does_not_make_an_origin_slow() -> None:
+    """Jobs taken but held at their claim check (a stalled Redis: 10 s) never went on the
+    wire: the origin's estimate stays its answers' 0.2 s, so its backlog is paced over
+    seconds, not minutes. Fails before: the 10 s counted as an attempt running, and the
+    backlog went out to 300 s (a chaos tester's try: an idle receiver for minutes)."""
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
+    for i in range(100):
+        q.put(J(A, i))
+    for i in range(4):
+        q.put(J(B, i))
+    for _ in range(8):
+        send(q)
+    clock.t += 0.2
+    for _ in range(4):
+        q.finish(A, 0.2)
+        q.finish(B, 0.002)
+    for _ in range(4):
+        q.take()  # to the claim check, where Redis stalls
+    clock.t += 10.0
+    deferred = q.overflow(1.0, slow=(0.025, 0.1))
+    assert deferred, "a backlog of 92 at 4 a wave of 0.2 s does not start within 1 s"
+    assert max(d for _, d in deferred) < 10.0  # 92 / 4 waves of 0.2 s: about 5 s
+    for _ in range(4):
+        q.finish(A, None, sent=False)  # the claims lapsed in the stall: no attempt
+    assert q.inflight(A) == 0

@@ -224,6 +224,7 @@ class Deliverer:
             verdict = breakers.check(job.origin)
             answered: bool | None = None
             took: float | None = None
+            sent = False
             try:
                 # the claim must hold right before the attempt: renewing it checks that
                 # too; else the gate does (a cancelled watch is off the schedule), while
@@ -244,6 +245,8 @@ class Deliverer:
                 if body is None:  # no clips to build it from, stored or fetched
                     self.sender.unsent(job.watch, "the video's clips are gone", job.deadline)
                     continue
+                jobs.sending(job.origin)  # (what the origin's estimate times)
+                sent = True
                 started = loop.time()
                 answered = await attempt(job.watch, body, job.deadline)
                 took = loop.time() - started
@@ -252,5 +255,5 @@ class Deliverer:
             finally:
                 if verdict is not Verdict.OPEN:
                     breakers.record(job.origin, answered, verdict is Verdict.PROBE)
-                jobs.finish(job.origin, took)
+                jobs.finish(job.origin, took, sent=sent)
                 job.done()

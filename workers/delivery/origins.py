@@ -11,7 +11,7 @@ another's deliveries).
   job is queued or an origin gets room back;
 - :meth:`OriginQueues.overflow` picks the queued jobs that would not start soon -- their
   origin is full and slow (an estimate: the mean duration of its recent attempts, or how long
-  its attempts in flight have run, whichever is longer) -- so that the claimer hands their
+  its attempts on the wire have run, whichever is longer) -- so that the claimer hands their
   claims back to the schedule, due when the origin is expected to have room, instead of
   holding them (and its claim slots) while healthy origins' work waits unclaimed;
 - :meth:`OriginQueues.plan` does the same for a fan-out's events before they exist: those
@@ -64,6 +64,7 @@ class _Origin(Generic[J]):
         "promised",
         "promised_at",
         "ready",
+        "sending",
         "used",
     )
 
@@ -72,16 +73,20 @@ class _Origin(Generic[J]):
         self.promised = 0  # jobs a plan let a fan-out claim, not queued yet
         self.promised_at = 0.0
         self.jobs: deque[J] = deque()
-        self.inflight = 0
+        self.inflight = 0  # jobs taken, not finished
+        self.sending = 0  # of those, attempts on the wire (past the claim check)
         self.ready = False  # in the ring
         self.mean = 0.0  # running mean of its attempts' durations (s); 0: none yet
-        self.busy_since = 0.0  # when its last attempt ended, or it got busy (monotonic)
+        self.busy_since = 0.0  # when its last attempt ended, or one went out (monotonic)
         self.horizon = 0.0  # until when the jobs handed back are expected to keep it busy
         self.used = 0.0  # last time a job was queued or ended
 
     def estimate(self, now: float) -> float:
-        """Seconds one attempt of this origin is expected to take."""
-        running = now - self.busy_since if self.inflight else 0.0
+        """Seconds one attempt of this origin is expected to take: the mean of its recent
+        ones, or how long those on the wire have run, whichever is longer. (Only attempts
+        on the wire: a job waiting for its claim check -- a stalled Redis -- or dropped
+        before its attempt says nothing of the receiver.)"""
+        running = now - self.busy_since if self.sending else 0.0
         return max(self.mean, running)
 
 
@@ -149,8 +154,6 @@ class OriginQueues(Generic[J]):
                 continue
             job = o.jobs.popleft()
             self.queued -= 1
-            if o.inflight == 0:
-                o.busy_since = self.clock()
             o.inflight += 1
             if o.jobs and o.inflight < self.cap:
                 o.ready = True
@@ -160,13 +163,26 @@ class OriginQueues(Generic[J]):
             return job
         return None
 
-    def finish(self, origin: Origin, seconds: float | None) -> None:
+    def sending(self, origin: Origin) -> None:
+        """A job of *origin* taken earlier goes on the wire now (its attempt starts)."""
+        o = self._origins.get(origin)
+        if o is None:
+            return
+        if o.sending == 0:
+            o.busy_since = self.clock()
+        o.sending += 1
+
+    def finish(self, origin: Origin, seconds: float | None, *, sent: bool | None = None) -> None:
         """A job of *origin* taken earlier is over, after an attempt of *seconds* (None: no
-        attempt was made, e.g. its claim was gone or its circuit open)."""
+        attempt was made, e.g. its claim was gone or its circuit open, or it failed before
+        an answer). *sent*: it went on the wire (:meth:`sending`); by default, when it took
+        *seconds*."""
         o = self._origins.get(origin)
         if o is None:
             return
         o.inflight -= 1
+        if (seconds is not None if sent is None else sent) and o.sending:
+            o.sending -= 1
         now = self.clock()
         o.used = now
         if seconds is not None:
