@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import ipaddress
 import ssl
@@ -314,6 +315,40 @@ async def test_broken_answers_fail_the_attempt(
         await client.post(target(url), HEADERS, BODY)
     assert str(caught.value).startswith("http: ")
     assert client.idle_connections == 0
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        b"0\r\nX-T: ",  # the last chunk, then a trailer line without end
+        b"1;ext=",  # a chunk extension without end
+        b"3\r\nabc\r\n0\r\nX-A: 1\r\nX-B: ",  # some body, then a trailer without end
+    ],
+)
+async def test_endless_trailers_fail_the_attempt_before_they_fill_memory(
+    client: WebhookClient, scripted: Callable[[Handler], Awaitable[str]], opening: bytes
+) -> None:
+    """A chunked answer whose trailer (or chunk extension) never ends: once the bytes after
+    the head that bring no body pass MAX_HEAD, the attempt fails and the connection closes.
+    Fails before: the parser's caller buffered the line for the whole timeout (a security
+    review: 250 MB for one attempt in 10 s)."""
+    sent = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + opening)
+        with contextlib.suppress(ConnectionError):
+            while sent < 10_000_000:
+                writer.write(b"a" * 16384)
+                sent += 16384
+                await writer.drain()
+        writer.close()
+
+    url = await scripted(handle)
+    with pytest.raises(WebhookError, match="trailers too large"):
+        await asyncio.wait_for(client.post(target(url), HEADERS, BODY), 5.0)
+    assert client.idle_connections == 0  # (the error, not the timeout: it stopped reading)
 
 
 async def test_stale_keep_alive_connection_is_sent_once_more(

@@ -107,6 +107,8 @@ class AnswerReader:
         self._chunked = False
         self._body.clear()
         self._seen = 0  # body bytes received
+        self._fed = 0  # bytes of this answer fed to the parser
+        self._progress = 0  # ... as of its head's end or its last body bytes
 
     def close(self) -> None:
         """Close the connection at once (the connection subclass does it)."""
@@ -121,6 +123,7 @@ class AnswerReader:
             return
         if not self._head_done:
             self._head_bytes += len(data)
+        self._fed += len(data)
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -130,6 +133,10 @@ class AnswerReader:
             raise WebhookError(_malformed(exc)) from None
         if not self._head_done and self._head_bytes > MAX_HEAD:
             raise WebhookError("http: answer headers too large")
+        # after the head, bytes that bring no body (chunk trailers or extensions without
+        # end: llhttp's caller buffers a header line whole) are held to the head's limit
+        if self._head_done and not self._complete and self._fed - self._progress > MAX_HEAD:
+            raise WebhookError("http: answer trailers too large")
 
     def _until_close(self) -> bool:
         """The connection closed: an answer whose body runs until then is complete."""
@@ -163,6 +170,7 @@ class AnswerReader:
             return
         self._status = status
         self._head_done = True
+        self._progress = self._fed
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
@@ -171,6 +179,7 @@ class AnswerReader:
         if room > 0:
             self._body += body[:room]
         self._seen += len(body)
+        self._progress = self._fed
         # a body too large to drain (judged by its declared size, else by what came): once
         # enough of it is kept, answer and close the connection
         size = self._seen if self._length is None else self._length
