@@ -345,3 +345,35 @@ async def test_recording_a_ping_twice_keeps_one_record(
     assert await watches.record_ping("wat_" + "e" * 24, record) is None
     got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
     assert got["status"] == "watching"
+
+
+async def test_pings_in_flight_are_capped_per_tenant(api: Client, sim: Client) -> None:
+    """A receiver that never answers holds each ping's connection up to the delivery
+    timeout: a tenant gets at most MAX_TENANT_PINGS in flight (then 429 + Retry-After),
+    and another tenant's ping still goes. Fails before: every ping started a task (a
+    security review: ~750 connections per key from the API process)."""
+    from relay.api.recovery import MAX_TENANT_PINGS
+
+    hung = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    try:
+        vid = await sim_video(sim, timeline=NEVER_DONE)
+        made = []
+        for key in (None, TENANT_B_KEY):
+            resp = await api.post(
+                "/v1/watches",
+                json={"videoId": vid, "callbackUrl": f"http://127.0.0.1:{port}/hang"},
+                headers=auth(key) if key else auth(),
+            )
+            assert resp.status == 201, await resp.text()
+            made.append((await resp.json())["id"])
+        a, b = made
+        for _ in range(MAX_TENANT_PINGS):
+            assert (await api.post(f"/v1/watches/{a}/ping", headers=auth())).status == 202
+        refused = await api.post(f"/v1/watches/{a}/ping", headers=auth())
+        assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+        assert (await refused.json())["type"].endswith("pings-in-flight")
+        other = await api.post(f"/v1/watches/{b}/ping", headers=auth(TENANT_B_KEY))
+        assert other.status == 202
+    finally:
+        hung.close()

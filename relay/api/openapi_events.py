@@ -87,6 +87,10 @@ def paths(
                     ),
                     "404": problem("No such watch for this tenant."),
                     "409": problem("The watch is cancelled: nothing is sent."),
+                    "429": problem(
+                        "Too many requests for this API key, or 8 pings of this tenant in "
+                        "flight (slug pings-in-flight); see Retry-After."
+                    ),
                 },
             ),
         },

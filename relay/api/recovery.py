@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from yarl import URL
 from relay import logs
 from relay.api import appkeys as k
 from relay.api import views
-from relay.api.problems import invalid
+from relay.api.problems import ProblemError, invalid
 from relay.domain import attempts
 from relay.domain.clock import now_ms
 from relay.domain.events import ping_body
@@ -39,18 +40,37 @@ TIME_RULE = "must be an RFC 3339 timestamp with a time zone, e.g. 2026-11-28T10:
 RECOVER_FIELDS = ("since", "until")
 
 
+MAX_PINGS = 64  # pings in flight per API process, at most ...
+MAX_TENANT_PINGS = 8  # ... and per tenant (one tenant's pings never hold all of them)
+
+
 class Pings:
-    """The API's webhook client for pings and the pings in flight."""
+    """The API's webhook client for pings and the pings in flight: at most MAX_PINGS, of
+    which MAX_TENANT_PINGS of one tenant (each holds a connection up to
+    RELAY_DELIVERY_TIMEOUT: unbounded, a tenant could hold hundreds, or flood a host)."""
 
     def __init__(self, client: WebhookClient) -> None:
         self.client = client
         self.tasks: set[asyncio.Task[None]] = set()
+        self.by_tenant: Counter[str] = Counter()
 
-    def start(self, coro: Any) -> None:
+    def room(self, tenant: str) -> bool:
+        """Whether a ping of *tenant* may start now."""
+        return len(self.tasks) < MAX_PINGS and self.by_tenant[tenant] < MAX_TENANT_PINGS
+
+    def start(self, coro: Any, tenant: str = "") -> None:
         """Run *coro* in the background, kept until done (awaited on shutdown)."""
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.by_tenant[tenant] += 1
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self.tasks.discard(finished)
+            self.by_tenant[tenant] -= 1
+            if self.by_tenant[tenant] <= 0:
+                del self.by_tenant[tenant]
+
+        task.add_done_callback(done)
 
 
 PINGS = web.AppKey("pings", Pings)
@@ -116,7 +136,17 @@ async def ping(request: web.Request) -> web.Response:
     watch = await views._own_watch(request)
     views.refuse_cancelled(watch)
     app = request.app
-    app[PINGS].start(send_ping(app, watch))
+    pings = app[PINGS]
+    if not pings.room(watch.tenant):
+        raise ProblemError(
+            429,
+            "Too many pings in flight",
+            f"at most {MAX_TENANT_PINGS} pings of a tenant are sent at once; retry when "
+            "they have answered",
+            slug="pings-in-flight",
+            headers={"Retry-After": "1"},
+        )
+    pings.start(send_ping(app, watch), watch.tenant)
     return views.json_response({"watchId": watch.id}, status=202)
 
 
