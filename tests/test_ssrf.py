@@ -232,6 +232,13 @@ async def test_resolve_literals_without_dns(no_dns: None) -> None:
         "http://[::127.0.0.1]/",
         "http://[2002:7f00:1::]/",
         "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+        # SIIT's IPv4-translated form of 127.0.0.1, and reserved ranges Python 3.11.7 calls
+        # global (a security review)
+        "http://[::ffff:0:7f00:1]/",
+        "http://192.0.0.8/",
+        "http://192.88.99.1/",
+        "http://[5f00::1]/",
+        "http://[3fff::1]/",
     ],
 )
 async def test_nat64_embedded_private_addresses_refused(url: str, no_dns: None) -> None:

@@ -27,7 +27,21 @@ _METADATA = {
 }
 
 
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# NAT64 (RFC 6052, 8215) and SIIT's IPv4-translated form ::ffff:0:a.b.c.d (RFC 2765): a
+# translator on the path takes them to the IPv4 address inside
+_NAT64 = (
+    ipaddress.ip_network("64:ff9b::/96"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+    ipaddress.ip_network("::ffff:0:0:0/96"),
+)
+# reserved, not global, though Python before 3.11.10/3.12.4 calls them global: IETF protocol
+# assignments, the 6to4 relay anycast, SRv6 SIDs, IPv6 documentation
+_RESERVED = (
+    ipaddress.ip_network("192.0.0.0/24"),
+    ipaddress.ip_network("192.88.99.0/24"),
+    ipaddress.ip_network("5f00::/16"),
+    ipaddress.ip_network("3fff::/20"),
+)
 _V4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
@@ -83,12 +97,15 @@ class CallbackPolicy:
 
     def ip_allowed(self, ip: IPAddress) -> bool:
         """A public unicast address, or one inside an allowed network. An IPv6 address that
-        carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is judged by both."""
+        carries an IPv4 address (mapped, compatible, NAT64, SIIT, 6to4, Teredo) is judged by
+        both."""
         inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
         nets = self._allow.networks
         if any(ip in n for n in nets) or (inner is not None and any(inner in n for n in nets)):
             return True
         if ip in _METADATA or ip.is_multicast or ip.is_unspecified:
+            return False
+        if any(ip in n for n in _RESERVED if n.version == ip.version):
             return False
         if inner is not None:  # judged by where it really leads
             return self.ip_allowed(inner)
