@@ -97,7 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"clip-relay {args.command}: cannot listen on {settings.host}:{port}: {why}",
             file=sys.stderr,
         )
-        return 1
+        # a RELAY_HOST that is no address of this host is a bad value (exit 2, as every
+        # other); a port in use or refused is the host's state (exit 1)
+        bad_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+        return 2 if bad_host else 1
 
 
 def _cannot_listen(exc: OSError) -> str | None:

@@ -232,6 +232,34 @@ def test_a_port_in_use_is_one_line_and_exit_1(
     assert "in use" in last, last
 
 
+def test_a_relay_host_of_no_address_here_is_a_bad_value_exit_2(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """RELAY_HOST=999.0.0.1 is a bad value, as the README says of every one: one line
+    naming the variable, exit 2 (it was 1, as for a port in use: a newcomer's try)."""
+    env = relay_env(
+        redis_server.url,
+        "http://127.0.0.1:9/v1",
+        api_keys="ci:" + "k" * 32,
+        upstream_key="sr_test",
+        port=free_port(),
+        metrics_port=free_port(),
+        extra={"RELAY_HOST": "999.0.0.1", "PATH": os.environ["PATH"]},
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "api"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "cannot listen on 999.0.0.1" in last and "RELAY_HOST" in last, last
+
+
 def test_a_worker_started_while_redis_is_away_waits_for_it(tmp_path: Path) -> None:
     """A worker started before Redis: its /healthz answers (alive: nothing to restart) and
     /readyz says 503 at once; it waits, saying so, and once Redis comes up on that port it
