@@ -175,17 +175,30 @@ def test_free_ports_picked_for_one_stack_are_never_the_same() -> None:
         assert not any(low <= p <= high for p in ports)
 
 
-def test_a_process_that_exits_before_answering_names_what_it_logged(tmp_path: Path) -> None:
-    # a stack that fails to start says why (CI keeps no log directory): the log's tail
-    port = free_port()
-    env = relay_env(
-        "not-a-url",
+def ci_env(
+    redis_url: str,
+    *,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of one API or worker process started by a test (free ports unless
+    given; an upstream nobody answers on)."""
+    return relay_env(
+        redis_url,
         "http://127.0.0.1:9/v1",
         api_keys="ci:" + "k" * 32,
         upstream_key="sr_test",
-        port=port,
-        metrics_port=free_port(),
+        port=port or free_port(),
+        metrics_port=metrics_port or free_port(),
+        extra=extra,
     )
+
+
+def test_a_process_that_exits_before_answering_names_what_it_logged(tmp_path: Path) -> None:
+    # a stack that fails to start says why (CI keeps no log directory): the log's tail
+    port = free_port()
+    env = ci_env("not-a-url", port=port)
     proc = spawn("api", ["api"], env, tmp_path)
     try:
         why = r"(?s)exited with 2 .*its log ends:.*configuration error.*REDIS_URL"
@@ -193,6 +206,24 @@ def test_a_process_that_exits_before_answering_names_what_it_logged(tmp_path: Pa
             wait_http(f"http://127.0.0.1:{port}/healthz", 20, proc)
     finally:
         proc.stop()
+
+
+def _start_failing(
+    command: str, redis_server: RedisServer, tmp_path: Path, extra: dict[str, str]
+) -> tuple[int, str]:
+    """Run ``clip-relay COMMAND`` with *extra* settings that stop it at the start: its exit
+    code and its last line on stderr (after checking there is no traceback)."""
+    env = ci_env(redis_server.url, extra={**extra, "PATH": os.environ["PATH"]})
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("busy", ["api RELAY_PORT", "worker RELAY_METRICS_PORT"])
@@ -206,28 +237,12 @@ def test_a_port_in_use_is_one_line_and_exit_1(
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     try:
-        env = relay_env(
-            redis_server.url,
-            "http://127.0.0.1:9/v1",
-            api_keys="ci:" + "k" * 32,
-            upstream_key="sr_test",
-            port=free_port(),
-            metrics_port=free_port(),
-            extra={variable: str(taken.getsockname()[1]), "PATH": os.environ["PATH"]},
-        )
-        done = subprocess.run(
-            [sys.executable, "-m", "relay", command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
+        code, last = _start_failing(
+            command, redis_server, tmp_path, {variable: str(taken.getsockname()[1])}
         )
     finally:
         taken.close()
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    assert code == 1, last
     assert last.startswith(f"clip-relay {command}: cannot listen on 127.0.0.1:"), last
     assert "in use" in last, last
 
@@ -237,26 +252,8 @@ def test_a_relay_host_of_no_address_here_is_a_bad_value_exit_2(
 ) -> None:
     """RELAY_HOST=999.0.0.1 is a bad value, as the README says of every one: one line
     naming the variable, exit 2 (it was 1, as for a port in use: a newcomer's try)."""
-    env = relay_env(
-        redis_server.url,
-        "http://127.0.0.1:9/v1",
-        api_keys="ci:" + "k" * 32,
-        upstream_key="sr_test",
-        port=free_port(),
-        metrics_port=free_port(),
-        extra={"RELAY_HOST": "999.0.0.1", "PATH": os.environ["PATH"]},
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "relay", "api"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    code, last = _start_failing("api", redis_server, tmp_path, {"RELAY_HOST": "999.0.0.1"})
+    assert code == 2, last
     assert "cannot listen on 999.0.0.1" in last and "RELAY_HOST" in last, last
 
 
@@ -266,14 +263,7 @@ def test_a_worker_started_while_redis_is_away_waits_for_it(tmp_path: Path) -> No
     is ready, with no restart (arq alone gave up after a minute and exited). Stopped while
     Redis is away, it still stops cleanly (arq's own cleanup failed with a traceback)."""
     redis_port, metrics = free_port(), free_port()
-    env = relay_env(
-        f"redis://127.0.0.1:{redis_port}/0",
-        "http://127.0.0.1:9/v1",
-        api_keys="ci:" + "k" * 32,
-        upstream_key="sr_test",
-        port=free_port(),
-        metrics_port=metrics,
-    )
+    env = ci_env(f"redis://127.0.0.1:{redis_port}/0", metrics_port=metrics)
     proc = spawn("worker", ["worker"], env, tmp_path)
     try:
         wait_http(f"http://127.0.0.1:{metrics}/healthz", 20, proc)
@@ -309,15 +299,7 @@ def test_a_worker_stopped_while_redis_hangs_stops_within_its_bounds(tmp_path: Pa
     (tmp_path / "redis").mkdir()
     server = RedisServer.start(workdir=tmp_path / "redis")
     metrics = free_port()
-    env = relay_env(
-        server.url,
-        "http://127.0.0.1:9/v1",
-        api_keys="ci:" + "k" * 32,
-        upstream_key="sr_test",
-        port=free_port(),
-        metrics_port=metrics,
-        extra={"RELAY_SHUTDOWN_GRACE": "2"},
-    )
+    env = ci_env(server.url, metrics_port=metrics, extra={"RELAY_SHUTDOWN_GRACE": "2"})
     proc = spawn("worker", ["worker"], env, tmp_path)
     try:
         wait_http(f"http://127.0.0.1:{metrics}/readyz", 20, proc)
