@@ -70,8 +70,8 @@ class Created:
 
 
 class StaleRotation(Exception):
-    """The secret a rotation was asked from is no longer the watch's newest (a form sent
-    again, a reload): nothing was rotated."""
+    """The secrets a rotation was asked from are no longer the watch's (another rotation
+    came first: a form sent again, a reload): nothing was rotated."""
 
 
 def secret_tag(secrets: Sequence[SecretEntry]) -> str:

@@ -1,9 +1,10 @@
 -- Rotate a watch's signing secret. KEYS: watch hash. ARGV: new sealed secret, now ms, when
--- the current secret stops signing (ms), and optionally the tag of the secrets the caller saw
--- ('' = any): when the last rotation's grace of the one before ends (ms; '0' never rotated)
--- -- it changes with every rotation, and it tells nothing of any secret. Secrets whose grace has passed
--- are dropped, and a watch signs with at most three (the newest and two still in their
--- grace, newest first): a fourth rotation inside the grace retires the oldest at once.
+-- the current secret stops signing (ms), and optionally the tag of the secrets the caller
+-- saw ('' = any): when the secret before the newest stops signing (ms; '0': never rotated).
+-- Every rotation changes the tag, and it tells nothing of any secret. Secrets whose grace
+-- has passed are dropped, and a watch signs with at most three (the newest and two still
+-- in their grace, newest first): a fourth rotation inside the grace retires the oldest at
+-- once.
 -- Returns the new secrets list (JSON), false when there is no such watch, or 'stale' when
 -- the secrets are no longer the ones the caller saw (a form sent twice). Safe to run twice
 -- (a sealed secret is never sealed the same way twice) -- but a call re-sent after its
