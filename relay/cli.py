@@ -99,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         # a RELAY_HOST that is no address of this host is a bad value (exit 2, as every
         # other); a port in use or refused is the host's state (exit 1)
-        bad_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+        bad_host = exc.errno == errno.EADDRNOTAVAIL or (
+            isinstance(exc, socket.gaierror) and exc.errno != socket.EAI_AGAIN  # (DNS away)
+        )
         return 2 if bad_host else 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 import sys
 import time
 from collections.abc import Awaitable
@@ -578,7 +579,8 @@ async def test_a_worker_rides_out_a_full_redis(
     """Redis at its maxmemory (noeviction) refuses arq's health-key write: the worker goes
     on (the pumps and the sweep free memory) and writes it again once Redis takes writes.
     Fails before: arq's heart beat raised OutOfMemoryError and every worker exited (a
-    crash loop under Kubernetes; a chaos tester's try)."""
+    crash loop under Kubernetes; a chaos tester's try). The same for a Redis turned
+    replica (READONLY)."""
     from relay import constants as c
     from workers import worker as worker_module
 
@@ -596,3 +598,13 @@ async def test_a_worker_rides_out_a_full_redis(
         await redis.config_set("maxmemory", 0)
     await eventually(lambda: redis.exists(c.ARQ_HEALTH_KEY), what="the health key again")
     assert arq.ctx.get("runtime") is not None
+    # and a Redis turned replica (READONLY: a failover, or REDIS_URL naming a replica)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # a master nobody answers for: no sync, the data stays
+    await redis.execute_command("REPLICAOF", "127.0.0.1", dead.getsockname()[1])
+    try:
+        await asyncio.sleep(2.0)  # ten health writes refused: READONLY
+        assert not any(t.done() for t in running), "the worker stopped on READONLY"
+    finally:
+        await redis.execute_command("REPLICAOF", "NO", "ONE")
+        dead.close()

@@ -257,14 +257,28 @@ class RelayWorker(Worker):
             if self._outage.due():
                 log.warning("redis unavailable; retrying", error=type(exc).__name__)
             await asyncio.sleep(1.0)
-        except (OutOfMemoryError, ReadOnlyError) as exc:
-            # Redis full (noeviction) or a replica after a failover refuses arq's health
-            # key: the pumps and the sweep go on (the sweep frees memory), so must arq's loop
+        except ResponseError as exc:
+            # Redis refusing writes -- full (noeviction: OOM), a replica (READONLY: after a
+            # failover, or a REDIS_URL naming one), its disk failing (MISCONF) -- refuses
+            # arq's health key: the pumps and the sweep go on (the sweep frees memory), so
+            # must arq's loop. At error level: a replica or a disk needs an operator.
+            if not refuses_writes(exc):
+                raise
             if self._outage.due():
-                log.warning("redis refuses writes; retrying", error=type(exc).__name__)
+                log.error(
+                    "redis refuses writes; retrying (a full Redis frees itself; a replica "
+                    "or a failing disk needs an operator)",
+                    error="MISCONF" if str(exc).startswith("MISCONF") else type(exc).__name__,
+                )
             await asyncio.sleep(1.0)
         else:
             self._outage.reset()
+
+
+def refuses_writes(exc: ResponseError) -> bool:
+    """Whether Redis refused a write for its state, not for the command: full (OOM), a
+    replica (READONLY), or a disk it cannot save to (MISCONF)."""
+    return isinstance(exc, OutOfMemoryError | ReadOnlyError) or str(exc).startswith("MISCONF")
 
 
 async def wait_for_redis(store: Store) -> None:

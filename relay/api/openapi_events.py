@@ -88,8 +88,9 @@ def paths(
                     "404": problem("No such watch for this tenant."),
                     "409": problem("The watch is cancelled: nothing is sent."),
                     "429": problem(
-                        "Too many requests for this API key, or 8 pings of this tenant in "
-                        "flight (slug pings-in-flight); see Retry-After."
+                        "Too many requests for this API key, or too many pings in flight "
+                        "(8 of this tenant, or 64 of the API process: slug pings-in-flight); "
+                        "see Retry-After."
                     ),
                 },
             ),

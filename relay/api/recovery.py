@@ -54,9 +54,13 @@ class Pings:
         self.tasks: set[asyncio.Task[None]] = set()
         self.by_tenant: Counter[str] = Counter()
 
-    def room(self, tenant: str) -> bool:
-        """Whether a ping of *tenant* may start now."""
-        return len(self.tasks) < MAX_PINGS and self.by_tenant[tenant] < MAX_TENANT_PINGS
+    def room(self, tenant: str) -> str | None:
+        """Why a ping of *tenant* may not start now (None: it may)."""
+        if self.by_tenant[tenant] >= MAX_TENANT_PINGS:
+            return f"at most {MAX_TENANT_PINGS} pings of a tenant are sent at once"
+        if len(self.tasks) >= MAX_PINGS:
+            return f"at most {MAX_PINGS} pings are sent at once by this API process"
+        return None
 
     def start(self, coro: Any, tenant: str = "") -> None:
         """Run *coro* in the background, kept until done (awaited on shutdown)."""
@@ -137,12 +141,12 @@ async def ping(request: web.Request) -> web.Response:
     views.refuse_cancelled(watch)
     app = request.app
     pings = app[PINGS]
-    if not pings.room(watch.tenant):
+    full = pings.room(watch.tenant)
+    if full is not None:
         raise ProblemError(
             429,
             "Too many pings in flight",
-            f"at most {MAX_TENANT_PINGS} pings of a tenant are sent at once; retry when "
-            "they have answered",
+            f"{full}; retry when they have answered",
             slug="pings-in-flight",
             headers={"Retry-After": "1"},
         )
