@@ -5,9 +5,9 @@ Every worker runs one; a short lock (``cr:sweep:lock``, it lapses by itself) let
 a time, and each ``purge`` call decides per watch atomically, so two sweepers never delete
 one watch twice even without it -- as when Redis is full and refuses the lock's write: then
 every worker sweeps (``purge`` deletes before it writes, so Redis runs it when full).
-A sweep walks the set of tenants (``SSCAN``) and, per
-tenant, the indexes of final watches by the time they became final: members older than
-Redis' clock minus the retention, never a scan of the keyspace.
+A sweep walks the set of tenants (``SSCAN``) and, per tenant, the indexes of final watches
+by the time they became final: members older than Redis' clock minus the retention, never
+a scan of the keyspace.
 """
 
 from __future__ import annotations

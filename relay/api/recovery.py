@@ -54,7 +54,7 @@ class Pings:
         self.tasks: set[asyncio.Task[None]] = set()
         self.by_tenant: Counter[str] = Counter()
 
-    def room(self, tenant: str) -> str | None:
+    def refusal(self, tenant: str) -> str | None:
         """Why a ping of *tenant* may not start now (None: it may)."""
         if self.by_tenant[tenant] >= MAX_TENANT_PINGS:
             return f"at most {MAX_TENANT_PINGS} pings of a tenant are sent at once"
@@ -62,7 +62,7 @@ class Pings:
             return f"at most {MAX_PINGS} pings are sent at once by this API process"
         return None
 
-    def start(self, coro: Any, tenant: str = "") -> None:
+    def start(self, coro: Any, tenant: str) -> None:
         """Run *coro* in the background, kept until done (awaited on shutdown)."""
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
@@ -141,7 +141,7 @@ async def ping(request: web.Request) -> web.Response:
     views.refuse_cancelled(watch)
     app = request.app
     pings = app[PINGS]
-    full = pings.room(watch.tenant)
+    full = pings.refusal(watch.tenant)
     if full is not None:
         raise ProblemError(
             429,
