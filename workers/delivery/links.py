@@ -46,6 +46,10 @@ class LinkRefresher:
         self.gate = gate
         self.bodies = bodies
         self.lease_s = settings.lease
+        # the refreshes under way, by clips document: batches that need one at once share
+        # its one clips request (two requests a few ms apart: the second went out before
+        # the first's 429 paused the upstream)
+        self._fetching: dict[Source, asyncio.Task[int | None]] = {}
 
     async def refresh(
         self,
@@ -105,6 +109,21 @@ class LinkRefresher:
         return out, deadline, gone
 
     async def _fresh(self, source: Source) -> int | None:
+        """:meth:`_fetch` *source*, or wait for the fetch of it under way (a caller that
+        gives up does not stop it for the others)."""
+        task = self._fetching.get(source)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(source))
+            self._fetching[source] = task
+            task.add_done_callback(lambda done: self._fetched(source, done))
+        return await asyncio.shield(task)
+
+    def _fetched(self, source: Source, task: asyncio.Task[int | None]) -> None:
+        self._fetching.pop(source, None)
+        if not task.cancelled():
+            task.exception()  # (retrieved: each caller that waited has it raised)
+
+    async def _fetch(self, source: Source) -> int | None:
         """Fetch a video's clips, store them as the document of *source* (unless a newer
         fetch is stored: then that one) and keep them; when they were fetched (None: they
         could not be had)."""
