@@ -175,7 +175,8 @@ async def test_a_password_in_the_callback_url_is_never_shown(api: Client) -> Non
     ("url", "shown"),
     [
         ("http://127.0.0.1/x", "http://127.0.0.1/x"),
-        ("http://user@127.0.0.1/x", "http://user@127.0.0.1/x"),  # no password: as it is
+        ("http://tok3n@127.0.0.1/x", "http://***@127.0.0.1/x"),  # a user alone: a token
+        ("http://@127.0.0.1/x", "http://***@127.0.0.1/x"),
         ("http://u:p@[::1]:8/x@y", "http://u:***@[::1]:8/x@y"),
         ("https://u:p:q@h", "https://u:***@h"),
         ("http://:p@h/", "http://:***@h/"),

@@ -128,8 +128,6 @@ async def test_claims_only_due_members(store: Store, make_pump: PumpFactory) -> 
     assert await score(store, "later") == later  # not leased either
 
 
-
-
 async def test_a_claim_leases_the_member_until_it_lapses_then_another_pump_takes_it(
     store: Store, make_pump: PumpFactory
 ) -> None:

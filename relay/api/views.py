@@ -60,9 +60,11 @@ _DROPPED = {9: None, 10: None, 13: None}  # tab, LF, CR
 
 
 def shown_url(url: str) -> str:
-    """A callback URL as the API, the CLI and the dashboard show it: a password in it (sent
-    as Basic authorization) is a credential, shown as ``***``; the rest as registered.
-    (Tabs and newlines, which URL parsers drop, are dropped first: none hides a password.)"""
+    """A callback URL as the API, the CLI and the dashboard show it: its user info is sent as
+    Basic authorization, a credential: a password is shown as ``***`` (the user name with
+    it as registered), and a user name alone -- a token, as in ``https://TOKEN@host/`` --
+    as ``***``; the rest as registered. (Tabs and newlines, which URL parsers drop, are
+    dropped first: none hides a credential.)"""
     url = url.translate(_DROPPED)
     start = url.find("://") + 3
     if start < 3:
@@ -73,10 +75,11 @@ def shown_url(url: str) -> str:
         if at != -1:
             end = min(end, at)
     userinfo, sep, _ = url[start:end].rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    if not (sep and colon):
+    if not sep:
         return url
-    return f"{url[:start]}{user}:***{url[start + len(userinfo) :]}"
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{url[:start]}{shown}{url[start + len(userinfo) :]}"
 
 
 def watch_json(w: Watch) -> dict[str, Any]:
