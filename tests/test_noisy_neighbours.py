@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.devtools.receiver import Receiver
-from tests.conftest import ApiFactory, WorkerFactory, auth
+from tests.conftest import ApiFactory, WorkerFactory, auth, eventually
 
 Client = TestClient[web.Request, web.Application]
 
@@ -324,3 +324,37 @@ async def test_a_slow_origins_backlog_never_starves_the_claimer(
     )
     rows = [await attempts(api, w["id"]) for w in slow[:20]]
     assert sum(len(r) for r in rows) <= 4  # handed back claims are not attempts
+
+
+async def test_an_origin_yet_to_answer_gives_its_claims_back_when_others_need_them(
+    make_api: ApiFactory,
+    make_worker: WorkerFactory,
+    sim: Client,
+    receiver: tuple[Receiver, str],
+    black_hole: BlackHole,
+) -> None:
+    """A fresh worker's first fan-out goes to a black hole alone (60 watches, 2 at a time):
+    it has never answered, so how long its attempts take is unknown and its queue is held
+    -- until the claimer is crowded: then it is handed back, so the 5 healthy watches of a
+    second video completed half a second later arrive within 3 s, not after the hole's
+    6 s timeout."""
+    rec, base = receiver
+    api = await make_api(rate_limit=100_000)
+    worker = await make_worker(
+        delivery_concurrency=4, origin_concurrency=2, delivery_timeout=6, lease=8
+    )
+    first, second = await new_video(sim), await new_video(sim)
+    await register(api, first, black_hole.url + "/hole", 60)
+    healthy = await register(api, second, base + "/hook", 5)
+    for w in healthy:
+        rec.add_secret(w["secret"])
+    await asyncio.sleep(0.3)
+    await complete(sim, first)
+    deliverer = worker.ctx["runtime"].deliverer
+    await eventually(lambda: black_hole.requests >= 2, what="the hole's first attempts")
+    await asyncio.sleep(0.5)
+    at = await complete(sim, second)
+    got = await wait_arrived(rec, healthy, 10)
+    assert len(got) == 5
+    assert max(got) - at <= 3.0, f"the healthy watches arrived {max(got) - at:.2f} s late"
+    assert deliverer.claimer.room() > 0

@@ -34,6 +34,13 @@ CLAIM_BATCH = DELIVERY_BATCH  # deliveries claimed per script call, at most
 CLAIM_AHEAD = 4  # deliveries claimed per lane, at most: the one in flight and three queued
 
 
+def defer_step(delay: float) -> float:
+    """A hand-back's delay (s) rounded up to its step: 0.1 s below 10 s, 0.5 s below 60 s,
+    5 s above (hand-backs due in the same step share one ``extend``)."""
+    step = 0.1 if delay < 10 else 0.5 if delay < 60 else 1.0
+    return round(math.ceil(delay / step - 1e-9) * step, 3)
+
+
 @dataclass(slots=True)
 class Job:
     """One claimed delivery waiting for a lane."""
@@ -102,6 +109,12 @@ class Claimer(Pump[DeliveryClaim]):
         the events it creates for it; the rest are due for any worker)."""
         return max(self.concurrency - self.inflight - len(self._offered), 0)
 
+    def crowded(self) -> bool:
+        """Fewer claim slots are free than a claim call takes (or a quarter of them): due
+        work may be waiting for them (queued jobs of an origin yet to answer are handed back
+        then, not held)."""
+        return self.room() < min(CLAIM_BATCH, self.concurrency // 4)
+
     def offer(self, claims: Sequence[DeliveryClaim]) -> None:
         """Deliveries this worker's poller claimed as it created them: queued from here
         without a read-back."""
@@ -150,7 +163,7 @@ class Claimer(Pump[DeliveryClaim]):
                     w, clips(w), deadline, batch.done, w.id in gone, callback_origin(w.callback_url)
                 )
             )
-        extra = self.jobs.overflow(self.defer_after_s, self.keep, self.slow)
+        extra = self.jobs.overflow(self.defer_after_s, self.keep, self.slow, self.crowded())
         if extra:
             await self.defer(extra)
         await batch.wait()
@@ -158,14 +171,13 @@ class Claimer(Pump[DeliveryClaim]):
     async def defer(self, jobs: Sequence[tuple[Job, float]]) -> None:
         """Hand queued jobs back to the schedule, each due after its delay (seconds): not an
         attempt. One token-checked ``extend`` per claim token and delay step (delays are
-        rounded up: to 1 s below 10 s, 5 s below 60 s, 30 s above), so a batch costs a few
-        calls; their claim slots are free at once."""
+        rounded up: to 0.1 s below 10 s, 0.5 s below 60 s, 5 s above -- finer than the
+        waves of an origin slow enough to be handed back, so each wave comes back when its
+        room does, not with the next), so a batch costs a call per wave; their claim slots
+        are free at once."""
         groups: dict[tuple[int, float], list[str]] = {}
         for job, delay in jobs:
-            step = 1.0 if delay < 10 else 5.0 if delay < 60 else 30.0
-            groups.setdefault((job.deadline, math.ceil(delay / step) * step), []).append(
-                job.watch.id
-            )
+            groups.setdefault((job.deadline, defer_step(delay)), []).append(job.watch.id)
             job.done()
         DEFERRED.inc(len(jobs))
         try:

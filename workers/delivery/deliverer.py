@@ -104,7 +104,8 @@ class Deliverer:
         freed = self.claimer.freed
         enough = min(n, self.claimer.concurrency)  # more never fits, however long it waits
         if self.claimer.room() < enough:
-            await self._hand_back_overflow()  # a slow origin's backlog gives its room back
+            # a slow origin's backlog, or one yet to answer, gives its room back
+            await self._hand_back_overflow(crowded=True)
         while (room := self.claimer.room()) < enough and (left := deadline - loop.time()) > 0:
             freed.clear()
             try:
@@ -171,10 +172,13 @@ class Deliverer:
             ORIGIN_WAITING.set(len(self.claimer.jobs))
             await self._hand_back_overflow()
 
-    async def _hand_back_overflow(self) -> None:
+    async def _hand_back_overflow(self, crowded: bool = False) -> None:
+        """Hand back what :meth:`OriginQueues.overflow` picks (*crowded*: claim slots are
+        wanted now, whatever the claimer's own count says)."""
         jobs = self.claimer.jobs
         if len(jobs) and not self._closing:
-            extra = jobs.overflow(DEFER_AFTER_S, self.breakers.is_open, SLOW)
+            crowded = crowded or self.claimer.crowded()
+            extra = jobs.overflow(DEFER_AFTER_S, self.breakers.is_open, SLOW, crowded)
             if extra:
                 await self.claimer.defer(extra)
 
