@@ -163,6 +163,21 @@ async def test_both_families_and_the_ssrf_rule_on_the_address_used(dns: DnsServe
     assert await opened.resolve("both.test", 8080) == [(2, ("127.0.0.1", 8080))]
 
 
+async def test_a_name_that_does_not_resolve_is_refused_as_a_private_one_is(
+    dns: DnsServer,
+) -> None:
+    """Registration refuses a name that does not resolve (NXDOMAIN, SERVFAIL) with the very
+    words it refuses one resolving to loopback with: an API caller cannot probe which
+    internal names exist. (Fails before: "host name does not resolve" told them apart.)"""
+    strict = CallbackPolicy(CallbackAllow(), Resolver([dns.address]))
+    said = set()
+    for name in ("fast.test", "missing.test", "fail.test"):
+        with pytest.raises(CallbackRefused) as refused:
+            await strict.check(f"http://{name}/hook")
+        said.add(str(refused.value).replace(name, "NAME"))
+    assert len(said) == 1, said
+
+
 async def test_webhook_client_connects_to_the_resolved_address(dns: DnsServer) -> None:
     hits: list[str] = []
 

@@ -88,7 +88,7 @@ async def test_private_and_special_literals_refused(url: str, no_dns: None) -> N
 
 async def test_localhost_refused() -> None:
     # resolves through /etc/hosts to loopback
-    with pytest.raises(CallbackRefused, match="resolves to a private") as refused:
+    with pytest.raises(CallbackRefused, match="does not resolve to a public address") as refused:
         await EMPTY.check("http://localhost/")
     # the hint names what works for a name (localhost may resolve to ::1 too), and which
     # address it resolved to is not said

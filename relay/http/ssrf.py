@@ -141,18 +141,21 @@ class CallbackPolicy:
                     "points to a private, loopback or reserved address" + ALLOW_HINT
                 )
             return parsed
+        # One refusal whether the name does not resolve or resolves to an address that is
+        # not allowed, and which address is not said: a caller must not learn which
+        # internal names exist, nor where they point.
+        refused = CallbackRefused(
+            "host name does not resolve to a public address; to allow it, add the host"
+            f" name to RELAY_CALLBACK_ALLOW (e.g. RELAY_CALLBACK_ALLOW={host}), or every"
+            " network it resolves to (localhost is 127.0.0.1 and ::1)"
+        )
         try:
             found = await self.resolver.resolve(host)
         except (OSError, UnicodeError):
-            raise CallbackRefused("host name does not resolve") from None
+            raise refused from None
         addresses = {ipaddress.ip_address(ip.split("%", 1)[0]) for _, ip in found}
         if not addresses or not all(self.ip_allowed(a) for a in addresses):
-            # (which address is not said: the caller need not learn where internal names go)
-            raise CallbackRefused(
-                "host resolves to a private, loopback or reserved address; to allow it, add"
-                f" the host name to RELAY_CALLBACK_ALLOW (e.g. RELAY_CALLBACK_ALLOW={host}),"
-                " or every network it resolves to (localhost is 127.0.0.1 and ::1)"
-            )
+            raise refused
         return parsed
 
     async def resolve(self, host: str, port: int) -> list[tuple[int, SockAddr]]:
