@@ -8,8 +8,10 @@ import socket
 import sys
 from collections.abc import Sequence
 
+import structlog
+
 from relay import __version__, logs
-from relay.settings import ConfigError, Settings, load
+from relay.settings import MIN_API_KEY, ConfigError, Settings, load
 
 COMMANDS = {
     "api": "run the registration API (aiohttp) on RELAY_HOST:RELAY_PORT",
@@ -47,6 +49,13 @@ def _settings(command: str) -> Settings:
     logs.setup(settings.log_format)
     logs.register_secrets([settings.scalereach_api_key, settings.secrets_key, settings.ui_secret])
     logs.register_secrets(k.key for k in settings.api_keys)
+    if command == "api" and (short := settings.short_api_keys()):
+        # (the tenants are named, never the keys)
+        structlog.get_logger("relay.cli").warning(
+            "api keys short enough to guess: use long random ones",
+            tenants=short,
+            shorter_than=MIN_API_KEY,
+        )
     return settings
 
 

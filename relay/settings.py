@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MIN_API_KEY = 16  # characters: a shorter API key is warned about at start (guessable)
 
 
 class ConfigError(ValueError):
@@ -356,6 +357,12 @@ class Settings(BaseSettings):
         """Check what `clip-relay api` cannot run without."""
         if not self.api_keys:
             raise ConfigError("RELAY_API_KEYS: at least one name:key pair is required")
+
+    def short_api_keys(self) -> list[str]:
+        """The tenants whose API key is shorter than MIN_API_KEY characters: guessable (a
+        key of 32 random characters, as ``python -c "import secrets;
+        print(secrets.token_urlsafe(24))"`` gives, is not)."""
+        return [k.tenant for k in self.api_keys if len(k.key) < MIN_API_KEY]
 
     def require_worker(self) -> None:
         """Check what `clip-relay worker` cannot run without."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 from pydantic import ValidationError
 
 from relay.settings import ApiKey, CallbackAllow, ConfigError, Settings, load
@@ -437,3 +440,39 @@ def test_cli_without_command_is_a_usage_error() -> None:
 def test_dns_servers_are_ip_and_optional_port() -> None:
     s = load({"RELAY_DNS_SERVERS": " 127.0.0.1:5353, 10.0.0.2 ,[::1]:53,::2"})
     assert s.dns_servers == ("127.0.0.1:5353", "10.0.0.2", "[::1]:53", "::2")
+
+
+def test_short_api_keys_are_warned_about_naming_tenants_not_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An API key shorter than 16 characters can be guessed: `clip-relay api` starts (a
+    deployment is not broken by an upgrade) but warns, naming the tenants, never a key."""
+    from relay import cli, logs
+
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(logs._Output, "stream", None)
+    try:
+        _short_keys_warned(monkeypatch, capsys, cli._settings)
+    finally:  # (the logging set up for the command is this process' own)
+        structlog.configure(**saved)
+        root.handlers[:], root.level = handlers, level
+
+
+def _short_keys_warned(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    settings: Callable[[str], Settings],
+) -> None:
+    monkeypatch.setenv("RELAY_API_KEYS", f"acme:short-key-1,globex:{SECRET}")
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    assert [k.tenant for k in load().api_keys] == ["acme", "globex"]
+    assert load().short_api_keys() == ["acme"]
+    settings("api")
+    out = capsys.readouterr()
+    logged = out.out + out.err
+    assert "api keys short enough to guess" in logged and "acme" in logged
+    assert "globex" not in logged and "short-key-1" not in logged and SECRET not in logged
+    monkeypatch.setenv("RELAY_API_KEYS", f"globex:{SECRET}")
+    settings("api")
+    assert "short enough" not in "".join(capsys.readouterr())
