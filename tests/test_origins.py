@@ -5,7 +5,7 @@ with issue 15: these fail on the code before it (they do not import)."""
 
 from __future__ import annotations
 
-import math
+import random
 from dataclasses import dataclass
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from relay.domain.origin import Origin, origin_tag
 from workers.delivery.breaker import Breakers, Verdict, no_answer
 from workers.delivery.claim import defer_step
-from workers.delivery.origins import MAX_DEFER_S, MIN_DEFER_S, OriginQueues
+from workers.delivery.origins import IDLE_FORGET_S, MAX_DEFER_S, MIN_DEFER_S, OriginQueues
 
 A: Origin = ("http", "a.example", 80)
 B: Origin = ("http", "b.example", 80)
@@ -169,6 +169,13 @@ def test_origins_the_caller_keeps_are_not_overflowed() -> None:
     send(q)
     assert q.overflow(2.0, keep=lambda o: o == A) == []
     assert len(q.overflow(2.0)) == 3
+    # one yet to answer, handed back as the claimer is crowded: kept all the same
+    for i in range(5):
+        q.put(J(B, i))
+    send(q)
+    clock.t += 10
+    assert q.overflow(2.0, keep=lambda o: o == B, crowded=True) == []
+    assert len(q.overflow(2.0, crowded=True)) == 4
 
 
 def test_drain_hands_every_queued_job_over() -> None:
@@ -321,53 +328,71 @@ def test_a_stalled_claim_check_does_not_make_an_origin_slow() -> None:
     assert q.inflight(A) == 0
 
 
-def _slow_origin_pace(attempt_s: float, jobs: int, cap: int, claims: int = 512) -> float:
-    """Simulate the deliverer with one origin whose every attempt takes *attempt_s*: all
-    *jobs* are due at once; the claimer holds at most *claims* (queued or on the wire) and
-    claims due ones, earliest first, as it has room; lanes take what the queues give; the
-    sweeper hands back (every 0.1 s, as deliverer.py does) what overflow() picks -- crowded
-    as Claimer.crowded() says -- each due again after its delay rounded as Claimer.defer
-    rounds it. Returns when the last attempt ended."""
+def _slow_origin_pace(
+    attempt_s: float, jobs: int, cap: int, jitter: float = 0.0, claims: int = 512
+) -> float:
+    """Simulate the deliverer with one origin whose attempts take *attempt_s* (each within
+    +/- *jitter* of it, seeded): all *jobs* are due at once; the claimer holds at most
+    *claims* (queued or on the wire) and claims due ones, earliest first, as it has room;
+    lanes take what the queues give; the sweeper hands back (every 0.1 s, as deliverer.py
+    does) what overflow() picks -- crowded as Claimer.crowded() says -- each due again
+    after its delay rounded as Claimer.defer rounds it. Returns the share of the time the
+    origin's lanes were busy, from the first attempt to the last answer."""
+    rnd = random.Random(7)
     clock = Clock()
     start = clock.t
     q: OriginQueues[J] = OriginQueues(cap=cap, clock=clock)
     schedule = [(clock.t, J(A, i)) for i in range(jobs)]  # (due at, job)
-    on_wire: list[tuple[float, J]] = []  # (ends at, job)
-    done = 0
+    on_wire: list[tuple[float, float, J]] = []  # (ends at, went out at, job)
+    done, busy = 0, 0.0
     while done < jobs:
         assert clock.t - start < 20 * attempt_s * jobs / cap, "never finished"
-        for end, job in [x for x in on_wire if x[0] <= clock.t + 1e-9]:
-            on_wire.remove((end, job))
-            q.finish(job.origin, attempt_s)
+        for x in [x for x in on_wire if x[0] <= clock.t + 1e-9]:
+            on_wire.remove(x)
+            q.finish(A, x[0] - x[1])
             done += 1
+            busy += x[0] - x[1]
         room = claims - len(q) - len(on_wire)
         due = sorted((x for x in schedule if x[0] <= clock.t + 1e-9), key=lambda x: x[0])
         for x in due[: max(room, 0)]:
             schedule.remove(x)
             q.put(x[1])
         while (job := send(q)) is not None:
-            on_wire.append((clock.t + attempt_s, job))
+            took = attempt_s * (1 + rnd.uniform(-jitter, jitter))
+            on_wire.append((clock.t + took, clock.t, job))
         crowded = claims - len(q) - len(on_wire) < min(32, claims // 4)
         back = q.overflow(1.0, slow=(0.025, 0.1), crowded=crowded)
         schedule += [(clock.t + defer_step(d), j) for j, d in back]
         clock.t += 0.1
-    return clock.t - start
+    return busy / cap / (clock.t - start)
 
 
 @pytest.mark.parametrize(
-    ("attempt_s", "jobs"), [(2.5, 200), (0.3, 2000), (10.0, 500), (2.5, 2000), (0.3, 8000)]
+    ("attempt_s", "jobs", "jitter", "busy"),
+    [
+        (2.5, 200, 0.0, 0.9),
+        (0.3, 2000, 0.0, 0.9),
+        (10.0, 500, 0.0, 0.9),
+        (2.5, 2000, 0.0, 0.9),
+        (0.3, 8000, 0.0, 0.9),
+        (2.5, 200, 0.3, 0.75),
+        (10.0, 500, 0.3, 0.75),
+        (2.5, 2000, 0.3, 0.75),
+    ],
 )
-def test_a_slow_origin_handed_back_is_kept_at_its_full_pace(attempt_s: float, jobs: int) -> None:
+def test_a_slow_origin_handed_back_is_kept_at_its_full_pace(
+    attempt_s: float, jobs: int, jitter: float, busy: float
+) -> None:
     """An origin whose attempts take seconds, alone on a worker, with hundreds or thousands
-    of jobs at a cap of 16 (more than the claimer holds: it is crowded at first): its
-    waves come back when its room does, so they take about as long as back-to-back waves
-    would. Fails before: jobs handed back before its first answer were timed by the
-    milliseconds its attempts had run, came back early and went behind the whole backlog,
-    and delays were rounded up to 5 s steps past 10 s: 2.1 to 5.5 times as long (a
-    tester's run, 2.5 s x 200: 58 s; 33 s after)."""
-    ideal = attempt_s * math.ceil(jobs / 16)
-    took = _slow_origin_pace(attempt_s, jobs, 16)
-    assert took <= ideal * 1.1 + attempt_s, f"{took:.1f} s where back to back is {ideal:.1f}"
+    of jobs at a cap of 16 (more than the claimer holds: it is crowded at first): its jobs
+    come back as its lanes free, so they are busy 93-99 % of the time when attempts take
+    the same time, 80-86 % when they vary by +/- 30 %. Fails before: jobs handed back
+    before its first answer were timed by the milliseconds its attempts had run, came back
+    early and went behind the whole backlog, and delays were rounded up to 5 s steps past
+    10 s: its lanes were busy 18-48 % of the time (a tester's run, 2.5 s x 200: 58 s; 33 s
+    after)."""
+    got = _slow_origin_pace(attempt_s, jobs, 16, jitter)
+    assert got >= busy, f"the origin's lanes were busy {got:.0%} of the time"
 
 
 def test_an_origin_yet_to_answer_keeps_its_queue_unless_the_claimer_is_crowded() -> None:
@@ -386,3 +411,41 @@ def test_an_origin_yet_to_answer_keeps_its_queue_unless_the_claimer_is_crowded()
     assert len(out) == 36 and q.waiting(A) == 0
     # not timed by waves it cannot know: all together, after twice the 2 s it has run
     assert {d for _, d in out} == {4.0}
+
+
+def test_an_origin_that_answered_then_hangs_keeps_no_wave_beyond_its_lanes() -> None:
+    """An origin answered in 0.5 s, then its attempts hang (5 s and counting): its estimate
+    is how long they have run, and nothing says when its lanes free -- so it keeps no
+    queued job (a wave kept for room "about to come" would hold claims for the whole
+    timeout), and the others come back after that long again."""
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
+    for i in range(40):
+        q.put(J(A, i))
+    for _ in range(4):
+        send(q)
+    clock.t += 0.5
+    for _ in range(4):
+        q.finish(A, 0.5)
+        send(q)  # the next four go out, and hang
+    clock.t += 5.0
+    out = q.overflow(1.0, slow=(0.025, 0.1))
+    assert q.waiting(A) == 0 and len(out) == 32
+    assert min(d for _, d in out) >= 5.0
+
+
+def test_idle_origins_are_forgotten_after_a_while_not_at_once() -> None:
+    """What an origin taught (its estimate) outlives a moment with nothing to send -- the
+    next burst is paced by it -- and is forgotten once the origin was idle IDLE_FORGET_S
+    (a worker that sends to many origins over months keeps only the recent ones)."""
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
+    q.put(J(A))
+    send(q)
+    clock.t += 3.0
+    q.finish(A, 3.0)
+    q.forget_idle()
+    assert q.unanswered_room(origin_tag(A), 0.025) is None  # known: it answered
+    clock.t += IDLE_FORGET_S + 1
+    q.forget_idle()
+    assert q.unanswered_room(origin_tag(A), 0.025) == 8  # new again: two waves of 4

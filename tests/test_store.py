@@ -236,6 +236,25 @@ async def test_a_claims_deadline_is_its_token(store: Store) -> None:
     assert sorted(cl.watch_id for cl, _ in again) == sorted(ids[:2])
 
 
+async def test_hand_back_makes_each_group_due_after_its_delay_if_still_held(
+    store: Store,
+) -> None:
+    """hand_back(): one pipeline of token-checked extends, each group due after its own
+    delay; a claim taken over since (another token) is left as it is."""
+    made = await fan_out(store, await registered(store, 4), claim=4)
+    ids = [m.watch_id for m in made]
+    token = made[0].deadline_ms
+    _, other = await store.deliveries.extend(ids[3:], token, 60)  # taken over: a new token
+    before = now_ms()
+    await store.deliveries.hand_back([(ids[:2], token, 2.0), (ids[2:], token, 5.0)])
+    after = now_ms()
+    scores = await store.deliveries.claim_scores(ids)
+    for score, delay in zip(scores[:3], (2.0, 2.0, 5.0), strict=True):
+        assert score is not None
+        assert before + delay * 1000 - 5 <= score <= after + delay * 1000 + 5
+    assert scores[3] == other
+
+
 async def test_a_lost_claims_owner_changes_nothing_but_its_attempt_record(store: Store) -> None:
     """Every write of a claim's owner checks the claim (issue 14): once another worker holds
     it, the old owner's extension, hand-back and settle change neither the schedule nor the

@@ -94,7 +94,10 @@ class WatchOut(_Model):
     video_id: str = Field(alias="videoId")
     callback_url: str = Field(
         alias="callbackUrl",
-        description="as registered, but a password in it is shown as *** (it is a credential)",
+        description=(
+            "as registered, but its credentials masked: a password is shown as ***, and a"
+            " user name alone (a token, as in https://TOKEN@host/) as ***"
+        ),
     )
     min_score: float = Field(alias="minScore")
     max_score: float | None = Field(alias="maxScore")

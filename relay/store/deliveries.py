@@ -9,6 +9,7 @@ the watch and, for ``clips.ready``, the video's clips document (:func:`relay.dom
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
@@ -20,6 +21,7 @@ from relay.domain.clock import now_ms
 from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent
 from relay.domain.watch import Watch
 from relay.store import scripts
+from relay.store.coalesce import Coalescer
 from relay.store.codec import (
     CLAIM_FIELDS,
     claimed_watch,
@@ -41,6 +43,7 @@ class Deliveries:
         self._settle = scripts.register(redis, "settle")
         self._refresh = scripts.register(redis, "refresh_source")
         self._claim_due = scripts.register(redis, "claim_due")
+        self._coalesced = Coalescer(redis)
 
     async def finalize(
         self,
@@ -243,6 +246,23 @@ class Deliveries:
         deadline, *ours = await self._extend(keys=[schedule], args=[token, lease_ms, *members])
         clock.observe(int(deadline) - lease_ms, sent, clock.local_ms())
         return {str(m) for m in ours}, int(deadline)
+
+    async def hand_back(self, groups: Sequence[tuple[Sequence[str], int, float]]) -> None:
+        """Hand claims back to the schedule: each group (*members*, the claims' token, a
+        delay in s) due after its delay, those still held with that token (``extend``
+        with that delay, as :meth:`extend`). The calls go together, in pipelines of
+        :data:`~relay.store.coalesce.MAX_CALLS` (one round trip each, not one a group)."""
+        await asyncio.gather(
+            *(
+                self._coalesced.call(
+                    self._extend,
+                    [c.DELIVERY_SCHEDULE_KEY],
+                    [token, int(delay * 1000), *members],
+                )
+                for members, token, delay in groups
+                if members
+            )
+        )
 
     async def claim_scores(self, watch_ids: Sequence[str]) -> list[float | None]:
         """Each delivery's score in the schedule (None: off it) -- a claimed one's is its

@@ -36,7 +36,7 @@ CLAIM_AHEAD = 4  # deliveries claimed per lane, at most: the one in flight and t
 
 def defer_step(delay: float) -> float:
     """A hand-back's delay (s) rounded up to its step: 0.1 s below 10 s, 0.5 s below 60 s,
-    5 s above (hand-backs due in the same step share one ``extend``)."""
+    1 s above (hand-backs due in the same step share one ``extend``)."""
     step = 0.1 if delay < 10 else 0.5 if delay < 60 else 1.0
     return round(math.ceil(delay / step - 1e-9) * step, 3)
 
@@ -171,18 +171,19 @@ class Claimer(Pump[DeliveryClaim]):
     async def defer(self, jobs: Sequence[tuple[Job, float]]) -> None:
         """Hand queued jobs back to the schedule, each due after its delay (seconds): not an
         attempt. One token-checked ``extend`` per claim token and delay step (delays are
-        rounded up: to 0.1 s below 10 s, 0.5 s below 60 s, 5 s above -- finer than the
+        rounded up: to 0.1 s below 10 s, 0.5 s below 60 s, 1 s above -- finer than the
         waves of an origin slow enough to be handed back, so each wave comes back when its
-        room does, not with the next), so a batch costs a call per wave; their claim slots
-        are free at once."""
+        room does, not with the next), all in one pipeline; their claim slots are free at
+        once."""
         groups: dict[tuple[int, float], list[str]] = {}
         for job, delay in jobs:
             groups.setdefault((job.deadline, defer_step(delay)), []).append(job.watch.id)
             job.done()
         DEFERRED.inc(len(jobs))
         try:
-            for (token, delay), members in groups.items():
-                await self.store.deliveries.extend(members, token, delay)
+            await self.store.deliveries.hand_back(
+                [(members, token, delay) for (token, delay), members in groups.items()]
+            )
         except Exception as exc:  # Redis away: the leases run out by themselves
             log.warning("handing back deferred claims failed", error=type(exc).__name__)
 

@@ -12,6 +12,7 @@ claims of jobs a full, slow origin would not start soon back to the schedule (se
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from relay.domain.clips import ClipSet
@@ -42,6 +43,7 @@ SLOW_S = 0.025  # an origin whose attempts take this long or more is slow: it ho
 SLOW_AFTER_S = 0.1  # ... given only the jobs it would start within this; the others are
 SLOW = (SLOW_S, SLOW_AFTER_S)  # handed back, and a fan-out's events for it are paced
 SWEEP_S = 0.1  # how often the queues are looked over for such jobs
+FORGET_EVERY_S = 10.0  # how often origins idle for long are forgotten
 
 
 class Deliverer:
@@ -166,11 +168,16 @@ class Deliverer:
     async def _sweep(self) -> None:
         """Every SWEEP_S: hand back the claims of queued jobs that a full, slow origin would
         not start within DEFER_AFTER_S (due when it is expected to have room), so they hold
-        no claim slot that other origins' work needs."""
+        no claim slot that other origins' work needs; every FORGET_EVERY_S, forget the
+        origins idle for long."""
+        swept = time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_S)
             ORIGIN_WAITING.set(len(self.claimer.jobs))
             await self._hand_back_overflow()
+            if time.monotonic() - swept >= FORGET_EVERY_S:
+                swept = time.monotonic()
+                self.claimer.jobs.forget_idle()
 
     async def _hand_back_overflow(self, crowded: bool = False) -> None:
         """Hand back what :meth:`OriginQueues.overflow` picks (*crowded*: claim slots are

@@ -22,8 +22,9 @@ another's deliveries).
 By Little's law an origin held at ``cap`` attempts of ``est`` seconds each takes
 ``cap / est`` jobs a second, so the job ``p`` places back starts about ``(p // cap) * est``
 from now: a fast origin (milliseconds) keeps thousands ahead, a slow one a wave or two, and
-its backlog comes back a wave at a time, as its room does (measured in
-tests/test_origins.py: within 7 % of back-to-back waves for attempts of 0.3 to 10 s).
+its backlog comes back a wave at a time, as its room does (simulated in
+tests/test_origins.py for attempts of 0.3 to 10 s and up to 8,000 jobs: the origin's lanes
+busy 93-99 % of the time, 80-86 % when attempts vary by +/- 30 %; 18-48 % before).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ PROMISE_S = 0.5  # events a plan let a fan-out claim count against their origin 
 IDLE_FORGET_S = 120.0  # an idle origin's estimate is forgotten after this long
 SLOW_FACTOR = 8.0  # slow: this many times the worker's typical attempt, or more
 UNANSWERED_WAVES = 2  # waves (of cap events) an origin gets in a fan-out before it answers
+SPREAD = 0.5  # a wave handed back comes back over this share of an attempt, not at once
 UNSEEN_KEPT = 256  # promises to origins not queued to yet are swept past this many
 TYPICAL_OF = 256  # the typical attempt: the median of this many recent ones
 
@@ -68,6 +70,7 @@ class _Origin(Generic[J]):
         "promised_at",
         "ready",
         "sending",
+        "starts",
         "used",
     )
 
@@ -78,6 +81,7 @@ class _Origin(Generic[J]):
         self.jobs: deque[J] = deque()
         self.inflight = 0  # jobs taken, not finished
         self.sending = 0  # of those, attempts on the wire (past the claim check)
+        self.starts: deque[float] = deque()  # when those went out, oldest first
         self.ready = False  # in the ring
         self.mean = 0.0  # running mean of its attempts' durations (s); 0: none yet
         self.busy_since = 0.0  # when its last attempt ended, or one went out (monotonic)
@@ -172,9 +176,11 @@ class OriginQueues(Generic[J]):
         o = self._origins.get(origin)
         if o is None:
             return
+        now = self.clock()
         if o.sending == 0:
-            o.busy_since = self.clock()
+            o.busy_since = now
         o.sending += 1
+        o.starts.append(now)
 
     def finish(self, origin: Origin, seconds: float | None, *, sent: bool | None = None) -> None:
         """A job of *origin* taken earlier is over, after an attempt of *seconds* (None: no
@@ -187,6 +193,7 @@ class OriginQueues(Generic[J]):
         o.inflight -= 1
         if (seconds is not None if sent is None else sent) and o.sending:
             o.sending -= 1
+            o.starts.popleft()  # (the oldest: one origin's attempts end about in order)
         now = self.clock()
         o.used = now
         if seconds is not None:
@@ -197,9 +204,6 @@ class OriginQueues(Generic[J]):
             o.ready = True
             self._ring.append(o)
             self.wake(1)
-        elif not o.jobs and not o.inflight and now > o.horizon + IDLE_FORGET_S:
-            del self._origins[origin]
-            self._by_tag.pop(origin_tag(origin), None)
 
     def typical(self) -> float:
         """The median duration of this worker's recent attempts, all origins together
@@ -245,11 +249,14 @@ class OriginQueues(Generic[J]):
         what it would start within slow_budget_s (the claims a slow receiver holds are
         claims other origins' work waits for).
 
-        Waves are timed from the one on the wire: its attempts end ``est`` after it went
-        out, then one wave every ``est``. A job handed back takes the first wave from then
-        on that the jobs handed back before (and not due yet) leave room in, so one that
-        came back early takes the next wave with room, not a place behind the whole
-        backlog; and one that comes back within the budget of its room is kept for it.
+        Room is timed from the attempts on the wire: the oldest ends its mean after it went
+        out (a wave's: the whole wave's), then a wave of ``cap`` every ``est``. A job handed
+        back takes the first wave from then on that the jobs handed back or paced before
+        (and not due yet) leave room in -- spread over half an attempt, so lanes that free
+        one by one find one soon -- so a job that came back early takes the next wave with
+        room, not a place behind the whole backlog; and one that comes back within the
+        budget of its room is kept for it. One that answered but now runs past its mean is
+        not timed by it: it keeps nothing beyond its lanes.
         An origin that has not answered yet cannot be timed: it keeps its jobs unless it is
         slow beside the others or the claimer is *crowded* (due work may be waiting for
         claim slots); then they all come back together, after twice as long as its
@@ -268,10 +275,11 @@ class OriginQueues(Generic[J]):
             if not (o.mean or is_slow or crowded):
                 continue
             budget = slow[1] if slow is not None and is_slow else budget_s
-            # the wave on the wire ends `est` after it went out, then one every `est` (one
-            # with no answer yet runs `est` more at least: its attempts take longer still)
-            elapsed = now - o.busy_since if o.sending and o.mean else 0.0
-            remaining = min(max(est - elapsed, 0.0), est)
+            # room comes when the oldest attempt on the wire ends, its mean after it went
+            # out (a wave: the whole wave's), then a wave every `est`; one with no answer
+            # yet, or running past its mean, runs `est` more at least
+            running = now - o.starts[0] if o.starts else 0.0
+            remaining = o.mean - running if o.starts and running <= o.mean else est
             waves = int((budget - remaining) // est) + 1 if remaining <= budget else 0
             kept = max(cap - o.inflight, 0) + waves * cap
             if len(o.jobs) <= kept:
@@ -298,13 +306,15 @@ class OriginQueues(Generic[J]):
             for job in extra:
                 while taken.get(k, 0) >= cap:
                     k += 1
-                taken[k] = taken.get(k, 0) + 1
-                delay = min(max(base + k * est - now, MIN_DEFER_S), MAX_DEFER_S)
+                j = taken.get(k, 0)
+                taken[k] = j + 1
+                # (spread over half an attempt: lanes that free one by one -- attempts that
+                # do not all take as long -- find a job soon, and a wave that ends together
+                # finds most of its jobs)
+                at = base + (k + SPREAD * j / cap) * est
+                delay = min(max(at - now, MIN_DEFER_S), MAX_DEFER_S)
                 out.append((job, delay))
-                if handed and handed[-1][0] == now + delay:
-                    handed[-1][1] += 1
-                else:
-                    handed.append([now + delay, 1])
+                self._expect(o, now + delay, est)
             o.horizon = max(o.horizon, min(base + (k + 1) * est, now + MAX_DEFER_S))
         return out
 
@@ -352,7 +362,9 @@ class OriginQueues(Generic[J]):
                 continue
             at = max(start, o.horizon)
             o.horizon = min(at + est / cap, now + MAX_DEFER_S)  # the next one a bit later
-            out.append(int(min(max(at - now, budget_s), MAX_DEFER_S) * 1000))
+            delay = min(max(at - now, budget_s), MAX_DEFER_S)
+            out.append(int(delay * 1000))
+            self._expect(o, now + delay, est)  # (hand-backs leave it its room)
         return out
 
     def unanswered_room(
@@ -377,6 +389,29 @@ class OriginQueues(Generic[J]):
         if now - o.promised_at > PROMISE_S:
             o.promised = 0
         return max(UNANSWERED_WAVES * self.cap - (o.inflight + len(o.jobs) + o.promised), 0)
+
+    @staticmethod
+    def _expect(o: _Origin[J], due: float, est: float) -> None:
+        """One of *o*'s jobs is due back (handed back, or an event paced) at *due*: counted
+        in the wave it comes in (entries within half an attempt of each other share one)."""
+        handed = o.handed
+        if handed and 0 <= due - handed[-1][0] < est / 2:
+            handed[-1][1] += 1
+        else:
+            handed.append([due, 1])
+
+    def forget_idle(self) -> None:
+        """Forget origins idle (nothing queued or in flight, nothing due back) for
+        IDLE_FORGET_S: what they taught (their estimate) is stale by then, and a worker that
+        sends to many origins over months keeps only those of the last minutes."""
+        now = self.clock()
+        for key, o in list(self._origins.items()):
+            if o.jobs or o.inflight:
+                continue
+            last = max([o.used, o.horizon, *(due for due, _ in o.handed[-1:])])
+            if now > last + IDLE_FORGET_S:
+                del self._origins[key]
+                self._by_tag.pop(origin_tag(key), None)
 
     def _promise(self, o: _Origin[J], now: float) -> None:
         if now - o.promised_at > PROMISE_S:
