@@ -138,6 +138,14 @@ def test_a_fan_out_plan_paces_a_slow_origin_only() -> None:
     clock.t += 1.0  # the promises of the last plan have lapsed
     again = q.plan([ta] * 20, 0.1, 0.025)
     assert again[0] == 0 and all(d >= 100 for d in again[8:])
+    # the events paced count as room taken (hand-backs go after them) until they are
+    # due; then the sweep drops them, though nothing of A was handed back since
+    paced = q._origins[A].handed
+    assert sum(n for _, n in paced) == sum(1 for d in plan_a + again if d)
+    clock.t += 301.0
+    q.put(J(A, 999))  # (busy: not forgotten)
+    q.forget_idle()
+    assert q._origins[A].handed == []
     assert min(d for d in again if d) >= plan_a[-1] - 1000  # behind those paced before
     # an origin the caller keeps (its circuit is open) is never paced
     assert q.plan([ta] * 20, 0.1, 0.025, keep=lambda o: o == A) == [0] * 20

@@ -253,6 +253,18 @@ async def test_hand_back_makes_each_group_due_after_its_delay_if_still_held(
         assert score is not None
         assert before + delay * 1000 - 5 <= score <= after + delay * 1000 + 5
     assert scores[3] == other
+    # more groups than one pipeline takes (64): every one lands
+    many = await fan_out(store, await registered(store, 70), claim=70)
+    token = many[0].deadline_ms
+    before = now_ms()
+    await store.deliveries.hand_back(
+        [([m.watch_id], token, 1 + i / 10) for i, m in enumerate(many)]
+    )
+    scores = await store.deliveries.claim_scores([m.watch_id for m in many])
+    assert all(
+        score is not None and before + (1 + i / 10) * 1000 - 5 <= score
+        for i, score in enumerate(scores)
+    )
 
 
 async def test_a_lost_claims_owner_changes_nothing_but_its_attempt_record(store: Store) -> None:

@@ -173,8 +173,8 @@ class Claimer(Pump[DeliveryClaim]):
         attempt. One token-checked ``extend`` per claim token and delay step (delays are
         rounded up: to 0.1 s below 10 s, 0.5 s below 60 s, 1 s above -- finer than the
         waves of an origin slow enough to be handed back, so each wave comes back when its
-        room does, not with the next), all in one pipeline; their claim slots are free at
-        once."""
+        room does, not with the next), sent together (pipelines of up to 64 calls); their
+        claim slots are free at once."""
         groups: dict[tuple[int, float], list[str]] = {}
         for job, delay in jobs:
             groups.setdefault((job.deadline, defer_step(delay)), []).append(job.watch.id)

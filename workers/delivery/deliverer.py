@@ -236,6 +236,7 @@ class Deliverer:
             answered: bool | None = None
             took: float | None = None
             sent = False
+            went: float | None = None
             try:
                 # the claim must hold right before the attempt: renewing it checks that
                 # too; else the gate does (a cancelled watch is off the schedule), while
@@ -256,7 +257,7 @@ class Deliverer:
                 if body is None:  # no clips to build it from, stored or fetched
                     self.sender.unsent(job.watch, "the video's clips are gone", job.deadline)
                     continue
-                jobs.sending(job.origin)  # (what the origin's estimate times)
+                went = jobs.sending(job.origin)  # (what the origin's estimate times)
                 sent = True
                 started = loop.time()
                 answered = await attempt(job.watch, body, job.deadline)
@@ -266,5 +267,5 @@ class Deliverer:
             finally:
                 if verdict is not Verdict.OPEN:
                     breakers.record(job.origin, answered, verdict is Verdict.PROBE)
-                jobs.finish(job.origin, took, sent=sent)
+                jobs.finish(job.origin, took, sent=sent, started=went)
                 job.done()

@@ -171,29 +171,41 @@ class OriginQueues(Generic[J]):
             return job
         return None
 
-    def sending(self, origin: Origin) -> None:
-        """A job of *origin* taken earlier goes on the wire now (its attempt starts)."""
+    def sending(self, origin: Origin) -> float | None:
+        """A job of *origin* taken earlier goes on the wire now (its attempt starts): when,
+        to give back to :meth:`finish`."""
         o = self._origins.get(origin)
         if o is None:
-            return
+            return None
         now = self.clock()
         if o.sending == 0:
             o.busy_since = now
         o.sending += 1
         o.starts.append(now)
+        return now
 
-    def finish(self, origin: Origin, seconds: float | None, *, sent: bool | None = None) -> None:
+    def finish(
+        self,
+        origin: Origin,
+        seconds: float | None,
+        *,
+        sent: bool | None = None,
+        started: float | None = None,
+    ) -> None:
         """A job of *origin* taken earlier is over, after an attempt of *seconds* (None: no
         attempt was made, e.g. its claim was gone or its circuit open, or it failed before
-        an answer). *sent*: it went on the wire (:meth:`sending`); by default, when it took
-        *seconds*."""
+        an answer). *sent*: it went on the wire (:meth:`sending`, which said when:
+        *started*); by default, when it took *seconds*."""
         o = self._origins.get(origin)
         if o is None:
             return
         o.inflight -= 1
         if (seconds is not None if sent is None else sent) and o.sending:
             o.sending -= 1
-            o.starts.popleft()  # (the oldest: one origin's attempts end about in order)
+            if started is not None and started in o.starts:
+                o.starts.remove(started)  # (that attempt: others may still hang)
+            else:
+                o.starts.popleft()  # (unknown: the oldest, as attempts end about in order)
         now = self.clock()
         o.used = now
         if seconds is not None:
@@ -403,9 +415,12 @@ class OriginQueues(Generic[J]):
     def forget_idle(self) -> None:
         """Forget origins idle (nothing queued or in flight, nothing due back) for
         IDLE_FORGET_S: what they taught (their estimate) is stale by then, and a worker that
-        sends to many origins over months keeps only those of the last minutes."""
+        sends to many origins over months keeps only those of the last minutes. (And drop
+        every origin's count of jobs due back whose time has passed.)"""
         now = self.clock()
         for key, o in list(self._origins.items()):
+            if o.handed and o.handed[0][0] <= now:  # (fed by plan() also when not pruned)
+                o.handed = [h for h in o.handed if h[0] > now]
             if o.jobs or o.inflight:
                 continue
             last = max([o.used, o.horizon, *(due for due, _ in o.handed[-1:])])
