@@ -43,6 +43,17 @@ def send(q: OriginQueues[J]) -> J | None:
     return job
 
 
+def busy_origin(jobs: int, cap: int = 4, sent: int = 4) -> tuple[Clock, OriginQueues[J]]:
+    """Origin A with *jobs* queued, *sent* of them on the wire, on a clock of the test's."""
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=cap, clock=clock)
+    for i in range(jobs):
+        q.put(J(A, i))
+    for _ in range(sent):
+        send(q)
+    return clock, q
+
+
 def test_round_robin_over_origins_not_first_come() -> None:
     q: OriginQueues[J] = OriginQueues(cap=16)
     for i in range(100):
@@ -407,12 +418,7 @@ def test_an_origin_yet_to_answer_keeps_its_queue_unless_the_claimer_is_crowded()
     """Alone on the worker (never slow), with attempts running 2 s and no answer yet: how
     long they take is unknown, so its queue is held -- a hand-back timed by 2 s would come
     back before its room -- unless claim slots are wanted (*crowded*)."""
-    clock = Clock()
-    q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
-    for i in range(40):
-        q.put(J(A, i))
-    for _ in range(4):
-        send(q)
+    clock, q = busy_origin(40)
     clock.t += 2.0
     assert q.overflow(1.0, slow=(0.025, 0.1)) == []
     out = q.overflow(1.0, slow=(0.025, 0.1), crowded=True)
@@ -426,12 +432,7 @@ def test_an_origin_that_answered_then_hangs_keeps_no_wave_beyond_its_lanes() -> 
     is how long they have run, and nothing says when its lanes free -- so it keeps no
     queued job (a wave kept for room "about to come" would hold claims for the whole
     timeout), and the others come back after that long again."""
-    clock = Clock()
-    q: OriginQueues[J] = OriginQueues(cap=4, clock=clock)
-    for i in range(40):
-        q.put(J(A, i))
-    for _ in range(4):
-        send(q)
+    clock, q = busy_origin(40)
     clock.t += 0.5
     for _ in range(4):
         q.finish(A, 0.5)
