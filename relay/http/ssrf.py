@@ -145,10 +145,10 @@ class CallbackPolicy:
         # not allowed, and which address is not said: a caller must not learn which
         # internal names exist, nor where they point.
         refused = CallbackRefused(
-            "host name does not resolve to a public address (now: try again if its DNS"
-            " is failing); an internal one is allowed by adding the host name to"
-            f" RELAY_CALLBACK_ALLOW (e.g. RELAY_CALLBACK_ALLOW={host}), or every network"
-            " it resolves to (localhost is 127.0.0.1 and ::1)"
+            "host name does not resolve to a public address (if its DNS is failing, try"
+            " again later); to allow an internal host, add its name to RELAY_CALLBACK_ALLOW"
+            f" (e.g. RELAY_CALLBACK_ALLOW={host}), or every network it resolves to"
+            " (localhost is 127.0.0.1 and ::1)"
         )
         try:
             found = await self.resolver.resolve(host)

@@ -296,15 +296,6 @@ class OriginQueues(Generic[J]):
             kept = max(cap - o.inflight, 0) + waves * cap
             if len(o.jobs) <= kept:
                 continue
-            # each into the first wave of room, from `base` on, that the jobs handed back
-            # before (and not due yet) leave room in: a job that came back early takes the
-            # next wave with room, not a place behind the whole backlog
-            handed = o.handed = [h for h in o.handed if h[0] > now]
-            base = now + remaining + waves * est
-            taken: dict[int, int] = {}
-            for due, n in handed:
-                k = max(int((due - base) / est + 0.5), 0)
-                taken[k] = taken.get(k, 0) + int(n)
             extra = [o.jobs.pop() for _ in range(len(o.jobs) - kept)]
             extra.reverse()
             self.queued -= len(extra)
@@ -314,6 +305,15 @@ class OriginQueues(Generic[J]):
                 delay = min(max(2 * est, MIN_DEFER_S), MAX_DEFER_S)
                 out += [(job, delay) for job in extra]
                 continue
+            # each into the first wave of room, from `base` on, that the jobs handed back
+            # or paced before (and not due yet) leave room in: a job that came back early
+            # takes the next wave with room, not a place behind the whole backlog
+            handed = o.handed = [h for h in o.handed if h[0] > now]
+            base = now + remaining + waves * est
+            taken: dict[int, int] = {}
+            for due, n in handed:
+                k = max(int((due - base) / est + 0.5), 0)
+                taken[k] = taken.get(k, 0) + int(n)
             k = 0
             for job in extra:
                 while taken.get(k, 0) >= cap:
