@@ -21,7 +21,7 @@ from relay import constants as c
 from relay.domain.clock import now_ms
 from relay.store import Store
 from tests.conftest import eventually
-from workers.pump import Pump
+from workers.pump import IDLE_BACKOFF, Pump
 
 SCHEDULE = c.POLL_SCHEDULE_KEY
 LEASE = 0.5
@@ -237,6 +237,22 @@ async def test_wake_ends_the_idle_sleep(store: Store, make_pump: PumpFactory) ->
     pump.wake()
     await eventually(lambda: "new" in pump.finished, timeout=4, what="the woken pump's claim")
     assert time.monotonic() - woken < 4
+
+
+async def test_an_idle_pump_looks_less_often_and_still_sees_new_work_soon(
+    store: Store, make_pump: PumpFactory
+) -> None:
+    """Rule: an idle pump's sleep doubles each time it finds nothing, up to IDLE_BACKOFF
+    times idle_s (here 0.05 -> 0.4 s): over 2 s on an empty schedule it claims about 8
+    times, not 40 (an idle worker's cost to Redis). Work scheduled by another process
+    (no wake) is still claimed within that longest sleep."""
+    pump = make_pump(idle_s=0.05)
+    await asyncio.sleep(2.0)
+    assert 4 <= len(pump.claims) <= 12, len(pump.claims)
+    due = now_ms()
+    await schedule(store, {"new": due})  # (as another process would: no wake)
+    await eventually(lambda: "new" in pump.finished, timeout=4, what="the new member")
+    assert pump.started["new"][0] - due <= 0.05 * IDLE_BACKOFF * 1000 + 150
 
 
 async def test_the_idle_sleep_ends_when_the_next_member_is_due(

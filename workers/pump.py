@@ -20,6 +20,7 @@ from relay.tasks import finish, finish_all
 
 log = logs.get("workers.pump")
 T = TypeVar("T")
+IDLE_BACKOFF = 8  # an idle pump's sleep grows up to this many times its idle_s
 
 
 class Pump(Generic[T]):
@@ -41,7 +42,14 @@ class Pump(Generic[T]):
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.batch = batch
+        # an idle pump looks again after idle_s, then twice as long each time it finds
+        # nothing, up to IDLE_BACKOFF times idle_s: work scheduled by another process (a
+        # registration's first poll, deliveries left due by another worker) is seen within
+        # that, and an idle worker costs Redis a few commands a second, not a few dozen.
+        # Work due at a known time is claimed then (the sleep ends at the next due score),
+        # and work of this process wakes it at once (wake()).
         self.idle_s = idle_s
+        self._idle = idle_s  # the idle sleep now
         # while work is in flight, claim only once this many slots are free: a claim is a
         # round trip, and claiming one item per freed slot would spend more time claiming
         # than working
@@ -65,6 +73,7 @@ class Pump(Generic[T]):
 
     def wake(self) -> None:
         """New work was just scheduled: look for it now rather than after the idle sleep."""
+        self._idle = self.idle_s
         self._wake.set()
 
     def start(self) -> None:
@@ -103,8 +112,11 @@ class Pump(Generic[T]):
                 await self._sleep(1.0)
                 continue
             if not items:
-                await self._sleep(await self._idle_for())
+                pause = await self._idle_for()
+                self._idle = min(self._idle * 2, self.idle_s * IDLE_BACKOFF)  # (wake() resets)
+                await self._sleep(pause)
                 continue
+            self._idle = self.idle_s
             self.inflight += len(items)
             task = asyncio.create_task(self._guard(items))
             self._tasks.add(task)
@@ -136,9 +148,9 @@ class Pump(Generic[T]):
         except Exception:
             return 1.0
         if due is None:
-            return self.idle_s
+            return self._idle
         # (scores are Redis' clock: compared with this host's corrected to it)
-        return min(max((due - now_ms()) / 1000, 0.0), self.idle_s)
+        return min(max((due - now_ms()) / 1000, 0.0), self._idle)
 
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0 and not self._wake.is_set():
