@@ -163,10 +163,16 @@ class Claimer(Pump[DeliveryClaim]):
                     w, clips(w), deadline, batch.done, w.id in gone, callback_origin(w.callback_url)
                 )
             )
-        extra = self.jobs.overflow(self.defer_after_s, self.keep, self.slow, self.crowded())
+        await self.hand_back_overflow()
+        await batch.wait()
+
+    async def hand_back_overflow(self, crowded: bool = False) -> None:
+        """Hand back the queued jobs :meth:`OriginQueues.overflow` picks by this claimer's
+        rule (*crowded*: claim slots are wanted now, whatever :meth:`crowded` says)."""
+        crowded = crowded or self.crowded()
+        extra = self.jobs.overflow(self.defer_after_s, self.keep, self.slow, crowded)
         if extra:
             await self.defer(extra)
-        await batch.wait()
 
     async def defer(self, jobs: Sequence[tuple[Job, float]]) -> None:
         """Hand queued jobs back to the schedule, each due after its delay (seconds): not an

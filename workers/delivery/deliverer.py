@@ -180,14 +180,8 @@ class Deliverer:
                 self.claimer.jobs.forget_idle()
 
     async def _hand_back_overflow(self, crowded: bool = False) -> None:
-        """Hand back what :meth:`OriginQueues.overflow` picks (*crowded*: claim slots are
-        wanted now, whatever the claimer's own count says)."""
-        jobs = self.claimer.jobs
-        if len(jobs) and not self._closing:
-            crowded = crowded or self.claimer.crowded()
-            extra = jobs.overflow(DEFER_AFTER_S, self.breakers.is_open, SLOW, crowded)
-            if extra:
-                await self.claimer.defer(extra)
+        if len(self.claimer.jobs) and not self._closing:
+            await self.claimer.hand_back_overflow(crowded)
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; finish the attempts in flight and those queued (up to *grace_s*);
