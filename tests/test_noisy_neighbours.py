@@ -357,4 +357,9 @@ async def test_an_origin_yet_to_answer_gives_its_claims_back_when_others_need_th
     got = await wait_arrived(rec, healthy, 10)
     assert len(got) == 5
     assert max(got) - at <= 3.0, f"the healthy watches arrived {max(got) - at:.2f} s late"
-    assert deliverer.claimer.room() > 0
+    # the hole's two attempts still hang (6 s timeout): none other was started meanwhile,
+    # and what it had claimed beyond them went back to the schedule, not to its queue
+    hole = ("http", "127.0.0.1", int(black_hole.url.rsplit(":", 1)[1]))
+    assert black_hole.requests == 2
+    assert deliverer.claimer.jobs.inflight(hole) == 2
+    assert sum(1 for job in deliverer.claimer.jobs if job.origin == hole) <= 2
