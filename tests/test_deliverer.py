@@ -39,6 +39,7 @@ from relay.settings import CallbackAllow, Settings
 from relay.store import Store
 from tests.conftest import WorkerFactory
 from workers.delivery import Deliverer
+from workers.delivery.bodies import Bodies
 from workers.poller import FINALIZE_CHUNK, Poller
 from workers.upstream_budget import UpstreamGate
 
@@ -266,6 +267,33 @@ async def test_a_callback_the_policy_now_refuses_is_retried_unsent(
 
 
 # --- bodies: the same bytes on every retry, fresh links after a refresh --------------------
+
+
+async def test_a_batch_keeps_its_clips_documents_while_other_batches_load_theirs(
+    store: Store, redis: Redis
+) -> None:
+    """Bodies keep the clips documents of the most recent fan-outs (here 2). A claimed batch
+    holds those it needs until its jobs are queued: two other batches loading theirs
+    meanwhile (as while the first waits on a link refresh) drop none of them -- a job
+    queued without its clips could not be built, and would wait out its lease unsent."""
+    doc = ClipSet(CLIPS).doc()  # type: ignore[arg-type]
+    for k in range(4):
+        await redis.hset(c.SOURCE_KEY.format(f"v{k}", 1000), mapping={"doc": doc, "at": 1000})
+
+    def watch(video: str) -> Watch:
+        w = Watch(id=f"wat_{video}", tenant="t", video_id=video, callback_url="http://x/")
+        w.event_type, w.final_ms, w.clips_ms = "clips.ready", 1000, 1000
+        return w
+
+    bodies = Bodies(store, kept=2)
+    mine = [watch("v0"), watch("v1")]
+    async with bodies.held(mine) as missing:
+        assert not missing
+        for other in ("v2", "v3"):
+            async with bodies.held([watch(other)]):
+                pass
+        assert all(bodies.clips(w) is not None for w in mine)
+    assert len(bodies) == 2  # (the bound holds again once nothing is held)
 
 
 async def test_every_retry_sends_the_same_bytes_until_the_links_are_refreshed(

@@ -5,15 +5,16 @@ each."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from relay.domain import events
 from relay.domain.clips import ClipSet
 from relay.domain.watch import Watch
 from relay.store import Store
 
-DOCUMENTS_KEPT = 256  # clips documents kept (least recently used dropped)
+DOCUMENTS_KEPT = 256  # clips documents kept (least recently used dropped, unless held)
 Source = tuple[str, int]  # a clips document: (video id, the time its events were made)
 
 
@@ -29,6 +30,10 @@ class Bodies:
         self.store = store
         self.kept = kept
         self._clips: OrderedDict[Source, tuple[int, ClipSet]] = OrderedDict()
+        self._held: dict[Source, int] = {}  # documents claimed batches still need: how many
+
+    def __len__(self) -> int:
+        return len(self._clips)
 
     def put(self, source: Source, fetched_ms: int, clips: ClipSet) -> None:
         """Keep a document's clips as fetched at *fetched_ms* (unless newer ones are kept)."""
@@ -36,8 +41,35 @@ class Bodies:
         if held is None or held[0] <= fetched_ms:
             self._clips[source] = (fetched_ms, clips)
         self._clips.move_to_end(source)
-        while len(self._clips) > self.kept:
-            self._clips.popitem(last=False)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the least recently used documents beyond ``kept``, but none a batch holds
+        (there are at most as many of those as claims in this worker)."""
+        if len(self._clips) <= self.kept:
+            return
+        for source in [s for s in self._clips if s not in self._held]:
+            del self._clips[source]
+            if len(self._clips) <= self.kept:
+                return
+
+    @contextlib.asynccontextmanager
+    async def held(self, watches: Sequence[Watch]) -> AsyncIterator[set[Source]]:
+        """:meth:`load` the documents *watches* need and keep them until the block ends --
+        none is dropped meanwhile to make room for other batches' (a batch may wait on a
+        link refresh while others load theirs), so each job queued in the block gets its
+        clips. Yields the documents that are not stored (as :meth:`load`)."""
+        sources = {source_of(w) for w in watches if w.event_type == "clips.ready"}
+        for source in sources:
+            self._held[source] = self._held.get(source, 0) + 1
+        try:
+            yield await self.load(watches)
+        finally:
+            for source in sources:
+                left = self._held.pop(source) - 1
+                if left:
+                    self._held[source] = left
+            self._trim()
 
     def clips(self, w: Watch) -> ClipSet | None:
         """The clips *w*'s body is built from, if kept (fetched no earlier than its claim

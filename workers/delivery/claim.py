@@ -150,19 +150,18 @@ class Claimer(Pump[DeliveryClaim]):
             else:
                 due.append(watch)
         await self.store.deliveries.unschedule(idle)
-        missing = await self.bodies.load(due)
-        due, deadline, gone = await self.links.refresh(due, deadline, release, missing)
-        if not due:
-            return
-        batch = Batch(len(due), release)
-        clips = self.bodies.clips
-        put = self.jobs.put
-        for w in due:
-            put(
-                Job(
-                    w, clips(w), deadline, batch.done, w.id in gone, callback_origin(w.callback_url)
-                )
-            )
+        # (the batch's clips documents are held until its jobs have them: other batches'
+        # loads while this one waits on a link refresh cannot drop them)
+        async with self.bodies.held(due) as missing:
+            due, deadline, gone = await self.links.refresh(due, deadline, release, missing)
+            if not due:
+                return
+            batch = Batch(len(due), release)
+            clips = self.bodies.clips
+            put = self.jobs.put
+            for w in due:
+                origin = callback_origin(w.callback_url)
+                put(Job(w, clips(w), deadline, batch.done, w.id in gone, origin))
         await self.hand_back_overflow()
         await batch.wait()
 
