@@ -7,12 +7,13 @@ such as ``request_id``, ``watch_id``, ``video_id`` and ``event_id`` is bound wit
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import sys
 import time
 from collections.abc import Iterable, MutableMapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
@@ -27,6 +28,29 @@ class _Output:
     stream: Any = None  # a binary stream, in JSON mode
     level = logging.INFO
     processors: tuple[Any, ...] = ()  # the chain every line passes, as setup() made it
+
+
+class _Unfailing:
+    """A binary stream whose writes never raise. A log that cannot be written (a closed
+    pipe to the collector, a full disk) must not stop what is being logged: its lines are
+    dropped and counted (:attr:`dropped`), as the stdlib's handlers drop theirs."""
+
+    __slots__ = ("__weakref__", "_stream", "dropped")
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.dropped = 0  # writes that failed
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._stream.write(data)
+        except (OSError, ValueError):  # (ValueError: a closed file)
+            self.dropped += 1
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
 
 
 # values of these types are rendered as they are and can carry no secret; anything else
@@ -130,7 +154,7 @@ def setup(fmt: str = "json", level: int = logging.INFO, stream: BinaryIO | None 
         redact,
     ]
     renderer: Any
-    binary = sys.stderr.buffer if stream is None else stream
+    binary = _Unfailing(sys.stderr.buffer if stream is None else stream)
     text = sys.stderr if stream is None else io.TextIOWrapper(stream, write_through=True)
     _Output.stream, _Output.level = (None if fmt == "console" else binary), level
     _Output.processors = tuple(shared)
@@ -151,7 +175,7 @@ def setup(fmt: str = "json", level: int = logging.INFO, stream: BinaryIO | None 
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         structlog.configure(
             processors=[*shared, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
-            logger_factory=structlog.BytesLoggerFactory(binary),
+            logger_factory=structlog.BytesLoggerFactory(cast(BinaryIO, binary)),
             wrapper_class=structlog.make_filtering_bound_logger(level),
             cache_logger_on_first_use=True,
         )

@@ -25,10 +25,11 @@ from redis.asyncio import Redis
 from relay import constants as c
 from relay.devtools.embedded_redis import RedisServer
 from relay.devtools.receiver import Receiver
+from relay.domain import attempts
 from relay.domain.clips import ClipSet
 from relay.domain.clock import now_ms
 from relay.domain.crypto import SecretBox
-from relay.domain.delivery import DeliveryClaim, FinalEvent
+from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent
 from relay.domain.ids import event_id
 from relay.domain.signing import generate_secret
 from relay.domain.watch import SecretEntry, Watch
@@ -40,6 +41,7 @@ from relay.store import Store
 from tests.conftest import WorkerFactory
 from workers.delivery import Deliverer
 from workers.delivery.bodies import Bodies
+from workers.delivery.settle import Settler
 from workers.poller import FINALIZE_CHUNK, Poller
 from workers.upstream_budget import UpstreamGate
 
@@ -264,6 +266,32 @@ async def test_a_callback_the_policy_now_refuses_is_retried_unsent(
         assert attempt["error"].startswith("refused: callback ")
     assert rec.received() == 0
     assert (await store.watches.counts())["delivering"] == 3  # retried later, not failed
+
+
+async def test_the_flusher_outlives_an_error_in_a_flush(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes are recorded by one flusher task; an error in one flush (a bug) must not
+    end it, or no attempt of this worker would be recorded again and every claim it sent
+    would lapse and be sent again."""
+    settler = Settler(store)
+    real, calls = settler.flush, []
+
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        await real()
+
+    monkeypatch.setattr(settler, "flush", flaky)
+    settler.start()
+    record = attempts.record(1, now_ms(), 204, None, 3.2, None)
+    settler.add(AttemptResult("wat_gone", "t", "clips.ready", 1, "ok", 1, record, 1), {})
+    deadline = time.monotonic() + 5
+    while (len(calls) < 2 or settler.pending) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(calls) >= 2 and not settler.pending
+    await settler.stop()
 
 
 # --- bodies: the same bytes on every retry, fresh links after a refresh --------------------

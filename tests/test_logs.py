@@ -134,3 +134,20 @@ def test_lines_on_a_console_go_through_structlog(out: io.BytesIO) -> None:
     logs.lines("workers.deliverer", "delivery attempt", [dict(ROW)])
     text = out.getvalue().decode()
     assert "delivery attempt" in text and "wat_1" in text and API_KEY not in text
+
+
+class _Broken(io.BytesIO):
+    """A stream that can no longer be written: the collector's pipe closed, the disk full."""
+
+    def write(self, data: Any) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_log_that_cannot_be_written_never_stops_the_caller(out: io.BytesIO) -> None:
+    """Every line, structlog's or the batch writer's (the deliverer records its attempts
+    right after logging them), is dropped and counted instead of raising."""
+    broken = _Broken()
+    logs.setup("json", stream=broken)
+    logs.get("workers.deliverer").info("delivery attempt", **ROW)
+    logs.lines("workers.deliverer", "delivery attempt", [dict(ROW), dict(ROW, attempt=3)])
+    assert logs._Output.stream.dropped == 2

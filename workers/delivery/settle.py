@@ -27,6 +27,11 @@ class Settler:
         self._flusher: asyncio.Task[None] | None = None
         self._winding_down = False
 
+    @property
+    def pending(self) -> int:
+        """Outcomes not recorded yet."""
+        return len(self._results)
+
     def add(self, result: AttemptResult, line: dict[str, object]) -> None:
         """Record *result* soon, and log *line* with it: the flusher records what is
         pending at once for a full batch, else within FLUSH_EVERY_S (a timer, armed only
@@ -59,7 +64,12 @@ class Settler:
         while not self._winding_down:
             await self._flush_now.wait()
             self._flush_now.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # (a bug; the flusher must outlive it, or no attempt is recorded)
+                log.exception("recording attempts failed")
+                await asyncio.sleep(0.5)
+                self._flush_now.set()
 
     async def flush(self) -> None:
         """Record the attempts made since the last flush (a script call per SETTLE_BATCH),
