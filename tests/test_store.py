@@ -291,6 +291,27 @@ async def test_a_lost_claims_owner_changes_nothing_but_its_attempt_record(store:
     assert len(await store.watches.attempts(mine.watch)) == 1
 
 
+async def test_the_new_owners_record_goes_after_the_old_owners_late_one(store: Store) -> None:
+    """The old owner's attempt (its claim lapsed while it was on the wire) is settled after
+    the new owner read the watch: both attempts stay listed, the new owner's numbered after
+    the late one instead of over it -- whichever of them reached the receiver."""
+    (mine,) = await fan_out(store, await registered(store, 1), claim=1)
+    wid = mine.watch_id
+    await store.deliveries.extend([wid], mine.deadline_ms, 0)  # lapsed: due for anyone
+    [(theirs, _)] = await store.deliveries.claim(limit=1, lease_s=60)
+    assert theirs.watch is not None and theirs.watch.records == 0
+    ok = attempts.record(1, now_ms(), 200, None, 1.0, None)
+    assert await store.deliveries.settle([result(mine, "ok", ok)]) == ["delivering"]
+    failed = attempts.record(1, now_ms(), 500, None, 1.0, "HTTP 500")
+    retry = result(theirs, "retry", failed, next_due_ms=now_ms() + 60_000, last_error="HTTP 500")
+    for _ in range(2):  # (and a second run of that call, its reply lost, adds nothing)
+        assert await store.deliveries.settle([retry]) == ["delivering"]
+    watch = await store.watches.get(wid)
+    assert watch is not None and watch.records == 2
+    listed = await store.watches.attempts(watch)
+    assert sorted(a["statusCode"] for a in listed) == [200, 500]
+
+
 async def test_a_videos_clips_are_stored_once_with_a_reference_per_event(store: Store) -> None:
     """One clips document per fan-out, whatever its size: written by the first chunk that
     creates an event, referenced by each event; a refresh replaces it only with a newer

@@ -5,10 +5,11 @@
 -- attempt record, and what follows -- 'r<next due ms>' for a retry, else
 -- '<final status>|<tenant>'.
 -- A claim still held (the schedule's score is its token) is a watch still delivering that
--- event: its new state and its record ('#<n>') are one write. Otherwise (cancelled,
--- redelivered, taken over) only the record is kept, if the watch is there and does not
--- have it already (safe to run twice). A final watch
--- joins its tenant's index of that status. Returns each watch's status.
+-- event: its new state and its record ('#<n>') are one write -- numbered after any record
+-- written since the claim read the watch (a late one of a lapsed claim). Otherwise
+-- (cancelled, redelivered, taken over) only the record is kept, if the watch is there and
+-- does not have it already (safe to run twice). A final watch joins its tenant's index of
+-- that status. Returns each watch's status.
 local W = 6
 -- (KEYS[3..]: the dashboard's minute counts, see the end; their values close ARGV)
 local n = (#ARGV - 4 - (#KEYS > 2 and 2 * (#KEYS - 2) + 1 or 0)) / W
@@ -27,7 +28,18 @@ for k = 1, n do
   local status, seq
   if held[k] and tonumber(held[k]) == tonumber(ARGV[i + 1]) then
     seq = tonumber(ARGV[i + 3])
-    redis.call('HSET', key, 'st', ARGV[i + 2], '#' .. seq, ARGV[i + 4])
+    local st, slot = ARGV[i + 2], '#' .. seq
+    local there = redis.call('HGET', key, slot)
+    if there and there ~= ARGV[i + 4] then
+      -- a record came after this claim read the watch (an attempt made under a claim that
+      -- lapsed, settled late): this one goes after it, not over it
+      local s, a, _, rest = string.match(st, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+      local r = tonumber(string.match(redis.call('HGET', key, 'st'), '^[^|]*|[^|]*|([^|]*)|'))
+      -- (a second run of this very call, its reply lost, finds its record last: the same)
+      seq = redis.call('HGET', key, '#' .. r) == ARGV[i + 4] and r or r + 1
+      st, slot = s .. '|' .. a .. '|' .. seq .. '|' .. rest, '#' .. seq
+    end
+    redis.call('HSET', key, 'st', st, slot, ARGV[i + 4])
     if string.byte(next, 1) == 114 then -- 'r': a retry
       status = 'delivering'
       gone[wid], due[wid] = nil, string.sub(next, 2)
