@@ -247,6 +247,31 @@ async def test_stop_hands_back_the_claims_of_jobs_never_started(
     assert len(leased) == 1  # the cut attempt may have reached the receiver: its lease runs
 
 
+async def test_stop_hands_back_the_claims_of_a_batch_not_queued_yet(
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    """A batch still getting its clips (a read, or a link refresh waiting on the upstream)
+    when the grace ends is cut there: its claims go back to the schedule at once with the
+    queued jobs', not after their lease."""
+    _, base = hook
+    d = await make_deliverer(lease=20)
+    created = await created_events(store, base, 5)  # (the clips are not kept: read first)
+    reading = asyncio.Event()
+
+    async def stuck(video_id: str, event_at: int) -> tuple[bytes, int] | None:
+        reading.set()
+        await asyncio.Event().wait()  # (the read never ends)
+        return None
+
+    store.deliveries.clips_doc = stuck  # type: ignore[method-assign]
+    d.offer(created)
+    await asyncio.wait_for(reading.wait(), 5)
+    await d.stop(0.2)
+    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert len(scores) == 5
+    assert all(s <= now_ms() for s in scores.values()), scores  # due at once
+
+
 async def test_a_callback_the_policy_now_refuses_is_retried_unsent(
     store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:

@@ -103,6 +103,7 @@ class Claimer(Pump[DeliveryClaim]):
         self.keep: Callable[[Origin], bool] | None = None  # origins never handed back
         self.slow: tuple[float, float] | None = None  # (slow_s, its budget): see overflow
         self._offered: deque[DeliveryClaim] = deque()
+        self._cut: list[tuple[str, int]] = []  # claims of batches stopped before queuing
 
     def room(self) -> int:
         """How many more claims this worker can take now (a fan-out claims that many of
@@ -152,16 +153,23 @@ class Claimer(Pump[DeliveryClaim]):
         await self.store.deliveries.unschedule(idle)
         # (the batch's clips documents are held until its jobs have them: other batches'
         # loads while this one waits on a link refresh cannot drop them)
-        async with self.bodies.held(due) as missing:
-            due, deadline, gone = await self.links.refresh(due, deadline, release, missing)
-            if not due:
-                return
-            batch = Batch(len(due), release)
-            clips = self.bodies.clips
-            put = self.jobs.put
-            for w in due:
-                origin = callback_origin(w.callback_url)
-                put(Job(w, clips(w), deadline, batch.done, w.id in gone, origin))
+        try:
+            async with self.bodies.held(due) as missing:
+                due, deadline, gone = await self.links.refresh(due, deadline, release, missing)
+                if not due:
+                    return
+                batch = Batch(len(due), release)
+                clips = self.bodies.clips
+                put = self.jobs.put
+                for w in due:
+                    origin = callback_origin(w.callback_url)
+                    put(Job(w, clips(w), deadline, batch.done, w.id in gone, origin))
+        except asyncio.CancelledError:
+            # stopped while getting its clips: none of it started, so its claims go back
+            # with those of the jobs never started (take_cut). (One it settled meanwhile,
+            # or renewed, is not held under this token: that hand-back changes nothing.)
+            self._cut += [(w.id, deadline) for w in due]
+            raise
         await self.hand_back_overflow()
         await batch.wait()
 
@@ -200,6 +208,12 @@ class Claimer(Pump[DeliveryClaim]):
         )
         job.deadline = deadline
         return job.watch.id in ours
+
+    def take_cut(self) -> list[tuple[str, int]]:
+        """The claims (watch id, deadline) of batches stopped before their jobs were
+        queued (the deliverer is stopping)."""
+        cut, self._cut = self._cut, []
+        return cut
 
     def take_offered(self) -> list[DeliveryClaim]:
         """The offered claims not yet queued (the deliverer is stopping)."""

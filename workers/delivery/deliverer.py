@@ -205,6 +205,7 @@ class Deliverer:
         await finish_all(self._lane_tasks, 0.5)
         never = [(job.watch.id, job.deadline) for job in unsent]
         never += [(cl.watch_id, cl.deadline_ms) for cl in self.claimer.take_offered()]
+        never += self.claimer.take_cut()
         await self.claimer.hand_back(never)
         await self.settler.stop()
 
