@@ -5,8 +5,14 @@ series is never exported, always 0, by a process that does not make it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from relay import logs
 
 API_REGISTRY = CollectorRegistry(auto_describe=True)
 REGISTRY = CollectorRegistry(auto_describe=True)  # the worker's
@@ -109,10 +115,25 @@ QUEUE_DEPTH = Gauge(
 )
 
 
-# made by both: the watch counts (read from Redis), and the callback checks and pings of the
-# API (DNS lookups, connections) beside the worker's deliveries
-for _shared in (WATCHES, DNS_LOOKUPS, CALLBACK_CONNECTIONS):
+class _DroppedLogWrites(Collector):
+    """Log writes that failed (:func:`relay.logs.dropped`), as a counter."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "relay_log_writes_dropped",
+            "Log writes that failed and were dropped (a closed pipe to the log collector, a "
+            "full disk): the process goes on without its log.",
+            value=logs.dropped(),
+        )
+
+
+LOG_WRITES_DROPPED = _DroppedLogWrites()
+
+# made by both: the watch counts (read from Redis), the callback checks and pings of the
+# API (DNS lookups, connections) beside the worker's deliveries, and the log writes dropped
+for _shared in (WATCHES, DNS_LOOKUPS, CALLBACK_CONNECTIONS, LOG_WRITES_DROPPED):
     API_REGISTRY.register(_shared)
+REGISTRY.register(LOG_WRITES_DROPPED)
 
 
 def exposition(*, api: bool = False) -> bytes:

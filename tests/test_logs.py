@@ -14,7 +14,7 @@ import orjson
 import pytest
 import structlog
 
-from relay import logs
+from relay import logs, metrics
 
 API_KEY = "sr_live_" + "ab12" * 12
 TENANT_KEY = "key-tenant-a-0123456789"
@@ -97,6 +97,7 @@ def out(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     monkeypatch.setattr(logs._Output, "stream", None)
+    monkeypatch.setattr(logs._Output, "sink", None)
     yield io.BytesIO()
     structlog.configure(**saved)
     root.handlers[:], root.level = handlers, level
@@ -145,9 +146,12 @@ class _Broken(io.BytesIO):
 
 def test_a_log_that_cannot_be_written_never_stops_the_caller(out: io.BytesIO) -> None:
     """Every line, structlog's or the batch writer's (the deliverer records its attempts
-    right after logging them), is dropped and counted instead of raising."""
+    right after logging them), is dropped and counted (a metric of both processes) instead
+    of raising."""
     broken = _Broken()
     logs.setup("json", stream=broken)
     logs.get("workers.deliverer").info("delivery attempt", **ROW)
     logs.lines("workers.deliverer", "delivery attempt", [dict(ROW), dict(ROW, attempt=3)])
-    assert logs._Output.stream.dropped == 2
+    assert logs.dropped() == 2
+    exported = metrics.exposition().decode() + metrics.exposition(api=True).decode()
+    assert exported.count("relay_log_writes_dropped_total 2.0") == 2  # (worker and API)
