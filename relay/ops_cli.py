@@ -70,6 +70,13 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _watch_id(value: str) -> str:
+    """A watch id: a path segment, not empty (an empty one would name the list)."""
+    if not value.strip() or "/" in value:
+        raise argparse.ArgumentTypeError(f"is not a watch id: {value!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """``clip-relay watches`` and its commands."""
     common = _common()
@@ -82,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     def add(name: str, text: str, *, watch_id: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text, parents=[common])
         if watch_id:
-            p.add_argument("id", metavar="ID", help="the watch id (wat_...)")
+            p.add_argument("id", metavar="ID", type=_watch_id, help="the watch id (wat_...)")
         return p
 
     lister = add("list", "list watches, newest first", watch_id=False)

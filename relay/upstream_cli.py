@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from redis.exceptions import RedisError
+from yarl import URL
 
 from relay.settings import ConfigError, Settings
 from relay.store.connection import connect
@@ -83,6 +84,17 @@ def main(argv: Sequence[str], settings: Callable[[], Settings]) -> int:
     try:
         print(asyncio.run(run(args.action, loaded)))
     except (RedisError, OSError) as exc:  # (the URL is not echoed: it may hold a password)
-        print(f"clip-relay upstream: cannot reach Redis: {type(exc).__name__}", file=sys.stderr)
+        print(f"clip-relay upstream: cannot reach Redis: {_reason(exc, loaded)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _reason(exc: BaseException, settings: Settings) -> str:
+    """What went wrong talking to Redis: the error and its message (the address, the
+    errno: redis-py says them; the URL's password never, should a message carry it)."""
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    try:
+        password = URL(settings.redis_url).password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text

@@ -427,7 +427,7 @@ async def test_rotate_secret_of_a_cancelled_watch_conflicts(api: Client) -> None
     created = await create(api)
     assert (await api.delete(f"/v1/watches/{created['id']}", headers=auth())).status in (200, 204)
     resp = await api.post(f"/v1/watches/{created['id']}/rotate-secret", headers=auth())
-    assert (await problem(resp, 409))["detail"].startswith("nothing is sent")
+    assert "not rotated" in (await problem(resp, 409))["detail"]
 
 
 # --- health, openapi, errors ----------------------------------------------------------------
@@ -475,6 +475,10 @@ async def test_a_hung_redis_leaves_metrics_served_and_readyz_quick(
 async def test_unknown_route_and_method_are_problems(api: Client) -> None:
     await problem(await api.get("/nope"), 404)
     await problem(await api.put("/v1/watches", headers=auth()), 405)
+    for method in ("GET", "DELETE"):  # (not a watch called "recover")
+        resp = await api.request(method, "/v1/watches/recover", headers=auth())
+        await problem(resp, 405)
+        assert resp.headers["Allow"] == "POST"
 
 
 async def test_openapi_describes_every_route(api: Client) -> None:

@@ -143,6 +143,10 @@ async def test_a_bad_timeout_or_a_mangled_key_is_a_usage_error_not_a_traceback(a
         assert code == 2 and out == "" and "Traceback" not in err, err
     assert "--timeout" in runs[0][2] and "above 0" in runs[0][2]
     assert "API key" in runs[-1][2]
+    # an empty or slashed watch id is refused here, not sent (it would name the list)
+    for bad in ("", " ", "wat_1/deliveries"):
+        code, out, err = await cli(api, "get", bad)
+        assert code == 2 and out == "" and "is not a watch id" in err, err
 
 
 async def test_every_command_has_help() -> None:

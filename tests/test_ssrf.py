@@ -121,6 +121,17 @@ async def test_non_http_and_relative_urls_refused(url: str, no_dns: None) -> Non
         await EMPTY.check(url)
 
 
+@pytest.mark.parametrize(
+    "url", ["http://exa mple.com/", "http://host%20x/", "http://x..example/", "http://a.b..//"]
+)
+async def test_a_host_that_is_no_host_name_is_said_so_without_a_lookup(
+    url: str, no_dns: None
+) -> None:
+    """Not "does not resolve": no DNS server is asked about a name DNS cannot have."""
+    with pytest.raises(CallbackRefused, match="not a host name"):
+        await EMPTY.check(url)
+
+
 async def test_overlong_url_refused(no_dns: None) -> None:
     base = "http://93.184.216.34/"
     url = base + "a" * (MAX_CALLBACK_URL + 1 - len(base))

@@ -18,7 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import constants as c
-from relay.devtools.embedded_redis import RedisServer
+from relay.devtools.embedded_redis import RedisServer, free_port
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.limits import Limits
@@ -334,3 +334,18 @@ async def test_the_command_moves_no_claim_of_workers_with_a_longer_lease(
     out = await run("resume", Settings(REDIS_URL=redis_server.url))  # type: ignore[call-arg]
     assert "upstream pause ended" in out and "0 put-off polls" in out
     assert await redis.zscore(c.POLL_SCHEDULE_KEY, "held") == held
+
+
+def test_the_command_says_why_redis_cannot_be_reached_never_its_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The error names the failure (redis-py's message: the address and errno), not only
+    its type; the URL's password is never printed."""
+    from relay.upstream_cli import main
+
+    port = free_port()  # (nothing listens there)
+    url = f"redis://:s3cret-pw@127.0.0.1:{port}/0"
+    code = main(["status"], lambda: Settings(REDIS_URL=url))  # type: ignore[call-arg]
+    err = capsys.readouterr().err
+    assert code == 1 and f"127.0.0.1:{port}" in err and "Error 111" in err, err
+    assert "s3cret-pw" not in err

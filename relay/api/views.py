@@ -140,15 +140,12 @@ async def _own_watch(request: web.Request) -> Watch:
     return watch
 
 
-def refuse_cancelled(watch: Watch) -> None:
-    """409 for an action on a cancelled watch (nothing is sent to its receiver again)."""
+def refuse_cancelled(
+    watch: Watch, why: str = "nothing is sent to the receiver of a cancelled watch"
+) -> None:
+    """409 for an action on a cancelled watch, saying *why* it has no point there."""
     if watch.status == "cancelled":
-        raise ProblemError(
-            409,
-            "Watch cancelled",
-            "nothing is sent to the receiver of a cancelled watch",
-            slug="cancelled",
-        )
+        raise ProblemError(409, "Watch cancelled", why, slug="cancelled")
 
 
 def _fingerprint(spec: WatchCreate) -> str:
@@ -354,7 +351,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     """``POST /v1/watches/{id}/rotate-secret``: a new secret; the old one signs on for
     RELAY_SECRET_GRACE seconds."""
     watch = await _own_watch(request)
-    refuse_cancelled(watch)
+    refuse_cancelled(watch, "a cancelled watch signs nothing: its secret is not rotated")
     app = request.app
     secret = generate_secret()
     entries = await app[k.STORE].watches.rotate_secret(

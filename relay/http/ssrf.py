@@ -10,6 +10,7 @@ address that was checked (no second lookup for DNS rebinding to exploit).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 
 from yarl import URL
@@ -69,6 +70,11 @@ class CallbackRefused(ValueError):
     """The callback URL is not allowed; the message says why (safe to show the caller)."""
 
 
+# a DNS name as a URL carries it (IDNA-encoded): labels of letters, digits, '-' and '_' (some
+# hosts have one), 1 to 63 each, dot-separated, an optional final dot
+_HOST_NAME = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?")
+
+
 def literal_ip(host: str) -> IPAddress | None:
     """The address a host string denotes by itself, in any form a resolver accepts."""
     h = host.strip("[]")
@@ -126,6 +132,9 @@ class CallbackPolicy:
             raise CallbackRefused("must be an absolute http or https URL")
         if not parsed.raw_host:
             raise CallbackRefused("has no host")
+        if literal_ip(parsed.raw_host) is None and not _HOST_NAME.fullmatch(parsed.raw_host):
+            # (a space, a %-escape, an empty label: no DNS name, so no use asking DNS)
+            raise CallbackRefused("has a host that is not a host name")
         return parsed
 
     async def check(self, url: str) -> URL:
