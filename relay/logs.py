@@ -7,7 +7,6 @@ such as ``request_id``, ``watch_id``, ``video_id`` and ``event_id`` is bound wit
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import sys
@@ -40,7 +39,7 @@ class _Unfailing:
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
-        self.dropped = 0  # writes that failed
+        self.dropped = 0  # writes and flushes that failed
 
     def write(self, data: bytes) -> int:
         try:
@@ -50,13 +49,15 @@ class _Unfailing:
             return 0
 
     def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        try:
             self._stream.flush()
+        except (OSError, ValueError):  # (a buffered stream fails here: what it held is lost)
+            self.dropped += 1
 
 
 def dropped() -> int:
-    """Log writes that failed since :func:`setup` (0 on a console: the stdlib's handler
-    reports its own, on stderr)."""
+    """Log writes (and flushes of what was written) that failed since :func:`setup` (0 on
+    a console: the stdlib's handler reports its own, on stderr)."""
     return _Output.sink.dropped if _Output.sink is not None else 0
 
 

@@ -97,4 +97,5 @@ def _reason(exc: BaseException, settings: Settings) -> str:
         password = URL(settings.redis_url).password
     except ValueError:
         password = None
-    return text.replace(password, "***") if password else text
+    # (a message has none of it; a short password would only blank out innocent digits)
+    return text.replace(password, "***") if password and len(password) >= 6 else text

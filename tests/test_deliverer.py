@@ -272,6 +272,36 @@ async def test_stop_hands_back_the_claims_of_a_batch_not_queued_yet(
     assert all(s <= now_ms() for s in scores.values()), scores  # due at once
 
 
+async def test_stop_hands_back_a_batch_cut_in_a_link_refresh_under_its_renewed_claims(
+    store: Store, redis: Redis, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    """A batch whose clips document is gone waits on the upstream for them; meanwhile its
+    claims are renewed (every third of the lease), which changes their token. Cut by the
+    stop, they go back under the token they hold now."""
+    _, base = hook
+    d = await make_deliverer(lease=1.5)
+    created = await created_events(store, base, 5)
+    async for key in redis.scan_iter(match=c.SOURCE_PREFIX + "*"):
+        await redis.delete(key)  # (the clips must be fetched again)
+    fetching = asyncio.Event()
+
+    async def upstream_never_answers(source: tuple[str, int]) -> int | None:
+        fetching.set()
+        await asyncio.Event().wait()
+        return None
+
+    d.claimer.links._fetch = upstream_never_answers  # type: ignore[method-assign]
+    d.offer(created)
+    await asyncio.wait_for(fetching.wait(), 5)
+    await asyncio.sleep(1.2)  # two renewals
+    renewed = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert all(s != created[0].deadline_ms for s in renewed.values())  # (a new token)
+    await d.stop(0.2)
+    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert len(scores) == 5
+    assert all(s <= now_ms() for s in scores.values()), scores  # due at once
+
+
 async def test_a_callback_the_policy_now_refuses_is_retried_unsent(
     store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -155,3 +157,19 @@ def test_a_log_that_cannot_be_written_never_stops_the_caller(out: io.BytesIO) ->
     assert logs.dropped() == 2
     exported = metrics.exposition().decode() + metrics.exposition(api=True).decode()
     assert exported.count("relay_log_writes_dropped_total 2.0") == 2  # (worker and API)
+
+
+def test_a_broken_pipe_behind_a_buffer_is_counted_too(out: io.BytesIO) -> None:
+    """stderr is buffered: after the collector's pipe closes, writes still fill the buffer
+    and the flush fails. Every line is flushed as it is written, so each such line counts."""
+    read, write = os.pipe()
+    os.close(read)
+    pipe = os.fdopen(write, "wb")
+    try:
+        logs.setup("json", stream=pipe)
+        for _ in range(3):
+            logs.get("workers.deliverer").info("delivery attempt", **ROW)
+        assert logs.dropped() == 3
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            pipe.close()

@@ -150,12 +150,20 @@ class Claimer(Pump[DeliveryClaim]):
                 release()
             else:
                 due.append(watch)
-        await self.store.deliveries.unschedule(idle)
+        token = deadline  # (the claims' token: a link refresh renews them as it waits)
+
+        def renewed(deadline: int) -> None:
+            nonlocal token
+            token = deadline
+
         # (the batch's clips documents are held until its jobs have them: other batches'
         # loads while this one waits on a link refresh cannot drop them)
         try:
+            await self.store.deliveries.unschedule(idle)
             async with self.bodies.held(due) as missing:
-                due, deadline, gone = await self.links.refresh(due, deadline, release, missing)
+                due, deadline, gone = await self.links.refresh(
+                    due, deadline, release, missing, renewed
+                )
                 if not due:
                     return
                 batch = Batch(len(due), release)
@@ -166,9 +174,9 @@ class Claimer(Pump[DeliveryClaim]):
                     put(Job(w, clips(w), deadline, batch.done, w.id in gone, origin))
         except asyncio.CancelledError:
             # stopped while getting its clips: none of it started, so its claims go back
-            # with those of the jobs never started (take_cut). (One it settled meanwhile,
-            # or renewed, is not held under this token: that hand-back changes nothing.)
-            self._cut += [(w.id, deadline) for w in due]
+            # with those of the jobs never started (take_cut), under their latest token.
+            # (One taken over or settled meanwhile is not held under it: unchanged.)
+            self._cut += [(w.id, token) for w in due]
             raise
         await self.hand_back_overflow()
         await batch.wait()

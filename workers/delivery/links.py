@@ -57,6 +57,7 @@ class LinkRefresher:
         deadline: int,
         release: Callable[[], None],
         missing: set[Source],
+        renewed: Callable[[int], None] = lambda deadline: None,
     ) -> tuple[list[Watch], int, set[str]]:
         """Fetch the clips again for the fan-outs of ``clips.ready`` deliveries whose links
         are getting old, or whose clips document is *missing*: one clips request per
@@ -66,7 +67,9 @@ class LinkRefresher:
         document whose clips could not be had is sent as stored (one not stored either
         has nothing to build a body from: its attempt is recorded as failed without a
         request, :meth:`~workers.delivery.send.Sender.unsent`). Returns what to send, the
-        claims' deadline from now on, and the ids of those with no clips to send."""
+        claims' deadline from now on, and the ids of those with no clips to send; each
+        extension's new deadline (the claims' token) also goes to *renewed* as it is
+        made (a caller cut short still knows the token its claims are held with)."""
         limit = now_ms() - int(self.settings.link_refresh * 1000)
         stale = {
             source_of(w)
@@ -84,9 +87,12 @@ class LinkRefresher:
             # batch's claims alive meanwhile, each extension checking they are still ours
             while not (await asyncio.wait({fetching}, timeout=self.lease_s / 3))[0]:
                 kept, deadline = await self.store.deliveries.extend(held, deadline, self.lease_s)
+                renewed(deadline)
                 held = [i for i in held if i in kept]
         except BaseException:
             fetching.cancel()
+            # (retrieved once done, so that its cancellation is not logged as unhandled)
+            fetching.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
         fetched = dict(zip(sources, fetching.result(), strict=True))
         ours, deadline = await self.store.deliveries.extend(held, deadline, self.lease_s)
