@@ -121,7 +121,17 @@ async def run(
         c3g = cpu_s(pid)
         record = attempts.record(1, now_ms(), 204, None, 3.2, None)
         results = [
-            AttemptResult(cl.watch_id, "bench", "clips.ready", cl.deadline_ms, "ok", 1, record, 1)
+            AttemptResult(
+                cl.watch_id,
+                "bench",
+                "clips.ready",
+                cl.deadline_ms,
+                "ok",
+                1,
+                record,
+                1,
+                first=cl.first,
+            )
             for cl in claims
         ]
         for start in range(0, len(results), chunk):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from dataclasses import replace
 
 import pytest
 from redis.asyncio import Redis
@@ -310,6 +311,29 @@ async def test_the_new_owners_record_goes_after_the_old_owners_late_one(store: S
     assert watch is not None and watch.records == 2
     listed = await store.watches.attempts(watch)
     assert sorted(a["statusCode"] for a in listed) == [200, 500]
+
+
+async def test_only_a_claim_from_the_schedule_pays_the_late_record_check(store: Store) -> None:
+    """A claim made with its event (a fan-out's) had no owner before it: its settle writes
+    its record without reading the slot first -- one command less per delivery. A claim
+    from the schedule reads it (the check of the test above)."""
+
+    async def hgets() -> int:
+        stats = await store.redis.info("commandstats")
+        return int(stats.get("cmdstat_hget", {}).get("calls", 0))
+
+    claims = await fan_out(store, await registered(store, 4), claim=4)
+    assert all(cl.first for cl in claims)
+    record = attempts.record(1, now_ms(), 204, None, 1.0, None)
+    before = await hgets()
+    done = [replace(result(cl, "ok", record), first=True) for cl in claims[:2]]
+    assert await store.deliveries.settle(done) == ["delivered"] * 2
+    assert await hgets() == before
+    assert (
+        await store.deliveries.settle([result(cl, "ok", record) for cl in claims[2:]])
+        == ["delivered"] * 2
+    )
+    assert await hgets() == before + 2
 
 
 async def test_a_videos_clips_are_stored_once_with_a_reference_per_event(store: Store) -> None:

@@ -35,6 +35,7 @@ class DeliveryClaim:
     watch_id: str
     watch: Watch | None  # None: the watch is gone
     deadline_ms: int  # the claim's lease deadline, its token (``store.deliveries.extend``)
+    first: bool = False  # made with its event (a fan-out's): no owner had it before
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class AttemptResult:
     last_error: str = ""
     delivered_ms: int | None = None  # when the event was last delivered, if it was
     last_type: str = ""  # the event type of the watch's last final status, if any
+    first: bool = False  # made under its event's first claim (:class:`DeliveryClaim`)
 
     @property
     def status(self) -> str:

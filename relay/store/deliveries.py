@@ -119,7 +119,7 @@ class Deliveries:
             if reg is not None:  # (None: gone since; it is not delivered, its claim lapses)
                 w = claimed_watch(wid, reg, (st, ev, secrets, None))
                 w.clips_ms = event.clips_ms
-                out.append(DeliveryClaim(wid, w, deadline))
+                out.append(DeliveryClaim(wid, w, deadline, first=True))
         return created, out
 
     async def expire(self, watch_id: str, at_ms: int) -> bool:
@@ -291,7 +291,9 @@ class Deliveries:
                     r.watch_id,
                     r.claim_ms,
                     state_field(r, now),
-                    r.record_no,
+                    # (negative: settle checks that no record came since the claim read the
+                    # watch -- only a claim from the schedule can have had an owner before)
+                    r.record_no if r.first else -r.record_no,
                     r.record,
                     f"r{r.next_due_ms}" if r.outcome == "retry" else f"{r.status}|{r.tenant}",
                 ]

@@ -51,6 +51,7 @@ class Job:
     done: Callable[[], None]  # the attempt is over (or skipped): frees the claim's slot
     gone: bool = False  # its clips document is gone and could not be fetched again
     origin: Origin = ("", "", 0)  # where its callback goes (scheme, host, port)
+    first: bool = False  # its claim was made with its event (DeliveryClaim.first)
 
 
 class Batch:
@@ -143,6 +144,7 @@ class Claimer(Pump[DeliveryClaim]):
         due: list[Watch] = []
         idle: list[str] = []
         deadline = items[0].deadline_ms if items else 0
+        firsts = {item.watch_id for item in items if item.first}
         for item in items:
             watch = item.watch
             if watch is None or not watch.event_type or watch.status != "delivering":
@@ -171,7 +173,9 @@ class Claimer(Pump[DeliveryClaim]):
                 put = self.jobs.put
                 for w in due:
                     origin = callback_origin(w.callback_url)
-                    put(Job(w, clips(w), deadline, batch.done, w.id in gone, origin))
+                    put(
+                        Job(w, clips(w), deadline, batch.done, w.id in gone, origin, w.id in firsts)
+                    )
         except asyncio.CancelledError:
             # stopped while getting its clips: none of it started, so its claims go back
             # with those of the jobs never started (take_cut), under their latest token.

@@ -247,15 +247,19 @@ class Deliverer:
                     continue
                 if verdict is Verdict.OPEN:  # a failed attempt, no connection
                     breakers.refused_one()
-                    self.sender.unsent(job.watch, "circuit open", job.deadline, prefix="")
+                    self.sender.unsent(
+                        job.watch, "circuit open", job.deadline, prefix="", first=job.first
+                    )
                     continue
                 if body is None:  # no clips to build it from, stored or fetched
-                    self.sender.unsent(job.watch, "the video's clips are gone", job.deadline)
+                    self.sender.unsent(
+                        job.watch, "the video's clips are gone", job.deadline, first=job.first
+                    )
                     continue
                 went = jobs.sending(job.origin)  # (what the origin's estimate times)
                 sent = True
                 started = loop.time()
-                answered = await attempt(job.watch, body, job.deadline)
+                answered = await attempt(job.watch, body, job.deadline, job.first)
                 took = loop.time() - started
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)

@@ -58,11 +58,14 @@ class Sender:
         """The callback prepared for sending (its addresses are checked by the client)."""
         return Target.of(URL(callback_url))
 
-    async def attempt(self, w: Watch, body: bytes, claim_ms: int) -> bool | None:
+    async def attempt(
+        self, w: Watch, body: bytes, claim_ms: int, first: bool = False
+    ) -> bool | None:
         """POST *body* to the watch's callback, signed; its outcome (under the claim whose
-        token is *claim_ms*) goes to the settler. Returns whether the origin answered (any
-        HTTP status): False for a timeout, a failed connection or one closed before an
-        answer; None for a failure that says nothing of the origin (a callback refused)."""
+        token is *claim_ms*; *first*: the claim made with its event) goes to the settler.
+        Returns whether the origin answered (any HTTP status): False for a timeout, a failed
+        connection or one closed before an answer; None for a failure that says nothing of
+        the origin (a callback refused)."""
         attempt = w.attempt + 1
         started = time.time()
         code: int | None = None
@@ -86,12 +89,20 @@ class Sender:
         record = attempts.record(
             attempt, int(started * 1000), code, error, latency_ms, answer or None
         )
-        self._record(w, attempt, code, error, retry_after, record, latency_ms, claim_ms)
+        self._record(w, attempt, code, error, retry_after, record, latency_ms, claim_ms, first)
         if code is not None:
             return True
         return False if no_answer(error) else None
 
-    def unsent(self, w: Watch, error: str, claim_ms: int, *, prefix: str = "not sent: ") -> None:
+    def unsent(
+        self,
+        w: Watch,
+        error: str,
+        claim_ms: int,
+        *,
+        prefix: str = "not sent: ",
+        first: bool = False,
+    ) -> None:
         """An attempt that could not be made -- nothing to build its body from (its clips
         document is gone and the clips could not be fetched again): recorded as a failed
         attempt without a request, so the watch still moves along its retry schedule to an
@@ -100,7 +111,7 @@ class Sender:
         attempt = w.attempt + 1
         error = f"{prefix}{error}"[:200]
         record = attempts.record(attempt, now_ms(), None, error, 0.0, None)
-        self._record(w, attempt, None, error, None, record, 0.0, claim_ms)
+        self._record(w, attempt, None, error, None, record, 0.0, claim_ms, first)
 
     def _record(
         self,
@@ -112,6 +123,7 @@ class Sender:
         record: bytes,
         latency_ms: float,
         claim_ms: int,
+        first: bool = False,
     ) -> None:
         last_error = ""
         next_ms = 0
@@ -147,6 +159,7 @@ class Sender:
                 last_error,
                 w.delivered_ms,
                 w.last_event_type or "",
+                first,
             ),
             {
                 "watch_id": w.id,

@@ -1,7 +1,9 @@
 -- Record delivery attempts and move each watch on. KEYS: delivery schedule, status counters.
 -- ARGV: watch key prefix, now ms, attempt records kept, tenant key prefix, then per attempt
 -- (few values: each one costs Redis an allocation): watch id, its claim's deadline (the
--- token), the watch's new delivery state (the ``st`` field), the record's number, the
+-- token), the watch's new delivery state (the ``st`` field), the record's number
+-- (negative: check it against records written since the claim read the watch -- a claim
+-- from the schedule may have had an owner before, one made with its event never), the
 -- attempt record, and what follows -- 'r<next due ms>' for a retry, else
 -- '<final status>|<tenant>'.
 -- A claim still held (the schedule's score is its token) is a watch still delivering that
@@ -28,9 +30,10 @@ for k = 1, n do
   local status, seq
   if held[k] and tonumber(held[k]) == tonumber(ARGV[i + 1]) then
     seq = tonumber(ARGV[i + 3])
+    local check = seq < 0
+    if check then seq = -seq end
     local st, slot = ARGV[i + 2], '#' .. seq
-    local there = redis.call('HGET', key, slot)
-    if there and there ~= ARGV[i + 4] then
+    if check and (redis.call('HGET', key, slot) or ARGV[i + 4]) ~= ARGV[i + 4] then
       -- a record came after this claim read the watch (an attempt made under a claim that
       -- lapsed, settled late): this one goes after it, not over it
       local s, a, _, rest = string.match(st, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
