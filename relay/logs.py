@@ -24,8 +24,7 @@ REDACTED = "[redacted]"
 class _Output:
     """Where :func:`lines` writes: set by :func:`setup` (None until then, and on a console)."""
 
-    stream: Any = None  # a binary stream, in JSON mode
-    sink: _Unfailing | None = None  # where structlog and lines() write in JSON mode
+    stream: Any = None  # a binary stream (an _Unfailing), in JSON mode
     level = logging.INFO
     processors: tuple[Any, ...] = ()  # the chain every line passes, as setup() made it
 
@@ -58,7 +57,8 @@ class _Unfailing:
 def dropped() -> int:
     """Log writes (and flushes of what was written) that failed since :func:`setup` (0 on
     a console: the stdlib's handler reports its own, on stderr)."""
-    return _Output.sink.dropped if _Output.sink is not None else 0
+    stream = _Output.stream
+    return stream.dropped if isinstance(stream, _Unfailing) else 0
 
 
 # values of these types are rendered as they are and can carry no secret; anything else
@@ -163,7 +163,6 @@ def setup(fmt: str = "json", level: int = logging.INFO, stream: BinaryIO | None 
     ]
     renderer: Any
     binary = _Unfailing(sys.stderr.buffer if stream is None else stream)
-    _Output.sink = binary
     text = sys.stderr if stream is None else io.TextIOWrapper(stream, write_through=True)
     _Output.stream, _Output.level = (None if fmt == "console" else binary), level
     _Output.processors = tuple(shared)

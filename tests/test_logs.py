@@ -99,7 +99,6 @@ def out(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     monkeypatch.setattr(logs._Output, "stream", None)
-    monkeypatch.setattr(logs._Output, "sink", None)
     yield io.BytesIO()
     structlog.configure(**saved)
     root.handlers[:], root.level = handlers, level

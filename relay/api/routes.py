@@ -6,15 +6,17 @@ from aiohttp import web
 
 from relay.api import openapi, recovery, views
 
+# a watch by its id -- never "recover": another method on that path is a 405, not a watch
+WATCH = "/v1/watches/{watch_id:(?!recover$)[^/]+}"
+
 
 def setup_routes(app: web.Application) -> None:
     """Register every route of the registration API."""
     r = app.router
     r.add_post("/v1/watches", views.create_watch, name="watches")
     r.add_get("/v1/watches", views.list_watches)
-    # (a watch's id is never "recover": another method on that path is a 405, not a watch)
-    r.add_get("/v1/watches/{watch_id:(?!recover$)[^/]+}", views.get_watch, name="watch")
-    r.add_delete("/v1/watches/{watch_id:(?!recover$)[^/]+}", views.cancel_watch)
+    r.add_get(WATCH, views.get_watch, name="watch")
+    r.add_delete(WATCH, views.cancel_watch)
     r.add_get("/v1/watches/{watch_id}/deliveries", views.list_deliveries)
     r.add_post("/v1/watches/{watch_id}/redeliver", views.redeliver)
     r.add_post("/v1/watches/{watch_id}/rotate-secret", views.rotate_secret)
