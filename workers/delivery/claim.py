@@ -239,8 +239,9 @@ class Claimer(Pump[DeliveryClaim]):
         by_deadline: dict[int, list[str]] = {}
         for watch_id, deadline in claims:
             by_deadline.setdefault(deadline, []).append(watch_id)
-        try:
-            for deadline, members in by_deadline.items():
-                await self.store.deliveries.extend(members, deadline, 0)
+        try:  # (one pipeline for every claim token, as the overflow's hand-backs)
+            await self.store.deliveries.hand_back(
+                [(members, deadline, 0.0) for deadline, members in by_deadline.items()]
+            )
         except Exception as exc:  # Redis away: the leases run out by themselves
             log.warning("handing back claims failed", error=type(exc).__name__)
