@@ -292,6 +292,32 @@ async def test_a_lost_claims_owner_changes_nothing_but_its_attempt_record(store:
     assert len(await store.watches.attempts(mine.watch)) == 1
 
 
+async def test_a_stale_idle_claim_does_not_take_a_redelivered_watch_off_the_schedule(
+    store: Store,
+) -> None:
+    """A claimer that read its claimed watch as final (its read came after another worker's
+    settle) takes it off the schedule only while the claim is still its own: a watch
+    redelivered since is back under another score and stays due. Fails before: a plain
+    ZREM took it off, and it stayed ``delivering`` for ever, never sent (review,
+    2026-12-06)."""
+    (mine,) = await fan_out(store, await registered(store, 1), claim=1)
+    wid, token = mine.watch_id, mine.deadline_ms
+    record = attempts.record(1, now_ms(), 204, None, 1.0, None)
+    assert await store.deliveries.settle([result(mine, "ok", record)]) == ["delivered"]
+    assert mine.watch is not None
+    assert await store.watches.redeliver(mine.watch) == "ok"
+    (due,) = await store.deliveries.claim_scores([wid])
+    assert due is not None and due != token
+    await store.deliveries.unschedule([wid], token)  # the stale read: "delivered, idle"
+    assert await store.deliveries.claim_scores([wid]) == [due]
+    [(again, _)] = await store.deliveries.claim(limit=5, lease_s=30)
+    assert again.watch_id == wid and again.watch is not None
+    assert again.watch.status == "delivering"
+    # a claim still held with its token is taken off (a watch with nothing to send)
+    await store.deliveries.unschedule([wid], again.deadline_ms)
+    assert await store.deliveries.claim_scores([wid]) == [None]
+
+
 async def test_the_new_owners_record_goes_after_the_old_owners_late_one(store: Store) -> None:
     """The old owner's attempt (its claim lapsed while it was on the wire) is settled after
     the new owner read the watch: both attempts stay listed, the new owner's numbered after
@@ -513,6 +539,56 @@ async def test_scripts_run_twice_change_nothing_more(store: Store) -> None:
     assert await script(keys=keys, args=[*args[:4], "request-2"]) == "delivering"
     counts = await store.watches.tenant_counts("acme")
     assert counts["delivering"] == 1 and counts["failed"] == 0
+
+
+async def test_a_settle_sent_again_after_another_owners_record_adds_nothing(
+    store: Store,
+) -> None:
+    """A settle whose reply was lost is sent again (the flusher retries) after another
+    worker took the watch over, sent and recorded its own attempt: the second run finds
+    its record among those from its number on and adds nothing. Fails before: it looked
+    at the last record only, and listed the same attempt twice (review, 2026-12-06)."""
+    (mine,) = await fan_out(store, await registered(store, 1), claim=1)
+    wid = mine.watch_id
+    failed = attempts.record(1, now_ms(), 500, None, 1.0, "HTTP 500")
+    retry = result(mine, "retry", failed, next_due_ms=now_ms() - 1, last_error="HTTP 500")
+    assert await store.deliveries.settle([retry]) == ["delivering"]  # its reply lost ...
+    [(theirs, _)] = await store.deliveries.claim(limit=1, lease_s=60)
+    assert theirs.watch is not None and theirs.watch.records == 1
+    ok = attempts.record(2, now_ms(), 204, None, 1.0, None)
+    done = result(theirs, "ok", ok, attempt=2, record_no=2)
+    assert await store.deliveries.settle([done]) == ["delivered"]
+    assert await store.deliveries.settle([retry]) == ["delivered"]  # ... so sent again
+    watch = await store.watches.get(wid)
+    assert watch is not None and watch.records == 2
+    assert sorted(a["statusCode"] for a in await store.watches.attempts(watch)) == [204, 500]
+
+
+async def test_a_redelivery_sent_again_once_it_was_delivered_is_not_a_new_one(
+    store: Store,
+) -> None:
+    """A redelivery whose reply was lost is sent again (a connection retry) after the
+    redelivered event reached the receiver: the second run finds its request id and
+    answers 'ok' without starting a third send. Fails before: it knew its id only while
+    the watch was still delivering (review, 2026-12-06)."""
+    (made,) = await fan_out(store, await registered(store, 1), claim=1)
+    wid = made.watch_id
+    ok = attempts.record(1, now_ms(), 204, None, 1.0, None)
+    assert await store.deliveries.settle([result(made, "ok", ok)]) == ["delivered"]
+    script = scripts.register(store.redis, "redeliver")
+    args = [wid, now_ms(), c.TENANT_PREFIX, "acme", "request-1"]
+    keys = [c.WATCH_KEY.format(wid), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY]
+    assert await script(keys=keys, args=args) == "ok"
+    [(again, _)] = await store.deliveries.claim(limit=1, lease_s=60)
+    ok = attempts.record(2, now_ms(), 204, None, 1.0, None)
+    done = result(again, "ok", ok, attempt=2, record_no=2)
+    assert await store.deliveries.settle([done]) == ["delivered"]
+    assert await script(keys=keys, args=args) == "ok"
+    watch = await store.watches.get(wid)
+    assert watch is not None and watch.status == "delivered"
+    assert await store.deliveries.claim_scores([wid]) == [None]
+    counts = await store.watches.tenant_counts("acme")
+    assert counts["delivered"] == 1 and counts["delivering"] == 0
 
 
 async def test_attempts_list_each_kind_in_its_numbers_order_merged_by_time(

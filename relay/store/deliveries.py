@@ -43,6 +43,7 @@ class Deliveries:
         self._settle = scripts.register(redis, "settle")
         self._refresh = scripts.register(redis, "refresh_source")
         self._claim_due = scripts.register(redis, "claim_due")
+        self._drop = scripts.register(redis, "drop_claims")
         self._coalesced = Coalescer(redis)
 
     async def finalize(
@@ -272,13 +273,14 @@ class Deliveries:
         got: list[float | None] = await self.redis.zmscore(c.DELIVERY_SCHEDULE_KEY, list(watch_ids))
         return got
 
-    async def unschedule(self, watch_ids: Sequence[str]) -> None:
-        """Take deliveries off the schedule (watches that have nothing to send). Needs no
-        claim check: a watch is on the schedule exactly while it is ``delivering`` (every
-        script changes both at once), and one read as not delivering after it was claimed
-        was cancelled, which no script puts back."""
+    async def unschedule(self, watch_ids: Sequence[str], token: int) -> None:
+        """Take claimed deliveries that have nothing to send (cancelled, final) off the
+        schedule: those still held with *token* (``drop_claims.lua``). A watch read as not
+        delivering may be back on the schedule since (redelivered, recovered: every script
+        that changes a watch's status changes its schedule entry too), under a score that
+        is not this claim's: it stays."""
         if watch_ids:
-            await self.redis.zrem(c.DELIVERY_SCHEDULE_KEY, *watch_ids)
+            await self._drop(keys=[c.DELIVERY_SCHEDULE_KEY], args=[token, *watch_ids])
 
     async def settle(self, results: Sequence[AttemptResult]) -> list[str]:
         """Record attempts and move each watch on: one script call per batch."""

@@ -161,7 +161,7 @@ class Claimer(Pump[DeliveryClaim]):
         # (the batch's clips documents are held until its jobs have them: other batches'
         # loads while this one waits on a link refresh cannot drop them)
         try:
-            await self.store.deliveries.unschedule(idle)
+            await self.store.deliveries.unschedule(idle, deadline)
             async with self.bodies.held(due) as missing:
                 due, deadline, gone = await self.links.refresh(
                     due, deadline, release, missing, renewed

@@ -9,8 +9,9 @@ local st = cur[1]
 if not st then return false end
 local status, attempt, records, delivered, last_type =
   string.match(st, '^([^|]*)|([^|]*)|([^|]*)|[^|]*|([^|]*)|([^|]*)|')
--- a second run of this very call (its reply was lost) finds its own request id
-if status == 'delivering' and cur[2] == ARGV[5] then return 'ok' end
+-- a second run of this very call (its reply was lost) finds its own request id, whatever
+-- became of the redelivery since (delivered again already: not a third time)
+if cur[2] == ARGV[5] then return 'ok' end
 if status ~= 'delivered' and status ~= 'failed' and status ~= 'disabled' then
   return status
 end

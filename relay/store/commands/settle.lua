@@ -10,7 +10,8 @@
 -- event: its new state and its record ('#<n>') are one write -- numbered after any record
 -- written since the claim read the watch (a late one of a lapsed claim). Otherwise
 -- (cancelled, redelivered, taken over) only the record is kept, if the watch is there and
--- does not have it already (safe to run twice). A final watch joins its tenant's index of
+-- does not have it already among the records numbered from the attempt's own number on
+-- (safe to run twice, also after others' records came in between). A final watch joins its tenant's index of
 -- that status. Returns each watch's status.
 local W = 6
 -- (KEYS[3..]: the dashboard's minute counts, see the end; their values close ARGV)
@@ -64,10 +65,20 @@ for k = 1, n do
     local st = redis.call('HGET', key, 'st')
     if st then
       local s, a, r, rest = string.match(st, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-      status = s
-      -- a second run of this very call (its reply was lost) finds its record last: done
-      if redis.call('HGET', key, '#' .. r) ~= ARGV[i + 4] then
-        seq = tonumber(r) + 1
+      status, r = s, tonumber(r)
+      -- a second run of this very call (its reply was lost; others' records may have come
+      -- since) finds its record among those numbered from its own number on (the claim
+      -- read the watch before it: its record went there or after): done
+      local from, have = math.max(math.abs(tonumber(ARGV[i + 3])), r - kept + 1, 1), false
+      if from <= r then
+        local slots = {}
+        for j = from, r do slots[#slots + 1] = '#' .. j end
+        for _, v in ipairs(redis.call('HMGET', key, unpack(slots))) do
+          if v == ARGV[i + 4] then have = true break end
+        end
+      end
+      if not have then
+        seq = r + 1
         redis.call('HSET', key, 'st', s .. '|' .. a .. '|' .. seq .. '|' .. rest,
           '#' .. seq, ARGV[i + 4])
       end
