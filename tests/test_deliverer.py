@@ -38,7 +38,7 @@ from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
 from relay.settings import CallbackAllow, Settings
 from relay.store import Store
-from tests.conftest import WorkerFactory
+from tests.conftest import WorkerFactory, eventually
 from workers.delivery import Deliverer
 from workers.delivery.bodies import Bodies
 from workers.delivery.settle import Settler
@@ -272,6 +272,27 @@ async def test_stop_hands_back_the_claims_of_a_batch_not_queued_yet(
     assert all(s <= now_ms() for s in scores.values()), scores  # due at once
 
 
+async def test_a_stopping_deliverer_has_no_room_and_hands_late_offers_back(
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    """The poller's fan-out goes on while the deliverer stops beside it: it is told there
+    is no room (its events stay due for any worker), and claims it made before it was
+    told are handed back at once, not left to their lease. Fails before: room() counted
+    the stopped deliverer's free slots, and the offers sat in a queue nobody read until
+    their lease ran out (review, 2026-12-06)."""
+    _, base = hook
+    d = await make_deliverer(lease=20)
+    assert await d.room(10, 0.0) == 10
+    await d.stop(0.2)
+    assert await d.room(10, 0.0) == 0
+    created = await created_events(store, base, 5, deliverer=d)  # claimed before it knew
+    d.offer(created)
+    await d.claimer.handed_back()
+    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert len(scores) == 5
+    assert all(s <= now_ms() for s in scores.values()), scores  # due at once
+
+
 async def test_stop_hands_back_a_batch_cut_in_a_link_refresh_under_its_renewed_claims(
     store: Store, redis: Redis, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
@@ -300,6 +321,56 @@ async def test_stop_hands_back_a_batch_cut_in_a_link_refresh_under_its_renewed_c
     scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
     assert len(scores) == 5
     assert all(s <= now_ms() for s in scores.values()), scores  # due at once
+
+
+async def test_a_link_refresh_that_fails_on_redis_does_not_hold_the_batch(
+    store: Store, redis: Redis, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    """A refresh of a batch's clips that fails on the way (Redis errs while it takes the
+    upstream budget or stores the clips) counts as clips that could not be had: the batch
+    goes on (here: no document to build a body from, so each attempt is recorded failed
+    without a request), not left to its lease. Fails before: the error failed the whole
+    batch, whose claims then waited out their lease (review, 2026-12-06)."""
+    rec, base = hook
+    d = await make_deliverer(lease=20)
+    created = await created_events(store, base, 3)
+    async for key in redis.scan_iter(match=c.SOURCE_PREFIX + "*"):
+        await redis.delete(key)  # (the clips must be fetched again)
+
+    async def redis_fails(source: tuple[str, int]) -> int | None:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1")
+
+    d.claimer.links._fetch_once = redis_fails  # type: ignore[method-assign]
+    d.offer(created)
+
+    async def recorded() -> bool:
+        got = [await store.watches.get(cl.watch_id) for cl in created]
+        return all(w is not None and w.records == 1 for w in got)
+
+    await eventually(recorded, timeout=5, what="an attempt recorded for each")
+    assert rec.bodies("/hook") == []
+
+
+async def test_a_batch_whose_read_fails_is_handed_back_not_left_to_its_lease(
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    """Redis fails while a claimed batch reads its clips: none of it started, so its
+    claims are due again after a moment (AFTER_ERROR_S), not after the 20 s lease. Fails
+    before: only a stop handed them back (review, 2026-12-06)."""
+    _, base = hook
+    d = await make_deliverer(lease=20)
+    created = await created_events(store, base, 4)  # (the clips are not kept: read first)
+
+    async def redis_fails(video_id: str, event_at: int) -> tuple[bytes, int] | None:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1")
+
+    store.deliveries.clips_doc = redis_fails  # type: ignore[method-assign]
+    offered = now_ms()
+    d.offer(created)
+    await asyncio.sleep(0.5)
+    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert len(scores) == 4
+    assert all(s <= offered + 5_000 for s in scores.values()), scores  # not the lease's 20 s
 
 
 async def test_a_callback_the_policy_now_refuses_is_retried_unsent(

@@ -245,9 +245,54 @@ async def test_a_write_refused_while_an_extension_is_in_flight_waits_for_its_rep
     assert await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) > lease.token  # (next poll: 60 s)
 
 
+async def test_an_extension_whose_reply_was_lost_keeps_the_claims_it_extended(
+    store: Store,
+) -> None:
+    """Rule: an extension that ran in Redis but whose reply never came (a read timeout: the
+    client does not re-send it) leaves the claims their owner's: the scores, read while the
+    old token still holds, are the new tokens, and the next write goes through. A claim
+    the extension did not reach keeps its token. Fails before: every claim of the call was
+    lost at its next write, and its video waited a lease (review, 2026-12-06)."""
+    vids = ["vid_lost_reply", "vid_not_reached"]
+    for vid in vids:
+        await watch(store, vid)
+    await eventually(lambda: _all_due(store, vids), timeout=5, what="the videos due")
+    token, rows = await store.videos.claim(limit=10, lease_s=30)
+    assert len(rows) == 2
+    await asyncio.sleep(0.01)  # the extension's deadline is a later millisecond
+    leases = Leases(store.videos, lease_s=30)
+    ran, missed = leases.hold(vids[0], token), leases.hold(vids[1], token)
+    real = store.videos.extend
+
+    async def timed_out(video_ids: Any, tok: int, lease_s: float) -> tuple[set[str], int]:
+        await real([vids[0]], tok, lease_s)  # ran in Redis (for one of them) ...
+        raise TimeoutError("Timeout reading from 127.0.0.1")  # ... its reply lost
+
+    store.videos.extend = timed_out  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        await leases.extend()
+    store.videos.extend = real  # type: ignore[method-assign]
+    assert not ran.lost and ran.token != token
+    assert ran.token == await store.redis.zscore(c.POLL_SCHEDULE_KEY, vids[0])
+    assert not missed.lost and missed.token == token
+    for lease in (ran, missed):
+        assert (
+            await leases.write(
+                lease, lambda tok, v=lease.video_id: store.videos.release(v, tok), lambda g: g < 0
+            )
+            >= 0
+        )
+        assert not lease.lost
+
+
 async def _claim(store: Store) -> tuple[int, list[Any]] | None:
     token, rows = await store.videos.claim(limit=10, lease_s=30)
     return (token, rows) if rows else None
+
+
+async def _all_due(store: Store, vids: list[str]) -> bool:
+    scores, now = await store.videos.claim_scores(vids)
+    return all(score is not None and score <= now for score in scores)
 
 
 async def _score_is_not(store: Store, vid: str, token: int) -> bool:

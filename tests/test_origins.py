@@ -277,6 +277,32 @@ def test_a_probe_in_flight_when_its_circuit_closes_counts_as_one_failure() -> No
     assert b.check(A) is Verdict.OPEN and b.open_origins == 1
 
 
+def test_the_breaker_forgets_open_origins_nothing_is_sent_to_any_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The breaker remembers MAX_ORIGINS origins: beyond it, the closed ones go first, then
+    open ones whose cooldown ended with no attempt since; those still cooling down stay.
+    Fails before: an origin that opened once and got no other attempt was kept (and
+    counted open) for ever (review, 2026-12-06)."""
+    monkeypatch.setattr("workers.delivery.breaker.MAX_ORIGINS", 4)
+    clock = Clock()
+    b = Breakers(failures=1, cooldown_s=30, clock=clock)
+    dead = [("https", f"h{i}.example", 443) for i in range(4)]
+    for origin in dead:
+        b.record(origin, False)
+    assert b.open_origins == 4
+    clock.t += 31  # their cooldowns ended; nothing came for them since
+    fresh = ("https", "fresh.example", 443)
+    b.record(fresh, False)
+    assert b.check(fresh) is Verdict.OPEN and b.open_origins == 1
+    assert all(b.check(origin) is Verdict.SEND for origin in dead)  # forgotten
+    late = ("https", "late.example", 443)
+    for i in range(4):  # still cooling down: kept, though over the bound
+        b.record(("https", f"c{i}.example", 443), False)
+    b.record(late, False)
+    assert b.check(fresh) is Verdict.OPEN and b.open_origins == 6
+
+
 def test_what_counts_as_no_answer() -> None:
     for error in ("timeout", "connect: Connection refused", "dns: host not resolved"):
         assert no_answer(error)

@@ -311,6 +311,55 @@ async def test_watches_of_an_origin_that_never_answers_wait_then_go_and_others_g
     assert "127.0.0.2" not in "".join(made[:150])  # every answering watch first
 
 
+async def test_a_release_that_fails_leaves_the_last_chunks_events_with_the_deliverer(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: the last chunk's claimed events reach this worker's deliverer before the
+    video's release is written; a release that fails (a Redis timeout) does not leave
+    them waiting out their lease. Fails before: the release came first, and its error
+    ended the fan-out before the offer (review, 2026-12-06)."""
+    vid = await sim_video(sim, timeline=ANALYZING, clips=CLIPS)
+    ids = {w.id for w in await watch(store, vid, n=5)}
+    _, fanout = await make_poller()
+    release = store.videos.release
+    failed = 0
+
+    async def times_out(video_id: str, token: int) -> int:
+        nonlocal failed
+        if not failed:
+            failed += 1
+            raise TimeoutError("Timeout reading from 127.0.0.1")
+        return await release(video_id, token)
+
+    store.videos.release = times_out  # type: ignore[method-assign]
+    await eventually(lambda: requests(sim, vid), what="the first poll")
+    await sim.post(f"/_sim/videos/{vid}/status", json={"status": "completed"})
+    await eventually(lambda: set(fanout.events) == ids, timeout=5, what="the 5 events")
+    assert failed == 1
+
+
+async def test_a_save_that_fails_does_not_hold_back_the_batchs_fan_outs(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: a batch's poll results are written in one call; when that call fails (a
+    Redis timeout), the videos of the batch that turned final still fan out (their
+    upstream requests are made). Fails before: the error ended the batch, and the final
+    video waited a lease to be polled again (review, 2026-12-06)."""
+    busy = await sim_video(sim, timeline=ANALYZING)
+    done = await sim_video(sim, timeline=ANALYZING, clips=CLIPS)
+    await watch(store, busy)
+    ids = {w.id for w in await watch(store, done, n=3)}
+    _, fanout = await make_poller()
+    await eventually(lambda: requests(sim, done), what="the first poll")
+
+    async def times_out(*args: Any, **kwargs: Any) -> set[str]:
+        raise TimeoutError("Timeout reading from 127.0.0.1")
+
+    store.videos.save = times_out  # type: ignore[method-assign]
+    await sim.post(f"/_sim/videos/{done}/status", json={"status": "completed"})
+    await eventually(lambda: set(fanout.events) == ids, timeout=5, what="the 3 events")
+
+
 async def _unscheduled(store: Store, video_id: str) -> bool:
     return await scheduled(store, video_id) is None
 
@@ -436,6 +485,34 @@ async def test_a_429_pauses_all_polling_until_retry_after(
     others = [at for at, _ in await requests(sim, other)]
     # requests already on their way when the 429 came back may land just after it
     assert not [at for at in others if limited_at + 0.25 < at < limited_at + 0.99], others
+
+
+async def test_a_paused_poller_sleeps_the_pause_out_and_an_early_end_wakes_it(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: while the upstream is paused, a poller with due videos waits for the pause's
+    end, not asking the schedule again and again; an operator ending the pause early wakes
+    it at once. Fails before: its idle wait was the due video's (0), and it asked Redis for
+    the next due time ~13,000 times a second for the whole pause (review, 2026-12-06)."""
+    poller, _ = await make_poller()
+    asked = 0
+    next_due = poller.store.next_due_ms
+
+    async def counting(schedule: str) -> int | None:
+        nonlocal asked
+        asked += 1
+        return await next_due(schedule)
+
+    poller.store.next_due_ms = counting  # type: ignore[method-assign]
+    poller.gate._hold(30.0)  # a 429's pause, as heard from another worker
+    vid = await sim_video(sim, timeline=ANALYZING)
+    await watch(store, vid)  # due at once
+    poller.wake()
+    await asyncio.sleep(0.5)
+    assert asked <= 3, asked
+    assert await requests(sim, vid) == []
+    poller.gate._resume()  # the operator's `clip-relay upstream resume`
+    await eventually(lambda: requests(sim, vid), timeout=1.0, what="a poll right after")
 
 
 async def _after_429(log: Awaitable[list[tuple[float, int]]]) -> list[tuple[float, int]]:

@@ -134,9 +134,13 @@ class Leases:
         for token, leases in groups.items():
             for start in range(0, len(leases), SCRIPT_BATCH):
                 chunk = leases[start : start + SCRIPT_BATCH]
-                ours, new = await self.videos.extend(
-                    [le.video_id for le in chunk], token, self.lease_s
-                )
+                try:
+                    ours, new = await self.videos.extend(
+                        [le.video_id for le in chunk], token, self.lease_s
+                    )
+                except Exception:
+                    await self._reconcile(token, chunk)
+                    raise
                 for le in chunk:
                     if le.token != token:
                         continue
@@ -145,3 +149,22 @@ class Leases:
                         self.extended += 1
                     else:
                         le.lost = True
+
+    async def _reconcile(self, token: int, chunk: list[Lease]) -> None:
+        """After an extension that failed without a reply (a timeout: it may have run in
+        Redis), each claim's score tells. Still the token: not extended (the next round
+        does it). Another score, read while Redis' clock is still before the token: nobody
+        else can have claimed the video (a claim takes only a lapsed score), so it is this
+        extension's deadline, the new token. Otherwise (off the schedule, or read too late
+        to tell) the claim counts as lost. Without this, one lost reply lost every claim of
+        the call: their next writes were refused under the old token (review,
+        2026-12-06)."""
+        scores, now = await self.videos.claim_scores([le.video_id for le in chunk])
+        for le, score in zip(chunk, scores, strict=True):
+            if le.token != token or (score is not None and int(score) == token):
+                continue
+            if score is not None and now < token:
+                le.token = int(score)
+                self.extended += 1
+            else:
+                le.lost = True

@@ -117,6 +117,7 @@ class Poller(Pump[Claimed]):
         )
         self.upstream = upstream
         self.gate = gate
+        gate.on_resume(self.wake)  # (it sleeps a pause out: an operator may end it early)
         self.settings = settings
         self.polls = 0  # status/clips requests made (for benchmarks and tests)
         self.on_events: Created = lambda claims: None  # (the deliverer's offer)
@@ -142,6 +143,14 @@ class Poller(Pump[Claimed]):
         token, rows = await self.store.videos.claim(limit=limit, lease_s=self.lease_s)
         return [(st, waiting, self.leases.hold(st.video_id, token)) for st, waiting in rows]
 
+    async def _idle_for(self) -> float:
+        """While the upstream is paused, until the pause ends (due videos wait for it, not
+        for their score: asking the schedule again at once would spin on Redis)."""
+        paused = self.gate.paused_until - time.time()
+        if paused > 0:
+            return paused
+        return await super()._idle_for()
+
     async def work(self, items: Sequence[Claimed], release: Callable[[], None]) -> None:
         """Poll a batch of videos; write every result back in one round trip."""
         try:
@@ -155,9 +164,13 @@ class Poller(Pump[Claimed]):
                     steps.append((result, lease))
                 else:  # that video's claim stays leased: it is polled again after the lease
                     log.error("poll failed", video_id=state.video_id, error=repr(result)[:300])
-            await self._save(
-                [(s, lease) for s, lease in steps if s.final is None and not s.dropped]
-            )
+            try:
+                await self._save(
+                    [(s, lease) for s, lease in steps if s.final is None and not s.dropped]
+                )
+            except Exception as exc:  # Redis away: those claims lapse and are polled again;
+                # the finals' fan-outs (their upstream requests made) go on regardless
+                log.error("saving polls failed", error=f"{type(exc).__name__}: {exc}"[:300])
             # the batch's fan-outs side by side: one video's 10,000 watches never hold
             # back another's 20 (each is bounded by its own chunks)
             finals = [(s, s.final, lease) for s, lease in steps if s.final is not None]
@@ -409,15 +422,15 @@ class Poller(Pump[Claimed]):
                 return -1
             if made and event.clips_doc:
                 event = replace(event, clips_doc=b"")  # stored: later chunks add references
+            if claimed:  # (before the release: a release that fails leaves them queued)
+                self.on_events(claimed)
             if order.done:
                 # (two script calls rather than one pipeline: a pipeline of scripts costs an
                 # extra SCRIPT EXISTS round trip, and the two need not be atomic together)
                 await self.leases.write(
                     lease, lambda token: self.store.videos.release(vid, token), _lost
                 )
-            if claimed:
-                self.on_events(claimed)
-            elif not claimable and not order.done:
+            elif not claimed and not claimable:
                 # a chunk of paced events only: none is due soon, so the deliveries under
                 # way (this worker's CPU and Redis') go first
                 await asyncio.sleep(PACED_PAUSE_S)

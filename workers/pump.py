@@ -80,6 +80,11 @@ class Pump(Generic[T]):
         """Start claiming in the background."""
         self._runner = asyncio.create_task(self._run(), name=f"{self.name}-pump")
 
+    @property
+    def stopping(self) -> bool:
+        """:meth:`stop` was called."""
+        return self._stopping.is_set()
+
     async def stop(self, grace_s: float) -> None:
         """Stop claiming, give work in flight up to *grace_s* seconds, then cancel it."""
         self._stopping.set()

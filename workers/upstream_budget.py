@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable
 
 from relay.metrics import UPSTREAM_WAIT
 from relay.store.limits import Limits
@@ -49,6 +50,7 @@ class UpstreamGate:
         self.paused_until = 0.0  # as last learnt from Redis (epoch seconds)
         self._paused_mono = 0.0  # the same end on this host's monotonic clock (what is slept)
         self._resumed = asyncio.Event()  # set (and replaced) when a pause is ended early
+        self._on_resume: list[Callable[[], None]] = []  # ... and these are called
         self._pausing = 0  # pauses of this gate on their way to Redis
         self._pauses = Follower(
             lambda: limits.pause_feed(),  # (looked up when followed: a stand-in may have none)
@@ -108,11 +110,18 @@ class UpstreamGate:
         self.paused_until = max(self.paused_until, time.time() + seconds)
         self._paused_mono = max(self._paused_mono, time.monotonic() + seconds)
 
+    def on_resume(self, wake: Callable[[], None]) -> None:
+        """Call *wake* whenever a pause is ended before its time (a poller sleeping the
+        pause out polls again at once)."""
+        self._on_resume.append(wake)
+
     def _resume(self) -> None:
         """The pause is over before its time (an operator ended it): wake whoever waits."""
         self.paused_until = self._paused_mono = 0.0
         self._resumed.set()
         self._resumed = asyncio.Event()
+        for wake in self._on_resume:
+            wake()
 
     def _heard(self, message: str) -> None:
         """A pause set by any worker, as the feed tells it (its length in ms; 0: ended)."""

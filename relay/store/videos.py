@@ -63,6 +63,15 @@ class Videos:
             c.POLL_SCHEDULE_KEY, video_ids, token, lease_s
         )
 
+    async def claim_scores(self, video_ids: Sequence[str]) -> tuple[list[float | None], int]:
+        """Each video's score in the poll schedule (None: off it), then Redis' clock (ms):
+        one round trip, the clock read after the scores."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zmscore(c.POLL_SCHEDULE_KEY, list(video_ids))
+            pipe.time()
+            scores, (sec, usec) = await pipe.execute()
+        return scores, int(sec) * 1000 + int(usec) // 1000
+
     async def waiting(self, video_id: str) -> list[tuple[str, str]]:
         """The watches waiting on a video, each with its origin tag, in fan-out order: round
         robin over tenants and callback origins (:func:`~relay.store.codec.fan_out_order`;

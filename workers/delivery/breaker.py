@@ -25,7 +25,7 @@ from enum import Enum
 from relay.domain.origin import Origin, origin_tag
 from relay.metrics import CIRCUIT_OPEN, CIRCUITS_OPEN
 
-MAX_ORIGINS = 10_000  # closed origins remembered (their failure counts) at most
+MAX_ORIGINS = 10_000  # origins remembered at most (beyond it: see Breakers._forget)
 
 # errors (as recorded) that mean the origin gave no answer: they count towards opening
 NO_ANSWER = ("timeout", "connect:", "dns:", "tls:", "http: connection closed before")
@@ -99,7 +99,7 @@ class Breakers:
             if answered is not False:
                 return
             if len(self._states) >= MAX_ORIGINS:
-                self._forget_closed()
+                self._forget()
             s = self._states[origin] = _State()
         if probe:
             s.probing = False
@@ -131,6 +131,19 @@ class Breakers:
             CIRCUITS_OPEN.inc()
         s.until = self.clock() + self.cooldown_s
 
-    def _forget_closed(self) -> None:
+    def _forget(self) -> None:
+        """Make room: forget the closed origins (their failure counts), then, if that was
+        not enough, the open ones whose cooldown has ended with no attempt since (no probe
+        came: nothing is sent there any more; the next one sends, and the circuit opens
+        again after its failures). Before, an origin that opened once and got no other
+        attempt was kept for ever (review, 2026-12-06)."""
         for origin in [o for o, s in self._states.items() if not s.until]:
             del self._states[origin]
+        if len(self._states) < MAX_ORIGINS:
+            return
+        now = self.clock()
+        idle = [o for o, s in self._states.items() if not s.probing and s.until <= now]
+        for origin in idle:
+            del self._states[origin]
+        self.open_origins -= len(idle)
+        CIRCUITS_OPEN.dec(len(idle))

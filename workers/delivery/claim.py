@@ -32,6 +32,7 @@ from workers.pump import Pump
 
 CLAIM_BATCH = DELIVERY_BATCH  # deliveries claimed per script call, at most
 CLAIM_AHEAD = 4  # deliveries claimed per lane, at most: the one in flight and three queued
+AFTER_ERROR_S = 2.0  # a batch that failed before its jobs were queued is due again after this
 
 
 def defer_step(delay: float) -> float:
@@ -105,10 +106,14 @@ class Claimer(Pump[DeliveryClaim]):
         self.slow: tuple[float, float] | None = None  # (slow_s, its budget): see overflow
         self._offered: deque[DeliveryClaim] = deque()
         self._cut: list[tuple[str, int]] = []  # claims of batches stopped before queuing
+        self._late: set[asyncio.Task[None]] = set()  # hand-backs of offers made while stopping
 
     def room(self) -> int:
         """How many more claims this worker can take now (a fan-out claims that many of
-        the events it creates for it; the rest are due for any worker)."""
+        the events it creates for it; the rest are due for any worker). None once it is
+        stopping: nothing would queue them."""
+        if self.stopping:
+            return 0
         return max(self.concurrency - self.inflight - len(self._offered), 0)
 
     def crowded(self) -> bool:
@@ -119,9 +124,23 @@ class Claimer(Pump[DeliveryClaim]):
 
     def offer(self, claims: Sequence[DeliveryClaim]) -> None:
         """Deliveries this worker's poller claimed as it created them: queued from here
-        without a read-back."""
+        without a read-back. Once it is stopping (a fan-out that asked for room before
+        the stop) they are handed back at once, for the next worker, not left to their
+        lease."""
+        if self.stopping:
+            task = asyncio.create_task(
+                self.hand_back([(cl.watch_id, cl.deadline_ms) for cl in claims])
+            )
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+            return
         self._offered.extend(claims)
         self.wake()
+
+    async def handed_back(self) -> None:
+        """Wait for the hand-backs of offers made while stopping (those made so far)."""
+        if self._late:
+            await asyncio.gather(*self._late, return_exceptions=True)
 
     async def claim(self, limit: int) -> Sequence[DeliveryClaim]:
         """Claim deliveries: the offered ones first, then any due in the schedule."""
@@ -182,6 +201,12 @@ class Claimer(Pump[DeliveryClaim]):
             # (One taken over or settled meanwhile is not held under it: unchanged.)
             self._cut += [(w.id, token) for w in due]
             raise
+        except Exception:
+            # (Redis failed while it read or renewed: none of it started) its claims go
+            # back, due after a moment (not at once: an error that repeats must not spin),
+            # rather than after the whole lease; the pump logs the error
+            await self.hand_back([(w.id, token) for w in due], AFTER_ERROR_S)
+            raise
         await self.hand_back_overflow()
         await batch.wait()
 
@@ -233,15 +258,16 @@ class Claimer(Pump[DeliveryClaim]):
         self._offered.clear()
         return left
 
-    async def hand_back(self, claims: Sequence[tuple[str, int]]) -> None:
+    async def hand_back(self, claims: Sequence[tuple[str, int]], delay_s: float = 0.0) -> None:
         """Make claims -- (watch id, deadline) each -- of jobs that were never started due
-        again at once, for the next worker (instead of after their lease)."""
+        again at once (or after *delay_s*), for the next worker (instead of after their
+        lease)."""
         by_deadline: dict[int, list[str]] = {}
         for watch_id, deadline in claims:
             by_deadline.setdefault(deadline, []).append(watch_id)
         try:  # (one pipeline for every claim token, as the overflow's hand-backs)
             await self.store.deliveries.hand_back(
-                [(members, deadline, 0.0) for deadline, members in by_deadline.items()]
+                [(members, deadline, delay_s) for deadline, members in by_deadline.items()]
             )
         except Exception as exc:  # Redis away: the leases run out by themselves
             log.warning("handing back claims failed", error=type(exc).__name__)

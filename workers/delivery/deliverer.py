@@ -101,6 +101,8 @@ class Deliverer:
     async def room(self, n: int, wait_s: float) -> int:
         """How many of *n* claims this worker can take, waiting up to *wait_s* for room
         for all of them."""
+        if self.claimer.stopping:  # (nothing would queue them: due for any worker)
+            return 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         freed = self.claimer.freed
@@ -207,6 +209,7 @@ class Deliverer:
         never += [(cl.watch_id, cl.deadline_ms) for cl in self.claimer.take_offered()]
         never += self.claimer.take_cut()
         await self.claimer.hand_back(never)
+        await self.claimer.handed_back()
         await self.settler.stop()
 
     async def _lane(self) -> None:

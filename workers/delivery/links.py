@@ -132,7 +132,19 @@ class LinkRefresher:
     async def _fetch(self, source: Source) -> int | None:
         """Fetch a video's clips, store them as the document of *source* (unless a newer
         fetch is stored: then that one) and keep them; when they were fetched (None: they
-        could not be had)."""
+        could not be had -- also when Redis failed on the way: a refresh never holds a
+        delivery back, and one error must not fail the claimed batch)."""
+        try:
+            return await self._fetch_once(source)
+        except Exception as exc:
+            log.warning(
+                "clip links refresh failed",
+                video_id=source[0],
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            return None
+
+    async def _fetch_once(self, source: Source) -> int | None:
         video_id, event_at = source
         try:
             await self.gate.acquire(max_pause=self.lease_s / 3)
