@@ -11,8 +11,8 @@
 -- written since the claim read the watch (a late one of a lapsed claim). Otherwise
 -- (cancelled, redelivered, taken over) only the record is kept, if the watch is there and
 -- does not have it already among the records numbered from the attempt's own number on
--- (safe to run twice, also after others' records came in between). A final watch joins its tenant's index of
--- that status. Returns each watch's status.
+-- (safe to run twice, also after others' records came in between). A final watch joins
+-- its tenant's index of that status. Returns each watch's status.
 local W = 6
 -- (KEYS[3..]: the dashboard's minute counts, see the end; their values close ARGV)
 local n = (#ARGV - 4 - (#KEYS > 2 and 2 * (#KEYS - 2) + 1 or 0)) / W
