@@ -257,6 +257,10 @@ def test_verify_accepts_what_standardwebhooks_signs() -> None:
     # no secret at all (an unset environment variable): the documented ValueError too
     with pytest.raises(ValueError, match="webhook secret"):
         verify(None, body, headers)  # type: ignore[arg-type]
+    # a setting half filled in: the same ValueError, not "no matching signature" (a 400 the
+    # relay would retry for ever; tester, 2026-12-06)
+    with pytest.raises(ValueError, match="empty after whsec_"):
+        verify("whsec_", body, headers)
     with pytest.raises(WebhookVerificationError, match=r"(399|400) s in the future"):
         verify(secret, body, headers, now=now.timestamp() - 400)
     # just over the tolerance reads as over it, not as the tolerance itself
@@ -353,11 +357,13 @@ async def test_an_answer_that_is_not_the_relays_is_a_clip_relay_error() -> None:
     pages = iter(
         [("<html>sign in</html>", "text/html"), ("[1, 2]", "application/json")] * 2
         + [("", "application/json")]
+        + [('{"status": "error", "message": "bad gateway"}', "application/json")] * 2
     )
 
     async def handle(request: web.Request) -> web.Response:
         text, kind = next(pages)
-        return web.Response(text=text, content_type=kind)
+        status = 502 if "bad gateway" in text else 200
+        return web.Response(text=text, content_type=kind, status=status)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -380,6 +386,11 @@ async def test_an_answer_that_is_not_the_relays_is_a_clip_relay_error() -> None:
                     relay.get_watch("wat_x")
                 with pytest.raises(ValueError, match="JSON compliant"):
                     relay.create_watch(video_id="v", callback_url=url, min_score=float("nan"))
+                # a gateway's JSON error whose "status" is no number: the answer's own status
+                # (a bare ValueError before; tester, 2026-12-06)
+                with Client(url, "k", max_retries=0) as once, pytest.raises(ApiError) as raised:
+                    once.get_watch("wat_x")
+                assert raised.value.status == 502
 
         await asyncio.to_thread(blocking)
     finally:

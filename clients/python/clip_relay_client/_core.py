@@ -75,8 +75,9 @@ def api_error(response: httpx.Response) -> ApiError:
     if not isinstance(doc, dict):
         doc = {"status": response.status_code, "title": response.reason_phrase or "Error"}
     errors = doc.get("errors")
+    status = doc.get("status")  # (a gateway's JSON may say "error" here: the answer's own)
     return ApiError(
-        int(doc.get("status") or response.status_code),
+        status if type(status) is int and status >= 400 else response.status_code,
         str(doc.get("title") or response.reason_phrase or "Error"),
         doc.get("detail"),
         type=doc.get("type"),

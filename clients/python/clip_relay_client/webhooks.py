@@ -77,9 +77,12 @@ def _key(secret: str) -> bytes:
     encoded = secret.removeprefix(_PREFIX).encode("ascii", "replace")
     encoded += b"=" * (-len(encoded) % 4)
     try:
-        return base64.b64decode(encoded, validate=True)
+        key = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("the webhook secret is not valid base64") from None
+    if not key:  # ("whsec_" alone: a setting half filled in, not a secret no body matches)
+        raise ValueError(f"the webhook secret is empty after {_PREFIX}")
+    return key
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
