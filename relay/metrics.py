@@ -79,7 +79,7 @@ CALLBACK_CONNECTIONS = Counter(
 )
 DNS_LOOKUPS = Counter(
     "relay_dns_lookups_total",
-    "Callback host name resolutions by result: resolved, cached, failed, timeout.",
+    "Callback host name resolutions by result: resolved, cached, failed, timeout, busy.",
     ["result"],
     registry=REGISTRY,
 )

@@ -25,6 +25,7 @@ from relay.settings import CallbackAllow
 from tests.conftest import auth
 from tests.dns_server import DnsServer, Name
 from tests.test_worker import COMPLETE_SOON, Rec, clip, sim_video, wait_watch
+from workers.delivery.breaker import no_answer
 
 LOOPBACK = CallbackAllow(networks=(ipaddress.ip_network("127.0.0.1/32"),))
 
@@ -147,6 +148,39 @@ async def test_lookups_in_flight_are_bounded(dns: DnsServer) -> None:
     took, got = await timed(resolver.resolve("fast.test"))
     assert got == [(2, "127.0.0.1")] and took > 0.8
     await asyncio.gather(first, second)
+
+
+async def test_one_zone_whose_servers_stall_holds_a_few_slots_never_all(
+    dns: DnsServer,
+) -> None:
+    """A tenant's many subdomains whose server went silent hold their zone's share of the
+    lookup slots (``per_zone``), not every slot: other names resolve at once. Past its
+    share, a lookup waits ``slot_wait_s`` at most, then fails as "resolver busy" (no
+    circuit counts it); one whose callers all gave up is dropped before it is sent, and a
+    failure nobody waits for is not logged. Fails before: 64 silent names took every slot
+    for 5 s each, and healthy names queued behind them until their attempts timed out,
+    counted by their circuits (a review, 2026-12-06)."""
+    for i in range(6):
+        dns.names[f"h{i}.evil.test"] = Name(silent=True)
+    resolver = Resolver([dns.address], max_inflight=4, timeout_s=1.0, tries=1)
+    resolver.per_zone, resolver.slot_wait_s = 2, 0.3
+    stalled = [asyncio.create_task(timed(resolver.resolve(f"h{i}.evil.test"))) for i in range(4)]
+    await asyncio.sleep(0.05)
+    took, got = await timed(resolver.resolve("fast.test"))
+    assert got == [(2, "127.0.0.1")] and took < 0.25  # (before: all 4 slots were taken)
+    given_up = asyncio.create_task(resolver.resolve("h5.evil.test"))
+    await asyncio.sleep(0.05)
+    given_up.cancel()  # its attempt's deadline: nobody else waits for that name
+    await asyncio.sleep(0.05)
+    assert "h5.evil.test" not in resolver._flights
+    outcomes = [await task for task in stalled]
+    busy = [(took, got) for took, got in outcomes if str(got).startswith("resolver busy")]
+    assert len(busy) == 2  # past the zone's share, 0.3 s at most
+    assert all(0.25 < took < 0.8 and not no_answer(str(got)) for took, got in busy)
+    assert sum("timeout" in str(got) for _, got in outcomes) == 2  # the two that ran
+    await asyncio.sleep(0.1)
+    assert dns.lookups("h5.evil.test") == 0  # dropped before it was ever sent
+    assert resolver._zones == {}  # (nothing kept once no lookup waits or runs)
 
 
 async def test_both_families_and_the_ssrf_rule_on_the_address_used(dns: DnsServer) -> None:

@@ -250,6 +250,7 @@ async def test_resolve_literals_without_dns(no_dns: None) -> None:
         "http://192.88.99.1/",
         "http://[5f00::1]/",
         "http://[3fff::1]/",
+        "http://[fec0::1]/",  # IPv6 site-local (a review, 2026-12-06)
     ],
 )
 async def test_nat64_embedded_private_addresses_refused(url: str, no_dns: None) -> None:

@@ -185,6 +185,45 @@ async def test_idle_connections_are_closed_after_idle_s(
         await client.close()
 
 
+async def test_connections_their_receivers_close_leave_the_pool_at_once(
+    scripted: Callable[[Handler], Awaitable[str]],
+    recorder: tuple[str, list[web.Request], list[bytes]],
+) -> None:
+    """A keep-alive connection its receiver closes while idle (Node's default: after 5 s)
+    leaves the pool when it closes, so it does not keep a place a live one needs; and idle
+    connections are closed after idle_s with no traffic at all. Fails before: closed ones
+    held the pool's places until a sweep on a later request, and the healthy origin's
+    connections were refused a place (a review, 2026-12-06)."""
+    ok = b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    async def closes_soon(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await read_request(reader)
+            writer.write(ok)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        finally:
+            writer.close()
+
+    closers = [await scripted(closes_soon) for _ in range(4)]
+    base, _, _ = recorder
+    client = WebhookClient(LOCAL, timeout=2.0, max_idle=4, idle_s=0.5)
+    try:
+        for url in closers:
+            assert (await client.post(target(url), HEADERS, BODY)).status == 204
+        assert client.idle_connections == 4
+        await asyncio.sleep(0.2)  # their receivers closed them
+        assert client.idle_connections == 0
+        for _ in range(5):
+            await client.post(target(f"{base}/kept"), HEADERS, BODY)
+        assert client.connections_made == 5  # 4 closed ones, then 1 kept alive
+        assert client.idle_connections == 1
+        await asyncio.sleep(0.8)  # no traffic: closed after idle_s all the same
+        assert client.idle_connections == 0
+    finally:
+        await client.close()
+
+
 async def test_user_info_becomes_basic_authorization(
     client: WebhookClient, recorder: tuple[str, list[web.Request], list[bytes]]
 ) -> None:

@@ -6,8 +6,13 @@ resolution up for all, and a name that does not resolve was asked again on every
 Here resolution is asynchronous (c-ares, through ``aiodns``: no threads; ``/etc/hosts`` is
 read as the system does) with:
 
-- a bound on lookups in flight (``max_inflight``), each with its own deadline;
-- one lookup per name at a time (the callers of a name in flight wait for its answer);
+- a bound on lookups in flight (``max_inflight``), each with its own deadline, and a share
+  of them per zone (``MAX_PER_ZONE``: names with the same last two labels), so names whose
+  servers stall -- one tenant's many subdomains -- hold a few slots, never every one;
+- a bound on the wait for a slot (``SLOT_WAIT_S``): past it the attempt fails as "resolver
+  busy", which says nothing of its origin (no circuit counts it, no negative entry);
+- one lookup per name at a time (the callers of a name in flight wait for its answer); one
+  that no caller waits for any more is dropped before it takes a slot;
 - a positive cache for the record's TTL, clamped to ``[MIN_TTL_S, MAX_TTL_S]``;
 - a negative cache of ``NEGATIVE_TTL_S`` for names that do not resolve (and for lookups that
   time out), so a dead name costs one lookup per ten seconds, not one per attempt;
@@ -39,6 +44,8 @@ NEGATIVE_TTL_S = 10.0
 LOOKUP_TIMEOUT_S = 2.0  # per try, c-ares' own timer
 LOOKUP_TRIES = 2
 MAX_INFLIGHT = 64
+MAX_PER_ZONE = 8  # lookups in flight per zone (the name's last two labels), at most
+SLOT_WAIT_S = 2.0  # a lookup waits this long for a slot, at most
 MAX_NAMES = 10_000
 
 # (family, ip) pairs: the port is the caller's
@@ -47,6 +54,17 @@ Resolved = list[tuple[int, str]]
 
 class NameNotResolved(OSError):
     """The name has no address (or its lookup failed or timed out)."""
+
+
+class ResolverBusy(NameNotResolved):
+    """No lookup slot came free in time: nothing is known of the name (not cached)."""
+
+
+def zone(name: str) -> str:
+    """The share of lookup slots a name draws on: its last two labels (``a.b.example.com``
+    -> ``example.com``; a name under a two-label public suffix shares it, which bounds one
+    tenant's subdomains all the same)."""
+    return ".".join(name.rsplit(".", 2)[-2:])
 
 
 @dataclass(slots=True)
@@ -77,11 +95,16 @@ class Resolver:
         self._max_inflight = max_inflight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = asyncio.Semaphore(max_inflight)
+        self._zones: dict[str, tuple[asyncio.Semaphore, int]] = {}  # zone -> (slots, users)
         self._channel: aiodns.DNSResolver | None = None
         self._channel_since = 0.0
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._flights: dict[str, asyncio.Future[Resolved]] = {}
+        self._waiters: dict[str, int] = {}  # callers waiting for each name's flight
+        self._started: set[asyncio.Future[Resolved]] = set()  # flights holding their slots
         self.lookups = 0  # lookups sent (for tests and metrics)
+        self.slot_wait_s = SLOT_WAIT_S
+        self.per_zone = MAX_PER_ZONE
 
     async def resolve(self, host: str) -> Resolved:
         """The (family, address) pairs of *host*; :class:`NameNotResolved` when it has none."""
@@ -99,9 +122,24 @@ class Resolver:
         if flight is None:
             flight = asyncio.ensure_future(self._lookup(name))
             self._flights[name] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(name, None))
-        # shield: one caller giving up (its attempt's deadline) leaves the lookup to the others
-        return await asyncio.shield(flight)
+            flight.add_done_callback(lambda done: self._landed(name, done))
+        # shield: one caller giving up (its attempt's deadline) leaves the lookup to the
+        # others; when the last one gives up, a lookup still waiting for a slot is dropped
+        self._waiters[name] = self._waiters.get(name, 0) + 1
+        try:
+            return await asyncio.shield(flight)
+        finally:
+            left = self._waiters.pop(name) - 1
+            if left:
+                self._waiters[name] = left
+            elif not flight.done() and flight not in self._started:
+                flight.cancel()
+
+    def _landed(self, name: str, flight: asyncio.Future[Resolved]) -> None:
+        if self._flights.get(name) is flight:
+            del self._flights[name]
+        if not flight.cancelled():
+            flight.exception()  # (retrieved: a failure no caller waits for is not logged)
 
     def _bind(self) -> None:
         """Lookups belong to one event loop (a process has one; tests make one per test)."""
@@ -111,24 +149,75 @@ class Resolver:
             self._slots = asyncio.Semaphore(self._max_inflight)
             self._channel = None
             self._flights.clear()
+            self._zones.clear()
+            self._waiters.clear()
+            self._started.clear()
+
+    async def _slot(self, key: str) -> asyncio.Semaphore:
+        """Wait (SLOT_WAIT_S at most) for a slot of the zone *key*, then for one of all; the
+        zone's semaphore is returned (both are released by :meth:`_release`)."""
+        sem, users = self._zones.get(key) or (asyncio.Semaphore(self.per_zone), 0)
+        self._zones[key] = (sem, users + 1)  # (kept while anyone waits for it or holds it)
+        try:
+            async with asyncio.timeout(self.slot_wait_s):
+                await sem.acquire()
+                try:
+                    await self._slots.acquire()
+                except BaseException:
+                    sem.release()
+                    raise
+        except BaseException as exc:
+            self._leave_zone(key)
+            if not isinstance(exc, TimeoutError):
+                raise
+            DNS_LOOKUPS.labels("busy").inc()
+            raise ResolverBusy(
+                f"resolver busy: no lookup slot in {self.slot_wait_s:g} s"
+                f" ({self._max_inflight} in flight at most, {self.per_zone} per zone)"
+            ) from None
+        return sem
+
+    def _release(self, key: str, sem: asyncio.Semaphore) -> None:
+        self._slots.release()
+        sem.release()
+        self._leave_zone(key)
+
+    def _leave_zone(self, key: str) -> None:
+        sem, users = self._zones[key]
+        if users > 1:
+            self._zones[key] = (sem, users - 1)
+        else:
+            del self._zones[key]
 
     async def _lookup(self, name: str) -> Resolved:
-        async with self._slots:
-            self.lookups += 1
-            try:
-                async with asyncio.timeout(self.timeout_s * self.tries + 1.0):
-                    result = await self._resolver().getaddrinfo(name, type=socket.SOCK_STREAM)
-            except TimeoutError:
-                reason = "dns: host not resolved (lookup timed out)"
-                self._remember(name, None, NEGATIVE_TTL_S, reason)
-                DNS_LOOKUPS.labels("timeout").inc()
-                raise NameNotResolved(reason) from None
-            except DNSError as exc:
-                why = str(exc.args[1] if len(exc.args) > 1 else exc).lower()
-                reason = f"dns: host not resolved ({why})"
-                self._remember(name, None, NEGATIVE_TTL_S, reason[:120])
-                DNS_LOOKUPS.labels("failed").inc()
-                raise NameNotResolved(reason[:120]) from None
+        key = zone(name)
+        sem = await self._slot(key)
+        flight = asyncio.current_task()
+        if flight is not None:  # (from here on, a caller giving up leaves it running)
+            self._started.add(flight)
+        try:
+            return await self._query(name)
+        finally:
+            self._release(key, sem)
+            if flight is not None:
+                self._started.discard(flight)
+
+    async def _query(self, name: str) -> Resolved:
+        self.lookups += 1
+        try:
+            async with asyncio.timeout(self.timeout_s * self.tries + 1.0):
+                result = await self._resolver().getaddrinfo(name, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            reason = "dns: host not resolved (lookup timed out)"
+            self._remember(name, None, NEGATIVE_TTL_S, reason)
+            DNS_LOOKUPS.labels("timeout").inc()
+            raise NameNotResolved(reason) from None
+        except DNSError as exc:
+            why = str(exc.args[1] if len(exc.args) > 1 else exc).lower()
+            reason = f"dns: host not resolved ({why})"
+            self._remember(name, None, NEGATIVE_TTL_S, reason[:120])
+            DNS_LOOKUPS.labels("failed").inc()
+            raise NameNotResolved(reason[:120]) from None
         addresses: Resolved = []
         ttls: list[int] = []
         for node in result.nodes:

@@ -22,6 +22,7 @@ import functools
 import os
 import ssl
 import time
+from collections.abc import Callable
 
 from relay.domain.origin import Origin
 from relay.http.dns import NameNotResolved
@@ -49,6 +50,7 @@ class Connection(AnswerReader, asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.deadline = 0.0  # loop time by which the answer must be in
+        self.on_lost: Callable[[Connection], None] | None = None  # (the pool's, while idle)
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -58,6 +60,9 @@ class Connection(AnswerReader, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_lost is not None:  # idle in the pool: it leaves it now
+            forget, self.on_lost = self.on_lost, None
+            forget(self)
         fut = self._answer
         if fut is None or fut.done():
             return
@@ -129,6 +134,7 @@ class ConnectionPool:
         self._idle: dict[Origin, list[Connection]] = {}
         self._idle_count = 0
         self._swept = time.monotonic()
+        self._sweeping: asyncio.TimerHandle | None = None  # the next sweep while any is idle
         self.connections_made = 0  # for tests and metrics: new TCP connections
 
     @property
@@ -138,11 +144,15 @@ class ConnectionPool:
 
     def close_idle(self) -> None:
         """Close every idle connection."""
-        for conns in self._idle.values():
-            for conn in conns:
-                conn.close()
+        idle = [conn for conns in self._idle.values() for conn in conns]
         self._idle.clear()
         self._idle_count = 0
+        for conn in idle:
+            conn.on_lost = None
+            conn.close()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
 
     # --- the pool -----------------------------------------------------------------------------
 
@@ -155,6 +165,7 @@ class ConnectionPool:
         while conns:
             conn = conns.pop()
             self._idle_count -= 1
+            conn.on_lost = None
             if not conn.closed and now - conn.idle_since < self.idle_s:
                 conn.reused = True
                 return conn
@@ -162,12 +173,31 @@ class ConnectionPool:
         return None
 
     def _release(self, origin: Origin, conn: Connection) -> None:
-        if not conn.reusable or self._idle_count >= self.max_idle:
+        if not conn.reusable or conn.closed or self._idle_count >= self.max_idle:
             conn.close()
             return
         conn.idle_since = time.monotonic()
         self._idle.setdefault(origin, []).append(conn)
         self._idle_count += 1
+        # a connection its receiver closes leaves the pool at once (before, it kept a place
+        # till a sweep, and a pool full of them refused live ones: a review, 2026-12-06)
+        conn.on_lost = lambda lost: self._forget(origin, lost)
+        if self._sweeping is None:  # idle ones are closed after idle_s, traffic or not
+            self._sweeping = asyncio.get_running_loop().call_later(self.idle_s, self._timed)
+
+    def _forget(self, origin: Origin, conn: Connection) -> None:
+        conns = self._idle.get(origin)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            self._idle_count -= 1
+            if not conns:
+                del self._idle[origin]
+
+    def _timed(self) -> None:
+        self._sweeping = None
+        self._sweep(time.monotonic())
+        if self._idle_count:
+            self._sweeping = asyncio.get_running_loop().call_later(self.idle_s, self._timed)
 
     def _sweep(self, now: float) -> None:
         self._swept = now
@@ -178,6 +208,7 @@ class ConnectionPool:
                 if not conn.closed and now - conn.idle_since < self.idle_s:
                     live.append(conn)
                 else:
+                    conn.on_lost = None
                     conn.close()
             self._idle_count -= len(conns) - len(live)
             if live:

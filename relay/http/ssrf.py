@@ -36,12 +36,14 @@ _NAT64 = (
     ipaddress.ip_network("::ffff:0:0:0/96"),
 )
 # reserved, not global, though Python before 3.11.10/3.12.4 calls them global: IETF protocol
-# assignments, the 6to4 relay anycast, SRv6 SIDs, IPv6 documentation
+# assignments, the 6to4 relay anycast, SRv6 SIDs, IPv6 documentation; and IPv6 site-local
+# (deprecated, RFC 3879, but a host may still route it inside its site: never global)
 _RESERVED = (
     ipaddress.ip_network("192.0.0.0/24"),
     ipaddress.ip_network("192.88.99.0/24"),
     ipaddress.ip_network("5f00::/16"),
     ipaddress.ip_network("3fff::/20"),
+    ipaddress.ip_network("fec0::/10"),
 )
 _V4_COMPATIBLE = ipaddress.ip_network("::/96")
 
