@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from dnslib import RCODE
 from yarl import URL
 
-from relay.http.dns import NameNotResolved, Resolver
+from relay.http.dns import NameNotResolved, Resolver, zone
 from relay.http.ssrf import CallbackPolicy, CallbackRefused
 from relay.http.webhook import WebhookClient
 from relay.http.wire import Target
@@ -181,6 +181,31 @@ async def test_one_zone_whose_servers_stall_holds_a_few_slots_never_all(
     await asyncio.sleep(0.1)
     assert dns.lookups("h5.evil.test") == 0  # dropped before it was ever sent
     assert resolver._zones == {}  # (nothing kept once no lookup waits or runs)
+
+
+async def test_a_caller_right_after_a_dropped_lookup_gets_its_own(dns: DnsServer) -> None:
+    """A lookup dropped because its last caller gave up is gone at once: a caller of the
+    same name in the next loop turn starts its own (here: it waits for the zone's slot and
+    is told "resolver busy"), never the dropped one's cancellation -- which would end a
+    delivery lane for good. (Review of the fix, 2026-12-06.)"""
+    dns.names["h0.evil.test"] = Name(silent=True)
+    resolver = Resolver([dns.address], timeout_s=1.0, tries=1)
+    resolver.per_zone, resolver.slot_wait_s = 1, 0.3
+    holder = asyncio.create_task(timed(resolver.resolve("h0.evil.test")))
+    await asyncio.sleep(0.05)
+    dropped = asyncio.create_task(resolver.resolve("h1.evil.test"))
+    await asyncio.sleep(0.05)
+    dropped.cancel()
+    await asyncio.sleep(0)
+    _, got = await timed(resolver.resolve("h1.evil.test"))
+    assert isinstance(got, NameNotResolved) and str(got).startswith("resolver busy"), got
+    await holder
+
+
+def test_a_zone_is_the_domain_a_tenant_registers() -> None:
+    assert zone("a.b.example.com") == zone("example.com") == "example.com"
+    assert zone("x.evil.co.uk") == "evil.co.uk" != zone("x.other.co.uk")
+    assert zone("hooks.shop.com.au") == "shop.com.au" and zone("fast.test") == "fast.test"
 
 
 async def test_both_families_and_the_ssrf_rule_on_the_address_used(dns: DnsServer) -> None:

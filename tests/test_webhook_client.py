@@ -27,6 +27,7 @@ from yarl import URL
 from relay.http.ssrf import CallbackPolicy
 from relay.http.webhook import MAX_DRAIN, Target, WebhookClient, WebhookError
 from relay.settings import CallbackAllow
+from tests.conftest import eventually
 
 LOCAL = CallbackPolicy(CallbackAllow(networks=(ipaddress.ip_network("127.0.0.1/32"),)))
 HEADERS = [("webhook-id", "evt_1"), ("content-type", "application/json")]
@@ -195,31 +196,32 @@ async def test_connections_their_receivers_close_leave_the_pool_at_once(
     held the pool's places until a sweep on a later request, and the healthy origin's
     connections were refused a place (a review, 2026-12-06)."""
     ok = b"HTTP/1.1 204 No Content\r\n\r\n"
+    close_now = asyncio.Event()
 
-    async def closes_soon(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def closes_idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await read_request(reader)
             writer.write(ok)
             await writer.drain()
-            await asyncio.sleep(0.05)
+            await close_now.wait()
         finally:
             writer.close()
 
-    closers = [await scripted(closes_soon) for _ in range(4)]
+    closers = [await scripted(closes_idle) for _ in range(4)]
     base, _, _ = recorder
-    client = WebhookClient(LOCAL, timeout=2.0, max_idle=4, idle_s=0.5)
+    client = WebhookClient(LOCAL, timeout=2.0, max_idle=4, idle_s=1.0)
     try:
         for url in closers:
             assert (await client.post(target(url), HEADERS, BODY)).status == 204
         assert client.idle_connections == 4
-        await asyncio.sleep(0.2)  # their receivers closed them
-        assert client.idle_connections == 0
+        close_now.set()  # their receivers close them
+        await eventually(lambda: client.idle_connections == 0, timeout=0.9, what="left")
         for _ in range(5):
             await client.post(target(f"{base}/kept"), HEADERS, BODY)
         assert client.connections_made == 5  # 4 closed ones, then 1 kept alive
         assert client.idle_connections == 1
-        await asyncio.sleep(0.8)  # no traffic: closed after idle_s all the same
-        assert client.idle_connections == 0
+        # no traffic: closed after idle_s all the same
+        await eventually(lambda: client.idle_connections == 0, timeout=3.0, what="swept")
     finally:
         await client.close()
 

@@ -60,11 +60,20 @@ class ResolverBusy(NameNotResolved):
     """No lookup slot came free in time: nothing is known of the name (not cached)."""
 
 
+# second-level labels that, under a two-letter country code, are a public suffix of their
+# own (co.uk, com.au, ne.jp, ...): a zone there is three labels
+_SECOND_LEVEL = frozenset(("ac", "co", "com", "edu", "gov", "go", "ne", "net", "or", "org"))
+
+
 def zone(name: str) -> str:
-    """The share of lookup slots a name draws on: its last two labels (``a.b.example.com``
-    -> ``example.com``; a name under a two-label public suffix shares it, which bounds one
-    tenant's subdomains all the same)."""
-    return ".".join(name.rsplit(".", 2)[-2:])
+    """The share of lookup slots a name draws on: the domain a tenant registers, roughly --
+    its last two labels (``a.b.example.com`` -> ``example.com``), three under a common
+    country-code suffix (``a.example.co.uk`` -> ``example.co.uk``). A rarer public suffix
+    is shared by its names, which bounds one tenant's subdomains all the same."""
+    labels = name.rsplit(".", 3)
+    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
 
 
 @dataclass(slots=True)
@@ -100,7 +109,7 @@ class Resolver:
         self._channel_since = 0.0
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._flights: dict[str, asyncio.Future[Resolved]] = {}
-        self._waiters: dict[str, int] = {}  # callers waiting for each name's flight
+        self._waiters: dict[asyncio.Future[Resolved], int] = {}  # callers of each flight
         self._started: set[asyncio.Future[Resolved]] = set()  # flights holding their slots
         self.lookups = 0  # lookups sent (for tests and metrics)
         self.slot_wait_s = SLOT_WAIT_S
@@ -125,15 +134,19 @@ class Resolver:
             flight.add_done_callback(lambda done: self._landed(name, done))
         # shield: one caller giving up (its attempt's deadline) leaves the lookup to the
         # others; when the last one gives up, a lookup still waiting for a slot is dropped
-        self._waiters[name] = self._waiters.get(name, 0) + 1
+        self._waiters[flight] = self._waiters.get(flight, 0) + 1
         try:
             return await asyncio.shield(flight)
         finally:
-            left = self._waiters.pop(name) - 1
+            left = self._waiters.pop(flight) - 1
             if left:
-                self._waiters[name] = left
+                self._waiters[flight] = left
             elif not flight.done() and flight not in self._started:
                 flight.cancel()
+                # (gone at once: a caller coming before the task ends starts its own lookup
+                # rather than getting this one's cancellation)
+                if self._flights.get(name) is flight:
+                    del self._flights[name]
 
     def _landed(self, name: str, flight: asyncio.Future[Resolved]) -> None:
         if self._flights.get(name) is flight:

@@ -195,9 +195,12 @@ class ConnectionPool:
 
     def _timed(self) -> None:
         self._sweeping = None
-        self._sweep(time.monotonic())
-        if self._idle_count:
-            self._sweeping = asyncio.get_running_loop().call_later(self.idle_s, self._timed)
+        now = time.monotonic()
+        self._sweep(now)
+        if self._idle_count:  # next when the oldest one left is due: none outlives idle_s
+            oldest = min(conn.idle_since for conns in self._idle.values() for conn in conns)
+            due = max(oldest + self.idle_s - now, 0.01)
+            self._sweeping = asyncio.get_running_loop().call_later(due, self._timed)
 
     def _sweep(self, now: float) -> None:
         self._swept = now

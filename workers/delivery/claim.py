@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
 from relay import constants as c
 from relay.domain.clips import ClipSet
 from relay.domain.delivery import DeliveryClaim
@@ -201,10 +203,11 @@ class Claimer(Pump[DeliveryClaim]):
             # (One taken over or settled meanwhile is not held under it: unchanged.)
             self._cut += [(w.id, token) for w in due]
             raise
-        except Exception:
+        except (RedisError, OSError):
             # (Redis failed while it read or renewed: none of it started) its claims go
             # back, due after a moment (not at once: an error that repeats must not spin),
-            # rather than after the whole lease; the pump logs the error
+            # rather than after the whole lease; the pump logs the error. (Any other error
+            # is a bug: its claims wait out their lease, and it comes back that seldom.)
             await self.hand_back([(w.id, token) for w in due], AFTER_ERROR_S)
             raise
         await self.hand_back_overflow()
