@@ -141,6 +141,13 @@ async def wait_settled(store: Store, n: int, timeout: float = 10) -> dict[str, i
         await asyncio.sleep(0.02)
 
 
+async def all_due_at_once(store: Store, n: int) -> None:
+    """The schedule holds *n* deliveries, every one due now (handed back, not leased)."""
+    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert len(scores) == n
+    assert all(s <= now_ms() for s in scores.values()), scores
+
+
 async def test_offered_events_are_delivered_without_a_read_back(
     store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
@@ -267,9 +274,7 @@ async def test_stop_hands_back_the_claims_of_a_batch_not_queued_yet(
     d.offer(created)
     await asyncio.wait_for(reading.wait(), 5)
     await d.stop(0.2)
-    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
-    assert len(scores) == 5
-    assert all(s <= now_ms() for s in scores.values()), scores  # due at once
+    await all_due_at_once(store, 5)
 
 
 async def test_a_stopping_deliverer_has_no_room_and_hands_late_offers_back(
@@ -288,9 +293,7 @@ async def test_a_stopping_deliverer_has_no_room_and_hands_late_offers_back(
     created = await created_events(store, base, 5, deliverer=d)  # claimed before it knew
     d.offer(created)
     await d.claimer.handed_back()
-    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
-    assert len(scores) == 5
-    assert all(s <= now_ms() for s in scores.values()), scores  # due at once
+    await all_due_at_once(store, 5)
 
 
 async def test_stop_hands_back_a_batch_cut_in_a_link_refresh_under_its_renewed_claims(
@@ -318,9 +321,7 @@ async def test_stop_hands_back_a_batch_cut_in_a_link_refresh_under_its_renewed_c
     renewed = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
     assert all(s != created[0].deadline_ms for s in renewed.values())  # (a new token)
     await d.stop(0.2)
-    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
-    assert len(scores) == 5
-    assert all(s <= now_ms() for s in scores.values()), scores  # due at once
+    await all_due_at_once(store, 5)
 
 
 async def test_a_link_refresh_that_fails_on_redis_does_not_hold_the_batch(

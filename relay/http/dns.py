@@ -7,8 +7,9 @@ Here resolution is asynchronous (c-ares, through ``aiodns``: no threads; ``/etc/
 read as the system does) with:
 
 - a bound on lookups in flight (``max_inflight``), each with its own deadline, and a share
-  of them per zone (``MAX_PER_ZONE``: names with the same last two labels), so names whose
-  servers stall -- one tenant's many subdomains -- hold a few slots, never every one;
+  of them per zone (``MAX_PER_ZONE``: names of one registered domain, roughly -- see
+  :func:`zone`), so names whose servers stall -- one tenant's many subdomains -- hold a few
+  slots, never every one;
 - a bound on the wait for a slot (``SLOT_WAIT_S``): past it the attempt fails as "resolver
   busy", which says nothing of its origin (no circuit counts it, no negative entry);
 - one lookup per name at a time (the callers of a name in flight wait for its answer); one
@@ -44,7 +45,7 @@ NEGATIVE_TTL_S = 10.0
 LOOKUP_TIMEOUT_S = 2.0  # per try, c-ares' own timer
 LOOKUP_TRIES = 2
 MAX_INFLIGHT = 64
-MAX_PER_ZONE = 8  # lookups in flight per zone (the name's last two labels), at most
+MAX_PER_ZONE = 8  # lookups in flight per zone (see zone()), at most
 SLOT_WAIT_S = 2.0  # a lookup waits this long for a slot, at most
 MAX_NAMES = 10_000
 
