@@ -50,6 +50,8 @@ WATCH_STATUSES: Final[tuple[str, ...]] = (
     "disabled",
     "cancelled",
 )
+# the statuses a redeliver starts a new series from (redeliver.lua answers the others)
+REDELIVERABLE_STATUSES: Final = frozenset({"delivered", "failed", "disabled"})
 EVENT_TYPES: Final[tuple[str, ...]] = ("clips.ready", "video.failed", "watch.expired")
 
 # --- upstream vocabulary (UPSTREAM.md) ----------------------------------------------------

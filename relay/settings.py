@@ -297,7 +297,9 @@ class Settings(BaseSettings):
     render_timeout: Pause = Field(1800.0, validation_alias="RELAY_RENDER_TIMEOUT")
     upstream_rps: Seconds = Field(20.0, validation_alias="RELAY_UPSTREAM_RPS")
     shutdown_grace: Pause = Field(20.0, validation_alias="RELAY_SHUTDOWN_GRACE")
-    rate_limit: Seconds = Field(50.0, validation_alias="RELAY_RATE_LIMIT")
+    # (whole requests per second: the limit is counted in one-second windows, so 0.5 would
+    # admit none, and 1.5 one -- a review, 2026-12-06)
+    rate_limit: Count = Field(50, validation_alias="RELAY_RATE_LIMIT")
     secret_grace: Pause = Field(86400.0, validation_alias="RELAY_SECRET_GRACE")
     secrets_key: Annotated[str, _text(_secrets_key)] = Field(
         "", validation_alias="RELAY_SECRETS_KEY", repr=False

@@ -10,7 +10,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import TypeAdapter
+from redis.asyncio import Redis
 
+from relay import constants as c
 from relay.api.models import DeliveryList, WatchCreated, WatchList, WatchOut
 from relay.api.openapi import document
 from relay.api.views import shown_url
@@ -406,10 +408,46 @@ async def test_deliveries_empty_for_new_watch(api: Client) -> None:
     assert data == {"data": []}
 
 
-async def test_redeliver_needs_a_final_event(api: Client) -> None:
+async def test_redeliver_needs_a_final_event(api: Client, redis: Redis) -> None:
+    """A redeliver refused (the watch has no final event) closes no circuit: its origin is
+    shared with other tenants' watches. Fails before: every refused redeliver closed the
+    origin's circuit in every worker, so one tenant could keep a dead origin's breaker from
+    ever opening (a review, 2026-12-06)."""
     created = await create(api)
     resp = await api.post(f"/v1/watches/{created['id']}/redeliver", headers=auth())
     await problem(resp, 409)
+    assert await redis.zcard(c.CIRCUIT_CLOSES_KEY) == 0
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408_not_storage_trouble(
+    api: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that sends its headers and then too little of its body, slowly, runs into
+    the request deadline while the body is read: 408, not "the relay's storage is
+    unreachable" (503) with a Redis error logged. (A review, 2026-12-06.)"""
+    monkeypatch.setattr("relay.api.app.REQUEST_DEADLINE", 0.3)
+    url = api.make_url("/v1/watches")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        head = (
+            f"POST /v1/watches HTTP/1.1\r\nHost: {url.host}\r\n"
+            f"Authorization: {auth()['Authorization']}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 56\r\n\r\n{"vid'
+        )
+        writer.write(head.encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 5.0)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"did not arrive" in answer
+
+
+async def test_a_callback_on_port_0_is_refused(api: Client) -> None:
+    resp = await api.post(
+        "/v1/watches", json=body(callbackUrl="http://127.0.0.1:0/hook"), headers=auth()
+    )
+    assert "port" in str(await problem(resp, 422))
 
 
 async def test_rotate_secret(api: Client) -> None:

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from relay.api import appkeys as k
+from relay.api.models import DeliveryOut
 from relay.devtools.receiver import Receiver
 from tests.conftest import TENANT_B_KEY, auth
 from tests.test_worker import deliveries, sim_video, wait_watch
@@ -222,6 +223,9 @@ async def test_ping_reaches_the_receiver_signed_and_leaves_the_status_alone(
         await asyncio.sleep(0.02)
     (record,) = records
     assert record["eventType"] == "watch.ping" and record["attempt"] == 1
+    # the OpenAPI document's deliveries answer allows it (a client generated from it with
+    # strict enums rejected the list before: a review, 2026-12-06)
+    DeliveryOut.model_validate(record)
     assert record["eventId"] == event.webhook_id and record["statusCode"] == 204
     got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
     assert got["status"] == "watching" and got["lastEventType"] is None

@@ -204,6 +204,19 @@ async def test_redis_refusing_writes_is_503_not_500(api: Client, redis: Redis) -
     assert resp.headers["Retry-After"]
 
 
+async def test_any_error_reply_of_redis_is_503_not_500(api: Client, redis: Redis) -> None:
+    """Redis answering a write with an error of its own that is not OOM or READONLY (here
+    NOREPLICAS; BUSY, MISCONF and MASTERDOWN alike) is its trouble, not the request's: 503
+    + Retry-After. Fails before: 500 "Internal error" (a review, 2026-12-06)."""
+    await redis.config_set("min-replicas-to-write", 1)  # no replica: every write refused
+    try:
+        resp = await api.post("/v1/watches", json=body(), headers=auth())
+    finally:
+        await redis.config_set("min-replicas-to-write", 0)
+    assert resp.status == 503, await resp.text()
+    assert resp.headers["Retry-After"] and "storage" in (await resp.json())["detail"]
+
+
 # --- nothing twice ------------------------------------------------------------------------------
 
 

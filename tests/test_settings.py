@@ -67,6 +67,14 @@ def test_blank_values_count_as_unset() -> None:
     assert s.api_keys == ()
 
 
+def test_a_rate_limit_is_whole_requests_per_second() -> None:
+    """Counted in one-second windows: a fraction would admit fewer than it says (0.5: none
+    at all), so it is refused at start-up, naming the variable (a review, 2026-12-06)."""
+    for bad in ("0.5", "1.5", "0"):
+        with pytest.raises(ConfigError, match=r"^RELAY_RATE_LIMIT"):
+            load({"RELAY_RATE_LIMIT": bad})
+
+
 def test_secrets_are_not_in_repr() -> None:
     s = load(
         {
@@ -117,7 +125,7 @@ def test_every_variable_parsed() -> None:
             "RELAY_RENDER_TIMEOUT": "2.5",
             "RELAY_UPSTREAM_RPS": "0.5",
             "RELAY_SHUTDOWN_GRACE": "0.3",
-            "RELAY_RATE_LIMIT": "12.5",
+            "RELAY_RATE_LIMIT": "12",
             "RELAY_SECRET_GRACE": "3.25",
             "RELAY_SECRETS_KEY": FERNET_KEY,
             "LOG_FORMAT": "console",
@@ -148,7 +156,7 @@ def test_every_variable_parsed() -> None:
     assert s.render_timeout == 2.5
     assert s.upstream_rps == 0.5
     assert s.shutdown_grace == 0.3
-    assert s.rate_limit == 12.5
+    assert s.rate_limit == 12
     assert s.secret_grace == 3.25
     assert s.secrets_key == FERNET_KEY
     assert s.log_format == "console"

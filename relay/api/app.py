@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import logs
@@ -107,6 +107,16 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             exc.status, exc.reason, detail or exc.reason, slug=slug, headers=_keep(exc)
         ) from None
     except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+        if isinstance(exc, TimeoutError) and request.get(k.READING_BODY):
+            # the deadline ended while the body was still coming: the client is slow, not
+            # Redis (a review, 2026-12-06: it was answered "storage unreachable")
+            raise ProblemError(
+                408,
+                "Request timeout",
+                f"the body did not arrive within {REQUEST_DEADLINE:g} s",
+                slug="timeout",
+                headers={"Connection": "close"},
+            ) from None
         log.error("redis unavailable", error=type(exc).__name__)
         raise ProblemError(
             503,
@@ -124,6 +134,17 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             "the relay's storage cannot take writes right now; try again shortly",
             slug="unavailable",
             headers={"Retry-After": "5"},
+        ) from None
+    except RedisError as exc:
+        # any other error reply (BUSY with a long script, MISCONF on a full disk,
+        # MASTERDOWN, ...): Redis' trouble, not the request's
+        log.error("redis answered an error", error=f"{type(exc).__name__}: {exc}"[:200])
+        raise ProblemError(
+            503,
+            "Service unavailable",
+            "the relay's storage answered with an error; try again shortly",
+            slug="unavailable",
+            headers={"Retry-After": "1"},
         ) from None
     except Exception:
         log.exception("unhandled error")

@@ -33,3 +33,4 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 BACKPRESSURE = web.AppKey("backpressure", Backpressure)
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware
+READING_BODY = web.RequestKey("reading_body", bool)  # set while the body is read

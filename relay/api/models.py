@@ -139,7 +139,8 @@ class DeliveryOut(_Model):
     """One delivery attempt."""
 
     event_id: str = Field(alias="eventId")
-    event_type: EventTypeName = Field(alias="eventType")
+    # (a delivery's record may be a watch.ping's: GET .../deliveries lists pings too)
+    event_type: EventTypeName | Literal["watch.ping"] = Field(alias="eventType")
     attempt: int
     at: str
     status_code: int | None = Field(alias="statusCode")

@@ -112,6 +112,7 @@ async def read_json(request: web.Request) -> Any:
         raise ProblemError(
             415, "Unsupported media type", "send the body as application/json", slug="media-type"
         )
+    request[k.READING_BODY] = True  # (a deadline that ends here is the client's, not Redis')
     try:
         raw = await request.read()
     except web.HTTPException:
@@ -120,6 +121,7 @@ async def read_json(request: web.Request) -> Any:
         raise ProblemError(
             400, "Unreadable body", "the body could not be read as sent", slug="unreadable-body"
         ) from None
+    request[k.READING_BODY] = False
     if not raw.strip():
         raise ProblemError(400, "Malformed JSON", "the body is empty", slug="malformed-json")
     try:

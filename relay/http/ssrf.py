@@ -137,6 +137,12 @@ class CallbackPolicy:
         if literal_ip(parsed.raw_host) is None and not _HOST_NAME.fullmatch(parsed.raw_host):
             # (a space, a %-escape, an empty label: no DNS name, so no use asking DNS)
             raise CallbackRefused("has a host that is not a host name")
+        try:
+            port = parsed.port
+        except ValueError:
+            raise CallbackRefused("has a port that is not a number from 1 to 65535") from None
+        if not port:  # (port 0: nothing listens there, every attempt would fail)
+            raise CallbackRefused("has a port that is not a number from 1 to 65535")
         return parsed
 
     async def check(self, url: str) -> URL:

@@ -292,7 +292,11 @@ class Watches:
         """Start a new attempt series for the watch's last event. Returns 'ok' or the
         status that has nothing to redeliver (None: no such watch)."""
         # the workers close its origin's circuit first, so the attempt is sent, not refused
-        await self._circuits.close(url_origin_tag(watch.callback_url))
+        # -- only for a watch that has something to redeliver (as read just before): a
+        # refused one must not close a circuit other tenants' deliveries share (a review,
+        # 2026-12-06)
+        if watch.status in c.REDELIVERABLE_STATUSES:
+            await self._circuits.close(url_origin_tag(watch.callback_url))
         result = await self._redeliver(
             keys=[c.WATCH_KEY.format(watch.id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
             args=[watch.id, now_ms(), c.TENANT_PREFIX, watch.tenant, secrets.token_hex(8)],

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from relay.api import appkeys as k
 from relay.api.views import VIDEO_ID, WATCH_ID, watch_json
-from relay.constants import WATCH_STATUSES
+from relay.constants import REDELIVERABLE_STATUSES, WATCH_STATUSES
 from relay.domain import events
 from relay.domain.clips import ClipSet
 from relay.domain.clock import now_ms
@@ -188,7 +188,7 @@ async def _watch_page(request: web.Request, watch: Watch, **extra: Any) -> web.S
             "secrets": len(watch.secrets),
             "secret_tag": secret_tag(watch.secrets),
             "new_secret": None,
-            "redeliverable": watch.status in ("delivered", "failed", "disabled"),
+            "redeliverable": watch.status in REDELIVERABLE_STATUSES,
             **extra,
         },
     )
