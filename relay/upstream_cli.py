@@ -66,7 +66,9 @@ async def run(action: str, settings: Settings) -> str:
             return "upstream was not paused"
         return (
             f"upstream pause ended ({_for_people(left)} were left); every worker told;"
-            f" {moved} put-off polls due now"
+            f" {moved} put-off polls due now (those due within"
+            f" {_for_people(int(max(settings.lease, SAFE_LEASE_S) * 1000))} are left to"
+            " their time: they may be claims held)"
         )
     finally:
         await redis.aclose()
