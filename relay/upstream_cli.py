@@ -61,14 +61,15 @@ async def run(action: str, settings: Settings) -> str:
             return f"upstream paused: {_for_people(left)} left (until {until:%Y-%m-%dT%H:%M:%SZ})"
         # claims are held up to the workers' RELAY_LEASE from now, which this shell may not
         # have: no poll due sooner than 10 minutes (or that lease, if longer) is moved
-        left, moved = await limits.resume_upstream(max(settings.lease, SAFE_LEASE_S))
+        margin_s = max(settings.lease, SAFE_LEASE_S)
+        left, moved = await limits.resume_upstream(margin_s)
         if not left:
             return "upstream was not paused"
         return (
             f"upstream pause ended ({_for_people(left)} were left); every worker told;"
             f" {moved} put-off polls due now (those due within"
-            f" {_for_people(int(max(settings.lease, SAFE_LEASE_S) * 1000))} are left to"
-            " their time: they may be claims held)"
+            f" {_for_people(int(margin_s * 1000))} are left to their time: they may be"
+            " claims held)"
         )
     finally:
         await redis.aclose()

@@ -133,7 +133,6 @@ class ConnectionPool:
         self._ssl = ssl_context
         self._idle: dict[Origin, list[Connection]] = {}
         self._idle_count = 0
-        self._swept = time.monotonic()
         self._sweeping: asyncio.TimerHandle | None = None  # the next sweep while any is idle
         self.connections_made = 0  # for tests and metrics: new TCP connections
 
@@ -159,13 +158,13 @@ class ConnectionPool:
     def _take_idle(self, origin: Origin) -> Connection | None:
         """A live idle connection to *origin*, if there is one."""
         now = time.monotonic()
-        if now - self._swept > self.idle_s:
-            self._sweep(now)
         conns = self._idle.get(origin)
         while conns:
             conn = conns.pop()
             self._idle_count -= 1
             conn.on_lost = None
+            if not conns:  # (no empty list is kept: one per origin ever seen would pile up)
+                del self._idle[origin]
             if not conn.closed and now - conn.idle_since < self.idle_s:
                 conn.reused = True
                 return conn
@@ -203,7 +202,6 @@ class ConnectionPool:
             self._sweeping = asyncio.get_running_loop().call_later(due, self._timed)
 
     def _sweep(self, now: float) -> None:
-        self._swept = now
         for origin in list(self._idle):
             conns = self._idle[origin]
             live: list[Connection] = []

@@ -112,7 +112,7 @@ class Claimer(Pump[DeliveryClaim]):
 
     def room(self) -> int:
         """How many more claims this worker can take now (a fan-out claims that many of
-        the events it creates for it; the rest are due for any worker). None once it is
+        the events it creates for it; the rest are due for any worker). 0 once it is
         stopping: nothing would queue them."""
         if self.stopping:
             return 0
