@@ -111,7 +111,10 @@ WATCHES_PURGED = Counter(
     registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge(
-    "relay_queue_depth", "Members of a schedule (poll, delivery).", ["queue"], registry=REGISTRY
+    "relay_queue_depth",
+    "Members of a schedule (poll, delivery, expiry).",
+    ["queue"],
+    registry=REGISTRY,
 )
 
 

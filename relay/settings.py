@@ -318,7 +318,7 @@ class Settings(BaseSettings):
     origin_concurrency: Count = Field(16, validation_alias="RELAY_ORIGIN_CONCURRENCY")
     breaker_failures: Count = Field(10, validation_alias="RELAY_BREAKER_FAILURES")
     breaker_cooldown: Seconds = Field(30.0, validation_alias="RELAY_BREAKER_COOLDOWN")
-    # Beyond SPEC's table: knobs operators and tests need.
+    # Operators' and tests' knobs (RELAY_METRICS_PORT and RELAY_LINK_REFRESH are SPEC's too).
     metrics_port: Port = Field(9100, validation_alias="RELAY_METRICS_PORT")  # worker's /metrics
     upstream_timeout: Seconds = Field(10.0, validation_alias="RELAY_UPSTREAM_TIMEOUT")
     # clips older than this are fetched again before an attempt
