@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+import relay.domain.clock
 from relay.api.app import create_app
 from relay.api.serving import AppRunner
 from relay.devtools import upstream_sim
@@ -29,6 +30,14 @@ from workers.worker import worker_options
 UPSTREAM_KEY = "sr_live_" + "ab12" * 12
 TENANT_A_KEY = "key-tenant-a-0123456789"
 TENANT_B_KEY = "key-tenant-b-9876543210"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts knowing no offset to Redis' clock, and what it learns (a test that
+    skews this process' clock) leaves with it."""
+    monkeypatch.setattr(relay.domain.clock, "_offset_ms", 0)
+    monkeypatch.setattr(relay.domain.clock, "_learned", False)
 
 
 @pytest.fixture(scope="session")

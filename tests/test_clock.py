@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -21,8 +23,8 @@ import relay.store.limits
 import relay.store.videos
 import workers.upstream_budget
 from relay import constants as c
-from relay.store import Store
-from tests.conftest import early_in_a_second
+from relay.store import Store, timesync
+from tests.conftest import ApiFactory, auth, early_in_a_second
 from tests.test_store import fan_out, registered
 from workers.upstream_budget import UpstreamGate
 
@@ -123,3 +125,70 @@ async def test_a_worker_30_s_ahead_gets_no_second_upstream_budget(
 
     assert await asyncio.wait_for(take(), 5) == second + 1
     assert granted_in_second == 0
+
+
+async def test_a_replica_10_min_off_schedules_the_first_poll_and_expiry_on_redis_clock(
+    redis: Redis, store: Store
+) -> None:
+    """Rule: a new watch's video is due for its first poll at Redis' now, and the watch
+    expires RELAY_WATCH_TIMEOUT after it, whatever the clock of the API replica that
+    registered it says (its created ms only tell how long the timeout is). Fails before:
+    both scores were the replica's own times, so one 10 min ahead left the video unpolled
+    for 10 min, and one 10 min behind expired its watches 10 min early."""
+    real = int(time.time() * 1000)
+    for video, off_ms in (("vid_ahead", 600_000), ("vid_behind", -600_000)):
+        w = (await registered(store, 1, video=video))[0]  # (stored again: off by off_ms)
+        await redis.flushall()
+        skewed = replace(w, created_ms=real + off_ms)
+        await store.watches.create(skewed, expire_after_s=900)
+        secs, micros = await redis.time()
+        now = int(secs) * 1000 + int(micros) // 1000
+        poll = await redis.zscore(c.POLL_SCHEDULE_KEY, video)
+        expiry = await redis.zscore(c.EXPIRY_SCHEDULE_KEY, w.id)
+        assert poll is not None and expiry is not None
+        assert now - 2_000 <= poll <= now, (video, poll - now)
+        assert now + 898_000 <= expiry <= now + 900_000, (video, expiry - now)
+
+
+async def test_a_process_learns_redis_clock_at_once(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule: a process whose clock is 30 s ahead learns Redis' clock from one probe
+    (``relay.store.timesync``), so every time it computes (``now_ms``) is Redis' to a few
+    ms. Fails before: only a worker's claims taught it, and the API never learnt it."""
+    skew(monkeypatch)
+    assert relay.domain.clock.now_ms() - int(time.time() * 1000) > SKEW_S * 1000 - 1_000
+    assert await timesync.sync(redis)
+    secs, micros = await redis.time()
+    now = int(secs) * 1000 + int(micros) // 1000
+    assert abs(relay.domain.clock.now_ms() - now) < 100
+
+
+async def test_the_api_learns_redis_clock_when_it_starts(
+    make_api: ApiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule: an API replica 30 s ahead stamps a new watch's ``createdAt`` with Redis' time:
+    it learns the offset as it starts (and every few seconds). Fails before: the API kept
+    its own clock, so its watches were 30 s in the future (and its rate windows and secret
+    graces off by as much)."""
+    skew(monkeypatch)
+    api = await make_api()
+    resp = await api.post(
+        "/v1/watches",
+        json={"videoId": "vid_clock", "callbackUrl": "http://127.0.0.1:9/h"},
+        headers=auth(),
+    )
+    assert resp.status == 201, await resp.text()
+    created = datetime.fromisoformat((await resp.json())["createdAt"].replace("Z", "+00:00"))
+    assert abs(created.timestamp() - time.time()) < 2, created
+
+
+async def test_a_pause_is_timed_on_the_monotonic_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: an upstream 429 pause lasts its length, whatever this host's wall clock does
+    meanwhile: a step of its clock (NTP) neither lengthens nor ends it. Fails before: the
+    poller compared the pause's wall-clock end with the wall clock."""
+    gate = UpstreamGate(None, 10)  # type: ignore[arg-type]  # (no Redis: _hold only)
+    gate._hold(5.0)
+    assert 4.0 < gate.paused_s() <= 5.0
+    skew(monkeypatch)  # the wall clock jumps 30 s ahead: the pause is still on
+    assert 4.0 < gate.paused_s() <= 5.0

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from relay import constants as c
 from relay import logs
+from relay.domain import clock
 from relay.metrics import QUEUE_DEPTH, UPSTREAM_PAUSED, WATCHES, exposition
 from relay.settings import Settings
 from relay.store import Store
@@ -32,7 +33,8 @@ def _status(status: str, code: int = 200) -> web.Response:
 
 async def gauges(store: Store) -> None:
     """Refresh the queue-depth, watch-count and upstream-pause gauges every GAUGE_INTERVAL
-    seconds, forever, and close the Redis connections a burst left idle beyond a few."""
+    seconds, forever, learn Redis' clock again from the same round trip, and close the
+    Redis connections a burst left idle beyond a few."""
     while True:
         try:
             pipe = store.redis.pipeline(transaction=False)
@@ -41,8 +43,10 @@ async def gauges(store: Store) -> None:
             pipe.zcard(c.EXPIRY_SCHEDULE_KEY)
             pipe.get(c.UPSTREAM_PAUSE_KEY)  # the pause's end, Redis ms
             pipe.time()
+            sent = clock.local_ms()
             polls, deliveries, timers, pause_end, (secs, micros) = await pipe.execute()
             now = int(secs) * 1000 + int(micros) // 1000
+            clock.observe(now, sent, clock.local_ms())  # (Redis' clock: learnt again)
             UPSTREAM_PAUSED.set(max(0, int(pause_end or 0) - now) / 1000)
             QUEUE_DEPTH.labels("poll").set(polls)
             QUEUE_DEPTH.labels("delivery").set(deliveries)

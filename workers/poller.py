@@ -138,7 +138,7 @@ class Poller(Pump[Claimed]):
     async def claim(self, limit: int) -> Sequence[Claimed]:
         """Claim due videos with their poll state and waiting watches (none while the
         upstream is paused by a 429: claims would only expire while waiting)."""
-        if self.gate.paused_until > time.time():
+        if self.gate.paused_s() > 0:
             return []
         token, rows = await self.store.videos.claim(limit=limit, lease_s=self.lease_s)
         return [(st, waiting, self.leases.hold(st.video_id, token)) for st, waiting in rows]
@@ -146,7 +146,7 @@ class Poller(Pump[Claimed]):
     async def _idle_for(self) -> float:
         """While the upstream is paused, until the pause ends (due videos wait for it, not
         for their score: asking the schedule again at once would spin on Redis)."""
-        paused = self.gate.paused_until - time.time()
+        paused = self.gate.paused_s()
         if paused > 0:
             return paused
         return await super()._idle_for()
@@ -215,8 +215,8 @@ class Poller(Pump[Claimed]):
     ) -> Step:
         try:
             return await self._poll(state, waiting, lease)
-        except Paused as paused:  # poll it when the pause is over, not twice then
-            return Step(state, next_ms=now_ms() + int((paused.until - time.time()) * 1000) + 1)
+        except Paused:  # poll it when the pause is over, not twice then
+            return Step(state, next_ms=now_ms() + int(self.gate.paused_s() * 1000) + 1)
         except LeaseLost:  # another poller has the video now: nothing to write
             return Step(state, dropped=True)
         finally:

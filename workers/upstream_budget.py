@@ -110,6 +110,11 @@ class UpstreamGate:
         self.paused_until = max(self.paused_until, time.time() + seconds)
         self._paused_mono = max(self._paused_mono, time.monotonic() + seconds)
 
+    def paused_s(self) -> float:
+        """Seconds the pause has left (0: none), on this host's monotonic clock: a step of
+        its wall clock neither lengthens nor ends it."""
+        return max(0.0, self._paused_mono - time.monotonic())
+
     def on_resume(self, wake: Callable[[], None]) -> None:
         """Call *wake* whenever a pause is ended before its time (a poller sleeping the
         pause out polls again at once)."""

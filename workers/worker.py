@@ -11,6 +11,7 @@ flight RELAY_SHUTDOWN_GRACE seconds. A small HTTP server on RELAY_METRICS_PORT a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
 from relay.logs import Every
 from relay.settings import Settings
-from relay.store import EXPIRE_JOB, Store
+from relay.store import EXPIRE_JOB, Store, timesync
 from relay.store.connection import arq_settings, connect
 from relay.store.serializer import dumps, loads
 from relay.tasks import finish
@@ -87,6 +88,10 @@ async def startup(ctx: dict[str, Any]) -> None:
         store = Store(connect(settings.redis_url))
         # its port first: a port in use stops the worker before any pump has claimed work
         runner = await health.serve(settings, store, lambda: RUNTIME in ctx)
+    # Redis' clock before the first time this worker computes (a retry's due time, ...)
+    with contextlib.suppress(Exception):  # (Redis away again: the gauges learn it)
+        async with asyncio.timeout(1.0):
+            await timesync.sync(store.redis)
     policy = CallbackPolicy(settings.callback_allow, Resolver(settings.dns_servers))
     upstream_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.poll_concurrency * 2, ttl_dns_cache=60),

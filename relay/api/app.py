@@ -33,7 +33,7 @@ from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy
 from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from relay.settings import Settings
-from relay.store import Store
+from relay.store import Store, timesync
 from relay.store.connection import connect, trim_idle
 from relay.ui import mount as mount_ui
 
@@ -186,11 +186,13 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
-async def _trim_idle(redis: Redis, every_s: float = TRIM_EVERY_S) -> None:
-    """Close the Redis connections a burst of requests left idle, beyond a few."""
+async def _upkeep(redis: Redis, every_s: float = TRIM_EVERY_S) -> None:
+    """Every *every_s*: learn Redis' clock again (the times this replica writes are Redis')
+    and close the Redis connections a burst of requests left idle, beyond a few."""
     while True:
         await asyncio.sleep(every_s)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # (Redis away: the next round tries again)
+            await timesync.sync(redis)
             await trim_idle(redis)
 
 
@@ -201,8 +203,11 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[k.STORE] = store = Store(redis)
     app[k.RATE_LIMITER] = limiter = RateLimiter(store.limits, app[k.SETTINGS].rate_limit)
     app[k.BACKPRESSURE] = Backpressure(store.limits, app[k.SETTINGS].redis_high_water)
+    with contextlib.suppress(Exception):  # (Redis away: learnt on the first upkeep round)
+        async with asyncio.timeout(1.0):
+            await timesync.sync(redis)
     limiter.start()
-    trimmer = asyncio.create_task(_trim_idle(redis), name="redis-trim-idle")
+    trimmer = asyncio.create_task(_upkeep(redis), name="redis-upkeep")
     yield
     trimmer.cancel()
     await asyncio.gather(trimmer, return_exceptions=True)

@@ -156,8 +156,8 @@ async def ping(request: web.Request) -> web.Response:
 
 async def send_ping(app: web.Application, w: Watch) -> None:
     """Sign and POST one ``watch.ping`` to the watch's callback; record the attempt."""
-    started = time.time()
-    at = int(started * 1000)
+    at = now_ms()  # (Redis' clock: the secrets' grace, the stamp and the record)
+    started = time.monotonic()
     ping_id = new_event_id()
     code: int | None = None
     error: str | None = None
@@ -166,13 +166,13 @@ async def send_ping(app: web.Application, w: Watch) -> None:
         body = ping_body(w, at)
         box = app[k.SECRET_BOX]
         keys = [secret_bytes(box.open(s.sealed)) for s in w.signing_secrets(at)]
-        headers = sign_headers(keys, ping_id, int(started), body)
+        headers = sign_headers(keys, ping_id, at // 1000, body)
         reply = await app[PINGS].client.post(Target.of(URL(w.callback_url)), headers.items(), body)
         code = reply.status
         answer = reply.body.decode(errors="replace")
     except SEND_FAILURES as exc:  # e.g. a timeout, or a callback refused by the SSRF policy
         error = failure_text(exc)
-    latency_ms = round((time.time() - started) * 1000, 2)
+    latency_ms = round((time.monotonic() - started) * 1000, 2)
     record = attempts.ping_record(at, code, error, latency_ms, answer or None, ping_id)
     try:
         ok = code is not None and 200 <= code < 300

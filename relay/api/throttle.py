@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
 
 from relay import logs
+from relay.domain.clock import now_ms
 from relay.logs import Every
 from relay.store.limits import Limits
 from relay.tasks import finish
@@ -54,7 +54,7 @@ class RateLimiter:
 
     def allow(self, key_id: str) -> bool:
         """Count a request of *key_id*; False when it is over the limit (not counted)."""
-        second = int(time.time())
+        second = now_ms() // 1000  # (Redis' second: every replica counts in the same)
         if second != self._second:
             self._roll(second)
         if self._known.get(key_id, 0) + self._unsynced[key_id] + 1 > self._limit:
@@ -65,7 +65,7 @@ class RateLimiter:
     async def sync(self) -> None:
         """Add this replica's counts to the shared counters and learn the totals -- also
         with nothing to add: an idle replica learns what the others admitted this second."""
-        second = int(time.time())
+        second = now_ms() // 1000
         if second != self._second:  # (no request here yet this second)
             self._roll(second)
         counts, ended = dict(self._unsynced), self._ended

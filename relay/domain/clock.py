@@ -3,8 +3,10 @@
 One clock for every replica: Redis'. Schedule scores and leases are taken from Redis' own
 clock inside the scripts (``TIME``); the times a worker still computes itself (an event's
 time, a retry's due time, a lease's remaining life) are its wall clock corrected by the
-offset to Redis' clock it learns from the scripts that return Redis' time (:func:`observe`),
-so a worker whose clock is off by seconds still agrees with the others to a few ms.
+offset to Redis' clock it learns from the scripts that return Redis' time and from a probe
+of ``TIME`` at start and every few seconds (:func:`observe`, :mod:`relay.store.timesync`), so
+a worker or API replica whose clock is off by seconds still agrees with the others to a few
+ms.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 MAX_RTT_MS = 100  # a reply slower than this says too little about when the script ran
 
 _offset_ms = 0  # Redis' clock minus this host's, as last observed
+_learned = False
 
 
 def local_ms() -> int:
@@ -27,13 +30,22 @@ def now_ms() -> int:
     return int(time.time() * 1000) + _offset_ms
 
 
-def observe(redis_ms: int, sent_ms: int, got_ms: int) -> None:
-    """Learn the offset to Redis' clock from a script that read it (``TIME``) at
-    *redis_ms*, sent at *sent_ms* and answered at *got_ms* (both :func:`local_ms`): the
-    script ran in between, so the midpoint is off by half the round trip at most."""
-    global _offset_ms
-    if 0 <= got_ms - sent_ms <= MAX_RTT_MS:
-        _offset_ms = redis_ms - (sent_ms + got_ms) // 2
+def observe(redis_ms: int, sent_ms: int, got_ms: int, max_rtt_ms: int = MAX_RTT_MS) -> bool:
+    """Learn the offset to Redis' clock from a command that read it (``TIME``) at
+    *redis_ms*, sent at *sent_ms* and answered at *got_ms* (both :func:`local_ms`): it ran
+    in between, so the midpoint is off by half the round trip at most. A reply slower than
+    *max_rtt_ms* teaches nothing (False)."""
+    global _offset_ms, _learned
+    if not 0 <= got_ms - sent_ms <= max_rtt_ms:
+        return False
+    _offset_ms = redis_ms - (sent_ms + got_ms) // 2
+    _learned = True
+    return True
+
+
+def learned() -> bool:
+    """An offset was observed (before that it is 0: this host's clock as it is)."""
+    return _learned
 
 
 def offset_ms() -> int:

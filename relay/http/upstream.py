@@ -7,7 +7,6 @@ It never raises for what the upstream answers: every call returns a :class:`Repl
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -17,6 +16,7 @@ import orjson
 
 from relay.constants import RETRY_AFTER_CAP
 from relay.domain.clips import Clip, number, parse_clips
+from relay.domain.clock import now_ms
 
 ReplyKind = Literal["ok", "not_found", "rate_limited", "auth", "error"]
 
@@ -60,7 +60,8 @@ def retry_after_seconds(
             return default
         if when.tzinfo is None:
             return default
-        seconds = when.timestamp() - (time.time() if now is None else now)
+        # (against Redis' clock, as every worker: the pause it becomes is shared)
+        seconds = when.timestamp() - (now_ms() / 1000 if now is None else now)
         seconds = max(seconds, 0.0)
     if seconds != seconds or seconds < 0:
         return default

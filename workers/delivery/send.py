@@ -67,15 +67,16 @@ class Sender:
         connection or one closed before an answer; None for a failure that says nothing of
         the origin (a callback refused)."""
         attempt = w.attempt + 1
-        started = time.time()
+        at = now_ms()  # (Redis' clock: the secrets' grace, the stamp and the record)
+        started = time.monotonic()
         code: int | None = None
         error: str | None = None
         answer = ""
         retry_after: float | None = None
         try:
             target = self._target(w.callback_url)
-            keys = [self._key_bytes(s.sealed) for s in w.signing_secrets(int(started * 1000))]
-            headers = sign_headers(keys, w.event_id, int(started), body)
+            keys = [self._key_bytes(s.sealed) for s in w.signing_secrets(at)]
+            headers = sign_headers(keys, w.event_id, at // 1000, body)
             reply = await self.client.post(target, headers.items(), body)
             code = reply.status
             answer = reply.body.decode(errors="replace")
@@ -83,12 +84,10 @@ class Sender:
                 retry_after = retry_after_seconds(reply.retry_after)
         except SEND_FAILURES as exc:  # e.g. a timeout, or a callback URL that cannot be sent
             error = failure_text(exc)
-        latency = time.time() - started
+        latency = time.monotonic() - started
         DELIVERY_LATENCY.observe(latency)
         latency_ms = round(latency * 1000, 2)
-        record = attempts.record(
-            attempt, int(started * 1000), code, error, latency_ms, answer or None
-        )
+        record = attempts.record(attempt, at, code, error, latency_ms, answer or None)
         self._record(w, attempt, code, error, retry_after, record, latency_ms, claim_ms, first)
         if code is not None:
             return True

@@ -10,7 +10,8 @@
 -- KEYS: registration, state hash, tenant index, tenant-video index, the video's waiting
 -- watches, poll schedule, expiry schedule, status counters, the tenant's status counters,
 -- the set of tenants, [idempotency record].
--- ARGV: watch id, registration JSON, secrets JSON, created ms, video id, tenant, expires ms,
+-- ARGV: watch id, registration JSON, secrets JSON, created ms, video id, tenant, expires ms
+-- (expires - created: the expiry's delay from Redis' now),
 -- the delivery state of a new watch, live watches the tenant may hold, watch key prefix,
 -- its entry in the video's waiting watches ('tenant:origin-tag'), [idempotency record
 -- JSON, its TTL s].
@@ -44,8 +45,11 @@ local order = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZADD', KEYS[3], order, ARGV[1])
 redis.call('ZADD', KEYS[4], order, ARGV[1])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[11])
-redis.call('ZADD', KEYS[6], 'NX', ARGV[4], ARGV[5])
-redis.call('ZADD', KEYS[7], ARGV[7], ARGV[1])
+-- its video's first poll is due at Redis' now and its expiry the timeout after it (the
+-- caller's created and expires ms say only how long that is: its clock may be off)
+local now = math.floor(order / 1000)
+redis.call('ZADD', KEYS[6], 'NX', now, ARGV[5])
+redis.call('ZADD', KEYS[7], now + tonumber(ARGV[7]) - tonumber(ARGV[4]), ARGV[1])
 redis.call('HINCRBY', KEYS[8], 'watching', 1)
 redis.call('HINCRBY', KEYS[9], 'watching', 1)
 redis.call('SADD', KEYS[10], ARGV[6])
