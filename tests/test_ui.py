@@ -17,12 +17,15 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from redis.asyncio import Redis
 
+from relay import constants as c
 from relay.devtools.embedded_redis import free_port
 from relay.devtools.receiver import Receiver
 from relay.store.watches import Watches
+from relay.ui.guard import PAGE_DEADLINE
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, ApiFactory, WorkerFactory, auth, eventually
 from tests.test_worker import register, sim_video, wait_watch
 
@@ -122,7 +125,7 @@ async def test_sign_in_headers_cookie_and_sign_out(ui: Client, browser: Browser)
     assert await empty.locator("rect.ok, rect.fail").count() == 0
     assert await page.get_by_test_id("count-watching").inner_text() == "0"
     (cookie,) = [c for c in await context.cookies() if c["name"] == "cr_ui"]
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and not cookie["secure"]
     assert cookie["path"] == "/ui"
     assert TENANT_A_KEY not in cookie["value"] and "tenant-a" not in cookie["value"]
     assert TENANT_A_KEY not in await page.content()
@@ -470,7 +473,9 @@ async def test_signing_out_while_redis_is_away_still_drops_the_cookie(
     )
     cookie = resp.cookies["cr_ui"].value
     away = await make_api(ui_secret="shared-secret", redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    got = await away.get("/ui/logout", cookies={"cr_ui": cookie}, allow_redirects=False)
+    got = await away.post(
+        "/ui/logout", data={"csrfToken": "x"}, cookies={"cr_ui": cookie}, allow_redirects=False
+    )
     assert got.status == 503
     assert got.cookies["cr_ui"].value == ""
 
@@ -517,7 +522,7 @@ def test_chart_layout() -> None:
 async def test_cookie_is_secure_over_https(ui: Client) -> None:
     resp = await ui.get("/ui/login", headers={"X-Forwarded-Proto": "https"})
     cookie = resp.headers["Set-Cookie"]
-    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
     plain = (await ui.get("/ui/login")).headers["Set-Cookie"]
     assert "Secure" not in plain
 
@@ -528,3 +533,101 @@ async def test_ui_off(make_api: ApiFactory) -> None:
         assert (await off.get(path, allow_redirects=False)).status == 404
     on = await make_api()
     assert (await on.get("/ui", allow_redirects=False)).status == 308
+
+
+async def test_a_link_from_another_site_keeps_the_session(ui: Client, browser: Browser) -> None:
+    """Rule: an operator following a link to the dashboard from another site (chat, mail,
+    a Grafana panel) lands on the page, signed in, and stays signed in in every tab; a link
+    or an image from another site cannot sign anyone out. Fails before: the Strict cookie
+    did not go with the link, so the sign-in page made a new session over the signed-in one
+    (signed out in every tab); and ``GET /ui/logout`` signed out."""
+    elsewhere = web.Application()
+    target = base(ui).replace("127.0.0.1", "localhost")  # another site than the link's
+
+    async def links(_: web.Request) -> web.Response:
+        return web.Response(
+            text=f'<a id="go" href="{target}/ui/watches">watches</a>'
+            f'<img src="{target}/ui/logout"><a id="out" href="{target}/ui/logout">out</a>',
+            content_type="text/html",
+        )
+
+    elsewhere.router.add_get("/", links)
+    other = TestServer(elsewhere, host="127.0.0.1")
+    await other.start_server()
+    try:
+        context, page, _ = await new_page(browser)
+        await page.goto(target + "/ui/login")
+        await page.get_by_label("API key").fill(TENANT_A_KEY)
+        async with page.expect_navigation():
+            await page.get_by_role("button", name="Sign in").click()
+        assert page.url.endswith("/ui/")
+        tab = await context.new_page()
+        await tab.goto(str(other.make_url("/")))
+        async with tab.expect_navigation():
+            await tab.click("#go")
+        assert tab.url == target + "/ui/watches", tab.url
+        await tab.goto(str(other.make_url("/")))
+        async with tab.expect_navigation():
+            await tab.click("#out")  # a GET: 405, nobody signed out
+        await page.reload()
+        assert page.url.endswith("/ui/"), page.url
+        assert await page.get_by_test_id("tenant").inner_text() == "tenant-a"
+        await context.close()
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", b"x"),  # no boundary
+        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name="),
+        ("application/x-www-form-urlencoded; charset=bogus-x", b"a=b"),
+    ],
+)
+async def test_a_form_that_cannot_be_read_is_a_400_page(
+    ui: Client, content_type: str, body: bytes
+) -> None:
+    """Rule: a POST whose form cannot be parsed is the dashboard's 400 page with its
+    headers, not a 500. Fails before: the parser's error escaped the guard."""
+    got = await ui.post("/ui/login", data=body, headers={"Content-Type": content_type})
+    assert got.status == 400, await got.text()
+    assert got.content_type == "text/html"
+    assert_protected({name.lower(): value for name, value in got.headers.items()})
+
+
+async def test_a_form_that_does_not_arrive_is_a_408_not_a_storage_outage(
+    ui: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule: a form whose body does not come within the page's deadline is a 408 page (the
+    connection closed), and no Redis outage is logged. Fails before: it was the 503
+    "storage is unreachable" page, with "redis unavailable" logged at error level."""
+    host, port = ui.server.host, ui.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /ui/login HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nabcd"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PAGE_DEADLINE + 3)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert b"Connection: close" in head
+    assert "redis unavailable" not in capsys.readouterr().out
+
+
+async def test_any_redis_error_reply_is_the_dashboards_503_page(ui: Client, redis: Redis) -> None:
+    """Rule: any error reply of Redis (here WRONGTYPE: the tenant's counters are not a
+    hash) is the dashboard's HTML 503 with its security headers. Fails before: it went to
+    the API's handler, a problem document without the dashboard's headers."""
+    token = await _csrf(ui)
+    resp = await ui.post(
+        "/ui/login", data={"apiKey": TENANT_A_KEY, "csrfToken": token}, allow_redirects=False
+    )
+    cookie = resp.cookies["cr_ui"].value
+    await redis.delete(c.TENANT_COUNTS_KEY.format("tenant-a"))
+    await redis.set(c.TENANT_COUNTS_KEY.format("tenant-a"), "x")
+    got = await ui.get("/ui/", cookies={"cr_ui": cookie}, allow_redirects=False)
+    assert got.status == 503
+    assert got.content_type == "text/html"
+    assert_protected({name.lower(): value for name, value in got.headers.items()})

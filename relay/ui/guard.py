@@ -11,8 +11,10 @@ from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
+from aiohttp.web_request import FileField
+from multidict import MultiDict, MultiDictProxy
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import logs
@@ -34,6 +36,7 @@ LOGOUT = "/ui/logout"
 PUBLIC = (LOGIN, LOGOUT)
 STATIC = "/ui/static/"
 PAGE_DEADLINE = REQUEST_DEADLINE - 0.5  # seconds
+STALE_FORM = "the form's CSRF token is missing or stale: reload"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -56,8 +59,10 @@ TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Too slow",
     413: "Too large",
     429: "Too many attempts",
+    500: "Error",
     503: "Unavailable",
 }
 
@@ -111,7 +116,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     static = request.path.startswith(STATIC)
     sessions = request.app[SESSIONS]
     request[SESSION] = new_session()  # (until the cookie's is known: an error page needs one)
-    drop = False
+    drop = reading = False
     response: web.StreamResponse
     try:
         # a page's own deadline, under the API's: a hung Redis is this 503 page, not the
@@ -124,8 +129,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             request[SESSION] = current
             if SIGNED_IN not in request and not static and request.path not in PUBLIC:
                 raise web.HTTPSeeOther(LOGIN)
-            if request.method == "POST" and not await _csrf_given(request, current):
-                raise web.HTTPForbidden(text="the form's CSRF token is missing or stale: reload")
+            if request.method == "POST":
+                reading = True  # (a body that does not come in time is the visitor's, not Redis')
+                form = await _form(request)
+                reading = False
+                if not csrf_ok(current, _csrf_given(request, form)):
+                    raise web.HTTPForbidden(text=STALE_FORM)
             response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -139,13 +148,24 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
     except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
-        log.error("redis unavailable", error=type(exc).__name__)
-        response = error_page(request, 503, "the relay's storage is unreachable; try again")
-        drop = drop or request.path == LOGOUT  # signing out ends it here at least
+        if reading:  # the form did not arrive within the page's deadline
+            response = error_page(request, 408, "the form did not arrive in time; send it again")
+            response.force_close()
+        else:
+            log.error("redis unavailable", error=type(exc).__name__)
+            response = error_page(request, 503, "the relay's storage is unreachable; try again")
+            drop = drop or request.path == LOGOUT  # signing out ends it here at least
     except (OutOfMemoryError, ReadOnlyError) as exc:
         log.error("redis refused a write", error=type(exc).__name__)
         response = error_page(request, 503, "the relay's storage cannot take writes right now")
         drop = drop or request.path == LOGOUT
+    except RedisError as exc:  # any other error reply (BUSY, MISCONF, MASTERDOWN, ...)
+        log.error("redis answered with an error", error=type(exc).__name__)
+        response = error_page(request, 503, "the relay's storage answered with an error; try again")
+        drop = drop or request.path == LOGOUT
+    except Exception:  # a bug: still an HTML page with the headers, and logged
+        log.exception("dashboard page failed", path=request.path)
+        response = error_page(request, 500, "something went wrong on this page")
     protect(response.headers, static=static)
     # the page's own time in this process (the benchmark reads it; browsers show it)
     response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
@@ -170,13 +190,25 @@ async def _identify(request: web.Request, sessions: Sessions) -> tuple[Session, 
     return current, False
 
 
-async def _csrf_given(request: web.Request, current: Session) -> bool:
+FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+Form = MultiDictProxy[str | bytes | bytearray | FileField]
+
+
+async def _form(request: web.Request) -> Form:
+    """A POST's form, read once (the views read it again from aiohttp's cache); an empty one
+    for a body that is not a form. A form that cannot be read is a 400."""
+    if request.content_type not in FORMS:
+        return MultiDictProxy(MultiDict())
+    try:
+        return await request.post()
+    except (ValueError, LookupError, UnicodeDecodeError):  # a bad boundary, charset, ...
+        raise web.HTTPBadRequest(text="the form could not be read") from None
+
+
+def _csrf_given(request: web.Request, form: Form) -> str:
+    """The CSRF token the POST came with: its header, or the form's field."""
     given = request.headers.get("X-CSRF-Token", "")
-    if not given and request.content_type in (
-        "application/x-www-form-urlencoded",
-        "multipart/form-data",
-    ):
-        form = await request.post()
+    if not given:
         value = form.get("csrfToken", "")
         given = value if isinstance(value, str) else ""
-    return csrf_ok(current, given)
+    return given

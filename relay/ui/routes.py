@@ -25,7 +25,6 @@ def setup_routes(ui: web.Application) -> None:
     r.add_get("/", views.overview, name="overview")
     r.add_get("/login", views.login_form)
     r.add_post("/login", views.login)
-    r.add_get("/logout", views.logout)
     r.add_post("/logout", views.logout)
     r.add_get("/watches", views.watch_list)
     r.add_get("/watches/{watch_id}", views.watch_page)

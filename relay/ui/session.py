@@ -23,6 +23,11 @@ from cryptography.fernet import Fernet, InvalidToken
 
 COOKIE = "cr_ui"
 PATH = "/ui"
+# Lax, not Strict: a link to the dashboard from another site (chat, mail, a Grafana panel)
+# carries the session, where Strict sent none, so the sign-in page made a new one and signed
+# the operator out in every tab. What Lax lets through is safe: a GET changes nothing
+# (sign-out is a POST) and every POST needs the session's CSRF token.
+SAME_SITE = "Lax"
 MAX_COOKIE = 4096  # bytes: a longer cookie was not made here
 
 
@@ -68,14 +73,14 @@ class Sessions:
             max_age=int(self.lifetime_s),
             path=PATH,
             httponly=True,
-            samesite="Strict",
+            samesite=SAME_SITE,
             secure=is_https(request),
         )
 
     def clear(self, request: web.Request, response: web.StreamResponse) -> None:
         """End the session: the cookie is dropped."""
         response.del_cookie(
-            COOKIE, path=PATH, httponly=True, samesite="Strict", secure=is_https(request)
+            COOKIE, path=PATH, httponly=True, samesite=SAME_SITE, secure=is_https(request)
         )
 
 

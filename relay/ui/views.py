@@ -75,7 +75,8 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    """``/ui/logout`` (GET or POST): the session ends, also for any copy of its cookie."""
+    """``POST /ui/logout``: the session ends, also for any copy of its cookie. (No GET: the
+    cookie goes with links from other sites, so a link must not sign anyone out.)"""
     current = session(request)
     if SIGNED_IN in request:
         await dashboard(request).end_session(session_id(current), request.app[SESSIONS].lifetime_s)
