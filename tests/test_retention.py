@@ -122,6 +122,34 @@ async def test_a_shared_clips_document_goes_with_its_last_watch(store: Store) ->
     assert n == 1 and not await store.redis.exists(doc)
 
 
+async def test_a_clips_document_purged_mid_fan_out_is_stored_again(store: Store) -> None:
+    """Rule: when a retention shorter than a fan-out purges the events of its first chunk
+    (and with them the clips document they shared), the next chunk, which counts on the
+    document being stored, stores it again: no event of the video is left without its
+    body. Fails before: the next chunk only added references to a document that was gone
+    (a hash of ``refs`` alone), so its events had no stored body to be built from."""
+    ws = await registered(store, 4, video="v1")
+    event = clips_ready()
+    made, claims = await store.deliveries.finalize("v1", event, [ws[0].id, ws[1].id], claim=2)
+    assert made == 2
+    await store.deliveries.settle([result(cl, "ok", b'{"r":1}') for cl in claims])
+    assert await purge_all(store) == 2
+    doc = c.SOURCE_KEY.format("v1", event.at_ms)
+    assert not await store.redis.exists(doc)
+    made, _ = await store.deliveries.finalize(
+        "v1", event, [ws[2].id, ws[3].id], claim=2, doc_stored=True
+    )
+    assert made == 2
+    assert await store.deliveries.clips_doc("v1", event.at_ms) is not None
+    assert await store.redis.hget(doc, "refs") == "2"  # type: ignore[misc]
+    # a document still there is not sent again: the chunk only adds its references
+    w = (await registered(store, 1, video="v1"))[0]
+    await store.redis.hset(doc, "doc", "kept")  # type: ignore[misc]
+    made, _ = await store.deliveries.finalize("v1", event, [w.id], doc_stored=True)
+    assert made == 1 and await store.redis.hget(doc, "doc") == "kept"  # type: ignore[misc]
+    assert await store.redis.hget(doc, "refs") == "3"  # type: ignore[misc]
+
+
 async def test_live_and_recent_watches_are_not_touched(store: Store) -> None:
     """A watch still watching, one still delivering (retrying), one final for less than the
     retention, and one redelivered (its stale final-index member read) stay as they were."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from relay import constants as c
 from relay import logs
@@ -396,7 +396,7 @@ class Poller(Pump[Claimed]):
         was lost (the video's new owner finishes the fan-out)."""
         created = 0
         wait_budget = self.lease_s / 5
-        first = True
+        first, stored = True, False  # stored: the clips document, by an earlier chunk
         while first or not order.done:
             first = False
             chunk, wait_budget = await self._next_chunk(order, FINALIZE_CHUNK, wait_budget)
@@ -405,23 +405,20 @@ class Poller(Pump[Claimed]):
             later = self.pace([tag for _, tag in chunk])
             order.slow(tag for (_, tag), d in zip(chunk, later, strict=True) if d)
             claimable = sum(1 for d in later if not d)
-            # a busy worker leaves the rest due for other workers; one that keeps up claims
-            # them as it creates them (no second read)
+            # a busy worker leaves the rest due for any worker, one that keeps up claims them
+            # as made (no second read); it waits for room a fifth of the video's lease in all
             waited = time.monotonic()
             room = await self.room(claimable, min(ROOM_WAIT_S, wait_budget)) if claimable else 0
-            # a fan-out holds the video's lease: it waits for room a fifth of it at most in
-            # all, then the rest is for any worker
             wait_budget -= time.monotonic() - waited
             made, claimed = await self.leases.write(
                 lease,
-                self._finalize(vid, event, [w for w, _ in chunk], room, later),
+                self._finalize(vid, event, [w for w, _ in chunk], room, later, stored),
                 lambda got: got[0] < 0,
             )
             if made < 0:
                 log.warning("poll claim lost mid fan-out", video_id=vid, events=created)
                 return -1
-            if made and event.clips_doc:
-                event = replace(event, clips_doc=b"")  # stored: later chunks add references
+            stored = stored or bool(made and event.clips_doc)  # later chunks add references
             if claimed:  # (before the release: a release that fails leaves them queued)
                 self.on_events(claimed)
             if order.done:
@@ -467,9 +464,16 @@ class Poller(Pump[Claimed]):
             wait_budget -= slept
 
     def _finalize(
-        self, vid: str, event: FinalEvent, chunk: Sequence[str], room: int, later: Sequence[int]
+        self,
+        vid: str,
+        event: FinalEvent,
+        chunk: Sequence[str],
+        room: int,
+        later: Sequence[int],
+        stored: bool,
     ) -> Callable[[int], Awaitable[tuple[int, list[DeliveryClaim]]]]:
-        """One fan-out chunk's ``finalize``, to be made under the poll claim's token."""
+        """One fan-out chunk's ``finalize``, to be made under the poll claim's token
+        (*stored*: its clips document, by an earlier chunk)."""
         paced = later if any(later) else None
 
         def call(token: int) -> Awaitable[tuple[int, list[DeliveryClaim]]]:
@@ -481,6 +485,7 @@ class Poller(Pump[Claimed]):
                 lease_s=self.lease_s,
                 poll_token=token,
                 later_ms=paced,
+                doc_stored=stored,
             )
 
         return call

@@ -30,6 +30,8 @@ from relay.store.codec import (
 )
 from relay.store.scripts import DELIVERY_BATCH, SCRIPT_BATCH
 
+DOC_GONE = -2  # finalize's answer: the clips document said stored is not there
+
 SETTLE_BATCH = DELIVERY_BATCH  # attempts recorded per script call, at most
 
 
@@ -56,6 +58,7 @@ class Deliveries:
         lease_s: float = 0.0,
         poll_token: int | None = None,
         later_ms: Sequence[int] | None = None,
+        doc_stored: bool = False,
     ) -> tuple[int, list[DeliveryClaim]]:
         """Give the watches of *watch_ids* (of one video) *event* and schedule its delivery;
         every one of them stops waiting on the video.
@@ -69,11 +72,45 @@ class Deliveries:
 
         With *poll_token* (a poller's claim of the video: its lease deadline), nothing is
         written once that claim is no longer the caller's; then -1 events were created.
+
+        *doc_stored*: an earlier chunk stored the event's clips document, so it is not sent
+        again -- unless it is gone since (a retention shorter than the fan-out purged the
+        events that used it): then it is sent after all, so that no event of the video is
+        left without its body.
         """
         if len(watch_ids) > SCRIPT_BATCH:
             raise ValueError(f"at most {SCRIPT_BATCH} watches per finalize call")
         if not watch_ids:
             return 0, []
+        if doc_stored and event.event_type == "clips.ready":
+            made, claims = await self._finalize_call(
+                video_id, event, watch_ids, claim, lease_s, poll_token, later_ms, "="
+            )
+            if made != DOC_GONE:
+                return made, claims
+        return await self._finalize_call(
+            video_id,
+            event,
+            watch_ids,
+            claim,
+            lease_s,
+            poll_token,
+            later_ms,
+            memoryview(event.clips_doc),  # (a memoryview goes to the socket without a copy)
+        )
+
+    async def _finalize_call(
+        self,
+        video_id: str,
+        event: FinalEvent,
+        watch_ids: Sequence[str],
+        claim: int,
+        lease_s: float,
+        poll_token: int | None,
+        later_ms: Sequence[int] | None,
+        doc: EncodableT,
+    ) -> tuple[int, list[DeliveryClaim]]:
+        """One ``finalize`` call (see :meth:`finalize`), *doc* its clips document argument."""
         rows = await self._finalize(
             keys=[
                 c.DELIVERY_SCHEDULE_KEY,
@@ -93,8 +130,7 @@ class Deliveries:
                 event.video_status,
                 "" if event.video_progress is None else repr(event.video_progress),
                 event.video_error,
-                # a memoryview goes to the socket as it is: no copy while packing
-                memoryview(event.clips_doc),
+                doc,
                 "" if event.clips_ms is None else event.clips_ms,
                 c.TENANT_PREFIX,
                 video_id,

@@ -12,11 +12,13 @@
 -- KEYS: delivery schedule, the video's waiting watches, status counters, clips document,
 -- video hash, expiry schedule, poll schedule.
 -- ARGV: watch key prefix, at ms, event type, lease ms, number to claim, video status ('' =
--- the video hash's), video progress, video error, clips document ('' none), clips fetched
+-- the video hash's), video progress, video error, clips document ('' none, '=' stored by an
+-- earlier chunk), clips fetched
 -- ms, tenant key prefix, video id, the poll claim's token ('' = none to check), then the
 -- watch ids, each 'id' or 'id@ms': due that many ms after now, never claimed (a fan-out
 -- paces the events of an origin that would not start them soon).
--- Returns {the number of events created (-1: not our poll claim), the claims' lease
+-- Returns {the number of events created (-1: not our poll claim; -2: the document said
+-- stored is gone, send it), the claims' lease
 -- deadline, the new 'st' and 'ev' fields (the same for every watch of the call), then per
 -- watch claimed its id and its 'secrets'} (the caller reads their registrations
 -- afterwards, outside the script: one MGET; the rest of what sending needs is here).
@@ -39,6 +41,13 @@ if ARGV[13] ~= '' and tonumber(redis.call('ZSCORE', KEYS[7], ARGV[12])) ~= tonum
   return {-1, deadline}
 end
 if #ids == 0 then return {0, deadline} end
+-- '=': the caller stored the clips document with an earlier chunk; if it is gone since (its
+-- events delivered and purged by a retention shorter than the fan-out), nothing is written
+-- and -2 asks for the document again
+if ARGV[9] == '=' then
+  if redis.call('HEXISTS', KEYS[4], 'doc') == 0 then return {-2, deadline} end
+  ARGV[9] = ''
+end
 local waiting = redis.call('HMGET', KEYS[2], unpack(ids))
 redis.call('HDEL', KEYS[2], unpack(ids))
 local vstatus, vprogress = ARGV[6], ARGV[7]
