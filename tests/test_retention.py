@@ -211,6 +211,28 @@ async def test_an_index_that_held_many_watches_is_compact_again(store: Store) ->
     assert await store.redis.object("encoding", c.EXPIRY_SCHEDULE_KEY) == "listpack"
 
 
+async def test_a_lower_listpack_limit_is_not_rebuilt_on_every_call(store: Store) -> None:
+    """Rule: with Redis' zset-max-listpack-entries set below the default (64), an index
+    of 100 members (a skiplist, and one again if rebuilt) is not rebuilt by every purge:
+    only one of 64 or fewer is. Fails before: the size was fixed at 128, so every call
+    rebuilt it (a ZRANGE, a DEL and a ZADD of every member) to no use."""
+    redis = store.redis
+    await redis.config_set("zset-max-listpack-entries", 64)
+    try:
+        store = Store(redis)  # (the limit is read once per store)
+        watches = await registered(store, 101, video="live")
+        await delivered(store, watches[:1])
+        index = c.TENANT_INDEX_KEY.format("acme")
+        assert await redis.object("encoding", index) == "skiplist"
+        await redis.config_resetstat()
+        assert await purge_all(store) == 1  # (it read one, so it looks at the sizes)
+        assert await redis.zcard(index) == 100
+        stats = await redis.info("commandstats")
+        assert "cmdstat_zrange" not in stats, stats
+    finally:
+        await redis.config_set("zset-max-listpack-entries", 128)
+
+
 async def test_a_full_redis_is_swept_all_the_same(store: Store) -> None:
     """Redis at its maxmemory (noeviction) refuses the sweep's lock (a SET), but the sweep is
     what frees memory: every worker sweeps without it then (each purge decides per watch

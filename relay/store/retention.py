@@ -10,6 +10,7 @@ safe without it; it saves the others the reads).
 from __future__ import annotations
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from relay import constants as c
 from relay.store import scripts
@@ -26,6 +27,19 @@ class Retention:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._purge = scripts.register(redis, "purge")
+        self._compact: int | None = None  # as this Redis is configured (read once)
+
+    async def _compact_size(self) -> int:
+        """The size at which a zset is rebuilt compact: Redis' own listpack limit when it is
+        set lower than the default (a rebuild above it would stay a skiplist, rebuilt again
+        on every call), COMPACT_ZSET when it cannot be read (CONFIG refused: managed Redis)."""
+        if self._compact is None:
+            try:
+                got = await self.redis.config_get("zset-max-listpack-entries")
+                self._compact = min(COMPACT_ZSET, int(got["zset-max-listpack-entries"]))
+            except (RedisError, KeyError, ValueError):
+                self._compact = COMPACT_ZSET
+        return self._compact
 
     async def tenants(self, cursor: int, count: int = 100) -> tuple[int, list[str]]:
         """One bounded step through the set of tenants (SSCAN): (next cursor, tenants)."""
@@ -59,7 +73,7 @@ class Retention:
                 c.VIDEO_PREFIX,
                 c.VIDEO_WATCHES_SUFFIX,
                 c.SOURCE_PREFIX,
-                COMPACT_ZSET,
+                await self._compact_size(),
             ],
         )
         return int(deleted), int(read)
