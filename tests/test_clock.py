@@ -192,3 +192,26 @@ async def test_a_pause_is_timed_on_the_monotonic_clock(monkeypatch: pytest.Monke
     assert 4.0 < gate.paused_s() <= 5.0
     skew(monkeypatch)  # the wall clock jumps 30 s ahead: the pause is still on
     assert 4.0 < gate.paused_s() <= 5.0
+
+
+async def test_an_offset_learnt_while_redis_was_slow_is_replaced(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule: an offset learnt from slow round trips (Redis busy as the process started) is
+    replaced by the next probe no slower, even one over the usual 100 ms bound. Fails
+    before: once learnt, a round trip over 100 ms taught nothing, so the first (and least
+    exact) offset stayed for as long as Redis stayed slow."""
+    real_time = redis.time
+    delays = [0.4, 0.2]  # the second probe slow too (over 100 ms), but less
+
+    async def slow_time() -> tuple[int, int]:
+        await asyncio.sleep(delays.pop(0))
+        return await real_time()
+
+    monkeypatch.setattr(redis, "time", slow_time)
+    assert await timesync.sync(redis, samples=1)
+    skew(monkeypatch)  # this host's clock steps 30 s ahead; Redis is still slow
+    assert await timesync.sync(redis, samples=1)
+    secs, micros = await real_time()
+    now = int(secs) * 1000 + int(micros) // 1000
+    assert abs(relay.domain.clock.now_ms() - now) < 1_000

@@ -251,3 +251,28 @@ async def test_a_full_redis_is_swept_all_the_same(store: Store) -> None:
         await store.redis.config_set("maxmemory", 0)
     assert (await store.watches.counts())["delivered"] == 0
     assert not [k async for k in store.redis.scan_iter(c.WATCH_PREFIX + "*")]
+
+
+async def test_the_listpack_limit_is_asked_again_after_a_failed_read(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule: a read of Redis' listpack limit that fails on the connection (a blip) is
+    asked again on the next purge; only a refused CONFIG settles on 128. Fails before:
+    any error settled on 128 for the process' life."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    real = store.redis.config_get
+    calls = 0
+
+    async def flaky(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RedisConnectionError("a blip")
+        return {"zset-max-listpack-entries": "64"}
+
+    monkeypatch.setattr(store.redis, "config_get", flaky)
+    assert await store.retention._compact_size() == 128
+    assert await store.retention._compact_size() == 64
+    assert await store.retention._compact_size() == 64 and calls == 2
+    monkeypatch.setattr(store.redis, "config_get", real)

@@ -179,3 +179,24 @@ async def test_the_sync_loop_shares_counts_by_itself_until_stop(store: Store) ->
     assert limiter.allow("k")
     await asyncio.sleep(5 * SYNC_EVERY)
     assert counting.syncs == syncs  # stopped: nothing syncs any more
+
+
+async def test_a_clock_stepping_a_few_ms_back_opens_no_second_window(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule: the limiter's second never goes back. A new offset to Redis' clock may step
+    this replica's time a few ms back across a second's start; the second it counts in
+    stays the later one. Fails before: the step back (and the step forward again) each
+    started a fresh count, so a key that had used its second got ``limit`` more."""
+    import relay.api.throttle
+
+    limiter = RateLimiter(store.limits, 10)
+    second = await early_in_a_second()
+    assert admitted(limiter, "k", 10) == 10
+    await limiter.sync()
+    now = time.time()
+    monkeypatch.setattr(relay.api.throttle, "now_ms", lambda: int(now * 1000) - 1_000)
+    assert admitted(limiter, "k", 5) == 0  # a step back to the second before: still full
+    monkeypatch.setattr(relay.api.throttle, "now_ms", lambda: int(now * 1000))
+    assert admitted(limiter, "k", 5) == 0  # and forward again: the same second, still full
+    assert second == int(time.time())

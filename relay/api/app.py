@@ -193,6 +193,7 @@ async def _upkeep(redis: Redis, every_s: float = TRIM_EVERY_S) -> None:
         await asyncio.sleep(every_s)
         with contextlib.suppress(Exception):  # (Redis away: the next round tries again)
             await timesync.sync(redis)
+        with contextlib.suppress(Exception):
             await trim_idle(redis)
 
 

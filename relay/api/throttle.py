@@ -54,7 +54,9 @@ class RateLimiter:
 
     def allow(self, key_id: str) -> bool:
         """Count a request of *key_id*; False when it is over the limit (not counted)."""
-        second = now_ms() // 1000  # (Redis' second: every replica counts in the same)
+        # Redis' second (every replica counts in the same); never back to the one before (a
+        # new offset to Redis' clock may step a few ms back: that second's counts are gone)
+        second = max(now_ms() // 1000, self._second)
         if second != self._second:
             self._roll(second)
         if self._known.get(key_id, 0) + self._unsynced[key_id] + 1 > self._limit:
@@ -65,7 +67,7 @@ class RateLimiter:
     async def sync(self) -> None:
         """Add this replica's counts to the shared counters and learn the totals -- also
         with nothing to add: an idle replica learns what the others admitted this second."""
-        second = now_ms() // 1000
+        second = max(now_ms() // 1000, self._second)
         if second != self._second:  # (no request here yet this second)
             self._roll(second)
         counts, ended = dict(self._unsynced), self._ended

@@ -10,7 +10,7 @@ safe without it; it saves the others the reads).
 from __future__ import annotations
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from relay import constants as c
 from relay.store import scripts
@@ -37,8 +37,10 @@ class Retention:
             try:
                 got = await self.redis.config_get("zset-max-listpack-entries")
                 self._compact = min(COMPACT_ZSET, int(got["zset-max-listpack-entries"]))
-            except (RedisError, KeyError, ValueError):
+            except (ResponseError, KeyError, ValueError):  # refused, or not this Redis' knob
                 self._compact = COMPACT_ZSET
+            except RedisError:  # Redis away a moment: this call only, asked again next time
+                return COMPACT_ZSET
         return self._compact
 
     async def tenants(self, cursor: int, count: int = 100) -> tuple[int, list[str]]:

@@ -12,13 +12,13 @@ from redis.asyncio import Redis
 from relay.domain import clock
 
 SAMPLES = 3  # round trips per probe; the fastest says most
-FIRST_MAX_RTT_MS = 5_000  # before any offset is known, a slow answer beats none
+FIRST_MAX_RTT_MS = 1_000  # before any offset is known, a slow answer beats none
 
 
 async def sync(redis: Redis, samples: int = SAMPLES) -> bool:
     """Probe Redis' clock *samples* times and learn the offset from the fastest round trip;
-    whether it was learned (a reply slower than the clock's bound teaches nothing once an
-    offset is known)."""
+    whether it was learned (once an offset is known, a round trip slower than both the
+    clock's bound and the one it came from teaches nothing)."""
     best: tuple[int, int, int] | None = None  # (sent, got, Redis ms) of the fastest
     for _ in range(samples):
         sent = clock.local_ms()
@@ -29,5 +29,8 @@ async def sync(redis: Redis, samples: int = SAMPLES) -> bool:
     if best is None:
         return False
     sent, got, redis_ms = best
-    bound = clock.MAX_RTT_MS if clock.learned() else FIRST_MAX_RTT_MS
+    # a round trip up to the clock's bound, or no slower than the one the offset came from
+    # (an offset learnt while Redis was slow is replaced by a better one, however slow)
+    last = clock.learned_rtt_ms()
+    bound = FIRST_MAX_RTT_MS if last is None else max(clock.MAX_RTT_MS, last)
     return clock.observe(redis_ms, sent, got, bound)
