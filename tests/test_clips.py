@@ -347,10 +347,13 @@ def test_parse_clips() -> None:
     a, b = clip("a"), clip("b")
     assert parse_clips({"videoId": "v", "clips": [a, b], "count": 99}) == [a, b]
     assert parse_clips({"videoId": "v", "clips": [a, "junk", 3, None, b]}) == [a, b]
-    assert parse_clips({"videoId": "v"}) == []
-    assert parse_clips({"videoId": "v", "clips": None}) == []
+    assert parse_clips({"videoId": "v", "clips": []}) == []
     got = parse_clips({"clips": [a]})
     assert got[0] is a
+    # no clip list is no answer (an error body answered 200), not "no clips"
+    for answer in ({"videoId": "v"}, {"videoId": "v", "clips": None}, {"error": "Internal"}, {}):
+        with pytest.raises(ValueError, match="no clip list"):
+            parse_clips(answer)
 
 
 @pytest.mark.parametrize("payload", [[], "clips", None, 3])

@@ -453,6 +453,30 @@ async def test_a_video_fails_after_three_404s_in_a_row_only(
     assert [s for _, s in await requests(sim, "no_such_video")] == [404, 404, 404]  # stopped
 
 
+async def test_404s_broken_up_by_clips_answers_do_not_fail_a_rendering_video(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: in the render phase (only ``/clips`` is asked), a clips answer breaks a run of
+    404s as a status answer does: three 404s that are not in a row do not make the video
+    unknown. Fails before: only a status answer reset the count, so the third scattered 404
+    while clips rendered gave every watch a final ``video.failed`` (``not_found``)."""
+    vid = await sim_video(
+        sim,
+        timeline=[*ANALYZING, {"status": "completed", "after": 0.1}],
+        clips=[{"score": 90, "renderAfter": 60}],
+    )
+    _, fanout = await make_poller(render_timeout=60)
+    (w,) = await watch(store, vid, min_score=80)
+    for n in (1, 2, 3):
+        await fault(sim, kind="404", path="clips", videoId=vid, times=1)
+        await eventually(
+            lambda n=n: _ends_after_404s(requests(sim, vid, "clips"), n),  # type: ignore[misc]
+            timeout=10,
+            what=f"404 number {n}, then an answer",
+        )
+    assert w.id not in fanout.events  # still waiting for its clip to render, not failed
+
+
 async def _ends_after_404s(
     log: Awaitable[list[tuple[float, int]]], n: int
 ) -> list[tuple[float, int]]:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from relay.constants import RETRY_AFTER_CAP
 from relay.devtools.upstream_sim import STATE
@@ -343,6 +343,56 @@ async def test_clips_rate_limited(sim: Sim, client: UpstreamClient) -> None:
     reply = await client.clips(vid)
     assert reply.kind == "rate_limited"
     assert reply.retry_after == 3.0  # the simulator rounds the header up
+
+
+@pytest.mark.parametrize("body", [b'{"error": "Internal error"}', b"{}", b'{"clips": null}'])
+async def test_a_clips_answer_without_a_clip_list_is_an_error(
+    session: aiohttp.ClientSession, body: bytes
+) -> None:
+    """Rule: a 200 whose body has no ``clips`` list (an error body from the upstream or a
+    gateway) is an error, polled again with backoff -- not "no clips". Fails before: it
+    was ok with no clips, which finished every watch of the video with ``clips: []`` (and a
+    link refresh stored it over the good document)."""
+
+    async def clips(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/videos/{vid}/clips", clips)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        upstream = UpstreamClient(session, str(server.make_url("")).rstrip("/"), "k", 5.0)
+        reply = await upstream.clips("vid_1")
+        assert reply.kind == "error" and "no clip list" in reply.detail, reply
+    finally:
+        await server.close()
+
+
+async def test_a_redirect_is_an_error_and_not_followed(session: aiohttp.ClientSession) -> None:
+    """Rule: a 3xx from the upstream is an error (polled again with backoff), and its
+    Location is never asked: the Bearer key never follows a redirect."""
+    asked: list[str] = []
+
+    async def moved(_: web.Request) -> web.Response:
+        raise web.HTTPFound("/elsewhere")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        asked.append(request.headers.get("Authorization", ""))
+        return web.json_response({"video": {"status": "completed"}})
+
+    app = web.Application()
+    app.router.add_get("/api/videos/{vid}/status", moved)
+    app.router.add_get("/elsewhere", elsewhere)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        upstream = UpstreamClient(session, str(server.make_url("")).rstrip("/"), "k", 5.0)
+        reply = await upstream.status("vid_1")
+        assert reply.kind == "error" and "302" in reply.detail, reply
+        assert asked == []
+    finally:
+        await server.close()
 
 
 # --- Retry-After parsing ------------------------------------------------------------------

@@ -274,7 +274,7 @@ class Poller(Pump[Claimed]):
         reply = await self._request("clips", lease)
         if reply.kind != "ok":
             return await self._trouble(state, reply)
-        state.errors = 0
+        state.errors = state.not_found = 0  # (404s count in a row: /status is not asked now)
         fetched = now_ms()
         clips = ClipSet(reply.clips)
         watch_ids = None

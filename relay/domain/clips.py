@@ -143,12 +143,13 @@ def pending(clips: Sequence[Clip], filters: Iterable[ClipFilter]) -> int:
 
 
 def parse_clips(payload: Any) -> list[Clip]:
-    """The clip objects of a clips response; tolerant of a missing or odd ``clips`` field."""
+    """The clip objects of a clips response (entries that are not objects are skipped). A
+    response without a ``clips`` list -- missing, null, or an error body such as
+    ``{"error": ...}`` from the upstream or a gateway, answered 200 -- is a ``ValueError``,
+    not "no clips": that would finish every watch of the video with ``clips: []``."""
     if not isinstance(payload, dict):
         raise ValueError("clips response is not an object")
     clips = payload.get("clips")
-    if clips is None:
-        return []
     if not isinstance(clips, list):
         raise ValueError("clips response has no clip list")
     return [c for c in clips if isinstance(c, dict)]
