@@ -281,9 +281,11 @@ def test_the_breaker_forgets_open_origins_nothing_is_sent_to_any_more(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The breaker remembers MAX_ORIGINS origins: beyond it, the closed ones go first, then
-    open ones whose cooldown ended with no attempt since; those still cooling down stay.
-    Fails before: an origin that opened once and got no other attempt was kept (and
-    counted open) for ever (review, 2026-12-06)."""
+    open ones whose cooldown ended with no attempt since, then (a flood of dead origins,
+    all cooling down) the oldest, down to nine tenths: the bound holds. Fails before: an
+    origin that opened once and got no other attempt was kept (and counted open) for ever
+    (review, 2026-12-06); and origins still cooling down were kept over the bound, each
+    new one scanning them all twice (a second review)."""
     monkeypatch.setattr("workers.delivery.breaker.MAX_ORIGINS", 4)
     clock = Clock()
     b = Breakers(failures=1, cooldown_s=30, clock=clock)
@@ -297,10 +299,12 @@ def test_the_breaker_forgets_open_origins_nothing_is_sent_to_any_more(
     assert b.check(fresh) is Verdict.OPEN and b.open_origins == 1
     assert all(b.check(origin) is Verdict.SEND for origin in dead)  # forgotten
     late = ("https", "late.example", 443)
-    for i in range(4):  # still cooling down: kept, though over the bound
+    for i in range(4):  # all cooling down: the oldest go, the bound holds
         b.record(("https", f"c{i}.example", 443), False)
     b.record(late, False)
-    assert b.check(fresh) is Verdict.OPEN and b.open_origins == 6
+    assert len(b._states) <= 4 and b.open_origins == len(b._states) == 4
+    assert b.check(late) is Verdict.OPEN  # the newest are kept
+    assert b.check(fresh) is Verdict.SEND  # the oldest went (sent to again, opens again)
 
 
 def test_what_counts_as_no_answer() -> None:
@@ -343,6 +347,12 @@ def test_an_origin_that_has_not_answered_may_get_two_waves_of_a_fan_out_first() 
         q.plan([f"t{i}"], 0.1, 0.025)
         clock.t += 1.0
     assert len(q._unseen) <= 256
+    # ...and swept by the idle sweep too, not only by a later plan(): a burst to 1,000
+    # origins that are never queued here (left for other workers) is not kept
+    q.plan([f"u{i}" for i in range(1000)], 0.1, 0.025)
+    clock.t += 2.0
+    q.forget_idle()
+    assert len(q._unseen) == 0
 
 
 def test_a_stalled_claim_check_does_not_make_an_origin_slow() -> None:

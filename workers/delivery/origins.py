@@ -427,6 +427,9 @@ class OriginQueues(Generic[J]):
             if now > last + IDLE_FORGET_S:
                 del self._origins[key]
                 self._by_tag.pop(origin_tag(key), None)
+        if self._unseen and now - self._unseen_swept > PROMISE_S:  # (promises never queued)
+            self._unseen = {t: u for t, u in self._unseen.items() if now - u[1] <= PROMISE_S}
+            self._unseen_swept = now
 
     def _promise(self, o: _Origin[J], now: float) -> None:
         if now - o.promised_at > PROMISE_S:
