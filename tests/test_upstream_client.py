@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -345,6 +346,20 @@ async def test_clips_rate_limited(sim: Sim, client: UpstreamClient) -> None:
     assert reply.retry_after == 3.0  # the simulator rounds the header up
 
 
+@contextlib.asynccontextmanager
+async def upstream_of(
+    app: web.Application, session: aiohttp.ClientSession
+) -> AsyncIterator[UpstreamClient]:
+    """The relay's upstream client on *app*, served on loopback (an upstream that behaves
+    as no simulator fault does)."""
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield UpstreamClient(session, str(server.make_url("")).rstrip("/"), "k", 5.0)
+    finally:
+        await server.close()
+
+
 @pytest.mark.parametrize("body", [b'{"error": "Internal error"}', b"{}", b'{"clips": null}'])
 async def test_a_clips_answer_without_a_clip_list_is_an_error(
     session: aiohttp.ClientSession, body: bytes
@@ -359,14 +374,9 @@ async def test_a_clips_answer_without_a_clip_list_is_an_error(
 
     app = web.Application()
     app.router.add_get("/api/videos/{vid}/clips", clips)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        upstream = UpstreamClient(session, str(server.make_url("")).rstrip("/"), "k", 5.0)
+    async with upstream_of(app, session) as upstream:
         reply = await upstream.clips("vid_1")
-        assert reply.kind == "error" and "no clip list" in reply.detail, reply
-    finally:
-        await server.close()
+    assert reply.kind == "error" and "no clip list" in reply.detail, reply
 
 
 async def test_a_redirect_is_an_error_and_not_followed(session: aiohttp.ClientSession) -> None:
@@ -384,15 +394,10 @@ async def test_a_redirect_is_an_error_and_not_followed(session: aiohttp.ClientSe
     app = web.Application()
     app.router.add_get("/api/videos/{vid}/status", moved)
     app.router.add_get("/elsewhere", elsewhere)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        upstream = UpstreamClient(session, str(server.make_url("")).rstrip("/"), "k", 5.0)
+    async with upstream_of(app, session) as upstream:
         reply = await upstream.status("vid_1")
-        assert reply.kind == "error" and "302" in reply.detail, reply
-        assert asked == []
-    finally:
-        await server.close()
+    assert reply.kind == "error" and "302" in reply.detail, reply
+    assert asked == []
 
 
 # --- Retry-After parsing ------------------------------------------------------------------
