@@ -37,7 +37,7 @@ def _fresh_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts knowing no offset to Redis' clock, and what it learns (a test that
     skews this process' clock) leaves with it."""
     monkeypatch.setattr(relay.domain.clock, "_offset_ms", 0)
-    monkeypatch.setattr(relay.domain.clock, "_learned", False)
+    monkeypatch.setattr(relay.domain.clock, "_learned_rtt_ms", None)
 
 
 @pytest.fixture(scope="session")

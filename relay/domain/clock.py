@@ -16,8 +16,7 @@ import time
 MAX_RTT_MS = 100  # a reply slower than this says too little about when the script ran
 
 _offset_ms = 0  # Redis' clock minus this host's, as last observed
-_learned = False
-_learned_rtt_ms = 0
+_learned_rtt_ms: int | None = None  # the round trip the offset comes from (None: not yet)
 
 
 def local_ms() -> int:
@@ -36,23 +35,23 @@ def observe(redis_ms: int, sent_ms: int, got_ms: int, max_rtt_ms: int = MAX_RTT_
     *redis_ms*, sent at *sent_ms* and answered at *got_ms* (both :func:`local_ms`): it ran
     in between, so the midpoint is off by half the round trip at most. A reply slower than
     *max_rtt_ms* teaches nothing (False)."""
-    global _offset_ms, _learned, _learned_rtt_ms
+    global _offset_ms, _learned_rtt_ms
     rtt = got_ms - sent_ms
     if not 0 <= rtt <= max_rtt_ms:
         return False
     _offset_ms = redis_ms - (sent_ms + got_ms) // 2
-    _learned, _learned_rtt_ms = True, rtt
+    _learned_rtt_ms = rtt
     return True
 
 
 def learned() -> bool:
     """An offset was observed (before that it is 0: this host's clock as it is)."""
-    return _learned
+    return _learned_rtt_ms is not None
 
 
 def learned_rtt_ms() -> int | None:
     """The round trip of the observation the offset comes from (None: none yet)."""
-    return _learned_rtt_ms if _learned else None
+    return _learned_rtt_ms
 
 
 def offset_ms() -> int:

@@ -82,69 +82,42 @@ class Deliveries:
             raise ValueError(f"at most {SCRIPT_BATCH} watches per finalize call")
         if not watch_ids:
             return 0, []
-        if doc_stored and event.event_type == "clips.ready":
-            made, claims = await self._finalize_call(
-                video_id, event, watch_ids, claim, lease_s, poll_token, later_ms, "="
-            )
-            if made != DOC_GONE:
-                return made, claims
-        return await self._finalize_call(
-            video_id,
-            event,
-            watch_ids,
+        keys = [
+            c.DELIVERY_SCHEDULE_KEY,
+            c.VIDEO_WATCHES_KEY.format(video_id),
+            c.WATCH_COUNTS_KEY,
+            c.SOURCE_KEY.format(video_id, event.at_ms),
+            c.VIDEO_KEY.format(video_id),
+            c.EXPIRY_SCHEDULE_KEY,
+            c.POLL_SCHEDULE_KEY,
+        ]
+        # a memoryview goes to the socket as it is: no copy while packing
+        doc: EncodableT = memoryview(event.clips_doc)
+        stored = doc_stored and event.event_type == "clips.ready"
+        args: list[EncodableT] = [
+            c.WATCH_PREFIX,
+            event.at_ms,
+            event.event_type,
+            int(lease_s * 1000),
             claim,
-            lease_s,
-            poll_token,
-            later_ms,
-            memoryview(event.clips_doc),  # (a memoryview goes to the socket without a copy)
-        )
-
-    async def _finalize_call(
-        self,
-        video_id: str,
-        event: FinalEvent,
-        watch_ids: Sequence[str],
-        claim: int,
-        lease_s: float,
-        poll_token: int | None,
-        later_ms: Sequence[int] | None,
-        doc: EncodableT,
-    ) -> tuple[int, list[DeliveryClaim]]:
-        """One ``finalize`` call (see :meth:`finalize`), *doc* its clips document argument."""
-        rows = await self._finalize(
-            keys=[
-                c.DELIVERY_SCHEDULE_KEY,
-                c.VIDEO_WATCHES_KEY.format(video_id),
-                c.WATCH_COUNTS_KEY,
-                c.SOURCE_KEY.format(video_id, event.at_ms),
-                c.VIDEO_KEY.format(video_id),
-                c.EXPIRY_SCHEDULE_KEY,
-                c.POLL_SCHEDULE_KEY,
-            ],
-            args=[
-                c.WATCH_PREFIX,
-                event.at_ms,
-                event.event_type,
-                int(lease_s * 1000),
-                claim,
-                event.video_status,
-                "" if event.video_progress is None else repr(event.video_progress),
-                event.video_error,
-                doc,
-                "" if event.clips_ms is None else event.clips_ms,
-                c.TENANT_PREFIX,
-                video_id,
-                "" if poll_token is None else poll_token,
-                *(
-                    watch_ids
-                    if later_ms is None
-                    else [
-                        w if d <= 0 else f"{w}@{d}"
-                        for w, d in zip(watch_ids, later_ms, strict=True)
-                    ]
-                ),
-            ],
-        )
+            event.video_status,
+            "" if event.video_progress is None else repr(event.video_progress),
+            event.video_error,
+            "=" if stored else doc,
+            "" if event.clips_ms is None else event.clips_ms,
+            c.TENANT_PREFIX,
+            video_id,
+            "" if poll_token is None else poll_token,
+            *(
+                watch_ids
+                if later_ms is None
+                else [w if d <= 0 else f"{w}@{d}" for w, d in zip(watch_ids, later_ms, strict=True)]
+            ),
+        ]
+        rows = await self._finalize(keys=keys, args=args)
+        if stored and int(rows[0]) == DOC_GONE:  # (nothing was written: again, with it)
+            args[8] = doc
+            rows = await self._finalize(keys=keys, args=args)
         created, deadline = int(rows[0]), int(rows[1])
         if len(rows) <= 4:
             return created, []

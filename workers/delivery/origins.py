@@ -427,9 +427,8 @@ class OriginQueues(Generic[J]):
             if now > last + IDLE_FORGET_S:
                 del self._origins[key]
                 self._by_tag.pop(origin_tag(key), None)
-        if self._unseen and now - self._unseen_swept > PROMISE_S:  # (promises never queued)
-            self._unseen = {t: u for t, u in self._unseen.items() if now - u[1] <= PROMISE_S}
-            self._unseen_swept = now
+        if self._unseen:
+            self._sweep_unseen(now)
 
     def _promise(self, o: _Origin[J], now: float) -> None:
         if now - o.promised_at > PROMISE_S:
@@ -440,14 +439,19 @@ class OriginQueues(Generic[J]):
     def _promise_unseen(self, tag: str, now: float) -> None:
         unseen = self._unseen.get(tag)
         if unseen is None or now - unseen[1] > PROMISE_S:
-            if len(self._unseen) >= UNSEEN_KEPT and now - self._unseen_swept > PROMISE_S:
-                # promises never queued (e.g. cancelled): swept at most every PROMISE_S
-                self._unseen = {t: u for t, u in self._unseen.items() if now - u[1] <= PROMISE_S}
-                self._unseen_swept = now
+            if len(self._unseen) >= UNSEEN_KEPT:
+                self._sweep_unseen(now)
             self._unseen[tag] = [1, now]
         else:
             unseen[0] += 1
             unseen[1] = now
+
+    def _sweep_unseen(self, now: float) -> None:
+        """Drop the promises never queued here (cancelled, or left for other workers) once
+        they lapsed: at most every PROMISE_S."""
+        if now - self._unseen_swept > PROMISE_S:
+            self._unseen = {t: u for t, u in self._unseen.items() if now - u[1] <= PROMISE_S}
+            self._unseen_swept = now
 
     def wake(self, n: int) -> None:
         """Wake up to *n* parked lanes."""
