@@ -577,6 +577,7 @@ async def test_a_link_from_another_site_keeps_the_session(ui: Client, browser: B
         await other.close()
 
 
+@pytest.mark.filterwarnings("ignore::aiohttp.multipart.BadContentDispositionHeader")
 @pytest.mark.parametrize(
     ("content_type", "body"),
     [
