@@ -44,13 +44,9 @@ def observe(redis_ms: int, sent_ms: int, got_ms: int, max_rtt_ms: int = MAX_RTT_
     return True
 
 
-def learned() -> bool:
-    """An offset was observed (before that it is 0: this host's clock as it is)."""
-    return _learned_rtt_ms is not None
-
-
 def learned_rtt_ms() -> int | None:
-    """The round trip of the observation the offset comes from (None: none yet)."""
+    """The round trip of the observation the offset comes from (None: none yet, and the
+    offset is 0: this host's clock as it is)."""
     return _learned_rtt_ms
 
 
