@@ -7,6 +7,7 @@ Fails before issue 14: nothing was ever deleted."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -19,12 +20,21 @@ PROCESSING = [{"status": "processing", "after": 0}]
 # the sweep lock, the shared upstream budget and its pause)
 EPHEMERAL = (c.RATE_LIMIT_KEY.split("{")[0], c.UPSTREAM_RATE_KEY.split("{")[0], c.ARQ_HEALTH_KEY)
 EPHEMERAL += (c.SWEEP_LOCK_KEY, c.UPSTREAM_PAUSE_KEY)
+# the dashboard's attempts per tenant per minute: one key per minute, so which ones exist
+# depends on when the test runs; each must lapse by itself
+MINUTE = re.compile(re.escape(c.TENANT_MINUTE_KEY).replace(r"\{\}", "[^:]+") + "$")
 ENV = {"RELAY_RETENTION": "2", "RELAY_RETRY_SCHEDULE": "600,600"}
 
 
 async def keys(stack: Stack) -> set[str]:
-    """Every key but the ephemeral ones."""
-    return {k async for k in stack.db.scan_iter("*") if not k.startswith(EPHEMERAL)}
+    """Every key but the ephemeral ones (a per-minute count must carry its TTL)."""
+    found: set[str] = set()
+    async for key in stack.db.scan_iter("*"):
+        if MINUTE.match(key):
+            assert await stack.db.ttl(key) > 0, f"{key} never lapses"
+        elif not key.startswith(EPHEMERAL):
+            found.add(key)
+    return found
 
 
 async def listed(stack: Stack) -> set[str]:
