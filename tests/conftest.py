@@ -197,7 +197,7 @@ async def eventually(
         await asyncio.sleep(every)
 
 
-async def early_in_a_second(latest: float = 0.5) -> int:
+async def early_in_a_second(latest: float = 0.1) -> int:
     """Wait (if need be) until at most *latest* seconds into a second; that second. For
     rules about one-second windows, so a test does not straddle two of them."""
     now = time.time()
