@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from clip_relay_client import MAX_PAGE, ApiError, Client, Delivery, Watch
+from clip_relay_client._core import shown_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 STATUSES = ("watching", "delivering", "delivered", "failed", "disabled", "cancelled")
@@ -28,6 +29,7 @@ def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--api-url",
+        type=_api_url,
         default=os.environ.get("RELAY_API_URL", DEFAULT_URL),
         help=f"the relay's base URL (default: RELAY_API_URL, else {DEFAULT_URL})",
     )
@@ -70,9 +72,23 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _api_url(value: str) -> str:
+    """``--api-url``: an http(s) URL with a host (checked here: an empty RELAY_API_URL
+    would otherwise end in a traceback). The value is not echoed: it may hold a password."""
+    try:
+        shown_url(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be the relay's http(s) URL with a host, e.g. {DEFAULT_URL}"
+        ) from None
+    return value
+
+
 def _watch_id(value: str) -> str:
-    """A watch id: a path segment, not empty (an empty one would name the list)."""
-    if not value.strip() or "/" in value:
+    """A watch id: a path segment, not empty (an empty one would name the list), nor a
+    dot segment (``.`` and ``..`` name the list, or the API's root, once the URL is
+    normalised)."""
+    if not value.strip() or "/" in value or value in (".", ".."):
         raise argparse.ArgumentTypeError(f"is not a watch id: {value!r}")
     return value
 
@@ -190,7 +206,7 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
         emit(r.raw, f"new secret: {r.secret}\nthe previous one signs beside it until {until}")
     elif action == "ping":
         relay.ping(args.id)
-        emit({"watchId": args.id}, f"{args.id}: watch.ping sent (see its deliveries)")
+        emit({"watchId": args.id}, f"{args.id}: watch.ping queued (its deliveries show the answer)")
     elif action == "recover":
         n = relay.recover(args.since, args.until)
         emit({"count": n}, f"{n} failed watch(es) put back to delivering")
@@ -264,6 +280,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {e.get('field')}: {e.get('message')}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:  # (ConnectionFailed is one)
-        print(f"clip-relay watches: cannot reach {args.api_url}: {exc}", file=sys.stderr)
+        print(f"clip-relay watches: {_unreached(args, exc)}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, AttributeError) as exc:  # a JSON answer of another shape
+        shown = shown_url(args.api_url)
+        print(
+            f"clip-relay watches: {shown} did not answer as a clip-relay API ({exc!r}):"
+            " is --api-url the relay's?",
+            file=sys.stderr,
+        )
         return 1
     return 0
+
+
+ACTS = {"redeliver", "cancel", "rotate-secret", "ping", "recover"}  # commands that change
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _unreached(args: argparse.Namespace, exc: httpx.HTTPError) -> str:
+    """What a transport error means to the operator: the relay not reached, or (a command
+    that changes something, sent and not answered) not known whether it was done."""
+    cause = exc.__cause__ or exc
+    shown = shown_url(args.api_url)
+    if args.action not in ACTS or isinstance(cause, NOT_SENT):
+        return f"cannot reach {shown}: {exc}"
+    text = f"no answer from {shown} ({exc}): the {args.action} may have been done or not;"
+    if args.action == "rotate-secret":
+        return f"{text} a new secret may have been made and not shown: rotate again for one"
+    if args.action == "recover":
+        return f"{text} run it again (a watch put back is skipped)"
+    return f"{text} see `clip-relay watches get {args.id}` and its deliveries"

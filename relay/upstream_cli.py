@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
 from yarl import URL
 
 from relay.settings import ConfigError, Settings
@@ -86,6 +87,16 @@ def main(argv: Sequence[str], settings: Callable[[], Settings]) -> int:
         return 2
     try:
         print(asyncio.run(run(args.action, loaded)))
+    except ResponseError as exc:  # reached, and refused (a wrong db index, a ban)
+        print(f"clip-relay upstream: Redis error: {_reason(exc, loaded)}", file=sys.stderr)
+        return 1
+    except (RedisTimeout, TimeoutError) as exc:  # (the URL is not echoed: it may hold one)
+        print(f"clip-relay upstream: no answer from Redis: {_reason(exc, loaded)}", file=sys.stderr)
+        if args.action == "resume":  # (the script may still run once Redis answers)
+            print(
+                "the pause may have ended or not: see `clip-relay upstream status`", file=sys.stderr
+            )
+        return 1
     except (RedisError, OSError) as exc:  # (the URL is not echoed: it may hold a password)
         print(f"clip-relay upstream: cannot reach Redis: {_reason(exc, loaded)}", file=sys.stderr)
         return 1

@@ -157,3 +157,52 @@ async def test_every_command_has_help() -> None:
     for name, (code, out, _) in zip(("watches", *COMMANDS), runs, strict=True):
         assert code == 0 and "usage: clip-relay watches" in out, name
         assert "--json" in out or name == "watches"
+
+
+async def test_a_bad_api_url_is_a_usage_error_and_a_password_in_it_is_never_printed() -> None:
+    """An empty or malformed RELAY_API_URL/--api-url is a usage error (2, a traceback
+    before); a password in the URL is printed as *** when the relay cannot be reached (it
+    was printed twice); a watch id of ``.`` is refused (it reached the list route). A
+    review, 2026-12-06."""
+    runs = await asyncio.gather(
+        cli(None, "list", "--api-url", ""),
+        cli(None, "list", "--api-url", "http://[::1"),
+        cli(None, "list", "--api-url", "ftp://127.0.0.1:9"),
+        cli(None, "get", ".", "--api-url", "http://127.0.0.1:9"),
+    )
+    for code, out, err in runs:
+        assert code == 2 and out == "" and "Traceback" not in err, err
+    assert "http(s) URL" in runs[0][2] and "is not a watch id" in runs[-1][2]
+    code, _, err = await cli(None, "list", "--api-url", "http://admin:s3cr3t-pw@127.0.0.1:9")
+    assert code == 1 and "cannot reach http://admin:***@127.0.0.1:9" in err, err
+    assert "s3cr3t-pw" not in err
+
+
+async def test_a_change_sent_and_not_answered_says_it_may_have_been_done() -> None:
+    """A relay that takes the request and never answers: for ``rotate-secret`` the CLI
+    says a secret may have been made and not shown, for ``redeliver`` that it may have
+    been done -- not "cannot reach" (the request did reach it). A review, 2026-12-06."""
+    requests = 0
+    done = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        requests += 1
+        await reader.read(65536)
+        await done.wait()
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        wid = "wat_" + "a" * 24
+        args = ("--api-url", url, "--timeout", "0.5")
+        code, _, err = await cli(None, "rotate-secret", wid, *args)
+        assert code == 1 and "may have been made and not shown" in err, err
+        code, _, err = await cli(None, "redeliver", wid, *args)
+        assert code == 1 and "may have been done or not" in err and wid in err, err
+        assert requests >= 2 and "cannot reach" not in err
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()

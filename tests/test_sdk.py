@@ -348,6 +348,14 @@ async def test_connection_errors_and_timeouts(flaky: tuple[str, list[str]]) -> N
     assert isinstance(raised.value, httpx.TransportError)  # (what callers caught before)
     with pytest.raises(ValueError, match="api_key"):
         Client("http://127.0.0.1:9", "")
+    # a password in the base URL is not in the error's message (a review, 2026-12-06)
+    async with AsyncClient("http://me:s3cr3t-pw@127.0.0.1:9", "k", max_retries=0) as relay:
+        with pytest.raises(ConnectionFailed) as raised:
+            await relay.get_watch("wat_x")
+    assert "s3cr3t-pw" not in str(raised.value) and "me:***@127.0.0.1:9" in str(raised.value)
+    for bad in ("127.0.0.1:8080", "ftp://relay", "http://[::1"):
+        with pytest.raises(ValueError, match="base_url"):
+            Client(bad, "k")
 
 
 async def test_an_answer_that_is_not_the_relays_is_a_clip_relay_error() -> None:

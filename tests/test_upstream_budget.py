@@ -21,6 +21,7 @@ from relay import constants as c
 from relay.devtools.embedded_redis import RedisServer, free_port
 from relay.settings import Settings
 from relay.store import Store
+from relay.store import limits as limits_module
 from relay.store.limits import Limits
 from tests.conftest import WorkerFactory, early_in_a_second, eventually
 from workers import feeds
@@ -321,6 +322,25 @@ async def test_resuming_makes_the_polls_put_off_to_the_pause_end_due_not_leased_
     assert await store.limits.resume_upstream(lease_s=25) == (0, 0)  # nothing left to end
 
 
+async def test_resuming_moves_every_put_off_poll_a_bounded_chunk_a_call(
+    store: Store, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More polls put off than one call moves (a bounded script): the calls go on until
+    every one is due now, and the count is their total. Fails before: one call moved
+    10,000 and ended the pause, so a second resume said "not paused" and the rest waited
+    for the pause's end."""
+    monkeypatch.setattr(limits_module, "RESUME_CHUNK", 7)
+    await UpstreamGate(store.limits, 1000).pause(600)
+    end_ms = int(await redis.get(c.UPSTREAM_PAUSE_KEY))
+    put_off = {f"v{i}": end_ms + i for i in range(30)}
+    await redis.zadd(c.POLL_SCHEDULE_KEY, {**put_off, "later": end_ms + 60_000})
+    left, moved = await store.limits.resume_upstream(lease_s=25)
+    assert left > 590_000 and moved == 30
+    scores = dict(await redis.zrange(c.POLL_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert all(scores[v] <= end_ms - 590_000 for v in put_off), scores
+    assert scores["later"] == end_ms + 60_000
+
+
 async def test_the_command_moves_no_claim_of_workers_with_a_longer_lease(
     store: Store, redis: Redis, redis_server: RedisServer
 ) -> None:
@@ -350,3 +370,18 @@ def test_the_command_says_why_redis_cannot_be_reached_never_its_password(
     err = capsys.readouterr().err
     assert code == 1 and f"127.0.0.1:{port}" in err and "Error 111" in err, err
     assert "s3cret-pw" not in err
+
+
+def test_the_command_tells_a_refusal_from_an_unreachable_redis(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Redis that answers with an error (here a database index it does not have) is a
+    "Redis error", not "cannot reach Redis" (a review found the operator sent looking at
+    the network)."""
+    from relay.upstream_cli import main
+
+    url = f"redis://127.0.0.1:{redis_server.port}/99"
+    code = main(["status"], lambda: Settings(REDIS_URL=url))  # type: ignore[call-arg]
+    err = capsys.readouterr().err
+    assert code == 1 and "Redis error" in err and "out of range" in err, err
+    assert "cannot reach" not in err

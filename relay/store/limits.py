@@ -10,6 +10,8 @@ from relay import constants as c
 from relay.store import scripts
 from relay.store.feeds import Feed
 
+RESUME_CHUNK = 2_000  # put-off polls one resume_upstream call moves (a ZADD of each)
+
 
 class Limits:
     """``store.limits``: counters and reservations with a short life."""
@@ -48,12 +50,21 @@ class Limits:
         """End the upstream pause now, for every worker (an operator's override of a
         Retry-After), making due now the polls put off to its end (not those a poller holds
         leases of *lease_s*: they are its own). Returns (the ms it had left, 0: there was
-        none; the polls made due)."""
-        left, moved = await self._resume(
-            keys=[c.UPSTREAM_PAUSE_KEY, c.POLL_SCHEDULE_KEY],
-            args=[c.UPSTREAM_PAUSE_CHANNEL, int(lease_s * 1000) + 1000, 5000, 10_000],
-        )
-        return int(left), int(moved)
+        none; the polls made due). A call moves at most RESUME_CHUNK polls (bounded
+        script): while one moves that many, the next moves more."""
+        keys = [c.UPSTREAM_PAUSE_KEY, c.POLL_SCHEDULE_KEY]
+        args: list[str | int] = [
+            c.UPSTREAM_PAUSE_CHANNEL,
+            int(lease_s * 1000) + 1000,
+            5000,
+            RESUME_CHUNK,
+        ]
+        left, moved, pause_end = await self._resume(keys=keys, args=[*args, 0])
+        total = int(moved)
+        while int(moved) == RESUME_CHUNK:
+            _, moved, _ = await self._resume(keys=keys, args=[*args, pause_end])
+            total += int(moved)
+        return int(left), total
 
     def pause_feed(self) -> Feed:
         """The upstream pauses any worker sets from now on, as they are set: each one's

@@ -16,10 +16,11 @@ import httpx
 
 from clip_relay_client._errors import ApiError
 
-__all__ = ["DEFAULT_TIMEOUT", "Call", "Core"]
+__all__ = ["DEFAULT_TIMEOUT", "Call", "Core", "shown_url"]
 
 DEFAULT_TIMEOUT = 10.0  # seconds per request (connect, send, answer each)
 RETRY_STATUSES = frozenset({429, 503})
+MASK = "***"  # what a URL's password is printed as
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,20 @@ def api_error(response: httpx.Response) -> ApiError:
     )
 
 
+def shown_url(url: str) -> str:
+    """*url* as it may be printed (an error's message, a log): a password it carries as
+    ``***``. Raises ValueError if it is not an http(s) URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:  # (its message may quote the URL, password and all)
+        raise ValueError("base_url is not a valid URL (e.g. https://relay.example.com)") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError("base_url must be an http(s) URL with a host (https://relay.example.com)")
+    return (
+        str(parsed.copy_with(username=parsed.username, password=MASK)) if parsed.password else url
+    )
+
+
 class Core:
     """Settings and the pure parts of the two clients."""
 
@@ -102,6 +117,7 @@ class Core:
     ) -> None:
         if not base_url:
             raise ValueError("base_url is required (e.g. https://relay.example.com)")
+        self.shown_base = shown_url(base_url).rstrip("/")  # (the URL as it may be printed)
         if not api_key:
             raise ValueError("api_key is required (a key of the relay's RELAY_API_KEYS)")
         self.base_url = base_url.rstrip("/")

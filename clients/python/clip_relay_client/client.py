@@ -88,7 +88,10 @@ class Client:
             except httpx.TransportError as exc:
                 wait = self._core.wait_before_retry(call, tries, None, exc)
                 if wait is None:
-                    raise ConnectionFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+                    shown = self._core.shown_base + call.path  # (no password)
+                    raise ConnectionFailed(
+                        f"{method} {shown}: {type(exc).__name__}: {exc}"
+                    ) from exc
             else:
                 wait = self._core.wait_before_retry(call, tries, response, None)
                 if wait is None:
@@ -241,7 +244,10 @@ class AsyncClient:
             except httpx.TransportError as exc:
                 wait = self._core.wait_before_retry(call, tries, None, exc)
                 if wait is None:
-                    raise ConnectionFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+                    shown = self._core.shown_base + call.path  # (no password)
+                    raise ConnectionFailed(
+                        f"{method} {shown}: {type(exc).__name__}: {exc}"
+                    ) from exc
             else:
                 wait = self._core.wait_before_retry(call, tries, response, None)
                 if wait is None:

@@ -3,16 +3,20 @@
 -- poller put off to the pause's end (due by ARGV[3] ms after it) are due now -- also those
 -- put off to the end of an earlier, shorter pause this one outlasts -- but none due sooner
 -- than ARGV[2] ms from now: a video claimed now has its lease deadline there, and moving it
--- would hand it to a second poller. At most ARGV[4] polls move (a poller puts off one
--- claim's batch).
+-- would hand it to a second poller. At most ARGV[4] polls move a call: the caller calls
+-- again, with ARGV[5] the pause's end the first call returned, while a call moves that
+-- many (a poll moved is due now, before the range, so it is not found again).
 -- KEYS: the pause key (its value: the pause's end, Redis ms), the poll schedule.
--- Returns {the ms the pause had left (0: none), the polls now due}.
+-- Returns {the ms the pause had left (0: none), the polls now due, the pause's end}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local pause_end = tonumber(redis.call('GET', KEYS[1]) or '0')
-redis.call('DEL', KEYS[1])
-if pause_end <= now then return {0, 0} end
-redis.call('PUBLISH', ARGV[1], '0')
+local pause_end = tonumber(ARGV[5])
+if pause_end == 0 then
+  pause_end = tonumber(redis.call('GET', KEYS[1]) or '0')
+  redis.call('DEL', KEYS[1])
+  if pause_end <= now then return {0, 0, 0} end
+  redis.call('PUBLISH', ARGV[1], '0')
+end
 local near = tonumber(ARGV[3])
 local from = now + tonumber(ARGV[2])
 local put_off = redis.call('ZRANGEBYSCORE', KEYS[2], from, pause_end + near,
@@ -25,4 +29,4 @@ if #put_off > 0 then
   end
   redis.call('ZADD', KEYS[2], 'XX', unpack(due))
 end
-return {pause_end - now, #put_off}
+return {math.max(pause_end - now, 0), #put_off, pause_end}
