@@ -130,7 +130,7 @@ async def run(stack: Stack, http: aiohttp.ClientSession, checks: Checks) -> Nois
             out.rate.append(rate)
             out.p50_s.append(percentile(late, 50))
             out.p99_s.append(percentile(late, 99))
-            out.max_s.append(max(late))
+            out.max_s.append(max(late, default=float("nan")))
             print(
                 f"  noisy run {rep}: healthy {rate:,.0f}/s (alone {out.base_rate[-1]:,.0f}/s), "
                 f"p99 {out.p99_s[-1]:.2f} s",

@@ -47,6 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -94,26 +95,12 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
             for name in args.only:
                 print(f"scenario {name}", flush=True)
                 t0 = time.monotonic()
-                if name == "ui":
-                    figs, detail = await ui.run(stack, http, checks)
-                elif name == "fanout":
-                    figs, detail = await run_fanout(stack, http, args.reps, checks)
-                elif name == "notify":
-                    figs, detail = await run_notify(stack, http, args.reps, checks)
-                elif name == "registration":
-                    figs, detail = await run_registration(stack, http, args.reps, checks, workdir)
-                elif name == "scale":
-                    figs, detail = await run_scale(stack, http, checks, args)
-                elif name == "noisy":
-                    got_noisy = await noisy.run(stack, http, checks)
-                    figs, detail = noisy.figures(got_noisy), noisy.detail(got_noisy)
-                elif name == "lifetime":
-                    got = await lifetime.run(stack, http, checks)
-                    figs, detail = lifetime.figures(got), lifetime.detail(got)
-                elif name == "recover":
-                    figs, detail = await run_recover(stack, http, checks)
-                else:
-                    figs, detail = await run_polling(stack, http, args.reps, checks)
+                try:
+                    figs, detail = await _scenario(name, stack, http, checks, args, workdir)
+                except Exception as exc:  # the others still run, and every figure is reported
+                    traceback.print_exc()
+                    checks.expect(False, f"scenario {name} crashed: {type(exc).__name__}: {exc}")
+                    continue
                 detail["wall_s"] = round(time.monotonic() - t0, 1)
                 figures += figs
                 details[name] = detail
@@ -122,6 +109,36 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
     wall = time.monotonic() - started
     _report(figures, details, checks, wall, args)
     return 1 if checks.failures else 0
+
+
+async def _scenario(
+    name: str,
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    checks: Checks,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> tuple[list[Figure], dict[str, Any]]:
+    """Run scenario *name*: its figures and details."""
+    if name == "ui":
+        return await ui.run(stack, http, checks)
+    if name == "fanout":
+        return await run_fanout(stack, http, args.reps, checks)
+    if name == "notify":
+        return await run_notify(stack, http, args.reps, checks)
+    if name == "registration":
+        return await run_registration(stack, http, args.reps, checks, workdir)
+    if name == "scale":
+        return await run_scale(stack, http, checks, args)
+    if name == "noisy":
+        got_noisy = await noisy.run(stack, http, checks)
+        return noisy.figures(got_noisy), noisy.detail(got_noisy)
+    if name == "lifetime":
+        got = await lifetime.run(stack, http, checks)
+        return lifetime.figures(got), lifetime.detail(got)
+    if name == "recover":
+        return await run_recover(stack, http, checks)
+    return await run_polling(stack, http, args.reps, checks)
 
 
 def _report(

@@ -52,6 +52,7 @@ from redisinfo import (
 from stack import HERE, Stack
 from tools import create_videos, register, switch_status
 
+from relay import constants as c
 from relay.devtools.embedded_redis import free_port
 from relay.devtools.stack import wait_http
 
@@ -356,7 +357,8 @@ async def run_config(
 async def _settle(
     stack: Stack, http: aiohttp.ClientSession, ids: list[str], sample: int = 100
 ) -> bool:
-    """Wait (through the API) until a sample of the watches reads ``delivered``."""
+    """Wait (through the API) until a sample of the watches reads ``delivered``, then
+    (in Redis) until every watch is counted delivered with nothing left to send."""
     picked = random.sample(ids, min(sample, len(ids)))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -367,9 +369,23 @@ async def _settle(
             if body.get("status") != "delivered":
                 pending.append(wid)
         if not pending:
-            return True
+            break
         picked = pending
         await asyncio.sleep(0.2)
+    else:
+        return False
+    # then every watch (not only the sample): all counted delivered, and no attempt left on
+    # the delivery schedule (a lost settle or a lease run out would leave one, and its
+    # redelivery would come after the duplicates are read)
+    redis = stack.redis_client()
+    try:
+        while time.monotonic() < deadline:
+            delivered = await redis.hget(c.WATCH_COUNTS_KEY, "delivered")  # type: ignore[misc]
+            if int(delivered or 0) == len(ids) and not await redis.zcard(c.DELIVERY_SCHEDULE_KEY):
+                return True
+            await asyncio.sleep(0.2)
+    finally:
+        await redis.aclose()
     return False
 
 
