@@ -125,7 +125,7 @@ async def test_sign_in_headers_cookie_and_sign_out(ui: Client, browser: Browser)
     assert await empty.locator("rect.ok, rect.fail").count() == 0
     assert await page.get_by_test_id("count-watching").inner_text() == "0"
     (cookie,) = [c for c in await context.cookies() if c["name"] == "cr_ui"]
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and not cookie["secure"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]
     assert cookie["path"] == "/ui"
     assert TENANT_A_KEY not in cookie["value"] and "tenant-a" not in cookie["value"]
     assert TENANT_A_KEY not in await page.content()
@@ -522,7 +522,7 @@ def test_chart_layout() -> None:
 async def test_cookie_is_secure_over_https(ui: Client) -> None:
     resp = await ui.get("/ui/login", headers={"X-Forwarded-Proto": "https"})
     cookie = resp.headers["Set-Cookie"]
-    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
     plain = (await ui.get("/ui/login")).headers["Set-Cookie"]
     assert "Secure" not in plain
 
@@ -540,7 +540,9 @@ async def test_a_link_from_another_site_keeps_the_session(ui: Client, browser: B
     a Grafana panel) lands on the page, signed in, and stays signed in in every tab; a link
     or an image from another site cannot sign anyone out. Fails before: the Strict cookie
     did not go with the link, so the sign-in page made a new session over the signed-in one
-    (signed out in every tab); and ``GET /ui/logout`` signed out."""
+    (signed out in every tab); and ``GET /ui/logout`` signed out. The cookie stays Strict
+    (SPEC): the navigation another site starts is answered with a hop that loads the page
+    again from the dashboard, which carries the cookie."""
     elsewhere = web.Application()
     target = base(ui).replace("127.0.0.1", "localhost")  # another site than the link's
 
@@ -632,3 +634,20 @@ async def test_any_redis_error_reply_is_the_dashboards_503_page(ui: Client, redi
     assert got.status == 503
     assert got.content_type == "text/html"
     assert_protected({name.lower(): value for name, value in got.headers.items()})
+
+
+async def test_a_navigation_from_another_site_is_a_hop_that_makes_no_session(ui: Client) -> None:
+    """Rule: a page request another site started (``Sec-Fetch-Site: cross-site``), which a
+    Strict cookie does not come with, is answered by a page that loads the same URL again
+    from the dashboard -- with no Set-Cookie (a new session would replace the visitor's)
+    and the security headers; the same request from the dashboard itself is the page."""
+    headers = {"Sec-Fetch-Site": "cross-site"}
+    got = await ui.get("/ui/watches?status=failed", headers=headers, allow_redirects=False)
+    assert got.status == 200 and "Set-Cookie" not in got.headers
+    page = await got.text()
+    assert 'http-equiv="refresh" content="0;url=/ui/watches?status=failed"' in page, page
+    assert_protected({name.lower(): value for name, value in got.headers.items()})
+    same = await ui.get(
+        "/ui/watches", headers={"Sec-Fetch-Site": "same-origin"}, allow_redirects=False
+    )
+    assert same.status == 303 and same.headers["Location"] == "/ui/login"

@@ -5,6 +5,7 @@ CSRF token; errors are HTML pages, not problem documents."""
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -118,6 +119,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[SESSION] = new_session()  # (until the cookie's is known: an error page needs one)
     drop = reading = False
     response: web.StreamResponse
+    if not static and _cross_site_without_cookie(request):
+        return hop(request)
     try:
         # a page's own deadline, under the API's: a hung Redis is this 503 page, not the
         # API's problem document that would end the request first
@@ -171,6 +174,32 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
     if drop and COOKIE not in response.cookies:  # (unless the page made a new session)
         sessions.clear(request, response)
+    return response
+
+
+def _cross_site_without_cookie(request: web.Request) -> bool:
+    """A page navigation that another site started (a link in chat, mail, a Grafana
+    panel): the browser says so (``Sec-Fetch-Site``) and, the cookie being Strict, sent
+    none -- whether or not the visitor is signed in here."""
+    return (
+        request.method in ("GET", "HEAD")
+        and COOKIE not in request.cookies
+        and request.headers.get("Sec-Fetch-Site") == "cross-site"
+    )
+
+
+def hop(request: web.Request) -> web.Response:
+    """The same page again, loaded by the dashboard itself: a navigation the page starts is
+    same-site, so it carries the Strict cookie (signed in: the page; not: the sign-in page).
+    No session is made here, so none replaces the visitor's."""
+    target = html.escape(request.path_qs, quote=True)
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="0;url={target}"><title>clip-relay</title>'
+        f'</head><body><p><a href="{target}">Continue to the dashboard</a></p></body></html>'
+    )
+    response = web.Response(text=body, content_type="text/html")
+    protect(response.headers)
     return response
 
 

@@ -23,11 +23,12 @@ from cryptography.fernet import Fernet, InvalidToken
 
 COOKIE = "cr_ui"
 PATH = "/ui"
-# Lax, not Strict: a link to the dashboard from another site (chat, mail, a Grafana panel)
-# carries the session, where Strict sent none, so the sign-in page made a new one and signed
-# the operator out in every tab. What Lax lets through is safe: a GET changes nothing
-# (sign-out is a POST) and every POST needs the session's CSRF token.
-SAME_SITE = "Lax"
+# Strict (SPEC): no request another site starts carries the session. A link to the dashboard
+# from another site (chat, mail, a Grafana panel) comes without it, so the guard answers
+# such a navigation with a hop (relay.ui.guard.hop) that loads the page again from the
+# dashboard itself, with the cookie, rather than a sign-in page whose new session would
+# replace the signed-in one in every tab.
+SAME_SITE = "Strict"
 MAX_COOKIE = 4096  # bytes: a longer cookie was not made here
 
 
