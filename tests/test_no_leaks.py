@@ -490,3 +490,15 @@ def test_no_secret_in_plain_in_redis(run: Run) -> None:
     for key, value in [*found, *((k, k) for k, _ in found)]:
         for what, needle in needles.items():
             assert needle not in value, f"{what} is in plain in Redis under {key!r}"
+
+
+def test_a_watch_printed_shows_no_callback_credentials() -> None:
+    """Rule: ``repr`` of a watch (what a log line or a traceback's locals would show) has
+    neither its secrets nor its callback URL, which may carry a password or a token. Fails
+    before: the callback URL was in the repr (a security review, 2026-12-06)."""
+    from relay.domain.watch import SecretEntry, Watch
+
+    url = "https://user:hunter2-pw@receiver.example/hook?token=t0ken-abc"
+    w = Watch(id="w", tenant="t", video_id="v", callback_url=url, secrets=[SecretEntry("s3")])
+    shown = repr(w)
+    assert "hunter2-pw" not in shown and "t0ken-abc" not in shown and "'s3'" not in shown

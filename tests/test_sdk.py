@@ -353,6 +353,10 @@ async def test_connection_errors_and_timeouts(flaky: tuple[str, list[str]]) -> N
         with pytest.raises(ConnectionFailed) as raised:
             await relay.get_watch("wat_x")
     assert "s3cr3t-pw" not in str(raised.value) and "me:***@127.0.0.1:9" in str(raised.value)
+    async with AsyncClient("http://T0KEN-xyz@127.0.0.1:9", "k", max_retries=0) as relay:
+        with pytest.raises(ConnectionFailed) as raised:
+            await relay.get_watch("wat_x")
+    assert "T0KEN-xyz" not in str(raised.value) and "//***@127.0.0.1:9" in str(raised.value)
     for bad in ("127.0.0.1:8080", "ftp://relay", "http://[::1"):
         with pytest.raises(ValueError, match="base_url"):
             Client(bad, "k")

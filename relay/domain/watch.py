@@ -21,7 +21,7 @@ class Watch:
     id: str
     tenant: str
     video_id: str
-    callback_url: str
+    callback_url: str = field(repr=False)  # (may carry a password or a token: never printed)
     min_score: float = 0.0
     max_score: float | None = None
     favorited_only: bool = False

@@ -90,16 +90,19 @@ def api_error(response: httpx.Response) -> ApiError:
 
 def shown_url(url: str) -> str:
     """*url* as it may be printed (an error's message, a log): a password it carries as
-    ``***``. Raises ValueError if it is not an http(s) URL with a host."""
+    ``***``, or its user part if it has no password (a token). Raises ValueError if it
+    is not an http(s) URL with a host."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:  # (its message may quote the URL, password and all)
         raise ValueError("base_url is not a valid URL (e.g. https://relay.example.com)") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError("base_url must be an http(s) URL with a host (https://relay.example.com)")
-    return (
-        str(parsed.copy_with(username=parsed.username, password=MASK)) if parsed.password else url
-    )
+    if parsed.password:
+        return str(parsed.copy_with(username=parsed.username, password=MASK))
+    if parsed.username:  # a user part alone is often a token
+        return str(parsed.copy_with(username=MASK))
+    return url
 
 
 class Core:
