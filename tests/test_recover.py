@@ -381,3 +381,31 @@ async def test_pings_in_flight_are_capped_per_tenant(api: Client, sim: Client) -
         assert other.status == 202
     finally:
         hung.close()
+
+
+async def test_a_range_larger_than_one_request_says_more_and_goes_on(
+    api: Client, worker: Any, sim: Client, receiver: Rec, monkeypatch: Any
+) -> None:
+    """A recover whose time runs out before its range's end answers ``"more": true`` with
+    what it put back so far; the same request again goes on, and the counts add up to every
+    failed watch, each delivered once. Fails before: one request did the whole range, so
+    millions of failures ran past the API's 5 s deadline -- a 503 after the work was partly
+    done, and the client's retry reported only its own count (a CLI review, 2026-12-06)."""
+    from relay.store import recovery
+
+    since = iso(time.time() - 1)
+    mine = [await failing_watch(api, sim, receiver, f"/big{i}") for i in range(5)]
+    for wid in mine:
+        assert (await wait_watch(api, wid))["status"] == "failed"
+    monkeypatch.setattr(recovery, "RECOVER_BATCH", 2)
+    monkeypatch.setattr(recovery, "RECOVER_BUDGET_S", 0.0)  # one call a request
+    answers = []
+    while not answers or answers[-1].get("more"):
+        resp = await api.post("/v1/watches/recover", json={"since": since}, headers=auth())
+        assert resp.status == 202
+        answers.append(await resp.json())
+        assert len(answers) <= 5, answers
+    assert answers == [{"count": 2, "more": True}] * 2 + [{"count": 1}], answers
+    for wid in mine:
+        assert (await wait_watch(api, wid))["status"] == "delivered"
+    assert all(ids_by_path(receiver[0])[f"/big{i}"] == 5 for i in range(5))

@@ -407,3 +407,34 @@ async def test_an_answer_that_is_not_the_relays_is_a_clip_relay_error() -> None:
         await asyncio.to_thread(blocking)
     finally:
         await server.close()
+
+
+async def test_recover_sends_again_while_the_relay_says_more() -> None:
+    """``recover`` of a range larger than one request: the relay answers ``"more": true``
+    with what it put back so far; the client sends the same request again until the
+    answer has no ``more``, and returns the total (sync and async alike)."""
+    answers = [{"count": 200, "more": True}, {"count": 200, "more": True}, {"count": 7}]
+    bodies: list[Any] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.json_response(answers[(len(bodies) - 1) % 3], status=202)
+
+    app = web.Application()
+    app.router.add_post("/v1/watches/recover", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    try:
+        async with AsyncClient(url, "k") as relay:
+            assert await relay.recover("2026-12-01T00:00:00Z") == 407
+        assert bodies == [{"since": "2026-12-01T00:00:00Z"}] * 3
+
+        def sync_recover() -> int:
+            with Client(url, "k") as relay:
+                return relay.recover("2026-12-01T00:00:00Z")
+
+        assert await asyncio.to_thread(sync_recover) == 407
+        assert len(bodies) == 6
+    finally:
+        await server.close()

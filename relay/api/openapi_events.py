@@ -36,7 +36,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "RecoverResult": {
         "type": "object",
-        "properties": {"count": {"type": "integer", "minimum": 0}},
+        "properties": {
+            "count": {"type": "integer", "minimum": 0},
+            "more": {
+                "type": "boolean",
+                "description": "Present (true) when the request's time ran out before the "
+                "range's end: send it again to go on.",
+            },
+        },
         "required": ["count"],
     },
     "PingAccepted": {
@@ -62,7 +69,8 @@ def paths(
                         "RecoverResult",
                         "The caller's watches that failed in the range are delivering their "
                         "last event again (same webhook-id), from the first step of the retry "
-                        "schedule; count: how many. A watch already put back is skipped.",
+                        "schedule; count: how many. A watch already put back is skipped; "
+                        "more: true when a large range needs the request again.",
                     ),
                     "400": problem("Malformed JSON."),
                     "413": problem("Body too large."),

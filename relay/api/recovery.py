@@ -109,7 +109,8 @@ def _time(body: dict[str, Any], name: str, errors: list[dict[str, str]]) -> int 
 
 async def recover(request: web.Request) -> web.Response:
     """``POST /v1/watches/recover`` ``{"since", "until"?}``: the caller's watches that
-    became failed in [since, until) deliver their last event again; 202 ``{"count"}``."""
+    became failed in [since, until) deliver their last event again; 202 ``{"count"}``, with
+    ``"more": true`` when the request's time ran out before the range's end."""
     body = await views.read_json(request)
     if not isinstance(body, dict):
         raise invalid([{"field": "body", "message": "must be a JSON object"}])
@@ -129,9 +130,12 @@ async def recover(request: web.Request) -> web.Response:
     if errors or since is None or until is None:
         raise invalid(errors)
     tenant = views.principal(request).tenant
-    count = await request.app[k.STORE].watches.recover(tenant, since, until)
-    log.info("recover", since=since, until=until, count=count)
-    return views.json_response({"count": count}, status=202)
+    count, more = await request.app[k.STORE].watches.recover(tenant, since, until)
+    log.info("recover", since=since, until=until, count=count, more=more)
+    # more: the request's time ran out; the same request again goes on (put back is skipped)
+    return views.json_response(
+        {"count": count, "more": True} if more else {"count": count}, status=202
+    )
 
 
 async def ping(request: web.Request) -> web.Response:

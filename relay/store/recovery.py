@@ -9,6 +9,8 @@ never put the same watch back twice (docs/architecture.md, "Recovery and ping").
 
 from __future__ import annotations
 
+import time
+
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
@@ -18,13 +20,26 @@ from relay.domain.clock import now_ms
 # index entries per recover.lua call: about 2 ms of Redis each (1,000 held it ~9 ms, which
 # every other request waited behind; bench/recover.py)
 RECOVER_BATCH = 200
+# seconds of calls one request makes at most (well inside the API's 5 s deadline): a range
+# of millions of failed watches is put back over several requests, each saying how many
+RECOVER_BUDGET_S = 2.0
 
 
 async def recover(
-    script: AsyncScript, tenant: str, since_ms: int, until_ms: int, batch: int = RECOVER_BATCH
-) -> int:
-    """Put back every watch of *tenant* that became failed in [since_ms, until_ms); the
-    number put back."""
+    script: AsyncScript,
+    tenant: str,
+    since_ms: int,
+    until_ms: int,
+    batch: int | None = None,
+    budget_s: float | None = None,
+) -> tuple[int, bool]:
+    """Put back the watches of *tenant* that became failed in [since_ms, until_ms), for up
+    to *budget_s* seconds; the number put back, and whether the range may hold more (a
+    next call goes on: those put back have left the index). *batch* and *budget_s*
+    default to :data:`RECOVER_BATCH` and :data:`RECOVER_BUDGET_S`."""
+    started = time.monotonic()
+    batch = RECOVER_BATCH if batch is None else batch
+    budget_s = RECOVER_BUDGET_S if budget_s is None else budget_s
     keys = [
         c.TENANT_FINAL_KEY.format(tenant, "failed"),
         c.DELIVERY_SCHEDULE_KEY,
@@ -38,7 +53,9 @@ async def recover(
         )
         total += int(moved)
         if int(read) < batch:
-            return total
+            return total, False
+        if time.monotonic() - started >= budget_s:
+            return total, True
 
 
 async def record_ping(

@@ -338,9 +338,10 @@ class Watches:
             heapq.merge(numbered(RECORD_PREFIX), numbered(PING_PREFIX), key=lambda r: r["at"])
         )
 
-    async def recover(self, tenant: str, since_ms: int, until_ms: int) -> int:
+    async def recover(self, tenant: str, since_ms: int, until_ms: int) -> tuple[int, bool]:
         """Put the tenant's watches that became failed in [since_ms, until_ms) back to
-        delivering their last event (:func:`relay.store.recovery.recover`); how many."""
+        delivering their last event (:func:`relay.store.recovery.recover`): how many, and
+        whether more may be left (the call's time ran out; calling again goes on)."""
         failed = c.TENANT_FINAL_KEY.format(tenant, "failed")
         if await self.redis.zcount(failed, since_ms, f"({until_ms}"):
             # the workers close every circuit first (the watches' origins are not read), so

@@ -247,7 +247,7 @@ TIME = re.compile(
 )
 
 
-def recover_call(store: Store) -> Callable[[str, int, int], Awaitable[int]] | None:
+def recover_call(store: Store) -> Callable[[str, int, int], Awaitable[tuple[int, bool]]] | None:
     """The store's call that puts a tenant's failed watches back, the one behind ``POST
     /v1/watches/recover`` (``store.watches.recover(tenant, since_ms, until_ms)``), if this
     relay has it."""
@@ -273,7 +273,7 @@ async def recover_form(request: web.Request) -> web.StreamResponse:
     """``GET /ui/recover``: since/until."""
     if recover_call(_store(request)) is None:
         raise web.HTTPNotFound(text="this relay has no recover")
-    context: dict[str, Any] = {"errors": [], "count": None, "since": "", "until": ""}
+    context: dict[str, Any] = {"errors": [], "count": None, "more": False, "since": "", "until": ""}
     return render(request, "recover.html", context)
 
 
@@ -296,8 +296,14 @@ async def recover(request: web.Request) -> web.StreamResponse:
         errors.append(
             "Until must be later than since." if raw_until.strip() else "Since is in the future."
         )
-    count = None
+    count, more = None, False
     if not errors and since is not None and until is not None:
-        count = await call(principal(request).tenant, since, until)
-    context = {"errors": errors, "count": count, "since": raw_since, "until": raw_until}
+        count, more = await call(principal(request).tenant, since, until)
+    context = {
+        "errors": errors,
+        "count": count,
+        "more": more,
+        "since": raw_since,
+        "until": raw_until,
+    }
     return render(request, "recover.html", context, status=422 if errors else 200)

@@ -186,8 +186,14 @@ class Client:
 
     def recover(self, since: datetime | str, until: datetime | str | None = None) -> int:
         """Put every watch that became ``failed`` in [since, until) back to delivering its
-        last event; the number of watches put back."""
-        return int(self._send(recover_call(since, until))["count"])
+        last event; the number of watches put back. A range too large for one request
+        (the answer says ``more``) is sent again until it is done."""
+        total = 0
+        while True:
+            answer = self._send(recover_call(since, until))
+            total += int(answer["count"])
+            if answer.get("more") is not True:
+                return total
 
 
 class AsyncClient:
@@ -341,4 +347,9 @@ class AsyncClient:
 
     async def recover(self, since: datetime | str, until: datetime | str | None = None) -> int:
         """See :meth:`Client.recover`."""
-        return int((await self._send(recover_call(since, until)))["count"])
+        total = 0
+        while True:
+            answer = await self._send(recover_call(since, until))
+            total += int(answer["count"])
+            if answer.get("more") is not True:
+                return total
