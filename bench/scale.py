@@ -381,7 +381,8 @@ async def _settle(
     try:
         while time.monotonic() < deadline:
             delivered = await redis.hget(c.WATCH_COUNTS_KEY, "delivered")  # type: ignore[misc]
-            if int(delivered or 0) == len(ids) and not await redis.zcard(c.DELIVERY_SCHEDULE_KEY):
+            # (>=: a registration whose answer timed out may have been made all the same)
+            if int(delivered or 0) >= len(ids) and not await redis.zcard(c.DELIVERY_SCHEDULE_KEY):
                 return True
             await asyncio.sleep(0.2)
     finally:

@@ -32,6 +32,9 @@ DELIVERY_SCHEDULE_KEY: Final = PREFIX + "sched:delivery"  # zset: watch id -> ne
 EXPIRY_SCHEDULE_KEY: Final = PREFIX + "sched:expiry"  # zset: watching watch id -> expiry (ms)
 UPSTREAM_RATE_KEY: Final = PREFIX + "up:rate:{}"  # string: requests granted in one second
 UPSTREAM_PAUSE_KEY: Final = PREFIX + "up:pause"  # string: upstream paused until (ms)
+# string: the end (ms) of a pause an operator's resume ended, while the resume still has
+# put-off polls to move (it lapses by itself after that end)
+UPSTREAM_RESUMING_KEY: Final = PREFIX + "up:resuming"
 UPSTREAM_PAUSE_CHANNEL: Final = PREFIX + "up:paused"  # pub/sub: each new pause's length (ms)
 CIRCUIT_CLOSE_CHANNEL: Final = PREFIX + "circuits:close"  # pub/sub: origin tag (or *) to close
 CIRCUIT_CLOSES_KEY: Final = PREFIX + "circuits:closed"  # zset: origin tag (or *) -> last close ms

@@ -15,7 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeout
 from yarl import URL
 
@@ -87,20 +93,28 @@ def main(argv: Sequence[str], settings: Callable[[], Settings]) -> int:
         return 2
     try:
         print(asyncio.run(run(args.action, loaded)))
-    except ResponseError as exc:  # reached, and refused (a wrong db index, a ban)
-        print(f"clip-relay upstream: Redis error: {_reason(exc, loaded)}", file=sys.stderr)
-        return 1
-    except (RedisTimeout, TimeoutError) as exc:  # (the URL is not echoed: it may hold one)
-        print(f"clip-relay upstream: no answer from Redis: {_reason(exc, loaded)}", file=sys.stderr)
-        if args.action == "resume":  # (the script may still run once Redis answers)
-            print(
-                "the pause may have ended or not: see `clip-relay upstream status`", file=sys.stderr
-            )
-        return 1
-    except (RedisError, OSError) as exc:  # (the URL is not echoed: it may hold a password)
-        print(f"clip-relay upstream: cannot reach Redis: {_reason(exc, loaded)}", file=sys.stderr)
-        return 1
+    # (the URL is not echoed: it may hold a password)
+    # reached, and refused (a wrong db index or password, an ACL, still loading its data)
+    except (ResponseError, AuthenticationError, AuthorizationError, BusyLoadingError) as exc:
+        return _failed(args.action, f"Redis error: {_reason(exc, loaded)}")
+    except (RedisTimeout, TimeoutError) as exc:
+        return _failed(args.action, f"no answer from Redis: {_reason(exc, loaded)}")
+    except (RedisError, OSError) as exc:
+        return _failed(args.action, f"cannot reach Redis: {_reason(exc, loaded)}")
     return 0
+
+
+def _failed(action: str, why: str) -> int:
+    """Say why *action* failed; exit status 1. A resume may have ended the pause and moved
+    part of the put-off polls before it failed: running it again carries on."""
+    print(f"clip-relay upstream: {why}", file=sys.stderr)
+    if action == "resume":
+        print(
+            "the pause may have ended, and some put-off polls moved: run"
+            " `clip-relay upstream resume` again (it carries on where it stopped)",
+            file=sys.stderr,
+        )
+    return 1
 
 
 def _reason(exc: BaseException, settings: Settings) -> str:

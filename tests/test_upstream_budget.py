@@ -330,15 +330,48 @@ async def test_resuming_moves_every_put_off_poll_a_bounded_chunk_a_call(
     10,000 and ended the pause, so a second resume said "not paused" and the rest waited
     for the pause's end."""
     monkeypatch.setattr(limits_module, "RESUME_CHUNK", 7)
+    script, calls = store.limits._resume, []
+
+    async def counted(**kwargs: Any) -> Any:
+        answer = await script(**kwargs)
+        calls.append(int(answer[1]))
+        return answer
+
+    monkeypatch.setattr(store.limits, "_resume", counted)
     await UpstreamGate(store.limits, 1000).pause(600)
     end_ms = int(await redis.get(c.UPSTREAM_PAUSE_KEY))
     put_off = {f"v{i}": end_ms + i for i in range(30)}
     await redis.zadd(c.POLL_SCHEDULE_KEY, {**put_off, "later": end_ms + 60_000})
     left, moved = await store.limits.resume_upstream(lease_s=25)
-    assert left > 590_000 and moved == 30
+    assert left > 590_000 and moved == 30 and calls == [7, 7, 7, 7, 2], calls
     scores = dict(await redis.zrange(c.POLL_SCHEDULE_KEY, 0, -1, withscores=True))
     assert all(scores[v] <= end_ms - 590_000 for v in put_off), scores
     assert scores["later"] == end_ms + 60_000
+
+
+async def test_a_resume_that_stopped_part_way_is_carried_on_by_the_next(
+    store: Store, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume whose first call ended the pause and moved one chunk, then stopped (a Redis
+    error, Ctrl-C): the next resume finds the pause gone but its end kept, and moves the
+    rest; once done, nothing is kept and a resume says there was no pause. Fails before:
+    the next resume said "not paused" and the rest waited for the old pause's end (a
+    review of this change)."""
+    monkeypatch.setattr(limits_module, "RESUME_CHUNK", 7)
+    await UpstreamGate(store.limits, 1000).pause(600)
+    end_ms = int(await redis.get(c.UPSTREAM_PAUSE_KEY))
+    put_off = {f"v{i}": end_ms + i for i in range(20)}
+    await redis.zadd(c.POLL_SCHEDULE_KEY, put_off)
+    keys = [c.UPSTREAM_PAUSE_KEY, c.POLL_SCHEDULE_KEY, c.UPSTREAM_RESUMING_KEY]
+    args = [c.UPSTREAM_PAUSE_CHANNEL, 26_000, 5000, 7, 0]
+    _, moved, _ = await store.limits._resume(keys=keys, args=args)  # the first call only
+    assert moved == 7 and not await redis.exists(c.UPSTREAM_PAUSE_KEY)
+    left, moved = await store.limits.resume_upstream(lease_s=25)
+    assert left > 590_000 and moved == 13
+    scores = dict(await redis.zrange(c.POLL_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert all(scores[v] <= end_ms - 590_000 for v in put_off), scores
+    assert not await redis.exists(c.UPSTREAM_RESUMING_KEY)
+    assert await store.limits.resume_upstream(lease_s=25) == (0, 0)
 
 
 async def test_the_command_moves_no_claim_of_workers_with_a_longer_lease(

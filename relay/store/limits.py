@@ -52,7 +52,7 @@ class Limits:
         leases of *lease_s*: they are its own). Returns (the ms it had left, 0: there was
         none; the polls made due). A call moves at most RESUME_CHUNK polls (bounded
         script): while one moves that many, the next moves more."""
-        keys = [c.UPSTREAM_PAUSE_KEY, c.POLL_SCHEDULE_KEY]
+        keys = [c.UPSTREAM_PAUSE_KEY, c.POLL_SCHEDULE_KEY, c.UPSTREAM_RESUMING_KEY]
         args: list[str | int] = [
             c.UPSTREAM_PAUSE_CHANNEL,
             int(lease_s * 1000) + 1000,

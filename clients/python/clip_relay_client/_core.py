@@ -37,7 +37,10 @@ class Call:
 
 
 def watch_path(watch_id: str, action: str = "") -> str:
-    """The path of a watch (its id quoted: never another route)."""
+    """The path of a watch (its id quoted: never another route; ``.`` and ``..``, which a
+    URL's normalisation would turn into another route, are refused)."""
+    if watch_id in ("", ".", ".."):
+        raise ValueError(f"not a watch id: {watch_id!r}")
     path = "/v1/watches/" + quote(watch_id, safe="")
     return f"{path}/{action}" if action else path
 
