@@ -411,9 +411,15 @@ async def test_an_answer_that_is_not_the_relays_is_a_clip_relay_error() -> None:
 
 async def test_recover_sends_again_while_the_relay_says_more() -> None:
     """``recover`` of a range larger than one request: the relay answers ``"more": true``
-    with what it put back so far; the client sends the same request again until the
-    answer has no ``more``, and returns the total (sync and async alike)."""
-    answers = [{"count": 200, "more": True}, {"count": 200, "more": True}, {"count": 7}]
+    with what it put back so far and the range's end it used; the client sends the request
+    again with that end until the answer has no ``more``, and returns the total (sync and
+    async alike)."""
+    end = "2026-12-06T10:00:00.001Z"
+    answers = [
+        {"count": 200, "more": True, "until": end},
+        {"count": 200, "more": True, "until": end},
+        {"count": 7},
+    ]
     bodies: list[Any] = []
 
     async def handle(request: web.Request) -> web.Response:
@@ -428,7 +434,8 @@ async def test_recover_sends_again_while_the_relay_says_more() -> None:
     try:
         async with AsyncClient(url, "k") as relay:
             assert await relay.recover("2026-12-01T00:00:00Z") == 407
-        assert bodies == [{"since": "2026-12-01T00:00:00Z"}] * 3
+        since = "2026-12-01T00:00:00Z"  # (then the end the relay used: the range stays put)
+        assert bodies == [{"since": since}] + [{"since": since, "until": end}] * 2
 
         def sync_recover() -> int:
             with Client(url, "k") as relay:

@@ -41,7 +41,12 @@ SCHEMAS: dict[str, Any] = {
             "more": {
                 "type": "boolean",
                 "description": "Present (true) when the request's time ran out before the "
-                "range's end: send it again to go on.",
+                "range's end: send it again, with this answer's until, to go on.",
+            },
+            "until": {
+                **_TIME,
+                "description": "With more: the end of the range this request used (the "
+                "default, now, moves on; send this one).",
             },
         },
         "required": ["count"],

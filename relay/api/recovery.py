@@ -26,7 +26,7 @@ from relay.api import views
 from relay.api.problems import ProblemError, invalid
 from relay.domain import attempts
 from relay.domain.clock import now_ms
-from relay.domain.events import ping_body
+from relay.domain.events import iso_ms, ping_body
 from relay.domain.ids import new_event_id
 from relay.domain.signing import secret_bytes, sign_headers
 from relay.domain.watch import Watch
@@ -110,7 +110,8 @@ def _time(body: dict[str, Any], name: str, errors: list[dict[str, str]]) -> int 
 async def recover(request: web.Request) -> web.Response:
     """``POST /v1/watches/recover`` ``{"since", "until"?}``: the caller's watches that
     became failed in [since, until) deliver their last event again; 202 ``{"count"}``, with
-    ``"more": true`` when the request's time ran out before the range's end."""
+    ``"more": true`` and the ``until`` it used when the request's time ran out before the
+    range's end."""
     body = await views.read_json(request)
     if not isinstance(body, dict):
         raise invalid([{"field": "body", "message": "must be a JSON object"}])
@@ -132,10 +133,12 @@ async def recover(request: web.Request) -> web.Response:
     tenant = views.principal(request).tenant
     count, more = await request.app[k.STORE].watches.recover(tenant, since, until)
     log.info("recover", since=since, until=until, count=count, more=more)
-    # more: the request's time ran out; the same request again goes on (put back is skipped)
-    return views.json_response(
-        {"count": count, "more": True} if more else {"count": count}, status=202
-    )
+    # more: the request's time ran out; the same request with this until goes on (those put
+    # back have left the index; a range that ends where this one did cannot grow)
+    answer: dict[str, Any] = {"count": count}
+    if more:
+        answer |= {"more": True, "until": iso_ms(until)}
+    return views.json_response(answer, status=202)
 
 
 async def ping(request: web.Request) -> web.Response:

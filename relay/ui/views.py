@@ -304,6 +304,7 @@ async def recover(request: web.Request) -> web.StreamResponse:
         "count": count,
         "more": more,
         "since": raw_since,
-        "until": raw_until,
+        # (more left: the form keeps the range's end this one used, so "again" goes on)
+        "until": events.iso_ms(until) if more and until is not None else raw_until,
     }
     return render(request, "recover.html", context, status=422 if errors else 200)

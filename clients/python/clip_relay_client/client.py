@@ -187,13 +187,15 @@ class Client:
     def recover(self, since: datetime | str, until: datetime | str | None = None) -> int:
         """Put every watch that became ``failed`` in [since, until) back to delivering its
         last event; the number of watches put back. A range too large for one request
-        (the answer says ``more``) is sent again until it is done."""
+        (the answer says ``more``) is sent again, ending where the first ended, until it is
+        done."""
         total = 0
         while True:
             answer = self._send(recover_call(since, until))
             total += int(answer["count"])
             if answer.get("more") is not True:
                 return total
+            until = answer.get("until", until)  # (the range's end stays where it was)
 
 
 class AsyncClient:
@@ -353,3 +355,4 @@ class AsyncClient:
             total += int(answer["count"])
             if answer.get("more") is not True:
                 return total
+            until = answer.get("until", until)  # (the range's end stays where it was)
