@@ -23,7 +23,15 @@ from relay.api import appkeys as k
 from relay.api.auth import Principal
 from relay.constants import REQUEST_DEADLINE
 from relay.store.dashboard import Dashboard
-from relay.ui.session import COOKIE, Session, Sessions, csrf_ok, new_session, session_id
+from relay.ui.session import (
+    COOKIE,
+    Session,
+    Sessions,
+    csrf_ok,
+    is_https,
+    new_session,
+    session_id,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logs.get("relay.ui")
@@ -177,14 +185,22 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+HOP_COOKIE = "cr_ui_hop"  # set by a hop for HOP_S: a browser that calls the hop's own
+HOP_S = 30  # reload cross-site too is not sent round again (it gets the page, or sign-in)
+
+
 def _cross_site_without_cookie(request: web.Request) -> bool:
     """A page navigation that another site started (a link in chat, mail, a Grafana
-    panel): the browser says so (``Sec-Fetch-Site``) and, the cookie being Strict, sent
-    none -- whether or not the visitor is signed in here."""
+    panel): the browser says so (``Sec-Fetch-Site``, ``Sec-Fetch-Mode``) and, the cookie
+    being Strict, sent none -- whether or not the visitor is signed in here. Not twice in
+    a row (:data:`HOP_COOKIE`, Lax: it comes with a cross-site navigation)."""
+    headers = request.headers
     return (
         request.method in ("GET", "HEAD")
+        and headers.get("Sec-Fetch-Site") == "cross-site"
+        and headers.get("Sec-Fetch-Mode") == "navigate"
         and COOKIE not in request.cookies
-        and request.headers.get("Sec-Fetch-Site") == "cross-site"
+        and HOP_COOKIE not in request.cookies
     )
 
 
@@ -199,6 +215,15 @@ def hop(request: web.Request) -> web.Response:
         f'</head><body><p><a href="{target}">Continue to the dashboard</a></p></body></html>'
     )
     response = web.Response(text=body, content_type="text/html")
+    response.set_cookie(
+        HOP_COOKIE,
+        "1",
+        max_age=HOP_S,
+        path="/ui",
+        httponly=True,
+        samesite="Lax",
+        secure=is_https(request),
+    )
     protect(response.headers)
     return response
 

@@ -2,11 +2,11 @@
 holding the tenant, the id of the API key that signed in (never the key) and the session's
 CSRF token; keyed by RELAY_UI_SECRET.
 
-A visitor who has not signed in gets an anonymous session too (no tenant): it carries the
-CSRF token of the sign-in form. A session lasts RELAY_UI_SESSION seconds from sign-in and
-ends when its key leaves RELAY_API_KEYS (its id is checked on every request) or at sign-out:
-its id (:func:`session_id`) is then kept in Redis until the cookie would have expired, so a
-copy of the cookie is refused too.
+A visitor who has not signed in gets an anonymous session too (no tenant), in a cookie of
+its own (:data:`FORM_COOKIE`): it carries the CSRF token of the sign-in form. A session
+lasts RELAY_UI_SESSION seconds from sign-in and ends when its key leaves RELAY_API_KEYS (its
+id is checked on every request) or at sign-out: its id (:func:`session_id`) is then kept in
+Redis until the cookie would have expired, so a copy of the cookie is refused too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ import orjson
 from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
-COOKIE = "cr_ui"
+COOKIE = "cr_ui"  # a signed-in session
+# a visitor's session before signing in (the sign-in form's CSRF token): a cookie of its own,
+# so a sign-in page shown where the browser sent no session cookie (a link from another
+# site in a browser that does not say so, see relay.ui.guard.hop) never replaces one
+FORM_COOKIE = "cr_ui_form"
 PATH = "/ui"
 # Strict (SPEC): no request another site starts carries the session. A link to the dashboard
 # from another site (chat, mail, a Grafana panel) comes without it, so the guard answers
@@ -53,8 +57,15 @@ class Sessions:
         self.lifetime_s = lifetime_s
 
     def read(self, request: web.Request) -> Session | None:
-        """The request's session, if its cookie was sealed here and has not expired."""
-        raw = request.cookies.get(COOKIE, "")
+        """The request's session, if its cookie was sealed here and has not expired: the
+        signed-in one, else the sign-in form's."""
+        for name in (COOKIE, FORM_COOKIE):
+            found = self._open(request.cookies.get(name, ""))
+            if found is not None:
+                return found
+        return None
+
+    def _open(self, raw: str) -> Session | None:
         if not raw or len(raw) > MAX_COOKIE:
             return None
         try:
@@ -64,12 +75,12 @@ class Sessions:
             return None
 
     def write(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
-        """Set *session* as the response's cookie."""
+        """Set *session* as the response's cookie (a session not signed in: the form's)."""
         sealed = self._fernet.encrypt(
             orjson.dumps({"c": session.csrf, "t": session.tenant, "k": session.key_id})
         ).decode()
         response.set_cookie(
-            COOKIE,
+            COOKIE if session.tenant else FORM_COOKIE,
             sealed,
             max_age=int(self.lifetime_s),
             path=PATH,
