@@ -101,6 +101,8 @@ def main(argv: Sequence[str], settings: Callable[[], Settings]) -> int:
         return _failed(args.action, f"no answer from Redis: {_reason(exc, loaded)}")
     except (RedisError, OSError) as exc:
         return _failed(args.action, f"cannot reach Redis: {_reason(exc, loaded)}")
+    except KeyboardInterrupt:
+        return _failed(args.action, "interrupted") + 129  # (130: the shell's for Ctrl-C)
     return 0
 
 

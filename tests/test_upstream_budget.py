@@ -372,6 +372,15 @@ async def test_a_resume_that_stopped_part_way_is_carried_on_by_the_next(
     assert all(scores[v] <= end_ms - 590_000 for v in put_off), scores
     assert not await redis.exists(c.UPSTREAM_RESUMING_KEY)
     assert await store.limits.resume_upstream(lease_s=25) == (0, 0)
+    # stopped part-way again, and a new, shorter pause set meanwhile: the next resume moves
+    # the polls put off to the longer one's end too
+    await UpstreamGate(store.limits, 1000).pause(600)
+    end_ms = int(await redis.get(c.UPSTREAM_PAUSE_KEY))
+    await redis.zadd(c.POLL_SCHEDULE_KEY, {f"w{i}": end_ms + i for i in range(10)})
+    await store.limits._resume(keys=keys, args=args)
+    await UpstreamGate(store.limits, 1000).pause(60)
+    left, moved = await store.limits.resume_upstream(lease_s=25)
+    assert moved == 3 and left < 61_000, (left, moved)
 
 
 async def test_the_command_moves_no_claim_of_workers_with_a_longer_lease(

@@ -14,7 +14,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +38,7 @@ RFC3339 = re.compile(
 )
 TIME_RULE = "must be an RFC 3339 timestamp with a time zone, e.g. 2026-11-28T10:00:00Z"
 RECOVER_FIELDS = ("since", "until")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 MAX_PINGS = 64  # pings in flight per API process, at most ...
@@ -104,7 +105,7 @@ def _time(body: dict[str, Any], name: str, errors: list[dict[str, str]]) -> int 
     except ValueError:  # e.g. month 13
         errors.append({"field": name, "message": TIME_RULE})
         return None
-    return int(when.timestamp() * 1000)
+    return (when - EPOCH) // timedelta(milliseconds=1)  # (exact: no float rounding)
 
 
 async def recover(request: web.Request) -> web.Response:
@@ -122,14 +123,18 @@ async def recover(request: web.Request) -> web.Response:
     if "since" not in body:
         errors.append({"field": "since", "message": "is required; " + TIME_RULE})
     since = _time(body, "since", errors)
-    until = _time(body, "until", errors) if "until" in body else now_ms() + 1  # now included
-    if since is not None and until is not None and until <= since:
-        if "until" in body:
+    now = now_ms() + 1  # now included
+    until = _time(body, "until", errors) if "until" in body else now
+    if since is not None and until is not None and min(until, now) <= since:
+        if "until" in body and until <= since:
             errors.append({"field": "until", "message": "must be later than since"})
-        else:  # until is now: the client sent only since, which is what is wrong
+        else:  # until is now (or later): since, in the future, is what is wrong
             errors.append({"field": "since", "message": "must not be in the future"})
     if errors or since is None or until is None:
         raise invalid(errors)
+    # a later until is now: failures yet to come are not in the range, so the request sent
+    # again with the until it answers (more) cannot grow it
+    until = min(until, now)
     tenant = views.principal(request).tenant
     count, more = await request.app[k.STORE].watches.recover(tenant, since, until)
     log.info("recover", since=since, until=until, count=count, more=more)

@@ -5,6 +5,7 @@ CSRF token; errors are HTML pages, not problem documents."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import time
 from collections.abc import Awaitable, Callable
@@ -144,7 +145,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 reading = True  # (a body that does not come in time is the visitor's, not Redis')
                 form = await _form(request)
                 reading = False
-                if not csrf_ok(current, _csrf_given(request, form)):
+                given = _csrf_given(request, form)
+                # (a sign-in form shown where the browser sent no session cookie carries the
+                # form session's token, also when a signed-in session comes with the POST)
+                signing_in = request.path == LOGIN and csrf_ok(sessions.read_form(request), given)
+                if not (signing_in or csrf_ok(current, given)):
                     raise web.HTTPForbidden(text=STALE_FORM)
             response = await handler(request)
     except web.HTTPException as exc:
@@ -185,22 +190,27 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-HOP_COOKIE = "cr_ui_hop"  # set by a hop for HOP_S: a browser that calls the hop's own
-HOP_S = 30  # reload cross-site too is not sent round again (it gets the page, or sign-in)
+HOP_COOKIE = "cr_ui_hop"  # set by a hop for HOP_S, naming its URL: a browser that calls the
+HOP_S = 10  # hop's own reload cross-site too is not sent round again (page, or sign-in)
+
+
+def _hop_mark(request: web.Request) -> str:
+    return hashlib.sha256(request.path_qs.encode()).hexdigest()[:16]
 
 
 def _cross_site_without_cookie(request: web.Request) -> bool:
     """A page navigation that another site started (a link in chat, mail, a Grafana
     panel): the browser says so (``Sec-Fetch-Site``, ``Sec-Fetch-Mode``) and, the cookie
     being Strict, sent none -- whether or not the visitor is signed in here. Not twice in
-    a row (:data:`HOP_COOKIE`, Lax: it comes with a cross-site navigation)."""
+    a row for one URL (:data:`HOP_COOKIE`, Lax: it comes with a cross-site navigation);
+    another link within HOP_S hops again."""
     headers = request.headers
     return (
         request.method in ("GET", "HEAD")
         and headers.get("Sec-Fetch-Site") == "cross-site"
         and headers.get("Sec-Fetch-Mode") == "navigate"
         and COOKIE not in request.cookies
-        and HOP_COOKIE not in request.cookies
+        and request.cookies.get(HOP_COOKIE) != _hop_mark(request)
     )
 
 
@@ -217,7 +227,7 @@ def hop(request: web.Request) -> web.Response:
     response = web.Response(text=body, content_type="text/html")
     response.set_cookie(
         HOP_COOKIE,
-        "1",
+        _hop_mark(request),
         max_age=HOP_S,
         path="/ui",
         httponly=True,

@@ -65,6 +65,10 @@ class Sessions:
                 return found
         return None
 
+    def read_form(self, request: web.Request) -> Session | None:
+        """The sign-in form's session alone (:data:`FORM_COOKIE`)."""
+        return self._open(request.cookies.get(FORM_COOKIE, ""))
+
     def _open(self, raw: str) -> Session | None:
         if not raw or len(raw) > MAX_COOKIE:
             return None

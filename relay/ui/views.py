@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,7 +25,7 @@ from relay.domain.watch import Watch
 from relay.store import Store
 from relay.store.watches import StaleRotation, secret_tag
 from relay.ui import chart
-from relay.ui.guard import SESSIONS, SIGNED_IN, dashboard, principal, render, session
+from relay.ui.guard import SESSION, SESSIONS, SIGNED_IN, dashboard, principal, render, session
 from relay.ui.session import new_session, session_id
 
 PAGE_SIZE = 50
@@ -65,9 +65,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     key = form.get("apiKey", "")
     auth = request.config_dict[k.AUTH]
     who = auth.authenticate(f"Bearer {key.strip()}") if isinstance(key, str) else None
-    if who is None:
+    if who is None:  # (the form again, with the form's session: a live one is not re-sealed)
+        form_session = request.app[SESSIONS].read_form(request) or new_session()
+        request[SESSION] = form_session
         response = render(request, "login.html", {"error": "That key is not valid."}, status=401)
-        request.app[SESSIONS].write(request, response, session(request))
+        request.app[SESSIONS].write(request, response, form_session)
         return response
     response = web.HTTPSeeOther("/ui/")
     request.app[SESSIONS].write(request, response, new_session(who.tenant, who.key_id))
@@ -242,6 +244,7 @@ async def rotate(request: web.Request) -> web.StreamResponse:
 
 # --- recover --------------------------------------------------------------------------------
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TIME = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:\d{2})?", re.ASCII
 )
@@ -266,7 +269,7 @@ def parse_time(raw: str) -> int | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+    return (when - EPOCH) // timedelta(milliseconds=1)  # (exact: no float rounding)
 
 
 async def recover_form(request: web.Request) -> web.StreamResponse:
@@ -298,6 +301,7 @@ async def recover(request: web.Request) -> web.StreamResponse:
         )
     count, more = None, False
     if not errors and since is not None and until is not None:
+        until = min(until, now_ms() + 1)  # (a later until is now: the range cannot grow)
         count, more = await call(principal(request).tenant, since, until)
     context = {
         "errors": errors,

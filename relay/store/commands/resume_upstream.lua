@@ -15,14 +15,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pause_end = tonumber(ARGV[5])
 local near = tonumber(ARGV[3])
+local ended = pause_end  -- the end of the pause this call ended (what it had left)
 if pause_end == 0 then
   pause_end = tonumber(redis.call('GET', KEYS[1]) or '0')
   redis.call('DEL', KEYS[1])
+  ended = pause_end
   if pause_end > now then
     redis.call('PUBLISH', ARGV[1], '0')
+    -- (a resume of a longer pause that stopped part-way: its polls are put off further)
+    pause_end = math.max(pause_end, tonumber(redis.call('GET', KEYS[3]) or '0'))
     redis.call('SET', KEYS[3], pause_end, 'PX', pause_end - now + near + 60000)
   else  -- not paused: unless a resume stopped part-way, and left its pause's end
     pause_end = tonumber(redis.call('GET', KEYS[3]) or '0')
+    ended = pause_end
     if pause_end <= now then return {0, 0, 0} end
   end
 end
@@ -38,4 +43,4 @@ if #put_off > 0 then
   redis.call('ZADD', KEYS[2], 'XX', unpack(due))
 end
 if #put_off < tonumber(ARGV[4]) then redis.call('DEL', KEYS[3]) end
-return {math.max(pause_end - now, 0), #put_off, pause_end}
+return {math.max(ended - now, 0), #put_off, pause_end}
