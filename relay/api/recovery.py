@@ -14,7 +14,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +26,7 @@ from relay.api import views
 from relay.api.problems import ProblemError, invalid
 from relay.domain import attempts
 from relay.domain.clock import now_ms
-from relay.domain.events import iso_ms, ping_body
+from relay.domain.events import iso_ms, ms_of, ping_body
 from relay.domain.ids import new_event_id
 from relay.domain.signing import secret_bytes, sign_headers
 from relay.domain.watch import Watch
@@ -38,7 +38,6 @@ RFC3339 = re.compile(
 )
 TIME_RULE = "must be an RFC 3339 timestamp with a time zone, e.g. 2026-11-28T10:00:00Z"
 RECOVER_FIELDS = ("since", "until")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 MAX_PINGS = 64  # pings in flight per API process, at most ...
@@ -105,7 +104,7 @@ def _time(body: dict[str, Any], name: str, errors: list[dict[str, str]]) -> int 
     except ValueError:  # e.g. month 13
         errors.append({"field": name, "message": TIME_RULE})
         return None
-    return (when - EPOCH) // timedelta(milliseconds=1)  # (exact: no float rounding)
+    return ms_of(when)
 
 
 async def recover(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -11,6 +12,8 @@ import orjson
 
 from relay.domain.clips import Clip, ClipFilter, ClipSet
 from relay.domain.watch import Watch
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def iso(ms: int) -> str:
@@ -22,6 +25,12 @@ def iso_ms(ms: int) -> str:
     """Milliseconds since the epoch as an RFC 3339 UTC timestamp with milliseconds."""
     seconds, millis = divmod(ms, 1000)
     return f"{_iso_second(seconds)}.{millis:03d}Z"
+
+
+def ms_of(when: datetime) -> int:
+    """An aware datetime as milliseconds since the epoch, exactly (no float product: its
+    rounding read some times a millisecond early), the inverse of :func:`iso_ms`."""
+    return (when - EPOCH) // timedelta(milliseconds=1)
 
 
 @lru_cache(maxsize=4)

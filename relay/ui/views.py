@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -244,7 +244,6 @@ async def rotate(request: web.Request) -> web.StreamResponse:
 
 # --- recover --------------------------------------------------------------------------------
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TIME = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:\d{2})?", re.ASCII
 )
@@ -269,7 +268,7 @@ def parse_time(raw: str) -> int | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return (when - EPOCH) // timedelta(milliseconds=1)  # (exact: no float rounding)
+    return events.ms_of(when)
 
 
 async def recover_form(request: web.Request) -> web.StreamResponse:
