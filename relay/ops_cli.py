@@ -17,8 +17,7 @@ from typing import Any
 
 import httpx
 
-from clip_relay_client import MAX_PAGE, ApiError, Client, Delivery, Watch
-from clip_relay_client._core import shown_url
+from clip_relay_client import MAX_PAGE, ApiError, Client, Delivery, Watch, shown_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 STATUSES = ("watching", "delivering", "delivered", "failed", "disabled", "cancelled")

@@ -3,7 +3,7 @@ and webhook verification (:func:`verify`). Depends on httpx and the standard lib
 
 from __future__ import annotations
 
-from clip_relay_client._core import MAX_PAGE
+from clip_relay_client._core import MAX_PAGE, shown_url
 from clip_relay_client._errors import (
     ApiError,
     ClipRelayError,
@@ -31,5 +31,6 @@ __all__ = [
     "WatchStatus",
     "WebhookVerificationError",
     "__version__",
+    "shown_url",
     "verify",
 ]

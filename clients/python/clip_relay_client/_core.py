@@ -232,6 +232,14 @@ def list_call(video_id: str | None, status: str | None, limit: int, cursor: str 
     return Call("GET", "/v1/watches", retry=True, params=params)
 
 
+def recover_answer(answer: Mapping[str, Any]) -> tuple[int, str | None]:
+    """A recover's answer: how many it put back, and the ``until`` to send the request
+    again with (its range's end: the range stays put) while the relay says ``more``;
+    None: done."""
+    again = answer.get("until") if answer.get("more") is True else None
+    return int(answer["count"]), None if again is None else str(again)
+
+
 def recover_call(since: datetime | str, until: datetime | str | None) -> Call:
     """``POST /v1/watches/recover``: safe to send twice (a watch put back is skipped)."""
     body = {"since": rfc3339(since)}

@@ -19,6 +19,7 @@ from clip_relay_client._core import (
     Core,
     create_call,
     list_call,
+    recover_answer,
     recover_call,
     watch_path,
 )
@@ -191,11 +192,11 @@ class Client:
         done."""
         total = 0
         while True:
-            answer = self._send(recover_call(since, until))
-            total += int(answer["count"])
-            if answer.get("more") is not True:
+            count, again = recover_answer(self._send(recover_call(since, until)))
+            total += count
+            if again is None:
                 return total
-            until = answer.get("until", until)  # (the range's end stays where it was)
+            until = again
 
 
 class AsyncClient:
@@ -351,8 +352,8 @@ class AsyncClient:
         """See :meth:`Client.recover`."""
         total = 0
         while True:
-            answer = await self._send(recover_call(since, until))
-            total += int(answer["count"])
-            if answer.get("more") is not True:
+            count, again = recover_answer(await self._send(recover_call(since, until)))
+            total += count
+            if again is None:
                 return total
-            until = answer.get("until", until)  # (the range's end stays where it was)
+            until = again
