@@ -773,6 +773,35 @@ async def test_a_cursor_reveals_nothing_to_another_tenant(api: Client) -> None:
             assert set(seen) <= set(b_ids), (seen, b_ids)
 
 
+async def test_a_cursor_belongs_to_its_listing(api: Client) -> None:
+    """A cursor used with other filters than the listing that handed it out, or by another
+    tenant, is refused naming the cursor (a final status is ordered by when watches became
+    final, the others by when they were made: read as a position in another index it would
+    skip or repeat watches); with its own filters it goes on; a cursor made before cursors
+    named their listing is still read as a position."""
+    made = [(await _create(api, TENANT_A_KEY, videoId="v1"))["id"] for _ in range(3)]
+    for wid in made:
+        assert (await api.delete(f"/v1/watches/{wid}", headers=auth())).status == 204
+    listing = "/v1/watches?status=cancelled"
+    first = await (await api.get(f"{listing}&limit=1", headers=auth())).json()
+    cursor = first["nextCursor"]
+    assert cursor
+    for query in ("", "status=watching&", "videoId=v1&status=cancelled&", "videoId=v1&"):
+        resp = await api.get(f"/v1/watches?{query}cursor={cursor}", headers=auth())
+        data = await problem(resp, 422)
+        assert names(data, "cursor") and "other filters" in str(data), data
+    theirs = await api.get(f"{listing}&cursor={cursor}", headers=auth(TENANT_B_KEY))
+    assert names(await problem(theirs, 422), "cursor")
+    every = [w["id"] for w in (await (await api.get(listing, headers=auth())).json())["data"]]
+    rest = await (await api.get(f"{listing}&cursor={cursor}", headers=auth())).json()
+    assert [w["id"] for w in first["data"] + rest["data"]] == every and sorted(every) == sorted(
+        made
+    )
+    old = encode_cursor(now_ms() + 60_000, "wat_" + "z" * 24)
+    resp = await api.get(f"{listing}&cursor={old}", headers=auth())
+    assert [w["id"] for w in (await resp.json())["data"]] == every
+
+
 async def test_another_tenants_watch_looks_like_no_watch(api: Client, redis: Redis) -> None:
     mine = await _create(api, TENANT_A_KEY)
     before = await redis.hgetall(f"cr:w:{mine['id']}")  # type: ignore[misc]

@@ -139,7 +139,13 @@ def document() -> dict[str, Any]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": 100},
                     },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "The nextCursor of the page before, with the same"
+                        " videoId and status (another listing's cursor is a 422 naming it).",
+                        "schema": {"type": "string"},
+                    },
                 ],
             ),
         },

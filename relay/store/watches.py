@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from relay import constants as c
 from relay.domain import attempts
 from relay.domain.clock import now_ms
-from relay.domain.listing import Page, decode_cursor, encode_cursor
+from relay.domain.listing import Page, decode_cursor, encode_cursor, listing_of
 from relay.domain.origin import url_origin_tag
 from relay.domain.watch import SecretEntry, Watch
 from relay.store import recovery, scripts
@@ -216,14 +216,15 @@ class Watches:
         *video_id*) and filtered by status, at most *scan_cap* members per page: a page of
         a rare live status may come back short, with a cursor to go on from.
         """
+        listing = listing_of(tenant, video_id, status)
         if status in FINAL_STATUSES and not video_id:
-            return await self._final_page(tenant, status, limit, cursor)
+            return await self._final_page(tenant, status, limit, cursor, listing)
         key = (
             c.TENANT_VIDEO_INDEX_KEY.format(tenant, video_id)
             if video_id
             else c.TENANT_INDEX_KEY.format(tenant)
         )
-        last = decode_cursor(cursor) if cursor else None
+        last = decode_cursor(cursor, listing) if cursor else None
         chunk = max(limit * 2, 20)
         found: list[Watch] = []
         scanned = 0
@@ -242,18 +243,21 @@ class Watches:
                         break
         next_cursor = None
         if last is not None and (more or (not exhausted and await self._index_after(key, last, 1))):
-            next_cursor = encode_cursor(*last)
+            next_cursor = encode_cursor(*last, listing)
         return Page(found, next_cursor)
 
-    async def _final_page(self, tenant: str, status: str, limit: int, cursor: str | None) -> Page:
+    async def _final_page(
+        self, tenant: str, status: str, limit: int, cursor: str | None, listing: str
+    ) -> Page:
         """A page of the tenant's index of a final status: one read of the index (two after
         a cursor), one of the watches."""
         key = c.TENANT_FINAL_KEY.format(tenant, status)
-        batch = await self._index_after(key, decode_cursor(cursor) if cursor else None, limit + 1)
+        after = decode_cursor(cursor, listing) if cursor else None
+        batch = await self._index_after(key, after, limit + 1)
         more, batch = len(batch) > limit, batch[:limit]
         watches = await self.get_many([m for m, _ in batch])
         found = [w for w in watches if w is not None and w.status == status]
-        return Page(found, encode_cursor(batch[-1][1], batch[-1][0]) if more else None)
+        return Page(found, encode_cursor(batch[-1][1], batch[-1][0], listing) if more else None)
 
     async def _index_after(
         self, key: str, after: tuple[int, str] | None, count: int
