@@ -7,6 +7,7 @@ import errno
 import socket
 import sys
 from collections.abc import Sequence
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
@@ -40,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _url_password(url: str) -> list[str]:
+    """The password of REDIS_URL (as written and decoded), if any: a secret for the logs."""
+    password = urlsplit(url).password
+    return [password, unquote(password)] if password else []
+
+
 def _settings(command: str) -> Settings:
     settings = load()
     if command == "api":
@@ -48,6 +55,7 @@ def _settings(command: str) -> Settings:
         settings.require_worker()
     logs.setup(settings.log_format)
     logs.register_secrets([settings.scalereach_api_key, settings.secrets_key, settings.ui_secret])
+    logs.register_secrets(_url_password(settings.redis_url))
     logs.register_secrets(k.key for k in settings.api_keys)
     if command == "api" and (short := settings.short_api_keys()):
         # (the tenants are named, never the keys)

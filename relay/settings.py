@@ -241,6 +241,18 @@ def _text(parse: Callable[[str], object]) -> BeforeValidator:
     return BeforeValidator(validate)
 
 
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    """Addresses or networks (``10.0.0.0/8``, ``fd00::/8``, ``127.0.0.1``), comma-separated."""
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if part:
+            try:
+                out.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"expected an IP address or network, got {part!r}") from None
+    return tuple(out)
+
+
 # The field types: what a variable holds and how its text is read.
 Seconds = Annotated[float, _text(_float)]  # > 0
 Pause = Annotated[float, _text(_pause)]  # >= 0
@@ -253,6 +265,7 @@ Schedule = Annotated[tuple[float, ...], NoDecode, _text(_schedule)]
 ApiKeys = Annotated[tuple[ApiKey, ...], NoDecode, _text(_api_keys)]
 Allow = Annotated[CallbackAllow, NoDecode, _text(_allow)]
 DnsServers = Annotated[tuple[str, ...], NoDecode, _text(_dns_servers)]
+Networks = Annotated[tuple[IPNetwork, ...], NoDecode, _text(_networks)]
 
 
 def _default_log_format() -> Literal["json", "console"]:
@@ -311,6 +324,9 @@ class Settings(BaseSettings):
     ui_secret: Annotated[str, _text(_token)] = Field(
         "", validation_alias="RELAY_UI_SECRET", repr=False
     )
+    # proxies (an Ingress) whose X-Forwarded-For names the client: the dashboard's sign-in
+    # limit counts per client, not per proxy
+    trusted_proxies: Networks = Field((), validation_alias="RELAY_TRUSTED_PROXIES")
     retention: Seconds = Field(604800.0, validation_alias="RELAY_RETENTION")
     redis_high_water: Fraction = Field(0.9, validation_alias="RELAY_REDIS_HIGH_WATER")
     tenant_max_watches: Count = Field(100000, validation_alias="RELAY_TENANT_MAX_WATCHES")

@@ -172,3 +172,22 @@ def test_a_broken_pipe_behind_a_buffer_is_counted_too(out: io.BytesIO) -> None:
     finally:
         with contextlib.suppress(BrokenPipeError):
             pipe.close()
+
+
+def test_the_redis_password_is_a_secret_of_the_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REDIS_URL's password (as written and percent-decoded) never reaches a log line, as
+    the other secrets (Sentinel URLs too); a URL without one adds nothing."""
+    from relay import cli
+
+    monkeypatch.setattr(logs, "setup", lambda *_: None)  # (the test process' logging stays)
+    for url, hidden in (
+        ("redis://:s3cret-pass%21word@127.0.0.1:1/0", ["s3cret-pass%21word", "s3cret-pass!word"]),
+        ("redis+sentinel://:sentinel-pass@127.0.0.1:26379,127.0.0.2:26379/main", ["sentinel-pass"]),
+        ("redis://127.0.0.1:1/0", []),
+    ):
+        monkeypatch.setattr(logs, "_secrets", ())
+        monkeypatch.setenv("REDIS_URL", url)
+        cli._settings("upstream")
+        for value in hidden:
+            assert logs.redact(None, "info", {"event": f"x {value} y"})["event"] == "x [redacted] y"
+        assert not set(logs._secrets) - set(hidden)

@@ -13,6 +13,7 @@ import re
 import shutil
 import time
 from collections.abc import AsyncIterator
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
@@ -412,6 +413,39 @@ async def test_sign_in_is_rate_limited_per_address(ui: Client) -> None:
     assert resp.headers["Retry-After"] == "60"
     resp = await ui.post("/ui/login", data={"apiKey": TENANT_A_KEY}, allow_redirects=False)
     assert resp.status == 403  # no CSRF token
+
+
+async def test_sign_in_limit_behind_a_trusted_proxy_counts_each_client(
+    make_api: ApiFactory,
+) -> None:
+    """Behind a proxy of RELAY_TRUSTED_PROXIES (here: the test's own address), the limit
+    counts the client its X-Forwarded-For names (the rightmost entry that is not a trusted
+    proxy), so one visitor guessing keys does not lock out another; what a client writes
+    left of that entry changes nothing; without the setting, the header is not believed."""
+    proxied = await make_api(ui_secret="s", trusted_proxies=(ip_network("127.0.0.1/32"),))
+    token = await _csrf(proxied)
+    if time.time() % 60 > 50:  # the count is per minute: keep the attempts in one
+        await asyncio.sleep(60.5 - time.time() % 60)
+
+    async def sign_in(client: Client, forwarded: str) -> int:
+        resp = await client.post(
+            "/ui/login",
+            data={"apiKey": "wrong", "csrfToken": token},
+            headers={"X-Forwarded-For": forwarded},
+            allow_redirects=False,
+        )
+        return resp.status
+
+    # one client, each time claiming another address left of the one the proxy wrote
+    codes = [await sign_in(proxied, f"127.0.9.{n}, 127.0.0.2") for n in range(11)]
+    assert codes == [401] * 10 + [429]
+    assert await sign_in(proxied, "127.0.0.3") == 401  # another client is not limited
+    assert await sign_in(proxied, "127.0.0.3, 127.0.0.1") == 401  # (through two proxies)
+    # without RELAY_TRUSTED_PROXIES, the peer (the test) is the client whatever it claims
+    direct = await make_api(ui_secret="s")
+    token = await _csrf(direct)
+    codes = [await sign_in(direct, f"127.0.8.{n}") for n in range(11)]
+    assert codes == [401] * 10 + [429]
 
 
 async def test_session_ends_when_its_key_leaves(make_api: ApiFactory, settings: Any) -> None:

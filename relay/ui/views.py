@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from relay.api import appkeys as k
+from relay.api.remote import client_address
 from relay.api.views import VIDEO_ID, WATCH_ID, watch_json
 from relay.constants import REDELIVERABLE_STATUSES, WATCH_STATUSES
 from relay.domain import events
@@ -54,7 +55,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 
 async def login(request: web.Request) -> web.StreamResponse:
     """``POST /ui/login``: a key of RELAY_API_KEYS signs in as its tenant."""
-    address = request.remote or "unknown"
+    address = client_address(request, request.config_dict[k.SETTINGS].trusted_proxies)
     tries = await dashboard(request).sign_in_attempt(address, now_ms())
     if tries > SIGN_INS_PER_MINUTE:
         raise web.HTTPTooManyRequests(

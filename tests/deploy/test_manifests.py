@@ -57,6 +57,7 @@ CONFIG_KEYS = {
     "RELAY_RENDER_TIMEOUT",
     "RELAY_UPSTREAM_RPS",
     "RELAY_SHUTDOWN_GRACE",
+    "RELAY_TRUSTED_PROXIES",
     "RELAY_RATE_LIMIT",
     "RELAY_SECRET_GRACE",
     "RELAY_UI",
@@ -723,6 +724,13 @@ def test_worker_grace_outlasts_shutdown_grace(
     api = one(objs, "Deployment", "clip-relay-api")["spec"]["template"]["spec"]
     pre_stop = api["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert api["terminationGracePeriodSeconds"] > float(pre_stop[-1]) + 10
+    # the API's whole stop: preStop, its drain delay, requests' grace, pings in flight
+    # (RELAY_DELIVERY_TIMEOUT + 1 to record their attempt), with a margin
+    from relay.api.serving import MAX_DRAIN_DELAY
+
+    timeout = float(config_map(objs, "clip-relay-config")["data"]["RELAY_DELIVERY_TIMEOUT"])
+    stop = float(pre_stop[-1]) + min(MAX_DRAIN_DELAY, grace / 4) + grace + timeout + 1
+    assert api["terminationGracePeriodSeconds"] >= stop + 2, (stop, "the API's stop")
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
