@@ -846,13 +846,33 @@ def test_secret_template_holds_only_placeholders() -> None:
     assert secret["metadata"]["name"] == SECRET_NAME
     assert "data" not in secret, "use stringData with placeholders, never base64 data"
     values = secret["stringData"]
-    assert set(values) <= SECRET_KEYS | {"REDIS_URL"}
-    assert {"SCALEREACH_API_KEY", "RELAY_API_KEYS"} <= set(values)
+    assert set(values) <= SECRET_KEYS | {"REDIS_URL", "REDIS_PASSWORD"}
+    assert {"SCALEREACH_API_KEY", "RELAY_API_KEYS", "REDIS_PASSWORD", "REDIS_URL"} <= set(values)
     for k, v in values.items():
         assert "REPLACE_ME" in v, f"{k} must be a REPLACE_ME placeholder"
         # nothing besides the placeholder that could be a real key
         rest = v.replace("REPLACE_ME", "")
-        assert re.fullmatch(r"[a-z]*:?", rest), f"{k}: unexpected content {v!r}"
+        if k == "REDIS_URL":  # the in-cluster Redis with the placeholder password
+            assert rest == "redis://:@clip-relay-redis:6379/0", v
+        else:
+            assert re.fullmatch(r"[a-z]*:?", rest), f"{k}: unexpected content {v!r}"
+    assert values["REDIS_PASSWORD"] == "REPLACE_ME"  # (the same as the URL's)
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_redis_requires_the_secrets_password(
+    name: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The in-cluster Redis requires a password (the NetworkPolicy keeps other pods out only
+    where the CNI enforces it), the Secret's REDIS_PASSWORD, also for its readiness probe."""
+    redis = one(rendered[name], "StatefulSet", "clip-relay-redis")["spec"]["template"]["spec"]
+    container = redis["containers"][0]
+    args = container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    ref = {"name": SECRET_NAME, "key": "REDIS_PASSWORD"}
+    assert env == {"REDIS_PASSWORD": ref, "REDISCLI_AUTH": ref}
+    assert "valkey-cli" in " ".join(container["readinessProbe"]["exec"]["command"])
 
 
 SECRET_LOOKING = re.compile(
