@@ -192,6 +192,36 @@ async def test_near_full_redis_refuses_registrations_and_still_delivers(
         await redis.config_set("maxmemory", 0)
 
 
+async def test_a_retry_of_a_made_registration_is_answered_above_the_mark(
+    make_api: ApiFactory, redis: Redis
+) -> None:
+    """Above the high-water mark, a registration retried with its Idempotency-Key (its
+    answer was lost) gets that answer again: it stores nothing, and a client that sent it
+    must not be told to wait for memory to learn the watch it has. A new key, or none, is
+    still a 503; the same key with another body still a conflict."""
+    api = await make_api()
+    headers = {**auth(), "Idempotency-Key": "order-7"}
+    first = await api.post("/v1/watches", json=body(minScore=5), headers=headers)
+    assert first.status == 201
+    made = await first.json()
+    await redis.config_set("maxmemory", 64 * 1024 * 1024)
+    try:
+        used = int((await redis.info("memory"))["used_memory"])
+        full = await make_api(redis_high_water=used / 2 / (64 * 1024 * 1024))
+        again = await full.post("/v1/watches", json=body(minScore=5), headers=headers)
+        assert again.status == 200, await again.text()
+        assert await again.json() == made
+        for other in ({**auth(), "Idempotency-Key": "order-8"}, auth()):
+            resp = await full.post("/v1/watches", json=body(minScore=5), headers=other)
+            assert resp.status == 503 and (await resp.json())["type"].endswith("storage-full")
+        resp = await full.post("/v1/watches", json=body(minScore=6), headers=headers)
+        assert resp.status == 409, await resp.text()
+        theirs = {**auth(TENANT_B_KEY), "Idempotency-Key": "order-7"}  # (keys are per tenant)
+        assert (await full.post("/v1/watches", json=body(minScore=5), headers=theirs)).status == 503
+    finally:
+        await redis.config_set("maxmemory", 0)
+
+
 async def test_redis_refusing_writes_is_503_not_500(api: Client, redis: Redis) -> None:
     """Redis at its maxmemory (noeviction) refuses the write: 503 + Retry-After, never 500."""
     await redis.config_set("maxmemory-policy", "noeviction")

@@ -192,7 +192,15 @@ async def create_watch(request: web.Request) -> web.Response:
     who = principal(request)
     store = app[k.STORE]
     idempotency = _idempotency(request, spec, body)
-    await app[k.BACKPRESSURE].check()
+    try:
+        await app[k.BACKPRESSURE].check()
+    except ProblemError:
+        # a retry of a registration that was made (its answer lost) is answered as it was:
+        # it stores nothing new; anything else waits for the memory to go down
+        if idempotency is None or not await store.watches.idempotency_known(
+            who.tenant, idempotency
+        ):
+            raise
     secret = spec.secret or generate_secret()
     now = now_ms()
     watch = Watch(

@@ -193,6 +193,11 @@ class Watches:
             out.append(w)
         return out
 
+    async def idempotency_known(self, tenant: str, idempotency: Idempotency) -> bool:
+        """Whether the tenant's Idempotency-Key has its record (it made a watch)."""
+        key = c.IDEMPOTENCY_KEY.format(tenant, idempotency.key_hash)
+        return bool(await self.redis.exists(key))
+
     async def specs(self, watch_ids: Sequence[str]) -> list[Watch]:
         """The registrations of the watches of *watch_ids* that exist (their filters)."""
         regs = await self.redis.mget([c.REGISTRATION_KEY.format(w) for w in watch_ids])
