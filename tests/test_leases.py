@@ -297,3 +297,39 @@ async def _all_due(store: Store, vids: list[str]) -> bool:
 
 async def _score_is_not(store: Store, vid: str, token: int) -> bool:
     return await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) != token
+
+
+async def test_a_write_refused_under_a_token_that_did_not_change_marks_the_lease_lost(
+    store: Store,
+) -> None:
+    """Another poller holds the video (its token 5, ours 4) and no extension of ours is in
+    flight: the refused write is not tried again (it would be, forever), the lease is lost.
+    (From a mutation review, 2026-12-06: no test made such a write.)"""
+    await store.redis.zadd(c.POLL_SCHEDULE_KEY, {"vid_q": 5})
+    leases = Leases(store.videos, lease_s=30)
+    lease = leases.hold("vid_q", 4)
+    got = await asyncio.wait_for(
+        leases.write(lease, lambda t: store.videos.release("vid_q", t), lambda g: g < 0), 2
+    )
+    assert got == -1 and lease.lost
+
+
+async def test_a_video_with_one_waiting_watch_is_polled_again_not_released(store: Store) -> None:
+    """Releasing a video whose fan-out is done polls it again at once when a watch came in
+    meanwhile -- one is enough (a mutant releasing it with one left stranded that watch
+    until its expiry)."""
+    vid = "vid_one_left"
+    await watch(store, vid)
+    token, rows = await eventually(lambda: _claim(store), timeout=5, what="the video due")
+    [(_, waiting)] = rows
+    assert waiting == 1  # the one watch that waits on it
+    before = now_ms()
+    assert await store.videos.release(vid, token) == 1
+    score = await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid)
+    assert score is not None and score <= now_ms() + 1000 and score >= before - 1000
+    await store.redis.hdel(
+        c.VIDEO_WATCHES_KEY.format(vid), *await store.redis.hkeys(c.VIDEO_WATCHES_KEY.format(vid))
+    )  # type: ignore[misc]
+    token, _ = await eventually(lambda: _claim(store), timeout=5, what="the video due again")
+    assert await store.videos.release(vid, token) == 0  # none left: released
+    assert await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) is None

@@ -276,3 +276,87 @@ async def test_the_listpack_limit_is_asked_again_after_a_failed_read(
     assert await store.retention._compact_size() == 64
     assert await store.retention._compact_size() == 64 and calls == 2
     monkeypatch.setattr(store.redis, "config_get", real)
+
+
+# --- bounds and reach (from a mutation review, 2026-12-06: each test fails on a mutant the
+# suite let through: a unit mix-up deleting 1000x early, an unbounded purge call, a sweep
+# that stops after one batch or one SSCAN page of tenants)
+
+
+async def test_a_purge_call_deletes_at_most_its_limit(store: Store) -> None:
+    """A purge is bounded work per call, whatever the backlog."""
+    watches = await registered(store, 20, video="v1")
+    await delivered(store, watches)
+    assert await store.retention.purge("acme", "delivered", retention_ms=0, limit=7) == (7, 7)
+    assert (await store.watches.counts())["delivered"] == 13
+
+
+async def test_a_watch_younger_than_the_retention_is_kept(store: Store) -> None:
+    """Retention is milliseconds in the purge and seconds in the sweeper: a watch final for
+    0.3 s survives a retention of a minute in both (a unit mix-up deletes it)."""
+    from workers.sweeper import Sweeper
+
+    (w,) = await registered(store, 1, video="v1")
+    await delivered(store, [w])
+    await asyncio.sleep(0.3)
+    assert await store.retention.purge("acme", "delivered", retention_ms=60_000, limit=7) == (0, 0)
+    await store.redis.delete(c.SWEEP_LOCK_KEY)
+    sweeper = Sweeper(store, retention_s=60)
+    assert await sweeper.sweep() == 0
+    assert await store.redis.get(c.SWEEP_LOCK_KEY) == sweeper.owner  # (it did sweep)
+    assert await store.watches.get(w.id) is not None
+
+
+async def test_a_sweep_goes_past_one_batch(store: Store) -> None:
+    from workers.sweeper import Sweeper
+
+    watches = await registered(store, 60, video="v1")
+    await delivered(store, watches)
+    await store.redis.delete(c.SWEEP_LOCK_KEY)
+    assert await Sweeper(store, retention_s=0.001, batch=25).sweep() == 60
+
+
+async def test_a_sweep_reaches_every_tenant(store: Store) -> None:
+    """More tenants than one SSCAN page brings (a set of <= 128 comes back whole)."""
+    from workers.sweeper import Sweeper
+
+    for i in range(150):
+        (w,) = await registered(store, 1, video=f"v{i}", tenant=f"t{i:03d}")
+        await store.watches.cancel(w)
+    await store.redis.delete(c.SWEEP_LOCK_KEY)
+    assert await Sweeper(store, retention_s=0.001).sweep() == 150
+
+
+async def test_a_purge_takes_leftover_members_of_a_watch_too(store: Store) -> None:
+    """guarantees.md: a purged watch leaves no member anywhere -- also ones a crash or an
+    older release left behind (a stale delivery or expiry schedule member, a waiting entry
+    of its video), which the transitions that make a watch final normally remove."""
+    (w,) = await registered(store, 1, video="v1")
+    await delivered(store, [w])
+    await store.redis.zadd(c.DELIVERY_SCHEDULE_KEY, {w.id: now_ms()})
+    await store.redis.zadd(c.EXPIRY_SCHEDULE_KEY, {w.id: now_ms()})
+    await store.redis.hset(c.VIDEO_WATCHES_KEY.format("v1"), w.id, "acme")  # type: ignore[misc]
+    assert await purge_all(store) == 1
+    assert await naming(store.redis, w.id) == []
+
+
+async def test_a_purge_is_not_stopped_part_way_by_an_odd_watch(store: Store) -> None:
+    """Redis does not undo a script's writes when it fails part-way, and a purge takes its
+    batch out of the index first: a watch whose state lacks its video, whose clips document
+    is not a counter, or whose idempotency record is not a string must not stop the call,
+    or the rest of the batch would be out of the index and never deleted."""
+    watches = await registered(store, 4, video="v1")
+    await delivered(store, watches)
+    odd = watches[:3]
+    await store.redis.hdel(c.WATCH_KEY.format(odd[0].id), "video")  # type: ignore[misc]
+    ev = await store.redis.hget(c.WATCH_KEY.format(odd[1].id), "ev")  # type: ignore[misc]
+    at = ev.split("|")[1]
+    doc = f"{c.SOURCE_PREFIX}v1:{at}"
+    await store.redis.hset(doc, "refs", "many")  # type: ignore[misc]
+    await store.redis.lpush("odd-record", "x")  # type: ignore[misc]
+    await store.redis.hset(c.WATCH_KEY.format(odd[2].id), "idem", "odd-record")  # type: ignore[misc]
+    assert await purge_all(store) == 4
+    for w in watches:
+        assert await store.watches.get(w.id) is None
+        assert await store.redis.exists(c.WATCH_KEY.format(w.id)) == 0
+    assert await store.redis.zcard(c.TENANT_FINAL_KEY.format("acme", "delivered")) == 0

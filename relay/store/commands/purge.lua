@@ -35,20 +35,25 @@ for i = 1, #ids do
   if st and string.match(st, '^([^|]*)|') == status then
     gone[#gone + 1] = wid
     redis.call('DEL', key, key .. ARGV[5])
-    redis.call('ZREM', ARGV[6] .. ':v:' .. video .. ':w', wid)
-    redis.call('HDEL', ARGV[7] .. video .. ARGV[8], wid)
-    local ev = h[3]
-    if ev then
-      local etype, at = string.match(ev, '^([^|]*)|([^|]*)|')
+    -- (the index members are gone already and Redis does not undo a script's writes when
+    -- it fails part-way: nothing below may raise, or the rest of the batch would be kept
+    -- for good -- a state without its video, a document or a record of an odd type)
+    if video then
+      redis.call('ZREM', ARGV[6] .. ':v:' .. video .. ':w', wid)
+      redis.call('HDEL', ARGV[7] .. video .. ARGV[8], wid)
+      local etype, at = string.match(h[3] or '', '^([^|]*)|([^|]*)|')
       if etype == 'clips.ready' then
         local doc = ARGV[9] .. video .. ':' .. at
-        if redis.call('HINCRBY', doc, 'refs', -1) <= 0 then redis.call('DEL', doc) end
+        local refs = redis.pcall('HINCRBY', doc, 'refs', -1)
+        if type(refs) == 'number' and refs <= 0 then redis.call('DEL', doc) end
       end
     end
     if h[4] then
       -- the record may have expired (24 h) and the key made another watch since: only its own
-      local rec = redis.call('GET', h[4])
-      if rec and string.find(rec, '"' .. wid .. '"', 1, true) then redis.call('DEL', h[4]) end
+      local rec = redis.pcall('GET', h[4])
+      if type(rec) == 'string' and string.find(rec, '"' .. wid .. '"', 1, true) then
+        redis.call('DEL', h[4])
+      end
     end
   end
 end
