@@ -333,3 +333,25 @@ async def test_a_video_with_one_waiting_watch_is_polled_again_not_released(store
     token, _ = await eventually(lambda: _claim(store), timeout=5, what="the video due again")
     assert await store.videos.release(vid, token) == 0  # none left: released
     assert await store.redis.zscore(c.POLL_SCHEDULE_KEY, vid) is None
+
+
+async def test_a_lost_extension_reply_after_the_lease_lapsed_adopts_no_other_claim(
+    store: Store,
+) -> None:
+    """An extension that failed without a reply is reconciled from the scores; once the
+    claim's token is past (by Redis' clock), a score that moved may be another poller's
+    claim of the lapsed video, so the lease is lost -- it is not taken for our own
+    extension (two pollers would then fan the video out). (From a mutation review.)"""
+    vid = "vid_taken_over"
+    ours = now_ms() - 1_000  # lapsed
+    await store.redis.zadd(c.POLL_SCHEDULE_KEY, {vid: now_ms() + 30_000})  # another's claim
+    leases = Leases(store.videos, lease_s=30)
+    lease = leases.hold(vid, ours)
+
+    async def no_reply(*_: Any) -> tuple[set[str], int]:
+        raise TimeoutError("no reply")
+
+    store.videos.extend = no_reply  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        await leases.extend()
+    assert lease.lost and lease.token == ours
