@@ -35,3 +35,18 @@ async def test_checks_asked_during_a_round_trip_go_in_the_next(redis: Redis) -> 
     rest = [asyncio.ensure_future(gate.holds(f"w{i}", 7)) for i in range(1, 20)]
     assert await first and all(await asyncio.gather(*rest))
     assert gate.round_trips == 2
+
+
+async def test_a_claim_that_redis_could_not_confirm_does_not_hold(redis: Redis) -> None:
+    """Redis away while checking: the attempts are not made (a DELETE answered meanwhile
+    must not be followed by one); their claims stay leased and come back after the lease."""
+    store = Store(redis)
+    await redis.zadd(c.DELIVERY_SCHEDULE_KEY, {"w1": 7, "w2": 7})
+
+    async def away(_: object) -> list[float | None]:
+        raise ConnectionError("Redis away")
+
+    store.deliveries.claim_scores = away  # type: ignore[method-assign]
+    gate = ClaimGate(store)
+    assert await asyncio.gather(gate.holds("w1", 7), gate.holds("w2", 7)) == [False, False]
+    assert gate.dropped == 2

@@ -39,6 +39,7 @@ from relay.http.webhook import WebhookClient
 from relay.settings import CallbackAllow, Settings
 from relay.store import Store
 from tests.conftest import WorkerFactory, eventually
+from tests.test_store import fan_out, registered, result
 from workers.delivery import Deliverer
 from workers.delivery.bodies import Bodies
 from workers.delivery.settle import Settler
@@ -419,6 +420,37 @@ async def test_the_flusher_outlives_an_error_in_a_flush(
         await asyncio.sleep(0.05)
     assert len(calls) >= 2 and not settler.pending
     await settler.stop()
+
+
+async def test_outcomes_whose_recording_failed_are_recorded_later(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis away while recording: the outcomes are kept and recorded once it is back (the
+    claims' leases are long) -- not dropped, which would send the events again after the
+    lease and lose the attempts' records. (From a mutation review, 2026-12-06.)"""
+    (w,) = await registered(store, 1)
+    (made,) = await fan_out(store, [w])
+    real, calls = store.deliveries.settle, []
+
+    async def away_once(results: Any) -> Any:
+        calls.append(len(results))
+        if len(calls) == 1:
+            raise ConnectionError("Redis away")
+        return await real(results)
+
+    monkeypatch.setattr(store.deliveries, "settle", away_once)
+    settler = Settler(store)
+    settler.start()
+    record = attempts.record(1, now_ms(), 204, None, 3.2, None)
+    settler.add(result(made, "ok", record), {})
+    deadline = time.monotonic() + 5
+    while settler.pending and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await settler.stop()
+    assert calls == [1, 1]
+    got = await store.watches.get(w.id)
+    assert got is not None and got.status == "delivered"
+    assert [r["statusCode"] for r in await store.watches.attempts(got)] == [204]
 
 
 # --- bodies: the same bytes on every retry, fresh links after a refresh --------------------

@@ -616,3 +616,89 @@ async def test_attempts_list_each_kind_in_its_numbers_order_merged_by_time(
         ("clips.ready", 2, "21.000"),
         ("watch.ping", 1, "23.000"),
     ]
+
+
+# --- from a mutation review of the delivery scripts (2026-12-06): each test fails on a
+# mutant the suite let through
+
+
+async def test_a_claim_takes_at_most_its_limit(store: Store) -> None:
+    """Claims are bounded per worker: 5 due, a claim of 2 takes 2 and leaves 3 due."""
+    watches = await registered(store, 5)
+    await fan_out(store, watches, claim=0)
+    claimed = await store.deliveries.claim(limit=2, lease_s=30)
+    assert len(claimed) == 2
+    due = await store.redis.zrangebyscore(c.DELIVERY_SCHEDULE_KEY, "-inf", now_ms() + 10_000)
+    assert len(due) == 3 and not {cl.watch_id for cl, _ in claimed} & set(due)
+
+
+async def test_a_cancel_or_an_event_takes_the_watch_off_every_schedule(store: Store) -> None:
+    """A cancelled watch leaves the delivery schedule (a claim on it no longer holds: the
+    gate drops its attempt) and the expiry schedule; a watch given its event leaves the
+    expiry schedule."""
+    a, b = await registered(store, 2)
+    assert await store.redis.zscore(c.EXPIRY_SCHEDULE_KEY, a.id) is not None
+    await fan_out(store, [a])
+    assert await store.redis.zscore(c.EXPIRY_SCHEDULE_KEY, a.id) is None
+    await store.watches.cancel(a)
+    assert await store.deliveries.claim_scores([a.id]) == [None]
+    await store.watches.cancel(b)  # (waiting on its video)
+    for key in (c.DELIVERY_SCHEDULE_KEY, c.EXPIRY_SCHEDULE_KEY):
+        assert await store.redis.zscore(key, b.id) is None
+
+
+async def test_a_redelivery_runs_the_retry_schedule_from_its_first_step(store: Store) -> None:
+    """A redelivered watch's new series starts at the schedule's first step: its 'base' is
+    the last attempt before it (the attempt numbers go on from there)."""
+    (w,) = await registered(store, 1)
+    (made,) = await fan_out(store, [w])
+    rec = attempts.record(3, now_ms(), 500, None, 1.0, None)
+    await store.deliveries.settle(
+        [result(made, "failed", rec, attempt=3, record_no=1, last_error="HTTP 500")]
+    )
+    assert await store.watches.redeliver(w) == "ok"
+    [(claim, _)] = await store.deliveries.claim(limit=5, lease_s=30)
+    assert claim.watch is not None and claim.watch.attempt_base == 3
+
+
+async def test_a_rotation_drops_the_secrets_past_their_grace(store: Store) -> None:
+    """A secret whose grace has ended signs no more: the next rotation drops it."""
+    (w,) = await registered(store, 1)
+    first = await store.watches.rotate_secret(w.id, "sealed-two", 0.05)
+    assert first is not None and [s.sealed for s in first] == ["sealed-two", "whsec_secret_0"]
+    await asyncio.sleep(0.1)
+    second = await store.watches.rotate_secret(w.id, "sealed-three", 60)
+    assert second is not None and [s.sealed for s in second] == ["sealed-three", "sealed-two"]
+
+
+async def test_a_clips_document_gone_since_an_earlier_chunk_is_stored_again(
+    store: Store,
+) -> None:
+    """A fan-out's later chunks do not send the clips document an earlier chunk stored --
+    unless it is gone since (purged): then it is sent after all, so no event of the video is
+    left without its body."""
+    watches = await registered(store, 4)
+    event = clips_ready()
+    await store.deliveries.finalize(
+        "vid_1", event, [w.id for w in watches[:2]], claim=0, lease_s=30
+    )
+    source = c.SOURCE_KEY.format("vid_1", event.at_ms)
+    assert await store.redis.hget(source, "doc")  # type: ignore[misc]
+    await store.redis.delete(source)
+    n, _ = await store.deliveries.finalize(
+        "vid_1", event, [w.id for w in watches[2:]], claim=0, lease_s=30, doc_stored=True
+    )
+    assert n == 2
+    assert await store.redis.hget(source, "doc") == event.clips_doc.decode()  # type: ignore[misc]
+
+
+async def test_recover_takes_since_in_and_until_out(store: Store) -> None:
+    """[since, until): a watch that failed at exactly *until* is not put back; one ms later
+    it is."""
+    (w,) = await registered(store, 1)
+    (made,) = await fan_out(store, [w])
+    rec = attempts.record(1, now_ms(), 500, None, 1.0, None)
+    await store.deliveries.settle([result(made, "failed", rec, last_error="HTTP 500")])
+    at = int(await store.redis.zscore(c.TENANT_FINAL_KEY.format("acme", "failed"), w.id))
+    assert await store.watches.recover("acme", at - 1000, at) == (0, False)
+    assert await store.watches.recover("acme", at, at + 1) == (1, False)
