@@ -244,7 +244,10 @@ async def test_stop_hands_back_the_claims_of_jobs_never_started(
     d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=2)
     created = await created_events(store, base, 5, deliverer=d)
     d.offer(created)
-    await asyncio.sleep(0.3)  # one on the wire, four queued
+    # one on the wire (the receiver has it: it answers after 1.5 s), four queued -- waited
+    # for, not slept on (under load 0.3 s was sometimes too short for the first to start)
+    await eventually(lambda: rec.received() >= 1, timeout=5, what="the first attempt")
+    await asyncio.sleep(0.05)
     stopped_at = now_ms()
     await d.stop(0.2)  # shorter than the attempt on the wire: it is cut
     scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
