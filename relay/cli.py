@@ -42,9 +42,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _url_password(url: str) -> list[str]:
-    """The password of REDIS_URL (as written and decoded), if any: a secret for the logs."""
-    password = urlsplit(url).password
-    return [password, unquote(password)] if password else []
+    """The password of REDIS_URL (as written and decoded; in its user part or, as redis-py
+    also reads it, a ``password`` query parameter), if any: a secret for the logs."""
+    parts = urlsplit(url)
+    pairs = (q.partition("=") for q in parts.query.split("&"))
+    found = [parts.password or "", *(value for name, _, value in pairs if name == "password")]
+    return [v for p in found if p for v in (p, unquote(p))]
 
 
 def _settings(command: str) -> Settings:

@@ -183,6 +183,10 @@ def test_the_redis_password_is_a_secret_of_the_logs(monkeypatch: pytest.MonkeyPa
     for url, hidden in (
         ("redis://:s3cret-pass%21word@127.0.0.1:1/0", ["s3cret-pass%21word", "s3cret-pass!word"]),
         ("redis+sentinel://:sentinel-pass@127.0.0.1:26379,127.0.0.2:26379/main", ["sentinel-pass"]),
+        (
+            "redis://127.0.0.1:1/0?db=0&password=query-pass%40word",
+            ["query-pass%40word", "query-pass@word"],
+        ),
         ("redis://127.0.0.1:1/0", []),
     ):
         monkeypatch.setattr(logs, "_secrets", ())

@@ -146,14 +146,18 @@ async def test_near_full_redis_refuses_registrations_and_still_delivers(
     registrations turn into 503 + Retry-After, and every watch accepted before is delivered.
     Fails before issue 14: registrations went on until Redis refused writes (500), and then
     nothing already accepted could be delivered."""
-    used = int((await redis.info("memory"))["used_memory"])
     limit = 8 * 1024 * 1024
     await redis.config_set("maxmemory-policy", "noeviction")
     await redis.config_set("maxmemory", limit)
     try:
-        # room for about 400 KB of watches below the mark
-        api = await make_api(redis_high_water=(used + 400_000) / limit, rate_limit=1e6)
+        # room for about 400 KB of watches below the mark, measured once the worker and the
+        # API hold their connections (each costs Redis memory: measured before them, the
+        # mark was sometimes passed before the first registration)
         await make_worker()
+        probe = await make_api(rate_limit=1e6)
+        assert (await probe.get("/readyz")).status == 200
+        used = int((await redis.info("memory"))["used_memory"])
+        api = await make_api(redis_high_water=(used + 400_000) / limit, rate_limit=1e6)
         vid = await sim_video(
             sim,
             timeline=[{"status": "analyzing", "after": 0}, {"status": "completed", "after": 3}],
@@ -218,6 +222,13 @@ async def test_a_retry_of_a_made_registration_is_answered_above_the_mark(
         assert resp.status == 409, await resp.text()
         theirs = {**auth(TENANT_B_KEY), "Idempotency-Key": "order-7"}  # (keys are per tenant)
         assert (await full.post("/v1/watches", json=body(minScore=5), headers=theirs)).status == 503
+        # a record whose watch is gone (left by a failed create of an older release) would
+        # be replaced by a new watch: not while Redis is near full -- nothing is written
+        keys_before = await redis.dbsize()
+        await redis.delete(f"cr:w:{made['id']}", f"cr:w:{made['id']}:r")
+        resp = await full.post("/v1/watches", json=body(minScore=5), headers=headers)
+        assert resp.status == 503, await resp.text()
+        assert await redis.dbsize() == keys_before - 2
     finally:
         await redis.config_set("maxmemory", 0)
 

@@ -759,3 +759,15 @@ async def test_signing_in_from_a_form_shown_without_the_session_cookie(
         allow_redirects=False,
     )
     assert ok.status == 303 and ok.headers["Location"] == "/ui/" and ok.cookies["cr_ui"].value
+
+
+def test_a_dual_stack_peer_is_read_as_its_ipv4_address() -> None:
+    """A dual-stack listener shows an IPv4 peer as ::ffff:a.b.c.d: it must match an IPv4
+    RELAY_TRUSTED_PROXIES entry (and count as the same client as its IPv4 form)."""
+    from relay.api.remote import _address
+
+    assert str(_address("::ffff:10.1.2.3")) == "10.1.2.3"
+    assert str(_address("[::ffff:10.1.2.3]:443")) == "10.1.2.3"
+    assert str(_address("10.1.2.3:8080")) == "10.1.2.3"
+    assert str(_address("2001:db8::1")) == "2001:db8::1"
+    assert _address("not an address") is None

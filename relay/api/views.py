@@ -192,15 +192,15 @@ async def create_watch(request: web.Request) -> web.Response:
     who = principal(request)
     store = app[k.STORE]
     idempotency = _idempotency(request, spec, body)
+    near_full: ProblemError | None = None
     try:
         await app[k.BACKPRESSURE].check()
-    except ProblemError:
-        # a retry of a registration that was made (its answer lost) is answered as it was:
-        # it stores nothing new; anything else waits for the memory to go down
-        if idempotency is None or not await store.watches.idempotency_known(
-            who.tenant, idempotency
-        ):
+    except ProblemError as exc:
+        # a retry of a registration that was made (its answer lost) is answered as it was,
+        # writing nothing (replay only); anything else waits for the memory to go down
+        if idempotency is None:
             raise
+        near_full = exc
     secret = spec.secret or generate_secret()
     now = now_ms()
     watch = Watch(
@@ -224,7 +224,10 @@ async def create_watch(request: web.Request) -> web.Response:
         expire_after_s=settings.watch_timeout,
         max_live=settings.tenant_max_watches,
         idempotency=idempotency,
+        replay_only=near_full is not None,
     )
+    if near_full is not None and done.outcome in ("refused", "created"):
+        raise near_full  # ('created': a re-run found this very watch -- not with a new id)
     if done.outcome == "full":
         raise ProblemError(
             429,

@@ -60,9 +60,10 @@ class Created:
     """What registering a watch did: ``created``; ``exists`` (an earlier watch made with the
     same Idempotency-Key: *prior_id*, made from a body with fingerprints *prior_fp*, the
     watch's, and *prior_raw_fp*, its JSON's -- a record of an older release has only the
-    latter); or ``full`` (the tenant holds *live* live watches, its maximum)."""
+    latter); ``full`` (the tenant holds *live* live watches, its maximum); or ``refused``
+    (*replay_only*, and no watch was made with the key)."""
 
-    outcome: Literal["created", "exists", "full"]
+    outcome: Literal["created", "exists", "full", "refused"]
     prior_id: str = ""
     prior_fp: str = ""
     prior_raw_fp: str = ""
@@ -104,12 +105,15 @@ class Watches:
         expire_after_s: float,
         max_live: int = NO_CAP,
         idempotency: Idempotency | None = None,
+        replay_only: bool = False,
     ) -> Created:
         """Store a new watch, index it, schedule its video's poll and its expiry.
 
         One script, so a watch is either fully registered or not at all, in one round trip;
         with *idempotency*, its record is made in the same step, so concurrent requests with
-        one key make one watch. A tenant holding *max_live* live watches gets none.
+        one key make one watch. A tenant holding *max_live* live watches gets none. With
+        *replay_only* (and *idempotency*), nothing is written: the watch the key made, or
+        ``refused``.
         """
         wid = watch.id
         keys = [
@@ -146,9 +150,13 @@ class Watches:
                 "wfp": idempotency.fingerprint,
                 "watchId": wid,
             }
-            args += [orjson.dumps(record), c.IDEMPOTENCY_TTL]
+            args += [orjson.dumps(record), c.IDEMPOTENCY_TTL, "1" if replay_only else "0"]
+        elif replay_only:
+            return Created("refused")
         reply = await self._coalesced.call(self._create, keys, args)
         outcome = str(reply[0])
+        if outcome == "refused":
+            return Created("refused")
         if outcome == "full":
             return Created("full", live=int(reply[1]))
         if outcome == "exists" and reply[1]:
@@ -192,11 +200,6 @@ class Watches:
                 w.updated_ms = max(w.updated_ms, int(video[2] or 0))
             out.append(w)
         return out
-
-    async def idempotency_known(self, tenant: str, idempotency: Idempotency) -> bool:
-        """Whether the tenant's Idempotency-Key has its record (it made a watch)."""
-        key = c.IDEMPOTENCY_KEY.format(tenant, idempotency.key_hash)
-        return bool(await self.redis.exists(key))
 
     async def specs(self, watch_ids: Sequence[str]) -> list[Watch]:
         """The registrations of the watches of *watch_ids* that exist (their filters)."""

@@ -14,9 +14,11 @@
 -- (expires - created: the expiry's delay from Redis' now),
 -- the delivery state of a new watch, live watches the tenant may hold, watch key prefix,
 -- its entry in the video's waiting watches ('tenant:origin-tag'), [idempotency record
--- JSON, its TTL s].
+-- JSON, its TTL s, '1': replay only (Redis is near full: answer a watch made with this key,
+-- write nothing)].
 -- Returns {'created'}, {'exists', record JSON} (a watch made with this key, or this very
--- watch on a re-run), or {'full', live} (the tenant holds its maximum of live watches).
+-- watch on a re-run), {'full', live} (the tenant holds its maximum of live watches), or
+-- {'refused'} (replay only, and no watch was made with this key).
 local idem = KEYS[11]
 if idem then
   local prior = redis.call('GET', idem)
@@ -29,6 +31,7 @@ if idem then
   end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists', ''} end
+if ARGV[14] == '1' then return {'refused'} end
 local live = redis.call('HMGET', KEYS[9], 'watching', 'delivering')
 local n = (tonumber(live[1]) or 0) + (tonumber(live[2]) or 0)
 if n >= tonumber(ARGV[9]) then return {'full', tostring(n)} end
