@@ -226,8 +226,8 @@ async def create_watch(request: web.Request) -> web.Response:
         idempotency=idempotency,
         replay_only=near_full is not None,
     )
-    if near_full is not None and done.outcome in ("refused", "created"):
-        raise near_full  # ('created': a re-run found this very watch -- not with a new id)
+    if done.outcome == "refused" and near_full is not None:
+        raise near_full
     if done.outcome == "full":
         raise ProblemError(
             429,
