@@ -242,14 +242,22 @@ def _text(parse: Callable[[str], object]) -> BeforeValidator:
 
 
 def _networks(raw: str) -> tuple[IPNetwork, ...]:
-    """Addresses or networks (``10.0.0.0/8``, ``fd00::/8``, ``127.0.0.1``), comma-separated."""
+    """Addresses or networks (``10.0.0.0/8``, ``fd00::/8``, ``127.0.0.1``), comma-separated.
+    A network with host bits set (``10.0.0.1/8``: a typo that would widen the trust) and
+    one of every address (``/0``: anyone's headers believed) are refused."""
     out = []
     for part in (p.strip() for p in raw.split(",")):
-        if part:
-            try:
-                out.append(ipaddress.ip_network(part, strict=False))
-            except ValueError:
-                raise ValueError(f"expected an IP address or network, got {part!r}") from None
+        if not part:
+            continue
+        try:
+            network = ipaddress.ip_network(part, strict=True)
+        except ValueError:
+            raise ValueError(
+                f"expected an IP address or network (without host bits), got {part!r}"
+            ) from None
+        if network.prefixlen == 0:
+            raise ValueError(f"{part!r} trusts every address: list the proxies themselves")
+        out.append(network)
     return tuple(out)
 
 

@@ -800,6 +800,9 @@ async def test_a_cursor_belongs_to_its_listing(api: Client) -> None:
     old = encode_cursor(now_ms() + 60_000, "wat_" + "z" * 24)
     resp = await api.get(f"{listing}&cursor={old}", headers=auth())
     assert [w["id"] for w in (await resp.json())["data"]] == every
+    for empty in ("cursor=", "cursor"):  # (as the other parameters: named, not ignored)
+        resp = await api.get(f"{listing}&{empty}", headers=auth())
+        assert names(await problem(resp, 422), "cursor")
 
 
 async def test_another_tenants_watch_looks_like_no_watch(api: Client, redis: Redis) -> None:

@@ -299,6 +299,11 @@ MALFORMED = [
     ("RELAY_BREAKER_FAILURES", "1.5"),
     ("RELAY_BREAKER_COOLDOWN", "0"),
     ("RELAY_BREAKER_COOLDOWN", "-1"),
+    ("RELAY_TRUSTED_PROXIES", "ingress"),
+    ("RELAY_TRUSTED_PROXIES", "10.0.0.1/8"),  # host bits: a typo widening the trust
+    ("RELAY_TRUSTED_PROXIES", "10.0.0.0/8;10.1.0.0/16"),
+    ("RELAY_TRUSTED_PROXIES", "0.0.0.0/0"),  # every address
+    ("RELAY_TRUSTED_PROXIES", "::/0"),
 ]
 
 
@@ -443,6 +448,12 @@ def test_cli_without_command_is_a_usage_error() -> None:
     proc = _run()
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_trusted_proxies_are_addresses_and_networks() -> None:
+    s = load({"RELAY_TRUSTED_PROXIES": " 10.2.3.4, 10.8.0.0/16 ,fd00::/8,,"})
+    assert [str(n) for n in s.trusted_proxies] == ["10.2.3.4/32", "10.8.0.0/16", "fd00::/8"]
+    assert load({}).trusted_proxies == ()
 
 
 def test_dns_servers_are_ip_and_optional_port() -> None:

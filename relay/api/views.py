@@ -315,6 +315,8 @@ async def list_watches(request: web.Request) -> web.Response:
     if video_id is not None and not VIDEO_ID.fullmatch(video_id):
         message = "must be 1-128 characters of A-Z, a-z, 0-9, _ and -"
         errors.append({"field": "videoId", "message": message})
+    if q.get("cursor") == "":
+        errors.append({"field": "cursor", "message": "empty: leave it out for the first page"})
     if errors:
         raise invalid(errors)
     try:
