@@ -703,13 +703,30 @@ def test_app_probes_and_ports(name: str, rendered: dict[str, list[dict[str, Any]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/port"] == str(port)
         assert annotations["prometheus.io/path"] == "/metrics"
-    # both read the ConfigMap, then the Secret (Secret wins on duplicate keys)
+    # both read the ConfigMap, and only the Secret's keys each uses (least privilege: the
+    # API never holds the upstream key, the worker never the API keys or the dashboard's);
+    # an env entry wins over the ConfigMap's value of the same name (REDIS_URL)
     cm_name = config_map(objs, "clip-relay-config")["metadata"]["name"]
+    needs = {
+        api_c["name"]: {
+            "RELAY_API_KEYS": False,
+            "RELAY_SECRETS_KEY": True,
+            "RELAY_UI_SECRET": True,
+            "REDIS_URL": True,
+        },
+        worker_c["name"]: {
+            "SCALEREACH_API_KEY": False,
+            "RELAY_SECRETS_KEY": True,
+            "REDIS_URL": True,
+        },
+    }
     for container in (api_c, worker_c):
-        assert container["envFrom"] == [
-            {"configMapRef": {"name": cm_name}},
-            {"secretRef": {"name": SECRET_NAME}},
-        ]
+        assert container["envFrom"] == [{"configMapRef": {"name": cm_name}}]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+        assert {n: r["key"] for n, r in refs.items()} == {n: n for n in needs[container["name"]]}
+        for env_name, ref in refs.items():
+            assert ref["name"] == SECRET_NAME
+            assert ref.get("optional", False) is needs[container["name"]][env_name], env_name
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
