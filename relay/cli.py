@@ -7,12 +7,11 @@ import errno
 import socket
 import sys
 from collections.abc import Sequence
-from urllib.parse import unquote, urlsplit
 
 import structlog
 
 from relay import __version__, logs
-from relay.settings import MIN_API_KEY, ConfigError, Settings, load
+from relay.settings import MIN_API_KEY, ConfigError, Settings, load, url_passwords
 
 COMMANDS = {
     "api": "run the registration API (aiohttp) on RELAY_HOST:RELAY_PORT",
@@ -41,15 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _url_password(url: str) -> list[str]:
-    """The password of REDIS_URL (as written and decoded; in its user part or, as redis-py
-    also reads it, a ``password`` query parameter), if any: a secret for the logs."""
-    parts = urlsplit(url)
-    pairs = (q.partition("=") for q in parts.query.split("&"))
-    found = [parts.password or "", *(value for name, _, value in pairs if name == "password")]
-    return [v for p in found if p for v in (p, unquote(p))]
-
-
 def _settings(command: str) -> Settings:
     settings = load()
     if command == "api":
@@ -58,7 +48,7 @@ def _settings(command: str) -> Settings:
         settings.require_worker()
     logs.setup(settings.log_format)
     logs.register_secrets([settings.scalereach_api_key, settings.secrets_key, settings.ui_secret])
-    logs.register_secrets(_url_password(settings.redis_url))
+    logs.register_secrets(url_passwords(settings.redis_url))
     logs.register_secrets(k.key for k in settings.api_keys)
     if command == "api" and (short := settings.short_api_keys()):
         # (the tenants are named, never the keys)

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -180,6 +180,15 @@ def _url(raw: str) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")
     return raw.rstrip("/")
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password of a Redis URL, as written and decoded: in its user part or, as
+    redis-py also reads it, a ``password`` query parameter (none: [])."""
+    parts = urlsplit(url)
+    pairs = (q.partition("=") for q in parts.query.split("&"))
+    found = [parts.password or "", *(value for name, _, value in pairs if name == "password")]
+    return [v for p in found if p for v in dict.fromkeys((p, unquote(p)))]
 
 
 def _redis_url(raw: str) -> str:

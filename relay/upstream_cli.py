@@ -23,9 +23,8 @@ from redis.exceptions import (
     ResponseError,
 )
 from redis.exceptions import TimeoutError as RedisTimeout
-from yarl import URL
 
-from relay.settings import ConfigError, Settings
+from relay.settings import ConfigError, Settings, url_passwords
 from relay.store.connection import connect
 from relay.store.limits import Limits
 
@@ -123,9 +122,8 @@ def _reason(exc: BaseException, settings: Settings) -> str:
     """What went wrong talking to Redis: the error and its message (the address, the
     errno: redis-py says them; the URL's password never, should a message carry it)."""
     text = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    try:
-        password = URL(settings.redis_url).password
-    except ValueError:
-        password = None
     # (a message has none of it; a short password would only blank out innocent digits)
-    return text.replace(password, "***") if password and len(password) >= 6 else text
+    for password in url_passwords(settings.redis_url):
+        if len(password) >= 6:
+            text = text.replace(password, "***")
+    return text
