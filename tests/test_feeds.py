@@ -40,10 +40,11 @@ async def test_a_close_is_recorded_for_workers_that_missed_it_and_kept_ten_minut
     tags, first = await store.circuits.closed_since(None)
     assert tags == [] and abs(first - await redis_ms(redis)) < 1000
     await redis.zadd(c.CIRCUIT_CLOSES_KEY, {"stale": first - 700_000})
-    await store.circuits.close("abc123")
-    await store.circuits.close()
+    await store.circuits.close(["abc123"])
+    await store.circuits.close(["def456", "ghi789", "def456"])
+    await store.circuits.close([])  # nothing to close: no call
     tags, later = await store.circuits.closed_since(first - 1)
-    assert sorted(tags) == ["*", "abc123"] and later >= first
+    assert sorted(tags) == ["abc123", "def456", "ghi789"] and later >= first
     assert await redis.zscore(c.CIRCUIT_CLOSES_KEY, "stale") is None
     assert 0 < await redis.pttl(c.CIRCUIT_CLOSES_KEY) <= 600_000
     assert (await store.circuits.closed_since(later + 1))[0] == []

@@ -10,12 +10,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from relay.api import appkeys as k
 from relay.api.models import DeliveryOut
 from relay.devtools.receiver import Receiver
+from relay.devtools.receiver import create_app as create_receiver_app
+from relay.domain.origin import url_origin_tag
 from tests.conftest import TENANT_B_KEY, auth
 from tests.test_worker import deliveries, sim_video, wait_watch
 
@@ -115,6 +117,57 @@ async def test_recover_resends_the_tenants_recent_failures_once_with_their_event
     # recovering again finds nothing: put back once, delivered
     again = await api.post("/v1/watches/recover", json={"since": iso(since)}, headers=auth())
     assert (await again.json()) == {"count": 0}
+
+
+async def test_recover_closes_only_the_circuits_of_the_watches_it_puts_back(
+    api: Client, worker: Any, sim: Client, receiver: Rec
+) -> None:
+    """A recover asks the workers to close the circuits of its own watches' origins only:
+    another tenant's origin, or one of the tenant's outside the range, keeps its circuit
+    (a recover used to close every circuit of every worker, so one tenant recovering over
+    and over kept every other tenant's dead origin being hit). Fails before: ``*``."""
+    store = api.server.app[k.STORE]
+    other = Receiver()
+    other_server = TestServer(create_receiver_app(other), host="127.0.0.1")
+    await other_server.start_server()
+    try:
+        other_rec = (other, str(other_server.make_url("")).rstrip("/"))
+        older = await failing_watch(api, sim, other_rec, "/older")
+        assert (await wait_watch(api, older))["status"] == "failed"
+        await asyncio.sleep(0.05)
+        since = time.time()
+        await asyncio.sleep(0.05)
+        mine = [await failing_watch(api, sim, receiver, f"/mine{i}") for i in range(2)]
+        theirs = await failing_watch(api, sim, other_rec, "/theirs", TENANT_B_KEY)
+        for wid in mine:
+            assert (await wait_watch(api, wid))["status"] == "failed"
+        b = {}
+        for _ in range(200):
+            b = await (await api.get(f"/v1/watches/{theirs}", headers=auth(TENANT_B_KEY))).json()
+            if b["status"] == "failed":
+                break
+            await asyncio.sleep(0.05)
+        assert b["status"] == "failed"
+        _, seen = await store.circuits.closed_since(None)
+        async with store.circuits.feed() as feed:
+            resp = await api.post("/v1/watches/recover", json={"since": iso(since)}, headers=auth())
+            assert resp.status == 202 and (await resp.json())["count"] == 2
+            heard: list[str] = []
+            quiet_until = time.monotonic() + 1  # (a None may be the subscription's answer)
+            while time.monotonic() < quiet_until:
+                if (message := await feed.next(within=0.2)) is not None:
+                    heard.append(message)
+        tags, _ = await store.circuits.closed_since(seen - 1)
+        assert heard == tags == [url_origin_tag(receiver[1] + "/mine0")]
+        # a recover that finds nothing in its range closes nothing
+        _, seen = await store.circuits.closed_since(None)
+        resp = await api.post(
+            "/v1/watches/recover", json={"since": iso(time.time())}, headers=auth()
+        )
+        assert (await resp.json())["count"] == 0
+        assert (await store.circuits.closed_since(seen))[0] == []
+    finally:
+        await other_server.close()
 
 
 async def test_a_recovered_watch_runs_its_whole_schedule_again_numbered_on(

@@ -7,14 +7,17 @@ missed while a worker's feed reconnects; each channel says what covers that gap:
   it), so a worker holding tokens of this second waits too. Missed: the worker learns of
   the pause at its next round trip for tokens (the pause key, ``cr:up:pause``).
 - ``cr:circuits:close``: an operator's redeliver (the origin tag of its watch's callback)
-  or recover (``*``) is about to start: the workers close those origins' circuits, so the
-  attempts asked for are sent, not recorded ``circuit open``. Missed: each close is also
+  or recover (the origin tags of the watches it puts back, one message each) is about to
+  start: the workers close those origins' circuits, so the attempts asked for are sent, not
+  recorded ``circuit open``. (``*``, every origin, is what a recover of an older version
+  sent.) Missed: each close is also
   recorded for ten minutes (``cr:circuits:closed``), and a worker reads the closes it
   missed each time it subscribes again (:meth:`Circuits.closed_since`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import TracebackType
 
 from redis.asyncio import Redis
@@ -67,13 +70,15 @@ class Circuits:
         self.redis = redis
         self._close = scripts.register(redis, "close_circuits")
 
-    async def close(self, origin_tag: str = ALL_ORIGINS) -> None:
-        """Tell every worker to close the circuit of *origin_tag* (:data:`ALL_ORIGINS`:
+    async def close(self, origin_tags: Iterable[str]) -> None:
+        """Tell every worker to close the circuits of *origin_tags* (:data:`ALL_ORIGINS`:
         all), now and, for a worker whose feed is reconnecting, once it is back."""
-        await self._close(
-            keys=[c.CIRCUIT_CLOSES_KEY],
-            args=[origin_tag, CLOSES_KEPT_MS, c.CIRCUIT_CLOSE_CHANNEL],
-        )
+        tags = sorted(set(origin_tags))
+        if tags:
+            await self._close(
+                keys=[c.CIRCUIT_CLOSES_KEY],
+                args=[CLOSES_KEPT_MS, c.CIRCUIT_CLOSE_CHANNEL, *tags],
+            )
 
     def feed(self) -> Feed:
         """The closes as they are asked (origin tags, or ``*``)."""

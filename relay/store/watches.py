@@ -308,7 +308,7 @@ class Watches:
         # refused one must not close a circuit other tenants' deliveries share (a review,
         # 2026-12-06)
         if watch.status in c.REDELIVERABLE_STATUSES:
-            await self._circuits.close(url_origin_tag(watch.callback_url))
+            await self._circuits.close([url_origin_tag(watch.callback_url)])
         result = await self._redeliver(
             keys=[c.WATCH_KEY.format(watch.id), c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY],
             args=[watch.id, now_ms(), c.TENANT_PREFIX, watch.tenant, secrets.token_hex(8)],
@@ -354,12 +354,9 @@ class Watches:
         """Put the tenant's watches that became failed in [since_ms, until_ms) back to
         delivering their last event (:func:`relay.store.recovery.recover`): how many, and
         whether more may be left (the call's time ran out; calling again goes on)."""
-        failed = c.TENANT_FINAL_KEY.format(tenant, "failed")
-        if await self.redis.zcount(failed, since_ms, f"({until_ms}"):
-            # the workers close every circuit first (the watches' origins are not read), so
-            # the attempts are sent, not refused
-            await self._circuits.close()
-        return await recovery.recover(self._recover, tenant, since_ms, until_ms)
+        return await recovery.recover(
+            self._recover, self.redis, self._circuits.close, tenant, since_ms, until_ms
+        )
 
     async def record_ping(
         self, watch_id: str, record: bytes, tenant: str | None = None, ok: bool = False
