@@ -441,6 +441,10 @@ async def test_sign_in_limit_behind_a_trusted_proxy_counts_each_client(
     assert codes == [401] * 10 + [429]
     assert await sign_in(proxied, "127.0.0.3") == 401  # another client is not limited
     assert await sign_in(proxied, "127.0.0.3, 127.0.0.1") == 401  # (through two proxies)
+    # an IPv6 client counts by its /64 (a host is given one: 2**64 addresses to rotate)
+    codes = [await sign_in(proxied, f"2001:db8:0:7::{n:x}") for n in range(11)]
+    assert codes == [401] * 10 + [429]
+    assert await sign_in(proxied, "2001:db8:0:8::1") == 401  # the next /64 is another client
     # without RELAY_TRUSTED_PROXIES, the peer (the test) is the client whatever it claims
     direct = await make_api(ui_secret="s")
     token = await _csrf(direct)
@@ -771,3 +775,11 @@ def test_a_dual_stack_peer_is_read_as_its_ipv4_address() -> None:
     assert str(_address("10.1.2.3:8080")) == "10.1.2.3"
     assert str(_address("2001:db8::1")) == "2001:db8::1"
     assert _address("not an address") is None
+    from relay.api.remote import limit_bucket
+
+    assert (
+        limit_bucket("2001:db8:0:7:1:2:3:4")
+        == limit_bucket("2001:db8:0:7::9")
+        == ("2001:db8:0:7::/64")
+    )
+    assert limit_bucket("10.1.2.3") == "10.1.2.3" and limit_bucket("unknown") == "unknown"

@@ -60,3 +60,13 @@ def client_address(request: web.Request, proxies: Sequence[IPNetwork]) -> str:
             return str(address)
     first = _address(hops[0]) if hops else None
     return str(first) if first is not None else peer
+
+
+def limit_bucket(address: str) -> str:
+    """What a per-client limit counts *address* under: an IPv6 address by its /64 (one
+    host is usually given a whole /64, so counting /128s would let it try 2**64 times as
+    often), an IPv4 address (and "unknown") as it is."""
+    found = _address(address)
+    if isinstance(found, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((found, 64), strict=False))
+    return address

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from relay.api import appkeys as k
-from relay.api.remote import client_address
+from relay.api.remote import client_address, limit_bucket
 from relay.api.views import VIDEO_ID, WATCH_ID, watch_json
 from relay.constants import REDELIVERABLE_STATUSES, WATCH_STATUSES
 from relay.domain import events
@@ -30,7 +30,7 @@ from relay.ui.guard import SESSION, SESSIONS, SIGNED_IN, dashboard, principal, r
 from relay.ui.session import new_session, session_id
 
 PAGE_SIZE = 50
-SIGN_INS_PER_MINUTE = 10  # per client address
+SIGN_INS_PER_MINUTE = 10  # per client address (an IPv6 one: per /64)
 NOTICES = {
     "redelivered": "The last event is on its way again, with its webhook-id.",
     "cancelled": "The watch is cancelled: nothing is delivered from now on.",
@@ -56,7 +56,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     """``POST /ui/login``: a key of RELAY_API_KEYS signs in as its tenant."""
     address = client_address(request, request.config_dict[k.SETTINGS].trusted_proxies)
-    tries = await dashboard(request).sign_in_attempt(address, now_ms())
+    tries = await dashboard(request).sign_in_attempt(limit_bucket(address), now_ms())
     if tries > SIGN_INS_PER_MINUTE:
         raise web.HTTPTooManyRequests(
             text=f"at most {SIGN_INS_PER_MINUTE} sign-in attempts a minute; try again shortly",
