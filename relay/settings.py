@@ -13,13 +13,14 @@ for their type only. Its ValidationError repeats no value either.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -191,6 +192,38 @@ def url_passwords(url: str) -> list[str]:
     return [v for p in found if p for v in dict.fromkeys((p, unquote(p)))]
 
 
+def _redis_url_options(scheme: str, query: str) -> None:
+    """Refuse a query option the relay's Redis connections would fail on when they connect
+    (redis-py passes any name on to the connection, which raises TypeError then): one it
+    does not know, or a known one whose value does not parse. Only known names are shown
+    (a query may carry a password; a name mistyped might be anything)."""
+    from redis.asyncio import connection as rc
+
+    cls = {"rediss": rc.SSLConnection, "unix": rc.UnixDomainSocketConnection}.get(
+        scheme, rc.Connection
+    )
+    known = set(rc.URL_QUERY_ARGUMENT_PARSERS) | {
+        name
+        for klass in cls.__mro__
+        if "__init__" in vars(klass)
+        for name, p in inspect.signature(vars(klass)["__init__"]).parameters.items()
+        if name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    for name, value in parse_qsl(query):
+        if name not in known:
+            raise ValueError(
+                "a query option of the URL is not one of redis-py's connection options "
+                "(e.g. socket_timeout, socket_connect_timeout, health_check_interval, "
+                "client_name, password, ssl_cert_reqs)"
+            )
+        parser = rc.URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if parser is not None:
+            try:
+                parser(unquote(value))
+            except (TypeError, ValueError):
+                raise ValueError(f"the query option {name} has a value that is not valid") from None
+
+
 def _redis_url(raw: str) -> str:
     from relay.store.connection import SENTINEL_SCHEME, parse_sentinel
 
@@ -205,11 +238,12 @@ def _redis_url(raw: str) -> str:
     try:
         parts = urlsplit(raw)
         port = parts.port
-        parse_url(raw)  # as the relay's own connections will read it (its query options too)
     except ValueError:
         raise ValueError(
             "expected redis://[user:password@]host[:port][/db] with a port from 1 to 65535"
         ) from None
+    _redis_url_options(parts.scheme, parts.query)
+    parse_url(raw)  # as the relay's own connections will read it (checked just above)
     if raw.startswith("unix://"):
         return raw
     if port == 0 or not parts.hostname:

@@ -176,6 +176,8 @@ def test_every_variable_parsed() -> None:
         ("redis://:p%40ss@127.0.0.1:6379/3", 3),
         ("rediss://127.0.0.1/2", 2),
         ("unix:///run/redis.sock?db=1", 1),
+        ("redis://127.0.0.1:6379/4?socket_timeout=2&client_name=relay&password=p%40ss", 4),
+        ("rediss://127.0.0.1/0?ssl_cert_reqs=none&health_check_interval=10", 0),
     ],
 )
 def test_redis_url_schemes(url: str, db: int) -> None:
@@ -199,6 +201,27 @@ def test_a_bad_redis_url_is_refused_without_echoing_it(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         load({"REDIS_URL": url})
     assert "s3cr3t" not in str(info.value) and str(info.value).startswith("REDIS_URL:")
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("socket_timeout=abc", "the query option socket_timeout has a value that is not valid"),
+        ("health_check_interval=often", "the query option health_check_interval has a value"),
+        ("s3cr3t=1", "not one of redis-py's connection options"),
+        ("socket_timout=2", "not one of redis-py's connection options"),
+    ],
+)
+def test_a_redis_url_query_option_is_checked_at_start(query: str, says: str) -> None:
+    """A query option the connections would fail on when they connect (an unknown name is
+    passed on to the connection class: a TypeError at the first command) or a value that
+    does not parse is a configuration error naming the option -- a known one; an unknown
+    name is never echoed (it might be anything). Before: the port's message, or a start
+    that failed later with a traceback."""
+    with pytest.raises(ConfigError) as info:
+        load({"REDIS_URL": f"redis://u:pw@127.0.0.1:6379/0?{query}"})
+    assert says in str(info.value) and "s3cr3t" not in str(info.value)
+    assert "port" not in str(info.value)
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
