@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from types import TracebackType
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import Pipeline, PubSub
 
 from relay import constants as c
 from relay.store import scripts
@@ -78,6 +78,16 @@ class Circuits:
             await self._close(
                 keys=[c.CIRCUIT_CLOSES_KEY],
                 args=[CLOSES_KEPT_MS, c.CIRCUIT_CLOSE_CHANNEL, *tags],
+            )
+
+    async def close_in(self, pipe: Pipeline, origin_tags: Iterable[str]) -> None:
+        """:meth:`close`, as a command of *pipe* (nothing when there is no tag)."""
+        tags = sorted(set(origin_tags))
+        if tags:
+            await self._close(
+                keys=[c.CIRCUIT_CLOSES_KEY],
+                args=[CLOSES_KEPT_MS, c.CIRCUIT_CLOSE_CHANNEL, *tags],
+                client=pipe,
             )
 
     def feed(self) -> Feed:

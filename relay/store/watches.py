@@ -95,7 +95,9 @@ class Watches:
         self._cancel = scripts.register(redis, "cancel")
         self._redeliver = scripts.register(redis, "redeliver")
         self._rotate = scripts.register(redis, "rotate_keys")
-        self._recover = scripts.register(redis, "recover")  # recover(): relay.store.recovery
+        self._recover = recovery.RecoverScripts(  # recover(): relay.store.recovery
+            scripts.register(redis, "read_failed"), scripts.register(redis, "recover")
+        )
         self._record_ping = scripts.register(redis, "record_ping")
 
     async def create(
@@ -354,9 +356,7 @@ class Watches:
         """Put the tenant's watches that became failed in [since_ms, until_ms) back to
         delivering their last event (:func:`relay.store.recovery.recover`): how many, and
         whether more may be left (the call's time ran out; calling again goes on)."""
-        return await recovery.recover(
-            self._recover, self.redis, self._circuits.close, tenant, since_ms, until_ms
-        )
+        return await recovery.recover(self._recover, self._circuits, tenant, since_ms, until_ms)
 
     async def record_ping(
         self, watch_id: str, record: bytes, tenant: str | None = None, ok: bool = False
