@@ -42,7 +42,9 @@ class ApiError(ClipRelayError):
         if detail:
             text += f": {detail}"
         for e in self.errors:
-            text += f" [{e.get('field')}: {e.get('message')}]"
+            said = f"{e.get('field')}: {e.get('message')}"
+            if said != detail:  # (the relay's detail is its first field error: once)
+                text += f" [{said}]"
         super().__init__(text)
 
 
