@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from relay.devtools.receiver import Receiver
 from tests.conftest import TENANT_A_KEY, auth
@@ -201,8 +201,45 @@ async def test_a_change_sent_and_not_answered_says_it_may_have_been_done() -> No
         assert code == 1 and "may have been made and not shown" in err, err
         code, _, err = await cli(None, "redeliver", wid, *args)
         assert code == 1 and "may have been done or not" in err and wid in err, err
+        code, _, err = await cli(None, "recover", "--since", "2026-12-01T00:00:00Z", *args)
+        assert code == 1 and "run it again" in err, err
         assert requests >= 2 and "cannot reach" not in err
     finally:
         done.set()
         server.close()
         await server.wait_closed()
+
+
+async def test_busy_answers_are_tried_again_and_a_foreign_answer_is_named() -> None:
+    """The CLI tries a read again on 503 (twice, as its client is set up), so a relay
+    briefly busy still lists; an answer of another shape (not a clip-relay API) exits 1
+    saying so, with a password in --api-url printed as ***; ``--limit 0`` lists every
+    watch (a mutation review, 2026-12-06)."""
+    answers = iter(["busy", "busy", "list", "foreign", "list"])
+
+    async def handle(request: web.Request) -> web.Response:
+        answer = next(answers)
+        if answer == "busy":
+            return web.json_response(
+                {"title": "Busy", "status": 503}, status=503, headers={"Retry-After": "0"}
+            )
+        if answer == "foreign":
+            return web.json_response({"data": [{}]})
+        return web.json_response({"data": [], "nextCursor": None})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    try:
+        code, out, err = await cli(None, "list", "--json", "--api-url", url)
+        assert code == 0 and json.loads(out) == {"data": [], "nextCursor": None}, err
+        masked = url.replace("http://", "http://admin:s3cr3t-pw@")
+        code, _, err = await cli(None, "list", "--api-url", masked)
+        assert code == 1 and "did not answer as a clip-relay API" in err, err
+        assert "s3cr3t-pw" not in err and "admin:***@" in err
+        code, out, err = await cli(None, "list", "--limit", "0", "--json", "--api-url", url)
+        assert code == 0 and json.loads(out) == {"data": [], "nextCursor": None}, err
+    finally:
+        await server.close()

@@ -427,3 +427,38 @@ def test_the_command_tells_a_refusal_from_an_unreachable_redis(
     err = capsys.readouterr().err
     assert code == 1 and "Redis error" in err and "out of range" in err, err
     assert "cannot reach" not in err
+
+
+def test_the_command_exits_2_on_configuration_130_on_ctrl_c_and_masks_a_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A configuration error exits 2 (as every command); Ctrl-C exits 130 and a resume
+    says to run it again; a Redis error whose message holds the URL's password prints it
+    as ***. (A mutation review, 2026-12-06: each could change unnoticed.)"""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from relay import upstream_cli
+    from relay.settings import ConfigError
+
+    def broken() -> Settings:
+        raise ConfigError("REDIS_URL: expected a redis:// URL")
+
+    assert upstream_cli.main(["status"], broken) == 2
+    assert "configuration error" in capsys.readouterr().err
+    url = "redis://:s3cret-pw@127.0.0.1:9/0"
+
+    async def interrupted(action: str, settings: Settings) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(upstream_cli, "run", interrupted)
+    assert upstream_cli.main(["resume"], lambda: Settings(REDIS_URL=url)) == 130  # type: ignore[call-arg]
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "upstream resume` again" in err
+
+    async def leaky(action: str, settings: Settings) -> str:
+        raise RedisConnectionError("could not log in as default with s3cret-pw")
+
+    monkeypatch.setattr(upstream_cli, "run", leaky)
+    assert upstream_cli.main(["status"], lambda: Settings(REDIS_URL=url)) == 1  # type: ignore[call-arg]
+    err = capsys.readouterr().err
+    assert "cannot reach Redis" in err and "***" in err and "s3cret-pw" not in err
