@@ -113,6 +113,10 @@ def document() -> dict[str, Any]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
+                        "description": (
+                            "One key (several headers are a 422): a retry with the same key"
+                            " and body gets the watch it made (200), for 24 h."
+                        ),
                         "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
                     }
                 ],

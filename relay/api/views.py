@@ -265,9 +265,12 @@ def _idempotency(
 ) -> Idempotency | None:
     """The request's Idempotency-Key, hashed, with the body's fingerprint (None: no key);
     a malformed key is a 422 naming the header."""
-    idem_key = request.headers.get("Idempotency-Key")
-    if idem_key is None:
+    given = request.headers.getall("Idempotency-Key", [])
+    if not given:
         return None
+    if len(given) > 1:  # (which one would a retry send? as two Authorization headers)
+        raise invalid([{"field": "Idempotency-Key", "message": "give one, not several"}])
+    idem_key = given[0]
     try:
         if not IDEMPOTENCY_KEY.fullmatch(idem_key):
             raise ValueError
