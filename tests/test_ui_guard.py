@@ -1,0 +1,122 @@
+"""The dashboard's guard over HTTP (no browser): which token a POST needs, who a session
+is, how long it lives server-side, where an anonymous POST goes. Each test was asked for
+by a mutation review (2026-12-06): a change to the code it guards went unnoticed."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from relay.ui.session import COOKIE, FORM_COOKIE, Session, Sessions, new_session
+from tests.conftest import TENANT_A_KEY, ApiFactory, auth
+from tests.test_api import create
+
+Client = TestClient[web.Request, web.Application]
+SECRET = "shared-secret"
+
+
+async def _form(client: Client) -> tuple[str, str]:
+    """A sign-in form's CSRF token and its cookie."""
+    page = await client.get("/ui/login")
+    found = re.search(r'name="csrfToken" value="([^"]+)"', await page.text())
+    assert found
+    return found.group(1), page.cookies[FORM_COOKIE].value
+
+
+async def _signed_in(client: Client) -> tuple[str, str]:
+    """Sign in with tenant A's key: the session cookie and its CSRF token."""
+    token, _ = await _form(client)
+    resp = await client.post(
+        "/ui/login", data={"apiKey": TENANT_A_KEY, "csrfToken": token}, allow_redirects=False
+    )
+    assert resp.status == 303, await resp.text()
+    cookie = resp.cookies[COOKIE].value
+    page = await client.get("/ui/", cookies={COOKIE: cookie})
+    found = re.search(r'name="csrfToken" value="([^"]+)"', await page.text())
+    assert found
+    return cookie, found.group(1)
+
+
+async def test_a_sign_in_forms_token_changes_nothing_but_a_sign_in(
+    make_api: ApiFactory,
+) -> None:
+    """The sign-in form's token (its own cookie) lets a sign-in through, and nothing
+    else: a cancel sent with it beside a live session is a 403 and the watch stays."""
+    one = await make_api(ui_secret=SECRET)
+    cookie, _ = await _signed_in(one)
+    watch = await create(one)
+    two = await make_api(ui_secret=SECRET)  # (a jar of its own: a form shown elsewhere)
+    form_token, form_cookie = await _form(two)
+    resp = await two.post(
+        f"/ui/watches/{watch['id']}/cancel",
+        data={"csrfToken": form_token},
+        cookies={COOKIE: cookie, FORM_COOKIE: form_cookie},
+        allow_redirects=False,
+    )
+    assert resp.status == 403
+    got = await (await one.get(f"/v1/watches/{watch['id']}", headers=auth())).json()
+    assert got["status"] == "watching"
+
+
+async def test_a_session_whose_key_now_names_another_tenant_ends(
+    make_api: ApiFactory, settings: Any
+) -> None:
+    """A key moved to another tenant in RELAY_API_KEYS: the session made with it (as its
+    old tenant) ends, it does not carry on as the new tenant."""
+    one = await make_api(ui_secret=SECRET)
+    cookie, _ = await _signed_in(one)
+    moved = tuple(
+        dataclasses.replace(k, tenant="tenant-z") if k.key == TENANT_A_KEY else k
+        for k in settings.api_keys
+    )
+    two = await make_api(ui_secret=SECRET, api_keys=moved)
+    got = await two.get("/ui/", cookies={COOKIE: cookie}, allow_redirects=False)
+    assert got.status == 303 and got.headers["Location"] == "/ui/login"
+    assert got.cookies[COOKIE].value == ""
+
+
+def test_a_sealed_session_expires_on_the_server_too() -> None:
+    """A session sealed longer ago than its lifetime does not open, whatever the
+    cookie's max-age (a copied cookie would live for ever)."""
+    sessions = Sessions(SECRET, 60)
+    fresh = Session("csrf-token", "tenant-a", "kid")
+    payload = orjson.dumps({"c": fresh.csrf, "t": fresh.tenant, "k": fresh.key_id})
+    old = sessions._fernet.encrypt_at_time(payload, int(time.time()) - 120).decode()
+    new = sessions._fernet.encrypt_at_time(payload, int(time.time()) - 30).decode()
+    assert sessions._open(old) is None
+    assert sessions._open(new) == fresh
+
+
+async def test_an_anonymous_post_goes_to_sign_in(make_api: ApiFactory) -> None:
+    """A POST with only a sign-in form's session (and its valid token) is sent to sign in,
+    never into the page's view."""
+    one = await make_api(ui_secret=SECRET)
+    token, form_cookie = await _form(one)
+    for path in ("/ui/recover", "/ui/watches/wat_aaaaaaaaaaaaaaaaaaaaaaaa/cancel"):
+        resp = await one.post(
+            path,
+            data={"csrfToken": token, "since": "2026-12-01T00:00:00Z"},
+            cookies={FORM_COOKIE: form_cookie},
+            allow_redirects=False,
+        )
+        assert resp.status == 303 and resp.headers["Location"] == "/ui/login", path
+    assert new_session().csrf != token
+
+
+async def test_recover_until_must_be_later_than_since(make_api: ApiFactory) -> None:
+    one = await make_api(ui_secret=SECRET)
+    cookie, token = await _signed_in(one)
+    t = "2026-12-04T10:00:00Z"
+    resp = await one.post(
+        "/ui/recover",
+        data={"csrfToken": token, "since": t, "until": t},
+        cookies={COOKIE: cookie},
+        allow_redirects=False,
+    )
+    assert resp.status == 422 and "Until must be later than since" in await resp.text()
