@@ -73,13 +73,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return upstream(argv[1:], lambda: _settings("upstream"))
     if argv and argv[0] in ("upstream-sim", "receiver"):
         # tools with their own options
-        if argv[0] == "upstream-sim":
-            from relay.devtools import upstream_sim
+        try:
+            if argv[0] == "upstream-sim":
+                from relay.devtools import upstream_sim
 
-            return upstream_sim.main(argv[1:])
-        from relay.devtools import receiver
+                return upstream_sim.main(argv[1:])
+            from relay.devtools import receiver
 
-        return receiver.main(argv[1:])
+            return receiver.main(argv[1:])
+        except OSError as exc:  # its --host/--port: one line, as for the api and the worker
+            why = _cannot_listen(exc, "--host", "--port")
+            if why is None:
+                raise
+            print(f"clip-relay {argv[0]}: cannot listen: {why}", file=sys.stderr)
+            return 1
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args.command)
@@ -115,17 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if bad_host else 1
 
 
-def _cannot_listen(exc: OSError) -> str | None:
-    """What to say when binding the listening socket failed (None: not that)."""
+def _cannot_listen(
+    exc: OSError, host: str = "RELAY_HOST", port: str = "RELAY_PORT and RELAY_METRICS_PORT"
+) -> str | None:
+    """What to say when binding the listening socket failed (None: not that); *host* and
+    *port* name the settings that choose them."""
     if isinstance(exc, socket.gaierror):
-        return f"{exc.strerror} (RELAY_HOST must be an address or name of this host)"
+        return f"{exc.strerror} ({host} must be an address or name of this host)"
     if exc.errno == errno.EADDRINUSE:
-        return (
-            f"{exc.strerror} (each process on a host needs its own RELAY_PORT and"
-            " RELAY_METRICS_PORT)"
-        )
+        return f"{exc.strerror} (each process on a host needs its own {port})"
     if exc.errno == errno.EADDRNOTAVAIL:
-        return f"{exc.strerror} (RELAY_HOST must be an address of this host)"
+        return f"{exc.strerror} ({host} must be an address of this host)"
     if exc.errno == errno.EACCES:
         return f"{exc.strerror} (a port below 1024 needs privileges)"
     return None

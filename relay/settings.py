@@ -130,9 +130,11 @@ def _count(raw: str) -> int:
 
 
 def _schedule(raw: str) -> tuple[float, ...]:
-    parts = [p.strip() for p in raw.split(",") if p.strip()]
-    if not parts:
+    parts = [p.strip() for p in raw.split(",")]
+    if not any(parts):
         raise ValueError("expected comma-separated delays in seconds")
+    if not all(parts):  # (1,,2 or a trailing comma: a delay left out is a typo, not 1,2)
+        raise ValueError("expected comma-separated delays in seconds, none left empty")
     return tuple(_pause(p) for p in parts)
 
 

@@ -45,7 +45,9 @@ def parser() -> argparse.ArgumentParser:
         "resume",
         help="end the pause now for every worker (the limit was lifted sooner)",
         description="End the pause now: every worker is told at once, and the polls put"
-        " off to its end are due now. A new 429 pauses again.",
+        " off to its end are due now -- except those due within the next 10 minutes (a poll"
+        " claimed now has its lease there: moving it would give it to a second poller), which"
+        " keep their time. A new 429 pauses again.",
     )
     return top
 

@@ -40,9 +40,22 @@ async def test_a_json_media_type_with_a_suffix_is_json(api: Client) -> None:
 
 
 async def test_a_problems_detail_names_the_field(api: Client) -> None:
+    """The detail names the field; a pattern's rule is said in words (a tester found
+    pydantic's regular expression there)."""
     resp = await api.post("/v1/watches", json=body(videoId="not a video id"), headers=auth())
     doc = await problem(resp, 422)
-    assert doc["detail"].startswith("videoId:"), doc
+    assert doc["detail"] == "videoId: must be 1-128 characters of A-Z, a-z, 0-9, _ and -", doc
+    resp = await api.post("/v1/watches", json=body(secret="not-whsec"), headers=auth())
+    doc = await problem(resp, 422)
+    assert doc["errors"][0]["field"] == "secret" and "whsec_" in doc["detail"], doc
+    assert "^" not in doc["detail"], doc
+
+
+async def test_a_wrong_key_is_told_from_a_missing_header(api: Client) -> None:
+    wrong = await api.get("/v1/watches", headers={"Authorization": "Bearer not-a-key-of-ours"})
+    assert "not one of the relay's" in (await problem(wrong, 401))["detail"]
+    missing = await api.get("/v1/watches")
+    assert "send one Authorization" in (await problem(missing, 401))["detail"]
 
 
 async def test_recover_with_until_equal_to_since_names_until(api: Client) -> None:

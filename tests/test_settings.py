@@ -287,6 +287,8 @@ MALFORMED = [
     ("RELAY_WATCH_TIMEOUT", "0"),
     ("RELAY_RETRY_SCHEDULE", "5,abc,10"),
     ("RELAY_RETRY_SCHEDULE", ",,,"),
+    ("RELAY_RETRY_SCHEDULE", "1,,2"),  # (a delay left out: a typo; a tester found it read as 1,2)
+    ("RELAY_RETRY_SCHEDULE", "5,300,"),
     ("RELAY_RETRY_SCHEDULE", "5;10"),
     ("RELAY_RETRY_SCHEDULE", "5,-1"),
     ("RELAY_DELIVERY_TIMEOUT", "fast"),

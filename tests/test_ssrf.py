@@ -132,6 +132,15 @@ async def test_a_host_that_is_no_host_name_is_said_so_without_a_lookup(
         await EMPTY.check(url)
 
 
+@pytest.mark.parametrize(
+    "url", ["http://93.184.216.34:99999/h", "http://93.184.216.34:0/h", "http://example.com:x/"]
+)
+async def test_a_bad_port_is_named(url: str, no_dns: None) -> None:
+    """A port out of range is said so (a tester got "is not a URL" for :99999)."""
+    with pytest.raises(CallbackRefused, match="port that is not a number from 1 to 65535"):
+        await EMPTY.check(url)
+
+
 async def test_overlong_url_refused(no_dns: None) -> None:
     base = "http://93.184.216.34/"
     url = base + "a" * (MAX_CALLBACK_URL + 1 - len(base))

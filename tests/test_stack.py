@@ -247,6 +247,32 @@ def test_a_port_in_use_is_one_line_and_exit_1(
     assert "in use" in last, last
 
 
+@pytest.mark.parametrize("tool", ["receiver", "upstream-sim"])
+def test_a_dev_tools_port_in_use_is_one_line_and_exit_1(tool: str) -> None:
+    """The receiver and the simulator on a port already taken say so in one line naming
+    --port, and the receiver never claims to be listening (a tester: a traceback after
+    "listening on")."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
+    cli = str(Path(sys.executable).with_name("clip-relay"))
+    extra = ["--api-key", "k"] if tool == "upstream-sim" else ["--no-verify"]
+    try:
+        done = subprocess.run(
+            [cli, tool, "--host", "127.0.0.1", "--port", port, *extra],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "listening" not in done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"clip-relay {tool}: cannot listen") and "--port" in last, last
+
+
 def test_a_relay_host_of_no_address_here_is_a_bad_value_exit_2(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

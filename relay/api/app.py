@@ -165,10 +165,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     given = request.headers.getall("Authorization", [])
     who = request.app[k.AUTH].authenticate(given[0]) if len(given) == 1 else None
     if who is None:
+        detail = (  # (which key was tried is never said: only whether one came)
+            "this API key is not one of the relay's (RELAY_API_KEYS)"
+            if len(given) == 1 and given[0].partition(" ")[0].lower() == "bearer"
+            else "send one Authorization: Bearer <API key> header"
+        )
         raise ProblemError(
             401,
             "Unauthorized",
-            "send one Authorization: Bearer <API key> header",
+            detail,
             slug="unauthorized",
             headers={"WWW-Authenticate": 'Bearer realm="clip-relay"'},
         )

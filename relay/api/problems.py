@@ -52,6 +52,13 @@ def invalid(errors: Sequence[dict[str, str]], detail: str | None = None) -> Prob
     )
 
 
+# what a field's pattern asks for, as the error says it (the rest keep pydantic's words)
+PATTERN_WORDS = {
+    "videoId": "must be 1-128 characters of A-Z, a-z, 0-9, _ and -",
+    "secret": "must be whsec_ followed by base64 (A-Z, a-z, 0-9, +, / and =)",
+}
+
+
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """Pydantic's errors as ``[{field, message}]`` with the API's (camelCase) field names."""
     out = []
@@ -61,6 +68,8 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field"
+        elif err["type"] == "string_pattern_mismatch" and field in PATTERN_WORDS:
+            message = PATTERN_WORDS[field]  # (the rule in words, not a regular expression)
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         out.append({"field": field, "message": message})

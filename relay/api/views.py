@@ -16,7 +16,7 @@ from relay.api import appkeys as k
 from relay.api import jsonbody
 from relay.api.auth import Principal
 from relay.api.models import WatchCreate
-from relay.api.problems import ProblemError, field_errors, invalid, not_found
+from relay.api.problems import PATTERN_WORDS, ProblemError, field_errors, invalid, not_found
 from relay.constants import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_IDEMPOTENCY_KEY,
@@ -316,8 +316,7 @@ async def list_watches(request: web.Request) -> web.Response:
         errors.append({"field": "status", "message": "must be one of " + ", ".join(WATCH_STATUSES)})
     video_id = q.get("videoId")
     if video_id is not None and not VIDEO_ID.fullmatch(video_id):
-        message = "must be 1-128 characters of A-Z, a-z, 0-9, _ and -"
-        errors.append({"field": "videoId", "message": message})
+        errors.append({"field": "videoId", "message": PATTERN_WORDS["videoId"]})
     if q.get("cursor") == "":
         errors.append({"field": "cursor", "message": "empty: leave it out for the first page"})
     if errors:

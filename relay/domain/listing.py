@@ -51,7 +51,7 @@ def decode_cursor(cursor: str, listing: str = "") -> tuple[int, str]:
         raise CursorError("not a cursor returned by this API") from None
     if tag and listing and tag[0] != listing:
         raise CursorError(
-            "this cursor belongs to a listing with other filters (videoId, status): list"
-            " again without it"
+            "this cursor belongs to another listing (other filters -- videoId, status -- or"
+            " another API key's tenant): list again without it"
         )
     return position

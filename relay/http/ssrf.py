@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from urllib.parse import urlsplit
 
 from yarl import URL
 
@@ -129,6 +130,8 @@ class CallbackPolicy:
         try:
             parsed = URL(url)
         except (ValueError, TypeError):
+            if _bad_port(url):  # (yarl refuses :99999 as a whole: say which part)
+                raise CallbackRefused("has a port that is not a number from 1 to 65535") from None
             raise CallbackRefused("is not a URL") from None
         if parsed.scheme not in ("http", "https") or not parsed.is_absolute():
             raise CallbackRefused("must be an absolute http or https URL")
@@ -197,3 +200,16 @@ class CallbackPolicy:
         if not out:
             raise CallbackRefused("resolves only to private, loopback or reserved addresses")
         return out
+
+
+def _bad_port(url: str) -> bool:
+    """Does *url* parse but for its port (out of range, or not a number)?"""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    try:
+        _ = parts.port  # (raises for a port out of range or not a number)
+    except ValueError:
+        return True
+    return False

@@ -68,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "with POST /_secrets",
             file=sys.stderr,
         )
-    print(f"clip-relay receiver listening on http://{args.host}:{args.port}/", flush=True)
-    web.run_app(create_app(receiver), host=args.host, port=args.port, print=None)
+    line = f"clip-relay receiver listening on http://{args.host}:{args.port}/"
+    web.run_app(  # (the line once it listens: not before a port in use fails it)
+        create_app(receiver),
+        host=args.host,
+        port=args.port,
+        print=lambda _: print(line, flush=True),
+    )
     return 0
