@@ -35,6 +35,10 @@ UPSTREAM_PAUSE_KEY: Final = PREFIX + "up:pause"  # string: upstream paused until
 # string: the end (ms) of a pause an operator's resume ended, while the resume still has
 # put-off polls to move (it lapses by itself after that end)
 UPSTREAM_RESUMING_KEY: Final = PREFIX + "up:resuming"
+# hash: a RELAY_LEASE in use (ms) -> Redis ms until which a worker holding it was last seen
+# to (every few seconds, for 10 minutes): how far a claim may reach, for `upstream resume`
+WORKER_LEASES_KEY: Final = PREFIX + "workers:leases"
+WORKER_LEASE_SEEN_MS: Final = 600_000
 UPSTREAM_PAUSE_CHANNEL: Final = PREFIX + "up:paused"  # pub/sub: each new pause's length (ms)
 CIRCUIT_CLOSE_CHANNEL: Final = PREFIX + "circuits:close"  # pub/sub: origin tag (or *) to close
 CIRCUIT_CLOSES_KEY: Final = PREFIX + "circuits:closed"  # zset: origin tag (or *) -> last close ms

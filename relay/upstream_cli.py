@@ -28,7 +28,7 @@ from relay.settings import ConfigError, Settings, url_passwords
 from relay.store.connection import connect
 from relay.store.limits import Limits
 
-SAFE_LEASE_S = 600.0  # above any RELAY_LEASE in use (default 25 s)
+SAFE_LEASE_S = 600.0  # above any RELAY_LEASE in use (default 25 s), when no worker says its
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,9 +45,10 @@ def parser() -> argparse.ArgumentParser:
         "resume",
         help="end the pause now for every worker (the limit was lifted sooner)",
         description="End the pause now: every worker is told at once, and the polls put"
-        " off to its end are due now -- except those due within the next 10 minutes (a poll"
-        " claimed now has its lease there: moving it would give it to a second poller), which"
-        " keep their time. A new 429 pauses again.",
+        " off to its end are due now -- except those due within the workers' RELAY_LEASE (a"
+        " poll claimed now has its lease there: moving it would give it to a second poller;"
+        " 10 minutes when no running worker has said its lease), which keep their time. A"
+        " new 429 pauses again.",
     )
     return top
 
@@ -68,8 +69,10 @@ async def run(action: str, settings: Settings) -> str:
             until = datetime.now(UTC) + timedelta(milliseconds=left)
             return f"upstream paused: {_for_people(left)} left (until {until:%Y-%m-%dT%H:%M:%SZ})"
         # claims are held up to the workers' RELAY_LEASE from now, which this shell may not
-        # have: no poll due sooner than 10 minutes (or that lease, if longer) is moved
-        margin_s = max(settings.lease, SAFE_LEASE_S)
+        # have: the longest the workers say they hold (none said: 10 minutes) keeps clear
+        # of them; this shell's own, if longer
+        said = await limits.workers_lease_s()
+        margin_s = max(settings.lease, SAFE_LEASE_S if said is None else said)
         left, moved = await limits.resume_upstream(margin_s)
         if not left:
             return "upstream was not paused"

@@ -399,6 +399,38 @@ async def test_the_command_moves_no_claim_of_workers_with_a_longer_lease(
     assert await redis.zscore(c.POLL_SCHEDULE_KEY, "held") == held
 
 
+async def test_a_worker_says_its_lease(store: Store, make_worker: WorkerFactory) -> None:
+    await make_worker(lease=90)
+    said = await eventually(store.limits.workers_lease_s, what="the worker's lease said")
+    assert said == 90
+
+
+async def test_the_command_keeps_clear_of_the_lease_the_workers_say(
+    store: Store, redis: Redis, redis_server: RedisServer
+) -> None:
+    """A resume keeps clear of the longest lease the workers said (not 10 minutes), so the
+    polls put off to a 2-minute pause's end move -- a tester found they never did, any
+    pause under 10 minutes left alone -- while a claim of that lease stays. A lease said
+    more than 10 minutes ago counts for nothing."""
+    from relay.upstream_cli import run
+
+    seconds, micros = await redis.time()
+    redis_now = int(seconds) * 1000 + int(micros) // 1000
+    await redis.hset(c.WORKER_LEASES_KEY, mapping={"90000": redis_now + 600_000, "25000": 1})
+    assert await store.limits.workers_lease_s() == 90
+    await UpstreamGate(store.limits, 1000).pause(120)
+    end_ms = int(await redis.get(c.UPSTREAM_PAUSE_KEY))
+    now_ms = end_ms - 120_000
+    held = now_ms + 90_000  # a claim made now by a worker of RELAY_LEASE=90
+    await redis.zadd(c.POLL_SCHEDULE_KEY, {"put_off": end_ms + 1, "held": held})
+    out = await run("resume", Settings(REDIS_URL=redis_server.url))  # type: ignore[call-arg]
+    assert "1 put-off polls due now" in out, out
+    assert await redis.zscore(c.POLL_SCHEDULE_KEY, "held") == held
+    assert (await redis.zscore(c.POLL_SCHEDULE_KEY, "put_off") or 0) <= now_ms + 5_000
+    await redis.hset(c.WORKER_LEASES_KEY, mapping={"90000": "1", "700000": "2"})  # stale
+    assert await store.limits.workers_lease_s() is None
+
+
 def test_the_command_says_why_redis_cannot_be_reached_never_its_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

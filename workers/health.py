@@ -31,20 +31,25 @@ def _status(status: str, code: int = 200) -> web.Response:
     )
 
 
-async def gauges(store: Store) -> None:
+async def gauges(store: Store, lease_s: float) -> None:
     """Refresh the queue-depth, watch-count and upstream-pause gauges every GAUGE_INTERVAL
-    seconds, forever, learn Redis' clock again from the same round trip, and close the
-    Redis connections a burst left idle beyond a few."""
+    seconds, forever, learn Redis' clock again from the same round trip, say the worker's
+    *lease_s* (how far its claims reach: ``clip-relay upstream resume`` keeps clear of
+    them), and close the Redis connections a burst left idle beyond a few."""
+    lease = str(int(lease_s * 1000))
     while True:
         try:
             pipe = store.redis.pipeline(transaction=False)
+            seen = clock.now_ms() + c.WORKER_LEASE_SEEN_MS
+            pipe.hset(c.WORKER_LEASES_KEY, lease, str(seen))
+            pipe.pexpire(c.WORKER_LEASES_KEY, c.WORKER_LEASE_SEEN_MS)
             pipe.zcard(c.POLL_SCHEDULE_KEY)
             pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
             pipe.zcard(c.EXPIRY_SCHEDULE_KEY)
             pipe.get(c.UPSTREAM_PAUSE_KEY)  # the pause's end, Redis ms
             pipe.time()
             sent = clock.local_ms()
-            polls, deliveries, timers, pause_end, (secs, micros) = await pipe.execute()
+            _, _, polls, deliveries, timers, pause_end, (secs, micros) = await pipe.execute()
             now = int(secs) * 1000 + int(micros) // 1000
             clock.observe(now, sent, clock.local_ms())  # (Redis' clock: learnt again)
             UPSTREAM_PAUSED.set(max(0, int(pause_end or 0) - now) / 1000)

@@ -144,7 +144,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         upstream_session,
         callbacks,
         runner,
-        asyncio.create_task(health.gauges(store)),
+        asyncio.create_task(health.gauges(store, settings.lease)),
         asyncio.create_task(gate.follow_pauses()),
     )
     log.info(

@@ -66,6 +66,18 @@ class Limits:
             total += int(moved)
         return int(left), total
 
+    async def workers_lease_s(self) -> float | None:
+        """The longest RELAY_LEASE of the workers seen in the last ten minutes (each says
+        its own every few seconds: :func:`workers.health.gauges`), or None when none was
+        (none running, or only workers of a release that does not say it)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(c.WORKER_LEASES_KEY)
+        pipe.time()
+        seen, (secs, micros) = await pipe.execute()
+        now = int(secs) * 1000 + int(micros) // 1000
+        live = [int(lease) for lease, until in seen.items() if int(until) > now]
+        return max(live) / 1000 if live else None
+
     def pause_feed(self) -> Feed:
         """The upstream pauses any worker sets from now on, as they are set: each one's
         length in ms, or ``0`` when an operator ends the pause (:mod:`relay.store.feeds`)."""
