@@ -141,3 +141,28 @@ def test_a_key_is_compared_with_every_key_whichever_matched(
     principal = Authenticator(keys).authenticate("Bearer key-number-0-0123456789")
     assert principal is not None and principal.tenant == "t0"
     assert len(compared) == 3
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/watches/{id}?x=1"),
+        ("GET", "/v1/watches/{id}/deliveries?limit=1"),
+        ("DELETE", "/v1/watches/{id}?force=1"),
+        ("POST", "/v1/watches/{id}/redeliver?now=1"),
+        ("POST", "/v1/watches?videoId=vid_1"),
+    ],
+)
+async def test_a_query_parameter_a_route_does_not_take_is_refused(
+    api: Client, method: str, path: str
+) -> None:
+    """As the list's unknown parameters are: a 422 naming it, nothing done (a tester found
+    ``deliveries?limit=1`` answering every attempt and ``DELETE ?force=1`` accepted)."""
+    created = await create(api)
+    resp = await api.request(method, path.format(id=created["id"]), json=body(), headers=auth())
+    doc = await problem(resp, 422)
+    assert doc["errors"][0]["message"] == "unknown query parameter", doc
+    got = await (await api.get(f"/v1/watches/{created['id']}", headers=auth())).json()
+    assert got["status"] == "watching"
+    listed = await (await api.get("/v1/watches", headers=auth())).json()
+    assert len(listed["data"]) == 1

@@ -23,7 +23,7 @@ from relay.api import appkeys as k
 from relay.api.appkeys import Lifecycle
 from relay.api.auth import Authenticator
 from relay.api.backpressure import Backpressure
-from relay.api.problems import ProblemError
+from relay.api.problems import ProblemError, invalid
 from relay.api.recovery import pings_ctx
 from relay.api.routes import setup_routes
 from relay.api.throttle import RateLimiter
@@ -187,6 +187,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             f"this API key may make {limit:g} requests per second",
             slug="rate-limited",
             headers={"Retry-After": "1"},
+        )
+    if request.query and not (request.method == "GET" and request.path == "/v1/watches"):
+        # (the list reads its own; every other route takes none: one ignored would be a
+        # filter or an option the caller believes applied, as ?limit= on the deliveries)
+        raise invalid(
+            [
+                {"field": name, "message": "unknown query parameter"}
+                for name in sorted(request.query)
+            ]
         )
     return await handler(request)
 
