@@ -88,15 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"clip-relay {argv[0]}: cannot listen: {why}", file=sys.stderr)
             return 1
     args = _parser().parse_args(argv)
+    if args.command == "demo":  # (its processes get an environment of its own: not this one)
+        from relay.devtools.demo import run_demo
+
+        return run_demo()
     try:
         settings = _settings(args.command)
     except ConfigError as exc:
         print(f"clip-relay: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "demo":
-        from relay.devtools.demo import run_demo
-
-        return run_demo()
     try:
         if args.command == "api":
             from relay.api.serving import run_api

@@ -103,7 +103,8 @@ async def _demo(workdir: Path) -> int:
         api, upstream_url = stack.api, stack.upstream
         print(
             f"stack up: redis :{redis.port}, upstream-sim :{stack.ports.upstream}, "
-            f"api :{stack.ports.api}, receiver :{receiver_port} (logs in {workdir})"
+            f"api :{stack.ports.api}, worker (metrics :{stack.ports.metrics}), receiver"
+            f" :{receiver_port} (their logs are shown if the demo fails)"
         )
 
         async with aiohttp.ClientSession() as http:
