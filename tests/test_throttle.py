@@ -200,3 +200,36 @@ async def test_a_clock_stepping_a_few_ms_back_opens_no_second_window(
     monkeypatch.setattr(relay.api.throttle, "now_ms", lambda: int(now * 1000))
     assert admitted(limiter, "k", 5) == 0  # and forward again: the same second, still full
     assert second == int(time.time())
+
+
+async def test_totals_of_a_second_that_ended_during_the_sync_are_not_the_new_seconds(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync whose answer comes after the second rolled over (requests of the new second
+    came in meanwhile) brings the old second's totals: they are not taken as the new
+    second's, which would refuse requests the new second has room for (a mutation review,
+    2026-12-06)."""
+    import relay.api.throttle
+
+    clock = {"ms": 1_000_000_000_000}
+    monkeypatch.setattr(relay.api.throttle, "now_ms", lambda: clock["ms"])
+
+    class RollingLimits:
+        """The store's limits; the second rolls over while a sync is on its way."""
+
+        async def rate_add(
+            self,
+            second: int,
+            counts: dict[str, int],
+            ended: tuple[int, dict[str, int]] | None = None,
+        ) -> dict[str, int]:
+            totals = await store.limits.rate_add(second, counts, ended)
+            clock["ms"] += 1000
+            assert limiter.allow("k")  # the new second's first request, during the sync
+            return totals
+
+    limiter = RateLimiter(RollingLimits(), limit=3)  # type: ignore[arg-type]
+    assert [limiter.allow("k") for _ in range(3)] == [True] * 3  # the old second's limit
+    await limiter.sync()  # (its totals: 3, the limit)
+    assert limiter.allow("k") and limiter.allow("k")  # the new second: 3 of 3
+    assert not limiter.allow("k")
