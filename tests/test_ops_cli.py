@@ -243,3 +243,22 @@ async def test_busy_answers_are_tried_again_and_a_foreign_answer_is_named() -> N
         assert code == 0 and json.loads(out) == {"data": [], "nextCursor": None}, err
     finally:
         await server.close()
+
+
+def test_a_change_that_never_connected_says_cannot_reach() -> None:
+    """A change whose connection was never made (refused, timed out connecting, no pooled
+    connection free) did not reach the relay: "cannot reach", not "may have been done"."""
+    from argparse import Namespace
+
+    import httpx
+
+    from clip_relay_client import ConnectionFailed
+    from relay.ops_cli import _unreached
+
+    args = Namespace(action="redeliver", api_url="http://127.0.0.1:9", id="wat_x")
+    for cause in (httpx.ConnectError("x"), httpx.ConnectTimeout("x"), httpx.PoolTimeout("x")):
+        failed = ConnectionFailed("POST http://127.0.0.1:9/v1/watches/wat_x/redeliver")
+        failed.__cause__ = cause
+        assert _unreached(args, failed).startswith("cannot reach"), cause
+    failed.__cause__ = httpx.ReadTimeout("x")
+    assert "may have been done or not" in _unreached(args, failed)
