@@ -13,7 +13,6 @@ for their type only. Its ValidationError repeats no value either.
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import os
 import sys
@@ -131,9 +130,11 @@ def _count(raw: str) -> int:
 
 def _schedule(raw: str) -> tuple[float, ...]:
     parts = [p.strip() for p in raw.split(",")]
+    if parts[-1] == "" and len(parts) > 1:  # (a trailing comma, as lists are often written)
+        parts.pop()
     if not any(parts):
         raise ValueError("expected comma-separated delays in seconds")
-    if not all(parts):  # (1,,2 or a trailing comma: a delay left out is a typo, not 1,2)
+    if not all(parts):  # (1,,2: a delay left out is a typo, not 1,2)
         raise ValueError("expected comma-separated delays in seconds, none left empty")
     return tuple(_pause(p) for p in parts)
 
@@ -194,6 +195,12 @@ def url_passwords(url: str) -> list[str]:
     return [v for p in found if p for v in dict.fromkeys((p, unquote(p)))]
 
 
+URL_STRING_OPTIONS = frozenset({"username", "password", "client_name"})
+URL_SSL_OPTIONS = frozenset(
+    {"ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_certfile", "ssl_keyfile", "ssl_ciphers"}
+)
+
+
 def _redis_url_options(scheme: str, query: str) -> None:
     """Refuse a query option the relay's Redis connections would fail on when they connect
     (redis-py passes any name on to the connection, which raises TypeError then): one it
@@ -201,16 +208,12 @@ def _redis_url_options(scheme: str, query: str) -> None:
     (a query may carry a password; a name mistyped might be anything)."""
     from redis.asyncio import connection as rc
 
-    cls = {"rediss": rc.SSLConnection, "unix": rc.UnixDomainSocketConnection}.get(
-        scheme, rc.Connection
-    )
-    known = set(rc.URL_QUERY_ARGUMENT_PARSERS) | {
-        name
-        for klass in cls.__mro__
-        if "__init__" in vars(klass)
-        for name, p in inspect.signature(vars(klass)["__init__"]).parameters.items()
-        if name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    }
+    # the options a URL can set: those redis-py parses, and strings it passes on as they are
+    # (not any keyword of the connection class: ?retry=x or ?encoding=nope would pass and
+    # then fail at the first command)
+    known = set(rc.URL_QUERY_ARGUMENT_PARSERS) | URL_STRING_OPTIONS
+    if scheme == "rediss":
+        known |= URL_SSL_OPTIONS
     for name, value in parse_qsl(query):
         if name not in known:
             raise ValueError(

@@ -260,6 +260,33 @@ def test_breaker_close_shuts_the_circuits_named_and_only_those() -> None:
     assert b.check(A) is Verdict.SEND and b.check(B) is Verdict.SEND
 
 
+def test_closing_one_tag_looks_only_at_its_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recover closes one tag per origin of its watches, each a message to every worker:
+    a close must not look at every origin kept (10,000 open ones took ~1 ms a close, a
+    review, 2026-12-06). It finds the tag's origins in an index kept as circuits open and
+    close -- answered, forgotten or closed -- so the count stays right."""
+    import workers.delivery.breaker as breaker
+
+    clock = Clock()
+    b = Breakers(failures=1, cooldown_s=30, clock=clock)
+    many = [("https", f"h{i}.example", 443) for i in range(2_000)]
+    for origin in many:
+        b.record(origin, False)
+    assert b.open_origins == 2_000
+    looked: list[Origin] = []
+
+    def counting(origin: Origin) -> str:
+        looked.append(origin)
+        return origin_tag(origin)
+
+    monkeypatch.setattr(breaker, "origin_tag", counting)
+    assert b.close(origin_tag(many[7])) == 1 and len(looked) <= 2
+    assert b.check(many[7]) is Verdict.SEND and b.open_origins == 1_999
+    b.record(many[8], True)  # answered: closed, and out of the index
+    assert b.close(origin_tag(many[8])) == 0 and b.open_origins == 1_998
+    assert b.close() == 1_998 and b.open_origins == 0 and not b._open_by_tag
+
+
 def test_a_probe_in_flight_when_its_circuit_closes_counts_as_one_failure() -> None:
     """A probe that was in flight when an operator's redeliver closed its circuit, and then
     got no answer, does not open the circuit again at once: it is one ordinary failure."""

@@ -210,6 +210,8 @@ def test_a_bad_redis_url_is_refused_without_echoing_it(url: str) -> None:
         ("health_check_interval=often", "the query option health_check_interval has a value"),
         ("s3cr3t=1", "not one of redis-py's connection options"),
         ("socket_timout=2", "not one of redis-py's connection options"),
+        ("retry=x", "not one of redis-py's connection options"),  # (a keyword, not a string)
+        ("encoding=nope", "not one of redis-py's connection options"),
     ],
 )
 def test_a_redis_url_query_option_is_checked_at_start(query: str, says: str) -> None:
@@ -288,7 +290,6 @@ MALFORMED = [
     ("RELAY_RETRY_SCHEDULE", "5,abc,10"),
     ("RELAY_RETRY_SCHEDULE", ",,,"),
     ("RELAY_RETRY_SCHEDULE", "1,,2"),  # (a delay left out: a typo; a tester found it read as 1,2)
-    ("RELAY_RETRY_SCHEDULE", "5,300,"),
     ("RELAY_RETRY_SCHEDULE", "5;10"),
     ("RELAY_RETRY_SCHEDULE", "5,-1"),
     ("RELAY_DELIVERY_TIMEOUT", "fast"),
@@ -520,3 +521,11 @@ def _short_keys_warned(
     monkeypatch.setenv("RELAY_API_KEYS", f"globex:{SECRET}")
     settings("api")
     assert "short enough" not in "".join(capsys.readouterr())
+
+
+def test_a_retry_schedule_may_end_with_a_comma() -> None:
+    """``5,300,`` was accepted before empty delays were refused: it still is (a trailing
+    comma, as lists are often written); ``1,,2`` is not."""
+    assert load({"RELAY_RETRY_SCHEDULE": "5,300,"}).retry_schedule == (5.0, 300.0)
+    with pytest.raises(ConfigError, match="none left empty"):
+        load({"RELAY_RETRY_SCHEDULE": "1,,2"})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -702,3 +703,35 @@ async def test_recover_takes_since_in_and_until_out(store: Store) -> None:
     at = int(await store.redis.zscore(c.TENANT_FINAL_KEY.format("acme", "failed"), w.id))
     assert await store.watches.recover("acme", at - 1000, at) == (0, False)
     assert await store.watches.recover("acme", at, at + 1) == (1, False)
+
+
+async def test_recover_goes_batch_by_batch_until_the_range_or_its_time_ends(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven failed watches, batches of two: with no time left after the first batch, a
+    call puts two back and says more are left; the next call goes on batch by batch (each
+    read in the pipeline of the one before) to the range's end, the index empties, and each
+    call closes the one origin's circuit once. (A review: no test ran two batches a call.)"""
+    from relay.store import recovery
+
+    watches = await registered(store, 7)
+    made = await fan_out(store, watches)
+    rec = attempts.record(1, now_ms(), 500, None, 1.0, None)
+    await store.deliveries.settle([result(m, "failed", rec, last_error="HTTP 500") for m in made])
+    failed = c.TENANT_FINAL_KEY.format("acme", "failed")
+    assert await store.redis.zcard(failed) == 7
+    closes: list[list[str]] = []
+    real_close_in = store.circuits.close_in
+
+    async def counted(pipe: Any, tags: Any) -> None:
+        closes.append(sorted(tags))
+        await real_close_in(pipe, tags)
+
+    monkeypatch.setattr(store.circuits, "close_in", counted)
+    scripts, until = store.watches._recover, now_ms() + 1
+    assert await recovery.recover(scripts, store.circuits, "acme", 0, until, 2, 0.0) == (2, True)
+    assert await store.redis.zcard(failed) == 5 and len(closes) == 1 and len(closes[0]) == 1
+    assert await recovery.recover(scripts, store.circuits, "acme", 0, until, 2) == (5, False)
+    assert await store.redis.zcard(failed) == 0
+    assert [len(tags) for tags in closes[1:]] == [1, 0, 0]  # three batches, one close
+    assert (await store.watches.tenant_counts("acme"))["delivering"] == 7

@@ -429,6 +429,7 @@ async def test_the_command_keeps_clear_of_the_lease_the_workers_say(
     assert (await redis.zscore(c.POLL_SCHEDULE_KEY, "put_off") or 0) <= now_ms + 5_000
     await redis.hset(c.WORKER_LEASES_KEY, mapping={"90000": "1", "700000": "2"})  # stale
     assert await store.limits.workers_lease_s() is None
+    assert await redis.hlen(c.WORKER_LEASES_KEY) == 0  # (and dropped)
 
 
 def test_the_command_says_why_redis_cannot_be_reached_never_its_password(

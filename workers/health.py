@@ -37,12 +37,13 @@ async def gauges(store: Store, lease_s: float) -> None:
     *lease_s* (how far its claims reach: ``clip-relay upstream resume`` keeps clear of
     them), and close the Redis connections a burst left idle beyond a few."""
     lease = str(int(lease_s * 1000))
+    # (said for 10 minutes, or the lease if longer: a stalled loop's claims stay covered)
+    said_for = max(c.WORKER_LEASE_SEEN_MS, int(lease_s * 1000))
     while True:
         try:
             pipe = store.redis.pipeline(transaction=False)
-            seen = clock.now_ms() + c.WORKER_LEASE_SEEN_MS
-            pipe.hset(c.WORKER_LEASES_KEY, lease, str(seen))
-            pipe.pexpire(c.WORKER_LEASES_KEY, c.WORKER_LEASE_SEEN_MS)
+            pipe.hset(c.WORKER_LEASES_KEY, lease, str(clock.now_ms() + said_for))
+            pipe.pexpire(c.WORKER_LEASES_KEY, said_for)
             pipe.zcard(c.POLL_SCHEDULE_KEY)
             pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
             pipe.zcard(c.EXPIRY_SCHEDULE_KEY)

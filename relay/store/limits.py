@@ -76,6 +76,9 @@ class Limits:
         seen, (secs, micros) = await pipe.execute()
         now = int(secs) * 1000 + int(micros) // 1000
         live = [int(lease) for lease, until in seen.items() if int(until) > now]
+        stale = [lease for lease, until in seen.items() if int(until) <= now]
+        if stale:  # (a lease no worker holds any more: dropped, so the hash stays small)
+            await self.redis.hdel(c.WORKER_LEASES_KEY, *stale)  # type: ignore[misc]
         return max(live) / 1000 if live else None
 
     def pause_feed(self) -> Feed:

@@ -4,10 +4,10 @@
 (``cr:t:<tenant>:s:failed``, written by ``settle.lua``) in batches of
 :data:`RECOVER_BATCH`: ``read_failed.lua`` reads a batch's ids and registrations (their
 callbacks' origins, whose circuits are closed first), then one ``recover.lua`` call puts it
-back (one round trip a batch: the pipeline of the batch's close and put back and the next
-batch's read): no scan of the keyspace, bounded work per call. Each batch takes what it
-read out of the index, so two recovers running at once never put the same watch back
-twice (docs/architecture.md, "Recovery and ping").
+back (two round trips a batch: the pipeline of the batch's close and put back and the next
+batch's read, and redis-py's ``SCRIPT EXISTS`` before it): no scan of the keyspace, bounded
+work per call. Each batch takes what it read out of the index, so two recovers running at
+once never put the same watch back twice (docs/architecture.md, "Recovery and ping").
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ async def recover(
     Before each batch is put back, the workers are asked to close the circuits of its
     watches' callbacks' origins (so the attempts asked for are sent, not refused by a
     circuit the outage opened): only this tenant's origins, never another tenant's dead
-    one. One round trip a batch: its close, its ``recover.lua`` and the next batch's read
-    go in one pipeline."""
+    one (each origin once a call). Two round trips a batch: its close, its ``recover.lua``
+    and the next batch's read go in one pipeline (redis-py asks ``SCRIPT EXISTS`` first)."""
     started = time.monotonic()
     batch = RECOVER_BATCH if batch is None else batch
     budget_s = RECOVER_BUDGET_S if budget_s is None else budget_s
@@ -68,17 +68,17 @@ async def recover(
     reading: list[EncodableT] = [since_ms, until_ms, batch, c.WATCH_PREFIX, c.REGISTRATION_SUFFIX]
     ids, regs = await scripts.read(keys=[failed], args=reading)
     total = 0
+    closed: set[str] = set()  # (each origin's close once a call, not once a batch)
     while ids:
         more = len(ids) == batch and time.monotonic() - started < budget_s
         pipe = circuits.redis.pipeline(transaction=False)
-        await circuits.close_in(
-            pipe,
-            (
-                url_origin_tag(orjson.loads(r)["callbackUrl"])
-                for r in regs
-                if r  # (a registration gone: nothing to put back)
-            ),
-        )
+        tags = {
+            url_origin_tag(orjson.loads(r)["callbackUrl"])
+            for r in regs
+            if r  # (a registration gone: nothing to put back)
+        }
+        await circuits.close_in(pipe, tags - closed)
+        closed |= tags
         await scripts.recover(
             keys=keys, args=[since_ms, until_ms, now_ms(), c.WATCH_PREFIX, *ids], client=pipe
         )

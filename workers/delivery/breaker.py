@@ -63,6 +63,9 @@ class Breakers:
         self.cooldown_s = cooldown_s
         self.clock = clock
         self._states: dict[Origin, _State] = {}
+        # the open (or half-open) origins by their tag: an operator's close of one tag
+        # finds them at once (a recover sends one close per origin of its watches)
+        self._open_by_tag: dict[str, set[Origin]] = {}
         self.open_origins = 0  # open or half-open now
         self.refused = 0  # attempts recorded ``circuit open``
 
@@ -106,30 +109,40 @@ class Breakers:
         if answered is False:
             s.failures += 1
             if probe or (not s.until and s.failures >= self.failures):
-                self._open(s)
+                self._open(origin, s)
         elif answered:
-            if s.until:
-                self.open_origins -= 1
-                CIRCUITS_OPEN.dec()
-            del self._states[origin]
+            self._drop(origin)
 
     def close(self, tag: str | None = None) -> int:
         """Close the open (or half-open) circuits of the origins whose
-        :func:`~relay.domain.origin.origin_tag` is *tag* (None: every one); how many."""
-        shut = [
-            o for o, s in self._states.items() if s.until and (tag is None or origin_tag(o) == tag)
-        ]
+        :func:`~relay.domain.origin.origin_tag` is *tag* (None: every one); how many. One
+        tag costs the origins it names, not a look at every origin kept."""
+        if tag is None:
+            shut = [o for origins in self._open_by_tag.values() for o in origins]
+        else:
+            shut = list(self._open_by_tag.get(tag, ()))
         for o in shut:
-            del self._states[o]
-        self.open_origins -= len(shut)
-        CIRCUITS_OPEN.dec(len(shut))
+            self._drop(o)
         return len(shut)
 
-    def _open(self, s: _State) -> None:
+    def _open(self, origin: Origin, s: _State) -> None:
         if not s.until:
             self.open_origins += 1
             CIRCUITS_OPEN.inc()
+            self._open_by_tag.setdefault(origin_tag(origin), set()).add(origin)
         s.until = self.clock() + self.cooldown_s
+
+    def _drop(self, origin: Origin) -> None:
+        """Forget *origin*'s state (closing its circuit if it was open)."""
+        s = self._states.pop(origin)
+        if s.until:
+            self.open_origins -= 1
+            CIRCUITS_OPEN.dec()
+            tag = origin_tag(origin)
+            same = self._open_by_tag[tag]
+            same.discard(origin)
+            if not same:
+                del self._open_by_tag[tag]
 
     def _forget(self) -> None:
         """Make room: forget the closed origins (their failure counts), then, if that was
@@ -151,6 +164,4 @@ class Breakers:
             gone = set(idle)
             idle += [o for o in self._states if o not in gone][:over]
         for origin in idle:
-            if self._states.pop(origin).until:
-                self.open_origins -= 1
-                CIRCUITS_OPEN.dec()
+            self._drop(origin)
