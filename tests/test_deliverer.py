@@ -608,3 +608,27 @@ async def test_a_fan_out_cut_between_chunks_is_finished_by_another_worker(
     sources = [k async for k in store.redis.scan_iter(f"{c.SOURCE_PREFIX}{vid}:*")]
     refs = sorted([int(await store.redis.hget(k, "refs")) for k in sources])  # type: ignore[misc]
     assert refs == sorted([made, n - made])
+
+
+async def test_outcomes_still_pending_at_stop_are_recorded(
+    store: Store,
+    hook: tuple[Receiver, str],
+    make_deliverer: DelivererFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attempts made, their outcomes not flushed yet when the deliverer stops: stopping
+    records them (else each would be sent again once its lease ran out -- a duplicate; a
+    mutation review found nothing checked it, the flush being 5 ms away)."""
+    import workers.delivery.settle as settle
+
+    monkeypatch.setattr(settle, "FLUSH_EVERY_S", 3600.0)  # nothing flushed but by the stop
+    rec, base = hook
+    d = await make_deliverer()
+    for claim in await created_events(store, base, 5, deliverer=d):
+        d.offer([claim])
+    await eventually(lambda: rec.received() == 5, what="the five attempts")
+    assert (await store.watches.counts())["delivered"] == 0  # (all five still pending)
+    assert d.settler.pending == 5
+    await d.stop(1.0)
+    assert (await store.watches.counts())["delivered"] == 5
+    assert await store.redis.zcard(c.DELIVERY_SCHEDULE_KEY) == 0

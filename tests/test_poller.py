@@ -590,3 +590,28 @@ async def test_waiting_for_an_answer_does_not_sweep_the_order_ahead() -> None:
     waiting = sum(len(q) for q in order._waiting.values())
     assert waiting <= SCAN_AHEAD * 32  # swept once, by the first take
     assert asked >= ROOM_WAIT_S / ANSWER_WAIT_S  # (it did take again while waiting)
+
+
+async def test_a_503_with_retry_after_is_polled_again_no_sooner(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """A 503 that says when to come back (Retry-After) is asked again no sooner, though
+    the poll interval and the error backoff would ask sooner: an upstream in trouble is
+    not polled faster than it asked (a mutation review: nothing checked it)."""
+    video = await sim_video(sim, timeline=ANALYZING)
+    await make_poller()
+    await watch(store, video)
+    await eventually(lambda: requests(sim, video), what="polling")
+    await fault(sim, kind="503", path="status", videoId=video, retryAfter=2)
+    log = await eventually(
+        lambda: _after(requests(sim, video), 503), timeout=10, what="a poll after the 503"
+    )
+    refused_at = next(at for at, status in log if status == 503)
+    assert next(at for at, _ in log if at > refused_at) >= refused_at + 1.9, log
+
+
+async def _after(log: Awaitable[list[tuple[float, int]]], status: int) -> list[tuple[float, int]]:
+    """*log* once it holds a request after the first answered *status* (else empty)."""
+    got = await log
+    at = next((at for at, s in got if s == status), None)
+    return got if at is not None and any(t > at for t, _ in got) else []
