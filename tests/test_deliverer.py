@@ -632,3 +632,25 @@ async def test_outcomes_still_pending_at_stop_are_recorded(
     await d.stop(1.0)
     assert (await store.watches.counts())["delivered"] == 5
     assert await store.redis.zcard(c.DELIVERY_SCHEDULE_KEY) == 0
+
+
+async def test_jobs_queued_past_their_first_lease_are_sent_once(
+    store: Store,
+    hook: tuple[Receiver, str],
+    make_deliverer: DelivererFactory,
+) -> None:
+    """Six events to one origin that takes one at a time, 0.45 s each, on a 2 s lease: the
+    later ones wait in their origin's queue past their first claim's deadline. Their claims
+    are kept (the queued jobs' claims extended in batches, and each renewed right before
+    its attempt when near its end), so no other worker takes one (a second deliverer
+    claims from the same schedule meanwhile): every event arrives exactly once."""
+    rec, base = hook
+    rec.script("/slow", [204] * 6, delay=0.45)
+    first = await make_deliverer(lease=2.0, origin_concurrency=1, delivery_timeout=1.0)
+    await make_deliverer(lease=2.0, origin_concurrency=1, delivery_timeout=1.0)
+    for claim in await created_events(store, base, 6, path="/slow", deliverer=first):
+        first.offer([claim])
+    counts = await wait_settled(store, 6, timeout=15)
+    assert counts["delivered"] == 6, counts
+    await asyncio.sleep(0.5)  # (a second send would have arrived by now)
+    assert rec.received() == 6 and rec.duplicates() == 0
