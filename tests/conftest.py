@@ -8,6 +8,7 @@ import inspect
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -204,3 +205,19 @@ async def early_in_a_second(latest: float = 0.1) -> int:
     if now % 1 > latest:
         await asyncio.sleep(1 - now % 1 + 0.01)
     return int(time.time())
+
+
+@asynccontextmanager
+async def serving(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A real HTTP server on loopback answering every method and path with *handler*, for
+    the block; its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from relay.devtools.receiver import Receiver
-from tests.conftest import TENANT_A_KEY, auth
+from tests.conftest import TENANT_A_KEY, auth, serving
 from tests.test_worker import register, sim_video, wait_watch
 
 Api = TestClient[web.Request, web.Application]
@@ -227,12 +227,7 @@ async def test_busy_answers_are_tried_again_and_a_foreign_answer_is_named() -> N
             return web.json_response({"data": [{}]})
         return web.json_response({"data": [], "nextCursor": None})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    url = str(server.make_url("")).rstrip("/")
-    try:
+    async with serving(handle) as url:
         code, out, err = await cli(None, "list", "--json", "--api-url", url)
         assert code == 0 and json.loads(out) == {"data": [], "nextCursor": None}, err
         masked = url.replace("http://", "http://admin:s3cr3t-pw@")
@@ -241,8 +236,6 @@ async def test_busy_answers_are_tried_again_and_a_foreign_answer_is_named() -> N
         assert "s3cr3t-pw" not in err and "admin:***@" in err
         code, out, err = await cli(None, "list", "--limit", "0", "--json", "--api-url", url)
         assert code == 0 and json.loads(out) == {"data": [], "nextCursor": None}, err
-    finally:
-        await server.close()
 
 
 def test_a_change_that_never_connected_says_cannot_reach() -> None:

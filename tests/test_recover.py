@@ -74,12 +74,7 @@ async def test_recover_resends_the_tenants_recent_failures_once_with_their_event
     theirs = await failing_watch(api, sim, receiver, "/theirs", TENANT_B_KEY)
     for wid in mine:
         assert (await wait_watch(api, wid))["status"] == "failed"
-    b = await api.get(f"/v1/watches/{theirs}", headers=auth(TENANT_B_KEY))
-    for _ in range(200):
-        if (await b.json())["status"] == "failed":
-            break
-        await asyncio.sleep(0.05)
-        b = await api.get(f"/v1/watches/{theirs}", headers=auth(TENANT_B_KEY))
+    await wait_watch(api, theirs, key=TENANT_B_KEY)  # (failed, as the check at the end says)
     before = ids_by_path(rec)
     assert all(before[f"/down{i}"] == 4 for i in range(5)), before
     # the receiver has healed: its scripts are used up, it answers 204 now
@@ -141,13 +136,7 @@ async def test_recover_closes_only_the_circuits_of_the_watches_it_puts_back(
         theirs = await failing_watch(api, sim, other_rec, "/theirs", TENANT_B_KEY)
         for wid in mine:
             assert (await wait_watch(api, wid))["status"] == "failed"
-        b = {}
-        for _ in range(200):
-            b = await (await api.get(f"/v1/watches/{theirs}", headers=auth(TENANT_B_KEY))).json()
-            if b["status"] == "failed":
-                break
-            await asyncio.sleep(0.05)
-        assert b["status"] == "failed"
+        assert (await wait_watch(api, theirs, key=TENANT_B_KEY))["status"] == "failed"
         _, seen = await store.circuits.closed_since(None)
         async with store.circuits.feed() as feed:
             resp = await api.post("/v1/watches/recover", json={"since": iso(since)}, headers=auth())

@@ -32,6 +32,7 @@ from clip_relay_client import (
     verify,
 )
 from clip_relay_client._core import Call, Core, retry_after
+from tests.conftest import serving
 
 WATCH = {"id": "wat_x", "videoId": "v", "status": "watching"}
 
@@ -91,24 +92,8 @@ SAFE = {  # call -> sent again on a 503 (max_retries=2: 3 requests) or not (1)
 }
 
 
-def _calls_sync(relay: Client) -> dict[str, Callable[[], Any]]:
-    return {
-        "get": lambda: relay.get_watch("w1"),
-        "list": lambda: relay.list_watches_page(),
-        "deliveries": lambda: relay.deliveries("w2"),
-        "cancel": lambda: relay.cancel_watch("w3"),
-        "recover": lambda: relay.recover("2026-12-01T00:00:00Z"),
-        "create with a key": lambda: relay.create_watch(
-            video_id="v", callback_url="https://x.example/h", idempotency_key="k1"
-        ),
-        "create": lambda: relay.create_watch(video_id="v", callback_url="https://x.example/h"),
-        "redeliver": lambda: relay.redeliver("w4"),
-        "rotate": lambda: relay.rotate_secret("w5"),
-        "ping": lambda: relay.ping("w6"),
-    }
-
-
-def _calls_async(relay: AsyncClient) -> dict[str, Callable[[], Awaitable[Any]]]:
+def _calls(relay: Client | AsyncClient) -> dict[str, Callable[[], Any]]:
+    """Each call of *relay* (an AsyncClient's return awaitables)."""
     return {
         "get": lambda: relay.get_watch("w1"),
         "list": lambda: relay.list_watches_page(),
@@ -140,7 +125,7 @@ async def test_each_call_is_sent_again_only_when_safe_and_the_twins_agree(
     def blocking() -> dict[str, int]:
         sent = {}
         with Client(url, "k", max_retries=2, backoff=0.001) as relay:
-            for name, call in _calls_sync(relay).items():
+            for name, call in _calls(relay).items():
                 before = answers.calls.total()
                 with pytest.raises(ApiError) as raised:
                     call()
@@ -151,7 +136,7 @@ async def test_each_call_is_sent_again_only_when_safe_and_the_twins_agree(
     assert await asyncio.to_thread(blocking) == SAFE
     sent = {}
     async with AsyncClient(url, "k", max_retries=2, backoff=0.001) as relay:
-        for name, call in _calls_async(relay).items():
+        for name, call in _calls(relay).items():
             before = answers.calls.total()
             with pytest.raises(ApiError) as raised:
                 await call()
@@ -213,22 +198,17 @@ async def test_a_create_without_a_key_that_timed_out_is_not_sent_again() -> None
         await asyncio.sleep(1)
         return web.json_response(WATCH, status=201)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", stall)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    url = str(server.make_url("")).rstrip("/")
-    try:
-        async with AsyncClient(url, "k", timeout=0.2, max_retries=2, backoff=0.001) as relay:
-            with pytest.raises(ConnectionFailed) as raised:
-                await relay.create_watch(video_id="v", callback_url="https://x.example/h")
-            assert isinstance(raised.value.__cause__, httpx.TimeoutException)
-            assert calls == ["POST"]
-            with pytest.raises(ConnectionFailed):
-                await relay.get_watch("w")
-            assert calls == ["POST", "GET", "GET", "GET"]
-    finally:
-        await server.close()
+    async with (
+        serving(stall) as url,
+        AsyncClient(url, "k", timeout=0.2, max_retries=2, backoff=0.001) as relay,
+    ):
+        with pytest.raises(ConnectionFailed) as raised:
+            await relay.create_watch(video_id="v", callback_url="https://x.example/h")
+        assert isinstance(raised.value.__cause__, httpx.TimeoutException)
+        assert calls == ["POST"]
+        with pytest.raises(ConnectionFailed):
+            await relay.get_watch("w")
+        assert calls == ["POST", "GET", "GET", "GET"]
 
 
 def test_the_wait_before_a_retry_follows_retry_after_up_to_max_wait() -> None:
@@ -302,13 +282,7 @@ async def test_an_error_page_that_is_not_json_still_gives_a_problem() -> None:
     async def handle(request: web.Request) -> web.Response:
         return web.Response(text="<html>bad gateway</html>", status=502, content_type="text/html")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    url = str(server.make_url("")).rstrip("/")
-
-    def blocking() -> None:
+    def blocking(url: str) -> None:
         with Client(url, "k", max_retries=0) as relay, pytest.raises(ApiError) as raised:
             relay.get_watch("w")
         assert raised.value.status == 502
@@ -320,10 +294,8 @@ async def test_an_error_page_that_is_not_json_still_gives_a_problem() -> None:
             relay.get_watch("w")
         assert "s3cr3t-pw" not in str(failed.value) and "me:***@127.0.0.1:9" in str(failed.value)
 
-    try:
-        await asyncio.to_thread(blocking)
-    finally:
-        await server.close()
+    async with serving(handle) as url:
+        await asyncio.to_thread(blocking, url)
 
 
 def test_an_api_errors_text_names_each_field_once() -> None:

@@ -55,12 +55,17 @@ async def register(
 
 
 async def wait_watch(
-    api: Client, watch_id: str, statuses: tuple[str, ...] = FINAL, timeout: float = 10
+    api: Client,
+    watch_id: str,
+    statuses: tuple[str, ...] = FINAL,
+    timeout: float = 10,
+    key: str | None = None,
 ) -> dict[str, Any]:
+    """The watch once its status is one of *statuses* (asked as *key*'s tenant)."""
     deadline = time.monotonic() + timeout
     while True:
         got: dict[str, Any] = await (
-            await api.get(f"/v1/watches/{watch_id}", headers=auth())
+            await api.get(f"/v1/watches/{watch_id}", headers=auth(key) if key else auth())
         ).json()
         if got["status"] in statuses:
             return got
