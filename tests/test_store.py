@@ -721,13 +721,13 @@ async def test_recover_goes_batch_by_batch_until_the_range_or_its_time_ends(
     failed = c.TENANT_FINAL_KEY.format("acme", "failed")
     assert await store.redis.zcard(failed) == 7
     closes: list[list[str]] = []
-    real_close_in = store.circuits.close_in
+    real_close = store.circuits.close
 
-    async def counted(pipe: Any, tags: Any) -> None:
+    async def counted(tags: Any, pipe: Any = None) -> None:
         closes.append(sorted(tags))
-        await real_close_in(pipe, tags)
+        await real_close(tags, pipe)
 
-    monkeypatch.setattr(store.circuits, "close_in", counted)
+    monkeypatch.setattr(store.circuits, "close", counted)
     scripts, until = store.watches._recover, now_ms() + 1
     assert await recovery.recover(scripts, store.circuits, "acme", 0, until, 2, 0.0) == (2, True)
     assert await store.redis.zcard(failed) == 5 and len(closes) == 1 and len(closes[0]) == 1

@@ -62,12 +62,6 @@ class Feed:
         return data.decode() if isinstance(data, bytes) else str(data)
 
 
-def _tags(origin_tags: Iterable[str]) -> list[str]:
-    if isinstance(origin_tags, str):  # (one tag given bare would close one per character)
-        raise TypeError("origin_tags is a collection of tags, not one tag")
-    return sorted(set(origin_tags))
-
-
 class Circuits:
     """``store.circuits``: the circuit closes an operator's redeliver or recover asks of
     every worker."""
@@ -76,19 +70,13 @@ class Circuits:
         self.redis = redis
         self._close = scripts.register(redis, "close_circuits")
 
-    async def close(self, origin_tags: Iterable[str]) -> None:
+    async def close(self, origin_tags: Iterable[str], pipe: Pipeline | None = None) -> None:
         """Tell every worker to close the circuits of *origin_tags* (:data:`ALL_ORIGINS`:
-        all), now and, for a worker whose feed is reconnecting, once it is back."""
-        tags = _tags(origin_tags)
-        if tags:
-            await self._close(
-                keys=[c.CIRCUIT_CLOSES_KEY],
-                args=[CLOSES_KEPT_MS, c.CIRCUIT_CLOSE_CHANNEL, *tags],
-            )
-
-    async def close_in(self, pipe: Pipeline, origin_tags: Iterable[str]) -> None:
-        """:meth:`close`, as a command of *pipe* (nothing when there is no tag)."""
-        tags = _tags(origin_tags)
+        all), now and, for a worker whose feed is reconnecting, once it is back; nothing
+        when there is no tag. With *pipe*, as one of its commands."""
+        if isinstance(origin_tags, str):  # (one tag given bare would close one per character)
+            raise TypeError("origin_tags is a collection of tags, not one tag")
+        tags = sorted(set(origin_tags))
         if tags:
             await self._close(
                 keys=[c.CIRCUIT_CLOSES_KEY],

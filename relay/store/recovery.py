@@ -77,7 +77,7 @@ async def recover(
             for r in regs
             if r  # (a registration gone: nothing to put back)
         }
-        await circuits.close_in(pipe, tags - closed)
+        await circuits.close(tags - closed, pipe)
         closed |= tags
         await scripts.recover(
             keys=keys, args=[since_ms, until_ms, now_ms(), c.WATCH_PREFIX, *ids], client=pipe
