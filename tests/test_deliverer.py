@@ -654,3 +654,40 @@ async def test_jobs_queued_past_their_first_lease_are_sent_once(
     assert counts["delivered"] == 6, counts
     await asyncio.sleep(0.5)  # (a second send would have arrived by now)
     assert rec.received() == 6 and rec.duplicates() == 0
+
+
+async def test_a_watch_taken_over_during_a_link_refresh_is_left_to_its_new_owner(
+    store: Store, redis: Redis, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    """A batch waits on the upstream for its clips; meanwhile another worker takes one of
+    its watches over (its claim's score is not ours any more). Once the refresh ends, that
+    watch is neither sent nor recorded by us -- its new owner does it; the others go on.
+    (A mutation review, 2026-12-06: nothing checked it.)"""
+    rec, base = hook
+    d = await make_deliverer(lease=20)
+    created = await created_events(store, base, 3)
+    async for key in redis.scan_iter(match=c.SOURCE_PREFIX + "*"):
+        await redis.delete(key)  # (the clips must be fetched again)
+    fetching, answer = asyncio.Event(), asyncio.Event()
+
+    async def upstream_slow(source: tuple[str, int]) -> int | None:
+        fetching.set()
+        await answer.wait()
+        return None  # (no clips: the others are recorded failed, without a request)
+
+    d.claimer.links._fetch = upstream_slow  # type: ignore[method-assign]
+    d.offer(created)
+    await asyncio.wait_for(fetching.wait(), 5)
+    taken = created[0].watch_id
+    await redis.zadd(c.DELIVERY_SCHEDULE_KEY, {taken: now_ms() + 60_000}, xx=True)  # theirs
+    answer.set()
+
+    async def others_recorded() -> bool:
+        got = [await store.watches.get(cl.watch_id) for cl in created[1:]]
+        return all(w is not None and w.records == 1 for w in got)
+
+    await eventually(others_recorded, timeout=5, what="the others' attempts recorded")
+    await asyncio.sleep(0.2)
+    mine = await store.watches.get(taken)
+    assert mine is not None and mine.records == 0  # left to the worker that took it
+    assert rec.bodies("/hook") == []

@@ -255,6 +255,25 @@ async def test_a_used_up_first_page_goes_on_with_the_pages_read_since() -> None:
     assert sorted(got) == sorted(full)  # every watch once
 
 
+async def test_a_merged_page_not_yet_handed_out_when_the_whole_order_comes_stays_in_it() -> None:
+    """A page taken in before the whole order, only part of it handed out when the order
+    is read: the rest of that page is still handed out (once), with every other watch.
+    (A mutation review, 2026-12-06: counting the whole page as handed out lost them, to a
+    second poll of the video.)"""
+    full = _rr({"A": 6, "B": 6})
+    release = asyncio.Event()
+    pages = Pages()
+    order = FanOutOrder(full[:2], _read_when(release, full), pages)  # a0 b0
+    got = order.take(10)
+    pages.add({"a1": "t:A", "b1": "t:B", "a2": "t:A", "b2": "t:B"})
+    assert await asyncio.wait_for(order.fill(), 0.1)
+    got += order.take(1)  # one of the page's four; three still to come
+    release.set()
+    assert await asyncio.wait_for(order.fill(wait=True), 1.0)
+    got += order.take(100)
+    assert order.done and sorted(got) == sorted(full)  # every watch, once
+
+
 async def test_pages_read_come_in_while_watches_wait_for_their_origin() -> None:
     """Watches waiting for their origin to answer do not keep the pages read since out: a
     healthy origin's watches on them go on meanwhile (a non-blocking fill takes them in)."""
