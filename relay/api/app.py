@@ -25,7 +25,7 @@ from relay.api.auth import Authenticator
 from relay.api.backpressure import Backpressure
 from relay.api.problems import ProblemError, invalid
 from relay.api.recovery import pings_ctx
-from relay.api.routes import setup_routes
+from relay.api.routes import READS_QUERY, setup_routes
 from relay.api.throttle import RateLimiter
 from relay.constants import MAX_BODY_BYTES, REQUEST_DEADLINE
 from relay.domain.crypto import SecretBox
@@ -188,9 +188,9 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             slug="rate-limited",
             headers={"Retry-After": "1"},
         )
-    if request.query and not (request.method == "GET" and request.path == "/v1/watches"):
-        # (the list reads its own; every other route takes none: one ignored would be a
-        # filter or an option the caller believes applied, as ?limit= on the deliveries)
+    if request.query and request.match_info.handler not in READS_QUERY:
+        # (one ignored would be a filter or an option the caller believes applied, as
+        # ?limit= on the deliveries)
         raise invalid(
             [
                 {"field": name, "message": "unknown query parameter"}

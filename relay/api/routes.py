@@ -8,6 +8,8 @@ from relay.api import openapi, recovery, views
 
 # a watch by its id -- never "recover": another method on that path is a 405, not a watch
 WATCH = "/v1/watches/{watch_id:(?!recover$)[^/]+}"
+# the views that read (and check) query parameters; every other route takes none
+READS_QUERY = frozenset({views.list_watches})
 
 
 def setup_routes(app: web.Application) -> None:
