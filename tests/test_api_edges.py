@@ -166,3 +166,40 @@ async def test_a_query_parameter_a_route_does_not_take_is_refused(
     assert got["status"] == "watching"
     listed = await (await api.get("/v1/watches", headers=auth())).json()
     assert len(listed["data"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/watches/{id}/rotate-secret"),
+        ("POST", "/v1/watches/{id}/redeliver"),
+        ("POST", "/v1/watches/{id}/ping"),
+        ("DELETE", "/v1/watches/{id}"),
+    ],
+)
+async def test_a_body_a_route_does_not_take_is_refused(
+    api: Client, redis: Redis, method: str, path: str
+) -> None:
+    """``{"secret": ...}`` sent to rotate-secret was ignored: a new secret came back and the
+    caller's was never used. A route that takes no body names each field it was sent (422),
+    and does nothing; an empty body or ``{}`` is still accepted."""
+    created = await create(api)
+    url = path.format(id=created["id"])
+    secrets_before = await redis.hget(c.WATCH_PREFIX + created["id"], "secrets")
+    mine = {"secret": "whsec_" + base64.b64encode(b"m" * 32).decode(), "force": True}
+    doc = await problem(await api.request(method, url, json=mine, headers=auth()), 422)
+    assert [e["field"] for e in doc["errors"]] == ["force", "secret"], doc
+    assert "takes no body" in doc["detail"]
+    assert "whsec_" not in json.dumps(doc)
+    text = await api.request(method, url, data=b"now please", headers=auth())
+    assert (await problem(text, 422))["errors"] == [
+        {"field": "body", "message": "this route takes no body"}
+    ]
+    assert await redis.hget(c.WATCH_PREFIX + created["id"], "secrets") == secrets_before
+    got = await (await api.get(f"/v1/watches/{created['id']}", headers=auth())).json()
+    assert got["status"] == "watching"
+    # what clients that always send JSON send is taken as no body
+    resp = await api.request(method, url, json={}, headers=auth())
+    assert resp.status < 500 and resp.status != 422, await resp.text()
+    resp = await api.request(method, url, data=b"", headers=auth())
+    assert resp.status < 500 and resp.status != 422, await resp.text()

@@ -25,8 +25,9 @@ from relay.api.auth import Authenticator
 from relay.api.backpressure import Backpressure
 from relay.api.problems import ProblemError, invalid
 from relay.api.recovery import pings_ctx
-from relay.api.routes import READS_QUERY, setup_routes
+from relay.api.routes import READS_BODY, READS_QUERY, setup_routes
 from relay.api.throttle import RateLimiter
+from relay.api.views import refuse_body
 from relay.constants import MAX_BODY_BYTES, REQUEST_DEADLINE
 from relay.domain.crypto import SecretBox
 from relay.http.dns import Resolver
@@ -197,6 +198,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                 for name in sorted(request.query)
             ]
         )
+    if request.body_exists and request.match_info.handler not in READS_BODY:
+        await refuse_body(request)  # (as {"secret": ...} to rotate-secret: not ignored)
     return await handler(request)
 
 

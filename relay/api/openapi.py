@@ -230,7 +230,8 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": "Registration API of clip-relay. Events sent to callbacks: "
             + ", ".join(EVENT_TYPES)
-            + " (Standard Webhooks signatures).",
+            + " (Standard Webhooks signatures). A query parameter or a body a route does not"
+            " take is a 422 naming it (an empty body or {} is no body).",
         },
         "paths": paths,
         "webhooks": openapi_events.webhooks(),

@@ -10,6 +10,8 @@ from relay.api import openapi, recovery, views
 WATCH = "/v1/watches/{watch_id:(?!recover$)[^/]+}"
 # the views that read (and check) query parameters; every other route takes none
 READS_QUERY = frozenset({views.list_watches})
+# the views that read a body; every other route takes none (an empty one or {} passes)
+READS_BODY = frozenset({views.create_watch, recovery.recover})
 
 
 def setup_routes(app: web.Application) -> None:

@@ -105,13 +105,8 @@ def watch_json(w: Watch) -> dict[str, Any]:
     }
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 415/400 problems for anything else."""
-    ctype = request.content_type
-    if request.body_exists and ctype != "application/json" and not ctype.endswith("+json"):
-        raise ProblemError(
-            415, "Unsupported media type", "send the body as application/json", slug="media-type"
-        )
+async def _read(request: web.Request) -> bytes:
+    """The request's body as sent (at most client_max_size; 413 past it)."""
     request[k.READING_BODY] = True  # (a deadline that ends here is the client's, not Redis')
     try:
         raw = await request.read()
@@ -122,6 +117,17 @@ async def read_json(request: web.Request) -> Any:
             400, "Unreadable body", "the body could not be read as sent", slug="unreadable-body"
         ) from None
     request[k.READING_BODY] = False
+    return raw
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON; 415/400 problems for anything else."""
+    ctype = request.content_type
+    if request.body_exists and ctype != "application/json" and not ctype.endswith("+json"):
+        raise ProblemError(
+            415, "Unsupported media type", "send the body as application/json", slug="media-type"
+        )
+    raw = await _read(request)
     if not raw.strip():
         raise ProblemError(400, "Malformed JSON", "the body is empty", slug="malformed-json")
     try:
@@ -130,6 +136,27 @@ async def read_json(request: web.Request) -> Any:
         raise ProblemError(
             400, "Malformed JSON", f"the body is not acceptable JSON: {exc}", slug="malformed-json"
         ) from None
+
+
+async def refuse_body(request: web.Request) -> None:
+    """For a route that takes no body: an empty one or ``{}`` passes (clients that always
+    send JSON), any other is a 422 naming its fields -- a field the caller believes applied
+    (``{"secret": ...}`` to rotate-secret) is never silently ignored."""
+    raw = await _read(request)
+    if not raw.strip():
+        return
+    try:
+        doc = jsonbody.loads(raw)
+    except jsonbody.BadJSON:
+        doc = None
+    if doc == {}:
+        return
+    takes_none = "this route takes no body"
+    raise invalid(
+        [{"field": str(name), "message": f"unknown field: {takes_none}"} for name in sorted(doc)]
+        if isinstance(doc, dict)
+        else [{"field": "body", "message": takes_none}]
+    )
 
 
 async def _own_watch(request: web.Request) -> Watch:
