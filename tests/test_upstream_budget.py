@@ -405,6 +405,27 @@ async def test_a_worker_says_its_lease(store: Store, make_worker: WorkerFactory)
     assert said == 90
 
 
+async def test_a_shorter_lease_never_shortens_the_time_a_longer_one_is_kept(
+    store: Store, redis: Redis, make_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hash of leases lives as long as the longest said: a worker of RELAY_LEASE=900
+    beside one of 30 keeps it 15 minutes, whichever wrote last (the last writer set it)."""
+    from workers import health
+
+    monkeypatch.setattr(health, "GAUGE_INTERVAL", 0.05)
+    await make_worker(lease=900)
+    await eventually(store.limits.workers_lease_s, what="the long lease said")
+    await make_worker(lease=30)
+
+    async def both() -> bool:
+        return await redis.hlen(c.WORKER_LEASES_KEY) == 2
+
+    await eventually(both, what="both leases said")
+    await asyncio.sleep(0.3)  # (each has written again since)
+    assert await redis.pttl(c.WORKER_LEASES_KEY) > 600_000
+    assert await store.limits.workers_lease_s() == 900
+
+
 async def test_the_command_keeps_clear_of_the_lease_the_workers_say(
     store: Store, redis: Redis, redis_server: RedisServer
 ) -> None:

@@ -43,14 +43,17 @@ async def gauges(store: Store, lease_s: float) -> None:
         try:
             pipe = store.redis.pipeline(transaction=False)
             pipe.hset(c.WORKER_LEASES_KEY, lease, str(clock.now_ms() + said_for))
-            pipe.pexpire(c.WORKER_LEASES_KEY, said_for)
+            # (a shorter lease's worker never cuts a longer one's time: NX sets a new
+            # key's, GT only lengthens it -- GT alone never sets one on a key without)
+            pipe.pexpire(c.WORKER_LEASES_KEY, said_for, nx=True)
+            pipe.pexpire(c.WORKER_LEASES_KEY, said_for, gt=True)
             pipe.zcard(c.POLL_SCHEDULE_KEY)
             pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
             pipe.zcard(c.EXPIRY_SCHEDULE_KEY)
             pipe.get(c.UPSTREAM_PAUSE_KEY)  # the pause's end, Redis ms
             pipe.time()
             sent = clock.local_ms()
-            _, _, polls, deliveries, timers, pause_end, (secs, micros) = await pipe.execute()
+            *_, polls, deliveries, timers, pause_end, (secs, micros) = await pipe.execute()
             now = int(secs) * 1000 + int(micros) // 1000
             clock.observe(now, sent, clock.local_ms())  # (Redis' clock: learnt again)
             UPSTREAM_PAUSED.set(max(0, int(pause_end or 0) - now) / 1000)
