@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from relay.domain.origin import Origin, origin_tag
-from workers.delivery.breaker import Breakers, Verdict, no_answer
+from workers.delivery.breaker import IDLE_OPEN_S, Breakers, Verdict, no_answer
 from workers.delivery.claim import defer_step
 from workers.delivery.origins import IDLE_FORGET_S, MAX_DEFER_S, MIN_DEFER_S, OriginQueues
 
@@ -332,6 +332,46 @@ def test_the_breaker_forgets_open_origins_nothing_is_sent_to_any_more(
     assert len(b._states) <= 4 and b.open_origins == len(b._states) == 4
     assert b.check(late) is Verdict.OPEN  # the newest are kept
     assert b.check(fresh) is Verdict.SEND  # the oldest went (sent to again, opens again)
+
+
+def test_an_open_circuit_nothing_is_sent_to_stops_counting_as_open() -> None:
+    """An origin whose watches all failed gets no attempt again: its circuit closed only
+    with another attempt, so ``relay_circuits_open`` (and the runbook's "a receiver is
+    down" alert) stayed above 0 for ever after one receiver died (review, 2026-12-06).
+    IDLE_OPEN_S after its cooldown with no attempt it closes, one failure short of opening;
+    one still probed, or in its cooldown, stays open. Each change is a log line naming the
+    origin."""
+    from structlog.testing import capture_logs
+
+    from relay.metrics import CIRCUITS_OPEN
+
+    clock = Clock()
+    b = Breakers(failures=3, cooldown_s=30, clock=clock)
+    gauge = CIRCUITS_OPEN._value.get()
+    with capture_logs() as lines:
+        for origin in (A, A, A, B, B, B):
+            b.record(origin, False)
+        assert b.open_origins == 2 and CIRCUITS_OPEN._value.get() == gauge + 2
+        clock.t += 31
+        assert b.check(B) is Verdict.PROBE  # B is probed: still in use
+        clock.t += IDLE_OPEN_S - 5
+        assert b.close_idle() == 0
+        clock.t += 10
+        assert b.close_idle() == 1 and b.open_origins == 1
+        assert CIRCUITS_OPEN._value.get() == gauge + 1
+        assert b.check(A) is Verdict.SEND  # closed ...
+        b.record(A, False)  # ... one failure short: the next failure opens it at once
+        assert b.check(A) is Verdict.OPEN and b.open_origins == 2
+        b.record(B, True, probe=True)
+    assert b.open_origins == 1
+    said = [(e["event"], e.get("origin"), e.get("why")) for e in lines]
+    assert said == [
+        ("circuit opened", "http://a.example:80", None),
+        ("circuit opened", "http://b.example:80", None),
+        ("circuit closed", "http://a.example:80", "idle"),
+        ("circuit opened", "http://a.example:80", None),
+        ("circuit closed", "http://b.example:80", "answered"),
+    ], said
 
 
 def test_what_counts_as_no_answer() -> None:

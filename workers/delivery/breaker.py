@@ -14,6 +14,12 @@ worker learns an origin is down after RELAY_BREAKER_FAILURES of its own attempts
 docs/architecture.md, "Noisy neighbours"). An operator's redelivery or recovery closes the
 circuits it concerns in every worker (:meth:`Breakers.close`, told through a Redis feed):
 the attempts asked for are sent, and if the origin is still down they open it again.
+
+An open circuit nothing is sent to any more (its watches failed, or their next retries are
+hours away) stops counting as open IDLE_OPEN_S after its cooldown (:meth:`Breakers.
+close_idle`): it closes one failure short of opening, so its next attempt is sent and, with
+no answer, opens it at once. Each circuit that opens or closes is one log line, naming its
+origin.
 """
 
 from __future__ import annotations
@@ -24,11 +30,19 @@ from enum import Enum
 
 from relay.domain.origin import Origin, origin_tag
 from relay.metrics import CIRCUIT_OPEN, CIRCUITS_OPEN
+from workers.delivery.logger import log
 
 MAX_ORIGINS = 10_000  # origins remembered at most (beyond it: see Breakers._forget)
+IDLE_OPEN_S = 600.0  # an open circuit with no attempt this long after its cooldown closes
 
 # errors (as recorded) that mean the origin gave no answer: they count towards opening
 NO_ANSWER = ("timeout", "connect:", "dns:", "tls:", "http: connection closed before")
+
+
+def shown(origin: Origin) -> str:
+    """*origin* as a log line names it (``scheme://host:port``: no path, no query)."""
+    scheme, host, port = origin
+    return f"{scheme}://{host}:{port}"
 
 
 def no_answer(error: str | None) -> bool:
@@ -111,6 +125,8 @@ class Breakers:
             if probe or (not s.until and s.failures >= self.failures):
                 self._open(origin, s)
         elif answered:
+            if s.until:
+                log.info("circuit closed", origin=shown(origin), why="answered")
             self._drop(origin)
 
     def close(self, tag: str | None = None) -> int:
@@ -125,8 +141,34 @@ class Breakers:
             self._drop(o)
         return len(shut)
 
+    def close_idle(self, idle_s: float = IDLE_OPEN_S) -> int:
+        """Close the open circuits whose cooldown ended *idle_s* ago with no attempt since
+        (no probe came: nothing is sent there now), one failure short of opening again; how
+        many. ``relay_circuits_open`` then counts origins that are down and still sent to,
+        not every origin that was ever down: before, one receiver that died kept it above 0
+        for ever (review, 2026-12-06). Looks only at the open ones."""
+        now = self.clock()
+        idle = [
+            o
+            for origins in self._open_by_tag.values()
+            for o in origins
+            if not self._states[o].probing and self._states[o].until + idle_s <= now
+        ]
+        for origin in idle:
+            self._drop(origin)
+            self._states[origin] = s = _State()
+            s.failures = self.failures - 1
+            log.info("circuit closed", origin=shown(origin), why="idle")
+        return len(idle)
+
     def _open(self, origin: Origin, s: _State) -> None:
         if not s.until:
+            log.warning(
+                "circuit opened",
+                origin=shown(origin),
+                failures=s.failures,
+                cooldown_s=self.cooldown_s,
+            )
             self.open_origins += 1
             CIRCUITS_OPEN.inc()
             self._open_by_tag.setdefault(origin_tag(origin), set()).add(origin)
