@@ -116,6 +116,19 @@ QUEUE_DEPTH = Gauge(
     ["queue"],
     registry=REGISTRY,
 )
+QUEUE_DUE = Gauge(
+    "relay_queue_due",
+    "Members of a schedule (poll, delivery, expiry) due now or overdue and not claimed: the "
+    "backlog (relay_queue_depth also counts claims and retries due hours away).",
+    ["queue"],
+    registry=REGISTRY,
+)
+REDIS_UP = Gauge(
+    "relay_redis_up",
+    "1 when this worker's last gauge round trip to Redis (every 5 s) succeeded, else 0: the "
+    "gauges read from Redis keep their last values while it is 0.",
+    registry=REGISTRY,
+)
 
 
 class _DroppedLogWrites(Collector):

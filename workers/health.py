@@ -15,7 +15,7 @@ from aiohttp import web
 from relay import constants as c
 from relay import logs
 from relay.domain import clock
-from relay.metrics import QUEUE_DEPTH, UPSTREAM_PAUSED, WATCHES, exposition
+from relay.metrics import QUEUE_DEPTH, QUEUE_DUE, REDIS_UP, UPSTREAM_PAUSED, WATCHES, exposition
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.connection import trim_idle
@@ -39,32 +39,44 @@ async def gauges(store: Store, lease_s: float) -> None:
     lease = str(int(lease_s * 1000))
     # (said for 10 minutes, or the lease if longer: a stalled loop's claims stay covered)
     said_for = max(c.WORKER_LEASE_SEEN_MS, int(lease_s * 1000))
+    queues = {"poll": c.POLL_SCHEDULE_KEY, "delivery": c.DELIVERY_SCHEDULE_KEY}
+    queues["expiry"] = c.EXPIRY_SCHEDULE_KEY
+    unreachable, down = logs.Every(60.0), False
     while True:
         try:
             pipe = store.redis.pipeline(transaction=False)
-            pipe.hset(c.WORKER_LEASES_KEY, lease, str(clock.now_ms() + said_for))
+            now = clock.now_ms()
+            pipe.hset(c.WORKER_LEASES_KEY, lease, str(now + said_for))
             # (a shorter lease's worker never cuts a longer one's time: NX sets a new
             # key's, GT only lengthens it -- GT alone never sets one on a key without)
             pipe.pexpire(c.WORKER_LEASES_KEY, said_for, nx=True)
             pipe.pexpire(c.WORKER_LEASES_KEY, said_for, gt=True)
-            pipe.zcard(c.POLL_SCHEDULE_KEY)
-            pipe.zcard(c.DELIVERY_SCHEDULE_KEY)
-            pipe.zcard(c.EXPIRY_SCHEDULE_KEY)
+            for key in queues.values():
+                pipe.zcard(key)
+                pipe.zcount(key, "-inf", now)  # (due: a claim's score is its lease's end)
             pipe.get(c.UPSTREAM_PAUSE_KEY)  # the pause's end, Redis ms
             pipe.time()
             sent = clock.local_ms()
-            *_, polls, deliveries, timers, pause_end, (secs, micros) = await pipe.execute()
+            *_, pause_end, (secs, micros) = got = await pipe.execute()
             now = int(secs) * 1000 + int(micros) // 1000
             clock.observe(now, sent, clock.local_ms())  # (Redis' clock: learnt again)
             UPSTREAM_PAUSED.set(max(0, int(pause_end or 0) - now) / 1000)
-            QUEUE_DEPTH.labels("poll").set(polls)
-            QUEUE_DEPTH.labels("delivery").set(deliveries)
-            QUEUE_DEPTH.labels("expiry").set(timers)
+            for i, queue in enumerate(queues):
+                QUEUE_DEPTH.labels(queue).set(got[3 + 2 * i])
+                QUEUE_DUE.labels(queue).set(got[4 + 2 * i])
             for status, n in (await store.watches.counts()).items():
                 WATCHES.labels(status).set(n)
             await trim_idle(store.redis)  # a burst's connections do not stay open for good
+            if down:
+                log.info("redis reachable again for the gauges")
+                unreachable.reset()
+            down = False
+            REDIS_UP.set(1)
         except Exception as exc:
-            log.debug("gauges failed", error=type(exc).__name__)
+            if unreachable.due():  # (the gauges from Redis keep their last values)
+                log.warning("redis unreachable for the gauges", error=type(exc).__name__)
+            down = True
+            REDIS_UP.set(0)
             UPSTREAM_PAUSED.set(0)  # (not a stale pause for as long as Redis is away)
         await asyncio.sleep(GAUGE_INTERVAL)
 
