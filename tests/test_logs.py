@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import pytest
 import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from relay import logs, metrics
 
@@ -195,3 +197,27 @@ def test_the_redis_password_is_a_secret_of_the_logs(monkeypatch: pytest.MonkeyPa
         for value in hidden:
             assert logs.redact(None, "info", {"event": f"x {value} y"})["event"] == "x [redacted] y"
         assert not set(logs._secrets) - set(hidden)
+
+
+async def test_a_request_line_names_the_watch_and_the_tenant(
+    out: io.BytesIO, api: TestClient[web.Request, web.Application]
+) -> None:
+    """The request line logs the route's template (``/v1/watches/{watch_id}``): a cancel,
+    a redeliver or a rotation could not be tied to its watch (review, 2026-12-06). The
+    watch id of the path is bound, as the tenant is; a path that is not a watch id is not
+    (it is the caller's text)."""
+    from tests.conftest import auth
+    from tests.test_api import create
+
+    logs.setup("json", stream=out)
+    created = await create(api)
+    await api.delete(f"/v1/watches/{created['id']}", headers=auth())
+    await api.get("/v1/watches/not-an-id-" + "x" * 300, headers=auth())
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    requests = [line for line in lines if line["event"] == "request"]
+    assert [(r["method"], r.get("watch_id")) for r in requests] == [
+        ("POST", None),
+        ("DELETE", created["id"]),
+        ("GET", None),
+    ], requests
+    assert all(r["tenant"] == "tenant-a" for r in requests), requests

@@ -185,6 +185,35 @@ async def test_a_recovered_watch_runs_its_whole_schedule_again_numbered_on(
     assert (await wait_watch(api, wid))["status"] == "delivered"  # the script is used up
 
 
+def notified() -> float:
+    """How many first successes the notify latency histogram has seen."""
+    from relay.metrics import NOTIFY_LATENCY
+
+    samples = NOTIFY_LATENCY.collect()[0].samples
+    return next(s.value for s in samples if s.name.endswith("_count"))
+
+
+async def test_a_recovered_delivery_is_not_a_notify_latency(
+    api: Client, worker: Any, sim: Client, receiver: Rec
+) -> None:
+    """``relay_notify_latency_seconds`` is how soon ready clips reach a receiver: a watch
+    recovered days after its event, delivered now, counted its whole age, and a tenant's
+    recover set off the latency alert (review, 2026-12-06). A first success counts in its
+    first series only."""
+    wid = await failing_watch(api, sim, receiver, "/down-then-up")
+    assert (await wait_watch(api, wid))["status"] == "failed"
+    before = notified()
+    resp = await api.post(
+        "/v1/watches/recover", json={"since": iso(time.time() - 60)}, headers=auth()
+    )
+    assert (await resp.json()) == {"count": 1}
+    assert (await wait_watch(api, wid))["status"] == "delivered"
+    assert notified() == before
+    fine = await register(api, receiver, await sim_video(sim), "/fine")
+    assert (await wait_watch(api, fine["id"]))["status"] == "delivered"
+    assert notified() == before + 1
+
+
 async def test_recover_until_bounds_the_range(
     api: Client, worker: Any, sim: Client, receiver: Rec
 ) -> None:

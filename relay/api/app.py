@@ -27,7 +27,7 @@ from relay.api.problems import ProblemError, invalid
 from relay.api.recovery import pings_ctx
 from relay.api.routes import READS_BODY, READS_QUERY, setup_routes
 from relay.api.throttle import RateLimiter
-from relay.api.views import refuse_body
+from relay.api.views import WATCH_ID, refuse_body
 from relay.constants import MAX_BODY_BYTES, REQUEST_DEADLINE
 from relay.domain.crypto import SecretBox
 from relay.http.dns import Resolver
@@ -180,6 +180,9 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         )
     request[k.PRINCIPAL] = who
     structlog.contextvars.bind_contextvars(tenant=who.tenant)
+    wid = request.match_info.get("watch_id")
+    if wid is not None and WATCH_ID.fullmatch(wid):  # (the request line names its watch)
+        structlog.contextvars.bind_contextvars(watch_id=wid)
     if not request.app[k.RATE_LIMITER].allow(who.key_id):
         limit = request.app[k.SETTINGS].rate_limit
         raise ProblemError(

@@ -128,7 +128,10 @@ class Sender:
         next_ms = 0
         if code is not None and 200 <= code < 300:
             outcome = "ok"
-            if w.final_ms and w.delivered_ms is None:  # first success of this event
+            # the first success of this event in its first series: a redelivery's or a
+            # recover's (days after the event, maybe) says nothing of how soon the relay
+            # notifies, and would set off the latency alert (review, 2026-12-06)
+            if w.final_ms and w.delivered_ms is None and not w.attempt_base:
                 NOTIFY_LATENCY.observe(max(now_ms() - w.final_ms, 0) / 1000)
         elif code == 410:
             outcome, last_error = "disabled", "HTTP 410 Gone: watch disabled"
@@ -162,6 +165,7 @@ class Sender:
             ),
             {
                 "watch_id": w.id,
+                "tenant": w.tenant,
                 "video_id": w.video_id,
                 "event_id": w.event_id,
                 "event_type": w.event_type,
