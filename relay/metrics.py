@@ -79,10 +79,13 @@ CALLBACK_CONNECTIONS = Counter(
 )
 DNS_LOOKUPS = Counter(
     "relay_dns_lookups_total",
-    "Callback host name resolutions by result: resolved, cached, failed, timeout, busy.",
+    "Callback host name resolutions by result: resolved, cached, cached_failed (a failure "
+    "kept 10 s), failed, timeout, busy.",
     ["result"],
     registry=REGISTRY,
 )
+for _result in ("resolved", "cached", "cached_failed", "failed", "timeout", "busy"):
+    DNS_LOOKUPS.labels(_result)  # (every series from the start: increase() sees the first)
 CIRCUIT_OPEN = Counter(
     "relay_circuit_open_total",
     "Delivery attempts recorded as failed with 'circuit open' (their origin's circuit was open).",

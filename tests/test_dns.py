@@ -120,13 +120,22 @@ async def test_answers_are_kept_for_their_ttl_clamped_to_30_300_s(dns: DnsServer
 
 
 async def test_a_name_that_does_not_resolve_is_asked_once_per_10_s(dns: DnsServer) -> None:
-    """Fails before issue 15: every attempt asked the resolver again."""
+    """Fails before issue 15: every attempt asked the resolver again. The failures kept
+    are counted apart from the healthy cache hits (they were ``cached``, so a name that
+    kept failing looked healthy, a review found)."""
+    from relay.metrics import DNS_LOOKUPS
+
+    def count(result: str) -> float:
+        return float(DNS_LOOKUPS.labels(result)._value.get())
+
     clock = Clock()
     resolver = Resolver([dns.address], clock=clock)
+    hits, kept = count("cached"), count("cached_failed")
     for _ in range(5):
         with pytest.raises(NameNotResolved, match="host not resolved"):
             await resolver.resolve("fail.test")
     assert resolver.lookups == 1
+    assert count("cached_failed") == kept + 4 and count("cached") == hits
     clock.now += 9
     with pytest.raises(NameNotResolved):
         await resolver.resolve("fail.test")

@@ -122,9 +122,10 @@ class Resolver:
         entry = self._cache.get(name)
         if entry is not None:
             if entry.expires > self.clock():
-                DNS_LOOKUPS.labels("cached").inc()
-                if entry.addresses is None:
+                if entry.addresses is None:  # (a failure kept 10 s: not a healthy hit)
+                    DNS_LOOKUPS.labels("cached_failed").inc()
                     raise NameNotResolved(entry.reason)
+                DNS_LOOKUPS.labels("cached").inc()
                 return entry.addresses
             del self._cache[name]
         self._bind()
