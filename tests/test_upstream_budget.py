@@ -76,6 +76,23 @@ async def test_two_gates_together_never_exceed_rps_in_any_second(store: Store) -
     assert {g for g, _ in stamps} == {0, 1}
 
 
+async def test_every_callers_wait_is_counted(store: Store) -> None:
+    """``relay_upstream_wait_seconds_total`` is the time requests waited for the budget:
+    the callers queued behind the one at the head wait too. 12 callers at 4 per second wait
+    about 0+...+(2 s each for the last 4): over 10 s in all, not the ~2 s of the head."""
+    from relay.metrics import UPSTREAM_WAIT
+
+    gate = UpstreamGate(store.limits, 4)
+    await early_in_a_second(0.2)
+    before = UPSTREAM_WAIT._value.get()
+    began = time.monotonic()
+    await asyncio.gather(*(gate.acquire() for _ in range(12)))
+    took = time.monotonic() - began
+    waited = UPSTREAM_WAIT._value.get() - before
+    assert 1.5 < took < 3.5, took
+    assert waited > 3 * took, (waited, took)
+
+
 async def test_tokens_are_spent_only_in_the_second_they_were_granted_for(
     store: Store,
 ) -> None:

@@ -61,9 +61,13 @@ class UpstreamGate:
 
     async def acquire(self, *, max_pause: float = float("inf")) -> None:
         """Wait for one request's worth of the shared budget. A 429 pause longer than
-        *max_pause* raises :class:`Paused` instead of waiting it out."""
+        *max_pause* raises :class:`Paused` instead of waiting it out. The time waited,
+        also behind other callers, counts in ``relay_upstream_wait_seconds_total`` (only the
+        caller at the head of the queue counted before: 20 callers waiting 84 s in all
+        showed as 8.7 s, a review found)."""
+        entered = time.monotonic()
         async with self._lock:
-            waited = 0.0
+            waited = time.monotonic() - entered
             try:
                 while True:
                     left = self._paused_mono - time.monotonic()
