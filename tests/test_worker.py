@@ -457,6 +457,10 @@ async def test_thirty_rotations_sign_with_three_secrets(
 async def test_stale_clip_links_are_fetched_again_before_an_attempt(
     api: Client, make_worker: WorkerFactory, sim: Client, receiver: Rec
 ) -> None:
+    from relay.metrics import UPSTREAM_REQUESTS
+
+    refreshes = UPSTREAM_REQUESTS.labels("clips_refresh", "ok", "200")
+    counted = refreshes._value.get()
     await make_worker(link_refresh=0.2, retry_schedule=(0.5,))
     receiver[0].script("/later", [500, 204])
     vid = await sim_video(sim, clips=[clip(90)])
@@ -465,6 +469,7 @@ async def test_stale_clip_links_are_fetched_again_before_an_attempt(
     assert got["status"] == "delivered"
     stats = await (await sim.get("/_sim/stats")).json()
     assert stats["byVideo"][vid]["clips"] == 2  # fetched for the event, then refreshed
+    assert refreshes._value.get() == counted + 1  # (the upstream requests metric counts it)
     first, last = events_for(receiver[0], w["id"])
     (c,) = last["data"]["clips"]
     assert last["timestamp"] == first["timestamp"]  # same event, fresher links

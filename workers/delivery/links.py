@@ -18,6 +18,7 @@ from relay.domain.clips import ClipSet
 from relay.domain.clock import now_ms
 from relay.domain.watch import Watch
 from relay.http.upstream import UpstreamClient
+from relay.metrics import UPSTREAM_RATE_LIMITED, UPSTREAM_REQUESTS
 from relay.settings import Settings
 from relay.store import Store
 from workers.delivery.bodies import Bodies, Source, source_of
@@ -151,7 +152,10 @@ class LinkRefresher:
         except Paused:
             return None
         reply = await self.upstream.clips(video_id)
+        # (counted as the poller's requests are, under an endpoint of its own)
+        UPSTREAM_REQUESTS.labels("clips_refresh", reply.kind, str(reply.http_status or 0)).inc()
         if reply.kind == "rate_limited":  # every worker waits, as after a poll's 429
+            UPSTREAM_RATE_LIMITED.inc()
             wait = reply.retry_after if reply.retry_after is not None else PAUSE_DEFAULT_S
             log.warning("upstream rate limited", video_id=video_id, retry_after=wait)
             await self.gate.pause(wait)
