@@ -35,6 +35,7 @@ from relay.metrics import WATCHES, exposition
 from relay.store.watches import Idempotency
 
 log = logs.get("relay.api.views")
+_NOT_READY = logs.Every(60.0)  # a failing readiness probe's line (the probe runs every few s)
 WATCH_ID = re.compile(r"wat_[a-z2-7]{24}")
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
@@ -421,8 +422,11 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(PROBE_REDIS_S):
             await request.app[k.REDIS].ping()
-    except Exception:  # any failure means not ready; the reason is logged by the client
+    except Exception as exc:  # any failure means not ready: why, once a minute at most
+        if _NOT_READY.due():
+            log.warning("not ready: redis", error=type(exc).__name__)
         return json_response({"status": "unavailable"}, status=503)
+    _NOT_READY.reset()
     return json_response({"status": "ok"})
 
 
