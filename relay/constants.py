@@ -84,6 +84,7 @@ ATTEMPT_MINUTES_TTL: Final = 2 * 3600 + 120  # seconds a per-minute attempt coun
 RETRY_AFTER_CAP: Final = 3600.0
 UPSTREAM_BACKOFF_CAP: Final = 300.0  # seconds: longest gap between polls of a failing video
 AUTH_ERROR_LOG_EVERY: Final = 3600.0  # seconds: 401/402/403 logged once per video per hour
+TROUBLE_LOG_EVERY_S: Final = 10.0  # seconds: one upstream trouble line of a kind (per video)
 JITTER: Final = 0.2  # +-20 % on retry delays
 REQUEST_DEADLINE: Final = 5.0  # seconds: an API request that needs longer (Redis hung) is a 503
 PROBE_REDIS_S: Final = 1.0  # /readyz and /metrics wait this long for Redis at most (a hung one)

@@ -11,7 +11,7 @@ import io
 import logging
 import sys
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, BinaryIO, cast
 
 import orjson
@@ -254,3 +254,33 @@ class Every:
 
     def reset(self) -> None:
         self._last = None
+
+
+class Sampled:
+    """Lines said of many things at once -- one per video when the upstream fails for all
+    of them -- logged at most once per *seconds* for each event name; the ones left out are
+    counted in the next line's ``others``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._every: dict[str, Every] = {}
+        self._left: dict[str, int] = {}
+
+    def say(self, emit: Callable[..., Any], event: str, **fields: Any) -> bool:
+        """``emit(event, **fields)`` (a logger's method) if *event* is due, with ``others``
+        when lines were left out before it; whether it was said."""
+        others = self.due(event)
+        if others is None:
+            return False
+        emit(event, **fields, **({"others": others} if others else {}))
+        return True
+
+    def due(self, event: str) -> int | None:
+        """None: leave this line out; else how many of *event* were left out before it."""
+        every = self._every.get(event)
+        if every is None:
+            every = self._every[event] = Every(self.seconds)
+        if every.due():
+            return self._left.pop(event, 0)
+        self._left[event] = self._left.get(event, 0) + 1
+        return None

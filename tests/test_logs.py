@@ -221,3 +221,21 @@ async def test_a_request_line_names_the_watch_and_the_tenant(
         ("GET", None),
     ], requests
     assert all(r["tenant"] == "tenant-a" for r in requests), requests
+
+
+def test_sampled_lines_say_how_many_were_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line of each event per period; the next one counts those left out."""
+    clock = iter([0.0, 1.0, 2.0, 3.0, 11.0, 11.5])
+    monkeypatch.setattr(logs.time, "monotonic", lambda: next(clock))
+    sampled, said = logs.Sampled(10.0), []
+
+    def emit(event: str, **fields: object) -> None:
+        said.append((event, fields))
+
+    for event in ("a", "a", "b", "a", "a", "a"):
+        sampled.say(emit, event, video_id="v")
+    assert said == [
+        ("a", {"video_id": "v"}),
+        ("b", {"video_id": "v"}),
+        ("a", {"video_id": "v", "others": 2}),
+    ]

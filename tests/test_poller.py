@@ -568,6 +568,31 @@ async def test_5xx_backs_off_exponentially_and_recovers(
     assert fanout.events == {}
 
 
+async def test_an_upstream_outage_is_a_few_lines_not_one_per_video(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Each video polled during an upstream outage said ``upstream error``, and again
+    ``upstream recovered`` after it: tens of thousands of lines per incident with many
+    videos (review, 2026-12-06). Each kind is one line per TROUBLE_LOG_EVERY_S; the next
+    counts the ones left out (``others``)."""
+    from structlog.testing import capture_logs
+
+    videos = [await sim_video(sim, timeline=ANALYZING) for _ in range(12)]
+    await fault(sim, kind="500", path="status", times=12)
+    with capture_logs() as lines:
+        await make_poller()
+        for vid in videos:
+            await watch(store, vid)
+
+        async def all_back() -> bool:
+            last = [[s for _, s in await requests(sim, vid)][-1:] for vid in videos]
+            return all(statuses == [200] for statuses in last)
+
+        await eventually(all_back, timeout=10, what="every video polled again after its 500")
+    said = [e["event"] for e in lines if e["event"].startswith("upstream")]
+    assert said.count("upstream error") == 1 and said.count("upstream recovered") == 1, said
+
+
 async def test_waiting_for_an_answer_does_not_sweep_the_order_ahead() -> None:
     """Every origin in reach has its waves out and no answer: the fan-out waits for one,
     taking again every ANSWER_WAIT_S, and those takes look only at what waits already --

@@ -74,15 +74,13 @@ def _lost(got: int) -> bool:
 
 
 Created = Callable[[Sequence[DeliveryClaim]], None]
-"""Called with the events a fan-out round created and claimed for this worker: the
-deliverer's offer."""
+"""Called with the events a fan-out round made and claimed for this worker (its offer)."""
 
 
 @dataclass(slots=True)
 class Final:
-    """A video's final outcome: the event every waiting watch gets. The events are made a
-    chunk at a time, so the first webhooks leave while a large fan-out is still being
-    created."""
+    """A video's final outcome: the event every waiting watch gets (made a chunk at a
+    time: the first webhooks leave while a large fan-out is still being made)."""
 
     event: FinalEvent
     clips: ClipSet | None = None  # clips.ready: the clips its bodies are built from
@@ -126,6 +124,7 @@ class Poller(Pump[Claimed]):
         self.origin_room: OriginRoom | None = None  # events an origin may get before others
         self.on_clips: Callable[[str, int, ClipSet], None] = lambda vid, at, clips: None
         self.leases = Leases(store.videos, self.lease_s)
+        self.sampled = logs.Sampled(c.TROUBLE_LOG_EVERY_S)  # a line per video, at most so often
 
     def start(self) -> None:
         super().start()
@@ -252,7 +251,8 @@ class Poller(Pump[Claimed]):
         video = reply.video
         before = state.status
         if state.errors:
-            log.info("upstream recovered", video_id=state.video_id, after_errors=state.errors)
+            say = self.sampled.say
+            say(log.info, "upstream recovered", video_id=state.video_id, after_errors=state.errors)
         state.errors = state.not_found = 0
         seen = (state.status, state.progress)
         state.status = video.status
@@ -329,25 +329,25 @@ class Poller(Pump[Claimed]):
         if reply.kind == "rate_limited":
             wait = reply.retry_after if reply.retry_after is not None else self._interval()
             UPSTREAM_RATE_LIMITED.inc()
-            log.warning("upstream rate limited", video_id=vid, retry_after=wait)
+            self.sampled.say(log.warning, "upstream rate limited", video_id=vid, retry_after=wait)
             await self.gate.pause(wait)
             return Step(state, next_ms=now_ms() + int(wait * 1000) + 1)
         state.errors += 1
         if reply.kind == "auth":
             now = now_ms()
-            if now - state.auth_logged_ms >= c.AUTH_ERROR_LOG_EVERY * 1000:
+            if now - state.auth_logged_ms >= c.AUTH_ERROR_LOG_EVERY * 1000 and self.sampled.say(
+                log.error,
+                # 402: the account's processing minutes or plan, not the key
+                "upstream refused the request: payment required"
+                if reply.http_status == 402
+                else "upstream refused the API key",
+                video_id=vid,
+                http_status=reply.http_status,
+                detail=reply.detail,
+            ):
                 state.auth_logged_ms = now
-                log.error(
-                    # 402: the account's processing minutes or plan, not the key
-                    "upstream refused the request: payment required"
-                    if reply.http_status == 402
-                    else "upstream refused the API key",
-                    video_id=vid,
-                    http_status=reply.http_status,
-                    detail=reply.detail,
-                )
         elif state.errors == 1:
-            log.warning("upstream error", video_id=vid, detail=reply.detail)
+            self.sampled.say(log.warning, "upstream error", video_id=vid, detail=reply.detail)
         next_ms = self._next(backoff=state.errors)
         if reply.retry_after is not None:  # a 503 that says when to come back
             next_ms = max(next_ms, now_ms() + int(reply.retry_after * 1000))
