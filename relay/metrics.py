@@ -7,13 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from relay import logs
 
+disable_created_metrics()  # type: ignore[no-untyped-call]  # (no *_created series)
 API_REGISTRY = CollectorRegistry(auto_describe=True)
 REGISTRY = CollectorRegistry(auto_describe=True)  # the worker's
 
@@ -27,7 +34,8 @@ HTTP_LATENCY = Histogram(
     "relay_http_request_duration_seconds",
     "API request latency.",
     ["route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    # (up to REQUEST_DEADLINE, 5 s: a request past it is a 503)
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=API_REGISTRY,
 )
 WATCHES = Gauge(
@@ -63,7 +71,8 @@ DELIVERIES = Counter(
 DELIVERY_LATENCY = Histogram(
     "relay_delivery_duration_seconds",
     "Duration of one delivery attempt.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+    # (past the default RELAY_DELIVERY_TIMEOUT, 15 s, for longer ones)
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60),
     registry=REGISTRY,
 )
 NOTIFY_LATENCY = Histogram(
@@ -89,6 +98,11 @@ for _result in ("resolved", "cached", "cached_failed", "failed", "timeout", "bus
 CIRCUIT_OPEN = Counter(
     "relay_circuit_open_total",
     "Delivery attempts recorded as failed with 'circuit open' (their origin's circuit was open).",
+    registry=REGISTRY,
+)
+CIRCUIT_OPENS = Counter(
+    "relay_circuit_opens_total",
+    "Times a callback origin's circuit opened (closed -> open) in this worker.",
     registry=REGISTRY,
 )
 CIRCUITS_OPEN = Gauge(

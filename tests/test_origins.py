@@ -343,11 +343,11 @@ def test_an_open_circuit_nothing_is_sent_to_stops_counting_as_open() -> None:
     origin."""
     from structlog.testing import capture_logs
 
-    from relay.metrics import CIRCUITS_OPEN
+    from relay.metrics import CIRCUIT_OPENS, CIRCUITS_OPEN
 
     clock = Clock()
     b = Breakers(failures=3, cooldown_s=30, clock=clock)
-    gauge = CIRCUITS_OPEN._value.get()
+    gauge, opened = CIRCUITS_OPEN._value.get(), CIRCUIT_OPENS._value.get()
     with capture_logs() as lines:
         for origin in (A, A, A, B, B, B):
             b.record(origin, False)
@@ -363,7 +363,7 @@ def test_an_open_circuit_nothing_is_sent_to_stops_counting_as_open() -> None:
         b.record(A, False)  # ... one failure short: the next failure opens it at once
         assert b.check(A) is Verdict.OPEN and b.open_origins == 2
         b.record(B, True, probe=True)
-    assert b.open_origins == 1
+    assert b.open_origins == 1 and CIRCUIT_OPENS._value.get() == opened + 3
     said = [(e["event"], e.get("origin"), e.get("why")) for e in lines]
     assert said == [
         ("circuit opened", "http://a.example:80", None),

@@ -102,9 +102,14 @@ async def test_metrics_and_logs_after_a_round_trip(
         "relay_callback_connections_opened_total 1.0",
         "relay_notify_latency_seconds_count 1.0",
         'relay_queue_depth{queue="poll"}',
+        'relay_queue_due{queue="delivery"} 0.0',
+        "relay_redis_up 1.0",
+        'relay_dns_lookups_total{result="cached_failed"} 0.0',
         "relay_upstream_rate_limited_total",
     ):
         assert series in worker_metrics, series
+    # no *_created series beside each counter and histogram (a timestamp per series)
+    assert "_created" not in api_metrics + worker_metrics
     # the two probes answer alike (one parser for both in a monitoring stack)
     async with aiohttp.ClientSession() as http:
         probes = []

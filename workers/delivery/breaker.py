@@ -29,7 +29,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from relay.domain.origin import Origin, origin_tag
-from relay.metrics import CIRCUIT_OPEN, CIRCUITS_OPEN
+from relay.metrics import CIRCUIT_OPEN, CIRCUIT_OPENS, CIRCUITS_OPEN
 from workers.delivery.logger import log
 
 MAX_ORIGINS = 10_000  # origins remembered at most (beyond it: see Breakers._forget)
@@ -171,6 +171,7 @@ class Breakers:
             )
             self.open_origins += 1
             CIRCUITS_OPEN.inc()
+            CIRCUIT_OPENS.inc()
             self._open_by_tag.setdefault(origin_tag(origin), set()).add(origin)
         s.until = self.clock() + self.cooldown_s
 
