@@ -203,3 +203,21 @@ async def test_a_body_a_route_does_not_take_is_refused(
     assert resp.status < 500 and resp.status != 422, await resp.text()
     resp = await api.request(method, url, data=b"", headers=auth())
     assert resp.status < 500 and resp.status != 422, await resp.text()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/anything?x=1", 404),
+        ("GET", "/v1/v1/watches?limit=1", 404),
+        ("PUT", "/v1/watches?x=1", 405),
+        ("POST", "/v1/nowhere", 404),
+    ],
+)
+async def test_an_unknown_route_is_a_404_or_405_whatever_it_carries(
+    api: Client, method: str, path: str, status: int
+) -> None:
+    """A base URL ending in /v1 made every call a 422 "unknown query parameter" (a tester):
+    an unknown route or method is a 404 or 405, with a query or a body."""
+    resp = await api.request(method, path, json={"x": 1}, headers=auth())
+    await problem(resp, status)

@@ -192,7 +192,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             slug="rate-limited",
             headers={"Retry-After": "1"},
         )
-    if request.query and request.match_info.handler not in READS_QUERY:
+    routed = request.match_info.http_exception is None  # (else a 404 or 405 follows)
+    if routed and request.query and request.match_info.handler not in READS_QUERY:
         # (one ignored would be a filter or an option the caller believes applied, as
         # ?limit= on the deliveries)
         raise invalid(
@@ -201,7 +202,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                 for name in sorted(request.query)
             ]
         )
-    if request.body_exists and request.match_info.handler not in READS_BODY:
+    if routed and request.body_exists and request.match_info.handler not in READS_BODY:
         await refuse_body(request)  # (as {"secret": ...} to rotate-secret: not ignored)
     return await handler(request)
 
