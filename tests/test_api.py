@@ -138,6 +138,24 @@ async def test_validation_errors_name_the_field(
     assert all(e["message"] for e in data["errors"])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        ({"metadata": [1, 2]}, "metadata: must be a JSON object"),
+        ({"minScore": "80"}, "minScore: must be a number"),
+        ({"favoritedOnly": "yes"}, "favoritedOnly: must be true or false"),
+        ({"callbackUrl": 7}, "callbackUrl: must be a string"),
+    ],
+)
+async def test_a_wrong_json_type_is_named_in_the_apis_words(
+    api: Client, overrides: dict[str, Any], said: str
+) -> None:
+    """Not pydantic's "Input should be a valid dictionary": the JSON type, as the API's
+    own messages name it (a tester, 2026-12-06)."""
+    data = await problem(await api.post("/v1/watches", json=body(**overrides), headers=auth()), 422)
+    assert data["detail"] == said, data
+
+
 async def test_missing_required_fields_are_listed(api: Client) -> None:
     resp = await api.post("/v1/watches", json={}, headers=auth())
     data = await problem(resp, 422)

@@ -212,15 +212,20 @@ async def test_a_create_without_a_key_that_timed_out_is_not_sent_again() -> None
 
 
 def test_the_wait_before_a_retry_follows_retry_after_up_to_max_wait() -> None:
-    """``Retry-After`` in seconds or as an HTTP date sets the wait (never below the
-    backoff), capped by ``max_wait``; a negative one is no wait."""
+    """``Retry-After`` in seconds or as an HTTP date sets the least wait, with the jittered
+    backoff on top (callers told the same Retry-After came back together, and a tester's
+    600 creates 20 at a time saw 13 fail on 429 after every retry), capped by
+    ``max_wait``; a negative one is no wait."""
     core = Core("http://127.0.0.1:9", "k", backoff=0.001, max_wait=30.0)
     get = Call("GET", "/v1/watches/w", True)
 
     def answer(value: str) -> httpx.Response:
         return httpx.Response(503, headers={"retry-after": value})
 
-    assert core.wait_before_retry(get, 1, answer("2"), None) == 2.0
+    assert 2.0005 <= (core.wait_before_retry(get, 1, answer("2"), None) or 0) <= 2.001
+    spread = Core("http://127.0.0.1:9", "k", backoff=0.5)
+    waits = {spread.wait_before_retry(get, 1, answer("1"), None) for _ in range(20)}
+    assert all(w is not None and 1.25 <= w <= 1.5 for w in waits) and len(waits) > 10, waits
     assert core.wait_before_retry(get, 1, answer("3600"), None) == 30.0  # an hour: max_wait
     assert retry_after(answer("-5")) == 0.0
     soon = format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
@@ -230,6 +235,38 @@ def test_the_wait_before_a_retry_follows_retry_after_up_to_max_wait() -> None:
     # not retried: a create without a key, or past max_retries
     assert core.wait_before_retry(Call("POST", "/v1/watches", False), 1, answer("0"), None) is None
     assert core.wait_before_retry(get, core.max_retries + 1, answer("0"), None) is None
+
+
+def test_what_a_create_cannot_send_as_asked_is_refused_before_sending() -> None:
+    """An empty Idempotency-Key was dropped (no key, no retry) where the relay refuses
+    one; a NaN score raised json's "Out of range float values", naming no field; metadata
+    that is no mapping raised dict()'s TypeError. (A tester, 2026-12-06.)"""
+    from clip_relay_client._core import create_call
+
+    args: dict[str, Any] = dict(
+        video_id="v",
+        callback_url="https://example.com/h",
+        min_score=None,
+        max_score=None,
+        favorited_only=None,
+        sort_by=None,
+        sort_order=None,
+        metadata=None,
+        secret=None,
+        idempotency_key=None,
+    )
+    with pytest.raises(ValueError, match="idempotency_key must not be empty"):
+        create_call(**{**args, "idempotency_key": ""})
+    with pytest.raises(ValueError, match="min_score must be a finite number"):
+        create_call(**{**args, "min_score": float("nan")})
+    with pytest.raises(ValueError, match="max_score must be a finite number"):
+        create_call(**{**args, "max_score": float("inf")})
+    # sent as it is: the relay's 422 names the field
+    assert create_call(**{**args, "metadata": [1, 2]}).body == {
+        "videoId": "v",
+        "callbackUrl": "https://example.com/h",
+        "metadata": [1, 2],
+    }
 
 
 async def test_watch_ids_stay_in_their_path_and_times_must_be_aware(
@@ -287,6 +324,8 @@ async def test_an_error_page_that_is_not_json_still_gives_a_problem() -> None:
             relay.get_watch("w")
         assert raised.value.status == 502
         assert raised.value.problem == {"status": 502, "title": "Bad Gateway"}
+        # (not the relay's answer, which is always a problem document: it says so)
+        assert "is the base URL the relay's" in str(raised.value), raised.value
         with (
             Client("http://me:s3cr3t-pw@127.0.0.1:9", "k", max_retries=0) as relay,
             pytest.raises(ConnectionFailed) as failed,

@@ -59,6 +59,17 @@ PATTERN_WORDS = {
 }
 
 
+# the JSON types in the API's words (pydantic's say "dictionary", "valid number")
+TYPE_WORDS = {
+    "dict_type": "must be a JSON object",
+    "float_type": "must be a number",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a JSON array",
+}
+
+
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """Pydantic's errors as ``[{field, message}]`` with the API's (camelCase) field names."""
     out = []
@@ -70,6 +81,8 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
             message = "unknown field"
         elif err["type"] == "string_pattern_mismatch" and field in PATTERN_WORDS:
             message = PATTERN_WORDS[field]  # (the rule in words, not a regular expression)
+        elif err["type"] in TYPE_WORDS:
+            message = TYPE_WORDS[err["type"]]
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         out.append({"field": field, "message": message})

@@ -4,6 +4,7 @@ deciding on retries. No I/O here."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,10 +81,19 @@ def api_error(response: httpx.Response) -> ApiError:
         doc = {"status": response.status_code, "title": response.reason_phrase or "Error"}
     errors = doc.get("errors")
     status = doc.get("status")  # (a gateway's JSON may say "error" here: the answer's own)
+    detail = doc.get("detail")
+    ctype = response.headers.get("content-type") or "no content-type"
+    if detail is None and not ctype.startswith("application/problem+json"):
+        # not the relay's answer (its errors are all problem documents): a 404 of another
+        # server was read as "no such watch" (a tester), a proxy's 502 page
+        detail = (
+            f"the answer is not a problem document ({ctype}): is the base URL the relay's, "
+            "or is a proxy answering?"
+        )
     return ApiError(
         status if type(status) is int and status >= 400 else response.status_code,
         str(doc.get("title") or response.reason_phrase or "Error"),
-        doc.get("detail"),
+        detail,
         type=doc.get("type"),
         errors=[e for e in errors if isinstance(e, Mapping)] if isinstance(errors, list) else (),
         problem=doc,
@@ -162,8 +172,8 @@ class Core:
             return None
         delay = self.backoff * 2.0 ** (tries - 1) * random.uniform(0.5, 1.0)
         asked = retry_after(response) if response is not None else None
-        if asked is not None:
-            delay = max(delay, asked)
+        if asked is not None:  # at least that long, and spread out: callers told the same
+            delay += asked  # Retry-After together would all come back at once (a tester)
         return min(delay, self.max_wait)
 
     @staticmethod
@@ -201,7 +211,13 @@ def create_call(
     secret: str | None,
     idempotency_key: str | None,
 ) -> Call:
-    """``POST /v1/watches``: retried only with an Idempotency-Key (the same watch then)."""
+    """``POST /v1/watches``: retried only with an Idempotency-Key (the same watch then).
+    Raises ValueError for what cannot be sent as asked (it would be dropped or garbled)."""
+    if idempotency_key == "":
+        raise ValueError("idempotency_key must not be empty (None: no key)")
+    for name, score in (("min_score", min_score), ("max_score", max_score)):
+        if isinstance(score, float) and not math.isfinite(score):
+            raise ValueError(f"{name} must be a finite number, not {score}")
     body: dict[str, Any] = {"videoId": video_id, "callbackUrl": callback_url}
     optional = {
         "minScore": min_score,
@@ -209,7 +225,8 @@ def create_call(
         "favoritedOnly": favorited_only,
         "sortBy": sort_by,
         "sortOrder": sort_order,
-        "metadata": None if metadata is None else dict(metadata),
+        # (anything but a mapping is sent as it is: the relay's 422 names the field)
+        "metadata": dict(metadata) if isinstance(metadata, Mapping) else metadata,
         "secret": secret,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
