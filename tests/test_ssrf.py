@@ -94,6 +94,7 @@ async def test_localhost_refused() -> None:
     # address it resolved to is not said
     assert "RELAY_CALLBACK_ALLOW=localhost" in str(refused.value)
     assert "127.0.0.1/32" not in str(refused.value)
+    assert "localhost is 127.0.0.1 and ::1" in str(refused.value)
     with pytest.raises(CallbackRefused):
         await EMPTY.check("http://LOCALHOST:8080/hook")
     allowed_name = CallbackPolicy(CallbackAllow(hosts=frozenset({"localhost"})))
@@ -327,3 +328,14 @@ async def test_resolve_allowed_host_unfiltered() -> None:
 async def test_resolve_unknown_name_is_an_os_error() -> None:
     with pytest.raises(OSError, match="host not resolved"):
         await LOCAL.resolve("no-such-host.invalid", 80)
+
+
+async def test_a_name_that_does_not_resolve_is_told_it_may_not_resolve() -> None:
+    """The refusal said "does not resolve to a public address ... (localhost is 127.0.0.1
+    and ::1)" for every name: a typo'd one read as a private host to allow-list (a tester).
+    It names both cases (which one is not said: a caller must not learn which internal
+    names exist) and speaks of localhost only for localhost."""
+    with pytest.raises(CallbackRefused) as refused:
+        await EMPTY.check("http://no-such-host.invalid/x")
+    said = str(refused.value)
+    assert "it does not resolve (a typo" in said and "localhost" not in said, said

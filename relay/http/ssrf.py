@@ -165,10 +165,11 @@ class CallbackPolicy:
         # not allowed, and which address is not said: a caller must not learn which
         # internal names exist, nor where they point.
         refused = CallbackRefused(
-            "host name does not resolve to a public address (if its DNS is failing, try"
-            " again later); to allow an internal host, add its name to RELAY_CALLBACK_ALLOW"
+            "host name does not resolve to a public address: it does not resolve (a typo,"
+            " or its DNS is failing: try again later), or it resolves to a private one; to"
+            " allow an internal host, add its name to RELAY_CALLBACK_ALLOW"
             f" (e.g. RELAY_CALLBACK_ALLOW={host}), or every network it resolves to"
-            " (localhost is 127.0.0.1 and ::1)"
+            + (" (localhost is 127.0.0.1 and ::1)" if host.lower() == "localhost" else "")
         )
         try:
             found = await self.resolver.resolve(host)
