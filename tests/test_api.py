@@ -405,6 +405,14 @@ async def test_list_bad_query(api: Client, query: str, field: str) -> None:
     assert data["errors"][0]["field"] == field
 
 
+async def test_a_bad_cursor_is_listed_beside_the_other_bad_parameters(api: Client) -> None:
+    """Every bad parameter in one answer: the cursor's error was dropped when another
+    parameter was bad too (a tester), and came only once the others were fixed."""
+    resp = await api.get("/v1/watches?limit=0&status=x&cursor=y", headers=auth())
+    data = await problem(resp, 422)
+    assert [e["field"] for e in data["errors"]] == ["limit", "status", "cursor"], data
+
+
 # --- cancel, deliveries, redeliver, rotate ---------------------------------------------------
 
 

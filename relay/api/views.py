@@ -27,7 +27,7 @@ from relay.constants import (
 from relay.domain.clock import now_ms
 from relay.domain.events import iso_ms
 from relay.domain.ids import new_watch_id
-from relay.domain.listing import CursorError
+from relay.domain.listing import CursorError, decode_cursor, listing_of
 from relay.domain.signing import generate_secret
 from relay.domain.watch import SecretEntry, Watch
 from relay.http.ssrf import CallbackRefused
@@ -345,8 +345,14 @@ async def list_watches(request: web.Request) -> web.Response:
     video_id = q.get("videoId")
     if video_id is not None and not VIDEO_ID.fullmatch(video_id):
         errors.append({"field": "videoId", "message": PATTERN_WORDS["videoId"]})
-    if q.get("cursor") == "":
+    cursor = q.get("cursor")
+    if cursor == "":
         errors.append({"field": "cursor", "message": "empty: leave it out for the first page"})
+    elif cursor is not None:  # (checked here too: listed beside the other bad parameters)
+        try:
+            decode_cursor(cursor, listing_of(principal(request).tenant, video_id, status))
+        except CursorError as exc:
+            errors.append({"field": "cursor", "message": str(exc)})
     if errors:
         raise invalid(errors)
     try:
