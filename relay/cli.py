@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import structlog
 
 from relay import __version__, logs
-from relay.settings import MIN_API_KEY, ConfigError, Settings, load, url_passwords
+from relay.settings import MIN_API_KEY, ConfigError, Settings, load, strays, url_passwords
 
 COMMANDS = {
     "api": "run the registration API (aiohttp) on RELAY_HOST:RELAY_PORT",
@@ -50,6 +50,8 @@ def _settings(command: str) -> Settings:
     logs.register_secrets([settings.scalereach_api_key, settings.secrets_key, settings.ui_secret])
     logs.register_secrets(url_passwords(settings.redis_url))
     logs.register_secrets(k.key for k in settings.api_keys)
+    if unknown := strays():  # (a misspelt name would be a setting silently left default)
+        structlog.get_logger("relay.cli").warning("not a setting: ignored", variables=unknown)
     if command == "api" and (short := settings.short_api_keys()):
         # (the tenants are named, never the keys)
         structlog.get_logger("relay.cli").warning(

@@ -13,6 +13,7 @@ for their type only. Its ValidationError repeats no value either.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import sys
@@ -446,6 +447,22 @@ class Settings(BaseSettings):
 
 _VARIABLES = {name: str(f.validation_alias) for name, f in Settings.model_fields.items()}
 _NAMES = frozenset(_VARIABLES.values())
+
+
+# read elsewhere: by the operator CLI (``clip-relay watches``), never by Settings
+_OTHER_NAMES = frozenset({"RELAY_API_URL", "RELAY_API_KEY"})
+
+
+def strays(env: Mapping[str, str] | None = None) -> list[str]:
+    """The ``RELAY_*`` variables of *env* that are no setting, each with the one it may
+    be a misspelling of: ``RELAY_RETRY_SCHEDUEL=1`` was ignored without a word (a tester)."""
+    known = _NAMES | _OTHER_NAMES
+    out = []
+    for name in sorted(os.environ if env is None else env):
+        if name.startswith("RELAY_") and name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+            out.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    return out
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:

@@ -14,7 +14,7 @@ import pytest
 import structlog
 from pydantic import ValidationError
 
-from relay.settings import ApiKey, CallbackAllow, ConfigError, Settings, load
+from relay.settings import ApiKey, CallbackAllow, ConfigError, Settings, load, strays
 
 ROOT = Path(__file__).resolve().parent.parent
 FERNET_KEY = "x" * 43 + "="  # url-safe base64 of 32 bytes
@@ -521,6 +521,36 @@ def _short_keys_warned(
     monkeypatch.setenv("RELAY_API_KEYS", f"globex:{SECRET}")
     settings("api")
     assert "short enough" not in "".join(capsys.readouterr())
+
+
+def test_a_relay_variable_that_is_no_setting_is_named_with_its_near_miss(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``RELAY_RETRY_SCHEDUEL=1`` started the API on the default schedule without a word (a
+    tester): a ``RELAY_*`` variable that is no setting is warned about, with the setting
+    it may be a misspelling of; the operator CLI's own two are settings too."""
+    from relay import cli, logs
+
+    env = {"RELAY_RETRY_SCHEDUEL": "1", "RELAY_API_URL": "x", "RELAY_API_KEY": "y"}
+    env |= {"RELAY_WHATEVER": "2", "RELAY_PORT": "8080", "OTHER_RELAY_THING": "3"}
+    assert strays(env) == [
+        "RELAY_RETRY_SCHEDUEL (did you mean RELAY_RETRY_SCHEDULE?)",
+        "RELAY_WHATEVER",
+    ]
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(logs._Output, "stream", None)
+    monkeypatch.setenv("RELAY_API_KEYS", f"globex:{SECRET}")
+    monkeypatch.setenv("RELAY_RETRY_SCHEDUEL", "1")
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    try:
+        cli._settings("api")
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:], root.level = handlers, level
+    out = capsys.readouterr()
+    assert "not a setting: ignored" in out.out + out.err
+    assert "did you mean RELAY_RETRY_SCHEDULE?" in out.out + out.err
 
 
 def test_a_retry_schedule_may_end_with_a_comma() -> None:
