@@ -292,3 +292,42 @@ def _assert_not_leaked(error: BaseException, secret: str) -> None:
         assert encoded[:8] not in text
     assert error.__cause__ is None
     assert error.__suppress_context__ or error.__context__ is None
+
+
+def test_a_cut_or_empty_signature_never_verifies() -> None:
+    """A signature is the whole MAC: an empty ``v1,``, its first 16 bytes or all but its
+    last byte is no match (comparing only the length given would let anyone forge one with
+    ``v1,``: a mutation review, 2026-12-06, found no test would notice)."""
+    secret = generate_secret()
+    headers = _headers(secret)
+    mac = base64.b64decode(headers["webhook-signature"].split(",", 1)[1])
+    for cut in (b"", mac[:16], mac[:-1]):
+        bad = "v1," + base64.b64encode(cut).decode()
+        with pytest.raises(WebhookVerificationError):
+            verify(BODY, {**headers, "webhook-signature": bad}, secret)
+    assert verify(BODY, headers, secret)["type"] == "clips.ready"
+
+
+def test_signatures_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every candidate is compared with ``hmac.compare_digest`` (``==`` would leak, by its
+    timing, how much of a forged signature is right)."""
+    import relay.domain.signing as signing
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = signing.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(signing.hmac, "compare_digest", spy)
+    secret = generate_secret()
+    verify(BODY, _headers([generate_secret(), secret]), secret)
+    assert compared, "no constant-time comparison made"
+
+
+def test_verify_keys_needs_a_key() -> None:
+    from relay.domain.signing import verify_keys
+
+    with pytest.raises(ValueError, match="key"):
+        verify_keys(BODY, _headers(generate_secret()), [])
