@@ -261,6 +261,10 @@ async def test_resolve_literals_without_dns(no_dns: None) -> None:
         "http://[5f00::1]/",
         "http://[3fff::1]/",
         "http://[fec0::1]/",  # IPv6 site-local (a review, 2026-12-06)
+        # the local-use NAT64 prefix (RFC 8215), which Python 3.11.7 calls global: 10.0.0.1
+        # and 127.0.0.1 behind it (a mutation review, 2026-12-06)
+        "http://[64:ff9b:1::a00:1]/",
+        "http://[64:ff9b:1::7f00:1]/",
     ],
 )
 async def test_nat64_embedded_private_addresses_refused(url: str, no_dns: None) -> None:
@@ -339,3 +343,42 @@ async def test_a_name_that_does_not_resolve_is_told_it_may_not_resolve() -> None
         await EMPTY.check("http://no-such-host.invalid/x")
     said = str(refused.value)
     assert "it does not resolve (a typo" in said and "localhost" not in said, said
+
+
+async def test_a_name_is_refused_if_any_address_it_resolves_to_is_private(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Registration checks every address a name resolves to: one public and one private
+    is refused (delivery would filter the private one, but the rule is "every address";
+    a mutation review found ``any`` would pass every test)."""
+
+    async def mixed(self: Resolver, host: str) -> list[tuple[int, str]]:
+        return [(socket.AF_INET, "93.184.216.34"), (socket.AF_INET, "10.0.0.1")]
+
+    monkeypatch.setattr(Resolver, "resolve", mixed)
+    with pytest.raises(CallbackRefused, match="does not resolve to a public address"):
+        await EMPTY.check("https://mixed.example/hook")
+
+    async def public(self: Resolver, host: str) -> list[tuple[int, str]]:
+        return [(socket.AF_INET, "93.184.216.34")]
+
+    monkeypatch.setattr(Resolver, "resolve", public)
+    assert (await EMPTY.check("https://mixed.example/hook")).host == "mixed.example"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://exa\tmple.com/",
+        "http://example.com/a\r\nX-Injected: y",
+        "http://example.com/\x0b",
+        "http://example.com/\x1f",
+        "http://example.com/\x7f",
+    ],
+)
+async def test_control_characters_are_refused(url: str, no_dns: None) -> None:
+    """A tab, CR, LF or any other control character: a URL parser drops some of them, so
+    the URL used would not be the one stored and shown (a mutation review: only those
+    below 0x09 were tested)."""
+    with pytest.raises(CallbackRefused, match="control characters"):
+        await EMPTY.check(url)
