@@ -12,7 +12,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
+from relay import constants as c
 from relay.ui.session import COOKIE, FORM_COOKIE, Session, Sessions
 from tests.conftest import TENANT_A_KEY, ApiFactory, auth
 from tests.test_api import create
@@ -119,3 +121,32 @@ async def test_recover_until_must_be_later_than_since(make_api: ApiFactory) -> N
         allow_redirects=False,
     )
     assert resp.status == 422 and "Until must be later than since" in await resp.text()
+
+
+async def test_a_rotation_needs_the_watch_pages_secret_tag(
+    make_api: ApiFactory, redis: Redis
+) -> None:
+    """The watch page's form carries which secrets it showed, so a reload that sends the
+    form again rotates nothing: a POST without it (or with a malformed one) rotated again
+    every time (a tester, 2026-12-06). It is a 400 and nothing is rotated."""
+    one = await make_api(ui_secret=SECRET)
+    cookie, token = await _signed_in(one)
+    watch = await create(one)
+    before = await redis.hget(c.WATCH_PREFIX + watch["id"], "secrets")
+    for extra in ({}, {"secretTag": ""}, {"secretTag": "12abc"}):
+        resp = await one.post(
+            f"/ui/watches/{watch['id']}/rotate-secret",
+            data={"csrfToken": token, **extra},
+            cookies={COOKIE: cookie},
+            allow_redirects=False,
+        )
+        assert resp.status == 400 and "nothing was rotated" in await resp.text(), extra
+    assert await redis.hget(c.WATCH_PREFIX + watch["id"], "secrets") == before
+    resp = await one.post(
+        f"/ui/watches/{watch['id']}/rotate-secret",
+        data={"csrfToken": token, "secretTag": "0"},
+        cookies={COOKIE: cookie},
+        allow_redirects=False,
+    )
+    assert resp.status == 200 and "whsec_" in await resp.text()
+    assert await redis.hget(c.WATCH_PREFIX + watch["id"], "secrets") != before

@@ -224,13 +224,18 @@ async def rotate(request: web.Request) -> web.StreamResponse:
     watch = await _own_watch(request)
     if watch.status == "cancelled":
         raise web.HTTPConflict(text="The watch is cancelled: nothing is signed for it again.")
-    tag = (await request.post()).get("secretTag")  # (none: from any page, any secret)
-    seen = tag if isinstance(tag, str) else ""
+    tag = (await request.post()).get("secretTag")  # which secrets the page showed
+    if not isinstance(tag, str) or not tag.isascii() or not tag.isdigit():
+        # (without it every reload rotated again, retiring the secrets still in their grace)
+        raise web.HTTPBadRequest(
+            text="This form is not the watch page's (it has no secret tag): nothing was "
+            "rotated. Open the watch's page to rotate its secret."
+        )
     secret = generate_secret()
     box, settings = request.config_dict[k.SECRET_BOX], request.config_dict[k.SETTINGS]
     try:
         entries = await _store(request).watches.rotate_secret(
-            watch.id, box.seal(secret), settings.secret_grace, seen=seen
+            watch.id, box.seal(secret), settings.secret_grace, seen=tag
         )
     except StaleRotation:
         raise web.HTTPConflict(
