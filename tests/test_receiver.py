@@ -101,16 +101,21 @@ async def test_signed_post_is_verified_and_recorded(aiohttp_client: ClientFactor
     assert receiver.unique_ids() == {"evt_1"}
 
 
-async def test_bad_signature_is_401_and_not_recorded(aiohttp_client: ClientFactory) -> None:
-    receiver = Receiver([SECRET])
+async def test_bad_signature_is_400_said_and_not_recorded(aiohttp_client: ClientFactory) -> None:
+    """A delivery that does not verify is answered 400, as the README tells receivers to
+    (it was 401), and said to ``on_reject`` (the CLI prints it: it printed nothing)."""
+    refused: list[tuple[str, str]] = []
+    receiver = Receiver([SECRET], on_reject=lambda path, why: refused.append((path, why)))
     client = await _client(aiohttp_client, receiver)
 
     status, headers, body = await _deliver(client, "evt_bad", secrets=(OTHER_SECRET,))
 
-    assert status == 401
+    assert status == 400
     assert headers["Content-Type"].startswith("application/problem+json")
     problem = orjson.loads(body)
-    assert problem["status"] == 401
+    assert problem["status"] == 400
+    assert len(refused) == 1 and "no matching signature" in refused[0][1]
+    assert receiver.rejected == 1
     assert "no matching signature" in problem["detail"]
     assert SECRET.removeprefix("whsec_") not in body.decode()
     assert receiver.events == []
@@ -123,13 +128,13 @@ async def test_tampered_old_or_unsigned_posts_are_refused(aiohttp_client: Client
 
     tampered = body.replace(b"wat_1", b"wat_2")
     async with client.post("/h", data=tampered, headers=_signed("evt_t", body)) as resp:
-        assert resp.status == 401
+        assert resp.status == 400
     old = _signed("evt_o", body, ts=int(time.time()) - 3600)
     async with client.post("/h", data=body, headers=old) as resp:
-        assert resp.status == 401
+        assert resp.status == 400
         assert "too old" in (await resp.json(content_type=None))["detail"]
     async with client.post("/h", data=body) as resp:
-        assert resp.status == 401
+        assert resp.status == 400
         assert "missing" in (await resp.json(content_type=None))["detail"]
 
     assert receiver.events == []
@@ -328,7 +333,7 @@ async def test_script_endpoint(aiohttp_client: ClientFactory) -> None:
 async def test_secrets_endpoint(aiohttp_client: ClientFactory) -> None:
     receiver = Receiver()  # no secret yet: every delivery is refused
     client = await _client(aiohttp_client, receiver)
-    assert (await _deliver(client, "evt_1"))[0] == 401
+    assert (await _deliver(client, "evt_1"))[0] == 400
 
     async with client.post("/_secrets", json={"secret": SECRET}) as resp:
         assert resp.status == 204

@@ -1,7 +1,7 @@
 """``clip-relay receiver``: a Standard Webhooks receiver for demos, tests and benchmarks.
 
 Every ``POST`` on any path is a delivery: its signature is checked against the configured
-secrets (401 ``application/problem+json`` when it does not verify, and the request is not
+secrets (400 ``application/problem+json`` when it does not verify, and the request is not
 recorded), then it is recorded and answered - ``204`` by default, or the next status of a
 script set for that path (to make the relay retry, back off or disable a watch).
 

@@ -1,6 +1,6 @@
 """The receiver's aiohttp application: every ``POST`` is a delivery, ``/_...`` are controls.
 
-A delivery's signature is checked (401 ``application/problem+json`` when it does not verify,
+A delivery's signature is checked (400 ``application/problem+json`` when it does not verify,
 and it is not recorded), then it is recorded and answered -- ``204`` by default, or the next
 status of the script set for its path.
 """
@@ -48,14 +48,16 @@ async def _handle_delivery(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     try:
         webhook_id, timestamp = receiver.check(body, request.headers)
-    except WebhookVerificationError as exc:
-        return _problem(401, "Unauthorized", f"webhook verification failed: {exc}")
-    try:
         event = orjson.loads(body)
+    except WebhookVerificationError as exc:
+        why = f"webhook verification failed: {exc}"
     except orjson.JSONDecodeError:
-        return _problem(400, "Bad Request", "webhook body is not valid JSON")
-    if not isinstance(event, dict):
-        return _problem(400, "Bad Request", "webhook body must be a JSON object")
+        why = "webhook body is not valid JSON"
+    else:
+        why = "" if isinstance(event, dict) else "webhook body must be a JSON object"
+    if why:  # (400, as the README tells receivers to answer)
+        receiver.reject(request.path, why)
+        return _problem(400, "Bad Request", why)
 
     path = request.path
     answer = receiver.next_answer(path)

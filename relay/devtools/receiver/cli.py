@@ -23,6 +23,10 @@ def _print_event(ev: ReceivedEvent) -> None:
     print(format_event(ev), flush=True)
 
 
+def _print_rejected(path: str, reason: str) -> None:
+    print(f"rejected POST {path}: {reason}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``clip-relay receiver`` until interrupted: verify and print each delivery.
 
@@ -57,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         receiver = Receiver(
             secrets,
             printer=None if args.quiet else _print_event,
+            on_reject=None if args.quiet else _print_rejected,
             verify_signatures=not args.no_verify,
         )
     except ValueError as exc:
@@ -64,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if receiver.verify_signatures and not receiver.has_secrets:
         print(
-            "clip-relay receiver: no secret given; deliveries get 401 until one is added "
+            "clip-relay receiver: no secret given; deliveries get 400 until one is added "
             "with POST /_secrets",
             file=sys.stderr,
         )

@@ -106,15 +106,19 @@ class Receiver:
         secrets: Sequence[str] = (),
         *,
         printer: Callable[[ReceivedEvent], None] | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
         verify_signatures: bool = True,
         default_status: int = 204,
     ) -> None:
         """Accept deliveries signed with any of ``secrets`` (``whsec_...``; a malformed one
-        raises :class:`ValueError`). ``printer`` is called with each recorded event;
+        raises :class:`ValueError`). ``printer`` is called with each recorded event,
+        ``on_reject`` with the path and the reason of each delivery refused (400);
         ``verify_signatures=False`` records unsigned or badly signed deliveries too;
         ``default_status`` answers POSTs whose path has no script left."""
         _check_status(default_status)
         self.printer = printer
+        self.on_reject = on_reject
+        self.rejected = 0  # deliveries refused: not verified, or not a JSON object
         self.verify_signatures = verify_signatures
         self.default_status = default_status
         self._keys: list[bytes] = []
@@ -126,6 +130,12 @@ class Receiver:
         self._anonymous = 0
         for secret in secrets:
             self.add_secret(secret)
+
+    def reject(self, path: str, reason: str) -> None:
+        """A delivery to *path* was refused for *reason* (not recorded)."""
+        self.rejected += 1
+        if self.on_reject is not None:
+            self.on_reject(path, reason)
 
     # --- configuration --------------------------------------------------------------------
 
