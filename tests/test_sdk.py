@@ -396,7 +396,7 @@ async def test_an_answer_that_is_not_the_relays_is_a_clip_relay_error() -> None:
                         relay.get_watch("wat_x")
                 with pytest.raises(ApiError, match="not a JSON object"):  # an empty 200
                     relay.get_watch("wat_x")
-                with pytest.raises(ValueError, match="JSON compliant"):
+                with pytest.raises(ValueError, match="min_score must be a finite number"):
                     relay.create_watch(video_id="v", callback_url=url, min_score=float("nan"))
                 # a gateway's JSON error whose "status" is no number: the answer's own status
                 # (a bare ValueError before; tester, 2026-12-06)
