@@ -95,6 +95,7 @@ async def test_all_fields_round_trip(api: Client) -> None:
     got = await resp.json()
     WatchOut.model_validate(got)
     assert got["minScore"] == 10.5 and got["maxScore"] == 90
+    assert b'"maxScore":90,' in await resp.read()  # (as given: not 90.0)
     assert got["favoritedOnly"] is True
     assert (got["sortBy"], got["sortOrder"]) == ("duration", "asc")
     assert got["metadata"] == {"job": 7, "tags": ["a"]}

@@ -130,6 +130,15 @@ def test_clips_ready_body_from_a_clip_set_is_the_same_body() -> None:
         assert clips_ready_body(w, ClipSet(clips), AT_MS) == clips_ready_body(w, clips, AT_MS)
 
 
+def test_scores_are_written_as_given_not_as_floats() -> None:
+    """``"minScore": 80``, as the SPEC's example and ScaleReach write scores, not ``80.0``:
+    a receiver decoding into an integer (Go's ``int``) failed on ``80.0`` (2026-12-06)."""
+    body = clips_ready_body(watch(min_score=80.0, max_score=95.0), [clip("a", 90)], AT_MS)
+    assert b'"minScore":80,' in body and b'"maxScore":95}' in body, body
+    body = clips_ready_body(watch(min_score=79.5), [clip("a", 90)], AT_MS)
+    assert b'"minScore":79.5,' in body and b"maxScore" not in body, body
+
+
 # --- number ------------------------------------------------------------------------------
 
 

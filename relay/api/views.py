@@ -25,7 +25,7 @@ from relay.constants import (
     WATCH_STATUSES,
 )
 from relay.domain.clock import now_ms
-from relay.domain.events import iso_ms
+from relay.domain.events import iso_ms, score_json
 from relay.domain.ids import new_watch_id
 from relay.domain.listing import CursorError, decode_cursor, listing_of
 from relay.domain.signing import generate_secret
@@ -89,8 +89,8 @@ def watch_json(w: Watch) -> dict[str, Any]:
         "id": w.id,
         "videoId": w.video_id,
         "callbackUrl": shown_url(w.callback_url),
-        "minScore": w.min_score,
-        "maxScore": w.max_score,
+        "minScore": score_json(w.min_score),
+        "maxScore": None if w.max_score is None else score_json(w.max_score),
         "favoritedOnly": w.favorited_only,
         "sortBy": w.sort_by,
         "sortOrder": w.sort_order,

@@ -47,6 +47,13 @@ def _body(event_type: str, at_ms: int, data: dict[str, Any]) -> bytes:
     return orjson.dumps({"type": event_type, "timestamp": iso(at_ms), "data": data})
 
 
+def score_json(score: float) -> int | float:
+    """A score as the API and the events write it: ``80``, not ``80.0`` (as it was given,
+    as ScaleReach writes scores: a receiver decoding into an integer fails on ``80.0``)."""
+    value = float(score)
+    return int(value) if value.is_integer() else value
+
+
 def _base(w: Watch) -> dict[str, Any]:
     return {"watchId": w.id, "videoId": w.video_id, "metadata": w.metadata}
 
@@ -60,12 +67,12 @@ def clips_ready_body(w: Watch, clips: ClipSet | Sequence[Clip], at_ms: int) -> b
         "watchId": w.id,
         "videoId": w.video_id,
         "metadata": w.metadata,
-        "minScore": w.min_score,
+        "minScore": score_json(w.min_score),
         "clips": chosen,
         "count": count,
     }
     if w.max_score is not None:
-        data["maxScore"] = w.max_score
+        data["maxScore"] = score_json(w.max_score)
     return _body("clips.ready", at_ms, data)
 
 
