@@ -51,6 +51,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    wid = request.match_info.get("watch_id")
+    if wid is not None and WATCH_ID.fullmatch(wid):  # (its line names the watch: API or UI)
+        structlog.contextvars.bind_contextvars(watch_id=wid)
     started = time.perf_counter()
     status = 500
     try:
@@ -180,9 +183,6 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         )
     request[k.PRINCIPAL] = who
     structlog.contextvars.bind_contextvars(tenant=who.tenant)
-    wid = request.match_info.get("watch_id")
-    if wid is not None and WATCH_ID.fullmatch(wid):  # (the request line names its watch)
-        structlog.contextvars.bind_contextvars(watch_id=wid)
     if not request.app[k.RATE_LIMITER].allow(who.key_id):
         limit = request.app[k.SETTINGS].rate_limit
         raise ProblemError(
