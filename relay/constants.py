@@ -63,6 +63,10 @@ EVENT_TYPES: Final[tuple[str, ...]] = ("clips.ready", "video.failed", "watch.exp
 
 # --- upstream vocabulary (UPSTREAM.md) ----------------------------------------------------
 VIDEO_FINAL_OK: Final = frozenset({"completed"})
+# submitted without a clipping config: it does not move on its own (UPSTREAM.md), so it is
+# polled once a minute at most (its owner may configure it), not every RELAY_POLL_INTERVAL
+VIDEO_UNCONFIGURED: Final = "pending_config"
+UNCONFIGURED_POLL_S: Final = 60.0
 VIDEO_FINAL_BAD: Final = frozenset({"failed", "error", "expired"})
 CLIP_DELIVERABLE: Final = frozenset({"completed", "ready", "exported"})
 NOT_FOUND_STATUS: Final = "not_found"

@@ -197,6 +197,24 @@ async def test_an_unknown_status_counts_as_still_processing(
     await eventually(lambda: len(fanout.events) == 2, what="clips.ready after completed")
 
 
+async def test_a_video_waiting_for_its_config_is_polled_once_a_minute(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """``pending_config`` does not move on its own (UPSTREAM.md): polled every
+    RELAY_POLL_INTERVAL it cost 2,160 requests of the shared budget over a watch's 6 h. It
+    is polled again after a minute (its owner may configure it); other statuses after the
+    interval."""
+    waiting = await sim_video(sim, timeline=[{"status": "pending_config", "after": 0}])
+    moving = await sim_video(sim, timeline=ANALYZING)
+    await watch(store, waiting)
+    await watch(store, moving)
+    await make_poller()
+    await eventually(lambda: _at_least(requests(sim, moving), 2), what="two polls")
+    assert len(await requests(sim, waiting)) == 1
+    due = await scheduled(store, waiting)
+    assert due is not None and due >= now_ms() + 55_000, due
+
+
 async def test_a_watch_joining_a_polled_video_shows_the_status_seen(
     store: Store, sim: Client, make_poller: PollerFactory
 ) -> None:

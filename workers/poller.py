@@ -3,7 +3,8 @@
 A video is a member of the poll schedule while some watch waits on it. Each claimed video
 goes through a small state machine:
 
-- phase ``poll``: ask ``/status``. Not final: poll again after RELAY_POLL_INTERVAL.
+- phase ``poll``: ask ``/status``. Not final: poll again after RELAY_POLL_INTERVAL (after
+  a minute for ``pending_config``, which waits for its owner).
   ``failed``/``error``/``expired``, or three 404s in a row: ``video.failed`` to every watch.
   ``completed``: switch to phase ``render`` and look at the clips straight away.
 - phase ``render``: ask ``/clips`` (once for all watches). While a clip that passes some
@@ -233,8 +234,7 @@ class Poller(Pump[Claimed]):
         return await self._status(state, lease)
 
     async def _request(self, endpoint: str, lease: Lease) -> Reply:
-        # a claim must not wait out a long 429 pause (it is extended meanwhile, but the
-        # video is better rescheduled)
+        # a claim must not wait out a long 429 pause (better rescheduled than extended)
         await self.gate.acquire(max_pause=self.lease_s / 3)
         lease.check()  # lost while waiting for the budget: another poller has it
         video_id = lease.video_id
@@ -268,7 +268,7 @@ class Poller(Pump[Claimed]):
             state.phase = "render"
             state.completed_ms = now_ms()
             return await self._clips(state, lease)
-        return Step(state, next_ms=self._next())
+        return Step(state, next_ms=self._next(slow=video.status == c.VIDEO_UNCONFIGURED))
 
     async def _clips(self, state: VideoState, lease: Lease) -> Step:
         reply = await self._request("clips", lease)
@@ -493,8 +493,8 @@ class Poller(Pump[Claimed]):
     def _interval(self) -> float:
         return self.settings.poll_interval
 
-    def _next(self, backoff: int = 0) -> int:
-        delay = self._interval()
+    def _next(self, backoff: int = 0, slow: bool = False) -> int:
+        delay = max(self._interval(), c.UNCONFIGURED_POLL_S) if slow else self._interval()
         if backoff:
             delay = max(delay, min(delay * 2 ** min(backoff, 16), c.UPSTREAM_BACKOFF_CAP))
         return now_ms() + int(delay * 1000)
