@@ -365,7 +365,9 @@ class Settings(BaseSettings):
     )
     delivery_timeout: Seconds = Field(15.0, validation_alias="RELAY_DELIVERY_TIMEOUT")
     render_timeout: Pause = Field(1800.0, validation_alias="RELAY_RENDER_TIMEOUT")
-    upstream_rps: Seconds = Field(20.0, validation_alias="RELAY_UPSTREAM_RPS")
+    # (whole, as RELAY_RATE_LIMIT: the budget is counted in Redis' seconds; 0.5 ran at 1 a
+    # second and 1.5 at 1, silently -- a review, 2026-12-06)
+    upstream_rps: Count = Field(20, validation_alias="RELAY_UPSTREAM_RPS")
     shutdown_grace: Pause = Field(20.0, validation_alias="RELAY_SHUTDOWN_GRACE")
     # (whole requests per second: the limit is counted in one-second windows, so 0.5 would
     # admit none, and 1.5 one -- a review, 2026-12-06)

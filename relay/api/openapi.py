@@ -161,7 +161,7 @@ def document() -> dict[str, Any]:
         "/v1/watches/{watch_id}/deliveries": {
             "parameters": [_WATCH_ID],
             "get": _op(
-                "Every delivery attempt of a watch",
+                "The delivery attempts of a watch (the last 200 kept)",
                 {"200": _json("DeliveryList", "Attempts, oldest first."), **watch_404},
             ),
         },
