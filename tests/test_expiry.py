@@ -118,3 +118,38 @@ async def test_the_expiry_schedule_holds_exactly_the_watching_watches(store: Sto
 
 async def _is(got: Awaitable[set[str]], want: set[str]) -> bool:
     return await got == want
+
+
+async def test_a_watch_whose_video_completed_is_not_expired_while_its_clips_render(
+    store: Store,
+) -> None:
+    """``watch.expired`` is for a video that never finished: one that is ``completed``
+    with its clips still rendering gets ``clips.ready`` by RELAY_RENDER_TIMEOUT after it.
+    A review found ``watch.expired`` sent at the watch's deadline instead, and the clips
+    never. Its expiry waits till the render wait's end (and a lease); a wait over for long
+    with no event (its poller gone) expires it."""
+    (w,) = await registered(store, 1, video="vid_r")
+    video = c.VIDEO_KEY.format("vid_r")
+    await store.redis.hset(video, mapping={"phase": "render", "completedAt": now_ms() - 1_000})
+    await store.redis.zadd(c.EXPIRY_SCHEDULE_KEY, {w.id: now_ms() - 1}, xx=True)
+    expirer = Expirer(store, lease_s=5, render_s=60)
+    expirer.start()
+    try:
+
+        async def put_off() -> bool:
+            due = await store.redis.zscore(c.EXPIRY_SCHEDULE_KEY, w.id)
+            return due is not None and due > now_ms() + 60_000
+
+        await eventually(put_off, timeout=5, what="the expiry put off past the render wait")
+        due = await store.redis.zscore(c.EXPIRY_SCHEDULE_KEY, w.id)
+        assert due is not None and due <= now_ms() + 66_000, due  # (59 s left, and a lease)
+        stored = await store.watches.get(w.id)
+        assert stored is not None and stored.status == "watching"
+        # the render wait long over, no event: its poller is gone; the watch expires
+        await store.redis.hset(video, "completedAt", now_ms() - 3_600_000)
+        await store.redis.zadd(c.EXPIRY_SCHEDULE_KEY, {w.id: now_ms() - 1}, xx=True)
+        await eventually(lambda: _all_gone(store), timeout=5, what="expired")
+    finally:
+        await expirer.stop(1.0)
+    stored = await store.watches.get(w.id)
+    assert stored is not None and stored.event_type == "watch.expired"

@@ -1,5 +1,9 @@
 """The expirer: gives a watch whose video never finished its ``watch.expired``.
 
+A video that is ``completed`` and waits for its clips to render has finished: its watches'
+expiries wait until RELAY_RENDER_TIMEOUT after ``completed`` (and a lease), by when the
+poller has given them ``clips.ready``.
+
 A watch is a member of the expiry schedule (watch id -> RELAY_WATCH_TIMEOUT after it was
 registered) while it waits on its video; its event or its cancellation takes it off. Due
 members are claimed with a lease like any pump's, so a worker that dies mid-way loses
@@ -32,8 +36,9 @@ class Expirer(Pump[Claimed]):
     schedule = c.EXPIRY_SCHEDULE_KEY
     name = "expirer"
 
-    def __init__(self, store: Store, *, lease_s: float) -> None:
+    def __init__(self, store: Store, *, lease_s: float, render_s: float = 1800.0) -> None:
         super().__init__(store, concurrency=64, lease_s=lease_s, batch=64, idle_s=0.5)
+        self.render_ms = int(render_s * 1000)  # RELAY_RENDER_TIMEOUT
         self.retried = 0  # expiries handed back after a Redis error (for tests)
 
     async def claim(self, limit: int) -> Sequence[Claimed]:
@@ -46,10 +51,17 @@ class Expirer(Pump[Claimed]):
         """Expire each watch (its event takes it off the schedule); a watch that has its
         event already, or is gone, just leaves the schedule."""
         done: list[str] = []
-        for n, (watch_id, _) in enumerate(items):
+        for n, (watch_id, token) in enumerate(items):
             try:
-                if await self.store.deliveries.expire(watch_id, now_ms()):
+                got = await self.store.deliveries.expire(
+                    watch_id, now_ms(), render_ms=self.render_ms
+                )
+                if got > 0:
                     log.info("watch expired", watch_id=watch_id)
+                elif got < 0:  # its video is completed, its clips render: due after that
+                    await self.store.deliveries.extend_schedule(
+                        c.EXPIRY_SCHEDULE_KEY, [watch_id], token, -got / 1000 + self.lease_s
+                    )
                 else:
                     done.append(watch_id)
             except Exception as exc:  # Redis in trouble: the rest of the batch goes back

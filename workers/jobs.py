@@ -24,7 +24,7 @@ async def expire_watch(ctx: dict[str, Any], watch_id: str) -> bool:
     Idempotent: a watch that already has its final event, or was cancelled, is left alone.
     """
     store: Store = ctx[STORE]
-    created = await store.deliveries.expire(watch_id, now_ms())
+    created = await store.deliveries.expire(watch_id, now_ms()) > 0
     if created:
         log.info("watch expired", watch_id=watch_id)
     return created

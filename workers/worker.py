@@ -128,7 +128,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     poller.pace = deliverer.pace
     poller.origin_room = deliverer.origin_room
     poller.on_clips = deliverer.keep_clips
-    expirer = Expirer(store, lease_s=settings.lease)
+    expirer = Expirer(store, lease_s=settings.lease, render_s=settings.render_timeout)
     sweeper = Sweeper(store, retention_s=settings.retention)
     poller.start()
     deliverer.start()

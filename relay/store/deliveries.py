@@ -33,6 +33,7 @@ from relay.store.scripts import DELIVERY_BATCH, SCRIPT_BATCH
 DOC_GONE = -2  # finalize's answer: the clips document said stored is not there
 
 SETTLE_BATCH = DELIVERY_BATCH  # attempts recorded per script call, at most
+RENDER_LATE_MS = 600_000  # a render wait over this long ago with no event: expire the watch
 
 
 class Deliveries:
@@ -132,15 +133,26 @@ class Deliveries:
                 out.append(DeliveryClaim(wid, w, deadline, first=True))
         return created, out
 
-    async def expire(self, watch_id: str, at_ms: int) -> bool:
-        """Give a watch still waiting on its video its ``watch.expired``; False if it was
-        not (it has its event, or was cancelled)."""
+    async def expire(self, watch_id: str, at_ms: int, *, render_ms: int | None = None) -> int:
+        """Give a watch still waiting on its video its ``watch.expired``: 1 when it did, 0
+        when it was not (it has its event, or was cancelled). With *render_ms*
+        (RELAY_RENDER_TIMEOUT), a watch whose video is ``completed`` and waits for its clips
+        to render is not expired -- its video finished, and ``clips.ready`` comes by the end
+        of that wait (a review found ``watch.expired`` sent instead): minus the ms left of
+        the wait."""
         reg = await self.redis.get(c.REGISTRATION_KEY.format(watch_id))
         if reg is None:
-            return False
+            return 0
         video_id = watch_from_registration(watch_id, reg).video_id
+        if render_ms is not None:
+            video = c.VIDEO_KEY.format(video_id)
+            phase, since = await self.redis.hmget(video, ["phase", "completedAt"])  # type: ignore[misc]
+            left = int(since or 0) + render_ms - now_ms()
+            # (a wait over for 10 minutes with no clips.ready yet: its poller is gone, expire)
+            if phase == "render" and since and left > -RENDER_LATE_MS:
+                return -max(left, 1)
         created, _ = await self.finalize(video_id, FinalEvent("watch.expired", at_ms), [watch_id])
-        return created > 0
+        return 1 if created > 0 else 0
 
     async def claim(self, *, limit: int, lease_s: float) -> list[tuple[DeliveryClaim, int]]:
         """Claim due deliveries for *lease_s* seconds, each with its watch (None: gone) and
