@@ -258,12 +258,14 @@ class Every:
 
 class Sampled:
     """Lines said of many things at once -- one per video when the upstream fails for all
-    of them -- logged at most once per *seconds* for each event name; the ones left out are
-    counted in the next line's ``others``."""
+    of them, one per origin when a worker's network fails -- logged at most *burst* times
+    per *seconds* for each event name; the ones left out are counted in the next line's
+    ``others``."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, burst: int = 1) -> None:
         self.seconds = seconds
-        self._every: dict[str, Every] = {}
+        self.burst = burst
+        self._window: dict[str, tuple[float, int]] = {}  # event -> (its start, lines said)
         self._left: dict[str, int] = {}
 
     def say(self, emit: Callable[..., Any], event: str, **fields: Any) -> bool:
@@ -277,10 +279,12 @@ class Sampled:
 
     def due(self, event: str) -> int | None:
         """None: leave this line out; else how many of *event* were left out before it."""
-        every = self._every.get(event)
-        if every is None:
-            every = self._every[event] = Every(self.seconds)
-        if every.due():
-            return self._left.pop(event, 0)
-        self._left[event] = self._left.get(event, 0) + 1
-        return None
+        now = time.monotonic()
+        start, said = self._window.get(event, (now, 0))
+        if now - start >= self.seconds:
+            start, said = now, 0
+        if said >= self.burst:
+            self._left[event] = self._left.get(event, 0) + 1
+            return None
+        self._window[event] = (start, said + 1)
+        return self._left.pop(event, 0)

@@ -561,3 +561,20 @@ def test_idle_origins_are_forgotten_after_a_while_not_at_once() -> None:
     clock.t += IDLE_FORGET_S + 1
     q.forget_idle()
     assert q.unanswered_room(origin_tag(A), 0.025) == 8  # new again: two waves of 4
+
+
+def test_many_circuits_opening_at_once_are_a_few_lines() -> None:
+    """A worker whose network fails opens every origin it sends to at once: up to 10,000
+    lines (a review, 2026-12-06). LOG_BURST of a kind per 10 s, the next counting the rest;
+    the origin in the IPv6 form a URL has."""
+    from structlog.testing import capture_logs
+
+    from workers.delivery.breaker import LOG_BURST, shown
+
+    b = Breakers(failures=1, cooldown_s=30, clock=Clock())
+    with capture_logs() as lines:
+        for i in range(50):
+            b.record(("https", f"h{i}.example", 443), False)
+    assert b.open_origins == 50
+    assert [e["event"] for e in lines] == ["circuit opened"] * LOG_BURST
+    assert shown(("http", "::1", 8080)) == "http://[::1]:8080"

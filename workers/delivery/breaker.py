@@ -18,8 +18,9 @@ the attempts asked for are sent, and if the origin is still down they open it ag
 An open circuit nothing is sent to any more (its watches failed, or their next retries are
 hours away) stops counting as open IDLE_OPEN_S after its cooldown (:meth:`Breakers.
 close_idle`): it closes one failure short of opening, so its next attempt is sent and, with
-no answer, opens it at once. Each circuit that opens or closes is one log line, naming its
-origin.
+no answer, opens it at once. A circuit that opens, or closes on an answer or idle, is a log
+line naming its origin (LOG_BURST of a kind per 10 s at most; an operator's close is the
+deliverer's line).
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
+from relay import logs
 from relay.domain.origin import Origin, origin_tag
 from relay.metrics import CIRCUIT_OPEN, CIRCUIT_OPENS, CIRCUITS_OPEN
 from workers.delivery.logger import log
 
 MAX_ORIGINS = 10_000  # origins remembered at most (beyond it: see Breakers._forget)
 IDLE_OPEN_S = 600.0  # an open circuit with no attempt this long after its cooldown closes
+# circuit lines: at most this many of a kind per 10 s (a worker whose network fails opens
+# every origin at once), the next counting those left out
+LOG_BURST = 10
 
 # errors (as recorded) that mean the origin gave no answer: they count towards opening
 NO_ANSWER = ("timeout", "connect:", "dns:", "tls:", "http: connection closed before")
@@ -42,7 +47,7 @@ NO_ANSWER = ("timeout", "connect:", "dns:", "tls:", "http: connection closed bef
 def shown(origin: Origin) -> str:
     """*origin* as a log line names it (``scheme://host:port``: no path, no query)."""
     scheme, host, port = origin
-    return f"{scheme}://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def no_answer(error: str | None) -> bool:
@@ -82,6 +87,7 @@ class Breakers:
         self._open_by_tag: dict[str, set[Origin]] = {}
         self.open_origins = 0  # open or half-open now
         self.refused = 0  # attempts recorded ``circuit open``
+        self._said = logs.Sampled(10.0, LOG_BURST)
 
     def is_open(self, origin: Origin) -> bool:
         """Whether *origin*'s circuit is open or half-open (its attempts are not queued for
@@ -126,7 +132,7 @@ class Breakers:
                 self._open(origin, s)
         elif answered:
             if s.until:
-                log.info("circuit closed", origin=shown(origin), why="answered")
+                self._said.say(log.info, "circuit closed", origin=shown(origin), why="answered")
             self._drop(origin)
 
     def close(self, tag: str | None = None) -> int:
@@ -158,12 +164,13 @@ class Breakers:
             self._drop(origin)
             self._states[origin] = s = _State()
             s.failures = self.failures - 1
-            log.info("circuit closed", origin=shown(origin), why="idle")
+            self._said.say(log.info, "circuit closed", origin=shown(origin), why="idle")
         return len(idle)
 
     def _open(self, origin: Origin, s: _State) -> None:
         if not s.until:
-            log.warning(
+            self._said.say(
+                log.warning,
                 "circuit opened",
                 origin=shown(origin),
                 failures=s.failures,
