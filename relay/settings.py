@@ -451,8 +451,9 @@ _VARIABLES = {name: str(f.validation_alias) for name, f in Settings.model_fields
 _NAMES = frozenset(_VARIABLES.values())
 
 
-# read elsewhere: by the operator CLI (``clip-relay watches``), never by Settings
-_OTHER_NAMES = frozenset({"RELAY_API_URL", "RELAY_API_KEY"})
+# read elsewhere, never by Settings: by the operator CLI (``clip-relay watches``), and the
+# Redis binary the embedded server runs (relay.devtools.embedded_redis)
+_OTHER_NAMES = frozenset({"RELAY_API_URL", "RELAY_API_KEY", "RELAY_REDIS_SERVER"})
 
 
 def strays(env: Mapping[str, str] | None = None) -> list[str]:

@@ -412,6 +412,15 @@ async def test_a_bad_cursor_is_listed_beside_the_other_bad_parameters(api: Clien
     resp = await api.get("/v1/watches?limit=0&status=x&cursor=y", headers=auth())
     data = await problem(resp, 422)
     assert [e["field"] for e in data["errors"]] == ["limit", "status", "cursor"], data
+    # a good cursor beside a typo in a filter is not "another listing's" (a review)
+    for _ in range(2):
+        await create(api)
+    page = await (await api.get("/v1/watches?status=watching&limit=1", headers=auth())).json()
+    cursor = page["nextCursor"]
+    assert cursor
+    resp = await api.get(f"/v1/watches?status=watchin&cursor={cursor}", headers=auth())
+    data = await problem(resp, 422)
+    assert [e["field"] for e in data["errors"]] == ["status"], data
 
 
 # --- cancel, deliveries, redeliver, rotate ---------------------------------------------------

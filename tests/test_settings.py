@@ -534,6 +534,7 @@ def test_a_relay_variable_that_is_no_setting_is_named_with_its_near_miss(
     from relay import cli, logs
 
     env = {"RELAY_RETRY_SCHEDUEL": "1", "RELAY_API_URL": "x", "RELAY_API_KEY": "y"}
+    env |= {"RELAY_REDIS_SERVER": "/usr/bin/redis-server"}  # (the embedded server's binary)
     env |= {"RELAY_WHATEVER": "2", "RELAY_PORT": "8080", "OTHER_RELAY_THING": "3"}
     assert strays(env) == [
         "RELAY_RETRY_SCHEDUEL (did you mean RELAY_RETRY_SCHEDULE?)",

@@ -349,8 +349,12 @@ async def list_watches(request: web.Request) -> web.Response:
     if cursor == "":
         errors.append({"field": "cursor", "message": "empty: leave it out for the first page"})
     elif cursor is not None:  # (checked here too: listed beside the other bad parameters)
+        # against its listing only when the filters are good: a typo in one is not a good
+        # cursor of the listing meant "belonging to another listing"
+        filters_ok = not any(e["field"] in ("status", "videoId") for e in errors)
+        mine = listing_of(principal(request).tenant, video_id, status) if filters_ok else ""
         try:
-            decode_cursor(cursor, listing_of(principal(request).tenant, video_id, status))
+            decode_cursor(cursor, mine)
         except CursorError as exc:
             errors.append({"field": "cursor", "message": str(exc)})
     if errors:

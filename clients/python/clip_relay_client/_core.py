@@ -83,13 +83,14 @@ def api_error(response: httpx.Response) -> ApiError:
     status = doc.get("status")  # (a gateway's JSON may say "error" here: the answer's own)
     detail = doc.get("detail")
     ctype = response.headers.get("content-type") or "no content-type"
-    if detail is None and not ctype.startswith("application/problem+json"):
+    if not ctype.startswith("application/problem+json"):
         # not the relay's answer (its errors are all problem documents): a 404 of another
         # server was read as "no such watch" (a tester), a proxy's 502 page
-        detail = (
+        hint = (
             f"the answer is not a problem document ({ctype}): is the base URL the relay's, "
             "or is a proxy answering?"
         )
+        detail = hint if detail is None else f"{detail} ({hint})"
     return ApiError(
         status if type(status) is int and status >= 400 else response.status_code,
         str(doc.get("title") or response.reason_phrase or "Error"),
@@ -174,7 +175,9 @@ class Core:
         asked = retry_after(response) if response is not None else None
         if asked is not None:  # at least that long, and spread out: callers told the same
             delay += asked  # Retry-After together would all come back at once (a tester)
-        return min(delay, self.max_wait)
+        if delay > self.max_wait:  # (capped, still spread out)
+            delay = self.max_wait * random.uniform(0.8, 1.0)
+        return delay
 
     @staticmethod
     def read(response: httpx.Response) -> Any:

@@ -51,8 +51,8 @@ class Watch:
             id=doc["id"],
             video_id=doc.get("videoId", ""),
             callback_url=doc.get("callbackUrl", ""),
-            min_score=doc.get("minScore", 0),
-            max_score=doc.get("maxScore"),
+            min_score=float(doc.get("minScore", 0)),  # (the relay writes 80, not 80.0)
+            max_score=None if doc.get("maxScore") is None else float(doc["maxScore"]),
             favorited_only=bool(doc.get("favoritedOnly", False)),
             sort_by=doc.get("sortBy", "score"),
             sort_order=doc.get("sortOrder", "desc"),
