@@ -145,6 +145,15 @@ async def test_a_watch_whose_video_completed_is_not_expired_while_its_clips_rend
         assert due is not None and due <= now_ms() + 66_000, due  # (59 s left, and a lease)
         stored = await store.watches.get(w.id)
         assert stored is not None and stored.status == "watching"
+        # the wait just over, no event yet: due again once it is 10 minutes late, in one step
+        await store.redis.hset(video, "completedAt", now_ms() - 61_000)
+        await store.redis.zadd(c.EXPIRY_SCHEDULE_KEY, {w.id: now_ms() - 1}, xx=True)
+
+        async def late() -> bool:
+            due = await store.redis.zscore(c.EXPIRY_SCHEDULE_KEY, w.id)
+            return due is not None and due > now_ms() + 590_000
+
+        await eventually(late, timeout=5, what="the expiry put off till 10 minutes late")
         # the render wait long over, no event: its poller is gone; the watch expires
         await store.redis.hset(video, "completedAt", now_ms() - 3_600_000)
         await store.redis.zadd(c.EXPIRY_SCHEDULE_KEY, {w.id: now_ms() - 1}, xx=True)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import orjson
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import constants as c
 from relay import logs
@@ -72,12 +74,16 @@ async def gauges(store: Store, lease_s: float) -> None:
                 unreachable.reset()
             down = False
             REDIS_UP.set(1)
-        except Exception as exc:
+        except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
             if unreachable.due():  # (the gauges from Redis keep their last values)
                 log.warning("redis unreachable for the gauges", error=type(exc).__name__)
             down = True
             REDIS_UP.set(0)
             UPSTREAM_PAUSED.set(0)  # (not a stale pause for as long as Redis is away)
+        except Exception as exc:  # Redis answered with an error (BUSY, MISCONF, ...)
+            if unreachable.due():
+                log.warning("gauges failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            UPSTREAM_PAUSED.set(0)  # (not a stale pause)
         await asyncio.sleep(GAUGE_INTERVAL)
 
 

@@ -47,6 +47,7 @@ class UpstreamGate:
         self._tokens = 0
         self._until = 0.0  # (monotonic) when the tokens held end: their second is over
         self._lock = asyncio.Lock()
+        self._sleeps = 0  # times a caller slept on the budget or a pause (its queue waited)
         self.paused_until = 0.0  # as last learnt from Redis (epoch seconds)
         self._paused_mono = 0.0  # the same end on this host's monotonic clock (what is slept)
         self._resumed = asyncio.Event()  # set (and replaced) when a pause is ended early
@@ -65,9 +66,11 @@ class UpstreamGate:
         also behind other callers, counts in ``relay_upstream_wait_seconds_total`` (only the
         caller at the head of the queue counted before: 20 callers waiting 84 s in all
         showed as 8.7 s, a review found)."""
-        entered = time.monotonic()
+        entered, slept = time.monotonic(), self._sleeps
         async with self._lock:
-            waited = time.monotonic() - entered
+            # (behind callers that slept on the budget or a pause: that wait counts; behind
+            # their round trips for tokens only, it does not)
+            waited = time.monotonic() - entered if self._sleeps != slept else 0.0
             try:
                 while True:
                     left = self._paused_mono - time.monotonic()
@@ -75,6 +78,7 @@ class UpstreamGate:
                         raise Paused(self.paused_until)
                     if left > 0:  # paused: the tokens held wait too (till it ends or is ended)
                         t0 = time.monotonic()
+                        self._sleeps += 1
                         resumed = self._resumed
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(resumed.wait(), left)
@@ -94,6 +98,7 @@ class UpstreamGate:
                         continue
                     pause = ms / 1000 + 0.001  # this second's budget is spent
                     waited += pause
+                    self._sleeps += 1
                     await asyncio.sleep(pause)
             finally:
                 if waited:

@@ -161,7 +161,7 @@ def document() -> dict[str, Any]:
         "/v1/watches/{watch_id}/deliveries": {
             "parameters": [_WATCH_ID],
             "get": _op(
-                "The delivery attempts of a watch (the last 200 kept)",
+                "The delivery attempts of a watch (the last 200, and the last 200 pings)",
                 {"200": _json("DeliveryList", "Attempts, oldest first."), **watch_404},
             ),
         },

@@ -382,7 +382,7 @@ async def cancel_watch(request: web.Request) -> web.Response:
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
-    """``GET /v1/watches/{id}/deliveries``: the attempts kept (the last 200), oldest first."""
+    """``GET /v1/watches/{id}/deliveries``: the last 200 attempts and 200 pings, oldest first."""
     watch = await _own_watch(request)
     return json_response({"data": await request.app[k.STORE].watches.attempts(watch)})
 

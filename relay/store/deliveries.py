@@ -150,7 +150,8 @@ class Deliveries:
             left = int(since or 0) + render_ms - now_ms()
             # (a wait over for 10 minutes with no clips.ready yet: its poller is gone, expire)
             if phase == "render" and since and left > -RENDER_LATE_MS:
-                return -max(left, 1)
+                # (over: due again once it is RENDER_LATE_MS late, not every lease till then)
+                return -(left if left > 0 else left + RENDER_LATE_MS)
         created, _ = await self.finalize(video_id, FinalEvent("watch.expired", at_ms), [watch_id])
         return 1 if created > 0 else 0
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from relay import constants as c
+from relay import logs
 from relay.domain.clips import ClipSet
 from relay.domain.clock import now_ms
 from relay.domain.watch import Watch
@@ -51,6 +53,7 @@ class LinkRefresher:
         # its one clips request (two requests a few ms apart: the second went out before
         # the first's 429 paused the upstream)
         self._fetching: dict[Source, asyncio.Task[int | None]] = {}
+        self._said = logs.Sampled(c.TROUBLE_LOG_EVERY_S)  # as the poller's trouble lines
 
     async def refresh(
         self,
@@ -157,7 +160,9 @@ class LinkRefresher:
         if reply.kind == "rate_limited":  # every worker waits, as after a poll's 429
             UPSTREAM_RATE_LIMITED.inc()
             wait = reply.retry_after if reply.retry_after is not None else PAUSE_DEFAULT_S
-            log.warning("upstream rate limited", video_id=video_id, retry_after=wait)
+            self._said.say(
+                log.warning, "upstream rate limited", video_id=video_id, retry_after=wait
+            )
             await self.gate.pause(wait)
         if reply.kind != "ok":
             return None
