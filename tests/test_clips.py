@@ -580,3 +580,18 @@ def test_new_watch_id_format() -> None:
     assert len(seen) == 500
     for wid in seen:
         assert re.fullmatch(r"wat_[0-9a-z]{24}", wid), wid
+
+
+def test_fresh_ids_are_random_in_every_character() -> None:
+    """A watch id and a ping's event id are ``wat_``/``evt_`` + 24 characters of 120 random
+    bits: every ping of a watch has its own ``webhook-id`` (the same one each time would
+    be dropped by a receiver that dedupes), and no position is constant (a mutation review:
+    15 random bytes cut to 8 went unnoticed)."""
+    from relay.domain.ids import new_event_id, new_watch_id
+
+    for make, prefix in ((new_watch_id, "wat_"), (new_event_id, "evt_")):
+        ids = [make() for _ in range(200)]
+        assert len(set(ids)) == 200
+        assert all(re.fullmatch(prefix + "[a-z2-7]{24}", i) for i in ids), ids[:3]
+        for position in range(4, 28):
+            assert len({i[position] for i in ids}) > 1, (prefix, position)

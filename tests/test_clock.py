@@ -217,3 +217,17 @@ async def test_an_offset_learnt_while_redis_was_slow_is_replaced(
     secs, micros = await real_time()
     now = int(secs) * 1000 + int(micros) // 1000
     assert abs(relay.domain.clock.now_ms() - now) < 1_000
+
+
+def test_an_observation_is_taught_only_by_a_quick_forward_round_trip() -> None:
+    """The offset is Redis' time minus the midpoint of the round trip, and a reply slower
+    than MAX_RTT_MS, or one "answered" before it was sent (the host's clock stepped back),
+    teaches nothing (a mutation review: no test checked the gate or the midpoint)."""
+    clock = relay.domain.clock
+    assert clock.observe(1_000, 0, 100)  # the slowest reply that still teaches
+    assert clock.offset_ms() == 950 and clock.learned_rtt_ms() == 100
+    assert not clock.observe(10_000, 0, 101)  # too slow
+    assert not clock.observe(10_000, 100, 50)  # backwards
+    assert clock.offset_ms() == 950 and clock.learned_rtt_ms() == 100
+    assert clock.observe(2_000, 1_000, 1_010)
+    assert clock.offset_ms() == 995 and clock.learned_rtt_ms() == 10

@@ -215,6 +215,28 @@ async def test_a_video_waiting_for_its_config_is_polled_once_a_minute(
     assert due is not None and due >= now_ms() + 55_000, due
 
 
+async def test_a_poll_that_sees_a_change_dates_it_on_the_waiting_watches(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """A watch still ``watching`` shows as ``updatedAt`` when its video's status or progress
+    last changed (the video hash's ``changedAt``, written with the poll's result): a
+    mutation review found it never written went unnoticed."""
+    vid = await sim_video(sim, timeline=ANALYZING)
+    (w,) = await watch(store, vid)
+    await make_poller()
+    await eventually(lambda: _at_least(requests(sim, vid), 1), what="a poll")
+
+    async def seen() -> bool:
+        got = await store.watches.get(w.id)
+        return got is not None and got.video_status == "analyzing"
+
+    await eventually(seen, what="the poll's result written")
+    changed = await store.redis.hget(c.VIDEO_KEY.format(vid), "changedAt")
+    got = await store.watches.get(w.id)
+    assert got is not None and changed and got.updated_ms == int(changed) >= w.created_ms
+    assert got.video_progress == 40.0
+
+
 async def test_a_watch_joining_a_polled_video_shows_the_status_seen(
     store: Store, sim: Client, make_poller: PollerFactory
 ) -> None:

@@ -735,3 +735,23 @@ async def test_recover_goes_batch_by_batch_until_the_range_or_its_time_ends(
     assert await store.redis.zcard(failed) == 0
     assert [len(tags) for tags in closes[1:]] == [1, 0, 0]  # three batches, one close
     assert (await store.watches.tenant_counts("acme"))["delivering"] == 7
+
+
+async def test_a_waiting_watch_shows_its_videos_status_progress_and_change(
+    store: Store,
+) -> None:
+    """A watch waiting on its video shows the status last seen, its progress -- null when
+    ScaleReach gave none, not 0 -- and, as updatedAt, when they changed (a mutation
+    review: null read as 0 went unnoticed)."""
+    (w,) = await registered(store, 1, video="vid_p")
+    video = c.VIDEO_KEY.format("vid_p")
+    changed = now_ms() + 5_000
+    await store.redis.hset(
+        video, mapping={"status": "analyzing", "progress": "", "changedAt": changed}
+    )
+    got = await store.watches.get(w.id)
+    assert got is not None and got.status == "watching"
+    assert (got.video_status, got.video_progress, got.updated_ms) == ("analyzing", None, changed)
+    await store.redis.hset(video, "progress", "40.0")
+    got = await store.watches.get(w.id)
+    assert got is not None and got.video_progress == 40.0

@@ -454,6 +454,25 @@ async def test_thirty_rotations_sign_with_three_secrets(
             verify(raw, ev.attempt_headers, s)
 
 
+async def test_a_watch_retrying_its_event_shows_no_last_event_yet(
+    api: Client, make_worker: WorkerFactory, sim: Client, receiver: Rec
+) -> None:
+    """``lastEventType`` is the final event a watch ended with: while its first attempt
+    failed and it retries, it is still null (``lastError`` says why); a mutation review
+    found it showing the event at once went unnoticed."""
+    await make_worker(retry_schedule=(30,))
+    receiver[0].script("/retrying", [500])
+    w = await register(api, receiver, await sim_video(sim), "/retrying")
+
+    async def attempted() -> bool:
+        return bool(await deliveries(api, w["id"]))
+
+    await eventually(attempted, what="the first attempt recorded")
+    got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
+    assert got["status"] == "delivering" and got["lastEventType"] is None, got
+    assert got["lastError"] == "HTTP 500", got
+
+
 async def test_stale_clip_links_are_fetched_again_before_an_attempt(
     api: Client, make_worker: WorkerFactory, sim: Client, receiver: Rec
 ) -> None:
