@@ -529,11 +529,16 @@ async def test_unresolvable_host(client: WebhookClient) -> None:
 # --- TLS ----------------------------------------------------------------------------------
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for localhost and 127.0.0.1, and its key, as PEM files."""
+def self_signed(
+    tmp: Path, names: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ("127.0.0.1",)
+) -> tuple[Path, Path]:
+    """A self-signed certificate for host *names* and addresses *ips*, and its key, as PEM
+    files."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     now = datetime.datetime.now(datetime.UTC)
+    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alt += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -542,16 +547,11 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path, key_path = tmp / f"{names[0]}.pem", tmp / f"{names[0]}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
@@ -563,8 +563,8 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-async def test_tls_verifies_the_certificate(tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
+async def tls_server(cert: Path, key: Path) -> tuple[web.AppRunner, int]:
+    """A loopback HTTPS server with *cert* answering 204 to ``POST /tls``, and its port."""
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
 
@@ -575,9 +575,13 @@ async def test_tls_verifies_the_certificate(tmp_path: Path) -> None:
     app.router.add_post("/tls", hook)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx).start()
+    return runner, runner.addresses[0][1]
+
+
+async def test_tls_verifies_the_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    runner, port = await tls_server(cert, key)
     untrusting = WebhookClient(LOCAL, timeout=2.0)
     trusting = WebhookClient(
         LOCAL, timeout=2.0, ssl_context=ssl.create_default_context(cafile=str(cert))

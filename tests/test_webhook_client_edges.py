@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import ipaddress
 import socket
 import ssl
@@ -17,10 +16,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy
@@ -38,7 +33,9 @@ from tests.test_webhook_client import (
     read_request,
     recorder,
     scripted,
+    self_signed,
     target,
+    tls_server,
 )
 
 __all__ = ["client", "recorder", "scripted"]  # (fixtures of test_webhook_client, used here)
@@ -52,35 +49,6 @@ DRAINED = 64 * 1024  # docs/security.md: "a body past 64 KB is not drained"
 # --- TLS ----------------------------------------------------------------------------------
 
 
-def certificate_for(tmp: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate naming only the host *name* (no IP address), and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.mark.parametrize(("named", "ok"), [("localhost", True), ("other.example", False)])
 async def test_tls_checks_the_certificate_against_the_host_name(
     tmp_path: Path, named: str, ok: bool
@@ -90,20 +58,8 @@ async def test_tls_checks_the_certificate_against_the_host_name(
     ``https://localhost:PORT``, one naming another host is rejected. Fails if the host
     name is not passed to TLS (then 127.0.0.1 is checked, which the certificate does not
     name). (a mutation review, 2026-12-06)"""
-    cert, key = certificate_for(tmp_path, named)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-
-    async def hook(_: web.Request) -> web.Response:
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/tls", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
-    port = runner.addresses[0][1]
+    cert, key = self_signed(tmp_path, names=(named,), ips=())
+    runner, port = await tls_server(cert, key)
     trusting = WebhookClient(
         LOCAL, timeout=2.0, ssl_context=ssl.create_default_context(cafile=str(cert))
     )
