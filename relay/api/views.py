@@ -348,9 +348,9 @@ async def list_watches(request: web.Request) -> web.Response:
     cursor = q.get("cursor")
     if cursor == "":
         errors.append({"field": "cursor", "message": "empty: leave it out for the first page"})
-    elif cursor is not None:  # (checked here too: listed beside the other bad parameters)
-        # against its listing only when the filters are good: a typo in one is not a good
-        # cursor of the listing meant "belonging to another listing"
+    elif cursor is not None and errors:  # (listed beside the other bad parameters; alone,
+        # the page's read refuses it). Against its listing only when the filters are good:
+        # a typo in one is not a good cursor of the listing meant "of another listing"
         filters_ok = not any(e["field"] in ("status", "videoId") for e in errors)
         mine = listing_of(principal(request).tenant, video_id, status) if filters_ok else ""
         try:

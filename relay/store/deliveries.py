@@ -138,8 +138,8 @@ class Deliveries:
         when it was not (it has its event, or was cancelled). With *render_ms*
         (RELAY_RENDER_TIMEOUT), a watch whose video is ``completed`` and waits for its clips
         to render is not expired -- its video finished, and ``clips.ready`` comes by the end
-        of that wait (a review found ``watch.expired`` sent instead): minus the ms left of
-        the wait."""
+        of that wait (a review found ``watch.expired`` sent instead): minus the ms until it
+        is due again (the wait's end; once over, when it is RENDER_LATE_MS late)."""
         reg = await self.redis.get(c.REGISTRATION_KEY.format(watch_id))
         if reg is None:
             return 0
