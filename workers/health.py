@@ -21,9 +21,15 @@ from relay.metrics import QUEUE_DEPTH, QUEUE_DUE, REDIS_UP, UPSTREAM_PAUSED, WAT
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.connection import trim_idle
+from relay.store.watches import counts_of
 
 log = logs.get("workers.worker")
 GAUGE_INTERVAL = 5.0
+QUEUES = (
+    ("poll", c.POLL_SCHEDULE_KEY),
+    ("delivery", c.DELIVERY_SCHEDULE_KEY),
+    ("expiry", c.EXPIRY_SCHEDULE_KEY),
+)
 
 
 def _status(status: str, code: int = 200) -> web.Response:
@@ -35,14 +41,12 @@ def _status(status: str, code: int = 200) -> web.Response:
 
 async def gauges(store: Store, lease_s: float) -> None:
     """Refresh the queue-depth, watch-count and upstream-pause gauges every GAUGE_INTERVAL
-    seconds, forever, learn Redis' clock again from the same round trip, say the worker's
+    seconds, forever, in one round trip, learn Redis' clock again from it, say the worker's
     *lease_s* (how far its claims reach: ``clip-relay upstream resume`` keeps clear of
     them), and close the Redis connections a burst left idle beyond a few."""
     lease = str(int(lease_s * 1000))
     # (said for 10 minutes, or the lease if longer: a stalled loop's claims stay covered)
     said_for = max(c.WORKER_LEASE_SEEN_MS, int(lease_s * 1000))
-    queues = {"poll": c.POLL_SCHEDULE_KEY, "delivery": c.DELIVERY_SCHEDULE_KEY}
-    queues["expiry"] = c.EXPIRY_SCHEDULE_KEY
     unreachable, down = logs.Every(60.0), False
     while True:
         try:
@@ -53,20 +57,21 @@ async def gauges(store: Store, lease_s: float) -> None:
             # key's, GT only lengthens it -- GT alone never sets one on a key without)
             pipe.pexpire(c.WORKER_LEASES_KEY, said_for, nx=True)
             pipe.pexpire(c.WORKER_LEASES_KEY, said_for, gt=True)
-            for key in queues.values():
+            for _, key in QUEUES:
                 pipe.zcard(key)
                 pipe.zcount(key, "-inf", now)  # (due: a claim's score is its lease's end)
+            pipe.hgetall(c.WATCH_COUNTS_KEY)
             pipe.get(c.UPSTREAM_PAUSE_KEY)  # the pause's end, Redis ms
             pipe.time()
             sent = clock.local_ms()
-            *_, pause_end, (secs, micros) = got = await pipe.execute()
+            _, _, _, *sizes, counts, pause_end, (secs, micros) = await pipe.execute()
             now = int(secs) * 1000 + int(micros) // 1000
             clock.observe(now, sent, clock.local_ms())  # (Redis' clock: learnt again)
             UPSTREAM_PAUSED.set(max(0, int(pause_end or 0) - now) / 1000)
-            for i, queue in enumerate(queues):
-                QUEUE_DEPTH.labels(queue).set(got[3 + 2 * i])
-                QUEUE_DUE.labels(queue).set(got[4 + 2 * i])
-            for status, n in (await store.watches.counts()).items():
+            for (queue, _), depth, due in zip(QUEUES, sizes[::2], sizes[1::2], strict=True):
+                QUEUE_DEPTH.labels(queue).set(depth)
+                QUEUE_DUE.labels(queue).set(due)
+            for status, n in counts_of(counts).items():
                 WATCHES.labels(status).set(n)
             await trim_idle(store.redis)  # a burst's connections do not stay open for good
             if down:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,6 +80,11 @@ def secret_tag(secrets: Sequence[SecretEntry]) -> str:
     before the newest stops signing ('0': never rotated). Every rotation changes it, and it
     tells nothing of any secret (not even a hash of one)."""
     return str(secrets[1].expires_ms) if len(secrets) > 1 else "0"
+
+
+def counts_of(raw: Mapping[str, str]) -> dict[str, int]:
+    """The status counters' hash (``HGETALL`` of WATCH_COUNTS_KEY) as a count per status."""
+    return {status: int(raw.get(status, 0)) for status in c.WATCH_STATUSES}
 
 
 class Watches:
@@ -372,5 +377,4 @@ class Watches:
 
     async def counts(self) -> dict[str, int]:
         """Number of watches in each status (kept by the transition scripts)."""
-        raw = await self.redis.hgetall(c.WATCH_COUNTS_KEY)  # type: ignore[misc]
-        return {status: int(raw.get(status, 0)) for status in c.WATCH_STATUSES}
+        return counts_of(await self.redis.hgetall(c.WATCH_COUNTS_KEY))  # type: ignore[misc]
