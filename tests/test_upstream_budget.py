@@ -111,6 +111,25 @@ async def test_tokens_are_spent_only_in_the_second_they_were_granted_for(
     assert time.time() >= second + 2
 
 
+async def test_no_request_is_sent_in_the_last_100_ms_of_a_second(store: Store) -> None:
+    """Rule: the last ``UPSTREAM_SEND_MARGIN_MS`` of each second grant no token, and tokens
+    held are not spent in them: a request sent at 999 ms reaches the upstream in its next
+    second, on top of that second's whole budget (a CI run counted 21 requests in one of the
+    upstream's seconds with a cap of 20). A gate asking then waits for the next second."""
+    rps = 50  # chunks of 5
+    margin = c.UPSTREAM_SEND_MARGIN_MS / 1000
+    second = await early_in_a_second()
+    granted, ms = await store.limits.upstream_tokens(1, rps)
+    assert granted == 1 and ms <= 1000 * (1 - margin)  # a life that ends before the margin
+    gate = UpstreamGate(store.limits, rps)
+    await gate.acquire()  # 4 tokens held ...
+    await asyncio.sleep(second + 1 - margin / 2 - time.time())  # ... into the margin
+    assert await store.limits.upstream_tokens(1, rps) == (0, pytest.approx(50, abs=40))
+    await gate.acquire()  # the held tokens are not spent: it waits for the next second
+    assert int(time.time()) == second + 1
+    assert int(await store.redis.get(c.UPSTREAM_RATE_KEY.format("") + str(second))) == 6
+
+
 async def test_a_pause_set_by_one_gate_holds_the_other(store: Store) -> None:
     """Rule: a pause after a 429, set through one gate, holds every gate on the same Redis:
     the other waits until it ends, or raises ``Paused`` (with the pause's end) when the pause
