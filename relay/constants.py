@@ -31,9 +31,10 @@ POLL_SCHEDULE_KEY: Final = PREFIX + "sched:poll"  # zset: video id -> next poll 
 DELIVERY_SCHEDULE_KEY: Final = PREFIX + "sched:delivery"  # zset: watch id -> next attempt (ms)
 EXPIRY_SCHEDULE_KEY: Final = PREFIX + "sched:expiry"  # zset: watching watch id -> expiry (ms)
 UPSTREAM_RATE_KEY: Final = PREFIX + "up:rate:{}"  # string: requests granted in one second
-# the last ms of each second in which no upstream request is sent: time for the requests of
-# this second to reach the upstream before the next second's budget starts (a CI run saw 21
-# requests in one of the upstream's seconds with a cap of 20, the 21st sent at ~999 ms)
+# the last ms of each second, whose upstream requests may reach the upstream in the next one:
+# they are charged to both seconds' budgets, and tokens granted earlier are not spent in them
+# (a CI run saw 21 requests in one of the upstream's seconds with a cap of 20, the 21st sent
+# at ~999 ms)
 UPSTREAM_SEND_MARGIN_MS: Final = 100
 UPSTREAM_PAUSE_KEY: Final = PREFIX + "up:pause"  # string: upstream paused until (ms)
 # string: the end (ms) of a pause an operator's resume ended, while the resume still has

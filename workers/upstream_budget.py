@@ -3,10 +3,11 @@
 Tokens are taken from Redis a few at a time and spent locally within the same second, so a
 busy worker makes one Redis round trip per handful of upstream requests, not one each. The
 seconds are Redis' (``TIME`` in the script), and a grant lives only for what is left of its
-second as Redis told it (measured on this host's monotonic clock), less its last 100 ms
-(``UPSTREAM_SEND_MARGIN_MS``, for the requests on their way), so a worker whose wall clock
-is off shares the same buckets as the others and never spends a second's tokens in another,
-nor has them reach the upstream in the next. A 429
+second as Redis told it (measured on this host's monotonic clock), so a worker whose wall
+clock is off shares the same buckets as the others and never spends a second's tokens in
+another. A request sent in the last 100 ms of a second (``UPSTREAM_SEND_MARGIN_MS``) may
+reach the upstream in the next: tokens granted before those 100 ms are not spent in them,
+and tokens granted in them count in both seconds. A 429
 from the upstream pauses every worker until its Retry-After has passed; a caller holding a
 lease does not sleep through a long pause (:class:`Paused`), it reschedules its work. A
 gate learns of another worker's pause as it is set (:meth:`UpstreamGate.follow_pauses`, a
@@ -90,7 +91,7 @@ class UpstreamGate:
                         return
                     sent = time.monotonic()
                     granted, ms = await self._limits.upstream_tokens(self._chunk, self._rps)
-                    if granted > 0:  # good for the sending time left of Redis' second
+                    if granted > 0:  # good for what is left of Redis' second (or till its margin)
                         self._until, self._tokens = sent + ms / 1000, granted - 1
                         return
                     self._tokens = 0

@@ -26,10 +26,11 @@ class Limits:
 
     async def upstream_tokens(self, want: int, rps: float) -> tuple[int, int]:
         """Take up to *want* upstream requests from the budget of Redis' current second,
-        shared by every worker. Returns (granted, ms): granted > 0 with the ms of that second
-        left to send them in (the tokens' life: its last c.UPSTREAM_SEND_MARGIN_MS are kept
-        free, so that a request on its way counts in its own second at the upstream too);
-        0 (spent) with the ms to the next second; -1 (paused) with the ms left of the pause."""
+        shared by every worker. Returns (granted, ms): granted > 0 with the ms they may be
+        sent in (their life: up to the last c.UPSTREAM_SEND_MARGIN_MS of the second; tokens
+        granted within those are charged to the next second too, where a request on its way
+        may land); 0 (spent) with the ms to the next second; -1 (paused) with the ms left of
+        the pause."""
         granted, ms = await self._tokens(
             keys=[c.UPSTREAM_RATE_KEY.format(""), c.UPSTREAM_PAUSE_KEY],
             args=[max(int(rps), 1), want, c.UPSTREAM_SEND_MARGIN_MS],
