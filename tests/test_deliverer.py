@@ -217,16 +217,17 @@ async def test_a_queued_job_whose_claim_was_taken_over_is_not_sent(
     """With a lease no longer than an attempt, every queued job renews its claim first;
     the renewal fails for the one another worker took over meanwhile."""
     rec, base = hook
-    rec.script("/slow", [204], delay=0.5)
+    rec.script("/slow", [204], delay=1.5)
     d = await make_deliverer(delivery_concurrency=1, lease=2.5, delivery_timeout=2)
     slow = await created_events(store, base, 1, path="/slow", deliverer=d)
     rest = await created_events(store, base, 3, video="vid_2", deliverer=d)
     d.offer(slow)
     d.offer(rest)
     # one lane claims up to four at a time: the slow one is on the wire, the next queued
-    await asyncio.sleep(0.2)
     victim = rest[0].watch_id
-    assert victim in {job.watch.id for job in d.claimer.jobs}
+    await eventually(
+        lambda: victim in {job.watch.id for job in d.claimer.jobs}, what="the next one queued"
+    )
     theirs = now_ms() + 60_000
     await store.redis.zadd(c.DELIVERY_SCHEDULE_KEY, {victim: theirs})
     await wait_settled(store, 3)

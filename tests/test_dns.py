@@ -155,7 +155,9 @@ async def test_lookups_in_flight_are_bounded(dns: DnsServer) -> None:
     second = asyncio.create_task(resolver.resolve("slow2.test"))
     await asyncio.sleep(0.05)
     took, got = await timed(resolver.resolve("fast.test"))
-    assert got == [(2, "127.0.0.1")] and took > 0.8
+    # (it waited for a slot: an unbounded resolver answers it in ms; a loaded loop may
+    # oversleep the 0.05 s above)
+    assert got == [(2, "127.0.0.1")] and took > 0.5
     await asyncio.gather(first, second)
 
 

@@ -252,7 +252,10 @@ async def _flow(s: Secrets, ports: dict[str, int], procs: dict[str, Proc]) -> di
             ),
         )
         statuses["bad request id"] = status
-        await asyncio.sleep(0.3)
+        settle_by = time.monotonic() + 5  # (its line is written after the answer: wait for it)
+        while _request_lines(procs["api"].log_path) <= before and time.monotonic() < settle_by:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)  # (and a second line, were there one)
         after = _request_lines(procs["api"].log_path)
 
         # wait for both final events (W1: clips.ready after 401s and a 500; W2: expired)

@@ -654,7 +654,9 @@ async def test_waiting_for_an_answer_does_not_sweep_the_order_ahead() -> None:
     assert chunk == full[:32]
     waiting = sum(len(q) for q in order._waiting.values())
     assert waiting <= SCAN_AHEAD * 32  # swept once, by the first take
-    assert asked >= ROOM_WAIT_S / ANSWER_WAIT_S  # (it did take again while waiting)
+    # (it did take again while waiting, asking each of the 3 origins: at least once more; a
+    # loaded loop may oversleep its ANSWER_WAIT_S steps past ROOM_WAIT_S)
+    assert asked >= 2 * 3
 
 
 async def test_a_503_with_retry_after_is_polled_again_no_sooner(

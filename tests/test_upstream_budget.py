@@ -153,7 +153,8 @@ async def test_a_pause_set_by_one_gate_holds_the_other(store: Store) -> None:
         await pausing.acquire(max_pause=0.2)
     with pytest.raises(Paused) as raised:
         await other.acquire(max_pause=0.2)
-    assert abs(raised.value.until - until) < 0.01
+    # (the same end, give or take the two round trips between: far from the 1.5 s pause)
+    assert abs(raised.value.until - until) < 0.15
     await other.acquire()  # no max_pause: it waits the pause out
     assert time.time() >= int(until * 1000) / 1000
 

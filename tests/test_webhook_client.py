@@ -449,7 +449,7 @@ async def test_timeout_closes_the_connection(
         started = loop.time()
         with pytest.raises(TimeoutError):
             await client.post(target(url), HEADERS, BODY)
-        assert 0.3 <= loop.time() - started < 0.6
+        assert 0.3 <= loop.time() - started < 1.0  # (0.3 s, and a loaded loop's lateness)
         await asyncio.wait_for(closed.wait(), 2.0)
         assert client.idle_connections == 0
     finally:

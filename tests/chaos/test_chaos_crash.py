@@ -128,13 +128,15 @@ async def test_worker_killed_at_each_stage(stack: Stack) -> None:
 
     # 1. mid-poll: every status request hangs 1.5 s at the simulator; kill while they do
     vids = await stack.videos(60, timeline=timeline(1.0))
-    await stack.fault("slow", path="status", delay=1.5, times=len(vids))
+    for vid in vids:  # (each video's own: the early ones' re-polls take none of the others')
+        await stack.fault("slow", path="status", videoId=vid, delay=1.5, times=1)
     regs = await stack.register(vids * 2)
     since = time.time()
 
     async def polls_in_flight() -> bool:  # claimed: leased 3 s ahead, a re-poll is 0.5 s
+        # (nine in ten at least, as for the clips below: the window is the 1.5 s they hang)
         claimed = await stack.ahead(1.0)
-        return all((c.POLL_SCHEDULE_KEY, v) in claimed for v in vids)
+        return sum((c.POLL_SCHEDULE_KEY, v) in claimed for v in vids) >= 0.9 * len(vids)
 
     cr = await kill_when(stack, "w", [r.id for r in regs], polls_in_flight, what="mid-poll")
     answered_late = [
@@ -264,16 +266,18 @@ async def test_default_lease_takeover_and_replicas(stack: Stack) -> None:
     await stack.start_api("api1")
     await stack.start_api("api2")
     await stack.start_worker("w1", **product_defaults)
-    # 40 deliveries held 3 s by the receiver and 40 status polls held 3 s by the simulator
+    # 40 deliveries held 6 s by the receiver and 40 status polls held 6 s by the simulator
+    # (under the default attempt timeouts, 15 and 10 s; long enough for all 80 to be on the
+    # wire together on a loaded machine: the polls' faults are set before the deliveries go)
     done_vids = await stack.videos(40, timeline=timeline(0))
-    stack.receiver.script("/slow", [204] * len(done_vids), delay=3)
+    slow_vids = await stack.videos(40, timeline=timeline(0))
+    for vid in slow_vids:
+        await stack.fault("slow", path="status", videoId=vid, delay=6, times=1)
+    stack.receiver.script("/slow", [204] * len(done_vids), delay=6)
     deliveries = await stack.register(done_vids, path="/slow", api="api1")
     await wait_until(
         lambda: stack.has_received([r.id for r in deliveries], 40), 15, what="on the wire"
     )
-    slow_vids = await stack.videos(40, timeline=timeline(0))
-    for vid in slow_vids:
-        await stack.fault("slow", path="status", videoId=vid, delay=3, times=1)
     polls = await stack.register(slow_vids, api="api1")
     regs = deliveries + polls
     ids = [r.id for r in regs]

@@ -17,7 +17,7 @@ import aiohttp
 from relay.store.connection import SOCKET_TIMEOUT
 from tests.chaos.harness import AUTH, SECRET, Registered, Stack, report, wait_until
 
-AOF_WINDOW = 1.0  # appendfsync everysec: what a crash may lose
+AOF_WINDOW = 2.0  # appendfsync everysec: what a crash may lose (2 s when fsync is slow)
 PROBLEM = "application/problem+json"
 
 
