@@ -37,7 +37,7 @@ from relay.store import Store
 from relay.store.codec import fan_out_order
 from tests.conftest import eventually
 from workers.fanout import SCAN_AHEAD, FanOutOrder
-from workers.poller import ANSWER_WAIT_S, ROOM_WAIT_S, Poller
+from workers.poller import ROOM_WAIT_S, Poller
 from workers.upstream_budget import UpstreamGate
 
 Client = TestClient[web.Request, web.Application]
