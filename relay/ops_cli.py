@@ -197,8 +197,8 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
         w = relay.redeliver(args.id)
         emit(w.raw, f"{w.id}: {w.status}, its last event is being sent again")
     elif action == "cancel":
-        relay.cancel_watch(args.id)
-        emit({"id": args.id, "status": "cancelled"}, f"{args.id}: cancelled")
+        relay.cancel_watch(args.id)  # (a 204: with --json, the watch as the API now has it)
+        emit(relay.get_watch(args.id).raw if as_json else {}, f"{args.id}: cancelled")
     elif action == "rotate-secret":
         r = relay.rotate_secret(args.id)
         until = _time(r.previous_secret_expires_at)

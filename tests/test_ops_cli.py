@@ -115,6 +115,9 @@ async def test_actions_on_a_delivered_watch(api: Api, sim: Api, receiver: Rec, w
     code, out, _ = await cli(api, "cancel", wid)
     assert code == 0 and "cancelled" in out
     assert (await api_json(api, f"/v1/watches/{wid}"))["status"] == "cancelled"
+    # (the API answers 204: --json prints the watch as the API has it, not a made-up doc)
+    code, out, _ = await cli(api, "cancel", wid, "--json")
+    assert code == 0 and json.loads(out) == await api_json(api, f"/v1/watches/{wid}")
 
 
 async def test_api_errors_exit_1_naming_status_and_title(api: Api) -> None:
