@@ -156,10 +156,11 @@ async def make_worker(redis: Redis, settings: Settings) -> AsyncIterator[WorkerF
         worker = Worker(**options, handle_signals=False)
         task = asyncio.create_task(worker.main())
         running.append((worker, task))
-        for _ in range(200):  # until on_startup has run
-            if "runtime" in worker.ctx:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(  # until on_startup has run (a loaded machine may take seconds)
+            lambda: "runtime" in worker.ctx or task.done(), timeout=15, what="worker startup"
+        )
+        if task.done():
+            task.result()  # (its startup failed: that error, not a test that waits in vain)
         return worker
 
     yield start

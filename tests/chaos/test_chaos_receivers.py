@@ -24,6 +24,7 @@ from tests.chaos.harness import Registered, Special, Stack, report, wait_until
 COMPLETED = [{"status": "completed", "after": 0}]
 ARQ_DAY_S = 86_400  # arq keeps a job's data one day past its due time (its `expires`)
 SLACK = 0.5  # claim, flush and loop latency an attempt may start late by (busy machine)
+CLOCK_PLAY_S = 0.05  # how far two attempt times may err between them (clock offset re-learnt)
 
 
 def at_s(record: dict[str, Any]) -> float:
@@ -130,7 +131,8 @@ async def test_receiver_answers(stack: Stack) -> None:
     # +-20 % jitter on the schedule
     jitter_gaps = [gaps(records[r.id])[0] for r in jitter]
     lo, hi = schedule[0] * 0.8, schedule[0] * 1.2
-    assert all(lo - 0.01 <= g <= hi + SLACK for g in jitter_gaps), sorted(jitter_gaps)
+    # (attempt times are the worker's clock set to Redis' by round trips: a few ms of play)
+    assert all(lo - CLOCK_PLAY_S <= g <= hi + SLACK for g in jitter_gaps), sorted(jitter_gaps)
     assert min(jitter_gaps) < schedule[0] * 0.9 and max(jitter_gaps) > schedule[0] * 1.1, (
         f"no visible jitter: {sorted(jitter_gaps)}"
     )
@@ -139,7 +141,7 @@ async def test_receiver_answers(stack: Stack) -> None:
     for r in ra:
         first, second = records[r.id][:2]
         assert first["statusCode"] in (429, 503) and second["statusCode"] == 204
-        assert at_s(second) - at_s(first) >= 4 - 0.01, records[r.id]
+        assert at_s(second) - at_s(first) >= 4 - CLOCK_PLAY_S, records[r.id]
     # ... capped at one hour
     (capped,) = records[racap[0].id]
     due_ms = await stack.db.zscore(c.DELIVERY_SCHEDULE_KEY, racap[0].id)
