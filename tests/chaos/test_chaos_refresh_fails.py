@@ -67,7 +67,10 @@ async def test_upstream_429_pauses_and_the_attempts_go_ahead(stack: Stack) -> No
     took = time.time() - started
     clips = [e for e in await stack.sim_log(started) if e[1] == "clips" and e[2] == vid]
     assert took < 5, f"the attempts waited for the pause ({took:.1f} s)"
-    assert [e[3] for e in clips] == [429], f"clips asked during the pause: {clips}"
+    # (a retry's refresh may have been answered 200 just before the fault was in place)
+    statuses = [e[3] for e in clips]
+    assert 429 in statuses and set(statuses) <= {200, 429}, clips
+    assert statuses[statuses.index(429) + 1 :] == [], f"clips asked during the pause: {clips}"
     assert "upstream rate limited" in stack.procs["w"].log_text()
 
 
