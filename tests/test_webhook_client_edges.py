@@ -106,37 +106,50 @@ async def test_a_reused_connection_cut_mid_answer_is_not_sent_again(
     assert len(requests) == 2 and client.connections_made == 1
 
 
+class OutOfStep:
+    """A receiver that answers each request 204 and, on its first connection, writes *extra*
+    bytes nothing asked for (in the answer's own write, or *delay* s after it), then holds
+    that connection until the client closes it."""
+
+    def __init__(self, extra: bytes, *, delay: float = 0.0) -> None:
+        self.extra, self.delay = extra, delay
+        self.connections = self.ended = 0
+        self.extra_sent = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        try:
+            await read_request(reader)
+            writer.write(NO_CONTENT + (self.extra if first and not self.delay else b""))
+            await writer.drain()
+            if first:
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                    writer.write(self.extra)
+                    await writer.drain()
+                self.extra_sent.set()
+                await reader.read()  # until the client closes
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            self.ended += 1
+
+
 async def test_bytes_after_the_answer_keep_the_connection_out_of_the_pool(
     client: WebhookClient, scripted: Scripted
 ) -> None:
     """An answer followed, in the same write, by the start of another answer nothing asked
     for: the connection is out of step and is closed, not kept for the next request (which
     would read that stray answer as its own). (a mutation review, 2026-12-06)"""
-    connections = ended = 0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections, ended
-        connections += 1
-        first = connections == 1
-        stray = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" if first else b""
-        try:
-            await read_request(reader)
-            writer.write(NO_CONTENT + stray)
-            await writer.drain()
-            if first:
-                await reader.read()  # until the client closes
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            ended += 1
-
-    url = await scripted(handle)
+    receiver = OutOfStep(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    url = await scripted(receiver.handle)
     assert (await client.post(target(url), HEADERS, BODY)).status == 204
     assert client.idle_connections == 0
     assert (await client.post(target(url), HEADERS, BODY)).status == 204
-    assert client.connections_made == 2 and connections == 2
-    await eventually(lambda: ended == 2, timeout=1.0, what="both connections closed")
+    assert client.connections_made == 2 and receiver.connections == 2
+    await eventually(lambda: receiver.ended == 2, timeout=1.0, what="both connections closed")
 
 
 async def test_bytes_on_an_idle_connection_close_it(
@@ -145,36 +158,15 @@ async def test_bytes_on_an_idle_connection_close_it(
     """Bytes a receiver writes on an idle keep-alive connection (nothing was asked) put it
     out of step: it is closed and leaves the pool, and the next post makes a new one.
     (a mutation review, 2026-12-06)"""
-    connections = ended = 0
-    junk_sent = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections, ended
-        connections += 1
-        try:
-            await read_request(reader)
-            writer.write(NO_CONTENT)
-            await writer.drain()
-            if connections == 1:
-                await asyncio.sleep(0.05)
-                writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
-                await writer.drain()
-                junk_sent.set()
-                await reader.read()  # until the client closes
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            ended += 1
-
-    url = await scripted(handle)
+    receiver = OutOfStep(b"HTTP/1.1 200 OK\r\n\r\n", delay=0.05)
+    url = await scripted(receiver.handle)
     assert (await client.post(target(url), HEADERS, BODY)).status == 204
     assert client.idle_connections == 1
-    await asyncio.wait_for(junk_sent.wait(), 2.0)
+    await asyncio.wait_for(receiver.extra_sent.wait(), 2.0)
     await eventually(lambda: client.idle_connections == 0, timeout=1.5, what="closed")
     assert (await client.post(target(url), HEADERS, BODY)).status == 204
     assert client.connections_made == 2
-    await eventually(lambda: ended == 2, timeout=1.0, what="both connections closed")
+    await eventually(lambda: receiver.ended == 2, timeout=1.0, what="both connections closed")
 
 
 # --- answers ------------------------------------------------------------------------------
