@@ -108,14 +108,16 @@ class RedisServer:
         workdir: Path | None = None,
         config: Path | None = None,
         extra: list[str] | None = None,
+        prefix: list[str] | None = None,
     ) -> RedisServer:
-        """Start a server on 127.0.0.1 (AOF on when *config* says so) and wait for it."""
+        """Start a server on 127.0.0.1 (AOF on when *config* says so) and wait for it;
+        *prefix* runs it under another program (the bench's valgrind)."""
         tmp = None
         if workdir is None:
             tmp = tempfile.TemporaryDirectory(prefix="clip-relay-redis-")
             workdir = Path(tmp.name)
         port = port or free_port()
-        args = [server_binary()]
+        args = [*(prefix or []), server_binary()]
         if config is not None:
             args.append(str(config))
         args += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]

@@ -37,6 +37,9 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[4])
+-- (the scores as strings, made once: a number is made into a string anew, an sprintf, for
+-- every member it scores)
+local now_s, deadline_s = string.format('%d', now), string.format('%d', deadline)
 if ARGV[13] ~= '' and tonumber(redis.call('ZSCORE', KEYS[7], ARGV[12])) ~= tonumber(ARGV[13]) then
   return {-1, deadline}
 end
@@ -60,11 +63,16 @@ local ev = etype .. '|' .. at .. '|' .. vprogress .. '|' .. string.gsub(vstatus,
 local st = 'delivering|0|0|' .. at .. '|||' 
 local claim = tonumber(ARGV[5])
 local out, scheduled, made, tenants = {0, deadline, st, ev}, {}, {}, {}
-local n, claimed = 0, 0
+local n, claimed, of = 0, 0, {}
 for i = 1, #ids do
-  local tenant = waiting[i]
-  if tenant then
-    tenant = string.match(tenant, '^[^:]*')  -- 'tenant:origin-tag' (a plain tenant before)
+  local entry = waiting[i]
+  if entry then
+    -- 'tenant:origin-tag' (a plain tenant before); a call has few, each matched once
+    local tenant = of[entry]
+    if not tenant then
+      tenant = string.match(entry, '^[^:]*')
+      of[entry] = tenant
+    end
     local key = ARGV[1] .. ids[i]
     redis.call('HSET', key, 'st', st, 'ev', ev)
     n = n + 1
@@ -74,11 +82,11 @@ for i = 1, #ids do
       scheduled[2 * n - 1] = now + later[i]
     elseif claimed < claim then
       claimed = claimed + 1
-      scheduled[2 * n - 1] = deadline
+      scheduled[2 * n - 1] = deadline_s
       out[2 * claimed + 3] = ids[i]
       out[2 * claimed + 4] = redis.call('HGET', key, 'secrets')
     else
-      scheduled[2 * n - 1] = now
+      scheduled[2 * n - 1] = now_s
     end
     scheduled[2 * n] = ids[i]
   end

@@ -19,21 +19,31 @@ local n = (#ARGV - 4 - (#KEYS > 2 and 2 * (#KEYS - 2) + 1 or 0)) / W
 local members = {}
 for k = 1, n do members[k] = ARGV[5 + (k - 1) * W] end
 local held = redis.call('ZMSCORE', KEYS[1], unpack(members))
-local statuses, due, gone, counts, finals = {}, {}, {}, {}, {}
+local statuses, due, gone, counts, finals, ends = {}, {}, {}, {}, {}, {}
 -- a final watch joins its index at Redis' time, the clock retention and recovery read it by
 -- (ARGV[2], the worker's time, stays for the callers that still pass it)
 local t = redis.call('TIME')
 local now, kept = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(ARGV[3])
+-- (per attempt, the common path converts no number: a string made into a number costs a
+-- strtod and a number made into a string an sprintf, each more than the HSET's own work;
+-- `python bench/redis_cost.py --callgrind` counts them)
+local now_s, kept_len = string.format('%d', now), #ARGV[3]
 for k = 1, n do
   local i = 5 + (k - 1) * W
   local wid, next = ARGV[i], ARGV[i + 5]
   local key = ARGV[1] .. wid
   local status, seq
-  if held[k] and tonumber(held[k]) == tonumber(ARGV[i + 1]) then
-    seq = tonumber(ARGV[i + 3])
-    local check = seq < 0
-    if check then seq = -seq end
-    local st, slot = ARGV[i + 2], '#' .. seq
+  local h, no = held[k], ARGV[i + 3]
+  -- (the score as ZMSCORE writes it is the token as the caller wrote it; else as numbers)
+  if h and (h == ARGV[i + 1] or tonumber(h) == tonumber(ARGV[i + 1])) then
+    local check = string.byte(no, 1) == 45 -- '-'
+    if check then
+      seq = -tonumber(no)
+      no = tostring(seq)
+    elseif #no >= kept_len then -- (shorter: a smaller number than kept, none to drop)
+      seq = tonumber(no)
+    end
+    local st, slot = ARGV[i + 2], '#' .. no
     if check and (redis.call('HGET', key, slot) or ARGV[i + 4]) ~= ARGV[i + 4] then
       -- a record came after this claim read the watch (an attempt made under a claim that
       -- lapsed, settled late): this one goes after it, not over it
@@ -48,16 +58,22 @@ for k = 1, n do
       status = 'delivering'
       gone[wid], due[wid] = nil, string.sub(next, 2)
     else
-      local tenant
-      status, tenant = string.match(next, '^([^|]*)|(.*)$')
+      -- (a call's outcomes are few: each is parsed once, its counts and index kept)
+      local final = ends[next]
+      if not final then
+        local s, tenant = string.match(next, '^([^|]*)|(.*)$')
+        local index = ARGV[4] .. tenant .. ':s:' .. s
+        counts[tenant] = counts[tenant] or {}
+        finals[index] = finals[index] or {}
+        final = {s, counts[tenant], finals[index]}
+        ends[next] = final
+      end
+      status = final[1]
       gone[wid], due[wid] = true, nil
-      counts[tenant] = counts[tenant] or {}
-      counts[tenant]['delivering'] = (counts[tenant]['delivering'] or 0) - 1
-      counts[tenant][status] = (counts[tenant][status] or 0) + 1
-      local index = ARGV[4] .. tenant .. ':s:' .. status
-      finals[index] = finals[index] or {}
-      local f = finals[index]
-      f[#f + 1] = now
+      local c, f = final[2], final[3]
+      c['delivering'] = (c['delivering'] or 0) - 1
+      c[status] = (c[status] or 0) + 1
+      f[#f + 1] = now_s
       f[#f + 1] = wid
     end
   else
