@@ -257,6 +257,63 @@ async def test_an_idle_pump_looks_less_often_and_still_sees_new_work_soon(
     assert pump.started["new"][0] - due <= 0.05 * IDLE_BACKOFF * 1000 + 450
 
 
+class HandOverPump(ProbePump):
+    """A probe pump that is also handed items directly, as the deliverer's claimer is
+    handed the events its own fan-out claimed: those first, then the schedule -- unless
+    it found nothing due there a moment ago (``quiet``)."""
+
+    def __init__(self, store: Store, work: Work, **options: Any) -> None:
+        super().__init__(store, work, **options)
+        self.handed: list[str] = []
+
+    def hand(self, members: list[str]) -> None:
+        self.handed += members
+        self.nudge()
+
+    async def claim(self, limit: int) -> Sequence[str]:
+        if self.handed:
+            out, self.handed = self.handed[:limit], self.handed[limit:]
+            return out
+        if self.quiet:
+            return []
+        return await super().claim(limit)
+
+
+async def test_work_handed_over_is_taken_at_once_without_a_look_in_the_schedule_each_time(
+    store: Store,
+) -> None:
+    """Rule: work handed to a pump directly (``nudge()``, a fan-out's own claims, every few
+    ms) is taken at once, and does not make the pump look in a schedule it found empty
+    after each hand-over -- it looks again within ``idle_s``, as it would have anyway. Work
+    another process schedules meanwhile is still claimed within that.
+    (Before: 100 hand-overs, 100 looks, each a claim and a next-due read that find nothing.)"""
+    pump = HandOverPump(store, done(store), idle_s=0.1)
+    pump.start()
+    try:
+        await eventually(lambda: pump.claims, what="a first (empty) look")
+        looked = len(pump.claims)
+        began = time.monotonic()
+        for i in range(100):
+            pump.hand([f"h{i}"])
+            await asyncio.sleep(0.005)
+        spent = time.monotonic() - began
+        await eventually(lambda: len(pump.started) >= 100, what="every handed item taken")
+        looks = len(pump.claims) - looked
+        # (one look per idle_s at most, and two for a loaded loop's lateness)
+        assert looks <= spent / 0.1 + 2, (looks, spent)
+        due = now_ms()
+        await schedule(store, {"scheduled": due})  # (as another process would: no wake)
+        for i in range(100, 200):
+            pump.hand([f"h{i}"])
+            await asyncio.sleep(0.005)
+            if "scheduled" in pump.started:
+                break
+        await eventually(lambda: "scheduled" in pump.started, what="the scheduled member")
+        assert pump.started["scheduled"][0] - due <= 100 + 450  # idle_s, and lateness
+    finally:
+        await pump.stop(0.2)
+
+
 async def test_the_idle_sleep_ends_when_the_next_member_is_due(
     store: Store, make_pump: PumpFactory
 ) -> None:

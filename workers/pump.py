@@ -58,6 +58,9 @@ class Pump(Generic[T]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # set to end an idle sleep early
+        # (loop time) the schedule had nothing due for this pump before then when it last
+        # looked: work handed over directly (nudge()) does not make it look again sooner
+        self._quiet_until = 0.0
         self._capacity = asyncio.Event()
         self.freed = asyncio.Event()  # set whenever work finishes (for waiters on room)
         self._runner: asyncio.Task[None] | None = None
@@ -74,7 +77,23 @@ class Pump(Generic[T]):
     def wake(self) -> None:
         """New work was just scheduled: look for it now rather than after the idle sleep."""
         self._idle = self.idle_s
+        self._quiet_until = 0.0
         self._wake.set()
+
+    def nudge(self) -> None:
+        """Work was handed to this pump directly, not scheduled: :meth:`claim` takes it
+        now, and the schedule, found with nothing due a moment ago, is looked at again
+        within idle_s (not after every hand-over: a fan-out hands over a chunk every few
+        milliseconds, and each look is two round trips that find nothing)."""
+        self._idle = self.idle_s
+        self._quiet_until = min(self._quiet_until, asyncio.get_running_loop().time() + self.idle_s)
+        self._wake.set()
+
+    @property
+    def quiet(self) -> bool:
+        """The schedule had nothing due for this pump when it last looked, and its sleep
+        since would not have ended yet (only a :meth:`nudge` came): no need to look."""
+        return asyncio.get_running_loop().time() < self._quiet_until
 
     def start(self) -> None:
         """Start claiming in the background."""
@@ -117,7 +136,12 @@ class Pump(Generic[T]):
                 await self._sleep(1.0)
                 continue
             if not items:
+                left = self._quiet_until - asyncio.get_running_loop().time()
+                if left > 0:  # (what a nudge handed over is taken; the rest of the sleep)
+                    await self._sleep(left)
+                    continue
                 pause = await self._idle_for()
+                self._quiet_until = asyncio.get_running_loop().time() + pause
                 self._idle = min(self._idle * 2, self.idle_s * IDLE_BACKOFF)  # (wake() resets)
                 await self._sleep(pause)
                 continue

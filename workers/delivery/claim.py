@@ -137,7 +137,7 @@ class Claimer(Pump[DeliveryClaim]):
             task.add_done_callback(self._late.discard)
             return
         self._offered.extend(claims)
-        self.wake()
+        self.nudge()
 
     async def handed_back(self) -> None:
         """Wait for the hand-backs of offers made while stopping (those made so far)."""
@@ -154,6 +154,8 @@ class Claimer(Pump[DeliveryClaim]):
             while offered and len(out) < limit and offered[0].deadline_ms == token:
                 out.append(offered.popleft())
             return out
+        if self.quiet:  # (nothing was due a moment ago; only offers came since)
+            return []
         rows = await self.store.deliveries.claim(limit=limit, lease_s=self.lease_s)
         for item, fetched in rows:
             if item.watch is not None:
