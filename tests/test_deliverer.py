@@ -183,6 +183,51 @@ async def test_offered_events_are_delivered_without_a_read_back(
     assert attempt["statusCode"] == 204 and attempt["attempt"] == 1
 
 
+async def test_a_fan_outs_chunks_do_not_each_cost_a_look_in_the_schedule(
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    """Claims a fan-out hands its deliverer chunk after chunk are sent without the
+    claimer looking in the delivery schedule after each (a ``claim_due`` call and a
+    next-due read that find nothing there): it looks idle_s (50 ms) apart at most."""
+    rec, base = hook
+    d = await make_deliverer()
+    created = await created_events(store, base, 60, deliverer=d)
+    looks: list[float] = []
+    claim = store.deliveries.claim
+
+    async def counting(**kw: Any) -> Any:
+        looks.append(time.monotonic())
+        return await claim(**kw)
+
+    store.deliveries.claim = counting  # type: ignore[method-assign]
+    began = time.monotonic()
+    for i in range(0, 60, 2):
+        d.offer(created[i : i + 2])
+        await asyncio.sleep(0.01)
+    spent = time.monotonic() - began
+    assert (await wait_settled(store, 60))["delivered"] == 60
+    assert rec.received() == 60 and rec.duplicates() == 0
+    during = [t for t in looks if t <= began + spent]
+    assert len(during) <= spent / 0.05 + 1, (len(during), spent)  # (it was one per offer: 30)
+
+
+async def test_a_fan_out_short_of_room_makes_its_deliverer_look_in_the_schedule_again(
+    store: Store, make_deliverer: DelivererFactory
+) -> None:
+    """When the deliverer has room for fewer of a fan-out's events than it makes, the rest
+    are left due in the schedule: the offer of those it did claim ends the claimer's quiet
+    spell (a look in the schedule when it next has room), where an offer alone would not."""
+    d = await make_deliverer(delivery_concurrency=2)  # (room for 6 claims)
+    await eventually(lambda: d.claimer.quiet, what="an empty look, and its quiet spell")
+    # (a long spell, so that a loaded machine's pause between two lines cannot end it)
+    d.claimer._quiet_until = asyncio.get_running_loop().time() + 60
+    d.offer([])
+    assert d.claimer.quiet  # (an offer alone: no look)
+    assert await d.room(100, 0.0) < 100 and d.claimer.left_due
+    d.offer([])
+    assert not d.claimer.quiet and not d.claimer.left_due
+
+
 async def test_what_a_fan_out_did_not_claim_is_sent_by_any_worker(
     store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:

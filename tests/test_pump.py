@@ -279,31 +279,48 @@ class HandOverPump(ProbePump):
         return await super().claim(limit)
 
 
-async def test_work_handed_over_is_taken_at_once_without_a_look_in_the_schedule_each_time(
+async def test_a_nudge_ends_the_idle_sleep_for_what_was_handed_over_without_a_look(
     store: Store,
 ) -> None:
-    """Rule: work handed to a pump directly (``nudge()``, a fan-out's own claims, every few
-    ms) is taken at once, and does not make the pump look in a schedule it found empty
-    after each hand-over -- it looks again within ``idle_s``, as it would have anyway. Work
-    another process schedules meanwhile is still claimed within that.
-    (Before: 100 hand-overs, 100 looks, each a claim and a next-due read that find nothing.)"""
+    """Rule: work handed to a pump directly (``nudge()``: a fan-out's own claims) ends its
+    idle sleep at once -- taken long before ``idle_s`` (10 s here) -- and costs no look in
+    the schedule, which had nothing due when the pump last looked."""
+    pump = HandOverPump(store, done(store), idle_s=10.0)
+    pump.start()
+    try:
+        await eventually(lambda: pump.claims, what="a first (empty) look")
+        await asyncio.sleep(0.2)  # the schedule is empty: the pump is asleep for idle_s
+        looked = len(pump.claims)
+        handed = time.monotonic()
+        pump.hand(["h"])
+        await eventually(lambda: "h" in pump.started, timeout=4, what="the handed item")
+        assert time.monotonic() - handed < 4
+        assert len(pump.claims) == looked
+    finally:
+        await pump.stop(0.2)
+
+
+async def test_work_handed_over_often_costs_a_look_in_the_schedule_per_idle_s_at_most(
+    store: Store,
+) -> None:
+    """Rule: hand-overs every few ms (a fan-out's chunks) do not make the pump look in a
+    schedule it found empty after each one: looks stay ``idle_s`` apart, as an idle pump's
+    do. Work another process schedules meanwhile is still claimed within ``idle_s``.
+    (Before: 100 hand-overs, 100 looks, each a claim and a next-due read finding nothing.)"""
     pump = HandOverPump(store, done(store), idle_s=0.1)
     pump.start()
     try:
         await eventually(lambda: pump.claims, what="a first (empty) look")
-        looked = len(pump.claims)
-        began = time.monotonic()
+        looked, began = len(pump.claims), time.monotonic()
         for i in range(100):
             pump.hand([f"h{i}"])
             await asyncio.sleep(0.005)
-        spent = time.monotonic() - began
+        looks, spent = len(pump.claims) - looked, time.monotonic() - began
+        assert looks <= spent / 0.1 + 1, (looks, spent)  # (looks idle_s apart, at most)
         await eventually(lambda: len(pump.started) >= 100, what="every handed item taken")
-        looks = len(pump.claims) - looked
-        # (one look per idle_s at most, and two for a loaded loop's lateness)
-        assert looks <= spent / 0.1 + 2, (looks, spent)
         due = now_ms()
         await schedule(store, {"scheduled": due})  # (as another process would: no wake)
-        for i in range(100, 200):
+        for i in range(100, 300):
             pump.hand([f"h{i}"])
             await asyncio.sleep(0.005)
             if "scheduled" in pump.started:

@@ -61,6 +61,7 @@ class Pump(Generic[T]):
         # (loop time) the schedule had nothing due for this pump before then when it last
         # looked: work handed over directly (nudge()) does not make it look again sooner
         self._quiet_until = 0.0
+        self._woken = 0  # wake() calls: one during a next-due read voids what it learnt
         self._capacity = asyncio.Event()
         self.freed = asyncio.Event()  # set whenever work finishes (for waiters on room)
         self._runner: asyncio.Task[None] | None = None
@@ -78,6 +79,7 @@ class Pump(Generic[T]):
         """New work was just scheduled: look for it now rather than after the idle sleep."""
         self._idle = self.idle_s
         self._quiet_until = 0.0
+        self._woken += 1
         self._wake.set()
 
     def nudge(self) -> None:
@@ -140,8 +142,10 @@ class Pump(Generic[T]):
                 if left > 0:  # (what a nudge handed over is taken; the rest of the sleep)
                     await self._sleep(left)
                     continue
+                woken = self._woken
                 pause = await self._idle_for()
-                self._quiet_until = asyncio.get_running_loop().time() + pause
+                if woken == self._woken:  # (else new work came meanwhile: look again)
+                    self._quiet_until = asyncio.get_running_loop().time() + pause
                 self._idle = min(self._idle * 2, self.idle_s * IDLE_BACKOFF)  # (wake() resets)
                 await self._sleep(pause)
                 continue

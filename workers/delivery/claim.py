@@ -109,6 +109,7 @@ class Claimer(Pump[DeliveryClaim]):
         self._offered: deque[DeliveryClaim] = deque()
         self._cut: list[tuple[str, int]] = []  # claims of batches stopped before queuing
         self._late: set[asyncio.Task[None]] = set()  # hand-backs of offers made while stopping
+        self.left_due = False  # a fan-out is leaving events due it had no room for
 
     def room(self) -> int:
         """How many more claims this worker can take now (a fan-out claims that many of
@@ -137,7 +138,11 @@ class Claimer(Pump[DeliveryClaim]):
             task.add_done_callback(self._late.discard)
             return
         self._offered.extend(claims)
-        self.nudge()
+        if self.left_due:  # (its other events are in the schedule now: look there too)
+            self.left_due = False
+            self.wake()
+        else:
+            self.nudge()
 
     async def handed_back(self) -> None:
         """Wait for the hand-backs of offers made while stopping (those made so far)."""

@@ -116,6 +116,7 @@ class Deliverer:
                 await asyncio.wait_for(freed.wait(), left)
             except TimeoutError:
                 break
+        self.claimer.left_due = room < n
         return min(room, n)
 
     def pace(self, tags: Sequence[str]) -> list[int]:

@@ -5,7 +5,8 @@
 -- (negative: check it against records written since the claim read the watch -- a claim
 -- from the schedule may have had an owner before, one made with its event never), the
 -- attempt record, and what follows -- 'r<next due ms>' for a retry, else
--- '<final status>|<tenant>'.
+-- '<final status>|<tenant>'. (Numbers as plain decimal integers: the records kept and a
+-- record's number are compared by their digits, and the number names its slot as it is.)
 -- A claim still held (the schedule's score is its token) is a watch still delivering that
 -- event: its new state and its record ('#<n>') are one write -- numbered after any record
 -- written since the claim read the watch (a late one of a lapsed claim). Otherwise
