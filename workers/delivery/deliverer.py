@@ -116,7 +116,8 @@ class Deliverer:
                 await asyncio.wait_for(freed.wait(), left)
             except TimeoutError:
                 break
-        self.claimer.left_due = room < n
+        if room < n:  # (until its next offer, which looks in the schedule too)
+            self.claimer.left_due = True
         return min(room, n)
 
     def pace(self, tags: Sequence[str]) -> list[int]:
