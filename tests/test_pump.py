@@ -259,24 +259,20 @@ async def test_an_idle_pump_looks_less_often_and_still_sees_new_work_soon(
 
 class HandOverPump(ProbePump):
     """A probe pump that is also handed items directly, as the deliverer's claimer is
-    handed the events its own fan-out claimed: those first, then the schedule -- unless
-    it found nothing due there a moment ago (``quiet``)."""
+    handed the events its own fan-out claimed (the pump takes those first, then the
+    schedule -- unless it found nothing due there a moment ago)."""
 
     def __init__(self, store: Store, work: Work, **options: Any) -> None:
         super().__init__(store, work, **options)
-        self.handed: list[str] = []
+        self.given: list[str] = []
 
     def hand(self, members: list[str]) -> None:
-        self.handed += members
+        self.given += members
         self.nudge()
 
-    async def claim(self, limit: int) -> Sequence[str]:
-        if self.handed:
-            out, self.handed = self.handed[:limit], self.handed[limit:]
-            return out
-        if self.quiet:
-            return []
-        return await super().claim(limit)
+    def handed(self, limit: int) -> Sequence[str]:
+        out, self.given = self.given[:limit], self.given[limit:]
+        return out
 
 
 async def test_a_nudge_ends_the_idle_sleep_for_what_was_handed_over_without_a_look(

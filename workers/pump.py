@@ -70,6 +70,11 @@ class Pump(Generic[T]):
         """Claim up to *limit* due items for the lease."""
         raise NotImplementedError
 
+    def handed(self, limit: int) -> Sequence[T]:
+        """Up to *limit* items handed to this pump directly (see :meth:`nudge`), taken
+        before the schedule is looked at; none by default."""
+        return ()
+
     async def work(self, items: Sequence[T], release: Callable[[], None]) -> None:
         """Handle one claimed batch. Call *release* as each item is finished to free its
         slot early; slots not released are freed when the batch returns."""
@@ -83,7 +88,7 @@ class Pump(Generic[T]):
         self._wake.set()
 
     def nudge(self) -> None:
-        """Work was handed to this pump directly, not scheduled: :meth:`claim` takes it
+        """Work was handed to this pump directly, not scheduled: :meth:`handed` gives it
         now, and the schedule, found with nothing due a moment ago, is looked at again
         within idle_s (not after every hand-over: a fan-out hands over a chunk every few
         milliseconds, and each look is two round trips that find nothing)."""
@@ -131,8 +136,11 @@ class Pump(Generic[T]):
                 self._capacity.clear()
                 await self._capacity.wait()
                 continue
+            limit = min(free, self.batch)
+            items = self.handed(limit)
             try:
-                items = await self.claim(min(free, self.batch))
+                if not items and not self.quiet:  # (quiet: only hand-overs since a look)
+                    items = await self.claim(limit)
             except Exception as exc:  # Redis away: keep trying, never die
                 log.warning("claim failed", pump=self.name, error=f"{type(exc).__name__}: {exc}")
                 await self._sleep(1.0)

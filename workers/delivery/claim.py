@@ -149,18 +149,19 @@ class Claimer(Pump[DeliveryClaim]):
         if self._late:
             await asyncio.gather(*self._late, return_exceptions=True)
 
-    async def claim(self, limit: int) -> Sequence[DeliveryClaim]:
-        """Claim deliveries: the offered ones first, then any due in the schedule."""
+    def handed(self, limit: int) -> Sequence[DeliveryClaim]:
+        """The offered claims (taken before the schedule): one batch, one claim token --
+        the claims of one fan-out round."""
         offered = self._offered
+        out: list[DeliveryClaim] = []
         if offered:
-            # one batch, one claim token: the claims of one fan-out round
             token = offered[0].deadline_ms
-            out: list[DeliveryClaim] = []
             while offered and len(out) < limit and offered[0].deadline_ms == token:
                 out.append(offered.popleft())
-            return out
-        if self.quiet:  # (nothing was due a moment ago; only offers came since)
-            return []
+        return out
+
+    async def claim(self, limit: int) -> Sequence[DeliveryClaim]:
+        """Claim deliveries due in the schedule."""
         rows = await self.store.deliveries.claim(limit=limit, lease_s=self.lease_s)
         for item, fetched in rows:
             if item.watch is not None:
