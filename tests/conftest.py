@@ -33,6 +33,21 @@ TENANT_A_KEY = "key-tenant-a-0123456789"
 TENANT_B_KEY = "key-tenant-b-9876543210"
 
 
+CHAOS_LINES: list[str] = []  # the chaos scenarios' lines (tests/chaos/conftest.py), in order
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    CHAOS_LINES.extend(str(line) for key, line in report.user_properties if key == "chaos")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Repeat the chaos scenarios' lines at the end of the run (each xdist worker's too)."""
+    if CHAOS_LINES:
+        terminalreporter.section("chaos scenarios")
+        for line in CHAOS_LINES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts knowing no offset to Redis' clock, and what it learns (a test that

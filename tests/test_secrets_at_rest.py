@@ -93,7 +93,11 @@ def test_plain_values_stay_readable_after_a_key_is_configured() -> None:
     assert SecretBox(KEY_1).open(stored_before) == secret
 
 
-@pytest.mark.parametrize("raw", ["short", "x" * 44, KEY_1[:-2], KEY_1[:20]])
+@pytest.mark.parametrize(
+    "raw",
+    ["short", "x" * 44, KEY_1[:-2], KEY_1[:20]],
+    ids=["short", "x44", "cut-by-2", "cut-to-20"],  # (the same ids on every xdist worker)
+)
 def test_a_malformed_secrets_key_is_refused_without_echo(raw: str) -> None:
     with pytest.raises(ConfigError) as info:
         load({"RELAY_SECRETS_KEY": raw})

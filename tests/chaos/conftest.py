@@ -3,7 +3,7 @@ whole session, and a fresh :class:`~tests.chaos.harness.Stack` per test."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,9 +48,14 @@ async def stack(
     await s.close()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Repeat the scenario lines at the end of the run."""
-    if RESULTS:
-        terminalreporter.section("chaos scenarios")
-        for line in RESULTS:
-            terminalreporter.write_line(line)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test's scenario lines travel on its report (from an xdist worker too), to be
+    repeated at the end of the run (``tests/conftest.py``)."""
+    report = yield
+    if call.when == "call":
+        report.user_properties += [("chaos", line) for line in RESULTS]
+        RESULTS.clear()
+    return report
