@@ -43,7 +43,8 @@ from tests.test_store import fan_out, registered, result
 from workers.delivery import Deliverer
 from workers.delivery.bodies import Bodies
 from workers.delivery.settle import Settler
-from workers.poller import FINALIZE_CHUNK, Poller
+from workers.finals import FINALIZE_CHUNK
+from workers.poller import Poller
 from workers.upstream_budget import UpstreamGate
 
 CLIPS = [{"id": "a", "score": 90, "status": "completed", "downloadUrl": "https://cdn/a"}]
@@ -630,8 +631,8 @@ async def test_a_fan_out_cut_between_chunks_is_finished_by_another_worker(
     )
     dead = Poller(dead_store, upstream, UpstreamGate(dead_store.limits, 1000), settings)
     lost: list[str] = []
-    dead.on_events = lambda claims: lost.extend(cl.watch_id for cl in claims)
-    dead.room = room_for_50  # it had room for some, and claimed them as it created them
+    dead.fan_out.on_events = lambda claims: lost.extend(cl.watch_id for cl in claims)
+    dead.fan_out.room = room_for_50  # it had room for some, and claimed them as it created them
     dead.start()
     try:
         await asyncio.wait_for(frozen.wait(), 10)

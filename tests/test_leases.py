@@ -58,13 +58,13 @@ async def make_poller(store: Store, settings: Settings) -> AsyncIterator[PollerF
         if not extend and leases is not None:  # its event loop starved: it extends nothing
             leases.every_s = 3600.0
         fanout = Fanout()
-        poller.on_events = fanout.offer
-        poller.on_clips = fanout.keep_clips
+        poller.fan_out.on_events = fanout.offer
+        poller.fan_out.on_clips = fanout.keep_clips
 
         async def take_all(n: int, wait_s: float) -> int:
             return n
 
-        poller.room = room or take_all
+        poller.fan_out.room = room or take_all
         poller.start()
         pollers.append(poller)
         return poller, fanout

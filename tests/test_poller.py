@@ -37,7 +37,8 @@ from relay.store import Store
 from relay.store.codec import fan_out_order
 from tests.conftest import eventually
 from workers.fanout import SCAN_AHEAD, FanOutOrder
-from workers.poller import ROOM_WAIT_S, Poller
+from workers.finals import ROOM_WAIT_S, FanOut
+from workers.poller import Poller
 from workers.upstream_budget import UpstreamGate
 
 Client = TestClient[web.Request, web.Application]
@@ -93,9 +94,9 @@ async def make_poller(store: Store, settings: Settings) -> AsyncIterator[PollerF
         )
         poller = Poller(store, upstream, UpstreamGate(store.limits, s.upstream_rps), s)
         fanout = Fanout()
-        poller.on_events = fanout.offer
-        poller.on_clips = fanout.keep_clips
-        poller.room = take_all
+        poller.fan_out.on_events = fanout.offer
+        poller.fan_out.on_clips = fanout.keep_clips
+        poller.fan_out.room = take_all
         poller.start()
         pollers.append(poller)
         return poller, fanout
@@ -342,7 +343,7 @@ async def test_watches_of_an_origin_that_never_answers_wait_then_go_and_others_g
         return None if tag == url_origin_tag("http://127.0.0.1:9/") else 0
 
     poller, fanout = await make_poller()
-    poller.origin_room = origin_room
+    poller.fan_out.origin_room = origin_room
     await eventually(lambda: requests(sim, vid), what="the first poll")
     await sim.post(f"/_sim/videos/{vid}/status", json={"status": "completed"})
     await eventually(lambda: len(fanout.events) == 300, timeout=20, what="300 events")
@@ -647,9 +648,9 @@ async def test_waiting_for_an_answer_does_not_sweep_the_order_ahead() -> None:
         asked += 1
         return 0
 
-    poller: Any = SimpleNamespace(origin_room=no_room)
+    fan_out: Any = SimpleNamespace(origin_room=no_room)
     began = time.monotonic()
-    chunk, left = await Poller._next_chunk(poller, order, 32, 10.0)
+    chunk, left = await FanOut._next_chunk(fan_out, order, 32, 10.0)
     assert time.monotonic() - began >= ROOM_WAIT_S and 10.0 - left >= ROOM_WAIT_S
     assert chunk == full[:32]
     waiting = sum(len(q) for q in order._waiting.values())

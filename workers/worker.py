@@ -123,11 +123,12 @@ async def startup(ctx: dict[str, Any]) -> None:
         upstream=upstream,
         gate=gate,
     )
-    poller.on_events = deliverer.offer
-    poller.room = deliverer.room
-    poller.pace = deliverer.pace
-    poller.origin_room = deliverer.origin_room
-    poller.on_clips = deliverer.keep_clips
+    fan_out = poller.fan_out  # (the events it makes go to this worker's deliverer first)
+    fan_out.on_events = deliverer.offer
+    fan_out.room = deliverer.room
+    fan_out.pace = deliverer.pace
+    fan_out.origin_room = deliverer.origin_room
+    fan_out.on_clips = deliverer.keep_clips
     expirer = Expirer(store, lease_s=settings.lease, render_s=settings.render_timeout)
     sweeper = Sweeper(store, retention_s=settings.retention)
     poller.start()
