@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ import relay.domain.clock
 from relay.api.app import create_app
 from relay.api.serving import AppRunner
 from relay.devtools import upstream_sim
-from relay.devtools.embedded_redis import RedisServer
+from relay.devtools.embedded_redis import PORT_SHARE_ENV, RedisServer
 from relay.devtools.receiver import Receiver
 from relay.devtools.receiver import create_app as create_receiver_app
 from relay.settings import CallbackAllow, Settings
@@ -32,6 +33,12 @@ UPSTREAM_KEY = "sr_live_" + "ab12" * 12
 TENANT_A_KEY = "key-tenant-a-0123456789"
 TENANT_B_KEY = "key-tenant-b-9876543210"
 
+
+if "PYTEST_XDIST_WORKER" in os.environ:  # (gw0, gw1, ...: each picks its own free ports)
+    os.environ[PORT_SHARE_ENV] = (
+        f"{os.environ['PYTEST_XDIST_WORKER'].removeprefix('gw')}"
+        f"/{os.environ['PYTEST_XDIST_WORKER_COUNT']}"
+    )
 
 CHAOS_LINES: list[str] = []  # the chaos scenarios' lines (tests/chaos/conftest.py), in order
 

@@ -23,6 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from relay.devtools.embedded_redis import (
+    PORT_SHARE_ENV,
     RedisServer,
     ephemeral_range,
     free_port,
@@ -181,6 +182,21 @@ def test_free_ports_picked_for_one_stack_are_never_the_same() -> None:
     low, high = ephemeral_range()
     if outside_ephemeral() is not None:
         assert not any(low <= p <= high for p in ports)
+
+
+def test_processes_side_by_side_pick_their_free_ports_from_shares_that_never_meet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CLIP_RELAY_PORT_SHARE=k/n (each pytest-xdist worker's, inherited by the processes it
+    starts): a process picks only every n-th port from the k-th, so a port one keeps
+    unbound for a while (a chaos test's Redis restarting on it) is never another's pick."""
+    whole = outside_ephemeral()
+    if whole is None:
+        pytest.skip("the kernel's ephemeral range leaves no room outside it")
+    for k in (0, 1, 2):
+        monkeypatch.setenv(PORT_SHARE_ENV, f"{k}/3")
+        picked = [free_port() for _ in range(100)]
+        assert all((p - whole.start) % 3 == k for p in picked), (k, picked[:5])
 
 
 def ci_env(

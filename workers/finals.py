@@ -27,7 +27,7 @@ from workers.fanout import FanOutOrder, Pages
 from workers.fanout import Room as OriginRoom
 from workers.leases import Lease, Leases
 
-log = logs.get("workers.finals")
+log = logs.get("workers.poller")  # the name operators know, from before the fan-out moved
 FINALIZE_CHUNK = DELIVERY_BATCH  # watches given their events per round, at most
 PACED_PAUSE_S = 0.05  # a fan-out waits this long after a chunk of paced events only
 ROOM_WAIT_S = 0.05  # a fan-out waits this long, at most, for its deliverer to have room
@@ -116,7 +116,7 @@ class FanOut:
             )
 
     async def _fan_out(self, vid: str, event: FinalEvent, order: FanOutOrder, lease: Lease) -> int:
-        """The chunks of :meth:`_finish`: the number of events made, -1 when the poll claim
+        """The chunks of :meth:`run`: the number of events made, -1 when the poll claim
         was lost (the video's new owner finishes the fan-out)."""
         created = 0
         wait_budget = self.lease_s / 5

@@ -19,6 +19,10 @@ from pathlib import Path
 
 _GIVEN: set[int] = set()  # ports this process already handed out
 LOWEST_PORT = 20000  # free ports are picked outside the kernel's ephemeral range, from here
+# "k/n": this process (and those it starts) picks only every n-th of those ports, from the
+# k-th -- processes that run side by side with different k never pick the same port (the
+# test suite's pytest-xdist workers: a chaos test restarts a server on a port it keeps)
+PORT_SHARE_ENV = "CLIP_RELAY_PORT_SHARE"
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -32,11 +36,13 @@ def ephemeral_range() -> tuple[int, int]:
 
 def outside_ephemeral() -> range | None:
     """Ports that the kernel never hands out by itself: below its ephemeral range (from
-    LOWEST_PORT) or above it, whichever is wide enough; None when neither is."""
+    LOWEST_PORT) or above it, whichever is wide enough (this process' share of them,
+    PORT_SHARE_ENV); None when neither is."""
     low, high = ephemeral_range()
+    k, _, n = os.environ.get(PORT_SHARE_ENV, "0/1").partition("/")
     for ports in (range(LOWEST_PORT, low), range(high + 1, 65536)):
         if len(ports) > 1000:
-            return ports
+            return ports[int(k) :: int(n)]
     return None
 
 
