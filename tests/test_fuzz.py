@@ -35,7 +35,7 @@ from relay.devtools.embedded_redis import RedisServer
 from relay.settings import ApiKey, CallbackAllow, Settings
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # (make test runs this file on its own)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # (run it on its own: docs/development.md)
     pytest.skip(
         "schemathesis gives every case of test_every_route_conforms one test id, and "
         "pytest-xdist would run only one of them: run this file without -n",

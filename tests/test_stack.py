@@ -190,6 +190,7 @@ def test_processes_side_by_side_pick_their_free_ports_from_shares_that_never_mee
     """CLIP_RELAY_PORT_SHARE=k/n (each pytest-xdist worker's, inherited by the processes it
     starts): a process picks only every n-th port from the k-th, so a port one keeps
     unbound for a while (a chaos test's Redis restarting on it) is never another's pick."""
+    monkeypatch.setenv(PORT_SHARE_ENV, "0/1")  # (the whole range: under xdist it is a share)
     whole = outside_ephemeral()
     if whole is None:
         pytest.skip("the kernel's ephemeral range leaves no room outside it")
