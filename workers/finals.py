@@ -78,16 +78,10 @@ class FanOut:
         self.on_clips: Callable[[str, int, ClipSet], None] = lambda vid, at, clips: None
 
     async def run(self, state: VideoState, final: Final, lease: Lease) -> None:
-        """Give every watch of the video its final event and stop polling it.
-
-        A chunk of FINALIZE_CHUNK at a time: one script call gives the chunk's
-        watches their event, claims as many as this worker's deliverer has room for (they
-        go to it without a read-back; the rest are due for any worker) -- so delivery starts
-        after the first chunk, not after the whole fan-out. The watches come round robin
-        over tenants and origins, and a slow origin's events are paced and made last
-        (:mod:`workers.fanout`). The last chunk releases the video. Idempotent all the
-        way: a worker that dies in between leaves the video claimed, and whoever polls it
-        next creates only the events still missing.
+        """Give every watch of the video its final event (a chunk at a time, as the module
+        says: delivery starts after the first chunk) and stop polling it: the last chunk
+        releases the video. Idempotent all the way: a worker that dies in between leaves
+        the video claimed, and whoever polls it next creates only the events still missing.
         """
         vid = state.video_id
         ids, rest, pages = final.watch_ids, None, None
@@ -148,9 +142,7 @@ class FanOut:
             if order.done:
                 # (two script calls rather than one pipeline: a pipeline of scripts costs an
                 # extra SCRIPT EXISTS round trip, and the two need not be atomic together)
-                await self.leases.write(
-                    lease, lambda token: self.store.videos.release(vid, token), lambda got: got < 0
-                )
+                await self.leases.release(lease)
             elif not claimed and not claimable:
                 # a chunk of paced events only: none is due soon, so the deliveries under
                 # way (this worker's CPU and Redis') go first

@@ -77,6 +77,14 @@ class Leases:
         self.held[video_id] = lease
         return lease
 
+    async def release(self, lease: Lease) -> int:
+        """Stop polling the video while the claim holds (``store.videos.release``: 0
+        released, 1 polled again -- a watch came meanwhile -- or -1, the claim lost)."""
+        vid = lease.video_id
+        return await self.write(
+            lease, lambda token: self.videos.release(vid, token), lambda got: got < 0
+        )
+
     def drop(self, lease: Lease) -> None:
         """The claim's work is over (written, released or lost)."""
         if self.held.get(lease.video_id) is lease:

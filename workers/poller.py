@@ -51,10 +51,6 @@ from workers.upstream_budget import Paused, UpstreamGate
 log = logs.get("workers.poller")
 
 
-def _lost(got: int) -> bool:
-    return got < 0
-
-
 @dataclass(slots=True)
 class Step:
     """What one poll decided for a video."""
@@ -187,9 +183,7 @@ class Poller(Pump[Claimed]):
     async def _poll(self, state: VideoState, waiting: int, lease: Lease) -> Step:
         if not waiting:
             # every watch was cancelled or expired: stop polling (release re-checks)
-            await self.leases.write(
-                lease, lambda token: self.store.videos.release(lease.video_id, token), _lost
-            )
+            await self.leases.release(lease)
             return Step(state, dropped=True)
         if state.phase == "render":
             return await self._clips(state, lease)
