@@ -15,6 +15,14 @@ ran per watch and step instead: the same count for the same work however busy th
 is, so a change to a script is measured in one run of each version, not in rounds of
 alternating noisy ones. It counts user space only (not the kernel's share of a round trip
 or of the AOF's writes) and runs the server ~50x slower: use a few thousand watches.
+
+``--without PART[,PART...]`` runs the scripts with parts of their per-watch work taken out
+(:data:`ABLATIONS`: the schedule's members, the watch's own writes, the tenant's index of
+final watches, the expiry schedule's member, or everything ``settle`` does after reading its
+arguments): what each part costs is the difference from a run without the option. The
+figures of such a run are not a working relay's (a delivery without its writes is not
+recorded); they say where a delivery's instructions go (docs/scaling.md, "Where a delivery's
+instructions go").
 """
 
 from __future__ import annotations
@@ -43,12 +51,63 @@ from relay.domain.delivery import AttemptResult, DeliveryClaim, FinalEvent  # no
 from relay.domain.ids import new_watch_id  # noqa: E402
 from relay.domain.signing import generate_secret  # noqa: E402
 from relay.domain.watch import SecretEntry, Watch  # noqa: E402
-from relay.store import Store  # noqa: E402
+from relay.store import Store, scripts  # noqa: E402
 from relay.store.scripts import source  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 SCRIPTS = ("finalize", "claim_due", "settle")
 REDIS_CONF = HERE.parent / "config" / "redis.conf"
+# --without: per part, (script, the text taken out, what stands in its place)
+ABLATIONS: dict[str, list[tuple[str, str, str]]] = {
+    "schedule": [  # the delivery schedule's member per watch: ZADD, ZMSCORE, ZREM
+        ("finalize", "redis.call('ZADD', KEYS[1], 'NX', unpack(scheduled))", ""),
+        (
+            "settle",
+            "local held = redis.call('ZMSCORE', KEYS[1], unpack(members))",
+            "local held = {} for k = 1, n do held[k] = ARGV[5 + (k - 1) * W + 1] end",
+        ),
+        ("settle", "if #zrem > 0 then redis.call('ZREM', KEYS[1], unpack(zrem)) end", ""),
+    ],
+    "writes": [  # the watch's own hash: finalize's HSET and HGET, settle's HSET
+        ("finalize", "redis.call('HSET', key, 'st', st, 'ev', ev)", ""),
+        ("finalize", "redis.call('HGET', key, 'secrets')", "false"),
+        ("settle", "redis.call('HSET', key, 'st', st, slot, ARGV[i + 4])", ""),
+    ],
+    "index": [  # the tenant's index of final watches, a member per delivered watch
+        (
+            "settle",
+            "for index, members in pairs(finals) do redis.call('ZADD', index, unpack(members)) end",
+            "",
+        ),
+    ],
+    "expiry": [("finalize", "redis.call('ZREM', KEYS[6], unpack(made))", "")],
+    "settle": [  # settle's whole body: what is left is its request and its reply
+        (
+            "settle",
+            "local members = {}",
+            "do local s = {} for k = 1, n do s[k] = 'delivered' end return s end\n"
+            "local members = {}",
+        ),
+    ],
+}
+
+
+def ablate(parts: list[str]) -> None:
+    """Run the scripts without *parts* (:data:`ABLATIONS`) from now on in this process."""
+    edits: dict[str, list[tuple[str, str]]] = {}
+    for part in parts:
+        for name, old, new in ABLATIONS[part]:
+            edits.setdefault(name, []).append((old, new))
+
+    def ablated(name: str) -> str:
+        text = source(name)
+        for old, new in edits.get(name, []):
+            if old not in text:
+                raise SystemExit(f"--without: {name}.lua no longer has {old!r}")
+            text = text.replace(old, new)
+        return text
+
+    scripts.source = ablated  # type: ignore[assignment]
 
 
 def cpu_s(pid: int) -> float:
@@ -238,13 +297,25 @@ def main() -> None:
         action="store_true",
         help="instructions per watch, counted by valgrind's callgrind, instead of CPU time",
     )
+    parser.add_argument(
+        "--without",
+        type=lambda v: [p for p in v.split(",") if p],
+        default=[],
+        metavar="PART[,PART...]",
+        help=f"take parts of the scripts' per-watch work out: {', '.join(ABLATIONS)}",
+    )
     args = parser.parse_args()
+    unknown = set(args.without) - set(ABLATIONS)
+    if unknown:
+        parser.error(f"--without: no part {', '.join(sorted(unknown))} ({', '.join(ABLATIONS)})")
+    ablate(args.without)
     if args.callgrind and not shutil.which("callgrind_control"):
         parser.error("--callgrind needs valgrind (Debian: apt install valgrind)")
     what = "Redis instructions" if args.callgrind else "Redis CPU, us"
     print(
         f"{what} per watch ({args.watches:,} watches, batches of {args.chunk},"
         f" claim checks of {args.gate})"
+        + (f", without {', '.join(args.without)}" if args.without else "")
     )
     print(f"{'redis':8} {'path':26} register finalize  claim   gate settle delivery  B/watch")
     for config, label in ((REDIS_CONF, "AOF"), (None, "no AOF")):

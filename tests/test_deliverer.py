@@ -287,11 +287,13 @@ async def test_stop_hands_back_the_claims_of_jobs_never_started(
     store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
     rec, base = hook
-    rec.script("/hook", [204] * 5, delay=1.5)
-    d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=2)
+    # (an answer 3 s after the request: 1.5 s was once over before the 0.2 s stop had cut
+    # the attempt, the machine loaded by a second run of the suite)
+    rec.script("/hook", [204] * 5, delay=3)
+    d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=4)
     created = await created_events(store, base, 5, deliverer=d)
     d.offer(created)
-    # one on the wire (the receiver has it: it answers after 1.5 s), four queued -- waited
+    # one on the wire (the receiver has it: it answers after 3 s), four queued -- waited
     # for, not slept on (under load 0.3 s was sometimes too short for the first to start)
     await eventually(lambda: rec.received() >= 1, timeout=5, what="the first attempt")
     await asyncio.sleep(0.05)

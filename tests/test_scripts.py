@@ -87,3 +87,17 @@ def test_the_wheel_ships_the_lua_files(tmp_path: Path) -> None:
     assert sorted(shipped) == LUA_FILES
     for name in LUA_FILES:
         assert shipped[name] == (COMMANDS / name).read_text()
+
+
+def test_the_cost_bench_finds_every_part_it_takes_out_of_the_scripts() -> None:
+    """``bench/redis_cost.py --without PART`` edits the scripts' text; an edit of a script
+    that the bench no longer matches must fail here, not in a bench run (docs/scaling.md's
+    table of where a delivery's instructions go is made with it)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import redis_cost  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    for part, edits in redis_cost.ABLATIONS.items():
+        for name, old, _ in edits:
+            assert old in scripts.source(name), (part, name, old)
