@@ -12,7 +12,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -111,7 +112,10 @@ def parser() -> argparse.ArgumentParser:
     lister.add_argument("--video-id", help="only the watches of this video")
     lister.add_argument("--status", choices=STATUSES, help="only the watches in this status")
     lister.add_argument(
-        "--limit", type=_limit, default=LIST_LIMIT, help="at most this many (default 100; 0: all)"
+        "--limit",
+        type=_limit,
+        default=LIST_LIMIT,
+        help="at most this many (default 100; 0: all, printed a page at a time)",
     )
     lister.add_argument("--cursor", help="go on where an earlier list stopped (its nextCursor)")
     add("get", "show one watch")
@@ -141,15 +145,6 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     )
 
 
-def watch_rows(watches: Sequence[Watch]) -> str:
-    """Watches as a table."""
-    rows = [
-        (w.id, w.status, w.video_id, w.last_event_type, _time(w.updated_at), w.callback_url)
-        for w in watches
-    ]
-    return table(rows, ("ID", "STATUS", "VIDEO", "EVENT", "UPDATED", "CALLBACK"))
-
-
 def watch_card(w: Watch) -> str:
     """One watch, field by field."""
     rows = [(k, json.dumps(v) if isinstance(v, dict | list) else v) for k, v in w.raw.items()]
@@ -174,7 +169,6 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
 
     action = args.action
     if action == "list":
-        found, cursor = list_some(relay, args.video_id, args.status, args.limit, args.cursor)
         # (a cursor belongs to its filters: the hint repeats them, and the limit given)
         filters = "".join(
             f" --{name} {value}"
@@ -185,8 +179,21 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
             )
             if value is not None
         )
-        more = f"\nmore: --cursor {cursor}{filters}" if cursor else ""
-        emit({"data": [w.raw for w in found], "nextCursor": cursor}, watch_rows(found) + more)
+        listing = JsonList(out) if as_json else WatchTable(out)
+        pages = list_pages(relay, args.video_id, args.status, args.limit, args.cursor)
+        cursor = args.cursor
+        try:
+            for found, ends_at in pages:
+                listing.add(found)
+                cursor = ends_at
+        except (ApiError, httpx.HTTPError):
+            if listing.count:  # (printed so far: say where to go on from)
+                go_on = f"; go on with --cursor {cursor}{filters}" if cursor else ""
+                print(f"listed {listing.count} before the error{go_on}", file=sys.stderr)
+            raise
+        listing.end(cursor)
+        if cursor and not as_json:
+            out(f"more: --cursor {cursor}{filters}")
     elif action == "get":
         w = relay.get_watch(args.id)
         emit(w.raw, watch_card(w))
@@ -211,19 +218,89 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
         emit({"count": n}, f"{n} failed watch(es) put back to delivering")
 
 
-def list_some(
+def list_pages(
     relay: Client, video_id: str | None, status: str | None, limit: int, cursor: str | None
-) -> tuple[list[Watch], str | None]:
-    """Up to *limit* watches (0: all) from *cursor* on, and the cursor where they end (None:
-    there are no more): pages sized so that the last one ends at the limit."""
-    found: list[Watch] = []
+) -> Iterator[tuple[list[Watch], str | None]]:
+    """Up to *limit* watches (0: all) from *cursor* on, a page at a time, each with the
+    cursor where it ends (None: there are no more): pages sized so that the last one ends
+    at the limit. A page is read when the one before is used: ``--limit 0`` of a tenant's
+    million watches holds one page, not the million."""
+    listed = 0
     while True:
-        want = MAX_PAGE if limit <= 0 else min(limit - len(found), MAX_PAGE)
+        want = MAX_PAGE if limit <= 0 else min(limit - listed, MAX_PAGE)
         page = relay.list_watches_page(video_id, status, want, cursor)
-        found += page.data
         cursor = page.next_cursor
-        if cursor is None or (limit > 0 and len(found) >= limit):
-            return found, cursor
+        listed += len(page.data)
+        yield page.data, cursor
+        if cursor is None or (limit > 0 and listed >= limit):
+            return
+
+
+class WatchTable:
+    """Watches as a table, printed a page at a time: the columns as wide as the first page
+    needs, widened when a later one needs more."""
+
+    HEADER = ("ID", "STATUS", "VIDEO", "EVENT", "UPDATED", "CALLBACK")
+
+    def __init__(self, out: Out) -> None:
+        self.out = out
+        self.count = 0
+        self.widths = [0] * len(self.HEADER)
+        self.started = False
+
+    def add(self, watches: Sequence[Watch]) -> None:
+        """Print *watches* (the header first, once)."""
+        cells = [
+            ["-" if v is None else str(v) for v in row]
+            for row in (
+                (w.id, w.status, w.video_id, w.last_event_type, _time(w.updated_at), w.callback_url)
+                for w in watches
+            )
+        ]
+        if not self.started:
+            cells.insert(0, list(self.HEADER))
+            self.started = True
+        for row in cells:
+            self.widths = [max(w, len(c)) for w, c in zip(self.widths, row, strict=True)]
+        if cells:
+            self.out(
+                "\n".join(
+                    "  ".join(c.ljust(w) for c, w in zip(r, self.widths, strict=True)).rstrip()
+                    for r in cells
+                )
+            )
+        self.count += len(watches)
+
+    def end(self, cursor: str | None) -> None:
+        """The list is over (the header alone when it was empty)."""
+        self.add([])
+
+
+class JsonList:
+    """``{"data": [...], "nextCursor": ...}`` as ``json.dumps(doc, indent=2)`` writes it,
+    printed a page at a time (each watch once the next one, or the end, says whether a
+    comma follows it)."""
+
+    def __init__(self, out: Out) -> None:
+        self.out = out
+        self.count = 0
+        self.last: str | None = None
+
+    def add(self, watches: Sequence[Watch]) -> None:
+        """Print the watches before the last of *watches*; keep that one."""
+        for w in watches:
+            item = textwrap.indent(json.dumps(w.raw, indent=2), "    ")
+            self.out('{\n  "data": [' if self.count == 0 else f"{self.last},")
+            self.last = item
+            self.count += 1
+
+    def end(self, cursor: str | None) -> None:
+        """Close the document with its next cursor."""
+        cursor_json = json.dumps(cursor)
+        if self.last is None:
+            self.out(f'{{\n  "data": [],\n  "nextCursor": {cursor_json}\n}}')
+        else:
+            self.out(f'{self.last}\n  ],\n  "nextCursor": {cursor_json}\n}}')
 
 
 def glue_values(top: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.devtools.receiver import Receiver
-from tests.conftest import TENANT_A_KEY, auth, serving
+from tests.conftest import TENANT_A_KEY, ApiFactory, auth, serving
 from tests.test_worker import register, sim_video, wait_watch
 
 Api = TestClient[web.Request, web.Application]
@@ -239,6 +239,59 @@ async def test_busy_answers_are_tried_again_and_a_foreign_answer_is_named() -> N
         assert "s3cr3t-pw" not in err and "admin:***@" in err
         code, out, err = await cli(None, "list", "--limit", "0", "--json", "--api-url", url)
         assert code == 0 and json.loads(out) == {"data": [], "nextCursor": None}, err
+
+
+async def test_list_all_goes_a_page_at_a_time(
+    make_api: ApiFactory, sim: Api, receiver: Rec
+) -> None:
+    """``--limit 0`` lists every watch through as many pages of the API as there are (230
+    watches: three), printed a page at a time: the JSON is still the one document
+    ``json.dumps`` would write, the table a row per watch under one header. Before, every
+    page was held until the last was read (a tenant's million watches in memory)."""
+    api = await make_api(rate_limit=10_000)
+    vid = await sim_video(sim, timeline=NEVER_DONE)
+    for _ in range(230):
+        await register(api, receiver, vid)
+    listed: list[Any] = []
+    cursor = ""
+    while True:
+        page = await api_json(api, f"/v1/watches?limit=100{cursor}")
+        listed += page["data"]
+        if not page["nextCursor"]:
+            break
+        cursor = f"&cursor={page['nextCursor']}"
+    assert len(listed) == 230
+    code, out, err = await cli(api, "list", "--limit", "0", "--json")
+    assert code == 0, err
+    assert out == json.dumps({"data": listed, "nextCursor": None}, indent=2) + "\n"
+    code, out, _ = await cli(api, "list", "--limit", "0")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 231 and lines[0].split()[:2] == ["ID", "STATUS"]
+    assert [line.split()[0] for line in lines[1:]] == [w["id"] for w in listed]
+    assert len({line.index("watching") for line in lines[1:]}) == 1  # (aligned)
+    code, out, _ = await cli(api, "list", "--limit", "150", "--json")  # (a page and a half)
+    assert json.loads(out)["data"] == listed[:150] and json.loads(out)["nextCursor"]
+
+
+async def test_a_list_cut_by_a_failing_page_keeps_what_it_printed(api: Api, sim: Api) -> None:
+    """A page that fails after two were printed: exit 1 naming the error, the 200 rows
+    printed stay, and stderr says where to go on from."""
+    vid = await sim_video(sim, timeline=NEVER_DONE)
+    one = await register(api, (Receiver(), "http://127.0.0.1:9"), vid)
+    doc = await api_json(api, f"/v1/watches/{one['id']}")
+
+    async def handle(request: web.Request) -> web.Response:
+        page = int(request.query.get("cursor", "c0")[1:])
+        if page >= 2:
+            return web.json_response({"title": "Internal Server Error", "status": 500}, status=500)
+        data = [doc | {"id": f"wat_{page:02d}{i:022d}"} for i in range(100)]
+        return web.json_response({"data": data, "nextCursor": f"c{page + 1}"})
+
+    async with serving(handle) as url:
+        code, out, err = await cli(None, "list", "--limit", "0", "--api-url", url)
+    assert code == 1 and "500" in err, err
+    assert len(out.splitlines()) == 201  # the header and the two pages
+    assert "listed 200 before the error; go on with --cursor c2 --limit 0" in err, err
 
 
 def test_a_change_that_never_connected_says_cannot_reach() -> None:
