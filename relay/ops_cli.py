@@ -187,7 +187,8 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
                 listing.add(found)
                 cursor = ends_at
         except (ApiError, httpx.HTTPError):
-            if listing.count:  # (printed so far: say where to go on from)
+            listing.cut()
+            if listing.count:  # (printed: say where to go on from)
                 go_on = f"; go on with --cursor {cursor}{filters}" if cursor else ""
                 print(f"listed {listing.count} before the error{go_on}", file=sys.stderr)
             raise
@@ -275,6 +276,9 @@ class WatchTable:
         """The list is over (the header alone when it was empty)."""
         self.add([])
 
+    def cut(self) -> None:
+        """The list stops short: every row is printed already."""
+
 
 class JsonList:
     """``{"data": [...], "nextCursor": ...}`` as ``json.dumps(doc, indent=2)`` writes it,
@@ -301,6 +305,13 @@ class JsonList:
             self.out(f'{{\n  "data": [],\n  "nextCursor": {cursor_json}\n}}')
         else:
             self.out(f'{self.last}\n  ],\n  "nextCursor": {cursor_json}\n}}')
+
+    def cut(self) -> None:
+        """The list stops short (a page failed): the watch kept is printed, the document
+        left unclosed -- not JSON a script could take for the whole list."""
+        if self.last is not None:
+            self.out(self.last)
+            self.last = None
 
 
 def glue_values(top: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:

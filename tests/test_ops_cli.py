@@ -292,6 +292,10 @@ async def test_a_list_cut_by_a_failing_page_keeps_what_it_printed(api: Api, sim:
     assert code == 1 and "500" in err, err
     assert len(out.splitlines()) == 201  # the header and the two pages
     assert "listed 200 before the error; go on with --cursor c2 --limit 0" in err, err
+    async with serving(handle) as url:
+        code, out, err = await cli(None, "list", "--limit", "0", "--json", "--api-url", url)
+    assert code == 1 and "listed 200 before the error" in err, err
+    assert out.count('"id": "wat_') == 200  # (every watch listed is printed)
 
 
 def test_a_change_that_never_connected_says_cannot_reach() -> None:
