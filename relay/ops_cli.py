@@ -81,6 +81,8 @@ def _api_url(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"must be the relay's http(s) URL with a host, e.g. {DEFAULT_URL}"
         ) from None
+    if httpx.URL(value).path.rstrip("/").endswith("/v1"):  # (the client refuses it)
+        raise argparse.ArgumentTypeError(f"must be the relay's root, without /v1: {DEFAULT_URL}")
     return value
 
 
@@ -365,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(exc.detail, file=sys.stderr)  # (not the first field's error twice)
         for e in exc.errors:
             print(f"  {e.get('field')}: {e.get('message')}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # (``... | head``: the reader stopped reading)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no error at exit)
         return 1
     except httpx.HTTPError as exc:  # (ConnectionFailed is one)
         print(f"clip-relay watches: {_unreached(args, exc)}", file=sys.stderr)

@@ -171,11 +171,13 @@ async def test_a_bad_api_url_is_a_usage_error_and_a_password_in_it_is_never_prin
         cli(None, "list", "--api-url", ""),
         cli(None, "list", "--api-url", "http://[::1"),
         cli(None, "list", "--api-url", "ftp://127.0.0.1:9"),
+        cli(None, "list", "--api-url", "http://127.0.0.1:9/v1/"),  # (its calls add /v1)
         cli(None, "get", ".", "--api-url", "http://127.0.0.1:9"),
     )
     for code, out, err in runs:
         assert code == 2 and out == "" and "Traceback" not in err, err
     assert "http(s) URL" in runs[0][2] and "is not a watch id" in runs[-1][2]
+    assert "without /v1" in runs[-2][2]
     code, _, err = await cli(None, "list", "--api-url", "http://admin:s3cr3t-pw@127.0.0.1:9")
     assert code == 1 and "cannot reach http://admin:***@127.0.0.1:9" in err, err
     assert "s3cr3t-pw" not in err
@@ -296,6 +298,41 @@ async def test_a_list_cut_by_a_failing_page_keeps_what_it_printed(api: Api, sim:
         code, out, err = await cli(None, "list", "--limit", "0", "--json", "--api-url", url)
     assert code == 1 and "listed 200 before the error" in err, err
     assert out.count('"id": "wat_') == 200  # (every watch listed is printed)
+
+
+async def test_output_its_reader_stops_reading_ends_without_a_traceback(api: Api, sim: Api) -> None:
+    """``clip-relay watches list ... | head``: the reader closes the pipe early; the CLI
+    stops there, exit 1, no ``BrokenPipeError`` traceback (a new user's finding)."""
+    vid = await sim_video(sim, timeline=NEVER_DONE)
+    one = await register(api, (Receiver(), "http://127.0.0.1:9"), vid)
+    doc = await api_json(api, f"/v1/watches/{one['id']}")
+
+    async def handle(request: web.Request) -> web.Response:
+        page = int(request.query.get("cursor", "c0")[1:])
+        data = [doc | {"id": f"wat_{page:02d}{i:022d}"} for i in range(100)]
+        return web.json_response({"data": data, "nextCursor": f"c{page + 1}" if page < 9 else None})
+
+    async with serving(handle) as url:
+        read_end, write_end = os.pipe()
+        proc = await asyncio.create_subprocess_exec(
+            CLI,
+            "watches",
+            "list",
+            "--limit",
+            "0",
+            "--json",
+            "--api-url",
+            url,
+            env=dict(os.environ, RELAY_API_KEY=TENANT_A_KEY),
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        os.close(write_end)
+        head = await asyncio.get_running_loop().run_in_executor(None, os.read, read_end, 100)
+        os.close(read_end)  # (a whole list is ~1 MB: far more than a pipe holds)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert head.startswith(b"{")
+    assert proc.returncode == 1 and b"Traceback" not in err and b"BrokenPipe" not in err, err
 
 
 def test_a_change_that_never_connected_says_cannot_reach() -> None:

@@ -27,7 +27,7 @@ from clip_relay_client import (
     verify,
 )
 from relay.devtools.receiver import Receiver
-from tests.conftest import TENANT_A_KEY, TENANT_B_KEY
+from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, ApiFactory
 from tests.test_worker import sim_video
 
 Api = TestClient[web.Request, web.Application]
@@ -445,3 +445,22 @@ async def test_recover_sends_again_while_the_relay_says_more() -> None:
         assert len(bodies) == 6
     finally:
         await server.close()
+
+
+async def test_a_full_tenant_is_an_error_at_once_not_after_minutes_of_retries(
+    make_api: ApiFactory, sim: Api, receiver: Rec
+) -> None:
+    """A tenant at ``RELAY_TENANT_MAX_WATCHES`` answers 429 with ``Retry-After: 60``, more
+    than the client's ``max_wait`` (30 s): a create with an Idempotency-Key (retried on
+    429) raises at once with ``.retry_after``; before, it waited 3 x ~30 s for the same
+    error (a new user's finding). (A short one is still waited out: test_sdk_edges.py.)"""
+    api = await make_api(tenant_max_watches=1)
+    _, rbase = receiver
+    vid = await sim_video(sim, timeline=NEVER_DONE)
+    async with AsyncClient(base(api), TENANT_A_KEY, timeout=5) as relay:
+        await relay.create_watch(video_id=vid, callback_url=rbase + "/h", idempotency_key="a")
+        started = time.monotonic()
+        with pytest.raises(ApiError) as raised:
+            await relay.create_watch(video_id=vid, callback_url=rbase + "/h", idempotency_key="b")
+        assert time.monotonic() - started < 2.0
+        assert raised.value.status == 429 and raised.value.retry_after == 60.0

@@ -215,7 +215,9 @@ def test_the_wait_before_a_retry_follows_retry_after_up_to_max_wait() -> None:
     """``Retry-After`` in seconds or as an HTTP date sets the least wait, with the jittered
     backoff on top (callers told the same Retry-After came back together, and a tester's
     600 creates 20 at a time saw 13 fail on 429 after every retry), capped by
-    ``max_wait``; a negative one is no wait."""
+    ``max_wait``; one longer than ``max_wait`` is not waited out at all (a full tenant's 60
+    s kept a create waiting ~1.5 min for the error it then raised: a new user's finding);
+    a negative one is no wait."""
     core = Core("http://127.0.0.1:9", "k", backoff=0.001, max_wait=30.0)
     get = Call("GET", "/v1/watches/w", True)
 
@@ -226,13 +228,16 @@ def test_the_wait_before_a_retry_follows_retry_after_up_to_max_wait() -> None:
     spread = Core("http://127.0.0.1:9", "k", backoff=0.5)
     waits = {spread.wait_before_retry(get, 1, answer("1"), None) for _ in range(20)}
     assert all(w is not None and 1.25 <= w <= 1.5 for w in waits) and len(waits) > 10, waits
-    capped = core.wait_before_retry(get, 1, answer("3600"), None)  # an hour: max_wait ...
+    capped = core.wait_before_retry(get, 1, answer("29.99"), None)  # (+ backoff) max_wait ...
     assert capped is not None and 24.0 <= capped <= 30.0, capped  # ... spread out below it
+    assert core.wait_before_retry(get, 1, answer("3600"), None) is None  # more: the error
+    assert core.wait_before_retry(get, 1, answer("31"), None) is None
     assert retry_after(answer("-5")) == 0.0
     soon = format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
     wait = retry_after(answer(soon))
     assert wait is not None and 0.5 < wait <= 2.5
     assert retry_after(answer("whenever")) is None
+    assert retry_after(answer("nan")) is None and retry_after(answer("inf")) is None
     # not retried: a create without a key, or past max_retries
     assert core.wait_before_retry(Call("POST", "/v1/watches", False), 1, answer("0"), None) is None
     assert core.wait_before_retry(get, core.max_retries + 1, answer("0"), None) is None
@@ -289,6 +294,11 @@ async def test_watch_ids_stay_in_their_path_and_times_must_be_aware(
         with pytest.raises(ValueError, match="aware"):
             await relay.recover(datetime(2026, 1, 1))  # (naive on purpose)
     assert len(answers.raw_paths) == 1
+    # a base URL ending in /v1 sent /v1/v1/... and got a bare 404 (a new user's finding)
+    for base in (url + "/v1", url + "/v1/"):
+        with pytest.raises(ValueError, match="without /v1"):
+            AsyncClient(base, "k")
+    Client(url + "/v1beta", "k").close()  # (only the segment /v1 itself)
 
 
 async def test_recover_stops_when_the_relay_says_no_more(

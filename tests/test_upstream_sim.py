@@ -827,6 +827,18 @@ async def test_status_switch_errors(sim: Client) -> None:
     assert resp.status == 400
     resp = await sim.post(f"/_sim/videos/{vid}/status", json={"status": "x", "progress": 500})
     assert resp.status == 400
+    # a typo is refused, not dropped (a new user's finding: 200, and the field ignored)
+    resp = await sim.post(f"/_sim/videos/{vid}/status", json={"status": "failed", "typo": 1})
+    assert resp.status == 400 and "unknown fields: typo" in (await resp.json())["error"]
+
+
+async def test_status_switch_to_failed_says_the_error_given(sim: Client) -> None:
+    vid = await make_video(sim)
+    resp = await sim.post(
+        f"/_sim/videos/{vid}/status", json={"status": "failed", "errorMessage": "boom"}
+    )
+    assert resp.status == 200
+    assert (await get_status(sim, vid))["video"]["errorMessage"] == "boom"
 
 
 async def test_get_video_internal_state(sim: Client, clock: Clock) -> None:

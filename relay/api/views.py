@@ -260,7 +260,8 @@ async def create_watch(request: web.Request) -> web.Response:
         raise ProblemError(
             429,
             "Too many live watches",
-            f"this tenant holds {done.live} live watches (watching or delivering), its "
+            f"this tenant holds {done.live} live watch{'' if done.live == 1 else 'es'}"
+            " (watching or delivering), its "
             f"maximum of {settings.tenant_max_watches}; cancel some or wait for them to finish",
             slug="tenant-full",
             headers={"Retry-After": "60"},

@@ -61,9 +61,11 @@ def retry_after(response: httpx.Response) -> float | None:
     if not raw:
         return None
     try:
-        return max(float(raw), 0.0)
+        seconds = float(raw)
     except ValueError:
         pass
+    else:  # ("nan" or "inf" from a broken proxy: none asked)
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(raw)
     except (TypeError, ValueError):
@@ -135,6 +137,10 @@ class Core:
         if not base_url:
             raise ValueError("base_url is required (e.g. https://relay.example.com)")
         self.shown_base = shown_url(base_url).rstrip("/")  # (the URL as it may be printed)
+        if httpx.URL(base_url).path.rstrip("/").endswith("/v1"):  # (each call adds /v1/...)
+            raise ValueError(
+                "base_url is the relay's root, without /v1 (e.g. https://relay.example.com)"
+            )
         if not api_key:
             raise ValueError("api_key is required (a key of the relay's RELAY_API_KEYS)")
         self.base_url = base_url.rstrip("/")
@@ -171,8 +177,12 @@ class Core:
                 return None
         elif response is None or response.status_code not in RETRY_STATUSES or not call.retry:
             return None
-        delay = self.backoff * 2.0 ** (tries - 1) * random.uniform(0.5, 1.0)
         asked = retry_after(response) if response is not None else None
+        if asked is not None and asked > self.max_wait:
+            # longer than the caller would wait (a tenant full of live watches asks 60 s):
+            # its error at once, with .retry_after, not max_retries waits of max_wait
+            return None
+        delay = self.backoff * 2.0 ** (tries - 1) * random.uniform(0.5, 1.0)
         if asked is not None:  # at least that long, and spread out: callers told the same
             delay += asked  # Retry-After together would all come back at once (a tester)
         if delay > self.max_wait:  # (capped, still spread out)

@@ -34,7 +34,8 @@ class Client:
 
     ``Client("https://relay.example.com", "key")``; retries with backoff on connection
     errors and on 429/503 (honouring ``Retry-After``) for calls that are safe to repeat
-    (reads, cancel, recover, and ``create_watch`` with an ``idempotency_key``); *timeout*
+    (reads, cancel, recover, and ``create_watch`` with an ``idempotency_key``), waiting at
+    most *max_wait* seconds (an answer asking for longer raises at once); *timeout*
     seconds per request. API errors raise :class:`~clip_relay_client.ApiError`.
     """
 

@@ -5,7 +5,7 @@ No auth, JSON bodies::
     POST   /_sim/videos              create one video            -> 201 {"id"}
     POST   /_sim/videos/bulk         create many from a template -> 201 {"ids"}
     GET    /_sim/videos/{id}         internal state of a video
-    POST   /_sim/videos/{id}/status  switch the status now       -> 200 {..., "at"}
+    POST   /_sim/videos/{id}/status  switch the status now (and errorMessage) -> 200 {..., "at"}
     POST   /_sim/faults              inject a fault              -> 201 {"id"}
     DELETE /_sim/faults              clear all faults            -> 204
     GET    /_sim/stats[?since=]      request counters and log
@@ -31,6 +31,7 @@ from relay.devtools.upstream_sim.jsonio import (
 )
 from relay.devtools.upstream_sim.state import STATE, Fault, SimState, Step, Video
 from relay.devtools.upstream_sim.videos import (
+    DEFAULT_ERROR_MESSAGE,
     MAX_BULK,
     VIDEO_ID_RE,
     build_video,
@@ -104,14 +105,22 @@ async def get_video(request: web.Request, state: SimState) -> web.Response:
     return json_response(video_internal(video, state.clock()))
 
 
+SWITCH_KEYS = frozenset({"status", "progress", "errorMessage"})
+
+
 async def switch_status(request: web.Request, state: SimState) -> web.Response:
     video = _video_or_404(request, state)
     if isinstance(video, web.Response):
         return video
     body = await read_body(request)
+    unknown = set(body) - SWITCH_KEYS
+    if unknown:  # (a typo, silently dropped, would leave the test it serves puzzled)
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
     status = body.get("status")
     if not isinstance(status, str) or not status:
         raise BadRequest("status must be a non-empty string")
+    if "errorMessage" in body:  # (what a failed video says from now on)
+        video.error_message = get_str(body, "errorMessage", "") or DEFAULT_ERROR_MESSAGE
     now = state.clock()
     idx = video.index_at(now)
     current = video.steps[idx].progress if idx >= 0 else 0.0
