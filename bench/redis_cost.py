@@ -79,7 +79,8 @@ ABLATIONS: dict[str, list[tuple[str, str, str]]] = {
         ),
     ],
     "expiry": [("finalize", "redis.call('ZREM', KEYS[6], unpack(made))", "")],
-    "counters": [  # settle's status counters and index, once per call
+    "counters": [  # settle's once-a-call part: the schedule's ZREM, the final index, the
+        # status counters, the dashboard's minute counts
         (
             "settle",
             "-- the schedule, the indexes and the counters change once per call",
@@ -105,7 +106,8 @@ def ablate(parts: list[str]) -> None:
     edits: dict[str, list[tuple[str, str]]] = {}
     for part in parts:
         for name, old, new in ABLATIONS[part] if part != "writes" else WRITES:
-            edits.setdefault(name, []).append((old, new))
+            if (old, new) not in edits.setdefault(name, []):  # ("event,writes": once)
+                edits[name].append((old, new))
 
     def ablated(name: str) -> str:
         text = source(name)
@@ -274,7 +276,7 @@ def script_durations(entries: list[dict[str, object]]) -> dict[str, float]:
     """Median wall time (µs) of one call of each of the delivery's scripts, from a
     ``SLOWLOG`` of every command."""
     names = {
-        hashlib.sha1(source(name).encode(), usedforsecurity=False).hexdigest(): name
+        hashlib.sha1(scripts.source(name).encode(), usedforsecurity=False).hexdigest(): name
         for name in SCRIPTS
     }
     took: dict[str, list[float]] = {}
@@ -307,11 +309,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--without",
-        type=lambda v: [p for p in v.split(",") if p],
+        type=lambda v: list(dict.fromkeys(p for p in v.split(",") if p)),
         default=[],
         metavar="PART[,PART...]",
-        help=f"take parts of the scripts' work out: {', '.join(ABLATIONS)}, writes (the"
-        " first three)",
+        help=f"take parts of the scripts' work out: {', '.join(ABLATIONS)}, writes (event,"
+        " secrets and record)",
     )
     args = parser.parse_args()
     unknown = set(args.without) - set(ABLATIONS) - {"writes"}
@@ -328,6 +330,9 @@ def main() -> None:
         f" claim checks of {args.gate})"
         + (f", without {', '.join(args.without)}" if args.without else "")
     )
+    if "schedule" in args.without:
+        print("(without the schedule's members nothing is left due: the 'claimed by another")
+        print(" worker' rows claim and settle nothing)")
     print(f"{'redis':8} {'path':26} register finalize  claim   gate settle delivery  B/watch")
     for config, label in ((REDIS_CONF, "AOF"), (None, "no AOF")):
         for own, path in ((True, "claimed at finalize"), (False, "claimed by another worker")):

@@ -9,6 +9,7 @@ command is ``watches``, and the only module of ``relay`` that uses :mod:`clip_re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 
 from clip_relay_client import MAX_PAGE, ApiError, Client, Delivery, Watch, shown_url
+from relay.constants import EVENT_TYPES
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 STATUSES = ("watching", "delivering", "delivered", "failed", "disabled", "cancelled")
@@ -81,8 +83,6 @@ def _api_url(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"must be the relay's http(s) URL with a host, e.g. {DEFAULT_URL}"
         ) from None
-    if httpx.URL(value).path.rstrip("/").endswith("/v1"):  # (the client refuses it)
-        raise argparse.ArgumentTypeError(f"must be the relay's root, without /v1: {DEFAULT_URL}")
     return value
 
 
@@ -181,18 +181,30 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
             )
             if value is not None
         )
-        listing = JsonList(out) if as_json else WatchTable(out)
+        listing: JsonList | WatchTable = JsonList(out) if as_json else WatchTable(out)
         pages = list_pages(relay, args.video_id, args.status, args.limit, args.cursor)
         cursor = args.cursor
         try:
             for found, ends_at in pages:
                 listing.add(found)
                 cursor = ends_at
-        except (ApiError, httpx.HTTPError):
+        except BrokenPipeError:
+            raise
+        except BaseException:  # (an error, an answer of another shape, Ctrl-C)
             listing.cut()
-            if listing.count:  # (printed: say where to go on from)
-                go_on = f"; go on with --cursor {cursor}{filters}" if cursor else ""
-                print(f"listed {listing.count} before the error{go_on}", file=sys.stderr)
+            if listing.count and cursor:  # (printed: say where to go on from)
+                left = None if args.limit <= 0 else args.limit - listing.count
+                rest = f" --limit {left}" if left else " --limit 0" if args.limit <= 0 else ""
+                kept = "".join(  # (the filters, and the limit less what was listed)
+                    f" --{name} {value}"
+                    for name, value in (("video-id", args.video_id), ("status", args.status))
+                    if value is not None
+                )
+                print(
+                    f"listed {listing.count} before the error; go on with --cursor"
+                    f" {cursor}{kept}{rest}",
+                    file=sys.stderr,
+                )
             raise
         listing.end(cursor)
         if cursor and not as_json:
@@ -240,19 +252,27 @@ def list_pages(
 
 
 class WatchTable:
-    """Watches as a table, printed a page at a time: the columns as wide as the first page
-    needs, widened when a later one needs more."""
+    """Watches as a table, printed a page at a time. The columns whose values have a known
+    size start at it (an id, a status, an event type, a time), so only VIDEO can need more
+    on a later page: the header is printed again above the rows it widened."""
 
     HEADER = ("ID", "STATUS", "VIDEO", "EVENT", "UPDATED", "CALLBACK")
 
     def __init__(self, out: Out) -> None:
         self.out = out
         self.count = 0
-        self.widths = [0] * len(self.HEADER)
+        self.widths = [
+            len("wat_") + 24,
+            max(map(len, STATUSES)),
+            len("VIDEO"),
+            max(map(len, EVENT_TYPES)),
+            len("2026-01-01T00:00:00Z"),
+            0,  # (the last column is not padded)
+        ]
         self.started = False
 
     def add(self, watches: Sequence[Watch]) -> None:
-        """Print *watches* (the header first, once)."""
+        """Print *watches* (the header first, and again when the columns widened)."""
         cells = [
             ["-" if v is None else str(v) for v in row]
             for row in (
@@ -260,15 +280,17 @@ class WatchTable:
                 for w in watches
             )
         ]
-        if not self.started:
+        widths = list(self.widths)
+        for row in cells:
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+        if not self.started or widths[:-1] != self.widths[:-1]:
             cells.insert(0, list(self.HEADER))
             self.started = True
-        for row in cells:
-            self.widths = [max(w, len(c)) for w, c in zip(self.widths, row, strict=True)]
+        self.widths = widths
         if cells:
             self.out(
                 "\n".join(
-                    "  ".join(c.ljust(w) for c, w in zip(r, self.widths, strict=True)).rstrip()
+                    "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                     for r in cells
                 )
             )
@@ -360,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Client(args.api_url, args.api_key, timeout=args.timeout, max_retries=2) as relay:
             run(args, relay, print)
+        sys.stdout.flush()  # (a pipe's buffer: written here, where a closed pipe is caught)
     except ApiError as exc:
         print(f"clip-relay watches: {exc.status} {exc.title}", file=sys.stderr)
         first = exc.errors[0] if exc.errors else {}
@@ -369,8 +392,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {e.get('field')}: {e.get('message')}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # (``... | head``: the reader stopped reading)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no error at exit)
+        # (what is left in stdout's buffer goes nowhere: no error at exit; a stdout
+        # without a file descriptor has nothing to replace)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        return 130
     except httpx.HTTPError as exc:  # (ConnectionFailed is one)
         print(f"clip-relay watches: {_unreached(args, exc)}", file=sys.stderr)
         return 1

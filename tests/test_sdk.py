@@ -464,3 +464,18 @@ async def test_a_full_tenant_is_an_error_at_once_not_after_minutes_of_retries(
             await relay.create_watch(video_id=vid, callback_url=rbase + "/h", idempotency_key="b")
         assert time.monotonic() - started < 2.0
         assert raised.value.status == 429 and raised.value.retry_after == 60.0
+
+
+async def test_a_base_url_with_its_v1_gets_a_404_that_says_so(api: Api) -> None:
+    """``Client("https://relay/v1", ...)`` sends ``/v1/v1/...``: the relay's 404 then says
+    the base URL ends in /v1 (a bare "404 Not Found" before: a new user's finding); the
+    base URL itself is not refused (a gateway may serve the relay under a /v1 of its own)."""
+    async with AsyncClient(base(api) + "/v1/", TENANT_A_KEY, timeout=5) as relay:
+        with pytest.raises(ApiError) as raised:
+            await relay.get_watch("wat_" + "a" * 24)
+    assert raised.value.status == 404
+    assert "the base URL ends in /v1" in (raised.value.detail or ""), raised.value
+    async with AsyncClient(base(api), TENANT_A_KEY, timeout=5) as relay:
+        with pytest.raises(ApiError) as raised:
+            await relay.get_watch("wat_" + "a" * 24)
+    assert "/v1" not in (raised.value.detail or "")  # (an unknown watch: no such hint)

@@ -839,6 +839,9 @@ async def test_status_switch_to_failed_says_the_error_given(sim: Client) -> None
     )
     assert resp.status == 200
     assert (await get_status(sim, vid))["video"]["errorMessage"] == "boom"
+    bad = {"status": "failed", "errorMessage": "other", "progress": 500}
+    assert (await sim.post(f"/_sim/videos/{vid}/status", json=bad)).status == 400
+    assert (await get_status(sim, vid))["video"]["errorMessage"] == "boom"  # (refused: unchanged)
 
 
 async def test_get_video_internal_state(sim: Client, clock: Clock) -> None:

@@ -73,6 +73,14 @@ def retry_after(response: httpx.Response) -> float | None:
     return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
+def _path(response: httpx.Response) -> str:
+    """The path *response* answered ("" for one made without a request)."""
+    try:
+        return response.request.url.path
+    except RuntimeError:
+        return ""
+
+
 def api_error(response: httpx.Response) -> ApiError:
     """The error an answer of status >= 400 stands for (a problem document, or not)."""
     try:
@@ -92,6 +100,10 @@ def api_error(response: httpx.Response) -> ApiError:
             f"the answer is not a problem document ({ctype}): is the base URL the relay's, "
             "or is a proxy answering?"
         )
+        detail = hint if detail is None else f"{detail} ({hint})"
+    elif response.status_code == 404 and "/v1/v1/" in _path(response):
+        # (a base URL given with its /v1: every call's path has it twice, a bare 404)
+        hint = "the base URL ends in /v1: give the relay's root, e.g. https://relay.example.com"
         detail = hint if detail is None else f"{detail} ({hint})"
     return ApiError(
         status if type(status) is int and status >= 400 else response.status_code,
@@ -137,10 +149,6 @@ class Core:
         if not base_url:
             raise ValueError("base_url is required (e.g. https://relay.example.com)")
         self.shown_base = shown_url(base_url).rstrip("/")  # (the URL as it may be printed)
-        if httpx.URL(base_url).path.rstrip("/").endswith("/v1"):  # (each call adds /v1/...)
-            raise ValueError(
-                "base_url is the relay's root, without /v1 (e.g. https://relay.example.com)"
-            )
         if not api_key:
             raise ValueError("api_key is required (a key of the relay's RELAY_API_KEYS)")
         self.base_url = base_url.rstrip("/")
@@ -184,7 +192,9 @@ class Core:
             return None
         delay = self.backoff * 2.0 ** (tries - 1) * random.uniform(0.5, 1.0)
         if asked is not None:  # at least that long, and spread out: callers told the same
-            delay += asked  # Retry-After together would all come back at once (a tester)
+            # Retry-After together would all come back at once (a tester); capped, never
+            # below what was asked
+            return max(asked, min(asked + delay, self.max_wait))
         if delay > self.max_wait:  # (capped, still spread out)
             delay = self.max_wait * random.uniform(0.8, 1.0)
         return delay

@@ -5,7 +5,8 @@ No auth, JSON bodies::
     POST   /_sim/videos              create one video            -> 201 {"id"}
     POST   /_sim/videos/bulk         create many from a template -> 201 {"ids"}
     GET    /_sim/videos/{id}         internal state of a video
-    POST   /_sim/videos/{id}/status  switch the status now (and errorMessage) -> 200 {..., "at"}
+    POST   /_sim/videos/{id}/status  switch the status now       -> 200 {..., "at"}
+                                     (and its errorMessage)
     POST   /_sim/faults              inject a fault              -> 201 {"id"}
     DELETE /_sim/faults              clear all faults            -> 204
     GET    /_sim/stats[?since=]      request counters and log
@@ -119,14 +120,15 @@ async def switch_status(request: web.Request, state: SimState) -> web.Response:
     status = body.get("status")
     if not isinstance(status, str) or not status:
         raise BadRequest("status must be a non-empty string")
-    if "errorMessage" in body:  # (what a failed video says from now on)
-        video.error_message = get_str(body, "errorMessage", "") or DEFAULT_ERROR_MESSAGE
+    error_message = get_str(body, "errorMessage", None)
     now = state.clock()
     idx = video.index_at(now)
     current = video.steps[idx].progress if idx >= 0 else 0.0
     progress = get_number(body, "progress", 100.0 if status == "completed" else current)
     if progress > 100:
         raise BadRequest("progress must be between 0 and 100")
+    if error_message is not None:  # (what a failed video says from now on)
+        video.error_message = error_message or DEFAULT_ERROR_MESSAGE
     # the switch overrides the rest of the timeline: later steps are dropped
     video.steps = [s for s in video.steps if s.at <= now]
     video.steps.append(Step(status, progress, now))
