@@ -341,6 +341,9 @@ async def test_a_list_cut_by_a_failing_page_keeps_what_it_printed(api: Api, sim:
         code, out, err = await cli(None, "list", "--limit", "0", "--json", "--api-url", url)
     assert code == 1 and "listed 200 before the error" in err, err
     assert out.count('"id": "wat_') == 200  # (every watch listed is printed)
+    async with serving(handle) as url:  # (a limit: going on lists what it left)
+        code, out, err = await cli(None, "list", "--limit", "250", "--api-url", url)
+    assert code == 1 and "go on with --cursor c2 --limit 50" in err, err
 
 
 async def test_output_its_reader_stops_reading_ends_without_a_traceback(api: Api, sim: Api) -> None:
