@@ -97,15 +97,14 @@ ABLATIONS: dict[str, list[tuple[str, str, str]]] = {
     ],
 }
 
-# (the watch's own hash, all three: "writes")
-WRITES = [*ABLATIONS["event"], *ABLATIONS["secrets"], *ABLATIONS["record"]]
+ABLATIONS["writes"] = [*ABLATIONS["event"], *ABLATIONS["secrets"], *ABLATIONS["record"]]
 
 
 def ablate(parts: list[str]) -> None:
     """Run the scripts without *parts* (:data:`ABLATIONS`) from now on in this process."""
     edits: dict[str, list[tuple[str, str]]] = {}
     for part in parts:
-        for name, old, new in ABLATIONS[part] if part != "writes" else WRITES:
+        for name, old, new in ABLATIONS[part]:
             if (old, new) not in edits.setdefault(name, []):  # ("event,writes": once)
                 edits[name].append((old, new))
 
@@ -312,15 +311,13 @@ def main() -> None:
         type=lambda v: list(dict.fromkeys(p for p in v.split(",") if p)),
         default=[],
         metavar="PART[,PART...]",
-        help=f"take parts of the scripts' work out: {', '.join(ABLATIONS)}, writes (event,"
+        help=f"take parts of the scripts' work out: {', '.join(ABLATIONS)} (writes: event,"
         " secrets and record)",
     )
     args = parser.parse_args()
-    unknown = set(args.without) - set(ABLATIONS) - {"writes"}
+    unknown = set(args.without) - set(ABLATIONS)
     if unknown:
-        parser.error(
-            f"--without: no part {', '.join(sorted(unknown))} ({', '.join(ABLATIONS)}, writes)"
-        )
+        parser.error(f"--without: no part {', '.join(sorted(unknown))} ({', '.join(ABLATIONS)})")
     ablate(args.without)
     if args.callgrind and not shutil.which("callgrind_control"):
         parser.error("--callgrind needs valgrind (Debian: apt install valgrind)")

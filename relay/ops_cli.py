@@ -171,16 +171,13 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
 
     action = args.action
     if action == "list":
-        # (a cursor belongs to its filters: the hint repeats them, and the limit given)
-        filters = "".join(
+        # (a cursor belongs to its filters: the hints repeat them, and a limit)
+        kept = "".join(
             f" --{name} {value}"
-            for name, value in (
-                ("video-id", args.video_id),
-                ("status", args.status),
-                ("limit", None if args.limit == LIST_LIMIT else args.limit),
-            )
+            for name, value in (("video-id", args.video_id), ("status", args.status))
             if value is not None
         )
+        filters = kept + ("" if args.limit == LIST_LIMIT else f" --limit {args.limit}")
         listing: JsonList | WatchTable = JsonList(out) if as_json else WatchTable(out)
         pages = list_pages(relay, args.video_id, args.status, args.limit, args.cursor)
         cursor = args.cursor
@@ -192,17 +189,11 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
             raise
         except BaseException:  # (an error, an answer of another shape, Ctrl-C)
             listing.cut()
-            if listing.count and cursor:  # (printed: say where to go on from)
-                left = None if args.limit <= 0 else args.limit - listing.count
-                rest = f" --limit {left}" if left else " --limit 0" if args.limit <= 0 else ""
-                kept = "".join(  # (the filters, and the limit less what was listed)
-                    f" --{name} {value}"
-                    for name, value in (("video-id", args.video_id), ("status", args.status))
-                    if value is not None
-                )
+            if listing.count and cursor:  # (printed: say where to go on from, for the rest)
+                left = 0 if args.limit <= 0 else args.limit - listing.count
                 print(
                     f"listed {listing.count} before the error; go on with --cursor"
-                    f" {cursor}{kept}{rest}",
+                    f" {cursor}{kept} --limit {left}",
                     file=sys.stderr,
                 )
             raise
