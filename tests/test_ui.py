@@ -294,7 +294,11 @@ async def test_failed_watch_attempts_redeliver_rotate_cancel(
     assert by_header.status == 303
     assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
 
+    # cancel cannot be undone: the button opens a confirmation first (an operator's run
+    # found one click cancelling), and only its own button posts
     await page.get_by_test_id("cancel").click()
+    assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
+    await page.get_by_test_id("cancel-confirm").click()
     await page.wait_for_url("**done=cancelled")
     assert await page.get_by_test_id("watch-status").inner_text() == "cancelled"
     assert (await wait_watch(ui, w["id"]))["status"] == "cancelled"
