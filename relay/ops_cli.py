@@ -140,8 +140,17 @@ def _time(value: Any) -> str:
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """Plain aligned columns."""
-    cells = [list(header)] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    cells = [list(header), *_cells(rows)]
+    return _aligned(cells, [max(len(r[i]) for r in cells) for i in range(len(header))])
+
+
+def _cells(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
+    """Rows as text ("-" for none)."""
+    return [["-" if v is None else str(v) for v in row] for row in rows]
+
+
+def _aligned(cells: Sequence[Sequence[str]], widths: Sequence[int]) -> str:
+    """*cells* in columns of *widths*, two spaces apart."""
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
     )
@@ -264,13 +273,12 @@ class WatchTable:
 
     def add(self, watches: Sequence[Watch]) -> None:
         """Print *watches* (the header first, and again when the columns widened)."""
-        cells = [
-            ["-" if v is None else str(v) for v in row]
-            for row in (
+        cells = _cells(
+            [
                 (w.id, w.status, w.video_id, w.last_event_type, _time(w.updated_at), w.callback_url)
                 for w in watches
-            )
-        ]
+            ]
+        )
         widths = list(self.widths)
         for row in cells:
             widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -279,12 +287,7 @@ class WatchTable:
             self.started = True
         self.widths = widths
         if cells:
-            self.out(
-                "\n".join(
-                    "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                    for r in cells
-                )
-            )
+            self.out(_aligned(cells, widths))
         self.count += len(watches)
 
     def end(self, cursor: str | None) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,41 @@ async def cli(api: Api | None, *args: str, key: str = TENANT_A_KEY) -> tuple[int
 
 async def api_json(api: Api, path: str) -> Any:
     return await (await api.get(path, headers=auth())).json()
+
+
+async def a_watch_doc(api: Api, sim: Api) -> dict[str, Any]:
+    """The document of one real watch (of a video that never finishes), to copy."""
+    vid = await sim_video(sim, timeline=NEVER_DONE)
+    one = await register(api, (Receiver(), "http://127.0.0.1:9"), vid)
+    doc: dict[str, Any] = await api_json(api, f"/v1/watches/{one['id']}")
+    return doc
+
+
+def paged(
+    doc: dict[str, Any],
+    pages: int,
+    *,
+    fail_from: int | None = None,
+    video: Callable[[int], str] | None = None,
+    on_ask: Callable[[], None] | None = None,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A relay's ``GET /v1/watches`` for :func:`serving`: *pages* pages of copies of *doc*
+    (as many as asked, each its own id; cursors ``c1``, ``c2``, ...), a 500 from page
+    *fail_from* on; *video* names a page's video id, *on_ask* is told of each request."""
+
+    async def handle(request: web.Request) -> web.Response:
+        if on_ask is not None:
+            on_ask()
+        page = int(request.query.get("cursor", "c0")[1:])
+        if fail_from is not None and page >= fail_from:
+            return web.json_response({"title": "Internal Server Error", "status": 500}, status=500)
+        same = {"videoId": video(page)} if video is not None else {}
+        n = int(request.query.get("limit", "100"))
+        data = [doc | {"id": f"wat_{page:02d}{i:022d}", **same} for i in range(n)]
+        more = f"c{page + 1}" if page < pages - 1 else None
+        return web.json_response({"data": data, "nextCursor": more})
+
+    return handle
 
 
 async def test_list_and_get_show_what_the_api_shows(api: Api, sim: Api, receiver: Rec) -> None:
@@ -242,13 +278,14 @@ async def test_busy_answers_are_tried_again_and_a_foreign_answer_is_named() -> N
         assert code == 0 and json.loads(out) == {"data": [], "nextCursor": None}, err
 
 
-async def test_list_all_goes_a_page_at_a_time(
+async def test_list_all_reads_every_page_of_the_real_api(
     make_api: ApiFactory, sim: Api, receiver: Rec
 ) -> None:
     """``--limit 0`` lists every watch through as many pages of the API as there are (230
-    watches: three), printed a page at a time: the JSON is still the one document
-    ``json.dumps`` would write, the table a row per watch under one header. Before, every
-    page was held until the last was read (a tenant's million watches in memory)."""
+    watches: three): printed a page at a time (the next test shows that), the JSON is still
+    the one document ``json.dumps`` would write, the table a row per watch under one
+    header; a limit ending mid-page ends there. (The output is the one a whole list held in
+    memory gave: this pins it across the change.)"""
     api = await make_api(rate_limit=10_000)
     vid = await sim_video(sim, timeline=NEVER_DONE)
     for _ in range(230):
@@ -282,18 +319,16 @@ async def test_list_prints_each_page_before_it_reads_the_next(api: Api, sim: Api
     from clip_relay_client import Client
     from relay.ops_cli import parser, run
 
-    vid = await sim_video(sim, timeline=NEVER_DONE)
-    one = await register(api, (Receiver(), "http://127.0.0.1:9"), vid)
-    doc = await api_json(api, f"/v1/watches/{one['id']}")
+    doc = await a_watch_doc(api, sim)
     printed: list[str] = []
     asked_after: list[int] = []
 
-    async def handle(request: web.Request) -> web.Response:
-        page = int(request.query.get("cursor", "c0")[1:])
-        asked_after.append(sum(t.count("wat_") for t in printed))
-        video = "v" * (10 if page == 0 else 60)
-        data = [doc | {"id": f"wat_{page:02d}{i:022d}", "videoId": video} for i in range(100)]
-        return web.json_response({"data": data, "nextCursor": f"c{page + 1}" if page < 2 else None})
+    handle = paged(
+        doc,
+        3,
+        video=lambda page: "v" * (10 if page == 0 else 60),
+        on_ask=lambda: asked_after.append(sum(t.count("wat_") for t in printed)),
+    )
 
     async with serving(handle) as url:
         for flags, expected in ((["--json"], [0, 99, 199]), ([], [0, 100, 200])):
@@ -321,16 +356,9 @@ async def test_list_prints_each_page_before_it_reads_the_next(api: Api, sim: Api
 async def test_a_list_cut_by_a_failing_page_keeps_what_it_printed(api: Api, sim: Api) -> None:
     """A page that fails after two were printed: exit 1 naming the error, the 200 rows
     printed stay, and stderr says where to go on from."""
-    vid = await sim_video(sim, timeline=NEVER_DONE)
-    one = await register(api, (Receiver(), "http://127.0.0.1:9"), vid)
-    doc = await api_json(api, f"/v1/watches/{one['id']}")
+    doc = await a_watch_doc(api, sim)
 
-    async def handle(request: web.Request) -> web.Response:
-        page = int(request.query.get("cursor", "c0")[1:])
-        if page >= 2:
-            return web.json_response({"title": "Internal Server Error", "status": 500}, status=500)
-        data = [doc | {"id": f"wat_{page:02d}{i:022d}"} for i in range(100)]
-        return web.json_response({"data": data, "nextCursor": f"c{page + 1}"})
+    handle = paged(doc, 10, fail_from=2)
 
     async with serving(handle) as url:
         code, out, err = await cli(None, "list", "--limit", "0", "--api-url", url)
@@ -349,15 +377,9 @@ async def test_a_list_cut_by_a_failing_page_keeps_what_it_printed(api: Api, sim:
 async def test_output_its_reader_stops_reading_ends_without_a_traceback(api: Api, sim: Api) -> None:
     """``clip-relay watches list ... | head``: the reader closes the pipe early; the CLI
     stops there, exit 1, no ``BrokenPipeError`` traceback (a new user's finding)."""
-    vid = await sim_video(sim, timeline=NEVER_DONE)
-    one = await register(api, (Receiver(), "http://127.0.0.1:9"), vid)
-    doc = await api_json(api, f"/v1/watches/{one['id']}")
+    doc = await a_watch_doc(api, sim)
 
-    async def handle(request: web.Request) -> web.Response:
-        page = int(request.query.get("cursor", "c0")[1:])
-        n = int(request.query.get("limit", "100"))
-        data = [doc | {"id": f"wat_{page:02d}{i:022d}"} for i in range(n)]
-        return web.json_response({"data": data, "nextCursor": f"c{page + 1}" if page < 9 else None})
+    handle = paged(doc, 10)
 
     async with serving(handle) as url:
         read_end, write_end = os.pipe()
