@@ -4,8 +4,10 @@ Sequential commands against a fresh server (the product's ``config/redis.conf`` 
 then the server's defaults), nothing else running: Redis CPU (Δ utime + stime of its
 process) per ``PING``, per no-op ``EVALSHA``, per watch of a script's two-field ``HSET``,
 per member of a script's batched ``ZADD``, per member of a ``ZMSCORE`` of 8 and of a
-``ZREM`` of 100. It tells whether a step should be one more command or one more write in a
-script that runs anyway (docs/performance.md, "what a round trip costs Redis").
+``ZREM`` of 100, and per ``HSCAN`` call of a video's waiting watches (20,000 entries) at
+``COUNT`` 1,000 and 2,000. It tells whether a step should be one more command or one more
+write in a script that runs anyway (docs/performance.md, "what a round trip costs Redis"),
+and how long a page of a fan-out's read may be.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from redis_cost import REDIS_CONF, cpu_s  # noqa: E402
 from relay.devtools.embedded_redis import RedisServer  # noqa: E402
 
 N = 20_000
+SCAN_PASSES = 40  # whole reads of the waiting hash per page size (the CPU clock ticks in 10 ms)
 HSET_2 = """for i = 1, #ARGV do
   redis.call('HSET', 'w:' .. ARGV[i], 'st', 'delivering|0|0|1733333333333|||',
     'ev', 'clips.ready|1733333333333|100|completed|')
@@ -82,10 +85,33 @@ async def measure(config: Path | None) -> list[tuple[str, float]]:
         await step("script ZADD, per member (100 a call)", N, batched(zadd))
         await step("ZMSCORE of 8, per member", N, zmscores)
         await step("ZREM of 100, per member", N, zrems)
+        await redis.hset("waiting", mapping={w: f"acme:tag{i % 3}" for i, w in enumerate(ids)})
+
+        def scans(count: int) -> Callable[[], Awaitable[int]]:
+            return lambda: _scan(redis, "waiting", count, SCAN_PASSES)
+
+        for count in (1000, 2000):
+            calls = await _scan(redis, "waiting", count)
+            label = f"HSCAN COUNT {count:,} of {N:,} entries, per call"
+            await step(label, calls * SCAN_PASSES, scans(count))
         return out
     finally:
         await redis.aclose()
         server.stop()
+
+
+async def _scan(redis: Redis, key: str, count: int, passes: int = 1) -> int:
+    """Read the hash *key* whole *passes* times in ``HSCAN`` pages of *count*: the calls
+    one pass made."""
+    calls = 0
+    for _ in range(passes):
+        calls, cursor = 0, 0
+        while True:
+            cursor, _ = await redis.hscan(key, cursor, count=count)
+            calls += 1
+            if not cursor:
+                break
+    return calls
 
 
 def main() -> None:
