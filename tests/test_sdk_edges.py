@@ -404,6 +404,21 @@ def test_verify_accepts_the_tolerance_itself_in_both_directions() -> None:
     assert verify(SECRET, BODY, headers, now=TS - 300).id == "evt_1"
 
 
+def test_verify_refuses_a_tolerance_or_a_now_that_would_let_any_timestamp_pass() -> None:
+    """Rule: a tolerance or a time that is not a finite number (NaN compares false, so an
+    old event would pass) or a negative tolerance is the caller's error, not a pass."""
+    headers = _headers("v1," + _sign(SECRET))  # signed 10^6 s before 'now'
+    for tolerance in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="tolerance"):
+            verify(SECRET, BODY, headers, tolerance=tolerance, now=TS + 10**6)
+    for now in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="now"):
+            verify(SECRET, BODY, headers, now=now)
+    with pytest.raises(WebhookVerificationError, match="old"):
+        verify(SECRET, BODY, headers, tolerance=0, now=TS + 1)
+    assert verify(SECRET, BODY, headers, tolerance=0, now=TS).id == "evt_1"
+
+
 def test_verify_compares_every_signature_with_every_secret_in_constant_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

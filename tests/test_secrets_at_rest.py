@@ -10,6 +10,7 @@ worker still signs deliveries that a real receiver verifies.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import traceback
 from collections.abc import Iterator
@@ -321,6 +322,49 @@ async def test_sealed_secrets_still_sign_deliveries(
     assert verify(raw, headers, rotated)["data"]["watchId"] == made["id"]
     assert verify(raw, headers, given)["data"]["watchId"] == made["id"]
     assert "whsec_" not in str(await _stored_secrets(redis, made["id"]))
+
+
+async def test_a_callback_credential_is_sealed_at_rest_and_still_sent(
+    make_api: ApiFactory, make_worker: WorkerFactory, sim: Client, receiver: Rec, redis: Redis
+) -> None:
+    """Rule: with RELAY_SECRETS_KEY, a callback URL's password or token is stored sealed
+    (nothing in Redis holds it in plain), shown as ***, and still sent as Basic
+    authorization -- to the event and to a ping."""
+    api = await make_api(secrets_key=KEY_1)
+    await make_worker(secrets_key=KEY_1)
+    rec, base = receiver
+    vid = await _sim_video(sim, complete_after=0.5)
+    host = base.removeprefix("http://")
+    urls = {
+        "basic": (f"http://hook-user:pw-SEALED-1@{host}/basic", "hook-user:pw-SEALED-1"),
+        "token": (f"http://TOKEN-SEALED-2@{host}/token", "TOKEN-SEALED-2:"),
+    }
+    made = {}
+    for name, (url, _) in urls.items():
+        resp = await api.post(
+            "/v1/watches", json={"videoId": vid, "callbackUrl": url}, headers=auth()
+        )
+        made[name] = await resp.json()
+        rec.add_secret(made[name]["secret"])
+    assert made["basic"]["callbackUrl"] == f"http://hook-user:***@{host}/basic"
+    assert made["token"]["callbackUrl"] == f"http://***@{host}/token"
+    for key, value in await _everything(redis):
+        assert "SEALED" not in value, key
+    for w in made.values():
+        assert (await _wait_final(api, w["id"]))["status"] == "delivered"
+        ping = await api.post(f"/v1/watches/{w['id']}/ping", headers=auth())
+        assert ping.status == 202
+    await rec.wait_for(4, timeout=10)
+    events = rec.events
+    assert sorted(e.path.rsplit("/", 1)[-1] for e in events) == ["basic"] * 2 + ["token"] * 2
+    for e in events:
+        cred = urls[e.path.rsplit("/", 1)[-1]][1]
+        assert (
+            e.attempt_headers["authorization"]
+            == "Basic " + base64.b64encode(cred.encode()).decode()
+        )
+    for key, value in await _everything(redis):  # (attempt records and pings neither)
+        assert "SEALED" not in value, key
 
 
 async def test_secrets_stored_plain_still_sign_once_a_key_is_set(

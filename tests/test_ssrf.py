@@ -17,6 +17,7 @@ from relay.constants import MAX_CALLBACK_URL
 from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy, CallbackRefused, literal_ip
 from relay.settings import CallbackAllow
+from tests.dns_server import DnsServer, Name
 
 EMPTY = CallbackPolicy(CallbackAllow())
 LOCAL = CallbackPolicy(
@@ -231,10 +232,57 @@ def test_ip_allowed_and_host_allowed() -> None:
 
 
 def test_metadata_refused_even_if_a_network_seems_to_allow_it() -> None:
-    # an explicit CIDR wins, metadata addresses only fall to the default rule
-    wide = CallbackPolicy(CallbackAllow(networks=(ipaddress.ip_network("169.254.0.0/16"),)))
-    assert wide.ip_allowed(ipaddress.ip_address("169.254.169.254"))
-    assert not EMPTY.ip_allowed(ipaddress.ip_address("169.254.169.254"))
+    """Rule: a cloud metadata address is never a callback, also inside a network
+    RELAY_CALLBACK_ALLOW opens (the rest of that network is open)."""
+    wide = CallbackPolicy(
+        CallbackAllow(
+            networks=(
+                ipaddress.ip_network("169.254.0.0/16"),
+                ipaddress.ip_network("100.64.0.0/10"),
+                ipaddress.ip_network("fd00::/8"),
+                ipaddress.ip_network("0.0.0.0/0"),
+            )
+        )
+    )
+    for meta in ("169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "100.100.100.200"):
+        assert not wide.ip_allowed(ipaddress.ip_address(meta)), meta
+        assert not EMPTY.ip_allowed(ipaddress.ip_address(meta)), meta
+    assert wide.ip_allowed(ipaddress.ip_address("169.254.1.1"))
+
+
+async def test_metadata_refused_through_an_allowed_literal_or_network(no_dns: None) -> None:
+    literal = CallbackPolicy(
+        CallbackAllow(
+            networks=(ipaddress.ip_network("169.254.169.254/32"),),
+            hosts=frozenset({"169.254.169.254"}),
+        )
+    )
+    with pytest.raises(CallbackRefused):
+        await literal.check("http://169.254.169.254/latest/meta-data")
+    with pytest.raises(CallbackRefused):
+        await literal.resolve("169.254.169.254", 80)
+
+
+async def test_an_allowed_host_name_never_reaches_a_metadata_address() -> None:
+    """Rule: a host name RELAY_CALLBACK_ALLOW opens is not checked against private ranges,
+    but if its DNS (a real server on loopback here) comes to answer a metadata address,
+    that address is not connected to; its other addresses still are."""
+    dns = await DnsServer(
+        {
+            "meta.internal": Name(ips=("169.254.169.254",)),
+            "mixed.internal": Name(ips=("169.254.169.254", "10.0.0.7")),
+        }
+    ).start()
+    try:
+        policy = CallbackPolicy(
+            CallbackAllow(hosts=frozenset({"meta.internal", "mixed.internal"})),
+            Resolver([dns.address]),
+        )
+        with pytest.raises(CallbackRefused):
+            await policy.resolve("meta.internal", 80)
+        assert await policy.resolve("mixed.internal", 80) == [(socket.AF_INET, ("10.0.0.7", 80))]
+    finally:
+        dns.close()
 
 
 async def test_resolve_literals_without_dns(no_dns: None) -> None:

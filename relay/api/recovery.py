@@ -178,7 +178,9 @@ async def send_ping(app: web.Application, w: Watch) -> None:
         box = app[k.SECRET_BOX]
         keys = [secret_bytes(box.open(s.sealed)) for s in w.signing_secrets(at)]
         headers = sign_headers(keys, ping_id, at // 1000, body)
-        reply = await app[PINGS].client.post(Target.of(URL(w.callback_url)), headers.items(), body)
+        reply = await app[PINGS].client.post(
+            Target.of(URL(w.callback_for_sending(box.open))), headers.items(), body
+        )
         code = reply.status
         answer = reply.body.decode(errors="replace")
     except SEND_FAILURES as exc:  # e.g. a timeout, or a callback refused by the SSRF policy

@@ -24,6 +24,7 @@ from relay.constants import (
     VIDEO_ID_PATTERN,
     WATCH_STATUSES,
 )
+from relay.domain import userinfo
 from relay.domain.clock import now_ms
 from relay.domain.events import iso_ms, score_json
 from relay.domain.ids import new_watch_id
@@ -57,30 +58,12 @@ def principal(request: web.Request) -> Principal:
     return request[k.PRINCIPAL]
 
 
-_DROPPED = {9: None, 10: None, 13: None}  # tab, LF, CR
-
-
 def shown_url(url: str) -> str:
-    """A callback URL as the API, the CLI and the dashboard show it: its user info is sent as
-    Basic authorization, a credential: a password is shown as ``***`` (the user name with
-    it as registered), and a user name alone -- a token, as in ``https://TOKEN@host/`` --
-    as ``***``; the rest as registered. (Tabs and newlines, which URL parsers drop, are
-    dropped first: none hides a credential.)"""
-    url = url.translate(_DROPPED)
-    start = url.find("://") + 3
-    if start < 3:
-        return url
-    end = len(url)
-    for mark in "/?#":
-        at = url.find(mark, start)
-        if at != -1:
-            end = min(end, at)
-    userinfo, sep, _ = url[start:end].rpartition("@")
-    if not sep:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return f"{url[:start]}{shown}{url[start + len(userinfo) :]}"
+    """A callback URL as the API, the CLI and the dashboard show it: a password as ``***``
+    (the user name with it as registered), a user name alone -- a token, as in
+    ``https://TOKEN@host/`` -- as ``***``; the rest as registered
+    (:func:`relay.domain.userinfo.shown`)."""
+    return userinfo.shown(url)
 
 
 def watch_json(w: Watch) -> dict[str, Any]:
@@ -245,7 +228,11 @@ async def create_watch(request: web.Request) -> web.Response:
         created_ms=now,
         updated_ms=now,
     )
-    watch.secrets = [SecretEntry(app[k.SECRET_BOX].seal(secret), 0)]
+    box = app[k.SECRET_BOX]
+    if box.sealing:  # the URL's credential, if any, sealed apart (the URL keeps its shown form)
+        watch.callback_url, plain = userinfo.hide(watch.callback_url)
+        watch.callback_auth = box.seal(plain) if plain else ""
+    watch.secrets = [SecretEntry(box.seal(secret), 0)]
     settings = app[k.SETTINGS]
     done = await store.watches.create(
         watch,

@@ -1,4 +1,5 @@
-"""Webhook secrets at rest: sealed with Fernet when RELAY_SECRETS_KEY is set, plain otherwise."""
+"""Webhook secrets and callback URL credentials at rest: sealed with Fernet when
+RELAY_SECRETS_KEY is set, plain otherwise."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ class SecretBox:
 
     def __init__(self, key: str = "") -> None:
         self._fernet = Fernet(key.encode()) if key else None
+
+    @property
+    def sealing(self) -> bool:
+        """A key is set: what is sealed is encrypted."""
+        return self._fernet is not None
 
     def seal(self, secret: str) -> str:
         """Return the form of *secret* to store."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from relay.domain import userinfo
 
 
 @dataclass(slots=True)
@@ -45,6 +48,16 @@ class Watch:
     records: int = 0  # attempt records written so far (they are numbered on)
     final_ms: int | None = None  # when its event was made: the event's timestamp
     clips_ms: int | None = None  # clips.ready: when the clips its body carries were fetched
+    # the user info of callback_url, sealed, when RELAY_SECRETS_KEY was set at registration
+    # (callback_url then shows it as ***: relay.domain.userinfo); "": the URL carries its own
+    callback_auth: str = field(default="", repr=False)
+
+    def callback_for_sending(self, open_sealed: Callable[[str], str]) -> str:
+        """The callback URL to send to: with its user info put back if it was sealed apart
+        (*open_sealed*: :meth:`relay.domain.crypto.SecretBox.open`)."""
+        if not self.callback_auth:
+            return self.callback_url
+        return userinfo.restore(self.callback_url, open_sealed(self.callback_auth))
 
     def signing_secrets(self, at_ms: int) -> list[SecretEntry]:
         """The secrets that sign at *at_ms*: the current one and any still in its grace."""

@@ -62,6 +62,13 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+def metadata(ip: IPAddress) -> bool:
+    """A cloud metadata address, or an IPv6 form carrying one: never a callback, whatever
+    RELAY_CALLBACK_ALLOW opens (a network or a host name that comes to resolve to it)."""
+    inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip in _METADATA or (inner is not None and inner in _METADATA)
+
+
 # what a refusal at registration adds: the first callback anyone tries is on localhost
 ALLOW_HINT = (
     "; to allow it, add its network or host name to RELAY_CALLBACK_ALLOW "
@@ -101,18 +108,21 @@ class CallbackPolicy:
         self.resolver = resolver or Resolver()
 
     def host_allowed(self, host: str) -> bool:
-        """A host name opened by RELAY_CALLBACK_ALLOW (its addresses are then not checked)."""
+        """A host name opened by RELAY_CALLBACK_ALLOW (its addresses are then not checked,
+        but for cloud metadata ones: :func:`metadata`)."""
         return host.lower().rstrip(".") in self._allow.hosts
 
     def ip_allowed(self, ip: IPAddress) -> bool:
         """A public unicast address, or one inside an allowed network. An IPv6 address that
         carries an IPv4 address (mapped, compatible, NAT64, SIIT, 6to4, Teredo) is judged by
         both."""
+        if metadata(ip):
+            return False
         inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
         nets = self._allow.networks
         if any(ip in n for n in nets) or (inner is not None and any(inner in n for n in nets)):
             return True
-        if ip in _METADATA or ip.is_multicast or ip.is_unspecified:
+        if ip.is_multicast or ip.is_unspecified:
             return False
         if any(ip in n for n in _RESERVED if n.version == ip.version):
             return False
@@ -152,9 +162,9 @@ class CallbackPolicy:
         """Full check at registration: form, then every address the host resolves to."""
         parsed = self.parse(url)
         host = parsed.raw_host or ""
-        if self.host_allowed(host):
-            return parsed
         ip = literal_ip(host)
+        if self.host_allowed(host) and (ip is None or not metadata(ip)):
+            return parsed
         if ip is not None:
             if not self.ip_allowed(ip):
                 raise CallbackRefused(
@@ -186,7 +196,7 @@ class CallbackPolicy:
         :class:`~relay.http.dns.NameNotResolved` (an OSError) when the name does not resolve."""
         ip = literal_ip(host)
         if ip is not None:
-            if not (self.host_allowed(host) or self.ip_allowed(ip)):
+            if metadata(ip) or not (self.host_allowed(host) or self.ip_allowed(ip)):
                 raise CallbackRefused("points to a private, loopback or reserved address")
             family = int(socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
             return [(family, (str(ip), port))]
@@ -194,7 +204,8 @@ class CallbackPolicy:
         opened = self.host_allowed(host)
         out: list[tuple[int, SockAddr]] = []
         for family, addr in found:
-            if opened or self.ip_allowed(ipaddress.ip_address(addr.split("%", 1)[0])):
+            at = ipaddress.ip_address(addr.split("%", 1)[0])
+            if (opened and not metadata(at)) or self.ip_allowed(at):
                 v6 = family == socket.AF_INET6
                 sockaddr: SockAddr = (addr, port, 0, 0) if v6 else (addr, port)
                 out.append((family, sockaddr))

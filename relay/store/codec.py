@@ -44,20 +44,21 @@ WATCHING = "watching|0|0|0|||"  # the delivery state of a new watch
 
 def registration_json(w: Watch) -> bytes:
     """The registration, which never changes: the watch's ``:r`` string."""
-    return orjson.dumps(
-        {
-            "tenant": w.tenant,
-            "videoId": w.video_id,
-            "callbackUrl": w.callback_url,
-            "minScore": w.min_score,
-            "maxScore": w.max_score,
-            "favoritedOnly": w.favorited_only,
-            "sortBy": w.sort_by,
-            "sortOrder": w.sort_order,
-            "metadata": w.metadata,
-            "createdAt": w.created_ms,
-        }
-    )
+    doc = {
+        "tenant": w.tenant,
+        "videoId": w.video_id,
+        "callbackUrl": w.callback_url,
+        "minScore": w.min_score,
+        "maxScore": w.max_score,
+        "favoritedOnly": w.favorited_only,
+        "sortBy": w.sort_by,
+        "sortOrder": w.sort_order,
+        "metadata": w.metadata,
+        "createdAt": w.created_ms,
+    }
+    if w.callback_auth:  # (only then: most callbacks carry no credential)
+        doc["callbackAuth"] = w.callback_auth
+    return orjson.dumps(doc)
 
 
 def watch_from_registration(watch_id: str, reg: str | bytes) -> Watch:
@@ -77,6 +78,7 @@ def watch_from_registration(watch_id: str, reg: str | bytes) -> Watch:
         metadata=spec["metadata"],
         created_ms=created,
         updated_ms=created,
+        callback_auth=spec.get("callbackAuth", ""),
     )
 
 

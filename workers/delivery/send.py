@@ -74,7 +74,7 @@ class Sender:
         answer = ""
         retry_after: float | None = None
         try:
-            target = self._target(w.callback_url)
+            target = self._target(w.callback_for_sending(self.box.open))
             keys = [self._key_bytes(s.sealed) for s in w.signing_secrets(at)]
             headers = sign_headers(keys, w.event_id, at // 1000, body)
             reply = await self.client.post(target, headers.items(), body)

@@ -108,7 +108,8 @@ def verify(
     without regard to case. *secret* is the watch's ``whsec_`` secret, or several (any may
     match). The timestamp must be within *tolerance* seconds of *now* (default: the current
     time); any of the space-separated ``v1`` signatures may match. Raises
-    :class:`WebhookVerificationError` otherwise, :class:`ValueError` for a malformed secret.
+    :class:`WebhookVerificationError` otherwise, :class:`ValueError` for a malformed secret
+    or a *tolerance* or *now* that is not a finite number (or a negative tolerance).
     """
     if isinstance(secret, str):
         secret = [secret]
@@ -126,7 +127,12 @@ def verify(
         raise WebhookVerificationError("invalid webhook-timestamp: expected Unix seconds")
     timestamp = int(raw_ts)
     current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance:
+    # (NaN compares false: a tolerance read as float("nan") would let any timestamp pass)
+    if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance is a finite number of seconds, 0 or more, not {tolerance!r}")
+    if not (isinstance(current, int | float) and math.isfinite(current)):
+        raise ValueError(f"now is a finite Unix time in seconds, not {current!r}")
+    if not abs(current - timestamp) <= tolerance:
         off = math.ceil(abs(current - timestamp))  # (over the tolerance: never shown as it)
         when = "old" if current > timestamp else "in the future"
         raise WebhookVerificationError(

@@ -1,0 +1,60 @@
+"""The user info of a callback URL (``https://user:pass@host/``, ``https://TOKEN@host/``): a
+credential, sent as Basic authorization.
+
+It is shown as ``user:***`` (a password) or ``***`` (a user name alone: a token) by the API,
+the CLI and the dashboard. With RELAY_SECRETS_KEY it is also stored apart from the URL,
+sealed like the webhook secrets (:meth:`relay.domain.crypto.SecretBox.seal`): the stored URL
+is the shown one, and the user info is put back only to send (:func:`restore`)."""
+
+from __future__ import annotations
+
+_DROPPED = {9: None, 10: None, 13: None}  # tab, LF, CR: URL parsers drop them
+
+
+def _span(url: str) -> tuple[int, int] | None:
+    """Where the user info of *url* is (start, end: before its ``@``), if it has one."""
+    start = url.find("://") + 3
+    if start < 3:
+        return None
+    end = len(url)
+    for mark in "/?#":
+        at = url.find(mark, start)
+        if at != -1:
+            end = min(end, at)
+    at = url.rfind("@", start, end)
+    return (start, at) if at != -1 else None
+
+
+def _shown(userinfo: str) -> str:
+    user, colon, _ = userinfo.partition(":")
+    return f"{user}:***" if colon else "***"
+
+
+def shown(url: str) -> str:
+    """*url* with its password, or its user name when it has no password, as ``***``. (Tabs
+    and newlines are dropped first: none hides a credential.)"""
+    url = url.translate(_DROPPED)
+    span = _span(url)
+    if span is None:
+        return url
+    start, end = span
+    return f"{url[:start]}{_shown(url[start:end])}{url[end:]}"
+
+
+def hide(url: str) -> tuple[str, str]:
+    """(*url* as :func:`shown`, its user info as registered), or (*url*, "") when it has no
+    user info to hide (none, or an empty one: ``http://@host/``)."""
+    span = _span(url)
+    if span is None or span[0] == span[1]:
+        return url, ""
+    start, end = span
+    return f"{url[:start]}{_shown(url[start:end])}{url[end:]}", url[start:end]
+
+
+def restore(stored: str, userinfo: str) -> str:
+    """The URL :func:`hide` took *userinfo* out of (*stored*: its shown form)."""
+    span = _span(stored)
+    if span is None or not userinfo:
+        return stored
+    start, end = span
+    return f"{stored[:start]}{userinfo}{stored[end:]}"
