@@ -38,7 +38,10 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--api-key",
         default=os.environ.get("RELAY_API_KEY", ""),
-        help="an API key of RELAY_API_KEYS: its tenant's watches (default: RELAY_API_KEY)",
+        help=(
+            "an API key of RELAY_API_KEYS: its tenant's watches (default: RELAY_API_KEY;"
+            " prefer it: a flag's value shows in ps and in the shell's history)"
+        ),
     )
     common.add_argument("--json", action="store_true", help="print the API's JSON documents")
     common.add_argument(

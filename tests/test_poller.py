@@ -441,6 +441,53 @@ async def test_rendering_clips_hold_the_event_until_rendered_or_render_timeout(
     assert len(await requests(sim, never, "clips")) >= 2  # looked again meanwhile
 
 
+async def test_a_watch_waits_only_for_the_clips_its_own_filters_pass(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule (SPEC: ``clips.ready`` once every clip passing *the watch's* filters is final):
+    a clip still rendering holds back only the watches whose filters pass it. The others on
+    the same video -- another tenant's, say -- get their events as soon as their own clips
+    are final; the held one gets its own when the clip renders, and then the video is
+    released."""
+    completes = [*ANALYZING, {"status": "completed", "after": 0.1}]
+    began = time.time()
+    clips = [{"score": 90, "renderAfter": 0.3}, {"score": 20, "renderAfter": 2.5}]
+    vid = await sim_video(sim, timeline=completes, clips=clips)
+    _, fanout = await make_poller(render_timeout=60)
+    strict = await watch(store, vid, n=3, min_score=80)
+    (lax,) = await watch(store, vid, min_score=0)
+
+    await eventually(
+        lambda: all(w.id in fanout.events for w in strict), timeout=10, what="the strict events"
+    )
+    assert time.time() < began + 2.5 and lax.id not in fanout.events  # (the 20 renders)
+    assert [clip["score"] for clip in fanout.body(strict[0].id)["data"]["clips"]] == [90]
+    assert await scheduled(store, vid) is not None  # still polled for the lax watch
+    await eventually(lambda: lax.id in fanout.events, timeout=10, what="the lax watch's event")
+    assert [clip["score"] for clip in fanout.body(lax.id)["data"]["clips"]] == [90, 20]
+    await eventually(lambda: _unscheduled(store, vid), what="the video released")
+
+
+async def test_the_render_timeout_counts_from_completed_across_early_events(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: the events made early for some watches do not restart the render timeout of
+    the others: it still counts from ``completed``."""
+    render_timeout = 2.0
+    completes = [*ANALYZING, {"status": "completed", "after": 0.1}]
+    began = time.time()
+    clips = [{"score": 90, "renderAfter": 1.5}, {"score": 20, "renderAfter": 60}]
+    vid = await sim_video(sim, timeline=completes, clips=clips)
+    _, fanout = await make_poller(render_timeout=render_timeout)
+    (strict,) = await watch(store, vid, min_score=80)
+    (lax,) = await watch(store, vid, min_score=0)
+    await eventually(lambda: lax.id in fanout.events, timeout=10, what="the render timeout")
+    assert fanout.events[strict.id][1] < fanout.events[lax.id][1]
+    assert [clip["score"] for clip in fanout.body(lax.id)["data"]["clips"]] == [90]
+    # from completed (~0.1 s): ~2.1 s; restarted at the early events (~1.6 s) it would be 3.6
+    assert fanout.events[lax.id][1] < (began + 3.2) * 1000
+
+
 async def test_failed_error_and_expired_give_every_watch_video_failed(
     store: Store, sim: Client, make_poller: PollerFactory
 ) -> None:

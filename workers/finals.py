@@ -62,6 +62,9 @@ class Final:
     clips: ClipSet | None = None  # clips.ready: the clips its bodies are built from
     # the waiting watches (id, origin tag) in fan-out order, when deciding read them
     watch_ids: Sequence[tuple[str, str]] | None = None
+    # watch_ids are some of them (the others wait on clips still rendering): the video is
+    # not released at the end, its poller writes its next poll
+    partial: bool = False
 
 
 class FanOut:
@@ -77,12 +80,13 @@ class FanOut:
         self.origin_room: OriginRoom | None = None  # events an origin may get before others
         self.on_clips: Callable[[str, int, ClipSet], None] = lambda vid, at, clips: None
 
-    async def run(self, state: VideoState, final: Final, lease: Lease) -> None:
+    async def run(self, state: VideoState, final: Final, lease: Lease) -> bool:
         """Give every watch of the video its final event (a chunk at a time, as the module
         says: delivery starts after the first chunk) and stop polling it: the last chunk
-        releases the video. Idempotent all the way: a worker that dies in between leaves
-        the video claimed, and whoever polls it next creates only the events still missing.
-        """
+        releases the video (not a :attr:`Final.partial` one: its poller writes the next
+        poll). Idempotent all the way: a worker that dies in between leaves the video
+        claimed, and whoever polls it next creates only the events still missing. False
+        when the claim was lost on the way."""
         vid = state.video_id
         ids, rest, pages = final.watch_ids, None, None
         if ids is None:  # the first page now, the others read while its events are made
@@ -97,19 +101,22 @@ class FanOut:
         try:
             if final.clips is not None:
                 self.on_clips(vid, final.event.at_ms, final.clips)
-            created = await self._fan_out(vid, final.event, order, lease)
+            created = await self._fan_out(vid, final.event, order, lease, final.partial)
         finally:
             order.close()
         if created >= 0:
             log.info(
-                "video final",
+                "video final" if not final.partial else "video final for some watches",
                 video_id=vid,
                 status=state.status,
                 watches=len(order),
                 events=created,
             )
+        return created >= 0
 
-    async def _fan_out(self, vid: str, event: FinalEvent, order: FanOutOrder, lease: Lease) -> int:
+    async def _fan_out(
+        self, vid: str, event: FinalEvent, order: FanOutOrder, lease: Lease, partial: bool
+    ) -> int:
         """The chunks of :meth:`run`: the number of events made, -1 when the poll claim
         was lost (the video's new owner finishes the fan-out)."""
         created = 0
@@ -139,7 +146,7 @@ class FanOut:
             stored = stored or bool(made and event.clips_doc)  # later chunks add references
             if claimed:  # (before the release: a release that fails leaves them queued)
                 self.on_events(claimed)
-            if order.done:
+            if order.done and not partial:
                 # (two script calls rather than one pipeline: a pipeline of scripts costs an
                 # extra SCRIPT EXISTS round trip, and the two need not be atomic together)
                 await self.leases.release(lease)

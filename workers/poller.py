@@ -57,7 +57,9 @@ class Step:
 
     state: VideoState
     next_ms: int | None = None  # poll again then
-    final: Final | None = None  # give every watch its event, and stop polling
+    final: Final | None = None  # give every watch its event, and stop polling (or some
+    # of them, when others wait on clips still rendering: Final.partial, then poll again at
+    # next_ms)
     dropped: bool = False  # nobody waits on the video any more (or the claim was lost)
 
 
@@ -136,11 +138,16 @@ class Poller(Pump[Claimed]):
                 *(self.fan_out.run(s.state, final, lease) for s, final, lease in finals),
                 return_exceptions=True,
             )
-            for (s, _, _), outcome in zip(finals, done, strict=True):
+            rest: list[tuple[Step, Lease]] = []
+            for (s, final, lease), outcome in zip(finals, done, strict=True):
                 if isinstance(outcome, BaseException):  # its claim stays: polled again later
                     log.error(
                         "fan-out failed", video_id=s.state.video_id, error=repr(outcome)[:300]
                     )
+                elif final.partial and outcome:  # the other watches wait: poll it again
+                    rest.append((s, lease))
+            if rest:
+                await self._save(rest)
         finally:
             for _, _, lease in items:
                 self.leases.drop(lease)
@@ -234,22 +241,30 @@ class Poller(Pump[Claimed]):
         fetched = now_ms()
         clips = ClipSet(reply.clips)
         watch_ids = None
+        next_ms: int | None = None
         if not all(is_settled(clip) for clip in clips.clips):
-            # something still renders: wait for it if any watch's filters would pass it
+            # something still renders: a watch whose filters pass a clip still rendering
+            # waits for it; the others get their events now (SPEC: every clip passing *the
+            # watch's* filters is final), and the video is polled again for the rest
             watch_ids = await self.store.videos.waiting(state.video_id)
-            filters = []
-            for start in range(0, len(watch_ids), FINALIZE_CHUNK):
-                chunk = [w for w, _ in watch_ids[start : start + FINALIZE_CHUNK]]
-                filters += [events.watch_filter(w) for w in await self.store.watches.specs(chunk)]
-            waiting = pending(clips.clips, filters)
+            held = await self._held(clips, [w for w, _ in watch_ids])
             deadline = state.completed_ms + int(self.settings.render_timeout * 1000)
-            if waiting and now_ms() < deadline:
-                return Step(state, next_ms=min(self._next(), deadline))
-            if waiting:
+            if held and now_ms() < deadline:
+                watch_ids = [item for item in watch_ids if item[0] not in held]
+                next_ms = min(self._next(), deadline)
+                if not watch_ids:
+                    return Step(state, next_ms=next_ms)
+                log.info(
+                    "clips still rendering: events for the watches they do not concern",
+                    video_id=state.video_id,
+                    watches=len(watch_ids),
+                    waiting=len(held),
+                )
+            elif held:
                 log.warning(
                     "render timeout: undeliverable clips left out",
                     video_id=state.video_id,
-                    clips=waiting,
+                    clips=sum(1 for clip in clips.clips if not is_settled(clip)),
                 )
         # the bodies are built from the stored document, so every build gives the same bytes
         doc = clips.doc()
@@ -261,7 +276,27 @@ class Poller(Pump[Claimed]):
             clips_doc=doc,
             clips_ms=fetched,
         )
-        return Step(state, final=Final(event, ClipSet.from_doc(doc), watch_ids))
+        partial = next_ms is not None
+        final = Final(event, ClipSet.from_doc(doc), watch_ids, partial=partial)
+        return Step(state, next_ms=next_ms, final=final)
+
+    async def _held(self, clips: ClipSet, watch_ids: Sequence[str]) -> set[str]:
+        """The watches of *watch_ids* whose filters pass a clip still rendering (read a
+        chunk of registrations at a time; each distinct filter judged once)."""
+        rendering = [clip for clip in clips.clips if not is_settled(clip)]
+        judged: dict[tuple[object, ...], bool] = {}
+        held: set[str] = set()
+        for start in range(0, len(watch_ids), FINALIZE_CHUNK):
+            chunk = watch_ids[start : start + FINALIZE_CHUNK]
+            for w in await self.store.watches.specs(chunk):
+                f = events.watch_filter(w)
+                key = (f.min_score, f.max_score, f.favorited_only)
+                waits = judged.get(key)
+                if waits is None:
+                    waits = judged[key] = pending(rendering, [f]) > 0
+                if waits:
+                    held.add(w.id)
+        return held
 
     def _final_failed(self, state: VideoState, video_status: str, error: str) -> Step:
         event = FinalEvent(
