@@ -247,7 +247,7 @@ class Poller(Pump[Claimed]):
             # waits for it; the others get their events now (SPEC: every clip passing *the
             # watch's* filters is final), and the video is polled again for the rest
             watch_ids = await self.store.videos.waiting(state.video_id)
-            held = await self._held(clips, [w for w, _ in watch_ids])
+            held, wanted = await self._held(clips, [w for w, _ in watch_ids])
             deadline = state.completed_ms + int(self.settings.render_timeout * 1000)
             if held and now_ms() < deadline:
                 watch_ids = [item for item in watch_ids if item[0] not in held]
@@ -264,7 +264,7 @@ class Poller(Pump[Claimed]):
                 log.warning(
                     "render timeout: undeliverable clips left out",
                     video_id=state.video_id,
-                    clips=sum(1 for clip in clips.clips if not is_settled(clip)),
+                    clips=wanted,
                 )
         # the bodies are built from the stored document, so every build gives the same bytes
         doc = clips.doc()
@@ -280,11 +280,12 @@ class Poller(Pump[Claimed]):
         final = Final(event, ClipSet.from_doc(doc), watch_ids, partial=partial)
         return Step(state, next_ms=next_ms, final=final)
 
-    async def _held(self, clips: ClipSet, watch_ids: Sequence[str]) -> set[str]:
-        """The watches of *watch_ids* whose filters pass a clip still rendering (read a
-        chunk of registrations at a time; each distinct filter judged once)."""
-        rendering = [clip for clip in clips.clips if not is_settled(clip)]
+    async def _held(self, clips: ClipSet, watch_ids: Sequence[str]) -> tuple[set[str], int]:
+        """The watches of *watch_ids* whose filters pass a clip still rendering, and how
+        many such clips there are (registrations read a chunk at a time; each distinct
+        filter judged once)."""
         judged: dict[tuple[object, ...], bool] = {}
+        wanted: set[int] = set()  # (indexes in clips.clips)
         held: set[str] = set()
         for start in range(0, len(watch_ids), FINALIZE_CHUNK):
             chunk = watch_ids[start : start + FINALIZE_CHUNK]
@@ -293,10 +294,12 @@ class Poller(Pump[Claimed]):
                 key = (f.min_score, f.max_score, f.favorited_only)
                 waits = judged.get(key)
                 if waits is None:
-                    waits = judged[key] = pending(rendering, [f]) > 0
+                    passed = pending(clips.clips, [f])
+                    wanted |= passed
+                    waits = judged[key] = bool(passed)
                 if waits:
                     held.add(w.id)
-        return held
+        return held, len(wanted)
 
     def _final_failed(self, state: VideoState, video_status: str, error: str) -> Step:
         event = FinalEvent(

@@ -136,10 +136,11 @@ def is_settled(clip: Clip) -> bool:
     return is_deliverable(clip) or clip.get("status") == "failed"
 
 
-def pending(clips: Sequence[Clip], filters: Iterable[ClipFilter]) -> int:
-    """How many clips that pass at least one of *filters* are still rendering."""
+def pending(clips: Sequence[Clip], filters: Iterable[ClipFilter]) -> set[int]:
+    """The clips (their indexes in *clips*) still rendering that pass at least one of
+    *filters*: what a watch with those filters waits for."""
     fs = list(filters)
-    return sum(1 for c in clips if not is_settled(c) and any(f.passes(c) for f in fs))
+    return {i for i, c in enumerate(clips) if not is_settled(c) and any(f.passes(c) for f in fs)}
 
 
 def parse_clips(payload: Any) -> list[Clip]:
