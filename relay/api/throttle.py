@@ -5,8 +5,10 @@ locally and adds its counts to a shared per-second hash in Redis every :data:`SY
 seconds (one pipelined round trip for all keys), learning the totals of all replicas in the
 same reply -- an idle replica too (20 round trips a second each), so its first requests
 count what the others admitted. A request is allowed while the last known total plus this
-replica's unsynced count stays within the limit: exact with one replica, and with several
-off by at most what the others admitted in the last sync interval.
+replica's counts not in it yet (unsynced, or on their way to Redis in a sync) stays within
+the limit: exact with one replica. With several, a replica does not know what the others
+admitted since its last sync: a burst within one sync interval can pass up to the limit at
+each replica (worst at the start of a second, before any sync), never more.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class RateLimiter:
         self._second = 0
         self._known: dict[str, int] = {}  # totals of all replicas, as of the last sync
         self._unsynced: Counter[str] = Counter()
+        # counts of this second on their way to Redis (a sync's round trip): still counted
+        self._sending: Counter[str] = Counter()
         # the counts of the second before, if it ended before they were synced
         self._ended: tuple[int, dict[str, int]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -51,6 +55,7 @@ class RateLimiter:
         self._second = second
         self._known.clear()
         self._unsynced = Counter()
+        self._sending = Counter()  # (the sync in flight adds them to the second they were)
 
     def allow(self, key_id: str) -> bool:
         """Count a request of *key_id*; False when it is over the limit (not counted)."""
@@ -59,7 +64,8 @@ class RateLimiter:
         second = max(now_ms() // 1000, self._second)
         if second != self._second:
             self._roll(second)
-        if self._known.get(key_id, 0) + self._unsynced[key_id] + 1 > self._limit:
+        counted = self._known.get(key_id, 0) + self._unsynced[key_id] + self._sending[key_id]
+        if counted + 1 > self._limit:
             return False
         self._unsynced[key_id] += 1
         return True
@@ -73,7 +79,12 @@ class RateLimiter:
         counts, ended = dict(self._unsynced), self._ended
         self._unsynced.clear()
         self._ended = None
-        totals = await self._limits.rate_add(second, counts, ended)
+        sending = self._sending = Counter(counts)  # (one sync at a time: the loop's)
+        try:
+            totals = await self._limits.rate_add(second, counts, ended)
+        finally:
+            if self._sending is sending:  # (not rolled to another second meanwhile)
+                self._sending = Counter()
         if second == self._second:
             self._known.update(totals)
 
