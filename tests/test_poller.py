@@ -468,6 +468,36 @@ async def test_a_watch_waits_only_for_the_clips_its_own_filters_pass(
     await eventually(lambda: _unscheduled(store, vid), what="the video released")
 
 
+async def test_the_render_phase_is_stored_before_an_early_fan_out_runs(
+    store: Store, sim: Client, make_poller: PollerFactory
+) -> None:
+    """Rule: the poll that finds the video ``completed`` and fans out to some watches early
+    writes the render phase and when it turned completed before that fan-out: a claim lost
+    or a worker killed during it must not make the next owner see ``completed`` anew (and
+    restart the render timeout of the watches still waiting)."""
+    completes = [*ANALYZING, {"status": "completed", "after": 0.1}]
+    clips = [{"score": 90}, {"score": 20, "renderAfter": 60}]
+    vid = await sim_video(sim, timeline=completes, clips=clips)
+    poller, fanout = await make_poller(render_timeout=60)
+    in_fan_out, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_room(n: int, wait_s: float) -> int:
+        in_fan_out.set()
+        await go_on.wait()
+        return n
+
+    poller.fan_out.room = held_room
+    (strict,) = await watch(store, vid, min_score=80)
+    await watch(store, vid, min_score=0)
+    await asyncio.wait_for(in_fan_out.wait(), 10)
+    phase, completed = await store.redis.hmget(  # type: ignore[misc]
+        c.VIDEO_KEY.format(vid), ["phase", "completedAt"]
+    )
+    assert phase == "render" and int(completed) > 0
+    go_on.set()
+    await eventually(lambda: strict.id in fanout.events, timeout=10, what="the early event")
+
+
 async def test_the_render_timeout_counts_from_completed_across_early_events(
     store: Store, sim: Client, make_poller: PollerFactory
 ) -> None:

@@ -408,12 +408,14 @@ def test_verify_refuses_a_tolerance_or_a_now_that_would_let_any_timestamp_pass()
     """Rule: a tolerance or a time that is not a finite number (NaN compares false, so an
     old event would pass) or a negative tolerance is the caller's error, not a pass."""
     headers = _headers("v1," + _sign(SECRET))  # signed 10^6 s before 'now'
-    for tolerance in (float("nan"), float("inf"), -1.0):
+    for tolerance in (float("nan"), float("inf"), -1.0, True, 10**400, "300"):
         with pytest.raises(ValueError, match="tolerance"):
-            verify(SECRET, BODY, headers, tolerance=tolerance, now=TS + 10**6)
-    for now in (float("nan"), float("inf"), float("-inf")):
+            verify(SECRET, BODY, headers, tolerance=tolerance, now=TS + 10**6)  # type: ignore[arg-type]
+    for now in (float("nan"), float("inf"), float("-inf"), True, 10**400):
         with pytest.raises(ValueError, match="now"):
             verify(SECRET, BODY, headers, now=now)
+    with pytest.raises(ValueError, match="tolerance"):  # (before the headers are looked at)
+        verify(SECRET, BODY, {}, tolerance=float("nan"))
     with pytest.raises(WebhookVerificationError, match="old"):
         verify(SECRET, BODY, headers, tolerance=0, now=TS + 1)
     assert verify(SECRET, BODY, headers, tolerance=0, now=TS).id == "evt_1"

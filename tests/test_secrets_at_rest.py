@@ -346,7 +346,7 @@ async def test_a_callback_credential_is_sealed_at_rest_and_still_sent(
         )
         made[name] = await resp.json()
         rec.add_secret(made[name]["secret"])
-    assert made["basic"]["callbackUrl"] == f"http://hook-user:***@{host}/basic"
+    assert made["basic"]["callbackUrl"] == f"http://***@{host}/basic"  # (all of it sealed)
     assert made["token"]["callbackUrl"] == f"http://***@{host}/token"
     for key, value in await _everything(redis):
         assert "SEALED" not in value, key

@@ -244,10 +244,28 @@ def test_metadata_refused_even_if_a_network_seems_to_allow_it() -> None:
             )
         )
     )
-    for meta in ("169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "100.100.100.200"):
+    for meta in (
+        "169.254.169.254",
+        "::ffff:169.254.169.254",
+        "fd00:ec2::254",
+        "fd00:ec2::254%1",  # (a zone id: not equal to the plain address, still metadata)
+        "169.254.170.2",
+        "fd20:ce::254",
+        "100.100.100.200",
+    ):
         assert not wide.ip_allowed(ipaddress.ip_address(meta)), meta
         assert not EMPTY.ip_allowed(ipaddress.ip_address(meta)), meta
     assert wide.ip_allowed(ipaddress.ip_address("169.254.1.1"))
+
+
+async def test_an_ipv6_zone_id_is_refused(no_dns: None) -> None:
+    """Rule: a literal with a zone id names an interface of the worker's own host, never a
+    receiver; refused before any address rule (fd00::1%1 is not fd00::1 to them)."""
+    wide = CallbackPolicy(CallbackAllow(networks=(ipaddress.ip_network("fd00::/8"),)))
+    for url in ("http://[fd00:ec2::254%251]/latest/meta-data/", "http://[fd00::5%25eth0]/"):
+        with pytest.raises(CallbackRefused, match="zone id"):
+            await wide.check(url)
+    assert str(await wide.check("http://[fd00::5]/")) == "http://[fd00::5]/"
 
 
 async def test_metadata_refused_through_an_allowed_literal_or_network(no_dns: None) -> None:

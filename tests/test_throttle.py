@@ -37,7 +37,11 @@ class CountingLimits:
         self, second: int, counts: dict[str, int], ended: tuple[int, dict[str, int]] | None = None
     ) -> dict[str, int]:
         self.syncs += 1
+        await self.on_its_way()
         return await self._store.rate_add(second, counts, ended)
+
+    async def on_its_way(self) -> None:
+        """A sync is on its way to Redis (a test's hook)."""
 
 
 def admitted(limiter: RateLimiter, key: str, tries: int) -> int:
@@ -71,12 +75,9 @@ class SlowLimits(CountingLimits):
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def rate_add(
-        self, second: int, counts: dict[str, int], ended: tuple[int, dict[str, int]] | None = None
-    ) -> dict[str, int]:
+    async def on_its_way(self) -> None:
         self.entered.set()
         await self.release.wait()
-        return await super().rate_add(second, counts, ended)
 
 
 async def test_requests_while_a_sync_is_on_its_way_count_what_it_carries(store: Store) -> None:
@@ -95,6 +96,27 @@ async def test_requests_while_a_sync_is_on_its_way_count_what_it_carries(store: 
     assert admitted(limiter, "k", 5) == 0
     assert int(time.time()) == second
     assert await shared_count(store, "k", second) == 6  # (the 4 are unsynced still)
+
+
+async def test_a_failed_sync_keeps_counting_what_it_carried(store: Store) -> None:
+    """Rule: a sync that fails (Redis away, or given up after SYNC_DEADLINE) does not
+    forget the requests it was adding: they still count this second, and go with the next
+    sync."""
+
+    class FailingOnce(CountingLimits):
+        async def on_its_way(self) -> None:
+            if self.syncs == 1:
+                raise ConnectionError("Redis away")
+
+    limiter = RateLimiter(FailingOnce(store.limits), 10)  # type: ignore[arg-type]
+    second = await early_in_a_second()
+    assert admitted(limiter, "k", 10) == 10
+    with pytest.raises(ConnectionError):
+        await limiter.sync()
+    assert admitted(limiter, "k", 10) == 0
+    await limiter.sync()
+    assert int(time.time()) == second
+    assert await shared_count(store, "k", second) == 10
 
 
 async def test_replicas_together_admit_at_most_limit_plus_what_the_others_admitted_unsynced(

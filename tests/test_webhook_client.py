@@ -233,6 +233,9 @@ async def test_user_info_becomes_basic_authorization(
     url = base.replace("http://", "http://ops:p%40ss@") + "/u"
     await client.post(target(url), HEADERS, BODY)
     assert seen[0].headers["Authorization"] == "Basic " + base64.b64encode(b"ops:p@ss").decode()
+    token_only = base.replace("http://", "http://:T0KEN@") + "/u"  # (a password alone)
+    await client.post(target(token_only), HEADERS, BODY)
+    assert seen[1].headers["Authorization"] == "Basic " + base64.b64encode(b":T0KEN").decode()
 
 
 def test_target_request_line_and_host() -> None:

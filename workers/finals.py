@@ -146,10 +146,11 @@ class FanOut:
             stored = stored or bool(made and event.clips_doc)  # later chunks add references
             if claimed:  # (before the release: a release that fails leaves them queued)
                 self.on_events(claimed)
-            if order.done and not partial:
+            if order.done:
                 # (two script calls rather than one pipeline: a pipeline of scripts costs an
                 # extra SCRIPT EXISTS round trip, and the two need not be atomic together)
-                await self.leases.release(lease)
+                if not partial:
+                    await self.leases.release(lease)
             elif not claimed and not claimable:
                 # a chunk of paced events only: none is due soon, so the deliveries under
                 # way (this worker's CPU and Redis') go first

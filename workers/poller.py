@@ -125,8 +125,16 @@ class Poller(Pump[Claimed]):
                 else:  # that video's claim stays leased: it is polled again after the lease
                     log.error("poll failed", video_id=state.video_id, error=repr(result)[:300])
             try:
+                # (a partial final's state too -- the render phase and when it turned
+                # completed -- before its fan-out: a claim lost on the way must not make the
+                # next owner see `completed` anew and restart the render timeout; its next
+                # poll is written after the fan-out)
                 await self._save(
-                    [(s, lease) for s, lease in steps if s.final is None and not s.dropped]
+                    [
+                        (s if s.final is None else Step(s.state), lease)
+                        for s, lease in steps
+                        if (s.final is None or s.final.partial) and not s.dropped
+                    ]
                 )
             except Exception as exc:  # Redis away: those claims lapse and are polled again;
                 # the finals' fan-outs (their upstream requests made) go on regardless
@@ -147,7 +155,10 @@ class Poller(Pump[Claimed]):
                 elif final.partial and outcome:  # the other watches wait: poll it again
                     rest.append((s, lease))
             if rest:
-                await self._save(rest)
+                try:
+                    await self._save(rest)
+                except Exception as exc:  # Redis away: those claims lapse, polled again then
+                    log.error("saving polls failed", error=f"{type(exc).__name__}: {exc}"[:300])
         finally:
             for _, _, lease in items:
                 self.leases.drop(lease)

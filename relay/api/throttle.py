@@ -82,6 +82,13 @@ class RateLimiter:
         sending = self._sending = Counter(counts)  # (one sync at a time: the loop's)
         try:
             totals = await self._limits.rate_add(second, counts, ended)
+        except BaseException:  # (failed, or given up: counted again, sent with the next
+            # sync -- counted twice in Redis if this one landed after all: the safe side)
+            if self._sending is sending:  # (the same second still)
+                self._unsynced.update(sending)
+                if self._ended is None:
+                    self._ended = ended
+            raise
         finally:
             if self._sending is sending:  # (not rolled to another second meanwhile)
                 self._sending = Counter()

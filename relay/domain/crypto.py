@@ -41,10 +41,14 @@ class SecretBox:
         if not stored.startswith(SEALED_PREFIX):
             return stored
         if self._fernet is None:
-            raise ValueError("a webhook secret is encrypted but RELAY_SECRETS_KEY is not set")
+            raise ValueError(
+                "a webhook secret or a callback URL's credential is encrypted but"
+                " RELAY_SECRETS_KEY is not set"
+            )
         try:
             return self._fernet.decrypt(stored[len(SEALED_PREFIX) :].encode()).decode()
         except InvalidToken:
             raise ValueError(
-                "a webhook secret cannot be decrypted with RELAY_SECRETS_KEY"
+                "a webhook secret or a callback URL's credential cannot be decrypted with"
+                " RELAY_SECRETS_KEY"
             ) from None

@@ -1,10 +1,12 @@
 """The user info of a callback URL (``https://user:pass@host/``, ``https://TOKEN@host/``): a
 credential, sent as Basic authorization.
 
-It is shown as ``user:***`` (a password) or ``***`` (a user name alone: a token) by the API,
-the CLI and the dashboard. With RELAY_SECRETS_KEY it is also stored apart from the URL,
-sealed like the webhook secrets (:meth:`relay.domain.crypto.SecretBox.seal`): the stored URL
-is the shown one, and the user info is put back only to send (:func:`restore`)."""
+It is shown as ``user:***`` (a password) or ``***`` (a user name alone, or with an empty
+password: a token, as in ``https://sk_live_...:@host/``) by the API, the CLI and the
+dashboard. With RELAY_SECRETS_KEY it is also stored apart from the URL, sealed like the
+webhook secrets (:meth:`relay.domain.crypto.SecretBox.seal`), all of it -- a user name may
+be the token (``https://ghp_...:x-oauth-basic@host/``) --: the stored URL has ``***`` in its
+place, and the user info is put back only to send (:func:`restore`)."""
 
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ def _span(url: str) -> tuple[int, int] | None:
 
 
 def _shown(userinfo: str) -> str:
-    user, colon, _ = userinfo.partition(":")
-    return f"{user}:***" if colon else "***"
+    user, _, password = userinfo.partition(":")
+    return f"{user}:***" if password else "***"
 
 
 def shown(url: str) -> str:
@@ -42,13 +44,13 @@ def shown(url: str) -> str:
 
 
 def hide(url: str) -> tuple[str, str]:
-    """(*url* as :func:`shown`, its user info as registered), or (*url*, "") when it has no
-    user info to hide (none, or an empty one: ``http://@host/``)."""
+    """(*url* with ``***`` for its whole user info, that user info as registered), or
+    (*url*, "") when it has none to hide (none, or an empty one: ``http://@host/``)."""
     span = _span(url)
     if span is None or span[0] == span[1]:
         return url, ""
     start, end = span
-    return f"{url[:start]}{_shown(url[start:end])}{url[end:]}", url[start:end]
+    return f"{url[:start]}***{url[end:]}", url[start:end]
 
 
 def restore(stored: str, userinfo: str) -> str:

@@ -23,9 +23,13 @@ from relay.settings import CallbackAllow
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
 _METADATA = {
-    ipaddress.ip_address("169.254.169.254"),
-    ipaddress.ip_address("fd00:ec2::254"),
-    ipaddress.ip_address("100.100.100.200"),
+    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, ...
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS (IPv6)
+    ipaddress.ip_address("169.254.170.2"),  # AWS ECS task credentials
+    ipaddress.ip_address("169.254.170.23"),  # AWS EKS Pod Identity
+    ipaddress.ip_address("fd00:ec2::23"),  # ... (IPv6)
+    ipaddress.ip_address("fd20:ce::254"),  # GCP (IPv6)
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
 }
 
 
@@ -65,8 +69,11 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 def metadata(ip: IPAddress) -> bool:
     """A cloud metadata address, or an IPv6 form carrying one: never a callback, whatever
     RELAY_CALLBACK_ALLOW opens (a network or a host name that comes to resolve to it)."""
-    inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
-    return ip in _METADATA or (inner is not None and inner in _METADATA)
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = ipaddress.IPv6Address(ip.packed)  # (a zone id: fe80::1%eth0 is not fe80::1)
+        inner = embedded_ipv4(ip)
+        return ip in _METADATA or (inner is not None and inner in _METADATA)
+    return ip in _METADATA
 
 
 # what a refusal at registration adds: the first callback anyone tries is on localhost
@@ -147,7 +154,12 @@ class CallbackPolicy:
             raise CallbackRefused("must be an absolute http or https URL")
         if not parsed.raw_host:
             raise CallbackRefused("has no host")
-        if literal_ip(parsed.raw_host) is None and not _HOST_NAME.fullmatch(parsed.raw_host):
+        ip = literal_ip(parsed.raw_host)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+            # (an interface of the worker's host: never a receiver's, and fd00::1%1 is not
+            # fd00::1 to the address checks)
+            raise CallbackRefused("has an IPv6 zone id (%...): a callback never needs one")
+        if ip is None and not _HOST_NAME.fullmatch(parsed.raw_host):
             # (a space, a %-escape, an empty label: no DNS name, so no use asking DNS)
             raise CallbackRefused("has a host that is not a host name")
         try:

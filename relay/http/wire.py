@@ -57,7 +57,7 @@ class Target:
             raise ValueError("callback URL has characters a request line cannot carry")
         lines = [f"POST {path} HTTP/1.1", f"Host: {host_header}"]
         lines.append(f"User-Agent: {USER_AGENT}")
-        if url.raw_user is not None:
+        if url.raw_user is not None or url.raw_password is not None:  # (https://:TOKEN@h/)
             cred = f"{url.user or ''}:{url.password or ''}".encode()
             lines.append(f"Authorization: Basic {base64.b64encode(cred).decode()}")
         head = ("\r\n".join(lines) + "\r\n").encode("ascii")

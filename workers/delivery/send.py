@@ -11,7 +11,7 @@ from functools import lru_cache
 from yarl import URL
 
 from relay import constants as c
-from relay.domain import attempts
+from relay.domain import attempts, userinfo
 from relay.domain.clock import now_ms
 from relay.domain.crypto import SecretBox
 from relay.domain.delivery import AttemptResult
@@ -54,8 +54,11 @@ class Sender:
     def _open_secret(self, sealed: str) -> bytes:
         return secret_bytes(self.box.open(sealed))
 
-    def _parse_target(self, callback_url: str) -> Target:
-        """The callback prepared for sending (its addresses are checked by the client)."""
+    def _parse_target(self, callback_url: str, sealed_auth: str) -> Target:
+        """The callback prepared for sending, its user info put back if it was sealed apart
+        (its addresses are checked by the client)."""
+        if sealed_auth:
+            callback_url = userinfo.restore(callback_url, self.box.open(sealed_auth))
         return Target.of(URL(callback_url))
 
     async def attempt(
@@ -74,7 +77,7 @@ class Sender:
         answer = ""
         retry_after: float | None = None
         try:
-            target = self._target(w.callback_for_sending(self.box.open))
+            target = self._target(w.callback_url, w.callback_auth)
             keys = [self._key_bytes(s.sealed) for s in w.signing_secrets(at)]
             headers = sign_headers(keys, w.event_id, at // 1000, body)
             reply = await self.client.post(target, headers.items(), body)

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import math
+import numbers
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -85,6 +86,20 @@ def _key(secret: str) -> bytes:
     return key
 
 
+def _seconds(value: object, what: str) -> float:
+    """*value* as a finite float (a bool is not a number of seconds); ValueError saying
+    *what* it should be otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what}, not {value!r}")
+    try:
+        out = float(value)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{what}, not {value!r}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{what}, not {value!r}")
+    return out
+
+
 def _header(headers: Mapping[str, str], name: str) -> str:
     value = headers.get(name)
     if value is None:
@@ -111,6 +126,11 @@ def verify(
     :class:`WebhookVerificationError` otherwise, :class:`ValueError` for a malformed secret
     or a *tolerance* or *now* that is not a finite number (or a negative tolerance).
     """
+    # (NaN compares false: a tolerance read as float("nan") would let any timestamp pass)
+    tolerance = _seconds(tolerance, "tolerance is a finite number of seconds, 0 or more")
+    if tolerance < 0:
+        raise ValueError(f"tolerance is a finite number of seconds, 0 or more, not {tolerance!r}")
+    current = time.time() if now is None else _seconds(now, "now is a finite Unix time (s)")
     if isinstance(secret, str):
         secret = [secret]
     elif not isinstance(secret, Sequence):  # None: an unset environment variable, say
@@ -126,12 +146,6 @@ def verify(
     if not (raw_ts.isascii() and raw_ts.isdigit() and len(raw_ts) <= 15):
         raise WebhookVerificationError("invalid webhook-timestamp: expected Unix seconds")
     timestamp = int(raw_ts)
-    current = time.time() if now is None else now
-    # (NaN compares false: a tolerance read as float("nan") would let any timestamp pass)
-    if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(f"tolerance is a finite number of seconds, 0 or more, not {tolerance!r}")
-    if not (isinstance(current, int | float) and math.isfinite(current)):
-        raise ValueError(f"now is a finite Unix time in seconds, not {current!r}")
     if not abs(current - timestamp) <= tolerance:
         off = math.ceil(abs(current - timestamp))  # (over the tolerance: never shown as it)
         when = "old" if current > timestamp else "in the future"
