@@ -20,6 +20,7 @@ from relay.domain.clips import (
     number,
     parse_clips,
     pending,
+    refreshed,
 )
 from relay.domain.delivery import FinalEvent
 from relay.domain.events import (
@@ -347,6 +348,30 @@ def test_pending_counts_only_clips_some_filter_wants() -> None:
     assert pending(clips, iter([high, low])) == {0, 1, 3}  # any iterable
     fav = ClipFilter(favorited_only=True)
     assert pending(clips, [fav]) == set()
+
+
+# --- refreshed ----------------------------------------------------------------------------
+
+
+def test_a_refresh_changes_the_links_of_the_clips_an_event_carries_and_nothing_else() -> None:
+    """Rule (the same body on every retry of an event, but for refreshed links): a link
+    refresh gives the event's clips their fresh links; a clip rendered since (one left out
+    at the render timeout) does not join it, and one no longer deliverable upstream keeps
+    its stored self rather than leaving the event."""
+    stored = [clip("a", 90), clip("b", 70), clip("c", 60)]
+    fresh = [
+        clip("a", 90, downloadUrl="https://cdn.example/a-new.mp4"),
+        clip("b", 70, status="failed", downloadUrl=None),  # gone bad upstream since
+        clip("late", 80),  # rendered after the event was made
+        clip("c", 60, downloadUrl="https://cdn.example/c-new.mp4"),
+    ]
+    got = refreshed(stored, fresh)
+    assert [c["id"] for c in got] == ["a", "b", "c"]
+    assert got[0]["downloadUrl"].endswith("a-new.mp4") and got[2]["downloadUrl"].endswith(
+        "c-new.mp4"
+    )
+    assert got[1] == stored[1]
+    assert refreshed([], fresh) == []
 
 
 # --- parse_clips --------------------------------------------------------------------------

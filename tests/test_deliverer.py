@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -535,6 +536,38 @@ async def test_a_batch_keeps_its_clips_documents_while_other_batches_load_theirs
     assert len(bodies) == 2  # (the bound holds again once nothing is held)
 
 
+async def _four_attempts(
+    store: Store,
+    sim: TestClient[web.Request, web.Application],
+    hook: tuple[Receiver, str],
+    make_worker: WorkerFactory,
+    clips: list[dict[str, Any]],
+    **settings: Any,
+) -> list[bytes]:
+    """One watch on a video with *clips*, its receiver failing three times (500) before a
+    204, the worker on *settings* (a retry schedule of 0.2, 1.6, 0.2 s): the four bodies,
+    all of the one event."""
+    rec, base = hook
+    path = "/four-" + uuid.uuid4().hex[:8]
+    rec.script(path, [500, 500, 500, 204])
+    vid = await sim_video(sim, clips=clips)
+    await make_worker(retry_schedule=(0.2, 1.6, 0.2), **settings)
+    w = Watch(
+        id="wat_" + uuid.uuid4().hex[:24],
+        tenant="acme",
+        video_id=vid,
+        callback_url=base + path,
+        secrets=[SecretEntry(SECRET)],
+        created_ms=now_ms(),
+    )
+    await store.watches.create(w, expire_after_s=3600)
+    await wait_settled(store, 1, timeout=20)
+    sent = rec.bodies(path)
+    assert [status for _, _, status in sent] == [500, 500, 500, 204]
+    assert {webhook_id for webhook_id, _, _ in sent} == {event_id(w.id, "clips.ready")}
+    return [body for _, body, _ in sent]
+
+
 async def test_every_retry_sends_the_same_bytes_until_the_links_are_refreshed(
     store: Store,
     sim: TestClient[web.Request, web.Application],
@@ -545,24 +578,10 @@ async def test_every_retry_sends_the_same_bytes_until_the_links_are_refreshed(
     every retry carries the same bytes (and the same ``webhook-id``); a retry made more than
     RELAY_LINK_REFRESH after the clips were fetched fetches them again, and that attempt
     and those after it carry the refreshed links -- the rest of the body unchanged."""
-    rec, base = hook
-    rec.script("/flaky", [500, 500, 500, 204])
-    vid = await sim_video(sim, clips=[{"score": 90}, {"score": 70}])
-    await make_worker(retry_schedule=(0.2, 1.6, 0.2), link_refresh=1.0)
-    w = Watch(
-        id="wat_" + "r" * 24,
-        tenant="acme",
-        video_id=vid,
-        callback_url=base + "/flaky",
-        secrets=[SecretEntry(SECRET)],
-        created_ms=now_ms(),
+    clips = [{"score": 90}, {"score": 70}]
+    first, second, third, fourth = await _four_attempts(
+        store, sim, hook, make_worker, clips, link_refresh=1.0
     )
-    await store.watches.create(w, expire_after_s=3600)
-    await wait_settled(store, 1, timeout=20)
-    sent = rec.bodies("/flaky")
-    assert [status for _, _, status in sent] == [500, 500, 500, 204]
-    assert {webhook_id for webhook_id, _, _ in sent} == {event_id(w.id, "clips.ready")}
-    first, second, third, fourth = (body for _, body, _ in sent)
     assert first == second  # a plain retry: byte for byte
     assert third == fourth  # after the refresh: the refreshed body, again byte for byte
     assert third != first
@@ -573,6 +592,25 @@ async def test_every_retry_sends_the_same_bytes_until_the_links_are_refreshed(
     for clip in (*old["data"]["clips"], *new["data"]["clips"]):
         clip.pop("thumbnailUrl", None)
     assert old == new  # only the links changed: same timestamp, clips, metadata
+
+
+async def test_a_link_refresh_adds_no_clip_that_rendered_after_the_event(
+    store: Store,
+    sim: TestClient[web.Request, web.Application],
+    hook: tuple[Receiver, str],
+    make_worker: WorkerFactory,
+) -> None:
+    """A clip left out of an event at the render timeout, rendered since, does not join
+    the event's retries when a link refresh fetches the clips again: the refreshed body
+    carries the same clips with fresh links (the same ``webhook-id``, the same clips)."""
+    clips = [{"score": 90}, {"score": 70, "renderAfter": 1.0}]
+    sent = await _four_attempts(
+        store, sim, hook, make_worker, clips, link_refresh=1.0, render_timeout=0.3
+    )
+    first, fourth = orjson.loads(sent[0]), orjson.loads(sent[3])
+    assert [clip["score"] for clip in first["data"]["clips"]] == [90]  # the 70 still renders
+    assert [clip["score"] for clip in fourth["data"]["clips"]] == [90]  # (rendered by then)
+    assert fourth["data"]["clips"][0]["downloadUrl"] != first["data"]["clips"][0]["downloadUrl"]
 
 
 # --- a fan-out cut short between two chunks -----------------------------------------------

@@ -136,6 +136,16 @@ def is_settled(clip: Clip) -> bool:
     return is_deliverable(clip) or clip.get("status") == "failed"
 
 
+def refreshed(stored: Sequence[Clip], fresh: Sequence[Clip]) -> list[Clip]:
+    """The clips an event carries (*stored*, deliverable when it was made) with the links of
+    a fresh fetch: each replaced by its fresh self (the same ``id``) when that is
+    deliverable, kept as stored otherwise. A clip the event did not carry stays out (one
+    rendered since, one left out at the render timeout): a refresh changes links, not which
+    clips a ``webhook-id`` carries."""
+    now = {c.get("id"): c for c in fresh if is_deliverable(c) and c.get("id") is not None}
+    return [now.get(c.get("id"), c) if c.get("id") is not None else c for c in stored]
+
+
 def pending(clips: Sequence[Clip], filters: Iterable[ClipFilter]) -> set[int]:
     """The clips (their indexes in *clips*) still rendering that pass at least one of
     *filters*: what a watch with those filters waits for."""

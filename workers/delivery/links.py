@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import orjson
+
 from relay import constants as c
 from relay import logs
-from relay.domain.clips import ClipSet
+from relay.domain.clips import ClipSet, refreshed
 from relay.domain.clock import now_ms
 from relay.domain.watch import Watch
 from relay.http.upstream import UpstreamClient
@@ -167,7 +169,11 @@ class LinkRefresher:
         if reply.kind != "ok":
             return None
         fetched = now_ms()
-        doc = ClipSet(reply.clips).doc()
+        before = await self.store.deliveries.clips_doc(video_id, event_at)
+        if before is None:  # (missing: what the upstream has now is all there is)
+            doc = ClipSet(reply.clips).doc()
+        else:  # the same clips, their links fresh (none rendered since joins the event)
+            doc = orjson.dumps(refreshed(orjson.loads(before[0]), reply.clips))
         if not await self.store.deliveries.refresh_clips(video_id, event_at, doc, fetched):
             stored = await self.store.deliveries.clips_doc(video_id, event_at)
             if stored is not None:  # a newer fetch is stored: every worker sends that one
