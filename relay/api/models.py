@@ -96,7 +96,8 @@ class WatchOut(_Model):
         alias="callbackUrl",
         description=(
             "as registered, but its credentials masked: a password is shown as ***, and a"
-            " user name alone (a token, as in https://TOKEN@host/) as ***"
+            " user name alone or with an empty password (a token, as in https://TOKEN@host/)"
+            " as ***; with RELAY_SECRETS_KEY, all of the user info as ***"
         ),
     )
     min_score: float = Field(alias="minScore")

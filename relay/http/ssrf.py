@@ -178,6 +178,8 @@ class CallbackPolicy:
         if self.host_allowed(host) and (ip is None or not metadata(ip)):
             return parsed
         if ip is not None:
+            if metadata(ip):  # (no hint: opening it would not help)
+                raise CallbackRefused("points to a cloud metadata address")
             if not self.ip_allowed(ip):
                 raise CallbackRefused(
                     "points to a private, loopback or reserved address" + ALLOW_HINT
