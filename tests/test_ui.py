@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from redis.asyncio import Redis
+from yarl import URL
 
 from relay import constants as c
 from relay.devtools.embedded_redis import free_port
@@ -140,7 +141,8 @@ async def test_sign_in_headers_cookie_and_sign_out(ui: Client, browser: Browser)
     await page.get_by_test_id("logout").click()
     await page.wait_for_url("**/ui/login")
     await page.goto(base(ui) + "/ui/watches")
-    assert page.url.endswith("/ui/login")
+    assert URL(page.url).path == "/ui/login"
+    assert URL(page.url).query["next"] == "/ui/watches"  # (back there once signed in)
     await context.close()
 
 
@@ -717,7 +719,8 @@ async def test_a_navigation_from_another_site_is_a_hop_that_makes_no_session(
     assert_protected({name.lower(): value for name, value in got.headers.items()})
     # the reload, seen cross-site again: the marker came with it (Lax)
     again = await one.get("/ui/watches?status=failed", headers=nav, allow_redirects=False)
-    assert again.status == 303 and again.headers["Location"] == "/ui/login"
+    assert again.status == 303
+    assert URL(again.headers["Location"]).query["next"] == "/ui/watches?status=failed"
     # another link within the marker's life hops again (the marker names its URL)
     other_link = await one.get("/ui/", headers=nav, allow_redirects=False)
     assert other_link.status == 200 and "refresh" in await other_link.text()
@@ -728,7 +731,7 @@ async def test_a_navigation_from_another_site_is_a_hop_that_makes_no_session(
         assert got.status == 303, mode
     same = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate"}
     got = await fresh.get("/ui/watches", headers=same, allow_redirects=False)
-    assert got.status == 303 and got.headers["Location"] == "/ui/login"
+    assert got.status == 303 and URL(got.headers["Location"]).query["next"] == "/ui/watches"
 
 
 async def test_signing_in_from_a_form_shown_without_the_session_cookie(

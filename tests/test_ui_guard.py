@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
+from yarl import URL
 
 from relay import constants as c
 from relay.ui.session import COOKIE, FORM_COOKIE, Session, Sessions
@@ -150,3 +151,51 @@ async def test_a_rotation_needs_the_watch_pages_secret_tag(
     )
     assert resp.status == 200 and "whsec_" in await resp.text()
     assert await redis.hget(c.WATCH_PREFIX + watch["id"], "secrets") != before
+
+
+async def test_a_sign_in_goes_on_to_the_page_asked_for(make_api: ApiFactory) -> None:
+    """Rule: a page asked for while signed out (a link from an alert) is where the sign-in
+    goes on to -- a /ui/ path only: never another site, nor a path a browser would read as
+    one -- else the overview."""
+    client = await make_api(ui_secret=SECRET)
+    watch = await create(client)
+    page = f"/ui/watches/{watch['id']}?from=alert"
+    resp = await client.get(page, allow_redirects=False)
+    assert resp.status == 303
+    location = resp.headers["Location"]
+    assert URL(location).path == "/ui/login" and URL(location).query["next"] == page
+    form = await client.get(location)
+    assert f'name="next" value="{page.replace("&", "&amp;")}"' in await form.text()
+    token, _ = await _form(client)
+    for given, expected in (
+        (page, page),
+        ("https://evil.example/ui/", "/ui/"),
+        ("//evil.example/ui/", "/ui/"),
+        ("/ui//evil.example", "/ui/"),
+        ("/ui/\\evil", "/ui/"),
+        ("/elsewhere", "/ui/"),
+        ("", "/ui/"),
+    ):
+        resp = await client.post(
+            "/ui/login",
+            data={"apiKey": TENANT_A_KEY, "csrfToken": token, "next": given},
+            allow_redirects=False,
+        )
+        assert (resp.status, resp.headers["Location"]) == (303, expected), given
+
+
+async def test_a_watch_held_by_a_rendering_clip_says_so(make_api: ApiFactory, redis: Redis) -> None:
+    """Rule: a watch with no event on a completed video waits for a clip its filters pass
+    that is still rendering: its page says that, not that the video is not final (an
+    operator's run read it as stuck)."""
+    client = await make_api(ui_secret=SECRET)
+    cookie, _ = await _signed_in(client)
+    watch = await create(client)
+    page = await client.get(f"/ui/watches/{watch['id']}", cookies={COOKIE: cookie})
+    assert "the video is not final" in await page.text()
+    key = c.VIDEO_KEY.format(watch["videoId"])
+    await redis.hset(key, mapping={"status": "completed", "progress": "100"})  # type: ignore[misc]
+    page = await client.get(f"/ui/watches/{watch['id']}", cookies={COOKIE: cookie})
+    text = await page.text()
+    assert 'data-testid="rendering"' in text and "still rendering" in text
+    assert "the video is not final" not in text

@@ -10,6 +10,7 @@ import html
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -45,6 +46,25 @@ LOGIN = "/ui/login"
 LOGOUT = "/ui/logout"
 PUBLIC = (LOGIN, LOGOUT)
 STATIC = "/ui/static/"
+HOME = "/ui/"
+
+
+def back_to(raw: object) -> str:
+    """Where a sign-in goes on to: the dashboard page it was asked for on the way in (a path
+    of /ui/ only: never another site, nor a path a browser would read as one), else
+    :data:`HOME`."""
+    if (
+        isinstance(raw, str)
+        and raw.startswith(HOME)
+        and len(raw) <= 2000
+        and "//" not in raw
+        and not any(ch in raw for ch in "\\\r\n\t")
+        and not raw.startswith(LOGIN)
+    ):
+        return raw
+    return HOME
+
+
 PAGE_DEADLINE = REQUEST_DEADLINE - 0.5  # seconds
 STALE_FORM = "the form's CSRF token is missing or stale: reload"
 CSP = (
@@ -140,7 +160,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 current, drop = await _identify(request, sessions)
             request[SESSION] = current
             if SIGNED_IN not in request and not static and request.path not in PUBLIC:
-                raise web.HTTPSeeOther(LOGIN)
+                # (a page asked for comes back after the sign-in: a link from an alert)
+                wanted = back_to(request.path_qs) if request.method == "GET" else HOME
+                raise web.HTTPSeeOther(
+                    LOGIN if wanted == HOME else f"{LOGIN}?{urlencode({'next': wanted})}"
+                )
             if request.method == "POST":
                 reading = True  # (a body that does not come in time is the visitor's, not Redis')
                 form = await _form(request)

@@ -26,7 +26,16 @@ from relay.domain.watch import Watch
 from relay.store import Store
 from relay.store.watches import StaleRotation, secret_tag
 from relay.ui import chart
-from relay.ui.guard import SESSION, SESSIONS, SIGNED_IN, dashboard, principal, render, session
+from relay.ui.guard import (
+    SESSION,
+    SESSIONS,
+    SIGNED_IN,
+    back_to,
+    dashboard,
+    principal,
+    render,
+    session,
+)
 from relay.ui.session import new_session, session_id
 
 PAGE_SIZE = 50
@@ -46,9 +55,10 @@ def _store(request: web.Request) -> Store:
 
 async def login_form(request: web.Request) -> web.StreamResponse:
     """``GET /ui/login``: the form (signed in already: the overview)."""
+    back = back_to(request.query.get("next"))
     if SIGNED_IN in request:
-        raise web.HTTPSeeOther("/ui/")
-    response = render(request, "login.html", {"error": None})
+        raise web.HTTPSeeOther(back)
+    response = render(request, "login.html", {"error": None, "next": back})
     request.app[SESSIONS].write(request, response, session(request))
     return response
 
@@ -69,10 +79,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     if who is None:  # (the form again, with the form's session: a live one is not re-sealed)
         form_session = request.app[SESSIONS].read_form(request) or new_session()
         request[SESSION] = form_session
-        response = render(request, "login.html", {"error": "That key is not valid."}, status=401)
+        context = {"error": "That key is not valid.", "next": back_to(form.get("next"))}
+        response = render(request, "login.html", context, status=401)
         request.app[SESSIONS].write(request, response, form_session)
         return response
-    response = web.HTTPSeeOther("/ui/")
+    response = web.HTTPSeeOther(back_to(form.get("next")))
     request.app[SESSIONS].write(request, response, new_session(who.tenant, who.key_id))
     raise response
 
