@@ -59,7 +59,7 @@ def back_to(raw: object) -> str:
         and len(raw) <= 2000
         and "//" not in raw
         and not any(ch in raw for ch in "\\\r\n\t")
-        and not raw.startswith(LOGIN)
+        and not raw.startswith(PUBLIC)
     ):
         return raw
     return HOME

@@ -54,7 +54,8 @@ def _store(request: web.Request) -> Store:
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
-    """``GET /ui/login``: the form (signed in already: the overview)."""
+    """``GET /ui/login``: the form (signed in already: the page it was asked for on the way
+    in, else the overview)."""
     back = back_to(request.query.get("next"))
     if SIGNED_IN in request:
         raise web.HTTPSeeOther(back)
