@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 from relay import constants as c
 from relay.api.models import DeliveryList, WatchCreated, WatchList, WatchOut
 from relay.api.openapi import document
-from relay.api.views import shown_url
 from relay.domain.signing import generate_secret, is_valid_secret
+from relay.domain.userinfo import shown as shown_url
 from tests.conftest import TENANT_B_KEY, ApiFactory, auth
 
 Client = TestClient[web.Request, web.Application]

@@ -58,20 +58,12 @@ def principal(request: web.Request) -> Principal:
     return request[k.PRINCIPAL]
 
 
-def shown_url(url: str) -> str:
-    """A callback URL as the API, the CLI and the dashboard show it: a password as ``***``
-    (the user name with it as registered), a user name alone -- a token, as in
-    ``https://TOKEN@host/`` -- as ``***``; the rest as registered
-    (:func:`relay.domain.userinfo.shown`)."""
-    return userinfo.shown(url)
-
-
 def watch_json(w: Watch) -> dict[str, Any]:
     """A watch as the API shows it (schema: :class:`relay.api.models.WatchOut`)."""
     return {
         "id": w.id,
         "videoId": w.video_id,
-        "callbackUrl": shown_url(w.callback_url),
+        "callbackUrl": userinfo.shown(w.callback_url),
         "minScore": score_json(w.min_score),
         "maxScore": None if w.max_score is None else score_json(w.max_score),
         "favoritedOnly": w.favorited_only,

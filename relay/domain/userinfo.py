@@ -10,6 +10,8 @@ place, and the user info is put back only to send (:func:`restore`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 _DROPPED = {9: None, 10: None, 13: None}  # tab, LF, CR: URL parsers drop them
 
 
@@ -60,3 +62,10 @@ def restore(stored: str, userinfo: str) -> str:
         return stored
     start, end = span
     return f"{stored[:start]}{userinfo}{stored[end:]}"
+
+
+def for_sending(stored: str, sealed: str, open_sealed: Callable[[str], str]) -> str:
+    """The URL to send to: *stored* with the user info *sealed* apart put back (opened by
+    *open_sealed*: :meth:`relay.domain.crypto.SecretBox.open`), or *stored* itself when
+    nothing was sealed apart."""
+    return restore(stored, open_sealed(sealed)) if sealed else stored

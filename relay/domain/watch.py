@@ -55,9 +55,7 @@ class Watch:
     def callback_for_sending(self, open_sealed: Callable[[str], str]) -> str:
         """The callback URL to send to: with its user info put back if it was sealed apart
         (*open_sealed*: :meth:`relay.domain.crypto.SecretBox.open`)."""
-        if not self.callback_auth:
-            return self.callback_url
-        return userinfo.restore(self.callback_url, open_sealed(self.callback_auth))
+        return userinfo.for_sending(self.callback_url, self.callback_auth, open_sealed)
 
     def signing_secrets(self, at_ms: int) -> list[SecretEntry]:
         """The secrets that sign at *at_ms*: the current one and any still in its grace."""

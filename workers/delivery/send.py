@@ -57,9 +57,7 @@ class Sender:
     def _parse_target(self, callback_url: str, sealed_auth: str) -> Target:
         """The callback prepared for sending, its user info put back if it was sealed apart
         (its addresses are checked by the client)."""
-        if sealed_auth:
-            callback_url = userinfo.restore(callback_url, self.box.open(sealed_auth))
-        return Target.of(URL(callback_url))
+        return Target.of(URL(userinfo.for_sending(callback_url, sealed_auth, self.box.open)))
 
     async def attempt(
         self, w: Watch, body: bytes, claim_ms: int, first: bool = False
