@@ -22,6 +22,8 @@ COMMANDS = {
     "watches": "the operator CLI over the API: list, get, deliveries, redeliver, cancel, "
     "rotate-secret, ping, recover",
     "upstream": "the upstream's 429 pause (through REDIS_URL): status, or end it now (resume)",
+    "secrets": "rotating RELAY_SECRETS_KEY (through REDIS_URL): status, or seal every stored"
+    " secret with its newest key (reseal)",
 }
 
 
@@ -47,7 +49,8 @@ def _settings(command: str) -> Settings:
     if command == "worker":
         settings.require_worker()
     logs.setup(settings.log_format)
-    logs.register_secrets([settings.scalereach_api_key, settings.secrets_key, settings.ui_secret])
+    logs.register_secrets([settings.scalereach_api_key, settings.ui_secret])
+    logs.register_secrets(settings.secrets_key.split(","))  # (each key of a rotation)
     logs.register_secrets(url_passwords(settings.redis_url))
     logs.register_secrets(k.key for k in settings.api_keys)
     if unknown := strays():  # (a misspelt name would be a setting silently left default)
@@ -70,9 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return watches(argv[1:])
     if argv and argv[0] == "upstream":
-        from relay.upstream_cli import main as upstream
+        from relay.admin.upstream import main as upstream
 
         return upstream(argv[1:], lambda: _settings("upstream"))
+    if argv and argv[0] == "secrets":
+        from relay.admin.secrets import main as secrets
+
+        return secrets(argv[1:], lambda: _settings("secrets"))
     if argv and argv[0] in ("upstream-sim", "receiver"):
         # tools with their own options
         try:

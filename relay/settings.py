@@ -272,7 +272,7 @@ def _secrets_key(raw: str) -> str:
     )
 
     check_key(raw)
-    return raw
+    return ",".join(k.strip() for k in raw.split(","))  # (newest first)
 
 
 def _switch(raw: str) -> bool:

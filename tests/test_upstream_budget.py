@@ -437,7 +437,7 @@ async def test_the_command_moves_no_claim_of_workers_with_a_longer_lease(
 ) -> None:
     """The operator's shell may lack the workers' RELAY_LEASE: the command keeps clear of
     any claim held up to 10 minutes (a review found a 78 s claim moved with the default 25)."""
-    from relay.upstream_cli import run
+    from relay.admin.upstream import run
 
     await UpstreamGate(store.limits, 1000).pause(80)
     end_ms = int(await redis.get(c.UPSTREAM_PAUSE_KEY))
@@ -483,7 +483,7 @@ async def test_the_command_keeps_clear_of_the_lease_the_workers_say(
     polls put off to a 2-minute pause's end move -- a tester found they never did, any
     pause under 10 minutes left alone -- while a claim of that lease stays. A lease said
     more than 10 minutes ago counts for nothing."""
-    from relay.upstream_cli import run
+    from relay.admin.upstream import run
 
     seconds, micros = await redis.time()
     redis_now = int(seconds) * 1000 + int(micros) // 1000
@@ -508,7 +508,7 @@ def test_the_command_says_why_redis_cannot_be_reached_never_its_password(
 ) -> None:
     """The error names the failure (redis-py's message: the address and errno), not only
     its type; the URL's password is never printed."""
-    from relay.upstream_cli import main
+    from relay.admin.upstream import main
 
     port = free_port()  # (nothing listens there)
     url = f"redis://:s3cret-pw@127.0.0.1:{port}/0"
@@ -524,7 +524,7 @@ def test_the_command_tells_a_refusal_from_an_unreachable_redis(
     """A Redis that answers with an error (here a database index it does not have) is a
     "Redis error", not "cannot reach Redis" (a review found the operator sent looking at
     the network)."""
-    from relay.upstream_cli import main
+    from relay.admin.upstream import main
 
     url = f"redis://127.0.0.1:{redis_server.port}/99"
     code = main(["status"], lambda: Settings(REDIS_URL=url))  # type: ignore[call-arg]
@@ -541,7 +541,7 @@ def test_the_command_exits_2_on_configuration_130_on_ctrl_c_and_masks_a_password
     as ***. (A mutation review, 2026-12-06: each could change unnoticed.)"""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from relay import upstream_cli
+    from relay.admin import upstream as upstream_cli
     from relay.settings import ConfigError
 
     def broken() -> Settings:

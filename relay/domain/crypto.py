@@ -1,29 +1,53 @@
 """Webhook secrets and callback URL credentials at rest: sealed with Fernet when
-RELAY_SECRETS_KEY is set, plain otherwise."""
+RELAY_SECRETS_KEY is set, plain otherwise.
+
+RELAY_SECRETS_KEY may name several keys, comma-separated, newest first: the newest seals,
+any of them opens (``cryptography``'s ``MultiFernet``). That is how the key is rotated: put
+the new key in front, re-seal what is stored (``clip-relay secrets reseal``,
+:mod:`relay.store.reseal`), then drop the old one.
+"""
 
 from __future__ import annotations
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 SEALED_PREFIX = "enc:"
+_HOW = (
+    "expected a Fernet key: url-safe base64 of 32 bytes "
+    "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())')"
+)
+
+
+def split_keys(raw: str) -> list[str]:
+    """The keys of a RELAY_SECRETS_KEY value, newest first ('' -> none); ValueError, naming
+    the key by its position only, unless each is a Fernet key (url-safe base64 of 32
+    bytes)."""
+    if not raw:
+        return []
+    keys = [k.strip() for k in raw.split(",")]
+    for n, key in enumerate(keys, 1):
+        where = f"key {n} of {len(keys)}: " if len(keys) > 1 else ""
+        if not key:
+            raise ValueError(f"{where}empty (keys are separated by single commas)")
+        try:
+            Fernet(key.encode())
+        except (ValueError, TypeError):
+            raise ValueError(where + _HOW) from None
+    return keys
 
 
 def check_key(raw: str) -> None:
-    """Raise ValueError unless *raw* is a Fernet key (url-safe base64 of 32 bytes)."""
-    try:
-        Fernet(raw.encode())
-    except (ValueError, TypeError):
-        raise ValueError(
-            "expected a Fernet key: url-safe base64 of 32 bytes "
-            "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())')"
-        ) from None
+    """Raise ValueError unless *raw* is one Fernet key or several, comma-separated."""
+    split_keys(raw)
 
 
 class SecretBox:
     """Seals and opens secrets stored in Redis. Plain values stay readable after a key is set."""
 
     def __init__(self, key: str = "") -> None:
-        self._fernet = Fernet(key.encode()) if key else None
+        keys = split_keys(key)
+        self._newest = Fernet(keys[0].encode()) if keys else None
+        self._fernet = MultiFernet([Fernet(k.encode()) for k in keys]) if keys else None
 
     @property
     def sealing(self) -> bool:
@@ -31,7 +55,7 @@ class SecretBox:
         return self._fernet is not None
 
     def seal(self, secret: str) -> str:
-        """Return the form of *secret* to store."""
+        """Return the form of *secret* to store (sealed with the newest key)."""
         if self._fernet is None:
             return secret
         return SEALED_PREFIX + self._fernet.encrypt(secret.encode()).decode()
@@ -52,3 +76,22 @@ class SecretBox:
                 "a webhook secret or a callback URL's credential cannot be decrypted with"
                 " RELAY_SECRETS_KEY"
             ) from None
+
+    def current(self, stored: str) -> bool:
+        """Is *stored* as :meth:`seal` would store it now: sealed with the newest key, or
+        plain when no key is set? ('' is: nothing is stored.)"""
+        sealed = stored.startswith(SEALED_PREFIX)
+        if self._newest is None or not stored:
+            return not sealed
+        if not sealed:
+            return False
+        try:
+            self._newest.decrypt(stored[len(SEALED_PREFIX) :].encode())
+        except InvalidToken:
+            return False
+        return True
+
+    def reseal(self, stored: str) -> str:
+        """*stored* sealed with the newest key (a plain value sealed, when a key is set);
+        ValueError, as :meth:`open`, when no key opens it."""
+        return stored if not stored else self.seal(self.open(stored))

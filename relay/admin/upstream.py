@@ -10,21 +10,11 @@ the workers do, not to the API: the pause belongs to no tenant.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    BusyLoadingError,
-    RedisError,
-    ResponseError,
-)
-from redis.exceptions import TimeoutError as RedisTimeout
-
-from relay.settings import ConfigError, Settings, url_passwords
+from relay.admin import running
+from relay.settings import Settings
 from relay.store.connection import connect
 from relay.store.limits import Limits
 
@@ -90,45 +80,10 @@ def main(argv: Sequence[str], settings: Callable[[], Settings]) -> int:
     """``clip-relay upstream ...`` with the configuration *settings* loads; the exit
     status."""
     args = parser().parse_args(list(argv))
-    try:
-        loaded = settings()
-    except ConfigError as exc:
-        print(f"clip-relay: configuration error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        print(asyncio.run(run(args.action, loaded)))
-    # (the URL is not echoed: it may hold a password)
-    # reached, and refused (a wrong db index or password, an ACL, still loading its data)
-    except (ResponseError, AuthenticationError, AuthorizationError, BusyLoadingError) as exc:
-        return _failed(args.action, f"Redis error: {_reason(exc, loaded)}")
-    except (RedisTimeout, TimeoutError) as exc:
-        return _failed(args.action, f"no answer from Redis: {_reason(exc, loaded)}")
-    except (RedisError, OSError) as exc:
-        return _failed(args.action, f"cannot reach Redis: {_reason(exc, loaded)}")
-    except KeyboardInterrupt:
-        return _failed(args.action, "interrupted") + 129  # (130: the shell's for Ctrl-C)
-    return 0
-
-
-def _failed(action: str, why: str) -> int:
-    """Say why *action* failed; exit status 1. A resume may have ended the pause and moved
-    part of the put-off polls before it failed: running it again carries on."""
-    print(f"clip-relay upstream: {why}", file=sys.stderr)
-    if action == "resume":
-        print(
-            "the pause may have ended, and some put-off polls moved: run"
-            " `clip-relay upstream resume` again (it carries on where it stopped)",
-            file=sys.stderr,
-        )
-    return 1
-
-
-def _reason(exc: BaseException, settings: Settings) -> str:
-    """What went wrong talking to Redis: the error and its message (the address, the
-    errno: redis-py says them; the URL's password never, should a message carry it)."""
-    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    # (a message has none of it; a short password would only blank out innocent digits)
-    for password in url_passwords(settings.redis_url):
-        if len(password) >= 6:
-            text = text.replace(password, "***")
-    return text
+    # a resume may have ended the pause and moved part of the put-off polls before it
+    # failed: running it again carries on
+    again = (
+        "the pause may have ended, and some put-off polls moved: run"
+        " `clip-relay upstream resume` again (it carries on where it stopped)"
+    )
+    return running.run("upstream", args.action, run, settings, hints={"resume": again})

@@ -1,0 +1,33 @@
+-- Re-sealing after a RELAY_SECRETS_KEY rotation (`clip-relay secrets reseal`): put the
+-- re-sealed forms of watches' stored secrets in place, each only if what the caller read
+-- is still there. A secret rotated, a watch purged or re-sealed by another run in between
+-- wins: its value is left as it is now (whoever wrote it sealed it with the newest key).
+-- KEYS: none (each watch's keys are made from ARGV[1] and its id, as the scripts that
+-- handle claimed watches do).
+-- ARGV: watch key prefix, registration key suffix, then per watch (few: each a compare and
+-- at most two writes): its id, its state's 'secrets' field as read ('' = leave it), the new
+-- one, its registration (JSON) as read ('' = leave it), the new one.
+-- The registration keeps its time to live, if it has one (KEEPTTL).
+-- Returns per watch what was left because it changed since it was read: 0 nothing, 1 the
+-- secrets, 2 the registration, 3 both.
+local left = {}
+for i = 3, #ARGV, 5 do
+  local key, code = ARGV[1] .. ARGV[i], 0
+  if ARGV[i + 1] ~= '' then
+    if redis.call('HGET', key, 'secrets') == ARGV[i + 1] then
+      redis.call('HSET', key, 'secrets', ARGV[i + 2])
+    else
+      code = 1
+    end
+  end
+  if ARGV[i + 3] ~= '' then
+    local reg = key .. ARGV[2]
+    if redis.call('GET', reg) == ARGV[i + 3] then
+      redis.call('SET', reg, ARGV[i + 4], 'KEEPTTL')
+    else
+      code = code + 2
+    end
+  end
+  left[#left + 1] = code
+end
+return left

@@ -1,0 +1,150 @@
+"""Re-sealing stored secrets after a RELAY_SECRETS_KEY rotation (``clip-relay secrets``).
+
+What is sealed at rest: each watch's webhook secrets (its state's ``secrets`` field, up to
+three) and its callback URL's credential (``callbackAuth`` in its registration). Once a new
+key is first in RELAY_SECRETS_KEY, new values are sealed with it and the old ones still
+open with the old key. :meth:`Resealer.run` walks every tenant's index of watches (``SSCAN``
+of the tenants, ``ZSCAN`` of each index: bounded steps, never the keyspace), reads a batch
+of watches in one pipeline, and writes anew each value not sealed with the newest key -- a
+plain one, stored before any key was set, sealed -- through one ``reseal`` script call per
+batch, which writes only what has not changed since it was read (a rotated secret, a purged
+watch win). Without writing it only counts. A value that no key opens is counted, named by
+its watch, and left as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+from redis.asyncio import Redis
+
+from relay import constants as c
+from relay.domain.crypto import SEALED_PREFIX, SecretBox
+from relay.domain.watch import SecretEntry
+from relay.store import scripts
+from relay.store.codec import dump_secrets, load_secrets
+
+BATCH = 100  # watches read in one pipeline and written in one script call
+NAMED = 20  # watches named for values that no key opens, at most
+Kind = Literal["current", "older", "plain", "unreadable"]
+
+
+@dataclass
+class Tally:
+    """What a run found and did. Values are counted one by one (a watch has one to four)."""
+
+    watches: int = 0
+    current: int = 0  # sealed with the newest key
+    older: int = 0  # sealed with another key of RELAY_SECRETS_KEY
+    plain: int = 0  # stored plain (before any key was set)
+    unreadable: int = 0  # no key opens them: left as they are
+    unreadable_watches: int = 0  # the watches with such values
+    written: int = 0  # older and plain ones written sealed with the newest key
+    changed: int = 0  # left: changed by another writer between the read and the write
+    unreadable_in: list[str] = field(default_factory=list)  # their watches (the first NAMED)
+
+
+class Resealer:
+    """Counts, or re-seals, every watch's stored secrets with *box*'s newest key."""
+
+    def __init__(self, redis: Redis, box: SecretBox) -> None:
+        if not box.sealing:
+            raise ValueError("RELAY_SECRETS_KEY is not set: there is no key to seal with")
+        self.redis = redis
+        self.box = box
+        self._reseal = scripts.register(redis, "reseal")
+
+    async def run(self, *, write: bool) -> Tally:
+        """Every watch of every tenant, once (a watch the index moves during a step may be
+        seen twice; a second look finds it current)."""
+        tally, cursor = Tally(), 0
+        while True:
+            cursor, tenants = await self.redis.sscan(c.TENANTS_KEY, cursor, count=100)
+            for tenant in sorted(tenants):
+                await self._tenant(tenant, tally, write)
+            if not int(cursor):
+                return tally
+
+    async def _tenant(self, tenant: str, tally: Tally, write: bool) -> None:
+        key, cursor = c.TENANT_INDEX_KEY.format(tenant), 0
+        while True:
+            cursor, members = await self.redis.zscan(key, cursor, count=BATCH)
+            ids = [m for m, _ in members]
+            for start in range(0, len(ids), BATCH):
+                await self._batch(ids[start : start + BATCH], tally, write)
+            if not int(cursor):
+                return
+
+    def _kind(self, stored: str) -> Kind:
+        if self.box.current(stored):
+            return "current"
+        if not stored.startswith(SEALED_PREFIX):
+            return "plain"
+        try:
+            self.box.open(stored)
+        except ValueError:
+            return "unreadable"
+        return "older"
+
+    def _look(self, values: list[str], tally: Tally) -> list[bool]:
+        """Count *values*; which of them to write anew."""
+        redo = []
+        for value in values:
+            kind = self._kind(value)
+            setattr(tally, kind, getattr(tally, kind) + 1)
+            redo.append(kind in ("older", "plain"))
+        return redo
+
+    async def _batch(self, ids: list[str], tally: Tally, write: bool) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for wid in ids:
+                pipe.hget(c.WATCH_KEY.format(wid), "secrets")
+                pipe.get(c.REGISTRATION_KEY.format(wid))
+            got = await pipe.execute()
+        args: list[str] = [c.WATCH_PREFIX, c.REGISTRATION_SUFFIX]
+        planned: list[tuple[int, int]] = []  # per watch written: values in secrets, in reg
+        for i, wid in enumerate(ids):
+            raw, reg = got[2 * i], got[2 * i + 1]
+            if raw is None and reg is None:  # purged since the index was read
+                continue
+            tally.watches += 1
+            entries = load_secrets(raw or "")
+            unreadable = tally.unreadable
+            redo = self._look([s.sealed for s in entries], tally)
+            doc = orjson.loads(reg) if reg else {}
+            auth = str(doc.get("callbackAuth") or "")
+            redo_auth = self._look([auth] if auth else [], tally)
+            if tally.unreadable > unreadable:
+                tally.unreadable_watches += 1
+                if len(tally.unreadable_in) < NAMED:
+                    tally.unreadable_in.append(wid)
+            if not write or not (any(redo) or any(redo_auth)):
+                continue
+            new_raw = ""
+            if any(redo):
+                fresh = [
+                    SecretEntry(self.box.reseal(s.sealed), s.expires_ms) if r else s
+                    for s, r in zip(entries, redo, strict=True)
+                ]
+                new_raw = dump_secrets(fresh)
+            new_reg = ""
+            if any(redo_auth):
+                doc["callbackAuth"] = self.box.reseal(auth)
+                new_reg = orjson.dumps(doc).decode()
+            args += [
+                wid,
+                (raw or "") if new_raw else "",
+                new_raw,
+                (reg or "") if new_reg else "",
+                new_reg,
+            ]
+            planned.append((sum(redo), sum(redo_auth)))
+        if len(args) == 2:
+            return
+        left = await self._reseal(keys=[], args=args)
+        for (in_secrets, in_reg), code in zip(planned, left, strict=True):
+            lost = (in_secrets if int(code) & 1 else 0) + (in_reg if int(code) & 2 else 0)
+            tally.changed += lost
+            tally.written += in_secrets + in_reg - lost

@@ -1,0 +1,274 @@
+"""Rotating RELAY_SECRETS_KEY: several keys, newest first -- the newest seals, any opens --
+and ``clip-relay secrets status|reseal`` (:mod:`relay.secrets_cli`,
+:class:`relay.store.reseal.Resealer`) writing every stored secret anew with the newest key,
+on a real valkey-server, with a real API, worker and receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.fernet import Fernet
+from redis.asyncio import Redis
+
+from relay.admin import secrets as secrets_cli
+from relay.devtools.embedded_redis import RedisServer
+from relay.domain.crypto import SEALED_PREFIX, SecretBox
+from relay.domain.signing import verify
+from relay.settings import ConfigError, Settings, load
+from relay.store import scripts
+from relay.store.reseal import BATCH, Resealer
+from tests.conftest import TENANT_B_KEY, ApiFactory, WorkerFactory, auth
+from tests.test_secrets_at_rest import (
+    Client,
+    Rec,
+    _everything,
+    _sim_video,
+    _stored_secrets,
+    _wait_final,
+)
+
+OLD, NEW, LOST = (Fernet.generate_key().decode() for _ in range(3))
+
+
+# --- several keys -------------------------------------------------------------------------
+
+
+def test_the_newest_key_seals_and_every_key_opens() -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    by_old = SecretBox(OLD).seal(secret)
+    both = SecretBox(f"{NEW},{OLD}")
+    assert both.open(by_old) == secret
+    by_new = both.seal(secret)
+    assert SecretBox(NEW).open(by_new) == secret  # sealed with the first key
+    with pytest.raises(ValueError, match="RELAY_SECRETS_KEY"):
+        SecretBox(OLD).open(by_new)
+    assert both.current(by_new) and not both.current(by_old) and not both.current(secret)
+    assert both.current("")  # nothing stored: nothing to seal
+    assert SecretBox(NEW).open(both.reseal(by_old)) == secret
+    assert SecretBox(NEW).open(both.reseal(secret)) == secret  # a plain one sealed
+    assert SecretBox("").current(secret) and not SecretBox("").current(by_new)
+    with pytest.raises(ValueError, match="RELAY_SECRETS_KEY"):
+        SecretBox(NEW).reseal(SecretBox(LOST).seal(secret))
+
+
+def test_the_setting_takes_keys_newest_first_and_names_a_bad_one_by_position() -> None:
+    assert load({"RELAY_SECRETS_KEY": f" {NEW} , {OLD}"}).secrets_key == f"{NEW},{OLD}"
+    for raw, words in (
+        (f"{NEW},{OLD[:-3]}", "key 2 of 2: expected a Fernet key"),
+        (f"{NEW},,{OLD}", "key 2 of 3: empty"),
+        (f"{NEW},", "key 2 of 2: empty"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load({"RELAY_SECRETS_KEY": raw})
+        message = str(info.value)
+        assert message.startswith("RELAY_SECRETS_KEY") and words in message, message
+        assert NEW not in message and OLD[:-3] not in message
+
+
+# --- through the API, the store and a worker ------------------------------------------------
+
+
+async def _cli(action: str, settings: Callable[[], Settings]) -> int:
+    """``clip-relay secrets ACTION`` (its own event loop, as from a shell)."""
+    return await asyncio.to_thread(secrets_cli.main, [action], settings)
+
+
+async def _register(api: Client, body: dict[str, Any]) -> dict[str, Any]:
+    resp = await api.post("/v1/watches", json=body, headers=auth())
+    assert resp.status == 201, await resp.text()
+    made: dict[str, Any] = await resp.json()
+    return made
+
+
+async def test_reseal_moves_every_stored_secret_to_the_newest_key(
+    make_api: ApiFactory,
+    make_worker: WorkerFactory,
+    sim: Client,
+    receiver: Rec,
+    redis: Redis,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Rule: with ``NEW,OLD`` the relay runs on (old values open, new ones are sealed with
+    NEW); ``reseal`` writes every webhook secret and callback credential anew with NEW --
+    plain ones from before any key too -- touching nothing else of a watch; afterwards NEW
+    alone opens all of them, and a worker holding only NEW signs and authenticates with
+    them."""
+    rec, base = receiver
+    host = base.removeprefix("http://")
+    vid = await _sim_video(sim, complete_after=1.5)
+    plain = await _register(await make_api(), {"videoId": vid, "callbackUrl": base + "/plain"})
+    api = await make_api(secrets_key=OLD)
+    cred = await _register(
+        api, {"videoId": vid, "callbackUrl": f"http://hook:pw-ROTATE-1@{host}/cred"}
+    )
+    rotated = await api.post(f"/v1/watches/{cred['id']}/rotate-secret", headers=auth())
+    cred_secrets = [cred["secret"], (await rotated.json())["secret"]]
+    api = await make_api(secrets_key=f"{NEW},{OLD}")
+    fresh = await _register(api, {"videoId": vid, "callbackUrl": base + "/fresh"})
+    ids = [plain["id"], cred["id"], fresh["id"]]
+    regs = {w: await redis.get(f"cr:w:{w}:r") for w in ids}
+    states = {w: await redis.hgetall(f"cr:w:{w}") for w in ids}  # type: ignore[misc]
+
+    both = settings.model_copy(update={"secrets_key": f"{NEW},{OLD}"})
+    assert await _cli("status", lambda: both) == 3
+    out = capsys.readouterr().out
+    # plain: 1 secret; cred: 2 secrets + its credential (OLD); fresh: 1 secret (NEW)
+    found = "3 watches; their stored secrets: 1 sealed with the newest key, 3 with an older one"
+    assert found + ", 1 plain, 0 that no key opens (2 keys in RELAY_SECRETS_KEY)" in out, out
+    assert "secrets reseal" in out and NEW not in out and OLD not in out
+
+    assert await _cli("reseal", lambda: both) == 0
+    out = capsys.readouterr().out
+    assert "sealed anew with the newest key: 4" in out, out
+    assert await _cli("status", lambda: both) == 0
+    assert "older keys can be dropped" in capsys.readouterr().out
+    assert await _cli("reseal", lambda: both) == 0  # again: nothing to do
+    assert "sealed anew with the newest key: 0" in capsys.readouterr().out
+
+    alone = SecretBox(NEW)
+    for w, made in zip(ids, (plain, cred, fresh), strict=True):
+        stored = [sealed for sealed, _ in await _stored_secrets(redis, w)]
+        assert all(s.startswith(SEALED_PREFIX) for s in stored)
+        opened = [alone.open(s) for s in stored]
+        assert opened == (
+            [cred_secrets[1], cred_secrets[0]] if w == cred["id"] else [made["secret"]]
+        )
+        state = await redis.hgetall(f"cr:w:{w}")  # type: ignore[misc]
+        assert {k: v for k, v in state.items() if k != "secrets"} == {
+            k: v for k, v in states[w].items() if k != "secrets"
+        }
+        was, now = orjson.loads(regs[w]), orjson.loads(await redis.get(f"cr:w:{w}:r"))
+        if w == cred["id"]:
+            assert alone.open(now.pop("callbackAuth")) == "hook:pw-ROTATE-1"
+            was.pop("callbackAuth")
+        assert now == was
+    for key, value in await _everything(redis):
+        assert "ROTATE" not in value and "whsec_" not in value, key
+
+    await make_worker(secrets_key=NEW)  # the old key is gone
+    api = await make_api(secrets_key=NEW)
+    for made in (plain, cred, fresh):
+        rec.add_secret(made["secret"] if made is not cred else cred_secrets[1])
+    for w in ids:
+        assert (await _wait_final(api, w))["status"] == "delivered"
+    by_path = {e.path.rsplit("/", 1)[-1]: e for e in rec.events}
+    assert sorted(by_path) == ["cred", "fresh", "plain"]
+    sent = by_path["cred"]
+    assert (
+        sent.attempt_headers["authorization"]
+        == "Basic " + base64.b64encode(b"hook:pw-ROTATE-1").decode()
+    )
+    raw = orjson.dumps(sent.event)
+    assert verify(raw, sent.attempt_headers, cred_secrets[1])["data"]["watchId"] == cred["id"]
+
+
+async def test_values_no_key_opens_are_named_and_left_as_they_are(
+    make_api: ApiFactory, redis: Redis, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule: a secret sealed with a key no longer in RELAY_SECRETS_KEY is not lost further
+    by a reseal: it is counted, its watch named, left byte for byte, and the command exits
+    3 so a rotation script stops before the old key is dropped."""
+    lost = await _register(
+        await make_api(secrets_key=LOST), {"videoId": "v1", "callbackUrl": "http://127.0.0.1:9/x"}
+    )
+    kept = await _register(
+        await make_api(secrets_key=OLD), {"videoId": "v1", "callbackUrl": "http://127.0.0.1:9/y"}
+    )
+    before = await redis.hget(f"cr:w:{lost['id']}", "secrets")  # type: ignore[misc]
+    both = settings.model_copy(update={"secrets_key": f"{NEW},{OLD}"})
+    assert await _cli("reseal", lambda: both) == 3
+    out = capsys.readouterr().out
+    assert "1 that no key opens" in out and lost["id"] in out and kept["id"] not in out
+    assert "sealed anew with the newest key: 1" in out
+    assert await redis.hget(f"cr:w:{lost['id']}", "secrets") == before  # type: ignore[misc]
+    assert await _cli("status", lambda: both) == 3
+    assert "1 that no key opens" in capsys.readouterr().out
+
+
+async def test_a_value_changed_since_it_was_read_is_left_to_its_writer(redis: Redis) -> None:
+    """Rule: the script writes a re-sealed value only over what was read; a secret rotated
+    (or a watch purged) in between wins."""
+    reseal = scripts.register(redis, "reseal")
+    await redis.hset("cr:w:a", mapping={"secrets": "read-a", "st": "x"})  # type: ignore[misc]
+    await redis.hset("cr:w:b", mapping={"secrets": "rotated-since"})  # type: ignore[misc]
+    await redis.set("cr:w:a:r", "reg-a", px=60_000)
+    left = await reseal(
+        keys=[],
+        args=[
+            *("cr:w:", ":r"),
+            *("a", "read-a", "new-a", "reg-a", "new-reg-a"),
+            *("b", "read-b", "new-b", "", ""),
+            *("gone", "read-c", "new-c", "reg-c", "new-reg-c"),
+        ],
+    )
+    assert left == [0, 1, 3]
+    assert await redis.hget("cr:w:a", "secrets") == "new-a"  # type: ignore[misc]
+    assert await redis.get("cr:w:a:r") == "new-reg-a"
+    assert 0 < await redis.pttl("cr:w:a:r") <= 60_000  # its time to live kept
+    assert await redis.hget("cr:w:b", "secrets") == "rotated-since"  # type: ignore[misc]
+    assert not await redis.exists("cr:w:gone", "cr:w:gone:r")  # nothing made for a purged one
+
+
+async def test_the_command_needs_a_key_and_counts_many_watches_in_bounded_steps(
+    make_api: ApiFactory, redis: Redis, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without RELAY_SECRETS_KEY there is nothing to seal with (exit 2, a configuration
+    error); with one, watches past one step (BATCH) of two tenants are all seen."""
+    assert await _cli("status", lambda: settings) == 2
+    assert "RELAY_SECRETS_KEY: not set" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not set"):
+        Resealer(redis, SecretBox(""))
+    api = await make_api(secrets_key=OLD, rate_limit=1000)
+    for n in range(BATCH + 30):
+        headers = auth() if n % 2 else auth(TENANT_B_KEY)
+        resp = await api.post(
+            "/v1/watches",
+            json={"videoId": f"v{n % 3}", "callbackUrl": "http://127.0.0.1:9/h"},
+            headers=headers,
+        )
+        assert resp.status == 201
+    tally = await Resealer(redis, SecretBox(f"{NEW},{OLD}")).run(write=True)
+    assert (tally.watches, tally.older, tally.written, tally.changed) == (BATCH + 30,) * 3 + (0,)
+    again = await Resealer(redis, SecretBox(NEW)).run(write=False)
+    assert (again.current, again.older, again.plain, again.unreadable) == (BATCH + 30, 0, 0, 0)
+
+
+async def test_clip_relay_secrets_runs_as_a_command(
+    make_api: ApiFactory, redis_server: RedisServer
+) -> None:
+    """``clip-relay secrets status`` as a process: the key comes from the environment, is
+    never printed, and the exit status says whether a reseal is due."""
+    await _register(
+        await make_api(secrets_key=OLD), {"videoId": "v1", "callbackUrl": "http://127.0.0.1:9/z"}
+    )
+
+    async def command(keys: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("clip-relay")),
+            "secrets",
+            "status",
+            env=dict(
+                os.environ, REDIS_URL=redis_server.url, RELAY_SECRETS_KEY=keys, LOG_FORMAT="console"
+            ),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    code, out = await command(f"{NEW},{OLD}")
+    assert code == 3 and "1 with an older one" in out and "secrets reseal" in out, out
+    code, out = await command(OLD)
+    assert code == 0 and "older keys can be dropped" in out, out
+    assert OLD not in out and NEW not in out
