@@ -333,7 +333,9 @@ async def test_idempotency_key_other_body_conflicts(api: Client) -> None:
     headers = {**auth(), "Idempotency-Key": "order-43"}
     assert (await api.post("/v1/watches", json=body(minScore=5), headers=headers)).status == 201
     resp = await api.post("/v1/watches", json=body(minScore=6), headers=headers)
-    await problem(resp, 409)
+    doc = await problem(resp, 409)
+    # the header named, as a 422 names a field (a review: the 409 said why, not where)
+    assert doc["errors"] == [{"field": "Idempotency-Key", "message": doc["detail"]}], doc
 
 
 async def test_idempotency_keys_are_per_tenant(api: Client) -> None:

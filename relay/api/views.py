@@ -250,22 +250,24 @@ async def create_watch(request: web.Request) -> web.Response:
             (done.prior_fp and done.prior_fp == idempotency.fingerprint)
             or done.prior_raw_fp == idempotency.raw_fingerprint
         ):
-            raise ProblemError(
-                409,
-                "Idempotency key reused",
-                "this Idempotency-Key was used with a different body",
-                slug="idempotency-conflict",
-            )
+            raise _reused("this Idempotency-Key was used with a different body")
         existing = await store.watches.get(done.prior_id)
         if existing is None or existing.tenant != who.tenant:  # deleted in between
-            raise ProblemError(
-                409,
-                "Idempotency key reused",
-                "the watch this Idempotency-Key made is gone; use a new key",
-                slug="idempotency-conflict",
-            )
+            raise _reused("the watch this Idempotency-Key made is gone; use a new key")
         return _created(request, existing, status=200)
     return _created(request, watch, status=201)
+
+
+def _reused(why: str) -> ProblemError:
+    """409 for an Idempotency-Key that cannot give back its first answer, naming the header
+    as a 422 names a field."""
+    return ProblemError(
+        409,
+        "Idempotency key reused",
+        why,
+        slug="idempotency-conflict",
+        errors=[{"field": "Idempotency-Key", "message": why}],
+    )
 
 
 def _idempotency(
