@@ -256,6 +256,23 @@ async def test_failed_watch_attempts_redeliver_rotate_cancel(
     assert await page.get_by_test_id("watch-status").inner_text() == "delivered"
     assert await rows.count() == 5
 
+    # ping: one signed watch.ping, listed among the attempts; the status stays
+    await page.get_by_test_id("ping").click()
+    await page.wait_for_url("**done=pinged")
+    assert "watch.ping is on its way" in await page.get_by_role("status").inner_text()
+    await eventually(lambda: len(rec.events) > before + 1, what="the ping")
+    pinged = rec.events[-1]
+    assert pinged.event["type"] == "watch.ping" and pinged.webhook_id != first_id
+    assert pinged.event["data"]["watchId"] == w["id"] and 200 <= pinged.status < 300
+
+    async def listed() -> bool:
+        await page.reload()
+        return await rows.count() == 6
+
+    await eventually(listed, every=0.2, what="the ping's attempt on the page")
+    assert "watch.ping" in await rows.last.inner_text()
+    assert (await wait_watch(ui, w["id"]))["status"] == "delivered"
+
     # rotate: the new secret is shown once, and signs from now on
     await page.get_by_test_id("rotate").click()
     await page.wait_for_load_state()
@@ -306,10 +323,12 @@ async def test_failed_watch_attempts_redeliver_rotate_cancel(
     assert (await wait_watch(ui, w["id"]))["status"] == "cancelled"
     # a cancelled watch signs nothing again: no rotate button, and a rotate is refused
     assert await page.get_by_test_id("rotate").count() == 0
-    refused = await page.request.post(
-        base(ui) + f"/ui/watches/{w['id']}/rotate-secret", headers={"X-CSRF-Token": token or ""}
-    )
-    assert refused.status == 409
+    assert await page.get_by_test_id("ping").count() == 0
+    for action in ("rotate-secret", "ping"):
+        refused = await page.request.post(
+            base(ui) + f"/ui/watches/{w['id']}/{action}", headers={"X-CSRF-Token": token or ""}
+        )
+        assert refused.status == 409, action
     await context.close()
 
 

@@ -31,6 +31,7 @@ def setup_routes(ui: web.Application) -> None:
     r.add_post("/watches/{watch_id}/redeliver", views.redeliver)
     r.add_post("/watches/{watch_id}/cancel", views.cancel)
     r.add_post("/watches/{watch_id}/rotate-secret", views.rotate)
+    r.add_post("/watches/{watch_id}/ping", views.ping)
     r.add_get("/recover", views.recover_form)
     r.add_post("/recover", views.recover)
     r.add_static("/static", HERE / "static")

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from relay.api import appkeys as k
+from relay.api.recovery import PINGS, send_ping
 from relay.api.remote import client_address, limit_bucket
 from relay.api.views import VIDEO_ID, WATCH_ID, watch_json
 from relay.constants import REDELIVERABLE_STATUSES, WATCH_STATUSES
@@ -43,6 +44,8 @@ SIGN_INS_PER_MINUTE = 10  # per client address (an IPv6 one: per /64)
 NOTICES = {
     "redelivered": "The last event is on its way again, with its webhook-id.",
     "cancelled": "The watch is cancelled: nothing is delivered from now on.",
+    "pinged": "A signed watch.ping is on its way to the receiver: its answer shows among the"
+    " attempts once it has come (reload).",
 }
 
 
@@ -229,6 +232,24 @@ async def cancel(request: web.Request) -> web.StreamResponse:
     watch = await _own_watch(request)
     await _store(request).watches.cancel(watch)
     raise web.HTTPSeeOther(f"/ui/watches/{watch.id}?done=cancelled")
+
+
+async def ping(request: web.Request) -> web.StreamResponse:
+    """``POST /ui/watches/{id}/ping``: one signed ``watch.ping`` to the receiver, as ``POST
+    /v1/watches/{id}/ping`` sends it (the API's pings: the same bounds, recorded as its)."""
+    watch = await _own_watch(request)
+    if watch.status == "cancelled":
+        raise web.HTTPConflict(text="The watch is cancelled: nothing is sent to it.")
+    api = request.match_info.apps[0]  # (the API application: its ping client and keys)
+    pings = api[PINGS]
+    full = pings.refusal(watch.tenant)
+    if full is not None:
+        raise web.HTTPTooManyRequests(
+            text=f"Not sent: {full}. Try again when they have answered.",
+            headers={"Retry-After": "1"},
+        )
+    pings.start(send_ping(api, watch), watch.tenant)
+    raise web.HTTPSeeOther(f"/ui/watches/{watch.id}?done=pinged")
 
 
 async def rotate(request: web.Request) -> web.StreamResponse:
