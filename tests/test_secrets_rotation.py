@@ -19,13 +19,14 @@ import pytest
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
 
+from relay.admin import running
 from relay.admin import secrets as secrets_cli
 from relay.devtools.embedded_redis import RedisServer
 from relay.domain.crypto import SEALED_PREFIX, SecretBox
 from relay.domain.signing import verify
 from relay.settings import ConfigError, Settings, load
 from relay.store import scripts
-from relay.store.reseal import BATCH, Resealer
+from relay.store.reseal import BATCH, Resealer, Tally
 from tests.conftest import TENANT_B_KEY, ApiFactory, WorkerFactory, auth
 from tests.test_secrets_at_rest import (
     Client,
@@ -95,18 +96,24 @@ async def test_reseal_moves_every_stored_secret_to_the_newest_key(
     sim: Client,
     receiver: Rec,
     redis: Redis,
+    redis_server: RedisServer,
     settings: Settings,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Rule: with ``NEW,OLD`` the relay runs on (old values open, new ones are sealed with
     NEW); ``reseal`` writes every webhook secret and callback credential anew with NEW --
-    plain ones from before any key too -- touching nothing else of a watch; afterwards NEW
-    alone opens all of them, and a worker holding only NEW signs and authenticates with
-    them."""
+    plain ones from before any key too, a credential still in a callback URL taken out and
+    sealed apart -- touching nothing else of a watch; afterwards NEW alone opens all of
+    them, and a worker holding only NEW signs and authenticates with them."""
     rec, base = receiver
     host = base.removeprefix("http://")
     vid = await _sim_video(sim, complete_after=1.5)
-    plain = await _register(await make_api(), {"videoId": vid, "callbackUrl": base + "/plain"})
+    plain = await _register(
+        await make_api(), {"videoId": vid, "callbackUrl": f"http://tok-PLAIN-2@{host}/plain"}
+    )
+    assert plain["callbackUrl"] == f"http://***@{host}/plain"
+    stored_url = orjson.loads(await redis.get(f"cr:w:{plain['id']}:r"))["callbackUrl"]
+    assert "tok-PLAIN-2" in stored_url  # (no key at its registration: in the URL, plain)
     api = await make_api(secrets_key=OLD)
     cred = await _register(
         api, {"videoId": vid, "callbackUrl": f"http://hook:pw-ROTATE-1@{host}/cred"}
@@ -122,14 +129,18 @@ async def test_reseal_moves_every_stored_secret_to_the_newest_key(
     both = settings.model_copy(update={"secrets_key": f"{NEW},{OLD}"})
     assert await _cli("status", lambda: both) == 3
     out = capsys.readouterr().out
-    # plain: 1 secret; cred: 2 secrets + its credential (OLD); fresh: 1 secret (NEW)
-    found = "3 watches; their stored secrets: 1 sealed with the newest key, 3 with an older one"
-    assert found + ", 1 plain, 0 that no key opens (2 keys in RELAY_SECRETS_KEY)" in out, out
+    # plain: 1 secret + its URL's credential; cred: 2 secrets + its credential (OLD); fresh:
+    # 1 secret (NEW)
+    assert (
+        f"3 watches in {redis_server.url}; their stored secrets: 1 sealed with the newest key"
+        in out
+    )
+    assert ", 3 with an older one, 2 plain, 0 that no key opens (2 keys in" in out, out
     assert "secrets reseal" in out and NEW not in out and OLD not in out
 
     assert await _cli("reseal", lambda: both) == 0
     out = capsys.readouterr().out
-    assert "sealed anew with the newest key: 4" in out, out
+    assert "sealed anew with the newest key: 5" in out, out
     assert await _cli("status", lambda: both) == 0
     assert "older keys can be dropped" in capsys.readouterr().out
     assert await _cli("reseal", lambda: both) == 0  # again: nothing to do
@@ -151,9 +162,13 @@ async def test_reseal_moves_every_stored_secret_to_the_newest_key(
         if w == cred["id"]:
             assert alone.open(now.pop("callbackAuth")) == "hook:pw-ROTATE-1"
             was.pop("callbackAuth")
+        if w == plain["id"]:  # taken out of the URL, sealed apart, as a key would have
+            assert alone.open(now.pop("callbackAuth")) == "tok-PLAIN-2"
+            assert now.pop("callbackUrl") == f"http://***@{host}/plain"
+            was.pop("callbackUrl")
         assert now == was
     for key, value in await _everything(redis):
-        assert "ROTATE" not in value and "whsec_" not in value, key
+        assert "ROTATE" not in value and "PLAIN" not in value and "whsec_" not in value, key
 
     await make_worker(secrets_key=NEW)  # the old key is gone
     api = await make_api(secrets_key=NEW)
@@ -163,6 +178,9 @@ async def test_reseal_moves_every_stored_secret_to_the_newest_key(
         assert (await _wait_final(api, w))["status"] == "delivered"
     by_path = {e.path.rsplit("/", 1)[-1]: e for e in rec.events}
     assert sorted(by_path) == ["cred", "fresh", "plain"]
+    assert by_path["plain"].attempt_headers["authorization"] == (
+        "Basic " + base64.b64encode(b"tok-PLAIN-2:").decode()
+    )
     sent = by_path["cred"]
     assert (
         sent.attempt_headers["authorization"]
@@ -184,15 +202,36 @@ async def test_values_no_key_opens_are_named_and_left_as_they_are(
     kept = await _register(
         await make_api(secrets_key=OLD), {"videoId": "v1", "callbackUrl": "http://127.0.0.1:9/y"}
     )
+    broken = await _register(
+        await make_api(secrets_key=OLD), {"videoId": "v1", "callbackUrl": "http://127.0.0.1:9/z"}
+    )
+    await redis.hset(f"cr:w:{broken['id']}", "secrets", "not json")  # type: ignore[misc]
     before = await redis.hget(f"cr:w:{lost['id']}", "secrets")  # type: ignore[misc]
     both = settings.model_copy(update={"secrets_key": f"{NEW},{OLD}"})
     assert await _cli("reseal", lambda: both) == 3
     out = capsys.readouterr().out
-    assert "1 that no key opens" in out and lost["id"] in out and kept["id"] not in out
+    assert "2 that no key opens" in out and kept["id"] not in out, out
+    assert lost["id"] in out and broken["id"] in out  # (a field that is no secret list, too)
+    assert "put the key they were sealed with back" in out
     assert "sealed anew with the newest key: 1" in out
     assert await redis.hget(f"cr:w:{lost['id']}", "secrets") == before  # type: ignore[misc]
     assert await _cli("status", lambda: both) == 3
-    assert "1 that no key opens" in capsys.readouterr().out
+    assert "2 that no key opens" in capsys.readouterr().out
+
+
+def test_what_the_command_says_and_its_exit_status() -> None:
+    """A reseal that found values changed meanwhile (by the relay, or a second reseal
+    running beside it) has not failed: exit 0, and it says to check with status; a status
+    that found no watch at all is not an all-clear (a REDIS_URL that is not the relay's)."""
+    at = running.where("redis://:pw-HIDDEN@redis.example:6379/2?password=pw-HIDDEN")
+    assert at == "redis://redis.example:6379/2"
+    text, code = secrets_cli.report("reseal", Tally(watches=3, older=3, changed=3), 2, at)
+    assert code == 0 and "left, changed since they were read" in text and "status" in text
+    text, code = secrets_cli.report("status", Tally(), 1, at)
+    assert code == 3 and "0 watches in redis://redis.example:6379/2" in text
+    assert "no watch found" in text and "can be dropped" not in text
+    text, code = secrets_cli.report("status", Tally(watches=1, current=1), 1, at)
+    assert code == 0 and "1 watch in" in text and "older keys can be dropped" in text
 
 
 async def test_a_value_changed_since_it_was_read_is_left_to_its_writer(redis: Redis) -> None:
@@ -211,7 +250,7 @@ async def test_a_value_changed_since_it_was_read_is_left_to_its_writer(redis: Re
             *("gone", "read-c", "new-c", "reg-c", "new-reg-c"),
         ],
     )
-    assert left == [0, 1, 3]
+    assert left == [0, 1, 4]
     assert await redis.hget("cr:w:a", "secrets") == "new-a"  # type: ignore[misc]
     assert await redis.get("cr:w:a:r") == "new-reg-a"
     assert 0 < await redis.pttl("cr:w:a:r") <= 60_000  # its time to live kept

@@ -9,6 +9,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.exceptions import (
     AuthenticationError,
@@ -58,6 +59,13 @@ def run(
     text, status = (said, 0) if isinstance(said, str) else said
     print(text)
     return status
+
+
+def where(url: str) -> str:
+    """Which Redis *url* names, for people: its scheme, hosts and path (a database, a
+    Sentinel master) -- never its user info or query (a password may be in either)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def _failed(command: str, why: str, hint: str) -> int:

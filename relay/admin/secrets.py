@@ -1,11 +1,12 @@
 """``clip-relay secrets status|reseal``: rotating RELAY_SECRETS_KEY, for an operator.
 
 RELAY_SECRETS_KEY may hold several keys, comma-separated, newest first: the newest seals
-what is stored from then on, every one of them opens. To rotate: put a new key first on
-every API and worker pod (``NEW,OLD``), run ``reseal`` (every stored secret and callback
-credential written anew with the newest key; safe to run while the relay runs, and again),
-check with ``status`` that nothing is left sealed with an older key, then drop the old key.
-It talks to Redis (``REDIS_URL``), as the workers do: the secrets of every tenant.
+what is stored from then on, every one of them opens. A rotation goes in three rollouts, so
+that no pod ever meets a value sealed with a key it lacks: ``OLD,NEW`` (every pod can open
+what NEW will seal), ``NEW,OLD`` (NEW seals), then ``reseal`` (every stored secret and
+callback credential written anew with the newest key; safe while the relay runs, and to run
+again) and ``status`` (nothing left sealed with an older key), then ``NEW`` alone. It talks
+to Redis (``REDIS_URL``), as the workers do: the secrets of every tenant.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
         description="Count every watch's stored webhook secrets and callback credentials:"
         " sealed with the newest key, with an older one, plain, or opened by no key of"
         " RELAY_SECRETS_KEY. Exit status 0 when all are sealed with the newest key, 3 when"
-        " some are not.",
+        " some are not, or when no watch is found (a REDIS_URL that is not the relay's).",
     )
     sub.add_parser(
         "reseal",
@@ -47,14 +48,16 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def report(action: str, t: Tally, keys: int) -> tuple[str, int]:
-    """What to print after *action* found *t* (*keys*: the keys of RELAY_SECRETS_KEY), and
-    the exit status: 3 when something is not sealed with the newest key (status) or could
-    not be (reseal)."""
+def report(action: str, t: Tally, keys: int, redis_at: str) -> tuple[str, int]:
+    """What to print after *action* found *t* (*keys*: the keys of RELAY_SECRETS_KEY;
+    *redis_at*: which Redis, without its password), and the exit status: 3 when something
+    is not sealed with the newest key (status), could not be (values no key opens), or no
+    watch was found at all (status: a REDIS_URL that is not the relay's would say "all
+    sealed")."""
     found = (
-        f"{t.watches} watch{'' if t.watches == 1 else 'es'}; their stored secrets:"
-        f" {t.current} sealed with the newest key, {t.older} with an older one, {t.plain}"
-        f" plain, {t.unreadable} that no key opens"
+        f"{t.watches} watch{'' if t.watches == 1 else 'es'} in {redis_at}; their stored"
+        f" secrets: {t.current} sealed with the newest key, {t.older} with an older one,"
+        f" {t.plain} plain, {t.unreadable} that no key opens"
         f" ({keys} key{'' if keys == 1 else 's'} in RELAY_SECRETS_KEY)"
     )
     lines = [("found " if action == "reseal" else "") + found]
@@ -62,25 +65,32 @@ def report(action: str, t: Tally, keys: int) -> tuple[str, int]:
         lines.append(f"sealed anew with the newest key: {t.written}")
         if t.changed:
             lines.append(
-                f"left, changed by the relay since they were read (written by it with the"
-                f" key it has): {t.changed}; run `clip-relay secrets status` to check"
+                f"left, changed since they were read (by the relay, or another reseal):"
+                f" {t.changed}; run `clip-relay secrets status` to check"
             )
     if t.unreadable:
+        more = t.unreadable_watches - len(t.unreadable_in)
         lines.append(
             "no key of RELAY_SECRETS_KEY opens the secrets of: "
             + ", ".join(t.unreadable_in)
-            + (
-                f" and {t.unreadable_watches - len(t.unreadable_in)} more"
-                if t.unreadable_watches > len(t.unreadable_in)
-                else ""
-            )
-            + " (add the key they were sealed with, or rotate their secrets)"
+            + (f" and {more} more" if more > 0 else "")
+            + " (put the key they were sealed with back in RELAY_SECRETS_KEY and reseal"
+            " again; without it they cannot be opened: such a watch cannot sign or"
+            " authenticate, and its owner must register it anew)"
         )
-    left = t.unreadable + (t.older + t.plain if action == "status" else t.changed)
-    if action == "status" and t.older + t.plain:
-        lines.append("not all sealed with the newest key: run `clip-relay secrets reseal`")
-    elif action == "status" and not t.unreadable:
-        lines.append("all sealed with the newest key: older keys can be dropped")
+    left = t.unreadable
+    if action == "status":
+        if not t.watches:
+            lines.append(
+                "no watch found: if the relay has watches, REDIS_URL is not its Redis;"
+                " keep every key until this finds them"
+            )
+            left += 1
+        elif t.older + t.plain:
+            lines.append("not all sealed with the newest key: run `clip-relay secrets reseal`")
+            left += t.older + t.plain
+        elif not t.unreadable:
+            lines.append("all sealed with the newest key: older keys can be dropped")
     return "\n".join(lines), 3 if left else 0
 
 
@@ -92,7 +102,8 @@ async def run(action: str, settings: Settings) -> tuple[str, int]:
         tally = await Resealer(redis, box).run(write=action == "reseal")
     finally:
         await redis.aclose()
-    return report(action, tally, len(settings.secrets_key.split(",")))
+    keys = len(settings.secrets_key.split(","))
+    return report(action, tally, keys, running.where(settings.redis_url))
 
 
 def main(argv: Sequence[str], settings: Callable[[], Settings]) -> int:

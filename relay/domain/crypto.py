@@ -2,9 +2,9 @@
 RELAY_SECRETS_KEY is set, plain otherwise.
 
 RELAY_SECRETS_KEY may name several keys, comma-separated, newest first: the newest seals,
-any of them opens (``cryptography``'s ``MultiFernet``). That is how the key is rotated: put
-the new key in front, re-seal what is stored (``clip-relay secrets reseal``,
-:mod:`relay.store.reseal`), then drop the old one.
+any of them opens (``cryptography``'s ``MultiFernet``). That is how the key is rotated: add
+the new key behind the old, then put it in front, re-seal what is stored (``clip-relay
+secrets reseal``, :mod:`relay.store.reseal`), then drop the old one.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from relay import constants as c
+from relay.domain import userinfo
 from relay.domain.crypto import SEALED_PREFIX, SecretBox
 from relay.domain.watch import SecretEntry
 from relay.store import scripts
@@ -28,6 +29,7 @@ from relay.store.codec import dump_secrets, load_secrets
 
 BATCH = 100  # watches read in one pipeline and written in one script call
 NAMED = 20  # watches named for values that no key opens, at most
+GONE = 4  # the script's answer for a watch deleted since it was read
 Kind = Literal["current", "older", "plain", "unreadable"]
 
 
@@ -38,7 +40,7 @@ class Tally:
     watches: int = 0
     current: int = 0  # sealed with the newest key
     older: int = 0  # sealed with another key of RELAY_SECRETS_KEY
-    plain: int = 0  # stored plain (before any key was set)
+    plain: int = 0  # stored plain (before any key was set): a secret, a URL's credential
     unreadable: int = 0  # no key opens them: left as they are
     unreadable_watches: int = 0  # the watches with such values
     written: int = 0  # older and plain ones written sealed with the newest key
@@ -97,6 +99,39 @@ class Resealer:
             redo.append(kind in ("older", "plain"))
         return redo
 
+    def _plan(self, raw: str | None, reg: str | None, tally: Tally) -> tuple[str, str, int, int]:
+        """One watch's values counted: its new ``secrets`` field and registration ('' = leave
+        it), and how many values each carries anew. ValueError: a value that cannot be read
+        (nothing of it is written)."""
+        try:
+            entries = load_secrets(raw or "")
+            doc = orjson.loads(reg) if reg else {}
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            raise ValueError("unreadable") from None
+        redo = self._look([s.sealed for s in entries], tally)
+        auth, url = str(doc.get("callbackAuth") or ""), str(doc.get("callbackUrl") or "")
+        plain_url = ""
+        if not auth:
+            # registered before any key was set: the credential is still in the URL
+            hidden, plain_url = userinfo.hide(url)
+            if plain_url:
+                tally.plain += 1
+        redo_auth = self._look([auth] if auth else [], tally)
+        new_raw = new_reg = ""
+        if any(redo):
+            fresh = [
+                SecretEntry(self.box.reseal(s.sealed), s.expires_ms) if r else s
+                for s, r in zip(entries, redo, strict=True)
+            ]
+            new_raw = dump_secrets(fresh)
+        if any(redo_auth):
+            doc["callbackAuth"] = self.box.reseal(auth)
+        elif plain_url:
+            doc["callbackUrl"], doc["callbackAuth"] = hidden, self.box.seal(plain_url)
+        if any(redo_auth) or plain_url:
+            new_reg = orjson.dumps(doc).decode()
+        return new_raw, new_reg, sum(redo), 1 if new_reg else 0
+
     async def _batch(self, ids: list[str], tally: Tally, write: bool) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for wid in ids:
@@ -110,41 +145,26 @@ class Resealer:
             if raw is None and reg is None:  # purged since the index was read
                 continue
             tally.watches += 1
-            entries = load_secrets(raw or "")
             unreadable = tally.unreadable
-            redo = self._look([s.sealed for s in entries], tally)
-            doc = orjson.loads(reg) if reg else {}
-            auth = str(doc.get("callbackAuth") or "")
-            redo_auth = self._look([auth] if auth else [], tally)
+            try:
+                new_raw, new_reg, in_secrets, in_reg = self._plan(raw, reg, tally)
+            except ValueError:  # (stored data that is not the relay's: named, left alone)
+                tally.unreadable += 1
+                new_raw = new_reg = ""
             if tally.unreadable > unreadable:
                 tally.unreadable_watches += 1
                 if len(tally.unreadable_in) < NAMED:
                     tally.unreadable_in.append(wid)
-            if not write or not (any(redo) or any(redo_auth)):
+            if not write or not (new_raw or new_reg):
                 continue
-            new_raw = ""
-            if any(redo):
-                fresh = [
-                    SecretEntry(self.box.reseal(s.sealed), s.expires_ms) if r else s
-                    for s, r in zip(entries, redo, strict=True)
-                ]
-                new_raw = dump_secrets(fresh)
-            new_reg = ""
-            if any(redo_auth):
-                doc["callbackAuth"] = self.box.reseal(auth)
-                new_reg = orjson.dumps(doc).decode()
-            args += [
-                wid,
-                (raw or "") if new_raw else "",
-                new_raw,
-                (reg or "") if new_reg else "",
-                new_reg,
-            ]
-            planned.append((sum(redo), sum(redo_auth)))
+            args += [wid, raw if new_raw else "", new_raw, reg if new_reg else "", new_reg]
+            planned.append((in_secrets, in_reg))
         if len(args) == 2:
             return
         left = await self._reseal(keys=[], args=args)
         for (in_secrets, in_reg), code in zip(planned, left, strict=True):
+            if int(code) == GONE:  # purged in between: nothing to seal
+                continue
             lost = (in_secrets if int(code) & 1 else 0) + (in_reg if int(code) & 2 else 0)
             tally.changed += lost
             tally.written += in_secrets + in_reg - lost

@@ -9,18 +9,20 @@
 -- one, its registration (JSON) as read ('' = leave it), the new one.
 -- The registration keeps its time to live, if it has one (KEEPTTL).
 -- Returns per watch what was left because it changed since it was read: 0 nothing, 1 the
--- secrets, 2 the registration, 3 both.
+-- secrets, 2 the registration, 3 both; 4 the watch is gone (purged: nothing written).
 local left = {}
 for i = 3, #ARGV, 5 do
   local key, code = ARGV[1] .. ARGV[i], 0
-  if ARGV[i + 1] ~= '' then
+  if redis.call('EXISTS', key, key .. ARGV[2]) == 0 then
+    code = 4
+  elseif ARGV[i + 1] ~= '' then
     if redis.call('HGET', key, 'secrets') == ARGV[i + 1] then
       redis.call('HSET', key, 'secrets', ARGV[i + 2])
     else
       code = 1
     end
   end
-  if ARGV[i + 3] ~= '' then
+  if code ~= 4 and ARGV[i + 3] ~= '' then
     local reg = key .. ARGV[2]
     if redis.call('GET', reg) == ARGV[i + 3] then
       redis.call('SET', reg, ARGV[i + 4], 'KEEPTTL')
