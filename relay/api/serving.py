@@ -68,6 +68,19 @@ class ProblemRequestHandler(web.RequestHandler):
         resp.force_close()
         return resp
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's log of an error it did not expect -- but a body the client sent that
+        cannot be read (its Content-Encoding does not decode it: bad gzip) is the client's
+        doing: once the answer is out, aiohttp reads what is left of the body to keep the
+        connection, fails, and would log that as an unhandled error with a traceback, which
+        any client could fill the error log with. One warning line instead (the connection
+        is closed, as aiohttp does)."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            http_log.warning("request body unreadable", error=type(exc).__name__)
+            return
+        super().log_exception(*args, **kw)
+
 
 class ProblemServer(web.Server):
     """aiohttp's low-level :class:`web.Server`; its connections use :class:`ProblemRequestHandler`.

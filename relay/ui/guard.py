@@ -289,7 +289,8 @@ async def _form(request: web.Request) -> Form:
         return MultiDictProxy(MultiDict())
     try:
         return await request.post()
-    except (ValueError, LookupError, UnicodeDecodeError):  # a bad boundary, charset, ...
+    # a bad boundary, charset, ...; a body its Content-Encoding does not decode (bad gzip)
+    except (ValueError, LookupError, UnicodeDecodeError, web.RequestPayloadError):
         raise web.HTTPBadRequest(text="the form could not be read") from None
 
 
