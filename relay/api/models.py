@@ -133,7 +133,12 @@ class WatchList(_Model):
     """A page of watches, newest first."""
 
     data: list[WatchOut]
-    next_cursor: str | None = Field(alias="nextCursor")
+    next_cursor: str | None = Field(
+        alias="nextCursor",
+        description="More may follow: ask again with it as cursor until it is null. A page"
+        " of a live status (watching, delivering) may hold fewer than limit watches, or"
+        " none, and still have one: an empty page is not the end.",
+    )
 
 
 class DeliveryOut(_Model):

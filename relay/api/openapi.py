@@ -126,7 +126,8 @@ def document() -> dict[str, Any]:
                 },
             ),
             "get": _op(
-                "List watches, newest first",
+                "List watches, newest first (by creation; a final status without videoId:"
+                " newest to reach it)",
                 {
                     "200": _json("WatchList", "A page of watches."),
                     "422": _problem("Invalid query parameter."),

@@ -75,7 +75,10 @@ def paths(
                         "The caller's watches that failed in the range are delivering their "
                         "last event again (same webhook-id), from the first step of the retry "
                         "schedule; count: how many. A watch already put back is skipped; "
-                        "more: true when a large range needs the request again.",
+                        "more: true when a large range needs the request again. The range "
+                        "is on Redis' clock when the watch became failed; its updatedAt, "
+                        "stamped when its last attempt ended, may differ by a few ms: start "
+                        "the range a little before the first failure.",
                     ),
                     "400": problem("Malformed JSON."),
                     "413": problem("Body too large."),
