@@ -1,5 +1,5 @@
 """Rotating RELAY_SECRETS_KEY: several keys, newest first -- the newest seals, any opens --
-and ``clip-relay secrets status|reseal`` (:mod:`relay.secrets_cli`,
+and ``clip-relay secrets status|reseal`` (:mod:`relay.admin.secrets`,
 :class:`relay.store.reseal.Resealer`) writing every stored secret anew with the newest key,
 on a real valkey-server, with a real API, worker and receiver.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -206,17 +207,22 @@ async def test_values_no_key_opens_are_named_and_left_as_they_are(
         await make_api(secrets_key=OLD), {"videoId": "v1", "callbackUrl": "http://127.0.0.1:9/z"}
     )
     await redis.hset(f"cr:w:{broken['id']}", "secrets", "not json")  # type: ignore[misc]
+    odd = await _register(
+        await make_api(secrets_key=OLD), {"videoId": "v1", "callbackUrl": "http://127.0.0.1:9/o"}
+    )
+    await redis.set(f"cr:w:{odd['id']}:r", "[1, 2]")  # JSON, but no registration
     before = await redis.hget(f"cr:w:{lost['id']}", "secrets")  # type: ignore[misc]
     both = settings.model_copy(update={"secrets_key": f"{NEW},{OLD}"})
     assert await _cli("reseal", lambda: both) == 3
     out = capsys.readouterr().out
-    assert "2 that no key opens" in out and kept["id"] not in out, out
-    assert lost["id"] in out and broken["id"] in out  # (a field that is no secret list, too)
+    assert "3 that no key opens" in out and kept["id"] not in out, out
+    # (a field that is no secret list, a registration that is no object: named too)
+    assert lost["id"] in out and broken["id"] in out and odd["id"] in out
     assert "put the key they were sealed with back" in out
     assert "sealed anew with the newest key: 1" in out
     assert await redis.hget(f"cr:w:{lost['id']}", "secrets") == before  # type: ignore[misc]
     assert await _cli("status", lambda: both) == 3
-    assert "2 that no key opens" in capsys.readouterr().out
+    assert "3 that no key opens" in capsys.readouterr().out
 
 
 def test_what_the_command_says_and_its_exit_status() -> None:
@@ -234,28 +240,80 @@ def test_what_the_command_says_and_its_exit_status() -> None:
     assert code == 0 and "1 watch in" in text and "older keys can be dropped" in text
 
 
+def _sha1(value: str) -> str:
+    return hashlib.sha1(value.encode()).hexdigest()  # noqa: S324 (as Redis' sha1hex)
+
+
 async def test_a_value_changed_since_it_was_read_is_left_to_its_writer(redis: Redis) -> None:
-    """Rule: the script writes a re-sealed value only over what was read; a secret rotated
-    (or a watch purged) in between wins."""
+    """Rule: the script writes a re-sealed value only over what was read (named by its
+    SHA-1: the value itself never goes to Redis as an argument, where SLOWLOG or MONITOR
+    would show it); a secret rotated, a registration changed, or a watch purged in between
+    wins."""
     reseal = scripts.register(redis, "reseal")
     await redis.hset("cr:w:a", mapping={"secrets": "read-a", "st": "x"})  # type: ignore[misc]
     await redis.hset("cr:w:b", mapping={"secrets": "rotated-since"})  # type: ignore[misc]
+    await redis.hset("cr:w:c", mapping={"secrets": "read-c"})  # type: ignore[misc]
+    await redis.hset("cr:w:d", mapping={"secrets": "rotated-since"})  # type: ignore[misc]
     await redis.set("cr:w:a:r", "reg-a", px=60_000)
+    await redis.set("cr:w:c:r", "changed-since")
+    await redis.set("cr:w:d:r", "changed-since")
     left = await reseal(
         keys=[],
         args=[
             *("cr:w:", ":r"),
-            *("a", "read-a", "new-a", "reg-a", "new-reg-a"),
-            *("b", "read-b", "new-b", "", ""),
-            *("gone", "read-c", "new-c", "reg-c", "new-reg-c"),
+            *("a", _sha1("read-a"), "new-a", _sha1("reg-a"), "new-reg-a"),
+            *("b", _sha1("read-b"), "new-b", "", ""),
+            *("c", _sha1("read-c"), "new-c", _sha1("reg-c"), "new-reg-c"),
+            *("d", _sha1("read-d"), "new-d", _sha1("reg-d"), "new-reg-d"),
+            *("gone", _sha1("read-e"), "new-e", _sha1("reg-e"), "new-reg-e"),
         ],
     )
-    assert left == [0, 1, 4]
+    assert left == [0, 1, 2, 3, 4]
     assert await redis.hget("cr:w:a", "secrets") == "new-a"  # type: ignore[misc]
     assert await redis.get("cr:w:a:r") == "new-reg-a"
     assert 0 < await redis.pttl("cr:w:a:r") <= 60_000  # its time to live kept
     assert await redis.hget("cr:w:b", "secrets") == "rotated-since"  # type: ignore[misc]
+    assert await redis.hget("cr:w:c", "secrets") == "new-c"  # type: ignore[misc]
+    assert await redis.get("cr:w:c:r") == await redis.get("cr:w:d:r") == "changed-since"
+    assert await redis.hget("cr:w:d", "secrets") == "rotated-since"  # type: ignore[misc]
     assert not await redis.exists("cr:w:gone", "cr:w:gone:r")  # nothing made for a purged one
+
+
+async def test_a_reseal_beside_the_relay_counts_what_changed_and_what_went(
+    make_api: ApiFactory, redis: Redis, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule: a watch whose secret is rotated, or that is purged, between the reseal's read and
+    its write is left to that change -- counted as changed (the rotation) or not at all (the
+    purge), and the reseal still exits 0: nothing is wrong, a status checks what is left."""
+    api = await make_api(secrets_key=OLD)
+    made = [
+        await _register(api, {"videoId": "v1", "callbackUrl": f"http://127.0.0.1:9/{n}"})
+        for n in range(3)
+    ]
+    rotated, purged, kept = (w["id"] for w in made)
+    real = Resealer.__init__
+
+    def meddling(self: Resealer, redis_: Redis, box: SecretBox) -> None:
+        real(self, redis_, box)
+        script = self._reseal
+
+        async def after_the_read(**kw: Any) -> Any:  # the relay, between read and write
+            await redis_.hset(f"cr:w:{rotated}", "secrets", "[]")  # type: ignore[misc]
+            await redis_.delete(f"cr:w:{purged}", f"cr:w:{purged}:r")
+            return await script(**kw)
+
+        self._reseal = after_the_read  # type: ignore[assignment]
+
+    both = settings.model_copy(update={"secrets_key": f"{NEW},{OLD}"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Resealer, "__init__", meddling)
+        assert await _cli("reseal", lambda: both) == 0
+    out = capsys.readouterr().out
+    assert "found 3 watches" in out and "3 with an older one" in out, out
+    assert "sealed anew with the newest key: 1" in out
+    assert "left, changed since they were read (by the relay, or another reseal): 1" in out
+    ((sealed, _),) = await _stored_secrets(redis, kept)
+    assert SecretBox(NEW).open(sealed) == made[2]["secret"]
 
 
 async def test_the_command_needs_a_key_and_counts_many_watches_in_bounded_steps(
@@ -268,18 +326,31 @@ async def test_the_command_needs_a_key_and_counts_many_watches_in_bounded_steps(
     with pytest.raises(ValueError, match="not set"):
         Resealer(redis, SecretBox(""))
     api = await make_api(secrets_key=OLD, rate_limit=1000)
-    for n in range(BATCH + 30):
-        headers = auth() if n % 2 else auth(TENANT_B_KEY)
+    # (more than a listpack's 128 members on one tenant: ZSCAN then takes several steps)
+    many = 3 * BATCH + 30
+    for n in range(many):
+        headers = auth() if n % 10 else auth(TENANT_B_KEY)
         resp = await api.post(
             "/v1/watches",
             json={"videoId": f"v{n % 3}", "callbackUrl": "http://127.0.0.1:9/h"},
             headers=headers,
         )
         assert resp.status == 201
+    assert await redis.zcard("cr:t:tenant-a:w") > 128
+    steps = 0
+    real_zscan = redis.zscan
+
+    async def counted(*a: Any, **kw: Any) -> Any:
+        nonlocal steps
+        steps += 1
+        return await real_zscan(*a, **kw)
+
+    redis.zscan = counted  # type: ignore[method-assign]
     tally = await Resealer(redis, SecretBox(f"{NEW},{OLD}")).run(write=True)
-    assert (tally.watches, tally.older, tally.written, tally.changed) == (BATCH + 30,) * 3 + (0,)
+    assert steps > 2  # (two tenants, one of them in several steps)
+    assert (tally.watches, tally.older, tally.written, tally.changed) == (many,) * 3 + (0,)
     again = await Resealer(redis, SecretBox(NEW)).run(write=False)
-    assert (again.current, again.older, again.plain, again.unreadable) == (BATCH + 30, 0, 0, 0)
+    assert (again.current, again.older, again.plain, again.unreadable) == (many, 0, 0, 0)
 
 
 async def test_clip_relay_secrets_runs_as_a_command(

@@ -4,6 +4,7 @@ by a mutation review (2026-12-06): a change to the code it guards went unnoticed
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import time
@@ -17,7 +18,7 @@ from yarl import URL
 
 from relay import constants as c
 from relay.ui.session import COOKIE, FORM_COOKIE, Session, Sessions
-from tests.conftest import TENANT_A_KEY, ApiFactory, auth
+from tests.conftest import TENANT_A_KEY, ApiFactory, auth, serving
 from tests.test_api import create
 
 Client = TestClient[web.Request, web.Application]
@@ -199,3 +200,52 @@ async def test_a_watch_held_by_a_rendering_clip_says_so(make_api: ApiFactory, re
     text = await page.text()
     assert 'data-testid="rendering"' in text and "still rendering" in text
     assert "the video is not final" not in text
+
+
+async def test_the_dashboards_ping_keeps_the_apis_bounds(make_api: ApiFactory) -> None:
+    """The dashboard's ping is the API's: the signed-in key's RELAY_RATE_LIMIT counts it
+    (a review: one session could ping at any rate), and the pings in flight are bounded as
+    for POST /v1/watches/{id}/ping -- a 429 page, nothing sent."""
+    from relay.api.recovery import MAX_TENANT_PINGS
+
+    one = await make_api(ui_secret=SECRET, rate_limit=1000)
+    cookie, token = await _signed_in(one)
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:  # a receiver that takes its time
+        await release.wait()
+        return web.Response(status=204)
+
+    async with serving(held) as base:
+        watch = await create(one, callbackUrl=base + "/slow")
+
+        async def ping() -> web.StreamResponse:
+            return await one.post(
+                f"/ui/watches/{watch['id']}/ping",
+                data={"csrfToken": token},
+                cookies={COOKIE: cookie},
+                allow_redirects=False,
+            )
+
+        sent = [(await ping()).status for _ in range(MAX_TENANT_PINGS)]
+        assert sent == [303] * MAX_TENANT_PINGS
+        refused = await ping()
+        assert refused.status == 429 and "pings of a tenant" in await refused.text()
+        release.set()
+
+    limited = await make_api(ui_secret=SECRET, rate_limit=1)
+    cookie, token = await _signed_in(limited)
+    watch = await create(limited)
+    codes = []
+    for _ in range(3):
+        resp = await limited.post(
+            f"/ui/watches/{watch['id']}/ping",
+            data={"csrfToken": token},
+            cookies={COOKIE: cookie},
+            allow_redirects=False,
+        )
+        codes.append(resp.status)
+        if resp.status == 429:
+            assert "requests per second" in await resp.text()
+            assert resp.headers["Retry-After"] == "1"
+    assert 429 in codes, codes

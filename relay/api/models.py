@@ -136,8 +136,8 @@ class WatchList(_Model):
     next_cursor: str | None = Field(
         alias="nextCursor",
         description="More may follow: ask again with it as cursor until it is null. A page"
-        " of a live status (watching, delivering) may hold fewer than limit watches, or"
-        " none, and still have one: an empty page is not the end.",
+        " filtered by a status (but a final status alone) may hold fewer than limit"
+        " watches, or none, and still have one: an empty page is not the end.",
     )
 
 
@@ -162,7 +162,7 @@ class DeliveryList(_Model):
 
 
 class FieldError(_Model):
-    """One invalid field of a request."""
+    """One invalid field of a request (a body field, a query parameter, or a header)."""
 
     field: str
     message: str

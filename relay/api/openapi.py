@@ -95,7 +95,10 @@ def document() -> dict[str, Any]:
                     "201": _json("WatchCreated", "Created; the only answer with the secret."),
                     "200": _json("WatchCreated", "Same Idempotency-Key and body as before."),
                     "400": _problem("Malformed JSON."),
-                    "409": _problem("Idempotency-Key reused with another body."),
+                    "409": _problem(
+                        "Idempotency-Key reused with another body, or the watch it made is"
+                        " gone; errors names the header."
+                    ),
                     "413": _problem(f"Body larger than {MAX_BODY_BYTES} bytes."),
                     "415": _problem("Body is not JSON."),
                     "422": _problem("Invalid fields; `errors` names each."),

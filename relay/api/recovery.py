@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ChainMapProxy, web
 from yarl import URL
 
 from relay import logs
@@ -78,6 +78,7 @@ class Pings:
 
 
 PINGS = web.AppKey("pings", Pings)
+Config = web.Application | ChainMapProxy  # (the API app, or a request's view of it)
 
 
 async def pings_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -150,9 +151,7 @@ async def ping(request: web.Request) -> web.Response:
     background; 202 at once."""
     watch = await views._own_watch(request)
     views.refuse_cancelled(watch)
-    app = request.app
-    pings = app[PINGS]
-    full = pings.refusal(watch.tenant)
+    full = start_ping(request.config_dict, watch)
     if full is not None:
         raise ProblemError(
             429,
@@ -161,11 +160,21 @@ async def ping(request: web.Request) -> web.Response:
             slug="pings-in-flight",
             headers={"Retry-After": "1"},
         )
-    pings.start(send_ping(app, watch), watch.tenant)
     return views.json_response({"watchId": watch.id}, status=202)
 
 
-async def send_ping(app: web.Application, w: Watch) -> None:
+def start_ping(app: Config, w: Watch) -> str | None:
+    """Start one ``watch.ping`` of *w* in the background -- the API's route and the
+    dashboard's button alike, within the same bounds: None when it started, else why not
+    (the pings of its tenant, or of this process, in flight at their bound)."""
+    pings = app[PINGS]
+    full = pings.refusal(w.tenant)
+    if full is None:
+        pings.start(send_ping(app, w), w.tenant)
+    return full
+
+
+async def send_ping(app: Config, w: Watch) -> None:
     """Sign and POST one ``watch.ping`` to the watch's callback; record the attempt."""
     at = now_ms()  # (Redis' clock: the secrets' grace, the stamp and the record)
     started = time.monotonic()

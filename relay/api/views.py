@@ -222,8 +222,7 @@ async def create_watch(request: web.Request) -> web.Response:
     )
     box = app[k.SECRET_BOX]
     if box.sealing:  # the URL's credential, if any, sealed apart (the URL keeps its shown form)
-        watch.callback_url, plain = userinfo.hide(watch.callback_url)
-        watch.callback_auth = box.seal(plain) if plain else ""
+        watch.callback_url, watch.callback_auth = userinfo.seal_apart(watch.callback_url, box.seal)
     watch.secrets = [SecretEntry(box.seal(secret), 0)]
     settings = app[k.SETTINGS]
     done = await store.watches.create(

@@ -55,6 +55,15 @@ def hide(url: str) -> tuple[str, str]:
     return f"{url[:start]}***{url[end:]}", url[start:end]
 
 
+def seal_apart(url: str, seal: Callable[[str], str]) -> tuple[str, str]:
+    """*url* as it is stored when RELAY_SECRETS_KEY is set: (the URL with ``***`` for its
+    user info, that user info sealed by *seal* -- :meth:`relay.domain.crypto.SecretBox.seal`
+    -- or '' when it has none). At registration, and when a key rotation seals a credential
+    stored before any key was set."""
+    stored, plain = hide(url)
+    return stored, seal(plain) if plain else ""
+
+
 def restore(stored: str, userinfo: str) -> str:
     """The URL :func:`hide` took *userinfo* out of (*stored*: its shown form)."""
     span = _span(stored)

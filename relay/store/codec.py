@@ -1,6 +1,7 @@
 """How the domain types are laid out in Redis: a watch's two keys and the video hash.
 
-A watch is its registration, one JSON string written once (``cr:w:<id>:r``), and a small
+A watch is its registration, one JSON string written once (``cr:w:<id>:r``; a key rotation's
+reseal alone rewrites its credential: :mod:`relay.store.reseal`), and a small
 hash of what changes (``cr:w:<id>``), every value short so Redis keeps it as a compact
 listpack: its status, its sealed signing secrets, its event (``ev``: type, time, the
 video's status and progress then, in one field), its attempt count and records (``#<n>``,
@@ -43,7 +44,8 @@ WATCHING = "watching|0|0|0|||"  # the delivery state of a new watch
 
 
 def registration_json(w: Watch) -> bytes:
-    """The registration, which never changes: the watch's ``:r`` string."""
+    """The registration, which never changes (but for a key rotation's reseal of its
+    credential): the watch's ``:r`` string."""
     doc = {
         "tenant": w.tenant,
         "videoId": w.video_id,

@@ -14,6 +14,7 @@ its watch, and left as it is.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,6 +47,11 @@ class Tally:
     written: int = 0  # older and plain ones written sealed with the newest key
     changed: int = 0  # left: changed by another writer between the read and the write
     unreadable_in: list[str] = field(default_factory=list)  # their watches (the first NAMED)
+
+
+def _sha1(value: str) -> str:
+    """As Lua's ``redis.sha1hex`` makes it of the same string (its UTF-8 bytes)."""
+    return hashlib.sha1(value.encode()).hexdigest()  # noqa: S324 (a compare, not a secret)
 
 
 class Resealer:
@@ -108,14 +114,15 @@ class Resealer:
             doc = orjson.loads(reg) if reg else {}
         except (orjson.JSONDecodeError, TypeError, ValueError):
             raise ValueError("unreadable") from None
+        if not isinstance(doc, dict):
+            raise ValueError("unreadable")
         redo = self._look([s.sealed for s in entries], tally)
         auth, url = str(doc.get("callbackAuth") or ""), str(doc.get("callbackUrl") or "")
-        plain_url = ""
+        hidden, sealed_url = url, ""
         if not auth:
-            # registered before any key was set: the credential is still in the URL
-            hidden, plain_url = userinfo.hide(url)
-            if plain_url:
-                tally.plain += 1
+            # registered before any key was set: its credential, if any, is in the URL
+            hidden, sealed_url = userinfo.seal_apart(url, self.box.seal)
+            tally.plain += bool(sealed_url)
         redo_auth = self._look([auth] if auth else [], tally)
         new_raw = new_reg = ""
         if any(redo):
@@ -126,9 +133,9 @@ class Resealer:
             new_raw = dump_secrets(fresh)
         if any(redo_auth):
             doc["callbackAuth"] = self.box.reseal(auth)
-        elif plain_url:
-            doc["callbackUrl"], doc["callbackAuth"] = hidden, self.box.seal(plain_url)
-        if any(redo_auth) or plain_url:
+        elif sealed_url:
+            doc["callbackUrl"], doc["callbackAuth"] = hidden, sealed_url
+        if any(redo_auth) or sealed_url:
             new_reg = orjson.dumps(doc).decode()
         return new_raw, new_reg, sum(redo), 1 if new_reg else 0
 
@@ -157,7 +164,10 @@ class Resealer:
                     tally.unreadable_in.append(wid)
             if not write or not (new_raw or new_reg):
                 continue
-            args += [wid, raw if new_raw else "", new_raw, reg if new_reg else "", new_reg]
+            # (what was read goes as its SHA-1, never itself: a plain secret or credential
+            # would show in SLOWLOG or MONITOR)
+            args += [wid, _sha1(raw) if new_raw else "", new_raw]
+            args += [_sha1(reg) if new_reg else "", new_reg]
             planned.append((in_secrets, in_reg))
         if len(args) == 2:
             return

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from relay.api import appkeys as k
-from relay.api.recovery import PINGS, send_ping
+from relay.api.recovery import start_ping
 from relay.api.remote import client_address, limit_bucket
 from relay.api.views import VIDEO_ID, WATCH_ID, watch_json
 from relay.constants import REDELIVERABLE_STATUSES, WATCH_STATUSES
@@ -236,19 +236,23 @@ async def cancel(request: web.Request) -> web.StreamResponse:
 
 async def ping(request: web.Request) -> web.StreamResponse:
     """``POST /ui/watches/{id}/ping``: one signed ``watch.ping`` to the receiver, as ``POST
-    /v1/watches/{id}/ping`` sends it (the API's pings: the same bounds, recorded as its)."""
+    /v1/watches/{id}/ping`` sends it -- the API's pings, within its bounds: the signed-in
+    key's request rate (RELAY_RATE_LIMIT) and the pings in flight."""
     watch = await _own_watch(request)
     if watch.status == "cancelled":
         raise web.HTTPConflict(text="The watch is cancelled: nothing is sent to it.")
-    api = request.match_info.apps[0]  # (the API application: its ping client and keys)
-    pings = api[PINGS]
-    full = pings.refusal(watch.tenant)
+    config = request.config_dict
+    if not config[k.RATE_LIMITER].allow(principal(request).key_id):
+        raise web.HTTPTooManyRequests(
+            text="Not sent: this API key is at its requests per second. Try again in a moment.",
+            headers={"Retry-After": "1"},
+        )
+    full = start_ping(config, watch)
     if full is not None:
         raise web.HTTPTooManyRequests(
             text=f"Not sent: {full}. Try again when they have answered.",
             headers={"Retry-After": "1"},
         )
-    pings.start(send_ping(api, watch), watch.tenant)
     raise web.HTTPSeeOther(f"/ui/watches/{watch.id}?done=pinged")
 
 

@@ -4,9 +4,11 @@
 -- wins: its value is left as it is now (whoever wrote it sealed it with the newest key).
 -- KEYS: none (each watch's keys are made from ARGV[1] and its id, as the scripts that
 -- handle claimed watches do).
--- ARGV: watch key prefix, registration key suffix, then per watch (few: each a compare and
--- at most two writes): its id, its state's 'secrets' field as read ('' = leave it), the new
--- one, its registration (JSON) as read ('' = leave it), the new one.
+-- ARGV: watch key prefix, registration key suffix, then per watch (few: each an EXISTS, two
+-- compares and at most two writes): its id, the SHA-1 (hex) of its state's 'secrets' field
+-- as read ('' = leave it), the new field, the SHA-1 of its registration (JSON) as read ('' =
+-- leave it), the new registration. (Hashes, not the values read: a plain secret or
+-- credential would show in SLOWLOG and MONITOR.)
 -- The registration keeps its time to live, if it has one (KEEPTTL).
 -- Returns per watch what was left because it changed since it was read: 0 nothing, 1 the
 -- secrets, 2 the registration, 3 both; 4 the watch is gone (purged: nothing written).
@@ -16,7 +18,8 @@ for i = 3, #ARGV, 5 do
   if redis.call('EXISTS', key, key .. ARGV[2]) == 0 then
     code = 4
   elseif ARGV[i + 1] ~= '' then
-    if redis.call('HGET', key, 'secrets') == ARGV[i + 1] then
+    local now = redis.call('HGET', key, 'secrets')
+    if now and redis.sha1hex(now) == ARGV[i + 1] then
       redis.call('HSET', key, 'secrets', ARGV[i + 2])
     else
       code = 1
@@ -24,7 +27,8 @@ for i = 3, #ARGV, 5 do
   end
   if code ~= 4 and ARGV[i + 3] ~= '' then
     local reg = key .. ARGV[2]
-    if redis.call('GET', reg) == ARGV[i + 3] then
+    local now = redis.call('GET', reg)
+    if now and redis.sha1hex(now) == ARGV[i + 3] then
       redis.call('SET', reg, ARGV[i + 4], 'KEEPTTL')
     else
       code = code + 2
