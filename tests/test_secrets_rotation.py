@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from redis.asyncio import Redis
 from relay.admin import running
 from relay.admin import secrets as secrets_cli
 from relay.devtools.embedded_redis import RedisServer
-from relay.domain.crypto import SEALED_PREFIX, SecretBox
+from relay.domain.crypto import SEALED_PREFIX, SecretBox, fingerprint
 from relay.domain.signing import verify
 from relay.settings import ConfigError, Settings, load
 from relay.store import scripts
@@ -137,6 +138,7 @@ async def test_reseal_moves_every_stored_secret_to_the_newest_key(
         in out
     )
     assert ", 3 with an older one, 2 plain, 0 that no key opens (2 keys in" in out, out
+    assert f"the newest {fingerprint(NEW)})" in out
     assert "secrets reseal" in out and NEW not in out and OLD not in out
 
     assert await _cli("reseal", lambda: both) == 0
@@ -231,13 +233,20 @@ def test_what_the_command_says_and_its_exit_status() -> None:
     that found no watch at all is not an all-clear (a REDIS_URL that is not the relay's)."""
     at = running.where("redis://:pw-HIDDEN@redis.example:6379/2?password=pw-HIDDEN")
     assert at == "redis://redis.example:6379/2"
-    text, code = secrets_cli.report("reseal", Tally(watches=3, older=3, changed=3), 2, at)
+    keys = [NEW, OLD]
+    text, code = secrets_cli.report("reseal", Tally(watches=3, older=3, changed=3), keys, at)
     assert code == 0 and "left, changed since they were read" in text and "status" in text
-    text, code = secrets_cli.report("status", Tally(), 1, at)
+    text, code = secrets_cli.report("status", Tally(), [NEW], at)
     assert code == 3 and "0 watches in redis://redis.example:6379/2" in text
     assert "no watch found" in text and "can be dropped" not in text
-    text, code = secrets_cli.report("status", Tally(watches=1, current=1), 1, at)
+    text, code = secrets_cli.report("status", Tally(watches=1, current=1), keys, at)
     assert code == 0 and "1 watch in" in text and "older keys can be dropped" in text
+    # the newest key named by a fingerprint an operator can make with sha256sum, no more
+    made = subprocess.run(
+        ["sha256sum"], input=NEW.encode(), capture_output=True, check=True
+    ).stdout.decode()[:12]
+    assert f"2 keys in RELAY_SECRETS_KEY, the newest {made})" in text
+    assert NEW not in text and OLD not in text and fingerprint(OLD) not in text
 
 
 def _sha1(value: str) -> str:

@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 from relay.admin import running
-from relay.domain.crypto import SecretBox
+from relay.domain.crypto import SecretBox, fingerprint
 from relay.settings import ConfigError, Settings
 from relay.store.connection import connect
 from relay.store.reseal import Resealer, Tally
@@ -48,9 +48,10 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def report(action: str, t: Tally, keys: int, redis_at: str) -> tuple[str, int]:
-    """What to print after *action* found *t* (*keys*: the keys of RELAY_SECRETS_KEY;
-    *redis_at*: which Redis, without its password), and the exit status: 3 when something
+def report(action: str, t: Tally, keys: list[str], redis_at: str) -> tuple[str, int]:
+    """What to print after *action* found *t* (*keys*: the keys of RELAY_SECRETS_KEY,
+    newest first, named by their fingerprints only; *redis_at*: which Redis, without its
+    password), and the exit status: 3 when something
     is not sealed with the newest key (status), could not be (values no key opens), or no
     watch was found at all (status: a REDIS_URL that is not the relay's would say "all
     sealed")."""
@@ -58,7 +59,8 @@ def report(action: str, t: Tally, keys: int, redis_at: str) -> tuple[str, int]:
         f"{t.watches} watch{'' if t.watches == 1 else 'es'} in {redis_at}; their stored"
         f" secrets: {t.current} sealed with the newest key, {t.older} with an older one,"
         f" {t.plain} plain, {t.unreadable} that no key opens"
-        f" ({keys} key{'' if keys == 1 else 's'} in RELAY_SECRETS_KEY)"
+        f" ({len(keys)} key{'' if len(keys) == 1 else 's'} in RELAY_SECRETS_KEY, the newest"
+        f" {fingerprint(keys[0])})"
     )
     lines = [("found " if action == "reseal" else "") + found]
     if action == "reseal":
@@ -102,7 +104,7 @@ async def run(action: str, settings: Settings) -> tuple[str, int]:
         tally = await Resealer(redis, box).run(write=action == "reseal")
     finally:
         await redis.aclose()
-    keys = len(settings.secrets_key.split(","))
+    keys = settings.secrets_key.split(",")
     return report(action, tally, keys, running.where(settings.redis_url))
 
 
