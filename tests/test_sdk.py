@@ -5,6 +5,7 @@ every method of ``Client`` and ``AsyncClient``, errors as problem documents, ret
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -464,6 +465,8 @@ async def test_a_full_tenant_is_an_error_at_once_not_after_minutes_of_retries(
             await relay.create_watch(video_id=vid, callback_url=rbase + "/h", idempotency_key="b")
         assert time.monotonic() - started < 2.0
         assert raised.value.status == 429 and raised.value.retry_after == 60.0
+        # (the relay's id of the request, as its log line names it)
+        assert re.fullmatch(r"[0-9a-f]{16}", raised.value.request_id or ""), raised.value
 
 
 async def test_a_base_url_with_its_v1_gets_a_404_that_says_so(api: Api) -> None:
@@ -479,3 +482,27 @@ async def test_a_base_url_with_its_v1_gets_a_404_that_says_so(api: Api) -> None:
         with pytest.raises(ApiError) as raised:
             await relay.get_watch("wat_" + "a" * 24)
     assert "/v1" not in (raised.value.detail or "")  # (an unknown watch: no such hint)
+
+
+def test_an_api_error_survives_pickling_and_copying() -> None:
+    """An ApiError raised in a process pool's worker comes back whole (an integrator's run:
+    it could not be unpickled, and the pool reported itself broken); it carries the
+    answer's X-Request-Id, which the relay's logs name the request by."""
+    import copy
+    import pickle
+
+    from clip_relay_client import ApiError
+
+    error = ApiError(
+        422,
+        "Validation failed",
+        "minScore: too big",
+        type="https://clip-relay.dev/problems/validation",
+        errors=[{"field": "minScore", "message": "too big"}],
+        problem={"status": 422, "title": "Validation failed"},
+        retry_after=None,
+        request_id="4f2a9c0d1e7b3a65",
+    )
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):  # noqa: S301 (its own bytes)
+        assert type(again) is ApiError and str(again) == str(error)
+        assert vars(again) == vars(error)

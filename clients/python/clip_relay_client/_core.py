@@ -113,6 +113,7 @@ def api_error(response: httpx.Response) -> ApiError:
         errors=[e for e in errors if isinstance(e, Mapping)] if isinstance(errors, list) else (),
         problem=doc,
         retry_after=retry_after(response),
+        request_id=response.headers.get("x-request-id"),
     )
 
 
@@ -183,7 +184,11 @@ class Core:
             # a connection never made carried nothing: any call may go again
             if not (call.retry or isinstance(error, httpx.ConnectError)):
                 return None
-        elif response is None or response.status_code not in RETRY_STATUSES or not call.retry:
+        elif response is None or response.status_code not in RETRY_STATUSES:
+            return None
+        elif not call.retry and response.status_code != 429:
+            # a 429 did nothing (the relay refuses before it acts: the key's rate, its
+            # tenant full, pings in flight): any call may go again; a 503 may come after
             return None
         asked = retry_after(response) if response is not None else None
         if asked is not None and asked > self.max_wait:

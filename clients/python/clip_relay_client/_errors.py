@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import httpx
@@ -17,7 +18,9 @@ class ApiError(ClipRelayError):
 
     ``status`` and ``title`` always; ``detail``, ``type`` and, for validation errors, ``errors``
     (``[{"field": ..., "message": ...}]``) when the API gave them; ``problem`` is the whole
-    document as sent.
+    document as sent; ``request_id`` the answer's ``X-Request-Id`` (the relay's logs name
+    the request by it: quote it in a support ticket). Pickles and copies whole (a process
+    pool's worker hands it back).
     """
 
     def __init__(
@@ -30,8 +33,10 @@ class ApiError(ClipRelayError):
         errors: Sequence[Mapping[str, Any]] = (),
         problem: Mapping[str, Any] | None = None,
         retry_after: float | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.status = status
+        self.request_id = request_id
         self.title = title
         self.detail = detail
         self.type = type
@@ -46,6 +51,18 @@ class ApiError(ClipRelayError):
             if said != detail:  # (the relay's detail is its first field error: once)
                 text += f" [{said}]"
         super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # (an exception pickles as its class and args: these are the message alone, which
+        # __init__ does not take)
+        fields: dict[str, Any] = {
+            "type": self.type,
+            "errors": self.errors,
+            "problem": self.problem,
+            "retry_after": self.retry_after,
+            "request_id": self.request_id,
+        }
+        return (partial(type(self), **fields), (self.status, self.title, self.detail))
 
 
 class ConnectionFailed(ClipRelayError, httpx.TransportError):

@@ -167,7 +167,8 @@ class Client:
         self._send(Call("DELETE", watch_path(watch_id), retry=True))
 
     def deliveries(self, watch_id: str) -> list[Delivery]:
-        """Every recorded delivery attempt of a watch, oldest first."""
+        """A watch's recorded delivery attempts, oldest first: the last 200 of its events
+        and the last 200 pings."""
         doc = self._send(Call("GET", watch_path(watch_id, "deliveries"), retry=True))
         return [Delivery.from_json(d) for d in doc["data"]]
 
@@ -331,7 +332,8 @@ class AsyncClient:
         await self._send(Call("DELETE", watch_path(watch_id), retry=True))
 
     async def deliveries(self, watch_id: str) -> list[Delivery]:
-        """Every recorded delivery attempt of a watch, oldest first."""
+        """A watch's recorded delivery attempts, oldest first: the last 200 of its events
+        and the last 200 pings."""
         doc = await self._send(Call("GET", watch_path(watch_id, "deliveries"), retry=True))
         return [Delivery.from_json(d) for d in doc["data"]]
 
