@@ -140,6 +140,14 @@ QUEUE_DUE = Gauge(
     ["queue"],
     registry=REGISTRY,
 )
+REDIS_MEMORY = Gauge(
+    "relay_redis_memory_bytes",
+    "Redis' used_memory and its maxmemory (0: none set), read by each worker every 5 s: "
+    "registrations answer 503 above RELAY_REDIS_HIGH_WATER of maxmemory, and Redis refuses "
+    "writes at it -- alert well before (the container's memory is not the measure).",
+    ["kind"],
+    registry=REGISTRY,
+)
 REDIS_UP = Gauge(
     "relay_redis_up",
     "1 when this worker's last gauge round trip to Redis (every 5 s) succeeded, else 0: the "

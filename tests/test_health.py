@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from relay import constants as c
 from relay.devtools.embedded_redis import free_port
 from relay.domain.clock import now_ms
-from relay.metrics import QUEUE_DEPTH, QUEUE_DUE, REDIS_UP
+from relay.metrics import QUEUE_DEPTH, QUEUE_DUE, REDIS_MEMORY, REDIS_UP
 from relay.store import Store
 from tests.conftest import eventually
 from workers import health
@@ -55,6 +55,26 @@ async def test_the_backlog_is_what_is_due_not_every_member(redis: Redis) -> None
     assert QUEUE_DUE.labels("poll")._value.get() == 1
     assert QUEUE_DUE.labels("expiry")._value.get() == 0
     assert REDIS_UP._value.get() == 1
+
+
+async def test_redis_memory_is_a_gauge_against_its_maxmemory(redis: Redis) -> None:
+    """``relay_redis_memory_bytes{kind="used"|"max"}`` is what Redis' INFO says: the alert
+    an operator needs before registrations answer 503 (an operator's review: the container's
+    memory was the only measure, and it is far from maxmemory)."""
+    before = await redis.config_get("maxmemory")
+    await redis.config_set("maxmemory", str(64 * 1024 * 1024))
+    try:
+        async with running(Store(redis)):
+
+            def seen() -> bool:
+                return REDIS_MEMORY.labels("max")._value.get() == 64 * 1024 * 1024
+
+            await eventually(seen, what="the memory gauges")
+        used = REDIS_MEMORY.labels("used")._value.get()
+        info = await redis.info("memory")
+        assert used > 0 and abs(used - int(info["used_memory"])) < 1024 * 1024
+    finally:
+        await redis.config_set("maxmemory", before["maxmemory"])
 
 
 async def test_a_worker_that_cannot_reach_redis_says_so(redis: Redis) -> None:

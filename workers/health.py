@@ -17,7 +17,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from relay import constants as c
 from relay import logs
 from relay.domain import clock
-from relay.metrics import QUEUE_DEPTH, QUEUE_DUE, REDIS_UP, UPSTREAM_PAUSED, WATCHES, exposition
+from relay.metrics import (
+    QUEUE_DEPTH,
+    QUEUE_DUE,
+    REDIS_MEMORY,
+    REDIS_UP,
+    UPSTREAM_PAUSED,
+    WATCHES,
+    exposition,
+)
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.connection import trim_idle
@@ -40,10 +48,10 @@ def _status(status: str, code: int = 200) -> web.Response:
 
 
 async def gauges(store: Store, lease_s: float) -> None:
-    """Refresh the queue-depth, watch-count and upstream-pause gauges every GAUGE_INTERVAL
-    seconds, forever, in one round trip, learn Redis' clock again from it, say the worker's
-    *lease_s* (how far its claims reach: ``clip-relay upstream resume`` keeps clear of
-    them), and close the Redis connections a burst left idle beyond a few."""
+    """Refresh the queue-depth, watch-count, upstream-pause and Redis-memory gauges every
+    GAUGE_INTERVAL seconds, forever, in one round trip, learn Redis' clock again from it,
+    say the worker's *lease_s* (how far its claims reach: ``clip-relay upstream resume``
+    keeps clear of them), and close the Redis connections a burst left idle beyond a few."""
     lease = str(int(lease_s * 1000))
     # (said for 10 minutes, or the lease if longer: a stalled loop's claims stay covered)
     said_for = max(c.WORKER_LEASE_SEEN_MS, int(lease_s * 1000))
@@ -62,12 +70,15 @@ async def gauges(store: Store, lease_s: float) -> None:
                 pipe.zcount(key, "-inf", now)  # (due: a claim's score is its lease's end)
             pipe.hgetall(c.WATCH_COUNTS_KEY)
             pipe.get(c.UPSTREAM_PAUSE_KEY)  # the pause's end, Redis ms
+            pipe.info("memory")  # (~1 KB of text every 5 s: nothing beside the deliveries)
             pipe.time()
             sent = clock.local_ms()
-            _, _, _, *sizes, counts, pause_end, (secs, micros) = await pipe.execute()
+            _, _, _, *sizes, counts, pause_end, memory, (secs, micros) = await pipe.execute()
             now = int(secs) * 1000 + int(micros) // 1000
             clock.observe(now, sent, clock.local_ms())  # (Redis' clock: learnt again)
             UPSTREAM_PAUSED.set(max(0, int(pause_end or 0) - now) / 1000)
+            REDIS_MEMORY.labels("used").set(int(memory.get("used_memory", 0)))
+            REDIS_MEMORY.labels("max").set(int(memory.get("maxmemory", 0)))
             for (queue, _), depth, due in zip(QUEUES, sizes[::2], sizes[1::2], strict=True):
                 QUEUE_DEPTH.labels(queue).set(depth)
                 QUEUE_DUE.labels(queue).set(due)
