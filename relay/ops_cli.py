@@ -19,7 +19,15 @@ from typing import Any
 
 import httpx
 
-from clip_relay_client import MAX_PAGE, ApiError, Client, Delivery, Watch, shown_url
+from clip_relay_client import (
+    MAX_PAGE,
+    ApiError,
+    Client,
+    Delivery,
+    Watch,
+    WatchStatus,
+    shown_url,
+)
 from relay.constants import EVENT_TYPES
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -237,7 +245,11 @@ def run(args: argparse.Namespace, relay: Client, out: Out) -> None:
 
 
 def list_pages(
-    relay: Client, video_id: str | None, status: str | None, limit: int, cursor: str | None
+    relay: Client,
+    video_id: str | None,
+    status: WatchStatus | None,
+    limit: int,
+    cursor: str | None,
 ) -> Iterator[tuple[list[Watch], str | None]]:
     """Up to *limit* watches (0: all) from *cursor* on, a page at a time, each with the
     cursor where it ends (None: there are no more): pages sized so that the last one ends

@@ -506,3 +506,18 @@ def test_an_api_error_survives_pickling_and_copying() -> None:
     for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):  # noqa: S301 (its own bytes)
         assert type(again) is ApiError and str(again) == str(error)
         assert vars(again) == vars(error)
+
+
+def test_statuses_and_event_types_are_typed_as_the_relay_names_them() -> None:
+    """``Watch.status``, ``list_watches(status=)`` and ``Event.type`` carry the relay's
+    names as Literal types, so a misspelt status is a type error, not a 422 at run time (an
+    integrator's run: they were ``str``). mypy --strict checks this in ``make lint``."""
+    from typing import assert_type
+
+    from clip_relay_client import Event, EventType, Watch, WatchStatus
+
+    w = Watch.from_json({"id": "wat_1", "status": "delivered", "lastEventType": "clips.ready"})
+    assert assert_type(w.status, WatchStatus) == "delivered"
+    assert w.last_event_type == "clips.ready"
+    event = Event({"type": "watch.ping", "timestamp": "2026-12-07T10:00:00Z", "data": {}})
+    assert assert_type(event.type, EventType) == "watch.ping"

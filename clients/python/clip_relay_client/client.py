@@ -24,7 +24,7 @@ from clip_relay_client._core import (
     watch_path,
 )
 from clip_relay_client._errors import ConnectionFailed
-from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchPage
+from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchPage, WatchStatus
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -137,7 +137,7 @@ class Client:
     def list_watches(
         self,
         video_id: str | None = None,
-        status: str | None = None,
+        status: WatchStatus | None = None,
         page_size: int = 50,
         cursor: str | None = None,
     ) -> Iterator[Watch]:
@@ -154,7 +154,7 @@ class Client:
     def list_watches_page(
         self,
         video_id: str | None = None,
-        status: str | None = None,
+        status: WatchStatus | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> WatchPage:
@@ -301,7 +301,7 @@ class AsyncClient:
     async def list_watches(
         self,
         video_id: str | None = None,
-        status: str | None = None,
+        status: WatchStatus | None = None,
         page_size: int = 50,
         cursor: str | None = None,
     ) -> AsyncIterator[Watch]:
@@ -319,7 +319,7 @@ class AsyncClient:
     async def list_watches_page(
         self,
         video_id: str | None = None,
-        status: str | None = None,
+        status: WatchStatus | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> WatchPage:

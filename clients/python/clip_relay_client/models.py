@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 WatchStatus = Literal["watching", "delivering", "delivered", "failed", "disabled", "cancelled"]
+# a watch's final event (its last event type); a delivery's event type may also be watch.ping
+FinalEventType = Literal["clips.ready", "video.failed", "watch.expired"]
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -30,13 +32,13 @@ class Watch:
     min_score: float
     max_score: float | None
     favorited_only: bool
-    sort_by: str
-    sort_order: str
+    sort_by: Literal["score", "duration"]
+    sort_order: Literal["asc", "desc"]
     metadata: dict[str, Any]
-    status: str
+    status: WatchStatus  # (typed as the relay sends them: the values are not checked)
     video_status: str | None
     video_progress: float | None
-    last_event_type: str | None
+    last_event_type: FinalEventType | None
     created_at: datetime | None
     updated_at: datetime | None
     delivered_at: datetime | None

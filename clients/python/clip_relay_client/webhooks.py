@@ -19,7 +19,7 @@ import numbers
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from clip_relay_client._errors import WebhookVerificationError
 
@@ -42,9 +42,9 @@ class Event(Mapping[str, Any]):
         self.id = webhook_id
 
     @property
-    def type(self) -> str:
+    def type(self) -> EventType:
         """``clips.ready``, ``video.failed``, ``watch.expired`` or ``watch.ping``."""
-        return str(self._doc["type"])
+        return cast(EventType, str(self._doc["type"]))  # (as sent: not checked)
 
     @property
     def timestamp(self) -> datetime:
