@@ -521,3 +521,22 @@ def test_statuses_and_event_types_are_typed_as_the_relay_names_them() -> None:
     assert w.last_event_type == "clips.ready"
     event = Event({"type": "watch.ping", "timestamp": "2026-12-07T10:00:00Z", "data": {}})
     assert assert_type(event.type, EventType) == "watch.ping"
+
+
+def test_verify_takes_the_headers_every_server_has() -> None:
+    """The standard library's ``http.server`` headers (an ``email.message.Message``) are
+    accepted by the type of ``verify``'s *headers*, as at run time (an integrator's run:
+    mypy refused them), beside a dict and aiohttp's."""
+    from email.message import Message
+
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from clip_relay_client import TOLERANCE, Headers
+
+    message = Message()
+    message["Webhook-Id"] = "evt_1"
+    for headers in (message, {"webhook-id": "evt_1"}, CIMultiDictProxy(CIMultiDict(message))):
+        typed: Headers = headers
+        with pytest.raises(WebhookVerificationError, match="webhook-timestamp"):
+            verify("whsec_" + "A" * 32, b"{}", typed)
+    assert TOLERANCE == 300

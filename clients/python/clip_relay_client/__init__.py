@@ -12,11 +12,12 @@ from clip_relay_client._errors import (
 )
 from clip_relay_client.client import AsyncClient, Client
 from clip_relay_client.models import Delivery, SecretRotation, Watch, WatchPage, WatchStatus
-from clip_relay_client.webhooks import Event, EventType, verify
+from clip_relay_client.webhooks import TOLERANCE, Event, EventType, Headers, verify
 
 __version__ = "0.1.0"
 __all__ = [
     "MAX_PAGE",
+    "TOLERANCE",
     "ApiError",
     "AsyncClient",
     "Client",
@@ -25,6 +26,7 @@ __all__ = [
     "Delivery",
     "Event",
     "EventType",
+    "Headers",
     "SecretRotation",
     "Watch",
     "WatchPage",

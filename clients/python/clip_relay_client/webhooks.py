@@ -17,13 +17,13 @@ import json
 import math
 import numbers
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, Protocol, cast
 
 from clip_relay_client._errors import WebhookVerificationError
 
-__all__ = ["TOLERANCE", "Event", "EventType", "verify"]
+__all__ = ["TOLERANCE", "Event", "EventType", "Headers", "verify"]
 
 TOLERANCE: Final = 300  # seconds a timestamp may be off, either way
 EventType = Literal["clips.ready", "video.failed", "watch.expired", "watch.ping"]
@@ -100,7 +100,17 @@ def _seconds(value: object, what: str) -> float:
     return out
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
+class Headers(Protocol):
+    """What :func:`verify` reads of a request's headers: ``get`` and ``items``. A mapping
+    (a dict, aiohttp's, Starlette's, werkzeug's), or the standard library's
+    ``http.server`` headers (an ``email.message.Message``)."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+def _header(headers: Headers, name: str) -> str:
     value = headers.get(name)
     if value is None:
         value = next((v for k, v in headers.items() if k.lower() == name), None)
@@ -112,7 +122,7 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 def verify(
     secret: str | Sequence[str],
     body: bytes,
-    headers: Mapping[str, str],
+    headers: Headers,
     *,
     tolerance: float = TOLERANCE,
     now: float | None = None,
