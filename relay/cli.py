@@ -55,6 +55,12 @@ def _settings(command: str) -> Settings:
     logs.register_secrets(k.key for k in settings.api_keys)
     if unknown := strays():  # (a misspelt name would be a setting silently left default)
         structlog.get_logger("relay.cli").warning("not a setting: ignored", variables=unknown)
+    if command in ("api", "worker") and not settings.secrets_key:
+        # (a Secret re-created without it starts every pod fine: say so, each start)
+        structlog.get_logger("relay.cli").warning(
+            "RELAY_SECRETS_KEY is not set: webhook secrets and callback credentials are kept"
+            " in Redis in plain text, and those sealed before cannot be opened"
+        )
     if command == "api" and (short := settings.short_api_keys()):
         # (the tenants are named, never the keys)
         structlog.get_logger("relay.cli").warning(
