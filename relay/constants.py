@@ -85,6 +85,10 @@ IDEMPOTENCY_KEY_PATTERN: Final = rf"^[^\x00-\x1f\x7f]{{1,{MAX_IDEMPOTENCY_KEY}}}
 # a videoId (SPEC): 1-128 of A-Z a-z 0-9 _ - (the model, the list filter and the OpenAPI)
 VIDEO_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,128}$"
 MAX_METADATA_BYTES: Final = 4 * 1024
+# a tenant may hold this many times RELAY_TENANT_MAX_WATCHES watches in all, final ones
+# too (kept for RELAY_RETENTION): one tenant registering and cancelling at its rate limit
+# for a week would otherwise fill Redis for every tenant (an operator's review)
+STORED_PER_LIVE: Final = 10
 MAX_CALLBACK_URL: Final = 2048
 MAX_ATTEMPTS_KEPT: Final = 200  # attempt records kept per watch
 RESPONSE_BODY_KEPT: Final = 1024  # bytes of a receiver's answer kept per attempt

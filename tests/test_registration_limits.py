@@ -136,6 +136,30 @@ async def test_tenant_cap_is_429_and_only_for_that_tenant(make_api: ApiFactory) 
     assert (await api.post("/v1/watches", json=body(), headers=auth())).status == 201
 
 
+async def test_a_tenant_holds_ten_times_its_live_cap_in_all(make_api: ApiFactory) -> None:
+    """Final watches are kept for RELAY_RETENTION, so the live cap alone let one tenant
+    register and cancel at its rate limit until Redis was full for every tenant (an
+    operator's review): it may hold STORED_PER_LIVE times RELAY_TENANT_MAX_WATCHES in all,
+    cancelled and delivered ones too; past that a 429 names the sum, and other tenants go
+    on. The live cap still comes first."""
+    from relay.constants import STORED_PER_LIVE
+
+    api = await make_api(tenant_max_watches=2, rate_limit=1000)
+    cap = 2 * STORED_PER_LIVE
+    for _ in range(cap):
+        resp = await api.post("/v1/watches", json=body(), headers=auth())
+        assert resp.status == 201, await resp.text()
+        made = (await resp.json())["id"]
+        assert (await api.delete(f"/v1/watches/{made}", headers=auth())).status == 204
+    refused = await api.post("/v1/watches", json=body(), headers=auth())
+    assert refused.status == 429 and refused.headers["Retry-After"] == "3600"
+    problem = await refused.json()
+    assert problem["type"].endswith("tenant-stored-full"), problem
+    assert f"holds {cap} watches in all" in problem["detail"]
+    assert f"maximum of {cap}" in problem["detail"]
+    assert (await api.post("/v1/watches", json=body(), headers=auth(TENANT_B_KEY))).status == 201
+
+
 # --- RELAY_REDIS_HIGH_WATER --------------------------------------------------------------------
 
 

@@ -104,7 +104,8 @@ def document() -> dict[str, Any]:
                     "422": _problem("Invalid fields; `errors` names each."),
                     "429": _problem(
                         "Too many requests for this API key, or the tenant holds "
-                        "RELAY_TENANT_MAX_WATCHES live watches; see Retry-After."
+                        "RELAY_TENANT_MAX_WATCHES live watches, or ten times that in all (final "
+                        "ones too, kept for RELAY_RETENTION); see Retry-After."
                     ),
                     "503": _problem(
                         "Redis unavailable, or above RELAY_REDIS_HIGH_WATER of its maxmemory; "

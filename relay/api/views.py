@@ -21,6 +21,7 @@ from relay.constants import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_IDEMPOTENCY_KEY,
     PROBE_REDIS_S,
+    STORED_PER_LIVE,
     VIDEO_ID_PATTERN,
     WATCH_STATUSES,
 )
@@ -229,6 +230,7 @@ async def create_watch(request: web.Request) -> web.Response:
         watch,
         expire_after_s=settings.watch_timeout,
         max_live=settings.tenant_max_watches,
+        max_stored=settings.tenant_max_watches * STORED_PER_LIVE,
         idempotency=idempotency,
         replay_only=near_full is not None,
     )
@@ -243,6 +245,17 @@ async def create_watch(request: web.Request) -> web.Response:
             f"maximum of {settings.tenant_max_watches}; cancel some or wait for them to finish",
             slug="tenant-full",
             headers={"Retry-After": "60"},
+        )
+    if done.outcome == "stored":
+        raise ProblemError(
+            429,
+            "Too many watches stored",
+            f"this tenant holds {done.live} watches in all, final ones too (each is kept for"
+            f" {settings.retention:g} s once final), its maximum of"
+            f" {settings.tenant_max_watches * STORED_PER_LIVE}; registrations resume as they"
+            " age out",
+            slug="tenant-stored-full",
+            headers={"Retry-After": "3600"},
         )
     if done.outcome == "exists":
         if idempotency is None or not (

@@ -60,10 +60,11 @@ class Created:
     """What registering a watch did: ``created``; ``exists`` (an earlier watch made with the
     same Idempotency-Key: *prior_id*, made from a body with fingerprints *prior_fp*, the
     watch's, and *prior_raw_fp*, its JSON's -- a record of an older release has only the
-    latter); ``full`` (the tenant holds *live* live watches, its maximum); or ``refused``
+    latter); ``full`` (the tenant holds *live* live watches, its maximum); ``stored`` (it
+    holds *live* watches in all, final ones too, its maximum); or ``refused``
     (*replay_only*, and no watch was made with the key)."""
 
-    outcome: Literal["created", "exists", "full", "refused"]
+    outcome: Literal["created", "exists", "full", "stored", "refused"]
     prior_id: str = ""
     prior_fp: str = ""
     prior_raw_fp: str = ""
@@ -111,6 +112,7 @@ class Watches:
         *,
         expire_after_s: float,
         max_live: int = NO_CAP,
+        max_stored: int = NO_CAP,
         idempotency: Idempotency | None = None,
         replay_only: bool = False,
     ) -> Created:
@@ -118,9 +120,9 @@ class Watches:
 
         One script, so a watch is either fully registered or not at all, in one round trip;
         with *idempotency*, its record is made in the same step, so concurrent requests with
-        one key make one watch. A tenant holding *max_live* live watches gets none. With
-        *replay_only* (and *idempotency*), nothing is written: the watch the key made, or
-        ``refused``.
+        one key make one watch. A tenant holding *max_live* live watches, or *max_stored*
+        in all (final ones too), gets none. With *replay_only* (and *idempotency*), nothing
+        is written: the watch the key made, or ``refused``.
         """
         wid = watch.id
         keys = [
@@ -147,6 +149,7 @@ class Watches:
             max_live,
             c.WATCH_PREFIX,
             waiting_entry(watch),
+            max_stored,
         ]
         if idempotency is not None:
             keys.append(c.IDEMPOTENCY_KEY.format(watch.tenant, idempotency.key_hash))
@@ -166,6 +169,8 @@ class Watches:
             return Created("refused")
         if outcome == "full":
             return Created("full", live=int(reply[1]))
+        if outcome == "stored":
+            return Created("stored", live=int(reply[1]))
         if outcome == "exists" and reply[1]:
             prior = orjson.loads(reply[1])
             if prior.get("watchId") != wid:

@@ -13,12 +13,14 @@
 -- ARGV: watch id, registration JSON, secrets JSON, created ms, video id, tenant, expires ms
 -- (expires - created: the expiry's delay from Redis' now),
 -- the delivery state of a new watch, live watches the tenant may hold, watch key prefix,
--- its entry in the video's waiting watches ('tenant:origin-tag'), [idempotency record
--- JSON, its TTL s, '1': replay only (Redis is near full: answer a watch made with this key,
--- write nothing)].
+-- its entry in the video's waiting watches ('tenant:origin-tag'), watches the tenant may
+-- hold in all (final ones are kept for the retention), [idempotency record JSON, its TTL
+-- s, '1': replay only (Redis is near full: answer a watch made with this key, write
+-- nothing)].
 -- Returns {'created'}, {'exists', record JSON} (a watch made with this key, or this very
--- watch on a re-run), {'full', live} (the tenant holds its maximum of live watches), or
--- {'refused'} (replay only, and no watch was made with this key).
+-- watch on a re-run), {'full', live} (the tenant holds its maximum of live watches),
+-- {'stored', n} (its maximum of watches in all), or {'refused'} (replay only, and no watch
+-- was made with this key).
 local idem = KEYS[11]
 if idem then
   local prior = redis.call('GET', idem)
@@ -31,13 +33,19 @@ if idem then
   end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists', ''} end
-if ARGV[14] == '1' then return {'refused'} end
-local live = redis.call('HMGET', KEYS[9], 'watching', 'delivering')
-local n = (tonumber(live[1]) or 0) + (tonumber(live[2]) or 0)
+if ARGV[15] == '1' then return {'refused'} end
+-- (the tenant's counts per status: six fields at most)
+local counts, n, stored = redis.call('HGETALL', KEYS[9]), 0, 0
+for i = 1, #counts, 2 do
+  local k = tonumber(counts[i + 1]) or 0
+  stored = stored + k
+  if counts[i] == 'watching' or counts[i] == 'delivering' then n = n + k end
+end
 if n >= tonumber(ARGV[9]) then return {'full', tostring(n)} end
+if stored >= tonumber(ARGV[12]) then return {'stored', tostring(stored)} end
 redis.call('SET', KEYS[1], ARGV[2])
 if idem then
-  redis.call('SET', idem, ARGV[12], 'EX', ARGV[13])
+  redis.call('SET', idem, ARGV[13], 'EX', ARGV[14])
   redis.call('HSET', KEYS[2], 'video', ARGV[5], 'st', ARGV[8], 'secrets', ARGV[3], 'idem', idem)
 else
   redis.call('HSET', KEYS[2], 'video', ARGV[5], 'st', ARGV[8], 'secrets', ARGV[3])
