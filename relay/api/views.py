@@ -240,7 +240,7 @@ async def create_watch(request: web.Request) -> web.Response:
         raise ProblemError(
             429,
             "Too many live watches",
-            f"this tenant holds {done.live} live watch{'' if done.live == 1 else 'es'}"
+            f"this tenant holds {done.held} live watch{'' if done.held == 1 else 'es'}"
             " (watching or delivering), its "
             f"maximum of {settings.tenant_max_watches}; cancel some or wait for them to finish",
             slug="tenant-full",
@@ -250,7 +250,7 @@ async def create_watch(request: web.Request) -> web.Response:
         raise ProblemError(
             429,
             "Too many watches stored",
-            f"this tenant holds {done.live} watches in all, final ones too (each is kept for"
+            f"this tenant holds {done.held} watches in all, final ones too (each is kept for"
             f" {settings.retention:g} s once final), its maximum of"
             f" {settings.tenant_max_watches * STORED_PER_LIVE}; registrations resume as they"
             " age out",

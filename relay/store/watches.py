@@ -60,15 +60,15 @@ class Created:
     """What registering a watch did: ``created``; ``exists`` (an earlier watch made with the
     same Idempotency-Key: *prior_id*, made from a body with fingerprints *prior_fp*, the
     watch's, and *prior_raw_fp*, its JSON's -- a record of an older release has only the
-    latter); ``full`` (the tenant holds *live* live watches, its maximum); ``stored`` (it
-    holds *live* watches in all, final ones too, its maximum); or ``refused``
+    latter); ``full`` (the tenant holds *held* live watches, its maximum); ``stored`` (it
+    holds *held* watches in all, final ones too, its maximum); or ``refused``
     (*replay_only*, and no watch was made with the key)."""
 
     outcome: Literal["created", "exists", "full", "stored", "refused"]
     prior_id: str = ""
     prior_fp: str = ""
     prior_raw_fp: str = ""
-    live: int = 0
+    held: int = 0
 
 
 class StaleRotation(Exception):
@@ -168,9 +168,9 @@ class Watches:
         if outcome == "refused":
             return Created("refused")
         if outcome == "full":
-            return Created("full", live=int(reply[1]))
+            return Created("full", held=int(reply[1]))
         if outcome == "stored":
-            return Created("stored", live=int(reply[1]))
+            return Created("stored", held=int(reply[1]))
         if outcome == "exists" and reply[1]:
             prior = orjson.loads(reply[1])
             if prior.get("watchId") != wid:
