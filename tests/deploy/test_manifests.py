@@ -963,10 +963,19 @@ def test_network_policies(name: str, rendered: dict[str, list[dict[str, Any]]]) 
         internet = [r for r in egress if any("ipBlock" in t for t in r.get("to", []))]
         assert len(internet) == 1
         blocks = {t["ipBlock"]["cidr"]: set(t["ipBlock"]["except"]) for t in internet[0]["to"]}
-        assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= blocks[
-            "0.0.0.0/0"
-        ]
-        assert {"fc00::/7", "fe80::/10"} <= blocks["::/0"]
+        # private, shared, link-local, loopback, "this network", IETF, benchmarking,
+        # multicast, reserved; and IPv6 forms that carry an IPv4 address (mapped, NAT64,
+        # 6to4: an egress rule is by address, so a private one inside them would pass --
+        # an operator's review; the relay's SSRF check refuses them too)
+        assert {
+            *("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"),
+            *("169.254.0.0/16", "127.0.0.0/8", "0.0.0.0/8", "192.0.0.0/24"),
+            *("198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4"),
+        } <= blocks["0.0.0.0/0"]
+        assert {
+            *("fc00::/7", "fe80::/10", "::1/128"),
+            *("::ffff:0:0/96", "64:ff9b::/96", "2002::/16"),
+        } <= blocks["::/0"]
     # Redis egress rules point at the Redis pods
     for policy in (api, worker):
         redis_rules = [r for r in policy["egress"] if ("TCP", 6379) in ports(r)]
