@@ -105,10 +105,12 @@ class Resealer:
             redo.append(kind in ("older", "plain"))
         return redo
 
-    def _plan(self, raw: str | None, reg: str | None, tally: Tally) -> tuple[str, str, int, int]:
-        """One watch's values counted: its new ``secrets`` field and registration ('' = leave
-        it), and how many values each carries anew. ValueError: a value that cannot be read
-        (nothing of it is written)."""
+    def _plan(
+        self, raw: str | None, reg: str | None, tally: Tally, write: bool
+    ) -> tuple[str, str, int, int]:
+        """One watch's values counted and, when *write*, sealed anew: its new ``secrets``
+        field and registration ('' = leave it), and how many values each carries anew.
+        ValueError: a value that cannot be read (nothing of it is written)."""
         try:
             entries = load_secrets(raw or "")
             doc = orjson.loads(reg) if reg else {}
@@ -118,12 +120,12 @@ class Resealer:
             raise ValueError("unreadable")
         redo = self._look([s.sealed for s in entries], tally)
         auth, url = str(doc.get("callbackAuth") or ""), str(doc.get("callbackUrl") or "")
-        hidden, sealed_url = url, ""
-        if not auth:
-            # registered before any key was set: its credential, if any, is in the URL
-            hidden, sealed_url = userinfo.seal_apart(url, self.box.seal)
-            tally.plain += bool(sealed_url)
+        # registered before any key was set: its credential, if any, is in the URL
+        in_url = not auth and bool(userinfo.hide(url)[1])
+        tally.plain += in_url
         redo_auth = self._look([auth] if auth else [], tally)
+        if not write:  # (a status: counted, nothing sealed)
+            return "", "", 0, 0
         new_raw = new_reg = ""
         if any(redo):
             fresh = [
@@ -133,9 +135,9 @@ class Resealer:
             new_raw = dump_secrets(fresh)
         if any(redo_auth):
             doc["callbackAuth"] = self.box.reseal(auth)
-        elif sealed_url:
-            doc["callbackUrl"], doc["callbackAuth"] = hidden, sealed_url
-        if any(redo_auth) or sealed_url:
+        elif in_url:
+            doc["callbackUrl"], doc["callbackAuth"] = userinfo.seal_apart(url, self.box.seal)
+        if any(redo_auth) or in_url:
             new_reg = orjson.dumps(doc).decode()
         return new_raw, new_reg, sum(redo), 1 if new_reg else 0
 
@@ -154,7 +156,7 @@ class Resealer:
             tally.watches += 1
             unreadable = tally.unreadable
             try:
-                new_raw, new_reg, in_secrets, in_reg = self._plan(raw, reg, tally)
+                new_raw, new_reg, in_secrets, in_reg = self._plan(raw, reg, tally, write)
             except ValueError:  # (stored data that is not the relay's: named, left alone)
                 tally.unreadable += 1
                 new_raw = new_reg = ""
@@ -162,7 +164,7 @@ class Resealer:
                 tally.unreadable_watches += 1
                 if len(tally.unreadable_in) < NAMED:
                     tally.unreadable_in.append(wid)
-            if not write or not (new_raw or new_reg):
+            if not (new_raw or new_reg):  # (nothing to seal, or a status)
                 continue
             # (what was read goes as its SHA-1, never itself: a plain secret or credential
             # would show in SLOWLOG or MONITOR)
