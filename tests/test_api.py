@@ -565,6 +565,16 @@ async def test_unknown_route_and_method_are_problems(api: Client) -> None:
         assert resp.headers["Allow"] == "POST"
 
 
+async def test_methods_outside_http_are_one_metrics_label(api: Client) -> None:
+    """A client's methods beyond HTTP's own (WebDAV's, which llhttp parses) are counted as
+    "OTHER": every method a client makes up is not a series kept for the process' life."""
+    for method in ("PROPFIND", "MKCOL", "PURGE"):
+        await problem(await api.request(method, "/v1/watches", headers=auth()), 405)
+    text = await (await api.get("/metrics")).text()
+    assert 'method="OTHER",route="unmatched",status="405"} 3.0' in text
+    assert "PROPFIND" not in text and "PURGE" not in text
+
+
 async def test_openapi_describes_every_route(api: Client) -> None:
     resp = await api.get("/openapi.json")
     doc = await resp.json()

@@ -23,9 +23,10 @@ import relay.store.limits
 import relay.store.videos
 import workers.upstream_budget
 from relay import constants as c
+from relay.domain import attempts
 from relay.store import Store, timesync
 from tests.conftest import ApiFactory, auth, early_in_a_second
-from tests.test_store import fan_out, registered
+from tests.test_store import fan_out, registered, result
 from workers.upstream_budget import UpstreamGate
 
 SKEW_S = 30.0
@@ -148,6 +149,25 @@ async def test_a_replica_10_min_off_schedules_the_first_poll_and_expiry_on_redis
         assert poll is not None and expiry is not None
         assert now - 2_000 <= poll <= now, (video, poll - now)
         assert now + 898_000 <= expiry <= now + 900_000, (video, expiry - now)
+
+
+async def test_a_worker_30_s_ahead_schedules_a_retry_by_redis_clock(
+    redis: Redis, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule: a retry is due its delay after Redis' now, whatever the clock of the worker
+    that settles it says (it sends the delay; settle adds Redis' TIME). Fails before: the
+    worker sent the due time its own clock made, so one 30 s ahead retried 30 s late (and
+    one behind, early)."""
+    (claim,) = await fan_out(store, await registered(store, 1), claim=1)
+    skew(monkeypatch)
+    ahead = relay.store.deliveries.now_ms()  # (the skewed worker's clock)
+    failed = attempts.record(1, ahead, 500, None, 1.0, "HTTP 500")
+    retry = result(claim, "retry", failed, next_due_ms=ahead + 60_000, last_error="HTTP 500")
+    assert await Store(redis).deliveries.settle([retry]) == ["delivering"]
+    secs, micros = await redis.time()
+    now = int(secs) * 1000 + int(micros) // 1000
+    due = await redis.zscore(c.DELIVERY_SCHEDULE_KEY, claim.watch_id)
+    assert due is not None and now + 58_000 <= due <= now + 60_000, due - now
 
 
 async def test_a_process_learns_redis_clock_at_once(

@@ -355,3 +355,76 @@ async def test_a_lost_extension_reply_after_the_lease_lapsed_adopts_no_other_cla
     with pytest.raises(TimeoutError):
         await leases.extend()
     assert lease.lost and lease.token == ours
+
+
+class ReplyDropper:
+    """A TCP proxy on loopback in front of Redis that, when armed, forwards a command and
+    then drops its connection instead of the reply: the command ran, its reply is lost."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.armed = False
+        self.dropped = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, reply: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if reply and self.armed:
+                        self.armed = False
+                        self.dropped += 1
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+                up_w.close()
+
+        await asyncio.gather(pump(reader, up_w, False), pump(up_r, writer, True))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_an_extension_sent_again_after_its_reply_was_dropped_keeps_its_claims(
+    redis_server: Any,
+) -> None:
+    """The connection drops after Redis ran an extension and before its reply came: the
+    client sends it again on a new connection, where it finds the claims extended already
+    and answers none held. The poller keeps them, at the scores the first run wrote.
+    Fails before: every claim of the call was marked lost, its poll results thrown away
+    and its fan-outs stopped, the videos idle until the lease ran out (review,
+    2026-12-07)."""
+    from relay.store.connection import connect
+
+    proxy = ReplyDropper(redis_server.port)
+    client = connect(await proxy.start())
+    try:
+        videos = Store(client).videos
+        token = now_ms() + 30_000
+        await client.zadd(c.POLL_SCHEDULE_KEY, {"vid_a": token, "vid_b": token})
+        leases = Leases(videos, lease_s=30)
+        held = [leases.hold(vid, token) for vid in ("vid_a", "vid_b")]
+        await leases.extend()  # (the script is loaded: the next call runs it at once)
+        first = held[0].token
+        assert first > token and not any(le.lost for le in held)
+        await asyncio.sleep(0.01)
+        proxy.armed = True
+        await leases.extend()
+        assert proxy.dropped == 1
+        scores = [await client.zscore(c.POLL_SCHEDULE_KEY, le.video_id) for le in held]
+        assert not any(le.lost for le in held), scores
+        assert [le.token for le in held] == scores and scores[0] > first
+    finally:
+        await client.aclose()
+        await proxy.stop()

@@ -203,12 +203,20 @@ async def test_an_index_that_held_many_watches_is_compact_again(store: Store) ->
     assert await store.redis.object("encoding", index) == "skiplist"
     await delivered(store, watches)
     kept = {w.id: await store.redis.zscore(index, w.id) for w in live}
+    # the poll schedule held 600 videos once (released since): it is rebuilt too
+    polls = c.POLL_SCHEDULE_KEY
+    await store.redis.zadd(polls, {f"gone{i}": i for i in range(600)})
+    await store.redis.zrem(polls, *(f"gone{i}" for i in range(600)))
+    polled = dict(await store.redis.zrange(polls, 0, -1, withscores=True))
+    assert polled and await store.redis.object("encoding", polls) == "skiplist"
     assert await purge_all(store) == 600
     assert await store.redis.object("encoding", index) == "listpack"
     assert dict(await store.redis.zrange(index, 0, -1, withscores=True)) == kept
     size = await store.redis.memory_usage(index, samples=0)
     assert size is not None and size < 2_000, size
     assert await store.redis.object("encoding", c.EXPIRY_SCHEDULE_KEY) == "listpack"
+    assert await store.redis.object("encoding", polls) == "listpack"
+    assert dict(await store.redis.zrange(polls, 0, -1, withscores=True)) == polled
 
 
 async def test_a_lower_listpack_limit_is_not_rebuilt_on_every_call(store: Store) -> None:
@@ -325,6 +333,31 @@ async def test_a_sweep_reaches_every_tenant(store: Store) -> None:
         await store.watches.cancel(w)
     await store.redis.delete(c.SWEEP_LOCK_KEY)
     assert await Sweeper(store, retention_s=0.001).sweep() == 150
+
+
+async def test_a_tenant_with_no_watch_left_is_forgotten(store: Store) -> None:
+    """Rule: once a tenant's last watch is purged (its API key removed, say), the sweep
+    forgets it: its status counters and its member of the set of tenants go, and later
+    sweeps do not visit it. A tenant with a watch left is kept, and a forgotten one that
+    registers again is back. Fails before: both were kept for good, and every sweep made
+    four purge calls for it."""
+    from workers.sweeper import Sweeper
+
+    for w in await registered(store, 3, video="v1", tenant="gone"):
+        await store.watches.cancel(w)
+    await registered(store, 1, video="v2")  # (a live watch: acme is kept)
+    (done,) = await registered(store, 1, video="v3")
+    await store.watches.cancel(done)
+    await store.redis.delete(c.SWEEP_LOCK_KEY)
+    assert await Sweeper(store, retention_s=0.001).sweep() == 4
+    assert await store.redis.smembers(c.TENANTS_KEY) == {"acme"}
+    assert not await store.redis.exists(c.TENANT_COUNTS_KEY.format("gone"))
+    assert (await store.watches.tenant_counts("acme"))["watching"] == 1
+    assert [k async for k in store.redis.scan_iter(c.TENANT_PREFIX + "gone*")] == []
+    await registered(store, 1, video="v4", tenant="gone")
+    assert await store.redis.smembers(c.TENANTS_KEY) == {"acme", "gone"}
+    assert (await store.watches.tenant_counts("gone"))["watching"] == 1
+    assert await store.retention.forget("acme") is False  # (its live watch keeps it)
 
 
 async def test_a_purge_takes_leftover_members_of_a_watch_too(store: Store) -> None:

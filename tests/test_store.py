@@ -421,7 +421,8 @@ async def test_settle_in_several_script_calls_moves_every_watch_on(store: Store)
     assert await store.watches.tenant_counts("acme") == {**counts}
     scheduled = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
     assert set(scheduled) == {m.watch_id for i, m in enumerate(made) if i % 2}
-    assert set(scheduled.values()) == {later}
+    # (due by Redis' clock: the delay the worker computed, after settle's own now)
+    assert all(abs(v - later) < 1_000 for v in scheduled.values()), (scheduled, later)
     delivered = c.TENANT_FINAL_KEY.format("acme", "delivered")
     assert await store.redis.zcard(delivered) == (n + 1) // 2
     retried = await store.watches.get(made[1].watch_id)

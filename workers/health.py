@@ -65,6 +65,8 @@ async def gauges(store: Store, lease_s: float) -> None:
             # key's, GT only lengthens it -- GT alone never sets one on a key without)
             pipe.pexpire(c.WORKER_LEASES_KEY, said_for, nx=True)
             pipe.pexpire(c.WORKER_LEASES_KEY, said_for, gt=True)
+            # (not a transaction, needlessly: a TTL lost between the two, by a crash, is set
+            # again by the NX 5 s later)
             for _, key in QUEUES:
                 pipe.zcard(key)
                 pipe.zcount(key, "-inf", now)  # (due: a claim's score is its lease's end)

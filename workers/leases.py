@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from relay import logs
+from relay.store.connection import clear_resent, resent
 from relay.store.scripts import SCRIPT_BATCH
 from relay.store.videos import Videos
 from relay.tasks import finish
@@ -142,6 +143,7 @@ class Leases:
         for token, leases in groups.items():
             for start in range(0, len(leases), SCRIPT_BATCH):
                 chunk = leases[start : start + SCRIPT_BATCH]
+                clear_resent()
                 try:
                     ours, new = await self.videos.extend(
                         [le.video_id for le in chunk], token, self.lease_s
@@ -149,6 +151,7 @@ class Leases:
                 except Exception:
                     await self._reconcile(token, chunk)
                     raise
+                missing: list[Lease] = []
                 for le in chunk:
                     if le.token != token:
                         continue
@@ -156,17 +159,25 @@ class Leases:
                         le.token = new
                         self.extended += 1
                     else:
+                        missing.append(le)
+                # sent again after a dropped connection: a first run may have extended them
+                # (the second then finds no score at the old token), the scores tell
+                if missing and resent():
+                    await self._reconcile(token, missing)
+                else:
+                    for le in missing:
                         le.lost = True
 
     async def _reconcile(self, token: int, chunk: list[Lease]) -> None:
         """After an extension that failed without a reply (a timeout: it may have run in
-        Redis), each claim's score tells. Still the token: not extended (the next round
-        does it). Another score, read while Redis' clock is still before the token: nobody
-        else can have claimed the video (a claim takes only a lapsed score), so it is this
-        extension's deadline, the new token. Otherwise (off the schedule, or read too late
-        to tell) the claim counts as lost. Without this, one lost reply lost every claim of
-        the call: their next writes were refused under the old token (review,
-        2026-12-06)."""
+        Redis), or was sent again after its connection dropped (its first run's reply
+        lost, the second finding the claims extended already), each claim's score tells.
+        Still the token: not extended (the next round does it). Another score, read while
+        Redis' clock is still before the token: nobody else can have claimed the video (a
+        claim takes only a lapsed score), so it is this extension's deadline, the new token.
+        Otherwise (off the schedule, or read too late to tell) the claim counts as lost.
+        Without this, one lost reply lost every claim of the call: their next writes were
+        refused under the old token (review, 2026-12-06)."""
         scores, now = await self.videos.claim_scores([le.video_id for le in chunk])
         for le, score in zip(chunk, scores, strict=True):
             if le.token != token or (score is not None and int(score) == token):

@@ -100,6 +100,10 @@ class Sweeper:
                             WATCHES_PURGED.inc(n)
                         if read < self.batch:
                             break
+                # a tenant left with no watch (its key removed) is forgotten: its counters
+                # and its member of the set of tenants are not kept for good
+                if not self._stopping.is_set() and await self.store.retention.forget(tenant):
+                    log.info("tenant forgotten: it holds no watch", tenant=tenant)
             if cursor == 0:
                 break
         self.purged += deleted

@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
@@ -69,7 +69,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        _counter(name, request.method, status).inc()
+        # (a method outside HTTP's own is one label: a client's made-up methods are not
+        # series kept for good -- llhttp refuses most, the pure-Python parser none)
+        method = request.method if request.method in hdrs.METH_ALL else "OTHER"
+        _counter(name, method, status).inc()
         _latency(name).observe(elapsed)
         if name not in ("/healthz", "/readyz", "/metrics"):
             log.info(

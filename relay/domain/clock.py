@@ -1,8 +1,8 @@
 """The relay's clock: every stored time is integer milliseconds since the epoch.
 
 One clock for every replica: Redis'. Schedule scores and leases are taken from Redis' own
-clock inside the scripts (``TIME``); the times a worker still computes itself (an event's
-time, a retry's due time, a lease's remaining life) are its wall clock corrected by the
+clock inside the scripts (``TIME``; a retry is sent as its delay); the times a worker still
+computes itself (an event's time, a lease's remaining life) are its wall clock corrected by the
 offset to Redis' clock it learns from the scripts that return Redis' time and from a probe
 of ``TIME`` at start and every few seconds (:func:`observe`, :mod:`relay.store.timesync`), so
 a worker or API replica whose clock is off by seconds still agrees with the others to a few

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from arq.connections import RedisSettings
@@ -21,6 +23,35 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 SOCKET_TIMEOUT = 3.0
 SENTINEL_SCHEME = "redis+sentinel://"
+T = TypeVar("T")
+
+_resent: ContextVar[bool] = ContextVar("redis_resent", default=False)
+
+
+def resent() -> bool:
+    """A command of this task was sent again since :func:`clear_resent` (its connection
+    failed: the first copy may have run, its reply lost)."""
+    return _resent.get()
+
+
+def clear_resent() -> None:
+    """Start watching for a command sent again (:func:`resent`)."""
+    _resent.set(False)
+
+
+class _NotingRetry(Retry):
+    """redis-py's retry, noting for the calling task when a command was sent again: a
+    script that is safe to run twice may still answer its second run differently (an
+    extension finds its claims already extended), and its caller can look."""
+
+    async def call_with_retry(
+        self, do: Callable[[], Awaitable[T]], fail: Callable[[Any], Any]
+    ) -> T:
+        async def failed(error: Any) -> None:
+            _resent.set(True)
+            await fail(error)
+
+        return await super().call_with_retry(do, failed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +105,7 @@ def _options(timeout: float, read_timeout: float | None) -> dict[str, object]:
         # 409. The callers own that case (a pump's claims come back after the lease, an API
         # request answers 503). A connection closed after a command was sent can still
         # re-run it: every script is safe to run twice (docs/guarantees.md).
-        "retry": Retry(
+        "retry": _NotingRetry(
             ExponentialBackoff(cap=1.0, base=0.05),
             retries=2,
             supported_errors=(RedisConnectionError,),

@@ -42,9 +42,10 @@ class Dashboard:
 
     async def sign_in_attempt(self, address: str, now_ms: int) -> int:
         """Count a sign-in attempt from *address* in the current minute; the count so far
-        (one round trip; the counter expires with its minute)."""
+        (one round trip; the counter expires with its minute: the count and its TTL are one
+        transaction, so no counter is ever left without one)."""
         key = c.UI_LOGIN_KEY.format(address, now_ms // 60_000)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=True)
         pipe.incr(key)
         pipe.expire(key, 120)
         count, _ = await pipe.execute()

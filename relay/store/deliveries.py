@@ -319,7 +319,10 @@ class Deliveries:
                     # watch -- only a claim from the schedule can have had an owner before)
                     r.record_no if r.first else -r.record_no,
                     r.record,
-                    f"r{r.next_due_ms}" if r.outcome == "retry" else f"{r.status}|{r.tenant}",
+                    # (a retry's due time goes as a delay: settle adds it to Redis' now)
+                    f"r{max(r.next_due_ms - now, 0)}"
+                    if r.outcome == "retry"
+                    else f"{r.status}|{r.tenant}",
                 ]
             keys = [c.DELIVERY_SCHEDULE_KEY, c.WATCH_COUNTS_KEY]
             minute_counts(results[start : start + SETTLE_BATCH], now, keys, args)

@@ -99,8 +99,8 @@ class Limits:
         """Add API requests per key id (*counts*, may be empty) to the counters of *second*
         (and *ended*'s to an earlier second's); return the totals of every key id counted
         in *second*, by any replica -- at most every configured API key. One round trip:
-        the counters of a second are one hash."""
-        pipe = self.redis.pipeline(transaction=False)
+        the counters of a second are one hash (written with its TTL in one transaction)."""
+        pipe = self.redis.pipeline(transaction=True)
         adds = [(second, counts)] if ended is None else [ended, (second, counts)]
         for at, add in adds:
             key = c.RATE_LIMIT_KEY.format(at)

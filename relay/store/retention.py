@@ -27,6 +27,7 @@ class Retention:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._purge = scripts.register(redis, "purge")
+        self._forget = scripts.register(redis, "forget_tenant")
         self._compact: int | None = None  # as this Redis is configured (read once)
 
     async def _compact_size(self) -> int:
@@ -64,6 +65,7 @@ class Retention:
                 c.WATCH_COUNTS_KEY,
                 c.DELIVERY_SCHEDULE_KEY,
                 c.EXPIRY_SCHEDULE_KEY,
+                c.POLL_SCHEDULE_KEY,
             ],
             args=[
                 max(int(retention_ms), 0),
@@ -79,6 +81,17 @@ class Retention:
             ],
         )
         return int(deleted), int(read)
+
+    async def forget(self, tenant: str) -> bool:
+        """Forget *tenant* if it holds no watch (``forget_tenant.lua``): its counters and its
+        member of the set of tenants go. True when it was forgotten."""
+        keys = [
+            c.TENANTS_KEY,
+            c.TENANT_INDEX_KEY.format(tenant),
+            c.TENANT_COUNTS_KEY.format(tenant),
+        ]
+        keys += [c.TENANT_FINAL_KEY.format(tenant, status) for status in FINAL_STATUSES]
+        return bool(await self._forget(keys=keys, args=[tenant]))
 
     async def lock(self, owner: str, ttl_ms: int) -> bool:
         """Take the sweep lock for *ttl_ms* (it is never released early: it lapses)."""

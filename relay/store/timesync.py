@@ -1,6 +1,6 @@
 """Learning Redis' clock (:mod:`relay.domain.clock`): a probe of ``TIME``, the fastest of a
 few round trips, so that the times a process still computes itself (a new watch's
-``createdAt``, a retry's due time, a rate window's second, a signing secret's grace) are
+``createdAt``, a rate window's second, a signing secret's grace) are
 Redis' time, whatever this host's clock says. Every process probes at start and then every
 few seconds (the API on its upkeep timer, the worker beside its gauges): one ``TIME`` each
 time, a few microseconds of Redis."""

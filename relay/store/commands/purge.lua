@@ -8,13 +8,15 @@
 -- leaves the index: a watch 'watching' or 'delivering' is never touched. One call reads and
 -- removes its members atomically, so two sweepers never delete one watch twice.
 -- KEYS: the tenant's index of the status, the tenant's index of watches, the tenant's status
--- counters, the status counters, delivery schedule, expiry schedule.
+-- counters, the status counters, delivery schedule, expiry schedule, poll schedule (only
+-- rebuilt, below: released videos leave it, not deleted watches).
 -- ARGV: retention ms, limit, the status, watch key prefix, registration key suffix, the
 -- tenant's key prefix ('cr:t:{tenant}'), video key prefix, suffix of a video's waiting
 -- watches, clips document key prefix, the size of a zset rebuilt (see below).
 -- ARGV[10]: a zset this small or smaller that Redis still keeps as a skiplist is rebuilt.
 -- Redis never gives back a zset's hash table after ZREMs: a tenant index or a schedule
--- that once held 50,000 watches would keep ~0.6 MB for good. Rebuilt (at most ARGV[10]
+-- that once held 50,000 members would keep ~0.6 MB for good (the poll schedule as well: it
+-- is rebuilt here, the sweep being the one that runs once in a while). Rebuilt (at most ARGV[10]
 -- members, the same members and scores) it is a compact listpack again.
 -- Returns {watches deleted, index members read} (members read < limit: nothing older left).
 -- Its first write is a ZREM, which Redis allows at maxmemory (noeviction), and a script that
@@ -66,7 +68,7 @@ if n > 0 then
   redis.call('HINCRBY', KEYS[4], status, -n)
 end
 local small = tonumber(ARGV[10])
-for _, key in ipairs({KEYS[1], KEYS[2], KEYS[5], KEYS[6]}) do
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7]}) do
   local card = redis.call('ZCARD', key)
   if card > 0 and card <= small and redis.call('OBJECT', 'ENCODING', key) == 'skiplist' then
     local rows = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')

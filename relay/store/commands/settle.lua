@@ -4,7 +4,8 @@
 -- token), the watch's new delivery state (the ``st`` field), the record's number
 -- (negative: check it against records written since the claim read the watch -- a claim
 -- from the schedule may have had an owner before, one made with its event never), the
--- attempt record, and what follows -- 'r<next due ms>' for a retry, else
+-- attempt record, and what follows -- 'r<ms>' for a retry (due that long after Redis' now:
+-- one clock, whatever the worker's says), else
 -- '<final status>|<tenant>'. (Numbers as plain decimal integers: the records kept and a
 -- record's number are compared by their digits, and the number names its slot as it is.)
 -- A claim still held (the schedule's score is its token) is a watch still delivering that
@@ -21,8 +22,8 @@ local members = {}
 for k = 1, n do members[k] = ARGV[5 + (k - 1) * W] end
 local held = redis.call('ZMSCORE', KEYS[1], unpack(members))
 local statuses, due, gone, counts, finals, ends = {}, {}, {}, {}, {}, {}
--- a final watch joins its index at Redis' time, the clock retention and recovery read it by
--- (ARGV[2], the worker's time, stays for the callers that still pass it)
+-- a final watch joins its index at Redis' time, the clock retention and recovery read it by,
+-- and a retry is due by it (ARGV[2], the worker's time, stays for the callers that pass it)
 local t = redis.call('TIME')
 local now, kept = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(ARGV[3])
 -- (per attempt, the common path converts no number: a string made into a number costs a
@@ -57,7 +58,7 @@ for k = 1, n do
     redis.call('HSET', key, 'st', st, slot, ARGV[i + 4])
     if string.byte(next, 1) == 114 then -- 'r': a retry
       status = 'delivering'
-      gone[wid], due[wid] = nil, string.sub(next, 2)
+      gone[wid], due[wid] = nil, string.format('%d', now + tonumber(string.sub(next, 2)))
     else
       -- (a call's outcomes are few: each is parsed once, its counts and index kept)
       local final = ends[next]
