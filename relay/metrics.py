@@ -116,6 +116,13 @@ ORIGIN_WAITING = Gauge(
     "that has RELAY_ORIGIN_CONCURRENCY attempts in flight.",
     registry=REGISTRY,
 )
+LANES_STALLED = Gauge(
+    "relay_lanes_stalled",
+    "Attempts on the wire for over a second that no longer hold a delivery lane (another "
+    "lane took their place; their origins get no new attempt until one ends): at most "
+    "RELAY_DELIVERY_CONCURRENCY.",
+    registry=REGISTRY,
+)
 DEFERRED = Counter(
     "relay_deliveries_deferred_total",
     "Deliveries made due later (not an attempt) because their origin was full and slow: "

@@ -198,6 +198,49 @@ async def test_healthy_watches_arrive_on_time_beside_a_slow_and_a_dead_origin(
     assert rec.duplicates() == 0
 
 
+async def test_many_dead_origins_do_not_hold_every_lane(
+    make_api: ApiFactory,
+    make_worker: WorkerFactory,
+    sim: Client,
+    receiver: tuple[Receiver, str],
+) -> None:
+    """24 origins that accept and never answer, two watches each -- 48 attempts for 16 lanes,
+    none reaching its breaker's count -- and 20 healthy watches registered last, on one
+    video: the healthy ones arrive within 3 s of ``completed``, not after the dead ones'
+    8 s timeout; attempts in flight stay under twice the lanes. Fails before: the dead
+    origins' first attempts held every lane for their whole timeout (a black-box run,
+    2026-12-07: 100 dead origins held healthy watches 90 s with default settings)."""
+    rec, base = receiver
+    holes = [BlackHole() for _ in range(24)]
+    for hole in holes:
+        await hole.start()
+    try:
+        api = await make_api(rate_limit=100_000)
+        worker = await make_worker(
+            delivery_concurrency=16, delivery_timeout=8, lease=10, retry_schedule=(30.0,)
+        )
+        video = await new_video(sim)
+        for hole in holes:
+            await register(api, video, hole.url + "/hole", 2)
+        healthy = await register(api, video, base + "/hook", 20)
+        for w in healthy:
+            rec.add_secret(w["secret"])
+        await asyncio.sleep(0.3)  # polled at least once as processing
+        at = await complete(sim, video)
+        deliverer = worker.ctx["runtime"].deliverer
+        got = await wait_arrived(rec, healthy, 12)
+        assert len(got) == 20
+        late = max(got) - at
+        assert late <= 3.0, f"the healthy watches arrived {late:.2f} s after completed"
+        assert sum(h.requests for h in holes) <= 32  # (16 lanes, and 16 replaced at most)
+        deliverer = worker.ctx["runtime"].deliverer
+        assert 0 < deliverer.stalled <= 16
+        assert rec.duplicates() == 0
+    finally:
+        for hole in holes:
+            await hole.close()
+
+
 async def test_the_breaker_opens_probes_and_closes(
     make_api: ApiFactory, make_worker: WorkerFactory, sim: Client, black_hole: BlackHole
 ) -> None:

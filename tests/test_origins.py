@@ -65,6 +65,44 @@ def test_round_robin_over_origins_not_first_come() -> None:
     assert len(q) == 100 - 2
 
 
+def test_lanes_short_origins_not_answering_get_one_probe_each_in_a_few_lanes() -> None:
+    """While lanes are short (the deliverer replaced hung ones): an origin that answers
+    keeps its pace; one not answering -- none yet, its last unanswered, or one on the wire
+    for the stall time -- gets one attempt at a time, and such probes are capped; a probe
+    that ends lets a parked origin go, and the end of the shortage lets every one go."""
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=16, clock=clock)
+    dead = [("http", f"dead{i}.example", 80) for i in range(4)]
+    for i in range(3):
+        q.put(J(B, i))
+    first = send(q)
+    assert first is not None and first.origin == B
+    q.finish(B, 0.01, sent=True, answered=True)  # B answers
+    for origin in dead:
+        q.put(J(origin, 0))
+        q.put(J(origin, 1))
+    q.short(1.0, probes=2)
+    got = [send(q) for _ in range(8)]
+    origins = [j.origin for j in got if j is not None]
+    assert origins.count(B) == 2  # the answering origin: all it has
+    probed = [o for o in origins if o != B]
+    assert len(probed) == 2 and len(set(probed)) == 2  # two probes, one each
+    assert q.probes == 2
+    q.finish(probed[0], 8.0, sent=True, answered=False)  # a probe times out
+    nxt = send(q)
+    assert nxt is not None and nxt.origin not in probed[1:]  # a slot freed: the next probe
+    clock.t += 2.0  # B's attempt on the wire for 2 s: B is not answering now
+    q.put(J(B, 9))
+    q.sending(B)  # (one of B's on the wire)
+    clock.t += 2.0
+    assert q.take() is None  # B stalled, probes full: nothing runnable
+    q.short(None)  # lanes no longer short: every origin waiting goes again
+    rest = []
+    while (j := q.take()) is not None:
+        rest.append(j.origin)
+    assert B in rest and len(rest) >= 3, rest
+
+
 def test_an_origin_gets_at_most_its_cap_and_room_back_when_one_finishes() -> None:
     q: OriginQueues[J] = OriginQueues(cap=3)
     for i in range(10):

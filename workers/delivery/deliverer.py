@@ -7,6 +7,16 @@ RELAY_ORIGIN_CONCURRENCY attempts in flight, round robin over origins
 ``circuit open`` without a connection (:mod:`workers.delivery.breaker`). A sweeper hands the
 claims of jobs a full, slow origin would not start soon back to the schedule (see
 :mod:`workers.delivery` for the whole path).
+
+Many dead origins at once -- a tenant's hundred receivers that accept and never answer, each
+with a few watches, none reaching its breaker's count -- could still hold every lane for a
+whole attempt timeout. So when every lane is busy and jobs wait, an attempt on the wire for
+over STALL_S stops holding its lane: another lane takes its place (at most as many as there
+are lanes: in flight stays under twice RELAY_DELIVERY_CONCURRENCY), and while any lane is
+replaced, an origin that is not answering (none yet, its last attempt unanswered, or one on
+the wire for STALL_S) gets one attempt at a time, a probe, in a quarter of the lanes at most
+(:meth:`~workers.delivery.origins.OriginQueues.short`) -- the lanes go to the origins that
+answer.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from relay.domain.crypto import SecretBox
 from relay.domain.delivery import DeliveryClaim
 from relay.http.upstream import UpstreamClient
 from relay.http.webhook import WebhookClient
-from relay.metrics import DEFERRED, ORIGIN_WAITING
+from relay.metrics import DEFERRED, LANES_STALLED, ORIGIN_WAITING
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.feeds import ALL_ORIGINS
@@ -43,7 +53,20 @@ SLOW_S = 0.025  # an origin whose attempts take this long or more is slow: it ho
 SLOW_AFTER_S = 0.1  # ... given only the jobs it would start within this; the others are
 SLOW = (SLOW_S, SLOW_AFTER_S)  # handed back, and a fan-out's events for it are paced
 SWEEP_S = 0.1  # how often the queues are looked over for such jobs
+STALL_S = 1.0  # an attempt on the wire this long gives its lane up when lanes are short
+PROBES_PER = 4  # ... and then origins not answering get probes in a quarter of the lanes
 FORGET_EVERY_S = 10.0  # how often origins idle for long are forgotten
+
+
+class _Lane:
+    """A lane's attempt on the wire (when it went: loop time), and whether another lane has
+    taken its place (it ends with that attempt)."""
+
+    __slots__ = ("replaced", "since")
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.replaced = False
 
 
 class Deliverer:
@@ -84,6 +107,8 @@ class Deliverer:
         self._following: asyncio.Task[None] | None = None
         self.claimer.slow = SLOW
         self._lane_tasks: list[asyncio.Task[None]] = []
+        self._lanes: list[_Lane] = []
+        self.stalled = 0  # lanes replaced whose attempt is still on the wire
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._margin_ms = int((settings.delivery_timeout + LEASE_MARGIN_S) * 1000)
@@ -147,13 +172,41 @@ class Deliverer:
 
     def start(self) -> None:
         """Start the lanes, claiming and the result flusher."""
-        self._lane_tasks = [
-            asyncio.create_task(self._lane(), name=f"deliverer-lane-{i}") for i in range(self.lanes)
-        ]
+        for _ in range(self.lanes):
+            self._add_lane()
         self.claimer.start()
         self.settler.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="deliverer-origin-sweep")
         self._following = asyncio.create_task(self.circuit_news.run(), name="circuit-closes")
+
+    def _add_lane(self) -> None:
+        lane = _Lane()
+        self._lanes.append(lane)
+        n = len(self._lane_tasks)
+        self._lane_tasks.append(asyncio.create_task(self._lane(lane), name=f"deliverer-lane-{n}"))
+
+    def _replace_stalled(self) -> None:
+        """When every lane is busy and jobs wait: each attempt on the wire for over STALL_S
+        gives its lane up to a new one (at most :attr:`lanes` at once), and while any has,
+        the origins of such attempts get no new one (see the module)."""
+        jobs = self.claimer.jobs
+        if len(jobs) and not jobs.idle and self.stalled < self.lanes:
+            now = asyncio.get_running_loop().time()
+            for lane in list(self._lanes):
+                if self.stalled >= self.lanes:
+                    break
+                if lane.since is not None and not lane.replaced and now - lane.since > STALL_S:
+                    lane.replaced = True
+                    self.stalled += 1
+                    self._add_lane()
+        if self.stalled:
+            jobs.short(STALL_S, max(self.lanes // PROBES_PER, 1))
+        elif jobs.stall_s is not None:
+            jobs.short(None)
+        LANES_STALLED.set(self.stalled)
+        if len(self._lane_tasks) > 2 * self.lanes:  # (lanes replaced that have ended)
+            self._lane_tasks = [t for t in self._lane_tasks if not t.done()]
+            self._lanes = [lane for lane in self._lanes if not lane.replaced or lane.since]
 
     async def _closes_missed(self) -> None:
         """(Re)subscribed: apply the closes asked while this worker's feed was down (none
@@ -178,6 +231,7 @@ class Deliverer:
         while True:
             await asyncio.sleep(SWEEP_S)
             ORIGIN_WAITING.set(len(self.claimer.jobs))
+            self._replace_stalled()
             await self._hand_back_overflow()
             if time.monotonic() - swept >= FORGET_EVERY_S:
                 swept = time.monotonic()
@@ -215,8 +269,9 @@ class Deliverer:
         await self.claimer.handed_back()
         await self.settler.stop()
 
-    async def _lane(self) -> None:
-        """Send queued jobs one after another, until the deliverer closes."""
+    async def _lane(self, lane: _Lane) -> None:
+        """Send queued jobs one after another, until the deliverer closes (or, once another
+        lane took its place, its attempt on the wire ends)."""
         loop = asyncio.get_running_loop()
         claimer = self.claimer
         jobs = claimer.jobs
@@ -226,7 +281,7 @@ class Deliverer:
         margin_ms = self._margin_ms
         ask = self.gate.ask
         breakers = self.breakers
-        while not self._closing:
+        while not (self._closing or lane.replaced):
             job = jobs.take()
             if job is None:
                 parked = loop.create_future()
@@ -264,13 +319,16 @@ class Deliverer:
                     continue
                 went = jobs.sending(job.origin)  # (what the origin's estimate times)
                 sent = True
-                started = loop.time()
+                started = lane.since = loop.time()
                 answered = await attempt(job.watch, body, job.deadline, job.first)
                 took = loop.time() - started
             except Exception:  # the claim stays leased: the delivery comes back after it
                 log.exception("delivery failed", watch_id=job.watch.id)
             finally:
+                lane.since = None
+                if lane.replaced:
+                    self.stalled -= 1
                 if verdict is not Verdict.OPEN:
                     breakers.record(job.origin, answered, verdict is Verdict.PROBE)
-                jobs.finish(job.origin, took, sent=sent, started=went)
+                jobs.finish(job.origin, took, sent=sent, started=went, answered=answered)
                 job.done()

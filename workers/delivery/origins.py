@@ -59,6 +59,7 @@ J = TypeVar("J", bound=HasOrigin)
 
 class _Origin(Generic[J]):
     __slots__ = (
+        "answered",
         "busy_since",
         "handed",
         "horizon",
@@ -66,6 +67,7 @@ class _Origin(Generic[J]):
         "jobs",
         "key",
         "mean",
+        "probing",
         "promised",
         "promised_at",
         "ready",
@@ -88,6 +90,8 @@ class _Origin(Generic[J]):
         self.handed: list[list[float]] = []  # [due, count] of jobs handed back, by wave
         self.horizon = 0.0  # until when the jobs handed back are expected to keep it busy
         self.used = 0.0  # last time a job was queued or ended
+        self.answered = False  # its last attempt that ended got an answer (any status)
+        self.probing = False  # its one attempt in flight is a probe (lanes short, see take)
 
     def estimate(self, now: float) -> float:
         """Seconds one attempt of this origin is expected to take: the mean of its recent
@@ -104,6 +108,11 @@ class OriginQueues(Generic[J]):
     def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.cap = cap
         self.clock = clock
+        # lanes short (set by the Deliverer while it has replaced lanes): see take()
+        self.stall_s: float | None = None
+        self.probe_cap = 1  # probes in flight at once, at most, while lanes are short
+        self.probes = 0
+        self._parked: deque[_Origin[J]] = deque()  # origins waiting for a probe slot
         self.queued = 0
         self.idle: deque[asyncio.Future[None]] = deque()  # parked lanes' wake-ups
         self._origins: dict[Origin, _Origin[J]] = {}
@@ -152,14 +161,51 @@ class OriginQueues(Generic[J]):
             self._ring.append(o)
             self.wake(1)
 
+    def short(self, stall_s: float | None, probes: int = 1) -> None:
+        """Lanes are short (*stall_s* set) or no longer (None): while they are, an origin
+        that is not answering -- it has not answered yet, its last attempt got no answer,
+        or its oldest attempt on the wire has run *stall_s* -- gets a new attempt only when
+        it has none in flight, as a probe, and *probes* of them at most are in flight at
+        once: the lanes go to the origins that answer."""
+        was, self.stall_s, self.probe_cap = self.stall_s, stall_s, max(probes, 1)
+        if stall_s is None and was is not None:  # every origin passed over goes again
+            self._unpark(len(self._parked))
+            for o in self._origins.values():
+                if o.jobs and not o.ready and o.inflight < self.cap:
+                    o.ready = True
+                    self._ring.append(o)
+                    self.wake(1)
+
+    def _answering(self, o: _Origin[J], stall_s: float) -> bool:
+        return o.answered and not (o.starts and self.clock() - o.starts[0] > stall_s)
+
+    def _unpark(self, n: int) -> None:
+        """Put up to *n* origins that waited for a probe slot back in the ring."""
+        while n > 0 and self._parked:
+            o = self._parked.popleft()
+            n -= 1
+            self._ring.append(o)  # (still `ready`: nothing else put it in the ring)
+            self.wake(1)
+
     def take(self) -> J | None:
         """The next job of the next origin that has room (round robin), or None."""
         ring = self._ring
+        stall_s = self.stall_s
         while ring:
             o = ring.popleft()
             o.ready = False
             if not o.jobs or o.inflight >= self.cap:
                 continue
+            probe = stall_s is not None and not self._answering(o, stall_s)
+            if probe:
+                if o.inflight:
+                    continue  # (back in the ring when an attempt of it ends: finish)
+                if self.probes >= self.probe_cap:
+                    o.ready = True  # (parked: back in the ring when a probe slot frees)
+                    self._parked.append(o)
+                    continue
+                o.probing = True
+                self.probes += 1
             job = o.jobs.popleft()
             self.queued -= 1
             o.inflight += 1
@@ -191,15 +237,23 @@ class OriginQueues(Generic[J]):
         *,
         sent: bool | None = None,
         started: float | None = None,
+        answered: bool | None = None,
     ) -> None:
         """A job of *origin* taken earlier is over, after an attempt of *seconds* (None: no
         attempt was made, e.g. its claim was gone or its circuit open, or it failed before
         an answer). *sent*: it went on the wire (:meth:`sending`, which said when:
-        *started*); by default, when it took *seconds*."""
+        *started*); by default, when it took *seconds*. *answered*: whether the receiver
+        answered it (None: no attempt, nothing learnt)."""
         o = self._origins.get(origin)
         if o is None:
             return
         o.inflight -= 1
+        if answered is not None:
+            o.answered = answered
+        if o.probing:
+            o.probing = False
+            self.probes -= 1
+            self._unpark(1)
         if (seconds is not None if sent is None else sent) and o.sending:
             o.sending -= 1
             if started is not None and started in o.starts:
