@@ -138,6 +138,22 @@ async def wait_arrived(rec: Receiver, watches: list[dict[str, Any]], timeout: fl
     return got
 
 
+async def healthy_lateness(
+    api: Client, sim: Client, rec: Receiver, video: str, base: str, wait_s: float = 10
+) -> tuple[float, float]:
+    """Register 20 healthy watches on *video* (last), complete it, and return when it was
+    completed and how long after that the last of them arrived (every one must arrive
+    within *wait_s*)."""
+    healthy = await register(api, video, base + "/hook", 20)
+    for w in healthy:
+        rec.add_secret(w["secret"])
+    await asyncio.sleep(0.3)  # polled at least once as processing
+    at = await complete(sim, video)
+    got = await wait_arrived(rec, healthy, wait_s)
+    assert len(got) == 20
+    return at, max(got) - at
+
+
 async def statuses(api: Client, watches: list[dict[str, Any]]) -> list[str]:
     return [
         (await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json())["status"]
@@ -170,14 +186,7 @@ async def test_healthy_watches_arrive_on_time_beside_a_slow_and_a_dead_origin(
     first = await new_video(sim)
     await register(api, first, slow_origin + "/slow", 200)
     await register(api, first, black_hole.url + "/hole", 200)
-    healthy = await register(api, first, base + "/hook", 20)
-    for w in healthy:
-        rec.add_secret(w["secret"])
-    await asyncio.sleep(0.3)  # polled at least once as processing
-    at = await complete(sim, first)
-    got = await wait_arrived(rec, healthy, 10)
-    assert len(got) == 20
-    late = max(got) - at
+    at, late = await healthy_lateness(api, sim, rec, first, base)
     assert late <= 3.0, f"the healthy watches arrived {late:.2f} s after completed"
     assert black_hole.connections <= 16  # the cap: 16 in flight to it at once
 
@@ -186,14 +195,7 @@ async def test_healthy_watches_arrive_on_time_beside_a_slow_and_a_dead_origin(
     second = await new_video(sim)
     await register(api, second, slow_origin + "/slow", 50)
     await register(api, second, black_hole.url + "/hole", 50)
-    healthy2 = await register(api, second, base + "/hook", 20)
-    for w in healthy2:
-        rec.add_secret(w["secret"])
-    await asyncio.sleep(0.3)
-    at2 = await complete(sim, second)
-    got2 = await wait_arrived(rec, healthy2, 10)
-    assert len(got2) == 20
-    late2 = max(got2) - at2
+    _, late2 = await healthy_lateness(api, sim, rec, second, base)
     assert late2 <= 3.0, f"second video: the healthy watches arrived {late2:.2f} s late"
     assert rec.duplicates() == 0
 
@@ -222,15 +224,7 @@ async def test_many_dead_origins_do_not_hold_every_lane(
         video = await new_video(sim)
         for hole in holes:
             await register(api, video, hole.url + "/hole", 2)
-        healthy = await register(api, video, base + "/hook", 20)
-        for w in healthy:
-            rec.add_secret(w["secret"])
-        await asyncio.sleep(0.3)  # polled at least once as processing
-        at = await complete(sim, video)
-        deliverer = worker.ctx["runtime"].deliverer
-        got = await wait_arrived(rec, healthy, 12)
-        assert len(got) == 20
-        late = max(got) - at
+        _, late = await healthy_lateness(api, sim, rec, video, base, 12)
         assert late <= 3.0, f"the healthy watches arrived {late:.2f} s after completed"
         assert sum(h.requests for h in holes) <= 32  # (16 lanes, and 16 replaced at most)
         deliverer = worker.ctx["runtime"].deliverer
