@@ -280,10 +280,29 @@ async def test_the_listpack_limit_is_asked_again_after_a_failed_read(
         return {"zset-max-listpack-entries": "64"}
 
     monkeypatch.setattr(store.redis, "config_get", flaky)
-    assert await store.retention._compact_size() == 128
-    assert await store.retention._compact_size() == 64
-    assert await store.retention._compact_size() == 64 and calls == 2
+    assert await store.retention._compact_size() == (128, 64)
+    assert await store.retention._compact_size() == (64, 64)
+    assert await store.retention._compact_size() == (64, 64) and calls == 2
     monkeypatch.setattr(store.redis, "config_get", real)
+
+
+async def test_a_zset_with_a_long_member_is_not_rebuilt_on_every_call(store: Store) -> None:
+    """Rule: a schedule that stays a skiplist however rebuilt -- a member longer than
+    zset-max-listpack-value (a video id of 100 characters in the poll schedule) -- is not
+    rebuilt by every purge (a ZRANGE, a DEL and a ZADD to no use). Fails before: every
+    purge call that deleted a watch rebuilt it again (a review, 2026-12-07)."""
+    redis = store.redis
+    long_id = "v" * 100
+    await redis.zadd(c.POLL_SCHEDULE_KEY, {long_id: 1, **{f"x{i}": i for i in range(200)}})
+    await redis.zrem(c.POLL_SCHEDULE_KEY, *(f"x{i}" for i in range(200)))
+    for i in range(3):
+        (w,) = await registered(store, 1, video=f"v{i}")
+        await store.watches.cancel(w)
+    await redis.config_resetstat()
+    assert await purge_all(store) == 3
+    stats = await redis.info("commandstats")
+    assert "cmdstat_zadd" not in stats, stats  # (no rebuild: it would stay a skiplist)
+    assert await redis.zscore(c.POLL_SCHEDULE_KEY, long_id) == 1
 
 
 # --- bounds and reach (from a mutation review, 2026-12-06: each test fails on a mutant the
@@ -358,6 +377,14 @@ async def test_a_tenant_with_no_watch_left_is_forgotten(store: Store) -> None:
     assert await store.redis.smembers(c.TENANTS_KEY) == {"acme", "gone"}
     assert (await store.watches.tenant_counts("gone"))["watching"] == 1
     assert await store.retention.forget("acme") is False  # (its live watch keeps it)
+    # each guard alone keeps a tenant: an index left while its counters read 0, and a
+    # counter not at 0 with no index (counts that drifted are not taken for an empty tenant)
+    await store.redis.hset(c.TENANT_COUNTS_KEY.format("acme"), mapping={"watching": 0})
+    assert await store.retention.forget("acme") is False
+    await store.redis.delete(c.TENANT_INDEX_KEY.format("acme"))
+    await store.redis.hset(c.TENANT_COUNTS_KEY.format("acme"), mapping={"watching": 1})
+    assert await store.retention.forget("acme") is False
+    assert "acme" in await store.redis.smembers(c.TENANTS_KEY)
 
 
 async def test_a_purge_takes_leftover_members_of_a_watch_too(store: Store) -> None:

@@ -32,7 +32,7 @@ log = logs.get("workers.sweeper")
 # docs/performance.md)
 BATCH = 50
 # seconds between sweeps: a twentieth of the retention, within [0.5 s, 60 s] -- a 7-day
-# retention sweeps once a minute (each sweep costs every tenant four script calls even when
+# retention sweeps once a minute (each sweep costs every tenant five script calls even when
 # nothing is due), a retention of seconds (tests, demos) twice a second
 MIN_INTERVAL, MAX_INTERVAL = 0.5, 60.0
 FULL_LOG_S = 60.0  # between two "sweeping without the lock" lines while Redis stays full

@@ -67,8 +67,9 @@ def report(action: str, t: Tally, keys: list[str], redis_at: str) -> tuple[str, 
         lines.append(f"sealed anew with the newest key: {t.written}")
         if t.changed:
             lines.append(
-                f"left, changed since they were read (by the relay, or another reseal):"
-                f" {t.changed}; run `clip-relay secrets status` to check"
+                f"left, changed since they were read (by the relay, another reseal, or"
+                f" this one's own write sent again after a dropped connection): {t.changed};"
+                " run `clip-relay secrets status` to check"
             )
     if t.unreadable:
         more = t.unreadable_watches - len(t.unreadable_in)

@@ -19,6 +19,7 @@ FINAL_STATUSES = ("delivered", "failed", "disabled", "cancelled")
 # a tenant's index or a schedule shrunk to this many members is rebuilt compact (Redis keeps
 # a zset's hash table at its peak size otherwise): Redis' default zset-max-listpack-entries
 COMPACT_ZSET = 128
+COMPACT_VALUE = 64  # ... and zset-max-listpack-value: a longer member keeps it a skiplist
 
 
 class Retention:
@@ -28,20 +29,24 @@ class Retention:
         self.redis = redis
         self._purge = scripts.register(redis, "purge")
         self._forget = scripts.register(redis, "forget_tenant")
-        self._compact: int | None = None  # as this Redis is configured (read once)
+        self._compact: tuple[int, int] | None = None  # as this Redis is configured (read once)
 
-    async def _compact_size(self) -> int:
-        """The size at which a zset is rebuilt compact: Redis' own listpack limit when it is
-        set lower than the default (a rebuild above it would stay a skiplist, rebuilt again
-        on every call), COMPACT_ZSET when it cannot be read (CONFIG refused: managed Redis)."""
+    async def _compact_size(self) -> tuple[int, int]:
+        """The size at which a zset is rebuilt compact, and the longest member a compact one
+        holds: Redis' own listpack limits when set lower than the defaults (a rebuild past
+        them would stay a skiplist, rebuilt again on every call), COMPACT_ZSET and
+        COMPACT_VALUE when they cannot be read (CONFIG refused: managed Redis)."""
         if self._compact is None:
             try:
-                got = await self.redis.config_get("zset-max-listpack-entries")
-                self._compact = min(COMPACT_ZSET, int(got["zset-max-listpack-entries"]))
+                got = await self.redis.config_get("zset-max-listpack-*")
+                self._compact = (
+                    min(COMPACT_ZSET, int(got["zset-max-listpack-entries"])),
+                    int(got.get("zset-max-listpack-value", COMPACT_VALUE)),
+                )
             except (ResponseError, KeyError, ValueError):  # refused, or not this Redis' knob
-                self._compact = COMPACT_ZSET
+                self._compact = (COMPACT_ZSET, COMPACT_VALUE)
             except RedisError:  # Redis away a moment: this call only, asked again next time
-                return COMPACT_ZSET
+                return COMPACT_ZSET, COMPACT_VALUE
         return self._compact
 
     async def tenants(self, cursor: int, count: int = 100) -> tuple[int, list[str]]:
@@ -77,7 +82,7 @@ class Retention:
                 c.VIDEO_PREFIX,
                 c.VIDEO_WATCHES_SUFFIX,
                 c.SOURCE_PREFIX,
-                await self._compact_size(),
+                *await self._compact_size(),
             ],
         )
         return int(deleted), int(read)

@@ -13,7 +13,8 @@
 -- ARGV: retention ms, limit, the status, watch key prefix, registration key suffix, the
 -- tenant's key prefix ('cr:t:{tenant}'), video key prefix, suffix of a video's waiting
 -- watches, clips document key prefix, the size of a zset rebuilt (see below).
--- ARGV[10]: a zset this small or smaller that Redis still keeps as a skiplist is rebuilt.
+-- ARGV[10]: a zset this small or smaller that Redis still keeps as a skiplist is rebuilt --
+-- unless a member is longer than ARGV[11] (zset-max-listpack-value: it would stay one).
 -- Redis never gives back a zset's hash table after ZREMs: a tenant index or a schedule
 -- that once held 50,000 members would keep ~0.6 MB for good (the poll schedule as well: it
 -- is rebuilt here, the sweep being the one that runs once in a while). Rebuilt (at most ARGV[10]
@@ -67,17 +68,20 @@ if n > 0 then
   redis.call('HINCRBY', KEYS[3], status, -n)
   redis.call('HINCRBY', KEYS[4], status, -n)
 end
-local small = tonumber(ARGV[10])
+local small, longest = tonumber(ARGV[10]), tonumber(ARGV[11] or '64')
 for _, key in ipairs({KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7]}) do
   local card = redis.call('ZCARD', key)
   if card > 0 and card <= small and redis.call('OBJECT', 'ENCODING', key) == 'skiplist' then
     local rows = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-    local args = {}
+    local args, fits = {}, true
     for i = 1, #rows, 2 do
+      if #rows[i] > longest then fits = false break end
       args[i], args[i + 1] = rows[i + 1], rows[i]
     end
-    redis.call('DEL', key)
-    redis.call('ZADD', key, unpack(args))
+    if fits then
+      redis.call('DEL', key)
+      redis.call('ZADD', key, unpack(args))
+    end
   end
 end
 return {n, #ids}
