@@ -44,6 +44,12 @@ UPSTREAM_RESUMING_KEY: Final = PREFIX + "up:resuming"
 # to (every few seconds, for 10 minutes): how far a claim may reach, for `upstream resume`
 WORKER_LEASES_KEY: Final = PREFIX + "workers:leases"
 WORKER_LEASE_SEEN_MS: Final = 600_000
+# hash: the RELAY_SECRETS_KEY fingerprints a running API or worker holds (newest first,
+# comma-joined; "none": no key) -> Redis ms until which one holding them was seen (each says
+# its own every few seconds, a minute ahead): `secrets reseal` seals only with a key every
+# process seen can open. The key lapses KEYS_SEEN_MS after the last write.
+KEYS_SEEN_KEY: Final = PREFIX + "keys:seen"
+KEYS_SEEN_MS: Final = 60_000
 UPSTREAM_PAUSE_CHANNEL: Final = PREFIX + "up:paused"  # pub/sub: each new pause's length (ms)
 CIRCUIT_CLOSE_CHANNEL: Final = PREFIX + "circuits:close"  # pub/sub: origin tag (or *) to close
 CIRCUIT_CLOSES_KEY: Final = PREFIX + "circuits:closed"  # zset: origin tag (or *) -> last close ms

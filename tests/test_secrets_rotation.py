@@ -21,6 +21,7 @@ import pytest
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
 
+from relay import constants as c
 from relay.admin import running
 from relay.admin import secrets as secrets_cli
 from relay.devtools.embedded_redis import RedisServer
@@ -28,7 +29,7 @@ from relay.domain.crypto import SEALED_PREFIX, SecretBox, fingerprint
 from relay.domain.signing import verify
 from relay.settings import ConfigError, Settings, load
 from relay.store import scripts
-from relay.store.reseal import BATCH, Resealer, Tally
+from relay.store.reseal import BATCH, Resealer, Tally, keys_seen
 from tests.conftest import TENANT_B_KEY, ApiFactory, WorkerFactory, auth
 from tests.test_secrets_at_rest import (
     Client,
@@ -40,6 +41,18 @@ from tests.test_secrets_at_rest import (
 )
 
 OLD, NEW, LOST = (Fernet.generate_key().decode() for _ in range(3))
+
+
+@pytest.fixture(autouse=True)
+def rolled_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command runs as if every API and worker held the newest key (the rollout before
+    a reseal done): the tests start processes with one key or another to store values
+    sealed with it, and keep them running. The rule itself has its own test."""
+
+    async def every_one_has_it(redis: Redis) -> list[list[str]]:
+        return []
+
+    monkeypatch.setattr(secrets_cli, "keys_seen", every_one_has_it)
 
 
 # --- several keys -------------------------------------------------------------------------
@@ -191,6 +204,41 @@ async def test_reseal_moves_every_stored_secret_to_the_newest_key(
     )
     raw = orjson.dumps(sent.event)
     assert verify(raw, sent.attempt_headers, cred_secrets[1])["data"]["watchId"] == cred["id"]
+
+
+async def test_a_reseal_waits_until_every_process_holds_the_newest_key(
+    make_api: ApiFactory,
+    redis: Redis,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rule: a reseal refuses (exit 3, nothing written) while an API or worker seen in the
+    last minute lacks the newest key -- it could not open what the reseal seals; a status
+    says so too. Each process says what it holds (fingerprints) as it starts and every few
+    seconds. Fails before: a reseal with the pods still on the old key (or none) sealed
+    every value with a key they lacked, and every delivery failed (a new user's run,
+    2026-12-07)."""
+    monkeypatch.setattr(secrets_cli, "keys_seen", keys_seen)  # (the real one, here)
+    old_api = await make_api(secrets_key=OLD)
+    made = await _register(old_api, {"videoId": "v1", "callbackUrl": "http://127.0.0.1:9/k"})
+    before = await _stored_secrets(redis, made["id"])
+    both = settings.model_copy(update={"secrets_key": f"{NEW},{OLD}"})
+    assert await _cli("reseal", lambda: both) == 3
+    out = capsys.readouterr().out
+    assert "not resealed" in out and f"lack the newest key {fingerprint(NEW)}" in out, out
+    assert fingerprint(OLD) in out and OLD not in out and NEW not in out
+    assert await _stored_secrets(redis, made["id"]) == before
+    assert await _cli("status", lambda: both) == 3
+    assert "lack the newest key" in capsys.readouterr().out
+    # the rollout done: the old process gone (its word lapses), the new ones say NEW
+    await old_api.close()
+    await redis.delete(c.KEYS_SEEN_KEY)
+    await make_api(secrets_key=f"{NEW},{OLD}")
+    assert await _cli("reseal", lambda: both) == 0
+    assert "sealed anew with the newest key: 1" in capsys.readouterr().out
+    held = await redis.hgetall(c.KEYS_SEEN_KEY)  # type: ignore[misc]
+    assert list(held) == [f"{fingerprint(NEW)},{fingerprint(OLD)}"], held
 
 
 async def test_values_no_key_opens_are_named_and_left_as_they_are(

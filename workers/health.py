@@ -29,6 +29,7 @@ from relay.metrics import (
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.connection import trim_idle
+from relay.store.reseal import say_keys
 from relay.store.watches import counts_of
 
 log = logs.get("workers.worker")
@@ -47,7 +48,7 @@ def _status(status: str, code: int = 200) -> web.Response:
     )
 
 
-async def gauges(store: Store, lease_s: float) -> None:
+async def gauges(store: Store, lease_s: float, keys_held: str = "none") -> None:
     """Refresh the queue-depth, watch-count, upstream-pause and Redis-memory gauges every
     GAUGE_INTERVAL seconds, forever, in one round trip, learn Redis' clock again from it,
     say the worker's *lease_s* (how far its claims reach: ``clip-relay upstream resume``
@@ -65,6 +66,7 @@ async def gauges(store: Store, lease_s: float) -> None:
             # key's, GT only lengthens it -- GT alone never sets one on a key without)
             pipe.pexpire(c.WORKER_LEASES_KEY, said_for, nx=True)
             pipe.pexpire(c.WORKER_LEASES_KEY, said_for, gt=True)
+            say_keys(pipe, keys_held, now)  # (what `secrets reseal` checks first)
             # (not a transaction, needlessly: a TTL lost between the two, by a crash, is set
             # again by the NX 5 s later)
             for _, key in QUEUES:
@@ -75,7 +77,7 @@ async def gauges(store: Store, lease_s: float) -> None:
             pipe.info("memory")  # (~1 KB of text every 5 s: nothing beside the deliveries)
             pipe.time()
             sent = clock.local_ms()
-            _, _, _, *sizes, counts, pause_end, memory, (secs, micros) = await pipe.execute()
+            _, _, _, _, _, *sizes, counts, pause_end, memory, (secs, micros) = await pipe.execute()
             now = int(secs) * 1000 + int(micros) // 1000
             clock.observe(now, sent, clock.local_ms())  # (Redis' clock: learnt again)
             UPSTREAM_PAUSED.set(max(0, int(pause_end or 0) - now) / 1000)

@@ -31,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import constants as c
 from relay import logs
-from relay.domain.crypto import SecretBox
+from relay.domain.crypto import SecretBox, held
 from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy
 from relay.http.upstream import UpstreamClient
@@ -145,7 +145,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         upstream_session,
         callbacks,
         runner,
-        asyncio.create_task(health.gauges(store, settings.lease)),
+        asyncio.create_task(health.gauges(store, settings.lease, held(settings.secrets_key))),
         asyncio.create_task(gate.follow_pauses()),
     )
     log.info(

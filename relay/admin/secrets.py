@@ -18,7 +18,7 @@ from relay.admin import running
 from relay.domain.crypto import SecretBox, fingerprint
 from relay.settings import ConfigError, Settings
 from relay.store.connection import connect
-from relay.store.reseal import Resealer, Tally
+from relay.store.reseal import Resealer, Tally, keys_seen
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,7 +43,9 @@ def parser() -> argparse.ArgumentParser:
         description="Write every stored webhook secret and callback credential that is not"
         " sealed with the newest key of RELAY_SECRETS_KEY anew, sealed with it (a plain one,"
         " stored before any key was set, too). Values that no key opens are named and left"
-        " as they are (exit status 3). Safe while the relay runs, and to run again.",
+        " as they are (exit status 3). Safe while the relay runs, and to run again. Refused"
+        " (exit status 3, nothing written) while an API or worker seen in the last minute"
+        " lacks the newest key: roll the key out to every one of them first.",
     )
     return top
 
@@ -97,16 +99,37 @@ def report(action: str, t: Tally, keys: list[str], redis_at: str) -> tuple[str, 
     return "\n".join(lines), 3 if left else 0
 
 
+def lacking(seen: list[list[str]], newest: str) -> str:
+    """Of the key sets the API and worker processes said they hold (*seen*), those without
+    the key *newest* (a fingerprint), as a sentence ('' when every one has it)."""
+    without = [held for held in seen if newest not in held]
+    if not without:
+        return ""
+    named = "; ".join(", ".join(held) or "no key" for held in without)
+    return (
+        f"{len(without)} of the {len(seen)} key sets the relay's processes hold (seen in"
+        f" the last minute) lack the newest key {newest}: {named}. Values it seals would not"
+        " open there: roll RELAY_SECRETS_KEY with it out to every API and worker first"
+        " (docs/runbook.md, rotating the key), then reseal"
+    )
+
+
 async def run(action: str, settings: Settings) -> tuple[str, int]:
-    """Do *action*; what to print and the exit status."""
+    """Do *action*; what to print and the exit status. A reseal first checks that every
+    API and worker process seen in the last minute holds the newest key: it refuses
+    (exit 3, nothing written) otherwise."""
     box = SecretBox(settings.secrets_key)
+    keys = settings.secrets_key.split(",")
     redis = connect(settings.redis_url)
     try:
+        missing = lacking(await keys_seen(redis), fingerprint(keys[0].strip()))
+        if missing and action == "reseal":
+            return "not resealed: " + missing, 3
         tally = await Resealer(redis, box).run(write=action == "reseal")
     finally:
         await redis.aclose()
-    keys = settings.secrets_key.split(",")
-    return report(action, tally, keys, running.where(settings.redis_url))
+    text, code = report(action, tally, keys, running.where(settings.redis_url))
+    return (text + "\n" + missing, 3) if missing else (text, code)
 
 
 def main(argv: Sequence[str], settings: Callable[[], Settings]) -> int:

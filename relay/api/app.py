@@ -29,13 +29,15 @@ from relay.api.routes import READS_BODY, READS_QUERY, setup_routes
 from relay.api.throttle import RateLimiter
 from relay.api.views import WATCH_ID, refuse_body
 from relay.constants import MAX_BODY_BYTES, REQUEST_DEADLINE
-from relay.domain.crypto import SecretBox
+from relay.domain.clock import now_ms
+from relay.domain.crypto import SecretBox, held
 from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy
 from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from relay.settings import Settings
 from relay.store import Store, timesync
 from relay.store.connection import connect, trim_idle
+from relay.store.reseal import say_keys
 from relay.ui import mount as mount_ui
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -210,15 +212,24 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
-async def _upkeep(redis: Redis, every_s: float = TRIM_EVERY_S) -> None:
-    """Every *every_s*: learn Redis' clock again (the times this replica writes are Redis')
-    and close the Redis connections a burst of requests left idle, beyond a few."""
+async def _upkeep(redis: Redis, keys_held: str, every_s: float = TRIM_EVERY_S) -> None:
+    """Every *every_s*: learn Redis' clock again (the times this replica writes are Redis'),
+    say which RELAY_SECRETS_KEY keys it holds (for `secrets reseal`) and close the Redis
+    connections a burst of requests left idle, beyond a few."""
     while True:
         await asyncio.sleep(every_s)
         with contextlib.suppress(Exception):  # (Redis away: the next round tries again)
             await timesync.sync(redis)
         with contextlib.suppress(Exception):
+            await _say_keys(redis, keys_held)
+        with contextlib.suppress(Exception):
             await trim_idle(redis)
+
+
+async def _say_keys(redis: Redis, keys_held: str) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        say_keys(pipe, keys_held, now_ms())
+        await pipe.execute()
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -228,11 +239,13 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[k.STORE] = store = Store(redis)
     app[k.RATE_LIMITER] = limiter = RateLimiter(store.limits, app[k.SETTINGS].rate_limit)
     app[k.BACKPRESSURE] = Backpressure(store.limits, app[k.SETTINGS].redis_high_water)
+    keys_held = held(app[k.SETTINGS].secrets_key)
     with contextlib.suppress(Exception):  # (Redis away: learnt on the first upkeep round)
         async with asyncio.timeout(1.0):
             await timesync.sync(redis)
+            await _say_keys(redis, keys_held)
     limiter.start()
-    trimmer = asyncio.create_task(_upkeep(redis), name="redis-upkeep")
+    trimmer = asyncio.create_task(_upkeep(redis, keys_held), name="redis-upkeep")
     yield
     trimmer.cancel()
     await asyncio.gather(trimmer, return_exceptions=True)

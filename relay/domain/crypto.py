@@ -38,6 +38,13 @@ def split_keys(raw: str) -> list[str]:
     return keys
 
 
+def held(raw: str) -> str:
+    """What a process holds of RELAY_SECRETS_KEY *raw*, as it says so in Redis: the keys'
+    fingerprints, newest first, comma-joined ("none" without a key)."""
+    keys = split_keys(raw)
+    return ",".join(fingerprint(k) for k in keys) if keys else "none"
+
+
 def fingerprint(key: str) -> str:
     """A short name of *key* that gives nothing of it away (the first 12 hex digits of its
     SHA-256: ``printf %s "$KEY" | sha256sum | cut -c1-12``), for an operator to check which

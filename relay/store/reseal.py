@@ -20,6 +20,7 @@ from typing import Literal
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from relay import constants as c
 from relay.domain import userinfo
@@ -180,3 +181,26 @@ class Resealer:
             lost = (in_secrets if int(code) & 1 else 0) + (in_reg if int(code) & 2 else 0)
             tally.changed += lost
             tally.written += in_secrets + in_reg - lost
+
+
+def say_keys(pipe: Pipeline, held: str, now_ms: int) -> None:
+    """Queue on *pipe* this process' word that it holds the keys *held*
+    (:func:`relay.domain.crypto.held`) -- for the next minute; the hash lapses ten minutes
+    after the last word of any process."""
+    pipe.hset(c.KEYS_SEEN_KEY, held, str(now_ms + c.KEYS_SEEN_MS))
+    pipe.pexpire(c.KEYS_SEEN_KEY, 10 * c.KEYS_SEEN_MS)
+
+
+async def keys_seen(redis: Redis) -> list[list[str]]:
+    """What the API and worker processes seen in the last minute hold: per set of keys, its
+    fingerprints, newest first ([] for a process without a key). Words older than ten
+    minutes are deleted (a rotation's old sets do not pile up)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(c.KEYS_SEEN_KEY)
+        pipe.time()
+        said, (secs, micros) = await pipe.execute()
+    now = int(secs) * 1000 + int(micros) // 1000
+    old = [h for h, until in said.items() if int(until) < now - 10 * c.KEYS_SEEN_MS]
+    if old:
+        await redis.hdel(c.KEYS_SEEN_KEY, *old)  # type: ignore[misc]
+    return [[] if h == "none" else h.split(",") for h, until in said.items() if int(until) > now]
