@@ -156,6 +156,9 @@ def _api_keys(raw: str) -> tuple[ApiKey, ...]:
         if not sep or not tenant.strip() or not key.strip():
             # never echo the value: it holds secrets
             raise ValueError(f"entry {n + 1} is not of the form name:key")
+        head, colon, _ = key.partition(":")  # (entries run together: "a:k1;b:k2")
+        if colon and ";" in head:
+            raise ValueError(f"entry {n + 1}: looks like two, 'name:key;name:key': use ','")
         try:
             _token(key.strip())
         except ValueError as exc:

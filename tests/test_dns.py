@@ -21,6 +21,7 @@ from relay.http.dns import NameNotResolved, Resolver, zone
 from relay.http.ssrf import CallbackPolicy, CallbackRefused
 from relay.http.webhook import WebhookClient
 from relay.http.wire import Target
+from relay.metrics import REGISTRY
 from relay.settings import CallbackAllow
 from tests.conftest import auth
 from tests.dns_server import DnsServer, Name
@@ -71,6 +72,7 @@ async def test_slow_silent_and_failing_names_do_not_delay_the_others(dns: DnsSer
     """One name whose server answers after 2.5 s, one that is never answered and one that
     fails: other names resolve at once meanwhile, the failure is quick, the slow one comes,
     the silent one times out."""
+    timeouts = REGISTRY.get_sample_value("relay_dns_lookups_total", {"result": "timeout"}) or 0
     resolver = Resolver([dns.address], timeout_s=3.0, tries=1)
     impatient = Resolver([dns.address], timeout_s=1.0, tries=2)
     slow = asyncio.create_task(timed(resolver.resolve("slow.test")))
@@ -88,6 +90,9 @@ async def test_slow_silent_and_failing_names_do_not_delay_the_others(dns: DnsSer
     assert got == [(2, "127.0.0.1")] and 2.0 < took < 3.5
     took, got = await never
     assert isinstance(got, NameNotResolved) and "timeout" in str(got) and took < 5
+    # counted a timeout, whichever timer ended it (c-ares' own, usually: before, "failed")
+    after = REGISTRY.get_sample_value("relay_dns_lookups_total", {"result": "timeout"})
+    assert after == timeouts + 1
 
 
 async def test_one_lookup_per_name_at_a_time(dns: DnsServer) -> None:
@@ -291,3 +296,27 @@ async def test_relay_dns_servers_reaches_registration_and_delivery(
     got = await wait_watch(api, watch["id"])
     assert got["status"] == "delivered"
     assert dns.lookups("hook.test") >= 1
+
+
+async def test_a_silent_dns_server_at_registration_is_the_callbacks_422_not_a_503(
+    dns: DnsServer, make_api: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A callback whose name the DNS server never answers: the registration answers 422
+    naming callbackUrl within a few seconds, before the request's deadline -- not a 503
+    "the relay's storage is unreachable" with an error line blaming Redis. Fails before: the
+    deadline ended during the look-up (a black-box run, 2026-12-07: 6 of 9 such
+    registrations got that 503 after 5.0 s)."""
+    api = await make_api(dns_servers=(dns.address,))
+    started = time.monotonic()
+    resp = await api.post(
+        "/v1/watches",
+        json={"videoId": "vid_dns", "callbackUrl": "https://never.test/hook"},
+        headers=auth(),
+    )
+    took = time.monotonic() - started
+    assert resp.status == 422, await resp.text()
+    problem = await resp.json()
+    assert [e["field"] for e in problem["errors"]] == ["callbackUrl"]
+    assert "try again later" in problem["errors"][0]["message"]
+    assert took < 4.5, took
+    assert "redis unavailable" not in capsys.readouterr().out

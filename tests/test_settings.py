@@ -370,6 +370,7 @@ SECRET = "S3cr3t-Value-do-not-echo-0123456789"
         f":{SECRET}",
         f"acme:{SECRET},globex:{SECRET}",  # the same key twice
         f"acme:   ,other:{SECRET}",
+        f"acme:{SECRET};globex:key-one",  # two entries run together (a review, 2026-12-07)
     ],
 )
 def test_malformed_api_keys_never_echo_a_key(value: str) -> None:

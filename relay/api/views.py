@@ -43,6 +43,9 @@ IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 VIDEO_ID = re.compile(VIDEO_ID_PATTERN)
 LIST_PARAMS = ("videoId", "status", "limit", "cursor")
 MAX_LIMIT = 100
+# a registration's look-up of its callback's host gives up after this, well inside the
+# request's deadline: a slow DNS server is the callback's trouble (422), not the storage's
+CALLBACK_CHECK_S = 3.0
 
 
 def json_response(
@@ -187,9 +190,18 @@ async def create_watch(request: web.Request) -> web.Response:
     url = body.get("callbackUrl") if spec is None else spec.callback_url
     if isinstance(url, str) and all(e["field"] != "callbackUrl" for e in errors):
         try:
-            await app[k.POLICY].check(url)
+            async with asyncio.timeout(CALLBACK_CHECK_S):
+                await app[k.POLICY].check(url)
         except CallbackRefused as exc:
             errors.append({"field": "callbackUrl", "message": str(exc)})
+        except TimeoutError:
+            errors.append(
+                {
+                    "field": "callbackUrl",
+                    "message": f"host name did not resolve within {CALLBACK_CHECK_S:g} s"
+                    " (its DNS is slow or failing): try again later",
+                }
+            )
     if errors or spec is None:
         raise invalid(errors)
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiodns
-from aiodns.error import DNSError
+from aiodns.error import ARES_ETIMEOUT, DNSError
 
 from relay.metrics import DNS_LOOKUPS
 
@@ -231,7 +231,9 @@ class Resolver:
             why = str(exc.args[1] if len(exc.args) > 1 else exc).lower()
             reason = f"dns: host not resolved ({why})"
             self._remember(name, None, NEGATIVE_TTL_S, reason[:120])
-            DNS_LOOKUPS.labels("failed").inc()
+            # (c-ares' own timer, tries times the timeout, usually ends first: a timeout too)
+            timed_out = bool(exc.args) and exc.args[0] == ARES_ETIMEOUT
+            DNS_LOOKUPS.labels("timeout" if timed_out else "failed").inc()
             raise NameNotResolved(reason[:120]) from None
         addresses: Resolved = []
         ttls: list[int] = []
