@@ -33,9 +33,10 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
 
 from relay.domain.origin import Origin, origin_tag
+from workers.delivery.origin_state import J, OriginState
 
 EWMA = 0.2  # weight of an attempt's duration in its origin's running mean
 MIN_DEFER_S = 0.5  # a job handed back is due again after this long at least
@@ -49,59 +50,6 @@ UNSEEN_KEPT = 256  # promises to origins not queued to yet are swept past this m
 TYPICAL_OF = 256  # the typical attempt: the median of this many recent ones
 
 
-class HasOrigin(Protocol):
-    @property
-    def origin(self) -> Origin: ...
-
-
-J = TypeVar("J", bound=HasOrigin)
-
-
-class _Origin(Generic[J]):
-    __slots__ = (
-        "answered",
-        "busy_since",
-        "handed",
-        "horizon",
-        "inflight",
-        "jobs",
-        "key",
-        "mean",
-        "probing",
-        "promised",
-        "promised_at",
-        "ready",
-        "sending",
-        "starts",
-        "used",
-    )
-
-    def __init__(self, key: Origin) -> None:
-        self.key = key
-        self.promised = 0  # jobs a plan let a fan-out claim, not queued yet
-        self.promised_at = 0.0
-        self.jobs: deque[J] = deque()
-        self.inflight = 0  # jobs taken, not finished
-        self.sending = 0  # of those, attempts on the wire (past the claim check)
-        self.starts: deque[float] = deque()  # when those went out, oldest first
-        self.ready = False  # in the ring
-        self.mean = 0.0  # running mean of its attempts' durations (s); 0: none yet
-        self.busy_since = 0.0  # when its last attempt ended, or one went out (monotonic)
-        self.handed: list[list[float]] = []  # [due, count] of jobs handed back, by wave
-        self.horizon = 0.0  # until when the jobs handed back are expected to keep it busy
-        self.used = 0.0  # last time a job was queued or ended
-        self.answered = False  # its last attempt that ended got an answer (any status)
-        self.probing = False  # its one attempt in flight is a probe (lanes short, see take)
-
-    def estimate(self, now: float) -> float:
-        """Seconds one attempt of this origin is expected to take: the mean of its recent
-        ones, or how long those on the wire have run, whichever is longer. (Only attempts
-        on the wire: a job waiting for its claim check -- a stalled Redis -- or dropped
-        before its attempt says nothing of the receiver.)"""
-        running = now - self.busy_since if self.sending else 0.0
-        return max(self.mean, running)
-
-
 class OriginQueues(Generic[J]):
     """Queued jobs per origin; lanes :meth:`take` them fairly, at most *cap* per origin."""
 
@@ -112,14 +60,14 @@ class OriginQueues(Generic[J]):
         self.stall_s: float | None = None
         self.probe_cap = 1  # probes in flight at once, at most, while lanes are short
         self.probes = 0
-        self._parked: deque[_Origin[J]] = deque()  # origins waiting for a probe slot
+        self._parked: deque[OriginState[J]] = deque()  # origins waiting for a probe slot
         self.queued = 0
         self.idle: deque[asyncio.Future[None]] = deque()  # parked lanes' wake-ups
-        self._origins: dict[Origin, _Origin[J]] = {}
-        self._by_tag: dict[str, _Origin[J]] = {}  # the same origins by origin_tag
+        self._origins: dict[Origin, OriginState[J]] = {}
+        self._by_tag: dict[str, OriginState[J]] = {}  # the same origins by origin_tag
         self._recent: deque[float] = deque(maxlen=TYPICAL_OF)  # attempts' durations (s)
         self._typical = (0.0, -1.0)  # (median of _recent, when computed)
-        self._ring: deque[_Origin[J]] = deque()
+        self._ring: deque[OriginState[J]] = deque()
         # events a plan let a fan-out claim for origins not queued to yet: tag -> [count, when]
         self._unseen: dict[str, list[float]] = {}
         self._unseen_swept = float("-inf")
@@ -145,7 +93,7 @@ class OriginQueues(Generic[J]):
         """Queue *job* behind the others of its origin; wake a parked lane if it can run."""
         o = self._origins.get(job.origin)
         if o is None:
-            o = self._origins[job.origin] = _Origin(job.origin)
+            o = self._origins[job.origin] = OriginState(job.origin)
             tag = origin_tag(job.origin)
             self._by_tag[tag] = o
             unseen = self._unseen.pop(tag, None)
@@ -176,7 +124,7 @@ class OriginQueues(Generic[J]):
                     self._ring.append(o)
                     self.wake(1)
 
-    def _answering(self, o: _Origin[J], stall_s: float) -> bool:
+    def _answering(self, o: OriginState[J], stall_s: float) -> bool:
         return o.answered and not (o.starts and self.clock() - o.starts[0] > stall_s)
 
     def _unpark(self, n: int) -> None:
@@ -282,7 +230,7 @@ class OriginQueues(Generic[J]):
             self._typical = (value, now)
         return value
 
-    def is_slow(self, o: _Origin[J], est: float, slow_s: float) -> bool:
+    def is_slow(self, o: OriginState[J], est: float, slow_s: float) -> bool:
         """Whether an origin is slow: its attempts take *slow_s* or more and SLOW_FACTOR
         times this worker's typical attempt (one that has not answered yet: a quarter of
         those). Relative, so a worker whose own loop is busy does not take a receiver it
@@ -457,7 +405,7 @@ class OriginQueues(Generic[J]):
         return max(UNANSWERED_WAVES * self.cap - (o.inflight + len(o.jobs) + o.promised), 0)
 
     @staticmethod
-    def _expect(o: _Origin[J], due: float, est: float) -> None:
+    def _expect(o: OriginState[J], due: float, est: float) -> None:
         """One of *o*'s jobs is due back (handed back, or an event paced) at *due*: counted
         in the wave it comes in (entries within half an attempt of each other share one)."""
         handed = o.handed
@@ -484,7 +432,7 @@ class OriginQueues(Generic[J]):
         if self._unseen:
             self._sweep_unseen(now)
 
-    def _promise(self, o: _Origin[J], now: float) -> None:
+    def _promise(self, o: OriginState[J], now: float) -> None:
         if now - o.promised_at > PROMISE_S:
             o.promised = 0
         o.promised += 1
