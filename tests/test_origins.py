@@ -103,6 +103,49 @@ def test_lanes_short_origins_not_answering_get_one_probe_each_in_a_few_lanes() -
     assert B in rest and len(rest) >= 3, rest
 
 
+def test_lanes_short_a_hung_attempt_a_new_origin_and_claims_held() -> None:
+    """While lanes are short (a review's cases, 2026-12-07): an origin that answers the
+    others is not frozen by one hung attempt; an origin never tried yet (a receiver new to
+    this worker) waits for a probe slot ahead of those that went unanswered; an origin not
+    answering holds one queued job at most -- its others are handed back, so the claim
+    slots go to the origins that answer."""
+    clock = Clock()
+    q: OriginQueues[J] = OriginQueues(cap=16, clock=clock)
+    for i in range(3):
+        q.put(J(B, i))
+    hung = send(q)
+    assert hung is not None
+    clock.t += 0.5
+    quick = send(q)
+    assert quick is not None
+    clock.t += 0.05
+    q.finish(B, 0.05, sent=True, answered=True)  # one answered, the first hangs on
+    clock.t += 2.0
+    q.short(1.0, probes=1)
+    nxt = send(q)
+    assert nxt is not None and nxt.origin == B  # still answering: not frozen
+    dead = [("http", f"dead{i}.example", 80) for i in range(3)]
+    for origin in dead:
+        for i in range(5):
+            q.put(J(origin, i))
+    probe = send(q)
+    assert probe is not None and probe.origin in dead
+    q.finish(probe.origin, 8.0, sent=True, answered=False)  # unanswered: tried
+    fresh: Origin = ("http", "new.example", 80)
+    q.put(J(fresh, 0))
+    q.put(J(fresh, 1))
+    other = send(q)  # the slot freed: a probe again
+    assert other is not None
+    assert q.take() is None  # (the one slot taken: every origin waiting for it parks)
+    handed = q.overflow(1.0, crowded=True)
+    by_origin = {o: sum(1 for j, _ in handed if j.origin == o) for o in [*dead, fresh]}
+    assert all(n >= 3 for o, n in by_origin.items() if o != fresh), by_origin
+    assert by_origin[fresh] == 1 and q.waiting(fresh) == 1  # one kept for its probe
+    q.finish(other.origin, 8.0, sent=True, answered=False)  # a slot frees: the new one first
+    first = send(q)
+    assert first is not None and first.origin == fresh
+
+
 def test_an_origin_gets_at_most_its_cap_and_room_back_when_one_finishes() -> None:
     q: OriginQueues[J] = OriginQueues(cap=3)
     for i in range(10):

@@ -234,6 +234,13 @@ async def test_a_reseal_waits_until_every_process_holds_the_newest_key(
     # the rollout done: the old process gone (its word lapses), the new ones say NEW
     await old_api.close()
     await redis.delete(c.KEYS_SEEN_KEY)
+    # one that holds NEW but still seals with OLD (the rollout's first step only) is refused
+    # too: it would go on sealing with OLD after the reseal
+    first_step = await make_api(secrets_key=f"{OLD},{NEW}")
+    assert await _cli("reseal", lambda: both) == 3
+    assert "or do not seal with it" in capsys.readouterr().out
+    await first_step.close()
+    await redis.delete(c.KEYS_SEEN_KEY)
     await make_api(secrets_key=f"{NEW},{OLD}")
     assert await _cli("reseal", lambda: both) == 0
     assert "sealed anew with the newest key: 1" in capsys.readouterr().out

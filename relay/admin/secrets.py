@@ -100,16 +100,19 @@ def report(action: str, t: Tally, keys: list[str], redis_at: str) -> tuple[str, 
 
 
 def lacking(seen: list[list[str]], newest: str) -> str:
-    """Of the key sets the API and worker processes said they hold (*seen*), those without
-    the key *newest* (a fingerprint), as a sentence ('' when every one has it)."""
-    without = [held for held in seen if newest not in held]
+    """Of the key sets the API and worker processes said they hold (*seen*), those that
+    do not seal with the key *newest* (a fingerprint: first in their set), as a sentence
+    ('' when every one does)."""
+    # (a process that holds it but seals with another key would go on sealing with that
+    # one after the reseal: its values would not open once the older key is dropped)
+    without = [held for held in seen if not held or held[0] != newest]
     if not without:
         return ""
     named = "; ".join(", ".join(held) or "no key" for held in without)
     return (
         f"{len(without)} of the {len(seen)} key sets the relay's processes hold (seen in"
-        f" the last minute) lack the newest key {newest}: {named}. Values it seals would not"
-        " open there: roll RELAY_SECRETS_KEY with it out to every API and worker first"
+        f" the last minute) lack the newest key {newest}, or do not seal with it: {named}."
+        " Roll RELAY_SECRETS_KEY with it first out to every API and worker"
         " (docs/runbook.md, rotating the key), then reseal"
     )
 

@@ -36,7 +36,7 @@ from relay.http.ssrf import CallbackPolicy
 from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from relay.settings import Settings
 from relay.store import Store, timesync
-from relay.store.connection import connect, trim_idle
+from relay.store.connection import SOCKET_TIMEOUT, connect, trim_idle
 from relay.store.reseal import say_keys
 from relay.ui import mount as mount_ui
 
@@ -218,10 +218,14 @@ async def _upkeep(redis: Redis, keys_held: str, every_s: float = TRIM_EVERY_S) -
     connections a burst of requests left idle, beyond a few."""
     while True:
         await asyncio.sleep(every_s)
+        # (each with a deadline: this client has no read timeout, and a reply that never
+        # comes must not end what this replica says of its keys)
         with contextlib.suppress(Exception):  # (Redis away: the next round tries again)
-            await timesync.sync(redis)
+            async with asyncio.timeout(SOCKET_TIMEOUT):
+                await timesync.sync(redis)
         with contextlib.suppress(Exception):
-            await _say_keys(redis, keys_held)
+            async with asyncio.timeout(SOCKET_TIMEOUT):
+                await _say_keys(redis, keys_held)
         with contextlib.suppress(Exception):
             await trim_idle(redis)
 

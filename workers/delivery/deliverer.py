@@ -231,7 +231,10 @@ class Deliverer:
         while True:
             await asyncio.sleep(SWEEP_S)
             ORIGIN_WAITING.set(len(self.claimer.jobs))
-            self._replace_stalled()
+            try:  # (the lanes' shortage ends only here: this loop must not die)
+                self._replace_stalled()
+            except Exception:
+                log.exception("replacing stalled lanes failed")
             await self._hand_back_overflow()
             if time.monotonic() - swept >= FORGET_EVERY_S:
                 swept = time.monotonic()
@@ -262,6 +265,7 @@ class Deliverer:
             job.done()
         jobs.wake_all()
         await finish_all(self._lane_tasks, 0.5)
+        LANES_STALLED.set(0)
         never = [(job.watch.id, job.deadline) for job in unsent]
         never += [(cl.watch_id, cl.deadline_ms) for cl in self.claimer.take_offered()]
         never += self.claimer.take_cut()

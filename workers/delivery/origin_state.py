@@ -25,6 +25,7 @@ class OriginState(Generic[J]):
 
     __slots__ = (
         "answered",
+        "answered_at",
         "busy_since",
         "handed",
         "horizon",
@@ -38,6 +39,7 @@ class OriginState(Generic[J]):
         "ready",
         "sending",
         "starts",
+        "tried",
         "used",
     )
 
@@ -56,6 +58,8 @@ class OriginState(Generic[J]):
         self.horizon = 0.0  # until when the jobs handed back are expected to keep it busy
         self.used = 0.0  # last time a job was queued or ended
         self.answered = False  # its last attempt that ended got an answer (any status)
+        self.answered_at = float("-inf")  # when an attempt of it last got an answer
+        self.tried = False  # an attempt of it has ended (answered or not)
         self.probing = False  # its one attempt in flight is a probe (lanes short, see take)
 
     def estimate(self, now: float) -> float:

@@ -125,7 +125,15 @@ class OriginQueues(Generic[J]):
                     self.wake(1)
 
     def _answering(self, o: OriginState[J], stall_s: float) -> bool:
-        return o.answered and not (o.starts and self.clock() - o.starts[0] > stall_s)
+        """It answered last, and none of its attempts on the wire has run *stall_s* -- or
+        one answered since the oldest of them went out (one hung attempt does not freeze an
+        origin that answers the others)."""
+        if not o.answered:
+            return False
+        if not o.starts:
+            return True
+        oldest = o.starts[0]
+        return self.clock() - oldest <= stall_s or o.answered_at > oldest
 
     def _unpark(self, n: int) -> None:
         """Put up to *n* origins that waited for a probe slot back in the ring."""
@@ -150,7 +158,10 @@ class OriginQueues(Generic[J]):
                     continue  # (back in the ring when an attempt of it ends: finish)
                 if self.probes >= self.probe_cap:
                     o.ready = True  # (parked: back in the ring when a probe slot frees)
-                    self._parked.append(o)
+                    if o.tried:
+                        self._parked.append(o)
+                    else:  # (never tried -- a receiver new to this worker -- goes first)
+                        self._parked.appendleft(o)
                     continue
                 o.probing = True
                 self.probes += 1
@@ -197,7 +208,9 @@ class OriginQueues(Generic[J]):
             return
         o.inflight -= 1
         if answered is not None:
-            o.answered = answered
+            o.answered, o.tried = answered, True
+            if answered:
+                o.answered_at = self.clock()
         if o.probing:
             o.probing = False
             self.probes -= 1
@@ -279,10 +292,24 @@ class OriginQueues(Generic[J]):
         now = self.clock()
         out: list[tuple[J, float]] = []
         cap = self.cap
+        stall_s = self.stall_s
         for o in list(self._origins.values()):
             if not o.jobs or (keep is not None and keep(o.key)):
                 continue
             est = o.estimate(now)
+            if stall_s is not None and not self._answering(o, stall_s):
+                # lanes short: it gets one probe at a time, so it holds no more claims than
+                # that (the claim slots go to the origins that answer)
+                kept = 0 if o.inflight else 1
+                if len(o.jobs) > kept:
+                    extra = [o.jobs.pop() for _ in range(len(o.jobs) - kept)]
+                    extra.reverse()
+                    self.queued -= len(extra)
+                    # (one never tried -- maybe a receiver new here -- comes back soonest)
+                    wait = 2 * max(est, stall_s) if o.tried else 0.0
+                    delay = min(max(wait, MIN_DEFER_S), MAX_DEFER_S)
+                    out += [(job, delay) for job in extra]
+                continue
             if est <= 0:
                 continue
             is_slow = slow is not None and self.is_slow(o, est, slow[0])
