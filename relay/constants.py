@@ -47,9 +47,11 @@ WORKER_LEASE_SEEN_MS: Final = 600_000
 # hash: the RELAY_SECRETS_KEY fingerprints a running API or worker holds (newest first,
 # comma-joined; "none": no key) -> Redis ms until which one holding them was seen (each says
 # its own every few seconds, a minute ahead): `secrets reseal` seals only with a key every
-# process seen can open. The key lapses KEYS_SEEN_MS after the last write.
+# process seen can open. Words older than KEYS_SEEN_KEPT_MS are deleted by the next reader,
+# and the key lapses that long after the last write.
 KEYS_SEEN_KEY: Final = PREFIX + "keys:seen"
 KEYS_SEEN_MS: Final = 60_000
+KEYS_SEEN_KEPT_MS: Final = 600_000
 UPSTREAM_PAUSE_CHANNEL: Final = PREFIX + "up:paused"  # pub/sub: each new pause's length (ms)
 CIRCUIT_CLOSE_CHANNEL: Final = PREFIX + "circuits:close"  # pub/sub: origin tag (or *) to close
 CIRCUIT_CLOSES_KEY: Final = PREFIX + "circuits:closed"  # zset: origin tag (or *) -> last close ms

@@ -188,7 +188,7 @@ def say_keys(pipe: Pipeline, held: str, now_ms: int) -> None:
     (:func:`relay.domain.crypto.held`) -- for the next minute; the hash lapses ten minutes
     after the last word of any process."""
     pipe.hset(c.KEYS_SEEN_KEY, held, str(now_ms + c.KEYS_SEEN_MS))
-    pipe.pexpire(c.KEYS_SEEN_KEY, 10 * c.KEYS_SEEN_MS)
+    pipe.pexpire(c.KEYS_SEEN_KEY, c.KEYS_SEEN_KEPT_MS)
 
 
 async def keys_seen(redis: Redis) -> list[list[str]]:
@@ -200,7 +200,7 @@ async def keys_seen(redis: Redis) -> list[list[str]]:
         pipe.time()
         said, (secs, micros) = await pipe.execute()
     now = int(secs) * 1000 + int(micros) // 1000
-    old = [h for h, until in said.items() if int(until) < now - 10 * c.KEYS_SEEN_MS]
+    old = [h for h, until in said.items() if int(until) < now - c.KEYS_SEEN_KEPT_MS]
     if old:
         await redis.hdel(c.KEYS_SEEN_KEY, *old)  # type: ignore[misc]
     return [[] if h == "none" else h.split(",") for h, until in said.items() if int(until) > now]

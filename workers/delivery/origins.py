@@ -112,9 +112,10 @@ class OriginQueues(Generic[J]):
     def short(self, stall_s: float | None, probes: int = 1) -> None:
         """Lanes are short (*stall_s* set) or no longer (None): while they are, an origin
         that is not answering -- it has not answered yet, its last attempt got no answer,
-        or its oldest attempt on the wire has run *stall_s* -- gets a new attempt only when
-        it has none in flight, as a probe, and *probes* of them at most are in flight at
-        once: the lanes go to the origins that answer."""
+        or its oldest attempt on the wire has run *stall_s* with no answer since -- gets a
+        new attempt only when it has none in flight, as a probe (one never tried first),
+        *probes* of them at most in flight at once, and holds one queued job at most
+        (:meth:`overflow`): the lanes and the claim slots go to the origins that answer."""
         was, self.stall_s, self.probe_cap = self.stall_s, stall_s, max(probes, 1)
         if stall_s is None and was is not None:  # every origin passed over goes again
             self._unpark(len(self._parked))
