@@ -303,6 +303,53 @@ async def test_watch_ids_stay_in_their_path_and_times_must_be_aware(
     assert len(answers.raw_paths) == 1
 
 
+async def test_arguments_of_the_wrong_type_are_refused_before_anything_is_sent(
+    serve: Callable[[Answers], Awaitable[str]],
+) -> None:
+    """A black-box tester's finds (2026-12-07): a watch id or a time of the wrong type, a
+    client setting that is not a number of seconds (a string read from the environment, a
+    negative retry count), and headers that are not a mapping are each a clear error
+    naming what is wrong -- not an AttributeError from inside the SDK, nor an error at the
+    first call."""
+    answers = Answers(200)
+    url = await serve(answers)
+    with Client(url, "k") as relay:
+        for bad_id in (None, 123, b"wat_x"):
+            with pytest.raises(TypeError, match="a watch id is a string"):
+                relay.redeliver(bad_id)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="a watch id is a string"):
+                relay.deliveries(bad_id)  # type: ignore[arg-type]
+        for since in (5, None, b"2026-01-01T00:00:00Z"):
+            with pytest.raises(TypeError, match="aware datetime or an RFC 3339 string"):
+                relay.recover(since)  # type: ignore[arg-type]
+    async with AsyncClient(url, "k") as arelay:
+        with pytest.raises(TypeError, match="aware datetime"):
+            await arelay.recover(datetime(2026, 1, 1, tzinfo=UTC), until=7)  # type: ignore[arg-type]
+    assert answers.raw_paths == []
+    settings: list[dict[str, Any]] = [
+        {"timeout": "x"},
+        {"timeout": -1},
+        {"timeout": 0},
+        {"timeout": float("nan")},
+        {"backoff": -0.5},
+        {"max_wait": "30"},
+        {"max_retries": -1},
+        {"max_retries": "3"},
+        {"max_retries": True},
+        {"max_retries": 1.5},
+    ]
+    for bad in settings:
+        (name,) = bad
+        with pytest.raises(ValueError, match=name):
+            Client(url, "k", **bad)
+        with pytest.raises(ValueError, match=name):
+            AsyncClient(url, "k", **bad)
+    with Client(url, "k", timeout=0.5, max_retries=0, backoff=0, max_wait=0):
+        pass
+    with pytest.raises(TypeError, match="headers"):
+        verify(SECRET, BODY, None)  # type: ignore[arg-type]
+
+
 async def test_recover_stops_when_the_relay_says_no_more(
     serve: Callable[[Answers], Awaitable[str]],
 ) -> None:

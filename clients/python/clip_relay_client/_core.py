@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from clip_relay_client._errors import ApiError
+from clip_relay_client.webhooks import finite_seconds
 
 __all__ = ["DEFAULT_TIMEOUT", "Call", "Core", "shown_url"]
 
@@ -40,6 +41,8 @@ class Call:
 def watch_path(watch_id: str, action: str = "") -> str:
     """The path of a watch (its id quoted: never another route; ``.`` and ``..``, which a
     URL's normalisation would turn into another route, are refused)."""
+    if not isinstance(watch_id, str):
+        raise TypeError(f"a watch id is a string (wat_...), not {type(watch_id).__name__}")
     if watch_id in ("", ".", ".."):
         raise ValueError(f"not a watch id: {watch_id!r}")
     path = "/v1/watches/" + quote(watch_id, safe="")
@@ -50,9 +53,21 @@ def rfc3339(value: datetime | str) -> str:
     """A time as the API reads it: RFC 3339 in UTC (an aware datetime, or a string as is)."""
     if isinstance(value, str):
         return value
+    if not isinstance(value, datetime):
+        raise TypeError(f"a time is an aware datetime or an RFC 3339 string, not {value!r}")
     if value.tzinfo is None:
         raise ValueError("give an aware datetime (e.g. datetime.now(UTC)), not a naive one")
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _setting_s(value: object, name: str, positive: bool = False) -> float:
+    """A client setting in seconds: a finite number, 0 or more (more than 0 if *positive*);
+    ValueError naming it otherwise (a string from an environment variable, say)."""
+    what = f"{name} is a finite number of seconds, {'more than' if positive else 'at least'} 0"
+    seconds = finite_seconds(value, what)
+    if seconds < 0 or (positive and seconds == 0):
+        raise ValueError(f"{what}, not {value!r}")
+    return seconds
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -153,10 +168,12 @@ class Core:
         if not api_key:
             raise ValueError("api_key is required (a key of the relay's RELAY_API_KEYS)")
         self.base_url = base_url.rstrip("/")
-        self.timeout = httpx.Timeout(timeout)
+        self.timeout = httpx.Timeout(_setting_s(timeout, "timeout", positive=True))
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries is a whole number, 0 or more, not {max_retries!r}")
         self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_wait = max_wait
+        self.backoff = _setting_s(backoff, "backoff")
+        self.max_wait = _setting_s(max_wait, "max_wait")
         self.headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "application/json",

@@ -86,7 +86,7 @@ def _key(secret: str) -> bytes:
     return key
 
 
-def _seconds(value: object, what: str) -> float:
+def finite_seconds(value: object, what: str) -> float:
     """*value* as a finite float (a bool is not a number of seconds); ValueError saying
     *what* it should be otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -111,6 +111,8 @@ class Headers(Protocol):
 
 
 def _header(headers: Headers, name: str) -> str:
+    if not (callable(getattr(headers, "get", None)) and callable(getattr(headers, "items", None))):
+        raise TypeError(f"headers are the request's headers (a mapping), not {headers!r}")
     value = headers.get(name)
     if value is None:
         value = next((v for k, v in headers.items() if k.lower() == name), None)
@@ -137,10 +139,10 @@ def verify(
     or a *tolerance* or *now* that is not a finite number (or a negative tolerance).
     """
     # (NaN compares false: a tolerance read as float("nan") would let any timestamp pass)
-    tolerance = _seconds(tolerance, "tolerance is a finite number of seconds, 0 or more")
+    tolerance = finite_seconds(tolerance, "tolerance is a finite number of seconds, 0 or more")
     if tolerance < 0:
         raise ValueError(f"tolerance is a finite number of seconds, 0 or more, not {tolerance!r}")
-    current = time.time() if now is None else _seconds(now, "now is a finite Unix time (s)")
+    current = time.time() if now is None else finite_seconds(now, "now is a finite Unix time (s)")
     if isinstance(secret, str):
         secret = [secret]
     elif not isinstance(secret, Sequence):  # None: an unset environment variable, say
