@@ -637,3 +637,38 @@ async def test_a_worker_rides_out_a_full_redis(
     finally:
         await redis.execute_command("REPLICAOF", "NO", "ONE")
         dead.close()
+
+
+async def test_a_worker_rides_out_a_redis_busy_with_a_script(
+    make_worker: WorkerFactory, redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script running past ``busy-reply-threshold`` (another client's, or an operator's
+    ``EVAL``) makes Redis answer BUSY to everything until it ends: the worker waits it out
+    and goes on. Fails before: arq's poll loop re-raised the BUSY error and every worker
+    exited at once (a black-box tester's find)."""
+    from relay import constants as c
+    from workers import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "HEALTH_INTERVAL", 0.2)
+    await make_worker()
+    running = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "RelayWorker.main"]
+    await eventually(lambda: redis.exists(c.ARQ_HEALTH_KEY), what="arq's health key")
+    threshold = (await redis.config_get("busy-reply-threshold"))["busy-reply-threshold"]
+    await redis.config_set("busy-reply-threshold", 100)
+    # (read-only and endless: SCRIPT KILL ends it; TIME stands still inside a script)
+    busy = asyncio.ensure_future(redis.eval("local i = 0 while true do i = i + 1 end", 0))
+    try:
+        await asyncio.sleep(2.5)  # health writes and polls answered BUSY
+        assert running and not any(t.done() for t in running), "the worker stopped on BUSY"
+    finally:
+        for _ in range(50):
+            try:
+                await redis.script_kill()
+                break
+            except Exception:  # (NOTBUSY: the script has not started yet)
+                await asyncio.sleep(0.1)
+        await asyncio.gather(busy, return_exceptions=True)
+        await redis.config_set("busy-reply-threshold", threshold)
+    await redis.delete(c.ARQ_HEALTH_KEY)
+    await eventually(lambda: redis.exists(c.ARQ_HEALTH_KEY), what="the health key again")
+    assert not any(t.done() for t in running)

@@ -268,7 +268,14 @@ class RelayWorker(Worker):
             # Redis refusing writes -- full (noeviction: OOM), a replica (READONLY: after a
             # failover, or a REDIS_URL naming one), its disk failing (MISCONF) -- refuses
             # arq's health key: the pumps and the sweep go on (the sweep frees memory), so
-            # must arq's loop. At error level: a replica or a disk needs an operator.
+            # must arq's loop. At error level: a replica or a disk needs an operator. A
+            # script running past busy-reply-threshold (BUSY) makes Redis refuse everything
+            # until it ends: every worker would exit at once, so they wait it out too.
+            if str(exc).startswith("BUSY"):
+                if self._outage.due():
+                    log.warning("redis busy running a script; retrying", error="BUSY")
+                await asyncio.sleep(1.0)
+                return
             if not refuses_writes(exc):
                 raise
             if self._outage.due():
