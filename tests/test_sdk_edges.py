@@ -346,6 +346,11 @@ async def test_arguments_of_the_wrong_type_are_refused_before_anything_is_sent(
             AsyncClient(url, "k", **bad)
     with Client(url, "k", timeout=0.5, max_retries=0, backoff=0, max_wait=0):
         pass
+    async with AsyncClient(url, "k", timeout=None) as arelay:  # (as httpx: no timeout)
+        await arelay.get_watch("wat_x")
+    async with AsyncClient(url, "k", timeout=httpx.Timeout(2.0, connect=1.0)) as arelay:
+        await arelay.get_watch("wat_x")
+    assert len(answers.raw_paths) == 2
     with pytest.raises(TypeError, match="headers"):
         verify(SECRET, BODY, None)  # type: ignore[arg-type]
 

@@ -157,7 +157,7 @@ class Core:
         base_url: str,
         api_key: str,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int = 3,
         backoff: float = 0.5,
         max_wait: float = 30.0,
@@ -168,7 +168,12 @@ class Core:
         if not api_key:
             raise ValueError("api_key is required (a key of the relay's RELAY_API_KEYS)")
         self.base_url = base_url.rstrip("/")
-        self.timeout = httpx.Timeout(_setting_s(timeout, "timeout", positive=True))
+        # (None: no timeout, and an httpx.Timeout as it is, as httpx takes them)
+        self.timeout = (
+            timeout
+            if isinstance(timeout, httpx.Timeout)
+            else httpx.Timeout(None if timeout is None else _setting_s(timeout, "timeout", True))
+        )
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries is a whole number, 0 or more, not {max_retries!r}")
         self.max_retries = max_retries

@@ -36,7 +36,8 @@ class Client:
     errors and on 429/503 (honouring ``Retry-After``) for calls that are safe to repeat
     (reads, cancel, recover, and ``create_watch`` with an ``idempotency_key``), waiting at
     most *max_wait* seconds (an answer asking for longer raises at once); *timeout*
-    seconds per request. API errors raise :class:`~clip_relay_client.ApiError`.
+    seconds per request (or an ``httpx.Timeout``; None: none). API errors raise
+    :class:`~clip_relay_client.ApiError`.
     """
 
     def __init__(
@@ -44,7 +45,7 @@ class Client:
         base_url: str,
         api_key: str,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int = 3,
         backoff: float = 0.5,
         max_wait: float = 30.0,
@@ -210,7 +211,7 @@ class AsyncClient:
         base_url: str,
         api_key: str,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int = 3,
         backoff: float = 0.5,
         max_wait: float = 30.0,

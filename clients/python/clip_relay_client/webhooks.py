@@ -136,7 +136,8 @@ def verify(
     match). The timestamp must be within *tolerance* seconds of *now* (default: the current
     time); any of the space-separated ``v1`` signatures may match. Raises
     :class:`WebhookVerificationError` otherwise, :class:`ValueError` for a malformed secret
-    or a *tolerance* or *now* that is not a finite number (or a negative tolerance).
+    or a *tolerance* or *now* that is not a finite number (or a negative tolerance),
+    :class:`TypeError` for *headers* that are not a mapping.
     """
     # (NaN compares false: a tolerance read as float("nan") would let any timestamp pass)
     tolerance = finite_seconds(tolerance, "tolerance is a finite number of seconds, 0 or more")
