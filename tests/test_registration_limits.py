@@ -283,6 +283,32 @@ async def test_any_error_reply_of_redis_is_503_not_500(api: Client, redis: Redis
     assert resp.headers["Retry-After"] and "storage" in (await resp.json())["detail"]
 
 
+async def test_redis_trouble_is_logged_a_few_times_a_second_not_once_a_request(
+    api: Client, redis: Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage met by many requests is a few error lines a second (the rest counted in
+    the next line's ``others``), not one per request: each request still has its access
+    line. Fails before: one "redis answered an error" line per request (a tester's find:
+    at production rates, an outage was error lines at the request rate)."""
+    from relay import logs
+    from relay.api import app as app_module
+
+    monkeypatch.setattr(app_module, "_REDIS_TROUBLE", logs.Sampled(1.0, burst=3))
+    await redis.config_set("min-replicas-to-write", 1)  # every write refused
+    try:
+        for _ in range(20):
+            resp = await api.post("/v1/watches", json=body(), headers=auth())
+            assert resp.status == 503
+        await asyncio.sleep(1.05)
+        resp = await api.post("/v1/watches", json=body(), headers=auth())
+        assert resp.status == 503
+    finally:
+        await redis.config_set("min-replicas-to-write", 0)
+    said = [line for line in capsys.readouterr().out.splitlines() if "redis answered" in line]
+    assert len(said) == 4, said  # 3 in the first second, then one saying the 17 left out
+    assert "others" in said[-1] and "17" in said[-1], said[-1]
+
+
 # --- nothing twice ------------------------------------------------------------------------------
 
 

@@ -44,6 +44,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TRIM_EVERY_S = 5.0  # how often idle Redis connections beyond a few are closed
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 log = logs.get("relay.api")
+# Redis trouble is said a few times a second at most, however many requests meet it (each
+# still has its access line, 503): an outage at 1,000 requests a second is not 1,000 error
+# lines a second
+_REDIS_TROUBLE = logs.Sampled(1.0, burst=3)
 
 
 @web.middleware
@@ -126,7 +130,7 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
                 slug="timeout",
                 headers={"Connection": "close"},
             ) from None
-        log.error("redis unavailable", error=type(exc).__name__)
+        _REDIS_TROUBLE.say(log.error, "redis unavailable", error=type(exc).__name__)
         raise ProblemError(
             503,
             "Service unavailable",
@@ -136,7 +140,7 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         ) from None
     except (OutOfMemoryError, ReadOnlyError) as exc:
         # Redis full (noeviction) or a replica after a failover: nothing was written
-        log.error("redis refused a write", error=type(exc).__name__)
+        _REDIS_TROUBLE.say(log.error, "redis refused a write", error=type(exc).__name__)
         raise ProblemError(
             503,
             "Service unavailable",
@@ -147,7 +151,8 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     except RedisError as exc:
         # any other error reply (BUSY with a long script, MISCONF on a full disk,
         # MASTERDOWN, ...): Redis' trouble, not the request's
-        log.error("redis answered an error", error=f"{type(exc).__name__}: {exc}"[:200])
+        error = f"{type(exc).__name__}: {exc}"[:200]
+        _REDIS_TROUBLE.say(log.error, "redis answered an error", error=error)
         raise ProblemError(
             503,
             "Service unavailable",

@@ -121,3 +121,21 @@ def csrf_ok(session: Session | None, given: str) -> bool:
 def is_https(request: web.Request) -> bool:
     """Was the page asked for over https (here, or at a TLS-terminating proxy)?"""
     return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+
+
+def done_tag(session: Session, watch_id: str, action: str) -> str:
+    """``?done=`` of the page an action of this session's redirects to: the action and a
+    MAC under the session's CSRF token, so a link made elsewhere (``?done=cancelled`` on a
+    watch nobody cancelled) shows no notice."""
+    mac = hmac.new(session.csrf.encode(), f"done\0{watch_id}\0{action}".encode(), "sha256")
+    return f"{action}.{mac.hexdigest()[:20]}"
+
+
+def done_action(session: Session | None, watch_id: str, given: str) -> str | None:
+    """The action of a ``?done=`` made by :func:`done_tag` for this session and watch, or
+    None (compared in constant time)."""
+    action = given.partition(".")[0]
+    if session is None or not action:
+        return None
+    expected = done_tag(session, watch_id, action).encode()
+    return action if hmac.compare_digest(expected, given.encode("utf-8", "replace")) else None

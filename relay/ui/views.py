@@ -37,7 +37,7 @@ from relay.ui.guard import (
     render,
     session,
 )
-from relay.ui.session import new_session, session_id
+from relay.ui.session import done_action, done_tag, new_session, session_id
 
 PAGE_SIZE = 50
 SIGN_INS_PER_MINUTE = 10  # per client address (an IPv6 one: per /64)
@@ -193,7 +193,8 @@ async def _event_body(store: Store, w: Watch) -> str | None:
 async def _watch_page(request: web.Request, watch: Watch, **extra: Any) -> web.StreamResponse:
     store = _store(request)
     attempts, body = await asyncio.gather(store.watches.attempts(watch), _event_body(store, watch))
-    notice = NOTICES.get(request.query.get("done", ""))
+    done = done_action(session(request), watch.id, request.query.get("done", ""))
+    notice = NOTICES.get(done or "")
     return render(
         request,
         "watch.html",
@@ -213,6 +214,12 @@ async def _watch_page(request: web.Request, watch: Watch, **extra: Any) -> web.S
     )
 
 
+def _done(request: web.Request, watch: Watch, action: str) -> web.HTTPSeeOther:
+    """The redirect after *action* to the watch's page, which says it was done."""
+    tag = done_tag(session(request), watch.id, action)
+    return web.HTTPSeeOther(f"/ui/watches/{watch.id}?{urlencode({'done': tag})}")
+
+
 async def watch_page(request: web.Request) -> web.StreamResponse:
     """``GET /ui/watches/{id}``: fields, attempts, the event's body, the actions."""
     return await _watch_page(request, await _own_watch(request))
@@ -224,14 +231,14 @@ async def redeliver(request: web.Request) -> web.StreamResponse:
     result = await _store(request).watches.redeliver(watch)
     if result != "ok":
         raise web.HTTPConflict(text=f"The watch is {result}: nothing to redeliver.")
-    raise web.HTTPSeeOther(f"/ui/watches/{watch.id}?done=redelivered")
+    raise _done(request, watch, "redelivered")
 
 
 async def cancel(request: web.Request) -> web.StreamResponse:
     """``POST /ui/watches/{id}/cancel``."""
     watch = await _own_watch(request)
     await _store(request).watches.cancel(watch)
-    raise web.HTTPSeeOther(f"/ui/watches/{watch.id}?done=cancelled")
+    raise _done(request, watch, "cancelled")
 
 
 async def ping(request: web.Request) -> web.StreamResponse:
@@ -253,7 +260,7 @@ async def ping(request: web.Request) -> web.StreamResponse:
             text=f"Not sent: {full}. Try again when they have answered.",
             headers={"Retry-After": "1"},
         )
-    raise web.HTTPSeeOther(f"/ui/watches/{watch.id}?done=pinged")
+    raise _done(request, watch, "pinged")
 
 
 async def rotate(request: web.Request) -> web.StreamResponse:
