@@ -112,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"clip-relay: configuration error: {exc}", file=sys.stderr)
         return 2
+    if settings.secrets_key and (clash := _keys_clash(settings)):
+        print(f"clip-relay: configuration error: {clash}", file=sys.stderr)
+        return 2
     try:
         if args.command == "api":
             from relay.api.serving import run_api
@@ -135,6 +138,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             isinstance(exc, socket.gaierror) and exc.errno != socket.EAI_AGAIN  # (DNS away)
         )
         return 2 if bad_host else 1
+
+
+def _keys_clash(settings: Settings) -> str | None:
+    """Why this process must not start (None: it may): the key it would seal with is not
+    held by processes running now (``cr:keys:seen``), which could not open what it stores
+    -- a key list with a new key first before it was rolled out second, or an unrelated
+    key (a tester's run: one such API's secrets failed every later ping and delivery).
+    Redis away: nothing to compare (the process waits for it, as ever)."""
+    import asyncio
+
+    from relay.domain.crypto import held
+    from relay.store.connection import connect
+    from relay.store.reseal import cannot_open, keys_seen
+
+    async def seen() -> list[list[str]]:
+        redis = connect(settings.redis_url, timeout=2.0)
+        try:
+            async with asyncio.timeout(3.0):
+                return await keys_seen(redis)
+        finally:
+            await redis.aclose()
+
+    try:
+        lacking = cannot_open(mine := held(settings.secrets_key), asyncio.run(seen()))
+    except Exception:
+        return None
+    if not lacking:
+        return None
+    theirs = "; ".join(",".join(keys) for keys in lacking)
+    return (
+        f"RELAY_SECRETS_KEY seals with the key {mine.split(',')[0]} (its fingerprint), which "
+        f"processes seen in the last minute do not hold (their keys, newest first: {theirs}):"
+        " they could not open what this one stores. Add it to theirs second first (docs/"
+        "runbook.md, rotating RELAY_SECRETS_KEY); a process stopped less than a minute ago "
+        "still counts"
+    )
 
 
 def _cannot_listen(

@@ -82,6 +82,8 @@ def test_the_setting_takes_keys_newest_first_and_names_a_bad_one_by_position() -
         (f"{NEW},{OLD[:-3]}", "key 2 of 2: expected a Fernet key"),
         (f"{NEW},,{OLD}", "key 2 of 3: empty"),
         (f"{NEW},", "key 2 of 2: empty"),
+        (f"{NEW},{NEW}", "key 2 of 2: the same key as key 1"),  # (a typo for NEW,OLD)
+        (f"{NEW},{OLD}, {NEW}", "key 3 of 3: the same key as key 1"),
     ):
         with pytest.raises(ConfigError) as info:
             load({"RELAY_SECRETS_KEY": raw})
@@ -452,3 +454,60 @@ async def test_clip_relay_secrets_runs_as_a_command(
     code, out = await command(OLD)
     assert code == 0 and "older keys can be dropped" in out, out
     assert OLD not in out and NEW not in out
+
+
+async def test_a_process_does_not_start_sealing_with_a_key_running_processes_lack(
+    make_api: ApiFactory, redis: Redis, redis_server: RedisServer
+) -> None:
+    """Rule: an API or worker whose newest key is not held by every process seen in the last
+    minute refuses to start (exit 2, their key sets named by fingerprint): they could not
+    open what it would store. One that holds their keys second -- the rotation's first
+    step -- or that shares its newest key with them starts. Fails before: an API with an
+    unrelated key started silently, and the secrets it stored failed every later ping and
+    delivery (a tester's run, 2026-12-07)."""
+    await make_api(secrets_key=OLD)  # (says so in cr:keys:seen as it starts)
+
+    async def start(command: str, keys: str) -> tuple[int | None, str]:
+        """Its exit status and output; None once an API says it listens (it started)."""
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("clip-relay")),
+            command,
+            env=dict(
+                os.environ,
+                REDIS_URL=redis_server.url,
+                RELAY_SECRETS_KEY=keys,
+                RELAY_API_KEYS="t:" + "k" * 32,
+                SCALEREACH_API_KEY="sk_test",
+                RELAY_PORT="0",
+                RELAY_METRICS_PORT="0",
+                LOG_FORMAT="console",
+            ),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(20):
+                while line := (await proc.stdout.readline()).decode():
+                    lines.append(line)
+                    if "api listening" in line:
+                        proc.terminate()
+                        await proc.wait()
+                        return None, "".join(lines)
+                return await proc.wait(), "".join(lines)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    for command, keys in (("api", NEW), ("api", f"{NEW},{OLD}"), ("worker", NEW)):
+        code, out = await start(command, keys)
+        assert code == 2, (command, keys, out)
+        assert f"seals with the key {fingerprint(NEW)}" in out and fingerprint(OLD) in out
+        assert NEW not in out and OLD not in out
+    code, out = await start("api", f"{OLD},{NEW}")  # the rotation's first step
+    assert code is None, out
+    await redis.delete(c.KEYS_SEEN_KEY)  # nothing running: nothing to compare
+    code, out = await start("api", NEW)
+    assert code is None, out

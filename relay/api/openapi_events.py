@@ -146,8 +146,9 @@ EVENTS: dict[str, Any] = {
             "count": {"type": "integer"},
         },
         ["minScore", "clips", "count"],
-        "The video is completed and every clip passing the watch's filters is final; clips "
-        "as the upstream returns them, filtered and ordered by the watch.",
+        "The video is completed and every clip passing the watch's filters is final, or "
+        "RELAY_RENDER_TIMEOUT has passed since (clips still rendering then are left out); "
+        "clips as the upstream returns them, filtered and ordered by the watch.",
     ),
     "video.failed": _event(
         "video.failed",

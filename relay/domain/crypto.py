@@ -35,6 +35,8 @@ def split_keys(raw: str) -> list[str]:
             Fernet(key.encode())
         except (ValueError, TypeError):
             raise ValueError(where + _HOW) from None
+        if key in keys[: n - 1]:  # (a typo, e.g. NEW,NEW for NEW,OLD: OLD's values lost)
+            raise ValueError(f"{where}the same key as key {keys.index(key) + 1}")
     return keys
 
 

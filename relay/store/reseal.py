@@ -191,6 +191,14 @@ def say_keys(pipe: Pipeline, held: str, now_ms: int) -> None:
     pipe.pexpire(c.KEYS_SEEN_KEY, c.KEYS_SEEN_KEPT_MS)
 
 
+def cannot_open(held: str, seen: list[list[str]]) -> list[list[str]]:
+    """The key sets, of those *seen*, that lack the key a process holding *held*
+    (:func:`relay.domain.crypto.held`) would seal with -- its first: processes that could
+    not open what it stores. A process without a key is left out (it opens nothing sealed)."""
+    newest = held.split(",")[0] if held != "none" else None
+    return [keys for keys in seen if newest and keys and newest not in keys]
+
+
 async def keys_seen(redis: Redis) -> list[list[str]]:
     """What the API and worker processes seen in the last minute hold: per set of keys, its
     fingerprints, newest first ([] for a process without a key). Words older than ten
