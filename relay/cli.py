@@ -166,13 +166,13 @@ def _keys_clash(settings: Settings) -> str | None:
         return None
     if not lacking:
         return None
-    theirs = "; ".join(",".join(keys) for keys in lacking)
+    theirs = "; ".join(",".join(keys) or "no key" for keys in lacking)
     return (
         f"RELAY_SECRETS_KEY seals with the key {mine.split(',')[0]} (its fingerprint), which "
         f"processes seen in the last minute do not hold (their keys, newest first: {theirs}):"
-        " they could not open what this one stores. Add it to theirs second first (docs/"
-        "runbook.md, rotating RELAY_SECRETS_KEY); a process stopped less than a minute ago "
-        "still counts"
+        " they could not open what this one stores. Add it to theirs second first, or give"
+        " those without a key plain,KEY first (docs/runbook.md, rotating RELAY_SECRETS_KEY);"
+        " a process stopped less than a minute ago still counts"
     )
 
 

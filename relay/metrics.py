@@ -86,6 +86,14 @@ CALLBACK_CONNECTIONS = Counter(
     "TCP (or TLS) connections opened to receivers; kept-alive connections are reused.",
     registry=REGISTRY,
 )
+CALLBACK_RESENDS = Counter(
+    "relay_callback_requests_resent_total",
+    "Requests sent once more on a new connection, within their attempt, because the reused"
+    " keep-alive connection they went out on closed before any byte of an answer (the"
+    " server's idle timeout racing the request; a receiver that reads a request and closes"
+    " without answering gets it twice, with one webhook-id).",
+    registry=REGISTRY,
+)
 DNS_LOOKUPS = Counter(
     "relay_dns_lookups_total",
     "Callback host name resolutions by result: resolved, cached, cached_failed (a failure "
@@ -179,7 +187,7 @@ LOG_WRITES_DROPPED = _DroppedLogWrites()
 
 # made by both: the watch counts (read from Redis), the callback checks and pings of the
 # API (DNS lookups, connections) beside the worker's deliveries, and the log writes dropped
-for _shared in (WATCHES, DNS_LOOKUPS, CALLBACK_CONNECTIONS, LOG_WRITES_DROPPED):
+for _shared in (WATCHES, DNS_LOOKUPS, CALLBACK_CONNECTIONS, CALLBACK_RESENDS, LOG_WRITES_DROPPED):
     API_REGISTRY.register(_shared)
 REGISTRY.register(LOG_WRITES_DROPPED)
 

@@ -349,3 +349,32 @@ async def test_a_timed_out_command_is_not_sent_again(redis_server: RedisServer) 
     finally:
         await slow.aclose()
         await plain.aclose()
+
+
+async def test_no_ping_is_sent_while_its_record_could_not_be_kept(
+    make_api: ApiFactory, redis: Redis, receiver: Rec
+) -> None:
+    """Above the high-water mark a ping is a 503 like a registration, and nothing reaches
+    the receiver: its attempt must be recorded in deliveries. (A tester's ping was answered
+    202 and sent while Redis refused its record: deliveries never showed it.)"""
+    rec, base = receiver
+    api = await make_api()
+    made = await api.post("/v1/watches", json=body(callbackUrl=base + "/p"), headers=auth())
+    assert made.status == 201, await made.text()
+    wid = (await made.json())["id"]
+    rec.add_secret((await made.json())["secret"])
+    await redis.config_set("maxmemory", 64 * 1024 * 1024)
+    try:
+        used = int((await redis.info("memory"))["used_memory"])
+        full = await make_api(redis_high_water=used / 2 / (64 * 1024 * 1024))
+        resp = await full.post(f"/v1/watches/{wid}/ping", headers=auth())
+        assert resp.status == 503 and resp.headers["Retry-After"] == "5", await resp.text()
+        problem = await resp.json()
+        assert problem["type"].endswith("storage-full") and "pings resume" in problem["detail"]
+        await asyncio.sleep(0.3)
+        assert rec.events == []
+    finally:
+        await redis.config_set("maxmemory", 0)
+    resp = await api.post(f"/v1/watches/{wid}/ping", headers=auth())  # (room again: sent)
+    assert resp.status == 202
+    await rec.wait_for(1, timeout=5)

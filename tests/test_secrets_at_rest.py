@@ -26,9 +26,10 @@ from redis.asyncio import Redis
 from relay.api import appkeys as k
 from relay.api.auth import Authenticator
 from relay.devtools.receiver import Receiver
-from relay.domain.crypto import SEALED_PREFIX, SecretBox
+from relay.domain.crypto import SEALED_PREFIX, SecretBox, fingerprint, held, split_keys
 from relay.domain.signing import generate_secret, verify
 from relay.settings import ApiKey, ConfigError, Settings, load
+from relay.store.reseal import cannot_open
 from tests.conftest import TENANT_A_KEY, TENANT_B_KEY, ApiFactory, WorkerFactory, auth
 
 Client = TestClient[web.Request, web.Application]
@@ -79,6 +80,24 @@ def test_corrupt_sealed_values_fail_clearly(stored: str) -> None:
     token = stored.removeprefix("enc:")
     if token:
         assert token not in str(err)
+
+
+def test_plain_first_seals_nothing_and_opens_with_the_keys_behind_it() -> None:
+    """``plain,KEY``: the first step of a first key -- a process stores plain and opens what
+    KEY seals, so that none meets a value it cannot open while KEY rolls out. Only first,
+    and only before a key."""
+    secret = generate_secret()
+    box = SecretBox(f"plain,{KEY_1}")
+    assert box.seal(secret) == secret and not box.sealing
+    assert box.open(SecretBox(KEY_1).seal(secret)) == secret
+    assert box.current(secret) and not box.current(SecretBox(KEY_1).seal(secret))
+    assert held(f"plain,{KEY_1}") == f"plain,{fingerprint(KEY_1)}"
+    assert cannot_open(held(f"plain,{KEY_1}"), [[]]) == []  # (seals nothing: opens anywhere)
+    assert cannot_open(held(KEY_1), [[], [fingerprint(KEY_1)]]) == [[]]
+    assert cannot_open(held(KEY_1), [["plain", fingerprint(KEY_1)]]) == []
+    for raw in ("plain", f"{KEY_1},plain", f"plain,plain,{KEY_1}"):
+        with pytest.raises(ValueError, match="plain goes first and before a key"):
+            split_keys(raw)
 
 
 def test_without_a_key_values_stay_plain() -> None:
@@ -416,3 +435,23 @@ async def test_a_worker_with_the_wrong_key_fails_clearly(
     assert made["secret"] not in text and _key_part(made["secret"]) not in text
     assert KEY_1 not in text and KEY_2 not in text
     assert rec.events == []  # nothing unsigned or wrongly signed went out
+
+
+async def test_a_replay_on_an_api_that_cannot_open_the_secret_is_a_503(
+    make_api: ApiFactory,
+) -> None:
+    """A registration retried with its Idempotency-Key on an API without the key its secret
+    was sealed with (a key rollout in progress) is a 503 to retry, naming no value -- a
+    tester's replay was a 500. The API with the key answers it as it was."""
+    keyed, bare = await make_api(secrets_key=KEY_1), await make_api(secrets_key="")
+    headers = {**auth(), "Idempotency-Key": "rollout-1"}
+    body = {"videoId": "vid_r", "callbackUrl": "http://127.0.0.1:9/h"}
+    first = await keyed.post("/v1/watches", json=body, headers=headers)
+    assert first.status == 201, await first.text()
+    made = await first.json()
+    resp = await bare.post("/v1/watches", json=body, headers=headers)
+    assert resp.status == 503 and resp.headers["Retry-After"] == "5", await resp.text()
+    text = await resp.text()
+    assert "secret-not-readable" in text and made["secret"] not in text and "enc:" not in text
+    again = await keyed.post("/v1/watches", json=body, headers=headers)
+    assert again.status == 200 and await again.json() == made

@@ -511,3 +511,12 @@ async def test_a_process_does_not_start_sealing_with_a_key_running_processes_lac
     await redis.delete(c.KEYS_SEEN_KEY)  # nothing running: nothing to compare
     code, out = await start("api", NEW)
     assert code is None, out
+    # a first key, beside processes without one: those could not open what NEW seals
+    # (a tester's run: its API started and the worker without the key failed every event
+    # it sealed); plain,NEW -- the first step -- seals nothing, and starts
+    await redis.delete(c.KEYS_SEEN_KEY)
+    await make_api(secrets_key="")
+    code, out = await start("worker", NEW)
+    assert code == 2 and "no key" in out and "plain,KEY" in out, out
+    code, out = await start("api", f"plain,{NEW}")
+    assert code is None, out

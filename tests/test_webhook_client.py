@@ -26,6 +26,7 @@ from yarl import URL
 
 from relay.http.ssrf import CallbackPolicy
 from relay.http.webhook import MAX_DRAIN, Target, WebhookClient, WebhookError
+from relay.metrics import CALLBACK_RESENDS
 from relay.settings import CallbackAllow
 from tests.conftest import eventually
 
@@ -411,10 +412,14 @@ async def test_stale_keep_alive_connection_is_sent_once_more(
         writer.close()
 
     url = await scripted(handle)
+    resent = CALLBACK_RESENDS._value.get()
     assert (await client.post(target(url), HEADERS, BODY)).status == 204
+    assert CALLBACK_RESENDS._value.get() == resent
     assert (await client.post(target(url), HEADERS, BODY)).status == 204
     assert client.connections_made == 2
     assert len(requests) == 3  # the dropped one was sent again on the new connection
+    # counted: a receiver that reads and closes unanswered has it twice (a tester's find)
+    assert CALLBACK_RESENDS._value.get() == resent + 1
 
 
 async def test_fresh_connection_closed_without_answer_is_not_retried(

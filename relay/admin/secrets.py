@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 from relay.admin import running
-from relay.domain.crypto import SecretBox, fingerprint
+from relay.domain.crypto import PLAIN, SecretBox, fingerprint
 from relay.settings import ConfigError, Settings
 from relay.store.connection import connect
 from relay.store.reseal import Resealer, Tally, keys_seen
@@ -146,6 +146,11 @@ def main(argv: Sequence[str], settings: Callable[[], Settings]) -> int:
             raise ConfigError(
                 "RELAY_SECRETS_KEY: not set (the keys to open and seal the stored secrets"
                 " with, newest first)"
+            )
+        if loaded.secrets_key.split(",")[0].strip() == PLAIN:
+            raise ConfigError(
+                "RELAY_SECRETS_KEY: plain first seals nothing; run this with the key that"
+                " seals first (the step after plain,KEY: KEY)"
             )
         return loaded
 

@@ -2,7 +2,8 @@
 can still be delivered.
 
 Above ``RELAY_REDIS_HIGH_WATER`` of Redis' ``maxmemory`` (nothing when it has none),
-``POST /v1/watches`` answers 503 with ``Retry-After``; reads, cancels, deliveries and the
+``POST /v1/watches`` and a ping (its attempt is recorded: nothing is sent that could not
+be) answer 503 with ``Retry-After``; reads, cancels, deliveries and the
 retention sweep go on, and registrations come back by themselves once the sweep (or the
 operator) frees memory. Redis is asked at most once a second per API process, by one
 request at a time, so the check costs Redis nothing per registration.
@@ -39,8 +40,9 @@ class Backpressure:
         """Whether the last reading was above the mark."""
         return self.limit > 0 and self.used >= self.high_water * self.limit
 
-    async def check(self) -> None:
-        """Raise a 503 problem while Redis is above the mark (reading it when stale)."""
+    async def check(self, what: str = "registrations") -> None:
+        """Raise a 503 problem while Redis is above the mark (reading it when stale);
+        *what* (plural) is what waits."""
         if time.monotonic() - self._read_at >= self.refresh_s:
             async with self._lock:
                 if time.monotonic() - self._read_at >= self.refresh_s:
@@ -61,7 +63,7 @@ class Backpressure:
                 503,
                 "Storage nearly full",
                 f"the relay's storage is above {self.high_water:.0%} of its memory; "
-                "registrations resume as finished watches age out",
+                f"{what} resume as finished watches age out",
                 slug="storage-full",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )

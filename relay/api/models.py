@@ -33,7 +33,13 @@ class WatchCreate(_Model):
     """Body of ``POST /v1/watches``."""
 
     video_id: str = Field(alias="videoId", pattern=VIDEO_ID_PATTERN, strict=True)
-    callback_url: str = Field(alias="callbackUrl", min_length=1, max_length=MAX_CALLBACK_URL)
+    callback_url: str = Field(
+        alias="callbackUrl",
+        min_length=1,
+        max_length=MAX_CALLBACK_URL,
+        # (the document's only: the relay's own check names what is wrong with a URL)
+        json_schema_extra={"format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]"},
+    )
     min_score: Score = Field(0.0, alias="minScore")
     max_score: Score | None = Field(None, alias="maxScore")
     favorited_only: StrictBool = Field(False, alias="favoritedOnly")

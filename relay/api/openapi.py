@@ -153,7 +153,7 @@ def document() -> dict[str, Any]:
                         "in": "query",
                         "description": "The nextCursor of the page before, with the same"
                         " videoId and status (another listing's cursor is a 422 naming it).",
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "minLength": 1},
                     },
                 ],
             ),

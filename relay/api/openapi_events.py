@@ -28,8 +28,16 @@ SCHEMAS: dict[str, Any] = {
     "RecoverRequest": {
         "type": "object",
         "properties": {
-            "since": {**_TIME, "description": "Failed at or after this time (RFC 3339)."},
-            "until": {**_TIME, "description": "Failed before this time; default: now."},
+            "since": {
+                **_TIME,
+                "description": "Failed at or after this time (RFC 3339); not in the future"
+                " (a 422 naming it).",
+            },
+            "until": {
+                **_TIME,
+                "description": "Failed before this time; default: now. Later than since (a"
+                " 422 naming it otherwise).",
+            },
         },
         "required": ["since"],
         "additionalProperties": False,

@@ -28,6 +28,7 @@ class ProblemError(web.HTTPException):
     ) -> None:
         self.status_code = status
         super().__init__(headers=headers)
+        self.detail = detail
         body: dict[str, Any] = {
             "type": PROBLEM_TYPE + (slug or title.lower().replace(" ", "-")),
             "title": title,

@@ -151,6 +151,9 @@ async def ping(request: web.Request) -> web.Response:
     background; 202 at once."""
     watch = await views._own_watch(request)
     views.refuse_cancelled(watch)
+    # (its attempt must be recorded: near full, none is sent -- a tester's 202 whose record
+    # was refused by Redis, so deliveries never showed it)
+    await request.config_dict[k.BACKPRESSURE].check("pings")
     full = start_ping(request.config_dict, watch)
     if full is not None:
         raise ProblemError(

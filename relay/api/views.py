@@ -317,7 +317,17 @@ def _idempotency(
 
 def _created(request: web.Request, watch: Watch, *, status: int) -> web.Response:
     data = watch_json(watch)
-    data["secret"] = request.app[k.SECRET_BOX].open(watch.secrets[0].sealed)
+    try:
+        data["secret"] = request.app[k.SECRET_BOX].open(watch.secrets[0].sealed)
+    except ValueError:  # (a replay: sealed by a process with a key this one lacks)
+        raise ProblemError(
+            503,
+            "Secret not readable here",
+            "this API process cannot open the watch's secret with its RELAY_SECRETS_KEY (a"
+            " key rollout in progress); retry in a moment",
+            slug="secret-not-readable",
+            headers={"Retry-After": "5"},
+        ) from None
     location = f"/v1/watches/{watch.id}"  # the route named "watch"
     return json_response(data, status=status, headers={"Location": location})
 

@@ -4,7 +4,10 @@ RELAY_SECRETS_KEY is set, plain otherwise.
 RELAY_SECRETS_KEY may name several keys, comma-separated, newest first: the newest seals,
 any of them opens (``cryptography``'s ``MultiFernet``). That is how the key is rotated: add
 the new key behind the old, then put it in front, re-seal what is stored (``clip-relay
-secrets reseal``, :mod:`relay.store.reseal`), then drop the old one.
+secrets reseal``, :mod:`relay.store.reseal`), then drop the old one. The word ``plain``
+in front (``plain,NEW``) seals nothing and opens with the keys behind it: the first step
+of setting a key where none was, so that every process can open what NEW will seal before
+any seals with it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 SEALED_PREFIX = "enc:"
+PLAIN = "plain"  # first in RELAY_SECRETS_KEY: nothing is sealed; the keys behind it open
 _HOW = (
     "expected a Fernet key: url-safe base64 of 32 bytes "
     "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())')"
@@ -31,6 +35,13 @@ def split_keys(raw: str) -> list[str]:
         where = f"key {n} of {len(keys)}: " if len(keys) > 1 else ""
         if not key:
             raise ValueError(f"{where}empty (keys are separated by single commas)")
+        if key == PLAIN:
+            if n == 1 and len(keys) > 1:
+                continue
+            raise ValueError(
+                f"{where}{PLAIN} goes first and before a key (plain,KEY: store plain, open"
+                " what KEY seals)"
+            )
         try:
             Fernet(key.encode())
         except (ValueError, TypeError):
@@ -42,9 +53,10 @@ def split_keys(raw: str) -> list[str]:
 
 def held(raw: str) -> str:
     """What a process holds of RELAY_SECRETS_KEY *raw*, as it says so in Redis: the keys'
-    fingerprints, newest first, comma-joined ("none" without a key)."""
+    fingerprints, newest first, comma-joined ("none" without a key; "plain" first as it is
+    given)."""
     keys = split_keys(raw)
-    return ",".join(fingerprint(k) for k in keys) if keys else "none"
+    return ",".join(k if k == PLAIN else fingerprint(k) for k in keys) if keys else "none"
 
 
 def fingerprint(key: str) -> str:
@@ -64,19 +76,21 @@ class SecretBox:
 
     def __init__(self, key: str = "") -> None:
         keys = split_keys(key)
-        self._newest = Fernet(keys[0].encode()) if keys else None
-        self._fernet = MultiFernet([Fernet(k.encode()) for k in keys]) if keys else None
+        self._newest = Fernet(keys[0].encode()) if keys and keys[0] != PLAIN else None
+        opening = [Fernet(k.encode()) for k in keys if k != PLAIN]
+        self._fernet = MultiFernet(opening) if opening else None
 
     @property
     def sealing(self) -> bool:
-        """A key is set: what is sealed is encrypted."""
-        return self._fernet is not None
+        """A key seals: what is stored is encrypted (not without a key, nor with plain
+        first)."""
+        return self._newest is not None
 
     def seal(self, secret: str) -> str:
         """Return the form of *secret* to store (sealed with the newest key)."""
-        if self._fernet is None:
+        if self._newest is None:
             return secret
-        return SEALED_PREFIX + self._fernet.encrypt(secret.encode()).decode()
+        return SEALED_PREFIX + self._newest.encrypt(secret.encode()).decode()
 
     def open(self, stored: str) -> str:
         """Return the secret behind a stored value; ValueError if it cannot be opened."""

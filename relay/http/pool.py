@@ -101,6 +101,18 @@ class Connection(AnswerReader, asyncio.Protocol):
         """The last answer was read completely and the connection may carry another."""
         return not self.closed and self._keep_alive and not self._trailing
 
+    def expire(self) -> None:
+        """The request's time is up: a 2xx whose head is in is its answer (any 2xx within
+        the timeout is success; the receiver said so, a body still coming changes nothing),
+        with the body so far; anything else is a timeout. Closed either way."""
+        fut = self._answer
+        if fut is not None and not fut.done() and self._head_done and 200 <= self._status < 300:
+            self._keep_alive = False
+            fut.set_result(Answer(self._status, bytes(self._body[: self.keep]), self._retry_after))
+            self.close()
+        else:
+            self.abort(TimeoutError())
+
     def abort(self, exc: Exception) -> None:
         """Fail the request in flight with *exc* and close."""
         if self._answer is not None and not self._answer.done():

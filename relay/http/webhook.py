@@ -40,6 +40,7 @@ from relay.constants import RESPONSE_BODY_KEPT
 from relay.http.pool import IDLE_S, Connection, ConnectionPool, Stale
 from relay.http.ssrf import CallbackPolicy
 from relay.http.wire import MAX_DRAIN, MAX_HEAD, Answer, Target, WebhookError
+from relay.metrics import CALLBACK_RESENDS
 
 __all__ = ["MAX_DRAIN", "MAX_HEAD", "Answer", "Target", "WebhookClient", "WebhookError"]
 
@@ -100,6 +101,7 @@ class WebhookClient(ConnectionPool):
             try:
                 answer = await self._exchange(conn, payload, deadline)
             except Stale:  # closed by the server while idle: once more, on a new one
+                CALLBACK_RESENDS.inc()
                 conn = await self._connect_by(target, deadline)
                 answer = await self._exchange(conn, payload, deadline)
         except BaseException:  # timed out, cancelled or failed: never reused
@@ -128,7 +130,7 @@ class WebhookClient(ConnectionPool):
             await asyncio.sleep(self._tick)
             now = loop.time()
             for conn in [c for c in self._in_flight if c.deadline <= now]:
-                conn.abort(TimeoutError())
+                conn.expire()
 
     async def close(self) -> None:
         """Close every connection (a request still waiting fails); stop the watchdog."""

@@ -24,7 +24,7 @@ from redis.asyncio.client import Pipeline
 
 from relay import constants as c
 from relay.domain import userinfo
-from relay.domain.crypto import SEALED_PREFIX, SecretBox
+from relay.domain.crypto import PLAIN, SEALED_PREFIX, SecretBox
 from relay.domain.watch import SecretEntry
 from relay.store import scripts
 from relay.store.codec import dump_secrets, load_secrets
@@ -194,9 +194,13 @@ def say_keys(pipe: Pipeline, held: str, now_ms: int) -> None:
 def cannot_open(held: str, seen: list[list[str]]) -> list[list[str]]:
     """The key sets, of those *seen*, that lack the key a process holding *held*
     (:func:`relay.domain.crypto.held`) would seal with -- its first: processes that could
-    not open what it stores. A process without a key is left out (it opens nothing sealed)."""
-    newest = held.split(",")[0] if held != "none" else None
-    return [keys for keys in seen if newest and keys and newest not in keys]
+    not open what it stores, those without a key too (a tester's first key: the API with it
+    started beside a worker without one, which failed every event it sealed). Nothing, when
+    it seals nothing (no key, or ``plain`` first)."""
+    newest = held.split(",")[0]
+    if newest in ("none", PLAIN):
+        return []
+    return [keys for keys in seen if newest not in keys]
 
 
 async def keys_seen(redis: Redis) -> list[list[str]]:

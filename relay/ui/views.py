@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from relay.api import appkeys as k
+from relay.api.problems import ProblemError
 from relay.api.recovery import start_ping
 from relay.api.remote import client_address, limit_bucket
 from relay.api.views import VIDEO_ID, WATCH_ID, watch_json
@@ -254,6 +255,12 @@ async def ping(request: web.Request) -> web.StreamResponse:
             text="Not sent: this API key is at its requests per second. Try again in a moment.",
             headers={"Retry-After": "1"},
         )
+    try:
+        await config[k.BACKPRESSURE].check("pings")
+    except ProblemError as exc:
+        raise web.HTTPServiceUnavailable(
+            text=f"Not sent: {exc.detail}.", headers={"Retry-After": exc.headers["Retry-After"]}
+        ) from None
     full = start_ping(config, watch)
     if full is not None:
         raise web.HTTPTooManyRequests(
