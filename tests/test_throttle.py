@@ -141,6 +141,40 @@ async def test_replicas_together_admit_at_most_limit_plus_what_the_others_admitt
     assert await shared_count(store, "k", second) == 14  # limit + the 4 a could not know of
 
 
+async def test_replicas_admit_their_part_of_the_limit(store: Store) -> None:
+    """Rule (module docstring): from its second second on, a replica admits at most its part
+    of the limit -- its share of the key's requests, admitted or refused, in the second
+    before -- so two replicas sharing a key's requests admit the limit together, not each
+    the limit (a tester's 2 replicas at 20 a second admitted 34-36). Requests that move to
+    one replica get the whole limit there from the next second on."""
+    a, b = RateLimiter(store.limits, 20), RateLimiter(store.limits, 20)
+
+    async def next_second(n: int) -> None:
+        await a.sync()
+        await b.sync()
+        await a.sync()
+        await asyncio.sleep(second + n + 0.01 - time.time())
+
+    second = await early_in_a_second()
+    assert admitted(a, "k", 10) == 10 and admitted(b, "k", 10) == 10
+    await next_second(1)
+    # each had half of the key's requests: each admits half of the limit, not all of it
+    assert admitted(a, "k", 30) == 10 and admitted(b, "k", 30) == 10
+    await a.sync()
+    await b.sync()
+    assert admitted(a, "k", 5) == 0 and admitted(b, "k", 5) == 0
+    assert int(time.time()) == second + 1
+    assert await shared_count(store, "k", second + 1) == 20
+    await next_second(2)
+    assert admitted(a, "k", 30) == 10  # every request at a now: its part, this second
+    await next_second(3)
+    assert admitted(a, "k", 30) == 20  # ... and all of it in the next
+    await next_second(4)
+    assert admitted(b, "k", 30) == 1  # then at b, which had none: one, this second
+    await next_second(5)
+    assert admitted(b, "k", 30) == 20
+
+
 async def test_an_idle_replica_learns_what_the_others_admitted(store: Store) -> None:
     """Rule (module docstring: a replica knows what the others admitted as of its last
     sync): with the sync loops running, a replica that had no requests of its own still

@@ -7,8 +7,14 @@ same reply -- an idle replica too (20 round trips a second each), so its first r
 count what the others admitted. A request is allowed while the last known total plus this
 replica's counts not in it yet (unsynced, or on their way to Redis in a sync) stays within
 the limit: exact with one replica. With several, a replica does not know what the others
-admitted since its last sync: a burst within one sync interval can pass up to the limit at
-each replica (worst at the start of a second, before any sync), never more.
+admitted since its last sync; so from its second second on, a replica admits at most its
+part of the limit: its share of the key's requests (admitted or refused, counted in Redis
+beside the admitted) in the second before, as last known -- all of it for a key no other
+replica had requests of. Replicas behind a balancer admit about the limit together (a
+tester's 2 replicas at 20 a second admitted 34-36 before), and a key whose requests move
+to another replica gets its part there from the next second on. A key new to a replica
+(its first second, or no requests of it the second before anywhere) can still pass up to
+the limit at each replica in a burst within one sync interval, never more.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from relay.tasks import finish
 
 log = logs.get("relay.api.throttle")
 SYNC_EVERY = 0.05
+SEEN = "?"  # before a key id: the field of its requests, admitted or not (key ids are hex)
 FAIL_LOG_S = 60.0  # between two "rate limit sync failed" lines while it lasts
 SYNC_DEADLINE = 1.0  # a sync that has not ended by then (a hung Redis) is given up
 STOP_WAIT = 15.0  # longer than a sync that retries against an unreachable Redis
@@ -43,6 +50,11 @@ class RateLimiter:
         self._sending: Counter[str] = Counter()
         # the counts of the second before, if it ended before they were synced
         self._ended: tuple[int, dict[str, int]] | None = None
+        # this second's requests here, per SEEN + key id, and those admitted, per key id;
+        # this replica's part of each key's requests in the second before (absent: all)
+        self._seen: Counter[str] = Counter()
+        self._mine: Counter[str] = Counter()
+        self._part: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._failing = 0  # syncs failed in a row
@@ -50,6 +62,16 @@ class RateLimiter:
 
     def _roll(self, second: int) -> None:
         """Start counting *second*; what the last one admitted unsynced is still added."""
+        self._part = {}
+        if second == self._second + 1:  # (the second just before: its parts still tell)
+            for field, total in self._known.items():
+                if field.startswith(SEEN):
+                    n = self._seen[field]
+                    everyone = total + self._unsynced[field] + self._sending[field]
+                    if n < everyone:
+                        self._part[field[1:]] = n / everyone
+        self._seen = Counter()
+        self._mine = Counter()
         if self._unsynced:
             self._ended = (self._second, dict(self._unsynced))
         self._second = second
@@ -64,10 +86,17 @@ class RateLimiter:
         second = max(now_ms() // 1000, self._second)
         if second != self._second:
             self._roll(second)
+        seen = SEEN + key_id  # (its requests, admitted or not: the replicas' parts)
+        self._unsynced[seen] += 1
+        self._seen[seen] += 1
         counted = self._known.get(key_id, 0) + self._unsynced[key_id] + self._sending[key_id]
         if counted + 1 > self._limit:
             return False
+        part = self._part.get(key_id)
+        if part is not None and self._mine[key_id] >= max(1, round(self._limit * part)):
+            return False
         self._unsynced[key_id] += 1
+        self._mine[key_id] += 1
         return True
 
     async def sync(self) -> None:
