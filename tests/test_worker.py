@@ -194,6 +194,33 @@ async def test_unknown_video_fails_after_three_404s(
     assert stats["byVideo"]["no_such_video"]["status"] == 3
 
 
+async def test_a_watch_shows_why_its_video_cannot_be_polled_while_it_lasts(
+    api: Client, worker: Any, sim: Client, receiver: Rec
+) -> None:
+    """While the upstream refuses the relay's key, a watch waiting on the video says so in
+    lastError (in the relay's words, not the upstream's body); once a poll works again it
+    shows none. A tester's watches showed nothing while only the worker's log knew."""
+    vid = await sim_video(sim, timeline=[{"status": "analyzing", "progress": 30, "after": 0}])
+    resp = await sim.post("/_sim/faults", json={"kind": "401", "path": "status", "times": 3})
+    assert resp.status == 201, await resp.text()
+    w = await register(api, receiver, vid)
+
+    async def last_error() -> Any:
+        got = await (await api.get(f"/v1/watches/{w['id']}", headers=auth())).json()
+        assert got["status"] == "watching"
+        return got["lastError"]
+
+    refused = "upstream refused the relay's API key (HTTP 401); polling retries"
+    await eventually(
+        lambda: _is(last_error(), refused), timeout=10, every=0.1, what="the refusal shown"
+    )
+    await eventually(lambda: _is(last_error(), None), timeout=20, every=0.1, what="shown no more")
+
+
+async def _is(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
+
+
 async def test_watch_expires(
     make_api: ApiFactory, make_worker: WorkerFactory, sim: Client, receiver: Rec
 ) -> None:

@@ -228,6 +228,7 @@ class Poller(Pump[Claimed]):
             say = self.sampled.say
             say(log.info, "upstream recovered", video_id=state.video_id, after_errors=state.errors)
         state.errors = state.not_found = 0
+        state.poll_error = ""
         seen = (state.status, state.progress)
         state.status = video.status
         state.progress = video.progress if video.progress is not None else state.progress
@@ -249,6 +250,7 @@ class Poller(Pump[Claimed]):
         if reply.kind != "ok":
             return await self._trouble(state, reply)
         state.errors = state.not_found = 0  # (404s count in a row: /status is not asked now)
+        state.poll_error = ""
         fetched = now_ms()
         clips = ClipSet(reply.clips)
         watch_ids = None
@@ -338,6 +340,7 @@ class Poller(Pump[Claimed]):
             await self.gate.pause(wait)
             return Step(state, next_ms=now_ms() + int(wait * 1000) + 1)
         state.errors += 1
+        state.poll_error = poll_error(reply)
         if reply.kind == "auth":
             now = now_ms()
             if now - state.auth_logged_ms >= c.AUTH_ERROR_LOG_EVERY * 1000 and self.sampled.say(
@@ -366,3 +369,19 @@ class Poller(Pump[Claimed]):
         if backoff:
             delay = max(delay, min(delay * 2 ** min(backoff, 16), c.UPSTREAM_BACKOFF_CAP))
         return now_ms() + int(delay * 1000)
+
+
+def poll_error(reply: Reply) -> str:
+    """What a watch waiting on the video shows as its ``lastError`` while its polls fail (a
+    tester's watches showed nothing while the upstream refused the relay's key): the
+    relay's words only, never the upstream's body."""
+    status = reply.http_status
+    if status is None:
+        code = "timeout" if reply.detail == "timeout" else "no connection"
+    else:
+        code = "a malformed answer" if 200 <= status < 300 else f"HTTP {status}"
+    if reply.kind == "auth":
+        if reply.http_status == 402:
+            return "upstream: payment required (HTTP 402); polling retries"
+        return f"upstream refused the relay's API key ({code}); polling retries"
+    return f"upstream error ({code}); polling retries"

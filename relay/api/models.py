@@ -119,7 +119,11 @@ class WatchOut(_Model):
     created_at: str = Field(alias="createdAt")
     updated_at: str = Field(alias="updatedAt")
     delivered_at: str | None = Field(alias="deliveredAt")
-    last_error: str | None = Field(alias="lastError")
+    last_error: str | None = Field(
+        alias="lastError",
+        description="Why its last attempt failed; while it waits on its video, why the"
+        " video's polls fail (e.g. the upstream refusing the relay's key), until one works.",
+    )
 
 
 class WatchCreated(WatchOut):

@@ -16,6 +16,8 @@ class VideoState:
     errors: int = 0  # consecutive failed polls (5xx, timeouts, auth), for backoff
     not_found: int = 0  # consecutive 404s
     auth_logged_ms: int = 0
+    # why the last poll failed, for its watches' lastError while it lasts ('' once one works)
+    poll_error: str = ""
     completed_ms: int = 0  # when `completed` was first seen
     changed_ms: int = 0  # when the status or progress last changed (its watches' updatedAt)
     loaded: dict[str, str] = field(default_factory=dict, repr=False)  # the hash as read

@@ -170,6 +170,7 @@ def video_from_hash(video_id: str, h: dict[str, str]) -> VideoState:
         errors=int(h.get("errors") or 0),
         not_found=int(h.get("notFound") or 0),
         auth_logged_ms=int(h.get("authLoggedAt") or 0),
+        poll_error=h.get("pollError", ""),
         completed_ms=int(h.get("completedAt") or 0),
         changed_ms=int(h.get("changedAt") or 0),
         loaded=h,
@@ -185,6 +186,7 @@ def video_hash(state: VideoState) -> dict[str, str]:
         "errors": str(state.errors),
         "notFound": str(state.not_found),
         "authLoggedAt": str(state.auth_logged_ms),
+        "pollError": state.poll_error,
         "completedAt": str(state.completed_ms),
         "changedAt": str(state.changed_ms),
     }

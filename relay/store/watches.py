@@ -210,6 +210,8 @@ class Watches:
             if video and not w.event_type and w.status == "watching":
                 show_video(w, video[0], video[1])
                 w.updated_ms = max(w.updated_ms, int(video[2] or 0))
+                if video[3] and not w.last_error:  # (its polls fail: the upstream's trouble)
+                    w.last_error = video[3]
             out.append(w)
         return out
 

@@ -1,6 +1,6 @@
 -- Read watches: per watch, its registration and its state's fields asked for (false for a
 -- missing watch). A watch without an event yet also gets its video's last seen status,
--- progress and when they changed, read once per video per call (a video id is [A-Za-z0-9_-], so the registration's
+-- progress, when they changed and why its last poll failed, read once per video per call (a video id is [A-Za-z0-9_-], so the registration's
 -- JSON holds it as written).
 -- ARGV: watch key prefix, registration key suffix, video key prefix, number of fields, the
 -- fields (with 'ev'), then the watch ids.
@@ -21,7 +21,7 @@ for i = 5 + nf, #ARGV do
       local video = string.match(reg, '"videoId":"([^"]*)"')
       v = videos[video]
       if not v then
-        v = redis.call('HMGET', ARGV[3] .. video, 'status', 'progress', 'changedAt')
+        v = redis.call('HMGET', ARGV[3] .. video, 'status', 'progress', 'changedAt', 'pollError')
         videos[video] = v
       end
     end
