@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import structlog
 
 from relay import __version__, logs
+from relay.domain.crypto import PLAIN
 from relay.settings import MIN_API_KEY, ConfigError, Settings, load, strays, url_passwords
 
 COMMANDS = {
@@ -60,6 +61,12 @@ def _settings(command: str) -> Settings:
         structlog.get_logger("relay.cli").warning(
             "RELAY_SECRETS_KEY is not set: webhook secrets and callback credentials are kept"
             " in Redis in plain text, and those sealed before cannot be opened"
+        )
+    elif command in ("api", "worker") and settings.secrets_key.split(",")[0].strip() == PLAIN:
+        structlog.get_logger("relay.cli").warning(
+            "RELAY_SECRETS_KEY starts with plain: new webhook secrets and callback credentials"
+            " are kept in Redis in plain text (the first step of a first key: the key alone"
+            " next, docs/runbook.md)"
         )
     if command == "api" and (short := settings.short_api_keys()):
         # (the tenants are named, never the keys)
@@ -112,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"clip-relay: configuration error: {exc}", file=sys.stderr)
         return 2
-    if settings.secrets_key and (clash := _keys_clash(settings)):
+    if args.command in ("api", "worker") and (clash := _keys_clash(settings)):
         print(f"clip-relay: configuration error: {clash}", file=sys.stderr)
         return 2
     try:
@@ -143,14 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _keys_clash(settings: Settings) -> str | None:
     """Why this process must not start (None: it may): the key it would seal with is not
     held by processes running now (``cr:keys:seen``), which could not open what it stores
-    -- a key list with a new key first before it was rolled out second, or an unrelated
-    key (a tester's run: one such API's secrets failed every later ping and delivery).
-    Redis away: nothing to compare (the process waits for it, as ever)."""
+    -- a key list with a new key first before it was rolled out second, a first key before
+    plain,KEY, or an unrelated key (a tester's run: one such API's secrets failed every
+    later ping and delivery); or it lacks the key they seal with, and could not open what
+    they store (no key, or an old one only: a review). Redis away: nothing to compare (the
+    process waits for it, as ever)."""
     import asyncio
 
     from relay.domain.crypto import held
     from relay.store.connection import connect
-    from relay.store.reseal import cannot_open, keys_seen
+    from relay.store.reseal import cannot_open, cannot_open_theirs, keys_seen
 
     async def seen() -> list[list[str]]:
         redis = connect(settings.redis_url, timeout=2.0)
@@ -161,19 +170,29 @@ def _keys_clash(settings: Settings) -> str | None:
             await redis.aclose()
 
     try:
-        lacking = cannot_open(mine := held(settings.secrets_key), asyncio.run(seen()))
+        others = asyncio.run(seen())
     except Exception:
         return None
-    if not lacking:
-        return None
-    theirs = "; ".join(",".join(keys) or "no key" for keys in lacking)
-    return (
-        f"RELAY_SECRETS_KEY seals with the key {mine.split(',')[0]} (its fingerprint), which "
-        f"processes seen in the last minute do not hold (their keys, newest first: {theirs}):"
-        " they could not open what this one stores. Add it to theirs second first, or give"
-        " those without a key plain,KEY first (docs/runbook.md, rotating RELAY_SECRETS_KEY);"
-        " a process stopped less than a minute ago still counts"
-    )
+    mine = held(settings.secrets_key)
+    if lacking := cannot_open(mine, others):
+        theirs = "; ".join(",".join(keys) or "no key" for keys in lacking)
+        return (
+            f"RELAY_SECRETS_KEY seals with the key {mine.split(',')[0]} (its fingerprint),"
+            f" which processes seen in the last minute do not hold (their keys, newest first:"
+            f" {theirs}): they could not open what this one stores. Add it to theirs second"
+            " first, or give those without a key plain,KEY first (docs/runbook.md, rotating"
+            " RELAY_SECRETS_KEY); a process stopped less than a minute ago still counts"
+        )
+    if theirs_sealed := cannot_open_theirs(mine, others):
+        return (
+            f"processes seen in the last minute seal with the key {', '.join(theirs_sealed)}"
+            " (its fingerprint), which this one's RELAY_SECRETS_KEY "
+            + ("does not hold" if settings.secrets_key else "is not set to")
+            + ": it could not open what they store. Give it that key (first to seal with it,"
+            " or second to open only: docs/runbook.md, rotating RELAY_SECRETS_KEY); a process"
+            " stopped less than a minute ago still counts"
+        )
+    return None
 
 
 def _cannot_listen(

@@ -56,7 +56,8 @@ UPSTREAM_PAUSE_CHANNEL: Final = PREFIX + "up:paused"  # pub/sub: each new pause'
 CIRCUIT_CLOSE_CHANNEL: Final = PREFIX + "circuits:close"  # pub/sub: origin tag (or *) to close
 CIRCUIT_CLOSES_KEY: Final = PREFIX + "circuits:closed"  # zset: origin tag (or *) -> last close ms
 WATCH_COUNTS_KEY: Final = PREFIX + "stats:watches"  # hash: status -> number of watches
-RATE_LIMIT_KEY: Final = PREFIX + "rl:{}"  # hash: API key id -> its requests in one second
+# hash: API key id -> its requests admitted in one second, ?+id -> all its requests then
+RATE_LIMIT_KEY: Final = PREFIX + "rl:{}"
 SWEEP_LOCK_KEY: Final = PREFIX + "sweep:lock"  # string: the retention sweep's lock (lapses)
 ARQ_QUEUE: Final = PREFIX + "arq:queue"
 ARQ_HEALTH_KEY: Final = PREFIX + "arq:health"

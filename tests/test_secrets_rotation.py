@@ -12,7 +12,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -467,39 +467,8 @@ async def test_a_process_does_not_start_sealing_with_a_key_running_processes_lac
     delivery (a tester's run, 2026-12-07)."""
     await make_api(secrets_key=OLD)  # (says so in cr:keys:seen as it starts)
 
-    async def start(command: str, keys: str) -> tuple[int | None, str]:
-        """Its exit status and output; None once an API says it listens (it started)."""
-        proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).with_name("clip-relay")),
-            command,
-            env=dict(
-                os.environ,
-                REDIS_URL=redis_server.url,
-                RELAY_SECRETS_KEY=keys,
-                RELAY_API_KEYS="t:" + "k" * 32,
-                SCALEREACH_API_KEY="sk_test",
-                RELAY_PORT="0",
-                RELAY_METRICS_PORT="0",
-                LOG_FORMAT="console",
-            ),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        assert proc.stdout is not None
-        lines: list[str] = []
-        try:
-            async with asyncio.timeout(20):
-                while line := (await proc.stdout.readline()).decode():
-                    lines.append(line)
-                    if "api listening" in line:
-                        proc.terminate()
-                        await proc.wait()
-                        return None, "".join(lines)
-                return await proc.wait(), "".join(lines)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    def start(command: str, keys: str) -> Awaitable[tuple[int | None, str]]:
+        return start_process(redis_server, command, keys)
 
     for command, keys in (("api", NEW), ("api", f"{NEW},{OLD}"), ("worker", NEW)):
         code, out = await start(command, keys)
@@ -511,12 +480,64 @@ async def test_a_process_does_not_start_sealing_with_a_key_running_processes_lac
     await redis.delete(c.KEYS_SEEN_KEY)  # nothing running: nothing to compare
     code, out = await start("api", NEW)
     assert code is None, out
-    # a first key, beside processes without one: those could not open what NEW seals
-    # (a tester's run: its API started and the worker without the key failed every event
-    # it sealed); plain,NEW -- the first step -- seals nothing, and starts
-    await redis.delete(c.KEYS_SEEN_KEY)
+
+
+async def start_process(
+    redis_server: RedisServer, command: str, keys: str
+) -> tuple[int | None, str]:
+    """Its exit status and output; None once an API says it listens (it started)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("clip-relay")),
+        command,
+        env=dict(
+            os.environ,
+            REDIS_URL=redis_server.url,
+            RELAY_SECRETS_KEY=keys,
+            RELAY_API_KEYS="t:" + "k" * 32,
+            SCALEREACH_API_KEY="sk_test",
+            RELAY_PORT="0",
+            RELAY_METRICS_PORT="0",
+            LOG_FORMAT="console",
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while line := (await proc.stdout.readline()).decode():
+                lines.append(line)
+                if "api listening" in line:
+                    proc.terminate()
+                    await proc.wait()
+                    return None, "".join(lines)
+            return await proc.wait(), "".join(lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_process_does_not_start_beside_processes_it_could_not_follow(
+    make_api: ApiFactory, redis_server: RedisServer
+) -> None:
+    """Rule: a first key rolls out as plain,NEW then NEW -- a process sealing with NEW
+    refuses to start beside processes without a key, which could not open what it seals (a
+    tester's run: its API started, and the worker without the key failed every event it
+    sealed), and plain,NEW, which seals nothing, starts. The other way round (a review): a
+    process without the key that processes running seal with, or with another key only,
+    refuses to start too -- it could not open what they store."""
     await make_api(secrets_key="")
-    code, out = await start("worker", NEW)
+    code, out = await start_process(redis_server, "worker", NEW)
     assert code == 2 and "no key" in out and "plain,KEY" in out, out
-    code, out = await start("api", f"plain,{NEW}")
+    code, out = await start_process(redis_server, "api", f"plain,{NEW}")
+    assert code is None, out
+    await make_api(secrets_key=NEW)  # (seals with NEW)
+    for keys, why in (("", "is not set to"), (f"plain,{OLD}", "does not hold")):
+        code, out = await start_process(redis_server, "api", keys)
+        assert code == 2, (keys, out)
+        assert f"seal with the key {fingerprint(NEW)}" in out and why in out, out
+        assert NEW not in out and OLD not in out
+    code, out = await start_process(redis_server, "api", f"plain,{NEW}")
     assert code is None, out

@@ -144,9 +144,11 @@ async def test_replicas_together_admit_at_most_limit_plus_what_the_others_admitt
 async def test_replicas_admit_their_part_of_the_limit(store: Store) -> None:
     """Rule (module docstring): from its second second on, a replica admits at most its part
     of the limit -- its share of the key's requests, admitted or refused, in the second
-    before -- so two replicas sharing a key's requests admit the limit together, not each
-    the limit (a tester's 2 replicas at 20 a second admitted 34-36). Requests that move to
-    one replica get the whole limit there from the next second on."""
+    before, when they were more than the limit -- so two replicas sharing a key's requests
+    admit the limit together, not each the limit (a tester's 2 replicas at 20 a second
+    admitted 34-36). Requests that move to one replica get the whole limit there from the
+    next second on; a key under its limit is not split (a review: 15 requests moving to
+    one replica were cut to 10)."""
     a, b = RateLimiter(store.limits, 20), RateLimiter(store.limits, 20)
 
     async def next_second(n: int) -> None:
@@ -156,7 +158,8 @@ async def test_replicas_admit_their_part_of_the_limit(store: Store) -> None:
         await asyncio.sleep(second + n + 0.01 - time.time())
 
     second = await early_in_a_second()
-    assert admitted(a, "k", 10) == 10 and admitted(b, "k", 10) == 10
+    # (a first second: neither knows a part yet, each admits up to the limit unsynced)
+    assert admitted(a, "k", 12) == 12 and admitted(b, "k", 12) == 12
     await next_second(1)
     # each had half of the key's requests: each admits half of the limit, not all of it
     assert admitted(a, "k", 30) == 10 and admitted(b, "k", 30) == 10
@@ -173,6 +176,12 @@ async def test_replicas_admit_their_part_of_the_limit(store: Store) -> None:
     assert admitted(b, "k", 30) == 1  # then at b, which had none: one, this second
     await next_second(5)
     assert admitted(b, "k", 30) == 20
+    # a key under its limit is not split: its requests may move as they like
+    await next_second(6)
+    assert admitted(a, "k", 1) == 1 and admitted(b, "k", 1) == 1
+    await next_second(7)
+    assert admitted(a, "k", 15) == 15
+    assert admitted(b, "k", 5) == 5
 
 
 async def test_an_idle_replica_learns_what_the_others_admitted(store: Store) -> None:

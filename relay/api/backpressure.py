@@ -21,6 +21,7 @@ from relay.store.limits import Limits
 log = logs.get("relay.api.backpressure")
 REFRESH_S = 1.0  # how long a reading of Redis' memory is trusted
 RETRY_AFTER_S = 5  # what a refused registration is told to wait
+PAUSED = "registrations and pings paused: Redis memory above the high-water mark"
 
 
 class Backpressure:
@@ -51,9 +52,7 @@ class Backpressure:
                     self._read_at = time.monotonic()
                     if self.over != was:
                         log.warning(
-                            "registrations paused: Redis memory above the high-water mark"
-                            if self.over
-                            else "registrations resumed",
+                            PAUSED if self.over else "registrations and pings resumed",
                             used_memory=self.used,
                             maxmemory=self.limit,
                             high_water=self.high_water,

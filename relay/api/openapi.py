@@ -50,7 +50,10 @@ def _problem(description: str) -> dict[str, Any]:
 _ERRORS = {
     "401": _problem("Missing or unknown API key."),
     "429": _problem("Too many requests for this API key; see Retry-After."),
-    "503": _problem("Redis is unavailable."),
+    "503": _problem(
+        "Redis is unavailable; or, for a registration or a ping, Redis' memory is above"
+        " RELAY_REDIS_HIGH_WATER (see Retry-After)."
+    ),
 }
 _WATCH_ID = {
     "name": "watch_id",

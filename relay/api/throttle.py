@@ -10,11 +10,13 @@ the limit: exact with one replica. With several, a replica does not know what th
 admitted since its last sync; so from its second second on, a replica admits at most its
 part of the limit: its share of the key's requests (admitted or refused, counted in Redis
 beside the admitted) in the second before, as last known -- all of it for a key no other
-replica had requests of. Replicas behind a balancer admit about the limit together (a
-tester's 2 replicas at 20 a second admitted 34-36 before), and a key whose requests move
-to another replica gets its part there from the next second on. A key new to a replica
-(its first second, or no requests of it the second before anywhere) can still pass up to
-the limit at each replica in a burst within one sync interval, never more.
+replica had requests of -- when those requests were more than the limit (a key under its
+limit is not split). Replicas behind a balancer admit about the limit together (a tester's
+2 replicas at 20 a second admitted 34-36 before), and a held-back key whose requests move
+to another replica gets its part there from the next second on (one request a second
+there until then, where it had none). A key that was not held back the second before
+can still pass up to the limit at each replica in a burst within one sync interval,
+never more.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ class RateLimiter:
                 if field.startswith(SEEN):
                     n = self._seen[field]
                     everyone = total + self._unsynced[field] + self._sending[field]
-                    if n < everyone:
+                    # (only a key that was held back: one under its limit is not split, so
+                    # its requests moving to another replica meet no refusal it would not)
+                    if n < everyone and everyone > self._limit:
                         self._part[field[1:]] = n / everyone
         self._seen = Counter()
         self._mine = Counter()
@@ -93,7 +97,8 @@ class RateLimiter:
         if counted + 1 > self._limit:
             return False
         part = self._part.get(key_id)
-        if part is not None and self._mine[key_id] >= max(1, round(self._limit * part)):
+        # (its part rounded half up: a limit of 5 split in two is 3 and 3, not 2 and 2)
+        if part is not None and self._mine[key_id] >= max(1, int(self._limit * part + 0.5)):
             return False
         self._unsynced[key_id] += 1
         self._mine[key_id] += 1

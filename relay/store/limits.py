@@ -98,7 +98,8 @@ class Limits:
     ) -> dict[str, int]:
         """Add API requests per key id (*counts*, may be empty) to the counters of *second*
         (and *ended*'s to an earlier second's); return the totals of every key id counted
-        in *second*, by any replica -- at most every configured API key. One round trip:
+        in *second*, by any replica -- at most every configured API key, twice (its
+        admitted requests, and under ``?`` + id all its requests). One round trip:
         the counters of a second are one hash (written with its TTL in one transaction)."""
         pipe = self.redis.pipeline(transaction=True)
         adds = [(second, counts)] if ended is None else [ended, (second, counts)]

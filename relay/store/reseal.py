@@ -203,6 +203,15 @@ def cannot_open(held: str, seen: list[list[str]]) -> list[list[str]]:
     return [keys for keys in seen if newest not in keys]
 
 
+def cannot_open_theirs(held: str, seen: list[list[str]]) -> list[str]:
+    """The keys (fingerprints) that processes *seen* seal with and a process holding *held*
+    lacks: it could not open what they store (a pod restarted without the key, or with the
+    old one only, beside pods that seal with the new one -- a review)."""
+    mine = set() if held == "none" else set(held.split(","))
+    sealing = {keys[0] for keys in seen if keys and keys[0] != PLAIN}
+    return sorted(sealing - mine)
+
+
 async def keys_seen(redis: Redis) -> list[list[str]]:
     """What the API and worker processes seen in the last minute hold: per set of keys, its
     fingerprints, newest first ([] for a process without a key). Words older than ten
