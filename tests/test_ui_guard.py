@@ -249,3 +249,36 @@ async def test_the_dashboards_ping_keeps_the_apis_bounds(make_api: ApiFactory) -
             assert "requests per second" in await resp.text()
             assert resp.headers["Retry-After"] == "1"
     assert 429 in codes, codes
+
+
+async def test_the_dashboards_ping_waits_while_redis_is_nearly_full(
+    make_api: ApiFactory, redis: Redis
+) -> None:
+    """Above the high-water mark the dashboard's ping is refused as the API's is (its
+    attempt must be recorded): a 503 page saying why, nothing sent."""
+    got: list[web.Request] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(request)
+        return web.Response(status=204)
+
+    async with serving(hook) as base:
+        plain = await make_api(ui_secret=SECRET)
+        watch = await create(plain, callbackUrl=base + "/p")
+        await redis.config_set("maxmemory", 64 * 1024 * 1024)
+        try:
+            used = int((await redis.info("memory"))["used_memory"])
+            full = await make_api(ui_secret=SECRET, redis_high_water=used / 2 / (64 * 1024 * 1024))
+            cookie, token = await _signed_in(full)
+            resp = await full.post(
+                f"/ui/watches/{watch['id']}/ping",
+                data={"csrfToken": token},
+                cookies={COOKIE: cookie},
+                allow_redirects=False,
+            )
+            assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+            assert "Not sent: " in await resp.text() and "pings resume" in await resp.text()
+            await asyncio.sleep(0.3)
+            assert got == []
+        finally:
+            await redis.config_set("maxmemory", 0)
