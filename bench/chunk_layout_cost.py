@@ -29,26 +29,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from redis.asyncio import Redis  # noqa: E402
-from redis_cost import REDIS_CONF, Instructions, cpu_s, run, valgrind_prefix  # noqa: E402
+from redis_cost import REDIS_CONF, measured, register, run  # noqa: E402
 
 from relay import constants as c  # noqa: E402
-from relay.devtools.embedded_redis import RedisServer  # noqa: E402
 from relay.domain import attempts  # noqa: E402
 from relay.domain.clock import now_ms  # noqa: E402
-from relay.domain.ids import new_watch_id  # noqa: E402
-from relay.domain.signing import generate_secret  # noqa: E402
-from relay.domain.watch import SecretEntry, Watch  # noqa: E402
-from relay.store import Store  # noqa: E402
 
 PROTOTYPES = HERE / "prototypes"
 TENANT = "bench"
@@ -67,30 +59,10 @@ async def chunked(
     """Per-step Redis CPU (µs per watch) of the prototype on *n* watches in chunks of
     *chunk*, *per_settle* chunks settled a call, claim checks of *gate* chunks; with
     *callgrind*, instructions per watch."""
-    workdir = Path(tempfile.mkdtemp())
-    prefix = valgrind_prefix(workdir) if callgrind else None
-    server = RedisServer.start(workdir=workdir, config=config, prefix=prefix)
-    redis = Redis.from_url(server.url, decode_responses=True)
-    try:
-        store = Store(redis)
-        pid = server.process.pid
-        meter = Instructions(pid, workdir) if callgrind else lambda: cpu_s(pid) * 1e6
+    async with measured(config, callgrind) as (redis, store, meter):
         finalize = redis.register_script((PROTOTYPES / "chunk_finalize.lua").read_text())
         settle = redis.register_script((PROTOTYPES / "chunk_settle.lua").read_text())
-        url = "http://127.0.0.1:8080/hook/" + "a" * 28  # as redis_cost's
-        for start in range(0, n, 500):
-            batch = [
-                Watch(
-                    id=new_watch_id(),
-                    tenant=TENANT,
-                    video_id=VIDEO,
-                    callback_url=url,
-                    secrets=[SecretEntry(generate_secret())],
-                    created_ms=now_ms(),
-                )
-                for _ in range(min(500, n - start))
-            ]
-            await asyncio.gather(*(store.watches.create(w, expire_after_s=21600) for w in batch))
+        await register(store, n)
         ids = [w for w, _ in await store.videos.waiting(VIDEO)]
         for script in (finalize, settle):  # loaded before the meter
             await redis.script_load(script.script)
@@ -166,10 +138,6 @@ async def chunked(
             **{f"{k} call": statistics.median(v) for k, v in took.items()},
             **{f"{k} max": max(v) for k, v in took.items()},
         }
-    finally:
-        await redis.aclose()
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -159,6 +161,48 @@ def valgrind_prefix(out: Path) -> list[str]:
     ]
 
 
+Meter = Callable[[], float]
+
+
+@contextlib.asynccontextmanager
+async def measured(
+    config: Path | None, callgrind: bool
+) -> AsyncIterator[tuple[Redis, Store, Meter]]:
+    """A fresh Redis (with *config*; under callgrind with *callgrind*), a client, the store
+    on it and its meter: Redis' CPU so far in µs, or the instructions it has run."""
+    workdir = Path(tempfile.mkdtemp())
+    prefix = valgrind_prefix(workdir) if callgrind else None
+    server = RedisServer.start(workdir=workdir, config=config, prefix=prefix)
+    redis = Redis.from_url(server.url, decode_responses=True)
+    pid = server.process.pid
+    meter: Meter = Instructions(pid, workdir) if callgrind else lambda: cpu_s(pid) * 1e6
+    try:
+        yield redis, Store(redis), meter
+    finally:
+        await redis.aclose()
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def register(store: Store, n: int) -> None:
+    """Register *n* watches of one video ("vid_cost", tenant "bench"), as the probe's: a
+    ~55-character callback URL, a generated secret."""
+    url = "http://127.0.0.1:8080/hook/" + "a" * 28  # ~55 characters, as in the probe
+    for start in range(0, n, 500):
+        part = [
+            Watch(
+                id=new_watch_id(),
+                tenant="bench",
+                video_id="vid_cost",
+                callback_url=url,
+                secrets=[SecretEntry(generate_secret())],
+                created_ms=now_ms(),
+            )
+            for _ in range(min(500, n - start))
+        ]
+        await asyncio.gather(*(store.watches.create(w, expire_after_s=21600) for w in part))
+
+
 async def run(
     n: int,
     chunk: int,
@@ -170,30 +214,9 @@ async def run(
 ) -> dict[str, float]:
     """Per-step Redis CPU (us per watch) for *n* watches; with *callgrind*, instructions
     per watch."""
-    workdir = Path(tempfile.mkdtemp())
-    prefix = valgrind_prefix(workdir) if callgrind else None
-    server = RedisServer.start(workdir=workdir, config=config, prefix=prefix)
-    redis = Redis.from_url(server.url, decode_responses=True)
-    try:
-        store = Store(redis)
-        pid = server.process.pid
-        meter = Instructions(pid, workdir) if callgrind else lambda: cpu_s(pid) * 1e6
-        url = "http://127.0.0.1:8080/hook/" + "a" * 28  # ~55 characters, as in the probe
-        watches = [
-            Watch(
-                id=new_watch_id(),
-                tenant="bench",
-                video_id="vid_cost",
-                callback_url=url,
-                secrets=[SecretEntry(generate_secret())],
-                created_ms=now_ms(),
-            )
-            for _ in range(n)
-        ]
+    async with measured(config, callgrind) as (redis, store, meter):
         c0 = meter()
-        for start in range(0, n, 500):
-            part = watches[start : start + 500]
-            await asyncio.gather(*(store.watches.create(w, expire_after_s=21600) for w in part))
+        await register(store, n)
         c1 = meter()
         clips = ClipSet(
             [
@@ -265,10 +288,6 @@ async def run(
             "bytes": used / n,
             **durations,
         }
-    finally:
-        await redis.aclose()
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def script_durations(entries: list[dict[str, object]]) -> dict[str, float]:
