@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from redis_cost import REDIS_CONF, measured, register, run  # noqa: E402
+from redis_cost import REDIS_CONF, measured, register, run, script_durations  # noqa: E402
 
 from relay import constants as c  # noqa: E402
 from relay.domain import attempts  # noqa: E402
@@ -120,14 +119,8 @@ async def chunked(
         if made != n:
             raise SystemExit(f"the prototype made {made} events of {n}")
         used = (await redis.info("memory"))["used_memory"]
-        took: dict[str, list[float]] = {}
-        if calls:
-            names = {finalize.sha: "finalize", settle.sha: "settle"}
-            for entry in await redis.slowlog_get(4 * n):
-                words = bytes(entry["command"]).split(b" ")
-                name = names.get(words[1].decode(), "") if words[0].upper() == b"EVALSHA" else ""
-                if name:
-                    took.setdefault(name, []).append(float(entry["duration"]))
+        names = {finalize.sha: "finalize", settle.sha: "settle"}
+        durations = script_durations(await redis.slowlog_get(4 * n), names) if calls else {}
         per = 1 / n
         return {
             "finalize": (c2 - c1) * per,
@@ -135,8 +128,7 @@ async def chunked(
             "settle": (c4 - c3) * per,
             "delivery": (c4 - c1) * per,
             "bytes": used / n,
-            **{f"{k} call": statistics.median(v) for k, v in took.items()},
-            **{f"{k} max": max(v) for k, v in took.items()},
+            **durations,
         }
 
 

@@ -290,20 +290,27 @@ async def run(
         }
 
 
-def script_durations(entries: list[dict[str, object]]) -> dict[str, float]:
-    """Median wall time (µs) of one call of each of the delivery's scripts, from a
-    ``SLOWLOG`` of every command."""
-    names = {
-        hashlib.sha1(scripts.source(name).encode(), usedforsecurity=False).hexdigest(): name
-        for name in SCRIPTS
-    }
+def script_durations(
+    entries: list[dict[str, object]], names: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Median and longest wall time (µs) of one call of each script (*names*: its SHA1 ->
+    its name; the delivery's scripts by default), from a ``SLOWLOG`` of every command:
+    '<name> call' and '<name> max'."""
+    if names is None:
+        names = {
+            hashlib.sha1(scripts.source(name).encode(), usedforsecurity=False).hexdigest(): name
+            for name in SCRIPTS
+        }
     took: dict[str, list[float]] = {}
     for entry in entries:
         words = bytes(entry["command"]).split(b" ")  # type: ignore[call-overload]
         name = names.get(words[1].decode(), "") if words[0].upper() == b"EVALSHA" else ""
         if name:
             took.setdefault(name, []).append(float(entry["duration"]))  # type: ignore[arg-type]
-    return {f"{name} call": statistics.median(v) for name, v in took.items()}
+    return {
+        **{f"{name} call": statistics.median(v) for name, v in took.items()},
+        **{f"{name} max": max(v) for name, v in took.items()},
+    }
 
 
 def main() -> None:
