@@ -122,6 +122,21 @@ async def test_a_forged_untagged_cursor_is_refused(api: Client) -> None:
     assert doc["errors"][0]["field"] == "cursor"
 
 
+async def test_a_cursor_cut_short_is_not_a_cursor_of_this_api(api: Client) -> None:
+    """A cursor whose end was lost in copying is "not a cursor returned by this API", not
+    one "of another listing" (a tester read the latter as a tenant or filter mix-up)."""
+    await create(api)
+    await create(api)
+    page = await (await api.get("/v1/watches?limit=1", headers=auth())).json()
+    cursor = page["nextCursor"]
+    resp = await api.get(f"/v1/watches?cursor={cursor[:-2]}", headers=auth())
+    doc = await problem(resp, 422)
+    assert doc["errors"][0]["field"] == "cursor"
+    assert "not a cursor returned by this API" in doc["errors"][0]["message"]
+    whole = await api.get(f"/v1/watches?cursor={cursor}", headers=auth())
+    assert whole.status == 200
+
+
 def test_a_key_is_compared_with_every_key_whichever_matched(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

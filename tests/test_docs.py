@@ -8,6 +8,7 @@ makes anchors), so that moving a section does not leave dead links behind.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -125,3 +126,23 @@ def test_the_link_checker_finds_broken_links(tmp_path: Path) -> None:
         "other.md#nowhere",
         "./missing-four.md",
     ]
+
+
+ID_SHOWN = re.compile(r"\b(wat|evt)_([A-Za-z0-9]+)")
+
+
+def test_ids_shown_in_the_docs_and_the_api_document_could_be_real() -> None:
+    """An id the README, ``docs/`` or the OpenAPI document shows as an example is spelled as
+    the relay spells ids (lower-case base32: ``a-z``, ``2-7``), so one copied into a test
+    client or a log search is not refused for its form."""
+    from relay.api.openapi import document
+
+    texts = {p.name: p.read_text(encoding="utf-8") for p in [README, *DOCS]}
+    texts["openapi.json"] = json.dumps(document())
+    bad = [
+        f"{name}: {m.group(0)}"
+        for name, text in texts.items()
+        for m in ID_SHOWN.finditer(text)
+        if not re.fullmatch(r"[a-z2-7]+", m.group(2))
+    ]
+    assert not bad, bad

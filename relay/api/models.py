@@ -96,7 +96,7 @@ EventTypeName = Literal["clips.ready", "video.failed", "watch.expired"]
 class WatchOut(_Model):
     """A watch as the API shows it."""
 
-    id: str = Field(examples=["wat_0k3l2m5n8p9q1r4s6t7u0v2w"])
+    id: str = Field(examples=["wat_qk3lcm5nrpxq7r4s6t7ueveg"])
     video_id: str = Field(alias="videoId")
     callback_url: str = Field(
         alias="callbackUrl",

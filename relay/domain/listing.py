@@ -49,6 +49,8 @@ def decode_cursor(cursor: str, listing: str = "") -> tuple[int, str]:
         position = int(score), member
     except (ValueError, UnicodeDecodeError):
         raise CursorError("not a cursor returned by this API") from None
+    if tag and listing and len(tag[0]) != len(listing):  # cut short or padded: not ours
+        raise CursorError("not a cursor returned by this API")
     if tag and listing and tag[0] != listing:
         raise CursorError(
             "this cursor belongs to another listing (other filters -- videoId, status -- or"
