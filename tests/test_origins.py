@@ -11,7 +11,13 @@ from dataclasses import dataclass
 import pytest
 
 from relay.domain.origin import Origin, origin_tag
-from workers.delivery.breaker import IDLE_OPEN_S, Breakers, Verdict, no_answer
+from workers.delivery.breaker import (
+    IDLE_OPEN_S,
+    STALE_STREAK_S,
+    Breakers,
+    Verdict,
+    no_answer,
+)
 from workers.delivery.claim import defer_step
 from workers.delivery.origins import IDLE_FORGET_S, MAX_DEFER_S, MIN_DEFER_S, OriginQueues
 
@@ -300,6 +306,51 @@ def test_breaker_opens_after_failures_in_a_row_only() -> None:
     b.record(A, False)
     assert b.check(A) is Verdict.OPEN and b.open_origins == 1
     assert b.check(B) is Verdict.SEND
+
+
+def test_a_failure_streak_with_a_long_gap_starts_again() -> None:
+    """Rule: failures "in a row" with none for STALE_STREAK_S start from zero. Fails
+    before: the count was kept until 10,000 origins were tracked, so two failures long ago
+    made today's first one open the circuit (a tester: eight timeouts, nine minutes idle,
+    the second failure opened it)."""
+    clock = Clock()
+    b = Breakers(failures=3, cooldown_s=30, clock=clock)
+    b.record(A, False)
+    b.record(A, False)
+    clock.t += STALE_STREAK_S
+    b.record(A, False)  # the first of a new streak
+    assert b.check(A) is Verdict.SEND
+    clock.t += STALE_STREAK_S - 1  # a gap short of it: the same streak
+    b.record(A, False)
+    assert b.check(A) is Verdict.SEND
+    b.record(A, False)
+    assert b.check(A) is Verdict.OPEN
+
+
+def test_closed_origins_with_old_failures_are_forgotten_open_ones_kept() -> None:
+    """A closed origin with no failure for STALE_STREAK_S is forgotten (its memory freed:
+    before, only once 10,000 origins were tracked); one failing since, or open, is kept.
+    The closed ones are read in the order of their last failure, up to the first fresh."""
+    clock = Clock()
+    b = Breakers(failures=3, cooldown_s=30, clock=clock)
+    C = ("http", "c.example", 80)
+    b.record(A, False)
+    clock.t += 1
+    for _ in range(3):
+        b.record(C, False)  # open
+    b.record(B, False)
+    clock.t += 1
+    b.record(A, False)  # A failed again: after B now
+    clock.t += STALE_STREAK_S - 1.5  # B's failure is stale, A's not
+    assert b.forget_stale() == 0
+    clock.t += 1
+    assert b.forget_stale() == 1
+    assert set(b._states) == {A, C} and b.is_open(C)
+    clock.t += 1
+    assert b.forget_stale() == 1 and set(b._states) == {C}
+    b.record(A, False)  # a new streak, from one
+    b.record(A, False)
+    assert b.check(A) is Verdict.SEND
 
 
 def test_breaker_half_open_lets_one_probe_through() -> None:

@@ -18,7 +18,11 @@ the attempts asked for are sent, and if the origin is still down they open it ag
 An open circuit nothing is sent to any more (its watches failed, or their next retries are
 hours away) stops counting as open IDLE_OPEN_S after its cooldown (:meth:`Breakers.
 close_idle`): it closes one failure short of opening, so its next attempt is sent and, with
-no answer, opens it at once. A circuit that opens, or closes on an answer or idle, is a log
+no answer, opens it at once. A streak of failures ages out the same way: a closed origin
+with no failure for STALE_STREAK_S starts again from zero, and is forgotten (before, a
+count below RELAY_BREAKER_FAILURES was kept until MAX_ORIGINS origins were tracked: eight
+timeouts of months ago made today's second one open the circuit -- a tester's run,
+2026-12-07). A circuit that opens, or closes on an answer or idle, is a log
 line naming its origin (LOG_BURST of a kind per 10 s at most; an operator's close is the
 deliverer's line).
 """
@@ -36,6 +40,7 @@ from workers.delivery.logger import log
 
 MAX_ORIGINS = 10_000  # origins remembered at most (beyond it: see Breakers._forget)
 IDLE_OPEN_S = 600.0  # an open circuit with no attempt this long after its cooldown closes
+STALE_STREAK_S = 600.0  # a closed origin's failures with none this long since are forgotten
 # circuit lines: at most this many of a kind per 10 s (a worker whose network fails opens
 # every origin at once), the next counting those left out
 LOG_BURST = 10
@@ -64,10 +69,11 @@ class Verdict(Enum):
 
 
 class _State:
-    __slots__ = ("failures", "probing", "until")
+    __slots__ = ("failures", "last", "probing", "until")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.failures = 0
+        self.last = now  # its last failure (or its idle close): its streak ages from then
         self.until = 0.0  # open until then (monotonic); 0: closed
         self.probing = False
 
@@ -123,11 +129,20 @@ class Breakers:
                 return
             if len(self._states) >= MAX_ORIGINS:
                 self._forget()
-            s = self._states[origin] = _State()
+            s = self._states[origin] = _State(self.clock())
         if probe:
             s.probing = False
         if answered is False:
+            now = self.clock()
+            if not s.until:
+                if now - s.last >= STALE_STREAK_S:
+                    s.failures = 0  # a streak with a gap this long is not one any more
+                # (the closed ones stay ordered by their last failure: forget_stale stops
+                # at the first that is not stale)
+                del self._states[origin]
+                self._states[origin] = s
             s.failures += 1
+            s.last = now
             if probe or (not s.until and s.failures >= self.failures):
                 self._open(origin, s)
         elif answered:
@@ -162,10 +177,27 @@ class Breakers:
         ]
         for origin in idle:
             self._drop(origin)
-            self._states[origin] = s = _State()
+            self._states[origin] = s = _State(now)
             s.failures = self.failures - 1
             self._said.say(log.info, "circuit closed", origin=shown(origin), why="idle")
         return len(idle)
+
+    def forget_stale(self, stale_s: float = STALE_STREAK_S) -> int:
+        """Forget the closed origins whose last failure is *stale_s* old (their streak would
+        start again from zero anyway); how many. The closed ones are kept in the order of
+        their last failure, so this reads the stale ones and the open ones before them, not
+        every origin kept."""
+        now = self.clock()
+        stale = []
+        for origin, s in self._states.items():
+            if s.until:
+                continue  # open: close_idle's
+            if now - s.last < stale_s:
+                break
+            stale.append(origin)
+        for origin in stale:
+            del self._states[origin]
+        return len(stale)
 
     def _open(self, origin: Origin, s: _State) -> None:
         if not s.until:

@@ -226,7 +226,8 @@ class Deliverer:
         """Every SWEEP_S: hand back the claims of queued jobs that a full, slow origin would
         not start within DEFER_AFTER_S (due when it is expected to have room), so they hold
         no claim slot that other origins' work needs; every FORGET_EVERY_S, forget the
-        origins idle for long and close the circuits nothing is sent to any more."""
+        origins idle for long, close the circuits nothing is sent to any more and forget old
+        failure streaks."""
         swept = time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_S)
@@ -240,6 +241,7 @@ class Deliverer:
                 swept = time.monotonic()
                 self.claimer.jobs.forget_idle()
                 self.breakers.close_idle()
+                self.breakers.forget_stale()
 
     async def _hand_back_overflow(self, crowded: bool = False) -> None:
         if len(self.claimer.jobs) and not self._closing:
