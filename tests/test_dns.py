@@ -95,6 +95,25 @@ async def test_slow_silent_and_failing_names_do_not_delay_the_others(dns: DnsSer
     assert after == timeouts + 1
 
 
+async def test_a_name_slow_at_a_server_fast_for_others_still_resolves(dns: DnsServer) -> None:
+    """c-ares times a try by what the server has shown: after a few answers in a
+    millisecond, 250 ms, doubled at each retry. A name the server takes 1 s for (a lookup
+    it must make elsewhere, behind names it has cached) resolves with the default tries.
+    Fails before: two tries gave up after ~0.75 s, and so on every 10 s for ever (a
+    tester's run: 2,000 names behind a 1 s server, none delivered in 150 s)."""
+    resolver = Resolver([dns.address])
+    try:
+        for i in range(5):
+            dns.names[f"warm{i}.test"] = Name()
+            await resolver.resolve(f"warm{i}.test")
+        dns.names["recursive.test"] = Name(("127.0.0.2",), delay=1.0)
+        took, got = await timed(resolver.resolve("recursive.test"))
+        assert got == [(2, "127.0.0.2")], got
+        assert took < 4.0
+    finally:
+        await resolver.close()
+
+
 async def test_one_lookup_per_name_at_a_time(dns: DnsServer) -> None:
     """Fifty attempts to one origin at once ask its name once."""
     resolver = Resolver([dns.address])

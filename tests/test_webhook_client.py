@@ -187,6 +187,28 @@ async def test_idle_connections_are_closed_after_idle_s(
         await client.close()
 
 
+async def test_a_connection_older_than_max_age_is_not_reused(
+    recorder: tuple[str, list[web.Request], list[bytes]],
+) -> None:
+    """A keep-alive connection older than ``max_age_s`` (default: the DNS cache's longest,
+    300 s) is closed when its answer is in, so the next request resolves the name again
+    and follows an address that changed. Fails before: a receiver answering keep-alive
+    kept every attempt on its first connection's address (a tester's run, 2026-12-07)."""
+    base, _, _ = recorder
+    client = WebhookClient(LOCAL, timeout=2.0, max_age_s=0.3)
+    try:
+        await client.post(target(f"{base}/a"), HEADERS, BODY)
+        await client.post(target(f"{base}/a"), HEADERS, BODY)
+        assert client.connections_made == 1  # young: reused
+        await asyncio.sleep(0.35)
+        await client.post(target(f"{base}/a"), HEADERS, BODY)  # on the old one, then closed
+        assert client.idle_connections == 0
+        await client.post(target(f"{base}/a"), HEADERS, BODY)
+        assert client.connections_made == 2
+    finally:
+        await client.close()
+
+
 async def test_connections_their_receivers_close_leave_the_pool_at_once(
     scripted: Callable[[Handler], Awaitable[str]],
     recorder: tuple[str, list[web.Request], list[bytes]],

@@ -2,6 +2,10 @@
 
 - one request at a time per connection, kept alive and reused per origin (scheme, host,
   port); idle connections are closed after ``idle_s`` and at most ``max_idle`` are kept;
+  one older than ``max_age_s`` (the DNS cache's longest, 300 s) is not reused, so the next
+  request resolves the name again (a receiver answering keep-alive kept every attempt on
+  the address of its first connection however its name changed -- a tester's run,
+  2026-12-07; the address used was still the one checked when it connected);
 - the host is resolved by the policy's resolver (asynchronous, cached by the record's TTL:
   :mod:`relay.http.dns`) and only addresses the :class:`~relay.http.ssrf.CallbackPolicy`
   allows are connected to -- the address checked is the address used, so DNS rebinding
@@ -25,12 +29,13 @@ import time
 from collections.abc import Callable
 
 from relay.domain.origin import Origin
-from relay.http.dns import NameNotResolved
+from relay.http.dns import MAX_TTL_S, NameNotResolved
 from relay.http.ssrf import CallbackPolicy, CallbackRefused, SockAddr
 from relay.http.wire import Answer, AnswerReader, Target, WebhookError
 from relay.metrics import CALLBACK_CONNECTIONS
 
 IDLE_S = 15.0  # an idle keep-alive connection is closed after this long
+MAX_AGE_S = MAX_TTL_S  # a connection this old is not reused: its name is resolved again
 DNS_CACHE_MAX = 10_000
 
 Address = tuple[int, SockAddr]  # family, socket address
@@ -48,6 +53,7 @@ class Connection(AnswerReader, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.born = 0.0  # monotonic, when it connected
         self.reused = False
         self.deadline = 0.0  # loop time by which the answer must be in
         self.on_lost: Callable[[Connection], None] | None = None  # (the pool's, while idle)
@@ -57,6 +63,7 @@ class Connection(AnswerReader, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.born = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -137,11 +144,13 @@ class ConnectionPool:
         keep: int,
         max_idle: int,
         idle_s: float,
+        max_age_s: float = MAX_AGE_S,
     ) -> None:
         self.policy = policy
         self.keep = keep
         self.max_idle = max_idle
         self.idle_s = idle_s
+        self.max_age_s = max_age_s
         self._ssl = ssl_context
         self._idle: dict[Origin, list[Connection]] = {}
         self._idle_count = 0
@@ -184,10 +193,16 @@ class ConnectionPool:
         return None
 
     def _release(self, origin: Origin, conn: Connection) -> None:
-        if not conn.reusable or conn.closed or self._idle_count >= self.max_idle:
+        now = time.monotonic()
+        if (
+            not conn.reusable
+            or conn.closed
+            or self._idle_count >= self.max_idle
+            or now - conn.born >= self.max_age_s
+        ):
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now
         self._idle.setdefault(origin, []).append(conn)
         self._idle_count += 1
         # a connection its receiver closes leaves the pool at once (before, it kept a place

@@ -37,7 +37,7 @@ import ssl
 from collections.abc import Iterable
 
 from relay.constants import RESPONSE_BODY_KEPT
-from relay.http.pool import IDLE_S, Connection, ConnectionPool, Stale
+from relay.http.pool import IDLE_S, MAX_AGE_S, Connection, ConnectionPool, Stale
 from relay.http.ssrf import CallbackPolicy
 from relay.http.wire import MAX_DRAIN, MAX_HEAD, Answer, Target, WebhookError
 from relay.metrics import CALLBACK_RESENDS
@@ -74,6 +74,7 @@ class WebhookClient(ConnectionPool):
         keep: int = RESPONSE_BODY_KEPT,
         max_idle: int = 256,
         idle_s: float = IDLE_S,
+        max_age_s: float = MAX_AGE_S,
     ) -> None:
         super().__init__(
             policy,
@@ -81,6 +82,7 @@ class WebhookClient(ConnectionPool):
             keep=keep,
             max_idle=max_idle,
             idle_s=idle_s,
+            max_age_s=max_age_s,
         )
         self.timeout = timeout
         self._in_flight: set[Connection] = set()
