@@ -138,3 +138,31 @@ async def test_a_feed_gives_its_connection_back_when_subscribing_fails(redis: Re
                 pass
     finally:
         await away.aclose()
+
+
+async def test_a_stop_ends_a_follower_waiting_for_a_message_at_once(redis: Redis) -> None:
+    """A follower waiting on a real feed ends as soon as it is stopped, and a message sent
+    meanwhile is still heard; its task's own cancellation is not taken for a stop. Fails
+    before: the stop was seen only when the wait ended (WAIT_S, a second), so every worker's
+    shutdown waited a second per feed."""
+    heard: list[str] = []
+    follower = Follower(lambda: Feed(redis, "cr:test:feed"), heard.append, "test")
+    ready = asyncio.Event()
+    task = asyncio.create_task(follower.run(ready))
+    await asyncio.wait_for(ready.wait(), 2)
+    await redis.publish("cr:test:feed", "hello")
+    await eventually(lambda: heard == ["hello"], what="the message")
+    await asyncio.sleep(0.05)  # (waiting for the next one now)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    follower.stop()
+    await asyncio.wait_for(task, 3)
+    assert loop.time() - started < 0.3
+
+    other = Follower(lambda: Feed(redis, "cr:test:feed"), heard.append, "test")
+    ready = asyncio.Event()
+    task = asyncio.create_task(other.run(ready))
+    await asyncio.wait_for(ready.wait(), 2)
+    task.cancel()  # not a stop: the task ends cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 3)
