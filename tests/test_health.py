@@ -92,3 +92,34 @@ async def test_a_worker_that_cannot_reach_redis_says_so(redis: Redis) -> None:
     said = [e["event"] for e in lines if "gauges" in e["event"]]
     assert said == ["redis unreachable for the gauges"], said
     assert next(e for e in lines if e["event"] == said[0])["error"] == "ConnectionError"
+
+
+async def test_the_gauges_go_on_while_redis_refuses_writes(redis: Redis) -> None:
+    """Redis full (noeviction) refuses the worker's note of its lease, but the gauges read
+    on: the memory gauges show it at its maxmemory, the queues as they are, and a warning
+    (once a minute at most) says the notes are refused. Fails before: the note's refusal
+    failed the whole round, every gauge kept its value of before and the "Redis filling
+    up" ratio read 57 % while Redis refused writes (a tester's run, 2026-12-07)."""
+    before = await redis.config_get("maxmemory", "maxmemory-policy")
+    await redis.zadd(c.DELIVERY_SCHEDULE_KEY, {"w1": now_ms() - 1000, "w2": now_ms() - 1000})
+    used = int((await redis.info("memory"))["used_memory"])
+    try:
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", str(used // 2))
+        with capture_logs() as lines:
+            async with running(Store(redis)):
+
+                def seen() -> bool:
+                    return (
+                        REDIS_MEMORY.labels("max")._value.get() == used // 2
+                        and QUEUE_DEPTH.labels("delivery")._value.get() == 2
+                    )
+
+                await eventually(seen, what="the gauges of a full Redis")
+        assert REDIS_MEMORY.labels("used")._value.get() > used // 2
+        assert REDIS_UP._value.get() == 1
+        said = [e for e in lines if "refuses the worker's notes" in e["event"]]
+        assert len(said) == 1 and "OutOfMemory" in said[0]["error"], lines
+    finally:
+        await redis.config_set("maxmemory", before["maxmemory"])
+        await redis.config_set("maxmemory-policy", before["maxmemory-policy"])
