@@ -374,6 +374,31 @@ def test_a_refresh_changes_the_links_of_the_clips_an_event_carries_and_nothing_e
     assert refreshed([], fresh) == []
 
 
+def test_a_refresh_of_clips_sharing_an_id_keeps_each_and_changes_only_links() -> None:
+    """Clips sharing an id keep their places (each takes the links of the fresh clip at its
+    place among those of its id), and a fresh clip whose other fields changed (its score)
+    changes only the links: what a watch's filters read stays as the event had it. Fails
+    before: matched by id alone, both became the last of the id, and a redelivery of an
+    event carrying the score-90 clip carried none past minScore 80 (a tester's run)."""
+    high = clip("c1", 90, title="high")
+    low = clip("c1", 10, title="low")
+    fresh = [
+        clip("c1", 90, title="high", downloadUrl="https://cdn.example/high-new.mp4"),
+        clip("c1", 10, title="low", downloadUrl="https://cdn.example/low-new.mp4"),
+        clip("c2", 70, title="rescored", downloadUrl="https://cdn.example/c2-new.mp4"),
+    ]
+    assert refreshed([high], fresh) == [{**high, "downloadUrl": "https://cdn.example/high-new.mp4"}]
+    got = refreshed([high, low], fresh)
+    assert [(c["score"], c["title"]) for c in got] == [(90, "high"), (10, "low")]
+    assert got[1]["downloadUrl"].endswith("low-new.mp4")
+    stored_c2 = clip("c2", 50, title="as sent")
+    (c2,) = refreshed([stored_c2], fresh)
+    assert c2 == {**stored_c2, "downloadUrl": "https://cdn.example/c2-new.mp4"}
+    odd = clip("x", 50)
+    odd["id"] = {"not": "hashable"}
+    assert refreshed([odd], [odd]) == [odd]  # (an odd id: kept as stored, no crash)
+
+
 # --- parse_clips --------------------------------------------------------------------------
 
 

@@ -138,12 +138,34 @@ def is_settled(clip: Clip) -> bool:
 
 def refreshed(stored: Sequence[Clip], fresh: Sequence[Clip]) -> list[Clip]:
     """The clips an event carries (*stored*, deliverable when it was made) with the links of
-    a fresh fetch: each replaced by its fresh self (the same ``id``) when that is
-    deliverable, kept as stored otherwise. A clip the event did not carry stays out (one
-    rendered since, one left out at the render timeout): a refresh changes links, not which
-    clips a ``webhook-id`` carries."""
-    now = {c.get("id"): c for c in fresh if is_deliverable(c) and c.get("id") is not None}
-    return [now.get(c.get("id"), c) if c.get("id") is not None else c for c in stored]
+    a fresh fetch: each takes the links (its fields named ``...Url``: ``downloadUrl``,
+    ``thumbnailUrl``) of its fresh self -- the same ``id``; of clips sharing an id, the one
+    at the same place among them -- when that is deliverable, and keeps everything else as
+    stored. A clip the event did not carry stays out (one rendered since, one left out at
+    the render timeout): a refresh changes links, not which clips a ``webhook-id`` carries
+    nor what a watch's filters read. (Before, a fresh clip replaced its stored self whole,
+    matched by id alone: with two clips of one id, both became the last -- a tester's run,
+    2026-12-07: a redelivery carried no clip where the event had one.)"""
+    now: dict[str | int, list[Clip]] = {}
+    for c in fresh:
+        cid = c.get("id")
+        if isinstance(cid, str | int):
+            now.setdefault(cid, []).append(c)
+    taken: dict[str | int, int] = {}
+    out: list[Clip] = []
+    for c in stored:
+        cid = c.get("id")
+        if not isinstance(cid, str | int):
+            out.append(c)
+            continue
+        k = taken[cid] = taken.get(cid, -1) + 1
+        same = now.get(cid, ())
+        f = same[k] if k < len(same) else None
+        if f is None or not is_deliverable(f):
+            out.append(c)
+            continue
+        out.append({**c, **{key: v for key, v in f.items() if key.lower().endswith("url")}})
+    return out
 
 
 def pending(clips: Sequence[Clip], filters: Iterable[ClipFilter]) -> set[int]:
