@@ -166,3 +166,19 @@ async def test_a_stop_ends_a_follower_waiting_for_a_message_at_once(redis: Redis
     task.cancel()  # not a stop: the task ends cancelled
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 3)
+
+    for stop_first in (True, False):  # a stop and a cancel in one turn: still cancelled
+        other = Follower(lambda: Feed(redis, "cr:test:feed"), heard.append, "test")
+        ready = asyncio.Event()
+        task = asyncio.create_task(other.run(ready))
+        await asyncio.wait_for(ready.wait(), 2)
+        await asyncio.sleep(0.05)
+        if stop_first:
+            other.stop()
+            task.cancel()
+        else:
+            task.cancel()
+            other.stop()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 3)
+        assert task.cancelled(), stop_first

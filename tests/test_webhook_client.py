@@ -195,12 +195,12 @@ async def test_a_connection_older_than_max_age_is_not_reused(
     and follows an address that changed. Fails before: a receiver answering keep-alive
     kept every attempt on its first connection's address (a tester's run, 2026-12-07)."""
     base, _, _ = recorder
-    client = WebhookClient(LOCAL, timeout=2.0, max_age_s=0.3)
+    client = WebhookClient(LOCAL, timeout=2.0, max_age_s=1.5)
     try:
         await client.post(target(f"{base}/a"), HEADERS, BODY)
         await client.post(target(f"{base}/a"), HEADERS, BODY)
         assert client.connections_made == 1  # young: reused
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(1.55)
         await client.post(target(f"{base}/a"), HEADERS, BODY)  # on the old one, then closed
         assert client.idle_connections == 0
         await client.post(target(f"{base}/a"), HEADERS, BODY)

@@ -88,8 +88,9 @@ class Follower:
         try:
             return await read
         except asyncio.CancelledError:
-            if self._running or not read.cancelled():
-                raise  # (this task itself was cancelled, not the wait)
+            me = asyncio.current_task()
+            if self._running or not read.cancelled() or (me is not None and me.cancelling()):
+                raise  # (this task itself was cancelled -- also beside a stop -- not the wait)
             return None
         finally:
             self._read = None

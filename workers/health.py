@@ -84,8 +84,9 @@ async def gauges(store: Store, lease_s: float, keys_held: str = "none") -> None:
             # Redis as 57 % used while it refused writes; a tester's run, 2026-12-07)
             results = await pipe.execute(raise_on_error=False)
             failed = [r for r in results if isinstance(r, Exception)]
-            if any(isinstance(r, Exception) for r in results[writes:]):
-                raise failed[-1]
+            for r in results[writes:]:
+                if isinstance(r, Exception):
+                    raise r
             if failed and refused.due():
                 log.warning(
                     "redis refuses the worker's notes (its lease, its keys); gauges go on",

@@ -164,5 +164,5 @@ class UpstreamGate:
         await self._pauses.run(ready)
 
     def stop_following(self) -> None:
-        """End :meth:`follow_pauses` (within a second)."""
+        """End :meth:`follow_pauses` (at once while it waits for a message)."""
         self._pauses.stop()
