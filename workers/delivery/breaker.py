@@ -18,12 +18,12 @@ the attempts asked for are sent, and if the origin is still down they open it ag
 An open circuit nothing is sent to any more (its watches failed, or their next retries are
 hours away) stops counting as open IDLE_OPEN_S after its cooldown (:meth:`Breakers.
 close_idle`): it closes one failure short of opening (for STALE_STREAK_S, as any streak),
-so its next attempt is sent and, with no answer, opens it at once. A streak of failures ages out the same way: a closed origin
-with no failure for STALE_STREAK_S starts again from zero, and is forgotten (before, a
-count below RELAY_BREAKER_FAILURES was kept until MAX_ORIGINS origins were tracked: eight
-timeouts of months ago made today's second one open the circuit -- a tester's run,
-2026-12-07). A circuit that opens, or closes on an answer or idle, is a log
-line naming its origin (LOG_BURST of a kind per 10 s at most; an operator's close is the
+so its next attempt is sent and, with no answer, opens it at once. A streak of failures ages
+out the same way: a closed origin with no failure for STALE_STREAK_S starts again from zero,
+and is forgotten (before, a count below RELAY_BREAKER_FAILURES was kept until MAX_ORIGINS
+origins were tracked: eight timeouts of months ago made today's second one open the circuit
+-- a tester's run, 2026-12-07). A circuit that opens, or closes on an answer or idle, is a
+log line naming its origin (LOG_BURST of a kind per 10 s at most; an operator's close is the
 deliverer's line).
 """
 
