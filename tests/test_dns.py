@@ -109,9 +109,22 @@ async def test_a_name_slow_at_a_server_fast_for_others_still_resolves(dns: DnsSe
         dns.names["recursive.test"] = Name(("127.0.0.2",), delay=1.0)
         took, got = await timed(resolver.resolve("recursive.test"))
         assert got == [(2, "127.0.0.2")], got
-        assert took < 4.0
+        assert took < 1.9  # (its first try's answer: one query, not a late retry's)
+        assert dns.lookups("recursive.test") == 1
     finally:
         await resolver.close()
+
+
+async def test_a_lookup_given_up_sends_nothing_more(dns: DnsServer) -> None:
+    """Past its guard a lookup's channel is closed: c-ares sends no later try. Fails before:
+    the shared channel went on trying in the background (its timers doubling), queries no
+    lookup slot bounded (a review, 2026-12-07)."""
+    dns.names["never.test"] = Name(silent=True)
+    resolver = Resolver([dns.address], timeout_s=0.4, tries=4, guard_s=1.0)
+    with pytest.raises(NameNotResolved, match="timed out"):
+        await resolver.resolve("never.test")
+    await asyncio.sleep(2.0)  # (a third try would go at ~1.2 s, a fourth at ~2.8 s)
+    assert dns.lookups("never.test") <= 2
 
 
 async def test_one_lookup_per_name_at_a_time(dns: DnsServer) -> None:

@@ -3,7 +3,7 @@
 The standard library resolves through ``getaddrinfo`` in the event loop's default thread
 pool: a handful of threads shared by every origin, so one tenant's slow DNS server held
 resolution up for all, and a name that does not resolve was asked again on every attempt.
-Here resolution is asynchronous (c-ares, through ``aiodns``: no threads; ``/etc/hosts`` is
+Here resolution is asynchronous (c-ares, through ``pycares``: no threads; ``/etc/hosts`` is
 read as the system does) with:
 
 - a bound on lookups in flight (``max_inflight``), each with its own deadline, and a share
@@ -18,17 +18,14 @@ read as the system does) with:
 - a negative cache of ``NEGATIVE_TTL_S`` for names that do not resolve (and for lookups that
   time out), so a dead name costs one lookup per ten seconds, not one per attempt;
 - ``RELAY_DNS_SERVERS`` (``ip[:port]``, comma-separated) instead of the system's servers;
-- ``LOOKUP_TRIES`` tries within ``LOOKUP_GUARD_S``. c-ares times each try by what the
-  server has shown (since 1.22): 2 s (``LOOKUP_TIMEOUT_S``) until it has answered three
-  queries, then five times its mean answer time, 250 ms at least, doubled at each retry. A
-  resolver that answers cached names in a millisecond thus gets 250 ms, then 500 ms... for a
-  name it must look up elsewhere: with two tries, a name whose lookup took over ~0.6 s never
-  resolved (a tester's run, 2026-12-07: 2,000 names behind a 1 s server, none delivered).
-  Four tries (250 + 500 + 1,000 + 2,000 ms) resolve a name answered within ~2 s; the guard
-  ends a lookup at 5 s whatever the timers (a server that never answered: 2 s, then 4 s).
+- a channel of its own per lookup (:mod:`relay.http.cares`): each try is given the
+  configured 2 s (``LOOKUP_TIMEOUT_S``; c-ares doubles it for the second), not a timeout
+  c-ares would shorten from the server's past answers (on a shared channel a name a fast
+  resolver took over ~0.6 s for never resolved); two tries within ``LOOKUP_GUARD_S``
+  (5 s), after which the channel is closed and nothing more is sent.
 
-The cache is bounded (``max_names``, oldest entry out first). c-ares' own answer cache is
-emptied every ``MAX_TTL_S`` (a new channel), so the clamp holds for long TTLs too. What the
+The cache is bounded (``max_names``, oldest entry out first). c-ares keeps no answer between
+lookups (their channels are gone), so the clamp holds for long TTLs too. What the
 caller connects to is exactly what this returns, so the SSRF rule (the address checked is
 the address used) holds (:meth:`relay.http.ssrf.CallbackPolicy.resolve`).
 """
@@ -36,22 +33,21 @@ the address used) holds (:meth:`relay.http.ssrf.CallbackPolicy.resolve`).
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import aiodns
 from aiodns.error import ARES_ETIMEOUT, DNSError
 
+from relay.http.cares import Lookup
 from relay.metrics import DNS_LOOKUPS
 
 MIN_TTL_S = 30.0
 MAX_TTL_S = 300.0
 NEGATIVE_TTL_S = 10.0
-LOOKUP_TIMEOUT_S = 2.0  # c-ares' first timer for a server (see above for the later ones)
-LOOKUP_TRIES = 4
+LOOKUP_TIMEOUT_S = 2.0  # c-ares' timer for a lookup's first try (doubled for the second)
+LOOKUP_TRIES = 2
 LOOKUP_GUARD_S = 5.0  # a lookup ends by then, whatever c-ares' timers
 MAX_INFLIGHT = 64
 MAX_PER_ZONE = 8  # lookups in flight per zone (see zone()), at most
@@ -117,8 +113,6 @@ class Resolver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = asyncio.Semaphore(max_inflight)
         self._zones: dict[str, tuple[asyncio.Semaphore, int]] = {}  # zone -> (slots, users)
-        self._channel: aiodns.DNSResolver | None = None
-        self._channel_since = 0.0
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._flights: dict[str, asyncio.Future[Resolved]] = {}
         self._waiters: dict[asyncio.Future[Resolved], int] = {}  # callers of each flight
@@ -173,7 +167,6 @@ class Resolver:
         if loop is not self._loop:
             self._loop = loop
             self._slots = asyncio.Semaphore(self._max_inflight)
-            self._channel = None
             self._flights.clear()
             self._zones.clear()
             self._waiters.clear()
@@ -230,9 +223,10 @@ class Resolver:
 
     async def _query(self, name: str) -> Resolved:
         self.lookups += 1
+        lookup = Lookup(self.servers, self.timeout_s, self.tries)
         try:
             async with asyncio.timeout(self.guard_s):
-                result = await self._resolver().getaddrinfo(name, type=socket.SOCK_STREAM)
+                result = await lookup.getaddrinfo(name)
         except TimeoutError:
             reason = "dns: host not resolved (lookup timed out)"
             self._remember(name, None, NEGATIVE_TTL_S, reason)
@@ -246,6 +240,8 @@ class Resolver:
             timed_out = bool(exc.args) and exc.args[0] == ARES_ETIMEOUT
             DNS_LOOKUPS.labels("timeout" if timed_out else "failed").inc()
             raise NameNotResolved(reason[:120]) from None
+        finally:
+            lookup.close()
         addresses: Resolved = []
         ttls: list[int] = []
         for node in result.nodes:
@@ -271,24 +267,6 @@ class Resolver:
         while len(self._cache) > self.max_names:
             self._cache.popitem(last=False)
 
-    def _resolver(self) -> aiodns.DNSResolver:
-        # c-ares keeps answers of its own for up to their TTL (an hour at most): a channel
-        # older than MAX_TTL_S is replaced (when no lookup is using it), so no answer is
-        # used longer than the clamp says
-        now = self.clock()
-        stale = now - self._channel_since >= MAX_TTL_S and len(self._flights) <= 1
-        if self._channel is None or stale:  # made on first use, inside the running loop
-            if self._channel is not None:
-                old = self._channel
-                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(old.close()))
-            self._channel = aiodns.DNSResolver(
-                nameservers=self.servers or None, timeout=self.timeout_s, tries=self.tries
-            )
-            self._channel_since = now
-        return self._channel
-
     async def close(self) -> None:
-        """Release the c-ares channel."""
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        """Nothing to release: each lookup's channel is closed when it ends (kept for the
+        callers, which close what they were given)."""
