@@ -68,6 +68,19 @@ def _settings(command: str) -> Settings:
             " are kept in Redis in plain text (the first step of a first key: the key alone"
             " next, docs/runbook.md)"
         )
+    if command == "api" and settings.ui_secret and len(settings.ui_secret) < MIN_API_KEY:
+        structlog.get_logger("relay.cli").warning(
+            "RELAY_UI_SECRET is short enough to guess: dashboard sessions could be forged;"
+            " use a long random one",
+            shorter_than=MIN_API_KEY,
+        )
+    if command in ("api", "worker") and any(
+        n.prefixlen == 0 for n in settings.callback_allow.networks
+    ):
+        structlog.get_logger("relay.cli").warning(
+            "RELAY_CALLBACK_ALLOW opens every address: callbacks may reach any private or"
+            " internal service (the SSRF rules are off); list the networks receivers need"
+        )
     if command == "api" and (short := settings.short_api_keys()):
         # (the tenants are named, never the keys)
         structlog.get_logger("relay.cli").warning(

@@ -231,10 +231,39 @@ def test_log_format(fmt: str) -> None:
     assert load({"LOG_FORMAT": fmt}).log_format == fmt
 
 
-def test_callback_allow_non_strict_cidr_is_normalised() -> None:
-    allow = load({"RELAY_CALLBACK_ALLOW": "10.1.2.3/8"}).callback_allow
-    assert allow.networks == (ipaddress.ip_network("10.0.0.0/8"),)
+def test_callback_allow_with_host_bits_is_refused_naming_the_network() -> None:
+    """``10.1.2.3/8`` was read as ``10.0.0.0/8``: a typo for one host opened a network to
+    every tenant's callbacks. It is refused, naming the network meant (as
+    RELAY_TRUSTED_PROXIES refuses it); the network itself and a plain address are taken.
+    (A configuration tester, 2026-12-07.)"""
+    with pytest.raises(ConfigError, match=r"RELAY_CALLBACK_ALLOW: .*host bits set.*10\.0\.0\.0/8"):
+        load({"RELAY_CALLBACK_ALLOW": "10.1.2.3/8"})
+    allow = load({"RELAY_CALLBACK_ALLOW": "10.0.0.0/8,10.1.2.3"}).callback_allow
+    assert allow.networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("10.1.2.3/32"),
+    )
     assert allow.hosts == frozenset()
+
+
+def test_odd_values_an_operator_could_mistype_are_refused() -> None:
+    """Each was taken silently (a configuration tester, 2026-12-07): a base URL without a
+    host or with a space, a duration of 1e300 (no watch would ever expire), ``1_000`` (read
+    by Python as 1000, by an operator's tools maybe not), a tenant name with a space or
+    a brace (it names Redis keys, log fields and pages)."""
+    cases = {
+        "SCALEREACH_BASE_URL": ["http://", "http://127.0.0.1:1/ x"],
+        "RELAY_WATCH_TIMEOUT": ["1e300"],
+        "RELAY_SHUTDOWN_GRACE": ["1e300"],
+        "RELAY_POLL_INTERVAL": ["1_000"],
+        "RELAY_API_KEYS": ["ac me:" + "k" * 24, "a/b{x}:" + "k" * 24],
+    }
+    for name, values in cases.items():
+        for value in values:
+            with pytest.raises(ConfigError, match=rf"^{name}: ") as got:
+                load({name: value})
+            assert "k" * 24 not in str(got.value)
+    assert load({"RELAY_RETENTION": str(5 * 365 * 86400)}).retention == 5 * 365 * 86400
 
 
 def test_api_key_may_contain_a_colon() -> None:
@@ -529,6 +558,14 @@ def _short_keys_warned(
     settings("api")
     quiet = "".join(capsys.readouterr())
     assert "short enough" not in quiet and "RELAY_SECRETS_KEY is not set" not in quiet
+    # a one-letter dashboard secret and an allow list of every address are said at start,
+    # the secret itself never (a configuration tester, 2026-12-07)
+    monkeypatch.setenv("RELAY_UI_SECRET", "x")
+    monkeypatch.setenv("RELAY_CALLBACK_ALLOW", "0.0.0.0/0")
+    settings("api")
+    said = "".join(capsys.readouterr())
+    assert "RELAY_UI_SECRET is short enough to guess" in said
+    assert "RELAY_CALLBACK_ALLOW opens every address" in said
 
 
 def test_a_relay_variable_that_is_no_setting_is_named_with_its_near_miss(
