@@ -122,3 +122,28 @@ async def test_a_port_in_use_stops_serve_with_nothing_left_running(settings: Set
     await asyncio.sleep(0.05)
     left = [t.get_name() for t in asyncio.all_tasks() - before if not t.done()]
     assert not left, left
+
+
+async def test_the_port_logged_is_the_one_bound(settings: Settings) -> None:
+    """With RELAY_PORT=0 the system chooses the port: "api listening" names it (it said
+    0, a configuration tester found), and the API answers there."""
+    from structlog.testing import capture_logs
+
+    cfg = settings.model_copy(update={"host": "127.0.0.1", "port": 0, "shutdown_grace": 1})
+    stop = asyncio.Event()
+    with capture_logs() as lines:
+        server = asyncio.create_task(serve(cfg, stop))
+        for _ in range(200):
+            said = [e for e in lines if e["event"] == "api listening"]
+            if said:
+                break
+            await asyncio.sleep(0.02)
+    port = said[0]["port"]
+    assert port != 0
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/healthz") as resp,
+    ):
+        assert resp.status == 200
+    stop.set()
+    await asyncio.wait_for(server, timeout=5)

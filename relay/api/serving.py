@@ -141,7 +141,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     except BaseException:  # e.g. the port in use: close what setup opened (Redis, clients)
         await runner.cleanup()
         raise
-    log.info("api listening", host=settings.host, port=settings.port)
+    # (the port bound: RELAY_PORT=0 lets the system choose one, which logging 0 hid)
+    bound = [a[1] for a in runner.addresses if isinstance(a, tuple) and len(a) >= 2]
+    log.info("api listening", host=settings.host, port=bound[0] if bound else settings.port)
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
