@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 from dnslib import QTYPE, DNSRecord  # type: ignore[import-untyped]
 
-from relay.http.dns import NameNotResolved, Resolver
+from relay.http.dns import NameNotResolved, Resolver, ResolverBusy
 from tests.dns_server import DnsServer, Name
 from tests.test_dns import Clock, dns
 
@@ -127,3 +127,24 @@ async def test_a_name_is_kept_for_its_shortest_ttl() -> None:
     finally:
         await resolver.close()
         server.close()
+
+
+async def test_a_channel_that_cannot_be_made_is_resolver_busy(
+    dns: DnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When c-ares cannot make a lookup's channel (out of sockets, memory), the attempt
+    fails as "resolver busy" -- nothing said of its origin, nothing cached -- not with
+    c-ares' own error, which no caller expects; the next lookup is made as usual."""
+    from relay.http import dns as dns_module
+
+    made = dns_module.Lookup
+
+    def broken(*args: object) -> dns_module.Lookup:
+        raise OSError("too many open files")
+
+    resolver = Resolver([dns.address])
+    monkeypatch.setattr(dns_module, "Lookup", broken)
+    with pytest.raises(ResolverBusy, match="resolver unavailable: OSError"):
+        await resolver.resolve("fast.test")
+    monkeypatch.setattr(dns_module, "Lookup", made)
+    assert await resolver.resolve("fast.test") == [(2, "127.0.0.1")]

@@ -223,7 +223,11 @@ class Resolver:
 
     async def _query(self, name: str) -> Resolved:
         self.lookups += 1
-        lookup = Lookup(self.servers, self.timeout_s, self.tries)
+        try:
+            lookup = Lookup(self.servers, self.timeout_s, self.tries)
+        except Exception as exc:  # (no channel: out of sockets or memory) says nothing of it
+            DNS_LOOKUPS.labels("busy").inc()
+            raise ResolverBusy(f"resolver unavailable: {type(exc).__name__}") from None
         try:
             async with asyncio.timeout(self.guard_s):
                 result = await lookup.getaddrinfo(name)
