@@ -81,6 +81,12 @@ def _settings(command: str) -> Settings:
             "RELAY_CALLBACK_ALLOW opens every address: callbacks may reach any private or"
             " internal service (the SSRF rules are off); list the networks receivers need"
         )
+    if command == "api" and (odd := settings.odd_tenant_names()):
+        structlog.get_logger("relay.cli").warning(
+            "tenant names other than letters, digits, '.', '_' and '-' (64 at most): they"
+            " work, but name Redis keys, log fields and pages; prefer plain ones for new tenants",
+            tenants=odd,
+        )
     if command == "api" and (short := settings.short_api_keys()):
         # (the tenants are named, never the keys)
         structlog.get_logger("relay.cli").warning(

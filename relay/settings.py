@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from relay.envtext import (
+    TENANT,
     Allow,
     ApiKey,
     ApiKeys,
@@ -162,6 +163,11 @@ class Settings(BaseSettings):
         key of 32 random characters, as ``python -c "import secrets;
         print(secrets.token_urlsafe(24))"`` gives, is not)."""
         return [k.tenant for k in self.api_keys if len(k.key) < MIN_API_KEY]
+
+    def odd_tenant_names(self) -> list[str]:
+        """The tenant names outside letters, digits, '.', '_', '-' (64 at most): they work,
+        but name Redis keys, log fields and pages (warned about at start)."""
+        return sorted({k.tenant for k in self.api_keys if not TENANT.fullmatch(k.tenant)})
 
     def require_worker(self) -> None:
         """Check what `clip-relay worker` cannot run without."""

@@ -250,13 +250,16 @@ def test_odd_values_an_operator_could_mistype_are_refused() -> None:
     """Each was taken silently (a configuration tester, 2026-12-07): a base URL without a
     host or with a space, a duration of 1e300 (no watch would ever expire), ``1_000`` (read
     by Python as 1000, by an operator's tools maybe not), a tenant name with a space or
-    a brace (it names Redis keys, log fields and pages)."""
+    a brace is warned about instead (see the start's warnings: a deployment's watches are
+    stored under its tenants' names)."""
     cases = {
         "SCALEREACH_BASE_URL": ["http://", "http://127.0.0.1:1/ x"],
         "RELAY_WATCH_TIMEOUT": ["1e300"],
         "RELAY_SHUTDOWN_GRACE": ["1e300"],
         "RELAY_POLL_INTERVAL": ["1_000"],
-        "RELAY_API_KEYS": ["ac me:" + "k" * 24, "a/b{x}:" + "k" * 24],
+        "RELAY_RATE_LIMIT": ["1_000"],
+        "RELAY_PORT": ["8_080"],
+        "RELAY_CALLBACK_ALLOW": ["fe80::1%eth0/64"],
     }
     for name, values in cases.items():
         for value in values:
@@ -264,6 +267,8 @@ def test_odd_values_an_operator_could_mistype_are_refused() -> None:
                 load({name: value})
             assert "k" * 24 not in str(got.value)
     assert load({"RELAY_RETENTION": str(5 * 365 * 86400)}).retention == 5 * 365 * 86400
+    allow = load({"RELAY_CALLBACK_ALLOW": "fe80::1%eth0,::1,fd00::/8"}).callback_allow
+    assert len(allow.networks) == 3
 
 
 def test_api_key_may_contain_a_colon() -> None:
@@ -562,10 +567,13 @@ def _short_keys_warned(
     # the secret itself never (a configuration tester, 2026-12-07)
     monkeypatch.setenv("RELAY_UI_SECRET", "x")
     monkeypatch.setenv("RELAY_CALLBACK_ALLOW", "0.0.0.0/0")
+    monkeypatch.setenv("RELAY_API_KEYS", f"globex:{SECRET},ac me:{SECRET}x")
     settings("api")
     said = "".join(capsys.readouterr())
     assert "RELAY_UI_SECRET is short enough to guess" in said
     assert "RELAY_CALLBACK_ALLOW opens every address" in said
+    assert "tenant names other than letters" in said and "ac me" in said
+    assert SECRET not in said
 
 
 def test_a_relay_variable_that_is_no_setting_is_named_with_its_near_miss(

@@ -11,8 +11,11 @@ delivered in 150 s). A new channel has no past, so every lookup gets the configu
 Why not one ``aiodns.DNSResolver`` per lookup: pycares 5 gives each channel made without a
 socket callback a thread of its own and an inotify instance (to follow ``resolv.conf``); the
 system allows 128 inotify instances per user, and 64 lookups may be in flight. Here the
-channel reports its sockets to this loop instead (pycares' ``sock_state_cb``): no thread,
-no inotify, ~0.1 ms a lookup, made once per name per TTL (the resolver caches).
+channel reports its sockets to this loop instead (pycares' ``sock_state_cb``): no thread of
+its own (pycares destroys closed channels on one shared thread), no inotify, made once per
+name per TTL (the resolver caches). :meth:`Lookup.close` closes it: the channel and the
+callback refer to each other, so without it the C side of each (~8 KB) waited for the
+garbage collector's slowest pass (a review, 2026-12-07).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Lookup:
         self._loop = asyncio.get_running_loop()
         self._fds: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
         self._channel = pycares.Channel(
             sock_state_cb=self._socket,
             timeout=timeout_s,
@@ -70,10 +74,15 @@ class Lookup:
             self._loop.remove_reader(fd)
             self._loop.remove_writer(fd)
         self._fds.clear()
-        self._channel.cancel()
+        if not self._closed:
+            self._closed = True
+            self._channel.cancel()  # (answers what is out: ECANCELLED, to a done future)
+            self._channel.close()  # (destroyed on pycares' thread, which may call _socket)
 
     def _socket(self, fd: int, readable: bool, writable: bool) -> None:
         """c-ares says which of its sockets to watch (both False: closed)."""
+        if self._closed:  # (closing: the fds are unwatched already, maybe off this thread)
+            return
         loop = self._loop
         if fd in self._fds:
             loop.remove_reader(fd)
