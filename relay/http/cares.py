@@ -90,16 +90,24 @@ class Lookup:
             self._fds.discard(fd)
         if readable or writable:
             if readable:
-                loop.add_reader(fd, self._channel.process_fd, fd, pycares.ARES_SOCKET_BAD)
+                loop.add_reader(fd, self._process, fd, pycares.ARES_SOCKET_BAD)
             if writable:
-                loop.add_writer(fd, self._channel.process_fd, pycares.ARES_SOCKET_BAD, fd)
+                loop.add_writer(fd, self._process, pycares.ARES_SOCKET_BAD, fd)
             self._fds.add(fd)
             if self._timer is None:
                 self._timer = loop.call_later(TICK_S, self._tick)
 
+    def _process(self, read_fd: int, write_fd: int) -> None:
+        """Let c-ares read or write a socket (or, both ARES_SOCKET_BAD, run its timers). A
+        callback the loop had ready when the lookup closed finds the channel gone: nothing."""
+        if not self._closed:
+            self._channel.process_fd(read_fd, write_fd)
+
     def _tick(self) -> None:
-        """Run c-ares' timers (a try timed out: the next one, or the end)."""
+        """Run c-ares' timers (a try timed out: the next one, or the end). A socket opened
+        meanwhile may have started the next tick already (``_socket``): one runs at a time,
+        and :meth:`close` cancels it (before, a second one outlived the channel)."""
         self._timer = None
-        self._channel.process_fd(pycares.ARES_SOCKET_BAD, pycares.ARES_SOCKET_BAD)
-        if self._fds:
+        self._process(pycares.ARES_SOCKET_BAD, pycares.ARES_SOCKET_BAD)
+        if self._fds and self._timer is None and not self._closed:
             self._timer = self._loop.call_later(TICK_S, self._tick)
