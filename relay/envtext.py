@@ -62,18 +62,19 @@ def _float(raw: str, *, positive: bool = True) -> float:
     return value
 
 
-def _seconds(raw: str) -> float:
-    value = _float(raw)
+def _duration(raw: str, *, positive: bool) -> float:
+    value = _float(raw, positive=positive)
     if value > MAX_SECONDS:
         raise ValueError("more than ten years: give seconds")
     return value
+
+
+def _seconds(raw: str) -> float:
+    return _duration(raw, positive=True)
 
 
 def _pause(raw: str) -> float:
-    value = _float(raw, positive=False)
-    if value > MAX_SECONDS:
-        raise ValueError("more than ten years: give seconds")
-    return value
+    return _duration(raw, positive=False)
 
 
 def _fraction(raw: str) -> float:
@@ -108,25 +109,24 @@ def _dns_servers(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _port(raw: str) -> int:
+def _whole(raw: str, what: str) -> int:
     try:
-        if "_" in raw:  # (int() reads 8_080 too)
+        if "_" in raw:  # (int() reads 8_080 too; an operator's tools may not)
             raise ValueError
-        value = int(raw)
+        return int(raw)
     except ValueError:
-        raise ValueError(f"expected a port number, got {raw!r}") from None
+        raise ValueError(f"expected {what}, got {raw!r}") from None
+
+
+def _port(raw: str) -> int:
+    value = _whole(raw, "a port number")
     if not 0 <= value <= 65535:
         raise ValueError("must be between 0 and 65535")
     return value
 
 
 def _count(raw: str) -> int:
-    try:
-        if "_" in raw:
-            raise ValueError
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {raw!r}") from None
+    value = _whole(raw, "a whole number")
     if value < 1:
         raise ValueError("must be at least 1")
     return value

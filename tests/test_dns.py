@@ -102,17 +102,14 @@ async def test_a_name_slow_at_a_server_fast_for_others_still_resolves(dns: DnsSe
     Fails before: two tries gave up after ~0.75 s, and so on every 10 s for ever (a
     tester's run: 2,000 names behind a 1 s server, none delivered in 150 s)."""
     resolver = Resolver([dns.address])
-    try:
-        for i in range(5):
-            dns.names[f"warm{i}.test"] = Name()
-            await resolver.resolve(f"warm{i}.test")
-        dns.names["recursive.test"] = Name(("127.0.0.2",), delay=1.0)
-        took, got = await timed(resolver.resolve("recursive.test"))
-        assert got == [(2, "127.0.0.2")], got
-        assert took < 1.9  # (its first try's answer: one query, not a late retry's)
-        assert dns.lookups("recursive.test") == 1
-    finally:
-        await resolver.close()
+    for i in range(5):
+        dns.names[f"warm{i}.test"] = Name()
+        await resolver.resolve(f"warm{i}.test")
+    dns.names["recursive.test"] = Name(("127.0.0.2",), delay=1.0)
+    took, got = await timed(resolver.resolve("recursive.test"))
+    assert got == [(2, "127.0.0.2")], got
+    assert took < 1.9  # (its first try's answer: one query, not a late retry's)
+    assert dns.lookups("recursive.test") == 1
 
 
 async def test_a_lookup_given_up_sends_nothing_more(

@@ -24,20 +24,17 @@ async def test_a_lookup_that_outlives_its_guard_is_remembered_as_failed(dns: Dns
     any other failure: not asked again on every attempt. (a mutation review, 2026-12-06)"""
     clock = Clock()
     resolver = Resolver([dns.address], timeout_s=5.0, tries=1, guard_s=1.0, clock=clock)
-    try:
-        await resolver.resolve("fast.test")
-        with pytest.raises(NameNotResolved, match=r"lookup timed out"):
-            await resolver.resolve("never.test")
-        assert resolver.lookups == 2
-        with pytest.raises(NameNotResolved, match=r"lookup timed out"):
-            await asyncio.wait_for(resolver.resolve("never.test"), 0.5)
-        assert resolver.lookups == 2
-        clock.now += 11
-        dns.names["never.test"] = Name()
-        assert await resolver.resolve("never.test") == [(2, "127.0.0.1")]
-        assert resolver.lookups == 3
-    finally:
-        await resolver.close()
+    await resolver.resolve("fast.test")
+    with pytest.raises(NameNotResolved, match=r"lookup timed out"):
+        await resolver.resolve("never.test")
+    assert resolver.lookups == 2
+    with pytest.raises(NameNotResolved, match=r"lookup timed out"):
+        await asyncio.wait_for(resolver.resolve("never.test"), 0.5)
+    assert resolver.lookups == 2
+    clock.now += 11
+    dns.names["never.test"] = Name()
+    assert await resolver.resolve("never.test") == [(2, "127.0.0.1")]
+    assert resolver.lookups == 3
 
 
 async def test_a_lookup_sent_is_kept_when_its_caller_gives_up(dns: DnsServer) -> None:
@@ -46,15 +43,12 @@ async def test_a_lookup_sent_is_kept_when_its_caller_gives_up(dns: DnsServer) ->
     (a mutation review, 2026-12-06)"""
     dns.names["slowish.test"] = Name(delay=0.4)
     resolver = Resolver([dns.address])
-    try:
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(resolver.resolve("slowish.test"), 0.2)
-        assert resolver.lookups == 1
-        await asyncio.sleep(0.5)  # the answer comes meanwhile
-        assert await resolver.resolve("slowish.test") == [(2, "127.0.0.1")]
-        assert resolver.lookups == 1 and dns.lookups("slowish.test") == 1
-    finally:
-        await resolver.close()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(resolver.resolve("slowish.test"), 0.2)
+    assert resolver.lookups == 1
+    await asyncio.sleep(0.5)  # the answer comes meanwhile
+    assert await resolver.resolve("slowish.test") == [(2, "127.0.0.1")]
+    assert resolver.lookups == 1 and dns.lookups("slowish.test") == 1
 
 
 async def test_a_lookup_given_up_before_its_slot_is_never_sent(dns: DnsServer) -> None:
@@ -64,19 +58,16 @@ async def test_a_lookup_given_up_before_its_slot_is_never_sent(dns: DnsServer) -
     dns.names["h1.calm.test"] = Name()
     resolver = Resolver([dns.address])
     resolver.per_zone = 1
-    try:
-        holder = asyncio.create_task(resolver.resolve("h0.calm.test"))
-        while not dns.lookups("h0.calm.test"):  # (it holds the zone's one slot)
-            await asyncio.sleep(0.005)
-        abandoned = asyncio.create_task(resolver.resolve("h1.calm.test"))
-        await asyncio.sleep(0.01)
-        abandoned.cancel()
-        assert await holder == [(2, "127.0.0.1")]
-        await asyncio.sleep(0.3)
-        assert dns.lookups("h1.calm.test") == 0
-        assert resolver.lookups == 1
-    finally:
-        await resolver.close()
+    holder = asyncio.create_task(resolver.resolve("h0.calm.test"))
+    while not dns.lookups("h0.calm.test"):  # (it holds the zone's one slot)
+        await asyncio.sleep(0.005)
+    abandoned = asyncio.create_task(resolver.resolve("h1.calm.test"))
+    await asyncio.sleep(0.01)
+    abandoned.cancel()
+    assert await holder == [(2, "127.0.0.1")]
+    await asyncio.sleep(0.3)
+    assert dns.lookups("h1.calm.test") == 0
+    assert resolver.lookups == 1
 
 
 async def test_the_oldest_name_leaves_a_full_cache(dns: DnsServer) -> None:
@@ -84,14 +75,11 @@ async def test_the_oldest_name_leaves_a_full_cache(dns: DnsServer) -> None:
     added. (a mutation review, 2026-12-06)"""
     dns.names["third.test"] = Name()
     resolver = Resolver([dns.address], max_names=2)
-    try:
-        for name in ("fast.test", "other.test", "third.test", "third.test", "other.test"):
-            await resolver.resolve(name)
-        assert resolver.lookups == 3
-        await resolver.resolve("fast.test")  # the oldest: gone
-        assert resolver.lookups == 4
-    finally:
-        await resolver.close()
+    for name in ("fast.test", "other.test", "third.test", "third.test", "other.test"):
+        await resolver.resolve(name)
+    assert resolver.lookups == 3
+    await resolver.resolve("fast.test")  # the oldest: gone
+    assert resolver.lookups == 4
 
 
 @dataclass
@@ -125,7 +113,6 @@ async def test_a_name_is_kept_for_its_shortest_ttl() -> None:
         await resolver.resolve("two.test")
         assert resolver.lookups == 2
     finally:
-        await resolver.close()
         server.close()
 
 

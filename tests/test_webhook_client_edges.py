@@ -295,7 +295,6 @@ async def test_an_address_that_refuses_is_passed_over_for_the_next(scripted: Scr
         assert client.connections_made == 1
     finally:
         await client.close()
-        await resolver.close()
         dns.close()
 
 

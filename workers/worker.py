@@ -177,7 +177,6 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await finish(rt.pauses, 2.0)
     await rt.upstream_session.close()
     await rt.callbacks.close()
-    await rt.callbacks.policy.resolver.close()
     if rt.metrics_runner is not None:
         await rt.metrics_runner.cleanup()
     await rt.store.redis.aclose()

@@ -266,10 +266,6 @@ async def _drain(app: web.Application) -> None:
     app[k.LIFECYCLE].draining = True
 
 
-async def _close_resolver(app: web.Application) -> None:
-    await app[k.POLICY].resolver.close()
-
-
 def create_app(settings: Settings) -> web.Application:
     """The registration API application for *settings*."""
     app = web.Application(middlewares=[observe, authenticate], client_max_size=MAX_BODY_BYTES)
@@ -281,7 +277,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(pings_ctx)  # after Redis: pings in flight are recorded first
     app.on_shutdown.append(_drain)
-    app.on_cleanup.append(_close_resolver)
     setup_routes(app)
     if settings.ui:
         mount_ui(app, settings)  # the dashboard at /ui/ (RELAY_UI=0: none)

@@ -270,7 +270,3 @@ class Resolver:
         self._cache.move_to_end(name)
         while len(self._cache) > self.max_names:
             self._cache.popitem(last=False)
-
-    async def close(self) -> None:
-        """Nothing to release: each lookup's channel is closed when it ends (kept for the
-        callers, which close what they were given)."""

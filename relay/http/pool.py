@@ -36,7 +36,6 @@ from relay.metrics import CALLBACK_CONNECTIONS
 
 IDLE_S = 15.0  # an idle keep-alive connection is closed after this long
 MAX_AGE_S = MAX_TTL_S  # a connection this old is not reused: its name is resolved again
-DNS_CACHE_MAX = 10_000
 
 Address = tuple[int, SockAddr]  # family, socket address
 
