@@ -145,7 +145,33 @@ def test_scores_are_written_as_given_not_as_floats() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(80, 80.0), (79.5, 79.5), (0, 0.0), (True, None), (False, None), ("80", None), (None, None)],
+    [
+        (80, 80.0),
+        (79.5, 79.5),
+        (0, 0.0),
+        (True, None),
+        (False, None),
+        (None, None),
+        ([80], None),
+        # a number written as a string (a database's decimal column) is that number
+        ("80", 80.0),
+        ("87.50", 87.5),
+        ("-3", -3.0),
+        (".5", 0.5),
+        ("1e2", 100.0),
+        # not plain decimal notation: not a number (float() would take most of them)
+        ("", None),
+        (" 80", None),
+        ("80 ", None),
+        ("nan", None),
+        ("inf", None),
+        ("1_000", None),
+        ("0x1f", None),
+        ("+80", None),
+        ("80%", None),
+        ("1e999", None),  # too large for a float: not finite
+        ("9" * 65, None),  # longer than any score
+    ],
 )
 def test_number(value: Any, expected: float | None) -> None:
     assert number(value) == expected
@@ -186,7 +212,7 @@ def test_bool_and_missing_scores_are_not_numbers() -> None:
     f = ClipFilter()
     assert not f.passes(clip("a", True))
     assert not f.passes(clip("b", False))
-    assert not f.passes(clip("c", "90"))
+    assert not f.passes(clip("c", "ninety"))
     assert not f.passes(clip("d", None))
     no_score = clip("e")
     del no_score["score"]
@@ -264,6 +290,19 @@ def test_select_filters_by_score_range_and_favourite() -> None:
     assert ids(ClipFilter(min_score=80, favorited_only=True).select(clips)) == ["a", "e"]
 
 
+def test_scores_written_as_strings_are_selected_and_ordered_as_numbers() -> None:
+    """A tester's upstream sent ``"score": "90"``: no watch ever got that clip (2026-12-08).
+    It is a number to the filters and the order, and is delivered as the upstream wrote it."""
+    clips = [clip("a", "95.5"), clip("b", 80), clip("c", "79"), clip("d", "n/a"), clip("e", 90)]
+    f = ClipFilter(min_score=80)
+    assert ids(f.select(clips)) == ["a", "e", "b"]
+    assert ids(ClipFilter(sort_order="asc").select(clips)) == ["c", "b", "e", "a"]
+    clip_set = ClipSet(clips)
+    assert ids(clip_set.select(f)) == ["a", "e", "b"]
+    body = clips_ready_body(watch(min_score=80.0), clip_set.select(f), AT_MS)
+    assert b'"score":"95.5"' in body, body
+
+
 def test_sort_by_score_desc_is_the_default() -> None:
     clips = [clip("a", 10), clip("b", 90), clip("c", 50.5)]
     assert ids(ClipFilter().select(clips)) == ["b", "c", "a"]
@@ -285,7 +324,7 @@ def test_clips_without_the_sort_key_go_last(order: str) -> None:
     no_duration = clip("none", 99)
     del no_duration["duration"]
     clips = [
-        clip("str", 98, duration="30"),
+        clip("str", 98, duration="30 s"),
         no_duration,
         clip("short", 10, duration=5),
         clip("bool", 97, duration=True),

@@ -445,7 +445,8 @@ def test_retry_after_seconds_default() -> None:
         (b'{"retryAfter": 2.5}', 2.5),
         (b'{"retryAfter": -4}', 0.0),
         (b'{"retryAfter": 1e9}', RETRY_AFTER_CAP),
-        (b'{"retryAfter": "9"}', None),
+        (b'{"retryAfter": "9"}', 9.0),  # a number written as a string counts
+        (b'{"retryAfter": "soon"}', None),
         (b'{"retryAfter": true}', None),
         (b'{"retryAfter": null}', None),
         (b'{"error": "Too Many Requests"}', None),
@@ -485,16 +486,17 @@ def test_parse_status_job_missing() -> None:
 
 @pytest.mark.parametrize(
     "job",
-    [{"state": "waiting"}, {"progress": None}, {"progress": "70"}, {"progress": True}, "job"],
+    [{"state": "waiting"}, {"progress": None}, {"progress": "70%"}, {"progress": True}, "job"],
 )
 def test_parse_status_job_without_usable_progress(job: Any) -> None:
     assert parse_status({"video": {"status": "downloading"}, "job": job}).progress is None
 
 
 @pytest.mark.parametrize(
-    ("progress", "expected"), [(-5, 0.0), (0, 0.0), (42.5, 42.5), (100, 100.0), (250, 100.0)]
+    ("progress", "expected"),
+    [(-5, 0.0), (0, 0.0), (42.5, 42.5), (100, 100.0), (250, 100.0), ("70", 70.0)],
 )
-def test_parse_status_progress_clamped(progress: float, expected: float) -> None:
+def test_parse_status_progress_clamped(progress: float | str, expected: float) -> None:
     payload = {"video": {"status": "analyzing"}, "job": {"progress": progress}}
     assert parse_status(payload).progress == expected
 

@@ -6,6 +6,8 @@ a clip, so extra fields and odd shapes (``hooks`` as a list, say) pass through u
 
 from __future__ import annotations
 
+import math
+import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -119,11 +121,25 @@ class ClipSet:
         return fragment, len(chosen)
 
 
+# a number written as a JSON string: plain decimal notation only (no "nan", "inf", "0x1f",
+# "1_000" or surrounding spaces, which Python's float() would take)
+DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+
+
 def number(value: Any) -> float | None:
-    """A clip field as a number, or None when it is missing or not numeric."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A clip field as a number, or None when it is missing or not numeric.
+
+    A number sent as a string (``"score": "87.5"``, as a database's decimal column is often
+    serialised) counts as that number: otherwise a clip the watch asked for would silently
+    never be delivered. The clip itself still passes through as the upstream wrote it."""
+    if isinstance(value, bool):
         return None
-    return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and len(value) <= 64 and DECIMAL.fullmatch(value):
+        parsed = float(value)
+        return parsed if math.isfinite(parsed) else None
+    return None
 
 
 def is_deliverable(clip: Clip) -> bool:
