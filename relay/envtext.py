@@ -85,8 +85,9 @@ def _fraction(raw: str) -> float:
 
 
 def _dns_servers(raw: str) -> tuple[str, ...]:
-    """``ip[:port]`` (IPv6 as ``[ip]:port``), comma-separated."""
-    out = []
+    """``ip[:port]`` (IPv6 as ``[ip]:port``), comma-separated; a server listed twice (``a``
+    and ``a:53`` too) is refused: c-ares would ask it twice as often, a typo's likely sign."""
+    out, seen = [], set()
     for part in (p.strip() for p in raw.split(",")):
         if not part:
             continue
@@ -104,6 +105,9 @@ def _dns_servers(raw: str) -> tuple[str, ...]:
             raise ValueError(f"expected an IP address, got {host!r}") from None
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             raise ValueError(f"expected a port number, got {port!r}")
+        if (ip, int(port or 53)) in seen:
+            raise ValueError(f"{part!r} is listed twice")
+        seen.add((ip, int(port or 53)))
         shown = f"[{ip}]" if ip.version == 6 and port else str(ip)
         out.append(f"{shown}:{port}" if port else shown)
     return tuple(out)

@@ -355,6 +355,9 @@ MALFORMED = [
     ("RELAY_DNS_SERVERS", "dns.example"),
     ("RELAY_DNS_SERVERS", "10.0.0.1:99999"),
     ("RELAY_DNS_SERVERS", "[::1]x"),
+    ("RELAY_DNS_SERVERS", "10.0.0.1,10.0.0.1"),  # the same server twice (a tester, 12-07)
+    ("RELAY_DNS_SERVERS", "10.0.0.1, 10.0.0.1:53"),
+    ("RELAY_DNS_SERVERS", "::1,[::1]:53"),
     ("RELAY_ORIGIN_CONCURRENCY", "0"),
     ("RELAY_ORIGIN_CONCURRENCY", "many"),
     ("RELAY_BREAKER_FAILURES", "0"),
@@ -522,6 +525,11 @@ def test_trusted_proxies_are_addresses_and_networks() -> None:
 def test_dns_servers_are_ip_and_optional_port() -> None:
     s = load({"RELAY_DNS_SERVERS": " 127.0.0.1:5353, 10.0.0.2 ,[::1]:53,::2"})
     assert s.dns_servers == ("127.0.0.1:5353", "10.0.0.2", "[::1]:53", "::2")
+    # one address on two ports: two servers
+    assert load({"RELAY_DNS_SERVERS": "127.0.0.1:5353,127.0.0.1"}).dns_servers == (
+        "127.0.0.1:5353",
+        "127.0.0.1",
+    )
 
 
 def test_short_api_keys_are_warned_about_naming_tenants_not_keys(
