@@ -66,7 +66,7 @@ ABLATIONS: dict[str, list[tuple[str, str, str]]] = {
         (
             "settle",
             "local held = redis.call('ZMSCORE', KEYS[1], unpack(members))",
-            "local held = {} for k = 1, n do held[k] = ARGV[5 + (k - 1) * W + 1] end",
+            "local held = {} for k = 1, n do held[k] = ARGV[4 + (k - 1) * W + 1] end",
         ),
         ("settle", "if #zrem > 0 then redis.call('ZREM', KEYS[1], unpack(zrem)) end", ""),
     ],

@@ -188,9 +188,18 @@ def _keys_clash(settings: Settings) -> str | None:
         finally:
             await redis.aclose()
 
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     try:
         others = asyncio.run(seen())
-    except Exception:
+    except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError):
+        return None  # Redis away
+    except Exception as exc:  # (Redis answered with an error: said, not taken for "away")
+        structlog.get_logger("relay.cli").warning(
+            "could not compare RELAY_SECRETS_KEY with the keys of the processes running",
+            error=f"{type(exc).__name__}: {exc}"[:300],
+        )
         return None
     mine = held(settings.secrets_key)
     if lacking := cannot_open(mine, others):

@@ -71,6 +71,8 @@ WATCH_STATUSES: Final[tuple[str, ...]] = (
     "disabled",
     "cancelled",
 )
+# the final ones, each with a per-tenant index by the time a watch took it (TENANT_FINAL_KEY)
+FINAL_STATUSES: Final[tuple[str, ...]] = ("delivered", "failed", "disabled", "cancelled")
 # the statuses a redeliver starts a new series from (redeliver.lua answers the others)
 REDELIVERABLE_STATUSES: Final = frozenset({"delivered", "failed", "disabled"})
 EVENT_TYPES: Final[tuple[str, ...]] = ("clips.ready", "video.failed", "watch.expired")

@@ -17,12 +17,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from pydantic import BeforeValidator
 from pydantic_settings import NoDecode
 
+from relay.domain.origin import CallbackAllow, IPNetwork
+
 MAX_SECONDS = 3650 * 86400.0  # a duration past ten years is a typo (1e300: none would expire)
 # a tenant's name as the docs advise (it names Redis keys, log fields, pages): one outside it
 # is warned about at start, not refused -- a deployment's watches are stored under their name
 TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +31,6 @@ class ApiKey:
 
     tenant: str
     key: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class CallbackAllow:
-    """RELAY_CALLBACK_ALLOW: networks and host names callbacks may reach although private."""
-
-    networks: tuple[IPNetwork, ...] = ()
-    hosts: frozenset[str] = frozenset()
 
 
 # --- parsers of the environment's text: each raises ValueError with a short reason -----------

@@ -22,17 +22,16 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from relay.domain.origin import CallbackAllow, IPNetwork
 from relay.envtext import (
     TENANT,
     Allow,
     ApiKey,
     ApiKeys,
-    CallbackAllow,
     Count,
     DnsServers,
     Fraction,
     HttpUrl,
-    IPNetwork,
     LogFormat,
     Networks,
     Pause,

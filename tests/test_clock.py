@@ -83,7 +83,7 @@ async def test_a_worker_30_s_ahead_claims_no_live_lease(
     assert sorted(polled) == ["vid_d", "vid_e", "vid_later", "vid_p"]
     for w in expiring:  # due now: claimed by the correct worker
         await store.redis.zadd(c.EXPIRY_SCHEDULE_KEY, {w.id: 0}, xx=True)
-    claimed = await store.deliveries.claim_expiries(limit=10, lease_s=10)
+    claimed, _ = await store.deliveries.claim_expiry_batch(limit=10, lease_s=10)
     assert sorted(claimed) == sorted(w.id for w in expiring)
     score = int(time.time() * 1000) + 20_000  # due in 20 s
     await store.redis.zadd(c.EXPIRY_SCHEDULE_KEY, {later[0].id: score}, xx=True)
@@ -92,7 +92,7 @@ async def test_a_worker_30_s_ahead_claims_no_live_lease(
     ahead = Store(redis)
     assert await ahead.deliveries.claim(limit=10, lease_s=10) == []
     assert await _claim_videos(ahead, 10) == []
-    assert await ahead.deliveries.claim_expiries(limit=10, lease_s=10) == []
+    assert (await ahead.deliveries.claim_expiry_batch(limit=10, lease_s=10))[0] == []
 
 
 async def test_a_worker_30_s_ahead_gets_no_second_upstream_budget(

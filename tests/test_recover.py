@@ -427,7 +427,7 @@ async def test_pings_in_flight_are_capped_per_tenant(api: Client, sim: Client) -
     timeout: a tenant gets at most MAX_TENANT_PINGS in flight (then 429 + Retry-After),
     and another tenant's ping still goes. Fails before: every ping started a task (a
     security review: ~750 connections per key from the API process)."""
-    from relay.api.recovery import MAX_TENANT_PINGS
+    from relay.api.pings import MAX_TENANT_PINGS
 
     hung = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = hung.sockets[0].getsockname()[1]
@@ -497,3 +497,26 @@ def test_a_time_is_read_to_the_exact_millisecond() -> None:
     for ms in (2180153776904, 1796563458021, 0, 4102444800999):
         errors: list[dict[str, str]] = []
         assert _time({"t": iso_ms(ms)}, "t", errors) == ms and not errors, ms
+
+
+async def test_a_ping_that_fails_unexpectedly_is_logged_with_its_watch() -> None:
+    """An error a ping's task did not expect (not a failed send, which is its attempt's
+    record) is logged with the watch's id, and the task is forgotten. Fails before: nothing
+    retrieved it -- asyncio's "Task exception was never retrieved", with no watch id, when
+    the task was collected (a review, 2026-12-08)."""
+    from structlog.testing import capture_logs
+
+    from relay.api.pings import Pings
+
+    async def broken() -> None:
+        raise RuntimeError("cannot open the secret")
+
+    pings = Pings(client=None)  # type: ignore[arg-type]  # (the task never sends)
+    with capture_logs() as lines:
+        pings.start(broken(), "acme", "wat_" + "a" * 24)
+        await asyncio.gather(*pings.tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # (the done callback runs on the next turn)
+    said = [e for e in lines if e["event"] == "ping failed"]
+    assert len(said) == 1 and said[0]["watch_id"] == "wat_" + "a" * 24, lines
+    assert "RuntimeError: cannot open the secret" in said[0]["error"]
+    assert not pings.tasks and not pings.by_tenant

@@ -13,10 +13,10 @@ import pytest
 from redis.asyncio import Redis
 
 from relay import constants as c
+from relay.constants import FINAL_STATUSES
 from relay.domain import attempts
 from relay.domain.clock import now_ms
 from relay.store import Store
-from relay.store.retention import FINAL_STATUSES
 from tests.test_store import clips_ready, fan_out, registered, result
 
 

@@ -541,3 +541,20 @@ async def test_a_process_does_not_start_beside_processes_it_could_not_follow(
         assert NEW not in out and OLD not in out
     code, out = await start_process(redis_server, "api", f"plain,{NEW}")
     assert code is None, out
+
+
+async def test_a_key_check_redis_answers_with_an_error_is_said_not_taken_for_redis_away(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """The start's key check met an error reply (here the note of keys held is not a hash):
+    the process starts, as when Redis is away, but says that it could not compare. Fails
+    before: every error was taken for "Redis away", without a word (a review, 2026-12-08)."""
+    await redis.delete(c.KEYS_SEEN_KEY)
+    await redis.set(c.KEYS_SEEN_KEY, "not a hash")
+    try:
+        code, out = await start_process(redis_server, "api", NEW)
+    finally:
+        await redis.delete(c.KEYS_SEEN_KEY)
+    assert code is None, out
+    assert "could not compare RELAY_SECRETS_KEY" in out and "WRONGTYPE" in out, out
+    assert NEW not in out

@@ -206,7 +206,7 @@ async def test_the_dashboards_ping_keeps_the_apis_bounds(make_api: ApiFactory) -
     """The dashboard's ping is the API's: the signed-in key's RELAY_RATE_LIMIT counts it
     (a review: one session could ping at any rate), and the pings in flight are bounded as
     for POST /v1/watches/{id}/ping -- a 429 page, nothing sent."""
-    from relay.api.recovery import MAX_TENANT_PINGS
+    from relay.api.pings import MAX_TENANT_PINGS
 
     one = await make_api(ui_secret=SECRET, rate_limit=1000)
     cookie, token = await _signed_in(one)

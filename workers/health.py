@@ -16,7 +16,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import constants as c
 from relay import logs
-from relay.domain import clock
 from relay.metrics import (
     QUEUE_DEPTH,
     QUEUE_DUE,
@@ -29,16 +28,10 @@ from relay.metrics import (
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.connection import trim_idle
-from relay.store.reseal import say_keys
-from relay.store.watches import counts_of
+from relay.store.upkeep import worker_round
 
 log = logs.get("workers.worker")
 GAUGE_INTERVAL = 5.0
-QUEUES = (
-    ("poll", c.POLL_SCHEDULE_KEY),
-    ("delivery", c.DELIVERY_SCHEDULE_KEY),
-    ("expiry", c.EXPIRY_SCHEDULE_KEY),
-)
 
 
 def _status(status: str, code: int = 200) -> web.Response:
@@ -50,58 +43,26 @@ def _status(status: str, code: int = 200) -> web.Response:
 
 async def gauges(store: Store, lease_s: float, keys_held: str = "none") -> None:
     """Refresh the queue-depth, watch-count, upstream-pause and Redis-memory gauges every
-    GAUGE_INTERVAL seconds, forever, in one round trip, learn Redis' clock again from it,
-    say the worker's *lease_s* (how far its claims reach: ``clip-relay upstream resume``
-    keeps clear of them), and close the Redis connections a burst left idle beyond a few."""
-    lease = str(int(lease_s * 1000))
-    # (said for 10 minutes, or the lease if longer: a stalled loop's claims stay covered)
-    said_for = max(c.WORKER_LEASE_SEEN_MS, int(lease_s * 1000))
+    GAUGE_INTERVAL seconds, forever, in one round trip that also says the worker's *lease_s*
+    and *keys_held* (:func:`relay.store.upkeep.worker_round`), and close the Redis
+    connections a burst left idle beyond a few."""
     unreachable, down = logs.Every(60.0), False
     refused = logs.Every(60.0)
     while True:
         try:
-            pipe = store.redis.pipeline(transaction=False)
-            now = clock.now_ms()
-            pipe.hset(c.WORKER_LEASES_KEY, lease, str(now + said_for))
-            # (a shorter lease's worker never cuts a longer one's time: NX sets a new
-            # key's, GT only lengthens it -- GT alone never sets one on a key without)
-            pipe.pexpire(c.WORKER_LEASES_KEY, said_for, nx=True)
-            pipe.pexpire(c.WORKER_LEASES_KEY, said_for, gt=True)
-            say_keys(pipe, keys_held, now)  # (what `secrets reseal` checks first)
-            # (not a transaction, needlessly: a TTL lost between the two, by a crash, is set
-            # again by the NX 5 s later)
-            writes = len(pipe)
-            for _, key in QUEUES:
-                pipe.zcard(key)
-                pipe.zcount(key, "-inf", now)  # (due: a claim's score is its lease's end)
-            pipe.hgetall(c.WATCH_COUNTS_KEY)
-            pipe.get(c.UPSTREAM_PAUSE_KEY)  # the pause's end, Redis ms
-            pipe.info("memory")  # (~1 KB of text every 5 s: nothing beside the deliveries)
-            pipe.time()
-            sent = clock.local_ms()
-            # (a write refused -- Redis full, a replica -- leaves the reads to be done: before,
-            # every gauge froze at its value of before, and the memory gauges showed a full
-            # Redis as 57 % used while it refused writes; a tester's run, 2026-12-07)
-            results = await pipe.execute(raise_on_error=False)
-            failed = [r for r in results if isinstance(r, Exception)]
-            for r in results[writes:]:
-                if isinstance(r, Exception):
-                    raise r
-            if failed and refused.due():
+            got = await worker_round(store.redis, lease_s, keys_held)
+            if got.refused is not None and refused.due():
                 log.warning(
                     "redis refuses the worker's notes (its lease, its keys); gauges go on",
-                    error=f"{type(failed[0]).__name__}: {failed[0]}"[:300],
+                    error=f"{type(got.refused).__name__}: {got.refused}"[:300],
                 )
-            *sizes, counts, pause_end, memory, (secs, micros) = results[writes:]
-            now = int(secs) * 1000 + int(micros) // 1000
-            clock.observe(now, sent, clock.local_ms())  # (Redis' clock: learnt again)
-            UPSTREAM_PAUSED.set(max(0, int(pause_end or 0) - now) / 1000)
-            REDIS_MEMORY.labels("used").set(int(memory.get("used_memory", 0)))
-            REDIS_MEMORY.labels("max").set(int(memory.get("maxmemory", 0)))
-            for (queue, _), depth, due in zip(QUEUES, sizes[::2], sizes[1::2], strict=True):
+            UPSTREAM_PAUSED.set(got.pause_left_ms / 1000)
+            REDIS_MEMORY.labels("used").set(got.memory_used)
+            REDIS_MEMORY.labels("max").set(got.memory_max)
+            for queue, (depth, due) in got.queues.items():
                 QUEUE_DEPTH.labels(queue).set(depth)
                 QUEUE_DUE.labels(queue).set(due)
-            for status, n in counts_of(counts).items():
+            for status, n in got.watches.items():
                 WATCHES.labels(status).set(n)
             await trim_idle(store.redis)  # a burst's connections do not stay open for good
             if down:

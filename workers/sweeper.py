@@ -19,11 +19,11 @@ import time
 
 from redis.exceptions import OutOfMemoryError
 
+from relay import constants as c
 from relay import logs
 from relay.logs import Every
 from relay.metrics import WATCHES_PURGED
 from relay.store import Store
-from relay.store.retention import FINAL_STATUSES
 from relay.tasks import finish
 
 log = logs.get("workers.sweeper")
@@ -89,7 +89,7 @@ class Sweeper:
         while not self._stopping.is_set():
             cursor, tenants = await self.store.retention.tenants(cursor)
             for tenant in tenants:
-                for status in FINAL_STATUSES:
+                for status in c.FINAL_STATUSES:
                     while not self._stopping.is_set():
                         n, read = await self.store.retention.purge(
                             tenant, status, retention_ms=self.retention_ms, limit=self.batch

@@ -23,13 +23,12 @@ from relay.api import appkeys as k
 from relay.api.appkeys import Lifecycle
 from relay.api.auth import Authenticator
 from relay.api.backpressure import Backpressure
+from relay.api.pings import pings_ctx
 from relay.api.problems import ProblemError, invalid
-from relay.api.recovery import pings_ctx
 from relay.api.routes import READS_BODY, READS_QUERY, setup_routes
 from relay.api.throttle import RateLimiter
 from relay.api.views import WATCH_ID, refuse_body
 from relay.constants import MAX_BODY_BYTES, REQUEST_DEADLINE
-from relay.domain.clock import now_ms
 from relay.domain.crypto import SecretBox, held
 from relay.http.dns import Resolver
 from relay.http.ssrf import CallbackPolicy
@@ -37,7 +36,7 @@ from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from relay.settings import Settings
 from relay.store import Store, timesync
 from relay.store.connection import SOCKET_TIMEOUT, connect, trim_idle
-from relay.store.reseal import say_keys
+from relay.store.upkeep import say_keys_held
 from relay.ui import mount as mount_ui
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -220,25 +219,30 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 async def _upkeep(redis: Redis, keys_held: str, every_s: float = TRIM_EVERY_S) -> None:
     """Every *every_s*: learn Redis' clock again (the times this replica writes are Redis'),
     say which RELAY_SECRETS_KEY keys it holds (for `secrets reseal`) and close the Redis
-    connections a burst of requests left idle, beyond a few."""
+    connections a burst of requests left idle, beyond a few. Each step goes on when another
+    fails (a full Redis refuses the note, not the clock); a failure is logged once a minute
+    (before, never: an API whose note failed was unseen by `secrets reseal`, a review)."""
+    trouble = logs.Every(60.0)
     while True:
         await asyncio.sleep(every_s)
-        # (each with a deadline: this client has no read timeout, and a reply that never
-        # comes must not end what this replica says of its keys)
-        with contextlib.suppress(Exception):  # (Redis away: the next round tries again)
-            async with asyncio.timeout(SOCKET_TIMEOUT):
-                await timesync.sync(redis)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(SOCKET_TIMEOUT):
-                await _say_keys(redis, keys_held)
-        with contextlib.suppress(Exception):
-            await trim_idle(redis)
-
-
-async def _say_keys(redis: Redis, keys_held: str) -> None:
-    async with redis.pipeline(transaction=False) as pipe:
-        say_keys(pipe, keys_held, now_ms())
-        await pipe.execute()
+        steps: tuple[tuple[str, Callable[[], Awaitable[object]]], ...] = (
+            ("clock", lambda: timesync.sync(redis)),
+            ("keys held", lambda: say_keys_held(redis, keys_held)),
+            ("idle connections", lambda: trim_idle(redis)),
+        )
+        for what, step in steps:
+            try:
+                # (each with a deadline: this client has no read timeout, and a reply that
+                # never comes must not end what this replica says of its keys)
+                async with asyncio.timeout(SOCKET_TIMEOUT):
+                    await step()
+            except Exception as exc:  # (Redis away or refusing: the next round tries again)
+                if trouble.due():
+                    log.warning(
+                        "redis upkeep failed; tried again every few seconds",
+                        step=what,
+                        error=f"{type(exc).__name__}: {exc}"[:300],
+                    )
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -252,7 +256,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(Exception):  # (Redis away: learnt on the first upkeep round)
         async with asyncio.timeout(1.0):
             await timesync.sync(redis)
-            await _say_keys(redis, keys_held)
+            await say_keys_held(redis, keys_held)
     limiter.start()
     trimmer = asyncio.create_task(_upkeep(redis, keys_held), name="redis-upkeep")
     yield

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.api import openapi, recovery, views
+from relay.api import openapi, pings, recovery, views
 
 # a watch by its id -- never "recover": another method on that path is a 405, not a watch
 WATCH = "/v1/watches/{watch_id:(?!recover$)[^/]+}"
@@ -25,7 +25,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/v1/watches/{watch_id}/redeliver", views.redeliver)
     r.add_post("/v1/watches/{watch_id}/rotate-secret", views.rotate_secret)
     r.add_post("/v1/watches/recover", recovery.recover)
-    r.add_post("/v1/watches/{watch_id}/ping", recovery.ping)
+    r.add_post("/v1/watches/{watch_id}/ping", pings.ping)
     r.add_get("/healthz", views.healthz)
     r.add_get("/readyz", views.readyz)
     r.add_get("/metrics", views.metrics)

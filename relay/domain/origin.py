@@ -1,16 +1,29 @@
 """A callback's origin -- (scheme, host, port), what the per-origin lanes, cap and breaker
 are keyed by -- and its short tag, what a video's waiting watches record of it so that a
-fan-out can order and pace its events by origin without reading the watches."""
+fan-out can order and pace its events by origin without reading the watches; and the
+private networks and hosts callbacks may reach all the same (``RELAY_CALLBACK_ALLOW``)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
+from dataclasses import dataclass
 from functools import lru_cache
 
 from yarl import URL
 
 Origin = tuple[str, str, int]  # scheme, host (as in the URL), port
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackAllow:
+    """RELAY_CALLBACK_ALLOW: networks and host names callbacks may reach although private
+    (read from the environment by :mod:`relay.envtext`, applied by :mod:`relay.http.ssrf`)."""
+
+    networks: tuple[IPNetwork, ...] = ()
+    hosts: frozenset[str] = frozenset()
 
 
 def origin_of(url: URL) -> Origin:

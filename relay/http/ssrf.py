@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 from yarl import URL
 
 from relay.constants import MAX_CALLBACK_URL
+from relay.domain.origin import CallbackAllow
 from relay.http.dns import Resolver
-from relay.settings import CallbackAllow
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SockAddr = tuple[str, int] | tuple[str, int, int, int]

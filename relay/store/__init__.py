@@ -16,8 +16,8 @@ deadline, so work held by a worker that dies becomes due again by itself.
 - ``store.videos`` (:mod:`relay.store.videos`): the poll schedule and each video's state;
 - ``store.deliveries`` (:mod:`relay.store.deliveries`): final events, the delivery schedule
   and its claims, attempt outcomes;
-- ``store.limits`` (:mod:`relay.store.limits`): the upstream budget, the API rate counters,
-  idempotency reservations;
+- ``store.limits`` (:mod:`relay.store.limits`): the upstream budget and its pause, the API
+  rate counters, Redis' memory, the workers' leases;
 - ``store.retention`` (:mod:`relay.store.retention`): deleting watches final for longer than
   RELAY_RETENTION, with everything they own;
 - ``store.circuits`` (:mod:`relay.store.feeds`): the circuit closes an operator's redeliver

@@ -212,13 +212,9 @@ class Deliveries:
         clock.observe(int(deadline) - lease_ms, sent, clock.local_ms())
         return [str(m) for m in got], int(deadline)
 
-    async def claim_expiries(self, *, limit: int, lease_s: float) -> list[str]:
-        """Claim up to *limit* watches whose expiry is due, for *lease_s* seconds."""
-        ids, _ = await self._claim_schedule(c.EXPIRY_SCHEDULE_KEY, limit, lease_s)
-        return ids
-
     async def claim_expiry_batch(self, *, limit: int, lease_s: float) -> tuple[list[str], int]:
-        """:meth:`claim_expiries`, with the claims' token (to hand failed ones back)."""
+        """Claim up to *limit* watches whose expiry is due, for *lease_s* seconds; their ids
+        and the claims' token (to hand failed ones back)."""
         return await self._claim_schedule(c.EXPIRY_SCHEDULE_KEY, limit, lease_s)
 
     async def unschedule_expiries(self, watch_ids: Sequence[str]) -> None:
@@ -309,7 +305,7 @@ class Deliveries:
         statuses: list[str] = []
         for start in range(0, len(results), SETTLE_BATCH):
             now = now_ms()
-            args: list[EncodableT] = [c.WATCH_PREFIX, now, c.MAX_ATTEMPTS_KEPT, c.TENANT_PREFIX]
+            args: list[EncodableT] = [c.WATCH_PREFIX, c.MAX_ATTEMPTS_KEPT, c.TENANT_PREFIX]
             for r in results[start : start + SETTLE_BATCH]:
                 args += [
                     r.watch_id,

@@ -70,7 +70,7 @@ class Limits:
 
     async def workers_lease_s(self) -> float | None:
         """The longest RELAY_LEASE of the workers seen in the last ten minutes (each says
-        its own every few seconds: :func:`workers.health.gauges`), or None when none was
+        its own every few seconds: :func:`relay.store.upkeep.worker_round`), or None when none was
         (none running, or only workers of a release that does not say it)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(c.WORKER_LEASES_KEY)

@@ -1,4 +1,4 @@
-"""Bulk recovery of failed watches and the record of a ``watch.ping`` attempt.
+"""Bulk recovery of failed watches.
 
 ``recover`` reads a tenant's index of failed watches by the time each became failed
 (``cr:t:<tenant>:s:failed``, written by ``settle.lua``) in batches of
@@ -90,17 +90,3 @@ async def recover(
             return total, len(ids) == batch
         ids, regs = replies[-1]
     return total, False
-
-
-async def record_ping(
-    script: AsyncScript, watch_id: str, record: bytes, tenant: str | None = None, ok: bool = False
-) -> int | None:
-    """Append *record* to the watch's attempt records (its next number), and with *tenant*
-    count it (*ok*: a 2xx) in the dashboard's attempts of this minute; None: no watch."""
-    keys = [c.WATCH_KEY.format(watch_id)]
-    args: list[EncodableT] = [record, c.MAX_ATTEMPTS_KEPT]
-    if tenant is not None:
-        keys.append(c.TENANT_MINUTE_KEY.format(tenant, now_ms() // 60_000))
-        args += ["ok" if ok else "fail", c.ATTEMPT_MINUTES_TTL]
-    seq = await script(keys=keys, args=args)
-    return int(seq) if seq else None

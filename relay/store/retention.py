@@ -15,7 +15,6 @@ from redis.exceptions import RedisError, ResponseError
 from relay import constants as c
 from relay.store import scripts
 
-FINAL_STATUSES = ("delivered", "failed", "disabled", "cancelled")
 # a tenant's index or a schedule shrunk to this many members is rebuilt compact (Redis keeps
 # a zset's hash table at its peak size otherwise): Redis' default zset-max-listpack-entries
 COMPACT_ZSET = 128
@@ -95,7 +94,7 @@ class Retention:
             c.TENANT_INDEX_KEY.format(tenant),
             c.TENANT_COUNTS_KEY.format(tenant),
         ]
-        keys += [c.TENANT_FINAL_KEY.format(tenant, status) for status in FINAL_STATUSES]
+        keys += [c.TENANT_FINAL_KEY.format(tenant, status) for status in c.FINAL_STATUSES]
         return bool(await self._forget(keys=keys, args=[tenant]))
 
     async def lock(self, owner: str, ttl_ms: int) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
+from redis.typing import EncodableT
 
 from relay import constants as c
 from relay.domain import attempts
@@ -40,7 +41,6 @@ from relay.store.feeds import Circuits
 
 EXPIRE_JOB = "expire_watch"  # the arq job of watch.expired before the expiry schedule
 NO_CAP = 2**53  # live watches a tenant may hold when no cap is given
-FINAL_STATUSES = frozenset(c.WATCH_STATUSES) - {"watching", "delivering"}  # each one indexed
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +239,7 @@ class Watches:
         a rare live status may come back short, with a cursor to go on from.
         """
         listing = listing_of(tenant, video_id, status)
-        if status in FINAL_STATUSES and not video_id:
+        if status in c.FINAL_STATUSES and not video_id:
             return await self._final_page(tenant, status, limit, cursor, listing)
         key = (
             c.TENANT_VIDEO_INDEX_KEY.format(tenant, video_id)
@@ -374,8 +374,14 @@ class Watches:
         self, watch_id: str, record: bytes, tenant: str | None = None, ok: bool = False
     ) -> int | None:
         """Add a ``watch.ping`` attempt to the watch's records, its status untouched; with
-        *tenant*, counted in its attempts per minute (*ok*: a 2xx)."""
-        return await recovery.record_ping(self._record_ping, watch_id, record, tenant, ok)
+        *tenant*, counted in its attempts per minute (*ok*: a 2xx); None: no watch."""
+        keys = [c.WATCH_KEY.format(watch_id)]
+        args: list[EncodableT] = [record, c.MAX_ATTEMPTS_KEPT]
+        if tenant is not None:
+            keys.append(c.TENANT_MINUTE_KEY.format(tenant, now_ms() // 60_000))
+            args += ["ok" if ok else "fail", c.ATTEMPT_MINUTES_TTL]
+        seq = await self._record_ping(keys=keys, args=args)
+        return int(seq) if seq else None
 
     async def tenant_counts(self, tenant: str) -> dict[str, int]:
         """Number of a tenant's watches in each status."""

@@ -14,8 +14,8 @@ import orjson
 from aiohttp import web
 
 from relay.api import appkeys as k
+from relay.api.pings import start_ping
 from relay.api.problems import ProblemError
-from relay.api.recovery import start_ping
 from relay.api.remote import client_address, limit_bucket
 from relay.api.views import VIDEO_ID, WATCH_ID, watch_json
 from relay.constants import REDELIVERABLE_STATUSES, WATCH_STATUSES

@@ -1,5 +1,5 @@
 -- Record delivery attempts and move each watch on. KEYS: delivery schedule, status counters.
--- ARGV: watch key prefix, now ms, attempt records kept, tenant key prefix, then per attempt
+-- ARGV: watch key prefix, attempt records kept, tenant key prefix, then per attempt
 -- (few values: each one costs Redis an allocation): watch id, its claim's deadline (the
 -- token), the watch's new delivery state (the ``st`` field), the record's number
 -- (negative: check it against records written since the claim read the watch -- a claim
@@ -17,21 +17,21 @@
 -- its tenant's index of that status. Returns each watch's status.
 local W = 6
 -- (KEYS[3..]: the dashboard's minute counts, see the end; their values close ARGV)
-local n = (#ARGV - 4 - (#KEYS > 2 and 2 * (#KEYS - 2) + 1 or 0)) / W
+local n = (#ARGV - 3 - (#KEYS > 2 and 2 * (#KEYS - 2) + 1 or 0)) / W
 local members = {}
-for k = 1, n do members[k] = ARGV[5 + (k - 1) * W] end
+for k = 1, n do members[k] = ARGV[4 + (k - 1) * W] end
 local held = redis.call('ZMSCORE', KEYS[1], unpack(members))
 local statuses, due, gone, counts, finals, ends = {}, {}, {}, {}, {}, {}
 -- a final watch joins its index at Redis' time, the clock retention and recovery read it by,
--- and a retry is due by it (ARGV[2], the worker's time, stays for the callers that pass it)
+-- and a retry is due by it
 local t = redis.call('TIME')
-local now, kept = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(ARGV[3])
+local now, kept = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(ARGV[2])
 -- (per attempt, the common path converts no number: a string made into a number costs a
 -- strtod and a number made into a string an sprintf, each more than the HSET's own work;
 -- `python bench/redis_cost.py --callgrind` counts them)
-local now_s, kept_len = string.format('%d', now), #ARGV[3]
+local now_s, kept_len = string.format('%d', now), #ARGV[2]
 for k = 1, n do
-  local i = 5 + (k - 1) * W
+  local i = 4 + (k - 1) * W
   local wid, next = ARGV[i], ARGV[i + 5]
   local key = ARGV[1] .. wid
   local status, seq
@@ -64,7 +64,7 @@ for k = 1, n do
       local final = ends[next]
       if not final then
         local s, tenant = string.match(next, '^([^|]*)|(.*)$')
-        local index = ARGV[4] .. tenant .. ':s:' .. s
+        local index = ARGV[3] .. tenant .. ':s:' .. s
         counts[tenant] = counts[tenant] or {}
         finals[index] = finals[index] or {}
         final = {s, counts[tenant], finals[index]}
@@ -119,7 +119,7 @@ for tenant, deltas in pairs(counts) do
   for status, delta in pairs(deltas) do
     if delta ~= 0 then
       redis.call('HINCRBY', KEYS[2], status, delta)
-      redis.call('HINCRBY', ARGV[4] .. tenant .. ':n', status, delta)
+      redis.call('HINCRBY', ARGV[3] .. tenant .. ':n', status, delta)
     end
   end
 end
