@@ -43,6 +43,7 @@ from tests.conftest import WorkerFactory, eventually
 from tests.test_store import fan_out, registered, result
 from workers.delivery import Deliverer
 from workers.delivery.bodies import Bodies
+from workers.delivery.claim import CLAIM_AHEAD
 from workers.delivery.settle import Settler
 from workers.finals import FINALIZE_CHUNK
 from workers.poller import Poller
@@ -308,6 +309,75 @@ async def test_stop_hands_back_the_claims_of_jobs_never_started(
     assert len(leased) == 1  # the cut attempt may have reached the receiver: its lease runs
 
 
+async def test_a_stop_lets_the_attempt_on_the_wire_end_within_the_grace(
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    """Queued jobs start only while the grace leaves room for an attempt after them (the
+    grace less the delivery timeout and a second); then the ones never started go back,
+    and the attempts on the wire get the rest of the grace: every attempt that reached the
+    receiver is recorded. Fails before: the queued jobs used the whole grace, the attempt
+    on the wire when it ended got 0.5 s and was cut, unrecorded -- sent again after its
+    lease (a review, 2026-12-08)."""
+    rec, base = hook
+    rec.script("/hook", [204] * 5, delay=1.5)
+    d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=2)
+    d.claimer.keep = lambda origin: True  # (the queued jobs stay: none handed back as slow)
+    created = await created_events(store, base, 5, deliverer=d)
+    d.offer(created)
+    await eventually(lambda: rec.received() >= 1, timeout=5, what="the first attempt")
+    await d.stop(3.5)  # (queued jobs start for 0.5 s; the attempt on the wire gets 3.5 s)
+    recorded = 0
+    for cl in created:
+        w = await store.watches.get(cl.watch_id)
+        assert w is not None
+        recorded += len(await store.watches.attempts(w))
+    assert rec.received() == recorded >= 1, (rec.received(), recorded)
+    scores = dict(await store.redis.zrange(c.DELIVERY_SCHEDULE_KEY, 0, -1, withscores=True))
+    assert len(scores) == 5 - recorded and all(s <= now_ms() for s in scores.values())
+
+
+async def test_a_stop_hands_back_the_offered_claims_at_once(
+    store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
+) -> None:
+    """Claims a fan-out offered that no batch has taken yet go back as the stop begins, due
+    for the next worker at once. Fails before: they were handed back only after the grace
+    and the lanes (20 s by default, of a 25 s lease): unsent all that time."""
+    rec, base = hook
+    rec.script("/hook", [204] * 12, delay=3)
+    d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=4)
+    created = await created_events(store, base, 12, deliverer=d)
+    d.offer(created)
+    await eventually(lambda: rec.received() >= 1, timeout=5, what="the first attempt")
+    offered = {cl.watch_id for cl in d.claimer._offered}
+    assert offered, "every claim was taken by a batch: nothing left offered"
+    stopping = asyncio.create_task(d.stop(2.0))
+    await asyncio.sleep(0.3)
+    scores = await store.redis.zmscore(c.DELIVERY_SCHEDULE_KEY, sorted(offered))
+    assert all(s is not None and s <= now_ms() for s in scores), scores
+    await stopping
+
+
+async def test_room_granted_to_a_fan_out_is_held_until_it_is_given_back(
+    store: Store, make_deliverer: DelivererFactory
+) -> None:
+    """Two fan-outs asking for room while neither's create-and-claim has returned get the
+    room once between them, not each all of it. Fails before: both read the same free
+    slots and both claimed them, holding up to twice what this worker can work on while
+    other workers idled (a review, 2026-12-08)."""
+    d = await make_deliverer(delivery_concurrency=2)
+    whole = CLAIM_AHEAD * 2
+    for _ in range(100):  # (the pump's own look in the schedule holds the room meanwhile)
+        first, second = await asyncio.gather(d.room(1000, 0.0), d.room(1000, 0.0))
+        d.release_room(first + second)
+        if first or second:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted((first, second)) == [0, whole]
+    assert d.claimer.reserved == 0
+    assert await d.room(3, 1.0) == 3  # (waits out a look in the schedule, if one is under way)
+    assert d.claimer.reserved == 3
+
+
 async def test_stop_hands_back_the_claims_of_a_batch_not_queued_yet(
     store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
@@ -501,6 +571,41 @@ async def test_outcomes_whose_recording_failed_are_recorded_later(
         await asyncio.sleep(0.05)
     await settler.stop()
     assert calls == [1, 1]
+    got = await store.watches.get(w.id)
+    assert got is not None and got.status == "delivered"
+    assert [r["statusCode"] for r in await store.watches.attempts(got)] == [204]
+
+
+async def test_a_stop_that_cuts_a_flush_short_still_records_its_outcomes(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop cancels a flush still waiting on Redis after STOP_WAIT_S; the outcomes it had
+    taken are recorded by the stop's last flush. Fails before: the flush had taken them out
+    of the buffer and the cancel dropped them -- attempts made, never recorded, and sent
+    again after their leases (a review, 2026-12-08)."""
+    import workers.delivery.settle as settle_module
+
+    (w,) = await registered(store, 1)
+    (made,) = await fan_out(store, [w])
+    real, calls = store.deliveries.settle, []
+
+    async def slow_once(results: Any) -> Any:
+        calls.append(len(results))
+        if len(calls) == 1:
+            await asyncio.sleep(60)  # (Redis slow: the stop does not wait for it)
+        return await real(results)
+
+    monkeypatch.setattr(store.deliveries, "settle", slow_once)
+    monkeypatch.setattr(settle_module, "STOP_WAIT_S", 0.2)
+    settler = Settler(store)
+    settler.start()
+    record = attempts.record(1, now_ms(), 204, None, 3.2, None)
+    settler.add(result(made, "ok", record), {})
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await settler.stop()
+    assert calls == [1, 1] and not settler.pending
     got = await store.watches.get(w.id)
     assert got is not None and got.status == "delivered"
     assert [r["statusCode"] for r in await store.watches.attempts(got)] == [204]

@@ -699,3 +699,39 @@ async def test_a_worker_rides_out_a_redis_busy_with_a_script(
     await redis.delete(c.ARQ_HEALTH_KEY)
     await eventually(lambda: redis.exists(c.ARQ_HEALTH_KEY), what="the health key again")
     assert not any(t.done() for t in running)
+
+
+async def test_a_stop_during_startup_closes_what_startup_opened(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stopped while its startup waits on Redis' clock closes the metrics server
+    and the Redis connection it had opened. Fails before: startup had taken them out of
+    the context, the stop found neither, and both stayed open (a review, 2026-12-08)."""
+    from relay.devtools.embedded_redis import free_port
+    from relay.store import timesync
+    from workers import worker as worker_module
+
+    port = free_port()
+    started = asyncio.Event()
+
+    async def slow_sync(redis: Any) -> None:
+        started.set()
+        await asyncio.sleep(30)  # (Redis slow to answer TIME)
+
+    monkeypatch.setattr(timesync, "sync", slow_sync)
+    ctx: dict[str, Any] = {
+        worker_module.SETTINGS: settings.model_copy(update={"metrics_port": port})
+    }
+    starting = asyncio.create_task(worker_module.startup(ctx))
+    await asyncio.wait_for(started.wait(), 10)
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass  # (its metrics server listens)
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    await worker_module.shutdown(ctx)
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", port), timeout=2),
+    ):
+        pass
+    assert worker_module.EARLY not in ctx and worker_module.RUNTIME not in ctx

@@ -81,13 +81,18 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Open Redis and the metrics server, the upstream session and the webhook client;
     start the pumps."""
     settings: Settings = ctx[SETTINGS]
-    early: tuple[Store, web.AppRunner | None] | None = ctx.pop(EARLY, None)
+    # (what is open stays in ctx[EARLY] until the runtime takes it over, with no turn of the
+    # loop between: a stop during this startup closes it -- before, the metrics server and
+    # the Redis pool of a worker stopped here were left open, a review)
+    early: tuple[Store, web.AppRunner | None] | None = ctx.get(EARLY)
     if early is not None:  # opened by RelayWorker.main, before arq's own start
         store, runner = early
     else:
         store = Store(connect(settings.redis_url))
+        ctx[EARLY] = (store, None)
         # its port first: a port in use stops the worker before any pump has claimed work
         runner = await health.serve(settings, store, lambda: RUNTIME in ctx)
+        ctx[EARLY] = (store, runner)
     # Redis' clock before the first time this worker computes (a retry's due time, ...)
     with contextlib.suppress(Exception):  # (Redis away again: the gauges learn it)
         async with asyncio.timeout(1.0):
@@ -126,6 +131,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     fan_out = poller.fan_out  # (the events it makes go to this worker's deliverer first)
     fan_out.on_events = deliverer.offer
     fan_out.room = deliverer.room
+    fan_out.release_room = deliverer.release_room
     fan_out.pace = deliverer.pace
     fan_out.origin_room = deliverer.origin_room
     fan_out.on_clips = deliverer.keep_clips
@@ -135,6 +141,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     deliverer.start()
     expirer.start()
     sweeper.start()
+    ctx.pop(EARLY, None)  # (taken over: the runtime closes them)
     ctx[STORE] = store
     ctx[RUNTIME] = Runtime(
         store,

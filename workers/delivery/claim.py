@@ -110,14 +110,19 @@ class Claimer(Pump[DeliveryClaim]):
         self._cut: list[tuple[str, int]] = []  # claims of batches stopped before queuing
         self._late: set[asyncio.Task[None]] = set()  # hand-backs of offers made while stopping
         self.left_due = False  # a fan-out is leaving events due it had no room for
+        self.reserved = 0  # room granted to fan-outs whose create-and-claim is under way
 
     def room(self) -> int:
         """How many more claims this worker can take now (a fan-out claims that many of
         the events it creates for it; the rest are due for any worker). 0 once it is
-        stopping: nothing would queue them."""
+        stopping: nothing would queue them. The room a claim from the schedule under way
+        or a fan-out's create-and-claim under way holds (:attr:`reserved`) is not free:
+        before, two of them could read the same room and both fill it, holding up to twice
+        the claims this worker can work on (a review)."""
         if self.stopping:
             return 0
-        return max(self.concurrency - self.inflight - len(self._offered), 0)
+        taken = self.inflight + len(self._offered) + self.claiming + self.reserved
+        return max(self.concurrency - taken, 0)
 
     def crowded(self) -> bool:
         """Fewer claim slots are free than a claim call takes (or a quarter of them): due

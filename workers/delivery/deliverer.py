@@ -22,6 +22,7 @@ answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -125,7 +126,7 @@ class Deliverer:
 
     async def room(self, n: int, wait_s: float) -> int:
         """How many of *n* claims this worker can take, waiting up to *wait_s* for room
-        for all of them."""
+        for all of them; that room is held for the caller until :meth:`release_room`."""
         if self.claimer.stopping:  # (nothing would queue them: due for any worker)
             return 0
         loop = asyncio.get_running_loop()
@@ -137,13 +138,18 @@ class Deliverer:
             await self._hand_back_overflow(crowded=True)
         while (room := self.claimer.room()) < enough and (left := deadline - loop.time()) > 0:
             freed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):  # (the loop reads the room once more)
                 await asyncio.wait_for(freed.wait(), left)
-            except TimeoutError:
-                break
         if room < n:  # (until its next offer, which looks in the schedule too)
             self.claimer.left_due = True
-        return min(room, n)
+        granted = min(room, n)
+        self.claimer.reserved += granted  # (held until :meth:`release_room`)
+        return granted
+
+    def release_room(self, n: int) -> None:
+        """Give back the room :meth:`room` granted a fan-out, once its create-and-claim has
+        ended (its claims offered, or none made): called right before the offer."""
+        self.claimer.reserved = max(self.claimer.reserved - n, 0)
 
     def pace(self, tags: Sequence[str]) -> list[int]:
         """For a fan-out's events, by their callbacks' origin tags: 0 for those this worker
@@ -231,6 +237,8 @@ class Deliverer:
         swept = time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_S)
+            if self._closing:
+                return
             ORIGIN_WAITING.set(len(self.claimer.jobs))
             try:  # (the lanes' shortage ends only here: this loop must not die)
                 self._replace_stalled()
@@ -248,30 +256,48 @@ class Deliverer:
             await self.claimer.hand_back_overflow(crowded)
 
     async def stop(self, grace_s: float) -> None:
-        """Stop claiming; finish the attempts in flight and those queued (up to *grace_s*);
-        hand back the claims of jobs never started; record every outcome. The flusher
-        runs on through the grace, recording outcomes as they arrive, so none waits for
-        the end of the grace while its claim's lease runs out (another worker would then
-        send it again)."""
-        await self.claimer.stop(grace_s)
+        """Stop claiming, and end within *grace_s* with every outcome recorded:
+
+        - the claims offered by this worker's fan-outs and not yet queued go back at once
+          (they would otherwise wait out the grace unsent, for the next worker);
+        - queued jobs start for as long as the grace leaves room for an attempt after them
+          (the grace less ``RELAY_DELIVERY_TIMEOUT`` and a second), then the ones never
+          started go back;
+        - the attempts on the wire get the rest of the grace to end (before, 0.5 s: a
+          backlog used the grace up and those attempts were cut off, unrecorded, and sent
+          again after their leases -- a review).
+
+        The flusher runs on meanwhile, recording outcomes as they arrive, so none waits for
+        the end of the grace while its claim's lease runs out."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace_s
+        queue_s = max(grace_s - self._margin_ms / 1000, 0.0)
+        claiming = asyncio.create_task(self.claimer.stop(queue_s))
+        await asyncio.sleep(0)  # (its pump has seen the stop: it takes no more offers)
+        offered = [(cl.watch_id, cl.deadline_ms) for cl in self.claimer.take_offered()]
+        if offered:
+            await self.claimer.hand_back(offered)
+        await claiming
         self._closing = True
         self.circuit_news.stop()
         if self._following is not None:
             await finish(self._following, 2.0)
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+            # (ends after its round: cancelled in a hand-back, the jobs it took off the
+            # queues would be neither queued nor handed back -- a review)
+            await finish(self._sweeper, SWEEP_S + 2.0)
         jobs = self.claimer.jobs
         unsent = jobs.drain()
         for job in unsent:
             job.done()
         jobs.wake_all()
-        await finish_all(self._lane_tasks, 0.5)
-        LANES_STALLED.set(0)
         never = [(job.watch.id, job.deadline) for job in unsent]
         never += [(cl.watch_id, cl.deadline_ms) for cl in self.claimer.take_offered()]
         never += self.claimer.take_cut()
-        await self.claimer.hand_back(never)
+        handing = asyncio.create_task(self.claimer.hand_back(never))
+        await finish_all(self._lane_tasks, max(end - loop.time(), 0.5))
+        LANES_STALLED.set(0)
+        await handing
         await self.claimer.handed_back()
         await self.settler.stop()
 

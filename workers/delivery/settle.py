@@ -13,6 +13,7 @@ from workers.delivery.logger import LOG_NAME, log
 
 FLUSH_BATCH = 256  # outcomes pending that trigger a flush at once
 FLUSH_EVERY_S = 0.005  # an outcome waits this long for others to be recorded with it
+STOP_WAIT_S = 5.0  # how long a stop lets a flush in progress end before it cancels it
 
 
 class Settler:
@@ -57,8 +58,8 @@ class Settler:
         self._winding_down = True
         if self._flusher is not None:
             self._flush_now.set()
-            await finish(self._flusher, 5.0)
-        await self.flush()
+            await finish(self._flusher, STOP_WAIT_S)
+        await self.flush()  # (a flush cut short by the stop put its batch back first)
 
     async def _flush_loop(self) -> None:
         while not self._winding_down:
@@ -86,6 +87,13 @@ class Settler:
         for start in range(0, len(batch), SETTLE_BATCH):
             try:
                 await self.store.deliveries.settle(batch[start : start + SETTLE_BATCH])
+            except asyncio.CancelledError:
+                # a stop cut the call short (Redis slow): what it did not record goes back,
+                # for the stop's last flush -- dropped, those attempts were made but never
+                # recorded, and sent again after their leases (a review); a call that did
+                # land is not recorded twice (settle.lua: safe to run twice)
+                self._results = batch[start:] + self._results
+                raise
             except Exception as exc:
                 # Redis away: keep what is not recorded yet and try again (the claims'
                 # leases are long); what was recorded is not recorded twice
