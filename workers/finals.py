@@ -75,8 +75,7 @@ class FanOut:
         self.leases = leases
         self.lease_s = lease_s
         self.on_events: Created = lambda claims: None  # (the deliverer's offer)
-        self.room: Room = _no_room  # how many claims the deliverer can take (held ...)
-        self.release_room: Callable[[int], None] = lambda n: None  # (... until given back)
+        self.room: Room = _no_room  # how many claims the deliverer can take
         self.pace: Pace = _no_pace  # which events its origins would not start soon
         self.origin_room: OriginRoom | None = None  # events an origin may get before others
         self.on_clips: Callable[[str, int, ClipSet], None] = lambda vid, at, clips: None
@@ -136,14 +135,11 @@ class FanOut:
             waited = time.monotonic()
             room = await self.room(claimable, min(ROOM_WAIT_S, wait_budget)) if claimable else 0
             wait_budget -= time.monotonic() - waited
-            try:
-                made, claimed = await self.leases.write(
-                    lease,
-                    self._finalize(vid, event, [w for w, _ in chunk], room, later, stored),
-                    lambda got: got[0] < 0,
-                )
-            finally:
-                self.release_room(room)  # (right before the offer: no turn between)
+            made, claimed = await self.leases.write(
+                lease,
+                self._finalize(vid, event, [w for w, _ in chunk], room, later, stored),
+                lambda got: got[0] < 0,
+            )
             if made < 0:
                 log.warning("poll claim lost mid fan-out", video_id=vid, events=created)
                 return -1

@@ -55,7 +55,6 @@ class Pump(Generic[T]):
         # than working
         self.min_claim = max(1, min(batch, concurrency // 4))
         self.inflight = 0
-        self.claiming = 0  # the claims a claim call under way may bring (room it holds)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # set to end an idle sleep early
@@ -141,12 +140,7 @@ class Pump(Generic[T]):
             items = self.handed(limit)
             try:
                 if not items and not self.quiet:  # (quiet: only hand-overs since a look)
-                    self.claiming = limit
-                    try:
-                        items = await self.claim(limit)
-                    finally:
-                        self.claiming = 0
-                        self.freed.set()  # (what it did not bring is room again)
+                    items = await self.claim(limit)
             except Exception as exc:  # Redis away: keep trying, never die
                 log.warning("claim failed", pump=self.name, error=f"{type(exc).__name__}: {exc}")
                 await self._sleep(1.0)

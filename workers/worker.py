@@ -131,7 +131,6 @@ async def startup(ctx: dict[str, Any]) -> None:
     fan_out = poller.fan_out  # (the events it makes go to this worker's deliverer first)
     fan_out.on_events = deliverer.offer
     fan_out.room = deliverer.room
-    fan_out.release_room = deliverer.release_room
     fan_out.pace = deliverer.pace
     fan_out.origin_room = deliverer.origin_room
     fan_out.on_clips = deliverer.keep_clips

@@ -110,19 +110,21 @@ class Claimer(Pump[DeliveryClaim]):
         self._cut: list[tuple[str, int]] = []  # claims of batches stopped before queuing
         self._late: set[asyncio.Task[None]] = set()  # hand-backs of offers made while stopping
         self.left_due = False  # a fan-out is leaving events due it had no room for
-        self.reserved = 0  # room granted to fan-outs whose create-and-claim is under way
 
     def room(self) -> int:
         """How many more claims this worker can take now (a fan-out claims that many of
         the events it creates for it; the rest are due for any worker). 0 once it is
-        stopping: nothing would queue them. The room a claim from the schedule under way
-        or a fan-out's create-and-claim under way holds (:attr:`reserved`) is not free:
-        before, two of them could read the same room and both fill it, holding up to twice
-        the claims this worker can work on (a review)."""
+        stopping: nothing would queue them.
+
+        Fan-outs whose create-and-claim calls are under way at once (the videos of one poll
+        batch) each read the same room, so together they may claim up to that many times
+        it, which this worker then works through in order. Kept: holding the room granted
+        until the claims came (tried, 2026-12-08) left the other fan-outs' events due, to
+        be claimed again with a read-back, and cost the eight-video scale run 4.7-4.9
+        Redis commands a delivery against 4.0-4.4 (docs/performance.md)."""
         if self.stopping:
             return 0
-        taken = self.inflight + len(self._offered) + self.claiming + self.reserved
-        return max(self.concurrency - taken, 0)
+        return max(self.concurrency - self.inflight - len(self._offered), 0)
 
     def crowded(self) -> bool:
         """Fewer claim slots are free than a claim call takes (or a quarter of them): due

@@ -22,7 +22,6 @@ answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 
@@ -126,7 +125,7 @@ class Deliverer:
 
     async def room(self, n: int, wait_s: float) -> int:
         """How many of *n* claims this worker can take, waiting up to *wait_s* for room
-        for all of them; that room is held for the caller until :meth:`release_room`."""
+        for all of them."""
         if self.claimer.stopping:  # (nothing would queue them: due for any worker)
             return 0
         loop = asyncio.get_running_loop()
@@ -138,18 +137,13 @@ class Deliverer:
             await self._hand_back_overflow(crowded=True)
         while (room := self.claimer.room()) < enough and (left := deadline - loop.time()) > 0:
             freed.clear()
-            with contextlib.suppress(TimeoutError):  # (the loop reads the room once more)
+            try:
                 await asyncio.wait_for(freed.wait(), left)
+            except TimeoutError:
+                break
         if room < n:  # (until its next offer, which looks in the schedule too)
             self.claimer.left_due = True
-        granted = min(room, n)
-        self.claimer.reserved += granted  # (held until :meth:`release_room`)
-        return granted
-
-    def release_room(self, n: int) -> None:
-        """Give back the room :meth:`room` granted a fan-out, once its create-and-claim has
-        ended (its claims offered, or none made): called right before the offer."""
-        self.claimer.reserved = max(self.claimer.reserved - n, 0)
+        return min(room, n)
 
     def pace(self, tags: Sequence[str]) -> list[int]:
         """For a fan-out's events, by their callbacks' origin tags: 0 for those this worker
