@@ -120,8 +120,8 @@ class Claimer(Pump[DeliveryClaim]):
         batch) each read the same room, so together they may claim up to that many times
         it, which this worker then works through in order. Kept: holding the room granted
         until the claims came (tried, 2026-12-08) left the other fan-outs' events due, to
-        be claimed again with a read-back, and cost the eight-video scale run 4.7-4.9
-        Redis commands a delivery against 4.0-4.4 (docs/performance.md)."""
+        be claimed again with a read-back: 4.7-4.9 Redis commands a delivery in the
+        eight-video scale run, 4.0-4.2 in most runs without (docs/performance.md)."""
         if self.stopping:
             return 0
         return max(self.concurrency - self.inflight - len(self._offered), 0)
