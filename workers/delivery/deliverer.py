@@ -255,8 +255,8 @@ class Deliverer:
         - the claims offered by this worker's fan-outs and not yet queued go back at once
           (they would otherwise wait out the grace unsent, for the next worker);
         - queued jobs start for as long as the grace leaves room for an attempt after them
-          (the grace less ``RELAY_DELIVERY_TIMEOUT`` and a second), then the ones never
-          started go back;
+          (the grace less ``RELAY_DELIVERY_TIMEOUT`` and a second; a second at least),
+          then the ones never started go back;
         - the attempts on the wire get the rest of the grace to end (before, 0.5 s: a
           backlog used the grace up and those attempts were cut off, unrecorded, and sent
           again after their leases -- a review).
@@ -265,7 +265,9 @@ class Deliverer:
         the end of the grace while its claim's lease runs out."""
         loop = asyncio.get_running_loop()
         end = loop.time() + grace_s
-        queue_s = max(grace_s - self._margin_ms / 1000, 0.0)
+        # (a second at least, or the whole of a shorter grace: a claim call under way
+        # returns its claims rather than being cut, with them taken and unanswered)
+        queue_s = max(grace_s - self._margin_ms / 1000, min(grace_s, 1.0))
         claiming = asyncio.create_task(self.claimer.stop(queue_s))
         await asyncio.sleep(0)  # (its pump has seen the stop: it takes no more offers)
         offered = [(cl.watch_id, cl.deadline_ms) for cl in self.claimer.take_offered()]
