@@ -529,26 +529,43 @@ async def test_outcomes_whose_recording_failed_are_recorded_later(
     """Redis away while recording: the outcomes are kept and recorded once it is back (the
     claims' leases are long) -- not dropped, which would send the events again after the
     lease and lose the attempts' records. (From a mutation review, 2026-12-06.)"""
-    (w,) = await registered(store, 1)
-    (made,) = await fan_out(store, [w])
-    real, calls = store.deliveries.settle, []
 
-    async def away_once(results: Any) -> Any:
-        calls.append(len(results))
-        if len(calls) == 1:
-            raise ConnectionError("Redis away")
-        return await real(results)
+    async def away() -> None:
+        raise ConnectionError("Redis away")
 
-    monkeypatch.setattr(store.deliveries, "settle", away_once)
-    settler = Settler(store)
-    settler.start()
-    record = attempts.record(1, now_ms(), 204, None, 3.2, None)
-    settler.add(result(made, "ok", record), {})
+    w, settler, calls = await _settling_one(store, monkeypatch, first_call=away)
     deadline = time.monotonic() + 5
     while settler.pending and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     await settler.stop()
     assert calls == [1, 1]
+    await _delivered_once(store, w)
+
+
+async def _settling_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch, first_call: Callable[[], Awaitable[None]]
+) -> tuple[Watch, Settler, list[int]]:
+    """A watch given its event and a running Settler holding its 2xx outcome, whose first
+    ``settle`` call runs *first_call* before (if it returns) recording; the calls' sizes."""
+    (w,) = await registered(store, 1)
+    (made,) = await fan_out(store, [w])
+    real, calls = store.deliveries.settle, []
+
+    async def first_misbehaves(results: Any) -> Any:
+        calls.append(len(results))
+        if len(calls) == 1:
+            await first_call()
+        return await real(results)
+
+    monkeypatch.setattr(store.deliveries, "settle", first_misbehaves)
+    settler = Settler(store)
+    settler.start()
+    record = attempts.record(1, now_ms(), 204, None, 3.2, None)
+    settler.add(result(made, "ok", record), {})
+    return w, settler, calls
+
+
+async def _delivered_once(store: Store, w: Watch) -> None:
     got = await store.watches.get(w.id)
     assert got is not None and got.status == "delivered"
     assert [r["statusCode"] for r in await store.watches.attempts(got)] == [204]
@@ -563,30 +580,17 @@ async def test_a_stop_that_cuts_a_flush_short_still_records_its_outcomes(
     again after their leases (a review, 2026-12-08)."""
     import workers.delivery.settle as settle_module
 
-    (w,) = await registered(store, 1)
-    (made,) = await fan_out(store, [w])
-    real, calls = store.deliveries.settle, []
+    async def slow() -> None:
+        await asyncio.sleep(60)  # (Redis slow: the stop does not wait for it)
 
-    async def slow_once(results: Any) -> Any:
-        calls.append(len(results))
-        if len(calls) == 1:
-            await asyncio.sleep(60)  # (Redis slow: the stop does not wait for it)
-        return await real(results)
-
-    monkeypatch.setattr(store.deliveries, "settle", slow_once)
     monkeypatch.setattr(settle_module, "STOP_WAIT_S", 0.2)
-    settler = Settler(store)
-    settler.start()
-    record = attempts.record(1, now_ms(), 204, None, 3.2, None)
-    settler.add(result(made, "ok", record), {})
+    w, settler, calls = await _settling_one(store, monkeypatch, first_call=slow)
     deadline = time.monotonic() + 5
     while not calls and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     await settler.stop()
     assert calls == [1, 1] and not settler.pending
-    got = await store.watches.get(w.id)
-    assert got is not None and got.status == "delivered"
-    assert [r["statusCode"] for r in await store.watches.attempts(got)] == [204]
+    await _delivered_once(store, w)
 
 
 # --- bodies: the same bytes on every retry, fresh links after a refresh --------------------
