@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
@@ -499,13 +500,17 @@ def test_a_time_is_read_to_the_exact_millisecond() -> None:
         assert _time({"t": iso_ms(ms)}, "t", errors) == ms and not errors, ms
 
 
-async def test_a_ping_that_fails_unexpectedly_is_logged_with_its_watch() -> None:
+async def test_a_ping_that_fails_unexpectedly_is_logged_with_its_watch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """An error a ping's task did not expect (not a failed send, which is its attempt's
     record) is logged with the watch's id, and the task is forgotten. Fails before: nothing
     retrieved it -- asyncio's "Task exception was never retrieved", with no watch id, when
     the task was collected (a review, 2026-12-08)."""
     from structlog.testing import capture_logs
 
+    from relay import logs
+    from relay.api import pings as pings_module
     from relay.api.pings import Pings
 
     async def broken() -> None:
@@ -513,6 +518,8 @@ async def test_a_ping_that_fails_unexpectedly_is_logged_with_its_watch() -> None
 
     pings = Pings(client=None)  # type: ignore[arg-type]  # (the task never sends)
     with capture_logs() as lines:
+        # (a logger made now: the module's may be cached already, past capture_logs)
+        monkeypatch.setattr(pings_module, "log", logs.get("relay.api.pings"))
         pings.start(broken(), "acme", "wat_" + "a" * 24)
         await asyncio.gather(*pings.tasks, return_exceptions=True)
         await asyncio.sleep(0)  # (the done callback runs on the next turn)
