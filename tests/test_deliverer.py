@@ -284,19 +284,37 @@ async def test_a_queued_job_whose_claim_was_taken_over_is_not_sent(
     assert await store.redis.zscore(c.DELIVERY_SCHEDULE_KEY, victim) == theirs
 
 
+async def _one_lane_sending(
+    hook: tuple[Receiver, str],
+    make_deliverer: DelivererFactory,
+    store: Store,
+    n: int,
+    *,
+    answer_s: float,
+    timeout: float,
+    keep_queued: bool = False,
+) -> tuple[Receiver, Deliverer, Created]:
+    """A one-lane deliverer offered *n* events of a receiver that answers after *answer_s*:
+    returned once the first attempt is on the wire (waited for, not slept on: under load
+    0.3 s was sometimes too short for it to start), the others queued (*keep_queued*: none
+    handed back as slow)."""
+    rec, base = hook
+    rec.script("/hook", [204] * n, delay=answer_s)
+    d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=timeout)
+    if keep_queued:
+        d.claimer.keep = lambda origin: True
+    created = await created_events(store, base, n, deliverer=d)
+    d.offer(created)
+    await eventually(lambda: rec.received() >= 1, timeout=5, what="the first attempt")
+    return rec, d, created
+
+
 async def test_stop_hands_back_the_claims_of_jobs_never_started(
     store: Store, hook: tuple[Receiver, str], make_deliverer: DelivererFactory
 ) -> None:
-    rec, base = hook
     # (an answer 3 s after the request: 1.5 s was once over before the 0.2 s stop had cut
     # the attempt, the machine loaded by a second run of the suite)
-    rec.script("/hook", [204] * 5, delay=3)
-    d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=4)
-    created = await created_events(store, base, 5, deliverer=d)
-    d.offer(created)
-    # one on the wire (the receiver has it: it answers after 3 s), four queued -- waited
-    # for, not slept on (under load 0.3 s was sometimes too short for the first to start)
-    await eventually(lambda: rec.received() >= 1, timeout=5, what="the first attempt")
+    _, d, _ = await _one_lane_sending(hook, make_deliverer, store, 5, answer_s=3, timeout=4)
     await asyncio.sleep(0.05)
     stopped_at = now_ms()
     await d.stop(0.2)  # shorter than the attempt on the wire: it is cut
@@ -317,14 +335,10 @@ async def test_a_stop_lets_the_attempt_on_the_wire_end_within_the_grace(
     receiver is recorded. Fails before: the queued jobs used the whole grace, the attempt
     on the wire when it ended got 0.5 s and was cut, unrecorded -- sent again after its
     lease (a review, 2026-12-08)."""
-    rec, base = hook
-    rec.script("/hook", [204] * 5, delay=1.5)
-    d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=2)
-    d.claimer.keep = lambda origin: True  # (the queued jobs stay: none handed back as slow)
-    created = await created_events(store, base, 5, deliverer=d)
-    d.offer(created)
-    await eventually(lambda: rec.received() >= 1, timeout=5, what="the first attempt")
-    await d.stop(3.5)  # (queued jobs start for 0.5 s; the attempt on the wire gets 3.5 s)
+    rec, d, created = await _one_lane_sending(
+        hook, make_deliverer, store, 5, answer_s=1.5, timeout=2, keep_queued=True
+    )
+    await d.stop(3.5)  # (queued jobs start for 1 s, the least; the one on the wire gets 3.5)
     recorded = 0
     for cl in created:
         w = await store.watches.get(cl.watch_id)
@@ -341,12 +355,7 @@ async def test_a_stop_hands_back_the_offered_claims_at_once(
     """Claims a fan-out offered that no batch has taken yet go back as the stop begins, due
     for the next worker at once. Fails before: they were handed back only after the grace
     and the lanes (20 s by default, of a 25 s lease): unsent all that time."""
-    rec, base = hook
-    rec.script("/hook", [204] * 12, delay=3)
-    d = await make_deliverer(delivery_concurrency=1, lease=20, delivery_timeout=4)
-    created = await created_events(store, base, 12, deliverer=d)
-    d.offer(created)
-    await eventually(lambda: rec.received() >= 1, timeout=5, what="the first attempt")
+    _, d, _ = await _one_lane_sending(hook, make_deliverer, store, 12, answer_s=3, timeout=4)
     offered = {cl.watch_id for cl in d.claimer._offered}
     assert offered, "every claim was taken by a batch: nothing left offered"
     stopping = asyncio.create_task(d.stop(2.0))
